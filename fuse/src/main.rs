@@ -1,1 +1,4 @@
-fn main() { eprintln!("strata-fuse: not yet implemented"); std::process::exit(1) }
+fn main() {
+    eprintln!("strata-fuse: not yet implemented");
+    std::process::exit(1)
+}
