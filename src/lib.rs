@@ -7,6 +7,10 @@
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 
+pub mod db;
 pub mod digest;
+pub mod image;
+pub mod import;
+pub mod store;
 pub mod tree;
 pub mod unpack;

@@ -1,0 +1,569 @@
+//! Image formats: resolving an OCI image layout, an oci-archive or a docker-archive to a manifest,
+//! a config and an ordered list of layer blobs, with every metadata blob verified.
+
+pub mod source;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{DigestError, Sha256Digest};
+pub use source::Files;
+
+/// Largest index, manifest or config we read.
+pub const METADATA_LIMIT: u64 = 16 << 20;
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MT_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MT_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Image format errors. Each names the file and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a readable archive: {reason}")]
+    Archive { path: PathBuf, reason: String },
+    #[error("{0}: not an image: expected an OCI layout directory (with oci-layout and index.json), an oci-archive or a docker-archive tar")]
+    UnknownFormat(String),
+    #[error("{source_name}: missing file {file}")]
+    MissingFile { source_name: String, file: String },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("{what}: {source}")]
+    Digest { what: String, source: DigestError },
+    #[error("{what}: digest mismatch: descriptor says {expected}, content is {actual}")]
+    DigestMismatch { what: String, expected: String, actual: String },
+    #[error("{what}: size mismatch: descriptor says {expected} bytes, content is {actual} bytes")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+    #[error("{source_name}: no image tagged {tag:?}; available: {available}")]
+    NoSuchTag { source_name: String, tag: String, available: String },
+    #[error("{source_name}: holds several images ({available}); name one as SOURCE:TAG")]
+    Ambiguous { source_name: String, available: String },
+    #[error("{source_name}: no manifest for platform {platform}; available: {available}")]
+    NoPlatform { source_name: String, platform: String, available: String },
+    #[error("unsupported layer media type {0:?}")]
+    MediaType(String),
+}
+
+/// The format of an image source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OciLayout,
+    OciArchive,
+    DockerArchive,
+}
+
+/// A platform `os/arch[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform of this host, in GOOS/GOARCH terms.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            "arm" => "arm",
+            other => other,
+        };
+        Platform { os: "linux".into(), arch: arch.into(), variant: None }
+    }
+
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => {
+                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: None })
+            }
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
+                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
+            }
+            _ => Err(format!("bad platform {s:?}: expected OS/ARCH[/VARIANT]")),
+        }
+    }
+
+    fn matches(&self, p: &oci_spec::image::Platform) -> bool {
+        p.os().to_string() == self.os
+            && p.architecture().to_string() == self.arch
+            && match (&self.variant, p.variant()) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One layer to import, bottom first.
+#[derive(Debug, Clone)]
+pub struct LayerRef {
+    /// File inside the source holding the blob.
+    pub file: String,
+    /// The blob's digest and size, when the source states them (always for OCI).
+    pub digest: Option<Sha256Digest>,
+    pub size: Option<u64>,
+    /// Media type as the manifest states it (None for docker-archive: sniffed).
+    pub media_type: Option<String>,
+    /// The uncompressed tar's digest, from the config.
+    pub diff_id: Sha256Digest,
+}
+
+/// A resolved image: verified metadata and the layers still to stream.
+pub struct Resolved {
+    pub format: Format,
+    pub files: Files,
+    /// Name from the source (ref name annotation or RepoTag), if any.
+    pub name: Option<String>,
+    /// The verified manifest (None for docker-archive: built after the layers are hashed).
+    pub manifest: Option<(Vec<u8>, Sha256Digest)>,
+    pub config: Vec<u8>,
+    pub config_digest: Sha256Digest,
+    pub layers: Vec<LayerRef>,
+}
+
+fn sha256(data: &[u8]) -> Sha256Digest {
+    Sha256Digest::from_bytes(&Sha256::digest(data))
+}
+
+/// Split `PATH[:TAG]`: the whole string when it exists as a path, else at the last colon.
+pub fn split_reference(s: &str) -> (PathBuf, Option<String>) {
+    if Path::new(s).exists() {
+        return (PathBuf::from(s), None);
+    }
+    match s.rsplit_once(':') {
+        Some((p, t)) if !p.is_empty() && !t.is_empty() && !t.contains('/') => {
+            (PathBuf::from(p), Some(t.to_string()))
+        }
+        _ => (PathBuf::from(s), None),
+    }
+}
+
+/// Detect the format of `path`.
+pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
+    let md = std::fs::metadata(path).map_err(|e| ImageError::Open { path: path.to_path_buf(), source: e })?;
+    if md.is_dir() {
+        let files = Files::Dir(path.to_path_buf());
+        if files.exists("oci-layout") || files.exists("index.json") {
+            return Ok((Format::OciLayout, files));
+        }
+        if files.exists("manifest.json") {
+            return Ok((Format::DockerArchive, files));
+        }
+        return Err(ImageError::UnknownFormat(path.display().to_string()));
+    }
+    let files = Files::tar(path)?;
+    if files.exists("oci-layout") || files.exists("index.json") {
+        Ok((Format::OciArchive, files))
+    } else if files.exists("manifest.json") {
+        Ok((Format::DockerArchive, files))
+    } else {
+        Err(ImageError::UnknownFormat(path.display().to_string()))
+    }
+}
+
+/// Open and resolve an image reference (`PATH` or `PATH:TAG`).
+pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved, ImageError> {
+    let (path, tag) = split_reference(reference);
+    let (format, files) = detect(&path)?;
+    let host = Platform::host();
+    let platform = platform.unwrap_or(&host);
+    match format {
+        Format::OciLayout | Format::OciArchive => resolve_oci(format, files, tag, platform),
+        Format::DockerArchive => resolve_docker(files, tag),
+    }
+}
+
+/// Read a blob named by a descriptor, bounded, and verify its size and digest.
+fn read_verified(
+    files: &Files,
+    desc: &Descriptor,
+    what: &str,
+) -> Result<(Vec<u8>, Sha256Digest), ImageError> {
+    let what = format!("{}: {what} {}", files.describe(), desc.digest());
+    let d = Sha256Digest::parse(&desc.digest().to_string())
+        .map_err(|e| ImageError::Digest { what: what.clone(), source: e })?;
+    if desc.size() > METADATA_LIMIT {
+        return Err(ImageError::Invalid {
+            what,
+            reason: format!("{} bytes is larger than the {METADATA_LIMIT}-byte metadata limit", desc.size()),
+        });
+    }
+    let data = files.read(&format!("blobs/sha256/{}", d.hex()), METADATA_LIMIT)?;
+    if data.len() as u64 != desc.size() {
+        return Err(ImageError::SizeMismatch { what, expected: desc.size(), actual: data.len() as u64 });
+    }
+    let actual = sha256(&data);
+    if actual != d {
+        return Err(ImageError::DigestMismatch { what, expected: d.to_string(), actual: actual.to_string() });
+    }
+    Ok((data, d))
+}
+
+fn is_index(mt: &MediaType) -> bool {
+    matches!(mt, MediaType::ImageIndex) || mt.to_string() == MT_DOCKER_LIST
+}
+
+fn tags_of(index: &ImageIndex) -> Vec<String> {
+    index
+        .manifests()
+        .iter()
+        .filter_map(|d| d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned())
+        .collect()
+}
+
+fn platforms_of(index: &ImageIndex) -> String {
+    let v: Vec<String> = index
+        .manifests()
+        .iter()
+        .filter_map(|d| d.platform().as_ref())
+        .map(|p| match p.variant() {
+            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+            None => format!("{}/{}", p.os(), p.architecture()),
+        })
+        .collect();
+    if v.is_empty() {
+        "none stated".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, ImageError> {
+    serde_json::from_slice(data)
+        .map_err(|e| ImageError::Invalid { what: what.to_string(), reason: e.to_string() })
+}
+
+/// From an index, choose the descriptor for `platform` (or the only one).
+fn choose_platform<'a>(
+    files: &Files,
+    index: &'a ImageIndex,
+    platform: &Platform,
+) -> Result<&'a Descriptor, ImageError> {
+    let ms = index.manifests();
+    if let Some(d) = ms.iter().find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p))) {
+        return Ok(d);
+    }
+    if ms.len() == 1 && ms[0].platform().is_none() {
+        return Ok(&ms[0]);
+    }
+    Err(ImageError::NoPlatform {
+        source_name: files.describe(),
+        platform: platform.to_string(),
+        available: platforms_of(index),
+    })
+}
+
+fn resolve_oci(
+    format: Format,
+    files: Files,
+    tag: Option<String>,
+    platform: &Platform,
+) -> Result<Resolved, ImageError> {
+    let what = format!("{}: index.json", files.describe());
+    let index: ImageIndex = parse_json(&files.read("index.json", METADATA_LIMIT)?, &what)?;
+    let tags = tags_of(&index);
+    // Pick the top-level descriptor: by tag, the only one, or a platform among untagged ones.
+    let (desc, name) = match &tag {
+        Some(t) => {
+            let d = index
+                .manifests()
+                .iter()
+                .find(|d| d.annotations().as_ref().and_then(|a| a.get(REF_NAME)) == Some(t))
+                .ok_or_else(|| ImageError::NoSuchTag {
+                    source_name: files.describe(),
+                    tag: t.clone(),
+                    available: if tags.is_empty() { "no tags".into() } else { tags.join(", ") },
+                })?;
+            (d.clone(), Some(t.clone()))
+        }
+        None => {
+            let ms = index.manifests();
+            if ms.is_empty() {
+                return Err(ImageError::Invalid { what, reason: "the index lists no manifests".into() });
+            }
+            let mut distinct: Vec<&Descriptor> = Vec::new();
+            for d in ms {
+                if !distinct.iter().any(|x| x.digest() == d.digest()) {
+                    distinct.push(d);
+                }
+            }
+            if distinct.len() == 1 {
+                let name = distinct[0].annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
+                (distinct[0].clone(), name)
+            } else if ms.iter().all(|d| d.platform().is_some()) {
+                (choose_platform(&files, &index, platform)?.clone(), None)
+            } else {
+                return Err(ImageError::Ambiguous {
+                    source_name: files.describe(),
+                    available: if tags.is_empty() { "untagged".into() } else { tags.join(", ") },
+                });
+            }
+        }
+    };
+    // Follow nested indexes down to a manifest (bounded depth: a hostile layout may loop).
+    let mut desc = desc;
+    for _ in 0..8 {
+        if !is_index(desc.media_type()) {
+            break;
+        }
+        let (data, _) = read_verified(&files, &desc, "index")?;
+        let nested: ImageIndex =
+            parse_json(&data, &format!("{}: index {}", files.describe(), desc.digest()))?;
+        desc = choose_platform(&files, &nested, platform)?.clone();
+    }
+    if is_index(desc.media_type()) {
+        return Err(ImageError::Invalid {
+            what: files.describe(),
+            reason: "indexes nested too deeply".into(),
+        });
+    }
+    let (mdata, mdigest) = read_verified(&files, &desc, "manifest")?;
+    let mwhat = format!("{}: manifest {}", files.describe(), mdigest);
+    let manifest: ImageManifest = parse_json(&mdata, &mwhat)?;
+    let (config, config_digest) = read_verified(&files, manifest.config(), "config")?;
+    let diff_ids = diff_ids(&config, &format!("{}: config {}", files.describe(), config_digest))?;
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(ImageError::Invalid {
+            what: mwhat,
+            reason: format!(
+                "{} layers but the config lists {} diff_ids",
+                manifest.layers().len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    let mut layers = Vec::new();
+    for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let d = Sha256Digest::parse(&l.digest().to_string())
+            .map_err(|e| ImageError::Digest { what: format!("{mwhat}: layer"), source: e })?;
+        let mt = l.media_type().to_string();
+        layer_compression(&mt)?;
+        layers.push(LayerRef {
+            file: format!("blobs/sha256/{}", d.hex()),
+            digest: Some(d),
+            size: Some(l.size()),
+            media_type: Some(mt),
+            diff_id,
+        });
+    }
+    Ok(Resolved { format, files, name, manifest: Some((mdata, mdigest)), config, config_digest, layers })
+}
+
+/// Layer compression, by media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression a layer media type declares; errors for non-layer types.
+pub fn layer_compression(mt: &str) -> Result<Compression, ImageError> {
+    let base = mt.replace(".nondistributable", "");
+    match base.as_str() {
+        MT_OCI_LAYER | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
+        MT_OCI_LAYER_GZIP
+        | MT_DOCKER_LAYER_GZIP
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+        MT_OCI_LAYER_ZSTD => Ok(Compression::Zstd),
+        _ => Err(ImageError::MediaType(mt.to_string())),
+    }
+}
+
+/// Compression by magic bytes (for docker-archive layers, which have no media type).
+pub fn sniff_compression(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+/// The config's `rootfs.diff_ids`, validated.
+pub fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Sha256Digest>, ImageError> {
+    let v: Value = parse_json(config, what)?;
+    let ids =
+        v.get("rootfs").and_then(|r| r.get("diff_ids")).and_then(|d| d.as_array()).ok_or_else(|| {
+            ImageError::Invalid { what: what.to_string(), reason: "no rootfs.diff_ids".into() }
+        })?;
+    ids.iter()
+        .map(|id| {
+            let s = id.as_str().ok_or_else(|| ImageError::Invalid {
+                what: what.to_string(),
+                reason: "a diff_id is not a string".into(),
+            })?;
+            Sha256Digest::parse(s)
+                .map_err(|e| ImageError::Digest { what: format!("{what}: diff_id"), source: e })
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifestEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// The hex a docker-archive file name carries: `<hex>.json`, `blobs/sha256/<hex>`, `<hex>/layer.tar`.
+fn hex_in_name(name: &str) -> Option<Sha256Digest> {
+    let n = name.trim_start_matches("./");
+    let cand = if let Some(rest) = n.strip_prefix("blobs/sha256/") {
+        rest
+    } else if let Some(stem) = n.strip_suffix(".json") {
+        stem
+    } else {
+        return None;
+    };
+    Sha256Digest::from_hex(cand).ok()
+}
+
+fn resolve_docker(files: Files, tag: Option<String>) -> Result<Resolved, ImageError> {
+    let what = format!("{}: manifest.json", files.describe());
+    let entries: Vec<DockerManifestEntry> = parse_json(&files.read("manifest.json", METADATA_LIMIT)?, &what)?;
+    let all_tags: Vec<String> =
+        entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
+    let entry = match &tag {
+        Some(t) => entries
+            .iter()
+            .find(|e| {
+                e.repo_tags.as_ref().is_some_and(|tags| {
+                    tags.iter().any(|x| x == t || x.rsplit_once(':').is_some_and(|(_, tt)| tt == t))
+                })
+            })
+            .ok_or_else(|| ImageError::NoSuchTag {
+                source_name: files.describe(),
+                tag: t.clone(),
+                available: all_tags.join(", "),
+            })?,
+        None => match entries.as_slice() {
+            [] => return Err(ImageError::Invalid { what, reason: "no images listed".into() }),
+            [one] => one,
+            _ => {
+                return Err(ImageError::Ambiguous {
+                    source_name: files.describe(),
+                    available: all_tags.join(", "),
+                })
+            }
+        },
+    };
+    let config = files.read(&entry.config, METADATA_LIMIT)?;
+    let config_digest = sha256(&config);
+    let cwhat = format!("{}: {}", files.describe(), entry.config);
+    if let Some(named) = hex_in_name(&entry.config) {
+        if named != config_digest {
+            return Err(ImageError::DigestMismatch {
+                what: cwhat,
+                expected: named.to_string(),
+                actual: config_digest.to_string(),
+            });
+        }
+    }
+    let ids = diff_ids(&config, &cwhat)?;
+    if ids.len() != entry.layers.len() {
+        return Err(ImageError::Invalid {
+            what,
+            reason: format!("{} layers but the config lists {} diff_ids", entry.layers.len(), ids.len()),
+        });
+    }
+    let layers = entry
+        .layers
+        .iter()
+        .zip(ids)
+        .map(|(file, diff_id)| LayerRef {
+            file: file.clone(),
+            digest: file.strip_prefix("blobs/sha256/").and_then(|h| Sha256Digest::from_hex(h).ok()),
+            size: None,
+            media_type: None,
+            diff_id,
+        })
+        .collect();
+    let name = tag.or_else(|| entry.repo_tags.as_ref().and_then(|t| t.first().cloned()));
+    Ok(Resolved { format: Format::DockerArchive, files, name, manifest: None, config, config_digest, layers })
+}
+
+/// Read a few bytes from the start of a reader without losing them.
+pub fn peek(mut r: Box<dyn Read + Send>, n: usize) -> std::io::Result<(Vec<u8>, Box<dyn Read + Send>)> {
+    let mut head = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = r.read(&mut head[got..])?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    head.truncate(got);
+    let rest: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head.clone()).chain(r));
+    Ok((head, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_references() {
+        assert_eq!(
+            split_reference("/nonexistent/dir:tag"),
+            (PathBuf::from("/nonexistent/dir"), Some("tag".into()))
+        );
+        assert_eq!(split_reference("/nonexistent/dir"), (PathBuf::from("/nonexistent/dir"), None));
+        assert_eq!(split_reference("/tmp"), (PathBuf::from("/tmp"), None));
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(layer_compression(MT_OCI_LAYER_GZIP).ok(), Some(Compression::Gzip));
+        assert_eq!(layer_compression(MT_DOCKER_LAYER_GZIP).ok(), Some(Compression::Gzip));
+        assert_eq!(layer_compression(MT_OCI_LAYER_ZSTD).ok(), Some(Compression::Zstd));
+        assert_eq!(layer_compression(MT_OCI_LAYER).ok(), Some(Compression::None));
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip").ok(),
+            Some(Compression::Gzip)
+        );
+        assert!(matches!(layer_compression("text/plain"), Err(ImageError::MediaType(_))));
+    }
+
+    #[test]
+    fn platform_parse() {
+        assert_eq!(
+            Platform::parse("linux/arm64/v8"),
+            Ok(Platform { os: "linux".into(), arch: "arm64".into(), variant: Some("v8".into()) })
+        );
+        assert!(Platform::parse("linux").is_err());
+        assert!(Platform::parse("linux/").is_err());
+    }
+}

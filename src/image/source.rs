@@ -1,0 +1,152 @@
+//! Image sources: where an image's files come from.
+//!
+//! All three formats are trees of named files: an OCI layout directory, an oci-archive tar (the same
+//! tree inside a tar) and a docker-archive tar. [`Files`] gives uniform read access to either a
+//! directory or a tar, whose members are indexed once by offset so each blob is read straight from the
+//! archive without extraction.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+
+use super::ImageError;
+
+/// Read access to the files of an image source.
+pub enum Files {
+    /// A directory on disk.
+    Dir(PathBuf),
+    /// A tar archive, its regular members indexed: normalised path -> (data offset, size).
+    Tar { path: PathBuf, members: HashMap<String, (u64, u64)> },
+}
+
+/// Normalise an archive member or relative path: strip `./` and leading `/`; reject `..`.
+fn normalise(name: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?.to_string()),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    }
+}
+
+impl Files {
+    /// Index the regular members of the tar at `path`.
+    pub fn tar(path: &Path) -> Result<Files, ImageError> {
+        let bad = |e: io::Error| ImageError::Archive { path: path.to_path_buf(), reason: e.to_string() };
+        let f = File::open(path).map_err(|e| ImageError::Open { path: path.to_path_buf(), source: e })?;
+        let mut ar = tar::Archive::new(f);
+        let mut members = HashMap::new();
+        for entry in ar.entries_with_seek().map_err(bad)? {
+            let entry = entry.map_err(bad)?;
+            let et = entry.header().entry_type();
+            if !(et.is_file() || et == tar::EntryType::Continuous) {
+                continue;
+            }
+            let name = entry.path().map_err(bad)?;
+            let Some(name) = name.to_str().and_then(normalise) else { continue };
+            members.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+        Ok(Files::Tar { path: path.to_path_buf(), members })
+    }
+
+    /// What this is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Files::Dir(p) => p.display().to_string(),
+            Files::Tar { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// Whether a file exists.
+    pub fn exists(&self, name: &str) -> bool {
+        let Some(n) = normalise(name) else { return false };
+        match self {
+            Files::Dir(d) => d.join(&n).is_file(),
+            Files::Tar { members, .. } => members.contains_key(&n),
+        }
+    }
+
+    /// Open a file for streaming; returns its size.
+    pub fn open(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64), ImageError> {
+        let n = normalise(name).ok_or_else(|| ImageError::Invalid {
+            what: self.describe(),
+            reason: format!("bad file name {name:?}"),
+        })?;
+        match self {
+            Files::Dir(d) => {
+                let p = d.join(&n);
+                let missing = |e: io::Error| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        ImageError::MissingFile { source_name: self.describe(), file: n.clone() }
+                    } else {
+                        ImageError::Open { path: p.clone(), source: e }
+                    }
+                };
+                // Never follow a symlink planted in the layout out of it.
+                let f = open_nofollow(&p).map_err(missing)?;
+                let md = f.metadata().map_err(missing)?;
+                if !md.is_file() {
+                    return Err(ImageError::Invalid {
+                        what: p.display().to_string(),
+                        reason: "not a regular file".into(),
+                    });
+                }
+                Ok((Box::new(f), md.len()))
+            }
+            Files::Tar { path, members } => {
+                let &(off, size) = members.get(&n).ok_or_else(|| ImageError::MissingFile {
+                    source_name: self.describe(),
+                    file: n.clone(),
+                })?;
+                let mut f =
+                    File::open(path).map_err(|e| ImageError::Open { path: path.clone(), source: e })?;
+                f.seek(SeekFrom::Start(off))
+                    .map_err(|e| ImageError::Open { path: path.clone(), source: e })?;
+                Ok((Box::new(f.take(size)), size))
+            }
+        }
+    }
+
+    /// Read a whole small file (index, manifest, config), bounded to `limit` bytes.
+    pub fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>, ImageError> {
+        let (r, size) = self.open(name)?;
+        if size > limit {
+            return Err(ImageError::Invalid {
+                what: format!("{}: {name}", self.describe()),
+                reason: format!("{size} bytes is larger than the {limit}-byte limit for metadata"),
+            });
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        r.take(limit).read_to_end(&mut buf).map_err(|e| ImageError::Archive {
+            path: PathBuf::from(format!("{}: {name}", self.describe())),
+            reason: e.to_string(),
+        })?;
+        Ok(buf)
+    }
+}
+
+fn open_nofollow(p: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise;
+
+    #[test]
+    fn normalises_names() {
+        assert_eq!(normalise("./blobs/sha256/ab").as_deref(), Some("blobs/sha256/ab"));
+        assert_eq!(normalise("/index.json").as_deref(), Some("index.json"));
+        assert_eq!(normalise("a/../b"), None);
+        assert_eq!(normalise("."), None);
+    }
+}

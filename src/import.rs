@@ -1,0 +1,482 @@
+//! `strata image import`: stream each layer blob once — hashing the compressed bytes, storing the
+//! blob, decompressing, hashing the tar, unpacking — on two threads, and publish the image only when
+//! every digest has been verified.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest as _, Sha256};
+
+use crate::db::{ImageLayerRow, NewImage};
+use crate::digest::Sha256Digest;
+use crate::image::{self, Compression, ImageError, LayerRef, Platform, Resolved};
+use crate::store::{remove_tree, IoContext, Staging, Store, StoreError};
+use crate::unpack::{self, UnpackError, UnpackOptions};
+
+/// Import errors. Layer errors name the layer and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("layer {layer}: {reason}")]
+    Layer { layer: String, reason: String },
+    #[error("layer {layer}: {source}")]
+    Unpack { layer: String, source: UnpackError },
+    #[error("layer {layer}: digest mismatch: expected {expected}, blob is {actual}")]
+    DigestMismatch { layer: String, expected: String, actual: String },
+    #[error("layer {layer}: size mismatch: descriptor says {expected} bytes, blob is {actual} bytes")]
+    SizeMismatch { layer: String, expected: u64, actual: u64 },
+    #[error("layer {layer}: diff_id mismatch: config says {expected}, uncompressed tar is {actual}")]
+    DiffIdMismatch { layer: String, expected: String, actual: String },
+    #[error("no image name: the source has no tag; give --name")]
+    NoName,
+}
+
+pub type Result<T, E = ImportError> = std::result::Result<T, E>;
+
+/// Import options.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    pub name: Option<String>,
+    pub platform: Option<Platform>,
+    /// Show a progress bar (caller decides: only on a terminal).
+    pub progress: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Imported {
+    pub name: String,
+    pub manifest_digest: String,
+    pub layers: Vec<ImageLayerRow>,
+    /// Layers unpacked by this import (others were already present).
+    pub unpacked: usize,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Reads from the source, hashing and counting every byte, copying to the blob file if any, and
+/// refusing to read past the expected size.
+struct TeeReader<'a> {
+    inner: Box<dyn Read + Send>,
+    hasher: Sha256,
+    count: u64,
+    limit: Option<u64>,
+    blob: Option<BufWriter<File>>,
+    progress: &'a ProgressBar,
+}
+
+impl Read for TeeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if let Some(limit) = self.limit {
+            if self.count > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("blob is larger than the {limit} bytes its descriptor states"),
+                ));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        if let Some(b) = &mut self.blob {
+            b.write_all(&buf[..n])?;
+        }
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// Hashes what passes through.
+struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The receiving end of the decompression thread.
+struct ChannelReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Result of streaming one layer blob.
+struct Streamed {
+    digest: Sha256Digest,
+    size: u64,
+    diff_id: Sha256Digest,
+    compression: Compression,
+}
+
+/// Producer side: source -> tee(hash, blob) -> decompress -> hash -> channel (if unpacking).
+fn produce(
+    src: Box<dyn Read + Send>,
+    limit: Option<u64>,
+    declared: Option<Compression>,
+    blob: Option<File>,
+    tx: Option<SyncSender<io::Result<Vec<u8>>>>,
+    progress: &ProgressBar,
+) -> io::Result<Streamed> {
+    let (head, src) = image::peek(src, 4)?;
+    // Trust the bytes over the label: gzip-labelled plain tars exist in the wild.
+    let compression = match image::sniff_compression(&head) {
+        Compression::None => declared.filter(|c| *c == Compression::None).unwrap_or(Compression::None),
+        c => c,
+    };
+    let mut tee = TeeReader {
+        inner: src,
+        hasher: Sha256::new(),
+        count: 0,
+        limit,
+        blob: blob.map(|f| BufWriter::with_capacity(CHUNK, f)),
+        progress,
+    };
+    let (diff_hasher, _) = {
+        let dec: Box<dyn Read + '_> = match compression {
+            Compression::Gzip => {
+                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK / 4, &mut tee)))
+            }
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut tee)?),
+            Compression::None => Box::new(&mut tee),
+        };
+        let mut hr = HashReader { inner: dec, hasher: Sha256::new(), count: 0 };
+        let mut tx = tx;
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut filled = 0;
+            // Fill whole chunks: fewer channel hand-offs.
+            while filled < CHUNK {
+                let n = match hr.read(&mut chunk[filled..]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if let Some(t) = &tx {
+                            let _ = t.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        }
+                        return Err(e);
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            chunk.truncate(filled);
+            if let Some(t) = &tx {
+                if t.send(Ok(chunk)).is_err() {
+                    // The unpacker stopped (error, or end of archive): keep hashing.
+                    tx = None;
+                }
+            }
+        }
+        (hr.hasher, hr.count)
+    };
+    // Whatever follows the compressed stream is part of the blob too.
+    io::copy(&mut tee, &mut io::sink())?;
+    if let Some(mut b) = tee.blob.take() {
+        b.flush()?;
+        let f = b.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+    }
+    Ok(Streamed {
+        digest: Sha256Digest::from_bytes(&tee.hasher.finalize()),
+        size: tee.count,
+        diff_id: Sha256Digest::from_bytes(&diff_hasher.finalize()),
+        compression,
+    })
+}
+
+/// Import an image from `reference` (`PATH` or `PATH:TAG`).
+pub fn import(store: &mut Store, reference: &str, opts: &ImportOptions) -> Result<Imported> {
+    let resolved = image::resolve(reference, opts.platform.as_ref())?;
+    let name = opts.name.clone().or_else(|| resolved.name.clone()).ok_or(ImportError::NoName)?;
+    let staging = store.staging()?;
+    let total: u64 = resolved.layers.iter().filter_map(|l| l.size).sum();
+    let progress = if opts.progress {
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let result = import_resolved(store, &resolved, &name, &staging, &progress);
+    progress.finish_and_clear();
+    if result.is_err() {
+        // Release what this import leased; layers only it held go with them.
+        store.db.drop_leases(&staging.token)?;
+        store.remove_unreferenced_layers()?;
+    }
+    result
+}
+
+fn import_resolved(
+    store: &mut Store,
+    r: &Resolved,
+    name: &str,
+    staging: &Staging,
+    progress: &ProgressBar,
+) -> Result<Imported> {
+    let mut rows = Vec::new();
+    let mut unpacked = 0;
+    let n = r.layers.len();
+    for (i, l) in r.layers.iter().enumerate() {
+        progress.set_message(format!("layer {}/{n}", i + 1));
+        let (row, did) = import_layer(store, r, l, staging, progress)?;
+        unpacked += did as usize;
+        rows.push(row);
+    }
+    // Metadata blobs: the verified manifest, or for docker-archive one built from what was hashed.
+    let config_digest = store.put_blob(&r.config)?;
+    let (manifest_bytes, manifest_digest) = match &r.manifest {
+        Some((bytes, d)) => (bytes.clone(), d.clone()),
+        None => {
+            let m = build_manifest(&config_digest, r.config.len() as u64, &rows);
+            let d = Sha256Digest::from_bytes(&Sha256::digest(&m));
+            (m, d)
+        }
+    };
+    let md = store.put_blob(&manifest_bytes)?;
+    debug_assert_eq!(md, manifest_digest);
+    let mut blobs = vec![
+        (manifest_digest.to_string(), manifest_bytes.len() as u64, image::MT_OCI_MANIFEST.to_string()),
+        (config_digest.to_string(), r.config.len() as u64, image::MT_OCI_CONFIG.to_string()),
+    ];
+    for row in &rows {
+        blobs.push((row.blob_digest.clone(), row.blob_size, row.media_type.clone()));
+    }
+    store.db.put_image(&NewImage {
+        name,
+        manifest_digest: &manifest_digest.to_string(),
+        config_digest: &config_digest.to_string(),
+        blobs,
+        layers: rows.clone(),
+        lease: Some(&staging.token),
+    })?;
+    Ok(Imported {
+        name: name.to_string(),
+        manifest_digest: manifest_digest.to_string(),
+        layers: rows,
+        unpacked,
+    })
+}
+
+/// An OCI manifest for layers that came without one (docker-archive).
+pub fn build_manifest(config: &Sha256Digest, config_size: u64, layers: &[ImageLayerRow]) -> Vec<u8> {
+    let v = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": image::MT_OCI_MANIFEST,
+        "config": { "mediaType": image::MT_OCI_CONFIG, "digest": config.to_string(), "size": config_size },
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": l.media_type, "digest": l.blob_digest, "size": l.blob_size,
+        })).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn media_type_for(c: Compression) -> &'static str {
+    match c {
+        Compression::None => image::MT_OCI_LAYER,
+        Compression::Gzip => image::MT_OCI_LAYER_GZIP,
+        Compression::Zstd => image::MT_OCI_LAYER_ZSTD,
+    }
+}
+
+/// Import one layer: reuse it when present; otherwise stream, store the blob and unpack once.
+fn import_layer(
+    store: &mut Store,
+    r: &Resolved,
+    l: &LayerRef,
+    staging: &Staging,
+    progress: &ProgressBar,
+) -> Result<(ImageLayerRow, bool)> {
+    let diff_id = &l.diff_id;
+    let label = l.digest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| l.file.clone());
+    let declared = match &l.media_type {
+        Some(mt) => Some(image::layer_compression(mt)?),
+        None => None,
+    };
+    // Lease first, so a concurrent gc or recovery keeps the layer while this import needs it.
+    store.db.add_lease(&staging.token, &diff_id.to_string())?;
+    let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
+    let layer_dir = store.layer_path(diff_id);
+    let have_layer = store.db.has_layer(&diff_id.to_string())? && layer_dir.is_dir();
+    let have_blob = l.digest.as_ref().is_some_and(|d| store.has_blob(d));
+    if have_layer && have_blob {
+        if let (Some(d), Some(sz)) = (&l.digest, l.size) {
+            progress.inc(sz);
+            let size = store.db.layer_size(&diff_id.to_string())?.unwrap_or(0);
+            let mt = l.media_type.clone().unwrap_or_else(|| image::MT_OCI_LAYER.into());
+            return Ok((
+                ImageLayerRow {
+                    diff_id: diff_id.to_string(),
+                    blob_digest: d.to_string(),
+                    media_type: mt,
+                    blob_size: sz,
+                    size,
+                },
+                false,
+            ));
+        }
+    }
+    let (src, file_size) = r.files.open(&l.file)?;
+    let limit = l.size.or(Some(file_size));
+    let blob_tmp = staging.dir.join(format!("blob-{}", diff_id.hex()));
+    let blob_file =
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?;
+    let unpack_dir: Option<PathBuf> = if have_layer {
+        None
+    } else {
+        let d = staging.dir.join(format!("layer-{}", diff_id.hex()));
+        fs::create_dir(&d).at(&d)?;
+        Some(d)
+    };
+    let streamed = stream_layer(src, limit, declared, blob_file, unpack_dir.as_deref(), progress, &label);
+    let cleanup = || {
+        let _ = fs::remove_file(&blob_tmp);
+        if let Some(d) = &unpack_dir {
+            let _ = remove_tree(d);
+        }
+    };
+    let (s, stats) = match streamed {
+        Ok(x) => x,
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
+    };
+    // Verify everything before anything is published.
+    let verify = || -> Result<()> {
+        if let Some(d) = &l.digest {
+            if &s.digest != d {
+                return Err(ImportError::DigestMismatch {
+                    layer: label.clone(),
+                    expected: d.to_string(),
+                    actual: s.digest.to_string(),
+                });
+            }
+        }
+        if let Some(sz) = l.size {
+            if s.size != sz {
+                return Err(ImportError::SizeMismatch { layer: label.clone(), expected: sz, actual: s.size });
+            }
+        }
+        if &s.diff_id != diff_id {
+            return Err(ImportError::DiffIdMismatch {
+                layer: label.clone(),
+                expected: diff_id.to_string(),
+                actual: s.diff_id.to_string(),
+            });
+        }
+        Ok(())
+    };
+    if let Err(e) = verify() {
+        cleanup();
+        return Err(e);
+    }
+    let mut size = store.db.layer_size(&diff_id.to_string())?.unwrap_or(0);
+    if let (Some(d), Some(stats)) = (&unpack_dir, &stats) {
+        // Durable before visible: one syncfs for the whole layer instead of an fsync per file.
+        if let Err(e) = Store::syncfs(d) {
+            cleanup();
+            return Err(e.into());
+        }
+        let _ = remove_tree(&layer_dir);
+        if let Err(e) = fs::rename(d, &layer_dir).at(&layer_dir) {
+            cleanup();
+            return Err(e.into());
+        }
+        store.db.insert_layer(&diff_id.to_string(), stats.bytes, stats.entries)?;
+        size = stats.bytes;
+    }
+    store.commit_blob_file(&blob_tmp, &s.digest)?;
+    let media_type = match &l.media_type {
+        Some(mt) => mt.clone(),
+        None => media_type_for(s.compression).to_string(),
+    };
+    Ok((
+        ImageLayerRow {
+            diff_id: diff_id.to_string(),
+            blob_digest: s.digest.to_string(),
+            media_type,
+            blob_size: s.size,
+            size,
+        },
+        unpack_dir.is_some(),
+    ))
+}
+
+/// Run the producer thread and, when unpacking, the unpacker on this thread.
+fn stream_layer(
+    src: Box<dyn Read + Send>,
+    limit: Option<u64>,
+    declared: Option<Compression>,
+    blob: File,
+    unpack_dir: Option<&Path>,
+    progress: &ProgressBar,
+    label: &str,
+) -> Result<(Streamed, Option<unpack::UnpackStats>)> {
+    let layer_err = |e: io::Error| ImportError::Layer { layer: label.to_string(), reason: e.to_string() };
+    let Some(dir) = unpack_dir else {
+        return produce(src, limit, declared, Some(blob), None, progress)
+            .map(|s| (s, None))
+            .map_err(layer_err);
+    };
+    let (tx, rx) = sync_channel(8);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || produce(src, limit, declared, Some(blob), Some(tx), progress));
+        let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+        let unpacked = unpack::unpack_layer(reader, dir, &UnpackOptions::default());
+        // Dropping the reader (inside unpack_layer) lets the producer finish hashing the rest.
+        let produced =
+            producer.join().unwrap_or_else(|_| Err(io::Error::other("layer reader thread panicked")));
+        match (produced, unpacked) {
+            // The stream's own failure (corrupt gzip, short blob) explains an unpack failure best.
+            (Err(e), _) => Err(layer_err(e)),
+            (Ok(_), Err(e)) => Err(ImportError::Unpack { layer: label.to_string(), source: e }),
+            (Ok(s), Ok(stats)) => Ok((s, Some(stats))),
+        }
+    })
+}

@@ -1,0 +1,357 @@
+//! The state root: `blobs/sha256/<hex>`, `layers/sha256/<hex>/`, `staging/`, `locks/`,
+//! `containers/<name>/`, and the metadata database `strata.db`.
+//!
+//! Crash safety: everything is built under `staging/<token>/` while the builder holds an flock on
+//! `staging/<token>.lock`, and renamed into place only when complete and verified. On open, staging
+//! entries whose lock is free belong to dead processes and are removed, with their leases and the
+//! layers only they held (see [`Store::recover`]).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+use sha2::{Digest as _, Sha256};
+
+use crate::db::{Db, DbError};
+use crate::digest::Sha256Digest;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("blob {digest} not found in the store")]
+    MissingBlob { digest: String },
+    #[error("image {0:?} not found")]
+    NoImage(String),
+    #[error("image {image:?} is used by container(s) {containers}; remove them first")]
+    ImageInUse { image: String, containers: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attach a path to an io::Error.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|source| StoreError::Io { path: path.as_ref().to_path_buf(), source })
+    }
+}
+
+/// The opened state root.
+pub struct Store {
+    root: PathBuf,
+    pub db: Db,
+}
+
+/// An exclusive flock held until drop.
+pub struct LockGuard {
+    _file: File,
+}
+
+fn lock_file(path: &Path, blocking: bool) -> Result<Option<LockGuard>> {
+    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).at(path)?;
+    let op = if blocking { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
+    match rustix::fs::flock(&file, op) {
+        Ok(()) => Ok(Some(LockGuard { _file: file })),
+        Err(rustix::io::Errno::WOULDBLOCK) if !blocking => Ok(None),
+        Err(e) => Err(io::Error::from(e)).at(path),
+    }
+}
+
+/// A private working directory under `staging/`, removed on drop unless it was consumed.
+pub struct Staging {
+    pub token: String,
+    pub dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: LockGuard,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = remove_tree(&self.dir);
+        }
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Remove a file or a whole tree, making directories writable first (layers hold read-only dirs).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(md) if md.is_dir() => match fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Directories without write permission (mode 0555 in an image) stop remove_dir_all
+                // only for non-root; as root it succeeds. Retry after chmod for completeness.
+                chmod_dirs_writable(path)?;
+                fs::remove_dir_all(path)
+            }
+        },
+        Ok(_) => fs::remove_file(path),
+    }
+}
+
+fn chmod_dirs_writable(path: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(path)?;
+    if md.is_dir() {
+        let mut p = md.permissions();
+        p.set_mode(0o700);
+        fs::set_permissions(path, p)?;
+        for e in fs::read_dir(path)? {
+            chmod_dirs_writable(&e?.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn random_token() -> String {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        buf = (t.as_nanos() as u64).to_le_bytes();
+    }
+    format!("{}-{}", std::process::id(), hex::encode(buf))
+}
+
+impl Store {
+    /// Default state root.
+    pub const DEFAULT_ROOT: &'static str = "/var/lib/strata";
+
+    /// Open (creating if needed) the state root and recover from interrupted operations.
+    pub fn open(root: &Path) -> Result<Store> {
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        b.create(root).at(root)?;
+        // The root must not let host users reach setuid binaries inside layers.
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).at(root)?;
+        for sub in ["blobs/sha256", "layers/sha256", "staging", "locks", "containers"] {
+            let p = root.join(sub);
+            b.create(&p).at(&p)?;
+        }
+        let db = Db::open(&root.join("strata.db"))?;
+        let mut store = Store { root: root.to_path_buf(), db };
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, d: &Sha256Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn layer_path(&self, diff_id: &Sha256Digest) -> PathBuf {
+        self.root.join("layers/sha256").join(diff_id.hex())
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn has_blob(&self, d: &Sha256Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Read a whole (small) blob: manifests and configs.
+    pub fn read_blob(&self, d: &Sha256Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(d);
+        fs::read(&p).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::MissingBlob { digest: d.to_string() }
+            } else {
+                StoreError::Io { path: p.clone(), source: e }
+            }
+        })
+    }
+
+    /// Take the exclusive lock named `name` (under `locks/`), waiting for it.
+    pub fn lock(&self, name: &str) -> Result<LockGuard> {
+        let p = self.root.join("locks").join(format!("{name}.lock"));
+        lock_file(&p, true)?
+            .ok_or_else(|| StoreError::Io { path: p, source: io::ErrorKind::WouldBlock.into() })
+    }
+
+    /// A new private staging directory.
+    pub fn staging(&self) -> Result<Staging> {
+        let token = random_token();
+        let lock_path = self.root.join("staging").join(format!("{token}.lock"));
+        let lock = lock_file(&lock_path, false)?.ok_or_else(|| StoreError::Io {
+            path: lock_path.clone(),
+            source: io::ErrorKind::WouldBlock.into(),
+        })?;
+        let dir = self.root.join("staging").join(&token);
+        fs::DirBuilder::new().mode(0o700).create(&dir).at(&dir)?;
+        Ok(Staging { token, dir, lock_path, _lock: lock })
+    }
+
+    /// Write a small blob (manifest, config) atomically; returns its digest.
+    pub fn put_blob(&self, data: &[u8]) -> Result<Sha256Digest> {
+        let d = Sha256Digest::from_bytes(&Sha256::digest(data));
+        let dst = self.blob_path(&d);
+        if dst.is_file() {
+            return Ok(d);
+        }
+        let tmp = self.root.join("staging").join(format!("blob-{}", random_token()));
+        let res = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &dst)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.at(&dst)?;
+        Ok(d)
+    }
+
+    /// Move a complete, verified file into the blob store.
+    pub fn commit_blob_file(&self, tmp: &Path, d: &Sha256Digest) -> Result<()> {
+        let dst = self.blob_path(d);
+        fs::rename(tmp, &dst).at(&dst)
+    }
+
+    /// Clean up after interrupted operations: staging entries of dead processes, their leases, and
+    /// layers (directories and rows) only those leases held.
+    pub fn recover(&mut self) -> Result<()> {
+        let staging = self.root.join("staging");
+        let mut live = std::collections::HashSet::new();
+        let mut dead_tokens = Vec::new();
+        for e in fs::read_dir(&staging).at(&staging)? {
+            let e = e.at(&staging)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(token) = name.strip_suffix(".lock") {
+                match lock_file(&e.path(), false)? {
+                    Some(_guard) => {
+                        let _ = remove_tree(&staging.join(token));
+                        let _ = fs::remove_file(e.path());
+                        dead_tokens.push(token.to_string());
+                    }
+                    None => {
+                        live.insert(token.to_string());
+                    }
+                }
+            }
+        }
+        for e in fs::read_dir(&staging).at(&staging)? {
+            let e = e.at(&staging)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".lock") {
+                continue;
+            }
+            // Blob temp files carry the token after "blob-"; staging dirs are the token.
+            let token = name.strip_prefix("blob-").unwrap_or(&name).to_string();
+            let pid_alive = token
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !live.contains(&token) && !(name.starts_with("blob-") && pid_alive) {
+                let _ = remove_tree(&e.path());
+            }
+        }
+        // Leases of imports that are gone.
+        for token in self.db.lease_tokens()? {
+            if !live.contains(&token) {
+                self.db.drop_leases(&token)?;
+                dead_tokens.push(token);
+            }
+        }
+        if !dead_tokens.is_empty() {
+            self.remove_unreferenced_layers()?;
+        }
+        // Layer directories without a row: an import died between rename and insert.
+        let layers = self.root.join("layers/sha256");
+        for e in fs::read_dir(&layers).at(&layers)? {
+            let e = e.at(&layers)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(d) = Sha256Digest::from_hex(&name) else {
+                let _ = remove_tree(&e.path());
+                continue;
+            };
+            if !self.db.has_layer(&d.to_string())? {
+                // Only if nobody is importing it right now.
+                let p = self.root.join("locks").join(format!("layer-{}.lock", d.hex()));
+                if let Some(_g) = lock_file(&p, false)? {
+                    if !self.db.has_layer(&d.to_string())? {
+                        tracing::info!(layer = %d, "removing layer directory without metadata");
+                        remove_tree(&e.path()).at(e.path())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove layers (rows and directories) that no image and no lease references.
+    pub fn remove_unreferenced_layers(&mut self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for diff_id in self.db.unreferenced_layers()? {
+            let Ok(d) = Sha256Digest::parse(&diff_id) else { continue };
+            let _g = self.lock(&format!("layer-{}", d.hex()))?;
+            // Re-check under the lock: an import may have leased it meanwhile.
+            if self.db.layer_refcount(&diff_id)? > 0 {
+                continue;
+            }
+            let p = self.layer_path(&d);
+            remove_tree(&p).at(&p)?;
+            self.db.remove_layer_row(&diff_id)?;
+            removed.push(diff_id);
+        }
+        Ok(removed)
+    }
+
+    /// Remove every blob and layer no image references. Returns (blobs, layers) removed.
+    pub fn gc(&mut self) -> Result<(Vec<String>, Vec<String>)> {
+        let _g = self.lock("gc")?;
+        let layers = self.remove_unreferenced_layers()?;
+        let referenced = self.db.referenced_blobs()?;
+        let mut blobs = Vec::new();
+        let dir = self.root.join("blobs/sha256");
+        let leased = !self.db.lease_tokens()?.is_empty();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digest = format!("sha256:{name}");
+            // While an import runs, its blobs are not referenced yet: leave blobs alone then.
+            if !referenced.contains(&digest) && !leased {
+                fs::remove_file(e.path()).at(e.path())?;
+                self.db.remove_blob_row(&digest)?;
+                blobs.push(digest);
+            }
+        }
+        Ok((blobs, layers))
+    }
+
+    /// Remove an image name; refuses while a container uses it.
+    pub fn remove_image(&mut self, name: &str) -> Result<()> {
+        let users = self.db.containers_of_image(name)?;
+        if !users.is_empty() {
+            return Err(StoreError::ImageInUse { image: name.to_string(), containers: users.join(", ") });
+        }
+        if !self.db.remove_image(name)? {
+            return Err(StoreError::NoImage(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Sync the filesystem holding `path`.
+    pub fn syncfs(path: &Path) -> Result<()> {
+        let f = File::open(path).at(path)?;
+        rustix::fs::syncfs(&f).map_err(io::Error::from).at(path)
+    }
+}
