@@ -1,0 +1,278 @@
+//! OCI runtime bundles: `config.json` built from an image config with oci-spec's runtime types, and
+//! `runc run` on it.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use oci_spec::runtime::{Capability, LinuxCapabilities, PosixRlimit, PosixRlimitType, Process, Root, Spec, User};
+use serde_json::Value;
+
+/// Bundle errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("image config: {0}")]
+    Config(String),
+    #[error("user {user:?}: {reason}")]
+    User { user: String, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("runtime spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("running {runtime}: {source}")]
+    Runtime { runtime: String, source: std::io::Error },
+    #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
+    NoCommand,
+}
+
+pub type Result<T, E = BundleError> = std::result::Result<T, E>;
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// Replaces the image's Cmd (the Entrypoint stays, as with `docker run IMAGE CMD...`).
+    pub args: Vec<String>,
+    pub hostname: String,
+    /// Allocate a terminal (only when stdin is one).
+    pub terminal: bool,
+}
+
+/// The capabilities a container gets by default: Docker's and Podman's default set, enough for
+/// package managers (chown, mknod, setuid) and no more.
+pub const DEFAULT_CAPS: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// Resolve `user[:group]` (names or numbers) against the rootfs's /etc/passwd and /etc/group.
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
+    let err = |reason: &str| BundleError::User { user: spec.to_string(), reason: reason.to_string() };
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    // Read through the mounted rootfs; a symlinked /etc/passwd could point anywhere on the host, so
+    // only regular files are read.
+    let read = |name: &str| -> String {
+        let p = rootfs.join("etc").join(name);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.is_file() => fs::read_to_string(&p).unwrap_or_default(),
+            _ => String::new(),
+        }
+    };
+    let passwd = read("passwd");
+    let group = read("group");
+    let (uid, mut gid) = if u.is_empty() {
+        (0, 0)
+    } else if let Ok(n) = u.parse::<u32>() {
+        let gid = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2] == u)
+            .and_then(|f| f[3].parse().ok())
+            .unwrap_or(0);
+        (n, gid)
+    } else {
+        let f = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == u)
+            .ok_or_else(|| err("no such user in the image's /etc/passwd"))?;
+        (f[2].parse().map_err(|_| err("bad uid in /etc/passwd"))?, f[3].parse().map_err(|_| err("bad gid in /etc/passwd"))?)
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| err("no such group in the image's /etc/group"))?,
+        };
+    }
+    // Supplementary groups: those that list the user by name.
+    let uname = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 2 && f[2] == uid.to_string());
+    let mut extra = Vec::new();
+    if let Some(f) = uname {
+        for l in group.lines() {
+            let gf: Vec<&str> = l.split(':').collect();
+            if gf.len() > 3 && gf[3].split(',').any(|m| m == f[0]) {
+                if let Ok(n) = gf[2].parse::<u32>() {
+                    if n != gid {
+                        extra.push(n);
+                    }
+                }
+            }
+        }
+    }
+    Ok((uid, gid, extra))
+}
+
+/// Build the runtime spec for `rootfs` from the image config JSON.
+pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<Spec> {
+    let cfg = image_config.get("config").cloned().unwrap_or(Value::Null);
+    let entrypoint = strings(cfg.get("Entrypoint"));
+    let cmd = if run.args.is_empty() { strings(cfg.get("Cmd")) } else { run.args.clone() };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(BundleError::NoCommand);
+    }
+    let mut env = strings(cfg.get("Env"));
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    if run.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", run.hostname));
+    }
+    let cwd = cfg.get("WorkingDir").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or("/");
+    let user_spec = cfg.get("User").and_then(|v| v.as_str()).unwrap_or("");
+    let (uid, gid, extra) = resolve_user(rootfs, user_spec)?;
+    let mut user = User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    if !extra.is_empty() {
+        user.set_additional_gids(Some(extra));
+    }
+    let caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+    let mut c = LinuxCapabilities::default();
+    c.set_bounding(Some(caps.clone()));
+    c.set_effective(Some(caps.clone()));
+    c.set_permitted(Some(caps));
+    c.set_inheritable(None);
+    c.set_ambient(None);
+    let mut process = Process::default();
+    process.set_terminal(Some(run.terminal));
+    process.set_args(Some(args));
+    process.set_env(Some(env));
+    process.set_cwd(PathBuf::from(cwd));
+    process.set_user(user);
+    process.set_capabilities(Some(c));
+    process.set_rlimits(Some(rlimits()));
+    let mut root = Root::default();
+    root.set_path(rootfs.to_path_buf());
+    root.set_readonly(Some(false));
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(Some(run.hostname.clone()));
+    Ok(spec)
+}
+
+/// RLIMIT_NOFILE as containers expect it, but never above this process's hard limit: raising a
+/// hard limit needs CAP_SYS_RESOURCE, and runc fails the whole start when it cannot.
+fn rlimits() -> Vec<PosixRlimit> {
+    let want: u64 = 1 << 20;
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(want).min(want);
+    let mut r = PosixRlimit::default();
+    r.set_typ(PosixRlimitType::RlimitNofile);
+    r.set_hard(hard);
+    r.set_soft(hard);
+    vec![r]
+}
+
+/// Write `bundle/config.json`.
+pub fn write_bundle(bundle: &Path, spec: &Spec) -> Result<()> {
+    fs::create_dir_all(bundle).map_err(|e| BundleError::Io { path: bundle.to_path_buf(), source: e })?;
+    let p = bundle.join("config.json");
+    let tmp = bundle.join("config.json.tmp");
+    let data = serde_json::to_vec_pretty(spec).map_err(|e| BundleError::Config(e.to_string()))?;
+    fs::write(&tmp, data).map_err(|e| BundleError::Io { path: tmp.clone(), source: e })?;
+    fs::rename(&tmp, &p).map_err(|e| BundleError::Io { path: p, source: e })
+}
+
+/// The OCI runtime binary (`STRATA_RUNTIME` or `runc`).
+pub fn runtime() -> String {
+    std::env::var("STRATA_RUNTIME").unwrap_or_else(|_| "runc".into())
+}
+
+/// `runc run --bundle BUNDLE ID` with inherited stdio; returns the container process's exit code
+/// (128+signal when killed by a signal).
+pub fn run_bundle(bundle: &Path, id: &str) -> Result<i32> {
+    let rt = runtime();
+    let status = Command::new(&rt)
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Remove runc's state for `id` if a previous run left it (e.g. killed).
+pub fn delete_stale(id: &str) {
+    let _ = Command::new(runtime())
+        .args(["delete", "--force", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_from_image_config() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
+            .unwrap();
+        fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\nextra:x:2000:app\n").unwrap();
+        let cfg = serde_json::json!({"config": {
+            "Entrypoint": ["/bin/ep"], "Cmd": ["default"], "Env": ["A=1"], "WorkingDir": "/w", "User": "app"}});
+        let run = RunSpec { args: vec!["x".into(), "y".into()], hostname: "h".into(), terminal: false };
+        let spec = build_spec(&cfg, dir.path(), &run).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/ep".to_string(), "x".into(), "y".into()]);
+        assert_eq!(p.cwd(), &PathBuf::from("/w"));
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 1001));
+        assert_eq!(p.user().additional_gids().as_ref().unwrap(), &vec![2000]);
+        let env = p.env().as_ref().unwrap();
+        assert!(env.iter().any(|e| e.starts_with("PATH=")));
+        assert!(env.contains(&"A=1".to_string()));
+        assert_eq!(spec.hostname().as_deref(), Some("h"));
+        let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+        assert!(caps.contains(&Capability::Mknod) && !caps.contains(&Capability::SysAdmin));
+        let nofile = &p.rlimits().as_ref().unwrap()[0];
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        assert!(hard.is_none_or(|h| nofile.hard() <= h));
+    }
+
+    #[test]
+    fn users() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_user(dir.path(), "").unwrap(), (0, 0, vec![]));
+        assert_eq!(resolve_user(dir.path(), "12:34").unwrap(), (12, 34, vec![]));
+        assert!(matches!(resolve_user(dir.path(), "nobody"), Err(BundleError::User { .. })));
+        let cfg = serde_json::json!({"config": {}});
+        assert!(matches!(build_spec(&cfg, dir.path(), &RunSpec::default()), Err(BundleError::NoCommand)));
+    }
+}
