@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use oci_spec::runtime::{Capability, LinuxCapabilities, PosixRlimit, PosixRlimitType, Process, Root, Spec, User};
+use oci_spec::runtime::{Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User};
 use serde_json::Value;
 
 /// Bundle errors.
@@ -186,11 +186,13 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
 fn rlimits() -> Vec<PosixRlimit> {
     let want: u64 = 1 << 20;
     let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(want).min(want);
-    let mut r = PosixRlimit::default();
-    r.set_typ(PosixRlimitType::RlimitNofile);
-    r.set_hard(hard);
-    r.set_soft(hard);
-    vec![r]
+    PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(hard)
+        .soft(hard)
+        .build()
+        .map(|r| vec![r])
+        .unwrap_or_default()
 }
 
 /// Write `bundle/config.json`.

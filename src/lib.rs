@@ -14,3 +14,5 @@ pub mod import;
 pub mod store;
 pub mod tree;
 pub mod unpack;
+pub mod bundle;
+pub mod container;

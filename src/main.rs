@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use strata::container::{self, Backend, CreateOptions};
 use strata::image::Platform;
 use strata::import::{self, ImportOptions};
 use strata::store::Store;
@@ -29,8 +30,71 @@ enum Cmd {
     /// Images: import, list, inspect, remove.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Containers: writable snapshots over images.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Create and mount a container over IMAGE and run it with runc.
+    Run {
+        image: String,
+        /// Container name (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// Remove the container when the command exits.
+        #[arg(long)]
+        rm: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+        /// Command and arguments (replace the image's Cmd).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
     /// Remove blobs and layer directories no image references.
     Gc,
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    /// Record a container (a writable snapshot, or a view with --read-only) over IMAGE.
+    Create {
+        image: String,
+        name: String,
+        #[arg(long)]
+        read_only: bool,
+        /// Mount with overlayfs `volatile` (no syncs; for throw-away containers).
+        #[arg(long)]
+        volatile: bool,
+    },
+    /// List containers and whether each is mounted.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a container (refuses while mounted unless --force).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mount a container; prints the mount point.
+    Mount {
+        name: String,
+        target: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
+    /// Unmount a container.
+    Umount {
+        name: String,
+        /// Detach even while busy.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the mount a caller would perform (type, source, options) without mounting.
+    Mounts {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +147,8 @@ fn open_store(root: &std::path::Path) -> Result<Store> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Image(c) => image_cmd(&cli.root, c),
+        Cmd::Container(c) => container_cmd(&cli.root, c),
+        Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
             let (blobs, layers) = store.gc().context("gc")?;
@@ -163,4 +229,104 @@ fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", U[i])
     }
+}
+
+fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
+    match c {
+        ContainerCmd::Create { image, name, read_only, volatile } => {
+            let mut store = open_store(root)?;
+            container::create(&mut store, &image, &name, &CreateOptions { read_only, volatile })
+                .with_context(|| format!("creating container {name}"))?;
+            println!("{name}");
+        }
+        ContainerCmd::Ls { json } => {
+            let store = open_store(root)?;
+            let list = container::list(&store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<24} {:<4} {}", "NAME", "IMAGE", "MODE", "MOUNTED");
+                for c in list {
+                    let mode = if c.row.read_only { "ro" } else { "rw" };
+                    let at = c.mounted.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
+                    println!("{:<24} {:<24} {:<4} {}", c.row.name, c.row.image, mode, at);
+                }
+            }
+        }
+        ContainerCmd::Rm { name, force } => {
+            let mut store = open_store(root)?;
+            container::remove(&mut store, &name, force).with_context(|| format!("removing container {name}"))?;
+            println!("{name}");
+        }
+        ContainerCmd::Mount { name, target, backend } => {
+            let store = open_store(root)?;
+            let at = container::mount(&store, &name, target.as_deref(), backend)
+                .with_context(|| format!("mounting container {name}"))?;
+            println!("{}", at.display());
+        }
+        ContainerCmd::Umount { name, force } => {
+            let store = open_store(root)?;
+            container::umount(&store, &name, force).with_context(|| format!("unmounting container {name}"))?;
+        }
+        ContainerCmd::Mounts { name, json } => {
+            let store = open_store(root)?;
+            let m = container::mounts(&store, &name)?;
+            if json {
+                let v = serde_json::json!([{"type": m.fs_type, "source": m.source, "options": m.options}]);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("mount -t {} {} -o {} TARGET", m.fs_type, m.source, m.options.join(","));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_cmd(
+    root: &std::path::Path,
+    image: &str,
+    name: Option<String>,
+    rm: bool,
+    backend: Backend,
+    cmd: Vec<String>,
+) -> Result<ExitCode> {
+    use strata::bundle;
+    let mut store = open_store(root)?;
+    let name = name.unwrap_or_else(|| {
+        let mut b = [0u8; 6];
+        // SAFETY: getrandom writes at most b.len() bytes into b.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        format!("run-{}", hex_encode(&b))
+    });
+    let img = store.db.image(image)?.with_context(|| format!("image {image:?} not found"))?;
+    container::create(&mut store, image, &name, &CreateOptions::default())
+        .with_context(|| format!("creating container {name}"))?;
+    let result = (|| -> Result<i32> {
+        let rootfs = container::mount(&store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
+        let cd = strata::digest::Sha256Digest::parse(&img.config_digest)?;
+        let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&cd)?)?;
+        let run = bundle::RunSpec {
+            args: cmd,
+            hostname: name.chars().take(63).collect(),
+            terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        };
+        let spec = bundle::build_spec(&config, &rootfs, &run).context("building the runtime spec")?;
+        let paths = container::paths(&store, &name);
+        bundle::write_bundle(&paths.bundle, &spec)?;
+        let id = format!("strata-{name}");
+        bundle::delete_stale(&id);
+        let code = bundle::run_bundle(&paths.bundle, &id)?;
+        Ok(code)
+    })();
+    if rm {
+        container::remove(&mut store, &name, true).with_context(|| format!("removing container {name}"))?;
+    } else {
+        let _ = container::umount(&store, &name, false);
+    }
+    let code = result?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
