@@ -119,7 +119,7 @@ fn check_stack(n: usize, writable: bool) {
         assert_eq!(fs::read_to_string(fx.root.join("upper/new")).unwrap(), "hello");
         fs::write(target.join("common"), "changed").unwrap();
         assert_eq!(fs::read_to_string(fx.root.join("upper/common")).unwrap(), "changed");
-        assert_eq!(fs::read_to_string(&fx.lowers[0].join("common")).unwrap(), "0");
+        assert_eq!(fs::read_to_string(fx.lowers[0].join("common")).unwrap(), "0");
         fs::remove_file(target.join("f0")).unwrap();
         let meta = fs::symlink_metadata(fx.root.join("upper/f0")).unwrap();
         assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()), "whiteout in upper");
@@ -415,5 +415,6 @@ fn kernel_errors_name_target_op_and_errno() {
     let mut spec = fx.writable();
     spec.work = Some(fx.root.join("upper"));
     let err = mount(&spec, &fx.target()).unwrap_err();
+    eprintln!("{msg}\n{err}");
     assert!(err.to_string().contains("FSCONFIG_CMD_CREATE") || err.to_string().contains("workdir"), "{err}");
 }
