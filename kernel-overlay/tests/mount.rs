@@ -3,7 +3,7 @@
 //! Skipped (loudly) only when not root and `CI` is unset; under CI they must run.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use kernel_overlay::{
@@ -18,7 +18,11 @@ fn root_or_skip(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: not root but CI is set; root integration tests must run under CI");
     }
-    eprintln!("SKIPPED (not root) kernel-overlay integration test {test}: run as root to exercise overlayfs");
+    // Written to the stderr handle, not with eprintln!, so the test harness does not capture it.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (not root) kernel-overlay integration test {test}: run as root to exercise overlayfs"
+    );
     false
 }
 
