@@ -55,7 +55,7 @@ pub enum Error {
     )]
     OptionsTooLong { target: PathBuf, common: PathBuf, len: usize, limit: usize },
 
-    #[error("mounting overlay on {target}: {op} failed: {}{}", errno_display(.errno), kernel_log(.kernel))]
+    #[error("mounting overlay on {target}: {op} failed: {}{}", errno_display(.errno), kernel_log(.kernel, *.errno))]
     Mount { target: PathBuf, op: String, errno: Errno, kernel: Vec<String> },
 
     #[error("unmounting {target}: umount2 failed: {}", errno_display(.errno))]
@@ -86,9 +86,14 @@ pub(crate) fn check_depth(count: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn kernel_log(lines: &[String]) -> String {
+fn kernel_log(lines: &[String], errno: Errno) -> String {
     if lines.is_empty() {
-        String::new()
+        if errno == Errno::INVAL {
+            // overlayfs reports most option conflicts with pr_err, not in the fs_context log.
+            " (overlayfs logs the reason in the kernel log: see dmesg)".to_string()
+        } else {
+            String::new()
+        }
     } else {
         format!(" (kernel: {})", lines.join("; "))
     }

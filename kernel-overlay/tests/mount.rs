@@ -3,7 +3,7 @@
 //! Skipped (loudly) only when not root and `CI` is unset; under CI they must run.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use kernel_overlay::{
@@ -18,7 +18,11 @@ fn root_or_skip(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: not root but CI is set; root integration tests must run under CI");
     }
-    eprintln!("SKIPPED (not root) kernel-overlay integration test {test}: run as root to exercise overlayfs");
+    // Written to the stderr handle, not with eprintln!, so the test harness does not capture it.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (not root) kernel-overlay integration test {test}: run as root to exercise overlayfs"
+    );
     false
 }
 
@@ -119,7 +123,7 @@ fn check_stack(n: usize, writable: bool) {
         assert_eq!(fs::read_to_string(fx.root.join("upper/new")).unwrap(), "hello");
         fs::write(target.join("common"), "changed").unwrap();
         assert_eq!(fs::read_to_string(fx.root.join("upper/common")).unwrap(), "changed");
-        assert_eq!(fs::read_to_string(&fx.lowers[0].join("common")).unwrap(), "0");
+        assert_eq!(fs::read_to_string(fx.lowers[0].join("common")).unwrap(), "0");
         fs::remove_file(target.join("f0")).unwrap();
         let meta = fs::symlink_metadata(fx.root.join("upper/f0")).unwrap();
         assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()), "whiteout in upper");
@@ -415,5 +419,6 @@ fn kernel_errors_name_target_op_and_errno() {
     let mut spec = fx.writable();
     spec.work = Some(fx.root.join("upper"));
     let err = mount(&spec, &fx.target()).unwrap_err();
+    eprintln!("{msg}\n{err}");
     assert!(err.to_string().contains("FSCONFIG_CMD_CREATE") || err.to_string().contains("workdir"), "{err}");
 }
