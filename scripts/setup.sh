@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what strata's build, tests, demo and benchmarks need on a fresh Debian machine (as root).
+# Idempotent: skips apt when everything is present.
+set -euo pipefail
+pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
+      hyperfine attr zstd python3 ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found (install a Rust toolchain)" >&2; exit 1; }
+# overlay and fuse: loaded on demand on most kernels; make sure.
+modprobe overlay 2>/dev/null || true
+modprobe fuse 2>/dev/null || true

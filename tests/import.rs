@@ -1,0 +1,497 @@
+//! Import: every source format, verified digests, layers unpacked once, trees equal to what
+//! `umoci unpack` produces, and failures that leave nothing behind.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{capture, fixtures, privileged, umoci_unpack, Root};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use strata::tree::assert_trees_eq;
+
+fn json(p: &Path) -> Value {
+    serde_json::from_slice(&fs::read(p).expect("read json")).expect("parse json")
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+}
+
+fn manifest_of(layout: &Path, tag: &str) -> Value {
+    let index = json(&layout.join("index.json"));
+    let d = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag} in {}", layout.display()))["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    json(&blob(layout, &d))
+}
+
+fn sha(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A copy of an OCI layout (blobs hardlinked) that tests may change.
+fn copy_layout(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst.join("blobs/sha256")).expect("mkdir");
+    for f in ["oci-layout", "index.json"] {
+        fs::copy(src.join(f), dst.join(f)).expect("copy");
+    }
+    for e in fs::read_dir(src.join("blobs/sha256")).expect("blobs") {
+        let e = e.expect("entry");
+        fs::hard_link(e.path(), dst.join("blobs/sha256").join(e.file_name())).expect("link");
+    }
+}
+
+fn put_blob(layout: &Path, data: &[u8]) -> (String, u64) {
+    let d = sha(data);
+    let p = blob(layout, &d);
+    let _ = fs::remove_file(&p);
+    fs::write(p, data).expect("write blob");
+    (d, data.len() as u64)
+}
+
+/// Tag `new_tag` = the image `tag` truncated to its first `k` layers.
+fn add_prefix_image(layout: &Path, tag: &str, k: usize, new_tag: &str) {
+    let mut m = manifest_of(layout, tag);
+    let mut config = json(&blob(layout, m["config"]["digest"].as_str().expect("config")));
+    config["rootfs"]["diff_ids"].as_array_mut().expect("diff_ids").truncate(k);
+    if let Some(h) = config.get_mut("history").and_then(|h| h.as_array_mut()) {
+        h.clear();
+    }
+    let (cd, cs) = put_blob(layout, &serde_json::to_vec(&config).expect("config json"));
+    m["config"]["digest"] = cd.into();
+    m["config"]["size"] = cs.into();
+    m["layers"].as_array_mut().expect("layers").truncate(k);
+    set_tag(layout, new_tag, &serde_json::to_vec(&m).expect("manifest json"));
+}
+
+fn set_tag(layout: &Path, tag: &str, manifest: &[u8]) {
+    let (md, ms) = put_blob(layout, manifest);
+    let mut index = json(&layout.join("index.json"));
+    let ms_arr = index["manifests"].as_array_mut().expect("manifests");
+    ms_arr.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
+    ms_arr.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": ms,
+        "annotations": {"org.opencontainers.image.ref.name": tag}
+    }));
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("write index");
+}
+
+/// Mount image `name` read-only in `root` and compare with the umoci reference rootfs.
+fn assert_image_matches(root: &Root, name: &str, reference: &Path) {
+    let cname = format!("cmp-{}", name.replace(':', "-"));
+    root.ok(&["container", "create", "--read-only", name, &cname]);
+    let at = root.ok(&["container", "mount", &cname, "--backend", "kernel"]);
+    let got = capture(Path::new(at.trim()));
+    root.ok(&["container", "umount", &cname]);
+    root.ok(&["container", "rm", &cname]);
+    assert_trees_eq(&capture(reference), &got, &format!("umoci unpack vs strata mount of {name}"));
+}
+
+fn layer_dirs(root: &Root) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(root.path().join("layers/sha256"))
+        .expect("layers dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn staging_entries(root: &Root) -> Vec<String> {
+    fs::read_dir(root.path().join("staging"))
+        .expect("staging dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn db_count(root: &Root, table: &str) -> i64 {
+    let c = rusqlite::Connection::open(root.path().join("strata.db")).expect("db");
+    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).expect("count")
+}
+
+/// Every layer in context: the image truncated to its first k layers, for each k, mounted by
+/// strata, equals umoci's unpack of the same truncated image, entry by entry.
+#[test]
+fn each_layer_stack_matches_umoci() {
+    if !privileged("each_layer_stack_matches_umoci") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let layout = root.path().join("layout");
+    copy_layout(&fx.join("oci"), &layout);
+    for tag in ["multi", "multi-opaque"] {
+        let n = manifest_of(&layout, tag)["layers"].as_array().expect("layers").len();
+        assert!(n >= 2, "{tag} has {n} layers");
+        for k in 1..=n {
+            let t = format!("{tag}-upto-{k}");
+            add_prefix_image(&layout, tag, k, &t);
+            root.ok(&["image", "import", &format!("{}:{t}", layout.display())]);
+            let (_keep, reference) = umoci_unpack(&layout, &t);
+            assert_image_matches(&root, &t, &reference);
+        }
+    }
+    // The bottom layer's own directory is exactly umoci's one-layer tree.
+    let (_keep, reference) = umoci_unpack(&layout, "multi-upto-1");
+    let m = manifest_of(&layout, "multi-upto-1");
+    let config = json(&blob(&layout, m["config"]["digest"].as_str().expect("config")));
+    let diff_id = config["rootfs"]["diff_ids"][0].as_str().expect("diff_id").trim_start_matches("sha256:");
+    assert_trees_eq(&capture(&reference), &capture(&root.path().join("layers/sha256").join(diff_id)), "layer 1");
+}
+
+/// One image in every format strata reads gives the same layers and the same tree.
+#[test]
+fn all_formats_import_the_same_image() {
+    if !privileged("all_formats_import_the_same_image") {
+        return;
+    }
+    let fx = fixtures();
+    let (_keep, reference) = umoci_unpack(&fx.join("oci"), "multi");
+    let sources = [
+        ("oci", format!("{}:multi", fx.join("oci").display())),
+        ("zstd", format!("{}:multi-zstd", fx.join("oci-zstd").display())),
+        ("plain", format!("{}:multi-plain", fx.join("oci-plain").display())),
+        ("ociarchive", fx.join("multi.oci.tar").display().to_string()),
+        ("docker", fx.join("multi.docker.tar").display().to_string()),
+        ("dockeroci", fx.join("multi.docker-oci.tar").display().to_string()),
+    ];
+    let root = Root::new();
+    let mut diff_ids: Option<Vec<String>> = None;
+    for (name, src) in &sources {
+        let digest = root.ok(&["image", "import", src, "--name", name]);
+        assert!(digest.trim().starts_with("sha256:") && digest.trim().len() == 71, "{name}: {digest}");
+        let inspect: Value = serde_json::from_str(&root.ok(&["image", "inspect", name])).expect("inspect json");
+        let ids: Vec<String> =
+            inspect["layers"].as_array().expect("layers").iter().map(|l| l["diff_id"].as_str().expect("id").into()).collect();
+        match &diff_ids {
+            None => diff_ids = Some(ids),
+            Some(first) => assert_eq!(first, &ids, "{name}: diff_ids differ from the OCI layout's"),
+        }
+        assert_image_matches(&root, name, &reference);
+    }
+    // Shared layers were unpacked once: one directory per distinct diff_id.
+    let mut want: Vec<String> = diff_ids
+        .expect("imported")
+        .iter()
+        .map(|d| d.trim_start_matches("sha256:").to_string())
+        .collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(layer_dirs(&root), want);
+    // ls shows all of them.
+    let ls: Value = serde_json::from_str(&root.ok(&["image", "ls", "--json"])).expect("ls json");
+    assert_eq!(ls.as_array().expect("array").len(), sources.len());
+}
+
+#[test]
+fn multi_platform_index_picks_host_or_requested_platform() {
+    if !privileged("multi_platform_index_picks_host_or_requested_platform") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let src = format!("{}:multi-arch", fx.join("oci-index").display());
+    root.ok(&["image", "import", &src, "--name", "host"]);
+    root.ok(&["image", "import", &src, "--name", "arm", "--platform", "linux/arm64"]);
+    let arch = |n: &str| -> String {
+        let v: Value = serde_json::from_str(&root.ok(&["image", "inspect", n])).expect("json");
+        v["config"]["architecture"].as_str().expect("arch").to_string()
+    };
+    assert_eq!(arch("host"), "amd64");
+    assert_eq!(arch("arm"), "arm64");
+    let err = root.fails(&["image", "import", &src, "--name", "s390", "--platform", "linux/s390x"]);
+    assert!(err.contains("no manifest for platform linux/s390x"), "{err}");
+}
+
+#[test]
+fn name_defaults_to_the_layout_tag_and_rm_gc_clean_up() {
+    if !privileged("name_defaults_to_the_layout_tag_and_rm_gc_clean_up") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
+    root.ok(&["image", "import", &format!("{}:many-2", fx.join("oci").display())]);
+    assert!(root.ok(&["image", "ls"]).contains("busybox"));
+    root.ok(&["container", "create", "busybox", "c"]);
+    let err = root.fails(&["image", "rm", "busybox"]);
+    assert!(err.contains("used by container(s) c"), "{err}");
+    root.ok(&["container", "rm", "c"]);
+    root.ok(&["image", "rm", "busybox"]);
+    // many-2 shares busybox's base layer: gc keeps it and removes nothing of many-2.
+    let before = layer_dirs(&root).len();
+    root.ok(&["gc"]);
+    assert_eq!(layer_dirs(&root).len(), before);
+    root.ok(&["image", "rm", "many-2"]);
+    root.ok(&["gc"]);
+    assert!(layer_dirs(&root).is_empty());
+    assert_eq!(fs::read_dir(root.path().join("blobs/sha256")).expect("blobs").count(), 0);
+    assert_eq!(db_count(&root, "layers"), 0);
+    let err = root.fails(&["image", "rm", "nope"]);
+    assert!(err.contains("image \"nope\" not found"), "{err}");
+}
+
+/// Importing many images that share layers at the same time unpacks each layer once.
+#[test]
+fn concurrent_imports_share_layers() {
+    if !privileged("concurrent_imports_share_layers") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let layout = fx.join("oci");
+    let mut children = Vec::new();
+    for i in 0..6 {
+        let tag = if i % 2 == 0 { "many-128" } else { "many-2" };
+        children.push(
+            Command::new(common::STRATA)
+                .arg("--root")
+                .arg(root.path())
+                .args(["image", "import", &format!("{}:{tag}", layout.display()), "--name", &format!("i{i}")])
+                .output()
+                .expect("spawn"),
+        );
+    }
+    // (The Commands above ran one after another; now really concurrently:)
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let tag = if i % 2 == 0 { "many-128" } else { "many-2" };
+            Command::new(common::STRATA)
+                .arg("--root")
+                .arg(root.path())
+                .args(["image", "import", &format!("{}:{tag}", layout.display()), "--name", &format!("j{i}")])
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for mut h in handles {
+        assert!(h.wait().expect("wait").success());
+    }
+    for c in children {
+        assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    }
+    let m = manifest_of(&layout, "many-128");
+    let config = json(&blob(&layout, m["config"]["digest"].as_str().expect("config")));
+    let mut want: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|d| d.as_str().expect("str").trim_start_matches("sha256:").to_string())
+        .collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(layer_dirs(&root), want, "one directory per distinct layer");
+    assert_eq!(db_count(&root, "layers") as usize, want.len());
+    assert_eq!(db_count(&root, "leases"), 0);
+    assert!(staging_entries(&root).is_empty());
+}
+
+/// A broken import leaves no layer directory, no row and no staging debris.
+fn assert_clean(root: &Root) {
+    root.ok(&["image", "ls"]);
+    assert!(layer_dirs(root).is_empty(), "layer dirs left: {:?}", layer_dirs(root));
+    assert!(staging_entries(root).is_empty(), "staging left: {:?}", staging_entries(root));
+    assert_eq!(db_count(root, "layers"), 0);
+    assert_eq!(db_count(root, "images"), 0);
+    assert_eq!(db_count(root, "leases"), 0);
+}
+
+/// Corrupt inputs: each fails naming the file or layer and the reason, and leaves nothing.
+#[test]
+fn corrupt_images_fail_cleanly() {
+    if !privileged("corrupt_images_fail_cleanly") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let work = root.path().join("work");
+    fs::create_dir_all(&work).expect("work");
+    let base = fx.join("oci");
+    let m = manifest_of(&base, "multi");
+    let layers = m["layers"].as_array().expect("layers").clone();
+    let top = layers.last().expect("layer")["digest"].as_str().expect("digest").to_string();
+    let top_bytes = fs::read(blob(&base, &top)).expect("top blob");
+
+    // (case name, how to break the layout, expected message fragment)
+    type Breaker<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Breaker<'_>, &str)> = vec![
+        (
+            "layer digest mismatch",
+            Box::new(|l: &Path| {
+                let p = blob(l, &top);
+                let mut b = top_bytes.clone();
+                let n = b.len();
+                b[n - 10] ^= 0xff;
+                let _ = fs::remove_file(&p);
+                fs::write(p, b).expect("write");
+            }),
+            "",
+        ),
+        (
+            "truncated layer",
+            Box::new(|l: &Path| {
+                let p = blob(l, &top);
+                let _ = fs::remove_file(&p);
+                fs::write(p, &top_bytes[..top_bytes.len() / 2]).expect("write");
+            }),
+            "",
+        ),
+        (
+            "corrupt gzip",
+            Box::new(|l: &Path| {
+                let p = blob(l, &top);
+                let mut b = top_bytes.clone();
+                for x in b.iter_mut().skip(20).take(64) {
+                    *x = 0x55;
+                }
+                let _ = fs::remove_file(&p);
+                fs::write(p, b).expect("write");
+            }),
+            "",
+        ),
+        (
+            "missing layer blob",
+            Box::new(|l: &Path| fs::remove_file(blob(l, &top)).expect("rm")),
+            "missing file blobs/sha256/",
+        ),
+        (
+            "manifest digest mismatch",
+            Box::new(|l: &Path| {
+                let mut idx = json(&l.join("index.json"));
+                for d in idx["manifests"].as_array_mut().expect("m") {
+                    if d["annotations"]["org.opencontainers.image.ref.name"] == "multi" {
+                        let p = blob(l, d["digest"].as_str().expect("d"));
+                        let mut b = fs::read(&p).expect("read");
+                        b.push(b' ');
+                        let _ = fs::remove_file(&p);
+                        fs::write(&p, &b).expect("write");
+                        d["size"] = (b.len() as u64).into();
+                    }
+                }
+                fs::write(l.join("index.json"), serde_json::to_vec(&idx).expect("j")).expect("w");
+            }),
+            "digest mismatch",
+        ),
+        (
+            "malformed layer digest",
+            Box::new(|l: &Path| {
+                let mut mm = manifest_of(l, "multi");
+                mm["layers"][0]["digest"] = "sha256:../../../../etc/passwd".into();
+                set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
+            }),
+            "malformed digest",
+        ),
+        (
+            "uppercase digest",
+            Box::new(|l: &Path| {
+                let mut mm = manifest_of(l, "multi");
+                let d = mm["layers"][0]["digest"].as_str().expect("d").to_uppercase().replace("SHA256", "sha256");
+                mm["layers"][0]["digest"] = d.into();
+                set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
+            }),
+            "malformed digest",
+        ),
+        (
+            "diff_id mismatch",
+            Box::new(|l: &Path| {
+                let mut mm = manifest_of(l, "multi");
+                let mut config = json(&blob(l, mm["config"]["digest"].as_str().expect("c")));
+                config["rootfs"]["diff_ids"][1] = format!("sha256:{}", "ab".repeat(32)).into();
+                let (cd, cs) = put_blob(l, &serde_json::to_vec(&config).expect("j"));
+                mm["config"]["digest"] = cd.into();
+                mm["config"]["size"] = cs.into();
+                set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
+            }),
+            "diff_id mismatch",
+        ),
+        (
+            "layer size mismatch",
+            Box::new(|l: &Path| {
+                let mut mm = manifest_of(l, "multi");
+                let s = mm["layers"][0]["size"].as_u64().expect("s");
+                mm["layers"][0]["size"] = (s - 1).into();
+                set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
+            }),
+            "larger than",
+        ),
+        (
+            "unknown media type",
+            Box::new(|l: &Path| {
+                let mut mm = manifest_of(l, "multi");
+                mm["layers"][0]["mediaType"] = "application/x-evil".into();
+                set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
+            }),
+            "unsupported layer media type",
+        ),
+    ];
+    for (i, (name, brk, want)) in cases.iter().enumerate() {
+        let l = work.join(format!("l{i}"));
+        copy_layout(&base, &l);
+        brk(&l);
+        let err = root.fails(&["image", "import", &format!("{}:multi", l.display())]);
+        assert!(err.contains("strata: error: importing"), "{name}: {err}");
+        assert!(err.contains(want), "{name}: expected {want:?} in: {err}");
+        if *name != "missing layer blob" && !name.contains("media") && !name.contains("digest") {
+            // Layer errors name the layer.
+            assert!(err.contains("layer sha256:"), "{name}: {err}");
+        }
+        assert_clean(&root);
+    }
+    let err = root.fails(&["image", "import", "/nonexistent/layout:tag"]);
+    assert!(err.contains("/nonexistent/layout"), "{err}");
+    let err = root.fails(&["image", "import", &format!("{}:nosuchtag", base.display())]);
+    assert!(err.contains("no image tagged \"nosuchtag\""), "{err}");
+    assert_clean(&root);
+}
+
+/// kill -9 in the middle of an import: the next command removes the half-built layer, the
+/// staging directory and the import's rows.
+#[test]
+fn killed_import_leaves_nothing_after_next_command() {
+    if !privileged("killed_import_leaves_nothing_after_next_command") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let l = root.path().join("layout");
+    copy_layout(&fx.join("oci"), &l);
+    // Replace the second layer's blob by a FIFO: the import finishes layer 1, then blocks reading
+    // layer 2 until killed.
+    let m = manifest_of(&l, "many-2");
+    let d = m["layers"][1]["digest"].as_str().expect("digest").to_string();
+    fs::remove_file(blob(&l, &d)).expect("rm");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &blob(&l, &d),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+    let mut child = Command::new(common::STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .args(["image", "import", &format!("{}:many-2", l.display())])
+        .spawn()
+        .expect("spawn");
+    // Wait until layer 1 is in place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while layer_dirs(&root).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "layer 1 never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(!staging_entries(&root).is_empty(), "the killed import had staging state");
+    assert_clean(&root);
+}
