@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Import benchmark: strata image import (digests verified, blob stored, layer unpacked) against
+# `tar -xzf` of the identical layer blob and against `umoci unpack` of the same image, in one run.
+#
+# Usage: sudo scripts/bench-import.sh [BENCHDIR] [RUNS]   (default /var/tmp/strata-bench, 5 runs)
+# Each run starts from an empty store / target directory; page cache is warm for the source.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BENCH=${1:-/var/tmp/strata-bench}
+RUNS=${2:-5}
+scripts/setup.sh
+cargo build --release -p strata --quiet
+STRATA=$PWD/target/release/strata
+scripts/make-rootfs.sh "$BENCH" >/dev/null
+W=$BENCH/work
+rm -rf "$W"; mkdir -p "$W"
+layer_mb=$(du -m "$BENCH/rootfs.tar.gz" | cut -f1)
+files=$(tar -tzf "$BENCH/rootfs.tar.gz" | wc -l)
+echo "layer: $BENCH/rootfs.tar.gz (${layer_mb} MB compressed, $files entries, $(du -sm "$BENCH/rootfs" | cut -f1) MB unpacked)"
+cat "$BENCH/rootfs.tar.gz" > /dev/null
+
+# median of RUNS timings (seconds) of: prepare; timed command
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+timeit() { # label prep cmd...
+    local label=$1 prep=$2; shift 2
+    for _ in $(seq "$RUNS"); do
+        eval "$prep"; sync
+        local s e; s=$(date +%s.%N); "$@" >/dev/null; sync; e=$(date +%s.%N)
+        echo "$e - $s" | bc
+    done | median
+}
+t_strata=$(timeit strata "rm -rf $W/root" "$STRATA" --root "$W/root" image import "$BENCH/oci:rootfs")
+t_tar=$(timeit tar "rm -rf $W/tar; mkdir $W/tar" tar -xzf "$BENCH/rootfs.tar.gz" -C "$W/tar")
+t_umoci=$(timeit umoci "rm -rf $W/umoci" umoci unpack --image "$BENCH/oci:rootfs" "$W/umoci")
+printf '\n%-44s %10s %12s\n' "import of a ${layer_mb} MB layer (median of $RUNS)" "seconds" "strata/x"
+printf '%-44s %10.3f %12s\n' "strata image import (verify + store + unpack)" "$t_strata" "1.00"
+printf '%-44s %10.3f %12.2f\n' "tar -xzf (no verification)" "$t_tar" "$(echo "$t_strata / $t_tar" | bc -l)"
+printf '%-44s %10.3f %12.2f\n' "umoci unpack" "$t_umoci" "$(echo "$t_strata / $t_umoci" | bc -l)"
+rm -rf "$W"
