@@ -6,7 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use oci_spec::runtime::{Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User};
+use oci_spec::runtime::{
+    Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
+    User,
+};
 use serde_json::Value;
 
 /// Bundle errors.
@@ -97,7 +100,10 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f.len() > 3 && f[0] == u)
             .ok_or_else(|| err("no such user in the image's /etc/passwd"))?;
-        (f[2].parse().map_err(|_| err("bad uid in /etc/passwd"))?, f[3].parse().map_err(|_| err("bad gid in /etc/passwd"))?)
+        (
+            f[2].parse().map_err(|_| err("bad uid in /etc/passwd"))?,
+            f[3].parse().map_err(|_| err("bad gid in /etc/passwd"))?,
+        )
     };
     if let Some(g) = g {
         gid = match g.parse::<u32>() {
@@ -111,7 +117,10 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
         };
     }
     // Supplementary groups: those that list the user by name.
-    let uname = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() > 2 && f[2] == uid.to_string());
+    let uname = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == uid.to_string());
     let mut extra = Vec::new();
     if let Some(f) = uname {
         for l in group.lines() {
@@ -185,7 +194,8 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
 /// hard limit needs CAP_SYS_RESOURCE, and runc fails the whole start when it cannot.
 fn rlimits() -> Vec<PosixRlimit> {
     let want: u64 = 1 << 20;
-    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(want).min(want);
+    let hard =
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(want).min(want);
     PosixRlimitBuilder::default()
         .typ(PosixRlimitType::RlimitNofile)
         .hard(hard)
@@ -245,8 +255,11 @@ mod tests {
     fn spec_from_image_config() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("etc")).unwrap();
-        fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
-            .unwrap();
+        fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
         fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\nextra:x:2000:app\n").unwrap();
         let cfg = serde_json::json!({"config": {
             "Entrypoint": ["/bin/ep"], "Cmd": ["default"], "Env": ["A=1"], "WorkingDir": "/w", "User": "app"}});

@@ -27,7 +27,9 @@ pub enum ContainerError {
     NotFound(String),
     #[error("container {0:?} already exists")]
     Exists(String),
-    #[error("bad container name {0:?}: use 1-128 characters [A-Za-z0-9_.-], starting with a letter or digit")]
+    #[error(
+        "bad container name {0:?}: use 1-128 characters [A-Za-z0-9_.-], starting with a letter or digit"
+    )]
     BadName(String),
     #[error("image {0:?} not found")]
     NoImage(String),
@@ -183,8 +185,9 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
     let upper = format!("upperdir={}", p.upper.display());
     let marker = format!("strata:{}", p.dir.display());
     for m in kernel_overlay::mountinfo::parse(&text) {
-        let ours = (m.fs_type == "overlay" && !name.is_empty() && m.super_options.split(',').any(|o| o == upper))
-            || m.source == marker;
+        let ours =
+            (m.fs_type == "overlay" && !name.is_empty() && m.super_options.split(',').any(|o| o == upper))
+                || m.source == marker;
         if ours {
             return Ok(Some(m.mount_point));
         }
@@ -279,7 +282,8 @@ pub fn umount(store: &Store, name: &str, force: bool) -> Result<()> {
     get(store, name)?;
     let at = mounted_at(store, name)?.ok_or_else(|| ContainerError::NotMounted(name.to_string()))?;
     let mode = if force { UnmountMode::Detach } else { UnmountMode::Normal };
-    kernel_overlay::unmount(&at, mode).map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
+    kernel_overlay::unmount(&at, mode)
+        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
 }
 
 /// Remove a container: refuses while mounted unless `force` (which unmounts).
@@ -320,5 +324,6 @@ pub fn list(store: &Store) -> Result<Vec<Listed>> {
 pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
     let c = get(store, name)?;
     let spec = overlay_spec(store, &c)?;
-    kernel_overlay::mount_spec(&spec).map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
+    kernel_overlay::mount_spec(&spec)
+        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
 }

@@ -7,6 +7,8 @@
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 
+pub mod bundle;
+pub mod container;
 pub mod db;
 pub mod digest;
 pub mod image;
@@ -14,5 +16,3 @@ pub mod import;
 pub mod store;
 pub mod tree;
 pub mod unpack;
-pub mod bundle;
-pub mod container;

@@ -272,7 +272,8 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         }
         ContainerCmd::Rm { name, force } => {
             let mut store = open_store(root)?;
-            container::remove(&mut store, &name, force).with_context(|| format!("removing container {name}"))?;
+            container::remove(&mut store, &name, force)
+                .with_context(|| format!("removing container {name}"))?;
             println!("{name}");
         }
         ContainerCmd::Mount { name, target, backend } => {
@@ -283,7 +284,8 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         }
         ContainerCmd::Umount { name, force } => {
             let store = open_store(root)?;
-            container::umount(&store, &name, force).with_context(|| format!("unmounting container {name}"))?;
+            container::umount(&store, &name, force)
+                .with_context(|| format!("unmounting container {name}"))?;
         }
         ContainerCmd::Mounts { name, json } => {
             let store = open_store(root)?;
@@ -319,7 +321,8 @@ fn run_cmd(
     container::create(&mut store, image, &name, &CreateOptions::default())
         .with_context(|| format!("creating container {name}"))?;
     let result = (|| -> Result<i32> {
-        let rootfs = container::mount(&store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
+        let rootfs =
+            container::mount(&store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
         let cd = strata::digest::Sha256Digest::parse(&img.config_digest)?;
         let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&cd)?)?;
         let run = bundle::RunSpec {

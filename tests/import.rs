@@ -4,87 +4,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{capture, fixtures, privileged, umoci_unpack, Root};
+use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use strata::tree::assert_trees_eq;
-
-fn json(p: &Path) -> Value {
-    serde_json::from_slice(&fs::read(p).expect("read json")).expect("parse json")
-}
-
-fn blob(layout: &Path, digest: &str) -> PathBuf {
-    layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
-}
-
-fn manifest_of(layout: &Path, tag: &str) -> Value {
-    let index = json(&layout.join("index.json"));
-    let d = index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} in {}", layout.display()))["digest"]
-        .as_str()
-        .expect("digest")
-        .to_string();
-    json(&blob(layout, &d))
-}
-
-fn sha(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// A copy of an OCI layout (blobs hardlinked) that tests may change.
-fn copy_layout(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst.join("blobs/sha256")).expect("mkdir");
-    for f in ["oci-layout", "index.json"] {
-        fs::copy(src.join(f), dst.join(f)).expect("copy");
-    }
-    for e in fs::read_dir(src.join("blobs/sha256")).expect("blobs") {
-        let e = e.expect("entry");
-        fs::hard_link(e.path(), dst.join("blobs/sha256").join(e.file_name())).expect("link");
-    }
-}
-
-fn put_blob(layout: &Path, data: &[u8]) -> (String, u64) {
-    let d = sha(data);
-    let p = blob(layout, &d);
-    let _ = fs::remove_file(&p);
-    fs::write(p, data).expect("write blob");
-    (d, data.len() as u64)
-}
-
-/// Tag `new_tag` = the image `tag` truncated to its first `k` layers.
-fn add_prefix_image(layout: &Path, tag: &str, k: usize, new_tag: &str) {
-    let mut m = manifest_of(layout, tag);
-    let mut config = json(&blob(layout, m["config"]["digest"].as_str().expect("config")));
-    config["rootfs"]["diff_ids"].as_array_mut().expect("diff_ids").truncate(k);
-    if let Some(h) = config.get_mut("history").and_then(|h| h.as_array_mut()) {
-        h.clear();
-    }
-    let (cd, cs) = put_blob(layout, &serde_json::to_vec(&config).expect("config json"));
-    m["config"]["digest"] = cd.into();
-    m["config"]["size"] = cs.into();
-    m["layers"].as_array_mut().expect("layers").truncate(k);
-    set_tag(layout, new_tag, &serde_json::to_vec(&m).expect("manifest json"));
-}
-
-fn set_tag(layout: &Path, tag: &str, manifest: &[u8]) {
-    let (md, ms) = put_blob(layout, manifest);
-    let mut index = json(&layout.join("index.json"));
-    let ms_arr = index["manifests"].as_array_mut().expect("manifests");
-    ms_arr.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
-    ms_arr.push(serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": md, "size": ms,
-        "annotations": {"org.opencontainers.image.ref.name": tag}
-    }));
-    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("write index");
-}
 
 /// Mount image `name` read-only in `root` and compare with the umoci reference rootfs.
 fn assert_image_matches(root: &Root, name: &str, reference: &Path) {
@@ -145,7 +70,11 @@ fn each_layer_stack_matches_umoci() {
     let m = manifest_of(&layout, "multi-upto-1");
     let config = json(&blob(&layout, m["config"]["digest"].as_str().expect("config")));
     let diff_id = config["rootfs"]["diff_ids"][0].as_str().expect("diff_id").trim_start_matches("sha256:");
-    assert_trees_eq(&capture(&reference), &capture(&root.path().join("layers/sha256").join(diff_id)), "layer 1");
+    assert_trees_eq(
+        &capture(&reference),
+        &capture(&root.path().join("layers/sha256").join(diff_id)),
+        "layer 1",
+    );
 }
 
 /// One image in every format strata reads gives the same layers and the same tree.
@@ -169,9 +98,14 @@ fn all_formats_import_the_same_image() {
     for (name, src) in &sources {
         let digest = root.ok(&["image", "import", src, "--name", name]);
         assert!(digest.trim().starts_with("sha256:") && digest.trim().len() == 71, "{name}: {digest}");
-        let inspect: Value = serde_json::from_str(&root.ok(&["image", "inspect", name])).expect("inspect json");
-        let ids: Vec<String> =
-            inspect["layers"].as_array().expect("layers").iter().map(|l| l["diff_id"].as_str().expect("id").into()).collect();
+        let inspect: Value =
+            serde_json::from_str(&root.ok(&["image", "inspect", name])).expect("inspect json");
+        let ids: Vec<String> = inspect["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l["diff_id"].as_str().expect("id").into())
+            .collect();
         match &diff_ids {
             None => diff_ids = Some(ids),
             Some(first) => assert_eq!(first, &ids, "{name}: diff_ids differ from the OCI layout's"),
@@ -179,11 +113,8 @@ fn all_formats_import_the_same_image() {
         assert_image_matches(&root, name, &reference);
     }
     // Shared layers were unpacked once: one directory per distinct diff_id.
-    let mut want: Vec<String> = diff_ids
-        .expect("imported")
-        .iter()
-        .map(|d| d.trim_start_matches("sha256:").to_string())
-        .collect();
+    let mut want: Vec<String> =
+        diff_ids.expect("imported").iter().map(|d| d.trim_start_matches("sha256:").to_string()).collect();
     want.sort();
     want.dedup();
     assert_eq!(layer_dirs(&root), want);
@@ -394,7 +325,8 @@ fn corrupt_images_fail_cleanly() {
             "uppercase digest",
             Box::new(|l: &Path| {
                 let mut mm = manifest_of(l, "multi");
-                let d = mm["layers"][0]["digest"].as_str().expect("d").to_uppercase().replace("SHA256", "sha256");
+                let d =
+                    mm["layers"][0]["digest"].as_str().expect("d").to_uppercase().replace("SHA256", "sha256");
                 mm["layers"][0]["digest"] = d.into();
                 set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
             }),

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use strata::tree::{Options, Tree};
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
@@ -141,7 +143,8 @@ pub fn umoci_unpack(layout: &Path, tag: &str) -> (tempfile::TempDir, PathBuf) {
 /// The comparison used between strata's trees and reference trees: everything but directory
 /// mtimes (overlayfs and umoci legitimately differ there) and the root directory's own metadata.
 pub fn capture(path: &Path) -> Tree {
-    let mut t = Tree::capture_with(path, &Options { mtime: true, ..Options::default() }).expect("capture tree");
+    let mut t =
+        Tree::capture_with(path, &Options { mtime: true, ..Options::default() }).expect("capture tree");
     t.retain(|p, e| {
         if e.kind == strata::tree::Kind::Dir || e.kind == strata::tree::Kind::Symlink {
             e.mtime = None;
@@ -149,4 +152,80 @@ pub fn capture(path: &Path) -> Tree {
         p != Path::new(".")
     });
     t
+}
+
+// ---- OCI layout editing for tests ----
+
+pub fn json(p: &Path) -> Value {
+    serde_json::from_slice(&fs::read(p).expect("read json")).expect("parse json")
+}
+
+pub fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+}
+
+pub fn manifest_of(layout: &Path, tag: &str) -> Value {
+    let index = json(&layout.join("index.json"));
+    let d = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag} in {}", layout.display()))["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    json(&blob(layout, &d))
+}
+
+pub fn sha(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A copy of an OCI layout (blobs hardlinked) that tests may change.
+pub fn copy_layout(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst.join("blobs/sha256")).expect("mkdir");
+    for f in ["oci-layout", "index.json"] {
+        fs::copy(src.join(f), dst.join(f)).expect("copy");
+    }
+    for e in fs::read_dir(src.join("blobs/sha256")).expect("blobs") {
+        let e = e.expect("entry");
+        fs::hard_link(e.path(), dst.join("blobs/sha256").join(e.file_name())).expect("link");
+    }
+}
+
+pub fn put_blob(layout: &Path, data: &[u8]) -> (String, u64) {
+    let d = sha(data);
+    let p = blob(layout, &d);
+    let _ = fs::remove_file(&p);
+    fs::write(p, data).expect("write blob");
+    (d, data.len() as u64)
+}
+
+/// Tag `new_tag` = the image `tag` truncated to its first `k` layers.
+pub fn add_prefix_image(layout: &Path, tag: &str, k: usize, new_tag: &str) {
+    let mut m = manifest_of(layout, tag);
+    let mut config = json(&blob(layout, m["config"]["digest"].as_str().expect("config")));
+    config["rootfs"]["diff_ids"].as_array_mut().expect("diff_ids").truncate(k);
+    if let Some(h) = config.get_mut("history").and_then(|h| h.as_array_mut()) {
+        h.clear();
+    }
+    let (cd, cs) = put_blob(layout, &serde_json::to_vec(&config).expect("config json"));
+    m["config"]["digest"] = cd.into();
+    m["config"]["size"] = cs.into();
+    m["layers"].as_array_mut().expect("layers").truncate(k);
+    set_tag(layout, new_tag, &serde_json::to_vec(&m).expect("manifest json"));
+}
+
+pub fn set_tag(layout: &Path, tag: &str, manifest: &[u8]) {
+    let (md, ms) = put_blob(layout, manifest);
+    let mut index = json(&layout.join("index.json"));
+    let ms_arr = index["manifests"].as_array_mut().expect("manifests");
+    ms_arr.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != tag);
+    ms_arr.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": ms,
+        "annotations": {"org.opencontainers.image.ref.name": tag}
+    }));
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("write index");
 }
