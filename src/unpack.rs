@@ -837,16 +837,18 @@ impl<'o> Unpacker<'o> {
         if tname.is_empty() {
             return Err(herr("target is the layer root (a directory)".into()));
         }
-        let tpfd =
-            match rustix::fs::openat2(&self.root, os(tparent), O_PATH_DIR, Mode::empty(), resolve_flags()) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
-                    return Err(herr(
-                        "target does not exist (hardlinks must refer to an earlier entry)".into(),
-                    ))
-                }
-                Err(e) => return Err(herr(format!("resolve target directory: {e}"))),
-            };
+        let tpfd = if tparent.is_empty() {
+            rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
+        } else {
+            rustix::fs::openat2(&self.root, os(tparent), O_PATH_DIR, Mode::empty(), resolve_flags())
+        };
+        let tpfd = match tpfd {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
+                return Err(herr("target does not exist (hardlinks must refer to an earlier entry)".into()))
+            }
+            Err(e) => return Err(herr(format!("resolve target directory: {e}"))),
+        };
         let tst = match rustix::fs::statat(&tpfd, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
