@@ -348,12 +348,21 @@ struct Unpacker<'o> {
     stats: UnpackStats,
 }
 
+/// An entry path for messages: the layer root (empty after normalisation) shows as `.`.
+fn shown(path: &[u8]) -> String {
+    if path.is_empty() {
+        ".".into()
+    } else {
+        lossy(path)
+    }
+}
+
 fn io_err(path: &[u8], op: &'static str, e: impl Into<io::Error>) -> UnpackError {
-    UnpackError::Io { path: lossy(path), op, source: e.into() }
+    UnpackError::Io { path: shown(path), op, source: e.into() }
 }
 
 fn invalid(path: &[u8], reason: &'static str) -> UnpackError {
-    UnpackError::InvalidPath { path: lossy(path), reason }
+    UnpackError::InvalidPath { path: shown(path), reason }
 }
 
 const O_PATH_DIR: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
