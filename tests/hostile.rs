@@ -47,7 +47,7 @@ fn env() -> Env {
             last_access: rustix::fs::Timespec { tv_sec: 1_000_000, tv_nsec: 0 },
             last_modification: rustix::fs::Timespec { tv_sec: 1_000_000, tv_nsec: 0 },
         };
-        rustix::fs::utimensat(rustix::fs::CWD, &top.join(p), &t, rustix::fs::AtFlags::empty()).unwrap();
+        rustix::fs::utimensat(rustix::fs::CWD, top.join(p), &t, rustix::fs::AtFlags::empty()).unwrap();
     }
     let before = Tree::capture_with(&top, &opts_outside()).unwrap();
     Env { _tmp: tmp, top, dest, sentinel, before }
