@@ -74,7 +74,7 @@ impl FromStr for Sha256Digest {
 impl TryFrom<&oci_spec::image::Digest> for Sha256Digest {
     type Error = DigestError;
     fn try_from(d: &oci_spec::image::Digest) -> Result<Self, Self::Error> {
-        Self::parse(&d.to_string())
+        Self::parse(d.as_ref())
     }
 }
 

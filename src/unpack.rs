@@ -348,12 +348,21 @@ struct Unpacker<'o> {
     stats: UnpackStats,
 }
 
+/// An entry path for messages: the layer root (empty after normalisation) shows as `.`.
+fn shown(path: &[u8]) -> String {
+    if path.is_empty() {
+        ".".into()
+    } else {
+        lossy(path)
+    }
+}
+
 fn io_err(path: &[u8], op: &'static str, e: impl Into<io::Error>) -> UnpackError {
-    UnpackError::Io { path: lossy(path), op, source: e.into() }
+    UnpackError::Io { path: shown(path), op, source: e.into() }
 }
 
 fn invalid(path: &[u8], reason: &'static str) -> UnpackError {
-    UnpackError::InvalidPath { path: lossy(path), reason }
+    UnpackError::InvalidPath { path: shown(path), reason }
 }
 
 const O_PATH_DIR: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
@@ -837,16 +846,18 @@ impl<'o> Unpacker<'o> {
         if tname.is_empty() {
             return Err(herr("target is the layer root (a directory)".into()));
         }
-        let tpfd =
-            match rustix::fs::openat2(&self.root, os(tparent), O_PATH_DIR, Mode::empty(), resolve_flags()) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
-                    return Err(herr(
-                        "target does not exist (hardlinks must refer to an earlier entry)".into(),
-                    ))
-                }
-                Err(e) => return Err(herr(format!("resolve target directory: {e}"))),
-            };
+        let tpfd = if tparent.is_empty() {
+            rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
+        } else {
+            rustix::fs::openat2(&self.root, os(tparent), O_PATH_DIR, Mode::empty(), resolve_flags())
+        };
+        let tpfd = match tpfd {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
+                return Err(herr("target does not exist (hardlinks must refer to an earlier entry)".into()))
+            }
+            Err(e) => return Err(herr(format!("resolve target directory: {e}"))),
+        };
         let tst = match rustix::fs::statat(&tpfd, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
