@@ -63,6 +63,10 @@ pub struct Options {
     pub xattr_filter: fn(&str) -> bool,
     /// Paths (relative, e.g. `".wh..wh..opq"`) to skip entirely.
     pub skip: Vec<PathBuf>,
+    /// Skip entries that readdir lists but lstat cannot find. Overlayfs lists a whiteout that sits
+    /// in a lower directory no other layer merges with, yet looks it up as absent: for a user it
+    /// does not exist.
+    pub skip_vanished: bool,
 }
 
 fn default_xattr_filter(name: &str) -> bool {
@@ -71,7 +75,13 @@ fn default_xattr_filter(name: &str) -> bool {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { mtime: false, hardlinks: true, xattr_filter: default_xattr_filter, skip: vec![] }
+        Options {
+            mtime: false,
+            hardlinks: true,
+            xattr_filter: default_xattr_filter,
+            skip: vec![],
+            skip_vanished: false,
+        }
     }
 }
 
@@ -89,6 +99,11 @@ impl Tree {
 
     /// Record the tree under `root`.
     pub fn capture_with(root: &Path, opts: &Options) -> io::Result<Tree> {
+        Self::capture_inner(root, opts)
+            .map_err(|(p, e)| io::Error::new(e.kind(), format!("{}: {e}", root.join(p).display())))
+    }
+
+    fn capture_inner(root: &Path, opts: &Options) -> Result<Tree, (PathBuf, io::Error)> {
         let mut tree = Tree::default();
         let mut inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
         let mut stack = vec![PathBuf::from(".")];
@@ -97,7 +112,14 @@ impl Tree {
                 continue;
             }
             let abs = if rel == Path::new(".") { root.to_path_buf() } else { root.join(&rel) };
-            let md = fs::symlink_metadata(&abs)?;
+            let md = match fs::symlink_metadata(&abs) {
+                Err(e)
+                    if opts.skip_vanished && e.kind() == io::ErrorKind::NotFound && rel != Path::new(".") =>
+                {
+                    continue
+                }
+                r => r.map_err(|e| (rel.clone(), e))?,
+            };
             let ft = md.file_type();
             let kind = if ft.is_file() {
                 Kind::File
@@ -129,7 +151,7 @@ impl Tree {
             };
             match kind {
                 Kind::File => {
-                    entry.hash = Some(hash_file(&abs)?);
+                    entry.hash = Some(hash_file(&abs).map_err(|e| (rel.clone(), e))?);
                     if opts.hardlinks && md.nlink() > 1 {
                         let key = (md.dev(), md.ino());
                         let first = inodes.entry(key).or_insert_with(|| rel.clone()).clone();
@@ -137,7 +159,7 @@ impl Tree {
                     }
                 }
                 Kind::Symlink => {
-                    entry.target = Some(fs::read_link(&abs)?);
+                    entry.target = Some(fs::read_link(&abs).map_err(|e| (rel.clone(), e))?);
                     // Symlink permission bits are meaningless on Linux.
                     entry.mode = 0;
                 }
@@ -148,10 +170,12 @@ impl Tree {
                 _ => {}
             }
             if kind != Kind::Symlink {
-                entry.xattrs = read_xattrs(&abs, opts.xattr_filter)?;
+                entry.xattrs = read_xattrs(&abs, opts.xattr_filter).map_err(|e| (rel.clone(), e))?;
             }
             if kind == Kind::Dir {
-                let mut names: Vec<_> = fs::read_dir(&abs)?.collect::<Result<Vec<_>, _>>()?;
+                let mut names: Vec<_> = fs::read_dir(&abs)
+                    .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| (rel.clone(), e))?;
                 names.sort_by_key(|e| e.file_name());
                 for child in names.into_iter().rev() {
                     let crel = if rel == Path::new(".") {

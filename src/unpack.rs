@@ -168,6 +168,12 @@ struct Budget {
     armed: Cell<bool>,
     left: Cell<u64>,
     tripped: Cell<bool>,
+    /// Bytes consumed from the stream so far (the tar crate's offsets count the same bytes).
+    pos: Cell<u64>,
+    /// Everything read while armed, starting at stream offset `captured_at`: the extension headers
+    /// (PAX, GNU long names) before an entry, which are re-parsed by [`pax_records`].
+    captured: std::cell::RefCell<Vec<u8>>,
+    captured_at: Cell<u64>,
 }
 
 struct BoundedReader<R> {
@@ -178,7 +184,9 @@ struct BoundedReader<R> {
 impl<R: Read> Read for BoundedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.budget.armed.get() {
-            return self.inner.read(buf);
+            let got = self.inner.read(buf)?;
+            self.budget.pos.set(self.budget.pos.get() + got as u64);
+            return Ok(got);
         }
         let left = self.budget.left.get();
         if left == 0 {
@@ -188,8 +196,75 @@ impl<R: Read> Read for BoundedReader<R> {
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let got = self.inner.read(&mut buf[..n])?;
         self.budget.left.set(left - got as u64);
+        self.budget.pos.set(self.budget.pos.get() + got as u64);
+        self.budget.captured.borrow_mut().extend_from_slice(&buf[..got]);
         Ok(got)
     }
+}
+
+/// The PAX records of the entry whose header starts at the end of `region` (the bytes read while
+/// the tar crate parsed the headers before it). The tar crate's own PAX iterator splits records at
+/// newlines, which breaks binary values (e.g. `security.capability` xattrs): records are
+/// length-prefixed, so parse them by length.
+///
+/// The extension headers form a chain of 512-byte-aligned blocks ending at the entry header; the
+/// region may start with the previous entry's padding. The earliest offset from which a valid
+/// chain of extension headers reaches the end is taken.
+fn pax_records(region: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    let blocks = region.len() / 512;
+    for k in (1..=blocks).rev() {
+        let start = region.len() - 512 * k;
+        if let Some(data) = ext_chain(region, start) {
+            return data.map_or(Ok(Vec::new()), parse_pax);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Walk extension headers from `start`; Some(local PAX data, if any) when the chain ends exactly
+/// at the end of `region`.
+fn ext_chain(region: &[u8], start: usize) -> Option<Option<&[u8]>> {
+    let mut p = start;
+    let mut pax = None;
+    while p < region.len() {
+        let block = region.get(p..p + 512)?;
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(block);
+        let sum: u32 = block[..148].iter().chain(&block[156..]).map(|b| u32::from(*b)).sum::<u32>() + 8 * 32;
+        if h.cksum().ok()? != sum {
+            return None;
+        }
+        let kind = block[156];
+        if !matches!(kind, b'x' | b'g' | b'L' | b'K') {
+            return None;
+        }
+        let size = usize::try_from(h.entry_size().ok()?).ok()?;
+        let data = region.get(p + 512..p + 512 + size)?;
+        if kind == b'x' {
+            pax = Some(data);
+        }
+        p = p.checked_add(512 + size.div_ceil(512) * 512)?;
+    }
+    (p == region.len()).then_some(pax)
+}
+
+fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let sp = data.iter().position(|b| *b == b' ').ok_or("record without a length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("record length is not a number")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(format!("record length {len} does not fit the record"));
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec.iter().position(|b| *b == b'=').ok_or("record without '='")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,6 +421,8 @@ struct Unpacker<'o> {
     dir_times: Vec<(Vec<u8>, Timespec)>,
     buf: Vec<u8>,
     stats: UnpackStats,
+    /// The current entry's PAX records (see [`pax_records`]).
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// An entry path for messages: the layer root (empty after normalisation) shows as `.`.
@@ -598,20 +675,19 @@ impl<'o> Unpacker<'o> {
         let mtime = h.mtime().map_err(|e| bad(format!("invalid mtime field: {e}")))?;
         let mut mtime = Timespec { tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX), tv_nsec: 0 };
         let mut xattrs = Vec::new();
-        if let Some(pax) = entry.pax_extensions().map_err(|e| bad(format!("PAX records: {e}")))? {
-            for rec in pax {
-                let rec = rec.map_err(|e| bad(format!("malformed PAX record: {e}")))?;
-                let key = rec.key_bytes();
+        {
+            let _ = entry;
+            for (key, value) in &self.pax {
+                let key = key.as_slice();
                 if key == b"mtime" {
-                    mtime =
-                        parse_pax_time(rec.value_bytes()).ok_or_else(|| bad("malformed PAX mtime".into()))?;
+                    mtime = parse_pax_time(value).ok_or_else(|| bad("malformed PAX mtime".into()))?;
                 } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
                         tracing::warn!(path = %lossy(path), xattr = %lossy(name), "overlay xattr from image dropped");
                         continue;
                     }
                     let cname = CString::new(name).map_err(|_| bad("NUL byte in xattr name".into()))?;
-                    xattrs.push((cname, rec.value_bytes().to_vec()));
+                    xattrs.push((cname, value.clone()));
                 } else if key.starts_with(b"GNU.sparse.") {
                     return Err(UnpackError::Unsupported {
                         path: lossy(path),
@@ -899,7 +975,13 @@ impl<'o> Unpacker<'o> {
 
     /// `DIR/.wh..wh..opq`: mark DIR opaque (creating it if needed).
     fn opaque(&mut self, dir: &[u8], path: &[u8]) -> Result<(), UnpackError> {
-        let pfd = self.parent_fd(dir, path)?;
+        let pfd = match self.parent_fd(dir, path) {
+            Err(e) if e.errno() == Some(libc::ENOTDIR) => {
+                tracing::debug!(path = %lossy(path), "opaque marker below a non-directory ignored");
+                return Ok(());
+            }
+            r => r?,
+        };
         let fd = rustix::fs::openat(
             pfd,
             c".",
@@ -912,7 +994,15 @@ impl<'o> Unpacker<'o> {
 
     /// `DIR/.wh.NAME`: a 0:0 character device NAME, unless NAME exists in this layer.
     fn whiteout(&mut self, dir: &[u8], name: &[u8], path: &[u8]) -> Result<(), UnpackError> {
-        let pfd = self.parent_fd(dir, path)?;
+        let pfd = match self.parent_fd(dir, path) {
+            // A whiteout below a non-directory of this layer (umoci writes `f/.wh.x` after turning
+            // directory f into a file): the non-directory already hides everything below it.
+            Err(e) if e.errno() == Some(libc::ENOTDIR) => {
+                tracing::debug!(path = %lossy(path), "whiteout below a non-directory ignored");
+                return Ok(());
+            }
+            r => r?,
+        };
         match rustix::fs::mknodat(pfd, os(name), FileType::CharacterDevice, Mode::empty(), 0) {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) => {
@@ -1056,12 +1146,15 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
         dir_times: Vec::new(),
         buf: vec![0u8; 256 << 10],
         stats: UnpackStats::default(),
+        pax: Vec::new(),
     };
     let mut last: Vec<u8> = b"(start of stream)".to_vec();
     let mut norm = Vec::with_capacity(256);
     loop {
         budget.left.set(MAX_HEADER_BYTES);
         budget.tripped.set(false);
+        budget.captured.borrow_mut().clear();
+        budget.captured_at.set(budget.pos.get());
         budget.armed.set(true);
         let next = entries.next();
         budget.armed.set(false);
@@ -1076,6 +1169,15 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
             }
         };
         u.stats.entries += 1;
+        u.pax = {
+            let cap = budget.captured.borrow();
+            let end = entry.raw_header_position().saturating_sub(budget.captured_at.get());
+            let region = cap.get(..usize::try_from(end).unwrap_or(usize::MAX)).unwrap_or(&[]);
+            pax_records(region).map_err(|reason| UnpackError::Corrupt {
+                after: lossy(&last),
+                source: io::Error::new(io::ErrorKind::InvalidData, format!("malformed PAX header: {reason}")),
+            })?
+        };
         u.entry(&mut entry, &mut norm)?;
         // Consume unread data (non-file entries with a size) outside the header budget.
         let mut sink = io::sink();

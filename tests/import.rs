@@ -19,14 +19,13 @@ fn assert_image_matches(root: &Root, name: &str, reference: &Path) {
     let got = capture(Path::new(at.trim()));
     root.ok(&["container", "umount", &cname]);
     root.ok(&["container", "rm", &cname]);
-    assert_trees_eq(&capture(reference), &got, &format!("umoci unpack vs strata mount of {name}"));
+    assert_trees_eq(&capture_reference(reference), &got, &format!("umoci unpack vs strata mount of {name}"));
 }
 
 fn layer_dirs(root: &Root) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(root.path().join("layers/sha256"))
-        .expect("layers dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let Ok(dir) = fs::read_dir(root.path().join("layers/sha256")) else { return Vec::new() };
+    let mut v: Vec<String> =
+        dir.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -71,7 +70,7 @@ fn each_layer_stack_matches_umoci() {
     let config = json(&blob(&layout, m["config"]["digest"].as_str().expect("config")));
     let diff_id = config["rootfs"]["diff_ids"][0].as_str().expect("diff_id").trim_start_matches("sha256:");
     assert_trees_eq(
-        &capture(&reference),
+        &capture_reference(&reference),
         &capture(&root.path().join("layers/sha256").join(diff_id)),
         "layer 1",
     );
@@ -319,7 +318,7 @@ fn corrupt_images_fail_cleanly() {
                 mm["layers"][0]["digest"] = "sha256:../../../../etc/passwd".into();
                 set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
             }),
-            "malformed digest",
+            "../../../../etc/passwd",
         ),
         (
             "uppercase digest",
@@ -330,7 +329,7 @@ fn corrupt_images_fail_cleanly() {
                 mm["layers"][0]["digest"] = d.into();
                 set_tag(l, "multi", &serde_json::to_vec(&mm).expect("j"));
             }),
-            "malformed digest",
+            "non-hexadecimal character",
         ),
         (
             "diff_id mismatch",

@@ -143,8 +143,8 @@ pub fn umoci_unpack(layout: &Path, tag: &str) -> (tempfile::TempDir, PathBuf) {
 /// The comparison used between strata's trees and reference trees: everything but directory
 /// mtimes (overlayfs and umoci legitimately differ there) and the root directory's own metadata.
 pub fn capture(path: &Path) -> Tree {
-    let mut t =
-        Tree::capture_with(path, &Options { mtime: true, ..Options::default() }).expect("capture tree");
+    let mut t = Tree::capture_with(path, &Options { mtime: true, skip_vanished: true, ..Options::default() })
+        .expect("capture tree");
     t.retain(|p, e| {
         if e.kind == strata::tree::Kind::Dir || e.kind == strata::tree::Kind::Symlink {
             e.mtime = None;
@@ -152,6 +152,25 @@ pub fn capture(path: &Path) -> Tree {
         p != Path::new(".")
     });
     t
+}
+
+/// A reference tree (from `umoci unpack`) as an overlay stack can show it: a character device 0:0
+/// in an image *is* a whiteout in overlayfs format, so such entries vanish from every overlay view
+/// (kernel, containerd, podman, strata alike). The fixture `multi` holds one on purpose.
+pub fn capture_reference(path: &Path) -> Tree {
+    let mut t = capture(path);
+    t.retain(|_, e| !(e.kind == strata::tree::Kind::Char && e.rdev == Some((0, 0))));
+    t
+}
+
+/// Mount points below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    kernel_overlay::mountinfo::parse(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 // ---- OCI layout editing for tests ----
