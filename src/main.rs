@@ -262,7 +262,7 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<24} {:<24} {:<4} {}", "NAME", "IMAGE", "MODE", "MOUNTED");
+                println!("{:<24} {:<24} {:<4} MOUNTED", "NAME", "IMAGE", "MODE");
                 for c in list {
                     let mode = if c.row.read_only { "ro" } else { "rw" };
                     let at = c.mounted.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());

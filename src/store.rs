@@ -260,7 +260,7 @@ impl Store {
                 .next()
                 .and_then(|p| p.parse::<i32>().ok())
                 .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !live.contains(&token) && !(name.starts_with("blob-") && pid_alive) {
+            if !(live.contains(&token) || name.starts_with("blob-") && pid_alive) {
                 let _ = remove_tree(&e.path());
             }
         }

@@ -202,6 +202,9 @@ impl<R: Read> Read for BoundedReader<R> {
     }
 }
 
+/// One PAX record: (key, value).
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
 /// The PAX records of the entry whose header starts at the end of `region` (the bytes read while
 /// the tar crate parsed the headers before it). The tar crate's own PAX iterator splits records at
 /// newlines, which breaks binary values (e.g. `security.capability` xattrs): records are
@@ -210,7 +213,7 @@ impl<R: Read> Read for BoundedReader<R> {
 /// The extension headers form a chain of 512-byte-aligned blocks ending at the entry header; the
 /// region may start with the previous entry's padding. The earliest offset from which a valid
 /// chain of extension headers reaches the end is taken.
-fn pax_records(region: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn pax_records(region: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let blocks = region.len() / 512;
     for k in (1..=blocks).rev() {
         let start = region.len() - 512 * k;
@@ -248,7 +251,7 @@ fn ext_chain(region: &[u8], start: usize) -> Option<Option<&[u8]>> {
     (p == region.len()).then_some(pax)
 }
 
-fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let sp = data.iter().position(|b| *b == b' ').ok_or("record without a length")?;
@@ -422,7 +425,7 @@ struct Unpacker<'o> {
     buf: Vec<u8>,
     stats: UnpackStats,
     /// The current entry's PAX records (see [`pax_records`]).
-    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    pax: Vec<PaxRecord>,
 }
 
 /// An entry path for messages: the layer root (empty after normalisation) shows as `.`.

@@ -402,7 +402,7 @@ fn killed_import_leaves_nothing_after_next_command() {
     fs::remove_file(blob(&l, &d)).expect("rm");
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &blob(&l, &d),
+        blob(&l, &d),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,

@@ -208,7 +208,7 @@ fn read_verified(
     what: &str,
 ) -> Result<(Vec<u8>, Sha256Digest), ImageError> {
     let what = format!("{}: {what} {}", files.describe(), desc.digest());
-    let d = Sha256Digest::parse(&desc.digest().to_string())
+    let d = Sha256Digest::parse(desc.digest().as_ref())
         .map_err(|e| ImageError::Digest { what: what.clone(), source: e })?;
     if desc.size() > METADATA_LIMIT {
         return Err(ImageError::Invalid {
@@ -362,7 +362,7 @@ fn resolve_oci(
     }
     let mut layers = Vec::new();
     for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let d = Sha256Digest::parse(&l.digest().to_string())
+        let d = Sha256Digest::parse(l.digest().as_ref())
             .map_err(|e| ImageError::Digest { what: format!("{mwhat}: layer"), source: e })?;
         let mt = l.media_type().to_string();
         layer_compression(&mt)?;
@@ -440,12 +440,9 @@ struct DockerManifestEntry {
 /// The hex a docker-archive file name carries: `<hex>.json`, `blobs/sha256/<hex>`, `<hex>/layer.tar`.
 fn hex_in_name(name: &str) -> Option<Sha256Digest> {
     let n = name.trim_start_matches("./");
-    let cand = if let Some(rest) = n.strip_prefix("blobs/sha256/") {
-        rest
-    } else if let Some(stem) = n.strip_suffix(".json") {
-        stem
-    } else {
-        return None;
+    let cand = match n.strip_prefix("blobs/sha256/") {
+        Some(rest) => rest,
+        None => n.strip_suffix(".json")?,
     };
     Sha256Digest::from_hex(cand).ok()
 }
