@@ -7,8 +7,11 @@
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 
+pub mod commit;
 pub mod db;
+pub mod diff;
 pub mod digest;
+pub mod export;
 pub mod image;
 pub mod import;
 pub mod store;
