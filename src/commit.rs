@@ -1211,3 +1211,451 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// True when the test may run; prints why not otherwise. Fails under CI without root.
+    pub(crate) fn need_root(what: &str) -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "{what}: needs root, and CI is set");
+        eprintln!("SKIPPED (not root): {what}");
+        false
+    }
+
+    pub(crate) fn mknod(p: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p,
+            kind,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
+    }
+
+    pub(crate) fn setx(p: &Path, name: &str, value: &[u8]) {
+        rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+            .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+    }
+
+    pub(crate) fn set_mtime(p: &Path, secs: i64, nsec: i64) {
+        let t = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: secs, tv_nsec: nsec },
+            last_modification: rustix::fs::Timespec { tv_sec: secs, tv_nsec: nsec },
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, p, &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+    }
+
+    fn write(p: &Path, data: &[u8], mode: u32) {
+        fs::write(p, data).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    pub(crate) const LONG: usize = 150;
+    /// vfs_cap_data v2: effective, permitted = CAP_NET_RAW.
+    pub(crate) const CAP: &[u8] =
+        b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+
+    /// A hand-made upper dir with one of everything. Every mtime is 1_000_000_000 except
+    /// `etc/passwd` (2_000_000_000).
+    pub(crate) fn make_upper(root: &Path) {
+        use rustix::fs::FileType as T;
+        for d in ["bin", "dev", "etc", "long", "opt", "run", "usr/bin"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        write(&root.join("bin/a"), b"hardlinked\n", 0o4755);
+        fs::hard_link(root.join("bin/a"), root.join("bin/b")).unwrap();
+        mknod(&root.join("dev/null"), T::CharacterDevice, 1, 3);
+        mknod(&root.join("dev/loop0"), T::BlockDevice, 7, 0);
+        write(&root.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n", 0o644);
+        std::os::unix::fs::lchown(root.join("etc/passwd"), Some(1000), Some(1001)).unwrap();
+        mknod(&root.join("etc/shadow"), T::CharacterDevice, 0, 0);
+        symlink("usr/lib", root.join("lib")).unwrap();
+        write(&root.join("long").join("x".repeat(LONG)), b"long\n", 0o600);
+        symlink("t".repeat(200), root.join("long/link")).unwrap();
+        setx(&root.join("opt"), "trusted.overlay.opaque", b"y");
+        write(&root.join("opt/new"), b"new\n", 0o640);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &root.join("run/fifo"),
+            T::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(root.join("run/sock")).unwrap();
+        write(&root.join("usr/bin/ping"), b"\x7fELF", 0o755);
+        setx(&root.join("usr/bin/ping"), "security.capability", CAP);
+        setx(&root.join("usr/bin/ping"), "user.foo", b"bar");
+        setx(&root.join("usr/bin/ping"), "trusted.overlay.origin", b"junk");
+        fs::set_permissions(root.join("run"), fs::Permissions::from_mode(0o1777)).unwrap();
+        let mut all = vec![];
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if fs::symlink_metadata(&p).unwrap().is_dir() {
+                    stack.push(p.clone());
+                }
+                all.push(p);
+            }
+        }
+        // Children before parents, so setting a child's time does not move its parent's.
+        all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in all {
+            set_mtime(&p, 1_000_000_000, 5);
+        }
+        set_mtime(&root.join("etc/passwd"), 2_000_000_000, 0);
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct E {
+        pub path: String,
+        pub kind: char,
+        pub mode: u32,
+        pub uid: u64,
+        pub gid: u64,
+        pub mtime: u64,
+        pub link: Option<String>,
+        pub dev: Option<(u32, u32)>,
+        pub xattrs: Vec<(String, Vec<u8>)>,
+        pub data: Vec<u8>,
+    }
+
+    pub(crate) fn read_tar(bytes: &[u8]) -> Vec<E> {
+        let mut a = tar::Archive::new(bytes);
+        let mut out = vec![];
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut xattrs = vec![];
+            if let Some(px) = e.pax_extensions().unwrap() {
+                for x in px {
+                    let x = x.unwrap();
+                    if let Some(k) = x.key().unwrap().strip_prefix("SCHILY.xattr.") {
+                        xattrs.push((k.to_string(), x.value_bytes().to_vec()));
+                    }
+                }
+            }
+            let h = e.header().clone();
+            assert!(h.as_ustar().is_some(), "ustar headers only");
+            assert_eq!(h.username_bytes(), Some(&b""[..]), "no user names");
+            assert_eq!(h.groupname_bytes(), Some(&b""[..]), "no group names");
+            let mut data = vec![];
+            e.read_to_end(&mut data).unwrap();
+            out.push(E {
+                path: String::from_utf8(e.path_bytes().to_vec()).unwrap(),
+                kind: h.entry_type().as_byte() as char,
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                mtime: h.mtime().unwrap(),
+                link: e.link_name_bytes().map(|l| String::from_utf8(l.to_vec()).unwrap()),
+                dev: match h.entry_type() {
+                    tar::EntryType::Char | tar::EntryType::Block => {
+                        Some((h.device_major().unwrap().unwrap(), h.device_minor().unwrap().unwrap()))
+                    }
+                    _ => None,
+                },
+                xattrs,
+                data,
+            });
+        }
+        out
+    }
+
+    fn e(path: &str, kind: char, mode: u32, mtime: u64) -> E {
+        E {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            link: None,
+            dev: None,
+            xattrs: vec![],
+            data: vec![],
+        }
+    }
+
+    fn raw_layer(upper: &Path, epoch: Option<i64>) -> (Vec<u8>, LayerInfo) {
+        let mut out = vec![];
+        let opts =
+            LayerOptions { compression: Compression::None, source_date_epoch: epoch, ..Default::default() };
+        let info = write_layer(upper, &mut out, &opts).unwrap();
+        (out, info)
+    }
+
+    #[test]
+    fn layer_entries() {
+        if !need_root("layer_entries (mknod, trusted xattrs)") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        make_upper(t.path());
+        let (bytes, info) = raw_layer(t.path(), None);
+        let got = read_tar(&bytes);
+        const T: u64 = 1_000_000_000;
+        let long_name = format!("long/{}", "x".repeat(LONG));
+        let mut expected = vec![
+            e("bin/", '5', 0o755, T),
+            E { data: b"hardlinked\n".to_vec(), ..e("bin/a", '0', 0o4755, T) },
+            E { link: Some("bin/a".into()), ..e("bin/b", '1', 0o4755, T) },
+            e("dev/", '5', 0o755, T),
+            E { dev: Some((7, 0)), ..e("dev/loop0", '4', 0o644, T) },
+            E { dev: Some((1, 3)), ..e("dev/null", '3', 0o644, T) },
+            e("etc/", '5', 0o755, T),
+            e("etc/.wh.shadow", '0', 0o600, T),
+            E {
+                uid: 1000,
+                gid: 1001,
+                data: b"root:x:0:0::/root:/bin/sh\n".to_vec(),
+                ..e("etc/passwd", '0', 0o644, 2_000_000_000)
+            },
+            E { link: Some("usr/lib".into()), ..e("lib", '2', 0o777, T) },
+            e("long/", '5', 0o755, T),
+            E { link: Some("t".repeat(200)), ..e("long/link", '2', 0o777, T) },
+            E { data: b"long\n".to_vec(), ..e(&long_name, '0', 0o600, T) },
+            e("opt/", '5', 0o755, T),
+            e("opt/.wh..wh..opq", '0', 0o755, T),
+            E { data: b"new\n".to_vec(), ..e("opt/new", '0', 0o640, T) },
+            e("run/", '5', 0o1777, T),
+            e("run/fifo", '6', 0o600, T),
+            e("usr/", '5', 0o755, T),
+            e("usr/bin/", '5', 0o755, T),
+            E {
+                xattrs: vec![
+                    ("security.capability".into(), CAP.to_vec()),
+                    ("user.foo".into(), b"bar".to_vec()),
+                ],
+                data: b"\x7fELF".to_vec(),
+                ..e("usr/bin/ping", '0', 0o755, T)
+            },
+        ];
+        // Directory modes follow the umask of the test process.
+        let umask_dir = fs::metadata(t.path().join("bin")).unwrap().permissions().mode() & 0o7777;
+        for x in expected.iter_mut() {
+            if x.kind == '5' && x.mode == 0o755 {
+                x.mode = umask_dir;
+            }
+            if x.path == "opt/.wh..wh..opq" {
+                x.mode = umask_dir & 0o777;
+            }
+        }
+        for (g, x) in got.iter().zip(&expected) {
+            assert_eq!(g, x);
+        }
+        assert_eq!(got.len(), expected.len(), "{:#?}", got.iter().map(|e| &e.path).collect::<Vec<_>>());
+        assert_eq!(info.entries, expected.len() as u64);
+        assert_eq!(info.tar_size, bytes.len() as u64);
+        assert_eq!(info.diff_id, info.digest, "uncompressed: digest is the diff_id");
+        assert_eq!(info.diff_id, Sha256Digest::from_bytes(&Sha256::digest(&bytes)));
+        assert_eq!(info.media_type, image::MT_OCI_LAYER);
+    }
+
+    #[test]
+    fn gnu_tar_reads_it() {
+        if !need_root("gnu_tar_reads_it") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        make_upper(t.path());
+        let (bytes, _) = raw_layer(t.path(), None);
+        let f = t.path().join("../layer-test.tar");
+        let f = f.with_file_name(format!("layer-{}.tar", std::process::id()));
+        fs::write(&f, &bytes).unwrap();
+        let out = std::process::Command::new("tar").arg("--xattrs").arg("-tf").arg(&f).output().unwrap();
+        let _ = fs::remove_file(&f);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains(&format!("long/{}", "x".repeat(LONG))), "{listing}");
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn deterministic_and_clamped() {
+        if !need_root("deterministic_and_clamped") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        make_upper(t.path());
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let opts = LayerOptions { compression: c, ..Default::default() };
+            let (mut a, mut b) = (vec![], vec![]);
+            let ia = write_layer(t.path(), &mut a, &opts).unwrap();
+            let ib = write_layer(t.path(), &mut b, &opts).unwrap();
+            assert!(a == b, "{c:?}: two runs differ");
+            assert_eq!(ia, ib);
+            assert_eq!(ia.size, a.len() as u64);
+            assert_eq!(ia.digest, Sha256Digest::from_bytes(&Sha256::digest(&a)));
+            assert_eq!(ia.media_type, layer_media_type(c));
+            let mut plain = vec![];
+            match c {
+                Compression::Gzip => {
+                    assert_eq!(&a[4..8], &[0, 0, 0, 0], "gzip header mtime is 0");
+                    assert_eq!(a[3] & 0x08, 0, "no file name in the gzip header");
+                    flate2::read::GzDecoder::new(a.as_slice()).read_to_end(&mut plain).unwrap();
+                }
+                Compression::Zstd => {
+                    zstd::stream::read::Decoder::new(a.as_slice()).unwrap().read_to_end(&mut plain).unwrap();
+                }
+                Compression::None => plain = a.clone(),
+            }
+            assert_eq!(ia.diff_id, Sha256Digest::from_bytes(&Sha256::digest(&plain)), "{c:?}");
+        }
+        // SOURCE_DATE_EPOCH clamps later mtimes only.
+        let (bytes, info) = raw_layer(t.path(), Some(1_500_000_000));
+        let (plain_bytes, plain_info) = raw_layer(t.path(), None);
+        assert_ne!(info.diff_id, plain_info.diff_id);
+        assert_ne!(bytes, plain_bytes);
+        for e in read_tar(&bytes) {
+            let want = if e.path == "etc/passwd" { 1_500_000_000 } else { 1_000_000_000 };
+            assert_eq!(e.mtime, want, "{}", e.path);
+        }
+    }
+
+    #[test]
+    fn refuses_metacopy_and_missing_dir() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            write_layer(&t.path().join("nope"), io::sink(), &LayerOptions::default()),
+            Err(CommitError::Io { .. })
+        ));
+        if !need_root("refuses_metacopy") {
+            return;
+        }
+        fs::write(t.path().join("f"), b"").unwrap();
+        setx(&t.path().join("f"), "trusted.overlay.metacopy", b"");
+        let err = write_layer(t.path(), io::sink(), &LayerOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("metacopy"), "{err}");
+    }
+
+    #[test]
+    fn empty_upper() {
+        let t = tempfile::tempdir().unwrap();
+        let (bytes, info) = raw_layer(t.path(), None);
+        assert_eq!(bytes.len(), 1024, "just the end-of-archive blocks");
+        assert_eq!(info.entries, 0);
+    }
+
+    #[test]
+    fn pax_record_lengths() {
+        for n in [0usize, 1, 5, 85, 86, 90, 95, 96, 990, 995, 996, 1000] {
+            let mut v = vec![];
+            pax_record(&mut v, b"path", &vec![b'a'; n]);
+            let (len, _) = std::str::from_utf8(&v).unwrap().split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), v.len(), "value of {n} bytes");
+        }
+    }
+
+    #[test]
+    fn ustar_splits() {
+        assert_eq!(ustar_split(b"a/b"), Some((&b""[..], &b"a/b"[..])));
+        let p = format!("{}/{}", "d".repeat(120), "f".repeat(50));
+        let (pre, name) = ustar_split(p.as_bytes()).unwrap();
+        assert_eq!((pre.len(), name.len()), (120, 50));
+        assert_eq!(ustar_split("x".repeat(150).as_bytes()), None);
+        let p = format!("{}/{}", "d".repeat(10), "f".repeat(101));
+        assert_eq!(ustar_split(p.as_bytes()), None);
+    }
+
+    fn changed(changes: &[&str]) -> Result<Value> {
+        let mut c = json!({ "Cmd": ["sh"], "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/srv", "Unknown": 7 });
+        apply_changes(&mut c, &changes.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn changes() {
+        let c = changed(&[
+            r#"CMD ["nginx", "-g", "daemon off;"]"#,
+            "ENV A=2 B=\"two words\"",
+            "ENV C some value",
+            "WORKDIR app",
+            "USER 1000:1000",
+            "LABEL org.example=yes other='x y'",
+            "EXPOSE 80 53/udp 8000-8001",
+            "VOLUME /data /logs",
+            "stopsignal SIGQUIT",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            json!({
+                "Cmd": ["nginx", "-g", "daemon off;"],
+                "Env": ["PATH=/bin", "A=2", "B=two words", "C=some value"],
+                "WorkingDir": "/srv/app",
+                "User": "1000:1000",
+                "Labels": { "org.example": "yes", "other": "x y" },
+                "ExposedPorts": { "80/tcp": {}, "53/udp": {}, "8000/tcp": {}, "8001/tcp": {} },
+                "Volumes": { "/data": {}, "/logs": {} },
+                "StopSignal": "SIGQUIT",
+                "Unknown": 7,
+            })
+        );
+        // Shell form; ENTRYPOINT resets an inherited CMD, but not one set alongside.
+        let c = changed(&["ENTRYPOINT echo hi"]).unwrap();
+        assert_eq!(c["Entrypoint"], json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(c["Cmd"], Value::Null);
+        let c = changed(&["ENTRYPOINT [\"/init\"]", "CMD run"]).unwrap();
+        assert_eq!(c["Entrypoint"], json!(["/init"]));
+        assert_eq!(c["Cmd"], json!(["/bin/sh", "-c", "run"]));
+        let c = changed(&["VOLUME [\"/a b\"]", "WORKDIR /abs"]).unwrap();
+        assert_eq!(c["Volumes"], json!({"/a b": {}}));
+        assert_eq!(c["WorkingDir"], "/abs");
+        for bad in [
+            "FROBNICATE x",
+            "RUN make",
+            "EXPOSE 99999",
+            "EXPOSE 80/icmp",
+            "ENV =x",
+            "LABEL novalue",
+            "USER",
+            "ENV A=\"open",
+        ] {
+            let e = changed(&[bad]).unwrap_err();
+            assert!(matches!(&e, CommitError::Change { change, .. } if change == bad), "{bad}: {e}");
+        }
+        let e = changed(&["FROBNICATE x"]).unwrap_err().to_string();
+        assert!(e.contains("unknown instruction") && e.contains("FROBNICATE"), "{e}");
+    }
+
+    #[test]
+    fn config_derivation() {
+        let parent = br#"{"architecture":"amd64","os":"linux","x-extra":{"k":1},
+            "config":{"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]},
+            "history":[{"created_by":"base"}],"author":"old"}"#;
+        let d = Sha256Digest::from_hex(&"b".repeat(64)).unwrap();
+        let opts = CommitOptions {
+            author: Some("me".into()),
+            message: Some("msg".into()),
+            changes: vec!["ENV X=1".into()],
+            ..Default::default()
+        };
+        let c = derive_config(parent, &d, &rfc3339(0), &opts, "p").unwrap();
+        assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:aa", d.to_string()]));
+        assert_eq!(c["x-extra"], json!({"k": 1}));
+        assert_eq!(c["created"], "1970-01-01T00:00:00Z");
+        assert_eq!(c["author"], "me");
+        assert_eq!(c["config"], json!({"Cmd": ["sh"], "Env": ["X=1"]}));
+        assert_eq!(
+            c["history"][1],
+            json!({"created": "1970-01-01T00:00:00Z", "created_by": "strata commit", "author": "me", "comment": "msg"})
+        );
+        assert!(derive_config(b"[]", &d, "t", &opts, "p").is_err());
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+}
