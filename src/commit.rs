@@ -1083,9 +1083,8 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<()> {
     if !config.is_object() {
         *config = json!({});
     }
-    let cmd_set = changes
-        .iter()
-        .any(|c| c.trim_start().split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("CMD")));
+    let cmd_set =
+        changes.iter().any(|c| c.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("CMD")));
     for change in changes {
         let err = |reason: String| CommitError::Change { change: change.clone(), reason };
         let t = change.trim();
@@ -1283,7 +1282,7 @@ pub(crate) mod tests {
         write(&root.join("opt/new"), b"new\n", 0o640);
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("run/fifo"),
+            root.join("run/fifo"),
             T::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,

@@ -244,3 +244,89 @@ pub fn diff_upper(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
     v.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::tests::{mknod, need_root, set_mtime, setx};
+    use rustix::fs::FileType as T;
+
+    fn copy_times(from: &Path, to: &Path) {
+        let md = fs::symlink_metadata(from).unwrap();
+        set_mtime(to, md.mtime(), md.mtime_nsec());
+    }
+
+    #[test]
+    fn docker_style_changes() {
+        if !need_root("docker_style_changes (mknod, trusted xattrs)") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, up) = (t.path().join("l1"), t.path().join("l2"), t.path().join("upper"));
+        for d in [&l1, &l2, &up] {
+            fs::create_dir(d).unwrap();
+        }
+        // Bottom layer.
+        for d in ["etc", "opt", "var/log", "home/user"] {
+            fs::create_dir_all(l1.join(d)).unwrap();
+        }
+        for f in ["etc/passwd", "etc/shadow", "opt/a", "opt/b", "var/log/x"] {
+            fs::write(l1.join(f), b"x").unwrap();
+        }
+        // Top layer: deletes /home, hides /var/log's old contents.
+        mknod(&l2.join("home"), T::CharacterDevice, 0, 0);
+        fs::create_dir_all(l2.join("var/log")).unwrap();
+        setx(&l2.join("var/log"), "trusted.overlay.opaque", b"y");
+        fs::write(l2.join("var/log/y"), b"y").unwrap();
+        // Upper.
+        fs::create_dir(up.join("etc")).unwrap();
+        copy_times(&l1.join("etc"), &up.join("etc")); // a plain copy-up
+        fs::write(up.join("etc/passwd"), b"changed").unwrap();
+        mknod(&up.join("etc/shadow"), T::CharacterDevice, 0, 0);
+        fs::write(up.join("etc/new"), b"n").unwrap();
+        fs::create_dir(up.join("opt")).unwrap();
+        setx(&up.join("opt"), "trusted.overlay.opaque", b"y");
+        fs::write(up.join("opt/a"), b"again").unwrap();
+        fs::create_dir_all(up.join("tmp/d")).unwrap();
+        fs::write(up.join("tmp/d/f"), b"f").unwrap();
+        mknod(&up.join("stale"), T::CharacterDevice, 0, 0);
+        fs::create_dir(up.join("home")).unwrap();
+        fs::create_dir_all(up.join("var/log")).unwrap();
+        copy_times(&l2.join("var/log"), &up.join("var/log"));
+        copy_times(&l1.join("var"), &up.join("var"));
+        mknod(&up.join("var/log/x"), T::CharacterDevice, 0, 0); // hidden by l2's opaque dir: stale
+        mknod(&up.join("var/log/y"), T::CharacterDevice, 0, 0);
+
+        let got: Vec<String> =
+            diff_upper(&up, &[l2.clone(), l1.clone()]).unwrap().iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "C /etc",
+                "A /etc/new",
+                "C /etc/passwd",
+                "D /etc/shadow",
+                "A /home",
+                "C /opt",
+                "C /opt/a",
+                "D /opt/b",
+                "A /tmp",
+                "A /tmp/d",
+                "A /tmp/d/f",
+                "C /var",
+                "C /var/log",
+                "D /var/log/y",
+            ]
+        );
+        // With no lowers everything is new and whiteouts hide nothing.
+        let got: Vec<String> = diff_upper(&up, &[]).unwrap().iter().map(|c| c.to_string()).collect();
+        assert!(got.iter().all(|c| c.starts_with("A ")), "{got:?}");
+        assert!(!got.iter().any(|c| c.contains("shadow") || c.contains("stale")), "{got:?}");
+    }
+
+    #[test]
+    fn missing_upper_is_an_error() {
+        let e = diff_upper(Path::new("/nonexistent/upper"), &[]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/upper"), "{e}");
+    }
+}

@@ -429,3 +429,202 @@ fn write_docker_archive(store: &Store, parts: &Parts, w: &mut BufWriter<File>, r
     }
     b.finish().map_err(io_at(&at))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::tests::{mknod, need_root, setx};
+    use crate::commit::{write_layer, LayerOptions};
+    use crate::db::{ImageLayerRow, NewImage};
+    use crate::tree::{assert_trees_eq, Tree};
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Store a layer made from `dir`; returns its row.
+    fn add_layer(store: &mut Store, dir: &Path, c: Compression) -> ImageLayerRow {
+        let mut blob = vec![];
+        let info =
+            write_layer(dir, &mut blob, &LayerOptions { compression: c, ..Default::default() }).unwrap();
+        assert_eq!(store.put_blob(&blob).unwrap(), info.digest);
+        store.db.insert_layer(&info.diff_id.to_string(), info.tar_size, info.entries).unwrap();
+        ImageLayerRow {
+            diff_id: info.diff_id.to_string(),
+            blob_digest: info.digest.to_string(),
+            media_type: info.media_type.into(),
+            blob_size: info.size,
+            size: info.tar_size,
+        }
+    }
+
+    /// A two-layer image "tiny" in a new store; returns the store and the expected root filesystem.
+    fn tiny_image(t: &Path) -> (Store, PathBuf, Sha256Digest) {
+        let mut store = Store::open(&t.join("root")).unwrap();
+        let (l1, l2, want) = (t.join("l1"), t.join("l2"), t.join("want"));
+        for d in [&l1, &l2, &want] {
+            fs::create_dir(d).unwrap();
+        }
+        for root in [&l1, &want] {
+            fs::create_dir_all(root.join("etc/sub")).unwrap();
+            fs::write(root.join("etc/hello"), b"hello\n").unwrap();
+            fs::hard_link(root.join("etc/hello"), root.join("etc/hello2")).unwrap();
+            std::os::unix::fs::symlink("../etc/hello", root.join("etc/sub/link")).unwrap();
+            fs::write(root.join(format!("etc/{}", "n".repeat(120))), b"long").unwrap();
+            mknod(&root.join("etc/null"), rustix::fs::FileType::CharacterDevice, 1, 3);
+            setx(&root.join("etc/hello"), "user.note", b"hi");
+        }
+        fs::write(l1.join("etc/gone"), b"bye").unwrap();
+        // Layer 2 deletes etc/gone and adds bin/tool.
+        fs::create_dir(l2.join("etc")).unwrap();
+        mknod(&l2.join("etc/gone"), rustix::fs::FileType::CharacterDevice, 0, 0);
+        for root in [&l2, &want] {
+            fs::create_dir(root.join("bin")).unwrap();
+            fs::write(root.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        }
+        let rows = vec![
+            add_layer(&mut store, &l1, Compression::Gzip),
+            add_layer(&mut store, &l2, Compression::None),
+        ];
+        let config = json!({
+            "architecture": image::Platform::host().arch, "os": "linux",
+            "config": { "Cmd": ["/bin/tool"] },
+            "rootfs": { "type": "layers", "diff_ids": rows.iter().map(|r| r.diff_id.clone()).collect::<Vec<_>>() },
+            "history": [{ "created_by": "test" }, { "created_by": "test" }],
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let cd = store.put_blob(&config).unwrap();
+        let manifest = crate::import::build_manifest(&cd, config.len() as u64, &rows);
+        let md = store.put_blob(&manifest).unwrap();
+        store
+            .db
+            .put_image(&NewImage {
+                name: "tiny",
+                manifest_digest: &md.to_string(),
+                config_digest: &cd.to_string(),
+                blobs: vec![],
+                layers: rows,
+                lease: None,
+            })
+            .unwrap();
+        (store, want, md)
+    }
+
+    fn rootfs_tree(dir: &Path) -> Tree {
+        let mut t = Tree::capture(dir).unwrap();
+        t.entries.remove(Path::new("."));
+        t
+    }
+
+    fn inspect(transport: &str) -> Value {
+        serde_json::from_str(&run(Command::new("skopeo").args(["inspect", transport]))).unwrap()
+    }
+
+    fn umoci_rootfs(layout_ref: &str, bundle: &Path) -> Tree {
+        run(Command::new("umoci").args(["unpack", "--image", layout_ref]).arg(bundle));
+        rootfs_tree(&bundle.join("rootfs"))
+    }
+
+    #[test]
+    fn exports_read_by_skopeo_and_umoci() {
+        if !need_root("exports_read_by_skopeo_and_umoci (mknod, umoci unpack)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (store, want, md) = tiny_image(t);
+        let want = rootfs_tree(&want);
+
+        // OCI layout, then a second tag added to the same layout.
+        let layout = t.join("layout");
+        export(&store, "tiny", &format!("{}:v1", layout.display()), ExportFormat::Oci).unwrap();
+        export(&store, "tiny", &format!("{}:v2", layout.display()), ExportFormat::Oci).unwrap();
+        export(&store, "tiny", &format!("{}:v1", layout.display()), ExportFormat::Oci).unwrap();
+        let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let refs: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["annotations"][image::REF_NAME].as_str().unwrap())
+            .collect();
+        assert_eq!(refs, ["v2", "v1"], "re-export replaces its own entry, keeps others");
+        let i = inspect(&format!("oci:{}:v1", layout.display()));
+        assert_eq!(i["Digest"], md.to_string());
+        assert_eq!(i["Layers"].as_array().unwrap().len(), 2);
+        assert_trees_eq(
+            &umoci_rootfs(&format!("{}:v2", layout.display()), &t.join("b1")),
+            &want,
+            "umoci oci",
+        );
+
+        // oci-archive.
+        let oa = t.join("img.oci.tar");
+        export(&store, "tiny", &format!("{}:arch", oa.display()), ExportFormat::OciArchive).unwrap();
+        let i = inspect(&format!("oci-archive:{}", oa.display()));
+        assert_eq!(i["Digest"], md.to_string());
+        let unpacked = t.join("oa");
+        fs::create_dir(&unpacked).unwrap();
+        run(Command::new("tar").arg("-xf").arg(&oa).arg("-C").arg(&unpacked));
+        assert_trees_eq(
+            &umoci_rootfs(&format!("{}:arch", unpacked.display()), &t.join("b2")),
+            &want,
+            "umoci oci-archive",
+        );
+
+        // docker-archive: skopeo reads it, and copying it back to OCI gives the same root filesystem.
+        let da = t.join("img.docker.tar");
+        export(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive).unwrap();
+        let i = inspect(&format!("docker-archive:{}", da.display()));
+        assert_eq!(i["Layers"].as_array().unwrap().len(), 2);
+        let dm: Value =
+            serde_json::from_str(&run(Command::new("tar").arg("-xOf").arg(&da).arg("manifest.json")))
+                .unwrap();
+        assert_eq!(dm[0]["RepoTags"], json!(["tiny:latest"]), "{dm}");
+        let copy = t.join("copy");
+        run(Command::new("skopeo").args([
+            "copy",
+            &format!("docker-archive:{}", da.display()),
+            &format!("oci:{}:c", copy.display()),
+        ]));
+        assert_trees_eq(
+            &umoci_rootfs(&format!("{}:c", copy.display()), &t.join("b3")),
+            &want,
+            "docker-archive",
+        );
+        // manifest.json names uncompressed layer tars whose sha256 are the diff_ids.
+        let listing = run(Command::new("tar").arg("-tf").arg(&da));
+        assert!(listing.contains("manifest.json") && listing.contains("repositories"), "{listing}");
+        let rows = store.db.image_layers("tiny").unwrap();
+        for r in &rows {
+            let hex = r.diff_id.trim_start_matches("sha256:");
+            let member = run(Command::new("sh")
+                .arg("-c")
+                .arg(format!("tar -xOf {} {hex}/layer.tar | sha256sum", da.display())));
+            assert!(member.starts_with(hex), "{member} vs {hex}");
+        }
+        // Re-export over an existing archive replaces it atomically and leaves no temp files.
+        export(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive).unwrap();
+        let leftovers: Vec<_> = fs::read_dir(t)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn export_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let e = export(&store, "nope", "/tmp/x", ExportFormat::Oci).unwrap_err();
+        assert!(matches!(e, ExportError::NoImage(_)), "{e}");
+        assert!("tarball".parse::<ExportFormat>().is_err());
+        assert_eq!("oci-archive".parse::<ExportFormat>().unwrap(), ExportFormat::OciArchive);
+        assert_eq!(docker_repo_tag("a/b"), "a/b:latest");
+        assert_eq!(docker_repo_tag("localhost:5000/b"), "localhost:5000/b:latest");
+        assert_eq!(docker_repo_tag("b:1"), "b:1");
+    }
+}
