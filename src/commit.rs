@@ -836,6 +836,24 @@ pub fn commit(
     new_name: &str,
     opts: &CommitOptions,
 ) -> Result<Committed> {
+    commit_with(store, upper, parent_image, new_name, opts, real_unpack)
+}
+
+/// Builds the layer directory from the tar stream.
+type Unpacker = fn(ChannelReader, &Path) -> Result<UnpackStats, UnpackError>;
+
+fn real_unpack(r: ChannelReader, dir: &Path) -> Result<UnpackStats, UnpackError> {
+    unpack::unpack_layer(r, dir, &UnpackOptions::default())
+}
+
+fn commit_with(
+    store: &mut Store,
+    upper: &Path,
+    parent_image: &str,
+    new_name: &str,
+    opts: &CommitOptions,
+    unpacker: Unpacker,
+) -> Result<Committed> {
     // Everything that can be checked cheaply first: a bad --change must not cost a layer write.
     let parent =
         store.db.image(parent_image)?.ok_or_else(|| CommitError::NoImage(parent_image.to_string()))?;
@@ -852,7 +870,17 @@ pub fn commit(
     let parent_layers = store.db.image_layers(parent_image)?;
 
     let staging = store.staging()?;
-    let res = commit_staged(store, &staging, upper, parent_image, new_name, opts, &parent_cfg, parent_layers);
+    let res = commit_staged(
+        store,
+        &staging,
+        upper,
+        parent_image,
+        new_name,
+        opts,
+        &parent_cfg,
+        parent_layers,
+        unpacker,
+    );
     if res.is_err() {
         // Release what this commit leased; a layer only it held goes with it.
         store.db.drop_leases(&staging.token)?;
@@ -871,6 +899,7 @@ fn commit_staged(
     opts: &CommitOptions,
     parent_cfg: &[u8],
     parent_layers: Vec<ImageLayerRow>,
+    unpacker: Unpacker,
 ) -> Result<Committed> {
     let bad = |reason: String| CommitError::BadImage { image: parent_image.to_string(), reason };
     let blob_tmp = staging.dir.join("layer.blob");
@@ -882,10 +911,7 @@ fn commit_staged(
     let (tx, rx) = sync_channel::<Vec<u8>>(8);
     let (written, unpacked) = std::thread::scope(|scope| {
         let dir = layer_tmp.as_path();
-        let unpacker = scope.spawn(move || {
-            let r = ChannelReader { rx, buf: Vec::new(), pos: 0 };
-            unpack::unpack_layer(r, dir, &UnpackOptions::default())
-        });
+        let unpacker = scope.spawn(move || unpacker(ChannelReader { rx, buf: Vec::new(), pos: 0 }, dir));
         let written = write_layer_inner(upper, BufWriter::with_capacity(CHUNK, blob), &opts.layer, Some(tx));
         let unpacked = unpacker
             .join()
@@ -1214,6 +1240,7 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::db::{ImageLayerRow, NewImage};
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     /// True when the test may run; prints why not otherwise. Fails under CI without root.
@@ -1656,5 +1683,170 @@ pub(crate) mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    /// A store with image "base": one layer holding `etc/base`.
+    fn base_store(t: &Path) -> Store {
+        let mut store = Store::open(&t.join("root")).unwrap();
+        let l = t.join("base-layer");
+        fs::create_dir_all(l.join("etc")).unwrap();
+        fs::write(l.join("etc/base"), b"base\n").unwrap();
+        let mut blob = vec![];
+        let info = write_layer(&l, &mut blob, &LayerOptions::default()).unwrap();
+        store.put_blob(&blob).unwrap();
+        store.db.insert_layer(&info.diff_id.to_string(), info.tar_size, info.entries).unwrap();
+        let rows = vec![ImageLayerRow {
+            diff_id: info.diff_id.to_string(),
+            blob_digest: info.digest.to_string(),
+            // As a docker-archive import records it: commit must write the OCI equivalent.
+            media_type: image::MT_DOCKER_LAYER_GZIP.into(),
+            blob_size: info.size,
+            size: info.tar_size,
+        }];
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux", "config": { "Cmd": ["sh"] },
+            "rootfs": { "type": "layers", "diff_ids": [info.diff_id.to_string()] },
+            "history": [{ "created_by": "base" }],
+        }))
+        .unwrap();
+        let cd = store.put_blob(&config).unwrap();
+        let manifest = crate::import::build_manifest(&cd, config.len() as u64, &rows);
+        let md = store.put_blob(&manifest).unwrap();
+        store
+            .db
+            .put_image(&NewImage {
+                name: "base",
+                manifest_digest: &md.to_string(),
+                config_digest: &cd.to_string(),
+                blobs: vec![],
+                layers: rows,
+                lease: None,
+            })
+            .unwrap();
+        store
+    }
+
+    fn drain(mut r: ChannelReader, _: &Path) -> Result<UnpackStats, UnpackError> {
+        let bytes = io::copy(&mut r, &mut io::sink()).map_err(UnpackError::Tar)?;
+        Ok(UnpackStats { entries: 0, bytes })
+    }
+
+    fn count_files(dir: &Path) -> usize {
+        fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+    }
+
+    #[test]
+    fn commit_checks_before_writing() {
+        let t = tempfile::tempdir().unwrap();
+        let mut store = base_store(t.path());
+        let upper = t.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let blobs_before = count_files(&store.root().join("blobs/sha256"));
+        let opts = CommitOptions { changes: vec!["BOGUS x".into()], ..Default::default() };
+        let e = commit(&mut store, &upper, "base", "new", &opts).unwrap_err();
+        assert!(matches!(e, CommitError::Change { .. }), "{e}");
+        let e = commit(&mut store, &upper, "nope", "new", &CommitOptions::default()).unwrap_err();
+        assert!(matches!(e, CommitError::NoImage(_)), "{e}");
+        store
+            .db
+            .insert_container(&crate::db::ContainerRow {
+                name: "c1".into(),
+                image: "base".into(),
+                read_only: false,
+                volatile: false,
+                created: 0,
+            })
+            .unwrap();
+        let e = commit(&mut store, &upper, "base", "base", &CommitOptions::default()).unwrap_err();
+        assert!(matches!(e, CommitError::ImageInUse { .. }), "{e}");
+        assert_eq!(count_files(&store.root().join("blobs/sha256")), blobs_before);
+        assert!(store.db.image("new").unwrap().is_none());
+    }
+
+    #[test]
+    fn commit_end_to_end() {
+        if !need_root("commit_end_to_end") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let mut store = base_store(t.path());
+        let upper = t.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        make_upper(&upper);
+        let opts = CommitOptions {
+            layer: LayerOptions { source_date_epoch: Some(1_600_000_000), ..Default::default() },
+            author: Some("tester".into()),
+            message: Some("one of everything".into()),
+            changes: vec!["ENV A=1".into(), "CMD [\"/bin/a\"]".into()],
+        };
+        let mut stub = false;
+        let c = match commit(&mut store, &upper, "base", "derived", &opts) {
+            Err(CommitError::Unpack(UnpackError::Entry { reason, .. })) if reason == "not implemented" => {
+                eprintln!(
+                    "PARTLY SKIPPED (unpack_layer is still a stub): layer directory contents not checked"
+                );
+                // Nothing half-done is left behind.
+                assert!(store.db.image("derived").unwrap().is_none());
+                assert_eq!(count_files(&store.root().join("layers/sha256")), 0);
+                let staging: Vec<_> = fs::read_dir(store.root().join("staging")).unwrap().collect();
+                assert!(staging.is_empty(), "{staging:?}");
+                // Check everything else with an unpacker that only drains the stream.
+                stub = true;
+                commit_with(&mut store, &upper, "base", "derived", &opts, drain).unwrap()
+            }
+            r => r.unwrap(),
+        };
+        assert!(c.layer_created);
+        let layers = store.db.image_layers("derived").unwrap();
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].media_type, image::MT_OCI_LAYER_GZIP);
+        assert_eq!(layers[1].diff_id, c.layer.diff_id.to_string());
+        let cfg: Value = serde_json::from_slice(
+            &store.read_blob(&Sha256Digest::parse(&c.config_digest).unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["created"], "2020-09-13T12:26:40Z");
+        assert_eq!(cfg["config"]["Cmd"], json!(["/bin/a"]));
+        assert_eq!(cfg["history"].as_array().unwrap().len(), 2);
+        // The layer directory is the upper dir, minus what a layer cannot carry.
+        fn keep(name: &str) -> bool {
+            !name.starts_with("security.") && name != "trusted.overlay.origin"
+        }
+        let topts = crate::tree::Options {
+            mtime: true,
+            xattr_filter: keep,
+            skip: vec![PathBuf::from("run/sock"), PathBuf::from(".")],
+            ..Default::default()
+        };
+        let mut want = crate::tree::Tree::capture_with(&upper, &topts).unwrap();
+        for e in want.entries.values_mut() {
+            e.mtime = e.mtime.map(|m| m.min(1_600_000_000));
+        }
+        let got = crate::tree::Tree::capture_with(&store.layer_path(&c.layer.diff_id), &topts).unwrap();
+        if stub {
+            assert!(got.entries.is_empty());
+        } else {
+            crate::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");
+        }
+        // Same change again: the layer is reused (the unpacker's result is thrown away).
+        let unpacker: Unpacker = if stub { drain } else { real_unpack };
+        let again = commit_with(&mut store, &upper, "base", "derived2", &opts, unpacker).unwrap();
+        assert!(!again.layer_created);
+        assert_eq!(again.layer.diff_id, c.layer.diff_id);
+        // And skopeo can read the exported result.
+        let dir = t.path().join("out");
+        crate::export::export(
+            &store,
+            "derived",
+            &format!("{}:d", dir.display()),
+            crate::export::ExportFormat::Oci,
+        )
+        .unwrap();
+        let out = std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci:{}:d", dir.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
