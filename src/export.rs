@@ -238,6 +238,8 @@ fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> R
         let res = (|| -> io::Result<()> {
             // copy_file_range: a reflink on filesystems that can, no user-space copy otherwise.
             fs::copy(&src, &tmp)?;
+            // Store blobs are 0600 (the root is private); a layout is for others to read.
+            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
             File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &dst)
         })();
