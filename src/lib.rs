@@ -5,12 +5,18 @@
 //! - [`store`]: the state root (blobs, layers, staging, locks) and [`db`] its SQLite metadata.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root.
+//! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
+//!   [`bundle`]: OCI runtime bundles run with runc.
+//! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 
 pub mod bundle;
+pub mod commit;
 pub mod container;
 pub mod db;
+pub mod diff;
 pub mod digest;
+pub mod export;
 pub mod image;
 pub mod import;
 pub mod store;

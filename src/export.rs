@@ -1,0 +1,632 @@
+//! `strata image export`: write a stored image as an OCI image layout directory, an oci-archive or
+//! a docker-archive (what `skopeo`, `umoci`, `podman load` and `docker load` read).
+//!
+//! - `oci`: `DEST` or `DEST:TAG`, a directory. Created if missing; an existing layout is added to:
+//!   other manifests in `index.json` are kept, an entry with the same ref name is replaced, blobs are
+//!   written only when missing (copied with `copy_file_range`, so reflinked where the filesystem can,
+//!   to a temp name, fsynced, renamed), and `index.json` is replaced atomically.
+//! - `oci-archive`: the same tree in a tar file (`DEST` or `DEST:TAG`).
+//! - `docker-archive`: `manifest.json` (`Config`, `RepoTags`, `Layers`), `repositories`,
+//!   `<config hex>.json` and `<diff_id hex>/layer.tar`, the layers uncompressed (their sha256 is
+//!   checked against the config's diff_ids on the way). `RepoTags` is `DEST`'s TAG, else the image
+//!   name, with `:latest` added when it has no tag.
+//!
+//! The ref name (`org.opencontainers.image.ref.name`) is TAG when given, else the image name.
+//! Archives are written to a temp file next to `DEST`, fsynced and renamed: `DEST` is either the
+//! old file or the complete new one.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::db::DbError;
+use crate::digest::Sha256Digest;
+use crate::image::{self, Compression, ImageError};
+use crate::store::{Store, StoreError};
+
+/// Export errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("image {0:?} not found")]
+    NoImage(String),
+    #[error("image {image:?}: {reason}")]
+    BadImage { image: String, reason: String },
+    #[error("{path}: not an OCI image layout: {reason}")]
+    BadLayout { path: PathBuf, reason: String },
+    #[error("layer {digest}: uncompressed content is {actual}, but the config says diff_id {expected}")]
+    DiffIdMismatch { digest: String, expected: String, actual: String },
+    #[error("unknown export format {0:?}: expected oci, oci-archive or docker-archive")]
+    Format(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+pub type Result<T, E = ExportError> = std::result::Result<T, E>;
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io { path: path.to_path_buf(), source }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// OCI image layout directory.
+    Oci,
+    /// OCI image layout in a tar file.
+    OciArchive,
+    /// `docker save` format.
+    DockerArchive,
+}
+
+impl FromStr for ExportFormat {
+    type Err = ExportError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "oci" | "oci-dir" => Ok(ExportFormat::Oci),
+            "oci-archive" => Ok(ExportFormat::OciArchive),
+            "docker-archive" => Ok(ExportFormat::DockerArchive),
+            _ => Err(ExportError::Format(s.to_string())),
+        }
+    }
+}
+
+/// A stored image's metadata, read and checked.
+struct Parts {
+    manifest: Vec<u8>,
+    manifest_digest: Sha256Digest,
+    manifest_media_type: String,
+    config: Vec<u8>,
+    config_digest: Sha256Digest,
+    /// (blob digest, media type, diff_id), bottom first.
+    layers: Vec<(Sha256Digest, String, Sha256Digest)>,
+}
+
+fn load(store: &Store, name: &str) -> Result<Parts> {
+    let row = store.db.image(name)?.ok_or_else(|| ExportError::NoImage(name.to_string()))?;
+    let bad = |reason: String| ExportError::BadImage { image: name.to_string(), reason };
+    let manifest_digest = Sha256Digest::parse(&row.manifest_digest).map_err(|e| bad(e.to_string()))?;
+    let manifest = store.read_blob(&manifest_digest)?;
+    let m: Value = serde_json::from_slice(&manifest).map_err(|e| bad(format!("manifest: {e}")))?;
+    let digest_of = |d: &Value, what: &str| -> Result<Sha256Digest> {
+        let s =
+            d.get("digest").and_then(|v| v.as_str()).ok_or_else(|| bad(format!("{what} has no digest")))?;
+        Sha256Digest::parse(s).map_err(|e| bad(format!("{what}: {e}")))
+    };
+    let config_digest = digest_of(m.get("config").unwrap_or(&Value::Null), "manifest config")?;
+    let config = store.read_blob(&config_digest)?;
+    let diff_ids = image::diff_ids(&config, &format!("image {name:?} config"))?;
+    let descs =
+        m.get("layers").and_then(|l| l.as_array()).ok_or_else(|| bad("manifest has no layers".into()))?;
+    if descs.len() != diff_ids.len() {
+        return Err(bad(format!("{} layers but {} diff_ids", descs.len(), diff_ids.len())));
+    }
+    let mut layers = Vec::new();
+    for (d, id) in descs.iter().zip(diff_ids) {
+        let mt = d.get("mediaType").and_then(|v| v.as_str()).unwrap_or(image::MT_OCI_LAYER_GZIP).to_string();
+        layers.push((digest_of(d, "manifest layer")?, mt, id));
+    }
+    let manifest_media_type =
+        m.get("mediaType").and_then(|v| v.as_str()).unwrap_or(image::MT_OCI_MANIFEST).to_string();
+    Ok(Parts { manifest, manifest_digest, manifest_media_type, config, config_digest, layers })
+}
+
+/// Export image `image` to `dest` (`PATH` or `PATH:TAG`) in `format`.
+pub fn export(store: &Store, image: &str, dest: &str, format: ExportFormat) -> Result<()> {
+    let parts = load(store, image)?;
+    let (path, tag) = image::split_reference(dest);
+    let ref_name = tag.clone().unwrap_or_else(|| image.to_string());
+    match format {
+        ExportFormat::Oci => export_oci_dir(store, &parts, &path, &ref_name),
+        ExportFormat::OciArchive => {
+            write_atomically(&path, |f| write_oci_archive(store, &parts, f, &ref_name))
+        }
+        ExportFormat::DockerArchive => {
+            let repo_tag = docker_repo_tag(&ref_name);
+            write_atomically(&path, |f| write_docker_archive(store, &parts, f, &repo_tag))
+        }
+    }
+}
+
+/// `name` with `:latest` when it has no tag.
+fn docker_repo_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+fn index_descriptor(parts: &Parts, ref_name: &str) -> Value {
+    let mut d = json!({
+        "mediaType": parts.manifest_media_type,
+        "digest": parts.manifest_digest.to_string(),
+        "size": parts.manifest.len(),
+        "annotations": { image::REF_NAME: ref_name },
+    });
+    if let Ok(c) = serde_json::from_slice::<Value>(&parts.config) {
+        if let (Some(os), Some(arch)) =
+            (c.get("os").and_then(|v| v.as_str()), c.get("architecture").and_then(|v| v.as_str()))
+        {
+            let mut p = json!({ "os": os, "architecture": arch });
+            if let Some(v) = c.get("variant").and_then(|v| v.as_str()) {
+                p["variant"] = v.into();
+            }
+            d["platform"] = p;
+        }
+    }
+    d
+}
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Every blob the image needs, each once: (digest, source path in the store).
+fn blob_list(store: &Store, parts: &Parts) -> Vec<(Sha256Digest, PathBuf)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let all = [parts.manifest_digest.clone(), parts.config_digest.clone()]
+        .into_iter()
+        .chain(parts.layers.iter().map(|l| l.0.clone()));
+    for d in all {
+        if seen.insert(d.clone()) {
+            let p = store.blob_path(&d);
+            out.push((d, p));
+        }
+    }
+    out
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Write a small file atomically: temp, fsync, rename.
+fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_name(path);
+    let res = (|| -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map_err(io_at(path))
+}
+
+fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let layout = dir.join("oci-layout");
+    match fs::read(&layout) {
+        Ok(data) => {
+            let v: Value = serde_json::from_slice(&data).map_err(|e| ExportError::BadLayout {
+                path: dir.to_path_buf(),
+                reason: format!("oci-layout: {e}"),
+            })?;
+            if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
+                return Err(ExportError::BadLayout {
+                    path: dir.to_path_buf(),
+                    reason: "oci-layout has no imageLayoutVersion".into(),
+                });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => write_file_atomic(&layout, OCI_LAYOUT)?,
+        Err(e) => return Err(io_at(&layout)(e)),
+    }
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
+    for (d, src) in blob_list(store, parts) {
+        let dst = blobs.join(d.hex());
+        if dst.is_file() {
+            continue;
+        }
+        let tmp = tmp_name(&dst);
+        let res = (|| -> io::Result<()> {
+            // copy_file_range: a reflink on filesystems that can, no user-space copy otherwise.
+            fs::copy(&src, &tmp)?;
+            // Store blobs are 0600 (the root is private); a layout is for others to read.
+            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &dst)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(ExportError::Io { path: dst, source: e });
+        }
+    }
+    // Sync the blobs' directory entries before index.json can name them.
+    if let Ok(f) = File::open(&blobs) {
+        let _ = f.sync_all();
+    }
+    let index_path = dir.join("index.json");
+    let mut index = match fs::read(&index_path) {
+        Ok(data) => serde_json::from_slice::<Value>(&data).map_err(|e| ExportError::BadLayout {
+            path: dir.to_path_buf(),
+            reason: format!("index.json: {e}"),
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            json!({ "schemaVersion": 2, "mediaType": image::MT_OCI_INDEX, "manifests": [] })
+        }
+        Err(e) => return Err(io_at(&index_path)(e)),
+    };
+    let obj = index.as_object_mut().ok_or_else(|| ExportError::BadLayout {
+        path: dir.to_path_buf(),
+        reason: "index.json is not an object".into(),
+    })?;
+    let manifests = obj.entry("manifests").or_insert_with(|| json!([]));
+    let list = manifests.as_array_mut().ok_or_else(|| ExportError::BadLayout {
+        path: dir.to_path_buf(),
+        reason: "index.json manifests is not an array".into(),
+    })?;
+    list.retain(|m| {
+        m.get("annotations").and_then(|a| a.get(image::REF_NAME)).and_then(|v| v.as_str()) != Some(ref_name)
+    });
+    list.push(index_descriptor(parts, ref_name));
+    let data = serde_json::to_vec(&index).map_err(|e| ExportError::BadLayout {
+        path: dir.to_path_buf(),
+        reason: format!("index.json: {e}"),
+    })?;
+    write_file_atomic(&index_path, &data)
+}
+
+/// Create `path` through a temp file next to it: fsynced and renamed only when `f` succeeds.
+fn write_atomically(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let tmp = tmp_name(path);
+    let res = (|| -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io_at(&tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        f(&mut w)?;
+        let file =
+            w.into_inner().map_err(|e| ExportError::Io { path: tmp.clone(), source: e.into_error() })?;
+        file.sync_all().map_err(io_at(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_at(path))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Deterministic tar headers for archive members.
+fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    // Every path here is short and ASCII: `blobs/sha256/<64 hex>` at most.
+    let bytes = path.as_bytes();
+    let name = &mut h.as_old_mut().name;
+    let n = bytes.len().min(name.len());
+    name[..n].copy_from_slice(&bytes[..n]);
+    h.set_cksum();
+    h
+}
+
+fn append_bytes<W: Write>(b: &mut tar::Builder<W>, path: &str, data: &[u8], at: &Path) -> Result<()> {
+    b.append(&header(path, tar::EntryType::Regular, data.len() as u64), data).map_err(io_at(at))
+}
+
+fn append_file<W: Write>(b: &mut tar::Builder<W>, path: &str, src: &Path, at: &Path) -> Result<()> {
+    let f = File::open(src).map_err(io_at(src))?;
+    let len = f.metadata().map_err(io_at(src))?.len();
+    b.append(&header(path, tar::EntryType::Regular, len), f.take(len)).map_err(io_at(at))
+}
+
+fn write_oci_archive(store: &Store, parts: &Parts, w: &mut BufWriter<File>, ref_name: &str) -> Result<()> {
+    let at = PathBuf::from("oci-archive");
+    let mut b = tar::Builder::new(w);
+    append_bytes(&mut b, "oci-layout", OCI_LAYOUT, &at)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": image::MT_OCI_INDEX,
+        "manifests": [index_descriptor(parts, ref_name)],
+    });
+    let index = serde_json::to_vec(&index).unwrap_or_default();
+    append_bytes(&mut b, "index.json", &index, &at)?;
+    for dir in ["blobs/", "blobs/sha256/"] {
+        b.append(&header(dir, tar::EntryType::Directory, 0), io::empty()).map_err(io_at(&at))?;
+    }
+    for (d, src) in blob_list(store, parts) {
+        append_file(&mut b, &format!("blobs/sha256/{}", d.hex()), &src, &at)?;
+    }
+    b.finish().map_err(io_at(&at))
+}
+
+/// Decompress a stored layer blob into `tmp`, checking its sha256 against `diff_id`.
+fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest, tmp: &Path) -> Result<()> {
+    let mut f = File::open(src).map_err(io_at(src))?;
+    let mut head = [0u8; 4];
+    let n = f.read(&mut head).map_err(io_at(src))?;
+    f.rewind().map_err(io_at(src))?;
+    let compression = image::sniff_compression(&head[..n]);
+    let mut r: Box<dyn Read> = match compression {
+        Compression::Gzip => {
+            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 18, f)))
+        }
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(io_at(src))?),
+        Compression::None => Box::new(f),
+    };
+    let out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(io_at(tmp))?;
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_at(src)(e)),
+        };
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n]).map_err(io_at(tmp))?;
+    }
+    w.flush().map_err(io_at(tmp))?;
+    let actual = Sha256Digest::from_bytes(&h.finalize());
+    if &actual != diff_id {
+        return Err(ExportError::DiffIdMismatch {
+            digest: digest.to_string(),
+            expected: diff_id.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn write_docker_archive(store: &Store, parts: &Parts, w: &mut BufWriter<File>, repo_tag: &str) -> Result<()> {
+    let at = PathBuf::from("docker-archive");
+    let staging = store.staging()?;
+    let mut b = tar::Builder::new(w);
+    let config_name = format!("{}.json", parts.config_digest.hex());
+    append_bytes(&mut b, &config_name, &parts.config, &at)?;
+    let mut written = HashSet::new();
+    let mut layer_names = Vec::new();
+    for (digest, _mt, diff_id) in &parts.layers {
+        let name = format!("{}/layer.tar", diff_id.hex());
+        layer_names.push(name.clone());
+        if !written.insert(diff_id.clone()) {
+            continue;
+        }
+        b.append(&header(&format!("{}/", diff_id.hex()), tar::EntryType::Directory, 0), io::empty())
+            .map_err(io_at(&at))?;
+        let src = store.blob_path(digest);
+        if digest == diff_id {
+            // Stored uncompressed already.
+            append_file(&mut b, &name, &src, &at)?;
+        } else {
+            let tmp = staging.dir.join(diff_id.hex());
+            uncompressed_layer(&src, diff_id, digest, &tmp)?;
+            append_file(&mut b, &name, &tmp, &at)?;
+            fs::remove_file(&tmp).map_err(io_at(&tmp))?;
+        }
+    }
+    let manifest = json!([{ "Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names }]);
+    append_bytes(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap_or_default(), &at)?;
+    // Legacy `repositories`: repo -> tag -> top layer id (skopeo writes the same).
+    if let (Some((repo, tag)), Some(top)) = (repo_tag.rsplit_once(':'), parts.layers.last()) {
+        let repos = json!({ repo: { tag: top.2.hex() } });
+        append_bytes(&mut b, "repositories", &serde_json::to_vec(&repos).unwrap_or_default(), &at)?;
+    }
+    b.finish().map_err(io_at(&at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::tests::{mknod, need_root, setx};
+    use crate::commit::{write_layer, LayerOptions};
+    use crate::db::{ImageLayerRow, NewImage};
+    use crate::tree::{assert_trees_eq, Tree};
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Store a layer made from `dir`; returns its row.
+    fn add_layer(store: &mut Store, dir: &Path, c: Compression) -> ImageLayerRow {
+        let mut blob = vec![];
+        let info =
+            write_layer(dir, &mut blob, &LayerOptions { compression: c, ..Default::default() }).unwrap();
+        assert_eq!(store.put_blob(&blob).unwrap(), info.digest);
+        store.db.insert_layer(&info.diff_id.to_string(), info.tar_size, info.entries).unwrap();
+        ImageLayerRow {
+            diff_id: info.diff_id.to_string(),
+            blob_digest: info.digest.to_string(),
+            media_type: info.media_type.into(),
+            blob_size: info.size,
+            size: info.tar_size,
+        }
+    }
+
+    /// A two-layer image "tiny" in a new store; returns the store and the expected root filesystem.
+    fn tiny_image(t: &Path) -> (Store, PathBuf, Sha256Digest) {
+        let mut store = Store::open(&t.join("root")).unwrap();
+        let (l1, l2, want) = (t.join("l1"), t.join("l2"), t.join("want"));
+        for d in [&l1, &l2, &want] {
+            fs::create_dir(d).unwrap();
+        }
+        for root in [&l1, &want] {
+            fs::create_dir_all(root.join("etc/sub")).unwrap();
+            fs::write(root.join("etc/hello"), b"hello\n").unwrap();
+            fs::hard_link(root.join("etc/hello"), root.join("etc/hello2")).unwrap();
+            std::os::unix::fs::symlink("../etc/hello", root.join("etc/sub/link")).unwrap();
+            fs::write(root.join(format!("etc/{}", "n".repeat(120))), b"long").unwrap();
+            mknod(&root.join("etc/null"), rustix::fs::FileType::CharacterDevice, 1, 3);
+            setx(&root.join("etc/hello"), "user.note", b"hi");
+        }
+        fs::write(l1.join("etc/gone"), b"bye").unwrap();
+        // Layer 2 deletes etc/gone and adds bin/tool.
+        fs::create_dir(l2.join("etc")).unwrap();
+        mknod(&l2.join("etc/gone"), rustix::fs::FileType::CharacterDevice, 0, 0);
+        for root in [&l2, &want] {
+            fs::create_dir(root.join("bin")).unwrap();
+            fs::write(root.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        }
+        let rows = vec![
+            add_layer(&mut store, &l1, Compression::Gzip),
+            add_layer(&mut store, &l2, Compression::None),
+        ];
+        let config = json!({
+            "architecture": image::Platform::host().arch, "os": "linux",
+            "config": { "Cmd": ["/bin/tool"] },
+            "rootfs": { "type": "layers", "diff_ids": rows.iter().map(|r| r.diff_id.clone()).collect::<Vec<_>>() },
+            "history": [{ "created_by": "test" }, { "created_by": "test" }],
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let cd = store.put_blob(&config).unwrap();
+        let manifest = crate::import::build_manifest(&cd, config.len() as u64, &rows);
+        let md = store.put_blob(&manifest).unwrap();
+        store
+            .db
+            .put_image(&NewImage {
+                name: "tiny",
+                manifest_digest: &md.to_string(),
+                config_digest: &cd.to_string(),
+                blobs: vec![],
+                layers: rows,
+                lease: None,
+            })
+            .unwrap();
+        (store, want, md)
+    }
+
+    fn rootfs_tree(dir: &Path) -> Tree {
+        let mut t = Tree::capture(dir).unwrap();
+        t.entries.remove(Path::new("."));
+        t
+    }
+
+    fn inspect(transport: &str) -> Value {
+        serde_json::from_str(&run(Command::new("skopeo").args(["inspect", transport]))).unwrap()
+    }
+
+    fn umoci_rootfs(layout_ref: &str, bundle: &Path) -> Tree {
+        run(Command::new("umoci").args(["unpack", "--image", layout_ref]).arg(bundle));
+        rootfs_tree(&bundle.join("rootfs"))
+    }
+
+    #[test]
+    fn exports_read_by_skopeo_and_umoci() {
+        if !need_root("exports_read_by_skopeo_and_umoci (mknod, umoci unpack)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (store, want, md) = tiny_image(t);
+        let want = rootfs_tree(&want);
+
+        // OCI layout, then a second tag added to the same layout.
+        let layout = t.join("layout");
+        export(&store, "tiny", &format!("{}:v1", layout.display()), ExportFormat::Oci).unwrap();
+        export(&store, "tiny", &format!("{}:v2", layout.display()), ExportFormat::Oci).unwrap();
+        export(&store, "tiny", &format!("{}:v1", layout.display()), ExportFormat::Oci).unwrap();
+        let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let refs: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["annotations"][image::REF_NAME].as_str().unwrap())
+            .collect();
+        assert_eq!(refs, ["v2", "v1"], "re-export replaces its own entry, keeps others");
+        let i = inspect(&format!("oci:{}:v1", layout.display()));
+        assert_eq!(i["Digest"], md.to_string());
+        assert_eq!(i["Layers"].as_array().unwrap().len(), 2);
+        assert_trees_eq(
+            &umoci_rootfs(&format!("{}:v2", layout.display()), &t.join("b1")),
+            &want,
+            "umoci oci",
+        );
+
+        // oci-archive.
+        let oa = t.join("img.oci.tar");
+        export(&store, "tiny", &format!("{}:arch", oa.display()), ExportFormat::OciArchive).unwrap();
+        let i = inspect(&format!("oci-archive:{}", oa.display()));
+        assert_eq!(i["Digest"], md.to_string());
+        let unpacked = t.join("oa");
+        fs::create_dir(&unpacked).unwrap();
+        run(Command::new("tar").arg("-xf").arg(&oa).arg("-C").arg(&unpacked));
+        assert_trees_eq(
+            &umoci_rootfs(&format!("{}:arch", unpacked.display()), &t.join("b2")),
+            &want,
+            "umoci oci-archive",
+        );
+
+        // docker-archive: skopeo reads it, and copying it back to OCI gives the same root filesystem.
+        let da = t.join("img.docker.tar");
+        export(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive).unwrap();
+        let i = inspect(&format!("docker-archive:{}", da.display()));
+        assert_eq!(i["Layers"].as_array().unwrap().len(), 2);
+        let dm: Value =
+            serde_json::from_str(&run(Command::new("tar").arg("-xOf").arg(&da).arg("manifest.json")))
+                .unwrap();
+        assert_eq!(dm[0]["RepoTags"], json!(["tiny:latest"]), "{dm}");
+        let copy = t.join("copy");
+        run(Command::new("skopeo").args([
+            "copy",
+            &format!("docker-archive:{}", da.display()),
+            &format!("oci:{}:c", copy.display()),
+        ]));
+        assert_trees_eq(
+            &umoci_rootfs(&format!("{}:c", copy.display()), &t.join("b3")),
+            &want,
+            "docker-archive",
+        );
+        // manifest.json names uncompressed layer tars whose sha256 are the diff_ids.
+        let listing = run(Command::new("tar").arg("-tf").arg(&da));
+        assert!(listing.contains("manifest.json") && listing.contains("repositories"), "{listing}");
+        let rows = store.db.image_layers("tiny").unwrap();
+        for r in &rows {
+            let hex = r.diff_id.trim_start_matches("sha256:");
+            let member = run(Command::new("sh")
+                .arg("-c")
+                .arg(format!("tar -xOf {} {hex}/layer.tar | sha256sum", da.display())));
+            assert!(member.starts_with(hex), "{member} vs {hex}");
+        }
+        // Re-export over an existing archive replaces it atomically and leaves no temp files.
+        export(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive).unwrap();
+        let leftovers: Vec<_> = fs::read_dir(t)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn export_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let e = export(&store, "nope", "/tmp/x", ExportFormat::Oci).unwrap_err();
+        assert!(matches!(e, ExportError::NoImage(_)), "{e}");
+        assert!("tarball".parse::<ExportFormat>().is_err());
+        assert_eq!("oci-archive".parse::<ExportFormat>().unwrap(), ExportFormat::OciArchive);
+        assert_eq!(docker_repo_tag("a/b"), "a/b:latest");
+        assert_eq!(docker_repo_tag("localhost:5000/b"), "localhost:5000/b:latest");
+        assert_eq!(docker_repo_tag("b:1"), "b:1");
+    }
+}
