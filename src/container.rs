@@ -41,6 +41,8 @@ pub enum ContainerError {
     Fuse { name: String, reason: String },
     #[error("container {name:?}: kernel overlay mount failed ({kernel}) and the FUSE fallback failed too ({fuse})")]
     AutoFailed { name: String, kernel: String, fuse: String },
+    #[error("container {name:?}: diff: {reason}")]
+    Diff { name: String, reason: String },
     #[error("container {0:?} is not mounted")]
     NotMounted(String),
 }
@@ -326,4 +328,16 @@ pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
     let spec = overlay_spec(store, &c)?;
     kernel_overlay::mount_spec(&spec)
         .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
+}
+
+/// The container's changes against its image (see [`crate::diff`]).
+pub fn diff(store: &Store, name: &str) -> Result<Vec<crate::diff::Change>> {
+    let c = get(store, name)?;
+    let spec = overlay_spec(store, &c)?;
+    let p = paths(store, name);
+    if c.read_only {
+        return Ok(Vec::new());
+    }
+    crate::diff::diff_upper(&p.upper, &spec.lowers)
+        .map_err(|e| ContainerError::Diff { name: name.to_string(), reason: e.to_string() })
 }

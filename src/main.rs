@@ -89,6 +89,27 @@ enum ContainerCmd {
         #[arg(long)]
         force: bool,
     },
+    /// The container's changes, as `docker diff` prints them (A added, C changed, D deleted).
+    Diff {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit the container's changes as a new image: the parent's layers plus one new layer.
+    Commit {
+        name: String,
+        new_image: String,
+        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+        compression: String,
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        #[arg(long, short = 'a')]
+        author: Option<String>,
+        /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER,
+        /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+        #[arg(long, short = 'c')]
+        change: Vec<String>,
+    },
     /// Print the mount a caller would perform (type, source, options) without mounting.
     Mounts {
         name: String,
@@ -118,6 +139,13 @@ enum ImageCmd {
     Inspect { name: String },
     /// Remove an image name (its layers stay until `strata gc`).
     Rm { name: String },
+    /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
+    Export {
+        name: String,
+        dest: String,
+        #[arg(long, default_value = "oci", value_parser = ["oci", "oci-archive", "docker-archive"])]
+        format: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -224,6 +252,12 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
+        ImageCmd::Export { name, dest, format } => {
+            let store = open_store(root)?;
+            let format: strata::export::ExportFormat = format.parse()?;
+            strata::export::export(&store, &name, &dest, format)
+                .with_context(|| format!("exporting {name} to {dest}"))?;
+        }
         ImageCmd::Rm { name } => {
             let mut store = open_store(root)?;
             store.remove_image(&name).with_context(|| format!("removing image {name}"))?;
@@ -286,6 +320,33 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let store = open_store(root)?;
             container::umount(&store, &name, force)
                 .with_context(|| format!("unmounting container {name}"))?;
+        }
+        ContainerCmd::Diff { name, json } => {
+            let store = open_store(root)?;
+            let changes =
+                container::diff(&store, &name).with_context(|| format!("diff of container {name}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+            } else {
+                for c in changes {
+                    println!("{c}");
+                }
+            }
+        }
+        ContainerCmd::Commit { name, new_image, compression, message, author, change } => {
+            use strata::commit::{self, CommitOptions, LayerOptions};
+            let mut store = open_store(root)?;
+            let c = store.db.container(&name)?.with_context(|| format!("container {name:?} not found"))?;
+            let layer = LayerOptions {
+                compression: commit::parse_compression(&compression).map_err(anyhow::Error::msg)?,
+                source_date_epoch: commit::source_date_epoch()?,
+                ..Default::default()
+            };
+            let opts = CommitOptions { layer, author, message, changes: change };
+            let upper = container::paths(&store, &name).upper;
+            let done = commit::commit(&mut store, &upper, &c.image, &new_image, &opts)
+                .with_context(|| format!("committing container {name} as {new_image}"))?;
+            println!("{}", done.manifest_digest);
         }
         ContainerCmd::Mounts { name, json } => {
             let store = open_store(root)?;
