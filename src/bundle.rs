@@ -220,11 +220,14 @@ pub fn runtime() -> String {
     std::env::var("STRATA_RUNTIME").unwrap_or_else(|_| "runc".into())
 }
 
-/// `runc run --bundle BUNDLE ID` with inherited stdio; returns the container process's exit code
-/// (128+signal when killed by a signal).
-pub fn run_bundle(bundle: &Path, id: &str) -> Result<i32> {
+/// `runc --root STATE run --bundle BUNDLE ID` with inherited stdio; returns the container
+/// process's exit code (128+signal when killed by a signal). `state` keeps runc's state inside
+/// strata's root, so container IDs of different strata roots never collide.
+pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
     let rt = runtime();
     let status = Command::new(&rt)
+        .arg("--root")
+        .arg(state)
         .arg("run")
         .arg("--bundle")
         .arg(bundle)
@@ -239,8 +242,10 @@ pub fn run_bundle(bundle: &Path, id: &str) -> Result<i32> {
 }
 
 /// Remove runc's state for `id` if a previous run left it (e.g. killed).
-pub fn delete_stale(id: &str) {
+pub fn delete_stale(state: &Path, id: &str) {
     let _ = Command::new(runtime())
+        .arg("--root")
+        .arg(state)
         .args(["delete", "--force", id])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -395,8 +395,9 @@ fn run_cmd(
         let paths = container::paths(&store, &name);
         bundle::write_bundle(&paths.bundle, &spec)?;
         let id = format!("strata-{name}");
-        bundle::delete_stale(&id);
-        let code = bundle::run_bundle(&paths.bundle, &id)?;
+        let state = store.root().join("runc");
+        bundle::delete_stale(&state, &id);
+        let code = bundle::run_bundle(&state, &paths.bundle, &id)?;
         Ok(code)
     })();
     if rm {
