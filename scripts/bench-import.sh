@@ -12,7 +12,7 @@ scripts/setup.sh
 cargo build --release -p strata --quiet
 STRATA=$PWD/target/release/strata
 scripts/make-rootfs.sh "$BENCH" >/dev/null
-W=$BENCH/work
+W=${BENCH_WORK:-$BENCH/work}   # where stores and targets go: BENCH_WORK=/dev/shm/x measures CPU cost (tmpfs)
 rm -rf "$W"; mkdir -p "$W"
 layer_mb=$(du -m "$BENCH/rootfs.tar.gz" | cut -f1)
 files=$(tar -tzf "$BENCH/rootfs.tar.gz" | wc -l)

@@ -276,6 +276,7 @@ impl Store {
         }
         // Layer directories without a row: an import died between rename and insert.
         let layers = self.root.join("layers/sha256");
+        let known: std::collections::HashSet<String> = self.db.all_layers()?.into_iter().collect();
         for e in fs::read_dir(&layers).at(&layers)? {
             let e = e.at(&layers)?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -283,7 +284,7 @@ impl Store {
                 let _ = remove_tree(&e.path());
                 continue;
             };
-            if !self.db.has_layer(&d.to_string())? {
+            if !known.contains(&d.to_string()) {
                 // Only if nobody is importing it right now.
                 let p = self.root.join("locks").join(format!("layer-{}.lock", d.hex()));
                 if let Some(_g) = lock_file(&p, false)? {
