@@ -33,7 +33,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -42,7 +41,6 @@ use crate::db::{DbError, ImageLayerRow, NewImage};
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError};
 use crate::store::{IoContext, Store, StoreError};
-use crate::unpack::{self, UnpackError, UnpackOptions, UnpackStats};
 
 /// Commit errors. Each names the file or the input and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +51,6 @@ pub enum CommitError {
     Unsupported { path: PathBuf, reason: String },
     #[error("writing the layer: {0}")]
     Write(#[source] io::Error),
-    #[error("building the layer directory: {0}")]
-    Unpack(#[source] UnpackError),
     #[error("--change {change:?}: {reason}")]
     Change { change: String, reason: String },
     #[error("SOURCE_DATE_EPOCH={value:?}: not a number of seconds since 1970")]
@@ -190,46 +186,6 @@ impl<W: Write> Write for HashWriter<W> {
 }
 
 const CHUNK: usize = 1 << 20;
-
-/// Copies everything written to a channel (in chunks) as well as to `inner`. When the receiver
-/// goes away (the unpacker finished or failed), it stops copying and carries on.
-struct Tee<W> {
-    inner: W,
-    tx: Option<SyncSender<Vec<u8>>>,
-    buf: Vec<u8>,
-}
-
-impl<W> Tee<W> {
-    fn send_buf(&mut self) {
-        if let Some(tx) = &self.tx {
-            if !self.buf.is_empty() {
-                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-                if tx.send(chunk).is_err() {
-                    self.tx = None;
-                }
-            }
-        }
-        if self.tx.is_none() {
-            self.buf = Vec::new();
-        }
-    }
-}
-
-impl<W: Write> Write for Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        if self.tx.is_some() {
-            self.buf.extend_from_slice(&buf[..n]);
-            if self.buf.len() >= CHUNK {
-                self.send_buf();
-            }
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 enum Compressor<W: Write> {
     None(W),
@@ -673,24 +629,14 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
 }
 
 /// Write the layer tar of `upper`, compressed as `opts` says, to `out`, hashing both streams.
-/// `tee`, when given, receives the uncompressed tar in chunks.
-fn write_layer_inner<W: Write>(
-    upper: &Path,
-    out: W,
-    opts: &LayerOptions,
-    tee: Option<SyncSender<Vec<u8>>>,
-) -> Result<(LayerInfo, W)> {
+fn write_layer_inner<W: Write>(upper: &Path, out: W, opts: &LayerOptions) -> Result<(LayerInfo, W)> {
     let outer = HashWriter { inner: out, hasher: Sha256::new(), count: 0 };
     let comp = Compressor::new(outer, opts).map_err(CommitError::Write)?;
-    let tee = Tee { inner: comp, tx: tee, buf: Vec::with_capacity(CHUNK) };
-    let tar_hash = HashWriter { inner: tee, hasher: Sha256::new(), count: 0 };
+    let tar_hash = HashWriter { inner: comp, hasher: Sha256::new(), count: 0 };
     let (w, entries) =
         write_tar(upper, BufWriter::with_capacity(256 << 10, tar_hash), opts.source_date_epoch)?;
     let tar_hash = w.into_inner().map_err(|e| CommitError::Write(e.into_error()))?;
-    let mut tee = tar_hash.inner;
-    tee.send_buf();
-    drop(tee.tx.take());
-    let outer = tee.inner.finish().map_err(CommitError::Write)?;
+    let outer = tar_hash.inner.finish().map_err(CommitError::Write)?;
     let mut outer_w = outer;
     outer_w.flush().map_err(CommitError::Write)?;
     let info = LayerInfo {
@@ -707,7 +653,7 @@ fn write_layer_inner<W: Write>(
 /// Write a layer tar of the upper directory `upper` (kernel overlayfs format), compressed as `opts`
 /// says, to `out`. Reads only `upper`. See the module documentation for the format.
 pub fn write_layer(upper: &Path, out: impl Write, opts: &LayerOptions) -> Result<LayerInfo> {
-    write_layer_inner(upper, out, opts, None).map(|(info, _)| info)
+    write_layer_inner(upper, out, opts).map(|(info, _)| info)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,30 +679,6 @@ pub struct Committed {
     pub layer: LayerInfo,
     /// False when a layer with the same diff_id already existed and was reused.
     pub layer_created: bool,
-}
-
-struct ChannelReader {
-    rx: Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            match self.rx.recv() {
-                Ok(b) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// Docker media types of layers, as their OCI equivalents (same bytes).
@@ -847,24 +769,6 @@ pub fn commit(
     new_name: &str,
     opts: &CommitOptions,
 ) -> Result<Committed> {
-    commit_with(store, upper, parent_image, new_name, opts, real_unpack)
-}
-
-/// Builds the layer directory from the tar stream.
-type Unpacker = fn(ChannelReader, &Path) -> Result<UnpackStats, UnpackError>;
-
-fn real_unpack(r: ChannelReader, dir: &Path) -> Result<UnpackStats, UnpackError> {
-    unpack::unpack_layer(r, dir, &UnpackOptions::default())
-}
-
-fn commit_with(
-    store: &mut Store,
-    upper: &Path,
-    parent_image: &str,
-    new_name: &str,
-    opts: &CommitOptions,
-    unpacker: Unpacker,
-) -> Result<Committed> {
     // Everything that can be checked cheaply first: a bad --change must not cost a layer write.
     let parent =
         store.db.image(parent_image)?.ok_or_else(|| CommitError::NoImage(parent_image.to_string()))?;
@@ -881,17 +785,7 @@ fn commit_with(
     let parent_layers = store.db.image_layers(parent_image)?;
 
     let staging = store.staging()?;
-    let res = commit_staged(
-        store,
-        &staging,
-        upper,
-        parent_image,
-        new_name,
-        opts,
-        &parent_cfg,
-        parent_layers,
-        unpacker,
-    );
+    let res = commit_staged(store, &staging, upper, parent_image, new_name, opts, &parent_cfg, parent_layers);
     if res.is_err() {
         // Release what this commit leased; a layer only it held goes with it.
         store.db.drop_leases(&staging.token)?;
@@ -910,27 +804,14 @@ fn commit_staged(
     opts: &CommitOptions,
     parent_cfg: &[u8],
     parent_layers: Vec<ImageLayerRow>,
-    unpacker: Unpacker,
 ) -> Result<Committed> {
     let bad = |reason: String| CommitError::BadImage { image: parent_image.to_string(), reason };
     let blob_tmp = staging.dir.join("layer.blob");
-    let layer_tmp = staging.dir.join("layer");
-    fs::create_dir(&layer_tmp).at(&layer_tmp)?;
     let blob = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?;
-
-    // Write and unpack concurrently: the tar is read from the upper dir once.
-    let (tx, rx) = sync_channel::<Vec<u8>>(8);
-    let (written, unpacked) = std::thread::scope(|scope| {
-        let dir = layer_tmp.as_path();
-        let unpacker = scope.spawn(move || unpacker(ChannelReader { rx, buf: Vec::new(), pos: 0 }, dir));
-        let written = write_layer_inner(upper, BufWriter::with_capacity(CHUNK, blob), &opts.layer, Some(tx));
-        let unpacked = unpacker
-            .join()
-            .unwrap_or_else(|_| Err(UnpackError::Tar(io::Error::other("unpack thread panicked"))));
-        (written, unpacked)
-    });
-    let (info, blob) = written?;
-    let stats: UnpackStats = unpacked.map_err(CommitError::Unpack)?;
+    // Only the blob is written: the layer's directory is unpacked from it at its first use
+    // (`container create`/`mount`, see `import::materialize_layer`), so a commit writes the change
+    // once, and its cost is the walk of the upper dir plus compression.
+    let (info, blob) = write_layer_inner(upper, BufWriter::with_capacity(CHUNK, blob), &opts.layer)?;
     let blob =
         blob.into_inner().map_err(|e| CommitError::Io { path: blob_tmp.clone(), source: e.into_error() })?;
     blob.sync_all().at(&blob_tmp)?;
@@ -938,16 +819,14 @@ fn commit_staged(
 
     let diff_id = info.diff_id.to_string();
     store.db.add_lease(&staging.token, &diff_id)?;
+    // Until its directory is unpacked, the layer's size is its tar's size.
+    let size = info.tar_size;
     let layer_created = {
         let _lock = store.lock(&format!("layer-{}", info.diff_id.hex()))?;
-        let layer_dir = store.layer_path(&info.diff_id);
-        if store.db.has_layer(&diff_id)? && layer_dir.is_dir() {
+        if store.db.has_layer(&diff_id)? {
             false
         } else {
-            Store::syncfs(&layer_tmp)?;
-            let _ = crate::store::remove_tree(&layer_dir);
-            fs::rename(&layer_tmp, &layer_dir).at(&layer_dir)?;
-            store.db.insert_layer(&diff_id, stats.bytes, stats.entries)?;
+            store.db.insert_layer(&diff_id, size, info.entries)?;
             true
         }
     };
@@ -978,7 +857,7 @@ fn commit_staged(
         blob_digest: info.digest.to_string(),
         media_type: info.media_type.to_string(),
         blob_size: info.size,
-        size: stats.bytes,
+        size,
     });
     let manifest = crate::import::build_manifest(&cfg_digest, cfg_bytes.len() as u64, &rows);
     let manifest_digest = store.put_blob(&manifest)?;
@@ -1737,11 +1616,6 @@ pub(crate) mod tests {
         store
     }
 
-    fn drain(mut r: ChannelReader, _: &Path) -> Result<UnpackStats, UnpackError> {
-        let bytes = io::copy(&mut r, &mut io::sink()).map_err(UnpackError::Tar)?;
-        Ok(UnpackStats { entries: 0, bytes })
-    }
-
     fn count_files(dir: &Path) -> usize {
         fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
     }
@@ -1790,24 +1664,10 @@ pub(crate) mod tests {
             message: Some("one of everything".into()),
             changes: vec!["ENV A=1".into(), "CMD [\"/bin/a\"]".into()],
         };
-        let mut stub = false;
-        let c = match commit(&mut store, &upper, "base", "derived", &opts) {
-            Err(CommitError::Unpack(UnpackError::Entry { reason, .. })) if reason == "not implemented" => {
-                eprintln!(
-                    "PARTLY SKIPPED (unpack_layer is still a stub): layer directory contents not checked"
-                );
-                // Nothing half-done is left behind.
-                assert!(store.db.image("derived").unwrap().is_none());
-                assert_eq!(count_files(&store.root().join("layers/sha256")), 0);
-                let staging: Vec<_> = fs::read_dir(store.root().join("staging")).unwrap().collect();
-                assert!(staging.is_empty(), "{staging:?}");
-                // Check everything else with an unpacker that only drains the stream.
-                stub = true;
-                commit_with(&mut store, &upper, "base", "derived", &opts, drain).unwrap()
-            }
-            r => r.unwrap(),
-        };
+        let c = commit(&mut store, &upper, "base", "derived", &opts).unwrap();
         assert!(c.layer_created);
+        // Only the blob was written; the directory comes at first use.
+        assert!(!store.layer_path(&c.layer.diff_id).exists());
         let layers = store.db.image_layers("derived").unwrap();
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0].media_type, image::MT_OCI_LAYER_GZIP);
@@ -1833,15 +1693,13 @@ pub(crate) mod tests {
         for e in want.entries.values_mut() {
             e.mtime = e.mtime.map(|m| m.min(1_600_000_000));
         }
+        let top = layers[1].clone();
+        assert!(crate::import::materialize_layer(&mut store, &top).unwrap());
+        assert!(!crate::import::materialize_layer(&mut store, &top).unwrap(), "unpacked once");
         let got = crate::tree::Tree::capture_with(&store.layer_path(&c.layer.diff_id), &topts).unwrap();
-        if stub {
-            assert!(got.entries.is_empty());
-        } else {
-            crate::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");
-        }
-        // Same change again: the layer is reused (the unpacker's result is thrown away).
-        let unpacker: Unpacker = if stub { drain } else { real_unpack };
-        let again = commit_with(&mut store, &upper, "base", "derived2", &opts, unpacker).unwrap();
+        crate::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");
+        // Same change again: the layer is reused.
+        let again = commit(&mut store, &upper, "base", "derived2", &opts).unwrap();
         assert!(!again.layer_created);
         assert_eq!(again.layer.diff_id, c.layer.diff_id);
         // And skopeo can read the exported result.
@@ -1924,17 +1782,12 @@ mod bench {
         let upper = t.path().join("upper");
         fs::create_dir_all(upper.join("etc")).unwrap();
         fs::write(upper.join("etc/hostname"), b"changed\n").unwrap();
-        fn drain(mut r: ChannelReader, _: &Path) -> Result<UnpackStats, UnpackError> {
-            let bytes = io::copy(&mut r, &mut io::sink()).map_err(UnpackError::Tar)?;
-            Ok(UnpackStats { entries: 0, bytes })
-        }
         for i in 0..5 {
             let t0 = Instant::now();
             let r = commit(&mut store, &upper, "base", &format!("n{i}"), &CommitOptions::default());
             let real = t0.elapsed();
             let t1 = Instant::now();
-            commit_with(&mut store, &upper, "base", &format!("m{i}"), &CommitOptions::default(), drain)
-                .unwrap();
+            commit(&mut store, &upper, "base", &format!("m{i}"), &CommitOptions::default()).unwrap();
             eprintln!(
                 "one-file commit: {:.2} ms with a draining unpacker; real unpacker: {:.2} ms ({})",
                 t1.elapsed().as_secs_f64() * 1e3,

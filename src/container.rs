@@ -43,6 +43,8 @@ pub enum ContainerError {
     AutoFailed { name: String, kernel: String, fuse: String },
     #[error("container {name:?}: diff: {reason}")]
     Diff { name: String, reason: String },
+    #[error(transparent)]
+    Layer(#[from] Box<crate::import::ImportError>),
     #[error("container {0:?} is not mounted")]
     NotMounted(String),
 }
@@ -105,6 +107,7 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     if store.db.image(image)?.is_none() {
         return Err(ContainerError::NoImage(image.to_string()));
     }
+    materialize(store, image)?;
     let _g = store.lock(&format!("container-{name}"))?;
     if store.db.container(name)?.is_some() {
         return Err(ContainerError::Exists(name.to_string()));
@@ -197,9 +200,19 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Make sure every layer directory of `image` exists (a committed layer is unpacked from its blob
+/// at its first use).
+fn materialize(store: &mut Store, image: &str) -> Result<()> {
+    for l in store.db.image_layers(image)? {
+        crate::import::materialize_layer(store, &l).map_err(Box::new)?;
+    }
+    Ok(())
+}
+
 /// Mount a container; returns the mount point.
-pub fn mount(store: &Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
+pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
     let c = get(store, name)?;
+    materialize(store, &c.image)?;
     if let Some(at) = mounted_at(store, name)? {
         return Err(ContainerError::Mounted { name: name.to_string(), target: at.display().to_string() });
     }

@@ -373,7 +373,8 @@ fn import_layer(
         fs::create_dir(&d).at(&d)?;
         Some(d)
     };
-    let streamed = stream_layer(src, limit, declared, blob_file, unpack_dir.as_deref(), progress, &label);
+    let streamed =
+        stream_layer(src, limit, declared, Some(blob_file), unpack_dir.as_deref(), progress, &label);
     let cleanup = || {
         let _ = fs::remove_file(&blob_tmp);
         if let Some(d) = &unpack_dir {
@@ -453,20 +454,18 @@ fn stream_layer(
     src: Box<dyn Read + Send>,
     limit: Option<u64>,
     declared: Option<Compression>,
-    blob: File,
+    blob: Option<File>,
     unpack_dir: Option<&Path>,
     progress: &ProgressBar,
     label: &str,
 ) -> Result<(Streamed, Option<unpack::UnpackStats>)> {
     let layer_err = |e: io::Error| ImportError::Layer { layer: label.to_string(), reason: e.to_string() };
     let Some(dir) = unpack_dir else {
-        return produce(src, limit, declared, Some(blob), None, progress)
-            .map(|s| (s, None))
-            .map_err(layer_err);
+        return produce(src, limit, declared, blob, None, progress).map(|s| (s, None)).map_err(layer_err);
     };
     let (tx, rx) = sync_channel(8);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || produce(src, limit, declared, Some(blob), Some(tx), progress));
+        let producer = scope.spawn(move || produce(src, limit, declared, blob, Some(tx), progress));
         let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
         let unpacked = unpack::unpack_layer(reader, dir, &UnpackOptions::default());
         // Dropping the reader (inside unpack_layer) lets the producer finish hashing the rest.
@@ -479,4 +478,58 @@ fn stream_layer(
             (Ok(s), Ok(stats)) => Ok((s, Some(stats))),
         }
     })
+}
+
+/// Make sure the directory of an image layer exists, unpacking it from the stored blob when it
+/// does not (a committed layer is unpacked at its first use; a lost directory is rebuilt). The
+/// blob's digest and the tar's diff_id are verified as on import. Returns whether it unpacked.
+pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<bool> {
+    let bad = |reason: String| ImportError::Layer { layer: layer.diff_id.clone(), reason };
+    let diff_id = Sha256Digest::parse(&layer.diff_id).map_err(|e| bad(e.to_string()))?;
+    let layer_dir = store.layer_path(&diff_id);
+    if layer_dir.is_dir() {
+        return Ok(false);
+    }
+    let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
+    if layer_dir.is_dir() {
+        return Ok(false);
+    }
+    let digest = Sha256Digest::parse(&layer.blob_digest).map_err(|e| bad(e.to_string()))?;
+    let blob_path = store.blob_path(&digest);
+    let file = File::open(&blob_path).at(&blob_path)?;
+    let staging = store.staging()?;
+    let dir = staging.dir.join("layer");
+    fs::create_dir(&dir).at(&dir)?;
+    let declared = Some(image::layer_compression(&layer.media_type)?);
+    let label = digest.to_string();
+    let (s, stats) = stream_layer(
+        Box::new(file),
+        Some(layer.blob_size),
+        declared,
+        None,
+        Some(&dir),
+        &ProgressBar::hidden(),
+        &label,
+    )?;
+    if s.digest != digest {
+        return Err(ImportError::DigestMismatch {
+            layer: label,
+            expected: digest.to_string(),
+            actual: s.digest.to_string(),
+        });
+    }
+    if s.diff_id != diff_id {
+        return Err(ImportError::DiffIdMismatch {
+            layer: label,
+            expected: diff_id.to_string(),
+            actual: s.diff_id.to_string(),
+        });
+    }
+    Store::syncfs(&dir)?;
+    fs::rename(&dir, &layer_dir).at(&layer_dir)?;
+    if let Some(stats) = stats {
+        store.db.insert_layer(&layer.diff_id, stats.bytes, stats.entries)?;
+    }
+    tracing::info!(layer = %layer.diff_id, "unpacked layer from its stored blob");
+    Ok(true)
 }

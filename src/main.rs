@@ -311,8 +311,8 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             println!("{name}");
         }
         ContainerCmd::Mount { name, target, backend } => {
-            let store = open_store(root)?;
-            let at = container::mount(&store, &name, target.as_deref(), backend)
+            let mut store = open_store(root)?;
+            let at = container::mount(&mut store, &name, target.as_deref(), backend)
                 .with_context(|| format!("mounting container {name}"))?;
             println!("{}", at.display());
         }
@@ -383,7 +383,7 @@ fn run_cmd(
         .with_context(|| format!("creating container {name}"))?;
     let result = (|| -> Result<i32> {
         let rootfs =
-            container::mount(&store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
+            container::mount(&mut store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
         let cd = strata::digest::Sha256Digest::parse(&img.config_digest)?;
         let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&cd)?)?;
         let run = bundle::RunSpec {
