@@ -681,6 +681,20 @@ pub struct Committed {
     pub layer_created: bool,
 }
 
+/// `config[field]` as a set (JSON object of empty objects, as Docker writes ExposedPorts and
+/// Volumes), with `keys` added.
+fn add_keys(c: &mut serde_json::Map<String, Value>, field: &str, keys: Vec<String>) {
+    let m = c.entry(field).or_insert_with(|| json!({}));
+    if !m.is_object() {
+        *m = json!({});
+    }
+    if let Some(m) = m.as_object_mut() {
+        for k in keys {
+            m.insert(k, json!({}));
+        }
+    }
+}
+
 /// Docker media types of layers, as their OCI equivalents (same bytes).
 fn oci_layer_media_type(mt: &str) -> String {
     match mt {
@@ -1077,15 +1091,7 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<()> {
             }
             "EXPOSE" => {
                 let ps = ports(args).map_err(err)?;
-                let m = c.entry("ExposedPorts").or_insert_with(|| json!({}));
-                if !m.is_object() {
-                    *m = json!({});
-                }
-                if let Some(m) = m.as_object_mut() {
-                    for p in ps {
-                        m.insert(p, json!({}));
-                    }
-                }
+                add_keys(c, "ExposedPorts", ps);
             }
             "VOLUME" => {
                 let vols = match json_array(args) {
@@ -1095,15 +1101,7 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<()> {
                 if vols.is_empty() || vols.iter().any(|v| v.is_empty()) {
                     return Err(err("VOLUME needs non-empty paths".into()));
                 }
-                let m = c.entry("Volumes").or_insert_with(|| json!({}));
-                if !m.is_object() {
-                    *m = json!({});
-                }
-                if let Some(m) = m.as_object_mut() {
-                    for v in vols {
-                        m.insert(v, json!({}));
-                    }
-                }
+                add_keys(c, "Volumes", vols);
             }
             "STOPSIGNAL" => {
                 let w = split_words(args).map_err(err)?;
@@ -1130,7 +1128,7 @@ pub fn apply_changes(config: &mut Value, changes: &[String]) -> Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::db::{ImageLayerRow, NewImage};
+    use crate::db::ImageLayerRow;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     /// True when the test may run; prints why not otherwise. Fails under CI without root.
@@ -1593,26 +1591,12 @@ pub(crate) mod tests {
             blob_size: info.size,
             size: info.tar_size,
         }];
-        let config = serde_json::to_vec(&json!({
+        let config = json!({
             "architecture": "amd64", "os": "linux", "config": { "Cmd": ["sh"] },
             "rootfs": { "type": "layers", "diff_ids": [info.diff_id.to_string()] },
             "history": [{ "created_by": "base" }],
-        }))
-        .unwrap();
-        let cd = store.put_blob(&config).unwrap();
-        let manifest = crate::import::build_manifest(&cd, config.len() as u64, &rows);
-        let md = store.put_blob(&manifest).unwrap();
-        store
-            .db
-            .put_image(&NewImage {
-                name: "base",
-                manifest_digest: &md.to_string(),
-                config_digest: &cd.to_string(),
-                blobs: vec![],
-                layers: rows,
-                lease: None,
-            })
-            .unwrap();
+        });
+        crate::import::put_test_image(&mut store, "base", &config, rows);
         store
     }
 

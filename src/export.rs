@@ -437,7 +437,7 @@ mod tests {
     use super::*;
     use crate::commit::tests::{mknod, need_root, setx};
     use crate::commit::{write_layer, LayerOptions};
-    use crate::db::{ImageLayerRow, NewImage};
+    use crate::db::ImageLayerRow;
     use crate::tree::{assert_trees_eq, Tree};
     use std::process::Command;
 
@@ -497,21 +497,7 @@ mod tests {
             "rootfs": { "type": "layers", "diff_ids": rows.iter().map(|r| r.diff_id.clone()).collect::<Vec<_>>() },
             "history": [{ "created_by": "test" }, { "created_by": "test" }],
         });
-        let config = serde_json::to_vec(&config).unwrap();
-        let cd = store.put_blob(&config).unwrap();
-        let manifest = crate::import::build_manifest(&cd, config.len() as u64, &rows);
-        let md = store.put_blob(&manifest).unwrap();
-        store
-            .db
-            .put_image(&NewImage {
-                name: "tiny",
-                manifest_digest: &md.to_string(),
-                config_digest: &cd.to_string(),
-                blobs: vec![],
-                layers: rows,
-                lease: None,
-            })
-            .unwrap();
+        let md = crate::import::put_test_image(&mut store, "tiny", &config, rows);
         (store, want, md)
     }
 

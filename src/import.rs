@@ -316,6 +316,32 @@ pub fn build_manifest(config: &Sha256Digest, config_size: u64, layers: &[ImageLa
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// Record an image made of already-stored layer blobs (unit tests of commit and export).
+#[cfg(test)]
+pub(crate) fn put_test_image(
+    store: &mut Store,
+    name: &str,
+    config: &serde_json::Value,
+    rows: Vec<ImageLayerRow>,
+) -> Sha256Digest {
+    let config = serde_json::to_vec(config).expect("config json");
+    let cd = store.put_blob(&config).expect("config blob");
+    let manifest = build_manifest(&cd, config.len() as u64, &rows);
+    let md = store.put_blob(&manifest).expect("manifest blob");
+    store
+        .db
+        .put_image(&NewImage {
+            name,
+            manifest_digest: &md.to_string(),
+            config_digest: &cd.to_string(),
+            blobs: vec![],
+            layers: rows,
+            lease: None,
+        })
+        .expect("image rows");
+    md
+}
+
 fn media_type_for(c: Compression) -> &'static str {
     match c {
         Compression::None => image::MT_OCI_LAYER,
