@@ -127,7 +127,7 @@ fn hardlink_and_whiteout_escapes_are_refused() {
     let c = case();
     c.assert_fails(&[tar([E::hardlink("h", "../../sentinel/file")])], "h");
     c.assert_fails(
-        &[tar([E::symlink("d", &c.sentinel.display().to_string()), E::file("d/.wh.file", "")])],
+        &[tar([E::symlink("d", c.sentinel.display().to_string()), E::file("d/.wh.file", "")])],
         "d/.wh.file",
     );
 }
