@@ -426,3 +426,26 @@ fn killed_import_leaves_nothing_after_next_command() {
     assert!(!staging_entries(&root).is_empty(), "the killed import had staging state");
     assert_clean(&root);
 }
+
+/// A full disk mid-import: the error names the layer and the cause, and nothing is left behind.
+#[test]
+fn full_disk_fails_cleanly() {
+    if !privileged("full_disk_fails_cleanly") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    // A 4 MB filesystem as the state root: multi's 5 MB file does not fit.
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+        .arg(root.path())
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    let err = root.fails(&["image", "import", &format!("{}:multi", fx.join("oci").display())]);
+    assert!(err.contains("layer sha256:"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_clean(&root);
+    let st = Command::new("umount").arg(root.path()).status().expect("umount");
+    assert!(st.success());
+}
