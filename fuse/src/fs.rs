@@ -580,9 +580,16 @@ impl StrataFs {
             if !r.is_dir() && rt.is_dir() {
                 return Err(err(libc::EISDIR));
             }
-            if rt.is_dir() && !self.layers.list(rt, &dst)?.is_empty() {
-                return Err(err(libc::ENOTEMPTY));
-            }
+        }
+        let dst_nonempty = match &rt {
+            Some(rt) if rt.is_dir() => !self.layers.list(rt, &dst)?.is_empty(),
+            _ => false,
+        };
+        // The kernel checks merged targets before any change, but lets the upper rename fail
+        // for pure upper targets (after copy-up and opaque marking): same order here.
+        let target_has_lower = rt.as_ref().map(|rt| self.layers.has_lower(rt)).unwrap_or(false);
+        if dst_nonempty && (target_has_lower || (r.is_dir() && self.layers.has_lower(&r))) {
+            return Err(err(libc::ENOTEMPTY));
         }
         if r.is_dir() && self.layers.has_lower(&r) {
             return self.move_dir_by_copy(&src, &r, dp, dname, rt.is_some());
@@ -592,11 +599,16 @@ impl StrataFs {
         self.layers.copy_up_dirs(dp)?;
         self.changed();
         let dpres = self.layers.resolve_rel(dp)?;
-        let dst_positive = self.layers.lower_positive(&dpres, dp, dname);
+        // Like the kernel: a directory moved into a merged directory becomes opaque.
+        let dst_parent_merged = dpres.dirs.iter().any(|l| self.layers.is_lower(*l));
         let usrc = self.layers.upper(&src)?;
         let udst = self.layers.upper(&dst)?;
-        if r.is_dir() && dst_positive && !self.layers.is_upper_opaque(&usrc) {
+        if r.is_dir() && dst_parent_merged && !self.layers.is_upper_opaque(&usrc) {
             self.layers.set_opaque(&usrc)?;
+        }
+        if dst_nonempty {
+            self.changed();
+            return Err(err(libc::ENOTEMPTY));
         }
         match sys::lstat(&udst) {
             Ok(st) if sys::is_dir(&st) => self.layers.remove_upper(&dst)?,
