@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, warn};
 
@@ -73,6 +73,8 @@ enum Handle {
 }
 
 type Cache = Mutex<HashMap<u64, (u64, Arc<Resolved>)>>;
+/// A passthrough backing file of an inode and the real (dev, ino) it refers to.
+type Backing = (Weak<BackingId>, (u64, u64));
 
 /// The merged filesystem.
 #[derive(Debug)]
@@ -89,7 +91,7 @@ pub struct StrataFs {
     wlock: Mutex<()>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    backings: Mutex<HashMap<u64, (Weak<BackingId>, (u64, u64))>>,
+    backings: Mutex<HashMap<u64, Backing>>,
     /// Reported st_ino of hardlinked files, by real (dev, ino).
     hardlinks: Mutex<HashMap<(u64, u64), u64>>,
 }
@@ -145,12 +147,18 @@ impl StrataFs {
         for p in cfg.lowers.iter().chain(cfg.upper.iter()).chain(cfg.work.iter()) {
             let st = sys::lstat(p)?;
             if !sys::is_dir(&st) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", p.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a directory", p.display()),
+                ));
             }
         }
         let layers = Layers::new(cfg.lowers.clone(), cfg.upper.clone(), cfg.work.clone())?;
         let mut table = Table::default();
-        table.nodes.insert(ROOT, Node { parent: ROOT, name: OsString::new(), nlookup: 1, attached: true, aliases: vec![] });
+        table.nodes.insert(
+            ROOT,
+            Node { parent: ROOT, name: OsString::new(), nlookup: 1, attached: true, aliases: vec![] },
+        );
         Ok(StrataFs {
             layers,
             ttl: cfg.ttl,
@@ -286,7 +294,10 @@ impl StrataFs {
             return i;
         }
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        t.nodes.insert(ino, Node { parent, name: name.to_os_string(), nlookup: lookups, attached: true, aliases: vec![] });
+        t.nodes.insert(
+            ino,
+            Node { parent, name: name.to_os_string(), nlookup: lookups, attached: true, aliases: vec![] },
+        );
         t.children.insert(key, ino);
         ino
     }
@@ -344,11 +355,13 @@ impl StrataFs {
             Some(x) if x == ino => ino,
             Some(x) => {
                 // Still the same file under x's own name?
-                let same = self
-                    .resolve(x)
-                    .ok()
-                    .and_then(|(p, xr)| if xr.top == 0 { overlay::dev_ino(&self.layers.real(0, &p)) } else { None })
-                    == Some(key);
+                let same = self.resolve(x).ok().and_then(|(p, xr)| {
+                    if xr.top == 0 {
+                        overlay::dev_ino(&self.layers.real(0, &p))
+                    } else {
+                        None
+                    }
+                }) == Some(key);
                 if same {
                     drop(h);
                     self.add_alias(x, parent, name);
@@ -718,7 +731,11 @@ impl StrataFs {
     fn list_dir(&self, ino: u64) -> Res<Vec<(OsString, u32, u64)>> {
         let (path, r) = self.resolve_dir(ino)?;
         let ents: Vec<DirEntry> = self.layers.list(&r, &path)?;
-        let parent = if ino == ROOT { ROOT } else { self.read_table().nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT) };
+        let parent = if ino == ROOT {
+            ROOT
+        } else {
+            self.read_table().nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT)
+        };
         let mut out = Vec::with_capacity(ents.len() + 2);
         out.push((OsString::from("."), libc::S_IFDIR, ino));
         out.push((OsString::from(".."), libc::S_IFDIR, parent));
@@ -782,6 +799,7 @@ impl StrataFs {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn setattr_inner(
         &self,
         ino: u64,
@@ -801,7 +819,8 @@ impl StrataFs {
             // -1 keeps a value unchanged.
             let u = uid.unwrap_or(u32::MAX);
             let g = gid.unwrap_or(u32::MAX);
-            sys::lchown(&up, u, g).or_else(|e| if u == u32::MAX && g == u32::MAX { Ok(()) } else { Err(e) })?;
+            sys::lchown(&up, u, g)
+                .or_else(|e| if u == u32::MAX && g == u32::MAX { Ok(()) } else { Err(e) })?;
             let _ = st;
         }
         if let Some(m) = mode {
@@ -841,9 +860,11 @@ impl Filesystem for StrataFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         if self.want_passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
-            let stacked = self.layers.roots.iter().any(|r| {
-                matches!(sys::fs_magic(r), Ok(0x794c_7630) | Ok(0x6573_5546))
-            });
+            let stacked = self
+                .layers
+                .roots
+                .iter()
+                .any(|r| matches!(sys::fs_magic(r), Ok(0x794c_7630) | Ok(0x6573_5546)));
             let depth = if stacked { 2 } else { 1 };
             if config.set_max_stack_depth(depth).is_ok() {
                 self.passthrough.store(true, Ordering::Relaxed);
@@ -926,7 +947,16 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let r = (|| -> Res<()> {
             let _g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
@@ -985,7 +1015,9 @@ impl Filesystem for StrataFs {
         let r = (|| -> Res<()> {
             let _g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
-            self.create_entry(req, &ppath, link_name, libc::S_IFLNK | 0o777, &mut |p| sys::symlink(target, p))?;
+            self.create_entry(req, &ppath, link_name, libc::S_IFLNK | 0o777, &mut |p| {
+                sys::symlink(target, p)
+            })?;
             Ok(())
         })();
         match r {
@@ -1064,7 +1096,11 @@ impl Filesystem for StrataFs {
                     Err(e) => return reply.error(errno_of(&e)),
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                let fh = self.add_handle(Handle::File(FileHandleData { ino: ino.0, file, _backing: backing.clone() }));
+                let fh = self.add_handle(Handle::File(FileHandleData {
+                    ino: ino.0,
+                    file,
+                    _backing: backing.clone(),
+                }));
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
                     None => reply.opened(FileHandle(fh), fl),
@@ -1120,7 +1156,14 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -1178,7 +1221,14 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
         let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -1223,7 +1273,14 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         reply.ok();
     }
@@ -1242,11 +1299,11 @@ impl Filesystem for StrataFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match sys::statvfs(&self.layers.roots[0]) {
             Ok(s) => reply.statfs(
-                s.f_blocks as u64,
-                s.f_bfree as u64,
-                s.f_bavail as u64,
-                s.f_files as u64,
-                s.f_ffree as u64,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
                 s.f_bsize as u32,
                 255,
                 s.f_frsize as u32,
@@ -1255,7 +1312,16 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         if is_private_xattr(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -1337,7 +1403,16 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let r = (|| -> Res<File> {
             let _g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
@@ -1379,12 +1454,28 @@ impl Filesystem for StrataFs {
         };
         let fh = self.add_handle(Handle::File(FileHandleData { ino, file, _backing: backing.clone() }));
         match backing {
-            Some(b) => reply.created_passthrough(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty(), &b),
+            Some(b) => reply.created_passthrough(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &b,
+            ),
             None => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
         use std::os::fd::AsRawFd;

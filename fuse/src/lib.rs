@@ -103,7 +103,11 @@ impl Options {
                 let m = positional.remove(1);
                 (Some(positional.remove(0)), m)
             }
-            _ => return Err(Error::Usage("strata-fuse [-f] [-d] -o lowerdir=L1:L2,upperdir=U,workdir=W MOUNTPOINT".into())),
+            _ => {
+                return Err(Error::Usage(
+                    "strata-fuse [-f] [-d] -o lowerdir=L1:L2,upperdir=U,workdir=W MOUNTPOINT".into(),
+                ))
+            }
         };
         let mut lowers = Vec::new();
         let mut upper = None;
@@ -112,7 +116,8 @@ impl Options {
         let mut passthrough = true;
         let mut threads = 4usize;
         let mut flags = Vec::new();
-        let mut fsname = source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
+        let mut fsname =
+            source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
         for o in opts {
             let (k, v) = match o.split_once('=') {
                 Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -134,7 +139,11 @@ impl Options {
                     ttl = Duration::from_secs_f64(secs);
                 }
                 ("threads", Some(v)) => {
-                    threads = v.parse().ok().filter(|n| (1..=256).contains(n)).ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?;
+                    threads = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=256).contains(n))
+                        .ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?;
                 }
                 ("passthrough", Some(v)) => passthrough = v != "off" && v != "0" && v != "false",
                 ("nopassthrough", None) => passthrough = false,
@@ -217,10 +226,13 @@ impl Options {
 /// Mount and return the session (the mount is live and initialised when this returns).
 pub fn mount(opts: &Options) -> Result<fuser::Session<StrataFs>, Error> {
     let mut cfg = opts.fs.clone();
-    let canon = |p: &PathBuf| std::fs::canonicalize(p).map_err(|e| Error::BadValue(p.display().to_string(), e.to_string()));
+    let canon = |p: &PathBuf| {
+        std::fs::canonicalize(p).map_err(|e| Error::BadValue(p.display().to_string(), e.to_string()))
+    };
     cfg.lowers = cfg.lowers.iter().map(canon).collect::<Result<_, _>>()?;
     cfg.upper = cfg.upper.as_ref().map(canon).transpose()?;
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
     let fs = StrataFs::new(&cfg).map_err(Error::Layers)?;
-    fuser::Session::new(fs, &opts.mountpoint, &opts.session_config()).map_err(|e| Error::Mount(opts.mountpoint.clone(), e))
+    fuser::Session::new(fs, &opts.mountpoint, &opts.session_config())
+        .map_err(|e| Error::Mount(opts.mountpoint.clone(), e))
 }

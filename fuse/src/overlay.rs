@@ -81,7 +81,9 @@ impl Layers {
                 }
                 Some(p)
             }
-            (None, true) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "upperdir needs workdir")),
+            (None, true) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "upperdir needs workdir"))
+            }
             _ => None,
         };
         Ok(Layers { roots, has_upper, work, tmp_seq: AtomicU64::new(0) })
@@ -321,7 +323,8 @@ impl Layers {
             }
             if next.top != 0 || !self.has_upper {
                 self.copy_up_entry(&path, &next, true)?;
-                cur = self.lookup_in(&cur, path.parent().unwrap_or(Path::new("")), name)?
+                cur = self
+                    .lookup_in(&cur, path.parent().unwrap_or(Path::new("")), name)?
                     .ok_or_else(|| err(libc::ENOENT))?;
             } else {
                 cur = next;
@@ -407,7 +410,12 @@ impl Layers {
 
     /// Prepare the upper slot for a new entry `name` in merged dir `parent` (already in upper).
     /// Returns (upper path, created over a whiteout, directory must be opaque).
-    pub fn new_slot(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> io::Result<(PathBuf, bool, bool)> {
+    pub fn new_slot(
+        &self,
+        parent: &Resolved,
+        ppath: &Path,
+        name: &OsStr,
+    ) -> io::Result<(PathBuf, bool, bool)> {
         let rel = ppath.join(name);
         let dst = self.upper(&rel)?;
         let over_wh = match sys::lstat(&dst) {

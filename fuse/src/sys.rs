@@ -86,7 +86,11 @@ pub(crate) fn truncate(p: &Path, size: u64) -> io::Result<()> {
 }
 
 /// Set atime/mtime without following a final symlink. `None` leaves a time unchanged.
-pub(crate) fn utimes(p: &Path, atime: Option<libc::timespec>, mtime: Option<libc::timespec>) -> io::Result<()> {
+pub(crate) fn utimes(
+    p: &Path,
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> io::Result<()> {
     let c = cstr(p)?;
     let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
     let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
@@ -242,7 +246,7 @@ pub(crate) fn fs_magic(p: &Path) -> io::Result<i64> {
     // SAFETY: valid C string and out pointer.
     cvt(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) })?;
     // SAFETY: statfs succeeded.
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 pub(crate) fn errno(e: &io::Error) -> i32 {

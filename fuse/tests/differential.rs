@@ -105,7 +105,8 @@ enum Op {
     OpenRdwr(String),
 }
 
-const NAMES: &[&str] = &["a", "b", "f0", "f1", "f2", "f3", "f5", "d1", "d2", "d3", "e", "s", "opq", "gone", "ud", "u0", "x"];
+const NAMES: &[&str] =
+    &["a", "b", "f0", "f1", "f2", "f3", "f5", "d1", "d2", "d3", "e", "s", "opq", "gone", "ud", "u0", "x"];
 
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -124,7 +125,11 @@ fn io(r: std::io::Result<()>) -> Result<(), i32> {
 }
 
 fn open_nofollow(p: &Path, append: bool) -> std::io::Result<fs::File> {
-    fs::OpenOptions::new().write(true).append(append).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)
+    fs::OpenOptions::new()
+        .write(true)
+        .append(append)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
 }
 
 fn apply(root: &Path, op: &Op, kernel: bool) -> Result<(), i32> {
@@ -139,13 +144,22 @@ fn apply(root: &Path, op: &Op, kernel: bool) -> Result<(), i32> {
             .open(p(a))
             .and_then(|f| f.write_all_at(data, 0))),
         Op::Write(a, off, data) => io(open_nofollow(&p(a), false).and_then(|f| f.write_all_at(data, *off))),
-        Op::Append(a, data) => io(open_nofollow(&p(a), true).and_then(|mut f| std::io::Write::write_all(&mut f, data))),
+        Op::Append(a, data) => {
+            io(open_nofollow(&p(a), true).and_then(|mut f| std::io::Write::write_all(&mut f, data)))
+        }
         Op::Truncate(a, len) => io(open_nofollow(&p(a), false).and_then(|f| f.set_len(*len))),
-        Op::Chmod(a, m) => rc(unsafe { libc::fchmodat(libc::AT_FDCWD, cstr(&p(a)).as_ptr(), *m, libc::AT_SYMLINK_NOFOLLOW) }),
+        Op::Chmod(a, m) => {
+            rc(unsafe { libc::fchmodat(libc::AT_FDCWD, cstr(&p(a)).as_ptr(), *m, libc::AT_SYMLINK_NOFOLLOW) })
+        }
         Op::Chown(a, u, g) => rc(unsafe { libc::lchown(cstr(&p(a)).as_ptr(), *u, *g) }),
         Op::Utimes(a, t) => {
-            let ts = [libc::timespec { tv_sec: *t as _, tv_nsec: 0 }, libc::timespec { tv_sec: *t as _, tv_nsec: 0 }];
-            rc(unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&p(a)).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+            let ts = [
+                libc::timespec { tv_sec: *t as _, tv_nsec: 0 },
+                libc::timespec { tv_sec: *t as _, tv_nsec: 0 },
+            ];
+            rc(unsafe {
+                libc::utimensat(libc::AT_FDCWD, cstr(&p(a)).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+            })
         }
         Op::SetXattr(a, n, v) => {
             let n = CString::new(n.as_str()).unwrap();
@@ -161,7 +175,12 @@ fn apply(root: &Path, op: &Op, kernel: bool) -> Result<(), i32> {
         Op::Mkdir(a, m) => rc(unsafe { libc::mkdir(cstr(&p(a)).as_ptr(), *m) }),
         Op::Rmdir(a) => rc(unsafe { libc::rmdir(cstr(&p(a)).as_ptr()) }),
         Op::Mkfifo(a) => rc(unsafe { libc::mkfifo(cstr(&p(a)).as_ptr(), 0o600) }),
-        Op::OpenRdwr(a) => io(fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p(a)).map(drop)),
+        Op::OpenRdwr(a) => io(fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(p(a))
+            .map(drop)),
         Op::Rename(a, b) => {
             let r = rc(unsafe { libc::rename(cstr(&p(a)).as_ptr(), cstr(&p(b)).as_ptr()) });
             if kernel && r == Err(libc::EXDEV) {
@@ -193,7 +212,8 @@ fn move_dir(src: &Path, dst: &Path) -> Result<(), i32> {
         let n = CString::new(k).unwrap();
         rc(unsafe { libc::lsetxattr(cstr(dst).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) })?;
     }
-    let mut kids: Vec<_> = fs::read_dir(src).map_err(|_| libc::EIO)?.map(|e| e.unwrap().file_name()).collect();
+    let mut kids: Vec<_> =
+        fs::read_dir(src).map_err(|_| libc::EIO)?.map(|e| e.unwrap().file_name()).collect();
     kids.sort();
     for k in kids {
         let (s, d) = (src.join(&k), dst.join(&k));
@@ -226,7 +246,8 @@ fn walk(root: &Path) -> Vec<(String, bool)> {
 }
 
 fn gen(rng: &mut Rng, view: &[(String, bool)]) -> Op {
-    let dirs: Vec<&str> = std::iter::once("").chain(view.iter().filter(|e| e.1).map(|e| e.0.as_str())).collect();
+    let dirs: Vec<&str> =
+        std::iter::once("").chain(view.iter().filter(|e| e.1).map(|e| e.0.as_str())).collect();
     let existing = |rng: &mut Rng| -> String {
         if view.is_empty() {
             "x".into()
@@ -244,7 +265,8 @@ fn gen(rng: &mut Rng, view: &[(String, bool)]) -> Op {
         }
     };
     let any = |rng: &mut Rng| if rng.below(3) == 0 { fresh(rng) } else { existing(rng) };
-    let data = |rng: &mut Rng| -> Vec<u8> { (0..rng.below(64) + 1).map(|_| b'a' + rng.below(26) as u8).collect() };
+    let data =
+        |rng: &mut Rng| -> Vec<u8> { (0..rng.below(64) + 1).map(|_| b'a' + rng.below(26) as u8).collect() };
     match rng.below(18) {
         0 | 1 => Op::Create(fresh(rng), data(rng)),
         2 => Op::Write(any(rng), rng.below(16) as u64, data(rng)),

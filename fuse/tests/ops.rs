@@ -4,8 +4,8 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -47,7 +47,8 @@ fn build(root: &Path) -> Stack {
 }
 
 fn names(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -120,7 +121,10 @@ fn copy_up_and_metadata_changes() {
     drop(f);
     let times = [libc::timespec { tv_sec: 1000, tv_nsec: 0 }, libc::timespec { tv_sec: 2000, tv_nsec: 0 }];
     let c = std::ffi::CString::new(m.join("sym").to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }, 0);
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) },
+        0
+    );
     assert_eq!(fs::metadata(s.upper.join("a")).unwrap().mode() & 0o777, 0o600);
     let md = fs::metadata(s.upper.join("d/x")).unwrap();
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
@@ -138,7 +142,9 @@ fn copy_up_and_metadata_changes() {
     assert_eq!(unsafe { libc::lremovexattr(cn.as_ptr(), c"user.n".as_ptr()) }, 0);
     assert_eq!(get_xattr(&m.join("a"), "user.n"), None);
     // Setting the overlay's own xattrs is refused.
-    let r = unsafe { libc::lsetxattr(cn.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    let r = unsafe {
+        libc::lsetxattr(cn.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0)
+    };
     assert_eq!(r, -1);
     g.unmount();
     assert_trees_eq(&before, &Tree::capture(&s.lowers[0]).unwrap(), "lower layer unchanged");
@@ -165,7 +171,10 @@ fn create_remove_link_and_whiteouts() {
     let (m1, m2) = (fs::metadata(m.join("a")).unwrap(), fs::metadata(m.join("a2")).unwrap());
     assert_eq!(m1.ino(), m2.ino());
     assert_eq!(m2.nlink(), 2);
-    assert_eq!(fs::metadata(s.upper.join("a")).unwrap().ino(), fs::metadata(s.upper.join("a2")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(s.upper.join("a")).unwrap().ino(),
+        fs::metadata(s.upper.join("a2")).unwrap().ino()
+    );
     // Unlink a lower file: whiteout in upper.
     fs::remove_file(m.join("d/x")).unwrap();
     assert!(!m.join("d/x").exists());
@@ -247,7 +256,14 @@ fn mmap_locks_fsync_and_readonly() {
         let f = OpenOptions::new().read(true).write(true).open(m.join("y")).unwrap();
         // SAFETY: mapping a 2-byte file shared, then unmapping.
         unsafe {
-            let p = libc::mmap(std::ptr::null_mut(), 2, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                2,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
             assert_ne!(p, libc::MAP_FAILED);
             *(p as *mut u8) = b'Q';
             assert_eq!(libc::msync(p, 2, libc::MS_SYNC), 0);
@@ -270,7 +286,8 @@ fn mmap_locks_fsync_and_readonly() {
         assert_eq!(buf, "ello\n");
     }
     // Without upperdir the mount is read-only.
-    let st = Command::new(BIN).arg("-o").arg(format!("lowerdir={}", s.lowerdir())).arg(&s.mnt).status().unwrap();
+    let st =
+        Command::new(BIN).arg("-o").arg(format!("lowerdir={}", s.lowerdir())).arg(&s.mnt).status().unwrap();
     assert!(st.success());
     let _g = MountGuard { mnt: s.mnt.clone(), active: true };
     assert_eq!(fs::read_to_string(s.mnt.join("a")).unwrap(), "hello\n");

@@ -96,7 +96,12 @@ impl Stack {
     }
 
     pub fn opts(&self) -> String {
-        format!("lowerdir={},upperdir={},workdir={}", self.lowerdir(), self.upper.display(), self.work.display())
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lowerdir(),
+            self.upper.display(),
+            self.work.display()
+        )
     }
 
     /// Mount with strata-fuse (background mode: returns once the mount is live).
@@ -115,7 +120,11 @@ impl Stack {
     /// Mount with kernel overlayfs.
     pub fn mount_kernel(&self) -> MountGuard {
         let o = format!("{},index=off,redirect_dir=off,metacopy=off", self.opts());
-        let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(&self.mnt).status().expect("mount");
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(&self.mnt)
+            .status()
+            .expect("mount");
         assert!(st.success(), "kernel overlay mount failed");
         MountGuard { mnt: self.mnt.clone(), active: true }
     }
