@@ -623,9 +623,16 @@ impl StrataFs {
             self.changed();
             return Err(err(libc::ENOTEMPTY));
         }
+        let dst_whiteout = matches!(sys::lstat(&udst), Ok(st) if sys::is_whiteout(&st));
+        if src_positive && dst_whiteout {
+            // Like the kernel: switch the whiteout over to the old name.
+            sys::rename_exchange(&usrc, &udst)?;
+            self.changed();
+            return Ok(());
+        }
         match sys::lstat(&udst) {
             Ok(st) if sys::is_dir(&st) => self.layers.remove_upper(&dst)?,
-            Ok(st) if r.is_dir() && sys::is_whiteout(&st) => fs::remove_file(&udst)?,
+            Ok(_) if r.is_dir() && dst_whiteout => fs::remove_file(&udst)?,
             _ => {}
         }
         sys::rename(&usrc, &udst)?;
