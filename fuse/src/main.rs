@@ -1,4 +1,102 @@
-fn main() {
-    eprintln!("strata-fuse: not yet implemented");
-    std::process::exit(1)
+//! `strata-fuse`: command line compatible with fuse-overlayfs.
+
+use std::process::ExitCode;
+
+use strata_fuse::{mount, Options};
+use tracing::{error, warn};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "usage: strata-fuse [-f] [-d] -o lowerdir=L1:L2:...[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
+             strata-fuse SOURCE MOUNTPOINT -o OPTS   (mount.fuse form)\n\
+             options: lowerdir, upperdir, workdir, fsname=NAME, timeout=SECS, threads=N, passthrough=on|off,\n\
+             ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning"
+        );
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "-V" || a == "--version") {
+        println!("strata-fuse {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let opts = match Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("strata-fuse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let default = if opts.debug { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    for o in &opts.ignored {
+        warn!("ignoring unknown option {o:?}");
+    }
+    // Modes of new entries are set explicitly; the process umask must not interfere.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    let session = match mount(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("strata-fuse: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !opts.foreground {
+        // The mount is live: fork, let the parent return, serve from the child.
+        let mut fds = [0; 2];
+        // SAFETY: valid two-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            eprintln!("strata-fuse: pipe: {}", std::io::Error::last_os_error());
+            return ExitCode::from(1);
+        }
+        // SAFETY: no other thread runs yet (the session threads start in `run`).
+        match unsafe { libc::fork() } {
+            -1 => {
+                eprintln!("strata-fuse: fork: {}", std::io::Error::last_os_error());
+                return ExitCode::from(1);
+            }
+            0 => {
+                // SAFETY: plain syscalls in the child.
+                unsafe {
+                    libc::close(fds[0]);
+                    libc::setsid();
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                    if null >= 0 {
+                        libc::dup2(null, 0);
+                        libc::dup2(null, 1);
+                        if !opts.debug {
+                            libc::dup2(null, 2);
+                        }
+                        if null > 2 {
+                            libc::close(null);
+                        }
+                    }
+                    // Tell the parent we are detached from its session.
+                    libc::write(fds[1], b"1".as_ptr().cast(), 1);
+                    libc::close(fds[1]);
+                }
+                let _ = std::env::set_current_dir("/");
+            }
+            _ => {
+                let mut b = [0u8; 1];
+                // SAFETY: valid fd and buffer; _exit skips destructors (they would unmount).
+                unsafe {
+                    libc::close(fds[1]);
+                    let n = libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                    libc::_exit(if n == 1 { 0 } else { 1 });
+                }
+            }
+        }
+    }
+    match session.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("session ended: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,1518 @@
+//! The FUSE filesystem: inode table, handles and the `fuser::Filesystem` implementation.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, warn};
+
+use crate::overlay::{self, is_private_xattr, DirEntry, Layers, Resolved};
+use crate::sys::{self, err, Stat};
+
+const ROOT: u64 = 1;
+const SHARDS: usize = 32;
+
+/// Settings of a strata-fuse instance.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Lower layers, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    /// Entry and attribute cache timeout.
+    pub ttl: Duration,
+    /// Use FUSE passthrough for open files when the kernel allows it.
+    pub passthrough: bool,
+}
+
+#[derive(Debug)]
+struct Node {
+    parent: u64,
+    name: OsString,
+    nlookup: u64,
+    attached: bool,
+    /// Other names of a hardlinked file (same node, same st_ino).
+    aliases: Vec<(u64, OsString)>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, OsString), u64>,
+}
+
+#[derive(Debug)]
+struct FileHandleData {
+    ino: u64,
+    file: File,
+    _backing: Option<Arc<BackingId>>,
+}
+
+#[derive(Debug)]
+struct DirHandleData {
+    entries: Mutex<Vec<(OsString, u32, u64)>>,
+}
+
+#[derive(Debug)]
+enum Handle {
+    File(FileHandleData),
+    Dir(DirHandleData),
+}
+
+type Cache = Mutex<HashMap<u64, (u64, Arc<Resolved>)>>;
+/// A passthrough backing file of an inode and the real (dev, ino) it refers to.
+type Backing = (Weak<BackingId>, (u64, u64));
+
+/// The merged filesystem.
+#[derive(Debug)]
+pub struct StrataFs {
+    layers: Layers,
+    ttl: Duration,
+    want_passthrough: bool,
+    passthrough: AtomicBool,
+    table: RwLock<Table>,
+    cache: Vec<Cache>,
+    epoch: AtomicU64,
+    next_ino: AtomicU64,
+    /// Serialises every change of the layers.
+    wlock: Mutex<()>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    backings: Mutex<HashMap<u64, Backing>>,
+    /// Reported st_ino of hardlinked files, by real (dev, ino).
+    hardlinks: Mutex<HashMap<(u64, u64), u64>>,
+}
+
+type Res<T> = Result<T, io::Error>;
+
+fn errno_of(e: &io::Error) -> Errno {
+    Errno::from_i32(sys::errno(e))
+}
+
+fn kind_of(fmt: u32) -> FileType {
+    match fmt {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn systime(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec as u32)
+    }
+}
+
+fn to_timespec(t: TimeOrNow) -> libc::timespec {
+    match t {
+        TimeOrNow::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => sys::timespec(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                sys::timespec(sec, nsec)
+            }
+        },
+    }
+}
+
+impl StrataFs {
+    /// Set up the layer stack.
+    pub fn new(cfg: &FsConfig) -> Res<StrataFs> {
+        for p in cfg.lowers.iter().chain(cfg.upper.iter()).chain(cfg.work.iter()) {
+            let st = sys::lstat(p)?;
+            if !sys::is_dir(&st) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a directory", p.display()),
+                ));
+            }
+        }
+        let layers = Layers::new(cfg.lowers.clone(), cfg.upper.clone(), cfg.work.clone())?;
+        let mut table = Table::default();
+        table.nodes.insert(
+            ROOT,
+            Node { parent: ROOT, name: OsString::new(), nlookup: 1, attached: true, aliases: vec![] },
+        );
+        Ok(StrataFs {
+            layers,
+            ttl: cfg.ttl,
+            want_passthrough: cfg.passthrough,
+            passthrough: AtomicBool::new(false),
+            table: RwLock::new(table),
+            cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epoch: AtomicU64::new(1),
+            next_ino: AtomicU64::new(ROOT + 1),
+            wlock: Mutex::new(()),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            backings: Mutex::new(HashMap::new()),
+            hardlinks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn read_table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_w(&self) -> Res<std::sync::MutexGuard<'_, ()>> {
+        if !self.layers.has_upper {
+            return Err(err(libc::EROFS));
+        }
+        Ok(self.wlock.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn changed(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn cache_get(&self, ino: u64, epoch: u64) -> Option<Arc<Resolved>> {
+        let shard = self.cache[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        match shard.get(&ino) {
+            Some((e, r)) if *e == epoch => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    fn cache_put(&self, ino: u64, epoch: u64, r: Arc<Resolved>) {
+        let mut shard = self.cache[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        shard.insert(ino, (epoch, r));
+    }
+
+    /// The chain of (ino, name) from the root's child down to `ino`.
+    fn chain(&self, ino: u64) -> Res<Vec<(u64, OsString)>> {
+        let t = self.read_table();
+        let mut out = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let n = t.nodes.get(&cur).ok_or_else(|| err(libc::ENOENT))?;
+            if !n.attached {
+                return Err(err(libc::ENOENT));
+            }
+            out.push((cur, n.name.clone()));
+            cur = n.parent;
+            if out.len() > 4096 {
+                return Err(err(libc::ELOOP));
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Merged path and make-up of an inode.
+    fn resolve(&self, ino: u64) -> Res<(PathBuf, Arc<Resolved>)> {
+        let chain = self.chain(ino)?;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut start = 0;
+        let mut cur = None;
+        for i in (0..=chain.len()).rev() {
+            let id = if i == 0 { ROOT } else { chain[i - 1].0 };
+            if let Some(r) = self.cache_get(id, epoch) {
+                cur = Some(r);
+                start = i;
+                break;
+            }
+        }
+        let mut cur = match cur {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(self.layers.resolve_root());
+                self.cache_put(ROOT, epoch, r.clone());
+                r
+            }
+        };
+        let mut path = PathBuf::new();
+        for (_, n) in &chain[..start] {
+            path.push(n);
+        }
+        for (id, name) in &chain[start..] {
+            if !cur.is_dir() {
+                return Err(err(libc::ENOTDIR));
+            }
+            let r = Arc::new(self.layers.lookup_in(&cur, &path, name)?.ok_or_else(|| err(libc::ENOENT))?);
+            path.push(name);
+            self.cache_put(*id, epoch, r.clone());
+            cur = r;
+        }
+        Ok((path, cur))
+    }
+
+    fn resolve_dir(&self, ino: u64) -> Res<(PathBuf, Arc<Resolved>)> {
+        let (p, r) = self.resolve(ino)?;
+        if !r.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        Ok((p, r))
+    }
+
+    fn child_ino(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.read_table().children.get(&(parent, name.to_os_string())).copied()
+    }
+
+    /// Find or create the node for `parent/name`, adding `lookups` to its lookup count.
+    fn node_for(&self, parent: u64, name: &OsStr, lookups: u64) -> u64 {
+        let key = (parent, name.to_os_string());
+        if lookups == 0 {
+            if let Some(i) = self.read_table().children.get(&key) {
+                return *i;
+            }
+        }
+        let mut t = self.write_table();
+        if let Some(&i) = t.children.get(&key) {
+            if let Some(n) = t.nodes.get_mut(&i) {
+                n.nlookup += lookups;
+            }
+            return i;
+        }
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        t.nodes.insert(
+            ino,
+            Node { parent, name: name.to_os_string(), nlookup: lookups, attached: true, aliases: vec![] },
+        );
+        t.children.insert(key, ino);
+        ino
+    }
+
+    fn detach(&self, parent: u64, name: &OsStr) {
+        let mut t = self.write_table();
+        Self::detach_locked(&mut t, parent, name);
+    }
+
+    fn detach_locked(t: &mut Table, parent: u64, name: &OsStr) {
+        let key = (parent, name.to_os_string());
+        if let Some(ino) = t.children.remove(&key) {
+            let remove = match t.nodes.get_mut(&ino) {
+                Some(n) => {
+                    if n.parent == key.0 && n.name == key.1 {
+                        if let Some((p, nm)) = n.aliases.pop() {
+                            n.parent = p;
+                            n.name = nm;
+                        } else {
+                            n.attached = false;
+                        }
+                    } else {
+                        n.aliases.retain(|a| *a != key);
+                    }
+                    n.nlookup == 0 && !n.attached
+                }
+                None => false,
+            };
+            if remove {
+                t.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Make `parent/name` another name of node `ino` (a hardlink).
+    fn add_alias(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut t = self.write_table();
+        Self::detach_locked(&mut t, parent, name);
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            if n.attached {
+                n.aliases.push((parent, name.to_os_string()));
+                t.children.insert((parent, name.to_os_string()), ino);
+            }
+        }
+    }
+
+    /// For an upper file with several links: the node shared by all its names.
+    fn canonical(&self, parent: u64, name: &OsStr, ino: u64, st: &Stat, r: &Resolved) -> u64 {
+        if st.st_nlink <= 1 || sys::is_dir(st) || r.top != 0 || !self.layers.has_upper {
+            return ino;
+        }
+        let key = (st.st_dev, st.st_ino);
+        let mut h = self.hardlinks.lock().unwrap_or_else(|e| e.into_inner());
+        match h.get(&key).copied() {
+            Some(x) if x == ino => ino,
+            Some(x) => {
+                // Still the same file under x's own name?
+                let same = self.resolve(x).ok().and_then(|(p, xr)| {
+                    if xr.top == 0 {
+                        overlay::dev_ino(&self.layers.real(0, &p))
+                    } else {
+                        None
+                    }
+                }) == Some(key);
+                if same {
+                    drop(h);
+                    self.add_alias(x, parent, name);
+                    x
+                } else {
+                    h.insert(key, ino);
+                    ino
+                }
+            }
+            None => {
+                h.insert(key, ino);
+                ino
+            }
+        }
+    }
+
+    fn move_node(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
+        let mut t = self.write_table();
+        Self::detach_locked(&mut t, newparent, newname);
+        let key = (parent, name.to_os_string());
+        let nkey = (newparent, newname.to_os_string());
+        if let Some(ino) = t.children.remove(&key) {
+            if let Some(n) = t.nodes.get_mut(&ino) {
+                if n.parent == key.0 && n.name == key.1 {
+                    n.parent = newparent;
+                    n.name = newname.to_os_string();
+                } else {
+                    for a in n.aliases.iter_mut() {
+                        if *a == key {
+                            *a = nkey.clone();
+                        }
+                    }
+                }
+            }
+            t.children.insert(nkey, ino);
+        }
+    }
+
+    fn attr_of(&self, ino: u64, st: &Stat, r: Option<&Resolved>) -> FileAttr {
+        let fmt = st.st_mode & libc::S_IFMT;
+        let merged = r.map(|r| r.dirs.len() > 1).unwrap_or(false);
+        FileAttr {
+            ino: INodeNo(ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: systime(st.st_atime, st.st_atime_nsec),
+            mtime: systime(st.st_mtime, st.st_mtime_nsec),
+            ctime: systime(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: kind_of(fmt),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: if merged { 1 } else { st.st_nlink as u32 },
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn attr_ttl(&self, st: &Stat) -> Duration {
+        if st.st_nlink > 1 && !sys::is_dir(st) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
+    fn stat_node(&self, ino: u64) -> Res<(Stat, Arc<Resolved>, PathBuf)> {
+        let (path, r) = self.resolve(ino)?;
+        let st = sys::lstat(&self.layers.real(r.top, &path))?;
+        Ok((st, r, path))
+    }
+
+    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned()
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// Any open file of a (possibly unlinked) inode.
+    fn open_file_of(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|h| matches!(&***h, Handle::File(f) if f.ino == ino))
+            .cloned()
+    }
+
+    // ---- mutations (callers hold wlock) ----
+
+    /// Copy `ino` up (with its parents) and return its merged path.
+    fn copy_up(&self, ino: u64, with_data: bool) -> Res<PathBuf> {
+        let (path, r) = self.resolve(ino)?;
+        self.copy_up_path(&path, &r, with_data)?;
+        Ok(path)
+    }
+
+    fn copy_up_path(&self, path: &Path, r: &Resolved, with_data: bool) -> Res<()> {
+        if r.top == 0 {
+            return Ok(());
+        }
+        let parent = path.parent().unwrap_or(Path::new(""));
+        self.layers.copy_up_dirs(parent)?;
+        self.layers.copy_up_entry(path, r, with_data)?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Create a new entry `ppath/name` in upper with the callback filling `tmp` or `dst`.
+    /// Returns the upper path.
+    fn create_entry(
+        &self,
+        req: &Request,
+        ppath: &Path,
+        name: &OsStr,
+        mode: u32,
+        make: &mut dyn FnMut(&Path) -> Res<()>,
+    ) -> Res<PathBuf> {
+        let pres = self.layers.resolve_rel(ppath)?;
+        if !pres.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        if self.layers.lookup_in(&pres, ppath, name)?.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        if name.len() > 255 {
+            return Err(err(libc::ENAMETOOLONG));
+        }
+        self.layers.copy_up_dirs(ppath)?;
+        self.changed();
+        let pres = self.layers.resolve_rel(ppath)?;
+        let (dst, over_wh, opaque) = self.layers.new_slot(&pres, ppath, name)?;
+        let pst = sys::lstat(&self.layers.upper(ppath)?)?;
+        let fmt = mode & libc::S_IFMT;
+        let (gid, mut perm) = if pst.st_mode & libc::S_ISGID != 0 {
+            (pst.st_gid, if fmt == libc::S_IFDIR { mode | libc::S_ISGID } else { mode })
+        } else {
+            (req.gid(), mode)
+        };
+        perm &= 0o7777;
+        let target = if over_wh { self.layers.tmp_path()? } else { dst.clone() };
+        let res = (|| -> Res<()> {
+            make(&target)?;
+            sys::lchown(&target, req.uid(), gid)?;
+            if fmt != libc::S_IFLNK {
+                sys::chmod(&target, perm)?;
+            }
+            if opaque && fmt == libc::S_IFDIR {
+                self.layers.set_opaque(&target)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = overlay::remove_tree(&target);
+            return Err(e);
+        }
+        if over_wh {
+            if let Err(e) = self.layers.install(&target, &dst, true) {
+                let _ = overlay::remove_tree(&target);
+                return Err(e);
+            }
+        }
+        self.changed();
+        Ok(dst)
+    }
+
+    fn path_of_parent(&self, parent: u64) -> Res<PathBuf> {
+        let (p, _) = self.resolve_dir(parent)?;
+        Ok(p)
+    }
+
+    /// Remove `ppath/name` (unlink or rmdir).
+    fn remove_path(&self, ppath: &Path, name: &OsStr, dir: bool) -> Res<()> {
+        let pres = self.layers.resolve_rel(ppath)?;
+        let rel = ppath.join(name);
+        let r = self.layers.lookup_in(&pres, ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
+        if dir && !r.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        if !dir && r.is_dir() {
+            return Err(err(libc::EISDIR));
+        }
+        if dir && !self.layers.list(&r, &rel)?.is_empty() {
+            return Err(err(libc::ENOTEMPTY));
+        }
+        let positive = self.layers.lower_positive(&pres, ppath, name);
+        self.layers.copy_up_dirs(ppath)?;
+        self.changed();
+        if positive {
+            self.layers.make_whiteout(&rel)?;
+        } else {
+            self.layers.remove_upper(&rel)?;
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Rename by path (both parents are directories). Directories with lower layers are moved
+    /// by recreating them at the destination (what `mv` does on EXDEV).
+    fn rename_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr, noreplace: bool) -> Res<()> {
+        let spres = self.layers.resolve_rel(sp)?;
+        let dpres = self.layers.resolve_rel(dp)?;
+        if !spres.is_dir() || !dpres.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let src = sp.join(sname);
+        let dst = dp.join(dname);
+        let r = self.layers.lookup_in(&spres, sp, sname)?.ok_or_else(|| err(libc::ENOENT))?;
+        let rt = self.layers.lookup_in(&dpres, dp, dname)?;
+        if src == dst {
+            return Ok(());
+        }
+        if r.is_dir() && dst.starts_with(&src) {
+            return Err(err(libc::EINVAL));
+        }
+        if let Some(rt) = &rt {
+            if noreplace {
+                return Err(err(libc::EEXIST));
+            }
+            if r.is_dir() && !rt.is_dir() {
+                return Err(err(libc::ENOTDIR));
+            }
+            if !r.is_dir() && rt.is_dir() {
+                return Err(err(libc::EISDIR));
+            }
+        }
+        let dst_nonempty = match &rt {
+            Some(rt) if rt.is_dir() => !self.layers.list(rt, &dst)?.is_empty(),
+            _ => false,
+        };
+        // The kernel checks merged targets before any change, but lets the upper rename fail
+        // for pure upper targets (after copy-up and opaque marking): same order here.
+        let target_has_lower = rt.as_ref().map(|rt| self.layers.has_lower(rt)).unwrap_or(false);
+        if dst_nonempty && (target_has_lower || (r.is_dir() && self.layers.has_lower(&r))) {
+            return Err(err(libc::ENOTEMPTY));
+        }
+        if r.is_dir() && self.layers.has_lower(&r) {
+            return self.move_dir_by_copy(&src, &r, dp, dname, rt.is_some());
+        }
+        let src_positive = self.layers.lower_positive(&spres, sp, sname);
+        self.copy_up_path(&src, &r, true)?;
+        self.layers.copy_up_dirs(dp)?;
+        self.changed();
+        let dpres = self.layers.resolve_rel(dp)?;
+        // Like the kernel: a directory moved into a merged directory becomes opaque.
+        let dst_parent_merged = dpres.dirs.iter().any(|l| self.layers.is_lower(*l));
+        let usrc = self.layers.upper(&src)?;
+        let udst = self.layers.upper(&dst)?;
+        if r.is_dir() && dst_parent_merged && !self.layers.is_upper_opaque(&usrc) {
+            self.layers.set_opaque(&usrc)?;
+        }
+        if dst_nonempty {
+            self.changed();
+            return Err(err(libc::ENOTEMPTY));
+        }
+        let dst_whiteout = matches!(sys::lstat(&udst), Ok(st) if sys::is_whiteout(&st));
+        if src_positive && dst_whiteout {
+            // Like the kernel: switch the whiteout over to the old name.
+            sys::rename_exchange(&usrc, &udst)?;
+            self.changed();
+            return Ok(());
+        }
+        match sys::lstat(&udst) {
+            Ok(st) if sys::is_dir(&st) => self.layers.remove_upper(&dst)?,
+            Ok(_) if r.is_dir() && dst_whiteout => fs::remove_file(&udst)?,
+            _ => {}
+        }
+        sys::rename(&usrc, &udst)?;
+        if src_positive {
+            self.layers.make_whiteout(&src)?;
+        }
+        self.changed();
+        Ok(())
+    }
+
+    fn move_dir_by_copy(&self, src: &Path, r: &Resolved, dp: &Path, dname: &OsStr, replace: bool) -> Res<()> {
+        let dst = dp.join(dname);
+        let sp = src.parent().unwrap_or(Path::new(""));
+        let sname = src.file_name().ok_or_else(|| err(libc::EINVAL))?;
+        if replace {
+            self.remove_path(dp, dname, true)?;
+        }
+        let sreal = self.layers.real(r.top, src);
+        let st = sys::lstat(&sreal)?;
+        // Create the destination like mkdir would, with the source's owner and mode.
+        let upper_parent = {
+            self.layers.copy_up_dirs(dp)?;
+            self.changed();
+            dp.to_path_buf()
+        };
+        let pres = self.layers.resolve_rel(&upper_parent)?;
+        let (udst, over_wh, opaque) = self.layers.new_slot(&pres, dp, dname)?;
+        let tmp = self.layers.tmp_path()?;
+        let res = (|| -> Res<()> {
+            sys::mkdir(&tmp, 0o700)?;
+            sys::lchown(&tmp, st.st_uid, st.st_gid)?;
+            sys::chmod(&tmp, st.st_mode)?;
+            for x in sys::list_xattrs(&sreal)? {
+                if is_private_xattr(&x) {
+                    continue;
+                }
+                if let Ok(v) = sys::get_xattr(&sreal, &x) {
+                    let _ = sys::set_xattr(&tmp, &x, &v, 0);
+                }
+            }
+            if opaque {
+                self.layers.set_opaque(&tmp)?;
+            }
+            self.layers.install(&tmp, &udst, over_wh)
+        })();
+        if let Err(e) = res {
+            let _ = overlay::remove_tree(&tmp);
+            return Err(e);
+        }
+        self.changed();
+        for ent in self.layers.list(r, src)? {
+            self.rename_path(src, &ent.name, &dst, &ent.name, false)?;
+        }
+        self.remove_path(sp, sname, true)?;
+        sys::utimes(
+            &udst,
+            Some(sys::timespec(st.st_atime, st.st_atime_nsec)),
+            Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
+        )?;
+        self.changed();
+        Ok(())
+    }
+
+    fn entry_reply(&self, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let ino = self.node_for(parent, name, 1);
+        match self.stat_node(ino) {
+            Ok((st, r, _)) => {
+                let c = self.canonical(parent, name, ino, &st, &r);
+                let ino = if c != ino {
+                    self.forget_n(ino, 1);
+                    self.node_for(parent, name, 1)
+                } else {
+                    ino
+                };
+                let attr = self.attr_of(ino, &st, Some(&r));
+                reply.entry_with_ttls(&self.attr_ttl(&st), &self.ttl, &attr, Generation(0));
+            }
+            Err(e) => {
+                // Drop the lookup we added.
+                self.forget_n(ino, 1);
+                reply.error(errno_of(&e))
+            }
+        }
+    }
+
+    fn forget_n(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.write_table();
+        let remove = match t.nodes.get_mut(&ino) {
+            Some(node) => {
+                node.nlookup = node.nlookup.saturating_sub(n);
+                node.nlookup == 0 && !node.attached
+            }
+            None => false,
+        };
+        if remove {
+            t.nodes.remove(&ino);
+        }
+    }
+
+    fn list_dir(&self, ino: u64) -> Res<Vec<(OsString, u32, u64)>> {
+        let (path, r) = self.resolve_dir(ino)?;
+        let ents: Vec<DirEntry> = self.layers.list(&r, &path)?;
+        let parent = if ino == ROOT {
+            ROOT
+        } else {
+            self.read_table().nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT)
+        };
+        let mut out = Vec::with_capacity(ents.len() + 2);
+        out.push((OsString::from("."), libc::S_IFDIR, ino));
+        out.push((OsString::from(".."), libc::S_IFDIR, parent));
+        for e in ents {
+            let child = self.node_for(ino, &e.name, 0);
+            out.push((e.name, e.fmt, child));
+        }
+        Ok(out)
+    }
+
+    fn do_open(&self, ino: u64, flags: i32) -> Res<(File, bool, PathBuf)> {
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if write {
+            let _g = self.lock_w()?;
+            self.copy_up(ino, flags & libc::O_TRUNC == 0)?;
+        }
+        let (path, r) = self.resolve(ino)?;
+        let real = self.layers.real(r.top, &path);
+        let f = self.layers.open_real(&real, flags)?;
+        Ok((f, self.layers.is_lower(r.top), real))
+    }
+
+    /// Get (or register) the passthrough backing file of an inode.
+    fn backing_for(
+        &self,
+        ino: u64,
+        file: &File,
+        open_backing: &dyn Fn(&File) -> io::Result<BackingId>,
+    ) -> Res<Option<Arc<BackingId>>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let st = sys::fstat(file)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(None);
+        }
+        let id = (st.st_dev, st.st_ino);
+        let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((w, rid)) = b.get(&ino) {
+            if let Some(a) = w.upgrade() {
+                if *rid == id {
+                    return Ok(Some(a));
+                }
+                // The inode is open in passthrough mode on another real file (opened before a
+                // copy-up): the kernel allows one backing file per inode.
+                return Err(err(libc::EBUSY));
+            }
+        }
+        match open_backing(file) {
+            Ok(bid) => {
+                let a = Arc::new(bid);
+                b.insert(ino, (Arc::downgrade(&a), id));
+                Ok(Some(a))
+            }
+            Err(e) => {
+                warn!("passthrough unavailable ({e}); serving I/O from the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr_inner(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Res<(Stat, Arc<Resolved>)> {
+        let _g = self.lock_w()?;
+        let path = self.copy_up(ino, size != Some(0))?;
+        let up = self.layers.upper(&path)?;
+        if uid.is_some() || gid.is_some() {
+            let st = sys::lstat(&up)?;
+            // -1 keeps a value unchanged.
+            let u = uid.unwrap_or(u32::MAX);
+            let g = gid.unwrap_or(u32::MAX);
+            sys::lchown(&up, u, g)
+                .or_else(|e| if u == u32::MAX && g == u32::MAX { Ok(()) } else { Err(e) })?;
+            let _ = st;
+        }
+        if let Some(m) = mode {
+            sys::chmod(&up, m)?;
+        }
+        if let Some(s) = size {
+            let via_fh = fh.and_then(|fh| self.handle(fh.0)).and_then(|h| match &*h {
+                Handle::File(f) => Some(f.file.set_len(s)),
+                Handle::Dir(_) => None,
+            });
+            match via_fh {
+                Some(r) => r.or_else(|_| sys::truncate(&up, s))?,
+                None => sys::truncate(&up, s)?,
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            sys::utimes(&up, atime.map(to_timespec), mtime.map(to_timespec))?;
+        }
+        self.changed();
+        let (st, r, _) = self.stat_node(ino)?;
+        Ok((st, r))
+    }
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for f in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
+            let _ = config.add_capabilities(f);
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        if self.want_passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            let stacked = self
+                .layers
+                .roots
+                .iter()
+                .any(|r| matches!(sys::fs_magic(r), Ok(0x794c_7630) | Ok(0x6573_5546)));
+            let depth = if stacked { 2 } else { 1 };
+            if config.set_max_stack_depth(depth).is_ok() {
+                self.passthrough.store(true, Ordering::Relaxed);
+            }
+        }
+        debug!(passthrough = self.passthrough.load(Ordering::Relaxed), "init");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = parent.0;
+        let r = (|| -> Res<()> {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if let Some(ino) = self.child_ino(parent, name) {
+                if self.cache_get(ino, epoch).is_some() {
+                    return Ok(());
+                }
+            }
+            let (ppath, pres) = self.resolve_dir(parent)?;
+            let r = self.layers.lookup_in(&pres, &ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
+            let ino = self.node_for(parent, name, 0);
+            self.cache_put(ino, epoch, Arc::new(r));
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.entry_reply(parent, name, reply),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.forget_n(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.stat_node(ino.0) {
+            Ok((st, r, _)) => reply.attr(&self.attr_ttl(&st), &self.attr_of(ino.0, &st, Some(&r))),
+            Err(e) => {
+                let h = fh.and_then(|f| self.handle(f.0)).or_else(|| self.open_file_of(ino.0));
+                if let Some(h) = h {
+                    if let Handle::File(f) = &*h {
+                        if let Ok(st) = sys::fstat(&f.file) {
+                            return reply.attr(&Duration::ZERO, &self.attr_of(ino.0, &st, None));
+                        }
+                    }
+                }
+                reply.error(errno_of(&e))
+            }
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok((st, r)) => reply.attr(&self.attr_ttl(&st), &self.attr_of(ino.0, &st, Some(&r))),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.resolve(ino.0).and_then(|(p, r)| sys::readlink(&self.layers.real(r.top, &p))) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent.0)?;
+            self.create_entry(req, &ppath, name, mode, &mut |p| sys::mknod(p, mode, rdev as u64))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.entry_reply(parent.0, name, reply),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent.0)?;
+            let mode = (mode & 0o7777) | libc::S_IFDIR;
+            self.create_entry(req, &ppath, name, mode, &mut |p| sys::mkdir(p, 0o700))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.entry_reply(parent.0, name, reply),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent.0)?;
+            self.remove_path(&ppath, name, false)?;
+            self.detach(parent.0, name);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent.0)?;
+            self.remove_path(&ppath, name, true)?;
+            self.detach(parent.0, name);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent.0)?;
+            self.create_entry(req, &ppath, link_name, libc::S_IFLNK | 0o777, &mut |p| {
+                sys::symlink(target, p)
+            })?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.entry_reply(parent.0, link_name, reply),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| -> Res<()> {
+            let bits = flags.bits();
+            if bits & !libc::RENAME_NOREPLACE != 0 {
+                return Err(err(libc::EINVAL));
+            }
+            let _g = self.lock_w()?;
+            let sp = self.path_of_parent(parent.0)?;
+            let dp = self.path_of_parent(newparent.0)?;
+            self.rename_path(&sp, name, &dp, newname, bits & libc::RENAME_NOREPLACE != 0)?;
+            if parent.0 != newparent.0 || name != newname {
+                self.move_node(parent.0, name, newparent.0, newname);
+            }
+            self.changed();
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let (spath, sr) = self.resolve(ino.0)?;
+            if sr.is_dir() {
+                return Err(err(libc::EPERM));
+            }
+            let ppath = self.path_of_parent(newparent.0)?;
+            let pres = self.layers.resolve_rel(&ppath)?;
+            if self.layers.lookup_in(&pres, &ppath, newname)?.is_some() {
+                return Err(err(libc::EEXIST));
+            }
+            let spath = {
+                self.copy_up_path(&spath, &sr, true)?;
+                spath
+            };
+            let usrc = self.layers.upper(&spath)?;
+            self.create_link(&ppath, newname, &usrc)?;
+            // Both names share the node (and so st_ino), like the kernel's overlay inode.
+            if let Some(key) = overlay::dev_ino(&usrc) {
+                self.hardlinks.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ino.0);
+            }
+            self.add_alias(ino.0, newparent.0, newname);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.entry_reply(newparent.0, newname, reply),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino.0, flags.0) {
+            Ok((file, lower, _)) => {
+                let backing = match self.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
+                    Ok(b) => b,
+                    Err(e) => return reply.error(errno_of(&e)),
+                };
+                let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                let fh = self.add_handle(Handle::File(FileHandleData {
+                    ino: ino.0,
+                    file,
+                    _backing: backing.clone(),
+                }));
+                match backing {
+                    Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                    None => reply.opened(FileHandle(fh), fl),
+                }
+            }
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match f.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(errno_of(&e)),
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
+        match f.file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Handle::File(f) = &*h else { return reply.ok() };
+        let r = if datasync { f.file.sync_data() } else { f.file.sync_all() };
+        match r {
+            Ok(()) => reply.ok(),
+            // Read-only lower files may refuse; nothing to flush there.
+            Err(e) if sys::errno(&e) == libc::EBADF || sys::errno(&e) == libc::EROFS => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.list_dir(ino.0) {
+            Ok(entries) => {
+                let fh = self.add_handle(Handle::Dir(DirHandleData { entries: Mutex::new(entries) }));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
+        let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 {
+            // rewinddir: take a fresh snapshot.
+            if let Ok(new) = self.list_dir(ino.0) {
+                *ents = new;
+            }
+        }
+        for (i, (name, fmt, child)) in ents.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, kind_of(*fmt), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
+        let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 {
+            if let Ok(new) = self.list_dir(ino.0) {
+                *ents = new;
+            }
+        }
+        for (i, (name, _fmt, child)) in ents.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            if name == "." || name == ".." {
+                let st = match self.stat_node(*child) {
+                    Ok((st, _, _)) => st,
+                    Err(_) => continue,
+                };
+                let attr = self.attr_of(*child, &st, None);
+                if reply.add(INodeNo(*child), off, name, &Duration::ZERO, &attr, Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            // The entry may have gone since opendir: skip it.
+            let (st, r, _) = match self.stat_node(*child) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            let child = &self.canonical(ino.0, name, *child, &st, &r);
+            let attr = self.attr_of(*child, &st, Some(&r));
+            // Count the lookup before the kernel can see the entry.
+            {
+                let mut t = self.write_table();
+                match t.nodes.get_mut(child) {
+                    Some(n) if n.attached => n.nlookup += 1,
+                    _ => continue,
+                }
+            }
+            if reply.add(INodeNo(*child), off, name, &self.ttl, &attr, Generation(0)) {
+                self.forget_n(*child, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if let Ok((p, r)) = self.resolve(ino.0) {
+            if r.top == 0 && self.layers.has_upper {
+                if let Ok(f) = File::open(self.layers.real(0, &p)) {
+                    let _ = f.sync_all();
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statvfs(&self.layers.roots[0]) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if is_private_xattr(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let path = self.copy_up(ino.0, true)?;
+            let res = sys::set_xattr(&self.layers.upper(&path)?, name, value, flags);
+            self.changed();
+            res
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_private_xattr(name) {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        match self.resolve(ino.0).and_then(|(p, r)| sys::get_xattr(&self.layers.real(r.top, &p), name)) {
+            Ok(v) => {
+                if size == 0 {
+                    reply.size(v.len() as u32)
+                } else if v.len() > size as usize {
+                    reply.error(Errno::ERANGE)
+                } else {
+                    reply.data(&v)
+                }
+            }
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.resolve(ino.0).and_then(|(p, r)| sys::list_xattrs(&self.layers.real(r.top, &p))) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names.iter().filter(|n| !is_private_xattr(n)) {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::ERANGE)
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_private_xattr(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let (p, r) = self.resolve(ino.0)?;
+            // Like the kernel: no copy-up when the attribute is not there.
+            sys::get_xattr(&self.layers.real(r.top, &p), name)?;
+            let path = self.copy_up(ino.0, true)?;
+            let res = sys::remove_xattr(&self.layers.upper(&path)?, name);
+            self.changed();
+            res
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        match self.resolve(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| -> Res<File> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent.0)?;
+            let mut file = None;
+            let fmode = (mode & 0o7777) | libc::S_IFREG;
+            self.create_entry(req, &ppath, name, fmode, &mut |p| {
+                let acc = flags & libc::O_ACCMODE;
+                let f = fs::OpenOptions::new()
+                    .read(acc != libc::O_WRONLY)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(p)?;
+                file = Some(f);
+                Ok(())
+            })?;
+            file.ok_or_else(|| err(libc::EIO))
+        })();
+        let file = match r {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let ino = self.node_for(parent.0, name, 1);
+        let (st, r) = match self.stat_node(ino) {
+            Ok((st, r, _)) => (st, r),
+            Err(e) => {
+                self.forget_n(ino, 1);
+                return reply.error(errno_of(&e));
+            }
+        };
+        let attr = self.attr_of(ino, &st, Some(&r));
+        let backing = match self.backing_for(ino, &file, &|f| reply.open_backing(f)) {
+            Ok(b) => b,
+            Err(e) => {
+                self.forget_n(ino, 1);
+                return reply.error(errno_of(&e));
+            }
+        };
+        let fh = self.add_handle(Handle::File(FileHandleData { ino, file, _backing: backing.clone() }));
+        match backing {
+            Some(b) => reply.created_passthrough(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &b,
+            ),
+            None => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid fd.
+        let r = unsafe { libc::fallocate(f.file.as_raw_fd(), mode, offset as i64, length as i64) };
+        if r < 0 {
+            reply.error(errno_of(&io::Error::last_os_error()))
+        } else {
+            reply.ok()
+        }
+    }
+}
+
+impl StrataFs {
+    fn create_link(&self, ppath: &Path, name: &OsStr, usrc: &Path) -> Res<()> {
+        self.layers.copy_up_dirs(ppath)?;
+        self.changed();
+        let pres = self.layers.resolve_rel(ppath)?;
+        let (dst, over_wh, _) = self.layers.new_slot(&pres, ppath, name)?;
+        if over_wh {
+            let tmp = self.layers.tmp_path()?;
+            sys::link(usrc, &tmp)?;
+            if let Err(e) = self.layers.install(&tmp, &dst, true) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        } else {
+            sys::link(usrc, &dst)?;
+        }
+        self.changed();
+        Ok(())
+    }
+}

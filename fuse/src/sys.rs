@@ -1,0 +1,258 @@
+//! Thin, path-based syscall helpers used by the overlay logic.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+pub(crate) type Stat = libc::stat;
+
+pub(crate) fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub(crate) fn lstat(p: &Path) -> io::Result<Stat> {
+    let c = cstr(p)?;
+    let mut st = std::mem::MaybeUninit::<Stat>::zeroed();
+    // SAFETY: valid C string and out pointer.
+    cvt(unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: lstat succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub(crate) fn fstat(f: &File) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<Stat>::zeroed();
+    // SAFETY: valid fd and out pointer.
+    cvt(unsafe { libc::fstat(f.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub(crate) fn exists(p: &Path) -> bool {
+    lstat(p).is_ok()
+}
+
+pub(crate) fn is_dir(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+pub(crate) fn is_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+pub(crate) fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mknod(c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub(crate) fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::mkdir(c.as_ptr(), mode) }).map(drop)
+}
+
+pub(crate) fn symlink(target: &Path, p: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(target, p)
+}
+
+pub(crate) fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::lchown(c.as_ptr(), uid, gid) }).map(drop)
+}
+
+pub(crate) fn chmod(p: &Path, mode: u32) -> io::Result<()> {
+    let c = cstr(p)?;
+    // SAFETY: valid C string; fchmodat without AT_SYMLINK_NOFOLLOW on a non-symlink.
+    cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode & 0o7777, 0) }).map(drop)
+}
+
+pub(crate) fn truncate(p: &Path, size: u64) -> io::Result<()> {
+    let c = cstr(p)?;
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::truncate(c.as_ptr(), size) }).map(drop)
+}
+
+/// Set atime/mtime without following a final symlink. `None` leaves a time unchanged.
+pub(crate) fn utimes(
+    p: &Path,
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> io::Result<()> {
+    let c = cstr(p)?;
+    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    // SAFETY: valid C string and a two-element array.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+        .map(drop)
+}
+
+pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)
+}
+
+pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let ca = cstr(a)?;
+    let cb = cstr(b)?;
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn link(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)
+}
+
+pub(crate) fn readlink(p: &Path) -> io::Result<OsString> {
+    std::fs::read_link(p).map(|p| p.into_os_string())
+}
+
+pub(crate) fn list_xattrs(p: &Path) -> io::Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(p, &mut buf) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => {
+                let need: usize = rustix::fs::llistxattr(p, &mut [0u8; 0])?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect())
+}
+
+pub(crate) fn get_xattr(p: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::lgetxattr(p, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => {
+                let need: usize = rustix::fs::lgetxattr(p, name, &mut [0u8; 0])?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub(crate) fn set_xattr(p: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let fl = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+    rustix::fs::lsetxattr(p, name, value, fl).map_err(Into::into)
+}
+
+pub(crate) fn remove_xattr(p: &Path, name: &OsStr) -> io::Result<()> {
+    rustix::fs::lremovexattr(p, name).map_err(Into::into)
+}
+
+/// Copy the data of `src` to `dst`: reflink first, then copy_file_range, then read/write.
+pub(crate) fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    // FICLONE = _IOW(0x94, 9, int)
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both fds are valid for the duration of the call.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    let mut off_in: i64 = 0;
+    let mut off_out: i64 = 0;
+    let mut left = len;
+    let mut cfr_ok = true;
+    while left > 0 && cfr_ok {
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: valid fds and offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, chunk, 0)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+                    cfr_ok = false
+                }
+                Some(libc::EINTR) => {}
+                _ => return Err(e),
+            }
+        } else if n == 0 {
+            break;
+        } else {
+            left -= n as u64;
+        }
+    }
+    if left > 0 && !cfr_ok {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = off_in as u64;
+        loop {
+            let n = src.read_at(&mut buf, off)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn timespec(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
+}
+
+pub(crate) fn statvfs(p: &Path) -> io::Result<libc::statvfs> {
+    let c = cstr(p)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: valid C string and out pointer.
+    cvt(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub(crate) fn fs_magic(p: &Path) -> io::Result<i64> {
+    let c = cstr(p)?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid C string and out pointer.
+    cvt(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded.
+    Ok(unsafe { st.assume_init() }.f_type)
+}
+
+pub(crate) fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+pub(crate) fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}

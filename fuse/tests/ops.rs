@@ -1,0 +1,367 @@
+//! Functional tests of each operation through a real mount of the built binary.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use strata::tree::{assert_trees_eq, Tree};
+
+/// l2 (bottom): a, d/{x, sub/}, opq/{h}, gone/{g}, oci/{o1}
+/// l1 (top):    y, d/{z}, whiteout gone, opq (opaque) {v}, oci/{.wh.o1, o2}, ocopq/{.wh..wh..opq}, sym -> y
+fn build(root: &Path) -> Stack {
+    let s = Stack::new(root, 2);
+    let (l1, l2) = (&s.lowers[0], &s.lowers[1]);
+    fs::write(l2.join("a"), "hello\n").unwrap();
+    fs::create_dir_all(l2.join("d/sub")).unwrap();
+    fs::write(l2.join("d/x"), "x\n").unwrap();
+    fs::create_dir(l2.join("opq")).unwrap();
+    fs::write(l2.join("opq/h"), "hidden").unwrap();
+    fs::create_dir(l2.join("gone")).unwrap();
+    fs::write(l2.join("gone/g"), "g").unwrap();
+    fs::create_dir(l2.join("oci")).unwrap();
+    fs::write(l2.join("oci/o1"), "o1").unwrap();
+    fs::create_dir(l2.join("ocopq")).unwrap();
+    fs::write(l2.join("ocopq/hidden"), "h").unwrap();
+    fs::write(l1.join("y"), "y\n").unwrap();
+    fs::set_permissions(l1.join("y"), fs::Permissions::from_mode(0o640)).unwrap();
+    set_xattr(&l1.join("y"), "user.k", b"v");
+    fs::create_dir(l1.join("d")).unwrap();
+    fs::write(l1.join("d/z"), "z\n").unwrap();
+    whiteout(&l1.join("gone"));
+    fs::create_dir(l1.join("opq")).unwrap();
+    set_xattr(&l1.join("opq"), "trusted.overlay.opaque", b"y");
+    fs::write(l1.join("opq/v"), "vis").unwrap();
+    fs::create_dir(l1.join("oci")).unwrap();
+    fs::write(l1.join("oci/.wh.o1"), "").unwrap();
+    fs::write(l1.join("oci/o2"), "o2").unwrap();
+    fs::create_dir(l1.join("ocopq")).unwrap();
+    fs::write(l1.join("ocopq/.wh..wh..opq"), "").unwrap();
+    std::os::unix::fs::symlink("y", l1.join("sym")).unwrap();
+    s
+}
+
+fn names(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn merged_view_lookup_readdir_getattr() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let _m = s.mount_fuse("");
+    let m = &s.mnt;
+    assert_eq!(names(m), ["a", "d", "oci", "ocopq", "opq", "sym", "y"]);
+    assert_eq!(names(&m.join("d")), ["sub", "x", "z"]);
+    assert_eq!(names(&m.join("opq")), ["v"]);
+    assert_eq!(names(&m.join("oci")), ["o2"]);
+    assert!(names(&m.join("ocopq")).is_empty());
+    assert!(!m.join("gone").exists());
+    assert!(!m.join("oci/o1").exists());
+    assert!(!m.join("oci/.wh.o1").exists());
+    assert_eq!(fs::read_to_string(m.join("a")).unwrap(), "hello\n");
+    assert_eq!(fs::read_link(m.join("sym")).unwrap(), Path::new("y"));
+    assert_eq!(fs::read_to_string(m.join("sym")).unwrap(), "y\n");
+    let md = fs::metadata(m.join("y")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!(get_xattr(&m.join("y"), "user.k").as_deref(), Some(&b"v"[..]));
+    // The overlay's private xattrs are hidden.
+    assert_eq!(get_xattr(&m.join("opq"), "trusted.overlay.opaque"), None);
+    // statfs works.
+    let c = std::ffi::CString::new(m.to_str().unwrap()).unwrap();
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0);
+    assert!(sv.f_blocks > 0);
+    // Layers are untouched by reads.
+    assert!(names(&s.upper).is_empty());
+}
+
+#[test]
+fn copy_up_and_metadata_changes() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let before = Tree::capture(&s.lowers[0]).unwrap();
+    let mut g = s.mount_fuse("");
+    let m = &s.mnt;
+    let ino = fs::metadata(m.join("y")).unwrap().ino();
+    // Append copies up data, mode, owner, xattrs.
+    OpenOptions::new().append(true).open(m.join("y")).unwrap().write_all(b"more\n").unwrap();
+    assert_eq!(fs::read_to_string(m.join("y")).unwrap(), "y\nmore\n");
+    assert_eq!(fs::metadata(m.join("y")).unwrap().ino(), ino, "st_ino stable across copy-up");
+    let up = s.upper.join("y");
+    assert_eq!(fs::read_to_string(&up).unwrap(), "y\nmore\n");
+    assert_eq!(fs::metadata(&up).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(get_xattr(&up, "user.k").as_deref(), Some(&b"v"[..]));
+    // chmod/chown/utimes/truncate of lower files.
+    fs::set_permissions(m.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::lchown(m.join("d/x"), Some(1234), Some(5678)).unwrap();
+    let f = File::options().write(true).open(m.join("d/z")).unwrap();
+    f.set_len(1).unwrap();
+    drop(f);
+    let times = [libc::timespec { tv_sec: 1000, tv_nsec: 0 }, libc::timespec { tv_sec: 2000, tv_nsec: 0 }];
+    let c = std::ffi::CString::new(m.join("sym").to_str().unwrap()).unwrap();
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) },
+        0
+    );
+    assert_eq!(fs::metadata(s.upper.join("a")).unwrap().mode() & 0o777, 0o600);
+    let md = fs::metadata(s.upper.join("d/x")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert_eq!(fs::read(m.join("d/z")).unwrap(), b"z");
+    assert_eq!(fs::symlink_metadata(s.upper.join("sym")).unwrap().mtime(), 2000);
+    assert_eq!(fs::symlink_metadata(m.join("sym")).unwrap().mtime(), 2000);
+    // xattrs set/list/remove.
+    set_xattr(&m.join("a"), "user.n", b"1");
+    assert_eq!(get_xattr(&s.upper.join("a"), "user.n").as_deref(), Some(&b"1"[..]));
+    let out = Command::new("getfattr").args(["-d", "-m", "-"]).arg(m.join("opq")).output();
+    if let Ok(out) = out {
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("overlay"));
+    }
+    let cn = std::ffi::CString::new(m.join("a").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::lremovexattr(cn.as_ptr(), c"user.n".as_ptr()) }, 0);
+    assert_eq!(get_xattr(&m.join("a"), "user.n"), None);
+    // Setting the overlay's own xattrs is refused.
+    let r = unsafe {
+        libc::lsetxattr(cn.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0)
+    };
+    assert_eq!(r, -1);
+    g.unmount();
+    assert_trees_eq(&before, &Tree::capture(&s.lowers[0]).unwrap(), "lower layer unchanged");
+}
+
+#[test]
+fn create_remove_link_and_whiteouts() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let _g = s.mount_fuse("");
+    let m = &s.mnt;
+    fs::write(m.join("new"), "n").unwrap();
+    fs::create_dir(m.join("d/nd")).unwrap();
+    let c = std::ffi::CString::new(m.join("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert!(fs::symlink_metadata(s.upper.join("fifo")).unwrap().file_type().is_fifo());
+    std::os::unix::fs::symlink("new", m.join("ln")).unwrap();
+    assert_eq!(fs::read_to_string(m.join("ln")).unwrap(), "n");
+    // Hardlink of a lower file: copy-up, same inode for both names.
+    fs::hard_link(m.join("a"), m.join("a2")).unwrap();
+    let (m1, m2) = (fs::metadata(m.join("a")).unwrap(), fs::metadata(m.join("a2")).unwrap());
+    assert_eq!(m1.ino(), m2.ino());
+    assert_eq!(m2.nlink(), 2);
+    assert_eq!(
+        fs::metadata(s.upper.join("a")).unwrap().ino(),
+        fs::metadata(s.upper.join("a2")).unwrap().ino()
+    );
+    // Unlink a lower file: whiteout in upper.
+    fs::remove_file(m.join("d/x")).unwrap();
+    assert!(!m.join("d/x").exists());
+    let md = fs::symlink_metadata(s.upper.join("d/x")).unwrap();
+    assert!(md.file_type().is_char_device() && md.rdev() == 0);
+    // Unlink an upper-only file: no whiteout.
+    fs::remove_file(m.join("new")).unwrap();
+    assert!(!s.upper.join("new").exists());
+    // rmdir of a non-empty merged dir fails, of an empty lower dir leaves a whiteout.
+    assert_eq!(errno_of(fs::remove_dir(m.join("d"))), libc::ENOTEMPTY);
+    fs::remove_dir(m.join("d/sub")).unwrap();
+    assert!(fs::symlink_metadata(s.upper.join("d/sub")).unwrap().file_type().is_char_device());
+    // A new dir over a whiteout of a lower dir is opaque.
+    fs::create_dir(m.join("d/sub")).unwrap();
+    assert_eq!(get_xattr(&s.upper.join("d/sub"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    // Same over an OCI whiteout in a lower layer.
+    fs::create_dir(m.join("oci/o1")).unwrap();
+    assert_eq!(get_xattr(&s.upper.join("oci/o1"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert!(names(&m.join("oci/o1")).is_empty());
+    // Errors.
+    assert_eq!(errno_of(fs::create_dir(m.join("d"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_file(m.join("nothing"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::remove_dir(m.join("y"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::remove_file(m.join("d"))), libc::EISDIR);
+}
+
+#[test]
+fn renames_and_kernel_interop() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let mut g = s.mount_fuse("");
+    let m = &s.mnt;
+    let before = Tree::capture(&m.join("d")).unwrap();
+    // File from lower: copy-up, whiteout at old name.
+    fs::rename(m.join("a"), m.join("a.moved")).unwrap();
+    assert!(fs::symlink_metadata(s.upper.join("a")).unwrap().file_type().is_char_device());
+    assert_eq!(fs::read_to_string(m.join("a.moved")).unwrap(), "hello\n");
+    // Merged directory (kernel overlay without redirect_dir answers EXDEV): must stay intact.
+    fs::rename(m.join("d"), m.join("d2")).unwrap();
+    assert!(!m.join("d").exists());
+    assert_trees_eq(&before, &Tree::capture(&m.join("d2")).unwrap(), "moved merged dir");
+    // Lower-only directory into a subdirectory, and back over an (empty) lower dir name.
+    fs::rename(m.join("d2/sub"), m.join("sub")).unwrap();
+    assert!(m.join("sub").is_dir());
+    fs::create_dir(m.join("e")).unwrap();
+    fs::write(m.join("e/f"), "f").unwrap();
+    fs::rename(m.join("e"), m.join("d2/e")).unwrap();
+    assert_eq!(fs::read_to_string(m.join("d2/e/f")).unwrap(), "f");
+    // Rename over a non-empty dir fails.
+    assert_eq!(errno_of(fs::rename(m.join("sub"), m.join("d2"))), libc::ENOTEMPTY);
+    let view = Tree::capture(m).unwrap();
+    g.unmount();
+    // The same upper mounted by the kernel shows the same view.
+    fs::remove_dir_all(&s.work).unwrap();
+    fs::create_dir(&s.work).unwrap();
+    // Kernel overlay does not know OCI whiteouts: compare without those dirs.
+    let _k = s.mount_kernel();
+    let mut kview = Tree::capture(m).unwrap();
+    let mut view = view;
+    for v in [&mut kview, &mut view] {
+        v.retain(|p, _| !p.starts_with("oci") && !p.starts_with("ocopq") && p != Path::new("."));
+    }
+    assert_trees_eq(&view, &kview, "strata-fuse vs kernel view of the same upper");
+}
+
+#[test]
+fn mmap_locks_fsync_and_readonly() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    {
+        let _g = s.mount_fuse("");
+        let m = &s.mnt;
+        let f = OpenOptions::new().read(true).write(true).open(m.join("y")).unwrap();
+        // SAFETY: mapping a 2-byte file shared, then unmapping.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                2,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            *(p as *mut u8) = b'Q';
+            assert_eq!(libc::msync(p, 2, libc::MS_SYNC), 0);
+            libc::munmap(p, 2);
+        }
+        f.sync_all().unwrap();
+        assert_eq!(fs::read(s.upper.join("y")).unwrap(), b"Q\n");
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        let f2 = File::open(m.join("y")).unwrap();
+        assert_eq!(unsafe { libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, -1);
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+        // Read and seek through the mount.
+        let mut r = File::open(m.join("a")).unwrap();
+        r.seek(SeekFrom::Start(1)).unwrap();
+        let mut buf = String::new();
+        r.read_to_string(&mut buf).unwrap();
+        assert_eq!(buf, "ello\n");
+    }
+    // Without upperdir the mount is read-only.
+    let st =
+        Command::new(BIN).arg("-o").arg(format!("lowerdir={}", s.lowerdir())).arg(&s.mnt).status().unwrap();
+    assert!(st.success());
+    let _g = MountGuard { mnt: s.mnt.clone(), active: true };
+    assert_eq!(fs::read_to_string(s.mnt.join("a")).unwrap(), "hello\n");
+    assert_eq!(errno_of(fs::write(s.mnt.join("new"), "x")), libc::EROFS);
+}
+
+#[test]
+fn readdir_is_stable_under_changes() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = Stack::new(t.path(), 1);
+    for i in 0..300 {
+        fs::write(s.lowers[0].join(format!("f{i:03}")), "").unwrap();
+    }
+    let _g = s.mount_fuse("");
+    let m = s.mnt.clone();
+    let c = std::ffi::CString::new(m.to_str().unwrap()).unwrap();
+    // SAFETY: opendir/readdir/closedir on a valid path.
+    let mut seen = Vec::new();
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        assert!(!d.is_null());
+        for i in 0.. {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_string_lossy().into_owned();
+            seen.push(name);
+            if i == 50 {
+                for j in 0..100 {
+                    fs::remove_file(m.join(format!("f{j:03}"))).unwrap();
+                    fs::write(m.join(format!("n{j:03}")), "").unwrap();
+                }
+            }
+        }
+        libc::closedir(d);
+    }
+    let uniq: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(uniq.len(), seen.len(), "duplicates in readdir");
+    // Entries removed after opendir may or may not show up; the others must, exactly once.
+    for i in 100..300 {
+        assert!(seen.contains(&format!("f{i:03}")), "f{i:03} skipped");
+    }
+}
+
+#[test]
+fn cli_forms_and_clean_exit() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    // Foreground: unmount ends the process with status 0. Unknown options are ignored.
+    let mut child = Command::new(BIN)
+        .args(["-f", "-o"])
+        .arg(format!("{},bogus_option=1,allow_other", s.opts()))
+        .arg(&s.mnt)
+        .spawn()
+        .unwrap();
+    assert!(wait_until(|| is_mounted(&s.mnt), 10), "foreground mount did not appear");
+    let mut g = MountGuard { mnt: s.mnt.clone(), active: true };
+    assert_eq!(fs::read_to_string(s.mnt.join("a")).unwrap(), "hello\n");
+    g.unmount();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "daemon exit status {st}");
+    // mount.fuse form, invoked through a symlink named mount.fuse.strata-fuse.
+    let link = t.path().join("mount.fuse.strata-fuse");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let st = Command::new(&link).arg("strata").arg(&s.mnt).arg("-o").arg(s.opts()).status().unwrap();
+    assert!(st.success());
+    let _g = MountGuard { mnt: s.mnt.clone(), active: true };
+    assert_eq!(fs::read_to_string(s.mnt.join("y")).unwrap(), "y\n");
+    assert!(is_mounted(&s.mnt));
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmark kernel overlayfs vs strata-fuse vs fuse-overlayfs on the same layers.
+# usage: scripts/bench-fuse.sh [ROOTFS] [SUBTREE] [WORKDIR]
+#   ROOTFS   lower layer (default /usr); SUBTREE inside it to stat/tar (default share, 5,000+ entries)
+#   WORKDIR  scratch space (default /var/tmp/strata-fuse-bench)
+# A second, top lower layer holds a 1 GiB and a 256 MiB file. Needs root.
+set -euo pipefail
+ROOTFS="${1:-/usr}"
+SUB="${2:-share}"
+BASE="${3:-/var/tmp/strata-fuse-bench}"
+RMTREE="${RMTREE:-$SUB/doc}"
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench-fuse.sh needs root" >&2; exit 1; }
+command -v fuse-overlayfs >/dev/null || apt-get install -y fuse-overlayfs >/dev/null
+cargo build --release -p strata-fuse >&2
+STRATA="$PWD/target/release/strata-fuse"
+mkdir -p "$BASE/big"
+[ -s "$BASE/big/big1g" ] || head -c $((1024 * 1024 * 1024)) /dev/urandom > "$BASE/big/big1g"
+[ -s "$BASE/big/big256" ] || head -c $((256 * 1024 * 1024)) /dev/urandom > "$BASE/big/big256"
+LOWER="$BASE/big:$ROOTFS"
+MNT="$BASE/mnt"
+mkdir -p "$MNT"
+echo "lower: $LOWER; tree: $SUB ($(find "$ROOTFS/$SUB" | wc -l) entries); rm -rf tree: $RMTREE" >&2
+
+ms() { date +%s%N; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+do_mount() { # backend
+    local o="lowerdir=$LOWER,upperdir=$BASE/$1/upper,workdir=$BASE/$1/work"
+    case $1 in
+        kernel) mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$MNT" ;;
+        strata) "$STRATA" -o "$o" "$MNT" ;;
+        fuse-overlayfs) fuse-overlayfs -o "$o" "$MNT" ;;
+    esac
+}
+do_umount() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
+trap 'umount "$MNT" 2>/dev/null || true' EXIT
+declare -A RES
+timeit() { # name backend cmd...
+    local name=$1 be=$2; shift 2
+    local s e
+    s=$(ms); "$@" > /dev/null 2>&1; e=$(ms)
+    RES["$name,$be"]=$(( (e - s) / 1000000 ))
+    echo "  $be $name: ${RES["$name,$be"]} ms" >&2
+}
+stat_all() { find "$MNT/$SUB" -printf '%s %i\n' > /dev/null; }
+tar_all() { (cd "$MNT/$SUB" && tar -cf - . | cat > /dev/null); }
+seqread() { dd if="$MNT/big1g" of=/dev/null bs=1M; }
+copyup() { printf x >> "$MNT/big256"; }
+create10k() { python3 -c "
+import os,sys
+d=sys.argv[1]; os.mkdir(d)
+for i in range(10000):
+    with open(f'{d}/f{i}','w') as f: f.write('x')
+" "$MNT/new10k"; }
+rmtree() { rm -rf "${MNT:?}/$RMTREE"; }
+
+BACKENDS=(kernel strata fuse-overlayfs)
+TESTS=("stat cold" "stat warm" "tar" "read 1GiB cold" "copy-up 256MiB" "create 10k" "rm -rf lower")
+for be in "${BACKENDS[@]}"; do
+    echo "== $be" >&2
+    rm -rf "${BASE:?}/$be"; mkdir -p "$BASE/$be/upper" "$BASE/$be/work"
+    drop; do_mount "$be"
+    timeit "stat cold" "$be" stat_all
+    timeit "stat warm" "$be" stat_all
+    timeit "tar" "$be" tar_all
+    do_umount; drop; do_mount "$be"
+    timeit "read 1GiB cold" "$be" seqread
+    timeit "copy-up 256MiB" "$be" copyup
+    timeit "create 10k" "$be" create10k
+    timeit "rm -rf lower" "$be" rmtree
+    do_umount
+    rm -rf "${BASE:?}/$be"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+printf '\n| %-16s | %10s | %10s | %14s | %13s | %21s |\n' test "kernel ms" "strata ms" "fuse-ovl ms" "strata/kernel" "strata/fuse-overlayfs"
+printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ ------------ ------------ ---------------- --------------- -----------------------
+for t in "${TESTS[@]}"; do
+    k=${RES["$t,kernel"]}; s=${RES["$t,strata"]}; f=${RES["$t,fuse-overlayfs"]}
+    printf '| %-16s | %10s | %10s | %14s | %13s | %21s |\n' "$t" "$k" "$s" "$f" "$(ratio "$s" "$k")" "$(ratio "$s" "$f")"
+done
