@@ -1,0 +1,137 @@
+//! The FUSE backend through strata: the same views as the kernel backend, containers moved between
+//! backends, runc on a strata-fuse rootfs, and commits of what strata-fuse wrote.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use strata::tree::assert_trees_eq;
+
+/// Trees compared across backends: everything but hardlink groups. strata-fuse gives every path of
+/// a file hardlinked *inside a lower layer* a node of its own (fuser reports the FUSE node id as
+/// st_ino, and with index=off the kernel breaks such links on copy-up, so one shared node cannot
+/// follow both names); the kernel reports the lower inode for each. Content, modes, owners, times
+/// and xattrs still match; hardlinks made in the upper dir are shared nodes (tests in fuse/).
+fn view(path: &Path) -> strata::tree::Tree {
+    let mut t = capture(path);
+    t.retain(|_, e| {
+        e.link_group = None;
+        true
+    });
+    t
+}
+
+fn mount(root: &Root, name: &str, backend: &str) -> PathBuf {
+    PathBuf::from(root.ok(&["container", "mount", name, "--backend", backend]).trim())
+}
+
+/// strata-fuse is built next to the strata binary by `cargo build --workspace`.
+fn have_fuse_binary() -> bool {
+    let p = Path::new(STRATA).with_file_name("strata-fuse");
+    assert!(p.is_file(), "{} missing: build the workspace (cargo build --workspace)", p.display());
+    true
+}
+
+#[test]
+fn fuse_view_equals_kernel_view_and_umoci() {
+    if !privileged("fuse_view_equals_kernel_view_and_umoci") || !have_fuse_binary() {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:multi-opaque", fx.join("oci").display())]);
+    let (_keep, reference) = umoci_unpack(&fx.join("oci"), "multi-opaque");
+    for (name, ro) in [("rw", false), ("ro", true)] {
+        let mut args = vec!["container", "create", "multi-opaque", name];
+        if ro {
+            args.push("--read-only");
+        }
+        root.ok(&args);
+        let at = mount(&root, name, "fuse");
+        let ls = root.ok(&["container", "ls"]);
+        assert!(ls.lines().any(|l| l.starts_with(name) && l.contains(at.to_str().expect("utf8"))), "{ls}");
+        let fuse_view = view(&at);
+        root.ok(&["container", "umount", name]);
+        let at = mount(&root, name, "kernel");
+        let kernel_view = view(&at);
+        root.ok(&["container", "umount", name]);
+        assert_trees_eq(&kernel_view, &fuse_view, &format!("{name}: kernel vs fuse"));
+        let mut reference = capture_reference(&reference);
+        reference.retain(|_, e| {
+            e.link_group = None;
+            true
+        });
+        assert_trees_eq(&reference, &fuse_view, &format!("{name}: umoci vs fuse"));
+        root.ok(&["container", "rm", name]);
+    }
+}
+
+#[test]
+fn container_moves_between_backends() {
+    if !privileged("container_moves_between_backends") || !have_fuse_binary() {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:multi", fx.join("oci").display())]);
+    root.ok(&["container", "create", "multi", "c"]);
+    // Change through strata-fuse...
+    let at = mount(&root, "c", "fuse");
+    fs::write(at.join("fuse-new"), "from fuse").expect("create");
+    fs::remove_file(at.join("bin/busybox")).expect("unlink lower file");
+    fs::create_dir_all(at.join("data/fuse-dir/sub")).expect("mkdir");
+    fs::rename(at.join("etc"), at.join("etc-moved")).expect("rename a lower directory");
+    let fuse_view = view(&at);
+    root.ok(&["container", "umount", "c"]);
+    // ...the kernel shows the same...
+    let at = mount(&root, "c", "kernel");
+    assert_trees_eq(&fuse_view, &view(&at), "fuse-written upper under the kernel");
+    // ...changes through the kernel...
+    fs::write(at.join("kernel-new"), "from kernel").expect("create");
+    fs::remove_dir_all(at.join("data/fuse-dir")).expect("rmdir");
+    let kernel_view = view(&at);
+    root.ok(&["container", "umount", "c"]);
+    // ...and strata-fuse shows them.
+    let at = mount(&root, "c", "fuse");
+    assert_trees_eq(&kernel_view, &view(&at), "kernel-written upper under fuse");
+    root.ok(&["container", "umount", "c"]);
+    // What strata-fuse wrote commits like anything else.
+    root.ok(&["container", "commit", "c", "from-fuse"]);
+    root.ok(&["container", "create", "from-fuse", "check"]);
+    let at = mount(&root, "check", "kernel");
+    assert_trees_eq(&kernel_view, &view(&at), "committed image of the fuse container");
+    root.ok(&["container", "rm", "--force", "check"]);
+    root.ok(&["container", "rm", "c"]);
+}
+
+#[test]
+fn run_on_fuse_backend() {
+    if !privileged("run_on_fuse_backend") || !have_fuse_binary() {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
+    let out = root.cmd(&[
+        "run",
+        "busybox",
+        "--name",
+        "f",
+        "--backend",
+        "fuse",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /hi; cat /hi; rm /bin/vi; mkdir -p /a/b; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
+    let upper = root.path().join("containers/f/upper");
+    assert_eq!(fs::read_to_string(upper.join("hi")).expect("hi"), "hi\n");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = fs::symlink_metadata(upper.join("bin/vi")).expect("whiteout");
+    assert!(md.file_type().is_char_device() && md.rdev() == 0);
+    assert!(mounts_under(root.path()).is_empty(), "nothing left mounted");
+}
