@@ -63,7 +63,8 @@ struct FileHandleData {
 
 #[derive(Debug)]
 struct DirHandleData {
-    entries: Mutex<Vec<(OsString, u32, u64)>>,
+    /// Snapshot of the merged listing; None until the first readdir.
+    entries: Mutex<Option<Vec<(OsString, u32, u64)>>>,
 }
 
 #[derive(Debug)]
@@ -434,6 +435,21 @@ impl StrataFs {
         let (path, r) = self.resolve(ino)?;
         let st = sys::lstat(&self.layers.real(r.top, &path))?;
         Ok((st, r, path))
+    }
+
+    /// The handle's listing: taken afresh at offset 0 (opendir or rewinddir), kept otherwise so
+    /// offsets stay stable while the directory changes.
+    fn listing<'a>(
+        &self,
+        ino: u64,
+        d: &'a DirHandleData,
+        offset: u64,
+    ) -> Res<std::sync::MutexGuard<'a, Option<Vec<(OsString, u32, u64)>>>> {
+        let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 || ents.is_none() {
+            *ents = Some(self.list_dir(ino)?);
+        }
+        Ok(ents)
     }
 
     fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
@@ -1201,26 +1217,25 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.list_dir(ino.0) {
-            Ok(entries) => {
-                let fh = self.add_handle(Handle::Dir(DirHandleData { entries: Mutex::new(entries) }));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(errno_of(&e)),
+        // The listing is built by the first readdir (offset 0), not here: with FOPEN_CACHE_DIR the
+        // kernel keeps listings and serves a warm readdir without asking again. Every change of a
+        // directory passes through this daemon, and the kernel drops a directory's cached listing
+        // when an entry of it is created, removed or renamed through the mount.
+        if let Err(e) = self.resolve(ino.0) {
+            return reply.error(errno_of(&e));
         }
+        let fh = self.add_handle(Handle::Dir(DirHandleData { entries: Mutex::new(None) }));
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
-        let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if offset == 0 {
-            // rewinddir: take a fresh snapshot.
-            if let Ok(new) = self.list_dir(ino.0) {
-                *ents = new;
-            }
-        }
-        for (i, (name, fmt, child)) in ents.iter().enumerate().skip(offset as usize) {
+        let ents = match self.listing(ino.0, d, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        for (i, (name, fmt, child)) in ents.iter().flatten().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), (i + 1) as u64, kind_of(*fmt), name) {
                 break;
             }
@@ -1238,13 +1253,11 @@ impl Filesystem for StrataFs {
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
-        let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if offset == 0 {
-            if let Ok(new) = self.list_dir(ino.0) {
-                *ents = new;
-            }
-        }
-        for (i, (name, _fmt, child)) in ents.iter().enumerate().skip(offset as usize) {
+        let ents = match self.listing(ino.0, d, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        for (i, (name, _fmt, child)) in ents.iter().flatten().enumerate().skip(offset as usize) {
             let off = (i + 1) as u64;
             if name == "." || name == ".." {
                 let st = match self.stat_node(*child) {
