@@ -62,9 +62,12 @@ struct FileHandleData {
 }
 
 #[derive(Debug)]
+/// A merged directory listing: (name, file type bits, node).
+type Listing = Vec<(OsString, u32, u64)>;
+
 struct DirHandleData {
     /// Snapshot of the merged listing; None until the first readdir.
-    entries: Mutex<Option<Vec<(OsString, u32, u64)>>>,
+    entries: Mutex<Option<Listing>>,
 }
 
 #[derive(Debug)]
@@ -444,7 +447,7 @@ impl StrataFs {
         ino: u64,
         d: &'a DirHandleData,
         offset: u64,
-    ) -> Res<std::sync::MutexGuard<'a, Option<Vec<(OsString, u32, u64)>>>> {
+    ) -> Res<std::sync::MutexGuard<'a, Option<Listing>>> {
         let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 || ents.is_none() {
             *ents = Some(self.list_dir(ino)?);
