@@ -61,10 +61,10 @@ struct FileHandleData {
     _backing: Option<Arc<BackingId>>,
 }
 
-#[derive(Debug)]
 /// A merged directory listing: (name, file type bits, node).
 type Listing = Vec<(OsString, u32, u64)>;
 
+#[derive(Debug)]
 struct DirHandleData {
     /// Snapshot of the merged listing; None until the first readdir.
     entries: Mutex<Option<Listing>>,
