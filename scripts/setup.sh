@@ -3,7 +3,7 @@
 # Idempotent: skips apt when everything is present.
 set -euo pipefail
 pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
-      hyperfine attr zstd bc python3 ca-certificates)
+      hyperfine attr zstd bc podman python3 ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
