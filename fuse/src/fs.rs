@@ -455,6 +455,21 @@ impl StrataFs {
         Ok(ents)
     }
 
+    /// unlink (`dir` false) and rmdir (`dir` true) of `parent/name`, answered.
+    fn remove_reply(&self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let r = (|| -> Res<()> {
+            let _g = self.lock_w()?;
+            let ppath = self.path_of_parent(parent)?;
+            self.remove_path(&ppath, name, dir)?;
+            self.detach(parent, name);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of(&e)),
+        }
+    }
+
     fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
         self.handles.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned()
     }
@@ -1010,31 +1025,11 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent.0)?;
-            self.remove_path(&ppath, name, false)?;
-            self.detach(parent.0, name);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(&e)),
-        }
+        self.remove_reply(parent.0, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent.0)?;
-            self.remove_path(&ppath, name, true)?;
-            self.detach(parent.0, name);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(&e)),
-        }
+        self.remove_reply(parent.0, name, true, reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
