@@ -61,20 +61,25 @@ struct FileHandleData {
     _backing: Option<Arc<BackingId>>,
 }
 
-/// A merged directory listing: (name, file type bits, node).
-type Listing = Vec<(OsString, u32, u64)>;
+/// A listing ordered by directory offset cookie: (cookie, name, file type bits, node).
+type Cookied = Arc<Vec<(u64, OsString, u32, u64)>>;
 
-#[derive(Debug)]
-struct DirHandleData {
-    /// Snapshot of the merged listing; None until the first readdir.
-    entries: Mutex<Option<Listing>>,
+/// The readdir offset of a name: a 63-bit hash of it (FNV-1a), as ext4 does with htree hashes.
+/// An offset names a position in the *name space*, not in one snapshot, so a reader resuming at
+/// any offset with any later listing sees every entry that stayed in the directory exactly once,
+/// whatever changed and whoever else listed it meanwhile. 1 and 2 are "." and "..".
+fn cookie(name: &OsStr) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h >> 1).max(3)
 }
 
-#[derive(Debug)]
-enum Handle {
-    File(FileHandleData),
-    Dir(DirHandleData),
-}
+/// An open file (directories have no per-open state).
+type Handle = FileHandleData;
 
 type Cache = Mutex<HashMap<u64, (u64, Arc<Resolved>)>>;
 /// A passthrough backing file of an inode and the real (dev, ino) it refers to.
@@ -98,6 +103,8 @@ pub struct StrataFs {
     backings: Mutex<HashMap<u64, Backing>>,
     /// Reported st_ino of hardlinked files, by real (dev, ino).
     hardlinks: Mutex<HashMap<(u64, u64), u64>>,
+    /// Directory listings being read (see [`StrataFs::listing`]).
+    listings: Mutex<HashMap<u64, Cookied>>,
 }
 
 type Res<T> = Result<T, io::Error>;
@@ -177,6 +184,7 @@ impl StrataFs {
             next_fh: AtomicU64::new(1),
             backings: Mutex::new(HashMap::new()),
             hardlinks: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
         })
     }
 
@@ -440,19 +448,35 @@ impl StrataFs {
         Ok((st, r, path))
     }
 
-    /// The handle's listing: taken afresh at offset 0 (opendir or rewinddir), kept otherwise so
-    /// offsets stay stable while the directory changes.
-    fn listing<'a>(
-        &self,
-        ino: u64,
-        d: &'a DirHandleData,
-        offset: u64,
-    ) -> Res<std::sync::MutexGuard<'a, Option<Listing>>> {
-        let mut ents = d.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if offset == 0 || ents.is_none() {
-            *ents = Some(self.list_dir(ino)?);
+    /// The listing of directory `ino` in cookie order: built afresh at offset 0, reused while a
+    /// reader continues (dropped once it has been read to the end).
+    fn listing(&self, ino: u64, offset: u64) -> Res<Cookied> {
+        if offset != 0 {
+            if let Some(l) = self.listings.lock().unwrap_or_else(|e| e.into_inner()).get(&ino) {
+                return Ok(l.clone());
+            }
         }
-        Ok(ents)
+        let mut v: Vec<(u64, OsString, u32, u64)> = self
+            .list_dir(ino)?
+            .into_iter()
+            .map(|(name, fmt, child)| {
+                let c = match name.as_encoded_bytes() {
+                    b"." => 1,
+                    b".." => 2,
+                    _ => cookie(&name),
+                };
+                (c, name, fmt, child)
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let l = Arc::new(v);
+        self.listings.lock().unwrap_or_else(|e| e.into_inner()).insert(ino, l.clone());
+        Ok(l)
+    }
+
+    /// A reader reached the end of the listing of `ino`.
+    fn listing_done(&self, ino: u64) {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
     }
 
     /// unlink (`dir` false) and rmdir (`dir` true) of `parent/name`, answered.
@@ -482,12 +506,7 @@ impl StrataFs {
 
     /// Any open file of a (possibly unlinked) inode.
     fn open_file_of(&self, ino: u64) -> Option<Arc<Handle>> {
-        self.handles
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .find(|h| matches!(&***h, Handle::File(f) if f.ino == ino))
-            .cloned()
+        self.handles.read().unwrap_or_else(|e| e.into_inner()).values().find(|h| h.ino == ino).cloned()
     }
 
     // ---- mutations (callers hold wlock) ----
@@ -868,10 +887,7 @@ impl StrataFs {
             sys::chmod(&up, m)?;
         }
         if let Some(s) = size {
-            let via_fh = fh.and_then(|fh| self.handle(fh.0)).and_then(|h| match &*h {
-                Handle::File(f) => Some(f.file.set_len(s)),
-                Handle::Dir(_) => None,
-            });
+            let via_fh = fh.and_then(|fh| self.handle(fh.0)).map(|f| f.file.set_len(s));
             match via_fh {
                 Some(r) => r.or_else(|_| sys::truncate(&up, s))?,
                 None => sys::truncate(&up, s)?,
@@ -945,11 +961,9 @@ impl Filesystem for StrataFs {
             Ok((st, r, _)) => reply.attr(&self.attr_ttl(&st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => {
                 let h = fh.and_then(|f| self.handle(f.0)).or_else(|| self.open_file_of(ino.0));
-                if let Some(h) = h {
-                    if let Handle::File(f) = &*h {
-                        if let Ok(st) = sys::fstat(&f.file) {
-                            return reply.attr(&Duration::ZERO, &self.attr_of(ino.0, &st, None));
-                        }
+                if let Some(f) = h {
+                    if let Ok(st) = sys::fstat(&f.file) {
+                        return reply.attr(&Duration::ZERO, &self.attr_of(ino.0, &st, None));
                     }
                 }
                 reply.error(errno_of(&e))
@@ -1117,11 +1131,7 @@ impl Filesystem for StrataFs {
                     Err(e) => return reply.error(errno_of(&e)),
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                let fh = self.add_handle(Handle::File(FileHandleData {
-                    ino: ino.0,
-                    file,
-                    _backing: backing.clone(),
-                }));
+                let fh = self.add_handle(FileHandleData { ino: ino.0, file, _backing: backing.clone() });
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
                     None => reply.opened(FileHandle(fh), fl),
@@ -1143,7 +1153,7 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
+        let f = &*h;
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
         while got < buf.len() {
@@ -1170,7 +1180,7 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
+        let f = &*h;
         match f.file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno_of(&e)),
@@ -1204,7 +1214,7 @@ impl Filesystem for StrataFs {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let Handle::File(f) = &*h else { return reply.ok() };
+        let f = &*h;
         let r = if datasync { f.file.sync_data() } else { f.file.sync_all() };
         match r {
             Ok(()) => reply.ok(),
@@ -1214,29 +1224,29 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // The listing is built by the first readdir (offset 0), not here: with FOPEN_CACHE_DIR the
-        // kernel keeps listings and serves a warm readdir without asking again. Every change of a
-        // directory passes through this daemon, and the kernel drops a directory's cached listing
-        // when an entry of it is created, removed or renamed through the mount.
-        if let Err(e) = self.resolve(ino.0) {
-            return reply.error(errno_of(&e));
-        }
-        let fh = self.add_handle(Handle::Dir(DirHandleData { entries: Mutex::new(None) }));
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No per-open state: offsets are name cookies (see `cookie`). Answering ENOSYS once makes
+        // the kernel stop sending OPENDIR and RELEASEDIR (two round trips per directory walked)
+        // and open every directory with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR: warm listings come
+        // from the kernel's cache, which it drops when the directory changes through the mount.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
-        let ents = match self.listing(ino.0, d, offset) {
+        let _ = fh;
+        let ents = match self.listing(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        for (i, (name, fmt, child)) in ents.iter().flatten().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*child), (i + 1) as u64, kind_of(*fmt), name) {
+        let mut full = false;
+        for (off, name, fmt, child) in ents.iter().filter(|e| e.0 > offset) {
+            if reply.add(INodeNo(*child), *off, kind_of(*fmt), name) {
+                full = true;
                 break;
             }
+        }
+        if !full {
+            self.listing_done(ino.0);
         }
         reply.ok();
     }
@@ -1249,14 +1259,14 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let Handle::Dir(d) = &*h else { return reply.error(Errno::ENOTDIR) };
-        let ents = match self.listing(ino.0, d, offset) {
+        let _ = fh;
+        let ents = match self.listing(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        for (i, (name, _fmt, child)) in ents.iter().flatten().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        let mut full = false;
+        for (off, name, _fmt, child) in ents.iter().filter(|e| e.0 > offset) {
+            let off = *off;
             if name == "." || name == ".." {
                 let st = match self.stat_node(*child) {
                     Ok((st, _, _)) => st,
@@ -1264,11 +1274,12 @@ impl Filesystem for StrataFs {
                 };
                 let attr = self.attr_of(*child, &st, None);
                 if reply.add(INodeNo(*child), off, name, &Duration::ZERO, &attr, Generation(0)) {
+                    full = true;
                     break;
                 }
                 continue;
             }
-            // The entry may have gone since opendir: skip it.
+            // The entry may have gone since the listing was taken: skip it.
             let (st, r, _) = match self.stat_node(*child) {
                 Ok(v) => v,
                 Err(_) => continue,
@@ -1285,8 +1296,12 @@ impl Filesystem for StrataFs {
             }
             if reply.add(INodeNo(*child), off, name, &self.ttl, &attr, Generation(0)) {
                 self.forget_n(*child, 1);
+                full = true;
                 break;
             }
+        }
+        if !full {
+            self.listing_done(ino.0);
         }
         reply.ok();
     }
@@ -1470,7 +1485,7 @@ impl Filesystem for StrataFs {
                 return reply.error(errno_of(&e));
             }
         };
-        let fh = self.add_handle(Handle::File(FileHandleData { ino, file, _backing: backing.clone() }));
+        let fh = self.add_handle(FileHandleData { ino, file, _backing: backing.clone() });
         match backing {
             Some(b) => reply.created_passthrough(
                 &self.ttl,
@@ -1495,7 +1510,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let Handle::File(f) = &*h else { return reply.error(Errno::EISDIR) };
+        let f = &*h;
         use std::os::fd::AsRawFd;
         // SAFETY: valid fd.
         let r = unsafe { libc::fallocate(f.file.as_raw_fd(), mode, offset as i64, length as i64) };

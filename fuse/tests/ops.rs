@@ -301,8 +301,9 @@ fn readdir_is_stable_under_changes() {
     }
     let t = scratch();
     let s = Stack::new(t.path(), 1);
-    for i in 0..300 {
-        fs::write(s.lowers[0].join(format!("f{i:03}")), "").unwrap();
+    // Enough entries for many getdents calls (a 32 KiB buffer holds about 1,300).
+    for i in 0..4000 {
+        fs::write(s.lowers[0].join(format!("f{i:04}")), "").unwrap();
     }
     let _g = s.mount_fuse("");
     let m = s.mnt.clone();
@@ -321,9 +322,11 @@ fn readdir_is_stable_under_changes() {
             seen.push(name);
             if i == 50 {
                 for j in 0..100 {
-                    fs::remove_file(m.join(format!("f{j:03}"))).unwrap();
-                    fs::write(m.join(format!("n{j:03}")), "").unwrap();
+                    fs::remove_file(m.join(format!("f{j:04}"))).unwrap();
+                    fs::write(m.join(format!("n{j:04}")), "").unwrap();
                 }
+                // Another reader lists the whole directory in the middle of this one.
+                assert_eq!(fs::read_dir(&m).unwrap().count(), 4000);
             }
         }
         libc::closedir(d);
@@ -331,8 +334,9 @@ fn readdir_is_stable_under_changes() {
     let uniq: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(uniq.len(), seen.len(), "duplicates in readdir");
     // Entries removed after opendir may or may not show up; the others must, exactly once.
-    for i in 100..300 {
-        assert!(seen.contains(&format!("f{i:03}")), "f{i:03} skipped");
+    let seen: std::collections::HashSet<String> = seen.into_iter().collect();
+    for i in 100..4000 {
+        assert!(seen.contains(&format!("f{i:04}")), "f{i:04} skipped");
     }
 }
 
