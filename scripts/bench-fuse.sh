@@ -3,7 +3,8 @@
 # usage: scripts/bench-fuse.sh [ROOTFS] [SUBTREE] [WORKDIR]
 #   ROOTFS   lower layer (default /usr); SUBTREE inside it to stat/tar (default share, 5,000+ entries)
 #   WORKDIR  scratch space (default /var/tmp/strata-fuse-bench)
-# A second, top lower layer holds a 1 GiB and a 256 MiB file. Needs root.
+# A second, top lower layer holds a 1 GiB and a 256 MiB file. Needs root. Each line is the median
+# of REPS (default 3) rounds; the backends take turns within a round.
 set -euo pipefail
 ROOTFS="${1:-/usr}"
 SUB="${2:-share}"
@@ -39,9 +40,12 @@ timeit() { # name backend cmd...
     local name=$1 be=$2; shift 2
     local s e
     s=$(ms); "$@" > /dev/null 2>&1; e=$(ms)
-    RES["$name,$be"]=$(( (e - s) / 1000000 ))
-    echo "  $be $name: ${RES["$name,$be"]} ms" >&2
+    local t=$(( (e - s) / 1000000 ))
+    RES["$name,$be"]="${RES["$name,$be"]:-} $t"
+    echo "  $be $name: $t ms" >&2
 }
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+REPS=${REPS:-3}
 stat_all() { find "$MNT/$SUB" -printf '%s %i\n' > /dev/null; }
 tar_all() { (cd "$MNT/$SUB" && tar -cf - . | cat > /dev/null); }
 seqread() { dd if="$MNT/big1g" of=/dev/null bs=1M; }
@@ -56,8 +60,9 @@ rmtree() { rm -rf "${MNT:?}/$RMTREE"; }
 
 BACKENDS=(kernel strata fuse-overlayfs)
 TESTS=("stat cold" "stat warm" "tar" "read 1GiB cold" "copy-up 256MiB" "create 10k" "rm -rf lower")
+for rep in $(seq "$REPS"); do
 for be in "${BACKENDS[@]}"; do
-    echo "== $be" >&2
+    echo "== $be (run $rep of $REPS)" >&2
     rm -rf "${BASE:?}/$be"; mkdir -p "$BASE/$be/upper" "$BASE/$be/work"
     drop; do_mount "$be"
     timeit "stat cold" "$be" stat_all
@@ -71,11 +76,13 @@ for be in "${BACKENDS[@]}"; do
     do_umount
     rm -rf "${BASE:?}/$be"
 done
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 printf '\n| %-16s | %10s | %10s | %14s | %13s | %21s |\n' test "kernel ms" "strata ms" "fuse-ovl ms" "strata/kernel" "strata/fuse-overlayfs"
 printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ ------------ ------------ ---------------- --------------- -----------------------
 for t in "${TESTS[@]}"; do
-    k=${RES["$t,kernel"]}; s=${RES["$t,strata"]}; f=${RES["$t,fuse-overlayfs"]}
+    k=$(echo "${RES["$t,kernel"]}" | median); s=$(echo "${RES["$t,strata"]}" | median)
+    f=$(echo "${RES["$t,fuse-overlayfs"]}" | median)
     printf '| %-16s | %10s | %10s | %14s | %13s | %21s |\n' "$t" "$k" "$s" "$f" "$(ratio "$s" "$k")" "$(ratio "$s" "$f")"
 done
