@@ -18,3 +18,20 @@ command -v cargo >/dev/null || { echo "setup: cargo not found (install a Rust to
 # overlay and fuse: loaded on demand on most kernels; make sure.
 modprobe overlay 2>/dev/null || true
 modprobe fuse 2>/dev/null || true
+# mount(8) helper for `mount -t fuse.strata-fuse SOURCE DIR -o lowerdir=...`: runs strata-fuse from
+# PATH, else this checkout's release or debug build.
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+helper=/sbin/mount.fuse.strata-fuse
+want=$(cat <<HELPER
+#!/bin/sh
+# Installed by $repo/scripts/setup.sh
+for b in "\$(command -v strata-fuse)" "$repo/target/release/strata-fuse" "$repo/target/debug/strata-fuse"; do
+    [ -n "\$b" ] && [ -x "\$b" ] && exec "\$b" "\$@"
+done
+echo "mount.fuse.strata-fuse: strata-fuse not found (cargo build --workspace in $repo)" >&2
+exit 1
+HELPER
+)
+if [ "$(cat "$helper" 2>/dev/null)" != "$want" ]; then
+    printf '%s\n' "$want" > "$helper.tmp" && chmod 755 "$helper.tmp" && mv "$helper.tmp" "$helper"
+fi

@@ -135,3 +135,49 @@ fn run_on_fuse_backend() {
     assert!(md.file_type().is_char_device() && md.rdev() == 0);
     assert!(mounts_under(root.path()).is_empty(), "nothing left mounted");
 }
+
+/// `mount -t fuse.strata-fuse` through the helper scripts/setup.sh installs.
+#[test]
+fn mount_t_fuse_strata_fuse() {
+    if !privileged("mount_t_fuse_strata_fuse") || !have_fuse_binary() {
+        return;
+    }
+    let helper = Path::new("/sbin/mount.fuse.strata-fuse");
+    if !helper.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} missing: scripts/setup.sh installs it",
+            helper.display()
+        );
+        eprintln!("SKIPPED (run scripts/setup.sh): mount_t_fuse_strata_fuse");
+        return;
+    }
+    let root = Root::new();
+    let d = root.path();
+    for sub in ["l1", "l2", "u", "w", "m"] {
+        fs::create_dir(d.join(sub)).expect("mkdir");
+    }
+    fs::write(d.join("l1/top"), "1").expect("write");
+    fs::write(d.join("l2/top"), "2").expect("write");
+    fs::write(d.join("l2/low"), "2").expect("write");
+    let bin_dir = Path::new(STRATA).parent().expect("bin dir").to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        d.join("l1").display(),
+        d.join("l2").display(),
+        d.join("u").display(),
+        d.join("w").display()
+    );
+    let st = std::process::Command::new("mount")
+        .args(["-t", "fuse.strata-fuse", "strata", d.join("m").to_str().expect("utf8"), "-o", &opts])
+        .env("PATH", path)
+        .status()
+        .expect("mount");
+    assert!(st.success());
+    assert_eq!(fs::read_to_string(d.join("m/top")).expect("top"), "1", "leftmost lowerdir is the top");
+    assert_eq!(fs::read_to_string(d.join("m/low")).expect("low"), "2");
+    fs::write(d.join("m/new"), "n").expect("write");
+    assert!(std::process::Command::new("umount").arg(d.join("m")).status().expect("umount").success());
+    assert_eq!(fs::read_to_string(d.join("u/new")).expect("upper"), "n");
+}
