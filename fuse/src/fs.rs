@@ -685,7 +685,7 @@ impl StrataFs {
         }
         match sys::lstat(&udst) {
             Ok(st) if sys::is_dir(&st) => self.layers.remove_upper(&dst)?,
-            Ok(_) if r.is_dir() && dst_whiteout => fs::remove_file(&udst)?,
+            Ok(_) if r.is_dir() && dst_whiteout => sys::at(&udst, |p| fs::remove_file(p))?,
             _ => {}
         }
         sys::rename(&usrc, &udst)?;
@@ -1321,7 +1321,7 @@ impl Filesystem for StrataFs {
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         if let Ok((p, r)) = self.resolve(ino.0) {
             if r.top == 0 && self.layers.has_upper {
-                if let Ok(f) = File::open(self.layers.real(0, &p)) {
+                if let Ok(f) = sys::at(&self.layers.real(0, &p), |p| File::open(p)) {
                     let _ = f.sync_all();
                 }
             }
@@ -1453,13 +1453,15 @@ impl Filesystem for StrataFs {
             let fmode = (mode & 0o7777) | libc::S_IFREG;
             self.create_entry(req, &ppath, name, fmode, &mut |p| {
                 let acc = flags & libc::O_ACCMODE;
-                let f = fs::OpenOptions::new()
-                    .read(acc != libc::O_WRONLY)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(p)?;
+                let f = sys::at(p, |p| {
+                    fs::OpenOptions::new()
+                        .read(acc != libc::O_WRONLY)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(p)
+                })?;
                 file = Some(f);
                 Ok(())
             })?;
