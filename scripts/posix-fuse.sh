@@ -7,11 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "posix-fuse.sh needs root" >&2; exit 1; }
 PJDFSTEST="$PWD/target/tools/bin/pjdfstest"
-if [ ! -x "$PJDFSTEST" ]; then
-    dpkg-query -W -f='${Status}' libacl1-dev 2>/dev/null | grep -q "install ok installed" \
-        || apt-get install -y -qq --no-install-recommends libacl1-dev >/dev/null
-    cargo install --locked pjdfstest --version 0.2.2 --root "$PWD/target/tools"
-fi
+# setup.sh installs it (cargo install into target/tools, with libacl1-dev to link it).
+[ -x "$PJDFSTEST" ] || scripts/setup.sh
 cargo build -q -p strata-fuse
 STRATA="$PWD/target/debug/strata-fuse"
 
@@ -36,7 +33,7 @@ utimensat = {}
 
 [settings]
 # ext4 timestamps come from the coarse (jiffy) clock: naps must be longer than a jiffy.
-naptime = 0.02
+naptime = 0.05
 allow_remount = false
 
 [dummy_auth]

@@ -3,7 +3,7 @@
 # Idempotent: skips apt when everything is present.
 set -euo pipefail
 pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
-      hyperfine attr zstd bc podman python3 ca-certificates)
+      hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +18,10 @@ command -v cargo >/dev/null || { echo "setup: cargo not found (install a Rust to
 # overlay and fuse: loaded on demand on most kernels; make sure.
 modprobe overlay 2>/dev/null || true
 modprobe fuse 2>/dev/null || true
+# pjdfstest (POSIX suite run by fuse/tests/posix.rs and scripts/posix-fuse.sh), built from crates.io
+# into target/tools (libacl1-dev above is needed to link it); about 40 s on 2 cores.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x target/tools/bin/pjdfstest ]; then
+    echo "setup: installing pjdfstest into target/tools" >&2
+    cargo install --locked pjdfstest --version 0.2.2 --root "$PWD/target/tools"
+fi
