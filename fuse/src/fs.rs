@@ -751,10 +751,10 @@ impl StrataFs {
         let merged = |p: &Path| -> Res<bool> {
             Ok(self.layers.resolve_rel(p)?.dirs.iter().any(|l| self.layers.is_lower(*l)))
         };
-        if r.is_dir() && sp != dp && merged(dp)? && !self.layers.is_upper_opaque(&usrc) {
+        if r.is_dir() && merged(dp)? && !self.layers.is_upper_opaque(&usrc) {
             self.layers.set_opaque(&usrc)?;
         }
-        if rt.is_dir() && sp != dp && merged(sp)? && !self.layers.is_upper_opaque(&udst) {
+        if rt.is_dir() && merged(sp)? && !self.layers.is_upper_opaque(&udst) {
             self.layers.set_opaque(&udst)?;
         }
         sys::rename_exchange(&usrc, &udst)?;
