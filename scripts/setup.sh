@@ -3,7 +3,7 @@
 # Idempotent: skips apt when everything is present.
 set -euo pipefail
 pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
-      hyperfine attr zstd bc podman python3 ca-certificates)
+      hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,4 +34,11 @@ HELPER
 )
 if [ "$(cat "$helper" 2>/dev/null)" != "$want" ]; then
     printf '%s\n' "$want" > "$helper.tmp" && chmod 755 "$helper.tmp" && mv "$helper.tmp" "$helper"
+fi
+# pjdfstest (POSIX suite run by fuse/tests/posix.rs and scripts/posix-fuse.sh), built from crates.io
+# into target/tools (libacl1-dev above is needed to link it); about 40 s on 2 cores.
+cd "$repo"
+if [ ! -x target/tools/bin/pjdfstest ]; then
+    echo "setup: installing pjdfstest into target/tools" >&2
+    cargo install --locked pjdfstest --version 0.2.2 --root "$PWD/target/tools"
 fi

@@ -412,6 +412,31 @@ impl StrataFs {
         }
     }
 
+    /// After RENAME_EXCHANGE: the nodes of `parent/name` and `newparent/newname` trade places.
+    fn swap_nodes(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
+        let mut t = self.write_table();
+        let key = (parent, name.to_os_string());
+        let nkey = (newparent, newname.to_os_string());
+        let a = t.children.remove(&key);
+        let b = t.children.remove(&nkey);
+        for (ino, from, to) in [(a, &key, &nkey), (b, &nkey, &key)] {
+            let Some(ino) = ino else { continue };
+            if let Some(n) = t.nodes.get_mut(&ino) {
+                if n.parent == from.0 && n.name == from.1 {
+                    n.parent = to.0;
+                    n.name = to.1.clone();
+                } else {
+                    for al in n.aliases.iter_mut() {
+                        if al == from {
+                            *al = to.clone();
+                        }
+                    }
+                }
+            }
+            t.children.insert(to.clone(), ino);
+        }
+    }
+
     fn attr_of(&self, ino: u64, st: &Stat, r: Option<&Resolved>) -> FileAttr {
         let fmt = st.st_mode & libc::S_IFMT;
         let merged = r.map(|r| r.dirs.len() > 1).unwrap_or(false);
@@ -685,13 +710,54 @@ impl StrataFs {
         }
         match sys::lstat(&udst) {
             Ok(st) if sys::is_dir(&st) => self.layers.remove_upper(&dst)?,
-            Ok(_) if r.is_dir() && dst_whiteout => fs::remove_file(&udst)?,
+            Ok(_) if r.is_dir() && dst_whiteout => sys::at(&udst, |p| fs::remove_file(p))?,
             _ => {}
         }
         sys::rename(&usrc, &udst)?;
         if src_positive {
             self.layers.make_whiteout(&src)?;
         }
+        self.changed();
+        Ok(())
+    }
+
+    /// RENAME_EXCHANGE of two existing entries: both are copied up and swapped in the upper layer.
+    /// Like kernel overlayfs without redirect_dir, a directory with lower layers cannot move (EXDEV).
+    fn exchange_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr) -> Res<()> {
+        let spres = self.layers.resolve_rel(sp)?;
+        let dpres = self.layers.resolve_rel(dp)?;
+        if !spres.is_dir() || !dpres.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let src = sp.join(sname);
+        let dst = dp.join(dname);
+        let r = self.layers.lookup_in(&spres, sp, sname)?.ok_or_else(|| err(libc::ENOENT))?;
+        let rt = self.layers.lookup_in(&dpres, dp, dname)?.ok_or_else(|| err(libc::ENOENT))?;
+        if src == dst {
+            return Ok(());
+        }
+        if (r.is_dir() && dst.starts_with(&src)) || (rt.is_dir() && src.starts_with(&dst)) {
+            return Err(err(libc::EINVAL));
+        }
+        if (r.is_dir() && self.layers.has_lower(&r)) || (rt.is_dir() && self.layers.has_lower(&rt)) {
+            return Err(err(libc::EXDEV));
+        }
+        self.copy_up_path(&src, &r, true)?;
+        self.copy_up_path(&dst, &rt, true)?;
+        self.changed();
+        let usrc = self.layers.upper(&src)?;
+        let udst = self.layers.upper(&dst)?;
+        // Like the kernel: a directory moved into a merged directory becomes opaque.
+        let merged = |p: &Path| -> Res<bool> {
+            Ok(self.layers.resolve_rel(p)?.dirs.iter().any(|l| self.layers.is_lower(*l)))
+        };
+        if r.is_dir() && merged(dp)? && !self.layers.is_upper_opaque(&usrc) {
+            self.layers.set_opaque(&usrc)?;
+        }
+        if rt.is_dir() && merged(sp)? && !self.layers.is_upper_opaque(&udst) {
+            self.layers.set_opaque(&udst)?;
+        }
+        sys::rename_exchange(&usrc, &udst)?;
         self.changed();
         Ok(())
     }
@@ -1073,15 +1139,23 @@ impl Filesystem for StrataFs {
     ) {
         let r = (|| -> Res<()> {
             let bits = flags.bits();
-            if bits & !libc::RENAME_NOREPLACE != 0 {
+            let exchange = bits == libc::RENAME_EXCHANGE;
+            if bits & !libc::RENAME_NOREPLACE != 0 && !exchange {
                 return Err(err(libc::EINVAL));
             }
             let _g = self.lock_w()?;
             let sp = self.path_of_parent(parent.0)?;
             let dp = self.path_of_parent(newparent.0)?;
-            self.rename_path(&sp, name, &dp, newname, bits & libc::RENAME_NOREPLACE != 0)?;
-            if parent.0 != newparent.0 || name != newname {
-                self.move_node(parent.0, name, newparent.0, newname);
+            if exchange {
+                self.exchange_path(&sp, name, &dp, newname)?;
+                if parent.0 != newparent.0 || name != newname {
+                    self.swap_nodes(parent.0, name, newparent.0, newname);
+                }
+            } else {
+                self.rename_path(&sp, name, &dp, newname, bits & libc::RENAME_NOREPLACE != 0)?;
+                if parent.0 != newparent.0 || name != newname {
+                    self.move_node(parent.0, name, newparent.0, newname);
+                }
             }
             self.changed();
             Ok(())
@@ -1321,7 +1395,7 @@ impl Filesystem for StrataFs {
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         if let Ok((p, r)) = self.resolve(ino.0) {
             if r.top == 0 && self.layers.has_upper {
-                if let Ok(f) = File::open(self.layers.real(0, &p)) {
+                if let Ok(f) = sys::at(&self.layers.real(0, &p), |p| File::open(p)) {
                     let _ = f.sync_all();
                 }
             }
@@ -1453,13 +1527,15 @@ impl Filesystem for StrataFs {
             let fmode = (mode & 0o7777) | libc::S_IFREG;
             self.create_entry(req, &ppath, name, fmode, &mut |p| {
                 let acc = flags & libc::O_ACCMODE;
-                let f = fs::OpenOptions::new()
-                    .read(acc != libc::O_WRONLY)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(p)?;
+                let f = sys::at(p, |p| {
+                    fs::OpenOptions::new()
+                        .read(acc != libc::O_WRONLY)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(p)
+                })?;
                 file = Some(f);
                 Ok(())
             })?;

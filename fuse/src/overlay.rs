@@ -232,7 +232,7 @@ impl Layers {
             let lower = self.is_lower(l);
             let base = self.real(l, rel);
             let mut hidden_below = Vec::new();
-            let rd = match fs::read_dir(&base) {
+            let rd = match sys::at(&base, |p| fs::read_dir(p)) {
                 Ok(rd) => rd,
                 Err(e) if matches!(sys::errno(&e), libc::ENOENT | libc::ENOTDIR) => continue,
                 Err(e) => return Err(e),
@@ -354,7 +354,9 @@ impl Layers {
                         .custom_flags(libc::O_NOFOLLOW)
                         .open(&tmp)?;
                     if with_data && st.st_size > 0 {
-                        let inp = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&src)?;
+                        let inp = sys::at(&src, |p| {
+                            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
+                        })?;
                         sys::copy_data(&inp, &out, st.st_size as u64)?;
                     }
                 }
@@ -402,7 +404,7 @@ impl Layers {
                 sys::rename(&dst, &tmp)?;
                 remove_tree(&tmp)
             }
-            Ok(_) => fs::remove_file(&dst),
+            Ok(_) => sys::at(&dst, |p| fs::remove_file(p)),
             Err(e) if sys::errno(&e) == libc::ENOENT => Ok(()),
             Err(e) => Err(e),
         }
@@ -449,26 +451,25 @@ impl Layers {
     pub fn open_real(&self, real: &Path, flags: i32) -> io::Result<File> {
         let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_TRUNC | libc::O_NONBLOCK;
         let f = flags & keep;
-        let acc = flags & libc::O_ACCMODE;
-        OpenOptions::new()
-            .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
-            .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
-            .custom_flags((f & !libc::O_ACCMODE) | libc::O_NOFOLLOW)
-            .open(real)
+        // Access mode 3 (O_WRONLY|O_RDWR: no I/O, needs read and write permission) is passed on
+        // like the kernel does, hence open(2) rather than OpenOptions.
+        sys::open(real, f | libc::O_NOFOLLOW | libc::O_CLOEXEC)
     }
 }
 
 /// Remove a file or a directory tree without following symlinks.
 pub fn remove_tree(p: &Path) -> io::Result<()> {
-    let md = fs::symlink_metadata(p)?;
-    if md.is_dir() {
-        fs::remove_dir_all(p)
-    } else {
-        fs::remove_file(p)
-    }
+    sys::at(p, |p| {
+        let md = fs::symlink_metadata(p)?;
+        if md.is_dir() {
+            fs::remove_dir_all(p)
+        } else {
+            fs::remove_file(p)
+        }
+    })
 }
 
 /// Device and inode of a path, for hardlink tracking.
 pub fn dev_ino(p: &Path) -> Option<(u64, u64)> {
-    fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    sys::at(p, |p| fs::symlink_metadata(p)).ok().map(|m| (m.dev(), m.ino()))
 }

@@ -1,16 +1,82 @@
 //! Thin, path-based syscall helpers used by the overlay logic.
 
+use std::borrow::Cow;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub(crate) type Stat = libc::stat;
 
-pub(crate) fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+/// Longest path handed to the kernel as it is (PATH_MAX is 4096 bytes with the NUL).
+const SHORT: usize = 4000;
+
+/// A path the kernel accepts for `p`: `p` itself, or when `p` is PATH_MAX or longer (a merged path
+/// near PATH_MAX under a layer root), `/proc/self/fd/N/REST` where N is an `O_PATH` descriptor of
+/// a leading part (held here) and REST is short. Kernel overlayfs has no such limit on its layers.
+pub(crate) struct Short<'a> {
+    path: Cow<'a, Path>,
+    _dir: Option<OwnedFd>,
+}
+
+impl std::ops::Deref for Short<'_> {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub(crate) fn short(p: &Path) -> io::Result<Short<'_>> {
+    let mut rest = p.as_os_str().as_bytes();
+    if rest.len() < SHORT {
+        return Ok(Short { path: Cow::Borrowed(p), _dir: None });
+    }
+    let mut dir: Option<OwnedFd> = None;
+    // Room for the "/proc/self/fd/N/" prefix.
+    while rest.len() >= SHORT - 64 {
+        let cut =
+            rest[..SHORT - 64].iter().rposition(|b| *b == b'/').ok_or_else(|| err(libc::ENAMETOOLONG))?;
+        let head = if cut == 0 { &b"/"[..] } else { &rest[..cut] };
+        let c = CString::new(head).map_err(|_| err(libc::EINVAL))?;
+        let at = dir.as_ref().map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+        // SAFETY: valid C string; the new descriptor is owned below.
+        let fd =
+            cvt(unsafe { libc::openat(at, c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        dir = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        rest = &rest[cut + 1..];
+    }
+    let mut path = PathBuf::from("/proc/self/fd");
+    if let Some(d) = &dir {
+        path.push(d.as_raw_fd().to_string());
+    }
+    path.push(OsStr::from_bytes(rest));
+    Ok(Short { path: Cow::Owned(path), _dir: dir })
+}
+
+/// Run a path-based call with the path shortened by [`short`].
+pub(crate) fn at<T>(p: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    f(&short(p)?)
+}
+
+/// A C path for a syscall (shortened by [`short`]; keeps its directory descriptor open).
+pub(crate) struct CPath {
+    c: CString,
+    _dir: Option<OwnedFd>,
+}
+
+impl CPath {
+    pub(crate) fn as_ptr(&self) -> *const libc::c_char {
+        self.c.as_ptr()
+    }
+}
+
+pub(crate) fn cstr(p: &Path) -> io::Result<CPath> {
+    let s = short(p)?;
+    let c = CString::new(s.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(CPath { c, _dir: s._dir })
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -28,6 +94,15 @@ pub(crate) fn lstat(p: &Path) -> io::Result<Stat> {
     cvt(unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) })?;
     // SAFETY: lstat succeeded and filled the struct.
     Ok(unsafe { st.assume_init() })
+}
+
+/// open(2) of an existing file.
+pub(crate) fn open(p: &Path, flags: i32) -> io::Result<File> {
+    let c = cstr(p)?;
+    // SAFETY: valid C string; no O_CREAT, so no mode argument is read.
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags & !libc::O_CREAT) })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 pub(crate) fn fstat(f: &File) -> io::Result<Stat> {
@@ -63,7 +138,7 @@ pub(crate) fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
 }
 
 pub(crate) fn symlink(target: &Path, p: &Path) -> io::Result<()> {
-    std::os::unix::fs::symlink(target, p)
+    at(p, |p| std::os::unix::fs::symlink(target, p))
 }
 
 pub(crate) fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -100,7 +175,8 @@ pub(crate) fn utimes(
 }
 
 pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)
+    let from = short(from)?;
+    std::fs::rename(&*from, &*short(to)?)
 }
 
 pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
@@ -125,14 +201,16 @@ pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
 }
 
 pub(crate) fn link(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::hard_link(from, to)
+    let from = short(from)?;
+    std::fs::hard_link(&*from, &*short(to)?)
 }
 
 pub(crate) fn readlink(p: &Path) -> io::Result<OsString> {
-    std::fs::read_link(p).map(|p| p.into_os_string())
+    at(p, |p| std::fs::read_link(p)).map(|p| p.into_os_string())
 }
 
 pub(crate) fn list_xattrs(p: &Path) -> io::Result<Vec<OsString>> {
+    let p = &*short(p)?;
     let mut buf = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::llistxattr(p, &mut buf) {
@@ -153,6 +231,7 @@ pub(crate) fn list_xattrs(p: &Path) -> io::Result<Vec<OsString>> {
 }
 
 pub(crate) fn get_xattr(p: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
+    let p = &*short(p)?;
     let mut buf = vec![0u8; 256];
     loop {
         match rustix::fs::lgetxattr(p, name, &mut buf) {
@@ -171,11 +250,11 @@ pub(crate) fn get_xattr(p: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
 
 pub(crate) fn set_xattr(p: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
     let fl = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
-    rustix::fs::lsetxattr(p, name, value, fl).map_err(Into::into)
+    rustix::fs::lsetxattr(&*short(p)?, name, value, fl).map_err(Into::into)
 }
 
 pub(crate) fn remove_xattr(p: &Path, name: &OsStr) -> io::Result<()> {
-    rustix::fs::lremovexattr(p, name).map_err(Into::into)
+    rustix::fs::lremovexattr(&*short(p)?, name).map_err(Into::into)
 }
 
 /// Copy the data of `src` to `dst`: reflink first, then copy_file_range, then read/write.

@@ -101,6 +101,8 @@ enum Op {
     Mkdir(String, u32),
     Rmdir(String),
     Rename(String, String),
+    /// renameat2 with RENAME_NOREPLACE or RENAME_EXCHANGE.
+    Rename2(String, String, u32),
     Mkfifo(String),
     OpenRdwr(String),
 }
@@ -184,6 +186,19 @@ fn apply(root: &Path, op: &Op, kernel: bool) -> Result<(), i32> {
         Op::Rename(a, b) => {
             let r = rc(unsafe { libc::rename(cstr(&p(a)).as_ptr(), cstr(&p(b)).as_ptr()) });
             if kernel && r == Err(libc::EXDEV) {
+                move_dir(&p(a), &p(b))
+            } else {
+                r
+            }
+        }
+        Op::Rename2(a, b, flags) => {
+            let (ca, cb) = (cstr(&p(a)), cstr(&p(b)));
+            let r = rc(unsafe {
+                libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), *flags)
+            });
+            // strata-fuse moves directories with lower layers itself, with RENAME_NOREPLACE too
+            // (the target is known to be absent when the kernel gets to answer EXDEV).
+            if kernel && r == Err(libc::EXDEV) && *flags == libc::RENAME_NOREPLACE {
                 move_dir(&p(a), &p(b))
             } else {
                 r
@@ -287,7 +302,15 @@ fn gen(rng: &mut Rng, view: &[(String, bool)]) -> Op {
         11 | 12 => Op::Unlink(any(rng)),
         13 => Op::Mkdir(fresh(rng), [0o755, 0o700, 0o2775][rng.below(3)]),
         14 => Op::Rmdir(any(rng)),
-        15 | 16 => Op::Rename(any(rng), any(rng)),
+        15 => Op::Rename(any(rng), any(rng)),
+        16 => {
+            if rng.below(2) == 0 {
+                Op::Rename(any(rng), any(rng))
+            } else {
+                let fl = [libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE][rng.below(2)];
+                Op::Rename2(any(rng), any(rng), fl)
+            }
+        }
         _ => {
             if rng.below(2) == 0 {
                 Op::Mkfifo(fresh(rng))

@@ -369,3 +369,101 @@ fn cli_forms_and_clean_exit() {
     assert_eq!(fs::read_to_string(s.mnt.join("y")).unwrap(), "y\n");
     assert!(is_mounted(&s.mnt));
 }
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
+    let a = std::ffi::CString::new(from.to_str().unwrap()).unwrap();
+    let b = std::ffi::CString::new(to.to_str().unwrap()).unwrap();
+    // SAFETY: valid C strings.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+#[test]
+fn rename_exchange_and_noreplace() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let _g = s.mount_fuse("");
+    let m = &s.mnt;
+    // Upper and lower files swap (the lower ones are copied up first); nodes follow the names.
+    fs::write(m.join("u"), "u").unwrap();
+    let ino_u = fs::metadata(m.join("u")).unwrap().ino();
+    assert_eq!(renameat2(&m.join("u"), &m.join("a"), libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read_to_string(m.join("a")).unwrap(), "u");
+    assert_eq!(fs::read_to_string(m.join("u")).unwrap(), "hello\n");
+    assert_eq!(fs::metadata(m.join("a")).unwrap().ino(), ino_u);
+    assert_eq!(fs::read_to_string(s.upper.join("u")).unwrap(), "hello\n");
+    // Across directories, a pure upper directory with a file; it lands in a merged dir: opaque.
+    fs::create_dir(m.join("nd")).unwrap();
+    fs::write(m.join("nd/f"), "f").unwrap();
+    assert_eq!(renameat2(&m.join("nd"), &m.join("d/x"), libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read_to_string(m.join("d/x/f")).unwrap(), "f");
+    assert_eq!(fs::read_to_string(m.join("nd")).unwrap(), "x\n");
+    assert_eq!(get_xattr(&s.upper.join("d/x"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    // Errors like kernel overlayfs: missing target, a directory with lower layers, into itself.
+    assert_eq!(renameat2(&m.join("a"), &m.join("missing"), libc::RENAME_EXCHANGE), libc::ENOENT);
+    assert_eq!(renameat2(&m.join("d"), &m.join("y"), libc::RENAME_EXCHANGE), libc::EXDEV);
+    assert_eq!(renameat2(&m.join("d/x"), &m.join("d/x/f"), libc::RENAME_EXCHANGE), libc::EINVAL);
+    assert_eq!(
+        renameat2(&m.join("a"), &m.join("y"), libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE),
+        libc::EINVAL
+    );
+    // NOREPLACE: EEXIST on an existing target, a plain rename otherwise.
+    assert_eq!(renameat2(&m.join("a"), &m.join("y"), libc::RENAME_NOREPLACE), libc::EEXIST);
+    assert_eq!(renameat2(&m.join("a"), &m.join("a2"), libc::RENAME_NOREPLACE), 0);
+    assert_eq!(fs::read_to_string(m.join("a2")).unwrap(), "u");
+    assert!(!m.join("a").exists());
+}
+
+#[test]
+fn paths_of_path_max_and_open_mode_3() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let _g = s.mount_fuse("");
+    let m = &s.mnt;
+    // A merged path just under PATH_MAX: the upper path ("upper" vs "mnt") is longer than that.
+    let mut dir = m.clone();
+    while dir.as_os_str().len() + 201 < 3900 {
+        dir.push("d".repeat(200));
+        fs::create_dir(&dir).unwrap();
+    }
+    let name = "f".repeat(4094 - dir.as_os_str().len() - 1);
+    let f = dir.join(&name);
+    assert_eq!(f.as_os_str().len(), 4094);
+    assert!(s.upper.join(f.strip_prefix(m).unwrap()).as_os_str().len() >= 4096);
+    fs::write(&f, "long").unwrap();
+    assert_eq!(fs::read_to_string(&f).unwrap(), "long");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+    std::os::unix::fs::chown(&f, Some(1), Some(1)).unwrap();
+    set_xattr(&f, "user.k", b"v");
+    assert_eq!(get_xattr(&f, "user.k").as_deref(), Some(&b"v"[..]));
+    let g = dir.join(&name[1..]);
+    fs::rename(&f, &g).unwrap();
+    fs::hard_link(&g, &f).unwrap();
+    assert_eq!(fs::metadata(&g).unwrap().nlink(), 2);
+    fs::remove_file(&g).unwrap();
+    std::os::unix::fs::symlink("target", &g).unwrap();
+    assert_eq!(fs::read_link(&g).unwrap(), Path::new("target"));
+    assert_eq!(names(&dir).len(), 2);
+    fs::remove_file(&g).unwrap();
+    fs::remove_file(&f).unwrap();
+    fs::create_dir(&f).unwrap();
+    fs::remove_dir(&f).unwrap();
+    // Access mode 3 (O_WRONLY|O_RDWR) opens, as on the kernel: no EIO.
+    let c = std::ffi::CString::new(m.join("a").to_str().unwrap()).unwrap();
+    // SAFETY: valid C string; the descriptor is closed right away.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_RDWR) };
+    assert!(fd >= 0, "open mode 3: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
