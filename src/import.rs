@@ -145,6 +145,44 @@ struct Streamed {
     compression: Compression,
 }
 
+impl Streamed {
+    /// Check what was streamed against what the manifest and config state.
+    fn verify(
+        &self,
+        label: &str,
+        digest: Option<&Sha256Digest>,
+        size: Option<u64>,
+        diff_id: &Sha256Digest,
+    ) -> Result<()> {
+        if let Some(d) = digest {
+            if &self.digest != d {
+                return Err(ImportError::DigestMismatch {
+                    layer: label.to_string(),
+                    expected: d.to_string(),
+                    actual: self.digest.to_string(),
+                });
+            }
+        }
+        if let Some(sz) = size {
+            if self.size != sz {
+                return Err(ImportError::SizeMismatch {
+                    layer: label.to_string(),
+                    expected: sz,
+                    actual: self.size,
+                });
+            }
+        }
+        if &self.diff_id != diff_id {
+            return Err(ImportError::DiffIdMismatch {
+                layer: label.to_string(),
+                expected: diff_id.to_string(),
+                actual: self.diff_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Producer side: source -> tee(hash, blob) -> decompress -> hash -> channel (if unpacking).
 fn produce(
     src: Box<dyn Read + Send>,
@@ -415,31 +453,7 @@ fn import_layer(
         }
     };
     // Verify everything before anything is published.
-    let verify = || -> Result<()> {
-        if let Some(d) = &l.digest {
-            if &s.digest != d {
-                return Err(ImportError::DigestMismatch {
-                    layer: label.clone(),
-                    expected: d.to_string(),
-                    actual: s.digest.to_string(),
-                });
-            }
-        }
-        if let Some(sz) = l.size {
-            if s.size != sz {
-                return Err(ImportError::SizeMismatch { layer: label.clone(), expected: sz, actual: s.size });
-            }
-        }
-        if &s.diff_id != diff_id {
-            return Err(ImportError::DiffIdMismatch {
-                layer: label.clone(),
-                expected: diff_id.to_string(),
-                actual: s.diff_id.to_string(),
-            });
-        }
-        Ok(())
-    };
-    if let Err(e) = verify() {
+    if let Err(e) = s.verify(&label, l.digest.as_ref(), l.size, diff_id) {
         cleanup();
         return Err(e);
     }
@@ -537,20 +551,7 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
         &ProgressBar::hidden(),
         &label,
     )?;
-    if s.digest != digest {
-        return Err(ImportError::DigestMismatch {
-            layer: label,
-            expected: digest.to_string(),
-            actual: s.digest.to_string(),
-        });
-    }
-    if s.diff_id != diff_id {
-        return Err(ImportError::DiffIdMismatch {
-            layer: label,
-            expected: diff_id.to_string(),
-            actual: s.diff_id.to_string(),
-        });
-    }
+    s.verify(&label, Some(&digest), Some(layer.blob_size), &diff_id)?;
     Store::syncfs(&dir)?;
     fs::rename(&dir, &layer_dir).at(&layer_dir)?;
     if let Some(stats) = stats {
