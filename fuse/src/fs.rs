@@ -1306,8 +1306,7 @@ impl Filesystem for StrataFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _ = fh;
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let ents = match self.listing(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno_of(&e)),
@@ -1329,11 +1328,10 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _ = fh;
         let ents = match self.listing(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno_of(&e)),
@@ -1377,18 +1375,6 @@ impl Filesystem for StrataFs {
         if !full {
             self.listing_done(ino.0);
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         reply.ok();
     }
 
