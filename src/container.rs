@@ -191,8 +191,7 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
     let marker = format!("strata:{}", p.dir.display());
     for m in kernel_overlay::mountinfo::parse(&text) {
         let ours =
-            (m.fs_type == "overlay" && !name.is_empty() && m.super_options.split(',').any(|o| o == upper))
-                || m.source == marker;
+            (m.fs_type == "overlay" && m.super_options.split(',').any(|o| o == upper)) || m.source == marker;
         if ours {
             return Ok(Some(m.mount_point));
         }
@@ -346,11 +345,10 @@ pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
 /// The container's changes against its image (see [`crate::diff`]).
 pub fn diff(store: &Store, name: &str) -> Result<Vec<crate::diff::Change>> {
     let c = get(store, name)?;
-    let spec = overlay_spec(store, &c)?;
-    let p = paths(store, name);
     if c.read_only {
         return Ok(Vec::new());
     }
-    crate::diff::diff_upper(&p.upper, &spec.lowers)
+    let spec = overlay_spec(store, &c)?;
+    crate::diff::diff_upper(&paths(store, name).upper, &spec.lowers)
         .map_err(|e| ContainerError::Diff { name: name.to_string(), reason: e.to_string() })
 }
