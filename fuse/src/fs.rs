@@ -46,6 +46,9 @@ struct Node {
     attached: bool,
     /// Other names of a hardlinked file (same node, same st_ino).
     aliases: Vec<(u64, OsString)>,
+    /// Set when the node's names moved to a fresh node because the file was copied up while
+    /// open in passthrough mode (see [`StrataFs::split`]): it resolves as that node.
+    split_to: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -168,7 +171,14 @@ impl StrataFs {
         let mut table = Table::default();
         table.nodes.insert(
             ROOT,
-            Node { parent: ROOT, name: OsString::new(), nlookup: 1, attached: true, aliases: vec![] },
+            Node {
+                parent: ROOT,
+                name: OsString::new(),
+                nlookup: 1,
+                attached: true,
+                aliases: vec![],
+                split_to: None,
+            },
         );
         Ok(StrataFs {
             layers,
@@ -225,6 +235,12 @@ impl StrataFs {
         let t = self.read_table();
         let mut out = Vec::new();
         let mut cur = ino;
+        for _ in 0..64 {
+            match t.nodes.get(&cur).and_then(|n| n.split_to) {
+                Some(to) => cur = to,
+                None => break,
+            }
+        }
         while cur != ROOT {
             let n = t.nodes.get(&cur).ok_or_else(|| err(libc::ENOENT))?;
             if !n.attached {
@@ -308,7 +324,14 @@ impl StrataFs {
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
         t.nodes.insert(
             ino,
-            Node { parent, name: name.to_os_string(), nlookup: lookups, attached: true, aliases: vec![] },
+            Node {
+                parent,
+                name: name.to_os_string(),
+                nlookup: lookups,
+                attached: true,
+                aliases: vec![],
+                split_to: None,
+            },
         );
         t.children.insert(key, ino);
         ino
@@ -885,7 +908,39 @@ impl StrataFs {
         Ok((f, self.layers.is_lower(r.top), real))
     }
 
-    /// Get (or register) the passthrough backing file of an inode.
+    /// Give the names of file node `ino` to a fresh node and leave `ino` to the files already
+    /// open on it. Needed when a file open in passthrough mode on its lower copy was copied up:
+    /// the kernel allows one backing file per FUSE inode, so opens of the copied-up file need
+    /// another inode. The old node keeps resolving, as the new one (as one overlay inode would).
+    fn split(&self, ino: u64) {
+        let mut t = self.write_table();
+        let Some(n) = t.nodes.get_mut(&ino) else { return };
+        if !n.attached || n.split_to.is_some() {
+            return;
+        }
+        let fresh = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let moved = Node {
+            parent: n.parent,
+            name: n.name.clone(),
+            nlookup: 0,
+            attached: true,
+            aliases: std::mem::take(&mut n.aliases),
+            split_to: None,
+        };
+        n.attached = false;
+        n.split_to = Some(fresh);
+        let keys: Vec<(u64, OsString)> = std::iter::once((moved.parent, moved.name.clone()))
+            .chain(moved.aliases.iter().cloned())
+            .collect();
+        for k in keys {
+            t.children.insert(k, fresh);
+        }
+        t.nodes.insert(fresh, moved);
+        debug!(ino, fresh, "node split after a copy-up under a passthrough open");
+    }
+
+    /// Get (or register) the passthrough backing file of an inode. EBUSY: the inode is open in
+    /// passthrough mode on another real file (its lower copy, before a copy-up).
     fn backing_for(
         &self,
         ino: u64,
@@ -1202,6 +1257,12 @@ impl Filesystem for StrataFs {
             Ok((file, lower, _)) => {
                 let backing = match self.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
                     Ok(b) => b,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        // The VFS retries an open that fails with ESTALE once, revalidating
+                        // each name by LOOKUP: that finds the split-off node and opens it.
+                        self.split(ino.0);
+                        return reply.error(Errno::ESTALE);
+                    }
                     Err(e) => return reply.error(errno_of(&e)),
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -1544,6 +1605,10 @@ impl Filesystem for StrataFs {
             Ok(b) => b,
             Err(e) => {
                 self.forget_n(ino, 1);
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    self.split(ino);
+                    return reply.error(Errno::ESTALE);
+                }
                 return reply.error(errno_of(&e));
             }
         };

@@ -467,3 +467,45 @@ fn paths_of_path_max_and_open_mode_3() {
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
 }
+
+/// A lower file open read-only (in passthrough mode its backing is the lower copy) is copied up
+/// by another open, for data and for metadata only: later opens must work on the copied-up file
+/// (the kernel allows one passthrough backing per inode, so strata-fuse gives the name a new
+/// node) and the earlier open must go on reading. The same without passthrough.
+#[test]
+fn copy_up_under_an_open_lower_file() {
+    if !can_run() {
+        return;
+    }
+    for extra in ["", "passthrough=off"] {
+        let t = scratch();
+        let s = build(t.path());
+        let _m = s.mount_fuse(extra);
+        let m = &s.mnt;
+        let mut ro = File::open(m.join("a")).unwrap();
+        {
+            let mut w = OpenOptions::new().append(true).open(m.join("a")).unwrap();
+            w.write_all(b"more\n").unwrap();
+        }
+        assert_eq!(fs::read_to_string(m.join("a")).unwrap(), "hello\nmore\n", "{extra}");
+        let mut first = [0u8; 6];
+        ro.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"hello\n");
+        assert_eq!(fs::read_to_string(s.upper.join("a")).unwrap(), "hello\nmore\n");
+
+        let ro2 = File::open(m.join("d/x")).unwrap();
+        fs::set_permissions(m.join("d/x"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(fs::read_to_string(m.join("d/x")).unwrap(), "x\n", "{extra}");
+        OpenOptions::new().write(true).truncate(true).open(m.join("d/x")).unwrap().write_all(b"new").unwrap();
+        assert_eq!(fs::read_to_string(m.join("d/x")).unwrap(), "new");
+        assert_eq!(fs::metadata(m.join("d/x")).unwrap().mode() & 0o7777, 0o600);
+        assert_eq!(fs::metadata(s.upper.join("d/x")).unwrap().mode() & 0o7777, 0o600);
+        assert_eq!(fs::read_to_string(s.upper.join("d/x")).unwrap(), "new");
+        // The inode number of a path stays put across repeated opens after the copy-up.
+        let ino = fs::metadata(m.join("d/x")).unwrap().ino();
+        drop(File::open(m.join("d/x")).unwrap());
+        assert_eq!(fs::metadata(m.join("d/x")).unwrap().ino(), ino);
+        drop(ro2);
+        drop(ro);
+    }
+}
