@@ -419,6 +419,17 @@ fn rename_exchange_and_noreplace() {
     assert_eq!(renameat2(&m.join("a"), &m.join("a2"), libc::RENAME_NOREPLACE), 0);
     assert_eq!(fs::read_to_string(m.join("a2")).unwrap(), "u");
     assert!(!m.join("a").exists());
+    // RENAME_WHITEOUT is refused with EINVAL, as kernel overlayfs does (checked below).
+    assert_eq!(renameat2(&m.join("a2"), &m.join("a3"), libc::RENAME_WHITEOUT), libc::EINVAL);
+    assert!(m.join("a2").exists());
+    drop(_g);
+    let t2 = scratch();
+    let k = build(t2.path());
+    let _kg = k.mount_kernel();
+    fs::write(k.mnt.join("u"), "u").unwrap();
+    for f in ["a", "u"] {
+        assert_eq!(renameat2(&k.mnt.join(f), &k.mnt.join("w"), libc::RENAME_WHITEOUT), libc::EINVAL);
+    }
 }
 
 #[test]
