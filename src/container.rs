@@ -269,6 +269,9 @@ fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> R
     let mut opts = format!("lowerdir={}", join(&lowers));
     if let (Some(u), Some(w)) = (&spec.upper, &spec.work) {
         opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+        if spec.volatile {
+            opts.push_str(",volatile");
+        }
     }
     let bin = fuse_binary();
     let source = format!("strata:{}", paths(store, name).dir.display());

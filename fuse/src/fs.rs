@@ -36,6 +36,8 @@ pub struct FsConfig {
     pub ttl: Duration,
     /// Use FUSE passthrough for open files when the kernel allows it.
     pub passthrough: bool,
+    /// As kernel overlayfs' `volatile`: copy-ups are not synced, fsync and syncfs do nothing.
+    pub volatile: bool,
 }
 
 #[derive(Debug)]
@@ -167,7 +169,8 @@ impl StrataFs {
                 ));
             }
         }
-        let layers = Layers::new(cfg.lowers.clone(), cfg.upper.clone(), cfg.work.clone())?;
+        let mut layers = Layers::new(cfg.lowers.clone(), cfg.upper.clone(), cfg.work.clone())?;
+        layers.durable = !cfg.volatile;
         let mut table = Table::default();
         table.nodes.insert(
             ROOT,
@@ -1349,6 +1352,9 @@ impl Filesystem for StrataFs {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        if !self.layers.durable {
+            return reply.ok();
+        }
         let f = &*h;
         let r = if datasync { f.file.sync_data() } else { f.file.sync_all() };
         match r {
@@ -1441,7 +1447,7 @@ impl Filesystem for StrataFs {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         if let Ok((p, r)) = self.resolve(ino.0) {
-            if r.top == 0 && self.layers.has_upper {
+            if r.top == 0 && self.layers.has_upper && self.layers.durable {
                 if let Ok(f) = sys::at(&self.layers.real(0, &p), |p| File::open(p)) {
                     let _ = f.sync_all();
                 }

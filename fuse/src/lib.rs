@@ -114,6 +114,7 @@ impl Options {
         let mut work = None;
         let mut ttl = Duration::from_secs(86400);
         let mut passthrough = true;
+        let mut volatile = false;
         let mut threads = 4usize;
         let mut flags = Vec::new();
         let mut fsname =
@@ -147,6 +148,7 @@ impl Options {
                 }
                 ("passthrough", Some(v)) => passthrough = v != "off" && v != "0" && v != "false",
                 ("nopassthrough", None) => passthrough = false,
+                ("volatile", None) => volatile = true,
                 ("ro", None) => flags.push(M::RO),
                 ("rw", None) => {}
                 ("dev", None) => flags.push(M::Dev),
@@ -178,7 +180,7 @@ impl Options {
             }
         }
         Ok(Options {
-            fs: FsConfig { lowers, upper, work, ttl, passthrough },
+            fs: FsConfig { lowers, upper, work, ttl, passthrough, volatile },
             mountpoint: PathBuf::from(mountpoint),
             foreground,
             debug,

@@ -56,6 +56,8 @@ pub struct Layers {
     pub has_upper: bool,
     /// Private scratch directory inside the workdir (same filesystem as upper).
     pub work: Option<PathBuf>,
+    /// Copy-ups reach the disk before they become visible (off with the `volatile` option).
+    pub durable: bool,
     tmp_seq: AtomicU64,
 }
 
@@ -86,7 +88,7 @@ impl Layers {
             }
             _ => None,
         };
-        Ok(Layers { roots, has_upper, work, tmp_seq: AtomicU64::new(0) })
+        Ok(Layers { roots, has_upper, work, durable: true, tmp_seq: AtomicU64::new(0) })
     }
 
     pub fn is_lower(&self, l: usize) -> bool {
@@ -357,7 +359,7 @@ impl Layers {
                         let inp = sys::at(&src, |p| {
                             OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
                         })?;
-                        sys::copy_data(&inp, &out, st.st_size as u64)?;
+                        sys::copy_data(&inp, &out, st.st_size as u64, self.durable)?;
                     }
                 }
                 libc::S_IFLNK => {

@@ -488,7 +488,7 @@ fn copy_up_under_an_open_lower_file() {
     if !can_run() {
         return;
     }
-    for extra in ["", "passthrough=off"] {
+    for extra in ["", "passthrough=off", "volatile"] {
         let t = scratch();
         let s = build(t.path());
         let _m = s.mount_fuse(extra);
