@@ -5,6 +5,15 @@
 #   WORKDIR  scratch space (default /var/tmp/strata-fuse-bench)
 # A second, top lower layer holds a 1 GiB and a 256 MiB file. Needs root. Each line is the median
 # of REPS (default 3) rounds; the backends take turns within a round.
+#   "stat warm" is the first walk after the cold one, "stat warm again" the next one: FUSE marks
+#   a directory's atime stale after an uncached readdir, so the first warm walk costs one GETATTR
+#   round trip per directory.
+#   "copy-up 256MiB" syncs the copy before it becomes visible where the backend does (kernel
+#   overlayfs and strata-fuse do; fuse-overlayfs never does); "copy-up, no sync" mounts kernel
+#   overlayfs and strata-fuse with `volatile` (fuse-overlayfs as it is).
+# HALTPOLL_NS=N sets /sys/module/haltpoll/parameters/guest_halt_poll_ns for the run (restored at
+# the end): VMs booted with haltpoll.guest_halt_poll_ns=0 pay a halt exit on every cross-CPU
+# wake-up, which is most of a FUSE round trip; the kernel's own default is 200000.
 set -euo pipefail
 ROOTFS="${1:-/usr}"
 SUB="${2:-share}"
@@ -25,16 +34,21 @@ echo "lower: $LOWER; tree: $SUB ($(find "$ROOTFS/$SUB" | wc -l) entries); rm -rf
 
 ms() { date +%s%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-do_mount() { # backend
-    local o="lowerdir=$LOWER,upperdir=$BASE/$1/upper,workdir=$BASE/$1/work"
+do_mount() { # backend [extra kernel/strata-fuse option]
+    local o="lowerdir=$LOWER,upperdir=$BASE/$1/upper,workdir=$BASE/$1/work" x="${2:+,$2}"
     case $1 in
-        kernel) mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$MNT" ;;
-        strata) "$STRATA" -o "$o" "$MNT" ;;
+        kernel) mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off$x" "$MNT" ;;
+        strata) "$STRATA" -o "$o$x" "$MNT" ;;
         fuse-overlayfs) fuse-overlayfs -o "$o" "$MNT" ;;
     esac
 }
 do_umount() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
-trap 'umount "$MNT" 2>/dev/null || true' EXIT
+HP=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HP_WAS=$(cat "$HP" 2>/dev/null || echo none)
+restore() { umount "$MNT" 2>/dev/null || true; [ "$HP_WAS" = none ] || echo "$HP_WAS" > "$HP"; }
+trap restore EXIT
+if [ -n "${HALTPOLL_NS:-}" ] && [ -w "$HP" ]; then echo "$HALTPOLL_NS" > "$HP"; fi
+echo "guest_halt_poll_ns: $(cat "$HP" 2>/dev/null || echo n/a) (was $HP_WAS); $(nproc) CPUs; $(uname -r)" >&2
 declare -A RES
 timeit() { # name backend cmd...
     local name=$1 be=$2; shift 2
@@ -59,7 +73,8 @@ for i in range(10000):
 rmtree() { rm -rf "${MNT:?}/$RMTREE"; }
 
 BACKENDS=(kernel strata fuse-overlayfs)
-TESTS=("stat cold" "stat warm" "tar" "read 1GiB cold" "copy-up 256MiB" "create 10k" "rm -rf lower")
+TESTS=("stat cold" "stat warm" "stat warm again" "tar" "read 1GiB cold" "copy-up 256MiB" "copy-up, no sync"
+    "create 10k" "rm -rf lower")
 for rep in $(seq "$REPS"); do
 for be in "${BACKENDS[@]}"; do
     echo "== $be (run $rep of $REPS)" >&2
@@ -67,12 +82,17 @@ for be in "${BACKENDS[@]}"; do
     drop; do_mount "$be"
     timeit "stat cold" "$be" stat_all
     timeit "stat warm" "$be" stat_all
+    timeit "stat warm again" "$be" stat_all
     timeit "tar" "$be" tar_all
     do_umount; drop; do_mount "$be"
     timeit "read 1GiB cold" "$be" seqread
     timeit "copy-up 256MiB" "$be" copyup
     timeit "create 10k" "$be" create10k
     timeit "rm -rf lower" "$be" rmtree
+    do_umount
+    rm -rf "${BASE:?}/$be"; mkdir -p "$BASE/$be/upper" "$BASE/$be/work"
+    drop; do_mount "$be" "$([ "$be" = fuse-overlayfs ] || echo volatile)"
+    timeit "copy-up, no sync" "$be" copyup
     do_umount
     rm -rf "${BASE:?}/$be"
 done
