@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, warn};
 
@@ -1353,6 +1353,35 @@ impl Filesystem for StrataFs {
     ) {
         self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // As kernel overlayfs: inode flags can be read (lsattr), other ioctls are not for
+        // this file (ENOTTY; isatty() asks on every fopen).
+        const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+        if cmd != FS_IOC_GETFLAGS {
+            return reply.error(Errno::from_i32(libc::ENOTTY));
+        }
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let mut flags: libc::c_long = 0;
+        // SAFETY: valid fd; the kernel writes an int into the long-sized buffer.
+        if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&h.file), FS_IOC_GETFLAGS as _, &mut flags) }
+            != 0
+        {
+            return reply.error(errno_of(&io::Error::last_os_error()));
+        }
+        let bytes = flags.to_ne_bytes();
+        reply.ioctl(0, &bytes[..(out_size as usize).min(bytes.len())]);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {

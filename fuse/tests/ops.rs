@@ -520,3 +520,34 @@ fn copy_up_under_an_open_lower_file() {
         drop(ro);
     }
 }
+
+/// ioctl as on kernel overlayfs: inode flags readable (lsattr), a terminal ioctl is ENOTTY.
+#[test]
+fn ioctl_flags_and_enotty() {
+    if !can_run() {
+        return;
+    }
+    let probe = |p: &Path| -> (i64, i32) {
+        let f = File::open(p).unwrap();
+        let mut flags: libc::c_long = 0;
+        // SAFETY: valid fd and out pointer.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601u32 as _, &mut flags) };
+        assert_eq!(r, 0, "FS_IOC_GETFLAGS on {}: {}", p.display(), std::io::Error::last_os_error());
+        let mut tio = [0u8; 64];
+        // SAFETY: valid fd, buffer larger than struct termios.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, tio.as_mut_ptr()) };
+        assert_eq!(r, -1);
+        (flags as i64, std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    };
+    let t = scratch();
+    let s = build(t.path());
+    let fuse = {
+        let _g = s.mount_fuse("");
+        probe(&s.mnt.join("a"))
+    };
+    let t2 = scratch();
+    let k = build(t2.path());
+    let _kg = k.mount_kernel();
+    assert_eq!(fuse, probe(&k.mnt.join("a")));
+    assert_eq!(fuse.1, libc::ENOTTY);
+}
