@@ -194,13 +194,18 @@ impl Options {
     /// The fuser session configuration.
     pub fn session_config(&self) -> fuser::Config {
         let mut c = fuser::Config::default();
-        let mut mo = vec![
-            fuser::MountOption::FSName(self.fsname.clone()),
-            fuser::MountOption::Subtype("strata-fuse".into()),
-        ];
+        let mut mo = vec![fuser::MountOption::FSName(self.fsname.clone())];
         mo.extend(self.flags.iter().cloned());
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        let root = unsafe { libc::geteuid() } == 0;
+        // fuser hands `Subtype` only to fusermount; mounting directly (as root) it must be a
+        // kernel option, or the mount table says "fuse" instead of "fuse.strata-fuse".
+        mo.push(if root {
+            fuser::MountOption::CUSTOM("subtype=strata-fuse".into())
+        } else {
+            fuser::MountOption::Subtype("strata-fuse".into())
+        });
+        if root {
             mo.push(fuser::MountOption::DefaultPermissions);
             c.acl = fuser::SessionACL::All;
             mo.push(fuser::MountOption::Dev);

@@ -368,6 +368,12 @@ fn cli_forms_and_clean_exit() {
     let _g = MountGuard { mnt: s.mnt.clone(), active: true };
     assert_eq!(fs::read_to_string(s.mnt.join("y")).unwrap(), "y\n");
     assert!(is_mounted(&s.mnt));
+    // The mount table names the filesystem type and the source as given.
+    let canon = fs::canonicalize(&s.mnt).unwrap();
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mi.lines().find(|l| l.split(' ').nth(4) == canon.to_str()).unwrap();
+    let after: Vec<&str> = line.split(" - ").nth(1).unwrap().split(' ').collect();
+    assert_eq!(&after[..2], ["fuse.strata-fuse", "strata"], "{line}");
 }
 
 fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
