@@ -29,7 +29,8 @@ fn dirs_in(p: &Path) -> usize {
 }
 
 /// Images of 1, 2, 128 and 500 layers mount, writable and read-only, and show the right content;
-/// 501 layers is refused with a clear error.
+/// 501 layers is refused by the kernel backend with a clear error, and `--backend auto` mounts it
+/// with strata-fuse instead.
 #[test]
 fn deep_stacks_mount_with_the_right_content() {
     if !privileged("deep_stacks_mount_with_the_right_content") {
@@ -87,6 +88,21 @@ fn deep_stacks_mount_with_the_right_content() {
     let err = root.fails(&["container", "mount", "too-deep", "--backend", "kernel"]);
     assert!(err.contains("501") && err.contains("500"), "{err}");
     assert_eq!(mounted(&root, "too-deep"), None);
+    // `auto` falls back to strata-fuse where the kernel refuses, and that view is complete.
+    let at = PathBuf::from(root.ok(&["container", "mount", "too-deep", "--backend", "auto"]).trim());
+    let fstype = fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find(|l| l.split(' ').nth(4) == at.to_str())
+        .and_then(|l| l.split(" - ").nth(1).and_then(|t| t.split(' ').next()).map(str::to_string));
+    assert_eq!(fstype.as_deref(), Some("fuse.strata-fuse"));
+    assert_eq!(fs::read_to_string(at.join("top")).expect("top").trim(), "500");
+    assert!(at.join("layer-1").exists() && at.join("layer-500").exists() && at.join("bin/busybox").is_file());
+    fs::write(at.join("new-file"), "x").expect("write through strata-fuse");
+    root.ok(&["container", "umount", "too-deep"]);
+    assert_eq!(mounted(&root, "too-deep"), None);
+    let upper = root.path().join("containers/too-deep/upper/new-file");
+    assert_eq!(fs::read_to_string(upper).expect("in upper"), "x");
 }
 
 /// `strata run` of the busybox image: the command runs under runc, its exit code comes back, and
