@@ -4,7 +4,8 @@
 //! - `oci`: `DEST` or `DEST:TAG`, a directory. Created if missing; an existing layout is added to:
 //!   other manifests in `index.json` are kept, an entry with the same ref name is replaced, blobs are
 //!   written only when missing (copied with `copy_file_range`, so reflinked where the filesystem can,
-//!   to a temp name, fsynced, renamed), and `index.json` is replaced atomically.
+//!   to a temp name, fsynced, renamed), and `index.json` is replaced atomically. Concurrent strata
+//!   exports into one layout take turns (flock on the layout directory).
 //! - `oci-archive`: the same tree in a tar file (`DEST` or `DEST:TAG`).
 //! - `docker-archive`: `manifest.json` (`Config`, `RepoTags`, `Layers`), `repositories`,
 //!   `<config hex>.json` and `<diff_id hex>/layer.tar`, the layers uncompressed (their sha256 is
@@ -210,6 +211,12 @@ fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
+    // Exports into one layout take turns (an flock on the directory itself, so the layout gets
+    // no extra file): index.json is read, changed and replaced, and a concurrent export would
+    // otherwise drop the other's entry.
+    let dir_fd = File::open(dir).map_err(io_at(dir))?;
+    rustix::fs::flock(&dir_fd, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_at(dir)(e.into()))?;
     let layout = dir.join("oci-layout");
     match fs::read(&layout) {
         Ok(data) => {
@@ -599,6 +606,43 @@ mod tests {
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn concurrent_exports_into_one_layout_keep_every_tag() {
+        if !need_root("concurrent_exports_into_one_layout_keep_every_tag (mknod)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (store, _, _) = tiny_image(t);
+        drop(store);
+        let layout = t.join("layout");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (root, layout) = (t.join("root"), layout.clone());
+                s.spawn(move || {
+                    let store = Store::open(&root).unwrap();
+                    export(&store, "tiny", &format!("{}:t{i}", layout.display()), ExportFormat::Oci).unwrap();
+                });
+            }
+        });
+        let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let mut refs: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["annotations"][image::REF_NAME].as_str().unwrap().to_string())
+            .collect();
+        refs.sort();
+        assert_eq!(refs, (0..8).map(|i| format!("t{i}")).collect::<Vec<_>>());
+        let leftovers: Vec<_> = fs::read_dir(&layout)
+            .unwrap()
+            .chain(fs::read_dir(layout.join("blobs/sha256")).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
