@@ -50,8 +50,8 @@ pub enum Error {
 
     #[error(
         "mounting overlay on {target}: legacy mount(2) option string is {len} bytes even with lower \
-         paths relative to {common}, over the {limit}-byte page limit (and the kernel lacks \
-         fsconfig lowerdir+)"
+         layers named by descriptor number (their paths relative to {common} were longer), over the \
+         {limit}-byte page limit (and the kernel lacks fsconfig lowerdir+)"
     )]
     OptionsTooLong { target: PathBuf, common: PathBuf, len: usize, limit: usize },
 

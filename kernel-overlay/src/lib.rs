@@ -28,7 +28,10 @@
 //! paths overflow it, lower paths are made relative to the lowers' common parent directory and the
 //! mount runs with that working directory in a helper thread that has unshared its fs_struct
 //! (`unshare(CLONE_FS)`), so no other thread's working directory changes. When even relative
-//! names overflow, [`Error::OptionsTooLong`] is returned.
+//! names overflow (500 layers of 64-hex digests take 32 KB), each lower is opened `O_PATH` and
+//! named by its descriptor number, from `/proc/self/fd` as the working directory: a few bytes a
+//! layer, so 500 layers fit. Only when that overflows too (an upper or work path of nearly a
+//! page) is [`Error::OptionsTooLong`] returned.
 
 mod error;
 pub mod mountinfo;
@@ -202,6 +205,8 @@ pub enum MountMethod {
     Legacy,
     /// mount(2) with lower paths relative to their common parent directory.
     LegacyRelative,
+    /// mount(2) with lowers named by open descriptors, relative to `/proc/self/fd`.
+    LegacyFd,
 }
 
 /// Knobs for [`mount_with`].
@@ -362,12 +367,7 @@ fn mount_legacy_with<S: Syscall>(sys: &S, spec: &OverlaySpec, target: &Path) -> 
         .collect();
     let data_rel = legacy_options(spec, &relative);
     if data_rel.len() >= LEGACY_OPTIONS_MAX {
-        return Err(Error::OptionsTooLong {
-            target: target.into(),
-            common,
-            len: data_rel.len() + 1,
-            limit: LEGACY_OPTIONS_MAX,
-        });
+        return mount_legacy_fds(sys, spec, target, &lowers, common);
     }
     tracing::debug!(
         absolute = data.len() + 1,
@@ -378,6 +378,37 @@ fn mount_legacy_with<S: Syscall>(sys: &S, spec: &OverlaySpec, target: &Path) -> 
     sys.mount(target, ro, &data_rel, Some(&common))
         .map_err(|e| mount_err(target, format!("mount(2) in {}", common.display()), Some(e)))?;
     Ok(MountMethod::LegacyRelative)
+}
+
+/// Legacy mount with each lower named by an `O_PATH` descriptor number, resolved from
+/// `/proc/self/fd` (the descriptors stay open until the mount has taken its own references).
+fn mount_legacy_fds<S: Syscall>(
+    sys: &S,
+    spec: &OverlaySpec,
+    target: &Path,
+    lowers: &[&Path],
+    common: PathBuf,
+) -> Result<MountMethod> {
+    let fds = lowers
+        .iter()
+        .map(|p| sys.open_path(p).map_err(|e| mount_err(target, format!("open {}", p.display()), Some(e))))
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<Vec<u8>> = fds.iter().map(|f| sys.fd_number(f).to_string().into_bytes()).collect();
+    let data = legacy_options(spec, &names);
+    if data.len() >= LEGACY_OPTIONS_MAX {
+        return Err(Error::OptionsTooLong {
+            target: target.into(),
+            common,
+            len: data.len() + 1,
+            limit: LEGACY_OPTIONS_MAX,
+        });
+    }
+    let cwd = Path::new("/proc/self/fd");
+    tracing::debug!(len = data.len() + 1, "legacy option string names lowers by /proc/self/fd numbers");
+    sys.mount(target, spec.is_read_only(), &data, Some(cwd))
+        .map_err(|e| mount_err(target, "mount(2) in /proc/self/fd".to_string(), Some(e)))?;
+    drop(fds);
+    Ok(MountMethod::LegacyFd)
 }
 
 /// How to unmount.

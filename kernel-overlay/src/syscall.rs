@@ -37,6 +37,11 @@ pub trait Syscall {
     fn mount(&self, target: &Path, read_only: bool, data: &[u8], cwd: Option<&Path>) -> Result<(), Errno>;
     /// `umount2(target, UMOUNT_NOFOLLOW | (detach ? MNT_DETACH : 0))`.
     fn umount(&self, target: &Path, detach: bool) -> Result<(), Errno>;
+    /// `open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)`: a handle whose number names the directory as
+    /// `/proc/self/fd/N` while it is open.
+    fn open_path(&self, dir: &Path) -> Result<Self::Fd, Errno>;
+    /// The descriptor number of a handle from [`Syscall::open_path`].
+    fn fd_number(&self, fd: &Self::Fd) -> i32;
     /// The text of `/proc/self/mountinfo`.
     fn mountinfo(&self) -> io::Result<String>;
 }
@@ -120,6 +125,15 @@ impl Syscall for RealSyscall {
         rustix::mount::unmount(target, flags)
     }
 
+    fn open_path(&self, dir: &Path) -> Result<OwnedFd, Errno> {
+        use rustix::fs::{Mode, OFlags};
+        rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    }
+
+    fn fd_number(&self, fd: &OwnedFd) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(fd)
+    }
+
     fn mountinfo(&self) -> io::Result<String> {
         std::fs::read_to_string("/proc/self/mountinfo")
     }
@@ -136,6 +150,7 @@ pub enum Call {
     MoveMount { target: PathBuf },
     Mount { target: PathBuf, read_only: bool, data: Vec<u8>, cwd: Option<PathBuf> },
     Umount { target: PathBuf, detach: bool },
+    OpenPath { dir: PathBuf },
 }
 
 type Matcher = Box<dyn Fn(&Call) -> bool + Send + Sync>;
@@ -235,6 +250,15 @@ impl Syscall for RecordingSyscall {
 
     fn umount(&self, target: &Path, detach: bool) -> Result<(), Errno> {
         self.record(Call::Umount { target: target.into(), detach })
+    }
+
+    fn open_path(&self, dir: &Path) -> Result<u32, Errno> {
+        self.record(Call::OpenPath { dir: dir.into() })?;
+        Ok(self.fd())
+    }
+
+    fn fd_number(&self, fd: &u32) -> i32 {
+        *fd as i32 + 2
     }
 
     fn mountinfo(&self) -> io::Result<String> {

@@ -237,17 +237,61 @@ fn legacy_page_boundary() {
 }
 
 #[test]
-fn legacy_relative_overflow_is_a_clear_error() {
+fn legacy_relative_overflow_names_lowers_by_fd() {
     let sys = RecordingSyscall::new();
-    // 64-hex names, as strata's layer dirs: 500 * 65 bytes cannot fit one page.
+    // 64-hex names, as strata's layer dirs: 500 * 65 bytes cannot fit one page, even relative.
     let parent = long_parent();
-    let spec =
-        OverlaySpec::read_only((0..500).map(|i| PathBuf::from(format!("{parent}/{i:064x}"))).collect());
+    let names: Vec<PathBuf> = (0..500).map(|i| PathBuf::from(format!("{parent}/{i:064x}/diff"))).collect();
+    let spec = OverlaySpec::writable(names.clone(), "/s/c/upper".into(), "/s/c/work".into());
+    let m = mount_with(&sys, &spec, target(), MountOptions { force_legacy: true }).unwrap();
+    assert_eq!(m, MountMethod::LegacyFd);
+    let calls = sys.calls();
+    assert_eq!(calls.len(), 501);
+    for (c, want) in calls.iter().zip(&names) {
+        assert_eq!(c, &Call::OpenPath { dir: want.clone() });
+    }
+    let Call::Mount { data, cwd, read_only, .. } = &calls[500] else { panic!("{:?}", calls[500]) };
+    assert_eq!(cwd.as_deref(), Some(Path::new("/proc/self/fd")));
+    assert!(!read_only);
+    // The recording descriptors are 1..=500, numbered +2 (3..=502), in layer order.
+    let want: Vec<String> = (3..=502).map(|n| n.to_string()).collect();
+    let s = String::from_utf8_lossy(data);
+    assert!(s.starts_with(&format!("lowerdir={},upperdir=/s/c/upper,", want.join(":"))), "{s}");
+    assert!(data.len() < LEGACY_OPTIONS_MAX);
+}
+
+#[test]
+fn legacy_fd_names_overflow_is_a_clear_error() {
+    let sys = RecordingSyscall::new();
+    // Lowers that only fit by number, and an upper path that alone nearly fills the page.
+    let parent = long_parent();
+    let names: Vec<PathBuf> = (0..500).map(|i| PathBuf::from(format!("{parent}/{i:064x}"))).collect();
+    let upper = PathBuf::from(format!("/{}", "u".repeat(3000)));
+    let spec = OverlaySpec::writable(names, upper, "/s/c/work".into());
     let err = mount_with(&sys, &spec, target(), MountOptions { force_legacy: true }).unwrap_err();
-    assert!(matches!(err, Error::OptionsTooLong { .. }));
+    assert!(matches!(err, Error::OptionsTooLong { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("/mnt/t") && msg.contains("4096") && msg.contains(&parent), "{msg}");
-    assert!(sys.calls().is_empty());
+    assert!(msg.contains("/mnt/t") && msg.contains("4096") && msg.contains("descriptor"), "{msg}");
+    assert!(sys.calls().iter().all(|c| matches!(c, Call::OpenPath { .. })), "no mount call");
+}
+
+#[test]
+fn legacy_fd_open_failure_names_the_layer() {
+    let parent = long_parent();
+    let names: Vec<PathBuf> = (0..500).map(|i| PathBuf::from(format!("{parent}/{i:064x}"))).collect();
+    let bad = names[7].clone();
+    let sys = RecordingSyscall::new()
+        .fail_when(move |c| matches!(c, Call::OpenPath { dir } if *dir == bad), Errno::NOENT);
+    let err = mount_with(
+        &sys,
+        &OverlaySpec::read_only(names.clone()),
+        target(),
+        MountOptions { force_legacy: true },
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{:064x}", 7)) && msg.contains("ENOENT"), "{msg}");
+    assert!(!sys.calls().iter().any(|c| matches!(c, Call::Mount { .. })));
 }
 
 #[test]

@@ -296,6 +296,48 @@ fn legacy_fallback_500_layers_under_long_paths() {
     }
 }
 
+/// 500 layers named by 64-hex digests, as strata's store has them: even relative names overflow
+/// the legacy page, so the lowers are named by descriptor numbers from /proc/self/fd.
+#[test]
+fn legacy_fallback_500_digest_named_layers() {
+    if !root_or_skip("legacy_500_digests") {
+        return;
+    }
+    let fx = Fixture::new(0, "layers/sha256");
+    let base = fx.root.join("layers/sha256");
+    let lowers: Vec<PathBuf> = (0..500)
+        .map(|i| {
+            let l = base.join(format!("{i:064x}")).join("diff");
+            fs::create_dir_all(&l).unwrap();
+            fs::write(l.join(format!("f{i}")), i.to_string()).unwrap();
+            fs::write(l.join("common"), i.to_string()).unwrap();
+            l
+        })
+        .collect();
+    let fx = Fixture { lowers, ..fx };
+    let cwd_before = std::env::current_dir().unwrap();
+    for writable in [false, true] {
+        let spec = if writable { fx.writable() } else { fx.read_only() };
+        let target = fx.target();
+        let method = mount_legacy(&spec, &target).unwrap_or_else(|e| panic!("writable={writable}: {e}"));
+        let _guard = Mounted(target.clone());
+        assert_eq!(method, MountMethod::LegacyFd);
+        assert_eq!(std::env::current_dir().unwrap(), cwd_before, "process cwd untouched");
+        let open_layers: Vec<PathBuf> = fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+            .filter(|l| l.starts_with(&base))
+            .collect();
+        assert!(open_layers.is_empty(), "descriptors left open: {open_layers:?}");
+        fx.check_content();
+        if writable {
+            fs::write(target.join("new"), "fd").unwrap();
+            assert_eq!(fs::read_to_string(fx.root.join("upper/new")).unwrap(), "fd");
+        }
+        unmount(&target, UnmountMode::Normal).unwrap();
+    }
+}
+
 #[test]
 fn legacy_short_stack_uses_absolute_paths() {
     if !root_or_skip("legacy_short") {
