@@ -382,9 +382,17 @@ impl StrataFs {
         }
     }
 
-    /// For an upper file with several links: the node shared by all its names.
+    /// Whether the names of a file in layer `top` with several links share one node: in the
+    /// upper layer, and in every layer of a read-only mount (nothing is ever copied up there, so
+    /// the names cannot part ways; kernel overlayfs shares the inode then too).
+    fn shares_links(&self, top: usize) -> bool {
+        !self.layers.has_upper || top == 0
+    }
+
+    /// For a file with several links (see [`StrataFs::shares_links`]): the node shared by all
+    /// its names.
     fn canonical(&self, parent: u64, name: &OsStr, ino: u64, st: &Stat, r: &Resolved) -> u64 {
-        if st.st_nlink <= 1 || sys::is_dir(st) || r.top != 0 || !self.layers.has_upper {
+        if st.st_nlink <= 1 || sys::is_dir(st) || !self.shares_links(r.top) {
             return ino;
         }
         let key = (st.st_dev, st.st_ino);
@@ -394,8 +402,8 @@ impl StrataFs {
             Some(x) => {
                 // Still the same file under x's own name?
                 let same = self.resolve(x).ok().and_then(|(p, xr)| {
-                    if xr.top == 0 {
-                        overlay::dev_ino(&self.layers.real(0, &p))
+                    if self.shares_links(xr.top) {
+                        overlay::dev_ino(&self.layers.real(xr.top, &p))
                     } else {
                         None
                     }

@@ -557,3 +557,38 @@ fn ioctl_flags_and_enotty() {
     assert_eq!(fuse, probe(&k.mnt.join("a")));
     assert_eq!(fuse.1, libc::ENOTTY);
 }
+
+/// Files hardlinked inside a lower layer: on a read-only mount all names are one inode (as on
+/// kernel overlayfs); on a writable one each name is its own (see fuse/README.md), and copying
+/// one up leaves the other's content alone, as kernel overlayfs with index=off does.
+#[test]
+fn lower_hardlinks() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let l2 = &s.lowers[1];
+    fs::hard_link(l2.join("a"), l2.join("a-link")).unwrap();
+    fs::hard_link(l2.join("a"), l2.join("d/a-link2")).unwrap();
+    {
+        let st = Command::new(BIN).arg("-o").arg(format!("lowerdir={}", s.lowerdir())).arg(&s.mnt).status();
+        assert!(st.unwrap().success());
+        let _g = MountGuard { mnt: s.mnt.clone(), active: true };
+        let m = &s.mnt;
+        let inos: Vec<u64> =
+            ["a", "a-link", "d/a-link2"].iter().map(|n| fs::metadata(m.join(n)).unwrap().ino()).collect();
+        assert_eq!(inos, [inos[0]; 3], "one inode on a read-only mount");
+        assert_eq!(fs::metadata(m.join("a-link")).unwrap().nlink(), 3);
+        // Still one after the kernel forgot and relooked the names.
+        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        assert_eq!(fs::metadata(m.join("d/a-link2")).unwrap().ino(), inos[0]);
+    }
+    let _g = s.mount_fuse("");
+    let m = &s.mnt;
+    fs::write(m.join("a-link"), "changed\n").unwrap();
+    assert_eq!(fs::read_to_string(m.join("a-link")).unwrap(), "changed\n");
+    assert_eq!(fs::read_to_string(m.join("a")).unwrap(), "hello\n");
+    assert_eq!(fs::read_to_string(m.join("d/a-link2")).unwrap(), "hello\n");
+    assert_eq!(fs::read_to_string(l2.join("a")).unwrap(), "hello\n", "lower untouched");
+}
