@@ -92,10 +92,27 @@ fn main() -> ExitCode {
             }
         }
     }
-    match session.run() {
-        Ok(()) => ExitCode::SUCCESS,
+    // When the session ends (the filesystem was unmounted), fuser's own clean-up would unmount
+    // the mount point once more: its "still mounted?" check (poll on /dev/fuse) answers yes either
+    // way, so a filesystem mounted there since (the next `container mount`, say) would vanish.
+    // So the mount handle is leaked: it only guards the path, and the process exits right after.
+    let bg = match session.spawn() {
+        Ok(bg) => std::mem::ManuallyDrop::new(bg),
         Err(e) => {
+            error!("starting the session: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut bg = bg;
+    let guard = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+    match guard.join() {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             error!("session ended: {e}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            error!("session thread panicked");
             ExitCode::from(1)
         }
     }

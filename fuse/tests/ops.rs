@@ -592,3 +592,42 @@ fn lower_hardlinks() {
     assert_eq!(fs::read_to_string(m.join("d/a-link2")).unwrap(), "hello\n");
     assert_eq!(fs::read_to_string(l2.join("a")).unwrap(), "hello\n", "lower untouched");
 }
+
+/// A daemon that ends (its mount is gone) must not unmount what is mounted at the same path by
+/// then. Made deterministic with a lazy unmount: the connection lives while a file is open, a
+/// tmpfs is mounted on the path, then the file is closed and the daemon exits.
+#[test]
+fn exiting_daemon_leaves_a_new_mount_alone() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let mut g = s.mount_fuse("");
+    let canon = fs::canonicalize(&s.mnt).unwrap();
+    let daemon = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .find(|e| {
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            cmd.split(|b| *b == 0).any(|a| a == canon.as_os_str().as_encoded_bytes())
+                && fs::read_link(e.path().join("exe")).map(|x| x.ends_with("strata-fuse")).unwrap_or(false)
+        })
+        .map(|e| e.path())
+        .expect("daemon process");
+    let held = File::open(s.mnt.join("a")).unwrap();
+    let c = std::ffi::CString::new(canon.to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    g.active = false;
+    let st = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&canon).status().unwrap();
+    assert!(st.success());
+    let _tmpfs = MountGuard { mnt: canon.clone(), active: true };
+    assert!(daemon.exists(), "daemon still serving the detached mount");
+    drop(held);
+    assert!(wait_until(|| !daemon.exists(), 10), "daemon did not exit");
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mi.lines().find(|l| l.split(' ').nth(4) == canon.to_str()).expect("tmpfs still mounted");
+    assert!(line.contains(" - tmpfs "), "{line}");
+}
