@@ -96,6 +96,7 @@ fn main() -> ExitCode {
     // the mount point once more: its "still mounted?" check (poll on /dev/fuse) answers yes either
     // way, so a filesystem mounted there since (the next `container mount`, say) would vanish.
     // So the mount handle is leaked: it only guards the path, and the process exits right after.
+    // (Fixed upstream in cberner/fuser#703, after 0.18.0; drop this once a release has it.)
     let bg = match session.spawn() {
         Ok(bg) => std::mem::ManuallyDrop::new(bg),
         Err(e) => {
