@@ -436,26 +436,3 @@ fn same_tree_as_gnu_tar() {
     let b = Tree::capture_with(&theirs, &opts).unwrap();
     strata::tree::assert_trees_eq(&a, &b, src);
 }
-
-/// Throughput check (ignored by default): `STRATA_BENCH_TAR=/path/x.tar cargo test --test unpack
-/// bench -- --ignored --nocapture` unpacks into `STRATA_BENCH_DEST` (default: a tempdir).
-#[test]
-#[ignore]
-fn bench_unpack() {
-    let Ok(src) = std::env::var("STRATA_BENCH_TAR") else {
-        eprintln!("SKIPPED: STRATA_BENCH_TAR not set");
-        return;
-    };
-    let tmp =
-        tempfile::tempdir_in(std::env::var("STRATA_BENCH_DEST").unwrap_or_else(|_| "/tmp".into())).unwrap();
-    let t0 = std::time::Instant::now();
-    let stats = unpack_layer(fs::File::open(&src).unwrap(), tmp.path(), &UnpackOptions::default()).unwrap();
-    let dt = t0.elapsed();
-    eprintln!(
-        "unpacked {} entries, {} MB in {:.2?} ({:.0} MB/s)",
-        stats.entries,
-        stats.bytes >> 20,
-        dt,
-        stats.bytes as f64 / 1e6 / dt.as_secs_f64()
-    );
-}
