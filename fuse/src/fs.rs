@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -110,6 +110,8 @@ pub struct StrataFs {
     hardlinks: Mutex<HashMap<(u64, u64), u64>>,
     /// Directory listings being read (see [`StrataFs::listing`]).
     listings: Mutex<HashMap<u64, Cookied>>,
+    /// Kernel notifications (set once the session exists; see [`StrataFs::notifier_slot`]).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 type Res<T> = Result<T, io::Error>;
@@ -198,6 +200,7 @@ impl StrataFs {
             backings: Mutex::new(HashMap::new()),
             hardlinks: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            notifier: Arc::new(OnceLock::new()),
         })
     }
 
@@ -400,14 +403,16 @@ impl StrataFs {
         match h.get(&key).copied() {
             Some(x) if x == ino => ino,
             Some(x) => {
-                // Still the same file under x's own name?
-                let same = self.resolve(x).ok().and_then(|(p, xr)| {
-                    if self.shares_links(xr.top) {
-                        overlay::dev_ino(&self.layers.real(xr.top, &p))
-                    } else {
-                        None
-                    }
-                }) == Some(key);
+                // Still a named node, and the same file under x's own name?
+                let named = self.read_table().nodes.get(&x).is_some_and(|n| n.attached);
+                let same = named
+                    && self.resolve(x).ok().and_then(|(p, xr)| {
+                        if self.shares_links(xr.top) {
+                            overlay::dev_ino(&self.layers.real(xr.top, &p))
+                        } else {
+                            None
+                        }
+                    }) == Some(key);
                 if same {
                     drop(h);
                     self.add_alias(x, parent, name);
@@ -923,11 +928,13 @@ impl StrataFs {
     /// open on it. Needed when a file open in passthrough mode on its lower copy was copied up:
     /// the kernel allows one backing file per FUSE inode, so opens of the copied-up file need
     /// another inode. The old node keeps resolving, as the new one (as one overlay inode would).
-    fn split(&self, ino: u64) {
+    /// Returns the names that moved: the kernel's cached entries for them still lead to `ino`
+    /// (see [`StrataFs::forget_names`]).
+    fn split(&self, ino: u64) -> Vec<(u64, OsString)> {
         let mut t = self.write_table();
-        let Some(n) = t.nodes.get_mut(&ino) else { return };
+        let Some(n) = t.nodes.get_mut(&ino) else { return Vec::new() };
         if !n.attached || n.split_to.is_some() {
-            return;
+            return Vec::new();
         }
         let fresh = self.next_ino.fetch_add(1, Ordering::Relaxed);
         let moved = Node {
@@ -943,11 +950,39 @@ impl StrataFs {
         let keys: Vec<(u64, OsString)> = std::iter::once((moved.parent, moved.name.clone()))
             .chain(moved.aliases.iter().cloned())
             .collect();
-        for k in keys {
-            t.children.insert(k, fresh);
+        for k in &keys {
+            t.children.insert(k.clone(), fresh);
         }
         t.nodes.insert(fresh, moved);
+        drop(t);
+        // The shared node of an upper hardlink is now the fresh one.
+        for v in self.hardlinks.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+            if *v == ino {
+                *v = fresh;
+            }
+        }
         debug!(ino, fresh, "node split after a copy-up under a passthrough open");
+        keys
+    }
+
+    /// The slot for the session's notifier, filled by whoever creates the session.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// After [`StrataFs::split`]: make the kernel drop its cached entries for `names` (so
+    /// every name shows the new node at once, hardlinks included) and its attributes of the old
+    /// node (still open: its `fstat` now shows the copied-up file). Must not run while the
+    /// calling request holds the parent directory locked in the kernel (CREATE does): the
+    /// kernel takes that lock for the notification.
+    fn forget_names(&self, old: u64, names: &[(u64, OsString)]) {
+        let Some(n) = self.notifier.get() else { return };
+        for (parent, name) in names {
+            if let Err(e) = n.inval_entry(INodeNo(*parent), name) {
+                debug!(parent, ?name, error = %e, "inval_entry");
+            }
+        }
+        let _ = n.inval_inode(INodeNo(old), -1, 0);
     }
 
     /// Get (or register) the passthrough backing file of an inode. EBUSY: the inode is open in
@@ -1273,7 +1308,8 @@ impl Filesystem for StrataFs {
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         // The VFS retries an open that fails with ESTALE once, revalidating
                         // each name by LOOKUP: that finds the split-off node and opens it.
-                        self.split(ino.0);
+                        let names = self.split(ino.0);
+                        self.forget_names(ino.0, &names);
                         return reply.error(Errno::ESTALE);
                     }
                     Err(e) => return reply.error(errno_of(&e)),
@@ -1654,7 +1690,8 @@ impl Filesystem for StrataFs {
             Err(e) => {
                 self.forget_n(ino, 1);
                 if e.raw_os_error() == Some(libc::EBUSY) {
-                    self.split(ino);
+                    // No notifications here: the kernel holds the parent locked during CREATE.
+                    let _ = self.split(ino);
                     return reply.error(Errno::ESTALE);
                 }
                 return reply.error(errno_of(&e));

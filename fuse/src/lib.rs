@@ -240,6 +240,9 @@ pub fn mount(opts: &Options) -> Result<fuser::Session<StrataFs>, Error> {
     cfg.upper = cfg.upper.as_ref().map(canon).transpose()?;
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
     let fs = StrataFs::new(&cfg).map_err(Error::Layers)?;
-    fuser::Session::new(fs, &opts.mountpoint, &opts.session_config())
-        .map_err(|e| Error::Mount(opts.mountpoint.clone(), e))
+    let slot = fs.notifier_slot();
+    let session = fuser::Session::new(fs, &opts.mountpoint, &opts.session_config())
+        .map_err(|e| Error::Mount(opts.mountpoint.clone(), e))?;
+    let _ = slot.set(session.notifier());
+    Ok(session)
 }

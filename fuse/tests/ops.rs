@@ -524,6 +524,15 @@ fn copy_up_under_an_open_lower_file() {
         assert_eq!(fs::metadata(m.join("d/x")).unwrap().ino(), ino);
         drop(ro2);
         drop(ro);
+        // A hardlink made while the lower copy is held open: once a write open has moved the
+        // file to a new inode, both names show that inode (the kernel is told to drop them).
+        let held = File::open(m.join("y")).unwrap();
+        fs::hard_link(m.join("y"), m.join("y-link")).unwrap();
+        OpenOptions::new().append(true).open(m.join("y-link")).unwrap().write_all(b"z").unwrap();
+        let (a, b) = (fs::metadata(m.join("y")).unwrap(), fs::metadata(m.join("y-link")).unwrap());
+        assert_eq!((a.ino(), a.nlink(), a.len()), (b.ino(), 2, 3), "{extra}");
+        assert_eq!(fs::read_to_string(m.join("y")).unwrap(), "y\nz");
+        drop(held);
     }
 }
 
