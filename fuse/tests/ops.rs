@@ -60,15 +60,28 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// The stack of [`build`] in a scratch directory, mounted by strata-fuse. Fields drop in order:
+/// the mount first, then the directories.
+struct Mounted {
+    g: MountGuard,
+    s: Stack,
+    _t: tempfile::TempDir,
+}
+
+fn mounted(extra: &str) -> Mounted {
+    let t = scratch();
+    let s = build(t.path());
+    let g = s.mount_fuse(extra);
+    Mounted { g, s, _t: t }
+}
+
 #[test]
 fn merged_view_lookup_readdir_getattr() {
     if !can_run() {
         return;
     }
-    let t = scratch();
-    let s = build(t.path());
-    let _m = s.mount_fuse("");
-    let m = &s.mnt;
+    let fx = mounted("");
+    let (s, m) = (&fx.s, &fx.s.mnt);
     assert_eq!(names(m), ["a", "d", "oci", "ocopq", "opq", "sym", "y"]);
     assert_eq!(names(&m.join("d")), ["sub", "x", "z"]);
     assert_eq!(names(&m.join("opq")), ["v"]);
@@ -155,10 +168,8 @@ fn create_remove_link_and_whiteouts() {
     if !can_run() {
         return;
     }
-    let t = scratch();
-    let s = build(t.path());
-    let _g = s.mount_fuse("");
-    let m = &s.mnt;
+    let fx = mounted("");
+    let (s, m) = (&fx.s, &fx.s.mnt);
     fs::write(m.join("new"), "n").unwrap();
     fs::create_dir(m.join("d/nd")).unwrap();
     let c = std::ffi::CString::new(m.join("fifo").to_str().unwrap()).unwrap();
@@ -206,10 +217,8 @@ fn renames_and_kernel_interop() {
     if !can_run() {
         return;
     }
-    let t = scratch();
-    let s = build(t.path());
-    let mut g = s.mount_fuse("");
-    let m = &s.mnt;
+    let mut fx = mounted("");
+    let (s, m) = (&fx.s, &fx.s.mnt);
     let before = Tree::capture(&m.join("d")).unwrap();
     // File from lower: copy-up, whiteout at old name.
     fs::rename(m.join("a"), m.join("a.moved")).unwrap();
@@ -229,7 +238,7 @@ fn renames_and_kernel_interop() {
     // Rename over a non-empty dir fails.
     assert_eq!(errno_of(fs::rename(m.join("sub"), m.join("d2"))), libc::ENOTEMPTY);
     let view = Tree::capture(m).unwrap();
-    g.unmount();
+    fx.g.unmount();
     // The same upper mounted by the kernel shows the same view.
     fs::remove_dir_all(&s.work).unwrap();
     fs::create_dir(&s.work).unwrap();
@@ -393,10 +402,8 @@ fn rename_exchange_and_noreplace() {
     if !can_run() {
         return;
     }
-    let t = scratch();
-    let s = build(t.path());
-    let _g = s.mount_fuse("");
-    let m = &s.mnt;
+    let mut fx = mounted("");
+    let (s, m) = (&fx.s, &fx.s.mnt);
     // Upper and lower files swap (the lower ones are copied up first); nodes follow the names.
     fs::write(m.join("u"), "u").unwrap();
     let ino_u = fs::metadata(m.join("u")).unwrap().ino();
@@ -428,7 +435,7 @@ fn rename_exchange_and_noreplace() {
     // RENAME_WHITEOUT is refused with EINVAL, as kernel overlayfs does (checked below).
     assert_eq!(renameat2(&m.join("a2"), &m.join("a3"), libc::RENAME_WHITEOUT), libc::EINVAL);
     assert!(m.join("a2").exists());
-    drop(_g);
+    fx.g.unmount();
     let t2 = scratch();
     let k = build(t2.path());
     let _kg = k.mount_kernel();
@@ -443,10 +450,8 @@ fn paths_of_path_max_and_open_mode_3() {
     if !can_run() {
         return;
     }
-    let t = scratch();
-    let s = build(t.path());
-    let _g = s.mount_fuse("");
-    let m = &s.mnt;
+    let fx = mounted("");
+    let (s, m) = (&fx.s, &fx.s.mnt);
     // A merged path just under PATH_MAX: the upper path ("upper" vs "mnt") is longer than that.
     let mut dir = m.clone();
     while dir.as_os_str().len() + 201 < 3900 {
@@ -495,10 +500,8 @@ fn copy_up_under_an_open_lower_file() {
         return;
     }
     for extra in ["", "passthrough=off", "volatile"] {
-        let t = scratch();
-        let s = build(t.path());
-        let _m = s.mount_fuse(extra);
-        let m = &s.mnt;
+        let fx = mounted(extra);
+        let (s, m) = (&fx.s, &fx.s.mnt);
         let mut ro = File::open(m.join("a")).unwrap();
         {
             let mut w = OpenOptions::new().append(true).open(m.join("a")).unwrap();
