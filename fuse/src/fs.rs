@@ -120,6 +120,17 @@ fn errno_of(e: &io::Error) -> Errno {
     Errno::from_i32(sys::errno(e))
 }
 
+/// An xattr value or name list: its size when asked with size 0, ERANGE when it does not fit.
+fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32)
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(data)
+    }
+}
+
 fn kind_of(fmt: u32) -> FileType {
     match fmt {
         libc::S_IFDIR => FileType::Directory,
@@ -1581,15 +1592,7 @@ impl Filesystem for StrataFs {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
         match self.resolve(ino.0).and_then(|(p, r)| sys::get_xattr(&self.layers.real(r.top, &p), name)) {
-            Ok(v) => {
-                if size == 0 {
-                    reply.size(v.len() as u32)
-                } else if v.len() > size as usize {
-                    reply.error(Errno::ERANGE)
-                } else {
-                    reply.data(&v)
-                }
-            }
+            Ok(v) => reply_sized(reply, size, &v),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -1602,13 +1605,7 @@ impl Filesystem for StrataFs {
                     buf.extend_from_slice(n.as_bytes());
                     buf.push(0);
                 }
-                if size == 0 {
-                    reply.size(buf.len() as u32)
-                } else if buf.len() > size as usize {
-                    reply.error(Errno::ERANGE)
-                } else {
-                    reply.data(&buf)
-                }
+                reply_sized(reply, size, &buf)
             }
             Err(e) => reply.error(errno_of(&e)),
         }
