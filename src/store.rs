@@ -114,6 +114,34 @@ fn chmod_dirs_writable(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Suffix of a staging lock file being created (see [`Store::staging`]).
+const LOCK_NEW: &str = ".lock-new";
+
+/// Whether the staging entry `token` belongs to a live operation: its lock file exists and is
+/// locked. (A dead one's lock is free; the probe's own lock goes with the file handle.)
+fn staging_live(staging: &Path, token: &str) -> Result<bool> {
+    let p = staging.join(format!("{token}.lock"));
+    let file = match OpenOptions::new().write(true).open(&p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at(&p),
+    };
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(false),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+        Err(e) => Err(io::Error::from(e)).at(&p),
+    }
+}
+
+/// Whether the process whose pid starts `token` ("<pid>-<hex>") is alive.
+fn token_pid_alive(token: &str) -> bool {
+    token
+        .split('-')
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 fn random_token() -> String {
     let mut buf = [0u8; 8];
     // SAFETY: getrandom writes at most buf.len() bytes into buf.
@@ -189,10 +217,17 @@ impl Store {
     pub fn staging(&self) -> Result<Staging> {
         let token = random_token();
         let lock_path = self.root.join("staging").join(format!("{token}.lock"));
-        let lock = lock_file(&lock_path, false)?.ok_or_else(|| StoreError::Io {
-            path: lock_path.clone(),
+        // The lock file appears under its name already locked (made under a name recovery leaves
+        // to live processes, then renamed): a concurrent `recover` must never find it unlocked.
+        let new_path = self.root.join("staging").join(format!("{token}{LOCK_NEW}"));
+        let lock = lock_file(&new_path, false)?.ok_or_else(|| StoreError::Io {
+            path: new_path.clone(),
             source: io::ErrorKind::WouldBlock.into(),
         })?;
+        if let Err(e) = fs::rename(&new_path, &lock_path) {
+            let _ = fs::remove_file(&new_path);
+            return Err(StoreError::Io { path: lock_path, source: e });
+        }
         let dir = self.root.join("staging").join(&token);
         fs::DirBuilder::new().mode(0o700).create(&dir).at(&dir)?;
         Ok(Staging { token, dir, lock_path, _lock: lock })
@@ -229,21 +264,21 @@ impl Store {
     /// layers (directories and rows) only those leases held.
     pub fn recover(&mut self) -> Result<()> {
         let staging = self.root.join("staging");
+        // Other commands may be creating staging entries while this runs: an entry is dead only
+        // if its lock file is free (or gone) when looked at, never because an earlier listing
+        // did not show it.
         let mut live = std::collections::HashSet::new();
         let mut dead_tokens = Vec::new();
         for e in fs::read_dir(&staging).at(&staging)? {
             let e = e.at(&staging)?;
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(token) = name.strip_suffix(".lock") {
-                match lock_file(&e.path(), false)? {
-                    Some(_guard) => {
-                        let _ = remove_tree(&staging.join(token));
-                        let _ = fs::remove_file(e.path());
-                        dead_tokens.push(token.to_string());
-                    }
-                    None => {
-                        live.insert(token.to_string());
-                    }
+                if let Some(_guard) = lock_file(&e.path(), false)? {
+                    let _ = remove_tree(&staging.join(token));
+                    let _ = fs::remove_file(e.path());
+                    dead_tokens.push(token.to_string());
+                } else {
+                    live.insert(token.to_string());
                 }
             }
         }
@@ -253,20 +288,21 @@ impl Store {
             if name.ends_with(".lock") {
                 continue;
             }
-            // Blob temp files carry the token after "blob-"; staging dirs are the token.
-            let token = name.strip_prefix("blob-").unwrap_or(&name).to_string();
-            let pid_alive = token
-                .split('-')
-                .next()
-                .and_then(|p| p.parse::<i32>().ok())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !(live.contains(&token) || name.starts_with("blob-") && pid_alive) {
+            let keep = if let Some(token) = name.strip_suffix(LOCK_NEW) {
+                token_pid_alive(token)
+            } else if let Some(token) = name.strip_prefix("blob-") {
+                // Blob temp files carry the token after "blob-".
+                token_pid_alive(token)
+            } else {
+                live.contains(&name) || staging_live(&staging, &name)?
+            };
+            if !keep {
                 let _ = remove_tree(&e.path());
             }
         }
         // Leases of imports that are gone.
         for token in self.db.lease_tokens()? {
-            if !live.contains(&token) {
+            if !live.contains(&token) && !staging_live(&staging, &token)? {
                 self.db.drop_leases(&token)?;
                 dead_tokens.push(token);
             }
@@ -354,5 +390,51 @@ impl Store {
     pub fn syncfs(path: &Path) -> Result<()> {
         let f = File::open(path).at(path)?;
         rustix::fs::syncfs(&f).map_err(io::Error::from).at(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Recovery running in other processes (every command opens the store) never takes a live
+    /// staging entry for a dead one: not while its lock file is being made, not when the
+    /// directory appears after recovery listed the lock files.
+    #[test]
+    fn recovery_leaves_live_staging_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        drop(Store::open(&root).unwrap());
+        let stop = AtomicBool::new(false);
+        // Stops the recovering threads however the main loop ends (a failed assertion too).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        Store::open(&root).unwrap();
+                    }
+                });
+            }
+            let _stop = StopOnDrop(&stop);
+            let store = Store::open(&root).unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut n = 0;
+            while std::time::Instant::now() < until {
+                let st = store.staging().unwrap_or_else(|e| panic!("staging #{n}: {e}"));
+                fs::write(st.dir.join("f"), b"x").unwrap_or_else(|e| panic!("staging #{n} dir: {e}"));
+                std::thread::yield_now();
+                assert!(st.dir.join("f").is_file(), "staging #{n} removed under its owner");
+                drop(st);
+                n += 1;
+            }
+            assert!(n > 100, "only {n} rounds");
+        });
     }
 }
