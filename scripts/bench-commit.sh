@@ -4,23 +4,12 @@
 #     `tar -c | gzip` of the same tree and `umoci repack` of the same change;
 #  2. a one-file change over that rootfs image: strata container commit against `umoci repack`.
 # Usage: sudo scripts/bench-commit.sh [BENCHDIR] [RUNS]   (default /var/tmp/strata-bench, 3)
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BENCH=${1:-/var/tmp/strata-bench}
-RUNS=${2:-3}
-scripts/setup.sh
-cargo build --release -p strata --quiet
-S=$PWD/target/release/strata
-scripts/make-rootfs.sh "$BENCH" >/dev/null
-W=${BENCH_WORK:-$BENCH/commit-work}
-rm -rf "$W"; mkdir -p "$W"
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh" commit 3 "$@"
 export STRATA_ROOT=$W/root
 FX=$W/fx
 scripts/make-fixtures.sh "$FX" >/dev/null
 $S image import "$FX/oci:busybox" >/dev/null
 $S image import "$BENCH/oci:rootfs" --name rootfs >/dev/null
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
 ROOTFS=$BENCH/rootfs
 MB=$(du -sm "$ROOTFS" | cut -f1)

@@ -10,20 +10,9 @@
 # Both write docker-archive layers uncompressed (strata checks each against the config's diff_id
 # on the way), as `docker save` does.
 # Usage: sudo scripts/bench-export.sh [BENCHDIR] [RUNS]   (default /var/tmp/strata-bench, 3)
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BENCH=${1:-/var/tmp/strata-bench}
-RUNS=${2:-3}
-scripts/setup.sh
-cargo build --release -p strata --quiet
-S=$PWD/target/release/strata
-scripts/make-rootfs.sh "$BENCH" >/dev/null
-W=${BENCH_WORK:-$BENCH/export-work}
-rm -rf "$W"; mkdir -p "$W"
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh" export 3 "$@"
 export STRATA_ROOT=$W/root
 $S image import "$BENCH/oci:rootfs" --name rootfs >/dev/null
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; sync; e=$(date +%s.%N); echo "$e - $s" | bc; }
 run() { # label dest-path command...
     local dest=$2; shift 2

@@ -4,23 +4,15 @@
 #
 # Usage: sudo scripts/bench-import.sh [BENCHDIR] [RUNS]   (default /var/tmp/strata-bench, 5 runs)
 # Each run starts from an empty store / target directory; page cache is warm for the source.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BENCH=${1:-/var/tmp/strata-bench}
-RUNS=${2:-5}
-scripts/setup.sh
-cargo build --release -p strata --quiet
-STRATA=$PWD/target/release/strata
-scripts/make-rootfs.sh "$BENCH" >/dev/null
-W=${BENCH_WORK:-$BENCH/work}   # where stores and targets go: BENCH_WORK=/dev/shm/x measures CPU cost (tmpfs)
-rm -rf "$W"; mkdir -p "$W"
+# BENCH_WORK=/dev/shm/x puts stores and targets on tmpfs: that measures the CPU cost.
+source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh" import 5 "$@"
+STRATA=$S
 layer_mb=$(du -m "$BENCH/rootfs.tar.gz" | cut -f1)
 files=$(tar -tzf "$BENCH/rootfs.tar.gz" | wc -l)
 echo "layer: $BENCH/rootfs.tar.gz (${layer_mb} MB compressed, $files entries, $(du -sm "$BENCH/rootfs" | cut -f1) MB unpacked)"
 cat "$BENCH/rootfs.tar.gz" > /dev/null
 
 # median of RUNS timings (seconds) of: prepare; timed command
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 timeit() { # label prep cmd...
     local label=$1 prep=$2; shift 2
     for _ in $(seq "$RUNS"); do
