@@ -8,6 +8,7 @@
 #   "stat warm" is the first walk after the cold one, "stat warm again" the next one: FUSE marks
 #   a directory's atime stale after an uncached readdir, so the first warm walk costs one GETATTR
 #   round trip per directory.
+#   "create in copy-up": one file created while another process copies up the 1 GiB file.
 #   "copy-up 256MiB" syncs the copy before it becomes visible where the backend does (kernel
 #   overlayfs and strata-fuse do; fuse-overlayfs never does); "copy-up, no sync" mounts kernel
 #   overlayfs and strata-fuse with `volatile` (fuse-overlayfs as it is).
@@ -71,10 +72,14 @@ for i in range(10000):
     with open(f'{d}/f{i}','w') as f: f.write('x')
 " "$MNT/new10k"; }
 rmtree() { rm -rf "${MNT:?}/$RMTREE"; }
+# A file created while another process's open is copying up the 1 GiB file (started 50 ms before).
+CU_PID=
+copyup_bg() { (printf x >> "$MNT/big1g") & CU_PID=$!; sleep 0.05; }
+create_one() { touch "$MNT/created-during-copy-up"; }
 
 BACKENDS=(kernel strata fuse-overlayfs)
 TESTS=("stat cold" "stat warm" "stat warm again" "tar" "read 1GiB cold" "copy-up 256MiB" "copy-up, no sync"
-    "create 10k" "rm -rf lower")
+    "create 10k" "rm -rf lower" "create in copy-up")
 for rep in $(seq "$REPS"); do
 for be in "${BACKENDS[@]}"; do
     echo "== $be (run $rep of $REPS)" >&2
@@ -89,6 +94,9 @@ for be in "${BACKENDS[@]}"; do
     timeit "copy-up 256MiB" "$be" copyup
     timeit "create 10k" "$be" create10k
     timeit "rm -rf lower" "$be" rmtree
+    copyup_bg
+    timeit "create in copy-up" "$be" create_one
+    wait "$CU_PID"
     do_umount
     rm -rf "${BASE:?}/$be"; mkdir -p "$BASE/$be/upper" "$BASE/$be/work"
     drop; do_mount "$be" "$([ "$be" = fuse-overlayfs ] || echo volatile)"

@@ -593,6 +593,43 @@ impl StrataFs {
         Ok(path)
     }
 
+    /// The data of node `ino`'s lower regular file, copied to the workdir (see [`StrataFs::do_open`]);
+    /// `None` when it is not a lower regular file or the copy failed (the locked copy-up then
+    /// does all the work and reports any error).
+    fn stage_copy_up(&self, ino: u64) -> Option<(PathBuf, (u64, u64))> {
+        let (path, r) = self.resolve(ino).ok()?;
+        if r.top == 0 || r.is_dir() {
+            return None;
+        }
+        self.layers.stage_data(&path, &r).ok()
+    }
+
+    /// Copy-up of `ino` under the write lock with data staged by [`StrataFs::stage_copy_up`]: used
+    /// only if the name still resolves to the very lower file that was staged.
+    fn copy_up_staged(&self, ino: u64, (tmp, src): (PathBuf, (u64, u64))) -> Res<PathBuf> {
+        let (path, r) = match self.resolve(ino) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = overlay::remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        let same = r.top != 0 && overlay::dev_ino(&self.layers.real(r.top, &path)) == Some(src);
+        if !same {
+            let _ = overlay::remove_tree(&tmp);
+            self.copy_up_path(&path, &r, true)?;
+            return Ok(path);
+        }
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if let Err(e) = self.layers.copy_up_dirs(parent) {
+            let _ = overlay::remove_tree(&tmp);
+            return Err(e);
+        }
+        self.layers.copy_up_entry_with(&path, &r, true, Some(tmp))?;
+        self.changed();
+        Ok(path)
+    }
+
     fn copy_up_path(&self, path: &Path, r: &Resolved, with_data: bool) -> Res<()> {
         if r.top == 0 {
             return Ok(());
@@ -926,8 +963,15 @@ impl StrataFs {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write {
+            let with_data = flags & libc::O_TRUNC == 0;
+            // The data of a lower file is copied before taking the write lock (lower layers do
+            // not change), so a long copy-up does not hold up every other change.
+            let staged = if with_data && self.layers.has_upper { self.stage_copy_up(ino) } else { None };
             let _g = self.lock_w()?;
-            self.copy_up(ino, flags & libc::O_TRUNC == 0)?;
+            match staged {
+                Some(st) => self.copy_up_staged(ino, st)?,
+                None => self.copy_up(ino, with_data)?,
+            };
         }
         let (path, r) = self.resolve(ino)?;
         let real = self.layers.real(r.top, &path);

@@ -338,16 +338,71 @@ impl Layers {
     /// Copy up `rel` (whose parents are already in upper) from its top lower layer.
     /// Atomic: the copy is made in the workdir and renamed into place.
     pub fn copy_up_entry(&self, rel: &Path, r: &Resolved, with_data: bool) -> io::Result<()> {
+        self.copy_up_entry_with(rel, r, with_data, None)
+    }
+
+    /// Copy the data of lower regular file `rel` (resolved as `r`) to a new file in the workdir,
+    /// for [`Layers::copy_up_entry_with`]: the slow part of a copy-up, which needs no lock
+    /// (lower layers do not change). Returns the file and the source's (dev, ino).
+    pub fn stage_data(&self, rel: &Path, r: &Resolved) -> io::Result<(PathBuf, (u64, u64))> {
+        let src = self.real(r.top, rel);
+        // Never open anything but a regular file (a FIFO would block, a device would open).
+        if sys::lstat(&src)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let inp = sys::at(&src, |p| {
+            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)
+        })?;
+        let st = sys::fstat(&inp)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let tmp = self.tmp_path()?;
+        let res = (|| -> io::Result<()> {
+            let out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            sys::copy_data(&inp, &out, st.st_size as u64, self.durable)
+        })();
+        match res {
+            Ok(()) => Ok((tmp, (st.st_dev, st.st_ino))),
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Layers::copy_up_entry`], taking the data of a regular file from `staged` (a file from
+    /// [`Layers::stage_data`] of this same source) instead of copying it now.
+    pub fn copy_up_entry_with(
+        &self,
+        rel: &Path,
+        r: &Resolved,
+        with_data: bool,
+        staged: Option<PathBuf>,
+    ) -> io::Result<()> {
         let dst = self.upper(rel)?;
         let src = self.real(r.top, rel);
         let st = sys::lstat(&src)?;
-        let tmp = self.tmp_path()?;
         let fmt = st.st_mode & libc::S_IFMT;
+        let (tmp, staged) = match staged {
+            Some(t) if fmt == libc::S_IFREG => (t, true),
+            Some(t) => {
+                let _ = remove_tree(&t);
+                (self.tmp_path()?, false)
+            }
+            None => (self.tmp_path()?, false),
+        };
         let res = (|| -> io::Result<()> {
             match fmt {
                 libc::S_IFDIR => {
                     sys::mkdir(&tmp, 0o700)?;
                 }
+                libc::S_IFREG if staged => {}
                 libc::S_IFREG => {
                     let out = OpenOptions::new()
                         .write(true)

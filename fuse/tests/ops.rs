@@ -643,3 +643,53 @@ fn exiting_daemon_leaves_a_new_mount_alone() {
     let line = mi.lines().find(|l| l.split(' ').nth(4) == canon.to_str()).expect("tmpfs still mounted");
     assert!(line.contains(" - tmpfs "), "{line}");
 }
+
+/// Copy-up of a lower file's data happens before the write lock is taken: several writers
+/// opening the same big lower file at once each stage a copy, one installs it, and every append
+/// lands in that one upper file, with the lower file's metadata.
+#[test]
+fn concurrent_copy_up_of_one_big_file() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    let s = build(t.path());
+    let l2 = &s.lowers[1];
+    let mut data = vec![0u8; (2 << 20) + 3];
+    let mut x: u32 = 7;
+    for b in data.iter_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        *b = b'a' + ((x >> 24) % 26) as u8;
+    }
+    let big = l2.join("big");
+    fs::write(&big, &data).unwrap();
+    fs::set_permissions(&big, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(&big, Some(1000), Some(100)).unwrap();
+    set_xattr(&big, "user.k", b"v");
+    let _g = s.mount_fuse("");
+    let m = &s.mnt;
+    std::thread::scope(|sc| {
+        for i in 0..4u8 {
+            let p = m.join("big");
+            sc.spawn(move || {
+                let mut f = OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(&[b'0' + i; 5]).unwrap();
+            });
+        }
+    });
+    let got = fs::read(m.join("big")).unwrap();
+    assert_eq!(got.len(), data.len() + 20);
+    assert!(got[..data.len()] == data[..], "lower data intact in the copy");
+    let mut tail: Vec<u8> = got[data.len()..].to_vec();
+    tail.sort_unstable();
+    assert_eq!(tail, b"00000111112222233333");
+    let up = s.upper.join("big");
+    assert_eq!(fs::read(&up).unwrap(), got, "one upper file holds it all");
+    let md = fs::metadata(&up).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 1000, 100));
+    assert_eq!(get_xattr(&up, "user.k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(fs::read(&big).unwrap(), data, "lower untouched");
+    // Nothing staged is left behind in the workdir.
+    let work = s.work.join("strata-fuse");
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "leftovers in {}", work.display());
+}
