@@ -91,6 +91,7 @@ for be in "${BACKENDS[@]}"; do
     timeit "tar" "$be" tar_all
     do_umount; drop; do_mount "$be"
     timeit "read 1GiB cold" "$be" seqread
+    sync   # the synced copy-up's fsync should flush its own data, not what came before
     timeit "copy-up 256MiB" "$be" copyup
     timeit "create 10k" "$be" create10k
     timeit "rm -rf lower" "$be" rmtree
@@ -100,6 +101,7 @@ for be in "${BACKENDS[@]}"; do
     do_umount
     rm -rf "${BASE:?}/$be"; mkdir -p "$BASE/$be/upper" "$BASE/$be/work"
     drop; do_mount "$be" "$([ "$be" = fuse-overlayfs ] || echo volatile)"
+    sync
     timeit "copy-up, no sync" "$be" copyup
     do_umount
     rm -rf "${BASE:?}/$be"
