@@ -350,30 +350,37 @@ impl Layers {
         if sys::lstat(&src)?.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let inp = sys::at(&src, |p| {
+        let tmp = self.tmp_path()?;
+        match self.new_file_from(&src, &tmp, true) {
+            Ok(id) => Ok((tmp, id.unwrap_or_default())),
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Create regular file `tmp` (0600) and, with `with_data`, copy into it the data of regular
+    /// file `src`, whose (dev, ino) it then returns.
+    fn new_file_from(&self, src: &Path, tmp: &Path, with_data: bool) -> io::Result<Option<(u64, u64)>> {
+        let out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)?;
+        if !with_data {
+            return Ok(None);
+        }
+        let inp = sys::at(src, |p| {
             OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)
         })?;
         let st = sys::fstat(&inp)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let tmp = self.tmp_path()?;
-        let res = (|| -> io::Result<()> {
-            let out = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            sys::copy_data(&inp, &out, st.st_size as u64, self.durable)
-        })();
-        match res {
-            Ok(()) => Ok((tmp, (st.st_dev, st.st_ino))),
-            Err(e) => {
-                let _ = remove_tree(&tmp);
-                Err(e)
-            }
-        }
+        sys::copy_data(&inp, &out, st.st_size as u64, self.durable)?;
+        Ok(Some((st.st_dev, st.st_ino)))
     }
 
     /// [`Layers::copy_up_entry`], taking the data of a regular file from `staged` (a file from
@@ -404,18 +411,7 @@ impl Layers {
                 }
                 libc::S_IFREG if staged => {}
                 libc::S_IFREG => {
-                    let out = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&tmp)?;
-                    if with_data && st.st_size > 0 {
-                        let inp = sys::at(&src, |p| {
-                            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
-                        })?;
-                        sys::copy_data(&inp, &out, st.st_size as u64, self.durable)?;
-                    }
+                    self.new_file_from(&src, &tmp, with_data && st.st_size > 0)?;
                 }
                 libc::S_IFLNK => {
                     let target = sys::readlink(&src)?;
