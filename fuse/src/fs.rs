@@ -83,6 +83,15 @@ fn cookie(name: &OsStr) -> u64 {
     (h >> 1).max(3)
 }
 
+/// See [`StrataFs::rename_ends`].
+struct RenameEnds {
+    spres: Resolved,
+    src: PathBuf,
+    dst: PathBuf,
+    r: Resolved,
+    rt: Option<Resolved>,
+}
+
 /// An open file (directories have no per-open state).
 type Handle = FileHandleData;
 
@@ -730,18 +739,23 @@ impl StrataFs {
         Ok(())
     }
 
-    /// Rename by path (both parents are directories). Directories with lower layers are moved
-    /// by recreating them at the destination (what `mv` does on EXDEV).
-    fn rename_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr, noreplace: bool) -> Res<()> {
+    /// Both ends of a rename: the parents must be directories (else ENOTDIR); the source parent,
+    /// the full paths, the source (ENOENT when missing) and the target if there is one.
+    fn rename_ends(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr) -> Res<RenameEnds> {
         let spres = self.layers.resolve_rel(sp)?;
         let dpres = self.layers.resolve_rel(dp)?;
         if !spres.is_dir() || !dpres.is_dir() {
             return Err(err(libc::ENOTDIR));
         }
-        let src = sp.join(sname);
-        let dst = dp.join(dname);
         let r = self.layers.lookup_in(&spres, sp, sname)?.ok_or_else(|| err(libc::ENOENT))?;
         let rt = self.layers.lookup_in(&dpres, dp, dname)?;
+        Ok(RenameEnds { src: sp.join(sname), dst: dp.join(dname), spres, r, rt })
+    }
+
+    /// Rename by path (both parents are directories). Directories with lower layers are moved
+    /// by recreating them at the destination (what `mv` does on EXDEV).
+    fn rename_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr, noreplace: bool) -> Res<()> {
+        let RenameEnds { spres, src, dst, r, rt, .. } = self.rename_ends(sp, sname, dp, dname)?;
         if src == dst {
             return Ok(());
         }
@@ -811,15 +825,8 @@ impl StrataFs {
     /// RENAME_EXCHANGE of two existing entries: both are copied up and swapped in the upper layer.
     /// Like kernel overlayfs without redirect_dir, a directory with lower layers cannot move (EXDEV).
     fn exchange_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr) -> Res<()> {
-        let spres = self.layers.resolve_rel(sp)?;
-        let dpres = self.layers.resolve_rel(dp)?;
-        if !spres.is_dir() || !dpres.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        let src = sp.join(sname);
-        let dst = dp.join(dname);
-        let r = self.layers.lookup_in(&spres, sp, sname)?.ok_or_else(|| err(libc::ENOENT))?;
-        let rt = self.layers.lookup_in(&dpres, dp, dname)?.ok_or_else(|| err(libc::ENOENT))?;
+        let RenameEnds { src, dst, r, rt, .. } = self.rename_ends(sp, sname, dp, dname)?;
+        let rt = rt.ok_or_else(|| err(libc::ENOENT))?;
         if src == dst {
             return Ok(());
         }
