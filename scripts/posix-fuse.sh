@@ -23,22 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The suite's users: two existing (user, primary group) pairs.
-cat > "$BASE/pjdfstest.toml" <<'EOF'
-[features]
-posix_fallocate = {}
-rename_ctime = {}
-utime_now = {}
-utimensat = {}
-
-[settings]
-# ext4 timestamps come from the coarse (jiffy) clock: naps must be longer than a jiffy.
-naptime = 0.05
-allow_remount = false
-
-[dummy_auth]
-entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
-EOF
+cp fuse/tests/pjdfstest.toml "$BASE/pjdfstest.toml"
 
 for k in kernel fuse; do
     d="$BASE/$k"

@@ -13,22 +13,8 @@ use std::time::Instant;
 
 use common::*;
 
-/// Users the suite switches to: two existing (user, primary group) pairs of Debian.
-const CONFIG: &str = r#"
-[features]
-posix_fallocate = {}
-rename_ctime = {}
-utime_now = {}
-utimensat = {}
-
-[settings]
-# ext4 timestamps come from the coarse (jiffy) clock: naps must be longer than a jiffy.
-naptime = 0.05
-allow_remount = false
-
-[dummy_auth]
-entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
-"#;
+/// The suite's configuration (shared with scripts/posix-fuse.sh).
+const CONFIG: &str = include_str!("pjdfstest.toml");
 
 fn pjdfstest_bin() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
