@@ -59,8 +59,6 @@ pub enum CommitError {
     BadImage { image: String, reason: String },
     #[error("image {0:?} not found")]
     NoImage(String),
-    #[error("image {image:?} is used by container(s) {containers}; cannot replace it")]
-    ImageInUse { image: String, containers: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -886,28 +884,45 @@ pub fn derive_config(
     Ok(cfg)
 }
 
-/// Commit the upper directory `upper` of a container over image `parent_image` as image `new_name`.
+/// What a commit stands on: the manifest's config and layers a container was created over.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    /// The image name the container was created from (for messages).
+    pub name: String,
+    pub config_digest: String,
+    /// Bottom first.
+    pub layers: Vec<ImageLayerRow>,
+}
+
+impl Parent {
+    /// What image `name` points to now.
+    pub fn of_image(store: &Store, name: &str) -> Result<Parent> {
+        let img = store.db.image(name)?.ok_or_else(|| CommitError::NoImage(name.to_string()))?;
+        Ok(Parent {
+            name: name.to_string(),
+            config_digest: img.config_digest,
+            layers: store.db.image_layers(name)?,
+        })
+    }
+}
+
+/// Commit the upper directory `upper` over `parent` as image `new_name`. Replacing the image a
+/// container was created from is fine: containers stand on their manifest, not on the name.
 pub fn commit(
     store: &mut Store,
     upper: &Path,
-    parent_image: &str,
+    parent: &Parent,
     new_name: &str,
     opts: &CommitOptions,
 ) -> Result<Committed> {
     // Everything that can be checked cheaply first: a bad --change must not cost a layer write.
-    let parent =
-        store.db.image(parent_image)?.ok_or_else(|| CommitError::NoImage(parent_image.to_string()))?;
-    // Replacing an image a container stands on would change that container's lower layers.
-    let users = store.db.containers_of_image(new_name)?;
-    if !users.is_empty() {
-        return Err(CommitError::ImageInUse { image: new_name.to_string(), containers: users.join(", ") });
-    }
+    let parent_image = parent.name.as_str();
     let bad = |reason: String| CommitError::BadImage { image: parent_image.to_string(), reason };
     let parent_cfg_digest = Sha256Digest::parse(&parent.config_digest).map_err(|e| bad(e.to_string()))?;
     let parent_cfg = store.read_blob(&parent_cfg_digest)?;
     let mut probe = json!({});
     apply_changes(&mut probe, &opts.changes)?;
-    let parent_layers = store.db.image_layers(parent_image)?;
+    let parent_layers = parent.layers.clone();
 
     let staging = store.staging()?;
     let res = commit_staged(store, &staging, upper, parent_image, new_name, opts, &parent_cfg, parent_layers);
@@ -1723,24 +1738,36 @@ pub(crate) mod tests {
         fs::create_dir(&upper).unwrap();
         let blobs_before = count_files(&store.root().join("blobs/sha256"));
         let opts = CommitOptions { changes: vec!["BOGUS x".into()], ..Default::default() };
-        let e = commit(&mut store, &upper, "base", "new", &opts).unwrap_err();
+        let base = Parent::of_image(&store, "base").unwrap();
+        let e = commit(&mut store, &upper, &base, "new", &opts).unwrap_err();
         assert!(matches!(e, CommitError::Change { .. }), "{e}");
-        let e = commit(&mut store, &upper, "nope", "new", &CommitOptions::default()).unwrap_err();
+        let e = Parent::of_image(&store, "nope").unwrap_err();
         assert!(matches!(e, CommitError::NoImage(_)), "{e}");
-        store
-            .db
-            .insert_container(&crate::db::ContainerRow {
-                name: "c1".into(),
-                image: "base".into(),
-                read_only: false,
-                volatile: false,
-                created: 0,
-            })
-            .unwrap();
-        let e = commit(&mut store, &upper, "base", "base", &CommitOptions::default()).unwrap_err();
-        assert!(matches!(e, CommitError::ImageInUse { .. }), "{e}");
         assert_eq!(count_files(&store.root().join("blobs/sha256")), blobs_before);
         assert!(store.db.image("new").unwrap().is_none());
+    }
+
+    /// Committing over the name a container was created from moves the name; the container keeps
+    /// the manifest and layers it was created over.
+    #[test]
+    fn commit_over_a_used_name_leaves_its_containers_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let mut store = base_store(t.path());
+        let upper = t.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        fs::write(upper.join("new-file"), b"x").unwrap();
+        let before = store.db.image("base").unwrap().unwrap();
+        let row = store.db.insert_container("c1", "base", false, false).unwrap();
+        assert_eq!(row.manifest_digest, before.manifest_digest);
+        let layers_before = store.db.container_layers("c1").unwrap();
+        let base = Parent::of_image(&store, "base").unwrap();
+        let c = commit(&mut store, &upper, &base, "base", &CommitOptions::default()).unwrap();
+        assert_ne!(c.manifest_digest, before.manifest_digest);
+        assert_eq!(store.db.image("base").unwrap().unwrap().manifest_digest, c.manifest_digest);
+        let row = store.db.container("c1").unwrap().unwrap();
+        assert_eq!((row.manifest_digest, row.config_digest), (before.manifest_digest, before.config_digest));
+        assert_eq!(store.db.container_layers("c1").unwrap(), layers_before);
+        assert_eq!(store.db.image_layers("base").unwrap().len(), layers_before.len() + 1);
     }
 
     #[test]
@@ -1759,7 +1786,8 @@ pub(crate) mod tests {
             message: Some("one of everything".into()),
             changes: vec!["ENV A=1".into(), "CMD [\"/bin/a\"]".into()],
         };
-        let c = commit(&mut store, &upper, "base", "derived", &opts).unwrap();
+        let base = Parent::of_image(&store, "base").unwrap();
+        let c = commit(&mut store, &upper, &base, "derived", &opts).unwrap();
         assert!(c.layer_created);
         // Only the blob was written; the directory comes at first use.
         assert!(!store.layer_path(&c.layer.diff_id).exists());
@@ -1794,7 +1822,7 @@ pub(crate) mod tests {
         let got = crate::tree::Tree::capture_with(&store.layer_path(&c.layer.diff_id), &topts).unwrap();
         crate::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");
         // Same change again: the layer is reused.
-        let again = commit(&mut store, &upper, "base", "derived2", &opts).unwrap();
+        let again = commit(&mut store, &upper, &base, "derived2", &opts).unwrap();
         assert!(!again.layer_created);
         assert_eq!(again.layer.diff_id, c.layer.diff_id);
         // And skopeo can read the exported result.

@@ -8,9 +8,15 @@
 //!   the number of `image_layers` rows (plus leases) naming it; see [`Db::layer_refcount`].
 //! - `leases(token, diff_id)`: layers an import in progress holds; a dead import's leases are
 //!   released on the next start-up (see `store::Store::recover`).
-//! - `containers(...)`: writable snapshots over images.
+//! - `containers(name, image, manifest_digest, config_digest, ...)` and `container_layers(name, idx,
+//!   diff_id, blob_digest, media_type, blob_size)`: writable snapshots, bound to the manifest and
+//!   layers their image had when they were created (a name that later moves to another manifest
+//!   changes no container). `container_layers` rows hold layers and blobs against gc as
+//!   `image_layers` rows do.
 //!
-//! Every state change is one transaction; a busy timeout makes concurrent processes wait.
+//! Every state change is one transaction; a busy timeout makes concurrent processes wait. The
+//! schema carries its version in `PRAGMA user_version`; older state roots are migrated on open,
+//! inside one immediate transaction, so concurrent first opens serialize instead of racing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +30,12 @@ pub enum DbError {
     Open { path: String, source: rusqlite::Error },
     #[error("metadata database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("metadata database has schema version {found}; this strata supports up to {supported}")]
+    TooNew { found: i64, supported: i64 },
+    #[error("image {0:?} not found")]
+    NoImage(String),
+    #[error("container {0:?} already exists")]
+    ContainerExists(String),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -70,6 +82,32 @@ CREATE TABLE IF NOT EXISTS containers (
 );
 "#;
 
+/// Version 1: containers are bound to a manifest and its layers.
+const SCHEMA_V1: &str = r#"
+ALTER TABLE containers ADD COLUMN manifest_digest TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN config_digest TEXT NOT NULL DEFAULT '';
+CREATE TABLE container_layers (
+    name TEXT NOT NULL REFERENCES containers(name) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    diff_id TEXT NOT NULL REFERENCES layers(diff_id),
+    blob_digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    blob_size INTEGER NOT NULL,
+    PRIMARY KEY (name, idx)
+);
+CREATE INDEX container_layers_diff_id ON container_layers(diff_id);
+-- Containers of an older root stand on what their image name points to now.
+UPDATE containers SET
+    manifest_digest = (SELECT manifest_digest FROM images WHERE images.name = containers.image),
+    config_digest = (SELECT config_digest FROM images WHERE images.name = containers.image);
+INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_size)
+    SELECT c.name, il.idx, il.diff_id, il.blob_digest, il.media_type, il.blob_size
+    FROM containers c JOIN image_layers il ON il.name = c.image;
+"#;
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
 /// A stored image.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageRow {
@@ -94,7 +132,11 @@ pub struct ImageLayerRow {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ContainerRow {
     pub name: String,
+    /// The image name it was created from (`image rm` of that name refuses while it exists).
     pub image: String,
+    /// The manifest and config the name pointed to at create: what the container stands on.
+    pub manifest_digest: String,
+    pub config_digest: String,
     pub read_only: bool,
     pub volatile: bool,
     pub created: i64,
@@ -121,8 +163,33 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(wrap)?;
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
-        Ok(Db { conn })
+        let mut db = Db { conn };
+        db.migrate().map_err(|e| match e {
+            DbError::Sql(source) => wrap(source),
+            e => e,
+        })?;
+        Ok(db)
+    }
+
+    /// Create or upgrade the schema. The version is read again inside an immediate transaction, so
+    /// of several processes opening an old (or new) root at once exactly one migrates it.
+    fn migrate(&mut self) -> Result<()> {
+        let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+        if version(&self.conn)? == SCHEMA_VERSION {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let v = version(tx)?;
+            if v > SCHEMA_VERSION {
+                return Err(DbError::TooNew { found: v, supported: SCHEMA_VERSION });
+            }
+            tx.execute_batch(SCHEMA)?;
+            if v < 1 {
+                tx.execute_batch(SCHEMA_V1)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            Ok(())
+        })
     }
 
     /// Run `f` in one immediate (write-locking) transaction.
@@ -153,10 +220,11 @@ impl Db {
             .map(|s| s as u64))
     }
 
-    /// Number of images and live leases referring to a layer.
+    /// Number of images, containers and live leases referring to a layer.
     pub fn layer_refcount(&self, diff_id: &str) -> Result<u64> {
         let n: i64 = self.conn.query_row(
             "SELECT (SELECT COUNT(*) FROM image_layers WHERE diff_id = ?1) + \
+                    (SELECT COUNT(*) FROM container_layers WHERE diff_id = ?1) + \
                     (SELECT COUNT(*) FROM leases WHERE diff_id = ?1)",
             [diff_id],
             |r| r.get(0),
@@ -220,7 +288,8 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT name, image, read_only, volatile, created FROM containers WHERE name = ?1",
+                "SELECT name, image, manifest_digest, config_digest, read_only, volatile, created \
+                 FROM containers WHERE name = ?1",
                 [name],
                 container_row,
             )
@@ -228,9 +297,10 @@ impl Db {
     }
 
     pub fn containers(&self) -> Result<Vec<ContainerRow>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT name, image, read_only, volatile, created FROM containers ORDER BY name")?;
+        let mut st = self.conn.prepare(
+            "SELECT name, image, manifest_digest, config_digest, read_only, volatile, created \
+             FROM containers ORDER BY name",
+        )?;
         let rows = st.query_map([], container_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -241,10 +311,11 @@ impl Db {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Layers no image and no lease refers to.
+    /// Layers no image, no container and no lease refers to.
     pub fn unreferenced_layers(&self) -> Result<Vec<String>> {
         let mut st = self.conn.prepare(
             "SELECT diff_id FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers) \
+             AND diff_id NOT IN (SELECT diff_id FROM container_layers) \
              AND diff_id NOT IN (SELECT diff_id FROM leases)",
         )?;
         let rows = st.query_map([], |r| r.get(0))?;
@@ -257,12 +328,14 @@ impl Db {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Blob digests referenced by any image (manifests, configs, layer blobs).
+    /// Blob digests referenced by any image or container (manifests, configs, layer blobs).
     pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>> {
         let mut out = std::collections::HashSet::new();
         let mut st = self.conn.prepare(
             "SELECT manifest_digest FROM images UNION SELECT config_digest FROM images \
-             UNION SELECT blob_digest FROM image_layers",
+             UNION SELECT blob_digest FROM image_layers \
+             UNION SELECT manifest_digest FROM containers UNION SELECT config_digest FROM containers \
+             UNION SELECT blob_digest FROM container_layers",
         )?;
         for r in st.query_map([], |r| r.get::<_, String>(0))? {
             out.insert(r?);
@@ -302,10 +375,21 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
     Ok(ContainerRow {
         name: r.get(0)?,
         image: r.get(1)?,
-        read_only: r.get::<_, i64>(2)? != 0,
-        volatile: r.get::<_, i64>(3)? != 0,
-        created: r.get(4)?,
+        manifest_digest: r.get(2)?,
+        config_digest: r.get(3)?,
+        read_only: r.get::<_, i64>(4)? != 0,
+        volatile: r.get::<_, i64>(5)? != 0,
+        created: r.get(6)?,
     })
+}
+
+/// What [`Db::remove_image`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemovedImage {
+    Removed,
+    NotFound,
+    /// Containers created from the name (sorted).
+    InUse(Vec<String>),
 }
 
 /// A new image's rows, written in one transaction with [`Db::put_image`].
@@ -332,9 +416,12 @@ impl Db {
                 )?;
             }
             tx.execute("DELETE FROM image_layers WHERE name = ?1", [img.name])?;
+            // An upsert, not REPLACE: the row (which containers name) is updated in place.
             tx.execute(
-                "INSERT OR REPLACE INTO images (name, manifest_digest, config_digest, created) \
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO images (name, manifest_digest, config_digest, created) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(name) DO UPDATE SET \
+                 manifest_digest = excluded.manifest_digest, config_digest = excluded.config_digest, \
+                 created = excluded.created",
                 params![img.name, img.manifest_digest, img.config_digest, now()],
             )?;
             for (i, l) in img.layers.iter().enumerate() {
@@ -351,24 +438,109 @@ impl Db {
         })
     }
 
-    /// Remove an image's rows (not its blobs or layers: see gc).
-    pub fn remove_image(&mut self, name: &str) -> Result<bool> {
+    /// Remove an image's rows (not its blobs or layers: see gc), unless containers were created
+    /// from the name: checked in the same transaction, so a racing `container create` either
+    /// comes first (and the removal refuses) or finds no image.
+    pub fn remove_image(&mut self, name: &str) -> Result<RemovedImage> {
         self.write(|tx| {
+            let mut st = tx.prepare("SELECT name FROM containers WHERE image = ?1 ORDER BY name")?;
+            let users = st.query_map([name], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            if !users.is_empty() {
+                return Ok(RemovedImage::InUse(users));
+            }
             tx.execute("DELETE FROM image_layers WHERE name = ?1", [name])?;
-            Ok(tx.execute("DELETE FROM images WHERE name = ?1", [name])? > 0)
+            Ok(if tx.execute("DELETE FROM images WHERE name = ?1", [name])? > 0 {
+                RemovedImage::Removed
+            } else {
+                RemovedImage::NotFound
+            })
         })
     }
 
-    pub fn insert_container(&mut self, c: &ContainerRow) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO containers (name, image, read_only, volatile, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![c.name, c.image, c.read_only as i64, c.volatile as i64, c.created],
-        )?;
-        Ok(())
+    /// Record a container over what image `image` names now, in one transaction: the manifest,
+    /// config and layer list are copied from the image's rows, so the container keeps them
+    /// whatever later happens to the name. Returns the row as stored.
+    pub fn insert_container(
+        &mut self,
+        name: &str,
+        image: &str,
+        read_only: bool,
+        volatile: bool,
+    ) -> Result<ContainerRow> {
+        self.write(|tx| {
+            let img: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT manifest_digest, config_digest FROM images WHERE name = ?1",
+                    [image],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (manifest_digest, config_digest) = img.ok_or_else(|| DbError::NoImage(image.to_string()))?;
+            let exists = tx
+                .query_row("SELECT 1 FROM containers WHERE name = ?1", [name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if exists {
+                return Err(DbError::ContainerExists(name.to_string()));
+            }
+            let row = ContainerRow {
+                name: name.to_string(),
+                image: image.to_string(),
+                manifest_digest,
+                config_digest,
+                read_only,
+                volatile,
+                created: now(),
+            };
+            tx.execute(
+                "INSERT INTO containers \
+                 (name, image, manifest_digest, config_digest, read_only, volatile, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    row.name,
+                    row.image,
+                    row.manifest_digest,
+                    row.config_digest,
+                    row.read_only as i64,
+                    row.volatile as i64,
+                    row.created
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_size) \
+                 SELECT ?1, idx, diff_id, blob_digest, media_type, blob_size FROM image_layers \
+                 WHERE name = ?2",
+                params![name, image],
+            )?;
+            Ok(row)
+        })
     }
 
+    /// The layers a container stands on, bottom first.
+    pub fn container_layers(&self, name: &str) -> Result<Vec<ImageLayerRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT cl.diff_id, cl.blob_digest, cl.media_type, cl.blob_size, l.size \
+             FROM container_layers cl JOIN layers l ON l.diff_id = cl.diff_id \
+             WHERE cl.name = ?1 ORDER BY cl.idx",
+        )?;
+        let rows = st.query_map([name], |r| {
+            Ok(ImageLayerRow {
+                diff_id: r.get(0)?,
+                blob_digest: r.get(1)?,
+                media_type: r.get(2)?,
+                blob_size: r.get::<_, i64>(3)? as u64,
+                size: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Remove a container's rows (its layer references go with it).
     pub fn remove_container(&mut self, name: &str) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM containers WHERE name = ?1", [name])? > 0)
+        self.write(|tx| {
+            tx.execute("DELETE FROM container_layers WHERE name = ?1", [name])?;
+            Ok(tx.execute("DELETE FROM containers WHERE name = ?1", [name])? > 0)
+        })
     }
 
     pub fn remove_layer_row(&mut self, diff_id: &str) -> Result<()> {
@@ -379,5 +551,70 @@ impl Db {
     pub fn remove_blob_row(&mut self, digest: &str) -> Result<()> {
         self.conn.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state root written before containers were bound to manifests (schema version 0) is
+    /// migrated on open: each container stands on what its image name pointed to, and from then on
+    /// a name moving to another manifest changes none of its containers.
+    #[test]
+    fn an_old_root_is_migrated() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("strata.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(
+                "INSERT INTO layers VALUES ('sha256:l1', 10, 1, 0), ('sha256:l2', 20, 2, 0);
+                 INSERT INTO images VALUES ('app', 'sha256:m1', 'sha256:c1', 0);
+                 INSERT INTO image_layers VALUES ('app', 0, 'sha256:l1', 'sha256:b1', 'mt', 5),
+                                                 ('app', 1, 'sha256:l2', 'sha256:b2', 'mt', 6);
+                 INSERT INTO containers VALUES ('old', 'app', 0, 0, 0);",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&path).unwrap();
+        let v: i64 = db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let old = db.container("old").unwrap().unwrap();
+        assert_eq!((old.manifest_digest.as_str(), old.config_digest.as_str()), ("sha256:m1", "sha256:c1"));
+        let layers: Vec<String> =
+            db.container_layers("old").unwrap().into_iter().map(|l| l.diff_id).collect();
+        assert_eq!(layers, ["sha256:l1", "sha256:l2"]);
+        // The name moves to a one-layer manifest: the container keeps both layers, and gc keeps
+        // them and their blobs.
+        db.put_image(&NewImage {
+            name: "app",
+            manifest_digest: "sha256:m2",
+            config_digest: "sha256:c2",
+            blobs: vec![],
+            layers: vec![ImageLayerRow {
+                diff_id: "sha256:l1".into(),
+                blob_digest: "sha256:b1".into(),
+                media_type: "mt".into(),
+                blob_size: 5,
+                size: 10,
+            }],
+            lease: None,
+        })
+        .unwrap();
+        assert_eq!(db.container_layers("old").unwrap().len(), 2);
+        assert!(db.unreferenced_layers().unwrap().is_empty());
+        let blobs = db.referenced_blobs().unwrap();
+        for b in ["sha256:m1", "sha256:c1", "sha256:b2", "sha256:m2"] {
+            assert!(blobs.contains(b), "{b} referenced");
+        }
+        assert_eq!(db.remove_image("app").unwrap(), RemovedImage::InUse(vec!["old".into()]));
+        // Opening again is a no-op; removing the container releases l2.
+        drop(db);
+        let mut db = Db::open(&path).unwrap();
+        assert!(db.remove_container("old").unwrap());
+        assert_eq!(db.unreferenced_layers().unwrap(), ["sha256:l2"]);
+        assert_eq!(db.remove_image("app").unwrap(), RemovedImage::Removed);
+        assert_eq!(db.remove_image("app").unwrap(), RemovedImage::NotFound);
     }
 }
