@@ -25,6 +25,8 @@ pub enum BundleError {
     Spec(#[from] oci_spec::OciSpecError),
     #[error("running {runtime}: {source}")]
     Runtime { runtime: String, source: std::io::Error },
+    #[error("{runtime} {verb}: {reason}")]
+    Verb { runtime: String, verb: String, reason: String },
     #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
     NoCommand,
 }
@@ -250,6 +252,48 @@ pub fn delete_stale(state: &Path, id: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// What runc says of container `id`: its status (`created`, `running`, `paused`, `stopped`), or
+/// `None` when runc does not know it.
+pub fn runc_status(state: &Path, id: &str) -> Option<String> {
+    let out = Command::new(runtime())
+        .arg("--root")
+        .arg(state)
+        .args(["state", id])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get("status").and_then(Value::as_str).map(str::to_string)
+}
+
+/// `runc --root STATE VERB ID [ARGS]`, for pause, resume, kill and delete. The runtime's own
+/// message becomes the error.
+pub fn runc_verb(state: &Path, verb: &str, id: &str, args: &[&str]) -> Result<()> {
+    let rt = runtime();
+    let out = Command::new(&rt)
+        .arg("--root")
+        .arg(state)
+        .arg(verb)
+        .arg(id)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    Err(BundleError::Verb {
+        runtime: rt,
+        verb: verb.to_string(),
+        reason: msg.lines().last().unwrap_or("").trim().to_string(),
+    })
 }
 
 #[cfg(test)]

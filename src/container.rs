@@ -14,7 +14,7 @@ use kernel_overlay::{OverlaySpec, UnmountMode};
 
 use crate::db::{ContainerRow, DbError};
 use crate::digest::Sha256Digest;
-use crate::store::{remove_tree, IoContext, Store, StoreError};
+use crate::store::{remove_tree, IoContext, LockGuard, Store, StoreError};
 
 /// Container errors.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,20 @@ pub enum ContainerError {
     NoImage(String),
     #[error("container {name:?} is mounted at {target}; unmount it first or use --force")]
     Mounted { name: String, target: String },
+    #[error(
+        "container {name:?} is already mounted at {target} (strata container umount {name} unmounts it)"
+    )]
+    AlreadyMounted { name: String, target: String },
+    #[error("container {name:?} is running ({how}); {hint}")]
+    Running { name: String, how: String, hint: &'static str },
+    #[error("container {name:?} did not stop within {secs} s of SIGKILL")]
+    WontStop { name: String, secs: u64 },
+    #[error("container {0:?} is a read-only view: it has no changes to commit")]
+    ReadOnly(String),
+    #[error("container {name:?}: {source}")]
+    Runtime { name: String, source: crate::bundle::BundleError },
+    #[error(transparent)]
+    Commit(#[from] Box<crate::commit::CommitError>),
     #[error("container {name:?}: {source}")]
     Overlay { name: String, source: kernel_overlay::Error },
     #[error("container {name:?}: FUSE backend: {reason}")]
@@ -99,6 +113,61 @@ pub struct CreateOptions {
     pub volatile: bool,
 }
 
+/// The lock every change of a container's state takes (create, mount, umount, rm, commit, run).
+fn lock(store: &Store, name: &str) -> Result<LockGuard> {
+    Ok(store.lock(&format!("container-{name}"))?)
+}
+
+/// The name of the lock a running `strata run` holds (it records its pid there).
+fn run_lock_name(name: &str) -> String {
+    format!("run-{name}")
+}
+
+/// runc's state directory for this store and the runc id of a container.
+pub fn runc_ids(store: &Store, name: &str) -> (PathBuf, String) {
+    (store.root().join("runc"), format!("strata-{name}"))
+}
+
+/// How a container is running, if it is: a `strata run` holding its run lock, or a process runc
+/// knows (a `strata run` killed without its runc child leaves one). Call with the container
+/// lock held, so that nothing starts or stops a run meanwhile.
+pub fn running(store: &Store, name: &str) -> Result<Option<String>> {
+    if store.try_lock(&run_lock_name(name))?.is_none() {
+        let rec = store.lock_record(&run_lock_name(name));
+        return Ok(Some(if rec.is_empty() { "strata run".to_string() } else { rec }));
+    }
+    let (state, id) = runc_ids(store, name);
+    match crate::bundle::runc_status(&state, &id).as_deref() {
+        None | Some("stopped") => Ok(None),
+        Some(status) => Ok(Some(format!("runc {id}: {status}"))),
+    }
+}
+
+/// How a container is running, if it is (see [`running`]); `None` too for a container that does
+/// not exist.
+pub fn is_running(store: &Store, name: &str) -> Result<Option<String>> {
+    let _g = lock(store, name)?;
+    running(store, name)
+}
+
+/// Mark a container as running for as long as the guard lives: umount, rm (without --force) and
+/// another run refuse meanwhile. Drop the guard before cleaning up after the run.
+pub fn start_run(store: &Store, name: &str) -> Result<LockGuard> {
+    let _g = lock(store, name)?;
+    get(store, name)?;
+    let busy = |how: String| ContainerError::Running {
+        name: name.to_string(),
+        how,
+        hint: "wait for it to exit or stop it (strata container rm --force)",
+    };
+    if let Some(how) = running(store, name)? {
+        return Err(busy(how));
+    }
+    let guard = store.try_lock(&run_lock_name(name))?.ok_or_else(|| busy("strata run".into()))?;
+    let _ = guard.record(&format!("strata run, pid {}", std::process::id()));
+    Ok(guard)
+}
+
 /// Record a container over `image` and make its directories.
 pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) -> Result<ContainerRow> {
     if !valid_name(name) {
@@ -107,8 +176,7 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     if store.db.image(image)?.is_none() {
         return Err(ContainerError::NoImage(image.to_string()));
     }
-    materialize(store, image)?;
-    let _g = store.lock(&format!("container-{name}"))?;
+    let _g = lock(store, name)?;
     if store.db.container(name)?.is_some() {
         return Err(ContainerError::Exists(name.to_string()));
     }
@@ -138,16 +206,23 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
         let _ = remove_tree(&p.dir);
         return Err(e);
     }
-    let row = ContainerRow {
-        name: name.to_string(),
-        image: image.to_string(),
-        read_only: opts.read_only,
-        volatile: opts.volatile,
-        created: crate::db::now(),
+    // The row binds the container to what `image` names at this moment (manifest and layers),
+    // in one transaction; the layers it names are then kept by gc for as long as it exists.
+    let row = match store.db.insert_container(name, image, opts.read_only, opts.volatile) {
+        Ok(row) => row,
+        Err(e) => {
+            let _ = remove_tree(&p.dir);
+            return Err(match e {
+                DbError::NoImage(i) => ContainerError::NoImage(i),
+                DbError::ContainerExists(n) => ContainerError::Exists(n),
+                e => e.into(),
+            });
+        }
     };
-    if let Err(e) = store.db.insert_container(&row) {
+    if let Err(e) = materialize(store, &row) {
+        let _ = store.db.remove_container(name);
         let _ = remove_tree(&p.dir);
-        return Err(e.into());
+        return Err(e);
     }
     Ok(row)
 }
@@ -156,9 +231,9 @@ fn get(store: &Store, name: &str) -> Result<ContainerRow> {
     store.db.container(name)?.ok_or_else(|| ContainerError::NotFound(name.to_string()))
 }
 
-/// The overlay spec of a container: its image's layers (top first), upper and work.
+/// The overlay spec of a container: the layers it was created over (top first), upper and work.
 pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let layers = store.db.image_layers(&c.image)?;
+    let layers = store.db.container_layers(&c.name)?;
     let mut lowers = Vec::with_capacity(layers.len());
     for l in layers.iter().rev() {
         let d = Sha256Digest::parse(&l.diff_id).map_err(|e| StoreError::Io {
@@ -199,21 +274,26 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Make sure every layer directory of `image` exists (a committed layer is unpacked from its blob
-/// at its first use).
-fn materialize(store: &mut Store, image: &str) -> Result<()> {
-    for l in store.db.image_layers(image)? {
+/// Make sure every layer directory of a container exists (a committed layer is unpacked from its
+/// blob at its first use).
+fn materialize(store: &mut Store, c: &ContainerRow) -> Result<()> {
+    for l in store.db.container_layers(&c.name)? {
         crate::import::materialize_layer(store, &l).map_err(Box::new)?;
     }
     Ok(())
 }
 
-/// Mount a container; returns the mount point.
+/// Mount a container; returns the mount point. Under the container's lock: of two concurrent
+/// mounts one mounts and the other finds it mounted.
 pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
+    let _g = lock(store, name)?;
     let c = get(store, name)?;
-    materialize(store, &c.image)?;
+    materialize(store, &c)?;
     if let Some(at) = mounted_at(store, name)? {
-        return Err(ContainerError::Mounted { name: name.to_string(), target: at.display().to_string() });
+        return Err(ContainerError::AlreadyMounted {
+            name: name.to_string(),
+            target: at.display().to_string(),
+        });
     }
     let p = paths(store, name);
     let target = target.map(Path::to_path_buf).unwrap_or(p.rootfs.clone());
@@ -294,19 +374,42 @@ fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> R
     Ok(())
 }
 
-/// Unmount a container.
+/// Unmount a container; refuses while it runs (its process would lose its root).
 pub fn umount(store: &Store, name: &str, force: bool) -> Result<()> {
+    let _g = lock(store, name)?;
     get(store, name)?;
+    if let Some(how) = running(store, name)? {
+        return Err(ContainerError::Running {
+            name: name.to_string(),
+            how,
+            hint: "its processes would lose their root; stop it first (strata container rm --force)",
+        });
+    }
     let at = mounted_at(store, name)?.ok_or_else(|| ContainerError::NotMounted(name.to_string()))?;
     let mode = if force { UnmountMode::Detach } else { UnmountMode::Normal };
     kernel_overlay::unmount(&at, mode)
         .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
 }
 
-/// Remove a container: refuses while mounted unless `force` (which unmounts).
+/// Remove a container: refuses while it runs or is mounted, unless `force`, which stops it (as
+/// `podman rm -f` does) and unmounts it.
+///
+/// Crash-safe: the rows go first, in one transaction, then the directory in one rename to
+/// staging, so a kill at any point leaves the container whole and listed, or gone from the
+/// listing with whatever remains of its directory removed by the next recovery.
 pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
+    let _g = lock(store, name)?;
     get(store, name)?;
-    let _g = store.lock(&format!("container-{name}"))?;
+    if let Some(how) = running(store, name)? {
+        if !force {
+            return Err(ContainerError::Running {
+                name: name.to_string(),
+                how,
+                hint: "stop it first, or use --force to kill it",
+            });
+        }
+        stop(store, name)?;
+    }
     while let Some(at) = mounted_at(store, name)? {
         if !force {
             return Err(ContainerError::Mounted { name: name.to_string(), target: at.display().to_string() });
@@ -314,10 +417,85 @@ pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
         kernel_overlay::unmount(&at, UnmountMode::Detach)
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
     }
-    let p = paths(store, name);
-    remove_tree(&p.dir).at(&p.dir)?;
     store.db.remove_container(name)?;
+    drop(store.trash(&paths(store, name).dir)?);
     Ok(())
+}
+
+/// How long [`stop`] waits for a killed container's `strata run` to let go.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Kill a running container's processes (SIGKILL through runc) and wait until neither runc nor a
+/// `strata run` holds it. Called with the container lock held.
+fn stop(store: &Store, name: &str) -> Result<()> {
+    let (state, id) = runc_ids(store, name);
+    let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
+    if crate::bundle::runc_status(&state, &id).is_some() {
+        // A paused container takes the signal only once thawed.
+        if crate::bundle::runc_status(&state, &id).as_deref() == Some("paused") {
+            crate::bundle::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
+        }
+        if let Err(e) = crate::bundle::runc_verb(&state, "kill", &id, &["KILL"]) {
+            // It may have exited meanwhile.
+            if crate::bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
+                return Err(rt(e));
+            }
+        }
+    }
+    let until = std::time::Instant::now() + STOP_WAIT;
+    while running(store, name)?.is_some() {
+        if crate::bundle::runc_status(&state, &id).as_deref() == Some("stopped") {
+            // Nobody waits for it: a `strata run` killed before its runc child.
+            let _ = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]);
+        }
+        if std::time::Instant::now() > until {
+            return Err(ContainerError::WontStop { name: name.to_string(), secs: STOP_WAIT.as_secs() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Commit a container's changes as image `new_name`, over the manifest and layers the container
+/// was created from. A running container is paused (runc pause, the cgroup freezer) while its
+/// upper dir is read, as `docker commit` does, unless `pause` is false; it is resumed whatever
+/// the commit's outcome.
+pub fn commit(
+    store: &mut Store,
+    name: &str,
+    new_name: &str,
+    opts: &crate::commit::CommitOptions,
+    pause: bool,
+) -> Result<crate::commit::Committed> {
+    let _g = lock(store, name)?;
+    let c = get(store, name)?;
+    if c.read_only {
+        return Err(ContainerError::ReadOnly(name.to_string()));
+    }
+    let parent = crate::commit::Parent {
+        name: c.image.clone(),
+        config_digest: c.config_digest.clone(),
+        layers: store.db.container_layers(name)?,
+    };
+    let (state, id) = runc_ids(store, name);
+    let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
+    let paused = pause
+        && running(store, name)?.is_some()
+        && crate::bundle::runc_status(&state, &id).as_deref() == Some("running");
+    if paused {
+        crate::bundle::runc_verb(&state, "pause", &id, &[]).map_err(rt)?;
+    }
+    let upper = paths(store, name).upper;
+    let done = crate::commit::commit(store, &upper, &parent, new_name, opts).map_err(Box::new);
+    if paused {
+        if let Err(e) = crate::bundle::runc_verb(&state, "resume", &id, &[]) {
+            // Gone meanwhile (killed, or exited as it was thawed) is not an error of the commit.
+            if crate::bundle::runc_status(&state, &id).is_some_and(|s| s == "paused") {
+                return Err(rt(e));
+            }
+        }
+    }
+    Ok(done?)
 }
 
 /// A container as listed.

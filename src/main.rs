@@ -109,6 +109,11 @@ enum ContainerCmd {
         /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
         #[arg(long, short = 'c')]
         change: Vec<String>,
+        /// Pause a running container while its changes are read (as `docker commit`);
+        /// `--pause=false` commits it live.
+        #[arg(long, short = 'p', default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, default_missing_value = "true")]
+        pause: bool,
     },
     /// Print the mount a caller would perform (type, source, options) without mounting.
     Mounts {
@@ -333,18 +338,16 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
                 }
             }
         }
-        ContainerCmd::Commit { name, new_image, compression, message, author, change } => {
+        ContainerCmd::Commit { name, new_image, compression, message, author, change, pause } => {
             use strata::commit::{self, CommitOptions, LayerOptions};
             let mut store = open_store(root)?;
-            let c = store.db.container(&name)?.with_context(|| format!("container {name:?} not found"))?;
             let layer = LayerOptions {
                 compression: commit::parse_compression(&compression).map_err(anyhow::Error::msg)?,
                 source_date_epoch: commit::source_date_epoch()?,
                 ..Default::default()
             };
             let opts = CommitOptions { layer, author, message, changes: change };
-            let upper = container::paths(&store, &name).upper;
-            let done = commit::commit(&mut store, &upper, &c.image, &new_image, &opts)
+            let done = container::commit(&mut store, &name, &new_image, &opts, pause)
                 .with_context(|| format!("committing container {name} as {new_image}"))?;
             println!("{}", done.manifest_digest);
         }
@@ -378,13 +381,19 @@ fn run_cmd(
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
         format!("run-{}", hex_encode(&b))
     });
-    let img = store.db.image(image)?.with_context(|| format!("image {image:?} not found"))?;
-    container::create(&mut store, image, &name, &CreateOptions::default())
+    if let Some(how) = container::is_running(&store, &name)? {
+        anyhow::bail!("container {name:?} is running ({how}); wait for it to exit or stop it (strata container rm --force)");
+    }
+    let c = container::create(&mut store, image, &name, &CreateOptions::default())
         .with_context(|| format!("creating container {name}"))?;
+    // Held while the container runs: umount, rm and another run refuse meanwhile. Released
+    // before the clean-up below (which an `rm --force` may have done already).
+    let running = container::start_run(&store, &name);
     let result = (|| -> Result<i32> {
+        let _running = running.with_context(|| format!("running container {name}"))?;
         let rootfs =
             container::mount(&mut store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
-        let cd = strata::digest::Sha256Digest::parse(&img.config_digest)?;
+        let cd = strata::digest::Sha256Digest::parse(&c.config_digest)?;
         let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&cd)?)?;
         let run = bundle::RunSpec {
             args: cmd,
@@ -394,14 +403,18 @@ fn run_cmd(
         let spec = bundle::build_spec(&config, &rootfs, &run).context("building the runtime spec")?;
         let paths = container::paths(&store, &name);
         bundle::write_bundle(&paths.bundle, &spec)?;
-        let id = format!("strata-{name}");
-        let state = store.root().join("runc");
+        let (state, id) = container::runc_ids(&store, &name);
         bundle::delete_stale(&state, &id);
         let code = bundle::run_bundle(&state, &paths.bundle, &id)?;
         Ok(code)
     })();
+    // A `container rm --force` that stopped the run has removed the container already.
+    let gone = |e: &container::ContainerError| matches!(e, container::ContainerError::NotFound(_));
     if rm {
-        container::remove(&mut store, &name, true).with_context(|| format!("removing container {name}"))?;
+        match container::remove(&mut store, &name, true) {
+            Err(e) if !gone(&e) => return Err(e).with_context(|| format!("removing container {name}")),
+            _ => {}
+        }
     } else {
         let _ = container::umount(&store, &name, false);
     }

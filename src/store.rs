@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::FlockOperation;
 use sha2::{Digest as _, Sha256};
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, RemovedImage};
 use crate::digest::Sha256Digest;
 
 /// Store errors.
@@ -53,14 +53,24 @@ pub struct Store {
 
 /// An exclusive flock held until drop.
 pub struct LockGuard {
-    _file: File,
+    file: File,
+}
+
+impl LockGuard {
+    /// Write `text` into the lock file (who holds it, for messages to those who find it taken).
+    pub fn record(&self, text: &str) -> io::Result<()> {
+        let mut f = &self.file;
+        f.set_len(0)?;
+        std::io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
+        f.write_all(text.as_bytes())
+    }
 }
 
 fn lock_file(path: &Path, blocking: bool) -> Result<Option<LockGuard>> {
     let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).at(path)?;
     let op = if blocking { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
     match rustix::fs::flock(&file, op) {
-        Ok(()) => Ok(Some(LockGuard { _file: file })),
+        Ok(()) => Ok(Some(LockGuard { file })),
         Err(rustix::io::Errno::WOULDBLOCK) if !blocking => Ok(None),
         Err(e) => Err(io::Error::from(e)).at(path),
     }
@@ -76,7 +86,7 @@ pub struct Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if self.dir.exists() {
+        if fs::symlink_metadata(&self.dir).is_ok() {
             let _ = remove_tree(&self.dir);
         }
         let _ = fs::remove_file(&self.lock_path);
@@ -112,6 +122,50 @@ fn chmod_dirs_writable(path: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Size of `<root>/reserve`, space held back so that strata still works on a full filesystem.
+pub const RESERVE_BYTES: u64 = 8 << 20;
+/// Below this much free space the reserve is released.
+const RESERVE_RELEASE_BELOW: u64 = 4 << 20;
+
+/// Keep the reserve file: made (allocated, so the space is really held) when there is room for
+/// it twice over, released when the filesystem is (nearly) full.
+///
+/// Why a reserve and not a SQLite setting: in WAL mode the first connection to open the
+/// database truncates and regrows the `-shm` WAL index, page by page, which fails with ENOSPC
+/// ("disk I/O error ... xShmMap") on a full filesystem even for a read, and any write needs WAL
+/// (or, in rollback mode, journal) pages; `locking_mode=EXCLUSIVE` would keep the index in memory
+/// but serialize every strata process for the life of its connection (`strata run` holds one for
+/// the whole run). Releasing 8 MiB before opening the database gives SQLite the pages it needs,
+/// so listing, `image rm`, `container rm` and `gc` work on a full disk and free space.
+fn balance_reserve(root: &Path) {
+    let Ok(st) = rustix::fs::statvfs(root) else { return };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let reserve = root.join("reserve");
+    let have = fs::symlink_metadata(&reserve).is_ok();
+    if have && free < RESERVE_RELEASE_BELOW {
+        tracing::warn!(root = %root.display(), free, "filesystem nearly full: releasing strata's reserve");
+        let _ = fs::remove_file(&reserve);
+    } else if !have && free >= 2 * RESERVE_BYTES + RESERVE_RELEASE_BELOW {
+        // Under the name of a blob temp file, which recovery removes if this process dies.
+        let tmp = root.join("staging").join(format!("blob-{}", random_token()));
+        let made = (|| -> io::Result<()> {
+            let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
+            fs::rename(&tmp, &reserve)
+        })();
+        if made.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// Whether anything is mounted at or below `dir` (a container directory must never be removed
+/// from under a mount).
+fn is_mount_point_below(dir: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    kernel_overlay::mountinfo::parse(&text).iter().any(|m| m.mount_point.starts_with(dir))
 }
 
 /// Suffix of a staging lock file being created (see [`Store::staging`]).
@@ -168,6 +222,7 @@ impl Store {
             let p = root.join(sub);
             b.create(&p).at(&p)?;
         }
+        balance_reserve(root);
         let db = Db::open(&root.join("strata.db"))?;
         let mut store = Store { root: root.to_path_buf(), db };
         store.recover()?;
@@ -208,13 +263,48 @@ impl Store {
 
     /// Take the exclusive lock named `name` (under `locks/`), waiting for it.
     pub fn lock(&self, name: &str) -> Result<LockGuard> {
-        let p = self.root.join("locks").join(format!("{name}.lock"));
+        let p = self.lock_path(name);
         lock_file(&p, true)?
             .ok_or_else(|| StoreError::Io { path: p, source: io::ErrorKind::WouldBlock.into() })
     }
 
+    /// Take the lock named `name` if it is free; `Ok(None)` when another holds it.
+    pub fn try_lock(&self, name: &str) -> Result<Option<LockGuard>> {
+        lock_file(&self.lock_path(name), false)
+    }
+
+    /// What the holder of lock `name` recorded in it ([`LockGuard::record`]).
+    pub fn lock_record(&self, name: &str) -> String {
+        fs::read_to_string(self.lock_path(name)).unwrap_or_default()
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{name}.lock"))
+    }
+
     /// A new private staging directory.
     pub fn staging(&self) -> Result<Staging> {
+        let st = self.staging_entry()?;
+        fs::DirBuilder::new().mode(0o700).create(&st.dir).at(&st.dir)?;
+        Ok(st)
+    }
+
+    /// Take `path` (a file or a tree) out of its place in one rename, into a staging entry that
+    /// removes it when dropped, or, if this process dies first, the next recovery. A removal is
+    /// then atomic as seen by everyone else: the thing is whole at its place or gone from it, never
+    /// half deleted and reused. Returns `None` when `path` does not exist. The rename needs no
+    /// free space, so removals work on a full filesystem.
+    pub fn trash(&self, path: &Path) -> Result<Option<Staging>> {
+        let st = self.staging_entry()?;
+        match fs::rename(path, &st.dir) {
+            Ok(()) => Ok(Some(st)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(path),
+        }
+    }
+
+    /// A locked staging token and the (not yet created) directory that goes with it.
+    fn staging_entry(&self) -> Result<Staging> {
         let token = random_token();
         let lock_path = self.root.join("staging").join(format!("{token}.lock"));
         // The lock file appears under its name already locked (made under a name recovery leaves
@@ -229,7 +319,6 @@ impl Store {
             return Err(StoreError::Io { path: lock_path, source: e });
         }
         let dir = self.root.join("staging").join(&token);
-        fs::DirBuilder::new().mode(0o700).create(&dir).at(&dir)?;
         Ok(Staging { token, dir, lock_path, _lock: lock })
     }
 
@@ -326,15 +415,40 @@ impl Store {
                 if let Some(_g) = lock_file(&p, false)? {
                     if !self.db.has_layer(&d.to_string())? {
                         tracing::info!(layer = %d, "removing layer directory without metadata");
-                        remove_tree(&e.path()).at(e.path())?;
+                        drop(self.trash(&e.path())?);
                     }
+                }
+            }
+        }
+        self.recover_containers()?;
+        Ok(())
+    }
+
+    /// Container directories without a row: a `container rm` died after removing the row (it
+    /// removes the row first, so a container is listed whole or not at all), or a `container
+    /// create` died before writing it. Taken under the container's lock, as create holds it.
+    fn recover_containers(&mut self) -> Result<()> {
+        let dir = self.containers_dir();
+        let known: std::collections::HashSet<String> =
+            self.db.containers()?.into_iter().map(|c| c.name).collect();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if known.contains(&name) {
+                continue;
+            }
+            let p = self.root.join("locks").join(format!("container-{name}.lock"));
+            if let Some(_g) = lock_file(&p, false)? {
+                if self.db.container(&name)?.is_none() && !is_mount_point_below(&e.path()) {
+                    tracing::info!(container = %name, "removing container directory without metadata");
+                    drop(self.trash(&e.path())?);
                 }
             }
         }
         Ok(())
     }
 
-    /// Remove layers (rows and directories) that no image and no lease references.
+    /// Remove layers (rows and directories) that no image, container or lease references.
     pub fn remove_unreferenced_layers(&mut self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for diff_id in self.db.unreferenced_layers()? {
@@ -344,9 +458,11 @@ impl Store {
             if self.db.layer_refcount(&diff_id)? > 0 {
                 continue;
             }
-            let p = self.layer_path(&d);
-            remove_tree(&p).at(&p)?;
+            // The row goes first, then the directory in one rename: a kill at any point leaves
+            // the layer whole with its row, or a directory without a row (recovery removes it),
+            // never a half-deleted directory that an import would take for the layer.
             self.db.remove_layer_row(&diff_id)?;
+            drop(self.trash(&self.layer_path(&d))?);
             removed.push(diff_id);
         }
         Ok(removed)
@@ -374,16 +490,15 @@ impl Store {
         Ok((blobs, layers))
     }
 
-    /// Remove an image name; refuses while a container uses it.
+    /// Remove an image name; refuses while a container created from it exists.
     pub fn remove_image(&mut self, name: &str) -> Result<()> {
-        let users = self.db.containers_of_image(name)?;
-        if !users.is_empty() {
-            return Err(StoreError::ImageInUse { image: name.to_string(), containers: users.join(", ") });
+        match self.db.remove_image(name)? {
+            RemovedImage::Removed => Ok(()),
+            RemovedImage::NotFound => Err(StoreError::NoImage(name.to_string())),
+            RemovedImage::InUse(users) => {
+                Err(StoreError::ImageInUse { image: name.to_string(), containers: users.join(", ") })
+            }
         }
-        if !self.db.remove_image(name)? {
-            return Err(StoreError::NoImage(name.to_string()));
-        }
-        Ok(())
     }
 
     /// Sync the filesystem holding `path`.
