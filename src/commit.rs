@@ -924,6 +924,7 @@ pub fn commit(
     apply_changes(&mut probe, &opts.changes)?;
     let parent_layers = parent.layers.clone();
 
+    let _gc = store.gc_shared()?;
     let staging = store.staging()?;
     let res = commit_staged(store, &staging, upper, parent_image, new_name, opts, &parent_cfg, parent_layers);
     if res.is_err() {

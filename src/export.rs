@@ -125,6 +125,7 @@ fn load(store: &Store, name: &str) -> Result<Parts> {
 
 /// Export image `image` to `dest` (`PATH` or `PATH:TAG`) in `format`.
 pub fn export(store: &Store, image: &str, dest: &str, format: ExportFormat) -> Result<()> {
+    let _gc = store.gc_shared()?;
     let parts = load(store, image)?;
     let (path, tag) = image::split_reference(dest);
     let ref_name = tag.clone().unwrap_or_else(|| image.to_string());

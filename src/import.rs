@@ -268,6 +268,7 @@ fn produce(
 pub fn import(store: &mut Store, reference: &str, opts: &ImportOptions) -> Result<Imported> {
     let resolved = image::resolve(reference, opts.platform.as_ref())?;
     let name = opts.name.clone().or_else(|| resolved.name.clone()).ok_or(ImportError::NoName)?;
+    let _gc = store.gc_shared()?;
     let staging = store.staging()?;
     let total: u64 = resolved.layers.iter().filter_map(|l| l.size).sum();
     let progress = if opts.progress {
@@ -530,6 +531,7 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
     if layer_dir.is_dir() {
         return Ok(false);
     }
+    let _gc = store.gc_shared()?;
     let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
     if layer_dir.is_dir() {
         return Ok(false);

@@ -67,8 +67,13 @@ impl LockGuard {
 }
 
 fn lock_file(path: &Path, blocking: bool) -> Result<Option<LockGuard>> {
-    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).at(path)?;
     let op = if blocking { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
+    flock_file(path, op)
+}
+
+fn flock_file(path: &Path, op: FlockOperation) -> Result<Option<LockGuard>> {
+    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).at(path)?;
+    let blocking = matches!(op, FlockOperation::LockExclusive | FlockOperation::LockShared);
     match rustix::fs::flock(&file, op) {
         Ok(()) => Ok(Some(LockGuard { file })),
         Err(rustix::io::Errno::WOULDBLOCK) if !blocking => Ok(None),
@@ -223,7 +228,13 @@ impl Store {
             b.create(&p).at(&p)?;
         }
         balance_reserve(root);
-        let db = Db::open(&root.join("strata.db"))?;
+        // Creating, switching to WAL and migrating the database take turns: concurrent first
+        // opens of a fresh root would otherwise fail with "database is locked" (SQLite does not
+        // wait on a lock it can only get by upgrading a read).
+        let db = {
+            let _g = lock_file(&root.join("locks/db-open.lock"), true)?;
+            Db::open(&root.join("strata.db"))?
+        };
         let mut store = Store { root: root.to_path_buf(), db };
         store.recover()?;
         Ok(store)
@@ -265,6 +276,16 @@ impl Store {
     pub fn lock(&self, name: &str) -> Result<LockGuard> {
         let p = self.lock_path(name);
         lock_file(&p, true)?
+            .ok_or_else(|| StoreError::Io { path: p, source: io::ErrorKind::WouldBlock.into() })
+    }
+
+    /// Hold off `gc` (which takes this lock exclusively) while blobs and layers are written or
+    /// read that no image references yet, or that an export is copying: imports, commits,
+    /// exports and layer unpacks hold it shared for their whole run, so gc never takes what they
+    /// have just written for garbage.
+    pub fn gc_shared(&self) -> Result<LockGuard> {
+        let p = self.lock_path("gc");
+        flock_file(&p, FlockOperation::LockShared)?
             .ok_or_else(|| StoreError::Io { path: p, source: io::ErrorKind::WouldBlock.into() })
     }
 
