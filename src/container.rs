@@ -43,6 +43,8 @@ pub enum ContainerError {
     Running { name: String, how: String, hint: &'static str },
     #[error("container {name:?} did not stop within {secs} s of SIGKILL")]
     WontStop { name: String, secs: u64 },
+    #[error("container {name:?}: mount target {target}: {reason}")]
+    BadTarget { name: String, target: PathBuf, reason: String },
     #[error("container {0:?} is a read-only view: it has no changes to commit")]
     ReadOnly(String),
     #[error("container {name:?}: {source}")]
@@ -296,7 +298,10 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
         });
     }
     let p = paths(store, name);
-    let target = target.map(Path::to_path_buf).unwrap_or(p.rootfs.clone());
+    let target = match target {
+        Some(t) => checked_target(store, name, t)?,
+        None => p.rootfs.clone(),
+    };
     fs::create_dir_all(&target).at(&target)?;
     let spec = overlay_spec(store, &c)?;
     if !c.read_only {
@@ -320,6 +325,53 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
         }
     }
     Ok(target)
+}
+
+/// A mount target given by the user: an existing directory (or one to create under an existing
+/// parent) reached without following a symlink (a link would redirect the mount, over `/etc` say),
+/// and not inside the state root (later imports would fail with EXDEV) or inside any container's
+/// mounted rootfs. Returns its absolute path.
+fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
+    let bad = |reason: String| ContainerError::BadTarget {
+        name: name.to_string(),
+        target: target.to_path_buf(),
+        reason,
+    };
+    let abs = std::path::absolute(target).map_err(|e| bad(e.to_string()))?;
+    // The deepest existing ancestor must resolve to itself: no symlink on the way (".." too).
+    let mut existing = abs.clone();
+    while fs::symlink_metadata(&existing).is_err() {
+        if !existing.pop() {
+            return Err(bad("no existing ancestor".into()));
+        }
+    }
+    let real = fs::canonicalize(&existing).map_err(|e| bad(e.to_string()))?;
+    if real != existing || abs.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(bad(format!(
+            "{} is reached through a symlink (resolves to {})",
+            existing.display(),
+            real.display()
+        )));
+    }
+    if !fs::symlink_metadata(&existing).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(bad(format!("{} is not a directory", existing.display())));
+    }
+    let root = fs::canonicalize(store.root()).map_err(|e| bad(e.to_string()))?;
+    if abs.starts_with(&root) {
+        return Err(bad(format!("it is inside the state root {}", root.display())));
+    }
+    for other in store.db.containers()? {
+        if let Some(at) = mounted_at(store, &other.name)? {
+            if abs.starts_with(&at) {
+                return Err(bad(format!(
+                    "it is inside container {:?}, mounted at {}",
+                    other.name,
+                    at.display()
+                )));
+            }
+        }
+    }
+    Ok(abs)
 }
 
 /// The strata-fuse binary: next to this executable, else on PATH.
