@@ -105,6 +105,7 @@ fn a_container_keeps_its_manifest_when_the_name_moves() {
 /// A background `strata run` that prints "ready" once its command started.
 struct Run {
     child: Child,
+    _runc: RuncGuard,
 }
 
 impl Run {
@@ -125,7 +126,7 @@ impl Run {
         out.read_exact(&mut buf).expect("container printed ready");
         assert_eq!(&buf, b"ready\n");
         child.stdout = Some(out);
-        Run { child }
+        Run { child, _runc: RuncGuard::new(root, name) }
     }
 
     fn wait(mut self) -> std::process::ExitStatus {

@@ -196,6 +196,7 @@ fn commits_while_the_container_writes_all_succeed() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn run");
+    let _runc = RuncGuard::new(&root, "w");
     let upper = root.path().join("containers/w/upper/d");
     let until = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(&upper).map(|d| d.count()).unwrap_or(0) < 10 {

@@ -248,3 +248,26 @@ pub fn set_tag(layout: &Path, tag: &str, manifest: &[u8]) {
     }));
     fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("write index");
 }
+
+/// Kills (runc delete --force) the runc container of strata container `name` under `root` when
+/// dropped, so a failing test leaves no container process running after its root is gone.
+pub struct RuncGuard {
+    pub state: PathBuf,
+    pub id: String,
+}
+
+impl RuncGuard {
+    pub fn new(root: &Root, name: &str) -> RuncGuard {
+        RuncGuard { state: root.path().join("runc"), id: format!("strata-{name}") }
+    }
+}
+
+impl Drop for RuncGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&self.state)
+            .args(["delete", "--force", &self.id])
+            .output();
+    }
+}
