@@ -8,7 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
@@ -30,6 +30,8 @@ pub enum StoreError {
     NoImage(String),
     #[error("image {image:?} is used by container(s) {containers}; remove them first")]
     ImageInUse { image: String, containers: String },
+    #[error("refusing state root: {path} {reason}")]
+    Untrusted { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -129,6 +131,61 @@ fn chmod_dirs_writable(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The state root and what strata keeps directly in it must be strata's own: real directories
+/// (and a real database file), not symlinks, owned by this user (root), and the root writable by
+/// nobody else. Another user who owns or can write the root could swap `containers/` for a link
+/// and make root create and delete files anywhere, or rewrite `strata.db` (containerd and podman
+/// refuse such roots the same way). With the root refused unless it is root's and 0700, nobody
+/// else can plant a link anywhere below it.
+fn check_ownership(root: &Path) -> Result<()> {
+    let euid = rustix::process::geteuid().as_raw();
+    let refuse = |path: &Path, reason: String| StoreError::Untrusted { path: path.to_path_buf(), reason };
+    let md = fs::symlink_metadata(root).at(root)?;
+    if md.file_type().is_symlink() {
+        return Err(refuse(root, "is a symbolic link; give the real directory".into()));
+    }
+    check_owned(&md, euid).map_err(|r| refuse(root, r))?;
+    if md.mode() & 0o022 != 0 {
+        return Err(refuse(root, format!("is writable by group or others (mode {:o})", md.mode() & 0o7777)));
+    }
+    for sub in [
+        "blobs",
+        "blobs/sha256",
+        "layers",
+        "layers/sha256",
+        "staging",
+        "locks",
+        "containers",
+        "runc",
+        "strata.db",
+    ] {
+        let p = root.join(sub);
+        let md = match fs::symlink_metadata(&p) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).at(&p),
+        };
+        let want_dir = sub != "strata.db";
+        let ft = md.file_type();
+        if ft.is_symlink() || (want_dir && !ft.is_dir()) || (!want_dir && !ft.is_file()) {
+            let what = if want_dir { "a directory" } else { "a regular file" };
+            return Err(refuse(
+                &p,
+                format!("is not {what} (planted?); strata does not follow links in its root"),
+            ));
+        }
+        check_owned(&md, euid).map_err(|r| refuse(&p, r))?;
+    }
+    Ok(())
+}
+
+fn check_owned(md: &fs::Metadata, euid: u32) -> std::result::Result<(), String> {
+    if md.uid() != euid {
+        return Err(format!("is owned by uid {}, not by uid {euid} which runs strata", md.uid()));
+    }
+    Ok(())
+}
+
 /// Size of `<root>/reserve`, space held back so that strata still works on a full filesystem.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 /// Below this much free space the reserve is released.
@@ -221,6 +278,7 @@ impl Store {
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(root).at(root)?;
+        check_ownership(root)?;
         // The root must not let host users reach setuid binaries inside layers.
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).at(root)?;
         for sub in ["blobs/sha256", "layers/sha256", "staging", "locks", "containers"] {
