@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
 # Install what strata's build, tests, demo and benchmarks need on a fresh Debian machine (as root).
-# Idempotent: skips apt when everything is present.
+# Idempotent: skips apt when everything is present. Needs root only for what is missing (a user
+# can run it, and scripts/test.sh, once root has). Prints one line per step it takes; the logs
+# of apt and cargo install are shown only when they fail.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" setup
+find_cargo   # first: without it nothing else is worth installing
+LOG=$(mktemp /tmp/strata-setup.XXXXXX)
+trap 'rm -f "$LOG"' EXIT
+# quiet WHAT CMD...: CMD's output goes to $LOG, and to stderr only if CMD fails.
+quiet() {
+    local what=$1
+    shift
+    if ! "$@" >"$LOG" 2>&1; then
+        say "$what failed:"
+        cat "$LOG" >&2
+        exit 1
+    fi
+}
+
 pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
       hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev)
 missing=()
@@ -9,36 +26,59 @@ for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-    echo "setup: installing ${missing[*]}" >&2
+    need_root
+    say "installing ${missing[*]} (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    quiet "apt-get update" apt-get update
+    quiet "apt-get install" apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-command -v cargo >/dev/null || { echo "setup: cargo not found (install a Rust toolchain)" >&2; exit 1; }
 # overlay and fuse: loaded on demand on most kernels; make sure.
 modprobe overlay 2>/dev/null || true
 modprobe fuse 2>/dev/null || true
+
 # mount(8) helper for `mount -t fuse.strata-fuse SOURCE DIR -o lowerdir=...`: runs strata-fuse from
-# PATH, else this checkout's release or debug build.
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# PATH, else this checkout's release or debug build. One installed by another checkout's setup.sh
+# is replaced (with a note); any other file of that name is someone else's and is left alone.
 helper=/sbin/mount.fuse.strata-fuse
+marker="# Installed by $REPO/scripts/setup.sh"
 want=$(cat <<HELPER
 #!/bin/sh
-# Installed by $repo/scripts/setup.sh
-for b in "\$(command -v strata-fuse)" "$repo/target/release/strata-fuse" "$repo/target/debug/strata-fuse"; do
+$marker
+for b in "\$(command -v strata-fuse)" "$REPO/target/release/strata-fuse" "$REPO/target/debug/strata-fuse"; do
     [ -n "\$b" ] && [ -x "\$b" ] && exec "\$b" "\$@"
 done
-echo "mount.fuse.strata-fuse: strata-fuse not found (cargo build --workspace in $repo)" >&2
+echo "mount.fuse.strata-fuse: strata-fuse not found (cargo build --workspace in $REPO)" >&2
 exit 1
 HELPER
 )
-if [ "$(cat "$helper" 2>/dev/null)" != "$want" ]; then
-    printf '%s\n' "$want" > "$helper.tmp" && chmod 755 "$helper.tmp" && mv "$helper.tmp" "$helper"
+install_helper() {
+    if [ "$(id -u)" != 0 ]; then
+        say "not root: $helper not installed (mount -t fuse.strata-fuse needs it; run setup as root)"
+        return 0
+    fi
+    printf '%s\n' "$want" >"$helper.tmp" && chmod 755 "$helper.tmp" && mv "$helper.tmp" "$helper"
+}
+line2=$({ sed -n 2p "$helper" 2>/dev/null || true; } | tr -d '\0')   # the marker (a binary has NULs)
+if [ ! -e "$helper" ] && [ ! -L "$helper" ]; then
+    say "installing $helper (for mount -t fuse.strata-fuse)"
+    install_helper
+elif printf '%s\n' "$want" | cmp -s - "$helper"; then
+    :
+elif [ ! -L "$helper" ] && [ "$line2" = "$marker" ]; then
+    install_helper   # an older version of this checkout's helper
+elif [ ! -L "$helper" ] && [[ $line2 == "# Installed by "*/scripts/setup.sh ]]; then
+    other=${line2#"# Installed by "}
+    say "note: $helper ran the strata-fuse of ${other%/scripts/setup.sh}; now this checkout's ($REPO)"
+    install_helper
+else
+    what=$([ -L "$helper" ] && echo " (a symlink to $(readlink "$helper"))" || true)
+    say "warning: $helper$what was not installed by strata's setup.sh: left alone."
+    say "  mount -t fuse.strata-fuse runs it; to use strata's helper, remove it and run setup again."
 fi
+
 # pjdfstest (POSIX suite run by fuse/tests/posix.rs and scripts/posix-fuse.sh), built from crates.io
-# into target/tools (libacl1-dev above is needed to link it); about 40 s on 2 cores.
-cd "$repo"
+# into target/tools (libacl1-dev above is needed to link it).
 if [ ! -x target/tools/bin/pjdfstest ]; then
-    echo "setup: installing pjdfstest into target/tools" >&2
-    cargo install --locked pjdfstest --version 0.2.2 --root "$PWD/target/tools"
+    say "building pjdfstest 0.2.2 into target/tools (about a minute)"
+    quiet "cargo install pjdfstest" cargo install --locked pjdfstest --version 0.2.2 --root "$REPO/target/tools"
 fi

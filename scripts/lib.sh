@@ -1,0 +1,61 @@
+# Sourced by setup.sh, test.sh, demo.sh and .ci/run: what they share.
+#   REPO         the checkout (absolute); the sourcing script has cd'ed into it
+#   CALLER_PWD   the directory it was started from (for relative arguments)
+#   find_cargo   puts cargo on PATH, or says how to get it and exits 1
+#   need_root    exits 1 with how to run the script as root
+# usage: source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" NAME   (NAME prefixes messages)
+LIB_NAME=${1:-strata}
+CALLER_PWD=$PWD
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+say() { printf '%s: %s\n' "$LIB_NAME" "$*" >&2; }
+
+# cargo is usually in ~/.cargo/bin, which PATH lacks under sudo (its secure_path replaces PATH)
+# and in shells that never read ~/.cargo/env. Look where rustup puts it: $CARGO_HOME/bin, this
+# user's ~/.cargo/bin, then (under sudo) the invoking user's, whose toolchains live in their
+# ~/.rustup.
+find_cargo() {
+    command -v cargo >/dev/null && return 0
+    local dirs=() d
+    add() { # DIR: a candidate, once
+        local x
+        [ -n "$1" ] || return 0
+        for x in "${dirs[@]}"; do [ "$x" != "$1" ] || return 0; done
+        dirs+=("$1")
+    }
+    add "${CARGO_HOME:+$CARGO_HOME/bin}"
+    add "${HOME:+$HOME/.cargo/bin}"
+    d=$(getent passwd "$(id -un)" | cut -d: -f6)
+    add "${d:+$d/.cargo/bin}"
+    if [ -n "${SUDO_USER:-}" ]; then
+        d=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        add "${d:+$d/.cargo/bin}"
+    fi
+    for d in "${dirs[@]}"; do
+        if [ -x "$d/cargo" ]; then
+            export PATH="$d:$PATH"
+            # rustup's cargo proxy looks for toolchains in $RUSTUP_HOME, default ~/.rustup of the
+            # current user: point it at the owner's when the cargo found is someone else's.
+            if [ -z "${RUSTUP_HOME:-}" ] && [ "$d" != "${HOME:-}/.cargo/bin" ] &&
+                [ -d "${d%/.cargo/bin}/.rustup" ]; then
+                export RUSTUP_HOME="${d%/.cargo/bin}/.rustup"
+            fi
+            return 0
+        fi
+    done
+    {
+        echo "$LIB_NAME: cargo not found: not on PATH, nor in ${dirs[*]}"
+        echo "Install a Rust toolchain (1.85 or newer) with rustup, then run this again:"
+        echo "    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal"
+        echo "    . \"\$HOME/.cargo/env\""
+        echo "(Debian's own cargo package is too old for strata.)"
+    } >&2
+    exit 1
+}
+
+need_root() {
+    [ "$(id -u)" = 0 ] && return 0
+    say "needs root (mounts, device nodes, apt): run it as root, or as sudo $0"
+    exit 1
+}
