@@ -7,7 +7,8 @@
 # and median (of numbers on stdin, one per line).
 # usage: source scripts/bench-common.sh NAME DEFAULT_RUNS "$@"
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" bench-common
+find_cargo
 BENCH_NAME=$1 BENCH_RUNS=$2
 shift 2
 BENCH=${1:-/var/tmp/strata-bench}

@@ -20,7 +20,8 @@ ROOTFS="${1:-/usr}"
 SUB="${2:-share}"
 BASE="${3:-/var/tmp/strata-fuse-bench}"
 RMTREE="${RMTREE:-$SUB/doc}"
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" bench-fuse
+find_cargo
 [ "$(id -u)" = 0 ] || { echo "bench-fuse.sh needs root" >&2; exit 1; }
 command -v fuse-overlayfs >/dev/null || apt-get install -y fuse-overlayfs >/dev/null
 cargo build --release -p strata-fuse >&2

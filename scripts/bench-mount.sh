@@ -5,7 +5,8 @@
 #
 # Usage: sudo scripts/bench-mount.sh [ITERATIONS]   (default 50)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" bench-mount
+find_cargo
 N=${1:-50}
 scripts/setup.sh
 cargo build --release -p strata --quiet

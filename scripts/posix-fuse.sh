@@ -4,7 +4,8 @@
 # usage: scripts/posix-fuse.sh [TEST_PATTERN...]   (needs root; patterns filter test names)
 # Exit status: 1 when a test passes on the kernel but fails on strata-fuse (a regression).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" posix-fuse
+find_cargo
 [ "$(id -u)" = 0 ] || { echo "posix-fuse.sh needs root" >&2; exit 1; }
 PJDFSTEST="$PWD/target/tools/bin/pjdfstest"
 # setup.sh installs it (cargo install into target/tools, with libacl1-dev to link it).
