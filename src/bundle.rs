@@ -68,6 +68,35 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Largest /etc/passwd or /etc/group read.
+const MAX_DB_FILE: u64 = 16 << 20;
+
+/// Read `rel` as the container would see it: every symlink on the way (`etc` itself may be one)
+/// resolves inside `rootfs` (openat2 `RESOLVE_IN_ROOT`), never to the host's files. Only a regular
+/// file of sane size is read; anything else reads as empty.
+fn read_in_root(rootfs: &Path, rel: &str) -> String {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let Ok(root) =
+        rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    else {
+        return String::new();
+    };
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let Ok(fd) = rustix::fs::openat2(&root, rel, flags, Mode::empty(), resolve) else {
+        return String::new();
+    };
+    let file = fs::File::from(fd);
+    match file.metadata() {
+        Ok(md) if md.is_file() && md.len() <= MAX_DB_FILE => {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&file, MAX_DB_FILE), &mut s);
+            s
+        }
+        _ => String::new(),
+    }
+}
+
 /// Resolve `user[:group]` (names or numbers) against the rootfs's /etc/passwd and /etc/group.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
     let err = |reason: &str| BundleError::User { user: spec.to_string(), reason: reason.to_string() };
@@ -75,15 +104,7 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    // Read through the mounted rootfs; a symlinked /etc/passwd could point anywhere on the host, so
-    // only regular files are read.
-    let read = |name: &str| -> String {
-        let p = rootfs.join("etc").join(name);
-        match fs::symlink_metadata(&p) {
-            Ok(md) if md.is_file() => fs::read_to_string(&p).unwrap_or_default(),
-            _ => String::new(),
-        }
-    };
+    let read = |name: &str| read_in_root(rootfs, &format!("etc/{name}"));
     let passwd = read("passwd");
     let group = read("group");
     let (uid, mut gid) = if u.is_empty() {
@@ -328,6 +349,23 @@ mod tests {
         let nofile = &p.rlimits().as_ref().unwrap()[0];
         let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
         assert!(hard.is_none_or(|h| nofile.hard() <= h));
+    }
+
+    /// An image whose `etc` is a symlink to the host's `/etc` (absolute) resolves users from its
+    /// own tree, never from the host's passwd.
+    #[test]
+    fn users_resolve_inside_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
+        // On the host, a user every Debian system has: it must not be found through the link.
+        assert!(fs::read_to_string("/etc/passwd").unwrap().contains("\nbin:"));
+        assert!(matches!(resolve_user(dir.path(), "bin"), Err(BundleError::User { .. })));
+        // A link that stays inside the rootfs is followed as the container would.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("real/etc")).unwrap();
+        fs::write(dir.path().join("real/etc/passwd"), "app:x:7:8::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("/real/etc", dir.path().join("etc")).unwrap();
+        assert_eq!(resolve_user(dir.path(), "app").unwrap(), (7, 8, vec![]));
     }
 
     #[test]
