@@ -397,7 +397,8 @@ fn import_layer(
     progress: &ProgressBar,
 ) -> Result<(ImageLayerRow, bool)> {
     let diff_id = &l.diff_id;
-    let label = l.digest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| l.file.clone());
+    // A docker-archive layer is named by its file, which the archive chose: printable only.
+    let label = l.digest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| image::printable(&l.file, 200));
     let declared = match &l.media_type {
         Some(mt) => Some(image::layer_compression(mt)?),
         None => None,

@@ -162,7 +162,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("strata: error: {}", error_chain(&e));
+            // Messages may quote input (names from archives, parser errors): never raw bytes.
+            eprintln!("strata: error: {}", strata::image::printable(&error_chain(&e), 4096));
             ExitCode::FAILURE
         }
     }
