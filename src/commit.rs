@@ -67,6 +67,8 @@ pub enum CommitError {
     Db(#[from] DbError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Name(#[from] crate::reference::ReferenceError),
 }
 
 pub type Result<T, E = CommitError> = std::result::Result<T, E>;
@@ -895,6 +897,7 @@ pub fn commit(
     opts: &CommitOptions,
 ) -> Result<Committed> {
     // Everything that can be checked cheaply first: a bad --change must not cost a layer write.
+    crate::reference::validate_image_name(new_name)?;
     let parent =
         store.db.image(parent_image)?.ok_or_else(|| CommitError::NoImage(parent_image.to_string()))?;
     // Replacing an image a container stands on would change that container's lower layers.

@@ -24,6 +24,8 @@ pub enum DbError {
     Open { path: String, source: rusqlite::Error },
     #[error("metadata database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Name(#[from] crate::reference::ReferenceError),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -324,6 +326,7 @@ pub struct NewImage<'a> {
 impl Db {
     /// Record an image (replacing an image of the same name) and release the import's lease.
     pub fn put_image(&mut self, img: &NewImage<'_>) -> Result<()> {
+        crate::reference::validate_image_name(img.name)?;
         self.write(|tx| {
             for (d, s, m) in &img.blobs {
                 tx.execute(

@@ -208,10 +208,13 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
     match c {
         ImageCmd::Import { source, name, platform } => {
             let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
-            let mut store = open_store(root)?;
             let opts = ImportOptions { name, platform, progress: std::io::stderr().is_terminal() };
-            let imported =
-                import::import(&mut store, &source, &opts).with_context(|| format!("importing {source}"))?;
+            // The source is checked before the state root is touched.
+            let (resolved, name) =
+                import::prepare(&source, &opts).with_context(|| format!("importing {source}"))?;
+            let mut store = open_store(root)?;
+            let imported = import::import_prepared(&mut store, &resolved, &name, &opts)
+                .with_context(|| format!("importing {source}"))?;
             println!("{}", imported.manifest_digest);
         }
         ImageCmd::Ls { json } => {
@@ -345,8 +348,10 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             };
             let opts = CommitOptions { layer, author, message, changes: change };
             let upper = container::paths(&store, &name).upper;
-            let done = commit::commit(&mut store, &upper, &c.image, &new_image, &opts)
-                .with_context(|| format!("committing container {name} as {new_image}"))?;
+            let done =
+                commit::commit(&mut store, &upper, &c.image, &new_image, &opts).with_context(|| {
+                    format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
+                })?;
             println!("{}", done.manifest_digest);
         }
         ContainerCmd::Mounts { name, json } => {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
+use strata::tree::Tree;
 
 /// Run strata with state root `root`.
 fn strata(root: &Path, args: &[&str]) -> Output {
@@ -26,6 +27,21 @@ fn fails_with(out: &Output, code: i32, what: &str) -> String {
     assert!(!body.chars().any(|c| c.is_control()), "{what}: control characters in stderr: {err:?}");
     assert!(body.starts_with("strata: error: "), "{what}: {err}");
     body.to_string()
+}
+
+fn tree(p: &Path) -> Tree {
+    Tree::capture(p).expect("capture tree")
+}
+
+/// A state root that holds images `busybox` (from the fixtures) and `other` (busybox and one
+/// more layer).
+fn store_with_images() -> Root {
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
+    root.ok(&["container", "create", "busybox", "base"]);
+    root.ok(&["container", "commit", "base", "other"]);
+    root
 }
 
 /// A ustar header block for `name` with raw `size` field bytes, checksummed.
@@ -105,6 +121,7 @@ fn import_of_what_is_not_an_image_says_what_it_is() {
         if file.contains(".tar.") {
             assert!(err.ends_with("(decompress it first)"), "{err}");
         }
+        assert!(!state.exists(), "{file}: the state root was created");
     }
 }
 
@@ -145,4 +162,57 @@ fn names_from_inside_archives_are_escaped() {
     let err =
         fails_with(&strata(&state, &["image", "import", &format!("{}:nope", p.display())]), 1, "docker tag");
     assert!(err.contains("no image tagged \"nope\"; available: x\\u{1b}[31m:latest"), "{err}");
+    assert!(!state.exists());
+}
+
+#[test]
+fn image_names_follow_the_reference_grammar() {
+    if !privileged("image_names_follow_the_reference_grammar") {
+        return;
+    }
+    let fx = fixtures();
+    let root = store_with_images();
+    let src = format!("{}:busybox", fx.join("oci").display());
+    let long = "a".repeat(10 * 1024);
+    // A container with a change to commit.
+    root.ok(&["container", "create", "busybox", "c1"]);
+    let at = root.ok(&["container", "mount", "c1"]);
+    fs::write(Path::new(at.trim()).join("new-file"), b"x").expect("write in container");
+    root.ok(&["container", "umount", "c1"]);
+    let before = tree(root.path());
+    for (name, reason) in [
+        ("", "image name is empty"),
+        ("Busybox", "image name \"Busybox\": repository name must be lowercase"),
+        ("a\nb", "image name \"a\\nb\": character '\\n' is not allowed in a repository name"),
+        ("x\u{1b}[31m", "image name \"x\\u{1b}[31m\": character '\\u{1b}' is not allowed"),
+        (
+            "../../x",
+            "image name \"../../x\": path component \"..\" must start and end with a letter or digit",
+        ),
+        ("-x", "image name \"-x\": path component \"-x\" must start and end with a letter or digit"),
+        ("x:-tag", "tag \"-tag\" must be 1-128 characters"),
+        (long.as_str(), "10240 characters, longer than the 255 allowed before the tag"),
+    ] {
+        let err = fails_with(&root.cmd(&["image", "import", &src, &format!("--name={name}")]), 1, name);
+        assert!(err.contains(reason), "{name:?}: {err}");
+        assert!(err.len() < 400, "{err}");
+        // Commit checks NEW_IMAGE before it writes a layer.
+        let err = fails_with(&root.cmd(&["container", "commit", "c1", "--", name]), 1, name);
+        assert!(err.starts_with("strata: error: committing container c1 as "), "{err}");
+        assert!(err.contains(reason), "{name:?}: {err}");
+    }
+    assert_eq!(tree(root.path()), before, "refused names changed the state root");
+    root.ok(&["container", "commit", "c1", "localhost:5000/team/app:v1.0"]);
+    let ls = root.ok(&["image", "ls"]);
+    assert!(ls.contains("localhost:5000/team/app:v1.0"), "{ls}");
+
+    // A name taken from the source's tag is checked too; --name overrides it.
+    let layout = root.path().join("layout");
+    copy_layout(&fx.join("oci"), &layout);
+    let m = manifest_of(&layout, "busybox");
+    set_tag(&layout, "Upper", &serde_json::to_vec(&m).expect("json"));
+    let l = format!("{}:Upper", layout.display());
+    let err = fails_with(&root.cmd(&["image", "import", &l]), 1, "tag name");
+    assert!(err.ends_with("image name \"Upper\": repository name must be lowercase (the name comes from the source's tag; give --name)"), "{err}");
+    root.ok(&["image", "import", &l, "--name", "upper"]);
 }
