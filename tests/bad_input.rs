@@ -166,6 +166,30 @@ fn names_from_inside_archives_are_escaped() {
 }
 
 #[test]
+fn platform_that_a_single_manifest_image_does_not_match() {
+    if !privileged("platform_that_a_single_manifest_image_does_not_match") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let state = root.path().join("state");
+    let busybox = format!("{}:busybox", fx.join("oci").display());
+    let docker = fx.join("multi.docker.tar");
+    for src in [busybox.as_str(), docker.to_str().expect("utf8")] {
+        let out = strata(&state, &["image", "import", src, "--name", "x", "--platform", "linux/s390x"]);
+        let err = fails_with(&out, 1, src);
+        assert!(err.contains("no manifest for platform linux/s390x; available: linux/amd64"), "{err}");
+        let out = strata(&state, &["image", "import", src, "--name", "x", "--platform", "linux/amd64/v9"]);
+        let err = fails_with(&out, 1, src);
+        assert!(err.contains("no manifest for platform linux/amd64/v9; available: linux/amd64"), "{err}");
+    }
+    assert!(!state.exists(), "a refused import created the state root");
+    // The platform it states is accepted, and no --platform takes it whatever it is.
+    let out = strata(&state, &["image", "import", &busybox, "--platform", "linux/amd64"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn image_names_follow_the_reference_grammar() {
     if !privileged("image_names_follow_the_reference_grammar") {
         return;

@@ -294,11 +294,40 @@ pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved,
     let (path, tag) = split_reference(reference);
     let (format, files) = detect(&path)?;
     let host = Platform::host();
-    let platform = platform.unwrap_or(&host);
-    match format {
-        Format::OciLayout | Format::OciArchive => resolve_oci(format, files, tag, platform),
-        Format::DockerArchive => resolve_docker(files, tag),
+    let wanted = platform.unwrap_or(&host);
+    let (resolved, chosen_by_platform) = match format {
+        Format::OciLayout | Format::OciArchive => resolve_oci(format, files, tag, wanted)?,
+        Format::DockerArchive => (resolve_docker(files, tag)?, false),
+    };
+    // An explicit --platform must match, whether or not an index offered a choice: a
+    // single-manifest image's platform is the one its config states.
+    if let (Some(p), false) = (platform, chosen_by_platform) {
+        check_config_platform(&resolved, p)?;
     }
+    Ok(resolved)
+}
+
+/// Whether the config of `r` states platform `p`; else the same error as an index without it.
+fn check_config_platform(r: &Resolved, p: &Platform) -> Result<(), ImageError> {
+    let v: Value = serde_json::from_slice(&r.config).unwrap_or(Value::Null);
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
+    let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
+    let matches = os == Some(p.os.as_str())
+        && arch == Some(p.arch.as_str())
+        && p.variant.as_deref().is_none_or(|want| variant == Some(want));
+    if matches {
+        return Ok(());
+    }
+    let stated = match (os, arch, variant) {
+        (Some(os), Some(arch), Some(var)) => vec![format!("{os}/{arch}/{var}")],
+        (Some(os), Some(arch), None) => vec![format!("{os}/{arch}")],
+        _ => vec![],
+    };
+    Err(ImageError::NoPlatform {
+        source_name: r.files.describe(),
+        platform: p.to_string(),
+        available: list_for_message(&stated, "none stated"),
+    })
 }
 
 /// Read a blob named by a descriptor, bounded, and verify its size and digest.
@@ -358,17 +387,18 @@ fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result
 }
 
 /// From an index, choose the descriptor for `platform` (or the only one).
+/// Returns the descriptor and whether it was chosen by its stated platform.
 fn choose_platform<'a>(
     files: &Files,
     index: &'a ImageIndex,
     platform: &Platform,
-) -> Result<&'a Descriptor, ImageError> {
+) -> Result<(&'a Descriptor, bool), ImageError> {
     let ms = index.manifests();
     if let Some(d) = ms.iter().find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p))) {
-        return Ok(d);
+        return Ok((d, true));
     }
     if ms.len() == 1 && ms[0].platform().is_none() {
-        return Ok(&ms[0]);
+        return Ok((&ms[0], false));
     }
     Err(ImageError::NoPlatform {
         source_name: files.describe(),
@@ -377,12 +407,14 @@ fn choose_platform<'a>(
     })
 }
 
+/// Also returns whether the manifest was chosen by a platform an index states for it.
 fn resolve_oci(
     format: Format,
     files: Files,
     tag: Option<String>,
     platform: &Platform,
-) -> Result<Resolved, ImageError> {
+) -> Result<(Resolved, bool), ImageError> {
+    let mut by_platform = false;
     let what = format!("{}: index.json", files.describe());
     let index: ImageIndex = parse_json(&files.read("index.json", METADATA_LIMIT)?, &what)?;
     let tags = tags_of(&index);
@@ -415,7 +447,9 @@ fn resolve_oci(
                 let name = distinct[0].annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
                 (distinct[0].clone(), name)
             } else if ms.iter().all(|d| d.platform().is_some()) {
-                (choose_platform(&files, &index, platform)?.clone(), None)
+                let (d, matched) = choose_platform(&files, &index, platform)?;
+                by_platform = matched;
+                (d.clone(), None)
             } else {
                 return Err(ImageError::Ambiguous {
                     source_name: files.describe(),
@@ -433,7 +467,9 @@ fn resolve_oci(
         let (data, _) = read_verified(&files, &desc, "index")?;
         let nested: ImageIndex =
             parse_json(&data, &format!("{}: index {}", files.describe(), desc.digest()))?;
-        desc = choose_platform(&files, &nested, platform)?.clone();
+        let (d, matched) = choose_platform(&files, &nested, platform)?;
+        by_platform = matched;
+        desc = d.clone();
     }
     if is_index(desc.media_type()) {
         return Err(ImageError::Invalid {
@@ -470,7 +506,10 @@ fn resolve_oci(
             diff_id,
         });
     }
-    Ok(Resolved { format, files, name, manifest: Some((mdata, mdigest)), config, config_digest, layers })
+    Ok((
+        Resolved { format, files, name, manifest: Some((mdata, mdigest)), config, config_digest, layers },
+        by_platform,
+    ))
 }
 
 /// Layer compression, by media type.
