@@ -169,6 +169,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every command works on the state root, which needs root: layers hold whiteouts (0:0 device
+/// nodes) and `trusted.*` xattrs, and containers are overlay mounts. Checked once, before
+/// anything is read or created; `--help` and `--version` never get here.
+fn require_root(root: &std::path::Path) -> Result<()> {
+    let euid = rustix::process::geteuid();
+    if !euid.is_root() {
+        anyhow::bail!(
+            "strata must run as root (this is uid {}): the state root {} holds whiteout device \
+             nodes and trusted.* xattrs, and containers are overlay mounts; rootless mode is not \
+             supported yet",
+            euid.as_raw(),
+            root.display()
+        );
+    }
+    Ok(())
+}
+
 /// The error and its causes, each once: library errors already embed their source's text, so a
 /// cause whose text the previous message ends with is not repeated.
 fn error_chain(e: &anyhow::Error) -> String {
@@ -187,10 +204,16 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn open_store(root: &std::path::Path) -> Result<Store> {
-    Store::open(root).with_context(|| format!("opening state root {}", root.display()))
+    match Store::open(root) {
+        Ok(s) => Ok(s),
+        // Names the root already.
+        Err(e @ strata::store::StoreError::NotADirectory { .. }) => Err(e.into()),
+        Err(e) => Err(e).with_context(|| format!("opening state root {}", root.display())),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    require_root(&cli.root)?;
     match cli.cmd {
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),

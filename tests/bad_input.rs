@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -163,6 +164,72 @@ fn names_from_inside_archives_are_escaped() {
         fails_with(&strata(&state, &["image", "import", &format!("{}:nope", p.display())]), 1, "docker tag");
     assert!(err.contains("no image tagged \"nope\"; available: x\\u{1b}[31m:latest"), "{err}");
     assert!(!state.exists());
+}
+
+#[test]
+fn not_root_is_told_that_root_is_needed() {
+    if !privileged("not_root_is_told_that_root_is_needed") {
+        return;
+    }
+    let t = Root::new();
+    // A copy of the binary that user nobody can execute, wherever the build tree is.
+    let bin = t.path().join("strata");
+    fs::copy(STRATA, &bin).expect("copy binary");
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = t.path().join("state");
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .expect("run setpriv")
+    };
+    let st = state.to_str().expect("utf8");
+    for args in
+        [&["--root", st, "image", "ls"][..], &["--root", st, "image", "import", "/nonexistent"], &["gc"]]
+    {
+        let err = fails_with(&as_nobody(args), 1, "as nobody");
+        assert!(err.contains("strata must run as root (this is uid 65534)"), "{err}");
+        assert!(err.contains("rootless mode is not supported yet"), "{err}");
+    }
+    assert!(!state.exists());
+    // --help and --version need no root.
+    for args in [&["--version"][..], &["--help"], &["image", "export", "--help"]] {
+        let out = as_nobody(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_state_root_that_is_a_file_is_named() {
+    if !privileged("a_state_root_that_is_a_file_is_named") {
+        return;
+    }
+    let t = Root::new();
+    let file = t.path().join("file");
+    fs::write(&file, b"precious").expect("write");
+    let err = fails_with(&strata(&file, &["image", "ls"]), 1, "file root");
+    assert!(
+        err.ends_with(&format!("state root {} is not a directory (it is a regular file)", file.display())),
+        "{err}"
+    );
+    let under = file.join("sub/root");
+    let err = fails_with(&strata(&under, &["image", "ls"]), 1, "under a file");
+    assert!(
+        err.ends_with(&format!(
+            "state root {} is not a directory ({} is a regular file)",
+            under.display(),
+            file.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(fs::read(&file).expect("read"), b"precious");
+    // Missing parents are created, as before.
+    let deep = t.path().join("a/b/c");
+    let out = strata(&deep, &["image", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(deep.join("strata.db").is_file());
 }
 
 #[test]
