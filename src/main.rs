@@ -145,6 +145,9 @@ enum ImageCmd {
         dest: String,
         #[arg(long, default_value = "oci", value_parser = ["oci", "oci-archive", "docker-archive"])]
         format: String,
+        /// Replace an existing archive file, or a tag the layout already holds for another image.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -279,10 +282,11 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
-        ImageCmd::Export { name, dest, format } => {
+        ImageCmd::Export { name, dest, format, force } => {
             let store = open_store(root)?;
             let format: strata::export::ExportFormat = format.parse()?;
-            strata::export::export(&store, &name, &dest, format)
+            let opts = strata::export::ExportOptions { force };
+            strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
         }
         ImageCmd::Rm { name } => {

@@ -8,7 +8,8 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use strata::tree::Tree;
@@ -32,6 +33,17 @@ fn fails_with(out: &Output, code: i32, what: &str) -> String {
 
 fn tree(p: &Path) -> Tree {
     Tree::capture(p).expect("capture tree")
+}
+
+/// Names in `dir` that look like temp files (`.NAME.tmp-...`).
+fn temp_files(dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else { return vec![] };
+    let mut v: Vec<String> = rd
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    v.sort();
+    v
 }
 
 /// A state root that holds images `busybox` (from the fixtures) and `other` (busybox and one
@@ -233,6 +245,129 @@ fn a_state_root_that_is_a_file_is_named() {
 }
 
 #[test]
+fn export_refuses_to_replace_without_force() {
+    if !privileged("export_refuses_to_replace_without_force") {
+        return;
+    }
+    let root = store_with_images();
+    let out = root.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    for format in ["oci-archive", "docker-archive"] {
+        let dest = out.join(format!("{format}.tar"));
+        let d = dest.to_str().expect("utf8");
+        fs::write(&dest, b"precious").expect("write");
+        let err = fails_with(&root.cmd(&["image", "export", "busybox", d, "--format", format]), 1, format);
+        assert!(err.ends_with(&format!("{d}: already exists; use --force to replace it")), "{err}");
+        assert_eq!(fs::read(&dest).expect("read"), b"precious", "{format}: DEST changed");
+        assert_eq!(temp_files(&out), Vec::<String>::new());
+        root.ok(&["image", "export", "busybox", d, "--format", format, "--force"]);
+        let transport = format!("{format}:{d}");
+        let o = Command::new("skopeo").args(["inspect", "--raw", &transport]).output().expect("skopeo");
+        assert!(o.status.success(), "skopeo {transport}: {}", String::from_utf8_lossy(&o.stderr));
+        // A directory at DEST is refused, --force or not.
+        let dir = out.join(format!("{format}.dir"));
+        fs::create_dir(&dir).expect("mkdir");
+        let dd = dir.to_str().expect("utf8");
+        let err = fails_with(
+            &root.cmd(&["image", "export", "busybox", dd, "--format", format, "--force"]),
+            1,
+            "dir",
+        );
+        assert!(err.ends_with(&format!("{dd}: is a directory")), "{err}");
+    }
+    assert_eq!(temp_files(&out), Vec::<String>::new());
+
+    // An OCI layout takes new tags; a tag naming another manifest is replaced only with --force.
+    let layout = out.join("layout");
+    let l = layout.to_str().expect("utf8");
+    root.ok(&["image", "export", "busybox", &format!("{l}:v1")]);
+    root.ok(&["image", "export", "busybox", &format!("{l}:v1")]);
+    let before = tree(&layout);
+    let index_before = fs::read(layout.join("index.json")).expect("index");
+    let err = fails_with(&root.cmd(&["image", "export", "other", &format!("{l}:v1")]), 1, "tag");
+    assert!(err.contains(&format!("{l}: already holds tag \"v1\" for manifest sha256:")), "{err}");
+    assert!(err.ends_with("use --force to replace it"), "{err}");
+    assert_eq!(tree(&layout), before, "a refused export changed the layout");
+    assert_eq!(fs::read(layout.join("index.json")).expect("index"), index_before);
+    root.ok(&["image", "export", "other", &format!("{l}:v2")]);
+    root.ok(&["image", "export", "other", &format!("{l}:v1"), "--force"]);
+    let m = manifest_of(&layout, "v1");
+    assert_eq!(m, manifest_of(&layout, "v2"));
+    let index = json(&layout.join("index.json"));
+    assert_eq!(index["manifests"].as_array().expect("manifests").len(), 2, "{index}");
+
+    // A directory that is neither empty nor a layout is refused, --force or not; a file too.
+    let other = out.join("other");
+    fs::create_dir(&other).expect("mkdir");
+    fs::write(other.join("notes.txt"), b"mine").expect("write");
+    let before = tree(&other);
+    let o = other.to_str().expect("utf8");
+    let err = fails_with(&root.cmd(&["image", "export", "busybox", o, "--force"]), 1, "non-layout dir");
+    assert!(
+        err.contains(&format!("{o}: a directory that is neither empty nor an OCI image layout")),
+        "{err}"
+    );
+    assert_eq!(tree(&other), before);
+    let file = out.join("oci-archive.tar");
+    let f = file.to_str().expect("utf8");
+    let err = fails_with(&root.cmd(&["image", "export", "busybox", f]), 1, "file as layout");
+    assert!(err.contains(&format!("{f}: exists and is not a directory")), "{err}");
+    // An empty directory becomes a layout.
+    let empty = out.join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    root.ok(&["image", "export", "busybox", &format!("{}:e", empty.display())]);
+    assert!(empty.join("oci-layout").is_file());
+}
+
+#[test]
+fn export_to_a_missing_directory_or_a_symlink() {
+    if !privileged("export_to_a_missing_directory_or_a_symlink") {
+        return;
+    }
+    let root = store_with_images();
+    let out = root.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    let missing = out.join("no/such");
+    for format in ["oci", "oci-archive", "docker-archive"] {
+        let dest = missing.join("dest");
+        let d = dest.to_str().expect("utf8");
+        let err = fails_with(&root.cmd(&["image", "export", "busybox", d, "--format", format]), 1, format);
+        assert!(err.ends_with(&format!("{}: no such directory", missing.display())), "{format}: {err}");
+        assert!(!err.contains(".tmp-"), "{err}");
+    }
+    assert!(!out.join("no").exists());
+
+    // A symlink at DEST is not followed, whatever it points to, --force or not.
+    let target_file = out.join("target.tar");
+    fs::write(&target_file, b"precious").expect("write");
+    let target_dir = out.join("target-dir");
+    fs::create_dir(&target_dir).expect("mkdir");
+    std::os::unix::fs::symlink(&target_file, out.join("link.tar")).expect("symlink");
+    std::os::unix::fs::symlink(&target_dir, out.join("link-dir")).expect("symlink");
+    let link = out.join("link.tar");
+    let l = link.to_str().expect("utf8");
+    for format in ["oci-archive", "docker-archive"] {
+        let err = fails_with(
+            &root.cmd(&["image", "export", "busybox", l, "--format", format, "--force"]),
+            1,
+            format,
+        );
+        assert!(
+            err.ends_with(&format!("{l}: is a symbolic link; not following it (give the path it points to)")),
+            "{err}"
+        );
+    }
+    let ld = out.join("link-dir");
+    let err =
+        fails_with(&root.cmd(&["image", "export", "busybox", &format!("{}:t", ld.display())]), 1, "oci");
+    assert!(err.contains(&format!("{}: is a symbolic link", ld.display())), "{err}");
+    assert_eq!(fs::read(&target_file).expect("read"), b"precious");
+    assert_eq!(fs::read_dir(&target_dir).expect("read_dir").count(), 0);
+    assert!(fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+    assert_eq!(temp_files(&out), Vec::<String>::new());
+}
+
+#[test]
 fn platform_that_a_single_manifest_image_does_not_match() {
     if !privileged("platform_that_a_single_manifest_image_does_not_match") {
         return;
@@ -306,4 +441,141 @@ fn image_names_follow_the_reference_grammar() {
     let err = fails_with(&root.cmd(&["image", "import", &l]), 1, "tag name");
     assert!(err.ends_with("image name \"Upper\": repository name must be lowercase (the name comes from the source's tag; give --name)"), "{err}");
     root.ok(&["image", "import", &l, "--name", "upper"]);
+}
+
+/// Spawn `strata image export` and SIGKILL it as soon as a temp file of it shows up in `dir`;
+/// returns whether it was killed mid-export (false: it finished first).
+fn kill_export_mid_write(root: &Root, args: &[&str], dir: &Path) -> bool {
+    // Only the big blob's temp gets past 1 MB: killed then, the export is inside that write.
+    let big = |n: &String| fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 1 << 20);
+    let mut child = Command::new(STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn export");
+    let mine = format!(".tmp-{}", child.id());
+    let mine =
+        |n: &String| n.rsplit_once(&mine).is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('-'));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if temp_files(dir).iter().any(|n| mine(n) && big(n)) {
+            child.kill().expect("kill -9");
+            child.wait().expect("wait");
+            return true;
+        }
+        if child.try_wait().expect("try_wait").is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Two exported layouts hold the same entries, and the same bytes in each file.
+fn assert_same_layout(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    assert_eq!(ta.entries.keys().collect::<Vec<_>>(), tb.entries.keys().collect::<Vec<_>>());
+    for (p, e) in &ta.entries {
+        if e.kind == strata::tree::Kind::File {
+            assert!(
+                fs::read(a.join(p)).expect("read") == fs::read(b.join(p)).expect("read"),
+                "{}",
+                p.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_exports_temp_files_are_removed_by_the_next_export() {
+    if !privileged("a_killed_exports_temp_files_are_removed_by_the_next_export") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
+    // A large-ish image (32 MB uncompressed layer) so that an export takes a while.
+    root.ok(&["container", "create", "busybox", "c"]);
+    let at = root.ok(&["container", "mount", "c"]);
+    let mut data = vec![0u8; 32 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    fs::write(Path::new(at.trim()).join("big"), &data).expect("write big");
+    root.ok(&["container", "umount", "c"]);
+    root.ok(&["container", "commit", "c", "big", "--compression", "none"]);
+    let out = root.path().join("out");
+    let clean = root.path().join("clean");
+    fs::create_dir(&out).expect("mkdir");
+    fs::create_dir(&clean).expect("mkdir");
+
+    // oci-archive: a real kill -9 mid-write, plus a planted temp of a dead export, one of a
+    // live export (locked by this process), and look-alikes that are not strata's.
+    let dest = out.join("big.tar");
+    let d = dest.to_str().expect("utf8");
+    let killed = (0..5).any(|_| {
+        let _ = fs::remove_file(&dest);
+        kill_export_mid_write(&root, &["image", "export", "big", d, "--format", "oci-archive"], &out)
+    });
+    assert!(killed, "no export was caught mid-write");
+    assert!(!dest.exists(), "a killed export left DEST");
+    let debris = temp_files(&out);
+    assert_eq!(debris.len(), 1, "{debris:?}");
+    fs::write(out.join(".big.tar.tmp-4194999-0"), b"half an archive").expect("plant");
+    let live = fs::File::create(out.join(".big.tar.tmp-1-0")).expect("plant");
+    rustix::fs::flock(&live, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+    // The lock decides, not the PID: pid 1 is alive, but nothing holds this one's lock.
+    fs::write(out.join(".big.tar.tmp-1-1"), b"unlocked").expect("plant");
+    let keep = [".big.tar.tmp-x", ".other.tar.tmp-4194999-0"];
+    for k in keep {
+        fs::write(out.join(k), b"not strata's debris").expect("plant");
+    }
+    root.ok(&["image", "export", "big", d, "--format", "oci-archive"]);
+    let mut want: Vec<String> =
+        keep.iter().map(|s| s.to_string()).chain([".big.tar.tmp-1-0".into()]).collect();
+    want.sort();
+    assert_eq!(temp_files(&out), want, "only the dead exports' temp files go");
+    root.ok(&[
+        "image",
+        "export",
+        "big",
+        clean.join("big.tar").to_str().expect("utf8"),
+        "--format",
+        "oci-archive",
+    ]);
+    assert!(
+        fs::read(&dest).expect("read") == fs::read(clean.join("big.tar")).expect("read"),
+        "not a clean export"
+    );
+    let o = Command::new("skopeo").args(["inspect", &format!("oci-archive:{d}")]).output().expect("skopeo");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(live);
+
+    // OCI layout: killed while copying the big blob; the next export into it cleans up.
+    let layout = out.join("layout");
+    let l = format!("{}:big", layout.display());
+    let blobs = layout.join("blobs/sha256");
+    let killed = (0..5).any(|_| {
+        let _ = fs::remove_dir_all(&layout);
+        kill_export_mid_write(&root, &["image", "export", "big", &l], &blobs)
+    });
+    assert!(killed, "no layout export was caught mid-copy");
+    assert_eq!(temp_files(&blobs).len(), 1, "{:?}", temp_files(&blobs));
+    fs::write(layout.join(".index.json.tmp-4194999-3"), b"{").expect("plant");
+    root.ok(&["image", "export", "big", &l]);
+    assert_eq!(temp_files(&blobs), Vec::<String>::new());
+    assert_eq!(temp_files(&layout), Vec::<String>::new());
+    let clean_layout = clean.join("layout");
+    root.ok(&["image", "export", "big", &format!("{}:big", clean_layout.display())]);
+    assert_same_layout(&layout, &clean_layout);
+    let (_keep, rootfs) = umoci_unpack(&layout, "big");
+    assert!(fs::read(rootfs.join("big")).expect("big") == data, "umoci unpacks other content");
 }
