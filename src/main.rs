@@ -167,9 +167,18 @@ fn main() -> ExitCode {
         Err(e) => {
             // Messages may quote input (names from archives, parser errors): never raw bytes.
             eprintln!("strata: error: {}", strata::image::printable(&error_chain(&e), 4096));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// 127 for a command not found in the container, 126 for one that cannot be executed (as
+/// podman and shells), 1 for every other error.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<strata::bundle::BundleError>())
+        .and_then(|b| b.exit_code())
+        .unwrap_or(1)
 }
 
 /// Every command works on the state root, which needs root: layers hold whiteouts (0:0 device
@@ -425,12 +434,14 @@ fn run_cmd(
             terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).context("building the runtime spec")?;
+        bundle::check_command(&spec).with_context(|| format!("container {name}"))?;
         let paths = container::paths(&store, &name);
         bundle::write_bundle(&paths.bundle, &spec)?;
         let id = format!("strata-{name}");
         let state = store.root().join("runc");
         bundle::delete_stale(&state, &id);
-        let code = bundle::run_bundle(&state, &paths.bundle, &id)?;
+        let code =
+            bundle::run_bundle(&state, &paths.bundle, &id).with_context(|| format!("container {name}"))?;
         Ok(code)
     })();
     if rm {

@@ -443,6 +443,45 @@ fn image_names_follow_the_reference_grammar() {
     root.ok(&["image", "import", &l, "--name", "upper"]);
 }
 
+#[test]
+fn run_of_a_missing_command_exits_127() {
+    if !privileged("run_of_a_missing_command_exits_127") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
+    for (cmd, code, msg) in [
+        ("nope", 127, "executable file not found in $PATH: nope"),
+        ("/no/such", 127, "executable file not found: /no/such"),
+        (
+            "/etc/passwd",
+            126,
+            "permission denied: cannot execute /etc/passwd: no execute permission (mode 0644)",
+        ),
+        ("/bin", 126, "permission denied: cannot execute /bin: a directory"),
+    ] {
+        let out = root.cmd(&["run", "busybox", "--rm", "--name", "badinput-r", "--", cmd]);
+        let err = fails_with(&out, code, cmd);
+        assert_eq!(err, format!("strata: error: container badinput-r: {msg}"), "{cmd}");
+        assert!(!root.path().join("containers/badinput-r").exists(), "--rm left the container");
+    }
+    // A command that runs and fails keeps its own status.
+    let out = root.cmd(&["run", "busybox", "--rm", "--", "sh", "-c", "exit 1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // When only runc can tell (a relative $PATH entry), its log says so: 127 still.
+    root.ok(&["container", "create", "busybox", "base"]);
+    root.ok(&["container", "commit", "base", "relpath", "-c", "ENV PATH=bin:/bin"]);
+    let out = root.cmd(&["run", "relpath", "--name", "badinput-r2", "--", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert!(
+        err.ends_with("strata: error: container badinput-r2: executable file not found in $PATH: nope\n"),
+        "{err}"
+    );
+}
+
 /// Spawn `strata image export` and SIGKILL it as soon as a temp file of it shows up in `dir`;
 /// returns whether it was killed mid-export (false: it finished first).
 fn kill_export_mid_write(root: &Root, args: &[&str], dir: &Path) -> bool {
