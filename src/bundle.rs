@@ -12,6 +12,8 @@ use oci_spec::runtime::{
 };
 use serde_json::Value;
 
+use crate::image::printable;
+
 /// Bundle errors.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -29,6 +31,23 @@ pub enum BundleError {
     Verb { runtime: String, verb: String, reason: String },
     #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
     NoCommand,
+    /// The command is not in the container (exit status 127, as podman and shells use).
+    #[error("executable file not found{}: {}", if *in_path { " in $PATH" } else { "" }, printable(cmd, 200))]
+    CommandNotFound { cmd: String, in_path: bool },
+    /// The command is there but cannot be executed (exit status 126).
+    #[error("permission denied: cannot execute {}: {reason}", printable(cmd, 200))]
+    CommandNotExecutable { cmd: String, reason: String },
+}
+
+impl BundleError {
+    /// The exit status `strata run` gives for this error, where one is conventional.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self {
+            BundleError::CommandNotFound { .. } => Some(127),
+            BundleError::CommandNotExecutable { .. } => Some(126),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = BundleError> = std::result::Result<T, E>;
@@ -243,14 +262,145 @@ pub fn runtime() -> String {
     std::env::var("STRATA_RUNTIME").unwrap_or_else(|_| "runc".into())
 }
 
+/// What looking a path up in the root filesystem found.
+enum Probe {
+    Executable,
+    /// Not there (ENOENT, ENOTDIR on the way).
+    Missing,
+    /// There, but a directory or without any execute bit; the reason.
+    NotExecutable(String),
+    /// Could not tell (a loop, a path the runtime mounts over): leave it to the runtime.
+    Unknown,
+}
+
+/// Paths the runtime mounts its own filesystems on: what the image holds there is not what the
+/// container sees.
+fn runtime_mounted(p: &Path) -> bool {
+    ["/proc", "/dev", "/sys"].iter().any(|m| p.starts_with(m))
+}
+
+fn probe(root: &std::os::fd::OwnedFd, p: &Path) -> Probe {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    if runtime_mounted(p) {
+        return Probe::Unknown;
+    }
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    // As the container will resolve it: symlinks, absolute ones too, stay inside the rootfs.
+    let fd = match rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Probe::Missing,
+        Err(_) => return Probe::Unknown,
+    };
+    match rustix::fs::fstat(&fd) {
+        Ok(st) => {
+            let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+            if ft == rustix::fs::FileType::Directory {
+                Probe::NotExecutable("a directory".into())
+            } else if st.st_mode & 0o111 == 0 {
+                Probe::NotExecutable(format!("no execute permission (mode {:04o})", st.st_mode & 0o7777))
+            } else {
+                Probe::Executable
+            }
+        }
+        Err(_) => Probe::Unknown,
+    }
+}
+
+/// Check, before starting the runtime, that the spec's command exists and is executable in its
+/// root filesystem, looked up the way runc looks it up (Go's `exec.LookPath` inside the
+/// container: a name with a '/' is taken as a path from the working directory, a bare name is
+/// searched in the container's `$PATH`, skipping entries that are not executable). A missing
+/// command is [`BundleError::CommandNotFound`], a directory or a file without execute bits
+/// [`BundleError::CommandNotExecutable`]; anything this cannot decide is left to the runtime.
+pub fn check_command(spec: &Spec) -> Result<()> {
+    let (Some(root), Some(process)) = (spec.root().as_ref(), spec.process().as_ref()) else {
+        return Ok(());
+    };
+    let Some(cmd) = process.args().as_ref().and_then(|a| a.first()) else { return Ok(()) };
+    let Ok(rootfd) = rustix::fs::open(
+        root.path(),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return Ok(());
+    };
+    let cwd = Path::new("/").join(process.cwd());
+    if cmd.contains('/') {
+        return match probe(&rootfd, &cwd.join(cmd)) {
+            Probe::Missing => Err(BundleError::CommandNotFound { cmd: cmd.clone(), in_path: false }),
+            Probe::NotExecutable(reason) => {
+                Err(BundleError::CommandNotExecutable { cmd: cmd.clone(), reason })
+            }
+            Probe::Executable | Probe::Unknown => Ok(()),
+        };
+    }
+    let env = process.env().as_deref().unwrap_or_default();
+    // The last PATH= wins, as with the runtime's setenv of each entry in turn.
+    let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("");
+    for dir in path.split(':') {
+        if !dir.starts_with('/') {
+            // Relative entries (and "" for the working directory): Go refuses or allows them
+            // depending on its version; the runtime decides.
+            return Ok(());
+        }
+        match probe(&rootfd, &Path::new(dir).join(cmd)) {
+            Probe::Executable | Probe::Unknown => return Ok(()),
+            Probe::Missing | Probe::NotExecutable(_) => {}
+        }
+    }
+    Err(BundleError::CommandNotFound { cmd: cmd.clone(), in_path: true })
+}
+
+/// The runtime's own error, from its JSON log (`--log FILE --log-format json`), when it failed
+/// to start the container's command: runc says `exec: "CMD": executable file not found in
+/// $PATH`, `exec: "CMD": stat CMD: no such file or directory` or `exec: "CMD": permission denied`.
+fn start_failure(log: &str) -> Option<BundleError> {
+    let msg = log
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+        .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))?;
+    // Go's exec.Error from the lookup (`exec: "CMD": ...`) or an os.PathError from execve
+    // (`exec CMD: ...`, e.g. a script whose interpreter is missing).
+    let (cmd, reason) = match msg.split_once("exec: \"") {
+        Some((_, after)) => after.split_once("\": ")?,
+        None => msg.split_once("unable to start container process: exec ")?.1.rsplit_once(": ")?,
+    };
+    let cmd = cmd.to_string();
+    if reason.contains("executable file not found") {
+        Some(BundleError::CommandNotFound { cmd, in_path: true })
+    } else if reason.ends_with("no such file or directory") {
+        Some(BundleError::CommandNotFound { cmd, in_path: false })
+    } else if reason.ends_with("permission denied") {
+        Some(BundleError::CommandNotExecutable { cmd, reason: reason.to_string() })
+    } else {
+        None
+    }
+}
+
 /// `runc --root STATE run --bundle BUNDLE ID` with inherited stdio; returns the container
 /// process's exit code (128+signal when killed by a signal). `state` keeps runc's state inside
-/// strata's root, so container IDs of different strata roots never collide.
+/// strata's root, so container IDs of different strata roots never collide. runc's own log goes
+/// to `BUNDLE/runc.log` (JSON), so a command that could not be started is told apart from one
+/// that ran and failed: that is [`BundleError::CommandNotFound`] or
+/// [`BundleError::CommandNotExecutable`]. (runc still prints that error on its stderr, one line.)
 pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
     let rt = runtime();
+    let log = bundle.join("runc.log");
+    let _ = fs::remove_file(&log);
     let status = Command::new(&rt)
         .arg("--root")
         .arg(state)
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json"])
         .arg("run")
         .arg("--bundle")
         .arg(bundle)
@@ -261,6 +411,12 @@ pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
         .status()
         .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
     use std::os::unix::process::ExitStatusExt;
+    if status.code() == Some(1) {
+        // runc's own failures exit 1; so may the command. Only the log tells them apart.
+        if let Some(e) = fs::read_to_string(&log).ok().as_deref().and_then(start_failure) {
+            return Err(e);
+        }
+    }
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
@@ -366,6 +522,100 @@ mod tests {
         fs::write(dir.path().join("real/etc/passwd"), "app:x:7:8::/:/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("/real/etc", dir.path().join("etc")).unwrap();
         assert_eq!(resolve_user(dir.path(), "app").unwrap(), (7, 8, vec![]));
+    }
+
+    fn spec_running(rootfs: &Path, args: &[&str], env: &[&str], cwd: &str) -> Spec {
+        let mut spec = Spec::default();
+        let mut root = Root::default();
+        root.set_path(rootfs.to_path_buf());
+        spec.set_root(Some(root));
+        let mut p = Process::default();
+        p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        p.set_env(Some(env.iter().map(|s| s.to_string()).collect()));
+        p.set_cwd(PathBuf::from(cwd));
+        spec.set_process(Some(p));
+        spec
+    }
+
+    #[test]
+    fn command_lookup_in_the_rootfs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for d in ["bin", "usr/bin", "w/sub"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let exe = |p: &str, mode: u32| {
+            fs::write(r.join(p), b"#!/bin/sh\n").unwrap();
+            fs::set_permissions(r.join(p), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        exe("bin/sh", 0o755);
+        exe("usr/bin/plain", 0o644);
+        exe("w/sub/tool", 0o700);
+        // An absolute symlink resolves inside the rootfs, never on the host.
+        std::os::unix::fs::symlink("/bin/sh", r.join("usr/bin/link")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/env", r.join("usr/bin/hostlink")).unwrap();
+        let path = ["PATH=/usr/bin:/bin"];
+        let check = |args: &[&str], env: &[&str], cwd: &str| check_command(&spec_running(r, args, env, cwd));
+        assert!(check(&["sh"], &path, "/").is_ok());
+        assert!(check(&["link"], &path, "/").is_ok());
+        assert!(check(&["/bin/sh", "-c", "x"], &path, "/").is_ok());
+        assert!(check(&["sub/tool"], &path, "/w").is_ok());
+        assert!(check(&["./tool"], &path, "/w/sub").is_ok());
+        let e = check(&["nope"], &path, "/").unwrap_err();
+        assert!(matches!(&e, BundleError::CommandNotFound { in_path: true, .. }), "{e}");
+        assert_eq!(e.exit_code(), Some(127));
+        assert_eq!(e.to_string(), "executable file not found in $PATH: nope");
+        // Not executable in PATH: skipped, as Go's LookPath does, so not found.
+        assert!(matches!(check(&["plain"], &path, "/"), Err(BundleError::CommandNotFound { .. })));
+        assert!(matches!(check(&["hostlink"], &path, "/"), Err(BundleError::CommandNotFound { .. })));
+        // The last PATH= wins.
+        assert!(check(&["sh"], &["PATH=/bin", "PATH=/usr/bin"], "/").is_err());
+        let e = check(&["/nope"], &path, "/").unwrap_err();
+        assert_eq!(e.to_string(), "executable file not found: /nope");
+        let e = check(&["/usr/bin/plain"], &path, "/").unwrap_err();
+        assert_eq!(e.exit_code(), Some(126));
+        assert!(e.to_string().contains("mode 0644"), "{e}");
+        let e = check(&["/bin"], &path, "/").unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+        assert!(check(&["/bin/sh/x"], &path, "/").is_err());
+        // What the runtime mounts over, and relative PATH entries: left to the runtime.
+        assert!(check(&["/proc/self/exe"], &path, "/").is_ok());
+        assert!(check(&["nope"], &["PATH=/usr/bin:bin"], "/").is_ok());
+        // Escapes in the command come out escaped.
+        let e = check(&["\x1b[31mx"], &path, "/").unwrap_err();
+        assert!(!e.to_string().contains('\x1b'), "{e}");
+    }
+
+    #[test]
+    fn runtime_start_failures_from_the_log() {
+        let line =
+            |msg: &str| format!("{}\n", serde_json::json!({"level": "error", "msg": msg, "time": "t"}));
+        let e = start_failure(&line(
+            "runc run failed: unable to start container process: exec: \"nope\": executable file not found in $PATH",
+        ))
+        .unwrap();
+        assert!(matches!(&e, BundleError::CommandNotFound { cmd, in_path: true } if cmd == "nope"), "{e}");
+        let e = start_failure(&line(
+            "runc run failed: unable to start container process: exec: \"/x\": stat /x: no such file or directory",
+        ))
+        .unwrap();
+        assert!(matches!(&e, BundleError::CommandNotFound { cmd, in_path: false } if cmd == "/x"), "{e}");
+        let e = start_failure(&line(
+            "runc run failed: unable to start container process: exec: \"/etc/passwd\": permission denied",
+        ))
+        .unwrap();
+        assert_eq!(e.exit_code(), Some(126));
+        let e = start_failure(&line(
+            "runc run failed: unable to start container process: exec /s: no such file or directory",
+        ))
+        .unwrap();
+        assert!(matches!(&e, BundleError::CommandNotFound { cmd, .. } if cmd == "/s"), "{e}");
+        assert!(start_failure(&line("runc run failed: cgroup: something else")).is_none());
+        assert!(
+            start_failure("{\"level\":\"warning\",\"msg\":\"exec: \\\"x\\\": permission denied\"}").is_none()
+        );
+        assert!(start_failure("").is_none());
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum CommitError {
     Db(#[from] DbError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Name(#[from] crate::reference::ReferenceError),
 }
 
 pub type Result<T, E = CommitError> = std::result::Result<T, E>;
@@ -916,6 +918,7 @@ pub fn commit(
     opts: &CommitOptions,
 ) -> Result<Committed> {
     // Everything that can be checked cheaply first: a bad --change must not cost a layer write.
+    crate::reference::validate_image_name(new_name)?;
     let parent_image = parent.name.as_str();
     let bad = |reason: String| CommitError::BadImage { image: parent_image.to_string(), reason };
     let parent_cfg_digest = Sha256Digest::parse(&parent.config_digest).map_err(|e| bad(e.to_string()))?;

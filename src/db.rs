@@ -36,6 +36,8 @@ pub enum DbError {
     NoImage(String),
     #[error("container {0:?} already exists")]
     ContainerExists(String),
+    #[error(transparent)]
+    Name(#[from] crate::reference::ReferenceError),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -408,6 +410,7 @@ pub struct NewImage<'a> {
 impl Db {
     /// Record an image (replacing an image of the same name) and release the import's lease.
     pub fn put_image(&mut self, img: &NewImage<'_>) -> Result<()> {
+        crate::reference::validate_image_name(img.name)?;
         self.write(|tx| {
             for (d, s, m) in &img.blobs {
                 tx.execute(

@@ -1,11 +1,12 @@
 //! `strata image export`: write a stored image as an OCI image layout directory, an oci-archive or
 //! a docker-archive (what `skopeo`, `umoci`, `podman load` and `docker load` read).
 //!
-//! - `oci`: `DEST` or `DEST:TAG`, a directory. Created if missing; an existing layout is added to:
-//!   other manifests in `index.json` are kept, an entry with the same ref name is replaced, blobs are
-//!   written only when missing (copied with `copy_file_range`, so reflinked where the filesystem can,
-//!   to a temp name, fsynced, renamed), and `index.json` is replaced atomically. Concurrent strata
-//!   exports into one layout take turns (flock on the layout directory).
+//! - `oci`: `DEST` or `DEST:TAG`, a directory. Created if missing (its parent must exist); an
+//!   existing layout is added to: other manifests in `index.json` are kept, an entry with the same
+//!   ref name and manifest is replaced (one for another manifest only with `--force`), blobs are
+//!   written only when missing (copied with `copy_file_range`, so reflinked where the filesystem
+//!   can, to a temp name, fsynced, renamed), and `index.json` is replaced atomically. Concurrent
+//!   strata exports into one layout take turns (flock on the layout directory).
 //! - `oci-archive`: the same tree in a tar file (`DEST` or `DEST:TAG`).
 //! - `docker-archive`: `manifest.json` (`Config`, `RepoTags`, `Layers`), `repositories`,
 //!   `<config hex>.json` and `<diff_id hex>/layer.tar`, the layers uncompressed (their sha256 is
@@ -14,14 +15,19 @@
 //!
 //! The ref name (`org.opencontainers.image.ref.name`) is TAG when given, else the image name.
 //! Archives are written to a temp file next to `DEST`, fsynced and renamed: `DEST` is either the
-//! old file or the complete new one.
+//! old file or the complete new one; an existing file is replaced only with `--force`, and a
+//! symlink at `DEST` is never followed (see [`export_with`]). Temp files of an export that was
+//! killed are removed by the next export to the same place (see `Temp` below).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::FlockOperation;
 
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -42,6 +48,16 @@ pub enum ExportError {
     BadImage { image: String, reason: String },
     #[error("{path}: not an OCI image layout: {reason}")]
     BadLayout { path: PathBuf, reason: String },
+    #[error("{}: no such directory", .0.display())]
+    NoDirectory(PathBuf),
+    #[error("{}: already exists; use --force to replace it", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: is a symbolic link; not following it (give the path it points to)", .0.display())]
+    Symlink(PathBuf),
+    #[error("{}: {reason}", path.display())]
+    BadDest { path: PathBuf, reason: String },
+    #[error("{}: already holds tag {tag:?} for manifest {digest}; use --force to replace it", path.display())]
+    TagExists { path: PathBuf, tag: String, digest: String },
     #[error("layer {digest}: uncompressed content is {actual}, but the config says diff_id {expected}")]
     DiffIdMismatch { digest: String, expected: String, actual: String },
     #[error("unknown export format {0:?}: expected oci, oci-archive or docker-archive")]
@@ -123,21 +139,66 @@ fn load(store: &Store, name: &str) -> Result<Parts> {
     Ok(Parts { manifest, manifest_digest, manifest_media_type, config, config_digest, layers })
 }
 
-/// Export image `image` to `dest` (`PATH` or `PATH:TAG`) in `format`.
+/// Export options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    /// Replace an existing archive file, or an existing tag of a layout naming another manifest.
+    pub force: bool,
+}
+
+/// Export image `image` to `dest` (`PATH` or `PATH:TAG`) in `format`, replacing nothing.
 pub fn export(store: &Store, image: &str, dest: &str, format: ExportFormat) -> Result<()> {
+    export_with(store, image, dest, format, &ExportOptions::default())
+}
+
+/// Export image `image` to `dest` (`PATH` or `PATH:TAG`) in `format`.
+///
+/// What may already be at `DEST`:
+/// - `oci`: nothing, an empty directory, or an OCI image layout, which gets the tag added (as
+///   `skopeo copy` does). A tag the layout already holds for another manifest is replaced only
+///   with `force`. A directory that is neither empty nor a layout is refused, `force` or not:
+///   skopeo writes a layout into it, mixing it with unrelated files; strata never does.
+/// - archives: nothing, or with `force` a regular file, which is replaced atomically. (skopeo
+///   silently overwrites an oci-archive and refuses to write a docker-archive over a file.)
+/// - a symbolic link is refused, not followed; the parent directory must exist.
+pub fn export_with(
+    store: &Store,
+    image: &str,
+    dest: &str,
+    format: ExportFormat,
+    opts: &ExportOptions,
+) -> Result<()> {
     let _gc = store.gc_shared()?;
     let parts = load(store, image)?;
     let (path, tag) = image::split_reference(dest);
     let ref_name = tag.clone().unwrap_or_else(|| image.to_string());
+    check_parent(&path)?;
     match format {
-        ExportFormat::Oci => export_oci_dir(store, &parts, &path, &ref_name),
+        ExportFormat::Oci => export_oci_dir(store, &parts, &path, &ref_name, opts.force),
         ExportFormat::OciArchive => {
-            write_atomically(&path, |f| write_oci_archive(store, &parts, f, &ref_name))
+            write_atomically(&path, opts.force, |f| write_oci_archive(store, &parts, f, &ref_name))
         }
         ExportFormat::DockerArchive => {
             let repo_tag = docker_repo_tag(&ref_name);
-            write_atomically(&path, |f| write_docker_archive(store, &parts, f, &repo_tag))
+            write_atomically(&path, opts.force, |f| write_docker_archive(store, &parts, f, &repo_tag))
         }
+    }
+}
+
+/// The directory `DEST` goes in must exist (as with skopeo): a typo in it is an error naming
+/// it, not a tree of new directories or a failure naming a temp file.
+fn check_parent(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match fs::metadata(parent) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(ExportError::BadDest { path: parent.to_path_buf(), reason: "not a directory".into() }),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            Err(ExportError::NoDirectory(parent.to_path_buf()))
+        }
+        Err(e) => Err(io_at(parent)(e)),
     }
 }
 
@@ -190,34 +251,199 @@ fn blob_list(store: &Store, parts: &Parts) -> Vec<(Sha256Digest, PathBuf)> {
     out
 }
 
+// ---- Temp files -------------------------------------------------------------------------------
+//
+// Everything is written to `.NAME.tmp-PID-N` next to `NAME`, fsynced and renamed. The writer
+// holds an flock on its temp file from creation to rename, so a temp file whose lock is free
+// belongs to an export that died (kill -9, power loss): the next export to the same place
+// removes it. The lock, not the PID, decides (a dead writer's PID may be reused by the time
+// anyone looks); the PID and a per-process counter keep concurrent writers' names apart.
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
 fn tmp_name(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
-/// Write a small file atomically: temp, fsync, rename.
-fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = tmp_name(path);
-    let res = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// `NAME` if `file_name` is one of strata's temp names for it (`.NAME.tmp-PID[-N]`).
+fn temp_target(file_name: &str) -> Option<&str> {
+    let (name, suffix) = file_name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let mut parts = suffix.splitn(2, '-');
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = parts.next().is_some_and(digits) && parts.next().is_none_or(digits);
+    (ok && !name.is_empty()).then_some(name)
+}
+
+/// Whether `path` and the open `file` are the same inode.
+fn same_file(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
-    res.map_err(io_at(path))
 }
 
-fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io_at(dir))?;
+/// A locked temp file next to its destination; removed on drop unless persisted.
+struct Temp {
+    path: PathBuf,
+    file: File,
+    persisted: bool,
+}
+
+impl Temp {
+    /// Create the temp file for `dest` and lock it. Errors name `dest`'s directory.
+    fn create(dest: &Path, mode: u32) -> Result<Temp> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut last = io::Error::other("temp file vanished while it was being created");
+        for _ in 0..8 {
+            let path = tmp_name(dest);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(io_at(dir))?;
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                // A stale-temp sweep may have taken it (and removed it) before the lock.
+                Ok(()) if same_file(&path, &file) => return Ok(Temp { path, file, persisted: false }),
+                Ok(()) => {}
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(io_at(dir)(last))
+    }
+
+    /// fsync and rename onto `dest`; without `replace`, an existing `dest` is an error.
+    fn persist(mut self, dest: &Path, replace: bool) -> Result<()> {
+        self.file.sync_all().map_err(io_at(&self.path))?;
+        if replace {
+            fs::rename(&self.path, dest).map_err(io_at(dest))?;
+        } else {
+            rename_noreplace(&self.path, dest)?;
+        }
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Rename that never replaces `dest` (another process may have created it since the check).
+fn rename_noreplace(tmp: &Path, dest: &Path) -> Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, tmp, CWD, dest, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(ExportError::Exists(dest.to_path_buf())),
+        // Filesystems without RENAME_NOREPLACE: a hard link refuses an existing name too.
+        Err(rustix::io::Errno::INVAL) => match fs::hard_link(tmp, dest) {
+            Ok(()) => {
+                let _ = fs::remove_file(tmp);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(ExportError::Exists(dest.to_path_buf()))
+            }
+            Err(e) => Err(io_at(dest)(e)),
+        },
+        Err(e) => Err(io_at(dest)(e.into())),
+    }
+}
+
+/// Remove the temp files in `dir` that `wanted` claims (by target name) and no live export
+/// holds. Best effort: what cannot be examined stays.
+fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !temp_target(name).is_some_and(&wanted) {
+            continue;
+        }
+        let path = dir.join(name);
+        // Never follow a link or block on a FIFO planted under such a name.
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&path)
+        else {
+            continue;
+        };
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) if same_file(&path, &f) => match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a killed export's temp file"),
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "stale temp file stays"),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Write a small file atomically (temp, fsync, rename over `path`).
+fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let mut t = Temp::create(path, 0o644)?;
+    t.file.write_all(data).map_err(io_at(&t.path))?;
+    t.persist(path, true)
+}
+
+/// Copy a store blob into a layout as `dst` (temp, fsync, rename).
+fn copy_blob(src: &Path, dst: &Path) -> Result<()> {
+    let t = Temp::create(dst, 0o644)?;
+    let mut from = File::open(src).map_err(io_at(src))?;
+    // io::copy between files is copy_file_range: a reflink on filesystems that can, no
+    // user-space copy otherwise.
+    io::copy(&mut from, &mut &t.file).map_err(io_at(&t.path))?;
+    // Store blobs are 0600 (the root is private); a layout is for others to read, whatever the umask.
+    t.file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(&t.path))?;
+    t.persist(dst, true)
+}
+
+fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str, force: bool) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_at(dir)(e)),
+        },
+        Err(e) => return Err(io_at(dir)(e)),
+        Ok(md) if md.file_type().is_symlink() => return Err(ExportError::Symlink(dir.to_path_buf())),
+        Ok(md) if !md.is_dir() => {
+            return Err(ExportError::BadDest {
+                path: dir.to_path_buf(),
+                reason: "exists and is not a directory (an OCI layout is a directory)".into(),
+            })
+        }
+        Ok(_) => {}
+    }
     // Exports into one layout take turns (an flock on the directory itself, so the layout gets
     // no extra file): index.json is read, changed and replaced, and a concurrent export would
     // otherwise drop the other's entry.
-    let dir_fd = File::open(dir).map_err(io_at(dir))?;
-    rustix::fs::flock(&dir_fd, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_at(dir)(e.into()))?;
+    let dir_fd = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => ExportError::Symlink(dir.to_path_buf()),
+            _ => io_at(dir)(e),
+        })?;
+    rustix::fs::flock(&dir_fd, FlockOperation::LockExclusive).map_err(|e| io_at(dir)(e.into()))?;
+    let blobs = dir.join("blobs/sha256");
+    remove_stale_temps(dir, |n| n == "oci-layout" || n == "index.json");
+    remove_stale_temps(&blobs, |n| Sha256Digest::from_hex(n).is_ok());
     let layout = dir.join("oci-layout");
     match fs::read(&layout) {
         Ok(data) => {
@@ -232,33 +458,19 @@ fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> R
                 });
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => write_file_atomic(&layout, OCI_LAYOUT)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A new layout goes only into an empty directory.
+            if fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
+                return Err(ExportError::BadDest {
+                    path: dir.to_path_buf(),
+                    reason: "a directory that is neither empty nor an OCI image layout (no oci-layout \
+                             file); refusing to write into it"
+                        .into(),
+                });
+            }
+            write_file_atomic(&layout, OCI_LAYOUT)?
+        }
         Err(e) => return Err(io_at(&layout)(e)),
-    }
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
-    for (d, src) in blob_list(store, parts) {
-        let dst = blobs.join(d.hex());
-        if dst.is_file() {
-            continue;
-        }
-        let tmp = tmp_name(&dst);
-        let res = (|| -> io::Result<()> {
-            // copy_file_range: a reflink on filesystems that can, no user-space copy otherwise.
-            fs::copy(&src, &tmp)?;
-            // Store blobs are 0600 (the root is private); a layout is for others to read.
-            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-            File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &dst)
-        })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(ExportError::Io { path: dst, source: e });
-        }
-    }
-    // Sync the blobs' directory entries before index.json can name them.
-    if let Ok(f) = File::open(&blobs) {
-        let _ = f.sync_all();
     }
     let index_path = dir.join("index.json");
     let mut index = match fs::read(&index_path) {
@@ -280,9 +492,35 @@ fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> R
         path: dir.to_path_buf(),
         reason: "index.json manifests is not an array".into(),
     })?;
-    list.retain(|m| {
-        m.get("annotations").and_then(|a| a.get(image::REF_NAME)).and_then(|v| v.as_str()) != Some(ref_name)
-    });
+    let has_ref = |m: &Value| {
+        m.get("annotations").and_then(|a| a.get(image::REF_NAME)).and_then(|v| v.as_str()) == Some(ref_name)
+    };
+    let ours = parts.manifest_digest.to_string();
+    if !force {
+        if let Some(other) = list.iter().filter(|m| has_ref(m)).find_map(|m| {
+            let d = m.get("digest").and_then(|v| v.as_str()).unwrap_or("?");
+            (d != ours).then(|| d.to_string())
+        }) {
+            return Err(ExportError::TagExists {
+                path: dir.to_path_buf(),
+                tag: ref_name.to_string(),
+                digest: image::printable(&other, 80),
+            });
+        }
+    }
+    // Blobs before the index that names them.
+    fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
+    for (d, src) in blob_list(store, parts) {
+        let dst = blobs.join(d.hex());
+        if !dst.is_file() {
+            copy_blob(&src, &dst)?;
+        }
+    }
+    // Sync the blobs' directory entries before index.json can name them.
+    if let Ok(f) = File::open(&blobs) {
+        let _ = f.sync_all();
+    }
+    list.retain(|m| !has_ref(m));
     list.push(index_descriptor(parts, ref_name));
     let data = serde_json::to_vec(&index).map_err(|e| ExportError::BadLayout {
         path: dir.to_path_buf(),
@@ -291,28 +529,42 @@ fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str) -> R
     write_file_atomic(&index_path, &data)
 }
 
-/// Create `path` through a temp file next to it: fsynced and renamed only when `f` succeeds.
-fn write_atomically(path: &Path, f: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    let tmp = tmp_name(path);
-    let res = (|| -> Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io_at(&tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        f(&mut w)?;
-        let file =
-            w.into_inner().map_err(|e| ExportError::Io { path: tmp.clone(), source: e.into_error() })?;
-        file.sync_all().map_err(io_at(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_at(path))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Create the archive `path` through a locked temp file next to it: fsynced and renamed only
+/// when `f` succeeds. An existing regular file is replaced only with `force`.
+fn write_atomically(
+    path: &Path,
+    force: bool,
+    f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>,
+) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_at(path)(e)),
+        Ok(md) if md.file_type().is_symlink() => return Err(ExportError::Symlink(path.to_path_buf())),
+        Ok(md) if md.is_dir() => {
+            return Err(ExportError::BadDest { path: path.to_path_buf(), reason: "is a directory".into() })
+        }
+        Ok(md) if !md.is_file() => {
+            return Err(ExportError::BadDest {
+                path: path.to_path_buf(),
+                reason: "exists and is not a regular file".into(),
+            })
+        }
+        Ok(_) if !force => return Err(ExportError::Exists(path.to_path_buf())),
+        Ok(_) => {}
     }
-    res
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    remove_stale_temps(parent, |n| n == name);
+    let t = Temp::create(path, 0o644)?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, &t.file);
+        f(&mut w)?;
+        w.flush().map_err(io_at(&t.path))?;
+    }
+    t.persist(path, force)
 }
 
 /// Deterministic tar headers for archive members.
@@ -343,7 +595,7 @@ fn append_file<W: Write>(b: &mut tar::Builder<W>, path: &str, src: &Path, at: &P
     b.append(&header(path, tar::EntryType::Regular, len), f.take(len)).map_err(io_at(at))
 }
 
-fn write_oci_archive(store: &Store, parts: &Parts, w: &mut BufWriter<File>, ref_name: &str) -> Result<()> {
+fn write_oci_archive(store: &Store, parts: &Parts, w: &mut impl Write, ref_name: &str) -> Result<()> {
     let at = PathBuf::from("oci-archive");
     let mut b = tar::Builder::new(w);
     append_bytes(&mut b, "oci-layout", OCI_LAYOUT, &at)?;
@@ -403,7 +655,7 @@ fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest,
     Ok(())
 }
 
-fn write_docker_archive(store: &Store, parts: &Parts, w: &mut BufWriter<File>, repo_tag: &str) -> Result<()> {
+fn write_docker_archive(store: &Store, parts: &Parts, w: &mut impl Write, repo_tag: &str) -> Result<()> {
     let at = PathBuf::from("docker-archive");
     let staging = store.staging()?;
     let mut b = tar::Builder::new(w);
@@ -601,8 +853,14 @@ mod tests {
                 .arg(format!("tar -xOf {} {hex}/layer.tar | sha256sum", da.display())));
             assert!(member.starts_with(hex), "{member} vs {hex}");
         }
-        // Re-export over an existing archive replaces it atomically and leaves no temp files.
-        export(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive).unwrap();
+        // Re-export over an existing archive is refused without force; with it, the archive is
+        // replaced atomically and no temp files are left.
+        let before = fs::read(&da).unwrap();
+        let e = export(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive).unwrap_err();
+        assert!(matches!(&e, ExportError::Exists(p) if p == &da), "{e}");
+        let force = ExportOptions { force: true };
+        export_with(&store, "tiny", &da.display().to_string(), ExportFormat::DockerArchive, &force).unwrap();
+        assert_eq!(fs::read(&da).unwrap(), before, "a re-export writes the same bytes");
         let leftovers: Vec<_> = fs::read_dir(t)
             .unwrap()
             .filter_map(|e| e.ok())
@@ -659,5 +917,58 @@ mod tests {
         assert_eq!(docker_repo_tag("a/b"), "a/b:latest");
         assert_eq!(docker_repo_tag("localhost:5000/b"), "localhost:5000/b:latest");
         assert_eq!(docker_repo_tag("b:1"), "b:1");
+    }
+
+    #[test]
+    fn temp_names() {
+        let t = tmp_name(Path::new("/x/img.tar"));
+        let name = t.file_name().unwrap().to_str().unwrap();
+        assert_eq!(temp_target(name), Some("img.tar"), "{name}");
+        assert_eq!(temp_target(".img.tar.tmp-123"), Some("img.tar"));
+        assert_eq!(temp_target(".a.tmp-b.tmp-1-2"), Some("a.tmp-b"));
+        for not in [
+            "img.tar.tmp-1",
+            ".img.tar.tmp-",
+            ".img.tar.tmp-x",
+            ".img.tar.tmp-1-",
+            ".img.tar.tmp-1-2-3",
+            "..tmp-1",
+        ] {
+            assert_eq!(temp_target(not), None, "{not}");
+        }
+    }
+
+    /// Only unlocked temp files of the wanted target go; a live writer's (locked) stays, and so do
+    /// other names, symlinks and FIFOs.
+    #[test]
+    fn stale_temps_removed_only_when_unlocked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let dead = d.join(".a.tar.tmp-4194999-0");
+        fs::write(&dead, b"half").unwrap();
+        let live = Temp::create(&d.join("a.tar"), 0o644).unwrap();
+        let other = d.join(".b.tar.tmp-4194999-0");
+        fs::write(&other, b"x").unwrap();
+        let target = d.join("target");
+        fs::write(&target, b"keep").unwrap();
+        let link = d.join(".a.tar.tmp-4194998");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = d.join(".a.tar.tmp-4194997");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o600),
+            0,
+        )
+        .unwrap();
+        remove_stale_temps(d, |n| n == "a.tar");
+        assert!(!dead.exists());
+        assert!(live.path.exists(), "a live export's temp file stays");
+        assert!(other.exists() && fs::symlink_metadata(&link).is_ok() && fifo.exists());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        let live_path = live.path.clone();
+        drop(live);
+        assert!(!live_path.exists(), "an unpersisted temp file goes with its writer");
     }
 }

@@ -38,6 +38,11 @@ pub enum ImportError {
     DiffIdMismatch { layer: String, expected: String, actual: String },
     #[error("no image name: the source has no tag; give --name")]
     NoName,
+    #[error(transparent)]
+    Name(#[from] crate::reference::ReferenceError),
+    /// (Not a `source`: the message already holds it.)
+    #[error("{0} (the name comes from the source's tag; give --name)")]
+    TagName(crate::reference::ReferenceError),
 }
 
 pub type Result<T, E = ImportError> = std::result::Result<T, E>;
@@ -266,8 +271,35 @@ fn produce(
 
 /// Import an image from `reference` (`PATH` or `PATH:TAG`).
 pub fn import(store: &mut Store, reference: &str, opts: &ImportOptions) -> Result<Imported> {
+    let (resolved, name) = prepare(reference, opts)?;
+    import_prepared(store, &resolved, &name, opts)
+}
+
+/// Everything about an import that needs no store: the name checked, the source opened and its
+/// metadata verified. Bad input fails here, before the state root is touched.
+pub fn prepare(reference: &str, opts: &ImportOptions) -> Result<(Resolved, String)> {
+    if let Some(n) = &opts.name {
+        crate::reference::validate_image_name(n)?;
+    }
     let resolved = image::resolve(reference, opts.platform.as_ref())?;
-    let name = opts.name.clone().or_else(|| resolved.name.clone()).ok_or(ImportError::NoName)?;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => {
+            let n = resolved.name.clone().ok_or(ImportError::NoName)?;
+            crate::reference::validate_image_name(&n).map_err(ImportError::TagName)?;
+            n
+        }
+    };
+    Ok((resolved, name))
+}
+
+/// Import what [`prepare`] resolved, under `name`.
+pub fn import_prepared(
+    store: &mut Store,
+    resolved: &Resolved,
+    name: &str,
+    opts: &ImportOptions,
+) -> Result<Imported> {
     let _gc = store.gc_shared()?;
     let staging = store.staging()?;
     let total: u64 = resolved.layers.iter().filter_map(|l| l.size).sum();
@@ -281,7 +313,7 @@ pub fn import(store: &mut Store, reference: &str, opts: &ImportOptions) -> Resul
     } else {
         ProgressBar::hidden()
     };
-    let result = import_resolved(store, &resolved, &name, &staging, &progress);
+    let result = import_resolved(store, resolved, name, &staging, &progress);
     progress.finish_and_clear();
     if result.is_err() {
         // Release what this import leased; layers only it held go with them.
@@ -398,7 +430,8 @@ fn import_layer(
     progress: &ProgressBar,
 ) -> Result<(ImageLayerRow, bool)> {
     let diff_id = &l.diff_id;
-    let label = l.digest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| l.file.clone());
+    // A docker-archive layer is named by its file, which the archive chose: printable only.
+    let label = l.digest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| image::printable(&l.file, 200));
     let declared = match &l.media_type {
         Some(mt) => Some(image::layer_compression(mt)?),
         None => None,

@@ -9,6 +9,7 @@
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
+//! - [`reference`]: image names, by the reference grammar docker uses.
 
 pub mod bundle;
 pub mod commit;
@@ -19,6 +20,7 @@ pub mod digest;
 pub mod export;
 pub mod image;
 pub mod import;
+pub mod reference;
 pub mod store;
 pub mod tree;
 pub mod unpack;

@@ -150,6 +150,9 @@ enum ImageCmd {
         dest: String,
         #[arg(long, default_value = "oci", value_parser = ["oci", "oci-archive", "docker-archive"])]
         format: String,
+        /// Replace an existing archive file, or a tag the layout already holds for another image.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -167,10 +170,37 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("strata: error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            // Messages may quote input (names from archives, parser errors): never raw bytes.
+            eprintln!("strata: error: {}", strata::image::printable(&error_chain(&e), 4096));
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// 127 for a command not found in the container, 126 for one that cannot be executed (as
+/// podman and shells), 1 for every other error.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<strata::bundle::BundleError>())
+        .and_then(|b| b.exit_code())
+        .unwrap_or(1)
+}
+
+/// Every command works on the state root, which needs root: layers hold whiteouts (0:0 device
+/// nodes) and `trusted.*` xattrs, and containers are overlay mounts. Checked once, before
+/// anything is read or created; `--help` and `--version` never get here.
+fn require_root(root: &std::path::Path) -> Result<()> {
+    let euid = rustix::process::geteuid();
+    if !euid.is_root() {
+        anyhow::bail!(
+            "strata must run as root (this is uid {}): the state root {} holds whiteout device \
+             nodes and trusted.* xattrs, and containers are overlay mounts; rootless mode is not \
+             supported yet",
+            euid.as_raw(),
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// The error and its causes, each once: library errors already embed their source's text, so a
@@ -191,10 +221,16 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn open_store(root: &std::path::Path) -> Result<Store> {
-    Store::open(root).with_context(|| format!("opening state root {}", root.display()))
+    match Store::open(root) {
+        Ok(s) => Ok(s),
+        // Names the root already.
+        Err(e @ strata::store::StoreError::NotADirectory { .. }) => Err(e.into()),
+        Err(e) => Err(e).with_context(|| format!("opening state root {}", root.display())),
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    require_root(&cli.root)?;
     match cli.cmd {
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
@@ -212,10 +248,13 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
     match c {
         ImageCmd::Import { source, name, platform } => {
             let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
-            let mut store = open_store(root)?;
             let opts = ImportOptions { name, platform, progress: std::io::stderr().is_terminal() };
-            let imported =
-                import::import(&mut store, &source, &opts).with_context(|| format!("importing {source}"))?;
+            // The source is checked before the state root is touched.
+            let (resolved, name) =
+                import::prepare(&source, &opts).with_context(|| format!("importing {source}"))?;
+            let mut store = open_store(root)?;
+            let imported = import::import_prepared(&mut store, &resolved, &name, &opts)
+                .with_context(|| format!("importing {source}"))?;
             println!("{}", imported.manifest_digest);
         }
         ImageCmd::Ls { json } => {
@@ -257,10 +296,11 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
-        ImageCmd::Export { name, dest, format } => {
+        ImageCmd::Export { name, dest, format, force } => {
             let store = open_store(root)?;
             let format: strata::export::ExportFormat = format.parse()?;
-            strata::export::export(&store, &name, &dest, format)
+            let opts = strata::export::ExportOptions { force };
+            strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
         }
         ImageCmd::Rm { name } => {
@@ -347,8 +387,9 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
                 ..Default::default()
             };
             let opts = CommitOptions { layer, author, message, changes: change };
-            let done = container::commit(&mut store, &name, &new_image, &opts, pause)
-                .with_context(|| format!("committing container {name} as {new_image}"))?;
+            let done = container::commit(&mut store, &name, &new_image, &opts, pause).with_context(|| {
+                format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
+            })?;
             println!("{}", done.manifest_digest);
         }
         ContainerCmd::Mounts { name, json } => {
@@ -401,11 +442,13 @@ fn run_cmd(
             terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).context("building the runtime spec")?;
+        bundle::check_command(&spec).with_context(|| format!("container {name}"))?;
         let paths = container::paths(&store, &name);
         bundle::write_bundle(&paths.bundle, &spec)?;
         let (state, id) = container::runc_ids(&store, &name);
         bundle::delete_stale(&state, &id);
-        let code = bundle::run_bundle(&state, &paths.bundle, &id)?;
+        let code =
+            bundle::run_bundle(&state, &paths.bundle, &id).with_context(|| format!("container {name}"))?;
         Ok(code)
     })();
     // A `container rm --force` that stopped the run has removed the container already.

@@ -32,6 +32,9 @@ pub enum StoreError {
     ImageInUse { image: String, containers: String },
     #[error("refusing state root: {path} {reason}")]
     Untrusted { path: PathBuf, reason: String },
+    /// `--root` names something that is not a directory, or a path under one.
+    #[error("state root {} is not a directory{detail}", root.display())]
+    NotADirectory { root: PathBuf, detail: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -258,6 +261,50 @@ fn token_pid_alive(token: &str) -> bool {
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
+/// The state root, or the nearest of its ancestors that exists, must be a directory (missing
+/// ones are created). Symlinks to directories are fine.
+fn check_root_path(root: &Path) -> Result<()> {
+    let mut p = root;
+    loop {
+        match fs::metadata(p) {
+            Ok(md) if md.is_dir() => return Ok(()),
+            Ok(md) => {
+                let ft = md.file_type();
+                use std::os::unix::fs::FileTypeExt;
+                let kind = if ft.is_file() {
+                    "a regular file"
+                } else if ft.is_fifo() {
+                    "a FIFO"
+                } else if ft.is_socket() {
+                    "a socket"
+                } else if ft.is_char_device() || ft.is_block_device() {
+                    "a device"
+                } else {
+                    "not a directory"
+                };
+                let detail = if p == root {
+                    format!(" (it is {kind})")
+                } else {
+                    format!(" ({} is {kind})", p.display())
+                };
+                return Err(StoreError::NotADirectory { root: root.to_path_buf(), detail });
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+                    let detail = format!(" ({} is a symbolic link to a missing target)", p.display());
+                    return Err(StoreError::NotADirectory { root: root.to_path_buf(), detail });
+                }
+                match p.parent() {
+                    Some(q) if !q.as_os_str().is_empty() => p = q,
+                    _ => return Ok(()),
+                }
+            }
+            // Anything else (EACCES, ELOOP) is reported by the creation below, with its path.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
 fn random_token() -> String {
     let mut buf = [0u8; 8];
     // SAFETY: getrandom writes at most buf.len() bytes into buf.
@@ -275,6 +322,7 @@ impl Store {
 
     /// Open (creating if needed) the state root and recover from interrupted operations.
     pub fn open(root: &Path) -> Result<Store> {
+        check_root_path(root)?;
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(root).at(root)?;

@@ -34,8 +34,10 @@ pub enum ImageError {
     Open { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a readable archive: {reason}")]
     Archive { path: PathBuf, reason: String },
-    #[error("{0}: not an image: expected an OCI layout directory (with oci-layout and index.json), an oci-archive or a docker-archive tar")]
-    UnknownFormat(String),
+    /// `what` says what the file is instead (gzip data, an empty file, a tar without image
+    /// metadata); `hint` may add what to do.
+    #[error("{}: {what}; expected an OCI image layout directory, an oci-archive tar or a docker-archive tar{hint}", path.display())]
+    NotAnImage { path: PathBuf, what: String, hint: &'static str },
     #[error("{source_name}: missing file {file}")]
     MissingFile { source_name: String, file: String },
     #[error("{what}: {reason}")]
@@ -166,9 +168,97 @@ pub fn split_reference(s: &str) -> (PathBuf, Option<String>) {
     }
 }
 
-/// Detect the format of `path`.
+/// `s` safe to print: control characters (C0, DEL, C1) and bidirectional overrides escaped, at
+/// most `max` characters. For text that came from an image (names inside archives, tags,
+/// platform strings, parser messages quoting them).
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A list from an image for a message: each item printable, at most a dozen shown.
+fn list_for_message(items: &[String], empty: &str) -> String {
+    const SHOWN: usize = 12;
+    if items.is_empty() {
+        return empty.to_string();
+    }
+    let mut out: Vec<String> = items.iter().take(SHOWN).map(|t| printable(t, 80)).collect();
+    if items.len() > SHOWN {
+        out.push(format!("and {} more", items.len() - SHOWN));
+    }
+    out.join(", ")
+}
+
+/// Whether `block` is a tar header (its checksum adds up) or the zero block ending an archive.
+fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let block = &block[..512];
+    if block.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let field = &block[148..156];
+    let digits: String =
+        field.iter().map(|&b| b as char).skip_while(|c| *c == ' ').take_while(|c| c.is_digit(8)).collect();
+    let Ok(stated) = i64::from_str_radix(&digits, 8) else { return false };
+    let spaces = 8 * i64::from(b' ');
+    let outside = |i: &usize| !(148..156).contains(i);
+    let unsigned: i64 =
+        block.iter().enumerate().filter(|(i, _)| outside(i)).map(|(_, &b)| i64::from(b)).sum::<i64>()
+            + spaces;
+    let signed: i64 =
+        block.iter().enumerate().filter(|(i, _)| outside(i)).map(|(_, &b)| i64::from(b as i8)).sum::<i64>()
+            + spaces;
+    stated == unsigned || stated == signed
+}
+
+/// What a file that is not a tar is, by its first bytes; and what to do about it.
+fn not_a_tar(head: &[u8], len: u64) -> Option<(String, &'static str)> {
+    const DECOMPRESS: &str = " (decompress it first)";
+    let found = |what: &str, hint| Some((what.to_string(), hint));
+    if len == 0 {
+        return found("an empty file", "");
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return found("gzip-compressed data", DECOMPRESS);
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return found("zstd-compressed data", DECOMPRESS);
+    }
+    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return found("xz-compressed data", DECOMPRESS);
+    }
+    if head.starts_with(b"BZh") {
+        return found("bzip2-compressed data", DECOMPRESS);
+    }
+    if head.starts_with(b"PK\x03\x04") {
+        return found("a zip archive", "");
+    }
+    if is_tar_header(head) {
+        return None;
+    }
+    if head.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{' || *b == b'[') {
+        return found("a JSON file", " (for an OCI layout, give the directory that holds index.json)");
+    }
+    Some((format!("not a tar archive ({len} bytes of other data)"), ""))
+}
+
+/// Detect the format of `path`: by its kind, its first bytes, then the files it holds.
 pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
     let md = std::fs::metadata(path).map_err(|e| ImageError::Open { path: path.to_path_buf(), source: e })?;
+    let not_an_image = |what: String, hint| ImageError::NotAnImage { path: path.to_path_buf(), what, hint };
     if md.is_dir() {
         let files = Files::Dir(path.to_path_buf());
         if files.exists("oci-layout") || files.exists("index.json") {
@@ -177,7 +267,17 @@ pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
         if files.exists("manifest.json") {
             return Ok((Format::DockerArchive, files));
         }
-        return Err(ImageError::UnknownFormat(path.display().to_string()));
+        return Err(not_an_image("a directory without oci-layout, index.json or manifest.json".into(), ""));
+    }
+    if !md.is_file() {
+        return Err(not_an_image("not a regular file or directory".into(), ""));
+    }
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|e| ImageError::Open { path: path.to_path_buf(), source: e })?;
+    if let Some((what, hint)) = not_a_tar(&head, md.len()) {
+        return Err(not_an_image(what, hint));
     }
     let files = Files::tar(path)?;
     if files.exists("oci-layout") || files.exists("index.json") {
@@ -185,7 +285,7 @@ pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
     } else if files.exists("manifest.json") {
         Ok((Format::DockerArchive, files))
     } else {
-        Err(ImageError::UnknownFormat(path.display().to_string()))
+        Err(not_an_image("a tar archive without oci-layout, index.json or manifest.json".into(), ""))
     }
 }
 
@@ -194,11 +294,40 @@ pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved,
     let (path, tag) = split_reference(reference);
     let (format, files) = detect(&path)?;
     let host = Platform::host();
-    let platform = platform.unwrap_or(&host);
-    match format {
-        Format::OciLayout | Format::OciArchive => resolve_oci(format, files, tag, platform),
-        Format::DockerArchive => resolve_docker(files, tag),
+    let wanted = platform.unwrap_or(&host);
+    let (resolved, chosen_by_platform) = match format {
+        Format::OciLayout | Format::OciArchive => resolve_oci(format, files, tag, wanted)?,
+        Format::DockerArchive => (resolve_docker(files, tag)?, false),
+    };
+    // An explicit --platform must match, whether or not an index offered a choice: a
+    // single-manifest image's platform is the one its config states.
+    if let (Some(p), false) = (platform, chosen_by_platform) {
+        check_config_platform(&resolved, p)?;
     }
+    Ok(resolved)
+}
+
+/// Whether the config of `r` states platform `p`; else the same error as an index without it.
+fn check_config_platform(r: &Resolved, p: &Platform) -> Result<(), ImageError> {
+    let v: Value = serde_json::from_slice(&r.config).unwrap_or(Value::Null);
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
+    let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
+    let matches = os == Some(p.os.as_str())
+        && arch == Some(p.arch.as_str())
+        && p.variant.as_deref().is_none_or(|want| variant == Some(want));
+    if matches {
+        return Ok(());
+    }
+    let stated = match (os, arch, variant) {
+        (Some(os), Some(arch), Some(var)) => vec![format!("{os}/{arch}/{var}")],
+        (Some(os), Some(arch), None) => vec![format!("{os}/{arch}")],
+        _ => vec![],
+    };
+    Err(ImageError::NoPlatform {
+        source_name: r.files.describe(),
+        platform: p.to_string(),
+        available: list_for_message(&stated, "none stated"),
+    })
 }
 
 /// Read a blob named by a descriptor, bounded, and verify its size and digest.
@@ -249,30 +378,27 @@ fn platforms_of(index: &ImageIndex) -> String {
             None => format!("{}/{}", p.os(), p.architecture()),
         })
         .collect();
-    if v.is_empty() {
-        "none stated".into()
-    } else {
-        v.join(", ")
-    }
+    list_for_message(&v, "none stated")
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, ImageError> {
     serde_json::from_slice(data)
-        .map_err(|e| ImageError::Invalid { what: what.to_string(), reason: e.to_string() })
+        .map_err(|e| ImageError::Invalid { what: what.to_string(), reason: printable(&e.to_string(), 200) })
 }
 
 /// From an index, choose the descriptor for `platform` (or the only one).
+/// Returns the descriptor and whether it was chosen by its stated platform.
 fn choose_platform<'a>(
     files: &Files,
     index: &'a ImageIndex,
     platform: &Platform,
-) -> Result<&'a Descriptor, ImageError> {
+) -> Result<(&'a Descriptor, bool), ImageError> {
     let ms = index.manifests();
     if let Some(d) = ms.iter().find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p))) {
-        return Ok(d);
+        return Ok((d, true));
     }
     if ms.len() == 1 && ms[0].platform().is_none() {
-        return Ok(&ms[0]);
+        return Ok((&ms[0], false));
     }
     Err(ImageError::NoPlatform {
         source_name: files.describe(),
@@ -281,12 +407,14 @@ fn choose_platform<'a>(
     })
 }
 
+/// Also returns whether the manifest was chosen by a platform an index states for it.
 fn resolve_oci(
     format: Format,
     files: Files,
     tag: Option<String>,
     platform: &Platform,
-) -> Result<Resolved, ImageError> {
+) -> Result<(Resolved, bool), ImageError> {
+    let mut by_platform = false;
     let what = format!("{}: index.json", files.describe());
     let index: ImageIndex = parse_json(&files.read("index.json", METADATA_LIMIT)?, &what)?;
     let tags = tags_of(&index);
@@ -299,8 +427,8 @@ fn resolve_oci(
                 .find(|d| d.annotations().as_ref().and_then(|a| a.get(REF_NAME)) == Some(t))
                 .ok_or_else(|| ImageError::NoSuchTag {
                     source_name: files.describe(),
-                    tag: t.clone(),
-                    available: if tags.is_empty() { "no tags".into() } else { tags.join(", ") },
+                    tag: printable(t, 80),
+                    available: list_for_message(&tags, "no tags"),
                 })?;
             (d.clone(), Some(t.clone()))
         }
@@ -319,11 +447,13 @@ fn resolve_oci(
                 let name = distinct[0].annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
                 (distinct[0].clone(), name)
             } else if ms.iter().all(|d| d.platform().is_some()) {
-                (choose_platform(&files, &index, platform)?.clone(), None)
+                let (d, matched) = choose_platform(&files, &index, platform)?;
+                by_platform = matched;
+                (d.clone(), None)
             } else {
                 return Err(ImageError::Ambiguous {
                     source_name: files.describe(),
-                    available: if tags.is_empty() { "untagged".into() } else { tags.join(", ") },
+                    available: list_for_message(&tags, "untagged"),
                 });
             }
         }
@@ -337,7 +467,9 @@ fn resolve_oci(
         let (data, _) = read_verified(&files, &desc, "index")?;
         let nested: ImageIndex =
             parse_json(&data, &format!("{}: index {}", files.describe(), desc.digest()))?;
-        desc = choose_platform(&files, &nested, platform)?.clone();
+        let (d, matched) = choose_platform(&files, &nested, platform)?;
+        by_platform = matched;
+        desc = d.clone();
     }
     if is_index(desc.media_type()) {
         return Err(ImageError::Invalid {
@@ -374,7 +506,10 @@ fn resolve_oci(
             diff_id,
         });
     }
-    Ok(Resolved { format, files, name, manifest: Some((mdata, mdigest)), config, config_digest, layers })
+    Ok((
+        Resolved { format, files, name, manifest: Some((mdata, mdigest)), config, config_digest, layers },
+        by_platform,
+    ))
 }
 
 /// Layer compression, by media type.
@@ -462,8 +597,8 @@ fn resolve_docker(files: Files, tag: Option<String>) -> Result<Resolved, ImageEr
             })
             .ok_or_else(|| ImageError::NoSuchTag {
                 source_name: files.describe(),
-                tag: t.clone(),
-                available: all_tags.join(", "),
+                tag: printable(t, 80),
+                available: list_for_message(&all_tags, "no tags"),
             })?,
         None => match entries.as_slice() {
             [] => return Err(ImageError::Invalid { what, reason: "no images listed".into() }),
@@ -471,7 +606,7 @@ fn resolve_docker(files: Files, tag: Option<String>) -> Result<Resolved, ImageEr
             _ => {
                 return Err(ImageError::Ambiguous {
                     source_name: files.describe(),
-                    available: all_tags.join(", "),
+                    available: list_for_message(&all_tags, "no tags"),
                 })
             }
         },
@@ -552,6 +687,42 @@ mod tests {
             Some(Compression::Gzip)
         );
         assert!(matches!(layer_compression("text/plain"), Err(ImageError::MediaType(_))));
+    }
+
+    #[test]
+    fn sniffs_what_a_file_is() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_cksum();
+        tar.append_data(&mut h, "a", &b"x"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        assert!(is_tar_header(&tar[..512]));
+        assert_eq!(not_a_tar(&tar[..512], tar.len() as u64), None);
+        assert_eq!(not_a_tar(&[0; 512], 1024), None, "an empty archive is a tar");
+        let mut bad = tar[..512].to_vec();
+        bad[0] ^= 1;
+        assert!(!is_tar_header(&bad));
+        let what = |head: &[u8]| not_a_tar(head, head.len() as u64).map(|(w, _)| w);
+        assert_eq!(what(b""), Some("an empty file".into()));
+        assert_eq!(what(&[0x1f, 0x8b, 8, 0]), Some("gzip-compressed data".into()));
+        assert_eq!(what(&[0x28, 0xb5, 0x2f, 0xfd]), Some("zstd-compressed data".into()));
+        assert_eq!(what(b"\xfd7zXZ\0"), Some("xz-compressed data".into()));
+        assert_eq!(what(b"BZh91AY"), Some("bzip2-compressed data".into()));
+        assert_eq!(what(b" {\"manifests\": []}"), Some("a JSON file".into()));
+        assert_eq!(what(&[0x41; 100]), Some("not a tar archive (100 bytes of other data)".into()));
+        assert_eq!(not_a_tar(&[0x1f, 0x8b], 2).map(|(_, h)| h), Some(" (decompress it first)"));
+    }
+
+    #[test]
+    fn printable_escapes_controls() {
+        assert_eq!(printable("a\x1b[31mb\n\u{202e}c", 100), "a\\u{1b}[31mb\\n\\u{202e}c");
+        assert_eq!(printable("héllo", 100), "héllo");
+        assert_eq!(printable("abcdef", 3), "abc…");
+        let many: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        let l = list_for_message(&many, "none");
+        assert!(l.ends_with("t11, and 8 more"), "{l}");
+        assert_eq!(list_for_message(&[], "none"), "none");
     }
 
     #[test]

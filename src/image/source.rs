@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
-use super::ImageError;
+use super::{printable, ImageError};
 
 /// Read access to the files of an image source.
 pub enum Files {
@@ -40,7 +40,11 @@ fn normalise(name: &str) -> Option<String> {
 impl Files {
     /// Index the regular members of the tar at `path`.
     pub fn tar(path: &Path) -> Result<Files, ImageError> {
-        let bad = |e: io::Error| ImageError::Archive { path: path.to_path_buf(), reason: e.to_string() };
+        // The tar crate's messages may quote header bytes: printable, and short.
+        let bad = |e: io::Error| ImageError::Archive {
+            path: path.to_path_buf(),
+            reason: printable(&e.to_string(), 200),
+        };
         let f = File::open(path).map_err(|e| ImageError::Open { path: path.to_path_buf(), source: e })?;
         let mut ar = tar::Archive::new(f);
         let mut members = HashMap::new();
@@ -85,7 +89,7 @@ impl Files {
                 let p = d.join(&n);
                 let missing = |e: io::Error| {
                     if e.kind() == io::ErrorKind::NotFound {
-                        ImageError::MissingFile { source_name: self.describe(), file: n.clone() }
+                        ImageError::MissingFile { source_name: self.describe(), file: printable(&n, 200) }
                     } else {
                         ImageError::Open { path: p.clone(), source: e }
                     }
@@ -95,7 +99,7 @@ impl Files {
                 let md = f.metadata().map_err(missing)?;
                 if !md.is_file() {
                     return Err(ImageError::Invalid {
-                        what: p.display().to_string(),
+                        what: printable(&p.display().to_string(), 300),
                         reason: "not a regular file".into(),
                     });
                 }
@@ -104,7 +108,7 @@ impl Files {
             Files::Tar { path, members } => {
                 let &(off, size) = members.get(&n).ok_or_else(|| ImageError::MissingFile {
                     source_name: self.describe(),
-                    file: n.clone(),
+                    file: printable(&n, 200),
                 })?;
                 let mut f =
                     File::open(path).map_err(|e| ImageError::Open { path: path.clone(), source: e })?;
