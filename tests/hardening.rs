@@ -111,3 +111,87 @@ fn untrusted_state_roots_are_refused() {
     std::os::unix::fs::chown(good.join("locks"), Some(0), None).expect("chown back");
     assert!(strata(&good).status.success());
 }
+
+/// Run strata, failing the test instead of hanging if it does not finish in 30 s.
+fn bounded(root: &Root, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn strata");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("strata {args:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A FIFO planted as a layer blob or as index.json fails the import at once (it used to hang,
+/// holding the layer lock); a layout whose blobs/ is a symlink, or a docker-archive directory
+/// whose config sits under a symlinked subdirectory, is refused rather than read from elsewhere.
+#[test]
+fn image_sources_never_hang_or_leave_their_directory() {
+    if !privileged("image_sources_never_hang_or_leave_their_directory") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let work = Root::new();
+    let oci = fx.join("oci");
+    let layer = manifest_of(&oci, "busybox")["layers"][0]["digest"].as_str().expect("layer").to_string();
+    let mkfifo = |p: &std::path::Path| {
+        let _ = fs::remove_file(p);
+        rustix::fs::mknodat(rustix::fs::CWD, p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0)
+            .expect("mkfifo");
+    };
+    // FIFO as the layer blob.
+    let l1 = work.path().join("fifo-blob");
+    copy_layout(&oci, &l1);
+    mkfifo(&blob(&l1, &layer));
+    let out = bounded(&root, &["image", "import", &format!("{}:busybox", l1.display())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a regular file"), "{err}");
+    // The layer is not held: a good import of the same layer goes through.
+    let out = bounded(&root, &["image", "import", &format!("{}:busybox", oci.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // FIFO as index.json.
+    let l2 = work.path().join("fifo-index");
+    copy_layout(&oci, &l2);
+    mkfifo(&l2.join("index.json"));
+    let out = bounded(&root, &["image", "import", &format!("{}:busybox", l2.display()), "--name", "x"]);
+    assert!(!out.status.success());
+    // blobs/ a symlink to a real layout's blobs.
+    let l3 = work.path().join("linked-blobs");
+    fs::create_dir(&l3).expect("mkdir");
+    for f in ["oci-layout", "index.json"] {
+        fs::copy(oci.join(f), l3.join(f)).expect("copy");
+    }
+    std::os::unix::fs::symlink(oci.join("blobs"), l3.join("blobs")).expect("symlink");
+    let out = bounded(&root, &["image", "import", &format!("{}:busybox", l3.display()), "--name", "y"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("symbolic link inside the image source"), "{err}");
+    // docker-archive directory: Config under a symlinked subdirectory pointing outside.
+    let secret_dir = work.path().join("secret");
+    fs::create_dir(&secret_dir).expect("mkdir");
+    fs::write(
+        secret_dir.join("secret.json"),
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .expect("secret");
+    let d = work.path().join("docker-dir");
+    fs::create_dir(&d).expect("mkdir");
+    std::os::unix::fs::symlink(&secret_dir, d.join("x")).expect("symlink");
+    fs::write(d.join("manifest.json"), br#"[{"Config":"x/secret.json","RepoTags":["s:1"],"Layers":[]}]"#)
+        .expect("manifest");
+    let out = bounded(&root, &["image", "import", d.to_str().expect("utf8"), "--name", "s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("symbolic link inside the image source"), "{err}");
+    assert!(!String::from_utf8_lossy(&bounded(&root, &["image", "ls"]).stdout).contains("\ns "));
+}

@@ -73,7 +73,7 @@ impl Files {
     pub fn exists(&self, name: &str) -> bool {
         let Some(n) = normalise(name) else { return false };
         match self {
-            Files::Dir(d) => d.join(&n).is_file(),
+            Files::Dir(d) => open_beneath(d, &n).and_then(|f| f.metadata()).is_ok_and(|m| m.is_file()),
             Files::Tar { members, .. } => members.contains_key(&n),
         }
     }
@@ -94,8 +94,18 @@ impl Files {
                         ImageError::Open { path: p.clone(), source: e }
                     }
                 };
-                // Never follow a symlink planted in the layout out of it.
-                let f = open_nofollow(&p).map_err(missing)?;
+                // Never follow a symlink planted in the layout (a file or a directory on the way),
+                // never block on a FIFO.
+                let f = open_beneath(d, &n).map_err(|e| {
+                    if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) {
+                        ImageError::Invalid {
+                            what: printable(&p.display().to_string(), 300),
+                            reason: "reached through a symbolic link inside the image source; refused".into(),
+                        }
+                    } else {
+                        missing(e)
+                    }
+                })?;
                 let md = f.metadata().map_err(missing)?;
                 if !md.is_file() {
                     return Err(ImageError::Invalid {
@@ -137,9 +147,20 @@ impl Files {
     }
 }
 
-fn open_nofollow(p: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
+/// Open `rel` below the directory `dir` without following any symlink on the way (and without
+/// leaving `dir`), and without blocking: a FIFO planted as a blob must not hang the import, and a
+/// symlinked `blobs/` or subdirectory must not read files from elsewhere.
+fn open_beneath(dir: &Path, rel: &str) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let d = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    loop {
+        match rustix::fs::openat2(&d, rel, flags, Mode::empty(), resolve) {
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => continue,
+            r => return Ok(File::from(r?)),
+        }
+    }
 }
 
 #[cfg(test)]
