@@ -395,19 +395,18 @@ fn killed_import_leaves_nothing_after_next_command() {
     let root = Root::new();
     let l = root.path().join("layout");
     copy_layout(&fx.join("oci"), &l);
-    // Replace the second layer's blob by a FIFO: the import finishes layer 1, then blocks reading
-    // layer 2 until killed.
-    let m = manifest_of(&l, "many-2");
-    let d = m["layers"][1]["digest"].as_str().expect("digest").to_string();
-    fs::remove_file(blob(&l, &d)).expect("rm");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        blob(&l, &d),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .expect("mkfifo");
+    // Replace the second layer by an 8 GiB sparse blob of zeros declared as an uncompressed tar:
+    // the import finishes layer 1, then spends a long time hashing layer 2 (its tar ends at once,
+    // its digest can only fail at the very end) until killed. (A FIFO blob no longer blocks: it is
+    // refused as not a regular file.)
+    let mut m = manifest_of(&l, "many-2");
+    let fake = format!("sha256:{}", "e".repeat(64));
+    let f = fs::File::create(blob(&l, &fake)).expect("create");
+    f.set_len(8 << 30).expect("sparse blob");
+    m["layers"][1] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": fake, "size": 8u64 << 30,
+    });
+    set_tag(&l, "many-2", &serde_json::to_vec(&m).expect("manifest json"));
     let mut child = Command::new(common::STRATA)
         .arg("--root")
         .arg(root.path())
