@@ -459,7 +459,7 @@ fn import_layer(
             ));
         }
     }
-    let (src, file_size) = r.files.open(&l.file)?;
+    let (src, file_size) = r.source.open_blob(l)?;
     let limit = l.size.or(Some(file_size));
     let blob_tmp = staging.dir.join(format!("blob-{}", diff_id.hex()));
     let blob_file =

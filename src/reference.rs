@@ -199,6 +199,60 @@ pub fn parse(s: &str) -> Result<Reference<'_>, ReferenceError> {
     Err(invalid(e))
 }
 
+/// Docker Hub, where names without a registry host live.
+pub const DEFAULT_DOMAIN: &str = "docker.io";
+
+/// A registry reference with docker's defaults applied: `busybox` is
+/// `docker.io/library/busybox:latest`, `localhost:5000/app` is `localhost:5000/app:latest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    pub domain: String,
+    pub repo: String,
+    /// `latest` when neither a tag nor a digest was given.
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl std::fmt::Display for Normalized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.domain, self.repo)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Normalise `s` as docker and podman do: the first `/`-separated component names the registry
+/// when it holds a `.` or a `:`, or is `localhost`; otherwise the registry is docker.io, where a
+/// one-component repository lives under `library/`.
+pub fn normalize(s: &str) -> Result<Normalized, ReferenceError> {
+    let r = parse(s)?;
+    let full = match r.domain {
+        Some(d) => format!("{d}/{}", r.path),
+        None => r.path.to_string(),
+    };
+    let (domain, repo) = match full.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (first.to_string(), rest.to_string())
+        }
+        _ => (DEFAULT_DOMAIN.to_string(), full.clone()),
+    };
+    let domain = if domain == "index.docker.io" { DEFAULT_DOMAIN.to_string() } else { domain };
+    let repo = if domain == DEFAULT_DOMAIN && !repo.contains('/') { format!("library/{repo}") } else { repo };
+    if let Some(e) = repo.split('/').find_map(path_component_error) {
+        return Err(ReferenceError::Invalid { name: quote(s), reason: e });
+    }
+    let tag = match (r.tag, r.digest) {
+        (None, None) => Some("latest".to_string()),
+        (t, _) => t.map(str::to_string),
+    };
+    Ok(Normalized { domain, repo, tag, digest: r.digest.map(str::to_string) })
+}
+
 /// Check a name an image is about to be stored under.
 pub fn validate_image_name(s: &str) -> Result<(), ReferenceError> {
     parse(s).map(|_| ())
@@ -207,6 +261,29 @@ pub fn validate_image_name(s: &str) -> Result<(), ReferenceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_normalisation() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        for (input, want) in [
+            ("busybox", "docker.io/library/busybox:latest".to_string()),
+            ("busybox:1.36", "docker.io/library/busybox:1.36".into()),
+            ("docker.io/library/busybox:1.36", "docker.io/library/busybox:1.36".into()),
+            ("index.docker.io/library/busybox", "docker.io/library/busybox:latest".into()),
+            ("user/app", "docker.io/user/app:latest".into()),
+            ("localhost/app", "localhost/app:latest".into()),
+            ("localhost:5000/a/b:v1", "localhost:5000/a/b:v1".into()),
+            ("127.0.0.1:5000/app", "127.0.0.1:5000/app:latest".into()),
+            ("quay.io/org/app", "quay.io/org/app:latest".into()),
+            (&format!("busybox@{d}"), format!("docker.io/library/busybox@{d}")),
+            (&format!("busybox:1@{d}"), format!("docker.io/library/busybox:1@{d}")),
+        ] {
+            assert_eq!(normalize(input).unwrap().to_string(), want, "{input}");
+        }
+        for bad in ["", "UPPER/app", "a//b", "-x", "app:", "busybox@sha256:12"] {
+            assert!(normalize(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn valid_names() {

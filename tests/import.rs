@@ -448,3 +448,29 @@ fn full_disk_fails_cleanly() {
     let st = Command::new("umount").arg(root.path()).status().expect("umount");
     assert!(st.success());
 }
+
+/// skopeo's transport-qualified references import the same image as the plain forms; a transport
+/// that does not match what the path holds is refused, and a registry reference points to pull.
+#[test]
+fn transport_qualified_references() {
+    if !privileged("transport_qualified_references") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    let plain = root.ok(&["image", "import", &format!("{}:multi", fx.join("oci").display()), "--name", "p"]);
+    let oci =
+        root.ok(&["image", "import", &format!("oci:{}:multi", fx.join("oci").display()), "--name", "o"]);
+    assert_eq!(plain, oci);
+    let arch = fx.join("multi.oci.tar");
+    let a = root.ok(&["image", "import", &format!("oci-archive:{}", arch.display()), "--name", "a"]);
+    assert_eq!(a, plain, "the oci-archive holds the same manifest");
+    let d = fx.join("multi.docker.tar");
+    root.ok(&["image", "import", &format!("docker-archive:{}", d.display()), "--name", "d"]);
+    let err = root.fails(&["image", "import", &format!("oci-archive:{}", d.display()), "--name", "x"]);
+    assert!(err.contains("holds a docker-archive, not an oci-archive"), "{err}");
+    let err = root.fails(&["image", "import", &format!("oci:{}", arch.display()), "--name", "x"]);
+    assert!(err.contains("holds an oci-archive, not an OCI image layout"), "{err}");
+    let err = root.fails(&["image", "import", "docker://busybox", "--name", "x"]);
+    assert!(err.contains("docker.io/library/busybox:latest") && err.contains("strata pull"), "{err}");
+}

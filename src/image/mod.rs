@@ -1,6 +1,7 @@
 //! Image formats: resolving an OCI image layout, an oci-archive or a docker-archive to a manifest,
 //! a config and an ordered list of layer blobs, with every metadata blob verified.
 
+pub mod reference;
 pub mod source;
 
 use std::io::Read;
@@ -11,7 +12,8 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{DigestError, Sha256Digest};
-pub use source::Files;
+pub use reference::SourceRef;
+pub use source::{Files, ImageSource};
 
 /// Largest index, manifest or config we read.
 pub const METADATA_LIMIT: u64 = 16 << 20;
@@ -64,6 +66,17 @@ pub enum Format {
     OciLayout,
     OciArchive,
     DockerArchive,
+}
+
+impl Format {
+    /// For messages: "an OCI image layout", ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            Format::OciLayout => "an OCI image layout",
+            Format::OciArchive => "an oci-archive",
+            Format::DockerArchive => "a docker-archive",
+        }
+    }
 }
 
 /// A platform `os/arch[/variant]`.
@@ -141,7 +154,8 @@ pub struct LayerRef {
 /// A resolved image: verified metadata and the layers still to stream.
 pub struct Resolved {
     pub format: Format,
-    pub files: Files,
+    /// Where the layer blobs are streamed from.
+    pub source: Box<dyn ImageSource>,
     /// Name from the source (ref name annotation or RepoTag), if any.
     pub name: Option<String>,
     /// The verified manifest (None for docker-archive: built after the layers are hashed).
@@ -289,10 +303,24 @@ pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
     }
 }
 
-/// Open and resolve an image reference (`PATH` or `PATH:TAG`).
+/// Open and resolve a local image reference (see [`SourceRef`]).
 pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved, ImageError> {
-    let (path, tag) = split_reference(reference);
+    let (path, tag, want) = match SourceRef::parse(reference)? {
+        SourceRef::Local { path, tag, format } => (path, tag, format),
+        SourceRef::Registry(n) => {
+            return Err(ImageError::Invalid {
+                what: n.to_string(),
+                reason: "a registry image is pulled, not imported (strata pull)".into(),
+            })
+        }
+    };
     let (format, files) = detect(&path)?;
+    if let Some(want) = want.filter(|w| *w != format) {
+        return Err(ImageError::Invalid {
+            what: path.display().to_string(),
+            reason: format!("holds {}, not {}", format.describe(), want.describe()),
+        });
+    }
     let host = Platform::host();
     let wanted = platform.unwrap_or(&host);
     let (resolved, chosen_by_platform) = match format {
@@ -324,7 +352,7 @@ fn check_config_platform(r: &Resolved, p: &Platform) -> Result<(), ImageError> {
         _ => vec![],
     };
     Err(ImageError::NoPlatform {
-        source_name: r.files.describe(),
+        source_name: r.source.describe(),
         platform: p.to_string(),
         available: list_for_message(&stated, "none stated"),
     })
@@ -507,7 +535,15 @@ fn resolve_oci(
         });
     }
     Ok((
-        Resolved { format, files, name, manifest: Some((mdata, mdigest)), config, config_digest, layers },
+        Resolved {
+            format,
+            source: Box::new(files),
+            name,
+            manifest: Some((mdata, mdigest)),
+            config,
+            config_digest,
+            layers,
+        },
         by_platform,
     ))
 }
@@ -643,7 +679,15 @@ fn resolve_docker(files: Files, tag: Option<String>) -> Result<Resolved, ImageEr
         })
         .collect();
     let name = tag.or_else(|| entry.repo_tags.as_ref().and_then(|t| t.first().cloned()));
-    Ok(Resolved { format: Format::DockerArchive, files, name, manifest: None, config, config_digest, layers })
+    Ok(Resolved {
+        format: Format::DockerArchive,
+        source: Box::new(files),
+        name,
+        manifest: None,
+        config,
+        config_digest,
+        layers,
+    })
 }
 
 /// Read a few bytes from the start of a reader without losing them.

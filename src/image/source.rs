@@ -12,6 +12,26 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{printable, ImageError};
 
+/// Where an image's layer blobs come from, once its metadata is resolved (see
+/// [`super::resolve`]): a local layout or archive ([`Files`]), or a registry. Import streams each
+/// blob it opens straight through verification and unpacking.
+pub trait ImageSource: Send + Sync {
+    /// What this is, for messages.
+    fn describe(&self) -> String;
+    /// Open a layer's blob for streaming; returns the reader and the blob's size.
+    fn open_blob(&self, layer: &super::LayerRef) -> Result<(Box<dyn Read + Send>, u64), ImageError>;
+}
+
+impl ImageSource for Files {
+    fn describe(&self) -> String {
+        Files::describe(self)
+    }
+
+    fn open_blob(&self, layer: &super::LayerRef) -> Result<(Box<dyn Read + Send>, u64), ImageError> {
+        self.open(&layer.file)
+    }
+}
+
 /// Read access to the files of an image source.
 pub enum Files {
     /// A directory on disk.
