@@ -68,7 +68,7 @@ pub enum ContainerError {
 pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
 
 /// Which filesystem stacks the layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// Kernel OverlayFS.
     Kernel,

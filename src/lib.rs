@@ -21,6 +21,7 @@ pub mod export;
 pub mod image;
 pub mod import;
 pub mod reference;
+pub mod run;
 pub mod store;
 pub mod tree;
 pub mod unpack;

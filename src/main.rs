@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use strata::container::{self, Backend, CreateOptions};
+use strata::container::{self, CreateOptions};
 use strata::image::Platform;
 use strata::import::{self, ImportOptions};
 use strata::store::Store;
@@ -154,6 +154,27 @@ enum ImageCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `--backend`: which filesystem stacks the layers (the library's `container::Backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// Kernel OverlayFS.
+    Kernel,
+    /// strata-fuse, the userspace union filesystem.
+    Fuse,
+    /// Kernel when an overlay mount works, FUSE otherwise.
+    Auto,
+}
+
+impl From<Backend> for container::Backend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Kernel => container::Backend::Kernel,
+            Backend::Fuse => container::Backend::Fuse,
+            Backend::Auto => container::Backend::Auto,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -357,7 +378,7 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         }
         ContainerCmd::Mount { name, target, backend } => {
             let mut store = open_store(root)?;
-            let at = container::mount(&mut store, &name, target.as_deref(), backend)
+            let at = container::mount(&mut store, &name, target.as_deref(), backend.into())
                 .with_context(|| format!("mounting container {name}"))?;
             println!("{}", at.display());
         }
@@ -414,57 +435,15 @@ fn run_cmd(
     backend: Backend,
     cmd: Vec<String>,
 ) -> Result<ExitCode> {
-    use strata::bundle;
     let mut store = open_store(root)?;
-    let name = name.unwrap_or_else(|| {
-        let mut b = [0u8; 6];
-        // SAFETY: getrandom writes at most b.len() bytes into b.
-        unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        format!("run-{}", hex_encode(&b))
-    });
-    if let Some(how) = container::is_running(&store, &name)? {
-        anyhow::bail!("container {name:?} is running ({how}); wait for it to exit or stop it (strata container rm --force)");
-    }
-    let c = container::create(&mut store, image, &name, &CreateOptions::default())
-        .with_context(|| format!("creating container {name}"))?;
-    // Held while the container runs: umount, rm and another run refuse meanwhile. Released
-    // before the clean-up below (which an `rm --force` may have done already).
-    let running = container::start_run(&store, &name);
-    let result = (|| -> Result<i32> {
-        let _running = running.with_context(|| format!("running container {name}"))?;
-        let rootfs =
-            container::mount(&mut store, &name, None, backend).with_context(|| format!("mounting {name}"))?;
-        let cd = strata::digest::Sha256Digest::parse(&c.config_digest)?;
-        let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&cd)?)?;
-        let run = bundle::RunSpec {
-            args: cmd,
-            hostname: name.chars().take(63).collect(),
-            terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
-        };
-        let spec = bundle::build_spec(&config, &rootfs, &run).context("building the runtime spec")?;
-        bundle::check_command(&spec).with_context(|| format!("container {name}"))?;
-        let paths = container::paths(&store, &name);
-        bundle::write_bundle(&paths.bundle, &spec)?;
-        let (state, id) = container::runc_ids(&store, &name);
-        bundle::delete_stale(&state, &id);
-        let code =
-            bundle::run_bundle(&state, &paths.bundle, &id).with_context(|| format!("container {name}"))?;
-        Ok(code)
-    })();
-    // A `container rm --force` that stopped the run has removed the container already.
-    let gone = |e: &container::ContainerError| matches!(e, container::ContainerError::NotFound(_));
-    if rm {
-        match container::remove(&mut store, &name, true) {
-            Err(e) if !gone(&e) => return Err(e).with_context(|| format!("removing container {name}")),
-            _ => {}
-        }
-    } else {
-        let _ = container::umount(&store, &name, false);
-    }
-    let code = result?;
+    let opts = strata::run::RunOptions {
+        image: image.to_string(),
+        name,
+        rm,
+        backend: backend.into(),
+        args: cmd,
+        terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+    };
+    let code = strata::run::run(&mut store, &opts)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -1,0 +1,103 @@
+//! `strata run`: create a container over an image, mount it, run its command with runc, clean up.
+//! The orchestration lives here so that every front end runs containers the same way; the CLI only
+//! parses arguments and maps the outcome to an exit code.
+
+use crate::bundle::{self, BundleError, RunSpec};
+use crate::container::{self, Backend, ContainerError, CreateOptions};
+use crate::digest::Sha256Digest;
+use crate::store::{Store, StoreError};
+
+/// Run errors: which step failed, for which container.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "container {name:?} is running ({how}); wait for it to exit or stop it (strata container rm --force)"
+    )]
+    Running { name: String, how: String },
+    #[error("container {name}: {source}")]
+    Container { name: String, source: Box<ContainerError> },
+    #[error("container {name}: {source}")]
+    Bundle { name: String, source: BundleError },
+    #[error("container {name}: {source}")]
+    Store { name: String, source: StoreError },
+    #[error("container {name}: image config: {reason}")]
+    Config { name: String, reason: String },
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub image: String,
+    /// Container name; generated (`run-<hex>`) when `None`.
+    pub name: Option<String>,
+    /// Remove the container afterwards.
+    pub rm: bool,
+    pub backend: Backend,
+    /// Replaces the image's Cmd.
+    pub args: Vec<String>,
+    /// Give the process a terminal.
+    pub terminal: bool,
+}
+
+/// A fresh container name.
+pub fn generated_name() -> String {
+    let mut b = [0u8; 6];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        b.copy_from_slice(&t.as_nanos().to_le_bytes()[..6]);
+    }
+    format!("run-{}", hex::encode(b))
+}
+
+/// Run `opts.image` in a new container; returns the container process's exit code (128+signal
+/// when killed). The container is unmounted afterwards (removed with `rm`), also when the run
+/// failed; a `container rm --force` that stopped it meanwhile has removed it already.
+pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
+    let name = opts.name.clone().unwrap_or_else(generated_name);
+    let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
+    if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
+        return Err(RunError::Running { name, how });
+    }
+    let c = container::create(store, &opts.image, &name, &CreateOptions::default()).map_err(cerr)?;
+    // Held while the container runs: umount, rm and another run refuse meanwhile. Released
+    // before the clean-up below.
+    let running = container::start_run(store, &name);
+    let result = (|| -> Result<i32, RunError> {
+        let _running = running.map_err(cerr)?;
+        let rootfs = container::mount(store, &name, None, opts.backend).map_err(cerr)?;
+        let berr = |source| RunError::Bundle { name: name.clone(), source };
+        let bad_config = |reason: String| RunError::Config { name: name.clone(), reason };
+        let cd = Sha256Digest::parse(&c.config_digest).map_err(|e| bad_config(e.to_string()))?;
+        let blob = store.read_blob(&cd).map_err(|source| RunError::Store { name: name.clone(), source })?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&blob).map_err(|e| bad_config(e.to_string()))?;
+        let run = RunSpec {
+            args: opts.args.clone(),
+            hostname: name.chars().take(63).collect(),
+            terminal: opts.terminal,
+        };
+        let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
+        bundle::check_command(&spec).map_err(berr)?;
+        let paths = container::paths(store, &name);
+        bundle::write_bundle(&paths.bundle, &spec).map_err(berr)?;
+        let (state, id) = container::runc_ids(store, &name);
+        bundle::delete_stale(&state, &id);
+        bundle::run_bundle(&state, &paths.bundle, &id).map_err(berr)
+    })();
+    let gone = |e: &ContainerError| matches!(e, ContainerError::NotFound(_));
+    if opts.rm {
+        match container::remove(store, &name, true) {
+            Err(e) if !gone(&e) => {
+                // The run's own failure explains more than the clean-up's.
+                result?;
+                return Err(cerr(e));
+            }
+            _ => {}
+        }
+    } else {
+        let _ = container::umount(store, &name, false);
+    }
+    result
+}
