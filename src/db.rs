@@ -269,11 +269,25 @@ impl Db {
 
     /// The layers of an image, bottom first.
     pub fn image_layers(&self, name: &str) -> Result<Vec<ImageLayerRow>> {
-        let mut st = self.conn.prepare(
-            "SELECT il.diff_id, il.blob_digest, il.media_type, il.blob_size, l.size \
-             FROM image_layers il JOIN layers l ON l.diff_id = il.diff_id \
-             WHERE il.name = ?1 ORDER BY il.idx",
-        )?;
+        self.layer_list(LayerList::Image, name)
+    }
+
+    /// The layers a container stands on, bottom first.
+    pub fn container_layers(&self, name: &str) -> Result<Vec<ImageLayerRow>> {
+        self.layer_list(LayerList::Container, name)
+    }
+
+    /// The rows of `image_layers` or `container_layers` for `name`, joined with their layer.
+    fn layer_list(&self, list: LayerList, name: &str) -> Result<Vec<ImageLayerRow>> {
+        let table = match list {
+            LayerList::Image => "image_layers",
+            LayerList::Container => "container_layers",
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT t.diff_id, t.blob_digest, t.media_type, t.blob_size, l.size \
+             FROM {table} t JOIN layers l ON l.diff_id = t.diff_id \
+             WHERE t.name = ?1 ORDER BY t.idx"
+        ))?;
         let rows = st.query_map([name], |r| {
             Ok(ImageLayerRow {
                 diff_id: r.get(0)?,
@@ -383,6 +397,13 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
         volatile: r.get::<_, i64>(5)? != 0,
         created: r.get(6)?,
     })
+}
+
+/// Which ordered layer list a name has.
+#[derive(Clone, Copy)]
+enum LayerList {
+    Image,
+    Container,
 }
 
 /// What [`Db::remove_image`] did.
@@ -517,25 +538,6 @@ impl Db {
             )?;
             Ok(row)
         })
-    }
-
-    /// The layers a container stands on, bottom first.
-    pub fn container_layers(&self, name: &str) -> Result<Vec<ImageLayerRow>> {
-        let mut st = self.conn.prepare(
-            "SELECT cl.diff_id, cl.blob_digest, cl.media_type, cl.blob_size, l.size \
-             FROM container_layers cl JOIN layers l ON l.diff_id = cl.diff_id \
-             WHERE cl.name = ?1 ORDER BY cl.idx",
-        )?;
-        let rows = st.query_map([name], |r| {
-            Ok(ImageLayerRow {
-                diff_id: r.get(0)?,
-                blob_digest: r.get(1)?,
-                media_type: r.get(2)?,
-                blob_size: r.get::<_, i64>(3)? as u64,
-                size: r.get::<_, i64>(4)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Remove a container's rows (its layer references go with it).
