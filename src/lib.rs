@@ -4,7 +4,8 @@
 //! - [`digest`]: validated sha256 digests (before any path join).
 //! - [`store`]: the state root (blobs, layers, staging, locks) and [`db`] its SQLite metadata.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
-//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root.
+//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`sparse`]:
+//!   GNU sparse files in layer tars.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
@@ -19,6 +20,7 @@ pub mod digest;
 pub mod export;
 pub mod image;
 pub mod import;
+pub mod sparse;
 pub mod store;
 pub mod tree;
 pub mod unpack;
