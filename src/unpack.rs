@@ -645,8 +645,11 @@ impl<'o> Unpacker<'o> {
         norm: &mut Vec<u8>,
     ) -> Result<(), UnpackError> {
         let etype = entry.header().entry_type();
-        let pax_sparse =
-            sparse::pax_sparse(&self.pax).map_err(|r| sparse_err(&display_path(&entry.path_bytes()), r))?;
+        let pax_sparse = sparse::pax_sparse(&self.pax).map_err(|r| {
+            // Name the entry by its real name when the records give one.
+            let name = self.pax.iter().rev().find(|(k, _)| k == b"GNU.sparse.name").map(|(_, v)| v.clone());
+            sparse_err(&display_path(&name.unwrap_or_else(|| entry.path_bytes().into_owned())), r)
+        })?;
         let raw_is_dir = {
             let raw_path: Cow<'_, [u8]> = match pax_sparse.as_ref().and_then(|s| s.name.as_deref()) {
                 // 0.1 and 1.0: the ustar name is a `GNUSparseFile.N/...` placeholder.
