@@ -965,7 +965,7 @@ impl<'o> Unpacker<'o> {
                 map.realsize
             }
         };
-        self.stats.bytes += size;
+        self.stats.bytes = self.stats.bytes.saturating_add(size);
         self.apply_fd_meta(file.as_fd(), meta, path, false)
     }
 

@@ -488,3 +488,22 @@ fn long_name_and_stream_ending_after_the_entry() {
     assert_sparse_file(&dir.path().join(&long), &[(0, 512), (8192, 512)], 8192 + 512);
     assert_eq!(fs::read(dir.path().join("last")).expect("read"), sparse_content(&[(0, 1000)], 1000));
 }
+
+#[test]
+fn real_sizes_adding_past_u64() {
+    // Three files of the largest size a file can have (tmpfs takes them; ext4 answers EFBIG): the
+    // layer's apparent size saturates instead of overflowing.
+    if !privileged("real_sizes_adding_past_u64") {
+        return;
+    }
+    let root = Root::new();
+    let small = SmallFs::mount(&root.path().join("small"), "16m");
+    let max = i64::MAX as u64;
+    let mut t = T::new();
+    t.gnu_sparse(b"a", &[(0, 512), (max, 0)], max);
+    t.gnu_sparse(b"b", &[(0, 512), (max, 0)], max);
+    t.gnu_sparse(b"c", &[(0, 512), (max, 0)], max);
+    let stats = unpack_layer(&t.finish()[..], &small.0, &UnpackOptions::default()).expect("unpack");
+    assert_eq!(stats.bytes, u64::MAX);
+    assert_eq!(fs::metadata(small.0.join("c")).expect("stat").len(), max);
+}
