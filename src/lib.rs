@@ -4,12 +4,14 @@
 //! - [`digest`]: validated sha256 digests (before any path join).
 //! - [`store`]: the state root (blobs, layers, staging, locks) and [`db`] its SQLite metadata.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
-//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root.
+//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`sparse`]:
+//!   GNU sparse files in layer tars.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
-//! - [`reference`]: image names, by the reference grammar docker uses.
+//! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
+//! - [`run`]: `strata run` (create, mount, runc, clean up).
 
 pub mod bundle;
 pub mod commit;
@@ -22,6 +24,7 @@ pub mod image;
 pub mod import;
 pub mod reference;
 pub mod run;
+pub mod sparse;
 pub mod store;
 pub mod tree;
 pub mod unpack;

@@ -33,10 +33,18 @@
 //! updates its metadata; a directory over a non-directory replaces it. Directory mtimes are applied
 //! last. Unknown entry types are an error (as containerd); PAX global headers are skipped.
 //!
+//! # Sparse files
+//! GNU sparse entries (old GNU `S` entries and PAX formats 0.0, 0.1 and 1.0; see [`crate::sparse`])
+//! become files whose data extents are written at their offsets and whose holes stay holes; the
+//! size is set last. The holes are never read: the tar crate expands an `S` entry with its
+//! zeros, so the unpacker reads that entry's data blocks from the stream itself (and the tar
+//! crate's later skip over them is answered without the stream, see `Budget::debt`). A map
+//! that is malformed or disagrees with the entry is an [`UnpackError::Sparse`] naming the entry.
+//!
 //! Nothing is fsynced here: call [`syncfs`] once on the finished layer.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -46,6 +54,8 @@ use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, CWD};
 use rustix::io::Errno;
+
+use crate::sparse;
 
 /// Where opaque-directory markers are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +128,10 @@ pub enum UnpackError {
     /// Malformed header fields (e.g. an out-of-range uid).
     #[error("entry {path:?}: {reason}")]
     Entry { path: String, reason: String },
+    /// A sparse file whose map is malformed, inconsistent with the entry, or too large (see
+    /// [`crate::sparse`]).
+    #[error("entry {path:?}: sparse file: {reason}")]
+    Sparse { path: String, reason: String },
     /// A filesystem operation failed.
     #[error("entry {path:?}: {op}: {source}")]
     Io {
@@ -138,6 +152,7 @@ impl UnpackError {
             | UnpackError::Hardlink { path, .. }
             | UnpackError::Unsupported { path, .. }
             | UnpackError::Entry { path, .. }
+            | UnpackError::Sparse { path, .. }
             | UnpackError::Io { path, .. } => Some(path),
         }
     }
@@ -174,17 +189,42 @@ struct Budget {
     /// (PAX, GNU long names) before an entry, which are re-parsed by [`pax_records`].
     captured: std::cell::RefCell<Vec<u8>>,
     captured_at: Cell<u64>,
+    /// Bytes the unpacker read past the tar crate with [`DirectReader`] (the data of an old GNU
+    /// sparse entry, which the tar crate would expand with its holes): the tar crate's next
+    /// reads are its skip over that data, and are answered from this count without touching
+    /// the stream.
+    debt: Cell<u64>,
 }
 
 struct BoundedReader<R> {
-    inner: R,
+    inner: Rc<RefCell<R>>,
     budget: Rc<Budget>,
+}
+
+fn borrow_inner<R>(inner: &RefCell<R>) -> io::Result<std::cell::RefMut<'_, R>> {
+    inner.try_borrow_mut().map_err(|_| io::Error::other("tar stream reader used re-entrantly"))
 }
 
 impl<R: Read> Read for BoundedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let debt = self.budget.debt.get();
+        if debt > 0 && !buf.is_empty() {
+            // The skip over data already consumed directly: not charged, not captured.
+            let n = buf.len().min(usize::try_from(debt).unwrap_or(usize::MAX));
+            if self.budget.armed.get() {
+                if !self.budget.captured.borrow().is_empty() {
+                    return Err(io::Error::other("sparse entry data skipped inside a header"));
+                }
+                self.budget.captured_at.set(self.budget.captured_at.get() + n as u64);
+            }
+            buf[..n].fill(0);
+            self.budget.debt.set(debt - n as u64);
+            self.budget.pos.set(self.budget.pos.get() + n as u64);
+            return Ok(n);
+        }
+        let mut inner = borrow_inner(&self.inner)?;
         if !self.budget.armed.get() {
-            let got = self.inner.read(buf)?;
+            let got = inner.read(buf)?;
             self.budget.pos.set(self.budget.pos.get() + got as u64);
             return Ok(got);
         }
@@ -194,10 +234,24 @@ impl<R: Read> Read for BoundedReader<R> {
             return Err(io::Error::other("tar header data exceeds limit"));
         }
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let got = self.inner.read(&mut buf[..n])?;
+        let got = inner.read(&mut buf[..n])?;
         self.budget.left.set(left - got as u64);
         self.budget.pos.set(self.budget.pos.get() + got as u64);
         self.budget.captured.borrow_mut().extend_from_slice(&buf[..got]);
+        Ok(got)
+    }
+}
+
+/// Reads the tar stream behind the tar crate's back (see [`Budget::debt`]).
+struct DirectReader<R> {
+    inner: Rc<RefCell<R>>,
+    budget: Rc<Budget>,
+}
+
+impl<R: Read> Read for DirectReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let got = borrow_inner(&self.inner)?.read(buf)?;
+        self.budget.debt.set(self.budget.debt.get() + got as u64);
         Ok(got)
     }
 }
@@ -426,6 +480,20 @@ struct Unpacker<'o> {
     stats: UnpackStats,
     /// The current entry's PAX records (see [`pax_records`]).
     pax: Vec<PaxRecord>,
+    /// The current entry's map, when it is an old GNU sparse entry (parsed by the unpack loop).
+    gnu_sparse: Option<sparse::Map>,
+    /// The current entry's path, when it is not the tar crate's (`GNU.sparse.name`).
+    real_name: Option<Vec<u8>>,
+}
+
+/// How a regular file's content is laid out in the entry data.
+enum FileData {
+    /// The data is the content.
+    Plain,
+    /// Old GNU sparse: the extents, read from the stream directly.
+    Gnu(sparse::Map),
+    /// PAX sparse: the extents, read from the entry (after the map, for 1.0).
+    Pax(sparse::Map),
 }
 
 /// An entry path for messages: the layer root (empty after normalisation) shows as `.`.
@@ -443,6 +511,19 @@ fn io_err(path: &[u8], op: &'static str, e: impl Into<io::Error>) -> UnpackError
 
 fn invalid(path: &[u8], reason: &'static str) -> UnpackError {
     UnpackError::InvalidPath { path: shown(path), reason }
+}
+
+fn sparse_err(path: &[u8], reason: impl Into<String>) -> UnpackError {
+    UnpackError::Sparse { path: shown(path), reason: reason.into() }
+}
+
+/// An entry path as the tar holds it, normalised when it can be (for messages).
+fn display_path(raw: &[u8]) -> Vec<u8> {
+    let mut n = Vec::new();
+    match normalize(raw, &mut n) {
+        Ok(()) => n,
+        Err(_) => raw.to_vec(),
+    }
 }
 
 const O_PATH_DIR: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
@@ -560,15 +641,35 @@ impl<'o> Unpacker<'o> {
     fn entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        direct: &mut dyn Read,
         norm: &mut Vec<u8>,
     ) -> Result<(), UnpackError> {
+        let etype = entry.header().entry_type();
+        let pax_sparse = sparse::pax_sparse(&self.pax).map_err(|r| {
+            // Name the entry by its real name when the records give one.
+            let name = self.pax.iter().rev().find(|(k, _)| k == b"GNU.sparse.name").map(|(_, v)| v.clone());
+            sparse_err(&display_path(&name.unwrap_or_else(|| entry.path_bytes().into_owned())), r)
+        })?;
         let raw_is_dir = {
-            let raw_path: Cow<'_, [u8]> = entry.path_bytes();
+            let raw_path: Cow<'_, [u8]> = match pax_sparse.as_ref().and_then(|s| s.name.as_deref()) {
+                // 0.1 and 1.0: the ustar name is a `GNUSparseFile.N/...` placeholder.
+                Some(name) => {
+                    self.real_name = Some(name.to_vec());
+                    Cow::Borrowed(name)
+                }
+                None => entry.path_bytes(),
+            };
             normalize(&raw_path, norm).map_err(|r| invalid(&raw_path, r))?;
             raw_path.last() == Some(&b'/')
         };
-        let etype = entry.header().entry_type();
         let path: &[u8] = norm;
+        if pax_sparse.is_some()
+            && (etype.is_gnu_sparse()
+                || raw_is_dir
+                || !matches!(etype, tar::EntryType::Regular | tar::EntryType::Continuous))
+        {
+            return Err(sparse_err(path, "GNU.sparse PAX records on an entry that is not a regular file"));
+        }
         let kind = match etype {
             tar::EntryType::Regular if raw_is_dir => Kind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Kind::File,
@@ -622,7 +723,17 @@ impl<'o> Unpacker<'o> {
         let name = os(name);
 
         match kind {
-            Kind::File => self.file(entry, parent, name, &meta, path, etype.is_gnu_sparse()),
+            Kind::File => {
+                let data = match (self.gnu_sparse.take(), pax_sparse) {
+                    (Some(map), _) => FileData::Gnu(map),
+                    (None, Some(ps)) => FileData::Pax(self.pax_map(entry, ps, path)?),
+                    (None, None) if etype.is_gnu_sparse() => {
+                        return Err(sparse_err(path, "old GNU sparse entry without its map"))
+                    }
+                    (None, None) => FileData::Plain,
+                };
+                self.file(entry, direct, parent, name, &meta, path, data)
+            }
             Kind::Dir => self.dir(parent, name, &meta, path),
             Kind::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Entry {
@@ -691,11 +802,6 @@ impl<'o> Unpacker<'o> {
                     }
                     let cname = CString::new(name).map_err(|_| bad("NUL byte in xattr name".into()))?;
                     xattrs.push((cname, value.clone()));
-                } else if key.starts_with(b"GNU.sparse.") {
-                    return Err(UnpackError::Unsupported {
-                        path: lossy(path),
-                        what: "PAX-format GNU sparse file (only old GNU sparse entries are supported)".into(),
-                    });
                 }
             }
         }
@@ -780,14 +886,40 @@ impl<'o> Unpacker<'o> {
         Ok(())
     }
 
+    /// The map of a PAX sparse entry, checked against the entry's data. For 1.0 it is read from
+    /// the start of the data (which the entry reader then stands after).
+    fn pax_map<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        ps: sparse::PaxSparse,
+        path: &[u8],
+    ) -> Result<sparse::Map, UnpackError> {
+        let size = entry.size();
+        let (extents, data_size) = match ps.format {
+            sparse::PaxFormat::V10 => {
+                let (extents, used) = sparse::read_map_v10(entry, size).map_err(|e| match e {
+                    sparse::MapError::Read(source) => UnpackError::Corrupt { after: lossy(path), source },
+                    sparse::MapError::Bad(reason) => sparse_err(path, reason),
+                })?;
+                (extents, size - used)
+            }
+            sparse::PaxFormat::V00 | sparse::PaxFormat::V01 => (ps.extents, size),
+        };
+        let map = sparse::Map { extents, realsize: ps.realsize };
+        sparse::validate(&map, data_size, false).map_err(|r| sparse_err(path, r))?;
+        Ok(map)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn file<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        direct: &mut dyn Read,
         parent: &[u8],
         name: &OsStr,
         meta: &Meta,
         path: &[u8],
-        sparse: bool,
+        data: FileData,
     ) -> Result<(), UnpackError> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(0o600);
@@ -804,25 +936,36 @@ impl<'o> Unpacker<'o> {
                 Err(e) => return Err(io_err(path, "create file", e)),
             }
         };
-        let size = entry.size();
         let mut file = std::fs::File::from(fd);
-        let written = copy_data(entry, &mut file, &mut self.buf, sparse).map_err(|e| match e {
-            CopyError::Read(source) => UnpackError::Corrupt { after: lossy(path), source },
-            CopyError::Write(source) => io_err(path, "write file", source),
-        })?;
-        if written != size {
-            return Err(UnpackError::Corrupt {
-                after: lossy(path),
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("entry data truncated: {written} of {size} bytes"),
-                ),
-            });
-        }
-        if sparse {
-            rustix::fs::ftruncate(&file, size).map_err(|e| io_err(path, "truncate sparse file", e))?;
-        }
-        self.stats.bytes += size;
+        let copy_err = |e: sparse::CopyError| match e {
+            sparse::CopyError::Read(source) => UnpackError::Corrupt { after: lossy(path), source },
+            sparse::CopyError::Write(source) => io_err(path, "write file", source),
+        };
+        let size = match data {
+            FileData::Plain => {
+                let size = entry.size();
+                let written = copy_data(entry, &mut file, &mut self.buf).map_err(copy_err)?;
+                if written != size {
+                    return Err(UnpackError::Corrupt {
+                        after: lossy(path),
+                        source: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("entry data truncated: {written} of {size} bytes"),
+                        ),
+                    });
+                }
+                size
+            }
+            FileData::Gnu(map) => {
+                sparse::write_extents(direct, &file, &map, &mut self.buf).map_err(copy_err)?;
+                map.realsize
+            }
+            FileData::Pax(map) => {
+                sparse::write_extents(entry, &file, &map, &mut self.buf).map_err(copy_err)?;
+                map.realsize
+            }
+        };
+        self.stats.bytes = self.stats.bytes.saturating_add(size);
         self.apply_fd_meta(file.as_fd(), meta, path, false)
     }
 
@@ -1068,38 +1211,18 @@ fn xattr_failed(path: &[u8], name: &CStr, e: Errno) -> Result<(), UnpackError> {
     }
 }
 
-enum CopyError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Copy an entry's data into `file`. For sparse entries, all-zero 4 KiB blocks become holes.
-fn copy_data<R: Read>(
-    r: &mut R,
-    file: &mut std::fs::File,
-    buf: &mut [u8],
-    sparse: bool,
-) -> Result<u64, CopyError> {
-    use std::io::{Seek, SeekFrom, Write};
+/// Copy an entry's data into `file`.
+fn copy_data<R: Read>(r: &mut R, file: &mut std::fs::File, buf: &mut [u8]) -> Result<u64, sparse::CopyError> {
+    use std::io::Write;
     let mut total = 0u64;
     loop {
         let n = match r.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
+            Err(e) => return Err(sparse::CopyError::Read(e)),
         };
-        if sparse {
-            for chunk in buf[..n].chunks(4096) {
-                if chunk.iter().all(|b| *b == 0) {
-                    file.seek(SeekFrom::Current(chunk.len() as i64)).map_err(CopyError::Write)?;
-                } else {
-                    file.write_all(chunk).map_err(CopyError::Write)?;
-                }
-            }
-        } else {
-            file.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        }
+        file.write_all(&buf[..n]).map_err(sparse::CopyError::Write)?;
         total += n as u64;
     }
 }
@@ -1139,7 +1262,9 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
     let root = rustix::fs::openat(CWD, dest, O_PATH_DIR, Mode::empty())
         .map_err(|e| io_err(dest.as_os_str().as_bytes(), "open layer root", e))?;
     let budget = Rc::new(Budget::default());
-    let reader = BoundedReader { inner: BufReader::with_capacity(128 << 10, tar), budget: budget.clone() };
+    let inner = Rc::new(RefCell::new(BufReader::with_capacity(128 << 10, tar)));
+    let reader = BoundedReader { inner: inner.clone(), budget: budget.clone() };
+    let mut direct = DirectReader { inner, budget: budget.clone() };
     let mut archive = tar::Archive::new(reader);
     let mut entries = archive.entries().map_err(UnpackError::Tar)?;
     let mut u = Unpacker {
@@ -1150,6 +1275,8 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
         buf: vec![0u8; 256 << 10],
         stats: UnpackStats::default(),
         pax: Vec::new(),
+        gnu_sparse: None,
+        real_name: None,
     };
     let mut last: Vec<u8> = b"(start of stream)".to_vec();
     let mut norm = Vec::with_capacity(256);
@@ -1168,27 +1295,138 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
                 if budget.tripped.get() {
                     return Err(UnpackError::HeaderTooLarge { after: lossy(&last), limit: MAX_HEADER_BYTES });
                 }
+                // The tar crate checks old GNU sparse maps while reading the headers: name the
+                // entry and the reason when that is what failed.
+                if let Some((path, reason)) =
+                    failed_gnu_sparse(&budget.captured.borrow(), budget.captured_at.get())
+                {
+                    return Err(sparse_err(&path, reason));
+                }
                 return Err(UnpackError::Corrupt { after: lossy(&last), source: e });
             }
         };
+        if budget.debt.get() != 0 {
+            return Err(UnpackError::Corrupt {
+                after: lossy(&last),
+                source: io::Error::other("sparse entry data not skipped"),
+            });
+        }
         u.stats.entries += 1;
+        let header_at = entry.raw_header_position().saturating_sub(budget.captured_at.get());
+        let header_at = usize::try_from(header_at).unwrap_or(usize::MAX);
         u.pax = {
             let cap = budget.captured.borrow();
-            let end = entry.raw_header_position().saturating_sub(budget.captured_at.get());
-            let region = cap.get(..usize::try_from(end).unwrap_or(usize::MAX)).unwrap_or(&[]);
+            let region = cap.get(..header_at).unwrap_or(&[]);
             pax_records(region).map_err(|reason| UnpackError::Corrupt {
                 after: lossy(&last),
                 source: io::Error::new(io::ErrorKind::InvalidData, format!("malformed PAX header: {reason}")),
             })?
         };
-        u.entry(&mut entry, &mut norm)?;
-        // Consume unread data (non-file entries with a size) outside the header budget.
+        // Old GNU sparse: the tar crate expands the data with its holes (reading gigabytes of
+        // zeros for a large file). The map is parsed here from the header and its extension
+        // blocks, and the data blocks are read directly from the stream, never through `entry`.
+        let gnu_data = if entry.header().entry_type().is_gnu_sparse() {
+            let shown_path = display_path(&entry.path_bytes());
+            let data_size =
+                entry.header().entry_size().map_err(|e| sparse_err(&shown_path, e.to_string()))?;
+            if u.pax.iter().any(|(k, _)| k == b"size" || k.starts_with(b"GNU.sparse.")) {
+                return Err(sparse_err(
+                    &shown_path,
+                    "old GNU sparse entry with PAX size or GNU.sparse records",
+                ));
+            }
+            let cap = budget.captured.borrow();
+            let (header, ext) = match cap.get(header_at..).filter(|r| r.len() >= 512) {
+                Some(r) => r.split_at(512),
+                None => return Err(sparse_err(&shown_path, "header not found in the stream")),
+            };
+            let (map, blocks) = sparse::gnu_map(header, ext).map_err(|r| sparse_err(&shown_path, r))?;
+            if ext.len() != blocks * 512 {
+                return Err(sparse_err(&shown_path, "extended sparse headers do not match the tar reader's"));
+            }
+            sparse::validate(&map, data_size, true).map_err(|r| sparse_err(&shown_path, r))?;
+            u.gnu_sparse = Some(map);
+            Some(data_size)
+        } else {
+            u.gnu_sparse = None;
+            None
+        };
+        u.real_name = None;
+        u.entry(&mut entry, &mut direct, &mut norm)?;
         let mut sink = io::sink();
-        io::copy(&mut entry, &mut sink)
-            .map_err(|e| UnpackError::Corrupt { after: lossy(&norm), source: e })?;
+        match gnu_data {
+            // Whatever the entry did not consume (all of it, for a whiteout), read past directly.
+            Some(size) => {
+                let left = size.saturating_sub(budget.debt.get());
+                let skipped = io::copy(&mut (&mut direct).take(left), &mut sink)
+                    .map_err(|e| UnpackError::Corrupt { after: lossy(&norm), source: e })?;
+                if skipped != left {
+                    return Err(UnpackError::Corrupt {
+                        after: lossy(&norm),
+                        source: io::Error::new(io::ErrorKind::UnexpectedEof, "sparse entry data truncated"),
+                    });
+                }
+            }
+            // Consume unread data (non-file entries with a size) outside the header budget.
+            None => {
+                io::copy(&mut entry, &mut sink)
+                    .map_err(|e| UnpackError::Corrupt { after: lossy(&norm), source: e })?;
+            }
+        }
         last.clear();
-        last.extend_from_slice(&entry.path_bytes());
+        match u.real_name.take() {
+            Some(name) => last.extend_from_slice(&name),
+            None => last.extend_from_slice(&entry.path_bytes()),
+        }
     }
     u.finish()?;
     Ok(u.stats)
+}
+
+/// When the tar crate refused an old GNU sparse entry, the entry's path and what is wrong with
+/// its map. `region` holds the bytes read while the tar crate parsed the headers, starting at
+/// stream offset `at` (inside the previous entry's padding): headers start at multiples of 512.
+fn failed_gnu_sparse(region: &[u8], at: u64) -> Option<(Vec<u8>, String)> {
+    let mut p = usize::try_from((512 - at % 512) % 512).ok()?;
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut pax_path: Option<Vec<u8>> = None;
+    loop {
+        let block = region.get(p..p + 512)?;
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(block);
+        let sum: u32 = block[..148].iter().chain(&block[156..]).map(|b| u32::from(*b)).sum::<u32>() + 8 * 32;
+        if h.cksum().ok()? != sum {
+            return None;
+        }
+        let size = h.entry_size().ok()?;
+        match block[156] {
+            b'x' | b'g' | b'L' | b'K' => {
+                let len = usize::try_from(size).ok()?;
+                let data = region.get(p + 512..p.checked_add(512 + len)?)?;
+                match block[156] {
+                    b'L' => long_name = Some(data.split(|b| *b == 0).next().unwrap_or(&[]).to_vec()),
+                    b'x' => {
+                        for (k, v) in parse_pax(data).ok()? {
+                            if k == b"path" {
+                                pax_path = Some(v);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                p = p.checked_add(512 + len.div_ceil(512) * 512)?;
+            }
+            b'S' => {
+                let name = pax_path.or(long_name).unwrap_or_else(|| h.path_bytes().into_owned());
+                let name = display_path(&name);
+                let ext = region.get(p + 512..).unwrap_or(&[]);
+                let reason = match sparse::gnu_map(block, ext) {
+                    Err(r) => r,
+                    Ok((map, _)) => sparse::validate(&map, size, true).err()?,
+                };
+                return Some((name, reason));
+            }
+            _ => return None,
+        }
+    }
 }

@@ -202,3 +202,150 @@ pub fn tar(entries: impl IntoIterator<Item = E>) -> Vec<u8> {
     }
     t.finish()
 }
+
+// ---- GNU sparse entries ----
+
+/// A 12-byte numeric field as GNU tar writes it: octal, or base-256 from 8 GiB on.
+pub fn num12(v: u64) -> [u8; 12] {
+    let mut f = [0u8; 12];
+    if v < 1 << 33 {
+        let s = format!("{v:011o}");
+        f[..11].copy_from_slice(s.as_bytes());
+    } else {
+        f[0] = 0x80;
+        f[4..].copy_from_slice(&v.to_be_bytes());
+    }
+    f
+}
+
+/// One (offset, numbytes) slot of an old GNU sparse map.
+pub fn slot(offset: u64, len: u64) -> [u8; 24] {
+    let mut s = [0u8; 24];
+    s[..12].copy_from_slice(&num12(offset));
+    s[12..].copy_from_slice(&num12(len));
+    s
+}
+
+/// Recompute the checksum of a 512-byte header block.
+pub fn fix_cksum(block: &mut [u8]) {
+    block[148..156].fill(b' ');
+    let sum: u32 = block.iter().map(|b| u32::from(*b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    block[148..156].copy_from_slice(s.as_bytes());
+}
+
+/// The header and extension blocks of an old GNU sparse (`S`) entry: the first 4 slots in the
+/// header, 21 per extension block, `isextended` set where more follow. `size` is the header's
+/// size field (the data bytes). Patch bytes and call [`fix_cksum`] (header only) for hostile
+/// variants.
+pub fn gnu_sparse_headers(name: &[u8], slots: &[[u8; 24]], realsize: u64, size: u64) -> Vec<u8> {
+    let mut h = header(name, b'S', size, b"", None);
+    h.set_uid(0);
+    h.set_gid(0);
+    let b = h.as_mut_bytes();
+    for (i, s) in slots.iter().take(4).enumerate() {
+        b[386 + 24 * i..386 + 24 * (i + 1)].copy_from_slice(s);
+    }
+    b[482] = u8::from(slots.len() > 4);
+    b[483..495].copy_from_slice(&num12(realsize));
+    fix_cksum(b);
+    let mut out = b.to_vec();
+    let rest: Vec<_> = slots.iter().skip(4).collect();
+    let chunks: Vec<_> = rest.chunks(21).collect();
+    for (k, chunk) in chunks.iter().enumerate() {
+        let mut ext = [0u8; 512];
+        for (i, s) in chunk.iter().enumerate() {
+            ext[24 * i..24 * (i + 1)].copy_from_slice(*s);
+        }
+        ext[504] = u8::from(k + 1 < chunks.len());
+        out.extend_from_slice(&ext);
+    }
+    out
+}
+
+/// Deterministic bytes for extent `i` (different per extent, never all zero).
+pub fn extent_bytes(i: usize, len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x as u8) | 1
+        })
+        .collect()
+}
+
+/// The extents' data back to back, as the archive holds it.
+pub fn extents_data(extents: &[(u64, u64)]) -> Vec<u8> {
+    extents.iter().enumerate().flat_map(|(i, &(_, len))| extent_bytes(i, len as usize)).collect()
+}
+
+/// The expected content of a sparse file (small real sizes only).
+pub fn sparse_content(extents: &[(u64, u64)], realsize: u64) -> Vec<u8> {
+    let mut out = vec![0u8; realsize as usize];
+    for (i, &(off, len)) in extents.iter().enumerate() {
+        out[off as usize..(off + len) as usize].copy_from_slice(&extent_bytes(i, len as usize));
+    }
+    out
+}
+
+impl T {
+    /// A well-formed old GNU sparse entry holding `extents` (data from [`extent_bytes`]).
+    pub fn gnu_sparse(&mut self, name: &[u8], extents: &[(u64, u64)], realsize: u64) -> &mut T {
+        let slots: Vec<_> = extents.iter().map(|&(o, l)| slot(o, l)).collect();
+        let data = extents_data(extents);
+        self.raw(&gnu_sparse_headers(name, &slots, realsize, data.len() as u64));
+        self.raw(&data);
+        pad(&mut self.buf);
+        self
+    }
+}
+
+/// The data of a PAX 1.0 sparse entry: the map (count, then offset and size per line, padded to
+/// 512 bytes), then the extents' data.
+pub fn sparse_v10_data(extents: &[(u64, u64)]) -> Vec<u8> {
+    let mut map = format!("{}\n", extents.len());
+    for (o, l) in extents {
+        map.push_str(&format!("{o}\n{l}\n"));
+    }
+    let mut out = map.into_bytes();
+    pad(&mut out);
+    out.extend_from_slice(&extents_data(extents));
+    out
+}
+
+/// A PAX sparse entry in format `version` ("0.0", "0.1", "1.0") as GNU tar writes it: for 0.1
+/// and 1.0 the ustar name is a `GNUSparseFile.0/...` placeholder and the real name is in
+/// `GNU.sparse.name`.
+pub fn pax_sparse(version: &str, name: &str, extents: &[(u64, u64)], realsize: u64) -> E {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let placeholder = format!("GNUSparseFile.0/{base}");
+    let mut e = match version {
+        "0.0" => {
+            let mut e = E::file(name, extents_data(extents))
+                .pax("GNU.sparse.size", realsize.to_string())
+                .pax("GNU.sparse.numblocks", extents.len().to_string());
+            for (o, l) in extents {
+                e = e.pax("GNU.sparse.offset", o.to_string()).pax("GNU.sparse.numbytes", l.to_string());
+            }
+            e
+        }
+        "0.1" => {
+            let map: Vec<String> = extents.iter().flat_map(|(o, l)| [o.to_string(), l.to_string()]).collect();
+            E::file(&placeholder, extents_data(extents))
+                .pax("GNU.sparse.size", realsize.to_string())
+                .pax("GNU.sparse.numblocks", extents.len().to_string())
+                .pax("GNU.sparse.name", name)
+                .pax("GNU.sparse.map", map.join(","))
+        }
+        "1.0" => E::file(&placeholder, sparse_v10_data(extents))
+            .pax("GNU.sparse.major", "1")
+            .pax("GNU.sparse.minor", "0")
+            .pax("GNU.sparse.name", name)
+            .pax("GNU.sparse.realsize", realsize.to_string()),
+        v => panic!("sparse version {v}"),
+    };
+    e.mode = 0o644;
+    e
+}
