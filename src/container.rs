@@ -567,6 +567,59 @@ pub fn list(store: &Store) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
+/// All `container inspect` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspected {
+    pub name: String,
+    pub image: String,
+    /// The manifest the container stands on.
+    pub digest: String,
+    pub config_digest: String,
+    /// RFC 3339.
+    pub created: String,
+    pub read_only: bool,
+    pub volatile: bool,
+    /// diff_ids, bottom first.
+    pub layers: Vec<String>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mounted: Option<PathBuf>,
+    /// `kernel` or `fuse`, while mounted.
+    pub backend: Option<&'static str>,
+    /// How it runs (`strata run, pid N`, or runc's status), while it runs.
+    pub running: Option<String>,
+}
+
+/// Everything about a container, for `container inspect`.
+pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
+    let c = get(store, name)?;
+    let p = paths(store, name);
+    let mounted = mounted_at(store, name)?;
+    let backend = mounted.as_ref().and_then(|at| {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let m = kernel_overlay::mountinfo::parse(&text).into_iter().rev().find(|m| &m.mount_point == at)?;
+        Some(if m.fs_type == "overlay" { "kernel" } else { "fuse" })
+    });
+    let running = is_running(store, name)?;
+    let layers = store.db.container_layers(name)?.into_iter().map(|l| l.diff_id).collect();
+    let writable = |d: PathBuf| (!c.read_only).then_some(d);
+    Ok(Inspected {
+        digest: c.manifest_digest.clone(),
+        config_digest: c.config_digest.clone(),
+        created: crate::images::rfc3339(c.created),
+        read_only: c.read_only,
+        volatile: c.volatile,
+        layers,
+        upper: writable(p.upper),
+        work: writable(p.work),
+        mounted,
+        backend,
+        running,
+        name: c.name,
+        image: c.image,
+    })
+}
+
 /// The mount a caller would perform itself (containerd style).
 pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
     let c = get(store, name)?;

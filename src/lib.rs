@@ -9,6 +9,7 @@
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
+//! - [`images`]: stored images as listed (`image ls`, `image history`).
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`run`]: `strata run` (create, mount, runc, clean up).
@@ -21,6 +22,7 @@ pub mod diff;
 pub mod digest;
 pub mod export;
 pub mod image;
+pub mod images;
 pub mod import;
 pub mod reference;
 pub mod run;

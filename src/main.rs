@@ -50,6 +50,12 @@ enum Cmd {
     },
     /// Remove blobs and layer directories no image references.
     Gc,
+    /// Running containers (as podman ps).
+    #[command(after_help = "Examples:\n  strata ps\n  strata ps --json")]
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +127,9 @@ enum ContainerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Everything about a container as JSON: image digest, layers, upper/work, mount and run state.
+    #[command(after_help = "Example:\n  strata container inspect web")]
+    Inspect { name: String },
 }
 
 #[derive(Subcommand)]
@@ -136,14 +145,31 @@ enum ImageCmd {
         platform: Option<String>,
     },
     /// List images.
+    #[command(after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --json")]
     Ls {
         #[arg(long)]
         json: bool,
+        /// Only the image IDs (short manifest digests), once each.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show an image's manifest, config and layers.
     Inspect { name: String },
-    /// Remove an image name (its layers stay until `strata gc`).
-    Rm { name: String },
+    /// Remove image names (their layers stay until `strata gc`); refuses names containers use.
+    #[command(after_help = "Example:\n  strata image rm app:v1 app:v2")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// The image's history, newest first, with the size each step added (as docker history).
+    #[command(
+        after_help = "Example:\n  strata image history busybox\n  strata image history busybox --json"
+    )]
+    History {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
     Export {
         name: String,
@@ -256,6 +282,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
+        Cmd::Ps { json } => {
+            let store = open_store(&cli.root)?;
+            let mut running = Vec::new();
+            for c in store.db.containers()? {
+                let i = container::inspect(&store, &c.name)?;
+                if i.running.is_some() {
+                    running.push(i);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&running)?);
+            } else {
+                println!("{:<24} {:<30} {:<14} STATUS", "NAME", "IMAGE", "IMAGE ID");
+                for i in running {
+                    let status = i.running.unwrap_or_default();
+                    println!("{:<24} {:<30} {:<14} {status}", i.name, i.image, short_id(&i.digest));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
             let (blobs, layers) = store.gc().context("gc")?;
@@ -278,23 +324,47 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                 .with_context(|| format!("importing {source}"))?;
             println!("{}", imported.manifest_digest);
         }
-        ImageCmd::Ls { json } => {
+        ImageCmd::Ls { json, quiet } => {
             let store = open_store(root)?;
-            let images = store.db.images()?;
+            let images = strata::images::list(&store)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&images)?);
+            } else if quiet {
+                let mut seen = std::collections::HashSet::new();
+                for i in &images {
+                    if seen.insert(short_id(&i.digest)) {
+                        println!("{}", short_id(&i.digest));
+                    }
+                }
             } else {
                 println!("{:<30} {:<20} {:>7} {:>12}", "NAME", "DIGEST", "LAYERS", "SIZE");
                 for i in images {
-                    let layers = store.db.image_layers(&i.name)?;
-                    let size: u64 = layers.iter().map(|l| l.size).sum();
-                    let short = i.manifest_digest.trim_start_matches("sha256:");
                     println!(
                         "{:<30} {:<20} {:>7} {:>12}",
                         i.name,
-                        &short[..short.len().min(12)],
-                        layers.len(),
-                        human(size)
+                        short_id(&i.digest),
+                        i.layers,
+                        human(i.size)
+                    );
+                }
+            }
+        }
+        ImageCmd::History { name, json } => {
+            let store = open_store(root)?;
+            let steps = strata::images::history(&store, &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&steps)?);
+            } else {
+                println!("{:<14} {:<22} {:<50} {:>10}  COMMENT", "LAYER", "CREATED", "CREATED BY", "SIZE");
+                for s in steps {
+                    let by: String = s.created_by.as_deref().unwrap_or("").chars().take(50).collect();
+                    println!(
+                        "{:<14} {:<22} {:<50} {:>10}  {}",
+                        s.diff_id.as_deref().map(short_id).unwrap_or("-"),
+                        s.created.as_deref().unwrap_or("-"),
+                        strata::image::printable(&by, 50),
+                        human(s.size),
+                        strata::image::printable(s.comment.as_deref().unwrap_or(""), 80)
                     );
                 }
             }
@@ -324,13 +394,34 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
         }
-        ImageCmd::Rm { name } => {
+        ImageCmd::Rm { names } => {
+            // As docker: each name is removed or reported; the exit status says whether all went.
             let mut store = open_store(root)?;
-            store.remove_image(&name).with_context(|| format!("removing image {name}"))?;
-            println!("{name}");
+            let mut failed = 0;
+            for name in &names {
+                match store.remove_image(name) {
+                    Ok(()) => println!("{name}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!(
+                            "strata: error: removing image {}: {e}",
+                            strata::image::printable(name, 100)
+                        );
+                    }
+                }
+            }
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first 12 hex digits of a digest, as image IDs are shown.
+fn short_id(d: &str) -> &str {
+    let h = d.trim_start_matches("sha256:");
+    &h[..h.len().min(12)]
 }
 
 fn human(n: u64) -> String {
@@ -412,6 +503,11 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
                 format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
             })?;
             println!("{}", done.manifest_digest);
+        }
+        ContainerCmd::Inspect { name } => {
+            let store = open_store(root)?;
+            let i = container::inspect(&store, &name)?;
+            println!("{}", serde_json::to_string_pretty(&i)?);
         }
         ContainerCmd::Mounts { name, json } => {
             let store = open_store(root)?;
