@@ -1305,6 +1305,11 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         let r = (|| -> Res<WriteGuard<'_>> {
+            // A character device 0:0 is a whiteout: as kernel overlayfs, refuse to make one
+            // (it would hide the name and stay behind in the upper layer).
+            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                return Err(err(libc::EPERM));
+            }
             let g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
             self.create_entry(req, &ppath, name, mode, &mut |p| sys::mknod(p, mode, rdev as u64))?;
