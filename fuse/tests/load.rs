@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -184,4 +185,148 @@ fn link_unlink_loop_with_readers() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+// ---- kill -9 of the daemon in the middle of a copy-up ----
+
+const CHUNK: usize = 1 << 20;
+
+/// Chunk `c` of the big test files: a fixed pattern stamped with its index (no zeros, so a
+/// short or sparse copy shows).
+fn chunk(template: &[u8], c: usize) -> Vec<u8> {
+    let mut v = template.to_vec();
+    for at in (0..CHUNK).step_by(64 << 10) {
+        v[at..at + 8].copy_from_slice(&(c as u64 + 1).to_le_bytes());
+    }
+    v
+}
+
+fn template() -> Vec<u8> {
+    (0..CHUNK).map(|i| ((i * 7 + i / 4096) % 251) as u8 + 1).collect()
+}
+
+fn write_big(p: &Path, chunks: usize) {
+    use std::io::Write;
+    let t = template();
+    let mut f = std::io::BufWriter::new(fs::File::create(p).unwrap());
+    for c in 0..chunks {
+        f.write_all(&chunk(&t, c)).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Whether `p` holds exactly the data [`write_big`] wrote.
+fn is_big(p: &Path, chunks: usize) -> Result<(), String> {
+    let t = template();
+    let mut f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    for c in 0..chunks {
+        f.read_exact(&mut buf).map_err(|e| format!("{}: chunk {c}: {e}", p.display()))?;
+        if buf != chunk(&t, c) {
+            return Err(format!("{}: chunk {c} differs", p.display()));
+        }
+    }
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{}: {} bytes too many", p.display(), rest.len()));
+    }
+    Ok(())
+}
+
+/// The strata-fuse daemon serving `mnt`.
+fn daemon_of(mnt: &Path) -> i32 {
+    let canon = fs::canonicalize(mnt).unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).map(|pid| (pid, e.path())))
+        .find(|(_, p)| {
+            let cmd = fs::read(p.join("cmdline")).unwrap_or_default();
+            cmd.split(|b| *b == 0).any(|a| a == canon.as_os_str().as_encoded_bytes())
+                && fs::read_link(p.join("exe")).map(|x| x.ends_with("strata-fuse")).unwrap_or(false)
+        })
+        .map(|(pid, _)| pid)
+        .expect("daemon process")
+}
+
+/// Issue 10 point 11b: `kill -9` of the daemon while it copies up a big lower file (staged by
+/// an open for writing, or under the write lock by a chmod): the next mount of the same upper,
+/// by kernel overlayfs and by strata-fuse, shows the file as it is in the lower layer (or as a
+/// complete copy), never a part of it, and no debris.
+#[test]
+fn kill_9_mid_copy_up_leaves_no_half_copied_file() {
+    if !can_run() {
+        return;
+    }
+    let chunks = env_num("STRATA_KILL_COPY_MIB", 256) as usize;
+    for how in ["open for writing", "chmod"] {
+        let t = scratch();
+        let s = Stack::new(t.path(), 1);
+        write_big(&s.lowers[0].join("big"), chunks);
+        fs::write(s.lowers[0].join("small"), "small\n").unwrap();
+        let mut g = s.mount_fuse("");
+        let pid = daemon_of(&s.mnt);
+        let staging = s.work.join("strata-fuse");
+        let killed = std::thread::scope(|sc| {
+            let big = s.mnt.join("big");
+            let how2 = how;
+            let w = sc.spawn(move || {
+                if how2 == "chmod" {
+                    fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).map(drop)
+                } else {
+                    fs::OpenOptions::new().write(true).open(&big).map(drop)
+                }
+            });
+            // Kill once a good part (but not all) of the copy is in the workdir.
+            let mut killed = None;
+            let t0 = std::time::Instant::now();
+            while killed.is_none() && t0.elapsed() < std::time::Duration::from_secs(60) {
+                // The copy grows in the workdir (or, were it not atomic, in the upper dir).
+                let sizes: Vec<u64> = [&staging, &s.upper]
+                    .iter()
+                    .filter_map(|d| fs::read_dir(d).ok())
+                    .flat_map(|rd| {
+                        rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len())
+                    })
+                    .collect();
+                if let Some(sz) = sizes.into_iter().find(|s| *s >= (chunks * CHUNK / 8) as u64) {
+                    // SAFETY: signalling the daemon this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    killed = Some(sz);
+                }
+                if w.is_finished() {
+                    break;
+                }
+            }
+            let r = w.join().expect("writer thread");
+            (killed, r)
+        });
+        let (at, r) = killed;
+        let Some(at) = at else {
+            panic!("{how}: the copy-up ended before it could be killed ({r:?})");
+        };
+        assert!(at < (chunks * CHUNK) as u64, "{how}: killed after the copy was complete ({at} bytes)");
+        assert!(r.is_err(), "{how}: the change succeeded although the daemon was killed");
+        // The dead mount goes lazily; the daemon is gone.
+        g.unmount();
+        assert!(wait_until(|| !Path::new(&format!("/proc/{pid}")).exists(), 10), "daemon still there");
+        for backend in ["kernel", "fuse"] {
+            let _m = if backend == "kernel" { s.mount_kernel() } else { s.mount_fuse("") };
+            let what = format!("{how}, then {backend}");
+            assert_eq!(names(&s.mnt), ["big", "small"], "{what}: merged view");
+            is_big(&s.mnt.join("big"), chunks).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let md = fs::metadata(s.mnt.join("big")).unwrap();
+            assert_eq!(md.len(), (chunks * CHUNK) as u64, "{what}: size");
+            let up: Vec<String> = names(&s.upper);
+            assert!(up.is_empty() || up == ["big"], "{what}: upper has {up:?}");
+            if up == ["big"] {
+                is_big(&s.upper.join("big"), chunks).unwrap_or_else(|e| panic!("{what}: upper: {e}"));
+            }
+            if backend == "fuse" {
+                let left: Vec<String> = names(&staging);
+                assert!(left.is_empty(), "{what}: staging leftovers {left:?}");
+            }
+        }
+    }
 }
