@@ -99,6 +99,17 @@ type Handle = FileHandleData;
 
 type WriteGuard<'a> = std::sync::RwLockWriteGuard<'a, ()>;
 
+/// Data staged for a copy-up by [`StrataFs::stage_copy_up`]: removed unless taken.
+struct StagedCopy(Option<(PathBuf, (u64, u64))>);
+
+impl Drop for StagedCopy {
+    fn drop(&mut self) {
+        if let Some((p, _)) = self.0.take() {
+            let _ = overlay::remove_tree(&p);
+        }
+    }
+}
+
 /// Either side of [`StrataFs::rw`], held.
 enum Held<'a> {
     R { _g: std::sync::RwLockReadGuard<'a, ()> },
@@ -654,7 +665,11 @@ impl StrataFs {
     /// `None` when it is not a lower regular file or the copy failed (the locked copy-up then
     /// does all the work and reports any error).
     fn stage_copy_up(&self, ino: u64) -> Option<(PathBuf, (u64, u64))> {
-        let (path, r) = self.resolve(ino).ok()?;
+        // The read lock for the resolution only, not for the copy.
+        let (path, r) = {
+            let _r = self.lock_r();
+            self.resolve(ino).ok()?
+        };
         if r.top == 0 || r.is_dir() {
             return None;
         }
@@ -1158,8 +1173,13 @@ impl StrataFs {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Res<(Stat, Arc<Resolved>)> {
+        let with_data = size != Some(0);
+        let mut staged = StagedCopy(if with_data { self.stage_copy_up(ino) } else { None });
         let _g = self.lock_w()?;
-        let path = self.copy_up(ino, size != Some(0))?;
+        let path = match staged.0.take() {
+            Some(st) => self.copy_up_staged(ino, st)?,
+            None => self.copy_up(ino, with_data)?,
+        };
         let up = self.layers.upper(&path)?;
         if uid.is_some() || gid.is_some() {
             let st = sys::lstat(&up)?;
@@ -1398,6 +1418,8 @@ impl Filesystem for StrataFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        // A lower file's data is copied before the write lock is taken (see `do_open`).
+        let mut staged = StagedCopy(self.stage_copy_up(ino.0));
         let r = (|| -> Res<WriteGuard<'_>> {
             let g = self.lock_w()?;
             let (spath, sr) = self.resolve(ino.0)?;
@@ -1409,9 +1431,12 @@ impl Filesystem for StrataFs {
             if self.layers.lookup_in(&pres, &ppath, newname)?.is_some() {
                 return Err(err(libc::EEXIST));
             }
-            let spath = {
-                self.copy_up_path(&spath, &sr, true)?;
-                spath
+            let spath = match staged.0.take() {
+                Some(st) => self.copy_up_staged(ino.0, st)?,
+                None => {
+                    self.copy_up_path(&spath, &sr, true)?;
+                    spath
+                }
             };
             let usrc = self.layers.upper(&spath)?;
             self.create_link(&ppath, newname, &usrc)?;

@@ -250,8 +250,9 @@ fn daemon_of(mnt: &Path) -> i32 {
         .expect("daemon process")
 }
 
-/// Issue 10 point 11b: `kill -9` of the daemon while it copies up a big lower file (staged by
-/// an open for writing, or under the write lock by a chmod): the next mount of the same upper,
+/// Issue 10 point 11b: `kill -9` of the daemon while it copies up a big lower file (staged
+/// before the write lock by an open for writing or a chmod, under it by a rename): the next
+/// mount of the same upper,
 /// by kernel overlayfs and by strata-fuse, shows the file as it is in the lower layer (or as a
 /// complete copy), never a part of it, and no debris.
 #[test]
@@ -260,7 +261,7 @@ fn kill_9_mid_copy_up_leaves_no_half_copied_file() {
         return;
     }
     let chunks = env_num("STRATA_KILL_COPY_MIB", 256) as usize;
-    for how in ["open for writing", "chmod"] {
+    for how in ["open for writing", "chmod", "rename"] {
         let t = scratch();
         let s = Stack::new(t.path(), 1);
         write_big(&s.lowers[0].join("big"), chunks);
@@ -274,6 +275,8 @@ fn kill_9_mid_copy_up_leaves_no_half_copied_file() {
             let w = sc.spawn(move || {
                 if how2 == "chmod" {
                     fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).map(drop)
+                } else if how2 == "rename" {
+                    fs::rename(&big, big.with_file_name("moved"))
                 } else {
                     fs::OpenOptions::new().write(true).open(&big).map(drop)
                 }
@@ -329,4 +332,51 @@ fn kill_9_mid_copy_up_leaves_no_half_copied_file() {
             }
         }
     }
+}
+
+/// The data of a lower file is copied up before the write lock is taken (open for writing,
+/// chmod, link): stats, reads and listings of other files go on meanwhile (in another directory:
+/// link(2) holds the target directory locked in the kernel).
+#[test]
+fn reads_go_on_during_a_long_copy_up() {
+    if !can_run() {
+        return;
+    }
+    let chunks = 256;
+    let t = scratch();
+    let s = Stack::new(t.path(), 1);
+    for n in ["big1", "big2", "big3"] {
+        write_big(&s.lowers[0].join(n), chunks);
+    }
+    fs::create_dir(s.lowers[0].join("d")).unwrap();
+    fs::write(s.lowers[0].join("d/small"), "small\n").unwrap();
+    let _g = s.mount_fuse("volatile");
+    let staging = s.work.join("strata-fuse");
+    for (how, name) in [("open for writing", "big1"), ("chmod", "big2"), ("link", "big3")] {
+        std::thread::scope(|sc| {
+            let p = s.mnt.join(name);
+            let w = sc.spawn(move || match how {
+                "chmod" => fs::set_permissions(&p, fs::Permissions::from_mode(0o600)),
+                "link" => fs::hard_link(&p, p.with_extension("l")),
+                _ => fs::OpenOptions::new().write(true).open(&p).map(drop),
+            });
+            assert!(
+                wait_until(
+                    || fs::read_dir(&staging).map(|mut rd| rd.next().is_some()).unwrap_or(false)
+                        || w.is_finished(),
+                    30
+                ),
+                "{how}: no copy-up started"
+            );
+            let t0 = std::time::Instant::now();
+            assert_eq!(fs::read_to_string(s.mnt.join("d/small")).unwrap(), "small\n");
+            assert!(fs::metadata(s.mnt.join("d/small")).unwrap().is_file());
+            assert_eq!(names(&s.mnt.join("d")), ["small"]);
+            let took = t0.elapsed();
+            let busy = !w.is_finished();
+            w.join().unwrap().unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert!(busy, "{how}: the reads waited for the copy-up ({took:?})");
+        });
+    }
+    is_big(&s.mnt.join("big3.l"), chunks).unwrap();
 }
