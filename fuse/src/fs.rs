@@ -51,6 +51,8 @@ struct Node {
     /// Set when the node's names moved to a fresh node because the file was copied up while
     /// open in passthrough mode (see [`StrataFs::split`]): it resolves as that node.
     split_to: Option<u64>,
+    /// The file has (or had, while this node lived) several links: see [`StrataFs::ttl_of`].
+    linked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +97,25 @@ struct RenameEnds {
 /// An open file (directories have no per-open state).
 type Handle = FileHandleData;
 
+type WriteGuard<'a> = std::sync::RwLockWriteGuard<'a, ()>;
+
+/// Data staged for a copy-up by [`StrataFs::stage_copy_up`]: removed unless taken.
+struct StagedCopy(Option<(PathBuf, (u64, u64))>);
+
+impl Drop for StagedCopy {
+    fn drop(&mut self) {
+        if let Some((p, _)) = self.0.take() {
+            let _ = overlay::remove_tree(&p);
+        }
+    }
+}
+
+/// Either side of [`StrataFs::rw`], held.
+enum Held<'a> {
+    R { _g: std::sync::RwLockReadGuard<'a, ()> },
+    W { _g: std::sync::RwLockWriteGuard<'a, ()> },
+}
+
 type Cache = Mutex<HashMap<u64, (u64, Arc<Resolved>)>>;
 /// A passthrough backing file of an inode and the real (dev, ino) it refers to.
 type Backing = (Weak<BackingId>, (u64, u64));
@@ -110,8 +131,13 @@ pub struct StrataFs {
     cache: Vec<Cache>,
     epoch: AtomicU64,
     next_ino: AtomicU64,
-    /// Serialises every change of the layers.
-    wlock: Mutex<()>,
+    /// Held exclusively by every change of the layers, over its on-disk steps and the matching
+    /// update of the node table; shared by every resolution of a node and the syscall that uses
+    /// it (lstat, open, readlink, listing...). So nobody sees a change half made: between a
+    /// lookup and its lstat an unlink could otherwise put a whiteout in place (a char device to
+    /// the kernel: a bad inode, EIO), and a node could still carry a name that now is another
+    /// file's.
+    rw: RwLock<()>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     backings: Mutex<HashMap<u64, Backing>>,
@@ -203,6 +229,7 @@ impl StrataFs {
                 attached: true,
                 aliases: vec![],
                 split_to: None,
+                linked: false,
             },
         );
         Ok(StrataFs {
@@ -214,7 +241,7 @@ impl StrataFs {
             cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epoch: AtomicU64::new(1),
             next_ino: AtomicU64::new(ROOT + 1),
-            wlock: Mutex::new(()),
+            rw: RwLock::new(()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             backings: Mutex::new(HashMap::new()),
@@ -232,11 +259,18 @@ impl StrataFs {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_w(&self) -> Res<std::sync::MutexGuard<'_, ()>> {
+    fn lock_w(&self) -> Res<std::sync::RwLockWriteGuard<'_, ()>> {
         if !self.layers.has_upper {
             return Err(err(libc::EROFS));
         }
-        Ok(self.wlock.lock().unwrap_or_else(|e| e.into_inner()))
+        Ok(self.rw.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// See [`StrataFs::rw`]. Never taken twice by one thread (a writer waiting in between
+    /// would deadlock it), never held while the kernel is notified (it may wait for a
+    /// directory lock held by a request that waits for this lock).
+    fn lock_r(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.rw.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn changed(&self) {
@@ -357,6 +391,7 @@ impl StrataFs {
                 attached: true,
                 aliases: vec![],
                 split_to: None,
+                linked: false,
             },
         );
         t.children.insert(key, ino);
@@ -518,11 +553,29 @@ impl StrataFs {
         }
     }
 
-    fn attr_ttl(&self, st: &Stat) -> Duration {
-        if st.st_nlink > 1 && !sys::is_dir(st) {
-            Duration::ZERO
-        } else {
-            self.ttl
+    /// Entry and attribute timeout of node `ino` with attributes `st`: zero for a file that has
+    /// or had several links. Its link count changes through other names, and the kernel keeps
+    /// its own count too: it drops it by one when it sees an unlink succeed, so an answer given
+    /// between the daemon's unlink and that drop (a stat by another thread) makes it drop twice,
+    /// to 0 with a name left, and link(2) from that name fails with ENOENT without asking the
+    /// daemon. With no caching every path walk to such a name asks the daemon (a LOOKUP), which
+    /// corrects the kernel's count first.
+    fn ttl_of(&self, ino: u64, st: &Stat) -> Duration {
+        if sys::is_dir(st) {
+            return self.ttl;
+        }
+        let multi = st.st_nlink > 1;
+        let linked = self.read_table().nodes.get(&ino).map(|n| n.linked);
+        match linked {
+            Some(true) => Duration::ZERO,
+            Some(false) if multi => {
+                if let Some(n) = self.write_table().nodes.get_mut(&ino) {
+                    n.linked = true;
+                }
+                Duration::ZERO
+            }
+            None if multi => Duration::ZERO,
+            _ => self.ttl,
         }
     }
 
@@ -556,6 +609,12 @@ impl StrataFs {
         let l = Arc::new(v);
         self.listings.lock().unwrap_or_else(|e| e.into_inner()).insert(ino, l.clone());
         Ok(l)
+    }
+
+    /// [`StrataFs::listing`] under the read lock.
+    fn listing_shared(&self, ino: u64, offset: u64) -> Res<Cookied> {
+        let _r = self.lock_r();
+        self.listing(ino, offset)
     }
 
     /// A reader reached the end of the listing of `ino`.
@@ -593,7 +652,7 @@ impl StrataFs {
         self.handles.read().unwrap_or_else(|e| e.into_inner()).values().find(|h| h.ino == ino).cloned()
     }
 
-    // ---- mutations (callers hold wlock) ----
+    // ---- mutations (callers hold the write lock) ----
 
     /// Copy `ino` up (with its parents) and return its merged path.
     fn copy_up(&self, ino: u64, with_data: bool) -> Res<PathBuf> {
@@ -606,7 +665,11 @@ impl StrataFs {
     /// `None` when it is not a lower regular file or the copy failed (the locked copy-up then
     /// does all the work and reports any error).
     fn stage_copy_up(&self, ino: u64) -> Option<(PathBuf, (u64, u64))> {
-        let (path, r) = self.resolve(ino).ok()?;
+        // The read lock for the resolution only, not for the copy.
+        let (path, r) = {
+            let _r = self.lock_r();
+            self.resolve(ino).ok()?
+        };
         if r.top == 0 || r.is_dir() {
             return None;
         }
@@ -909,6 +972,8 @@ impl StrataFs {
         Ok(())
     }
 
+    /// Reply with the entry of `parent/name` (counting a lookup), with either side of
+    /// [`StrataFs::rw`] held.
     fn entry_reply(&self, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let ino = self.node_for(parent, name, 1);
         match self.stat_node(ino) {
@@ -921,7 +986,8 @@ impl StrataFs {
                     ino
                 };
                 let attr = self.attr_of(ino, &st, Some(&r));
-                reply.entry_with_ttls(&self.attr_ttl(&st), &self.ttl, &attr, Generation(0));
+                let ttl = self.ttl_of(ino, &st);
+                reply.entry(&ttl, &attr, Generation(0));
             }
             Err(e) => {
                 // Drop the lookup we added.
@@ -966,24 +1032,30 @@ impl StrataFs {
         Ok(out)
     }
 
-    fn do_open(&self, ino: u64, flags: i32) -> Res<(File, bool, PathBuf)> {
+    /// Open node `ino` (copied up first for writing). Returns the file, whether it is a lower
+    /// one, and the lock under which it was resolved and opened (see [`StrataFs::rw`]), for the
+    /// caller to register the open under it too.
+    fn do_open(&self, ino: u64, flags: i32) -> Res<(File, bool, Held<'_>)> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if write {
+        let held = if write {
             let with_data = flags & libc::O_TRUNC == 0;
             // The data of a lower file is copied before taking the write lock (lower layers do
             // not change), so a long copy-up does not hold up every other change.
             let staged = if with_data && self.layers.has_upper { self.stage_copy_up(ino) } else { None };
-            let _g = self.lock_w()?;
+            let g = self.lock_w()?;
             match staged {
                 Some(st) => self.copy_up_staged(ino, st)?,
                 None => self.copy_up(ino, with_data)?,
             };
-        }
+            Held::W { _g: g }
+        } else {
+            Held::R { _g: self.lock_r() }
+        };
         let (path, r) = self.resolve(ino)?;
         let real = self.layers.real(r.top, &path);
         let f = self.layers.open_real(&real, flags)?;
-        Ok((f, self.layers.is_lower(r.top), real))
+        Ok((f, self.layers.is_lower(r.top), held))
     }
 
     /// Give the names of file node `ino` to a fresh node and leave `ino` to the files already
@@ -1006,6 +1078,7 @@ impl StrataFs {
             attached: true,
             aliases: std::mem::take(&mut n.aliases),
             split_to: None,
+            linked: n.linked,
         };
         n.attached = false;
         n.split_to = Some(fresh);
@@ -1100,8 +1173,13 @@ impl StrataFs {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Res<(Stat, Arc<Resolved>)> {
+        let with_data = size != Some(0);
+        let mut staged = StagedCopy(if with_data { self.stage_copy_up(ino) } else { None });
         let _g = self.lock_w()?;
-        let path = self.copy_up(ino, size != Some(0))?;
+        let path = match staged.0.take() {
+            Some(st) => self.copy_up_staged(ino, st)?,
+            None => self.copy_up(ino, with_data)?,
+        };
         let up = self.layers.upper(&path)?;
         if uid.is_some() || gid.is_some() {
             let st = sys::lstat(&up)?;
@@ -1164,6 +1242,7 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = parent.0;
+        let _r = self.lock_r();
         let r = (|| -> Res<()> {
             let epoch = self.epoch.load(Ordering::Acquire);
             if let Some(ino) = self.child_ino(parent, name) {
@@ -1188,8 +1267,9 @@ impl Filesystem for StrataFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _r = self.lock_r();
         match self.stat_node(ino.0) {
-            Ok((st, r, _)) => reply.attr(&self.attr_ttl(&st), &self.attr_of(ino.0, &st, Some(&r))),
+            Ok((st, r, _)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => {
                 let h = fh.and_then(|f| self.handle(f.0)).or_else(|| self.open_file_of(ino.0));
                 if let Some(f) = h {
@@ -1221,12 +1301,13 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh) {
-            Ok((st, r)) => reply.attr(&self.attr_ttl(&st), &self.attr_of(ino.0, &st, Some(&r))),
+            Ok((st, r)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::readlink(&self.layers.real(r.top, &p))) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(errno_of(&e)),
@@ -1243,28 +1324,33 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
+        let r = (|| -> Res<WriteGuard<'_>> {
+            // A character device 0:0 is a whiteout: as kernel overlayfs, refuse to make one
+            // (it would hide the name and stay behind in the upper layer).
+            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                return Err(err(libc::EPERM));
+            }
+            let g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
             self.create_entry(req, &ppath, name, mode, &mut |p| sys::mknod(p, mode, rdev as u64))?;
-            Ok(())
+            Ok(g)
         })();
         match r {
-            Ok(()) => self.entry_reply(parent.0, name, reply),
+            Ok(_g) => self.entry_reply(parent.0, name, reply),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
+        let r = (|| -> Res<WriteGuard<'_>> {
+            let g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
             let mode = (mode & 0o7777) | libc::S_IFDIR;
             self.create_entry(req, &ppath, name, mode, &mut |p| sys::mkdir(p, 0o700))?;
-            Ok(())
+            Ok(g)
         })();
         match r {
-            Ok(()) => self.entry_reply(parent.0, name, reply),
+            Ok(_g) => self.entry_reply(parent.0, name, reply),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -1278,16 +1364,16 @@ impl Filesystem for StrataFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
+        let r = (|| -> Res<WriteGuard<'_>> {
+            let g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
             self.create_entry(req, &ppath, link_name, libc::S_IFLNK | 0o777, &mut |p| {
                 sys::symlink(target, p)
             })?;
-            Ok(())
+            Ok(g)
         })();
         match r {
-            Ok(()) => self.entry_reply(parent.0, link_name, reply),
+            Ok(_g) => self.entry_reply(parent.0, link_name, reply),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -1332,8 +1418,10 @@ impl Filesystem for StrataFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
+        // A lower file's data is copied before the write lock is taken (see `do_open`).
+        let mut staged = StagedCopy(self.stage_copy_up(ino.0));
+        let r = (|| -> Res<WriteGuard<'_>> {
+            let g = self.lock_w()?;
             let (spath, sr) = self.resolve(ino.0)?;
             if sr.is_dir() {
                 return Err(err(libc::EPERM));
@@ -1343,9 +1431,12 @@ impl Filesystem for StrataFs {
             if self.layers.lookup_in(&pres, &ppath, newname)?.is_some() {
                 return Err(err(libc::EEXIST));
             }
-            let spath = {
-                self.copy_up_path(&spath, &sr, true)?;
-                spath
+            let spath = match staged.0.take() {
+                Some(st) => self.copy_up_staged(ino.0, st)?,
+                None => {
+                    self.copy_up_path(&spath, &sr, true)?;
+                    spath
+                }
             };
             let usrc = self.layers.upper(&spath)?;
             self.create_link(&ppath, newname, &usrc)?;
@@ -1354,23 +1445,24 @@ impl Filesystem for StrataFs {
                 self.hardlinks.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ino.0);
             }
             self.add_alias(ino.0, newparent.0, newname);
-            Ok(())
+            Ok(g)
         })();
         match r {
-            Ok(()) => self.entry_reply(newparent.0, newname, reply),
+            Ok(_g) => self.entry_reply(newparent.0, newname, reply),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino.0, flags.0) {
-            Ok((file, lower, _)) => {
+            Ok((file, lower, held)) => {
                 let backing = match self.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
                     Ok(b) => b,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         // The VFS retries an open that fails with ESTALE once, revalidating
                         // each name by LOOKUP: that finds the split-off node and opens it.
                         let names = self.split(ino.0);
+                        drop(held);
                         self.forget_names(ino.0, &names);
                         return reply.error(Errno::ESTALE);
                     }
@@ -1378,6 +1470,7 @@ impl Filesystem for StrataFs {
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 let fh = self.add_handle(FileHandleData { ino: ino.0, file, _backing: backing.clone() });
+                drop(held);
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
                     None => reply.opened(FileHandle(fh), fl),
@@ -1514,7 +1607,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let ents = match self.listing(ino.0, offset) {
+        let ents = match self.listing_shared(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno_of(&e)),
         };
@@ -1539,13 +1632,14 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let ents = match self.listing(ino.0, offset) {
+        let ents = match self.listing_shared(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno_of(&e)),
         };
         let mut full = false;
         for (off, name, _fmt, child) in ents.iter().filter(|e| e.0 > offset) {
             let off = *off;
+            let _r = self.lock_r();
             if name == "." || name == ".." {
                 let st = match self.stat_node(*child) {
                     Ok((st, _, _)) => st,
@@ -1573,7 +1667,8 @@ impl Filesystem for StrataFs {
                     _ => continue,
                 }
             }
-            if reply.add(INodeNo(*child), off, name, &self.ttl, &attr, Generation(0)) {
+            let ttl = self.ttl_of(*child, &st);
+            if reply.add(INodeNo(*child), off, name, &ttl, &attr, Generation(0)) {
                 self.forget_n(*child, 1);
                 full = true;
                 break;
@@ -1586,6 +1681,7 @@ impl Filesystem for StrataFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _r = self.lock_r();
         if let Ok((p, r)) = self.resolve(ino.0) {
             if r.top == 0 && self.layers.has_upper && self.layers.durable {
                 if let Ok(f) = sys::at(&self.layers.real(0, &p), |p| File::open(p)) {
@@ -1642,6 +1738,7 @@ impl Filesystem for StrataFs {
         if is_private_xattr(name) {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
+        let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::get_xattr(&self.layers.real(r.top, &p), name)) {
             Ok(v) => reply_sized(reply, size, &v),
             Err(e) => reply.error(errno_of(&e)),
@@ -1649,6 +1746,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::list_xattrs(&self.layers.real(r.top, &p))) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -1683,6 +1781,7 @@ impl Filesystem for StrataFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _r = self.lock_r();
         match self.resolve(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno_of(&e)),
@@ -1699,8 +1798,9 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = (|| -> Res<File> {
-            let _g = self.lock_w()?;
+        // The write lock is held until the new file's node is set up and replied.
+        let r = (|| -> Res<(File, WriteGuard<'_>)> {
+            let g = self.lock_w()?;
             let ppath = self.path_of_parent(parent.0)?;
             let mut file = None;
             let fmode = (mode & 0o7777) | libc::S_IFREG;
@@ -1718,9 +1818,9 @@ impl Filesystem for StrataFs {
                 file = Some(f);
                 Ok(())
             })?;
-            file.ok_or_else(|| err(libc::EIO))
+            Ok((file.ok_or_else(|| err(libc::EIO))?, g))
         })();
-        let file = match r {
+        let (file, _g) = match r {
             Ok(f) => f,
             Err(e) => return reply.error(errno_of(&e)),
         };

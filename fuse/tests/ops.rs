@@ -693,3 +693,29 @@ fn concurrent_copy_up_of_one_big_file() {
     let work = s.work.join("strata-fuse");
     assert_eq!(fs::read_dir(&work).unwrap().count(), 0, "leftovers in {}", work.display());
 }
+
+/// Issue 10 point 11: `mknod NAME c 0 0` (an overlay whiteout) is refused with EPERM, as kernel
+/// overlayfs does, and creates nothing: no whiteout, no copy-up of the parent directory.
+#[test]
+fn mknod_of_a_whiteout_device_is_refused() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    for backend in ["kernel", "fuse"] {
+        let s = build(&t.path().join(backend));
+        let g = if backend == "kernel" { s.mount_kernel() } else { s.mount_fuse("") };
+        let before = Tree::capture(&s.mnt).unwrap();
+        for name in ["w", "d/w", "a"] {
+            let c = std::ffi::CString::new(s.mnt.join(name).to_str().unwrap()).unwrap();
+            // SAFETY: valid C string.
+            let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o644, 0) };
+            let e = std::io::Error::last_os_error().raw_os_error();
+            let want = if name == "a" { libc::EEXIST } else { libc::EPERM };
+            assert_eq!((r, e), (-1, Some(want)), "{backend}: mknod {name} c 0 0");
+        }
+        assert_trees_eq(&before, &Tree::capture(&s.mnt).unwrap(), &format!("{backend}: merged view"));
+        drop(g);
+        assert!(names(&s.upper).is_empty(), "{backend}: upper has {:?}", names(&s.upper));
+    }
+}
