@@ -8,6 +8,8 @@
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
+//! - [`overlay_format`]: whiteouts, opaque dirs, private xattrs, as commit and diff read them;
+//!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 
 pub mod bundle;
@@ -17,8 +19,10 @@ pub mod db;
 pub mod diff;
 pub mod digest;
 pub mod export;
+pub mod fdwalk;
 pub mod image;
 pub mod import;
+pub mod overlay_format;
 pub mod store;
 pub mod tree;
 pub mod unpack;

@@ -22,11 +22,13 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use sha2::{Digest as _, Sha256};
 
@@ -34,7 +36,11 @@ use super::compress::{Compressor, HashWriter};
 use super::tar_entry::{EntryMeta, LayerWriter};
 use super::{io_at, CommitError, Result};
 use crate::digest::Sha256Digest;
+use crate::fdwalk::{join_rel, DirChain, WalkError};
 use crate::image::{self, Compression};
+use crate::overlay_format::{
+    has_opaque, is_private_xattr, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX,
+};
 
 /// Options for [`write_layer`].
 #[derive(Debug, Clone)]
@@ -130,93 +136,73 @@ fn as_string<S: serde::Serializer>(d: &Sha256Digest, s: S) -> std::result::Resul
 
 /// One directory entry waiting to be written.
 struct Pending {
+    /// Depth of its directory in the walk (0: the upper dir itself).
+    depth: usize,
+    /// Its name in that directory.
+    name: Vec<u8>,
     /// Relative path as stored (without a trailing slash).
     rel: Vec<u8>,
     /// Name in the tar (the `.wh.` name for whiteouts), without a trailing slash.
     tar_name: Vec<u8>,
-    abs: PathBuf,
-    md: fs::Metadata,
+    st: Stat,
 }
 
-fn is_whiteout(md: &fs::Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        let mut v = Vec::with_capacity(parent.len() + 1 + name.len());
-        v.extend_from_slice(parent);
-        v.push(b'/');
-        v.extend_from_slice(name);
-        v
-    }
-}
-
-/// The children of `dir`, in reverse tar order (ready to push on a stack).
-fn list_dir(dir: &Path, rel: &[u8], root_dev: u64) -> Result<Vec<Pending>> {
+/// The entries of the chain's current directory, in reverse tar order (ready to push on a
+/// stack).
+fn list_dir(chain: &DirChain<()>, root_dev: u64) -> Result<Vec<Pending>> {
+    let rel = chain.rel();
     let mut out = Vec::new();
-    for e in fs::read_dir(dir).map_err(io_at(dir))? {
-        let e = e.map_err(io_at(dir))?;
-        let abs = e.path();
-        let md = fs::symlink_metadata(&abs).map_err(io_at(&abs))?;
-        if md.dev() != root_dev {
+    for (name, st) in chain.list(false)? {
+        if st.st_dev != root_dev {
             return Err(CommitError::Unsupported {
-                path: abs,
+                path: chain.path_in(&name),
                 reason: "is a mount point inside the upper directory; refusing to cross it".into(),
             });
         }
-        let name = e.file_name();
-        let name = name.as_bytes();
-        let r = join_rel(rel, name);
-        let tar_name = if is_whiteout(&md) {
-            let mut w = b".wh.".to_vec();
-            w.extend_from_slice(name);
+        let r = join_rel(rel, &name);
+        let tar_name = if is_whiteout(&st) {
+            let mut w = WHITEOUT_PREFIX.to_vec();
+            w.extend_from_slice(&name);
             join_rel(rel, &w)
         } else {
             r.clone()
         };
-        out.push(Pending { rel: r, tar_name, abs, md });
+        out.push(Pending { depth: chain.depth(), name, rel: r, tar_name, st });
     }
     out.sort_by(|a, b| b.tar_name.cmp(&a.tar_name));
     Ok(out)
 }
 
-/// Xattrs of `path` (not following symlinks), sorted by name.
-fn list_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut names = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::llistxattr(path, &mut names) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(vec![]),
-            Err(e) => return Err(io_at(path)(e.into())),
-        }
-    };
-    let mut out = Vec::new();
-    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let mut val = vec![0u8; 256];
-        let len = loop {
-            match rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut val) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::RANGE) => val.resize(val.len() * 4, 0),
-                // Removed meanwhile.
-                Err(rustix::io::Errno::NODATA) => break usize::MAX,
-                Err(e) => return Err(io_at(path)(e.into())),
-            }
-        };
-        if len != usize::MAX {
-            val.truncate(len);
-            out.push((name.to_vec(), val));
+impl From<WalkError> for CommitError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Io { path, source } => CommitError::Io { path, source },
+            WalkError::Moved { path } => CommitError::Unsupported {
+                path,
+                reason: "moved or replaced while it was being archived".into(),
+            },
         }
     }
-    out.sort();
-    Ok(out)
 }
 
-fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+/// Refuse xattrs that say the file's data or name live elsewhere.
+fn refuse_metacopy(xattrs: &[(Vec<u8>, Vec<u8>)], path: impl FnOnce() -> PathBuf) -> Result<()> {
+    for (k, _) in xattrs {
+        if k == b"trusted.overlay.metacopy"
+            || k == b"user.overlay.metacopy"
+            || k == b"trusted.overlay.redirect"
+            || k == b"user.overlay.redirect"
+        {
+            return Err(CommitError::Unsupported {
+                path: path(),
+                reason: format!(
+                    "has xattr {}: upper dirs of mounts with metacopy or redirect_dir cannot be committed",
+                    String::from_utf8_lossy(k)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly `left` bytes or fails: a file that shrinks while it is archived must not produce a
@@ -246,60 +232,35 @@ impl Read for ExactReader<'_> {
 }
 
 /// Write the tar of the upper directory `upper` to `w`. Returns `w` and the number of entries.
+///
+/// The upper dir is walked by directory descriptors ([`DirChain`]): entries are opened, stat'ed
+/// and read relative to their directory, so paths longer than `PATH_MAX` commit like any other.
 fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64)> {
-    let root_md = fs::symlink_metadata(upper).map_err(io_at(upper))?;
-    if !root_md.is_dir() {
+    let root_st =
+        rustix::fs::statat(CWD, upper, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_at(upper)(e.into()))?;
+    if FileType::from_raw_mode(root_st.st_mode) != FileType::Directory {
         return Err(CommitError::Unsupported { path: upper.to_path_buf(), reason: "not a directory".into() });
     }
+    let (mut chain, opened) = DirChain::open(upper, ())?;
+    if (opened.st_dev, opened.st_ino) != (root_st.st_dev, root_st.st_ino) {
+        return Err(WalkError::Moved { path: upper.to_path_buf() }.into());
+    }
+    let root_dev = root_st.st_dev;
     let mut lw = LayerWriter { builder: tar::Builder::new(w), entries: 0, epoch };
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    let mut stack = list_dir(upper, b"", root_md.dev())?;
+    let mut stack = list_dir(&chain, root_dev)?;
     let wr = CommitError::Write;
     while let Some(p) = stack.pop() {
-        let ft = p.md.file_type();
-        if ft.is_socket() {
-            tracing::debug!(path = %p.abs.display(), "skipping socket");
+        chain.ascend_to(p.depth)?;
+        let ft = FileType::from_raw_mode(p.st.st_mode);
+        let path = || upper.join(OsStr::from_bytes(&p.rel));
+        if ft == FileType::Socket {
+            tracing::debug!(path = %path().display(), "skipping socket");
             continue;
         }
-        let mtime = lw.mtime(&p.md);
-        let (uid, gid) = (p.md.uid() as u64, p.md.gid() as u64);
-        if is_whiteout(&p.md) {
-            let m = EntryMeta {
-                path: &p.tar_name,
-                kind: tar::EntryType::Regular,
-                mode: 0o600,
-                uid,
-                gid,
-                mtime,
-                size: 0,
-                link: None,
-                dev: None,
-                xattrs: &[],
-            };
-            lw.append(&m, &mut io::empty()).map_err(wr)?;
-            continue;
-        }
-        let all = list_xattrs(&p.abs)?;
-        for (k, _) in &all {
-            if k == b"trusted.overlay.metacopy"
-                || k == b"user.overlay.metacopy"
-                || k == b"trusted.overlay.redirect"
-                || k == b"user.overlay.redirect"
-            {
-                return Err(CommitError::Unsupported {
-                    path: p.abs.clone(),
-                    reason: format!(
-                        "has xattr {}: upper dirs of mounts with metacopy or redirect_dir cannot be committed",
-                        String::from_utf8_lossy(k)
-                    ),
-                });
-            }
-        }
-        let opaque = all.iter().any(|(k, v)| {
-            (k == b"trusted.overlay.opaque" || k == b"user.overlay.opaque") && v.as_slice() == b"y"
-        });
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = all.into_iter().filter(|(k, _)| !is_overlay_xattr(k)).collect();
-        let mode = p.md.mode() & 0o7777;
+        let mtime = lw.mtime(p.st.st_mtime);
+        let (uid, gid) = (u64::from(p.st.st_uid), u64::from(p.st.st_gid));
+        let mode = p.st.st_mode & 0o7777;
         let mut m = EntryMeta {
             path: &p.tar_name,
             kind: tar::EntryType::Regular,
@@ -310,72 +271,125 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
             size: 0,
             link: None,
             dev: None,
-            xattrs: &xattrs,
+            xattrs: &[],
         };
-        if ft.is_dir() {
-            let mut dpath = p.tar_name.clone();
-            dpath.push(b'/');
-            m.path = &dpath;
-            m.kind = tar::EntryType::Directory;
+        if is_whiteout(&p.st) {
+            m.mode = 0o600;
             lw.append(&m, &mut io::empty()).map_err(wr)?;
-            if opaque {
-                let opq = join_rel(&p.rel, b".wh..wh..opq");
-                let om = EntryMeta {
-                    path: &opq,
-                    kind: tar::EntryType::Regular,
-                    mode: mode & 0o777,
-                    uid,
-                    gid,
-                    mtime,
-                    size: 0,
-                    link: None,
-                    dev: None,
-                    xattrs: &[],
-                };
-                lw.append(&om, &mut io::empty()).map_err(wr)?;
-            }
-            let children = list_dir(&p.abs, &p.rel, root_md.dev())?;
-            stack.extend(children);
-        } else if ft.is_file() {
-            let key = (p.md.dev(), p.md.ino());
-            if p.md.nlink() > 1 {
-                if let Some(first) = links.get(&key).cloned() {
-                    m.kind = tar::EntryType::Link;
-                    m.link = Some(&first);
-                    lw.append(&m, &mut io::empty()).map_err(wr)?;
-                    continue;
+            continue;
+        }
+        let xattrs;
+        match ft {
+            FileType::Directory => {
+                chain.descend(&p.name, &p.st, ())?;
+                let all = list_xattrs(XattrsOf::Fd(chain.fd())).map_err(io_at(&path()))?;
+                refuse_metacopy(&all, path)?;
+                let opaque = has_opaque(&all);
+                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                m.xattrs = &xattrs;
+                let mut dpath = p.tar_name.clone();
+                dpath.push(b'/');
+                m.path = &dpath;
+                m.kind = tar::EntryType::Directory;
+                lw.append(&m, &mut io::empty()).map_err(wr)?;
+                if opaque {
+                    let opq = join_rel(&p.rel, OPAQUE_MARKER);
+                    let om = EntryMeta {
+                        path: &opq,
+                        kind: tar::EntryType::Regular,
+                        mode: mode & 0o777,
+                        uid,
+                        gid,
+                        mtime,
+                        size: 0,
+                        link: None,
+                        dev: None,
+                        xattrs: &[],
+                    };
+                    lw.append(&om, &mut io::empty()).map_err(wr)?;
                 }
-                links.insert(key, p.rel.clone());
+                stack.extend(list_dir(&chain, root_dev)?);
             }
-            let f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&p.abs)
-                .map_err(io_at(&p.abs))?;
-            // Re-check that we opened what we listed.
-            let fmd = f.metadata().map_err(io_at(&p.abs))?;
-            if (fmd.dev(), fmd.ino()) != key {
-                return Err(CommitError::Unsupported {
-                    path: p.abs.clone(),
-                    reason: "replaced while it was being archived".into(),
-                });
+            FileType::RegularFile => {
+                let fd = rustix::fs::openat(
+                    chain.fd(),
+                    OsStr::from_bytes(&p.name),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_at(&path())(e.into()))?;
+                // Re-check that we opened what we listed.
+                let fst = rustix::fs::fstat(&fd).map_err(|e| io_at(&path())(e.into()))?;
+                let key = (p.st.st_dev, p.st.st_ino);
+                if (fst.st_dev, fst.st_ino) != key {
+                    return Err(CommitError::Unsupported {
+                        path: path(),
+                        reason: "replaced while it was being archived".into(),
+                    });
+                }
+                let all = list_xattrs(XattrsOf::Fd(fd.as_fd())).map_err(io_at(&path()))?;
+                refuse_metacopy(&all, path)?;
+                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                m.xattrs = &xattrs;
+                if p.st.st_nlink > 1 {
+                    if let Some(first) = links.get(&key).cloned() {
+                        m.kind = tar::EntryType::Link;
+                        m.link = Some(&first);
+                        lw.append(&m, &mut io::empty()).map_err(wr)?;
+                        continue;
+                    }
+                    links.insert(key, p.rel.clone());
+                }
+                let shown = path();
+                m.size = p.st.st_size as u64;
+                let mut r = ExactReader { inner: File::from(fd), left: m.size, path: &shown };
+                lw.append(&m, &mut r).map_err(wr)?;
             }
-            m.size = p.md.len();
-            let mut r = ExactReader { inner: f, left: m.size, path: &p.abs };
-            lw.append(&m, &mut r).map_err(wr)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&p.abs).map_err(io_at(&p.abs))?;
-            m.kind = tar::EntryType::Symlink;
-            m.link = Some(target.as_os_str().as_bytes());
-            lw.append(&m, &mut io::empty()).map_err(wr)?;
-        } else if ft.is_char_device() || ft.is_block_device() {
-            let rdev = p.md.rdev();
-            m.kind = if ft.is_char_device() { tar::EntryType::Char } else { tar::EntryType::Block };
-            m.dev = Some((libc::major(rdev), libc::minor(rdev)));
-            lw.append(&m, &mut io::empty()).map_err(wr)?;
-        } else if ft.is_fifo() {
-            m.kind = tar::EntryType::Fifo;
-            lw.append(&m, &mut io::empty()).map_err(wr)?;
+            FileType::Symlink | FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
+                // Never opened for real (a device would be, a FIFO would block): an O_PATH
+                // descriptor, checked to be the inode listed.
+                let fd = rustix::fs::openat(
+                    chain.fd(),
+                    OsStr::from_bytes(&p.name),
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_at(&path())(e.into()))?;
+                let fst = rustix::fs::statat(&fd, c"", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_at(&path())(e.into()))?;
+                if (fst.st_dev, fst.st_ino, fst.st_mode) != (p.st.st_dev, p.st.st_ino, p.st.st_mode) {
+                    return Err(CommitError::Unsupported {
+                        path: path(),
+                        reason: "replaced while it was being archived".into(),
+                    });
+                }
+                let all = list_xattrs(XattrsOf::OPath(fd.as_fd())).map_err(io_at(&path()))?;
+                refuse_metacopy(&all, path)?;
+                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                m.xattrs = &xattrs;
+                let target;
+                match ft {
+                    FileType::Symlink => {
+                        target = rustix::fs::readlinkat(&fd, c"", Vec::new())
+                            .map_err(|e| io_at(&path())(e.into()))?
+                            .into_bytes();
+                        m.kind = tar::EntryType::Symlink;
+                        m.link = Some(&target);
+                    }
+                    FileType::Fifo => m.kind = tar::EntryType::Fifo,
+                    _ => {
+                        let rdev = p.st.st_rdev;
+                        m.kind = if ft == FileType::CharacterDevice {
+                            tar::EntryType::Char
+                        } else {
+                            tar::EntryType::Block
+                        };
+                        m.dev = Some((rustix::fs::major(rdev), rustix::fs::minor(rdev)));
+                    }
+                }
+                lw.append(&m, &mut io::empty()).map_err(wr)?;
+            }
+            _ => tracing::debug!(path = %path().display(), "skipping entry of unknown type"),
         }
     }
     tracing::debug!(entries = lw.entries, "layer tar written");
@@ -420,6 +434,7 @@ pub fn write_layer(upper: &Path, out: impl Write, opts: &LayerOptions) -> Result
 mod tests {
     use super::*;
     use crate::commit::tests::{make_upper, need_root, read_tar, setx, CAP, E, LONG};
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     fn e(path: &str, kind: char, mode: u32, mtime: u64) -> E {
@@ -587,6 +602,48 @@ mod tests {
         setx(&t.path().join("f"), "trusted.overlay.metacopy", b"");
         let err = write_layer(t.path(), io::sink(), &LayerOptions::default()).unwrap_err();
         assert!(err.to_string().contains("metacopy"), "{err}");
+    }
+
+    /// A chain of directories deeper than any path the kernel takes (2,100 levels, 4,200 bytes)
+    /// is archived whole, and the walk comes back up to the root's later entries.
+    #[test]
+    fn deeper_than_path_max() {
+        use rustix::fs::{openat, Mode, OFlags};
+        let t = tempfile::tempdir().unwrap();
+        const DEPTH: usize = 2100;
+        let mut fd = rustix::fs::open(t.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..DEPTH {
+            rustix::fs::mkdirat(&fd, "a", Mode::from_raw_mode(0o755)).unwrap();
+            fd = openat(&fd, "a", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        let f = openat(&fd, "bottom", OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644)).unwrap();
+        rustix::io::write(&f, b"deep\n").unwrap();
+        fs::write(t.path().join("z"), b"after\n").unwrap();
+        let (bytes, info) = raw_layer(t.path(), None);
+        let got = read_tar(&bytes);
+        assert_eq!(info.entries as usize, DEPTH + 2);
+        let deepest = format!("{}bottom", "a/".repeat(DEPTH));
+        assert_eq!(got[DEPTH].path, deepest);
+        assert_eq!(got[DEPTH].data, b"deep\n");
+        assert_eq!((got[DEPTH + 1].path.as_str(), got[DEPTH + 1].data.as_slice()), ("z", &b"after\n"[..]));
+    }
+
+    /// A file system mounted inside the upper dir is refused, not archived.
+    #[test]
+    fn refuses_mount_points() {
+        if !need_root("refuses_mount_points") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("a/mnt")).unwrap();
+        let mnt = t.path().join("a/mnt");
+        rustix::mount::mount("tmpfs", &mnt, "tmpfs", rustix::mount::MountFlags::empty(), None).unwrap();
+        let err = write_layer(t.path(), io::sink(), &LayerOptions::default()).unwrap_err();
+        rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH).unwrap();
+        assert!(
+            matches!(&err, CommitError::Unsupported { path, reason } if path == &mnt && reason.contains("mount point")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,9 +1,7 @@
 //! Encoding one layer tar entry: a ustar header, preceded by a PAX extended header when a name,
 //! link, id or size does not fit ustar's fields, or when there are xattrs.
 
-use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
 
 /// One PAX record: `"<len> <key>=<value>\n"` where len counts the whole record.
 fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
@@ -63,8 +61,9 @@ pub(super) struct LayerWriter<W: Write> {
 }
 
 impl<W: Write> LayerWriter<W> {
-    pub(super) fn mtime(&self, md: &fs::Metadata) -> u64 {
-        let mut t = md.mtime();
+    /// The entry mtime for a file's `st_mtime`: clamped to the epoch, never before 1970.
+    pub(super) fn mtime(&self, st_mtime: i64) -> u64 {
+        let mut t = st_mtime;
         if let Some(e) = self.epoch {
             t = t.min(e);
         }
