@@ -12,6 +12,9 @@
 //! - Hardlinks inside the upper dir: the first path in walk order is the file, later ones are link
 //!   entries naming it. Symlinks are archived as links, FIFOs and devices as such (never opened);
 //!   sockets are skipped.
+//! - A regular file with holes (its data, by `SEEK_DATA`/`SEEK_HOLE`, covers less than its size)
+//!   is a GNU sparse 1.0 PAX entry holding only its data (see `sparse.rs`); other files are plain
+//!   entries.
 //! - Xattrs as PAX `SCHILY.xattr.NAME` records, except `trusted.overlay.*` and `user.overlay.*`
 //!   (`security.capability` is kept). An upper dir made with `metacopy` or `redirect_dir` (its
 //!   files' data or names live elsewhere) is refused.
@@ -33,7 +36,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 use sha2::{Digest as _, Sha256};
 
 use super::compress::{Compressor, HashWriter};
-use super::tar_entry::{EntryMeta, LayerWriter};
+use super::sparse::{self, SparseReader};
+use super::tar_entry::{EntryMeta, LayerWriter, Sparse};
 use super::{io_at, CommitError, Result};
 use crate::digest::Sha256Digest;
 use crate::fdwalk::{join_rel, DirChain, WalkError};
@@ -272,6 +276,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
             link: None,
             dev: None,
             xattrs: &[],
+            sparse: None,
         };
         if is_whiteout(&p.st) {
             m.mode = 0o600;
@@ -305,6 +310,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                         link: None,
                         dev: None,
                         xattrs: &[],
+                        sparse: None,
                     };
                     lw.append(&om, &mut io::empty()).map_err(wr)?;
                 }
@@ -341,9 +347,22 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                     links.insert(key, p.rel.clone());
                 }
                 let shown = path();
-                m.size = p.st.st_size as u64;
-                let mut r = ExactReader { inner: File::from(fd), left: m.size, path: &shown };
-                lw.append(&m, &mut r).map_err(wr)?;
+                let size = p.st.st_size as u64;
+                let extents = sparse::data_extents(fd.as_fd(), size).map_err(io_at(&shown))?;
+                if sparse::has_holes(&extents, size) {
+                    let placeholder = sparse::placeholder_name(&p.tar_name);
+                    let mut r = SparseReader::new(File::from(fd), extents, size, &shown);
+                    m.path = &placeholder;
+                    m.size = r.len();
+                    m.sparse = Some(Sparse { name: &p.tar_name, realsize: size });
+                    lw.append(&m, &mut r).map_err(wr)?;
+                } else {
+                    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0))
+                        .map_err(|e| io_at(&shown)(e.into()))?;
+                    m.size = size;
+                    let mut r = ExactReader { inner: File::from(fd), left: m.size, path: &shown };
+                    lw.append(&m, &mut r).map_err(wr)?;
+                }
             }
             FileType::Symlink | FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
                 // Never opened for real (a device would be, a FIFO would block): an O_PATH
@@ -626,6 +645,68 @@ mod tests {
         assert_eq!(got[DEPTH].path, deepest);
         assert_eq!(got[DEPTH].data, b"deep\n");
         assert_eq!((got[DEPTH + 1].path.as_str(), got[DEPTH + 1].data.as_slice()), ("z", &b"after\n"[..]));
+    }
+
+    /// A file with holes is a GNU sparse 1.0 entry: placeholder name (cut to 100 bytes when it
+    /// does not fit ustar), the real name and size in PAX records, the map, then the data only.
+    /// A hardlink to it names the real path.
+    #[test]
+    fn sparse_entries() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let long = "l".repeat(200);
+        fs::create_dir_all(t.path().join(&long)).unwrap();
+        for p in ["d/s", &format!("{long}/s")] {
+            fs::create_dir_all(t.path().join(p).parent().unwrap()).unwrap();
+            let f = fs::File::create(t.path().join(p)).unwrap();
+            f.set_len(1 << 30).unwrap();
+            f.write_all_at(b"data", 1 << 20).unwrap();
+        }
+        fs::hard_link(t.path().join("d/s"), t.path().join("d/t")).unwrap();
+        let (bytes, _) = raw_layer(t.path(), None);
+        assert!(bytes.len() < 32 * 1024, "{} bytes", bytes.len());
+        let mut a = tar::Archive::new(bytes.as_slice());
+        let mut seen = vec![];
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut recs = vec![];
+            if let Some(px) = e.pax_extensions().unwrap() {
+                for x in px {
+                    let x = x.unwrap();
+                    recs.push((
+                        x.key().unwrap().to_string(),
+                        String::from_utf8(x.value_bytes().to_vec()).unwrap(),
+                    ));
+                }
+            }
+            let path = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+            let mut data = vec![];
+            e.read_to_end(&mut data).unwrap();
+            seen.push((path, recs, data));
+        }
+        let sparse = |real: &str| {
+            let (path, recs, data) = seen
+                .iter()
+                .find(|(_, r, _)| r.iter().any(|(k, v)| k == "GNU.sparse.name" && v == real))
+                .unwrap();
+            let rec = |k: &str| recs.iter().find(|(rk, _)| rk == k).map(|(_, v)| v.as_str());
+            assert_eq!((rec("GNU.sparse.major"), rec("GNU.sparse.minor")), (Some("1"), Some("0")));
+            assert_eq!(rec("GNU.sparse.realsize"), Some("1073741824"));
+            assert_eq!(rec("path"), None, "no PAX path for the placeholder");
+            let text = b"2\n1048576\n4096\n1073741824\n0\n";
+            assert_eq!(&data[..text.len()], text);
+            assert_eq!(data.len(), 512 + 4096);
+            assert_eq!(&data[512..516], b"data");
+            path.clone()
+        };
+        assert_eq!(sparse("d/s"), "d/GNUSparseFile.0/s");
+        let cut = sparse(&format!("{long}/s"));
+        assert_eq!(cut, format!("{long}/GNUSparseFile.0/s")[..100]);
+        let link = seen.iter().find(|(p, _, _)| p == "d/t").unwrap();
+        assert!(link.2.is_empty());
+        let mut a = tar::Archive::new(bytes.as_slice());
+        let l = a.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path_bytes().as_ref() == b"d/t").unwrap();
+        assert_eq!(l.link_name_bytes().as_deref(), Some(&b"d/s"[..]));
     }
 
     /// A file system mounted inside the upper dir is refused, not archived.

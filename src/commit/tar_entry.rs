@@ -52,6 +52,18 @@ pub(super) struct EntryMeta<'a> {
     pub(super) link: Option<&'a [u8]>,
     pub(super) dev: Option<(u32, u32)>,
     pub(super) xattrs: &'a [(Vec<u8>, Vec<u8>)],
+    /// For a sparse file ([`super::sparse`]): `path` is the placeholder name, `size` counts the
+    /// map block and the data extents.
+    pub(super) sparse: Option<Sparse<'a>>,
+}
+
+/// What a GNU sparse 1.0 entry records besides its placeholder name.
+#[derive(Clone, Copy)]
+pub(super) struct Sparse<'a> {
+    /// The file's real path.
+    pub(super) name: &'a [u8],
+    /// The file's real size.
+    pub(super) realsize: u64,
 }
 
 pub(super) struct LayerWriter<W: Write> {
@@ -73,12 +85,23 @@ impl<W: Write> LayerWriter<W> {
     pub(super) fn append(&mut self, m: &EntryMeta<'_>, data: &mut dyn Read) -> io::Result<()> {
         let mut h = tar::Header::new_ustar();
         let mut pax = Vec::new();
+        if let Some(sp) = m.sparse {
+            pax_record(&mut pax, b"GNU.sparse.major", b"1");
+            pax_record(&mut pax, b"GNU.sparse.minor", b"0");
+            pax_record(&mut pax, b"GNU.sparse.name", sp.name);
+            pax_record(&mut pax, b"GNU.sparse.realsize", sp.realsize.to_string().as_bytes());
+        }
         match ustar_split(m.path) {
             Some((prefix, name)) => {
                 set_field(&mut h.as_old_mut().name, name);
                 if let Some(u) = h.as_ustar_mut() {
                     set_field(&mut u.prefix, prefix);
                 }
+            }
+            // A placeholder name that does not fit is cut, as GNU tar does: readers take the
+            // name from GNU.sparse.name.
+            None if m.sparse.is_some() => {
+                set_field(&mut h.as_old_mut().name, &m.path[..m.path.len().min(100)])
             }
             None => {
                 pax_record(&mut pax, b"path", m.path);
