@@ -20,25 +20,38 @@
 //! "Visible in the lowers" honours the lowers' own whiteouts and opaque dirs, as the kernel does.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
-use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Stat};
+use rustix::io::Errno;
+
+use crate::fdwalk::{self, join_rel, DirChain, WalkError};
+use crate::overlay_format::{is_opaque, is_whiteout};
 
 /// Diff errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path}: moved or replaced while the diff read it")]
+    Moved { path: PathBuf },
+}
+
+impl From<WalkError> for DiffError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Io { path, source } => DiffError::Io { path, source },
+            WalkError::Moved { path } => DiffError::Moved { path },
+        }
+    }
 }
 
 pub type Result<T, E = DiffError> = std::result::Result<T, E>;
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiffError + '_ {
-    move |source| DiffError::Io { path: path.to_path_buf(), source }
-}
 
 /// The kind of a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -73,174 +86,188 @@ impl fmt::Display for Change {
     }
 }
 
-fn is_whiteout(md: &fs::Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
+fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }
 
-fn is_opaque(path: &Path) -> bool {
-    for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        let mut v = [0u8; 4];
-        if let Ok(n) = rustix::fs::lgetxattr(path, name, &mut v) {
-            if n == 1 && v[0] == b'y' {
-                return true;
+/// One merged lower directory, as the kernel merges it: the layers' directories at that path that
+/// contribute to it, top first, ending at the first opaque one (or where a layer has a whiteout or
+/// a non-directory there). Empty where the lowers show nothing. Each is an open descriptor, so
+/// lookups name one component (any depth, any path length).
+struct LowerDir {
+    /// (layer directory, its path for messages)
+    dirs: Vec<(OwnedFd, PathBuf)>,
+}
+
+fn lower_err(path: &Path, name: &[u8], e: impl Into<io::Error>) -> DiffError {
+    DiffError::Io { path: path.join(OsStr::from_bytes(name)), source: e.into() }
+}
+
+impl LowerDir {
+    /// The merged root of `layers` (top first); a missing layer directory contributes nothing.
+    fn roots(layers: &[PathBuf]) -> Result<LowerDir> {
+        let mut dirs = Vec::new();
+        for l in layers {
+            match fdwalk::open_dir(rustix::fs::CWD, l.as_os_str().as_bytes()) {
+                Ok(fd) => {
+                    let opaque =
+                        is_opaque(fd.as_fd()).map_err(|e| DiffError::Io { path: l.clone(), source: e })?;
+                    dirs.push((fd, l.clone()));
+                    if opaque {
+                        break;
+                    }
+                }
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(DiffError::Io { path: l.clone(), source: e.into() }),
             }
         }
+        Ok(LowerDir { dirs })
     }
-    false
-}
 
-fn lstat(p: &Path) -> Result<Option<fs::Metadata>> {
-    match fs::symlink_metadata(p) {
-        Ok(md) => Ok(Some(md)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
-        Err(e) => Err(io_at(p)(e)),
+    fn empty() -> LowerDir {
+        LowerDir { dirs: Vec::new() }
     }
-}
 
-/// The lower layers, top first, looked up as the kernel merges them.
-struct Lowers<'a> {
-    layers: &'a [PathBuf],
-}
-
-impl Lowers<'_> {
-    /// The metadata of `rel` as the merged lowers show it, or None when not visible.
-    fn lookup(&self, rel: &Path) -> Result<Option<fs::Metadata>> {
-        let comps: Vec<_> = rel.components().collect();
-        'layers: for layer in self.layers {
-            // Walk the ancestors in this layer: a whiteout or non-directory hides everything below;
-            // an opaque directory hides the layers underneath it.
-            let mut cur = layer.clone();
-            let mut stop_after = false;
-            for (i, c) in comps.iter().enumerate() {
-                cur.push(c);
-                let Some(md) = lstat(&cur)? else {
-                    if stop_after {
-                        return Ok(None);
-                    }
-                    continue 'layers;
-                };
-                if is_whiteout(&md) {
-                    return Ok(None);
-                }
-                if i + 1 == comps.len() {
-                    return Ok(Some(md));
-                }
-                if !md.is_dir() {
-                    return Ok(None);
-                }
-                if is_opaque(&cur) {
-                    stop_after = true;
-                }
-            }
-            if stop_after {
-                return Ok(None);
+    /// `name` as the merged lowers show it: the topmost entry and the index of its layer
+    /// directory, or None when not visible (missing everywhere, or whited out).
+    fn lookup(&self, name: &[u8]) -> Result<Option<(usize, Stat)>> {
+        for (i, (fd, path)) in self.dirs.iter().enumerate() {
+            match fdwalk::stat_at(fd.as_fd(), name) {
+                Ok(None) => continue,
+                Ok(Some(st)) if is_whiteout(&st) => return Ok(None),
+                Ok(Some(st)) => return Ok(Some((i, st))),
+                Err(e) => return Err(lower_err(path, name, e)),
             }
         }
         Ok(None)
     }
 
-    /// Names visible in the merged lower directory `rel`.
-    fn children(&self, rel: &Path) -> Result<Vec<std::ffi::OsString>> {
-        let mut seen: BTreeMap<std::ffi::OsString, bool> = BTreeMap::new(); // name -> visible
-        for layer in self.layers {
-            let dir = layer.join(rel);
-            let Some(md) = lstat(&dir)? else { continue };
-            if !md.is_dir() {
+    /// The merged lower directory `name`, found (as a directory) in layer directory `top`.
+    fn child(&self, top: usize, name: &[u8]) -> Result<LowerDir> {
+        let mut dirs = Vec::new();
+        for (fd, path) in self.dirs.iter().skip(top) {
+            let st = match fdwalk::stat_at(fd.as_fd(), name) {
+                Ok(None) => continue,
+                Ok(Some(st)) => st,
+                Err(e) => return Err(lower_err(path, name, e)),
+            };
+            if !is_dir(&st) {
+                // A whiteout or a non-directory hides the layers below.
                 break;
             }
-            for e in fs::read_dir(&dir).map_err(io_at(&dir))? {
-                let e = e.map_err(io_at(&dir))?;
-                let md = e.metadata().map_err(io_at(&e.path()))?;
-                seen.entry(e.file_name()).or_insert(!is_whiteout(&md));
-            }
-            if is_opaque(&dir) {
+            let dir = fdwalk::open_dir(fd.as_fd(), name).map_err(|e| lower_err(path, name, e))?;
+            let opaque = is_opaque(dir.as_fd()).map_err(|e| lower_err(path, name, e))?;
+            dirs.push((dir, path.join(OsStr::from_bytes(name))));
+            if opaque {
                 break;
+            }
+        }
+        Ok(LowerDir { dirs })
+    }
+
+    /// Names visible in this merged directory, sorted.
+    fn names(&self) -> Result<Vec<Vec<u8>>> {
+        let mut seen: BTreeMap<Vec<u8>, bool> = BTreeMap::new(); // name -> visible
+        for (fd, path) in &self.dirs {
+            let io = |e: Errno| DiffError::Io { path: path.clone(), source: e.into() };
+            for name in fdwalk::names(fd.as_fd()).map_err(io)? {
+                if seen.contains_key(&name) {
+                    continue;
+                }
+                let Some(st) = fdwalk::stat_at(fd.as_fd(), &name).map_err(|e| lower_err(path, &name, e))?
+                else {
+                    continue;
+                };
+                seen.insert(name, !is_whiteout(&st));
             }
         }
         Ok(seen.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect())
     }
 }
 
-fn display(rel: &Path) -> String {
-    format!("/{}", String::from_utf8_lossy(rel.as_os_str().as_bytes()))
+fn display(rel: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(rel))
 }
 
 /// The changes the upper directory `upper` makes over `lowers` (layer directories, top first).
+///
+/// The upper dir is walked by directory descriptors ([`DirChain`]), each level carrying its
+/// merged lower directory, so paths of any length work and each lookup costs one `fstatat` per
+/// contributing layer.
 pub fn diff_upper(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
-    let lowers = Lowers { layers: lowers };
-    let mut out: BTreeMap<Vec<u8>, (ChangeKind, PathBuf)> = BTreeMap::new();
-    let mut record = |rel: &Path, kind: ChangeKind| {
-        out.insert(rel.as_os_str().as_bytes().to_vec(), (kind, rel.to_path_buf()));
+    let (mut chain, _) = DirChain::open(upper, LowerDir::roots(lowers)?)?;
+    let mut out: BTreeMap<Vec<u8>, ChangeKind> = BTreeMap::new();
+    // (depth of its directory, name, lstat), popped in name order.
+    let mut stack: Vec<(usize, Vec<u8>, Stat)> = Vec::new();
+    let push_children = |chain: &DirChain<LowerDir>, stack: &mut Vec<(usize, Vec<u8>, Stat)>| -> Result<()> {
+        let mut children = chain.list(true)?;
+        children.sort_by(|a, b| b.0.cmp(&a.0));
+        stack.extend(children.into_iter().map(|(n, st)| (chain.depth(), n, st)));
+        Ok(())
     };
-    // (relative path, lowers hidden by an opaque ancestor in the upper)
-    let mut stack: Vec<(PathBuf, bool)> = vec![(PathBuf::new(), false)];
-    while let Some((dir_rel, hidden)) = stack.pop() {
-        let dir = upper.join(&dir_rel);
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .map_err(io_at(&dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(io_at(&dir))?;
-        names.sort();
-        for name in names {
-            let rel = dir_rel.join(&name);
-            let abs = upper.join(&rel);
-            let Some(md) = lstat(&abs)? else { continue };
-            let lower = if hidden { None } else { lowers.lookup(&rel)? };
-            if is_whiteout(&md) {
-                if lower.is_some() {
-                    record(&rel, ChangeKind::Deleted);
-                }
-                continue;
+    push_children(&chain, &mut stack)?;
+    while let Some((depth, name, st)) = stack.pop() {
+        chain.ascend_to(depth)?;
+        let rel = join_rel(chain.rel(), &name);
+        let lower = chain.data().lookup(&name)?;
+        if is_whiteout(&st) {
+            if lower.is_some() {
+                out.insert(rel, ChangeKind::Deleted);
             }
-            if md.is_dir() {
-                let opaque = is_opaque(&abs);
-                match &lower {
-                    None => record(&rel, ChangeKind::Added),
-                    Some(l) if opaque && l.is_dir() => {
-                        record(&rel, ChangeKind::Changed);
-                        // Lower children the container no longer sees.
-                        for child in lowers.children(&rel)? {
-                            if lstat(&abs.join(&child))?.is_none() {
-                                record(&rel.join(&child), ChangeKind::Deleted);
-                            }
-                        }
-                    }
-                    Some(l) => {
-                        let same = l.is_dir()
-                            && l.mode() == md.mode()
-                            && l.uid() == md.uid()
-                            && l.gid() == md.gid()
-                            && l.mtime() == md.mtime()
-                            && l.mtime_nsec() == md.mtime_nsec();
-                        if !same {
-                            record(&rel, ChangeKind::Changed);
-                        }
-                    }
-                }
-                // Below an added dir (or one replacing a lower non-directory) only the upper
-                // counts. Below an opaque dir lookups still see the lower dir, so a replaced child
-                // is reported as `C`, not `A`.
-                let child_hidden = hidden || lower.as_ref().is_none_or(|l| !l.is_dir());
-                stack.push((rel, child_hidden));
-                continue;
-            }
-            record(&rel, if lower.is_some() { ChangeKind::Changed } else { ChangeKind::Added });
+            continue;
         }
+        if !is_dir(&st) {
+            out.insert(rel, if lower.is_some() { ChangeKind::Changed } else { ChangeKind::Added });
+            continue;
+        }
+        // Below an added dir (or one replacing a lower non-directory) only the upper counts.
+        // Below an opaque dir lookups still see the lower dir, so a replaced child is reported
+        // as `C`, not `A`.
+        let child_lower = match &lower {
+            Some((top, l)) if is_dir(l) => chain.data().child(*top, &name)?,
+            _ => LowerDir::empty(),
+        };
+        chain.descend(&name, &st, child_lower)?;
+        let opaque =
+            is_opaque(chain.fd()).map_err(|e| DiffError::Io { path: chain.path_of(&rel), source: e })?;
+        match &lower {
+            None => {
+                out.insert(rel.clone(), ChangeKind::Added);
+            }
+            Some((_, l)) if opaque && is_dir(l) => {
+                out.insert(rel.clone(), ChangeKind::Changed);
+                // Lower children the container no longer sees.
+                for child in chain.data().names()? {
+                    let here = fdwalk::stat_at(chain.fd(), &child).map_err(|e| chain.err_in(&child, e))?;
+                    if here.is_none() {
+                        out.insert(join_rel(&rel, &child), ChangeKind::Deleted);
+                    }
+                }
+            }
+            Some((_, l)) => {
+                let same = is_dir(l)
+                    && l.st_mode == st.st_mode
+                    && l.st_uid == st.st_uid
+                    && l.st_gid == st.st_gid
+                    && l.st_mtime == st.st_mtime
+                    && l.st_mtime_nsec == st.st_mtime_nsec;
+                if !same {
+                    out.insert(rel.clone(), ChangeKind::Changed);
+                }
+            }
+        }
+        push_children(&chain, &mut stack)?;
     }
     // Parents of every change are changed too.
-    let paths: Vec<PathBuf> = out.values().map(|(_, p)| p.clone()).collect();
+    let paths: Vec<Vec<u8>> = out.keys().cloned().collect();
     for p in paths {
-        let mut a = p.parent();
-        while let Some(d) = a {
-            if d.as_os_str().is_empty() {
-                break;
-            }
-            out.entry(d.as_os_str().as_bytes().to_vec()).or_insert((ChangeKind::Changed, d.to_path_buf()));
-            a = d.parent();
+        let mut end = p.len();
+        while let Some(i) = p[..end].iter().rposition(|b| *b == b'/') {
+            out.entry(p[..i].to_vec()).or_insert(ChangeKind::Changed);
+            end = i;
         }
     }
-    let mut v: Vec<Change> = out.into_values().map(|(kind, p)| Change { kind, path: display(&p) }).collect();
+    let mut v: Vec<Change> = out.into_iter().map(|(p, kind)| Change { kind, path: display(&p) }).collect();
     v.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(v)
 }
@@ -250,6 +277,8 @@ mod tests {
     use super::*;
     use crate::commit::tests::{mknod, need_root, set_mtime, setx};
     use rustix::fs::FileType as T;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     fn copy_times(from: &Path, to: &Path) {
         let md = fs::symlink_metadata(from).unwrap();
@@ -322,6 +351,27 @@ mod tests {
         let got: Vec<String> = diff_upper(&up, &[]).unwrap().iter().map(|c| c.to_string()).collect();
         assert!(got.iter().all(|c| c.starts_with("A ")), "{got:?}");
         assert!(!got.iter().any(|c| c.contains("shadow") || c.contains("stale")), "{got:?}");
+    }
+
+    /// What an opaque upper dir hides is judged as the kernel merges the lowers: a lower layer's
+    /// entry under a directory an upper layer made opaque was never visible, so it is not deleted.
+    #[test]
+    fn opaque_upper_dir_deletes_only_visible_lower_children() {
+        if !need_root("opaque_upper_dir_deletes_only_visible_lower_children (trusted xattrs)") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, up) = (t.path().join("l1"), t.path().join("l2"), t.path().join("upper"));
+        fs::create_dir_all(l1.join("p/d")).unwrap();
+        fs::write(l1.join("p/d/hidden"), b"h").unwrap();
+        fs::create_dir_all(l2.join("p/d")).unwrap();
+        setx(&l2.join("p"), "trusted.overlay.opaque", b"y");
+        fs::write(l2.join("p/d/seen"), b"s").unwrap();
+        fs::create_dir_all(up.join("p/d")).unwrap();
+        copy_times(&l2.join("p"), &up.join("p"));
+        setx(&up.join("p/d"), "trusted.overlay.opaque", b"y");
+        let got: Vec<String> = diff_upper(&up, &[l2, l1]).unwrap().iter().map(|c| c.to_string()).collect();
+        assert_eq!(got, ["C /p", "C /p/d", "D /p/d/seen"]);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
 //! - [`images`]: stored images as listed (`image ls`, `image history`).
+//! - [`overlay_format`]: whiteouts, opaque dirs, private xattrs, as commit and diff read them;
+//!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`run`]: `strata run` (create, mount, runc, clean up).
@@ -21,9 +23,11 @@ pub mod db;
 pub mod diff;
 pub mod digest;
 pub mod export;
+pub mod fdwalk;
 pub mod image;
 pub mod images;
 pub mod import;
+pub mod overlay_format;
 pub mod reference;
 pub mod run;
 pub mod sparse;
