@@ -10,6 +10,7 @@
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 //! - [`reference`]: image names, by the reference grammar docker uses.
+//! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
 pub mod commit;
@@ -21,6 +22,7 @@ pub mod export;
 pub mod image;
 pub mod import;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod tree;
 pub mod unpack;

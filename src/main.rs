@@ -48,6 +48,38 @@ enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// Pull an image from a registry and unpack it: each layer streams from the network through
+    /// the same verify + store + unpack path as `image import`. Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata pull busybox                       # docker.io/library/busybox:latest\n  \
+strata pull localhost:5000/app:v1 --name app\n  \
+strata pull quay.io/org/app@sha256:<64 hex> --platform linux/arm64\n\n\
+Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or \
+~/.docker/config.json (credential helpers included). CA certificates for a registry are read \
+from /etc/containers/certs.d/HOST/*.crt and /etc/docker/certs.d/HOST/*.crt ($STRATA_CERTS_D \
+replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or with \
+--tls-verify=false."
+    )]
+    Pull {
+        /// HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], as docker writes it.
+        reference: String,
+        /// Name to store the image under (default: the reference, normalised).
+        #[arg(long)]
+        name: Option<String>,
+        /// Platform to pick from a multi-platform index, OS/ARCH[/VARIANT].
+        #[arg(long)]
+        platform: Option<String>,
+        /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, default_missing_value = "true")]
+        tls_verify: bool,
+        /// Also trust the *.crt files of this directory (as podman's --cert-dir).
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+        /// Print only the digest: no progress, no summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Remove blobs and layer directories no image references.
     Gc,
 }
@@ -235,6 +267,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
+        Cmd::Pull { reference, name, platform, tls_verify, cert_dir, quiet } => {
+            pull_cmd(&cli.root, &reference, name, platform, tls_verify, cert_dir, quiet)
+        }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
             let (blobs, layers) = store.gc().context("gc")?;
@@ -309,6 +344,49 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             println!("{name}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pull_cmd(
+    root: &std::path::Path,
+    reference: &str,
+    name: Option<String>,
+    platform: Option<String>,
+    tls_verify: bool,
+    cert_dir: Option<PathBuf>,
+    quiet: bool,
+) -> Result<ExitCode> {
+    use strata::registry::{self, ClientOptions, PullOptions};
+    let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
+    if let Some(n) = &name {
+        strata::reference::validate_image_name(n)?;
+    }
+    let r = strata::reference::normalize(reference).with_context(|| format!("pulling {reference}"))?;
+    let opts = PullOptions {
+        platform: platform.clone(),
+        client: ClientOptions { tls_verify, cert_dir, ..ClientOptions::default() },
+    };
+    // The registry is asked before the state root is touched.
+    let resolved = registry::resolve(&r, &opts).with_context(|| format!("pulling {r}"))?;
+    let name = name.unwrap_or_else(|| r.to_string());
+    strata::reference::validate_image_name(&name).with_context(|| format!("pulling {r}"))?;
+    let iopts = ImportOptions {
+        name: Some(name.clone()),
+        platform,
+        progress: !quiet && std::io::stderr().is_terminal(),
+    };
+    let mut store = open_store(root)?;
+    let imported = import::import_prepared(&mut store, &resolved, &name, &iopts)
+        .with_context(|| format!("pulling {r}"))?;
+    if !quiet {
+        eprintln!(
+            "{name}: {} layers, {} unpacked, {} already present",
+            imported.layers.len(),
+            imported.unpacked,
+            imported.layers.len() - imported.unpacked
+        );
+    }
+    println!("{}", imported.manifest_digest);
     Ok(ExitCode::SUCCESS)
 }
 
