@@ -316,13 +316,14 @@ impl Client {
     }
 
     /// Answer a 401's challenge: Basic with the credentials, or a Bearer token from the realm.
-    fn authenticate(&self, resp: &Response<Body>) -> Result<(), RegistryError> {
+    /// `false` when there is nothing to answer with (Basic, and no credentials).
+    fn authenticate(&self, resp: &Response<Body>) -> Result<bool, RegistryError> {
         let header = header(resp, "www-authenticate").unwrap_or_default();
         let challenge = parse_challenge(&header);
         let value = match challenge {
             Some(c) if c.scheme == "basic" => match &self.creds {
                 Some(cr) => cr.basic(),
-                None => return Err(self.unauthorized("no credentials".into())),
+                None => return Ok(false),
             },
             Some(c) if c.scheme == "bearer" => self.token(&c.params)?,
             _ => {
@@ -335,7 +336,7 @@ impl Client {
         if let Ok(mut g) = self.authz.lock() {
             *g = Some(value);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn unauthorized(&self, message: String) -> RegistryError {
@@ -406,9 +407,10 @@ impl Client {
             }
             if status == StatusCode::UNAUTHORIZED && !authed {
                 authed = true;
-                self.authenticate(&resp)?;
-                attempt -= 1;
-                continue;
+                if self.authenticate(&resp)? {
+                    attempt -= 1;
+                    continue;
+                }
             }
             let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
             if transient && attempt < ATTEMPTS {

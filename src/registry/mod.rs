@@ -25,7 +25,7 @@ pub enum RegistryError {
     Connect { host: String, reason: String },
     #[error("{host}: TLS: {reason} (a private CA goes in /etc/containers/certs.d/{host}/ca.crt; --tls-verify=false skips verification)")]
     Tls { host: String, reason: String },
-    #[error("{host}: authentication required: {message}{hint}")]
+    #[error("{host}: unauthorized: {message}{hint}")]
     Unauthorized { host: String, message: String, hint: String },
     #[error("{host}: access denied: {message}")]
     Denied { host: String, message: String },
