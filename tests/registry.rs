@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::registry::{Registry, RegistryOpts, StallProxy};
+use common::registry::{Fault, FaultRegistry, Registry, RegistryOpts, StallProxy};
 use common::*;
 
 /// strata with this root and environment: credentials and CAs only from what the test gives.
@@ -293,4 +293,39 @@ fn killed_pull_leaves_nothing_and_pull_again_completes() {
     let d = ok(&root, &[], &["pull", &format!("{}/multi:1", reg.addr), "--name", "m"]);
     assert_eq!(d, fixture_digest(&oci, "multi"));
     assert_matches_umoci(&root, "m", &oci, "multi");
+}
+
+/// 429 (Retry-After honoured), 5xx and a connection closed before the response are retried,
+/// boundedly: a pull through three such faults completes; an endless 503 gives up saying so;
+/// a body cut short fails naming the layer and leaves a clean store.
+#[test]
+fn transient_failures_are_retried_boundedly() {
+    if !privileged("transient_failures_are_retried_boundedly") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let root = Root::new();
+    let faults = vec![Fault::Status(429, Some(1)), Fault::Status(500, None), Fault::Reset];
+    let reg = FaultRegistry::start(&oci, faults);
+    let t = Instant::now();
+    let d = ok(&root, &[], &["pull", &format!("{}/multi:multi", reg.addr), "--name", "m"]);
+    assert_eq!(d, fixture_digest(&oci, "multi"));
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not waited for");
+    drop(reg);
+
+    let reg = FaultRegistry::start(&oci, vec![Fault::Status(503, None); 10]);
+    let err = fails(&root, &[], &["pull", &format!("{}/busybox:busybox", reg.addr)]);
+    assert!(err.contains(&format!("{}: HTTP 503 after 4 tries", reg.addr)), "{err}");
+    let asked = reg.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked <= 6, "{asked} requests: retries are bounded");
+    drop(reg);
+
+    // Manifest and config pass; the first layer's body is cut short (a close mid-body).
+    let clean = Root::new();
+    let reg = FaultRegistry::start(&oci, vec![Fault::Pass, Fault::Pass, Fault::Truncate]);
+    let first = layer_digests(&oci, "busybox").remove(0);
+    let err = fails(&clean, &[], &["pull", &format!("{}/busybox:busybox", reg.addr)]);
+    assert!(err.contains(&format!("layer {first}")), "{err}");
+    assert_clean(&clean);
 }

@@ -391,7 +391,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let wait = Duration::from_millis(250 << attempt.min(6));
+            let wait = Duration::from_millis(100 << attempt.min(6));
             let resp = match self.agent_get(&url, accept) {
                 Ok(r) => r,
                 Err((true, e)) if attempt < ATTEMPTS => {

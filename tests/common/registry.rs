@@ -272,3 +272,132 @@ impl Drop for StallProxy {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// What the fault registry does with one request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer normally.
+    Pass,
+    /// Answer with this status (and Retry-After seconds, if given) and a registry error body.
+    Status(u16, Option<u64>),
+    /// Close the connection without answering.
+    Reset,
+    /// Send the headers and half the body, then close.
+    Truncate,
+}
+
+/// A minimal registry serving an OCI layout read-only (`GET` of `/v2/`, manifests by tag or
+/// digest, blobs), one request per connection; the first requests after the ping get the
+/// faults given, in order. Counts the requests it answered.
+pub struct FaultRegistry {
+    pub addr: String,
+    pub requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultRegistry {
+    pub fn start(layout: &Path, faults: Vec<Fault>) -> FaultRegistry {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (sp, rq, layout) = (stop.clone(), requests.clone(), layout.to_path_buf());
+        std::thread::spawn(move || {
+            let mut faults = std::collections::VecDeque::from(faults);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let Some(path) = read_request(&mut c) else { continue };
+                rq.fetch_add(1, Ordering::SeqCst);
+                let fault = if path == "/v2/" { None } else { faults.pop_front() };
+                serve(&mut c, &layout, &path, fault);
+            }
+        });
+        FaultRegistry { addr, requests, stop }
+    }
+}
+
+impl Drop for FaultRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The path of a GET; `None` for anything that is not plain HTTP (a TLS hello, say).
+fn read_request(c: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b).ok()? == 0 || buf.len() > 64 << 10 {
+            return None;
+        }
+        if buf.is_empty() && !b[0].is_ascii_uppercase() {
+            return None;
+        }
+        buf.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().next()?;
+    let mut parts = line.split(' ');
+    (parts.next()? == "GET").then(|| parts.next().map(str::to_string))?
+}
+
+fn respond(c: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8], truncate: bool) {
+    let mut h = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("\r\n");
+    let _ = c.write_all(h.as_bytes());
+    let body = if truncate { &body[..body.len() / 2] } else { body };
+    let _ = c.write_all(body);
+    let _ = c.flush();
+}
+
+fn serve(c: &mut TcpStream, layout: &Path, path: &str, fault: Option<Fault>) {
+    let err = |code: &str, msg: &str| {
+        format!(r#"{{"errors":[{{"code":"{code}","message":"{msg}"}}]}}"#).into_bytes()
+    };
+    match fault {
+        Some(Fault::Reset) => return,
+        Some(Fault::Status(s, after)) => {
+            let h: Vec<(&str, String)> = after.map(|a| ("Retry-After", a.to_string())).into_iter().collect();
+            respond(c, s, &h, &err("TOOMANYREQUESTS", &format!("fault {s}")), false);
+            return;
+        }
+        _ => {}
+    }
+    let truncate = matches!(fault, Some(Fault::Truncate));
+    if path == "/v2/" {
+        return respond(c, 200, &[], b"{}", false);
+    }
+    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    let found = if let Some((_, r)) = rest.rsplit_once("/manifests/") {
+        let index = super::json(&layout.join("index.json"));
+        let desc = index["manifests"].as_array().and_then(|ms| {
+            ms.iter()
+                .find(|m| m["digest"] == r || m["annotations"]["org.opencontainers.image.ref.name"] == r)
+                .cloned()
+        });
+        desc.map(|d| {
+            let digest = d["digest"].as_str().unwrap_or("").to_string();
+            let body = fs::read(super::blob(layout, &digest)).unwrap_or_default();
+            let mt = d["mediaType"].as_str().unwrap_or("").to_string();
+            (body, vec![("Content-Type", mt), ("Docker-Content-Digest", digest)])
+        })
+    } else if let Some((_, d)) = rest.rsplit_once("/blobs/") {
+        fs::read(super::blob(layout, d)).ok().map(|b| (b, vec![]))
+    } else {
+        None
+    };
+    match found {
+        Some((body, h)) => respond(c, 200, &h, &body, truncate),
+        None => respond(c, 404, &[], &err("MANIFEST_UNKNOWN", "manifest unknown"), false),
+    }
+}
