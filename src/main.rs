@@ -176,6 +176,10 @@ enum ImageCmd {
     Inspect { name: String },
     /// Remove an image name (its layers stay until `strata gc`).
     Rm { name: String },
+    /// Give an image a second name (the same manifest: nothing is copied). An existing NEW_NAME
+    /// is moved to this image, as `docker tag` does.
+    #[command(after_help = "Example:\n  strata image tag 127.0.0.1:5000/app:1 localhost:5000/app:v1")]
+    Tag { name: String, new_name: String },
     /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
     Export {
         name: String,
@@ -337,6 +341,26 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let opts = strata::export::ExportOptions { force };
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
+        }
+        ImageCmd::Tag { name, new_name } => {
+            strata::reference::validate_image_name(&new_name)?;
+            let mut store = open_store(root)?;
+            // Shared with imports, exclusive of gc: the blobs and layers stay while named.
+            let _gc = store.gc_shared()?;
+            let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
+            let layers = store.db.image_layers(&name)?;
+            store
+                .db
+                .put_image(&strata::db::NewImage {
+                    name: &new_name,
+                    manifest_digest: &img.manifest_digest,
+                    config_digest: &img.config_digest,
+                    blobs: vec![],
+                    layers,
+                    lease: None,
+                })
+                .with_context(|| format!("tagging {name} as {new_name}"))?;
+            println!("{new_name}");
         }
         ImageCmd::Rm { name } => {
             let mut store = open_store(root)?;

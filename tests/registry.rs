@@ -113,6 +113,21 @@ fn pull_matches_umoci_and_fetches_nothing_twice() {
     }
     let names = root.ok(&["image", "ls"]);
     assert!(names.contains(&format!("{}/multi:1", reg.addr)), "{names}");
+    // A second name in registry form: the same manifest, no blob copied; it outlives the first.
+    let blobs = || fs::read_dir(root.path().join("blobs/sha256")).expect("blobs").count();
+    let before = blobs();
+    let first = format!("{}/lib/busybox:latest", reg.addr);
+    assert_eq!(root.ok(&["image", "tag", &first, "localhost:5000/app:v1"]).trim(), "localhost:5000/app:v1");
+    assert_eq!(blobs(), before);
+    let digest_of = |n: &str| {
+        let v: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", n])).expect("json");
+        v["digest"].as_str().expect("digest").to_string()
+    };
+    assert_eq!(digest_of("localhost:5000/app:v1"), fixture_digest(&oci, "busybox"));
+    root.ok(&["image", "rm", &first]);
+    assert_matches_umoci(&root, "localhost:5000/app:v1", &oci, "busybox");
+    let err = root.fails(&["image", "tag", "localhost:5000/app:v1", "Bad Name"]);
+    assert!(err.contains("Bad Name"), "{err}");
     // Pull by digest, under another name: every layer is present already, so the registry
     // is not asked for one (their bytes are gone from its storage).
     let want = fixture_digest(&oci, "multi");
