@@ -80,6 +80,31 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Log in to a registry: the credentials are checked against it, then stored in
+    /// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json.
+    #[command(
+        after_help = "Example:\n  printf '%s' \"$TOKEN\" | strata login registry.example:5000 -u ci --password-stdin"
+    )]
+    Login {
+        /// HOST[:PORT] of the registry.
+        host: String,
+        #[arg(short, long)]
+        username: String,
+        /// Password (visible to other users in the process list: prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, default_missing_value = "true")]
+        tls_verify: bool,
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+    },
+    /// Remove the stored credentials for a registry.
+    #[command(after_help = "Example:\n  strata logout registry.example:5000")]
+    Logout { host: String },
     /// Remove blobs and layer directories no image references.
     Gc,
 }
@@ -266,8 +291,17 @@ fn open_store(root: &std::path::Path) -> Result<Store> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Credentials are the user's own: no state root, no root needed.
+    match cli.cmd {
+        Cmd::Login { host, username, password, password_stdin, tls_verify, cert_dir } => {
+            return login_cmd(&host, username, password, password_stdin, tls_verify, cert_dir)
+        }
+        Cmd::Logout { host } => return logout_cmd(&host),
+        _ => {}
+    }
     require_root(&cli.root)?;
     match cli.cmd {
+        Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
@@ -412,6 +446,62 @@ fn pull_cmd(
     }
     println!("{}", imported.manifest_digest);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST[:PORT]` as given, or as a URL (`https://host/v1/` and the like), checked.
+fn registry_host(host: &str) -> Result<String> {
+    let h = host.strip_prefix("https://").or_else(|| host.strip_prefix("http://")).unwrap_or(host);
+    let h = h.split('/').next().unwrap_or(h);
+    let h = if h == "index.docker.io" || h == "registry-1.docker.io" { "docker.io" } else { h };
+    strata::reference::normalize(&format!("{h}/x"))
+        .ok()
+        .filter(|n| n.domain == h)
+        .map(|n| n.domain)
+        .with_context(|| format!("{}: not a registry host (HOST[:PORT])", strata::reference::quote(host)))
+}
+
+fn login_cmd(
+    host: &str,
+    username: String,
+    password: Option<String>,
+    password_stdin: bool,
+    tls_verify: bool,
+    cert_dir: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use strata::registry::{auth, Client, ClientOptions};
+    let host = registry_host(host)?;
+    let password = match (password, password_stdin) {
+        (Some(_), true) => anyhow::bail!("give the password with --password or --password-stdin, not both"),
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+        (None, false) => anyhow::bail!("give the password with --password-stdin (or --password)"),
+    };
+    let file = auth::login_file().context("no file to store credentials in (set REGISTRY_AUTH_FILE)")?;
+    let creds = auth::Credentials { username, password, from: "the command line".into() };
+    let opts =
+        ClientOptions { tls_verify, cert_dir, credentials: Some(creds.clone()), ..ClientOptions::default() };
+    let client =
+        Client::connect(&host, "", &opts, "pull").with_context(|| format!("logging in to {host}"))?;
+    client.check_login().with_context(|| format!("logging in to {host}"))?;
+    auth::store(&file, &host, Some(&creds)).with_context(|| format!("logging in to {host}"))?;
+    println!("Login Succeeded ({})", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logout_cmd(host: &str) -> Result<ExitCode> {
+    use strata::registry::auth;
+    let host = registry_host(host)?;
+    let file = auth::login_file().context("no credential file (set REGISTRY_AUTH_FILE)")?;
+    if auth::store(&file, &host, None).with_context(|| format!("logging out of {host}"))? {
+        println!("Removed login credentials for {host} from {}", file.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("not logged in to {host} (no entry in {})", file.display())
+    }
 }
 
 fn human(n: u64) -> String {

@@ -243,6 +243,39 @@ fn pull_with_basic_auth_from_auth_json() {
     let right = auth("tester", "s3cret");
     let d = ok(&root, &[("REGISTRY_AUTH_FILE", &right)], &["pull", &r]);
     assert_eq!(d, fixture_digest(&oci, "busybox"));
+
+    // login checks the password against the registry before it writes the file; logout removes it.
+    let file = root.path().join("login/auth.json");
+    let env = [("REGISTRY_AUTH_FILE", file.as_path())];
+    let login = |pw: &str| {
+        let mut c = Command::new(STRATA);
+        c.args(["login", &reg.addr, "-u", "tester", "--password-stdin"])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("login");
+        use std::io::Write as _;
+        child.stdin.take().expect("stdin").write_all(format!("{pw}\n").as_bytes()).expect("password");
+        child.wait_with_output().expect("login")
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unauthorized") && err.contains("were refused"), "{err}");
+    assert!(!file.exists(), "a refused login writes nothing");
+    let out = login("s3cret");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&file).expect("auth.json").permissions());
+    assert_eq!(mode & 0o077, 0, "auth.json is private: {mode:o}");
+    ok(&root, &env, &["pull", &r, "--name", "after-login"]);
+    ok(&root, &env, &["logout", &reg.addr]);
+    let err = fails(&root, &env, &["pull", &r, "--name", "after-logout"]);
+    assert!(err.contains("unauthorized"), "{err}");
+    let err = fails(&root, &env, &["logout", &reg.addr]);
+    assert!(err.contains("not logged in"), "{err}");
 }
 
 /// Errors name what to act on: a refused connection names the host; a registry that serves

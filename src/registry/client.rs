@@ -357,7 +357,9 @@ impl Client {
         if let Some(s) = params.get("service") {
             req = req.query("service", s);
         }
-        req = req.query("scope", format!("repository:{}:{}", self.repo, self.actions));
+        if !self.repo.is_empty() {
+            req = req.query("scope", format!("repository:{}:{}", self.repo, self.actions));
+        }
         if let Some(c) = &self.creds {
             req = req.header("Authorization", c.basic());
         }
@@ -386,7 +388,20 @@ impl Client {
     /// GET `/v2/REPO/{path}` with authentication and bounded retries; a 2xx response, or an
     /// error saying what the registry said. `what` names the object for a 404.
     pub fn get(&self, path: &str, accept: Option<&str>, what: &str) -> Result<Response<Body>, RegistryError> {
-        let url = format!("{}/v2/{}/{path}", self.base, self.repo);
+        self.get_url(format!("{}/v2/{}/{path}", self.base, self.repo), accept, what)
+    }
+
+    /// Check the credentials (`strata login`): `GET /v2/` authenticated.
+    pub fn check_login(&self) -> Result<(), RegistryError> {
+        self.get_url(format!("{}/v2/", self.base), None, &self.host).map(drop)
+    }
+
+    fn get_url(
+        &self,
+        url: String,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<Response<Body>, RegistryError> {
         let mut authed = false;
         let mut attempt = 0;
         loop {
