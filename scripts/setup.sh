@@ -20,7 +20,8 @@ quiet() {
 }
 
 pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
-      hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev)
+      hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev
+      docker-registry apache2-utils openssl)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,6 +15,7 @@
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`run`]: `strata run` (create, mount, runc, clean up).
+//! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
 pub mod commit;
@@ -29,6 +30,7 @@ pub mod images;
 pub mod import;
 pub mod overlay_format;
 pub mod reference;
+pub mod registry;
 pub mod run;
 pub mod sparse;
 pub mod store;

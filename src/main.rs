@@ -48,6 +48,63 @@ enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// Pull an image from a registry and unpack it: each layer streams from the network through
+    /// the same verify + store + unpack path as `image import`. Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata pull busybox                       # docker.io/library/busybox:latest\n  \
+strata pull localhost:5000/app:v1 --name app\n  \
+strata pull quay.io/org/app@sha256:<64 hex> --platform linux/arm64\n\n\
+Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or \
+~/.docker/config.json (credential helpers included). CA certificates for a registry are read \
+from /etc/containers/certs.d/HOST/*.crt and /etc/docker/certs.d/HOST/*.crt ($STRATA_CERTS_D \
+replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or with \
+--tls-verify=false."
+    )]
+    Pull {
+        /// HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], as docker writes it.
+        reference: String,
+        /// Name to store the image under (default: the reference, normalised).
+        #[arg(long)]
+        name: Option<String>,
+        /// Platform to pick from a multi-platform index, OS/ARCH[/VARIANT].
+        #[arg(long)]
+        platform: Option<String>,
+        /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, default_missing_value = "true")]
+        tls_verify: bool,
+        /// Also trust the *.crt files of this directory (as podman's --cert-dir).
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+        /// Print only the digest: no progress, no summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Log in to a registry: the credentials are checked against it, then stored in
+    /// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json.
+    #[command(
+        after_help = "Example:\n  printf '%s' \"$TOKEN\" | strata login registry.example:5000 -u ci --password-stdin"
+    )]
+    Login {
+        /// HOST[:PORT] of the registry.
+        host: String,
+        #[arg(short, long)]
+        username: String,
+        /// Password (visible to other users in the process list: prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, default_missing_value = "true")]
+        tls_verify: bool,
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+    },
+    /// Remove the stored credentials for a registry.
+    #[command(after_help = "Example:\n  strata logout registry.example:5000")]
+    Logout { host: String },
     /// Remove blobs and layer directories no image references.
     Gc,
     /// Running containers (as podman ps).
@@ -170,6 +227,10 @@ enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Give an image a second name (the same manifest: nothing is copied). An existing NEW_NAME
+    /// is moved to this image, as `docker tag` does.
+    #[command(after_help = "Example:\n  strata image tag 127.0.0.1:5000/app:1 localhost:5000/app:v1")]
+    Tag { name: String, new_name: String },
     /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
     Export {
         name: String,
@@ -277,8 +338,17 @@ fn open_store(root: &std::path::Path) -> Result<Store> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Credentials are the user's own: no state root, no root needed.
+    match cli.cmd {
+        Cmd::Login { host, username, password, password_stdin, tls_verify, cert_dir } => {
+            return login_cmd(&host, username, password, password_stdin, tls_verify, cert_dir)
+        }
+        Cmd::Logout { host } => return logout_cmd(&host),
+        _ => {}
+    }
     require_root(&cli.root)?;
     match cli.cmd {
+        Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
@@ -301,6 +371,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pull { reference, name, platform, tls_verify, cert_dir, quiet } => {
+            pull_cmd(&cli.root, &reference, name, platform, tls_verify, cert_dir, quiet)
         }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
@@ -394,6 +467,26 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
         }
+        ImageCmd::Tag { name, new_name } => {
+            strata::reference::validate_image_name(&new_name)?;
+            let mut store = open_store(root)?;
+            // Shared with imports, exclusive of gc: the blobs and layers stay while named.
+            let _gc = store.gc_shared()?;
+            let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
+            let layers = store.db.image_layers(&name)?;
+            store
+                .db
+                .put_image(&strata::db::NewImage {
+                    name: &new_name,
+                    manifest_digest: &img.manifest_digest,
+                    config_digest: &img.config_digest,
+                    blobs: vec![],
+                    layers,
+                    lease: None,
+                })
+                .with_context(|| format!("tagging {name} as {new_name}"))?;
+            println!("{new_name}");
+        }
         ImageCmd::Rm { names } => {
             // As docker: each name is removed or reported; the exit status says whether all went.
             let mut store = open_store(root)?;
@@ -422,6 +515,105 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
 fn short_id(d: &str) -> &str {
     let h = d.trim_start_matches("sha256:");
     &h[..h.len().min(12)]
+}
+
+fn pull_cmd(
+    root: &std::path::Path,
+    reference: &str,
+    name: Option<String>,
+    platform: Option<String>,
+    tls_verify: bool,
+    cert_dir: Option<PathBuf>,
+    quiet: bool,
+) -> Result<ExitCode> {
+    use strata::registry::{self, ClientOptions, PullOptions};
+    let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
+    if let Some(n) = &name {
+        strata::reference::validate_image_name(n)?;
+    }
+    let r = strata::reference::normalize(reference).with_context(|| format!("pulling {reference}"))?;
+    let opts = PullOptions {
+        platform: platform.clone(),
+        client: ClientOptions { tls_verify, cert_dir, ..ClientOptions::default() },
+    };
+    // The registry is asked before the state root is touched.
+    let resolved = registry::resolve(&r, &opts).with_context(|| format!("pulling {r}"))?;
+    let name = name.unwrap_or_else(|| r.to_string());
+    strata::reference::validate_image_name(&name).with_context(|| format!("pulling {r}"))?;
+    let iopts = ImportOptions {
+        name: Some(name.clone()),
+        platform,
+        progress: !quiet && std::io::stderr().is_terminal(),
+    };
+    let mut store = open_store(root)?;
+    let imported = import::import_prepared(&mut store, &resolved, &name, &iopts)
+        .with_context(|| format!("pulling {r}"))?;
+    if !quiet {
+        eprintln!(
+            "{name}: {} layers, {} unpacked, {} already present",
+            imported.layers.len(),
+            imported.unpacked,
+            imported.layers.len() - imported.unpacked
+        );
+    }
+    println!("{}", imported.manifest_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST[:PORT]` as given, or as a URL (`https://host/v1/` and the like), checked.
+fn registry_host(host: &str) -> Result<String> {
+    let h = host.strip_prefix("https://").or_else(|| host.strip_prefix("http://")).unwrap_or(host);
+    let h = h.split('/').next().unwrap_or(h);
+    let h = if h == "index.docker.io" || h == "registry-1.docker.io" { "docker.io" } else { h };
+    strata::reference::normalize(&format!("{h}/x"))
+        .ok()
+        .filter(|n| n.domain == h)
+        .map(|n| n.domain)
+        .with_context(|| format!("{}: not a registry host (HOST[:PORT])", strata::reference::quote(host)))
+}
+
+fn login_cmd(
+    host: &str,
+    username: String,
+    password: Option<String>,
+    password_stdin: bool,
+    tls_verify: bool,
+    cert_dir: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use strata::registry::{auth, Client, ClientOptions};
+    let host = registry_host(host)?;
+    let password = match (password, password_stdin) {
+        (Some(_), true) => anyhow::bail!("give the password with --password or --password-stdin, not both"),
+        (Some(p), false) => p,
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+        (None, false) => anyhow::bail!("give the password with --password-stdin (or --password)"),
+    };
+    let file = auth::login_file().context("no file to store credentials in (set REGISTRY_AUTH_FILE)")?;
+    let creds = auth::Credentials { username, password, from: "the command line".into() };
+    let opts =
+        ClientOptions { tls_verify, cert_dir, credentials: Some(creds.clone()), ..ClientOptions::default() };
+    let client =
+        Client::connect(&host, "", &opts, "pull").with_context(|| format!("logging in to {host}"))?;
+    client.check_login().with_context(|| format!("logging in to {host}"))?;
+    auth::store(&file, &host, Some(&creds)).with_context(|| format!("logging in to {host}"))?;
+    println!("Login Succeeded ({})", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logout_cmd(host: &str) -> Result<ExitCode> {
+    use strata::registry::auth;
+    let host = registry_host(host)?;
+    let file = auth::login_file().context("no credential file (set REGISTRY_AUTH_FILE)")?;
+    if auth::store(&file, &host, None).with_context(|| format!("logging out of {host}"))? {
+        println!("Removed login credentials for {host} from {}", file.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("not logged in to {host} (no entry in {})", file.display())
+    }
 }
 
 fn human(n: u64) -> String {

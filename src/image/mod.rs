@@ -58,6 +58,9 @@ pub enum ImageError {
     NoPlatform { source_name: String, platform: String, available: String },
     #[error("unsupported layer media type {0:?}")]
     MediaType(String),
+    /// A remote source's own error (a registry's), kept whole.
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The format of an image source.
@@ -66,6 +69,8 @@ pub enum Format {
     OciLayout,
     OciArchive,
     DockerArchive,
+    /// A registry (`strata pull`).
+    Registry,
 }
 
 impl Format {
@@ -75,6 +80,7 @@ impl Format {
             Format::OciLayout => "an OCI image layout",
             Format::OciArchive => "an oci-archive",
             Format::DockerArchive => "a docker-archive",
+            Format::Registry => "a registry",
         }
     }
 }
@@ -326,6 +332,12 @@ pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved,
     let (resolved, chosen_by_platform) = match format {
         Format::OciLayout | Format::OciArchive => resolve_oci(format, files, tag, wanted)?,
         Format::DockerArchive => (resolve_docker(files, tag)?, false),
+        Format::Registry => {
+            return Err(ImageError::Invalid {
+                what: path.display().to_string(),
+                reason: "a registry image is pulled, not imported (strata pull)".into(),
+            })
+        }
     };
     // An explicit --platform must match, whether or not an index offered a choice: a
     // single-manifest image's platform is the one its config states.
@@ -336,7 +348,7 @@ pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved,
 }
 
 /// Whether the config of `r` states platform `p`; else the same error as an index without it.
-fn check_config_platform(r: &Resolved, p: &Platform) -> Result<(), ImageError> {
+pub fn check_config_platform(r: &Resolved, p: &Platform) -> Result<(), ImageError> {
     let v: Value = serde_json::from_slice(&r.config).unwrap_or(Value::Null);
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
     let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
@@ -384,7 +396,7 @@ fn read_verified(
     Ok((data, d))
 }
 
-fn is_index(mt: &MediaType) -> bool {
+pub fn is_index(mt: &MediaType) -> bool {
     matches!(mt, MediaType::ImageIndex) || mt.to_string() == MT_DOCKER_LIST
 }
 
@@ -409,15 +421,15 @@ fn platforms_of(index: &ImageIndex) -> String {
     list_for_message(&v, "none stated")
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, ImageError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result<T, ImageError> {
     serde_json::from_slice(data)
         .map_err(|e| ImageError::Invalid { what: what.to_string(), reason: printable(&e.to_string(), 200) })
 }
 
 /// From an index, choose the descriptor for `platform` (or the only one).
 /// Returns the descriptor and whether it was chosen by its stated platform.
-fn choose_platform<'a>(
-    files: &Files,
+pub fn choose_platform<'a>(
+    source_name: &str,
     index: &'a ImageIndex,
     platform: &Platform,
 ) -> Result<(&'a Descriptor, bool), ImageError> {
@@ -429,7 +441,7 @@ fn choose_platform<'a>(
         return Ok((&ms[0], false));
     }
     Err(ImageError::NoPlatform {
-        source_name: files.describe(),
+        source_name: source_name.to_string(),
         platform: platform.to_string(),
         available: platforms_of(index),
     })
@@ -475,7 +487,7 @@ fn resolve_oci(
                 let name = distinct[0].annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
                 (distinct[0].clone(), name)
             } else if ms.iter().all(|d| d.platform().is_some()) {
-                let (d, matched) = choose_platform(&files, &index, platform)?;
+                let (d, matched) = choose_platform(&files.describe(), &index, platform)?;
                 by_platform = matched;
                 (d.clone(), None)
             } else {
@@ -495,7 +507,7 @@ fn resolve_oci(
         let (data, _) = read_verified(&files, &desc, "index")?;
         let nested: ImageIndex =
             parse_json(&data, &format!("{}: index {}", files.describe(), desc.digest()))?;
-        let (d, matched) = choose_platform(&files, &nested, platform)?;
+        let (d, matched) = choose_platform(&files.describe(), &nested, platform)?;
         by_platform = matched;
         desc = d.clone();
     }
@@ -509,10 +521,35 @@ fn resolve_oci(
     let mwhat = format!("{}: manifest {}", files.describe(), mdigest);
     let manifest: ImageManifest = parse_json(&mdata, &mwhat)?;
     let (config, config_digest) = read_verified(&files, manifest.config(), "config")?;
-    let diff_ids = diff_ids(&config, &format!("{}: config {}", files.describe(), config_digest))?;
+    let cwhat = format!("{}: config {}", files.describe(), config_digest);
+    let layers = manifest_layers(&manifest, &mwhat, &config, &cwhat)?;
+    Ok((
+        Resolved {
+            format,
+            source: Box::new(files),
+            name,
+            manifest: Some((mdata, mdigest)),
+            config,
+            config_digest,
+            layers,
+        },
+        by_platform,
+    ))
+}
+
+/// The layers of a verified manifest, each paired with its diff_id from the verified config
+/// (`mwhat` and `cwhat` name the two in messages). Each layer's `file` is
+/// `blobs/sha256/<hex>`, where a layout holds it.
+pub fn manifest_layers(
+    manifest: &ImageManifest,
+    mwhat: &str,
+    config: &[u8],
+    cwhat: &str,
+) -> Result<Vec<LayerRef>, ImageError> {
+    let diff_ids = diff_ids(config, cwhat)?;
     if diff_ids.len() != manifest.layers().len() {
         return Err(ImageError::Invalid {
-            what: mwhat,
+            what: mwhat.to_string(),
             reason: format!(
                 "{} layers but the config lists {} diff_ids",
                 manifest.layers().len(),
@@ -534,18 +571,7 @@ fn resolve_oci(
             diff_id,
         });
     }
-    Ok((
-        Resolved {
-            format,
-            source: Box::new(files),
-            name,
-            manifest: Some((mdata, mdigest)),
-            config,
-            config_digest,
-            layers,
-        },
-        by_platform,
-    ))
+    Ok(layers)
 }
 
 /// Layer compression, by media type.

@@ -3,6 +3,8 @@
 //! `umoci unpack` for reference trees.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

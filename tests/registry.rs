@@ -1,0 +1,379 @@
+//! `strata pull` against a real registry (Debian's docker-registry, distribution 2.8) on
+//! loopback: images pushed there by skopeo pull into trees equal to umoci's unpack of the same
+//! image; by digest, by platform; over TLS with a CA from a certs.d dir; with Basic auth from an
+//! auth.json; errors a user can act on; nothing fetched twice; an interrupted pull leaves nothing.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::registry::{Fault, FaultRegistry, Registry, RegistryOpts, StallProxy};
+use common::*;
+
+/// strata with this root and environment: credentials and CAs only from what the test gives.
+fn strata(root: &Root, env: &[(&str, &Path)], args: &[&str]) -> Output {
+    let none = root.path().join("no-auth.json");
+    let mut c = Command::new(STRATA);
+    c.arg("--root").arg(root.path()).args(args);
+    c.env("REGISTRY_AUTH_FILE", &none).env("STRATA_CERTS_D", root.path().join("no-certs.d"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run strata")
+}
+
+fn ok(root: &Root, env: &[(&str, &Path)], args: &[&str]) -> String {
+    let out = strata(root, env, args);
+    assert!(out.status.success(), "strata {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn fails(root: &Root, env: &[(&str, &Path)], args: &[&str]) -> String {
+    let out = strata(root, env, args);
+    assert!(!out.status.success(), "strata {args:?} unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The digest the fixture layout names for `tag`.
+fn fixture_digest(layout: &Path, tag: &str) -> String {
+    let index = json(&layout.join("index.json"));
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag}"))["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string()
+}
+
+/// The merged view of image `name` equals umoci's unpack of `layout:tag`, entry by entry.
+fn assert_matches_umoci(root: &Root, name: &str, layout: &Path, tag: &str) {
+    let (_keep, reference) = umoci_unpack(layout, tag);
+    let c =
+        format!("v-{}", fixture_digest(layout, tag).trim_start_matches("sha256:").get(..12).expect("hex"));
+    root.ok(&["container", "create", "--read-only", name, &c]);
+    let at = root.ok(&["container", "mount", &c]);
+    strata::tree::assert_trees_eq(&capture_reference(&reference), &capture(Path::new(at.trim())), name);
+    root.ok(&["container", "rm", "--force", &c]);
+}
+
+fn layer_dirs(root: &Root) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(root.path().join("layers/sha256")) else { return Vec::new() };
+    dir.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect()
+}
+
+fn db_count(root: &Root, table: &str) -> i64 {
+    let c = rusqlite::Connection::open(root.path().join("strata.db")).expect("db");
+    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).expect("count")
+}
+
+/// After the next command: no layer, no row, no staging debris.
+fn assert_clean(root: &Root) {
+    root.ok(&["image", "ls"]);
+    assert!(layer_dirs(root).is_empty(), "layer dirs left: {:?}", layer_dirs(root));
+    let staging: Vec<PathBuf> =
+        fs::read_dir(root.path().join("staging")).expect("staging").map(|e| e.expect("e").path()).collect();
+    assert!(staging.is_empty(), "staging left: {staging:?}");
+    for t in ["layers", "images", "leases"] {
+        assert_eq!(db_count(root, t), 0, "{t} rows left");
+    }
+}
+
+fn layer_digests(layout: &Path, tag: &str) -> Vec<String> {
+    manifest_of(layout, tag)["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+/// skopeo-pushed images pull into the trees umoci unpacks; by tag and by digest; the default
+/// name is the reference; a second pull fetches no layer (the registry no longer has them).
+#[test]
+fn pull_matches_umoci_and_fetches_nothing_twice() {
+    if !privileged("pull_matches_umoci_and_fetches_nothing_twice") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    for (tag, dest) in [("multi", "multi:1"), ("busybox", "lib/busybox:latest")] {
+        reg.push(&format!("oci:{}:{tag}", oci.display()), dest, false);
+        let r = format!("{}/{dest}", reg.addr);
+        let d = ok(&root, &[], &["pull", &r]);
+        assert_eq!(d, fixture_digest(&oci, tag), "{r}: the manifest digest");
+        assert_matches_umoci(&root, &r, &oci, tag);
+    }
+    let names = root.ok(&["image", "ls"]);
+    assert!(names.contains(&format!("{}/multi:1", reg.addr)), "{names}");
+    // A second name in registry form: the same manifest, no blob copied; it outlives the first.
+    let blobs = || fs::read_dir(root.path().join("blobs/sha256")).expect("blobs").count();
+    let before = blobs();
+    let first = format!("{}/lib/busybox:latest", reg.addr);
+    assert_eq!(root.ok(&["image", "tag", &first, "localhost:5000/app:v1"]).trim(), "localhost:5000/app:v1");
+    assert_eq!(blobs(), before);
+    let digest_of = |n: &str| {
+        let v: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", n])).expect("json");
+        v["digest"].as_str().expect("digest").to_string()
+    };
+    assert_eq!(digest_of("localhost:5000/app:v1"), fixture_digest(&oci, "busybox"));
+    root.ok(&["image", "rm", &first]);
+    assert_matches_umoci(&root, "localhost:5000/app:v1", &oci, "busybox");
+    let err = root.fails(&["image", "tag", "localhost:5000/app:v1", "Bad Name"]);
+    assert!(err.contains("Bad Name"), "{err}");
+    // Pull by digest, under another name: every layer is present already, so the registry
+    // is not asked for one (their bytes are gone from its storage).
+    let want = fixture_digest(&oci, "multi");
+    for l in layer_digests(&oci, "multi") {
+        fs::remove_file(reg.blob_data(&l)).expect("remove blob data");
+    }
+    let by_digest = format!("{}/multi@{want}", reg.addr);
+    let out = strata(&root, &[], &["pull", &by_digest, "--name", "again"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 unpacked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_matches_umoci(&root, "again", &oci, "multi");
+    // A digest the repository does not have; a tag it does not have.
+    let missing = format!("{}/multi@sha256:{}", reg.addr, "0".repeat(64));
+    let err = fails(&root, &[], &["pull", &missing]);
+    assert!(err.contains("not found") && err.contains("manifest unknown"), "{err}");
+    let err = fails(&root, &[], &["pull", &format!("{}/multi:nosuchtag", reg.addr)]);
+    assert!(err.contains("multi:nosuchtag: not found: manifest unknown"), "{err}");
+    // -q prints the digest alone.
+    let out = strata(&root, &[], &["pull", "-q", &format!("{}/lib/busybox", reg.addr), "--name", "bb"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), fixture_digest(&oci, "busybox"));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An index pushed with `skopeo copy --all`: --platform picks the manifest; a platform the
+/// index lacks is refused with the ones it has.
+#[test]
+fn pull_index_by_platform() {
+    if !privileged("pull_index_by_platform") {
+        return;
+    }
+    let fx = fixtures();
+    let idx = fx.join("oci-index");
+    let reg = Registry::start(RegistryOpts::default());
+    reg.push(&format!("oci:{}:multi-arch", idx.display()), "arch:1", true);
+    let root = Root::new();
+    let r = format!("{}/arch:1", reg.addr);
+    for (p, tag) in [("linux/arm64", "multi-arch-arm64"), ("linux/amd64", "multi-arch-amd64")] {
+        let d = ok(&root, &[], &["pull", &r, "--platform", p, "--name", tag]);
+        assert_eq!(d, fixture_digest(&idx, tag), "{p}");
+        assert_matches_umoci(&root, tag, &idx, tag);
+    }
+    let err = fails(&root, &[], &["pull", &r, "--platform", "linux/s390x", "--name", "x"]);
+    assert!(err.contains("no manifest for platform linux/s390x") && err.contains("linux/arm64"), "{err}");
+}
+
+/// TLS: refused without the CA (the error names the host and the certificate problem);
+/// accepted with the CA in a certs.d dir; `--tls-verify=false` skips verification.
+#[test]
+fn pull_over_tls_with_certs_d() {
+    if !privileged("pull_over_tls_with_certs_d") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let reg = Registry::start(RegistryOpts { tls: true, ..Default::default() });
+    reg.push(&format!("oci:{}:busybox", oci.display()), "bb:1", false);
+    let root = Root::new();
+    let r = format!("{}/bb:1", reg.addr);
+    let err = fails(&root, &[], &["pull", &r]);
+    assert!(err.contains(&format!("{}: TLS:", reg.addr)), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    let certs = reg.certs_d();
+    let d = ok(&root, &[("STRATA_CERTS_D", &certs)], &["pull", &r]);
+    assert_eq!(d, fixture_digest(&oci, "busybox"));
+    let d = ok(&root, &[], &["pull", &r, "--tls-verify=false", "--name", "insecure"]);
+    assert_eq!(d, fixture_digest(&oci, "busybox"));
+}
+
+/// htpasswd Basic auth: the registry's message without credentials, the refusal of a wrong
+/// password, a pull with credentials from an auth.json named by REGISTRY_AUTH_FILE.
+#[test]
+fn pull_with_basic_auth_from_auth_json() {
+    if !privileged("pull_with_basic_auth_from_auth_json") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let reg = Registry::start(RegistryOpts {
+        basic: Some(("tester".into(), "s3cret".into())),
+        ..Default::default()
+    });
+    reg.push(&format!("oci:{}:busybox", oci.display()), "private/bb:1", false);
+    let root = Root::new();
+    let r = format!("{}/private/bb:1", reg.addr);
+    let err = fails(&root, &[], &["pull", &r]);
+    // The registry's own message, then what to do.
+    assert!(
+        err.contains(&format!("{}: unauthorized: authentication required (no credentials", reg.addr)),
+        "{err}"
+    );
+    assert!(err.contains(&format!("strata login {}", reg.addr)), "{err}");
+    let auth = |user: &str, pw: &str| {
+        use base64::Engine as _;
+        let f = root.path().join(format!("auth-{user}-{pw}.json"));
+        let a = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+        fs::write(&f, serde_json::json!({"auths": {reg.addr.clone(): {"auth": a}}}).to_string())
+            .expect("auth.json");
+        f
+    };
+    let wrong = auth("tester", "wrong");
+    let err = fails(&root, &[("REGISTRY_AUTH_FILE", &wrong)], &["pull", &r]);
+    assert!(
+        err.contains("unauthorized: authentication required")
+            && err.contains("\"tester\"")
+            && err.contains("were refused"),
+        "{err}"
+    );
+    let right = auth("tester", "s3cret");
+    let d = ok(&root, &[("REGISTRY_AUTH_FILE", &right)], &["pull", &r]);
+    assert_eq!(d, fixture_digest(&oci, "busybox"));
+
+    // login checks the password against the registry before it writes the file; logout removes it.
+    let file = root.path().join("login/auth.json");
+    let env = [("REGISTRY_AUTH_FILE", file.as_path())];
+    let login = |pw: &str| {
+        let mut c = Command::new(STRATA);
+        c.args(["login", &reg.addr, "-u", "tester", "--password-stdin"])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("login");
+        use std::io::Write as _;
+        child.stdin.take().expect("stdin").write_all(format!("{pw}\n").as_bytes()).expect("password");
+        child.wait_with_output().expect("login")
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unauthorized") && err.contains("were refused"), "{err}");
+    assert!(!file.exists(), "a refused login writes nothing");
+    let out = login("s3cret");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&file).expect("auth.json").permissions());
+    assert_eq!(mode & 0o077, 0, "auth.json is private: {mode:o}");
+    ok(&root, &env, &["pull", &r, "--name", "after-login"]);
+    ok(&root, &env, &["logout", &reg.addr]);
+    let err = fails(&root, &env, &["pull", &r, "--name", "after-logout"]);
+    assert!(err.contains("unauthorized"), "{err}");
+    let err = fails(&root, &env, &["logout", &reg.addr]);
+    assert!(err.contains("not logged in"), "{err}");
+}
+
+/// Errors name what to act on: a refused connection names the host; a registry that serves
+/// the wrong bytes for a layer fails naming the layer, and leaves nothing behind.
+#[test]
+fn pull_errors_name_host_and_layer() {
+    if !privileged("pull_errors_name_host_and_layer") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let root = Root::new();
+    let closed =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let err = fails(&root, &[], &["pull", &format!("{closed}/x:1")]);
+    assert!(err.contains(&format!("{closed}: cannot connect: connection refused")), "{err}");
+    let reg = Registry::start(RegistryOpts::default());
+    reg.push(&format!("oci:{}:multi", oci.display()), "multi:1", false);
+    let top = layer_digests(&oci, "multi").pop().expect("layer");
+    let data = reg.blob_data(&top);
+    let mut bytes = fs::read(&data).expect("blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&data, &bytes).expect("corrupt blob");
+    let err = fails(&root, &[], &["pull", &format!("{}/multi:1", reg.addr)]);
+    assert!(err.contains(&format!("layer {top}")), "{err}");
+    assert_clean(&root);
+}
+
+/// kill -9 while a layer is mid-body (a proxy stalls the stream): the next command leaves a
+/// clean store, and a second pull completes.
+#[test]
+fn killed_pull_leaves_nothing_and_pull_again_completes() {
+    if !privileged("killed_pull_leaves_nothing_and_pull_again_completes") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let reg = Registry::start(RegistryOpts::default());
+    reg.push(&format!("oci:{}:multi", oci.display()), "multi:1", false);
+    let proxy = StallProxy::start(&reg.addr, 2 << 20);
+    let root = Root::new();
+    let mut child = Command::new(STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .args(["pull", &format!("{}/multi:1", proxy.addr), "--name", "m"])
+        .env("REGISTRY_AUTH_FILE", root.path().join("none.json"))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the pull never reached the stall");
+        assert!(child.try_wait().expect("wait").is_none(), "the pull ended before the stall");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let staged = fs::read_dir(root.path().join("staging")).expect("staging").count();
+    assert!(staged > 0, "the killed pull had staging state");
+    assert_clean(&root);
+    drop(proxy);
+    let d = ok(&root, &[], &["pull", &format!("{}/multi:1", reg.addr), "--name", "m"]);
+    assert_eq!(d, fixture_digest(&oci, "multi"));
+    assert_matches_umoci(&root, "m", &oci, "multi");
+}
+
+/// 429 (Retry-After honoured), 5xx and a connection closed before the response are retried,
+/// boundedly: a pull through three such faults completes; an endless 503 gives up saying so;
+/// a body cut short fails naming the layer and leaves a clean store.
+#[test]
+fn transient_failures_are_retried_boundedly() {
+    if !privileged("transient_failures_are_retried_boundedly") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let root = Root::new();
+    let faults = vec![Fault::Status(429, Some(1)), Fault::Status(500, None), Fault::Reset];
+    let reg = FaultRegistry::start(&oci, faults);
+    let t = Instant::now();
+    let d = ok(&root, &[], &["pull", &format!("{}/multi:multi", reg.addr), "--name", "m"]);
+    assert_eq!(d, fixture_digest(&oci, "multi"));
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not waited for");
+    drop(reg);
+
+    let reg = FaultRegistry::start(&oci, vec![Fault::Status(503, None); 10]);
+    let err = fails(&root, &[], &["pull", &format!("{}/busybox:busybox", reg.addr)]);
+    assert!(err.contains(&format!("{}: HTTP 503 after 4 tries", reg.addr)), "{err}");
+    let asked = reg.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked <= 6, "{asked} requests: retries are bounded");
+    drop(reg);
+
+    // Manifest and config pass; the first layer's body is cut short (a close mid-body).
+    let clean = Root::new();
+    let reg = FaultRegistry::start(&oci, vec![Fault::Pass, Fault::Pass, Fault::Truncate]);
+    let first = layer_digests(&oci, "busybox").remove(0);
+    let err = fails(&clean, &[], &["pull", &format!("{}/busybox:busybox", reg.addr)]);
+    assert!(err.contains(&format!("layer {first}")), "{err}");
+    assert_clean(&clean);
+}
