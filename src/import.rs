@@ -459,7 +459,10 @@ fn import_layer(
             ));
         }
     }
-    let (src, file_size) = r.source.open_blob(l)?;
+    let (src, file_size) = r
+        .source
+        .open_blob(l)
+        .map_err(|e| ImportError::Layer { layer: label.clone(), reason: e.to_string() })?;
     let limit = l.size.or(Some(file_size));
     let blob_tmp = staging.dir.join(format!("blob-{}", diff_id.hex()));
     let blob_file =
