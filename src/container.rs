@@ -482,23 +482,28 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn stop(store: &Store, name: &str) -> Result<()> {
     let (state, id) = runc_ids(store, name);
     let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
-    if crate::bundle::runc_status(&state, &id).is_some() {
-        // A paused container takes the signal only once thawed.
-        if crate::bundle::runc_status(&state, &id).as_deref() == Some("paused") {
-            crate::bundle::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
-        }
-        if let Err(e) = crate::bundle::runc_verb(&state, "kill", &id, &["KILL"]) {
-            // It may have exited meanwhile.
-            if crate::bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
-                return Err(rt(e));
-            }
-        }
-    }
     let until = std::time::Instant::now() + STOP_WAIT;
+    // Signalled again on every round: a `strata run` that holds the run lock may not have
+    // created its runc container yet when this starts.
     while running(store, name)?.is_some() {
-        if crate::bundle::runc_status(&state, &id).as_deref() == Some("stopped") {
+        match crate::bundle::runc_status(&state, &id).as_deref() {
             // Nobody waits for it: a `strata run` killed before its runc child.
-            let _ = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]);
+            Some("stopped") => {
+                let _ = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]);
+            }
+            Some(status) => {
+                // A paused container takes the signal only once thawed.
+                if status == "paused" {
+                    crate::bundle::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
+                }
+                if let Err(e) = crate::bundle::runc_verb(&state, "kill", &id, &["KILL"]) {
+                    // It may have exited meanwhile.
+                    if crate::bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
+                        return Err(rt(e));
+                    }
+                }
+            }
+            None => {}
         }
         if std::time::Instant::now() > until {
             return Err(ContainerError::WontStop { name: name.to_string(), secs: STOP_WAIT.as_secs() });

@@ -61,12 +61,12 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         return Err(RunError::Running { name, how });
     }
     let c = container::create(store, &opts.image, &name, &CreateOptions::default()).map_err(cerr)?;
-    // Held while the container runs: umount, rm and another run refuse meanwhile. Released
-    // before the clean-up below.
-    let running = container::start_run(store, &name);
     let result = (|| -> Result<i32, RunError> {
-        let _running = running.map_err(cerr)?;
+        // Mounted first, then marked running (umount, rm and another run refuse from then on;
+        // released before the clean-up below). Nothing the run does while marked needs the
+        // container lock, so an `rm --force` holding it while it stops the run cannot wait on it.
         let rootfs = container::mount(store, &name, None, opts.backend).map_err(cerr)?;
+        let _running = container::start_run(store, &name).map_err(cerr)?;
         let berr = |source| RunError::Bundle { name: name.clone(), source };
         let bad_config = |reason: String| RunError::Config { name: name.clone(), reason };
         let cd = Sha256Digest::parse(&c.config_digest).map_err(|e| bad_config(e.to_string()))?;
