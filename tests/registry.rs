@@ -377,3 +377,121 @@ fn transient_failures_are_retried_boundedly() {
     assert!(err.contains(&format!("layer {first}")), "{err}");
     assert_clean(&clean);
 }
+
+/// `skopeo inspect` of `docker://REF` (plain HTTP): its manifest digest.
+fn skopeo_digest(reference: &str, creds: Option<&str>) -> String {
+    let mut c = Command::new("skopeo");
+    c.args(["inspect", "--tls-verify=false"]);
+    if let Some(cr) = creds {
+        c.arg(format!("--creds={cr}"));
+    }
+    let out = c.arg(format!("docker://{reference}")).output().expect("skopeo");
+    assert!(out.status.success(), "skopeo inspect {reference}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("skopeo json");
+    v["Digest"].as_str().expect("Digest").to_string()
+}
+
+/// Requests with `method` in the registry's access log.
+fn logged(reg: &Registry, method: &str) -> usize {
+    reg.log().matches(&format!("\"{method} /v2/")).count()
+}
+
+/// A busybox root with a container `c` that wrote /x, committed as `committed`; its digest.
+fn committed_image(root: &Root) -> String {
+    root.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display())]);
+    root.ok(&["run", "busybox", "--name", "c", "--backend", "kernel", "--", "sh", "-c", "echo hi > /x"]);
+    root.ok(&["container", "commit", "c", "committed"]).trim().to_string()
+}
+
+/// A strata commit pushed to a registry: skopeo sees the same manifest digest, its copy unpacked
+/// by umoci equals strata's view, a pull into a fresh root gives the same digest and tree; a
+/// second push uploads nothing; a push to another repository mounts the blobs.
+#[test]
+fn push_commit_round_trips() {
+    if !privileged("push_commit_round_trips") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/strata/app:v1", reg.addr);
+    let out = strata(&root, &[], &["push", "committed", &dest, "--tls-verify=false"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    // busybox's layer, the commit's layer and the config.
+    assert!(err.contains("3 blobs uploaded, 0 mounted, 0 already present"), "{err}");
+    assert_eq!(skopeo_digest(&dest, None), digest);
+
+    let layout = tempfile::tempdir_in(root.path()).expect("tempdir");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", &format!("docker://{dest}")])
+        .arg(format!("oci:{}:app", layout.path().display()))
+        .output()
+        .expect("skopeo copy");
+    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fixture_digest(layout.path(), "app"), digest, "skopeo copied the same manifest");
+    assert_matches_umoci(&root, "committed", layout.path(), "app");
+    let at = PathBuf::from(root.ok(&["container", "mount", "c"]).trim());
+    assert_eq!(fs::read(at.join("x")).expect("/x"), b"hi\n");
+
+    // Pulled back into a fresh root: the same digest and tree.
+    let fresh = Root::new();
+    assert_eq!(ok(&fresh, &[], &["pull", &dest]), digest);
+    assert_matches_umoci(&fresh, &dest, layout.path(), "app");
+
+    // Again: only HEADs and the manifest PUT; nothing uploaded.
+    let (posts, puts) = (logged(&reg, "POST"), logged(&reg, "PUT"));
+    let out = strata(&root, &[], &["push", "-q", "committed", &dest]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    assert!(out.stderr.is_empty(), "-q: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(logged(&reg, "POST"), posts, "no upload started:\n{}", reg.log());
+    assert_eq!(logged(&reg, "PUT"), puts + 1, "only the manifest PUT:\n{}", reg.log());
+
+    // A name in registry form pushes there by default; to another repository of the same
+    // registry its blobs are mounted from the repository the name points into.
+    root.ok(&["image", "tag", "committed", &dest]);
+    let err = String::from_utf8_lossy(&strata(&root, &[], &["push", &dest]).stderr).into_owned();
+    assert!(err.contains("0 blobs uploaded, 0 mounted, 3 already present"), "{err}");
+    let other = format!("{}/other/app:v2", reg.addr);
+    let out = strata(&root, &[], &["push", &dest, &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("0 blobs uploaded, 3 mounted, 0 already present"), "{err}");
+    assert!(reg.log().contains("mount=sha256:"), "{}", reg.log());
+    assert_eq!(skopeo_digest(&other, None), digest);
+
+    // A short name names no registry: refused, naming what to give.
+    let err = fails(&root, &[], &["push", "committed"]);
+    assert!(err.contains("give the destination HOST[:PORT]/REPO[:TAG]"), "{err}");
+    let err = fails(&root, &[], &["push", "nosuch", &dest]);
+    assert!(err.contains("\"nosuch\" not found"), "{err}");
+}
+
+/// htpasswd Basic auth: a push without credentials fails with the registry's own message; with
+/// an auth.json from REGISTRY_AUTH_FILE it works.
+#[test]
+fn push_with_basic_auth() {
+    if !privileged("push_with_basic_auth") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts {
+        basic: Some(("tester".into(), "s3cret".into())),
+        ..Default::default()
+    });
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/private/app:1", reg.addr);
+    let err = fails(&root, &[], &["push", "committed", &dest]);
+    assert!(
+        err.contains(&format!("{}: unauthorized: authentication required (no credentials", reg.addr)),
+        "{err}"
+    );
+    use base64::Engine as _;
+    let f = root.path().join("auth.json");
+    let a = base64::engine::general_purpose::STANDARD.encode("tester:s3cret");
+    fs::write(&f, serde_json::json!({"auths": {reg.addr.clone(): {"auth": a}}}).to_string()).expect("auth");
+    assert_eq!(ok(&root, &[("REGISTRY_AUTH_FILE", &f)], &["push", "committed", &dest]), digest);
+    assert_eq!(skopeo_digest(&dest, Some("tester:s3cret")), digest);
+}
