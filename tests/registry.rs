@@ -495,3 +495,53 @@ fn push_with_basic_auth() {
     assert_eq!(ok(&root, &[("REGISTRY_AUTH_FILE", &f)], &["push", "committed", &dest]), digest);
     assert_eq!(skopeo_digest(&dest, Some("tester:s3cret")), digest);
 }
+
+/// podman pulls a strata push and runs it (storage and run root private to the test; the run
+/// root is short and under /run, as containers/storage wants).
+#[test]
+fn podman_pulls_and_runs_a_strata_push() {
+    if !privileged("podman_pulls_and_runs_a_strata_push") {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("!!! podman_pulls_and_runs_a_strata_push: SKIPPED: podman cannot run here");
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/strata/podman:1", reg.addr);
+    assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
+    let run = tempfile::Builder::new().prefix("strata-push-").tempdir_in("/run").expect("runroot in /run");
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(root.path().join("podman"))
+            .arg("--runroot")
+            .arg(run.path())
+            .arg("--tmpdir")
+            .arg(run.path().join("libpod"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+            .args(args)
+            .output()
+            .expect("run podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman(&["pull", "-q", "--tls-verify=false", &dest]);
+    let d = podman(&["image", "inspect", "--format", "{{.Digest}}", &dest]);
+    assert_eq!(d.trim(), digest);
+    let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "none"];
+    let mut args = vec!["run", "--rm"];
+    args.extend(limits);
+    args.extend([dest.as_str(), "cat", "/x"]);
+    assert_eq!(podman(&args), "hi\n");
+    for p in mounts_under(run.path()).into_iter().rev() {
+        let _ = kernel_overlay::unmount(&p, kernel_overlay::UnmountMode::Detach);
+    }
+}
