@@ -545,3 +545,34 @@ fn podman_pulls_and_runs_a_strata_push() {
         let _ = kernel_overlay::unmount(&p, kernel_overlay::UnmountMode::Detach);
     }
 }
+
+/// Token auth (the Bearer flow): docker-registry trusts a token server in the harness; strata
+/// pulls what skopeo pushed and pushes a commit through it, asking for pull and push.
+#[test]
+fn pull_and_push_through_token_auth() {
+    if !privileged("pull_and_push_through_token_auth") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let reg = Registry::start(RegistryOpts { token: true, ..Default::default() });
+    reg.push(&format!("oci:{}:busybox", oci.display()), "lib/bb:1", false);
+    let root = Root::new();
+    let src = format!("{}/lib/bb:1", reg.addr);
+    assert_eq!(ok(&root, &[], &["pull", &src]), fixture_digest(&oci, "busybox"));
+    assert_matches_umoci(&root, &src, &oci, "busybox");
+    let digest = committed_image(&root);
+    let dest = format!("{}/strata/app:1", reg.addr);
+    assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
+    assert_eq!(skopeo_digest(&dest, None), digest);
+    let scopes = reg.tokens.as_ref().expect("token server").scopes.lock().expect("scopes").clone();
+    assert!(scopes.contains(&"repository:lib/bb:pull".to_string()), "{scopes:?}");
+    assert!(scopes.contains(&"repository:strata/app:pull,push".to_string()), "{scopes:?}");
+    // Without a token the registry refuses, with its own challenge.
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(&reg.addr).expect("connect");
+    write!(c, "GET /v2/strata/app/manifests/1 HTTP/1.0\r\nHost: {}\r\n\r\n", reg.addr).expect("request");
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.0 401") && text.contains("Bearer realm="), "{text}");
+}
