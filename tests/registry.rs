@@ -576,3 +576,26 @@ fn pull_and_push_through_token_auth() {
     c.read_to_string(&mut text).expect("response");
     assert!(text.starts_with("HTTP/1.0 401") && text.contains("Bearer realm="), "{text}");
 }
+
+/// Push over TLS: refused without the CA, naming the host; accepted with `--cert-dir`; a closed
+/// port is named.
+#[test]
+fn push_over_tls_with_cert_dir() {
+    if !privileged("push_over_tls_with_cert_dir") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts { tls: true, ..Default::default() });
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/tls/app:1", reg.addr);
+    let err = fails(&root, &[], &["push", "committed", &dest]);
+    assert!(err.contains(&format!("{}: TLS:", reg.addr)) && err.contains("UnknownIssuer"), "{err}");
+    let dir = reg.certs_d().join(&reg.addr);
+    let d = ok(&root, &[], &["push", "committed", &dest, "--cert-dir", dir.to_str().expect("utf8")]);
+    assert_eq!(d, digest);
+    assert_eq!(skopeo_digest(&dest, None), digest);
+    let closed =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let err = fails(&root, &[], &["push", "committed", &format!("{closed}/x:1")]);
+    assert!(err.contains(&format!("{closed}: cannot connect: connection refused")), "{err}");
+}
