@@ -599,3 +599,42 @@ fn push_over_tls_with_cert_dir() {
     let err = fails(&root, &[], &["push", "committed", &format!("{closed}/x:1")]);
     assert!(err.contains(&format!("{closed}: cannot connect: connection refused")), "{err}");
 }
+
+/// 429 (Retry-After honoured) and 5xx on a push's HEAD, upload start, blob PUT and manifest
+/// PUT are retried: the push completes with the right digest; an endless 503 gives up saying so.
+#[test]
+fn push_retries_transient_failures_boundedly() {
+    if !privileged("push_retries_transient_failures_boundedly") {
+        return;
+    }
+    use common::registry::FaultProxy;
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let faults = vec![
+        ("HEAD", "/blobs/", 429, Some(1)),
+        ("POST", "/blobs/uploads/", 503, None),
+        ("PUT", "digest=", 500, None),
+        ("PUT", "/manifests/", 502, None),
+    ];
+    let proxy = FaultProxy::start(&reg.addr, faults);
+    let t = Instant::now();
+    let dest = format!("{}/retry/app:1", proxy.addr);
+    assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not waited for");
+    assert_eq!(skopeo_digest(&format!("{}/retry/app:1", reg.addr), None), digest);
+    let seen = proxy.seen.lock().expect("seen").clone();
+    // Three blobs, each fault retried once.
+    let count = |m: &str, p: &str| seen.iter().filter(|s| s.starts_with(m) && s.contains(p)).count();
+    assert_eq!(count("HEAD ", "/blobs/"), 4, "{seen:?}");
+    assert_eq!(count("POST ", "/blobs/uploads/"), 4, "{seen:?}");
+    assert_eq!(count("PUT ", "digest="), 4, "{seen:?}");
+    assert_eq!(count("PUT ", "/manifests/"), 2, "{seen:?}");
+    drop(proxy);
+
+    let proxy = FaultProxy::start(&reg.addr, vec![("POST", "/blobs/uploads/", 503, None); 10]);
+    let err = fails(&root, &[], &["push", "committed", &format!("{}/retry/other:1", proxy.addr)]);
+    assert!(err.contains(&format!("{}: HTTP 503 after 4 tries", proxy.addr)), "{err}");
+    let posts = proxy.seen.lock().expect("seen").iter().filter(|s| s.starts_with("POST")).count();
+    assert_eq!(posts, 4, "retries are bounded");
+}

@@ -559,3 +559,105 @@ impl Drop for TokenServer {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// A proxy to a real registry, one request per connection (it asks for `Connection: close`):
+/// each fault `(METHOD, path part, status, Retry-After)` answers the first request it matches
+/// instead of the registry, once. Counts the requests it saw.
+pub struct FaultProxy {
+    pub addr: String,
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, faults: Vec<(&str, &str, u16, Option<u64>)>) -> FaultProxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut faults: Vec<(String, String, u16, Option<u64>)> =
+            faults.into_iter().map(|(m, p, s, r)| (m.to_string(), p.to_string(), s, r)).collect();
+        let (sp, sn, up) = (stop.clone(), seen.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(head) = read_head(&mut c) else { continue };
+                let line = head.lines().next().unwrap_or("").to_string();
+                let mut parts = line.split(' ');
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                sn.lock().expect("seen").push(format!("{method} {path}"));
+                if let Some(i) =
+                    faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()))
+                {
+                    let (_, _, status, after) = faults.remove(i);
+                    let h: Vec<(&str, String)> =
+                        after.map(|a| ("Retry-After", a.to_string())).into_iter().collect();
+                    let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"fault {status}"}}]}}"#);
+                    // The request body is not read: the client sees the answer and a close.
+                    respond(&mut c, status, &h, body.as_bytes(), false);
+                    continue;
+                }
+                forward(c, &up, &head);
+            }
+        });
+        FaultProxy { addr, seen, stop }
+    }
+}
+
+/// A request's head, through the blank line; `None` for anything that is not plain HTTP.
+fn read_head(c: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b).ok()? == 0 || buf.len() > 64 << 10 {
+            return None;
+        }
+        if buf.is_empty() && !b[0].is_ascii_uppercase() {
+            return None; // a TLS hello, say: closed at once
+        }
+        buf.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One request to `upstream` with `Connection: close`, its body (Content-Length bytes) copied
+/// after the head; the response copied back until the registry closes.
+fn forward(mut c: TcpStream, upstream: &str, head: &str) {
+    let Ok(mut u) = TcpStream::connect(upstream) else { return };
+    let mut len = 0u64;
+    let mut out = String::new();
+    for l in head.trim_end().split("\r\n") {
+        let lower = l.to_ascii_lowercase();
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    if u.write_all(out.as_bytes()).is_err() {
+        return;
+    }
+    let mut body = (&mut c).take(len);
+    if std::io::copy(&mut body, &mut u).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
