@@ -568,6 +568,15 @@ fn pull_and_push_through_token_auth() {
     let scopes = reg.tokens.as_ref().expect("token server").scopes.lock().expect("scopes").clone();
     assert!(scopes.contains(&"repository:lib/bb:pull".to_string()), "{scopes:?}");
     assert!(scopes.contains(&"repository:strata/app:pull,push".to_string()), "{scopes:?}");
+    // A mount from the repository the name points into: the token allows pulling from it.
+    root.ok(&["image", "tag", "committed", &dest]);
+    let other = format!("{}/other/app:1", reg.addr);
+    let out = strata(&root, &[], &["push", &dest, &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0 blobs uploaded, 3 mounted, 0 already present"), "{err}");
+    let scopes = reg.tokens.as_ref().expect("token server").scopes.lock().expect("scopes").clone();
+    assert!(scopes.contains(&"repository:strata/app:pull".to_string()), "{scopes:?}");
+    assert_eq!(skopeo_digest(&other, None), digest);
     // Without a token the registry refuses, with its own challenge.
     use std::io::{Read as _, Write as _};
     let mut c = std::net::TcpStream::connect(&reg.addr).expect("connect");

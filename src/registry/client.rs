@@ -29,6 +29,9 @@ pub struct ClientOptions {
     pub cert_dir: Option<PathBuf>,
     /// Credentials given on the command line; else looked up in the credential files.
     pub credentials: Option<Credentials>,
+    /// More scopes for Bearer tokens (`repository:OTHER:pull` for a push's cross-repository
+    /// mount).
+    pub extra_scopes: Vec<String>,
 }
 
 impl Default for ClientOptions {
@@ -37,7 +40,13 @@ impl Default for ClientOptions {
             Some(v) => std::env::split_paths(&v).collect(),
             None => CERTS_D.iter().map(PathBuf::from).collect(),
         };
-        ClientOptions { tls_verify: true, certs_d, cert_dir: None, credentials: None }
+        ClientOptions {
+            tls_verify: true,
+            certs_d,
+            cert_dir: None,
+            credentials: None,
+            extra_scopes: Vec::new(),
+        }
     }
 }
 
@@ -57,6 +66,7 @@ pub struct Client {
     authz: Mutex<Option<String>>,
     /// Scope actions asked for in token requests ("pull", or "pull,push").
     actions: String,
+    extra_scopes: Vec<String>,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -277,6 +287,7 @@ impl Client {
             creds,
             authz: Mutex::new(None),
             actions: actions.to_string(),
+            extra_scopes: opts.extra_scopes.clone(),
         };
         let https = client.ping();
         match https {
@@ -376,6 +387,9 @@ impl Client {
         }
         if !self.repo.is_empty() {
             req = req.query("scope", format!("repository:{}:{}", self.repo, self.actions));
+        }
+        for s in &self.extra_scopes {
+            req = req.query("scope", s);
         }
         if let Some(c) = &self.creds {
             req = req.header("Authorization", c.basic());

@@ -84,13 +84,15 @@ pub fn push(
         }
     }
 
-    let client = Client::connect(&dest.domain, &dest.repo, &opts.client, "pull,push")?;
     // The repository the image's own name points into, on the same registry: its blobs can be
-    // mounted rather than sent again.
+    // mounted rather than sent again (a token must allow pulling from it too).
     let mount_from = reference::normalize(name)
         .ok()
         .filter(|n| n.domain == dest.domain && n.repo != dest.repo)
         .map(|n| n.repo);
+    let mut copts = opts.client.clone();
+    copts.extra_scopes.extend(mount_from.iter().map(|r| format!("repository:{r}:pull")));
+    let client = Client::connect(&dest.domain, &dest.repo, &copts, "pull,push")?;
 
     let mut pushed = Pushed::default();
     for (d, size, kind) in &blobs {
