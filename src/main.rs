@@ -80,6 +80,28 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Push a stored image to a registry: blobs the registry lacks are uploaded (or mounted
+    /// from the repository the image's name points into), then the manifest, byte for byte, so
+    /// the digest stays the same. Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata push app localhost:5000/app:v1\n  strata push localhost:5000/app:v1   # to the registry its name names"
+    )]
+    Push {
+        /// The stored image.
+        name: String,
+        /// HOST[:PORT]/REPO[:TAG] (default: NAME, when it is in that form).
+        reference: Option<String>,
+        /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+              num_args = 0..=1, default_missing_value = "true")]
+        tls_verify: bool,
+        /// Also trust the *.crt files of this directory (as podman's --cert-dir).
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+        /// Print only the digest.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Log in to a registry: the credentials are checked against it, then stored in
     /// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json.
     #[command(
@@ -375,6 +397,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pull { reference, name, platform, tls_verify, cert_dir, quiet } => {
             pull_cmd(&cli.root, &reference, name, platform, tls_verify, cert_dir, quiet)
         }
+        Cmd::Push { name, reference, tls_verify, cert_dir, quiet } => {
+            push_cmd(&cli.root, &name, reference.as_deref(), tls_verify, cert_dir, quiet)
+        }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
             let (blobs, layers) = store.gc().context("gc")?;
@@ -557,6 +582,38 @@ fn pull_cmd(
         );
     }
     println!("{}", imported.manifest_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push_cmd(
+    root: &std::path::Path,
+    name: &str,
+    reference: Option<&str>,
+    tls_verify: bool,
+    cert_dir: Option<PathBuf>,
+    quiet: bool,
+) -> Result<ExitCode> {
+    use strata::registry::{self, ClientOptions, PushOptions};
+    let dest = match reference {
+        Some(r) => strata::reference::normalize(r).with_context(|| format!("pushing {name}"))?,
+        // Only a name that says where it lives: a short name would otherwise mean Docker Hub.
+        None => strata::reference::parse(name)
+            .ok()
+            .filter(|r| r.domain.is_some())
+            .and_then(|_| strata::reference::normalize(name).ok())
+            .with_context(|| format!("pushing {name}: give the destination HOST[:PORT]/REPO[:TAG]"))?,
+    };
+    let store = open_store(root)?;
+    let opts = PushOptions { client: ClientOptions { tls_verify, cert_dir, ..ClientOptions::default() } };
+    let pushed =
+        registry::push(&store, name, &dest, &opts).with_context(|| format!("pushing {name} to {dest}"))?;
+    if !quiet {
+        eprintln!(
+            "{dest}: {} blobs uploaded, {} mounted, {} already present",
+            pushed.uploaded, pushed.mounted, pushed.present
+        );
+    }
+    println!("{}", pushed.digest);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -377,3 +377,273 @@ fn transient_failures_are_retried_boundedly() {
     assert!(err.contains(&format!("layer {first}")), "{err}");
     assert_clean(&clean);
 }
+
+/// `skopeo inspect` of `docker://REF` (plain HTTP): its manifest digest.
+fn skopeo_digest(reference: &str, creds: Option<&str>) -> String {
+    let mut c = Command::new("skopeo");
+    c.args(["inspect", "--tls-verify=false"]);
+    if let Some(cr) = creds {
+        c.arg(format!("--creds={cr}"));
+    }
+    let out = c.arg(format!("docker://{reference}")).output().expect("skopeo");
+    assert!(out.status.success(), "skopeo inspect {reference}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("skopeo json");
+    v["Digest"].as_str().expect("Digest").to_string()
+}
+
+/// Requests with `method` in the registry's access log.
+fn logged(reg: &Registry, method: &str) -> usize {
+    reg.log().matches(&format!("\"{method} /v2/")).count()
+}
+
+/// A busybox root with a container `c` that wrote /x, committed as `committed`; its digest.
+fn committed_image(root: &Root) -> String {
+    root.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display())]);
+    root.ok(&["run", "busybox", "--name", "c", "--backend", "kernel", "--", "sh", "-c", "echo hi > /x"]);
+    root.ok(&["container", "commit", "c", "committed"]).trim().to_string()
+}
+
+/// A strata commit pushed to a registry: skopeo sees the same manifest digest, its copy unpacked
+/// by umoci equals strata's view, a pull into a fresh root gives the same digest and tree; a
+/// second push uploads nothing; a push to another repository mounts the blobs.
+#[test]
+fn push_commit_round_trips() {
+    if !privileged("push_commit_round_trips") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/strata/app:v1", reg.addr);
+    let out = strata(&root, &[], &["push", "committed", &dest, "--tls-verify=false"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    // busybox's layer, the commit's layer and the config.
+    assert!(err.contains("3 blobs uploaded, 0 mounted, 0 already present"), "{err}");
+    assert_eq!(skopeo_digest(&dest, None), digest);
+
+    let layout = tempfile::tempdir_in(root.path()).expect("tempdir");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", &format!("docker://{dest}")])
+        .arg(format!("oci:{}:app", layout.path().display()))
+        .output()
+        .expect("skopeo copy");
+    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fixture_digest(layout.path(), "app"), digest, "skopeo copied the same manifest");
+    assert_matches_umoci(&root, "committed", layout.path(), "app");
+    let at = PathBuf::from(root.ok(&["container", "mount", "c"]).trim());
+    assert_eq!(fs::read(at.join("x")).expect("/x"), b"hi\n");
+
+    // Pulled back into a fresh root: the same digest and tree.
+    let fresh = Root::new();
+    assert_eq!(ok(&fresh, &[], &["pull", &dest]), digest);
+    assert_matches_umoci(&fresh, &dest, layout.path(), "app");
+
+    // Again: only HEADs and the manifest PUT; nothing uploaded.
+    let (posts, puts) = (logged(&reg, "POST"), logged(&reg, "PUT"));
+    let out = strata(&root, &[], &["push", "-q", "committed", &dest]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    assert!(out.stderr.is_empty(), "-q: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(logged(&reg, "POST"), posts, "no upload started:\n{}", reg.log());
+    assert_eq!(logged(&reg, "PUT"), puts + 1, "only the manifest PUT:\n{}", reg.log());
+
+    // A name in registry form pushes there by default; to another repository of the same
+    // registry its blobs are mounted from the repository the name points into.
+    root.ok(&["image", "tag", "committed", &dest]);
+    let err = String::from_utf8_lossy(&strata(&root, &[], &["push", &dest]).stderr).into_owned();
+    assert!(err.contains("0 blobs uploaded, 0 mounted, 3 already present"), "{err}");
+    let other = format!("{}/other/app:v2", reg.addr);
+    let out = strata(&root, &[], &["push", &dest, &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("0 blobs uploaded, 3 mounted, 0 already present"), "{err}");
+    assert!(reg.log().contains("mount=sha256:"), "{}", reg.log());
+    assert_eq!(skopeo_digest(&other, None), digest);
+
+    // A short name names no registry: refused, naming what to give.
+    let err = fails(&root, &[], &["push", "committed"]);
+    assert!(err.contains("give the destination HOST[:PORT]/REPO[:TAG]"), "{err}");
+    let err = fails(&root, &[], &["push", "nosuch", &dest]);
+    assert!(err.contains("\"nosuch\" not found"), "{err}");
+}
+
+/// htpasswd Basic auth: a push without credentials fails with the registry's own message; with
+/// an auth.json from REGISTRY_AUTH_FILE it works.
+#[test]
+fn push_with_basic_auth() {
+    if !privileged("push_with_basic_auth") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts {
+        basic: Some(("tester".into(), "s3cret".into())),
+        ..Default::default()
+    });
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/private/app:1", reg.addr);
+    let err = fails(&root, &[], &["push", "committed", &dest]);
+    assert!(
+        err.contains(&format!("{}: unauthorized: authentication required (no credentials", reg.addr)),
+        "{err}"
+    );
+    use base64::Engine as _;
+    let f = root.path().join("auth.json");
+    let a = base64::engine::general_purpose::STANDARD.encode("tester:s3cret");
+    fs::write(&f, serde_json::json!({"auths": {reg.addr.clone(): {"auth": a}}}).to_string()).expect("auth");
+    assert_eq!(ok(&root, &[("REGISTRY_AUTH_FILE", &f)], &["push", "committed", &dest]), digest);
+    assert_eq!(skopeo_digest(&dest, Some("tester:s3cret")), digest);
+}
+
+/// podman pulls a strata push and runs it (storage and run root private to the test; the run
+/// root is short and under /run, as containers/storage wants).
+#[test]
+fn podman_pulls_and_runs_a_strata_push() {
+    if !privileged("podman_pulls_and_runs_a_strata_push") {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("!!! podman_pulls_and_runs_a_strata_push: SKIPPED: podman cannot run here");
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/strata/podman:1", reg.addr);
+    assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
+    let run = tempfile::Builder::new().prefix("strata-push-").tempdir_in("/run").expect("runroot in /run");
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(root.path().join("podman"))
+            .arg("--runroot")
+            .arg(run.path())
+            .arg("--tmpdir")
+            .arg(run.path().join("libpod"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+            .args(args)
+            .output()
+            .expect("run podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman(&["pull", "-q", "--tls-verify=false", &dest]);
+    let d = podman(&["image", "inspect", "--format", "{{.Digest}}", &dest]);
+    assert_eq!(d.trim(), digest);
+    let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "none"];
+    let mut args = vec!["run", "--rm"];
+    args.extend(limits);
+    args.extend([dest.as_str(), "cat", "/x"]);
+    assert_eq!(podman(&args), "hi\n");
+    for p in mounts_under(run.path()).into_iter().rev() {
+        let _ = kernel_overlay::unmount(&p, kernel_overlay::UnmountMode::Detach);
+    }
+}
+
+/// Token auth (the Bearer flow): docker-registry trusts a token server in the harness; strata
+/// pulls what skopeo pushed and pushes a commit through it, asking for pull and push.
+#[test]
+fn pull_and_push_through_token_auth() {
+    if !privileged("pull_and_push_through_token_auth") {
+        return;
+    }
+    let fx = fixtures();
+    let oci = fx.join("oci");
+    let reg = Registry::start(RegistryOpts { token: true, ..Default::default() });
+    reg.push(&format!("oci:{}:busybox", oci.display()), "lib/bb:1", false);
+    let root = Root::new();
+    let src = format!("{}/lib/bb:1", reg.addr);
+    assert_eq!(ok(&root, &[], &["pull", &src]), fixture_digest(&oci, "busybox"));
+    assert_matches_umoci(&root, &src, &oci, "busybox");
+    let digest = committed_image(&root);
+    let dest = format!("{}/strata/app:1", reg.addr);
+    assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
+    assert_eq!(skopeo_digest(&dest, None), digest);
+    let scopes = reg.tokens.as_ref().expect("token server").scopes.lock().expect("scopes").clone();
+    assert!(scopes.contains(&"repository:lib/bb:pull".to_string()), "{scopes:?}");
+    assert!(scopes.contains(&"repository:strata/app:pull,push".to_string()), "{scopes:?}");
+    // A mount from the repository the name points into: the token allows pulling from it.
+    root.ok(&["image", "tag", "committed", &dest]);
+    let other = format!("{}/other/app:1", reg.addr);
+    let out = strata(&root, &[], &["push", &dest, &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0 blobs uploaded, 3 mounted, 0 already present"), "{err}");
+    let scopes = reg.tokens.as_ref().expect("token server").scopes.lock().expect("scopes").clone();
+    assert!(scopes.contains(&"repository:strata/app:pull".to_string()), "{scopes:?}");
+    assert_eq!(skopeo_digest(&other, None), digest);
+    // Without a token the registry refuses, with its own challenge.
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(&reg.addr).expect("connect");
+    write!(c, "GET /v2/strata/app/manifests/1 HTTP/1.0\r\nHost: {}\r\n\r\n", reg.addr).expect("request");
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.0 401") && text.contains("Bearer realm="), "{text}");
+}
+
+/// Push over TLS: refused without the CA, naming the host; accepted with `--cert-dir`; a closed
+/// port is named.
+#[test]
+fn push_over_tls_with_cert_dir() {
+    if !privileged("push_over_tls_with_cert_dir") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts { tls: true, ..Default::default() });
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let dest = format!("{}/tls/app:1", reg.addr);
+    let err = fails(&root, &[], &["push", "committed", &dest]);
+    assert!(err.contains(&format!("{}: TLS:", reg.addr)) && err.contains("UnknownIssuer"), "{err}");
+    let dir = reg.certs_d().join(&reg.addr);
+    let d = ok(&root, &[], &["push", "committed", &dest, "--cert-dir", dir.to_str().expect("utf8")]);
+    assert_eq!(d, digest);
+    assert_eq!(skopeo_digest(&dest, None), digest);
+    let closed =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let err = fails(&root, &[], &["push", "committed", &format!("{closed}/x:1")]);
+    assert!(err.contains(&format!("{closed}: cannot connect: connection refused")), "{err}");
+}
+
+/// 429 (Retry-After honoured) and 5xx on a push's HEAD, upload start, blob PUT and manifest
+/// PUT are retried: the push completes with the right digest; an endless 503 gives up saying so.
+#[test]
+fn push_retries_transient_failures_boundedly() {
+    if !privileged("push_retries_transient_failures_boundedly") {
+        return;
+    }
+    use common::registry::FaultProxy;
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let faults = vec![
+        ("HEAD", "/blobs/", 429, Some(1)),
+        ("POST", "/blobs/uploads/", 503, None),
+        ("PUT", "digest=", 500, None),
+        ("PUT", "/manifests/", 502, None),
+    ];
+    let proxy = FaultProxy::start(&reg.addr, faults);
+    let t = Instant::now();
+    let dest = format!("{}/retry/app:1", proxy.addr);
+    assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not waited for");
+    assert_eq!(skopeo_digest(&format!("{}/retry/app:1", reg.addr), None), digest);
+    let seen = proxy.seen.lock().expect("seen").clone();
+    // Three blobs, each fault retried once.
+    let count = |m: &str, p: &str| seen.iter().filter(|s| s.starts_with(m) && s.contains(p)).count();
+    assert_eq!(count("HEAD ", "/blobs/"), 4, "{seen:?}");
+    assert_eq!(count("POST ", "/blobs/uploads/"), 4, "{seen:?}");
+    assert_eq!(count("PUT ", "digest="), 4, "{seen:?}");
+    assert_eq!(count("PUT ", "/manifests/"), 2, "{seen:?}");
+    drop(proxy);
+
+    let proxy = FaultProxy::start(&reg.addr, vec![("POST", "/blobs/uploads/", 503, None); 10]);
+    let err = fails(&root, &[], &["push", "committed", &format!("{}/retry/other:1", proxy.addr)]);
+    assert!(err.contains(&format!("{}: HTTP 503 after 4 tries", proxy.addr)), "{err}");
+    let posts = proxy.seen.lock().expect("seen").iter().filter(|s| s.starts_with("POST")).count();
+    assert_eq!(posts, 4, "retries are bounded");
+}

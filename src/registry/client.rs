@@ -29,6 +29,9 @@ pub struct ClientOptions {
     pub cert_dir: Option<PathBuf>,
     /// Credentials given on the command line; else looked up in the credential files.
     pub credentials: Option<Credentials>,
+    /// More scopes for Bearer tokens (`repository:OTHER:pull` for a push's cross-repository
+    /// mount).
+    pub extra_scopes: Vec<String>,
 }
 
 impl Default for ClientOptions {
@@ -37,7 +40,13 @@ impl Default for ClientOptions {
             Some(v) => std::env::split_paths(&v).collect(),
             None => CERTS_D.iter().map(PathBuf::from).collect(),
         };
-        ClientOptions { tls_verify: true, certs_d, cert_dir: None, credentials: None }
+        ClientOptions {
+            tls_verify: true,
+            certs_d,
+            cert_dir: None,
+            credentials: None,
+            extra_scopes: Vec::new(),
+        }
     }
 }
 
@@ -57,6 +66,7 @@ pub struct Client {
     authz: Mutex<Option<String>>,
     /// Scope actions asked for in token requests ("pull", or "pull,push").
     actions: String,
+    extra_scopes: Vec<String>,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -231,8 +241,25 @@ fn retry_after(resp: &Response<Body>) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-fn header(resp: &Response<Body>, name: &str) -> Option<String> {
+pub(crate) fn header(resp: &Response<Body>, name: &str) -> Option<String> {
     resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The methods of [`Client::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Head,
+    Post,
+    Put,
+}
+
+/// What a request sends: nothing, bytes with their media type, or a file streamed with its
+/// length as Content-Length.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    None,
+    Bytes(&'a [u8], &'a str),
+    File(&'a Path),
 }
 
 /// A small object's bytes, Content-Type and Docker-Content-Digest.
@@ -260,6 +287,7 @@ impl Client {
             creds,
             authz: Mutex::new(None),
             actions: actions.to_string(),
+            extra_scopes: opts.extra_scopes.clone(),
         };
         let https = client.ping();
         match https {
@@ -360,6 +388,9 @@ impl Client {
         if !self.repo.is_empty() {
             req = req.query("scope", format!("repository:{}:{}", self.repo, self.actions));
         }
+        for s in &self.extra_scopes {
+            req = req.query("scope", s);
+        }
         if let Some(c) = &self.creds {
             req = req.header("Authorization", c.basic());
         }
@@ -402,12 +433,90 @@ impl Client {
         accept: Option<&str>,
         what: &str,
     ) -> Result<Response<Body>, RegistryError> {
+        self.send_retry(&url, what, |authz| {
+            let mut req = self.agent.get(&url);
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            if let Some(h) = authz {
+                req = req.header("Authorization", h);
+            }
+            req.call().map_err(|e| transport_error(&self.host, e))
+        })
+    }
+
+    /// `base/v2/REPO/{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repo)
+    }
+
+    /// An upload `Location`: absolute as sent, or relative to the registry.
+    pub fn location_url(&self, loc: &str) -> String {
+        if loc.starts_with("http://") || loc.starts_with("https://") {
+            loc.to_string()
+        } else {
+            format!("{}/{}", self.base, loc.trim_start_matches('/'))
+        }
+    }
+
+    /// A HEAD, POST or PUT with authentication and bounded retries (the payload is sent again
+    /// from the start on each attempt); a 2xx response, or an error saying what the registry said.
+    pub fn send(
+        &self,
+        method: Method,
+        url: &str,
+        payload: Payload<'_>,
+        what: &str,
+    ) -> Result<Response<Body>, RegistryError> {
+        self.send_retry(url, what, |authz| {
+            let io_err = |e: std::io::Error, p: &Path| {
+                (false, RegistryError::Local { path: p.display().to_string(), reason: e.to_string() })
+            };
+            macro_rules! with_auth {
+                ($req:expr) => {{
+                    let mut req = $req;
+                    if let Some(h) = authz {
+                        req = req.header("Authorization", h);
+                    }
+                    req
+                }};
+            }
+            let r = match (method, &payload) {
+                (Method::Head, _) => with_auth!(self.agent.head(url)).call(),
+                (m, p) => {
+                    let req = match m {
+                        Method::Put => self.agent.put(url),
+                        _ => self.agent.post(url),
+                    };
+                    let req = with_auth!(req);
+                    match p {
+                        Payload::None => req.header("Content-Length", "0").send_empty(),
+                        Payload::Bytes(b, ct) => req.header("Content-Type", *ct).send(*b),
+                        Payload::File(path) => {
+                            let f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
+                            req.header("Content-Type", "application/octet-stream").send(f)
+                        }
+                    }
+                }
+            };
+            r.map_err(|e| transport_error(&self.host, e))
+        })
+    }
+
+    fn send_retry(
+        &self,
+        url: &str,
+        what: &str,
+        mut send: impl FnMut(Option<String>) -> Result<Response<Body>, (bool, RegistryError)>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let url = url.to_string();
         let mut authed = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let wait = Duration::from_millis(100 << attempt.min(6));
-            let resp = match self.agent_get(&url, accept) {
+            let authz = self.authz.lock().ok().and_then(|g| g.clone());
+            let resp = match send(authz) {
                 Ok(r) => r,
                 Err((true, e)) if attempt < ATTEMPTS => {
                     tracing::warn!(%url, error = %e, "retrying");
@@ -459,17 +568,6 @@ impl Client {
                 s => RegistryError::Status { host: self.host.clone(), url, status: s.as_u16(), message },
             });
         }
-    }
-
-    fn agent_get(&self, url: &str, accept: Option<&str>) -> Result<Response<Body>, (bool, RegistryError)> {
-        let mut req = self.agent.get(url);
-        if let Some(a) = accept {
-            req = req.header("Accept", a);
-        }
-        if let Some(h) = self.authz.lock().ok().and_then(|g| g.clone()) {
-            req = req.header("Authorization", h);
-        }
-        req.call().map_err(|e| transport_error(&self.host, e))
     }
 
     /// A small object (manifest, config), read whole, at most `limit` bytes; also returns the

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod push;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::digest::Sha256Digest;
 use crate::image::{self, Format, ImageError, ImageSource, LayerRef, Platform, Resolved};
 use crate::reference::Normalized;
 pub use client::{Client, ClientOptions};
+pub use push::{push, PushOptions, Pushed};
 
 /// Registry errors: each names the host or the object and says what the registry said.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub enum RegistryError {
     Config { what: String, reason: String },
     #[error("{what}: digest mismatch: expected {expected}, the registry sent {actual}")]
     DigestMismatch { what: String, expected: String, actual: String },
+    #[error("{path}: {reason}")]
+    Local { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error(transparent)]

@@ -18,6 +18,9 @@ pub struct RegistryOpts {
     pub tls: bool,
     /// htpasswd Basic auth with this user and password.
     pub basic: Option<(String, String)>,
+    /// Token auth: a [`TokenServer`] on loopback is the realm, its signing certificate the
+    /// registry's `rootcertbundle`.
+    pub token: bool,
 }
 
 /// A running registry; killed and removed on drop.
@@ -27,6 +30,8 @@ pub struct Registry {
     pub addr: String,
     pub dir: tempfile::TempDir,
     pub opts: RegistryOpts,
+    /// The token server, with token auth.
+    pub tokens: Option<TokenServer>,
 }
 
 fn run(cmd: &mut Command) {
@@ -105,6 +110,16 @@ impl Registry {
                 d.join("htpasswd").display()
             );
         }
+        let tokens = opts.token.then(|| TokenServer::start(d));
+        if let Some(t) = &tokens {
+            auth = format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                t.addr,
+                d.join("token.crt").display()
+            );
+        }
+        let mut tokens = tokens;
         for _ in 0..5 {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
@@ -130,7 +145,7 @@ impl Registry {
                     break; // port taken, most likely: try another
                 }
                 if TcpStream::connect(&addr).is_ok() {
-                    return Registry { child, addr, dir, opts };
+                    return Registry { child, addr, dir, opts, tokens: tokens.take() };
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -399,5 +414,250 @@ fn serve(c: &mut TcpStream, layout: &Path, path: &str, fault: Option<Fault>) {
     match found {
         Some((body, h)) => respond(c, 200, &h, &body, truncate),
         None => respond(c, 404, &[], &err("MANIFEST_UNKNOWN", "manifest unknown"), false),
+    }
+}
+
+const TOKEN_SERVICE: &str = "strata-test-registry";
+const TOKEN_ISSUER: &str = "strata-test-issuer";
+
+/// A token server for the Bearer flow: grants every scope asked for in a JWT signed RS256 (by
+/// `openssl dgst -sign`) with a key whose self-signed certificate, sent in the `x5c` header, is
+/// the registry's root bundle. Records the scopes asked for.
+pub struct TokenServer {
+    pub addr: String,
+    pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> TokenServer {
+        run(Command::new("openssl").current_dir(dir).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=strata token signer",
+            "-keyout",
+            "token.key",
+            "-out",
+            "token.crt",
+        ]));
+        run(Command::new("openssl").current_dir(dir).args([
+            "x509",
+            "-in",
+            "token.crt",
+            "-outform",
+            "DER",
+            "-out",
+            "token.der",
+        ]));
+        let der = fs::read(dir.join("token.der")).expect("token.der");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sp, sc, key) = (stop.clone(), scopes.clone(), dir.join("token.key"));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let Some(path) = read_request(&mut c) else { continue };
+                let query = path.split_once('?').map_or("", |(_, q)| q);
+                let mut access = Vec::new();
+                for kv in query.split('&') {
+                    let Some(("scope", v)) = kv.split_once('=') else { continue };
+                    let v = percent_decode(v);
+                    sc.lock().expect("scopes").push(v.clone());
+                    for one in v.split(' ') {
+                        let Some((ty, rest)) = one.split_once(':') else { continue };
+                        let Some((name, actions)) = rest.rsplit_once(':') else { continue };
+                        let actions: Vec<&str> = actions.split(',').collect();
+                        access.push(serde_json::json!({"type": ty, "name": name, "actions": actions}));
+                    }
+                }
+                let token = jwt(&key, &der, access);
+                let body = serde_json::json!({"token": token, "expires_in": 600}).to_string();
+                respond(&mut c, 200, &[("Content-Type", "application/json".into())], body.as_bytes(), false);
+            }
+        });
+        TokenServer { addr, scopes, stop }
+    }
+}
+
+/// A JWT for the registry, RS256 over `header.claims`.
+fn jwt(key: &Path, der: &[u8], access: Vec<serde_json::Value>) -> String {
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let header = serde_json::json!({
+        "alg": "RS256", "typ": "JWT",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(der)],
+    });
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": "tester", "aud": TOKEN_SERVICE,
+        "exp": now + 600, "nbf": now - 10, "iat": now - 10, "jti": format!("{now}-{}", access.len()),
+        "access": access,
+    });
+    let input = format!("{}.{}", b64url(claims_bytes(&header).as_slice()), b64url(&claims_bytes(&claims)));
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl dgst");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("sign input");
+    let out = child.wait_with_output().expect("openssl dgst");
+    assert!(out.status.success(), "openssl dgst -sign failed");
+    format!("{input}.{}", b64url(&out.stdout))
+}
+
+fn claims_bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("json")
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A proxy to a real registry, one request per connection (it asks for `Connection: close`):
+/// each fault `(METHOD, path part, status, Retry-After)` answers the first request it matches
+/// instead of the registry, once. Counts the requests it saw.
+pub struct FaultProxy {
+    pub addr: String,
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, faults: Vec<(&str, &str, u16, Option<u64>)>) -> FaultProxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut faults: Vec<(String, String, u16, Option<u64>)> =
+            faults.into_iter().map(|(m, p, s, r)| (m.to_string(), p.to_string(), s, r)).collect();
+        let (sp, sn, up) = (stop.clone(), seen.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(head) = read_head(&mut c) else { continue };
+                let line = head.lines().next().unwrap_or("").to_string();
+                let mut parts = line.split(' ');
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                sn.lock().expect("seen").push(format!("{method} {path}"));
+                if let Some(i) =
+                    faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()))
+                {
+                    let (_, _, status, after) = faults.remove(i);
+                    let h: Vec<(&str, String)> =
+                        after.map(|a| ("Retry-After", a.to_string())).into_iter().collect();
+                    let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"fault {status}"}}]}}"#);
+                    // The request body is not read: the client sees the answer and a close.
+                    respond(&mut c, status, &h, body.as_bytes(), false);
+                    continue;
+                }
+                forward(c, &up, &head);
+            }
+        });
+        FaultProxy { addr, seen, stop }
+    }
+}
+
+/// A request's head, through the blank line; `None` for anything that is not plain HTTP.
+fn read_head(c: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b).ok()? == 0 || buf.len() > 64 << 10 {
+            return None;
+        }
+        if buf.is_empty() && !b[0].is_ascii_uppercase() {
+            return None; // a TLS hello, say: closed at once
+        }
+        buf.push(b[0]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One request to `upstream` with `Connection: close`, its body (Content-Length bytes) copied
+/// after the head; the response copied back until the registry closes.
+fn forward(mut c: TcpStream, upstream: &str, head: &str) {
+    let Ok(mut u) = TcpStream::connect(upstream) else { return };
+    let mut len = 0u64;
+    let mut out = String::new();
+    for l in head.trim_end().split("\r\n") {
+        let lower = l.to_ascii_lowercase();
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    if u.write_all(out.as_bytes()).is_err() {
+        return;
+    }
+    let mut body = (&mut c).take(len);
+    if std::io::copy(&mut body, &mut u).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
