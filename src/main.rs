@@ -187,6 +187,18 @@ enum ContainerCmd {
     /// Everything about a container as JSON: image digest, layers, upper/work, mount and run state.
     #[command(after_help = "Example:\n  strata container inspect web")]
     Inspect { name: String },
+    /// The container's merged root filesystem as one flat tar, as `docker export` (whiteouts and
+    /// opaque directories applied, no `.wh.` entries). A mounted (or running) container is read
+    /// where it is mounted; otherwise its layers are mounted read-only for the export.
+    #[command(after_help = "Examples:\n  strata container export web -o web.tar\n  \
+strata container export web | tar -t\n  \
+strata container export web | strata image import-rootfs - web-flat")]
+    Export {
+        name: String,
+        /// Output file (written under a temporary name, renamed when complete); `-`: stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -631,6 +643,48 @@ fn human(n: u64) -> String {
     }
 }
 
+/// Write to `path` (`-`: stdout, refused when it is a terminal) through `f`: a file is written
+/// under a temporary name next to it and renamed when complete, and removed on failure.
+fn write_output<E>(
+    path: &std::path::Path,
+    f: impl FnOnce(&mut dyn std::io::Write) -> Result<(), E>,
+) -> Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use std::io::Write;
+    if path.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            anyhow::bail!("refusing to write a tar to a terminal: redirect stdout or use -o FILE");
+        }
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        f(&mut w)?;
+        w.flush().context("writing to stdout")?;
+        return Ok(());
+    }
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let res = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        f(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
     match c {
         ContainerCmd::Create { image, name, read_only, volatile } => {
@@ -700,6 +754,11 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let store = open_store(root)?;
             let i = container::inspect(&store, &name)?;
             println!("{}", serde_json::to_string_pretty(&i)?);
+        }
+        ContainerCmd::Export { name, output } => {
+            let mut store = open_store(root)?;
+            write_output(&output, |w| strata::rootfs::export_container(&mut store, &name, w).map(|_| ()))
+                .with_context(|| format!("exporting container {name}"))?;
         }
         ContainerCmd::Mounts { name, json } => {
             let store = open_store(root)?;
