@@ -253,6 +253,27 @@ enum ImageCmd {
         #[arg(long)]
         force: bool,
     },
+    /// A flat rootfs tarball (plain, gzip or zstd) becomes a one-layer image, as `docker import`:
+    /// the host's os/architecture, one history entry, `-c` changes as `container commit` takes
+    /// them. Streams: TAR may be `-` (stdin, a pipe is fine). Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata image import-rootfs rootfs.tar.gz app -c 'CMD [\"/bin/sh\"]' -m 'from rootfs.tar.gz'\n  \
+strata container export web | strata image import-rootfs - web-flat"
+    )]
+    ImportRootfs {
+        /// The tar file, or `-` for stdin.
+        tar: PathBuf,
+        name: String,
+        /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER,
+        /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+        #[arg(long, short = 'c')]
+        change: Vec<String>,
+        /// History comment (default: "Imported from TAR").
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+        compression: String,
+    },
 }
 
 /// `--backend`: which filesystem stacks the layers (the library's `container::Backend`).
@@ -478,6 +499,25 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let opts = strata::export::ExportOptions { force };
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
+        }
+        ImageCmd::ImportRootfs { tar, name, change, message, compression } => {
+            use strata::commit::{self, CommitOptions, LayerOptions};
+            let mut store = open_store(root)?;
+            let layer = LayerOptions {
+                compression: commit::parse_compression(&compression).map_err(anyhow::Error::msg)?,
+                source_date_epoch: commit::source_date_epoch()?,
+                ..Default::default()
+            };
+            let opts = CommitOptions { layer, author: None, message, changes: change };
+            let what = || format!("importing {} as {}", tar.display(), strata::image::printable(&name, 100));
+            let done = if tar.as_os_str() == "-" {
+                strata::rootfs::import_rootfs(&mut store, std::io::stdin().lock(), "-", &name, &opts)
+            } else {
+                let f = std::fs::File::open(&tar).with_context(|| format!("opening {}", tar.display()))?;
+                strata::rootfs::import_rootfs(&mut store, f, &tar.display().to_string(), &name, &opts)
+            }
+            .with_context(what)?;
+            println!("{}", done.manifest_digest);
         }
         ImageCmd::Tag { name, new_name } => {
             strata::reference::validate_image_name(&new_name)?;

@@ -1,6 +1,12 @@
 //! `strata container export`: a container's merged root filesystem as one flat tar, as
 //! `docker export` writes it (whiteouts applied, opaque directories applied, no `.wh.` entries).
 //!
+//! `strata image import-rootfs` is the way back, as `docker import`: a flat rootfs tar (plain,
+//! gzip or zstd, sniffed) is unpacked by the import unpacker (confined to its root, the same
+//! checks as a layer) into a staging directory, which is then committed as the one layer of a new
+//! image by [`crate::commit::commit`] (the commit tar writer and compressor, `--change`, history)
+//! over an empty base config of the host's platform.
+//!
 //! The merged view is walked, not the layers: a mounted container is read where it is mounted
 //! (kernel overlay or strata-fuse); otherwise its layers are mounted read-only (the upper dir as
 //! the top lower layer, so nothing in it changes) on a private staging directory for the length of
@@ -23,6 +29,14 @@ pub enum RootfsError {
     Container(#[from] ContainerError),
     #[error("container {name:?}: exporting {root}: {source}")]
     Write { name: String, root: PathBuf, source: Box<CommitError> },
+    #[error("{source_name}: {source}")]
+    Unpack { source_name: String, source: crate::unpack::UnpackError },
+    #[error("{source_name}: {source}")]
+    Read { source_name: String, source: std::io::Error },
+    #[error(transparent)]
+    Commit(#[from] Box<CommitError>),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("container {name:?}: read-only mount of its layers: {source}")]
     Mount { name: String, source: kernel_overlay::Error },
 }
@@ -98,4 +112,61 @@ fn read_only_view(store: &mut Store, name: &str) -> Result<OverlaySpec> {
     let mut view = OverlaySpec::read_only(lowers);
     view.empty_lower = spec.empty_lower.clone();
     Ok(view)
+}
+
+/// Import the flat rootfs tar read from `tar` (named `source_name` in messages and in the
+/// history comment when `opts.message` is unset) as image `name`, one layer. Nothing is left
+/// behind on failure: the unpacked tree lives in staging, and a failed commit undoes itself.
+pub fn import_rootfs(
+    store: &mut Store,
+    tar: impl std::io::Read,
+    source_name: &str,
+    name: &str,
+    opts: &crate::commit::CommitOptions,
+) -> Result<crate::commit::Committed> {
+    use std::io::{BufRead, BufReader, Read};
+    // Cheap checks before any unpacking.
+    crate::reference::validate_image_name(name).map_err(|e| Box::new(CommitError::from(e)))?;
+    crate::commit::apply_changes(&mut serde_json::json!({}), &opts.changes).map_err(Box::new)?;
+
+    let read_err = |e| RootfsError::Read { source_name: source_name.to_string(), source: e };
+    let mut r = BufReader::with_capacity(1 << 18, tar);
+    let head = r.fill_buf().map_err(read_err)?.to_vec();
+    let plain: Box<dyn Read + '_> = match crate::image::sniff_compression(&head) {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(read_err)?),
+    };
+    let staging = store.staging()?;
+    let tree = staging.dir.join("rootfs");
+    std::fs::create_dir(&tree)
+        .map_err(|e| RootfsError::Read { source_name: tree.display().to_string(), source: e })?;
+    crate::unpack::unpack_layer(plain, &tree, &crate::unpack::UnpackOptions::default())
+        .map_err(|e| RootfsError::Unpack { source_name: source_name.to_string(), source: e })?;
+
+    let plat = crate::image::Platform::host();
+    let mut base = serde_json::json!({
+        "architecture": plat.arch, "os": plat.os,
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": [],
+    });
+    if let Some(v) = plat.variant {
+        base["variant"] = v.into();
+    }
+    let base_bytes = serde_json::to_vec(&base).map_err(|e| RootfsError::Read {
+        source_name: source_name.to_string(),
+        source: std::io::Error::other(e),
+    })?;
+    let base_digest = store.put_blob(&base_bytes)?;
+    let parent = crate::commit::Parent {
+        name: source_name.to_string(),
+        config_digest: base_digest.to_string(),
+        layers: vec![],
+    };
+    let mut opts = opts.clone();
+    if opts.message.is_none() {
+        opts.message = Some(format!("Imported from {source_name}"));
+    }
+    let done = crate::commit::commit(store, &tree, &parent, name, &opts).map_err(Box::new)?;
+    drop(staging);
+    Ok(done)
 }

@@ -83,3 +83,120 @@ fn container_export_is_the_merged_view() {
     let err = root.fails(&["container", "export", "nope", "-o", tar.to_str().expect("utf8")]);
     assert!(err.contains("container \"nope\" not found"), "{err}");
 }
+
+/// strata with `root`, stdin from `input` (a file).
+fn strata_in(root: &Root, args: &[&str], input: &Path) -> std::process::Output {
+    Command::new(STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .args(args)
+        .stdin(fs::File::open(input).expect("open input"))
+        .output()
+        .expect("run strata")
+}
+
+fn podman(store: &Path, run: &Path, args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(store)
+        .arg("--runroot")
+        .arg(run)
+        .arg("--tmpdir")
+        .arg(run.join("libpod"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+        .args(args)
+        .output()
+        .expect("run podman");
+    assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The tree of image `image` in `root`, through a container mounted for the purpose.
+fn image_tree(root: &Root, image: &str, container: &str) -> strata::tree::Tree {
+    root.ok(&["container", "create", image, container]);
+    let at = root.ok(&["container", "mount", container]);
+    let t = capture(Path::new(at.trim()));
+    root.ok(&["container", "umount", container]);
+    t
+}
+
+/// `image import-rootfs` of a flat tar gives the tree `podman import` of the same tar gives,
+/// entry by entry; its config has the host platform, one diff_id, one history entry and the
+/// `-c` change; stdin gives the same layer; the image runs; a corrupt tar fails naming the file
+/// and leaves no image and nothing in staging.
+#[test]
+fn import_rootfs_matches_podman_import() {
+    if !privileged("import_rootfs_matches_podman_import") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:multi-opaque", fx.join("oci").display()), "--name", "m"]);
+    root.ok(&["container", "create", "m", "c"]);
+    let work = tempfile::Builder::new().prefix("imp-").tempdir_in(root.path()).expect("tempdir");
+    let tar = work.path().join("flat.tar");
+    let tar_s = tar.to_str().expect("utf8");
+    root.ok(&["container", "export", "c", "-o", tar_s]);
+
+    let args = ["image", "import-rootfs", tar_s, "flat", "-c", "CMD [\"/bin/sh\"]", "-m", "flat"];
+    let out = strata_in(&root, &args, Path::new("/dev/null"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = ["image", "import-rootfs", "-", "flat2", "-c", "CMD [\"/bin/sh\"]", "-m", "flat"];
+    let out = strata_in(&root, &args, &tar);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&root.ok(&["image", "inspect", "flat"])).expect("json");
+    let inspect2: serde_json::Value =
+        serde_json::from_str(&root.ok(&["image", "inspect", "flat2"])).expect("json");
+    assert!(inspect["manifest"]["layers"].as_array().is_some_and(|l| l.len() == 1), "{inspect}");
+    assert_eq!(inspect["manifest"]["layers"], inspect2["manifest"]["layers"], "stdin gives the same layer");
+    let cfg = &inspect["config"];
+    assert_eq!(cfg["os"], "linux");
+    assert_eq!(cfg["architecture"], strata::image::Platform::host().arch.as_str());
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1), "{cfg}");
+    assert_eq!(cfg["history"].as_array().map(Vec::len), Some(1), "{cfg}");
+    assert_eq!(cfg["history"][0]["comment"], "flat");
+    assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["/bin/sh"]));
+
+    // podman import of the same tar, saved and imported here.
+    let run = tempfile::Builder::new().prefix("strata-pi-").tempdir_in("/run").expect("runroot");
+    let store = work.path().join("podman");
+    podman(&store, run.path(), &["import", tar_s, "localhost/podflat:latest"]);
+    let saved = work.path().join("pod.tar");
+    podman(
+        &store,
+        run.path(),
+        &["save", "--format", "oci-archive", "-o", saved.to_str().expect("utf8"), "localhost/podflat:latest"],
+    );
+    root.ok(&["image", "import", saved.to_str().expect("utf8"), "--name", "pod"]);
+    let ours = image_tree(&root, "flat", "t1");
+    let theirs = image_tree(&root, "pod", "t2");
+    strata::tree::assert_trees_eq(&ours, &theirs, "import-rootfs vs podman import");
+    assert!(ours.entries.len() > 100, "a real tree: {} entries", ours.entries.len());
+
+    let out = root.cmd(&["run", "flat", "--rm", "--", "cat", "/etc/passwd"]);
+    assert!(out.status.success(), "run: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root:"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A corrupt tar: the error names the file; no image, nothing left in staging.
+    let bad = work.path().join("bad.tar");
+    let mut bytes = fs::read(&tar).expect("read");
+    bytes.truncate(bytes.len() / 2);
+    bytes[148..156].copy_from_slice(b"garbage!");
+    fs::write(&bad, &bytes).expect("write");
+    let err = root.fails(&["image", "import-rootfs", bad.to_str().expect("utf8"), "bad"]);
+    assert!(err.contains(bad.to_str().expect("utf8")), "{err}");
+    let ls = root.ok(&["image", "ls", "-q"]);
+    assert!(!root.ok(&["image", "ls"]).lines().any(|l| l.starts_with("bad ")), "{ls}");
+    let left: Vec<_> = fs::read_dir(root.path().join("staging"))
+        .expect("staging")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in staging: {left:?}");
+}
