@@ -107,6 +107,35 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Logout { host: String },
     /// Remove blobs and layer directories no image references.
     Gc,
+    /// Write an image as an archive, as `podman save` (short for `image export`, and it streams
+    /// to stdout). The archive names the image NAME.
+    #[command(after_help = "Examples:\n  strata save busybox -o busybox.tar\n  \
+strata save busybox --format oci-archive | ssh host strata load\n  \
+strata save app | docker load")]
+    Save {
+        /// The image (one per archive).
+        name: String,
+        /// Output file (written under a temporary name, renamed when complete); `-`: stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        #[arg(long, default_value = "docker-archive", value_parser = ["oci-archive", "docker-archive"])]
+        format: String,
+    },
+    /// Import an oci-archive or docker-archive, as `podman load` (short for `image import`, and
+    /// it reads stdin). Archives need random access: stdin is spooled to a file in the state
+    /// root's staging directory first (so it needs that much free space there), removed after.
+    /// Prints the manifest digest.
+    #[command(after_help = "Examples:\n  strata load -i busybox.tar\n  \
+docker save busybox | strata load\n  \
+strata --root /a save app | strata --root /b load --name app")]
+    Load {
+        /// The archive, or `-` for stdin.
+        #[arg(short, long, default_value = "-")]
+        input: String,
+        /// Name to store the image under (default: the archive's tag).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Running containers (as podman ps).
     #[command(after_help = "Examples:\n  strata ps\n  strata ps --json")]
     Ps {
@@ -384,6 +413,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
+        Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
+        Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
         Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
         Cmd::Ps { json } => {
             let store = open_store(&cli.root)?;
@@ -681,6 +712,35 @@ fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", U[i])
     }
+}
+
+fn save_cmd(root: &std::path::Path, name: &str, output: &std::path::Path, format: &str) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    let format: strata::export::ExportFormat = format.parse()?;
+    if output.as_os_str() == "-" {
+        write_output(output, |mut w| strata::export::export_archive_to(&store, name, format, &mut w))
+    } else {
+        let dest = output.to_str().with_context(|| format!("{}: not UTF-8", output.display()))?;
+        let opts = strata::export::ExportOptions { force: true };
+        strata::export::export_with(&store, name, dest, format, &opts).map_err(anyhow::Error::from)
+    }
+    .with_context(|| format!("saving {name}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>) -> Result<ExitCode> {
+    let opts = ImportOptions { name, platform: None, progress: false };
+    let imported = if input == "-" {
+        let mut store = open_store(root)?;
+        import::import_stream(&mut store, std::io::stdin().lock(), &opts).context("loading from stdin")?
+    } else {
+        let (resolved, name) = import::prepare(input, &opts).with_context(|| format!("loading {input}"))?;
+        let mut store = open_store(root)?;
+        import::import_prepared(&mut store, &resolved, &name, &opts)
+            .with_context(|| format!("loading {input}"))?
+    };
+    println!("{}", imported.manifest_digest);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Write to `path` (`-`: stdout, refused when it is a terminal) through `f`: a file is written

@@ -200,3 +200,73 @@ fn import_rootfs_matches_podman_import() {
         .collect();
     assert!(left.is_empty(), "left in staging: {left:?}");
 }
+
+/// `strata save NAME | strata load` into another root gives the same manifest digest (oci-archive)
+/// and the same tree; skopeo reads a saved docker-archive; a spooled stdin leaves nothing in
+/// staging; garbage on stdin fails and leaves no image.
+#[test]
+fn save_pipe_load() {
+    if !privileged("save_pipe_load") {
+        return;
+    }
+    let fx = fixtures();
+    let a = Root::new();
+    let b = Root::new();
+    let digest =
+        a.ok(&["image", "import", &format!("{}:multi", fx.join("oci").display()), "--name", "multi"]);
+    let work = tempfile::Builder::new().prefix("save-").tempdir_in(a.path()).expect("tempdir");
+
+    // Through a real pipe: save writes stdout, load reads stdin.
+    let mut save = Command::new(STRATA)
+        .arg("--root")
+        .arg(a.path())
+        .args(["save", "multi", "--format", "oci-archive"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("save");
+    let pipe = save.stdout.take().expect("stdout");
+    let load =
+        Command::new(STRATA).arg("--root").arg(b.path()).args(["load"]).stdin(pipe).output().expect("load");
+    assert!(save.wait().expect("wait save").success());
+    assert!(load.status.success(), "load: {}", String::from_utf8_lossy(&load.stderr));
+    assert_eq!(String::from_utf8_lossy(&load.stdout).trim(), digest.trim(), "same manifest digest");
+    let left: Vec<_> =
+        fs::read_dir(b.path().join("staging")).expect("staging").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left in staging: {left:?}");
+    strata::tree::assert_trees_eq(
+        &image_tree(&a, "multi", "ca"),
+        &image_tree(&b, "multi", "cb"),
+        "loaded tree",
+    );
+
+    // docker-archive (the default) to a file, read by skopeo, loaded back by -i.
+    let da = work.path().join("multi.docker.tar");
+    a.ok(&["save", "multi", "-o", da.to_str().expect("utf8")]);
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("docker-archive:{}", da.display()))
+        .output()
+        .expect("skopeo");
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest json");
+    let n = m["layers"].as_array().map(Vec::len).expect("layers");
+    let want: serde_json::Value = serde_json::from_str(&a.ok(&["image", "inspect", "multi"])).expect("json");
+    assert_eq!(n, want["manifest"]["layers"].as_array().map(Vec::len).expect("layers"));
+    let c = Root::new();
+    c.ok(&["load", "-i", da.to_str().expect("utf8"), "--name", "again"]);
+    strata::tree::assert_trees_eq(
+        &image_tree(&a, "multi", "cc"),
+        &image_tree(&c, "again", "cd"),
+        "docker-archive",
+    );
+
+    // Garbage on stdin: an error, no image, nothing in staging.
+    let junk = work.path().join("junk");
+    fs::write(&junk, b"not an archive at all").expect("write");
+    let out = strata_in(&c, &["load"], &junk);
+    assert!(!out.status.success(), "loading junk succeeded");
+    assert_eq!(c.ok(&["image", "ls", "-q"]).lines().count(), 1, "only the earlier image");
+    let left: Vec<_> =
+        fs::read_dir(c.path().join("staging")).expect("staging").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left in staging: {left:?}");
+}
