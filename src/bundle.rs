@@ -29,6 +29,10 @@ pub enum BundleError {
     Runtime { runtime: String, source: std::io::Error },
     #[error("{runtime} {verb}: {reason}")]
     Verb { runtime: String, verb: String, reason: String },
+    #[error("-e {value:?}: {reason}")]
+    Env { value: String, reason: &'static str },
+    #[error("-w {dir:?}: the working directory must be an absolute path")]
+    Workdir { dir: String },
     #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
     NoCommand,
     /// The command is not in the container (exit status 127, as podman and shells use).
@@ -60,6 +64,35 @@ pub struct RunSpec {
     pub hostname: String,
     /// Allocate a terminal (only when stdin is one).
     pub terminal: bool,
+    /// `-e K=V` (replaces the image's K), or `-e K` (this process's K, skipped when unset), as
+    /// podman takes them; applied in order after the image's Env.
+    pub env: Vec<String>,
+    /// `-w DIR`: replaces the image's WorkingDir (absolute).
+    pub workdir: Option<String>,
+    /// `--user USER[:GROUP]`: replaces the image's User (names resolved in the image).
+    pub user: Option<String>,
+}
+
+/// Apply `-e` settings to `env` (K=V strings).
+fn apply_env(env: &mut Vec<String>, settings: &[String]) -> Result<()> {
+    for s in settings {
+        let (k, v) = match s.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(s) {
+                Ok(v) => (s.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        if k.is_empty() {
+            return Err(BundleError::Env { value: s.clone(), reason: "empty variable name" });
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(BundleError::Env { value: s.clone(), reason: "contains a NUL byte" });
+        }
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
+        env.push(format!("{k}={v}"));
+    }
+    Ok(())
 }
 
 /// The capabilities a container gets by default: Docker's and Podman's default set, enough for
@@ -198,8 +231,19 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.push(format!("HOSTNAME={}", run.hostname));
     }
-    let cwd = cfg.get("WorkingDir").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or("/");
-    let user_spec = cfg.get("User").and_then(|v| v.as_str()).unwrap_or("");
+    apply_env(&mut env, &run.env)?;
+    if let Some(w) = &run.workdir {
+        if !w.starts_with('/') {
+            return Err(BundleError::Workdir { dir: w.clone() });
+        }
+    }
+    let cwd = run
+        .workdir
+        .as_deref()
+        .or_else(|| cfg.get("WorkingDir").and_then(|v| v.as_str()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or("/");
+    let user_spec = run.user.as_deref().or_else(|| cfg.get("User").and_then(|v| v.as_str())).unwrap_or("");
     let (uid, gid, extra) = resolve_user(rootfs, user_spec)?;
     let mut user = User::default();
     user.set_uid(uid);
@@ -489,7 +533,12 @@ mod tests {
         fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\nextra:x:2000:app\n").unwrap();
         let cfg = serde_json::json!({"config": {
             "Entrypoint": ["/bin/ep"], "Cmd": ["default"], "Env": ["A=1"], "WorkingDir": "/w", "User": "app"}});
-        let run = RunSpec { args: vec!["x".into(), "y".into()], hostname: "h".into(), terminal: false };
+        let run = RunSpec {
+            args: vec!["x".into(), "y".into()],
+            hostname: "h".into(),
+            terminal: false,
+            ..Default::default()
+        };
         let spec = build_spec(&cfg, dir.path(), &run).unwrap();
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/ep".to_string(), "x".into(), "y".into()]);

@@ -34,6 +34,8 @@ enum Cmd {
     #[command(subcommand)]
     Container(ContainerCmd),
     /// Create and mount a container over IMAGE and run it with runc.
+    #[command(after_help = "Examples:\n  strata run busybox --rm -- echo hello\n  \
+strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'")]
     Run {
         image: String,
         /// Container name (default: generated).
@@ -44,6 +46,15 @@ enum Cmd {
         rm: bool,
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
+        /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Working directory in the container (absolute; replaces the image's WorkingDir).
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// USER[:GROUP] (names or ids, names resolved in the image); replaces the image's User.
+        #[arg(short, long)]
+        user: Option<String>,
         /// Command and arguments (replace the image's Cmd).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -415,7 +426,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
         Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
-        Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
+        Cmd::Run { image, name, rm, backend, env, workdir, user, cmd } => {
+            let extra = RunExtra { env, workdir, user };
+            run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
+        }
         Cmd::Ps { json } => {
             let store = open_store(&cli.root)?;
             let mut running = Vec::new();
@@ -874,12 +888,20 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run` options beyond the basics.
+struct RunExtra {
+    env: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
+}
+
 fn run_cmd(
     root: &std::path::Path,
     image: &str,
     name: Option<String>,
     rm: bool,
     backend: Backend,
+    extra: RunExtra,
     cmd: Vec<String>,
 ) -> Result<ExitCode> {
     let mut store = open_store(root)?;
@@ -890,6 +912,9 @@ fn run_cmd(
         backend: backend.into(),
         args: cmd,
         terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        env: extra.env,
+        workdir: extra.workdir,
+        user: extra.user,
     };
     let code = strata::run::run(&mut store, &opts)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))

@@ -37,6 +37,12 @@ pub struct RunOptions {
     pub args: Vec<String>,
     /// Give the process a terminal.
     pub terminal: bool,
+    /// `-e K=V` / `-e K` (see [`bundle::RunSpec::env`]).
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    pub workdir: Option<String>,
+    /// `--user USER[:GROUP]`.
+    pub user: Option<String>,
 }
 
 /// A fresh container name.
@@ -77,6 +83,9 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             args: opts.args.clone(),
             hostname: name.chars().take(63).collect(),
             terminal: opts.terminal,
+            env: opts.env.clone(),
+            workdir: opts.workdir.clone(),
+            user: opts.user.clone(),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;

@@ -270,3 +270,50 @@ fn save_pipe_load() {
         fs::read_dir(c.path().join("staging")).expect("staging").flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left in staging: {left:?}");
 }
+
+/// `run -e`, `-w`, `--user` reach the process (runc): a new variable, one replacing the image's
+/// PATH, the working directory and the user's uid/gid from the image's /etc/passwd; a relative
+/// `-w` and an unknown user are refused by name.
+#[test]
+fn run_env_workdir_user() {
+    if !privileged("run_env_workdir_user") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display()), "--name", "busybox"]);
+    let script = "echo \"$GREETING|$PATH\"; pwd; id -u; id -g";
+    let out = root.ok(&[
+        "run",
+        "busybox",
+        "--rm",
+        "-e",
+        "GREETING=hi there",
+        "-e",
+        "PATH=/bin",
+        "-w",
+        "/tmp",
+        "--user",
+        "nobody",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let passwd = capture_passwd(&root);
+    assert_eq!(out, format!("hi there|/bin\n/tmp\n{passwd}\n"));
+    let err = root.fails(&["run", "busybox", "--rm", "-w", "tmp", "--", "true"]);
+    assert!(err.contains("-w \"tmp\": the working directory must be an absolute path"), "{err}");
+    let err = root.fails(&["run", "busybox", "--rm", "--user", "nosuchuser", "--", "true"]);
+    assert!(err.contains("user \"nosuchuser\": no such user"), "{err}");
+    let err = root.fails(&["run", "busybox", "--rm", "-e", "=x", "--", "true"]);
+    assert!(err.contains("-e \"=x\": empty variable name"), "{err}");
+}
+
+/// nobody's uid and gid lines, as the image's /etc/passwd gives them.
+fn capture_passwd(root: &Root) -> String {
+    let out = root.ok(&["run", "busybox", "--rm", "--", "grep", "^nobody:", "/etc/passwd"]);
+    let f: Vec<&str> = out.trim().split(':').collect();
+    assert!(f.len() > 3, "{out}");
+    format!("{}\n{}", f[2], f[3])
+}
