@@ -464,6 +464,60 @@ pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// What to run in a running container (`runc exec`).
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    /// `K=V` settings added to the container process's environment.
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    /// Numeric uid, gid and supplementary gids (see [`resolve_user`]).
+    pub user: Option<(u32, u32, Vec<u32>)>,
+    pub terminal: bool,
+}
+
+/// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
+/// inherited stdio; the process starts from the container's process spec (capabilities, rlimits,
+/// environment) with these overrides. Returns its exit code (128+signal when killed).
+pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
+    if spec.args.is_empty() {
+        return Err(BundleError::NoCommand);
+    }
+    let rt = runtime();
+    let mut env = Vec::new();
+    apply_env(&mut env, &spec.env)?;
+    let mut cmd = Command::new(&rt);
+    cmd.arg("--root").arg(state).arg("exec");
+    for e in &env {
+        cmd.arg("--env").arg(e);
+    }
+    if let Some(c) = &spec.cwd {
+        if !c.starts_with('/') {
+            return Err(BundleError::Workdir { dir: c.clone() });
+        }
+        cmd.arg("--cwd").arg(c);
+    }
+    if let Some((uid, gid, extra)) = &spec.user {
+        cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        for g in extra {
+            cmd.arg("--additional-gids").arg(g.to_string());
+        }
+    }
+    if spec.terminal {
+        cmd.arg("--tty");
+    }
+    // runc takes ID then the command as is (no `--`: it would be the command).
+    cmd.arg(id).args(&spec.args);
+    let status = cmd
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
 /// Remove runc's state for `id` if a previous run left it (e.g. killed).
 pub fn delete_stale(state: &Path, id: &str) {
     let _ = Command::new(runtime())

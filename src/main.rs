@@ -118,6 +118,23 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Logout { host: String },
     /// Remove blobs and layer directories no image references.
     Gc,
+    /// Run a command in a running container (runc exec), as `podman exec`; exits with its status.
+    #[command(after_help = "Examples:\n  strata exec web -- cat /etc/hostname\n  \
+strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'")]
+    Exec {
+        name: String,
+        /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Working directory (absolute).
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// USER[:GROUP] (names resolved in the container).
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Write an image as an archive, as `podman save` (short for `image export`, and it streams
     /// to stdout). The archive names the image NAME.
     #[command(after_help = "Examples:\n  strata save busybox -o busybox.tar\n  \
@@ -424,6 +441,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
+        Cmd::Exec { name, env, workdir, user, cmd } => {
+            let store = open_store(&cli.root)?;
+            let opts = strata::run::ExecOptions {
+                name: name.clone(),
+                args: cmd,
+                env,
+                workdir,
+                user,
+                terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+            };
+            let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
         Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
         Cmd::Run { image, name, rm, backend, env, workdir, user, cmd } => {

@@ -20,6 +20,8 @@ pub enum RunError {
     Bundle { name: String, source: BundleError },
     #[error("container {name}: {source}")]
     Store { name: String, source: StoreError },
+    #[error("container {name:?} is not running (runc: {status}); exec needs a running container")]
+    NotRunning { name: String, status: String },
     #[error("container {name}: image config: {reason}")]
     Config { name: String, reason: String },
 }
@@ -109,4 +111,51 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         let _ = container::umount(store, &name, false);
     }
     result
+}
+
+/// What `exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub name: String,
+    pub args: Vec<String>,
+    /// `-e K=V` / `-e K`.
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    pub workdir: Option<String>,
+    /// `--user USER[:GROUP]`, names resolved in the container's mounted rootfs.
+    pub user: Option<String>,
+    pub terminal: bool,
+}
+
+/// Run a command in a running container (`runc exec`), as `podman exec`; returns its exit code.
+pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
+    let name = opts.name.clone();
+    let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
+    let berr = |source| RunError::Bundle { name: name.clone(), source };
+    let (state, id) = container::runc_ids(store, &name);
+    container::inspect(store, &name).map_err(cerr)?;
+    let status = bundle::runc_status(&state, &id);
+    if status.as_deref() != Some("running") {
+        return Err(RunError::NotRunning {
+            name,
+            status: status.unwrap_or_else(|| "unknown to runc".into()),
+        });
+    }
+    let user = match &opts.user {
+        None => None,
+        Some(u) => {
+            let rootfs = container::mounted_at(store, &name).map_err(cerr)?.ok_or_else(|| {
+                RunError::NotRunning { name: name.clone(), status: "its rootfs is not mounted".into() }
+            })?;
+            Some(bundle::resolve_user(&rootfs, u).map_err(berr)?)
+        }
+    };
+    let spec = bundle::ExecSpec {
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        cwd: opts.workdir.clone(),
+        user,
+        terminal: opts.terminal,
+    };
+    bundle::exec(&state, &id, &spec).map_err(berr)
 }

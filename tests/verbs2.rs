@@ -317,3 +317,59 @@ fn capture_passwd(root: &Root) -> String {
     assert!(f.len() > 3, "{out}");
     format!("{}\n{}", f[2], f[3])
 }
+
+/// `exec` runs in the running container (runc exec): its environment and cwd overrides, its
+/// user by name from the container's /etc/passwd, its exit status, and a file it writes lands in
+/// the container's upper dir; exec on a container that is not running is refused by name.
+#[test]
+fn exec_in_running_container() {
+    if !privileged("exec_in_running_container") {
+        return;
+    }
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display()), "--name", "busybox"]);
+    root.ok(&["container", "create", "busybox", "idle"]);
+    let err = root.fails(&["exec", "idle", "--", "true"]);
+    assert!(err.contains("container \"idle\" is not running"), "{err}");
+
+    let mut run = Command::new(STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .args(["run", "busybox", "--name", "busy", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let _runc = RuncGuard::new(&root, "busy");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !root.cmd(&["exec", "busy", "--", "true"]).status.success() {
+        assert!(Instant::now() < until, "busy never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = root.ok(&[
+        "exec",
+        "-e",
+        "X=one",
+        "-w",
+        "/tmp",
+        "--user",
+        "nobody",
+        "busy",
+        "--",
+        "sh",
+        "-c",
+        "echo $X; pwd; id -un; echo hi > /tmp/from-exec",
+    ]);
+    assert_eq!(out, "one\n/tmp\nnobody\n");
+    let out = root.cmd(&["exec", "busy", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let i: serde_json::Value =
+        serde_json::from_str(&root.ok(&["container", "inspect", "busy"])).expect("json");
+    let upper = Path::new(i["upper"].as_str().expect("upper")).join("tmp/from-exec");
+    assert_eq!(fs::read_to_string(&upper).expect("written by exec"), "hi\n");
+    root.ok(&["container", "rm", "--force", "busy"]);
+    let _ = run.wait();
+}
