@@ -518,6 +518,51 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// `runc --root STATE run --detach --bundle BUNDLE ID`, the container's stdout and stderr going
+/// to the file `log` (appended), stdin /dev/null; returns once the process has started. A
+/// command that could not be started is [`BundleError::CommandNotFound`] or
+/// [`BundleError::CommandNotExecutable`], as with [`run_bundle`].
+pub fn run_detached(state: &Path, bundle: &Path, id: &str, log: &Path) -> Result<()> {
+    let rt = runtime();
+    let runc_log = bundle.join("runc.log");
+    let _ = fs::remove_file(&runc_log);
+    let open = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| BundleError::Io { path: log.to_path_buf(), source: e })
+    };
+    let out = Command::new(&rt)
+        .arg("--root")
+        .arg(state)
+        .arg("--log")
+        .arg(&runc_log)
+        .args(["--log-format", "json"])
+        .args(["run", "--detach", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(open()?)
+        .stderr(open()?)
+        .status()
+        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    if out.success() {
+        return Ok(());
+    }
+    let text = fs::read_to_string(&runc_log).unwrap_or_default();
+    if let Some(e) = start_failure(&text) {
+        return Err(e);
+    }
+    let reason = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("exited with {out}"));
+    Err(BundleError::Verb { runtime: rt, verb: "run --detach".into(), reason })
+}
+
 /// Remove runc's state for `id` if a previous run left it (e.g. killed).
 pub fn delete_stale(state: &Path, id: &str) {
     let _ = Command::new(runtime())

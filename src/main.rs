@@ -35,7 +35,8 @@ enum Cmd {
     Container(ContainerCmd),
     /// Create and mount a container over IMAGE and run it with runc.
     #[command(after_help = "Examples:\n  strata run busybox --rm -- echo hello\n  \
-strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'")]
+strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'\n  \
+strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata logs web; strata stop web")]
     Run {
         image: String,
         /// Container name (default: generated).
@@ -55,6 +56,10 @@ strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GRE
         /// USER[:GROUP] (names or ids, names resolved in the image); replaces the image's User.
         #[arg(short, long)]
         user: Option<String>,
+        /// Detached: start it, print its name and return. Its stdout and stderr go to a log file
+        /// in the container's directory (`strata logs NAME`); it stays mounted until `strata stop`.
+        #[arg(short, long)]
+        detach: bool,
         /// Command and arguments (replace the image's Cmd).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -118,6 +123,18 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Logout { host: String },
     /// Remove blobs and layer directories no image references.
     Gc,
+    /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
+    /// unmount it.
+    #[command(after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web   # SIGKILL at once")]
+    Stop {
+        name: String,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// The output of a container run with `run -d` (stdout and stderr, in order).
+    #[command(after_help = "Example:\n  strata logs web")]
+    Logs { name: String },
     /// Run a command in a running container (runc exec), as `podman exec`; exits with its status.
     #[command(after_help = "Examples:\n  strata exec web -- cat /etc/hostname\n  \
 strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'")]
@@ -454,10 +471,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Cmd::Stop { name, time } => {
+            let store = open_store(&cli.root)?;
+            strata::run::stop(&store, &name, std::time::Duration::from_secs(time))
+                .with_context(|| format!("stopping {name}"))?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs { name } => {
+            let store = open_store(&cli.root)?;
+            let mut f = strata::run::logs(&store, &name).with_context(|| format!("logs of {name}"))?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock()).context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
         Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
-        Cmd::Run { image, name, rm, backend, env, workdir, user, cmd } => {
-            let extra = RunExtra { env, workdir, user };
+        Cmd::Run { image, name, rm, backend, env, workdir, user, detach, cmd } => {
+            let extra = RunExtra { env, workdir, user, detach };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
         Cmd::Ps { json } => {
@@ -923,6 +953,7 @@ struct RunExtra {
     env: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
+    detach: bool,
 }
 
 fn run_cmd(
@@ -935,7 +966,7 @@ fn run_cmd(
     cmd: Vec<String>,
 ) -> Result<ExitCode> {
     let mut store = open_store(root)?;
-    let opts = strata::run::RunOptions {
+    let mut opts = strata::run::RunOptions {
         image: image.to_string(),
         name,
         rm,
@@ -945,7 +976,14 @@ fn run_cmd(
         env: extra.env,
         workdir: extra.workdir,
         user: extra.user,
+        detach: extra.detach,
     };
+    if opts.detach && opts.name.is_none() {
+        opts.name = Some(strata::run::generated_name());
+    }
     let code = strata::run::run(&mut store, &opts)?;
+    if opts.detach {
+        println!("{}", opts.name.as_deref().unwrap_or_default());
+    }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -373,3 +373,58 @@ fn exec_in_running_container() {
     root.ok(&["container", "rm", "--force", "busy"]);
     let _ = run.wait();
 }
+
+/// `run -d` returns with the container running under runc, its output in `logs`; it is
+/// committed while it runs (what it wrote is in the new image); `stop` ends it with SIGTERM when
+/// it handles that (and its TERM handler's output is logged), else with SIGKILL after `-t`;
+/// stopped containers are unmounted and `stop` again is refused by name.
+#[test]
+fn detached_run_logs_commit_stop() {
+    if !privileged("detached_run_logs_commit_stop") {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display()), "--name", "busybox"]);
+    let _runc = RuncGuard::new(&root, "web");
+    let script = "trap 'echo bye; exit 0' TERM; echo started; echo served > /srv.txt; echo err >&2; \
+                  while true; do sleep 0.1; done";
+    let out = root.ok(&["run", "-d", "--name", "web", "busybox", "--", "sh", "-c", script]);
+    assert_eq!(out.trim(), "web");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !root.ok(&["logs", "web"]).contains("err") {
+        assert!(Instant::now() < until, "no output logged: {:?}", root.ok(&["logs", "web"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(root.ok(&["logs", "web"]), "started\nerr\n");
+    let i: serde_json::Value =
+        serde_json::from_str(&root.ok(&["container", "inspect", "web"])).expect("json");
+    assert!(i["running"].as_str().is_some_and(|r| r.contains("running")), "{i}");
+    assert!(i["mounted"].is_string(), "{i}");
+
+    root.ok(&["container", "commit", "web", "served"]);
+    let out = root.ok(&["run", "served", "--rm", "--", "cat", "/srv.txt"]);
+    assert_eq!(out, "served\n");
+
+    let t = Instant::now();
+    root.ok(&["stop", "web"]);
+    assert!(t.elapsed() < Duration::from_secs(5), "SIGTERM was enough: {:?}", t.elapsed());
+    assert_eq!(root.ok(&["logs", "web"]), "started\nerr\nbye\n");
+    let i: serde_json::Value =
+        serde_json::from_str(&root.ok(&["container", "inspect", "web"])).expect("json");
+    assert!(i["running"].is_null() && i["mounted"].is_null(), "{i}");
+    let err = root.fails(&["stop", "web"]);
+    assert!(err.contains("container \"web\" is not running"), "{err}");
+
+    // PID 1 without a TERM handler ignores SIGTERM: SIGKILL after -t.
+    let _runc2 = RuncGuard::new(&root, "stubborn");
+    root.ok(&["run", "-d", "--name", "stubborn", "busybox", "--", "sleep", "60"]);
+    let t = Instant::now();
+    root.ok(&["stop", "-t", "1", "stubborn"]);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(8), "{took:?}");
+    assert!(mounts_under(root.path()).is_empty(), "{:?}", mounts_under(root.path()));
+    let err = root.fails(&["run", "-d", "--rm", "busybox", "--", "true"]);
+    assert!(err.contains("--rm with -d is not supported"), "{err}");
+}
