@@ -1,6 +1,11 @@
 //! `strata container export`: a container's merged root filesystem as one flat tar, as
 //! `docker export` writes it (whiteouts applied, opaque directories applied, no `.wh.` entries).
 //!
+//! Hardlinks are kept as link entries where the view shows them (the kernel overlay does);
+//! strata-fuse reports each path of a hardlinked file as a separate inode, so the export of a
+//! container mounted with `--backend fuse` has those files as separate copies (same content and
+//! metadata). Unmounted containers are always exported from a kernel view.
+//!
 //! `strata image import-rootfs` is the way back, as `docker import`: a flat rootfs tar (plain,
 //! gzip or zstd, sniffed) is unpacked by the import unpacker (confined to its root, the same
 //! checks as a layer) into a staging directory, which is then committed as the one layer of a new
