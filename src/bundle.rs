@@ -29,6 +29,10 @@ pub enum BundleError {
     Runtime { runtime: String, source: std::io::Error },
     #[error("{runtime} {verb}: {reason}")]
     Verb { runtime: String, verb: String, reason: String },
+    #[error("-e {value:?}: {reason}")]
+    Env { value: String, reason: &'static str },
+    #[error("-w {dir:?}: the working directory must be an absolute path")]
+    Workdir { dir: String },
     #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
     NoCommand,
     /// The command is not in the container (exit status 127, as podman and shells use).
@@ -60,6 +64,35 @@ pub struct RunSpec {
     pub hostname: String,
     /// Allocate a terminal (only when stdin is one).
     pub terminal: bool,
+    /// `-e K=V` (replaces the image's K), or `-e K` (this process's K, skipped when unset), as
+    /// podman takes them; applied in order after the image's Env.
+    pub env: Vec<String>,
+    /// `-w DIR`: replaces the image's WorkingDir (absolute).
+    pub workdir: Option<String>,
+    /// `--user USER[:GROUP]`: replaces the image's User (names resolved in the image).
+    pub user: Option<String>,
+}
+
+/// Apply `-e` settings to `env` (K=V strings).
+fn apply_env(env: &mut Vec<String>, settings: &[String]) -> Result<()> {
+    for s in settings {
+        let (k, v) = match s.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match std::env::var(s) {
+                Ok(v) => (s.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        if k.is_empty() {
+            return Err(BundleError::Env { value: s.clone(), reason: "empty variable name" });
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(BundleError::Env { value: s.clone(), reason: "contains a NUL byte" });
+        }
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
+        env.push(format!("{k}={v}"));
+    }
+    Ok(())
 }
 
 /// The capabilities a container gets by default: Docker's and Podman's default set, enough for
@@ -198,8 +231,19 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
         env.push(format!("HOSTNAME={}", run.hostname));
     }
-    let cwd = cfg.get("WorkingDir").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or("/");
-    let user_spec = cfg.get("User").and_then(|v| v.as_str()).unwrap_or("");
+    apply_env(&mut env, &run.env)?;
+    if let Some(w) = &run.workdir {
+        if !w.starts_with('/') {
+            return Err(BundleError::Workdir { dir: w.clone() });
+        }
+    }
+    let cwd = run
+        .workdir
+        .as_deref()
+        .or_else(|| cfg.get("WorkingDir").and_then(|v| v.as_str()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or("/");
+    let user_spec = run.user.as_deref().or_else(|| cfg.get("User").and_then(|v| v.as_str())).unwrap_or("");
     let (uid, gid, extra) = resolve_user(rootfs, user_spec)?;
     let mut user = User::default();
     user.set_uid(uid);
@@ -420,6 +464,105 @@ pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// What to run in a running container (`runc exec`).
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    /// `K=V` settings added to the container process's environment.
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    /// Numeric uid, gid and supplementary gids (see [`resolve_user`]).
+    pub user: Option<(u32, u32, Vec<u32>)>,
+    pub terminal: bool,
+}
+
+/// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
+/// inherited stdio; the process starts from the container's process spec (capabilities, rlimits,
+/// environment) with these overrides. Returns its exit code (128+signal when killed).
+pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
+    if spec.args.is_empty() {
+        return Err(BundleError::NoCommand);
+    }
+    let rt = runtime();
+    let mut env = Vec::new();
+    apply_env(&mut env, &spec.env)?;
+    let mut cmd = Command::new(&rt);
+    cmd.arg("--root").arg(state).arg("exec");
+    for e in &env {
+        cmd.arg("--env").arg(e);
+    }
+    if let Some(c) = &spec.cwd {
+        if !c.starts_with('/') {
+            return Err(BundleError::Workdir { dir: c.clone() });
+        }
+        cmd.arg("--cwd").arg(c);
+    }
+    if let Some((uid, gid, extra)) = &spec.user {
+        cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        for g in extra {
+            cmd.arg("--additional-gids").arg(g.to_string());
+        }
+    }
+    if spec.terminal {
+        cmd.arg("--tty");
+    }
+    // runc takes ID then the command as is (no `--`: it would be the command).
+    cmd.arg(id).args(&spec.args);
+    let status = cmd
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// `runc --root STATE run --detach --bundle BUNDLE ID`, the container's stdout and stderr going
+/// to the file `log` (appended), stdin /dev/null; returns once the process has started. A
+/// command that could not be started is [`BundleError::CommandNotFound`] or
+/// [`BundleError::CommandNotExecutable`], as with [`run_bundle`].
+pub fn run_detached(state: &Path, bundle: &Path, id: &str, log: &Path) -> Result<()> {
+    let rt = runtime();
+    let runc_log = bundle.join("runc.log");
+    let _ = fs::remove_file(&runc_log);
+    let open = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| BundleError::Io { path: log.to_path_buf(), source: e })
+    };
+    let out = Command::new(&rt)
+        .arg("--root")
+        .arg(state)
+        .arg("--log")
+        .arg(&runc_log)
+        .args(["--log-format", "json"])
+        .args(["run", "--detach", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(open()?)
+        .stderr(open()?)
+        .status()
+        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    if out.success() {
+        return Ok(());
+    }
+    let text = fs::read_to_string(&runc_log).unwrap_or_default();
+    if let Some(e) = start_failure(&text) {
+        return Err(e);
+    }
+    let reason = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("exited with {out}"));
+    Err(BundleError::Verb { runtime: rt, verb: "run --detach".into(), reason })
+}
+
 /// Remove runc's state for `id` if a previous run left it (e.g. killed).
 pub fn delete_stale(state: &Path, id: &str) {
     let _ = Command::new(runtime())
@@ -489,7 +632,12 @@ mod tests {
         fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\nextra:x:2000:app\n").unwrap();
         let cfg = serde_json::json!({"config": {
             "Entrypoint": ["/bin/ep"], "Cmd": ["default"], "Env": ["A=1"], "WorkingDir": "/w", "User": "app"}});
-        let run = RunSpec { args: vec!["x".into(), "y".into()], hostname: "h".into(), terminal: false };
+        let run = RunSpec {
+            args: vec!["x".into(), "y".into()],
+            hostname: "h".into(),
+            terminal: false,
+            ..Default::default()
+        };
         let spec = build_spec(&cfg, dir.path(), &run).unwrap();
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/ep".to_string(), "x".into(), "y".into()]);

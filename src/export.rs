@@ -692,6 +692,19 @@ fn write_docker_archive(store: &Store, parts: &Parts, w: &mut impl Write, repo_t
     b.finish().map_err(io_at(&at))
 }
 
+/// Write image `image` as an archive (`oci-archive` or `docker-archive`) to the stream `w`, as
+/// `podman save` to stdout does; the archive names the image `image`. The OCI layout format is a
+/// directory and cannot be streamed.
+pub fn export_archive_to(store: &Store, image: &str, format: ExportFormat, w: &mut impl Write) -> Result<()> {
+    let _gc = store.gc_shared()?;
+    let parts = load(store, image)?;
+    match format {
+        ExportFormat::Oci => Err(ExportError::Format("oci (a directory) to a stream".into())),
+        ExportFormat::OciArchive => write_oci_archive(store, &parts, w, image),
+        ExportFormat::DockerArchive => write_docker_archive(store, &parts, w, &docker_repo_tag(image)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -598,3 +598,26 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
     tracing::info!(layer = %layer.diff_id, "unpacked layer from its stored blob");
     Ok(true)
 }
+
+/// Import an oci-archive or docker-archive read from a stream (stdin, a pipe), as `podman load`
+/// does. Archives need random access, so the stream is spooled to a file in the state root's
+/// staging first; the file is removed when the import ends, whatever its outcome.
+pub fn import_stream(store: &mut Store, mut input: impl io::Read, opts: &ImportOptions) -> Result<Imported> {
+    let spool = store.staging()?;
+    let path = spool.dir.join("stdin.tar");
+    {
+        let f = File::create(&path).map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
+        let mut w = BufWriter::with_capacity(CHUNK, f);
+        io::copy(&mut input, &mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| StoreError::Io { path: PathBuf::from("-"), source: e })?;
+    }
+    let reference = path.to_str().ok_or_else(|| StoreError::Io {
+        path: path.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "state root path is not UTF-8"),
+    })?;
+    let (resolved, name) = prepare(reference, opts)?;
+    let done = import_prepared(store, &resolved, &name, opts);
+    drop(spool);
+    done
+}

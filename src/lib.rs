@@ -14,6 +14,7 @@
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`tree`]: tree snapshots for entry-by-entry comparison.
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
+//! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
 //! - [`run`]: `strata run` (create, mount, runc, clean up).
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
@@ -31,6 +32,7 @@ pub mod import;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod run;
 pub mod sparse;
 pub mod store;

@@ -34,6 +34,9 @@ enum Cmd {
     #[command(subcommand)]
     Container(ContainerCmd),
     /// Create and mount a container over IMAGE and run it with runc.
+    #[command(after_help = "Examples:\n  strata run busybox --rm -- echo hello\n  \
+strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'\n  \
+strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata logs web; strata stop web")]
     Run {
         image: String,
         /// Container name (default: generated).
@@ -44,6 +47,19 @@ enum Cmd {
         rm: bool,
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
+        /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Working directory in the container (absolute; replaces the image's WorkingDir).
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// USER[:GROUP] (names or ids, names resolved in the image); replaces the image's User.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Detached: start it, print its name and return. Its stdout and stderr go to a log file
+        /// in the container's directory (`strata logs NAME`); it stays mounted until `strata stop`.
+        #[arg(short, long)]
+        detach: bool,
         /// Command and arguments (replace the image's Cmd).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -129,6 +145,64 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Logout { host: String },
     /// Remove blobs and layer directories no image references.
     Gc,
+    /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
+    /// unmount it.
+    #[command(after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web   # SIGKILL at once")]
+    Stop {
+        name: String,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// The output of a container run with `run -d` (stdout and stderr, in order).
+    #[command(after_help = "Example:\n  strata logs web")]
+    Logs { name: String },
+    /// Run a command in a running container (runc exec), as `podman exec`; exits with its status.
+    #[command(after_help = "Examples:\n  strata exec web -- cat /etc/hostname\n  \
+strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'")]
+    Exec {
+        name: String,
+        /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Working directory (absolute).
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// USER[:GROUP] (names resolved in the container).
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Write an image as an archive, as `podman save` (short for `image export`, and it streams
+    /// to stdout). The archive names the image NAME.
+    #[command(after_help = "Examples:\n  strata save busybox -o busybox.tar\n  \
+strata save busybox --format oci-archive | ssh host strata load\n  \
+strata save app | docker load")]
+    Save {
+        /// The image (one per archive).
+        name: String,
+        /// Output file (written under a temporary name, renamed when complete); `-`: stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        #[arg(long, default_value = "docker-archive", value_parser = ["oci-archive", "docker-archive"])]
+        format: String,
+    },
+    /// Import an oci-archive or docker-archive, as `podman load` (short for `image import`, and
+    /// it reads stdin). Archives need random access: stdin is spooled to a file in the state
+    /// root's staging directory first (so it needs that much free space there), removed after.
+    /// Prints the manifest digest.
+    #[command(after_help = "Examples:\n  strata load -i busybox.tar\n  \
+docker save busybox | strata load\n  \
+strata --root /a save app | strata --root /b load --name app")]
+    Load {
+        /// The archive, or `-` for stdin.
+        #[arg(short, long, default_value = "-")]
+        input: String,
+        /// Name to store the image under (default: the archive's tag).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Running containers (as podman ps).
     #[command(after_help = "Examples:\n  strata ps\n  strata ps --json")]
     Ps {
@@ -209,6 +283,18 @@ enum ContainerCmd {
     /// Everything about a container as JSON: image digest, layers, upper/work, mount and run state.
     #[command(after_help = "Example:\n  strata container inspect web")]
     Inspect { name: String },
+    /// The container's merged root filesystem as one flat tar, as `docker export` (whiteouts and
+    /// opaque directories applied, no `.wh.` entries). A mounted (or running) container is read
+    /// where it is mounted; otherwise its layers are mounted read-only for the export.
+    #[command(after_help = "Examples:\n  strata container export web -o web.tar\n  \
+strata container export web | tar -t\n  \
+strata container export web | strata image import-rootfs - web-flat")]
+    Export {
+        name: String,
+        /// Output file (written under a temporary name, renamed when complete); `-`: stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +348,27 @@ enum ImageCmd {
         /// Replace an existing archive file, or a tag the layout already holds for another image.
         #[arg(long)]
         force: bool,
+    },
+    /// A flat rootfs tarball (plain, gzip or zstd) becomes a one-layer image, as `docker import`:
+    /// the host's os/architecture, one history entry, `-c` changes as `container commit` takes
+    /// them. Streams: TAR may be `-` (stdin, a pipe is fine). Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata image import-rootfs rootfs.tar.gz app -c 'CMD [\"/bin/sh\"]' -m 'from rootfs.tar.gz'\n  \
+strata container export web | strata image import-rootfs - web-flat"
+    )]
+    ImportRootfs {
+        /// The tar file, or `-` for stdin.
+        tar: PathBuf,
+        name: String,
+        /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER,
+        /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+        #[arg(long, short = 'c')]
+        change: Vec<String>,
+        /// History comment (default: "Imported from TAR").
+        #[arg(long, short = 'm')]
+        message: Option<String>,
+        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+        compression: String,
     },
 }
 
@@ -373,7 +480,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
-        Cmd::Run { image, name, rm, backend, cmd } => run_cmd(&cli.root, &image, name, rm, backend, cmd),
+        Cmd::Exec { name, env, workdir, user, cmd } => {
+            let store = open_store(&cli.root)?;
+            let opts = strata::run::ExecOptions {
+                name: name.clone(),
+                args: cmd,
+                env,
+                workdir,
+                user,
+                terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+            };
+            let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Cmd::Stop { name, time } => {
+            let store = open_store(&cli.root)?;
+            strata::run::stop(&store, &name, std::time::Duration::from_secs(time))
+                .with_context(|| format!("stopping {name}"))?;
+            println!("{name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs { name } => {
+            let store = open_store(&cli.root)?;
+            let mut f = strata::run::logs(&store, &name).with_context(|| format!("logs of {name}"))?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock()).context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
+        Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
+        Cmd::Run { image, name, rm, backend, env, workdir, user, detach, cmd } => {
+            let extra = RunExtra { env, workdir, user, detach };
+            run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
+        }
         Cmd::Ps { json } => {
             let store = open_store(&cli.root)?;
             let mut running = Vec::new();
@@ -491,6 +629,25 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let opts = strata::export::ExportOptions { force };
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
+        }
+        ImageCmd::ImportRootfs { tar, name, change, message, compression } => {
+            use strata::commit::{self, CommitOptions, LayerOptions};
+            let mut store = open_store(root)?;
+            let layer = LayerOptions {
+                compression: commit::parse_compression(&compression).map_err(anyhow::Error::msg)?,
+                source_date_epoch: commit::source_date_epoch()?,
+                ..Default::default()
+            };
+            let opts = CommitOptions { layer, author: None, message, changes: change };
+            let what = || format!("importing {} as {}", tar.display(), strata::image::printable(&name, 100));
+            let done = if tar.as_os_str() == "-" {
+                strata::rootfs::import_rootfs(&mut store, std::io::stdin().lock(), "-", &name, &opts)
+            } else {
+                let f = std::fs::File::open(&tar).with_context(|| format!("opening {}", tar.display()))?;
+                strata::rootfs::import_rootfs(&mut store, f, &tar.display().to_string(), &name, &opts)
+            }
+            .with_context(what)?;
+            println!("{}", done.manifest_digest);
         }
         ImageCmd::Tag { name, new_name } => {
             strata::reference::validate_image_name(&new_name)?;
@@ -688,6 +845,77 @@ fn human(n: u64) -> String {
     }
 }
 
+fn save_cmd(root: &std::path::Path, name: &str, output: &std::path::Path, format: &str) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    let format: strata::export::ExportFormat = format.parse()?;
+    if output.as_os_str() == "-" {
+        write_output(output, |mut w| strata::export::export_archive_to(&store, name, format, &mut w))
+    } else {
+        let dest = output.to_str().with_context(|| format!("{}: not UTF-8", output.display()))?;
+        let opts = strata::export::ExportOptions { force: true };
+        strata::export::export_with(&store, name, dest, format, &opts).map_err(anyhow::Error::from)
+    }
+    .with_context(|| format!("saving {name}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>) -> Result<ExitCode> {
+    let opts = ImportOptions { name, platform: None, progress: false };
+    let imported = if input == "-" {
+        let mut store = open_store(root)?;
+        import::import_stream(&mut store, std::io::stdin().lock(), &opts).context("loading from stdin")?
+    } else {
+        let (resolved, name) = import::prepare(input, &opts).with_context(|| format!("loading {input}"))?;
+        let mut store = open_store(root)?;
+        import::import_prepared(&mut store, &resolved, &name, &opts)
+            .with_context(|| format!("loading {input}"))?
+    };
+    println!("{}", imported.manifest_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write to `path` (`-`: stdout, refused when it is a terminal) through `f`: a file is written
+/// under a temporary name next to it and renamed when complete, and removed on failure.
+fn write_output<E>(
+    path: &std::path::Path,
+    f: impl FnOnce(&mut dyn std::io::Write) -> Result<(), E>,
+) -> Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use std::io::Write;
+    if path.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            anyhow::bail!("refusing to write a tar to a terminal: redirect stdout or use -o FILE");
+        }
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        f(&mut w)?;
+        w.flush().context("writing to stdout")?;
+        return Ok(());
+    }
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let res = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        f(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
     match c {
         ContainerCmd::Create { image, name, read_only, volatile } => {
@@ -758,6 +986,11 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let i = container::inspect(&store, &name)?;
             println!("{}", serde_json::to_string_pretty(&i)?);
         }
+        ContainerCmd::Export { name, output } => {
+            let mut store = open_store(root)?;
+            write_output(&output, |w| strata::rootfs::export_container(&mut store, &name, w).map(|_| ()))
+                .with_context(|| format!("exporting container {name}"))?;
+        }
         ContainerCmd::Mounts { name, json } => {
             let store = open_store(root)?;
             let m = container::mounts(&store, &name)?;
@@ -772,23 +1005,42 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run` options beyond the basics.
+struct RunExtra {
+    env: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    detach: bool,
+}
+
 fn run_cmd(
     root: &std::path::Path,
     image: &str,
     name: Option<String>,
     rm: bool,
     backend: Backend,
+    extra: RunExtra,
     cmd: Vec<String>,
 ) -> Result<ExitCode> {
     let mut store = open_store(root)?;
-    let opts = strata::run::RunOptions {
+    let mut opts = strata::run::RunOptions {
         image: image.to_string(),
         name,
         rm,
         backend: backend.into(),
         args: cmd,
         terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        env: extra.env,
+        workdir: extra.workdir,
+        user: extra.user,
+        detach: extra.detach,
     };
+    if opts.detach && opts.name.is_none() {
+        opts.name = Some(strata::run::generated_name());
+    }
     let code = strata::run::run(&mut store, &opts)?;
+    if opts.detach {
+        println!("{}", opts.name.as_deref().unwrap_or_default());
+    }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

@@ -20,6 +20,12 @@ pub enum RunError {
     Bundle { name: String, source: BundleError },
     #[error("container {name}: {source}")]
     Store { name: String, source: StoreError },
+    #[error("--rm with -d is not supported: stop the container, then remove it")]
+    DetachRm,
+    #[error("container {name:?} has no log: it was not run with -d")]
+    NoLog { name: String },
+    #[error("container {name:?} is not running (runc: {status}); exec needs a running container")]
+    NotRunning { name: String, status: String },
     #[error("container {name}: image config: {reason}")]
     Config { name: String, reason: String },
 }
@@ -37,6 +43,20 @@ pub struct RunOptions {
     pub args: Vec<String>,
     /// Give the process a terminal.
     pub terminal: bool,
+    /// `-e K=V` / `-e K` (see [`bundle::RunSpec::env`]).
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    pub workdir: Option<String>,
+    /// `--user USER[:GROUP]`.
+    pub user: Option<String>,
+    /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
+    /// [`stop`] (or `container rm --force`).
+    pub detach: bool,
+}
+
+/// Where a detached container's stdout and stderr go.
+pub fn log_path(store: &Store, name: &str) -> std::path::PathBuf {
+    container::paths(store, name).dir.join("container.log")
 }
 
 /// A fresh container name.
@@ -55,6 +75,9 @@ pub fn generated_name() -> String {
 /// when killed). The container is unmounted afterwards (removed with `rm`), also when the run
 /// failed; a `container rm --force` that stopped it meanwhile has removed it already.
 pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
+    if opts.detach && opts.rm {
+        return Err(RunError::DetachRm);
+    }
     let name = opts.name.clone().unwrap_or_else(generated_name);
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
     if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
@@ -76,7 +99,10 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         let run = RunSpec {
             args: opts.args.clone(),
             hostname: name.chars().take(63).collect(),
-            terminal: opts.terminal,
+            terminal: opts.terminal && !opts.detach,
+            env: opts.env.clone(),
+            workdir: opts.workdir.clone(),
+            user: opts.user.clone(),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;
@@ -84,8 +110,16 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         bundle::write_bundle(&paths.bundle, &spec).map_err(berr)?;
         let (state, id) = container::runc_ids(store, &name);
         bundle::delete_stale(&state, &id);
+        if opts.detach {
+            bundle::run_detached(&state, &paths.bundle, &id, &log_path(store, &name)).map_err(berr)?;
+            return Ok(0);
+        }
         bundle::run_bundle(&state, &paths.bundle, &id).map_err(berr)
     })();
+    if opts.detach && result.is_ok() {
+        // Running on its own now: it keeps its mount until stopped.
+        return result;
+    }
     let gone = |e: &ContainerError| matches!(e, ContainerError::NotFound(_));
     if opts.rm {
         match container::remove(store, &name, true) {
@@ -100,4 +134,109 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         let _ = container::umount(store, &name, false);
     }
     result
+}
+
+/// What `exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub name: String,
+    pub args: Vec<String>,
+    /// `-e K=V` / `-e K`.
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    pub workdir: Option<String>,
+    /// `--user USER[:GROUP]`, names resolved in the container's mounted rootfs.
+    pub user: Option<String>,
+    pub terminal: bool,
+}
+
+/// Run a command in a running container (`runc exec`), as `podman exec`; returns its exit code.
+pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
+    let name = opts.name.clone();
+    let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
+    let berr = |source| RunError::Bundle { name: name.clone(), source };
+    let (state, id) = container::runc_ids(store, &name);
+    container::inspect(store, &name).map_err(cerr)?;
+    let status = bundle::runc_status(&state, &id);
+    if status.as_deref() != Some("running") {
+        return Err(RunError::NotRunning {
+            name,
+            status: status.unwrap_or_else(|| "unknown to runc".into()),
+        });
+    }
+    let user = match &opts.user {
+        None => None,
+        Some(u) => {
+            let rootfs = container::mounted_at(store, &name).map_err(cerr)?.ok_or_else(|| {
+                RunError::NotRunning { name: name.clone(), status: "its rootfs is not mounted".into() }
+            })?;
+            Some(bundle::resolve_user(&rootfs, u).map_err(berr)?)
+        }
+    };
+    let spec = bundle::ExecSpec {
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        cwd: opts.workdir.clone(),
+        user,
+        terminal: opts.terminal,
+    };
+    bundle::exec(&state, &id, &spec).map_err(berr)
+}
+
+/// Stop a running container as `podman stop`: SIGTERM, then SIGKILL after `timeout`, through
+/// runc; then runc's state is deleted and the container unmounted. Returns true when SIGTERM
+/// sufficed. A container that already exited is only cleaned up.
+pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<bool, RunError> {
+    let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
+    let berr = |source| RunError::Bundle { name: name.to_string(), source };
+    container::inspect(store, name).map_err(cerr)?;
+    let (state, id) = container::runc_ids(store, name);
+    let status = || bundle::runc_status(&state, &id);
+    let Some(st) = status() else {
+        return Err(RunError::NotRunning { name: name.to_string(), status: "unknown to runc".into() });
+    };
+    let wait = |limit: std::time::Duration| {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if status().as_deref().is_none_or(|s| s == "stopped") {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let mut graceful = true;
+    if st != "stopped" {
+        if st == "paused" {
+            bundle::runc_verb(&state, "resume", &id, &[]).map_err(berr)?;
+        }
+        let kill = |sig: &str| match bundle::runc_verb(&state, "kill", &id, &[sig]) {
+            // It may have exited meanwhile.
+            Err(e) if status().as_deref().is_some_and(|s| s != "stopped") => Err(berr(e)),
+            _ => Ok(()),
+        };
+        kill("TERM")?;
+        if !wait(timeout) {
+            graceful = false;
+            tracing::info!(container = name, "still running after SIGTERM; sending SIGKILL");
+            kill("KILL")?;
+            if !wait(std::time::Duration::from_secs(10)) {
+                return Err(cerr(ContainerError::WontStop { name: name.to_string(), secs: 10 }));
+            }
+        }
+    }
+    bundle::runc_verb(&state, "delete", &id, &["--force"]).map_err(berr)?;
+    match container::umount(store, name, false) {
+        Ok(()) | Err(ContainerError::NotMounted(_)) => Ok(graceful),
+        Err(e) => Err(cerr(e)),
+    }
+}
+
+/// A detached container's output so far (see [`log_path`]).
+pub fn logs(store: &Store, name: &str) -> Result<std::fs::File, RunError> {
+    let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
+    container::inspect(store, name).map_err(cerr)?;
+    std::fs::File::open(log_path(store, name)).map_err(|_| RunError::NoLog { name: name.to_string() })
 }
