@@ -3,38 +3,17 @@
 //! layer and the entry, and nothing half-written stays in the store.
 
 mod common;
+#[path = "common/layout.rs"]
+mod layout;
 #[path = "common/tarw.rs"]
 mod tarw;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use common::*;
 use strata::tree::{Options, Tree};
 use tarw::{tar, E};
-
-/// Write an OCI layout with one image `t` made of the given (uncompressed) layer tars, gzipped.
-fn layout_with_layers(dir: &Path, layers: &[Vec<u8>]) {
-    fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for l in layers {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(l).expect("gzip");
-        let gz = gz.finish().expect("gzip");
-        diff_ids.push(sha(l));
-        let (d, s) = put_blob(dir, &gz);
-        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}));
-    }
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}});
-    let (cd, cs) = put_blob(dir, &serde_json::to_vec(&config).expect("json"));
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs}, "layers": descs});
-    fs::write(dir.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#).expect("index");
-    set_tag(dir, "t", &serde_json::to_vec(&manifest).expect("json"));
-}
 
 struct Case {
     root: Root,
@@ -59,7 +38,7 @@ impl Case {
     fn import(&self, layers: &[Vec<u8>]) -> (bool, String) {
         let layout = self.root.path().join("layout");
         let _ = fs::remove_dir_all(&layout);
-        layout_with_layers(&layout, layers);
+        layout::layout_with_layers(&layout, "t", layers);
         let store = self.root.path().join("store");
         let out = std::process::Command::new(STRATA)
             .arg("--root")
