@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Pull benchmark: time from a local registry to a runnable image, in one run, for
+#   strata pull                          (fetch + verify + store + unpack every layer)
+#   skopeo copy docker:// oci: + umoci unpack
+#   podman pull                          (overlay storage, fresh root)
+#   ctr images pull                      (containerd with its overlayfs snapshotter; only where
+#                                         containerd and ctr are installed)
+# The image is the benchmark rootfs (make-rootfs.sh) split into four layers, pushed to Debian's
+# docker-registry on 127.0.0.1 (plain HTTP). Every run starts from an empty destination.
+#
+# Usage: sudo scripts/bench-pull.sh [BENCHDIR] [RUNS]   (default /var/tmp/strata-bench, 3 runs)
+source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh" pull 3 "$@"
+command -v docker-registry >/dev/null || { echo "bench-pull: docker-registry not installed" >&2; exit 1; }
+
+# The four-layer image, built once with umoci and cached next to the rootfs.
+L=$BENCH/oci-layers
+if [ ! -f "$L/.complete" ]; then
+    echo "bench-pull: splitting $BENCH/rootfs into four layers (once)" >&2
+    rm -rf "$L" "$BENCH/layers-bundle"
+    umoci init --layout "$L"
+    umoci new --image "$L:layers"
+    umoci unpack --image "$L:layers" "$BENCH/layers-bundle" >/dev/null
+    R=$BENCH/layers-bundle/rootfs
+    stage() { # COMMENT PATH...
+        local c=$1; shift
+        for p in "$@"; do
+            mkdir -p "$R/$(dirname "$p")"
+            cp -a "$BENCH/rootfs/$p" "$R/$p"
+        done
+        umoci repack --refresh-bundle --image "$L:layers" --history.comment "$c" "$BENCH/layers-bundle" >/dev/null
+    }
+    mkdir -p "$R/usr"
+    base=$(cd "$BENCH/rootfs" && ls -A | grep -vx usr)
+    # shellcheck disable=SC2086
+    stage "base" $base
+    stage "usr/lib" usr/lib
+    stage "usr/share" usr/share
+    rest=$(cd "$BENCH/rootfs" && ls -A usr | grep -vx -e lib -e share | sed 's|^|usr/|')
+    # shellcheck disable=SC2086
+    stage "usr rest" $rest
+    rm -rf "$BENCH/layers-bundle"
+    touch "$L/.complete"
+fi
+
+# A private registry on a free port.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$W/registry"
+cat > "$W/registry/config.yml" <<EOF
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $W/registry/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$PORT}
+EOF
+docker-registry serve "$W/registry/config.yml" >"$W/registry/log" 2>&1 &
+REG_PID=$!
+PODMAN_RUN=/run/strata-bench-podman
+CTR_PID=
+cleanup() {
+    kill "$REG_PID" 2>/dev/null || true
+    [ -n "$CTR_PID" ] && kill "$CTR_PID" 2>/dev/null
+    rm -rf "$PODMAN_RUN"
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/v2/')" 2>/dev/null && break
+    sleep 0.1
+done
+REF=127.0.0.1:$PORT/bench:1
+skopeo copy -q --dest-tls-verify=false "oci:$L:layers" "docker://$REF"
+mb=$(du -sm "$BENCH/rootfs" | cut -f1)
+echo "image: $REF, 4 layers, $mb MB unpacked"
+
+# median of RUNS timings (seconds) of: prepare; timed command (sync included)
+timeit() { # prep cmd...
+    local prep=$1; shift
+    for _ in $(seq "$RUNS"); do
+        eval "$prep"; sync
+        local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; sync; e=$(date +%s.%N)
+        echo "$e - $s" | bc
+    done | median
+}
+t_strata=$(timeit "rm -rf $W/root" "$S" --root "$W/root" pull "$REF")
+skopeo_umoci() {
+    skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$W/oci:bench" && umoci unpack --image "$W/oci:bench" "$W/bundle"
+}
+t_skopeo=$(timeit "rm -rf $W/oci $W/bundle" skopeo_umoci)
+podman_pull() {
+    podman --root "$W/podman" --runroot "$PODMAN_RUN" --storage-driver overlay --events-backend none \
+        pull -q --tls-verify=false "$REF"
+}
+podman_reset() {
+    for m in $(grep -o " $W/podman[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$W/podman" "$PODMAN_RUN"
+}
+t_podman=$(timeit podman_reset podman_pull)
+podman_reset
+t_ctr=
+if command -v containerd >/dev/null && command -v ctr >/dev/null; then
+    mkdir -p "$W/containerd"
+    cat > "$W/containerd/config.toml" <<EOF
+version = 2
+root = "$W/containerd/root"
+state = "/run/strata-bench-containerd"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "/run/strata-bench-containerd/c.sock"
+EOF
+    containerd --config "$W/containerd/config.toml" >"$W/containerd/log" 2>&1 &
+    CTR_PID=$!
+    for _ in $(seq 100); do [ -S /run/strata-bench-containerd/c.sock ] && break; sleep 0.1; done
+    ctr_pull() { ctr -a /run/strata-bench-containerd/c.sock -n "b$RANDOM$RANDOM" images pull --plain-http "$REF"; }
+    t_ctr=$(timeit "" ctr_pull)
+fi
+
+printf '\n%-50s %10s %12s\n' "pull of $mb MB in 4 layers (median of $RUNS)" "seconds" "x/strata"
+printf '%-50s %10.3f %12s\n' "strata pull (verify + store + unpack)" "$t_strata" "1.00"
+printf '%-50s %10.3f %12.2f\n' "skopeo copy to oci: + umoci unpack" "$t_skopeo" "$(echo "$t_skopeo / $t_strata" | bc -l)"
+printf '%-50s %10.3f %12.2f\n' "podman pull (overlay)" "$t_podman" "$(echo "$t_podman / $t_strata" | bc -l)"
+if [ -n "$t_ctr" ]; then
+    printf '%-50s %10.3f %12.2f\n' "ctr images pull (overlayfs snapshotter)" "$t_ctr" "$(echo "$t_ctr / $t_strata" | bc -l)"
+else
+    printf '%-50s %10s\n' "ctr images pull" "n/a (containerd not installed)"
+fi
