@@ -85,13 +85,8 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         /// Platform to pick from a multi-platform index, OS/ARCH[/VARIANT].
         #[arg(long)]
         platform: Option<String>,
-        /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
-              num_args = 0..=1, default_missing_value = "true")]
-        tls_verify: bool,
-        /// Also trust the *.crt files of this directory (as podman's --cert-dir).
-        #[arg(long)]
-        cert_dir: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Print only the digest: no progress, no summary.
         #[arg(short, long)]
         quiet: bool,
@@ -107,13 +102,8 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         name: String,
         /// HOST[:PORT]/REPO[:TAG] (default: NAME, when it is in that form).
         reference: Option<String>,
-        /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
-              num_args = 0..=1, default_missing_value = "true")]
-        tls_verify: bool,
-        /// Also trust the *.crt files of this directory (as podman's --cert-dir).
-        #[arg(long)]
-        cert_dir: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Print only the digest.
         #[arg(short, long)]
         quiet: bool,
@@ -134,11 +124,8 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         /// Read the password from standard input (one line).
         #[arg(long)]
         password_stdin: bool,
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
-              num_args = 0..=1, default_missing_value = "true")]
-        tls_verify: bool,
-        #[arg(long)]
-        cert_dir: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Remove the stored credentials for a registry.
     #[command(after_help = "Example:\n  strata logout registry.example:5000")]
@@ -372,6 +359,28 @@ strata container export web | strata image import-rootfs - web-flat"
     },
 }
 
+/// How registry commands (pull, push, login) reach the registry.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: bool,
+    /// Also trust the *.crt files of this directory (as podman's --cert-dir).
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn client(self) -> strata::registry::ClientOptions {
+        strata::registry::ClientOptions {
+            tls_verify: self.tls_verify,
+            cert_dir: self.cert_dir,
+            ..Default::default()
+        }
+    }
+}
+
 /// `--backend`: which filesystem stacks the layers (the library's `container::Backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Backend {
@@ -469,8 +478,8 @@ fn open_store(root: &std::path::Path) -> Result<Store> {
 fn run(cli: Cli) -> Result<ExitCode> {
     // Credentials are the user's own: no state root, no root needed.
     match cli.cmd {
-        Cmd::Login { host, username, password, password_stdin, tls_verify, cert_dir } => {
-            return login_cmd(&host, username, password, password_stdin, tls_verify, cert_dir)
+        Cmd::Login { host, username, password, password_stdin, tls } => {
+            return login_cmd(&host, username, password, password_stdin, tls)
         }
         Cmd::Logout { host } => return logout_cmd(&host),
         _ => {}
@@ -532,11 +541,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Pull { reference, name, platform, tls_verify, cert_dir, quiet } => {
-            pull_cmd(&cli.root, &reference, name, platform, tls_verify, cert_dir, quiet)
+        Cmd::Pull { reference, name, platform, tls, quiet } => {
+            pull_cmd(&cli.root, &reference, name, platform, tls, quiet)
         }
-        Cmd::Push { name, reference, tls_verify, cert_dir, quiet } => {
-            push_cmd(&cli.root, &name, reference.as_deref(), tls_verify, cert_dir, quiet)
+        Cmd::Push { name, reference, tls, quiet } => {
+            push_cmd(&cli.root, &name, reference.as_deref(), tls, quiet)
         }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
@@ -704,20 +713,16 @@ fn pull_cmd(
     reference: &str,
     name: Option<String>,
     platform: Option<String>,
-    tls_verify: bool,
-    cert_dir: Option<PathBuf>,
+    tls: TlsArgs,
     quiet: bool,
 ) -> Result<ExitCode> {
-    use strata::registry::{self, ClientOptions, PullOptions};
+    use strata::registry::{self, PullOptions};
     let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
     if let Some(n) = &name {
         strata::reference::validate_image_name(n)?;
     }
     let r = strata::reference::normalize(reference).with_context(|| format!("pulling {reference}"))?;
-    let opts = PullOptions {
-        platform: platform.clone(),
-        client: ClientOptions { tls_verify, cert_dir, ..ClientOptions::default() },
-    };
+    let opts = PullOptions { platform: platform.clone(), client: tls.client() };
     // The registry is asked before the state root is touched.
     let resolved = registry::resolve(&r, &opts).with_context(|| format!("pulling {r}"))?;
     let name = name.unwrap_or_else(|| r.to_string());
@@ -746,11 +751,10 @@ fn push_cmd(
     root: &std::path::Path,
     name: &str,
     reference: Option<&str>,
-    tls_verify: bool,
-    cert_dir: Option<PathBuf>,
+    tls: TlsArgs,
     quiet: bool,
 ) -> Result<ExitCode> {
-    use strata::registry::{self, ClientOptions, PushOptions};
+    use strata::registry::{self, PushOptions};
     let dest = match reference {
         Some(r) => strata::reference::normalize(r).with_context(|| format!("pushing {name}"))?,
         // Only a name that says where it lives: a short name would otherwise mean Docker Hub.
@@ -761,7 +765,7 @@ fn push_cmd(
             .with_context(|| format!("pushing {name}: give the destination HOST[:PORT]/REPO[:TAG]"))?,
     };
     let store = open_store(root)?;
-    let opts = PushOptions { client: ClientOptions { tls_verify, cert_dir, ..ClientOptions::default() } };
+    let opts = PushOptions { client: tls.client() };
     let pushed =
         registry::push(&store, name, &dest, &opts).with_context(|| format!("pushing {name} to {dest}"))?;
     if !quiet {
@@ -791,8 +795,7 @@ fn login_cmd(
     username: String,
     password: Option<String>,
     password_stdin: bool,
-    tls_verify: bool,
-    cert_dir: Option<PathBuf>,
+    tls: TlsArgs,
 ) -> Result<ExitCode> {
     use strata::registry::{auth, Client, ClientOptions};
     let host = registry_host(host)?;
@@ -808,8 +811,7 @@ fn login_cmd(
     };
     let file = auth::login_file().context("no file to store credentials in (set REGISTRY_AUTH_FILE)")?;
     let creds = auth::Credentials { username, password, from: "the command line".into() };
-    let opts =
-        ClientOptions { tls_verify, cert_dir, credentials: Some(creds.clone()), ..ClientOptions::default() };
+    let opts = ClientOptions { credentials: Some(creds.clone()), ..tls.client() };
     let client =
         Client::connect(&host, "", &opts, "pull").with_context(|| format!("logging in to {host}"))?;
     client.check_login().with_context(|| format!("logging in to {host}"))?;
