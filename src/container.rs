@@ -115,9 +115,9 @@ pub struct CreateOptions {
     pub volatile: bool,
 }
 
-/// The lock every change of a container's state takes (create, mount, umount, rm, commit, run).
-fn lock(store: &Store, name: &str) -> Result<LockGuard> {
-    Ok(store.lock(&format!("container-{name}"))?)
+/// The lock every change of a container's state takes ([`crate::store::container_lock_name`]).
+pub fn lock(store: &Store, name: &str) -> Result<LockGuard> {
+    Ok(store.lock(&crate::store::container_lock_name(name))?)
 }
 
 /// The name of the lock a running `strata run` holds (it records its pid there).

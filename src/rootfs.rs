@@ -81,7 +81,7 @@ pub fn export_container(store: &mut Store, name: &str, out: impl Write) -> Resul
         })
     };
     // The lock container::mount takes: no mount of it starts while its layers are mounted here.
-    let _g = store.lock(&format!("container-{name}")).map_err(ContainerError::from)?;
+    let _g = container::lock(store, name)?;
     let info = if let Some(at) = container::mounted_at(store, name)? {
         write(&at, out)?
     } else {

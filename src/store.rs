@@ -56,6 +56,12 @@ pub struct Store {
     pub db: Db,
 }
 
+/// The name of the lock every change of container `name`'s state takes (create, mount, umount,
+/// rm, commit, export, run; recovery of its directory).
+pub fn container_lock_name(name: &str) -> String {
+    format!("container-{name}")
+}
+
 /// An exclusive flock held until drop.
 pub struct LockGuard {
     file: File,
@@ -564,8 +570,7 @@ impl Store {
             if known.contains(&name) {
                 continue;
             }
-            let p = self.root.join("locks").join(format!("container-{name}.lock"));
-            if let Some(_g) = lock_file(&p, false)? {
+            if let Some(_g) = self.try_lock(&container_lock_name(&name))? {
                 if self.db.container(&name)?.is_none() && !is_mount_point_below(&e.path()) {
                     tracing::info!(container = %name, "removing container directory without metadata");
                     drop(self.trash(&e.path())?);
