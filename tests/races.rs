@@ -187,16 +187,9 @@ fn commits_while_the_container_writes_all_succeed() {
     let fx = fixtures();
     let root = Root::new();
     root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
-    let mut run = Command::new(STRATA)
-        .arg("--root")
-        .arg(root.path())
-        .args(["run", "busybox", "--name", "w", "--backend", "kernel", "--", "sh", "-c"])
-        .arg("mkdir /d; i=0; while :; do echo $i > /d/f$((i%100)); rm -f /d/f$(((i+50)%100)); i=$((i+1)); done")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    let _runc = RuncGuard::new(&root, "w");
+    let script =
+        "mkdir /d; i=0; while :; do echo $i > /d/f$((i%100)); rm -f /d/f$(((i+50)%100)); i=$((i+1)); done";
+    let run = BackgroundRun::start(&root, "busybox", "w", &["--backend", "kernel", "--", "sh", "-c", script]);
     let upper = root.path().join("containers/w/upper/d");
     let until = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(&upper).map(|d| d.count()).unwrap_or(0) < 10 {
@@ -208,5 +201,5 @@ fn commits_while_the_container_writes_all_succeed() {
         assert!(out.status.success(), "round {round}: {}", stderr(&out));
     }
     root.ok(&["container", "rm", "--force", "w"]);
-    let _ = run.wait();
+    run.wait();
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -139,15 +138,7 @@ fn container_inspect_and_ps() {
     assert_eq!(json_of(&root.ok(&["container", "inspect", "idle"]))["backend"], "fuse");
     root.ok(&["container", "umount", "idle"]);
 
-    let mut run = Command::new(STRATA)
-        .arg("--root")
-        .arg(root.path())
-        .args(["run", "busybox", "--name", "busy", "--", "sleep", "30"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    let _runc = RuncGuard::new(&root, "busy");
+    let run = BackgroundRun::start(&root, "busybox", "busy", &["--", "sleep", "30"]);
     let until = Instant::now() + Duration::from_secs(20);
     let ps = loop {
         let ps = json_of(&root.ok(&["ps", "--json"]));
@@ -163,6 +154,6 @@ fn container_inspect_and_ps() {
     assert!(ps[0]["running"].as_str().expect("running").starts_with("strata run, pid"));
     assert!(root.ok(&["ps"]).lines().any(|l| l.starts_with("busy ")));
     root.ok(&["container", "rm", "--force", "busy"]);
-    let _ = run.wait();
+    run.wait();
     assert!(json_of(&root.ok(&["ps", "--json"])).as_array().expect("array").is_empty());
 }

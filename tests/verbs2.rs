@@ -326,7 +326,6 @@ fn exec_in_running_container() {
     if !privileged("exec_in_running_container") {
         return;
     }
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
     let fx = fixtures();
     let root = Root::new();
@@ -335,15 +334,7 @@ fn exec_in_running_container() {
     let err = root.fails(&["exec", "idle", "--", "true"]);
     assert!(err.contains("container \"idle\" is not running"), "{err}");
 
-    let mut run = Command::new(STRATA)
-        .arg("--root")
-        .arg(root.path())
-        .args(["run", "busybox", "--name", "busy", "--", "sleep", "30"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    let _runc = RuncGuard::new(&root, "busy");
+    let run = BackgroundRun::start(&root, "busybox", "busy", &["--", "sleep", "30"]);
     let until = Instant::now() + Duration::from_secs(20);
     while !root.cmd(&["exec", "busy", "--", "true"]).status.success() {
         assert!(Instant::now() < until, "busy never ran");
@@ -371,7 +362,7 @@ fn exec_in_running_container() {
     let upper = Path::new(i["upper"].as_str().expect("upper")).join("tmp/from-exec");
     assert_eq!(fs::read_to_string(&upper).expect("written by exec"), "hi\n");
     root.ok(&["container", "rm", "--force", "busy"]);
-    let _ = run.wait();
+    run.wait();
 }
 
 /// `run -d` returns with the container running under runc, its output in `logs`; it is

@@ -273,3 +273,40 @@ impl Drop for RuncGuard {
             .output();
     }
 }
+
+/// A `strata run IMAGE --name NAME [ARGS...]` started in the background, output discarded. Dropped,
+/// it deletes the runc container (RuncGuard) and reaps the strata process.
+pub struct BackgroundRun {
+    child: std::process::Child,
+    _runc: RuncGuard,
+}
+
+impl BackgroundRun {
+    /// `args` follow `strata run IMAGE --name NAME` (options, then `--` and the command).
+    pub fn start(root: &Root, image: &str, name: &str, args: &[&str]) -> BackgroundRun {
+        let child = Command::new(STRATA)
+            .arg("--root")
+            .arg(root.path())
+            .args(["run", image, "--name", name])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn strata run");
+        BackgroundRun { child, _runc: RuncGuard::new(root, name) }
+    }
+
+    /// Wait for the strata process to end (after the container was stopped).
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for strata run")
+    }
+}
+
+impl Drop for BackgroundRun {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
