@@ -1,9 +1,12 @@
 //! Containers: writable snapshots (or read-only views) over an image's layers.
 //!
-//! On disk: `containers/<name>/upper` and `work` (absent for a read-only view), `rootfs` (the default
-//! mount point), `empty` (a read-only view of a one-layer image stacks it below the layer, since
-//! overlayfs needs two lowers without an upper) and `bundle/` (the OCI runtime bundle of `strata run`).
-//! Whether a container is mounted is read from the kernel's mount table, never from a stored flag.
+//! A container is a snapshot ([`crate::snapshot`]): an active one, or a view for `--read-only`,
+//! whose parent is the top of its image's layer chain when it was created. Its upper and work dirs
+//! are the snapshot's, `snapshots/<id>/fs` and `work`. Beside them, `containers/<name>/` holds
+//! `rootfs` (the default mount point), `empty` (a read-only view of a one-layer image stacks it
+//! below the layer, since overlayfs needs two lowers without an upper) and `bundle/` (the OCI
+//! runtime bundle of `strata run`). Whether a container is mounted is read from the kernel's mount
+//! table, never from a stored flag.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -13,7 +16,6 @@ use std::process::Command;
 use kernel_overlay::{OverlaySpec, UnmountMode};
 
 use crate::db::{ContainerRow, DbError};
-use crate::digest::Sha256Digest;
 use crate::store::{remove_tree, IoContext, LockGuard, Store, StoreError};
 
 /// Container errors.
@@ -63,6 +65,8 @@ pub enum ContainerError {
     Layer(#[from] Box<crate::import::ImportError>),
     #[error("container {0:?} is not mounted")]
     NotMounted(String),
+    #[error("container {name:?}")]
+    Snapshot { name: String, source: Box<crate::snapshot::SnapshotError> },
 }
 
 pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
@@ -89,11 +93,21 @@ pub struct Paths {
     pub bundle: PathBuf,
 }
 
-pub fn paths(store: &Store, name: &str) -> Paths {
-    let dir = store.containers_dir().join(name);
+/// `containers/<name>`: mount point, runtime bundle, logs.
+pub fn dir(store: &Store, name: &str) -> PathBuf {
+    store.containers_dir().join(name)
+}
+
+pub fn paths(store: &Store, c: &ContainerRow) -> Paths {
+    let dir = dir(store, &c.name);
+    let (upper, work) = match c.snapshot {
+        Some(id) => (crate::snapshot::fs_dir(store, id), crate::snapshot::work_dir(store, id)),
+        // A root from before snapshots whose migration has not run (see Store::open).
+        None => (dir.join("upper"), dir.join("work")),
+    };
     Paths {
-        upper: dir.join("upper"),
-        work: dir.join("work"),
+        upper,
+        work,
         rootfs: dir.join("rootfs"),
         empty: dir.join("empty"),
         bundle: dir.join("bundle"),
@@ -182,38 +196,29 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     if store.db.container(name)?.is_some() {
         return Err(ContainerError::Exists(name.to_string()));
     }
-    let p = paths(store, name);
+    let cdir = dir(store, name);
     // Leftovers of a container that died half-created.
-    remove_tree(&p.dir).at(&p.dir)?;
+    remove_tree(&cdir).at(&cdir)?;
     let mut b = fs::DirBuilder::new();
     b.mode(0o700);
     let made = (|| -> Result<()> {
-        b.create(&p.dir).at(&p.dir)?;
-        let mut dirs = vec![&p.rootfs, &p.empty];
-        if !opts.read_only {
-            dirs.push(&p.upper);
-            dirs.push(&p.work);
-        }
-        for d in dirs {
+        for d in [&cdir, &cdir.join("rootfs"), &cdir.join("empty")] {
             b.create(d).at(d)?;
-        }
-        // The upper dir becomes the container's "/" when nothing above it says otherwise: the
-        // overlay root takes the upper's mode, so match a conventional root.
-        if !opts.read_only {
-            fs::set_permissions(&p.upper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).at(&p.upper)?;
         }
         Ok(())
     })();
     if let Err(e) = made {
-        let _ = remove_tree(&p.dir);
+        let _ = remove_tree(&cdir);
         return Err(e);
     }
-    // The row binds the container to what `image` names at this moment (manifest and layers),
-    // in one transaction; the layers it names are then kept by gc for as long as it exists.
-    let row = match store.db.insert_container(name, image, opts.read_only, opts.volatile) {
+    // The row binds the container to what `image` names at this moment (manifest and layers)
+    // and creates its snapshot over that chain, in one transaction; the layers it names are
+    // then kept by gc for as long as it exists.
+    let snaps = store.snapshots_dir();
+    let row = match store.db.insert_container(name, image, opts.read_only, opts.volatile, &snaps) {
         Ok(row) => row,
         Err(e) => {
-            let _ = remove_tree(&p.dir);
+            let _ = remove_tree(&cdir);
             return Err(match e {
                 DbError::NoImage(i) => ContainerError::NoImage(i),
                 DbError::ContainerExists(n) => ContainerError::Exists(n),
@@ -223,7 +228,10 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     };
     if let Err(e) = materialize(store, &row) {
         let _ = store.db.remove_container(name);
-        let _ = remove_tree(&p.dir);
+        let _ = remove_tree(&cdir);
+        if let Some(id) = row.snapshot {
+            let _ = store.trash(&crate::snapshot::dir(store, id));
+        }
         return Err(e);
     }
     Ok(row)
@@ -233,31 +241,32 @@ fn get(store: &Store, name: &str) -> Result<ContainerRow> {
     store.db.container(name)?.ok_or_else(|| ContainerError::NotFound(name.to_string()))
 }
 
-/// The overlay spec of a container: the layers it was created over (top first), upper and work.
-pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let layers = store.db.container_layers(&c.name)?;
-    let mut lowers = Vec::with_capacity(layers.len());
-    for l in layers.iter().rev() {
-        let d = Sha256Digest::parse(&l.diff_id).map_err(|e| StoreError::Io {
-            path: PathBuf::from(&l.diff_id),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        })?;
-        lowers.push(store.layer_path(&d));
-    }
-    let p = paths(store, &c.name);
-    let mut spec = if c.read_only {
-        OverlaySpec::read_only(lowers)
-    } else {
-        OverlaySpec::writable(lowers, p.upper, p.work)
-    };
+/// The overlay a container mounts: its snapshot's parent chain (top first) named by the short
+/// `snapshots/<id>/fs` paths, so even a legacy mount(2) of 500 layers fits its page; upper and
+/// work.
+pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
+    let mut spec = crate::snapshot::overlay_spec(store, &crate::db::container_snapshot_key(&c.name))
+        .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
+    let p = paths(store, c);
     spec.volatile = c.volatile && !c.read_only;
     spec.empty_lower = Some(p.empty);
     Ok(spec)
 }
 
+/// [`mount_spec`] with each lower resolved to the directory it names (a layer's): what reads
+/// the trees themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
+pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
+    let mut spec = mount_spec(store, c)?;
+    for l in &mut spec.lowers {
+        *l = fs::canonicalize(&*l).at(&*l)?;
+    }
+    Ok(spec)
+}
+
 /// Where a container is mounted now, if anywhere (from the kernel's mount table).
 pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
-    let p = paths(store, name);
+    let Some(c) = store.db.container(name)? else { return Ok(None) };
+    let p = paths(store, &c);
     // Default mount point first; then any overlay whose upperdir is ours, or a strata-fuse mount
     // whose source names our directory.
     if let Ok(Some(_)) = kernel_overlay::find_mount(&p.rootfs) {
@@ -297,24 +306,25 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
             target: at.display().to_string(),
         });
     }
-    let p = paths(store, name);
+    let p = paths(store, &c);
     let target = match target {
         Some(t) => checked_target(store, name, t)?,
         None => p.rootfs.clone(),
     };
     fs::create_dir_all(&target).at(&target)?;
+    let short = mount_spec(store, &c)?;
     let spec = overlay_spec(store, &c)?;
     if !c.read_only {
         // A work dir left by an earlier mount may hold debris the kernel refuses.
         let _ = remove_tree(&p.work.join("work"));
     }
     match backend {
-        Backend::Kernel => kernel_overlay::mount(&spec, &target)
+        Backend::Kernel => kernel_overlay::mount(&short, &target)
             .map(|_| ())
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
         Backend::Fuse => fuse_mount(store, name, &spec, &target)?,
         Backend::Auto => {
-            if let Err(k) = kernel_overlay::mount(&spec, &target) {
+            if let Err(k) = kernel_overlay::mount(&short, &target) {
                 tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
                 fuse_mount(store, name, &spec, &target).map_err(|f| ContainerError::AutoFailed {
                     name: name.to_string(),
@@ -406,7 +416,7 @@ fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> R
         }
     }
     let bin = fuse_binary();
-    let source = format!("strata:{}", paths(store, name).dir.display());
+    let source = format!("strata:{}", dir(store, name).display());
     let out = Command::new(&bin)
         .arg("-o")
         .arg(&opts)
@@ -451,7 +461,7 @@ pub fn umount(store: &Store, name: &str, force: bool) -> Result<()> {
 /// listing with whatever remains of its directory removed by the next recovery.
 pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
     let _g = lock(store, name)?;
-    get(store, name)?;
+    let c = get(store, name)?;
     if let Some(how) = running(store, name)? {
         if !force {
             return Err(ContainerError::Running {
@@ -470,7 +480,10 @@ pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
     }
     store.db.remove_container(name)?;
-    drop(store.trash(&paths(store, name).dir)?);
+    drop(store.trash(&dir(store, name))?);
+    if let Some(id) = c.snapshot {
+        drop(store.trash(&crate::snapshot::dir(store, id))?);
+    }
     Ok(())
 }
 
@@ -542,7 +555,7 @@ pub fn commit(
     if paused {
         crate::bundle::runc_verb(&state, "pause", &id, &[]).map_err(rt)?;
     }
-    let upper = paths(store, name).upper;
+    let upper = paths(store, &c).upper;
     let done = crate::commit::commit(store, &upper, &parent, new_name, opts).map_err(Box::new);
     if paused {
         if let Err(e) = crate::bundle::runc_verb(&state, "resume", &id, &[]) {
@@ -598,7 +611,7 @@ pub struct Inspected {
 /// Everything about a container, for `container inspect`.
 pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     let c = get(store, name)?;
-    let p = paths(store, name);
+    let p = paths(store, &c);
     let mounted = mounted_at(store, name)?;
     let backend = mounted.as_ref().and_then(|at| {
         let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -628,7 +641,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
 /// The mount a caller would perform itself (containerd style).
 pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
     let c = get(store, name)?;
-    let spec = overlay_spec(store, &c)?;
+    let spec = mount_spec(store, &c)?;
     kernel_overlay::mount_spec(&spec)
         .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
 }
@@ -640,6 +653,6 @@ pub fn diff(store: &Store, name: &str) -> Result<Vec<crate::diff::Change>> {
         return Ok(Vec::new());
     }
     let spec = overlay_spec(store, &c)?;
-    crate::diff::diff_upper(&paths(store, name).upper, &spec.lowers)
+    crate::diff::diff_upper(&paths(store, &c).upper, &spec.lowers)
         .map_err(|e| ContainerError::Diff { name: name.to_string(), reason: e.to_string() })
 }

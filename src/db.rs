@@ -38,6 +38,17 @@ pub enum DbError {
     ContainerExists(String),
     #[error(transparent)]
     Name(#[from] crate::reference::ReferenceError),
+    #[error(transparent)]
+    Snapshot(Box<crate::snapshot::SnapshotError>),
+}
+
+impl From<crate::snapshot::SnapshotError> for DbError {
+    fn from(e: crate::snapshot::SnapshotError) -> Self {
+        match e {
+            crate::snapshot::SnapshotError::Db(d) => d,
+            e => DbError::Snapshot(Box::new(e)),
+        }
+    }
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -107,8 +118,19 @@ INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_
     FROM containers c JOIN image_layers il ON il.name = c.image;
 "#;
 
+/// Version 2: snapshots (see [`crate::snapshot`]); containers stand on one.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE containers ADD COLUMN snapshot INTEGER REFERENCES snapshots(id);
+"#;
+
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// The key of container `name`'s snapshot. containerd's keys are `NAMESPACE/NUMBER/NAME`, so
+/// this form never collides with one.
+pub fn container_snapshot_key(name: &str) -> String {
+    format!("strata/container/{name}")
+}
 
 /// A stored image.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -142,6 +164,10 @@ pub struct ContainerRow {
     pub read_only: bool,
     pub volatile: bool,
     pub created: i64,
+    /// The id of the snapshot it is (active, or a view when read-only); `None` only in a root
+    /// written before snapshots, until its migration completes on open.
+    #[serde(skip)]
+    pub snapshot: Option<i64>,
 }
 
 /// The metadata database.
@@ -189,6 +215,11 @@ impl Db {
             if v < 1 {
                 tx.execute_batch(SCHEMA_V1)?;
             }
+            tx.execute_batch(crate::snapshot::meta::SCHEMA)?;
+            if v < 2 {
+                tx.execute_batch(SCHEMA_V2)?;
+                migrate_to_snapshots(tx)?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             Ok(())
         })
@@ -227,6 +258,7 @@ impl Db {
         let n: i64 = self.conn.query_row(
             "SELECT (SELECT COUNT(*) FROM image_layers WHERE diff_id = ?1) + \
                     (SELECT COUNT(*) FROM container_layers WHERE diff_id = ?1) + \
+                    (SELECT COUNT(*) FROM snapshots WHERE diff_id = ?1) + \
                     (SELECT COUNT(*) FROM leases WHERE diff_id = ?1)",
             [diff_id],
             |r| r.get(0),
@@ -304,8 +336,8 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT name, image, manifest_digest, config_digest, read_only, volatile, created \
-                 FROM containers WHERE name = ?1",
+                "SELECT name, image, manifest_digest, config_digest, read_only, volatile, created, \
+                 snapshot FROM containers WHERE name = ?1",
                 [name],
                 container_row,
             )
@@ -314,8 +346,8 @@ impl Db {
 
     pub fn containers(&self) -> Result<Vec<ContainerRow>> {
         let mut st = self.conn.prepare(
-            "SELECT name, image, manifest_digest, config_digest, read_only, volatile, created \
-             FROM containers ORDER BY name",
+            "SELECT name, image, manifest_digest, config_digest, read_only, volatile, created, \
+             snapshot FROM containers ORDER BY name",
         )?;
         let rows = st.query_map([], container_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -332,6 +364,7 @@ impl Db {
         let mut st = self.conn.prepare(
             "SELECT diff_id FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers) \
              AND diff_id NOT IN (SELECT diff_id FROM container_layers) \
+             AND diff_id NOT IN (SELECT diff_id FROM snapshots WHERE diff_id IS NOT NULL) \
              AND diff_id NOT IN (SELECT diff_id FROM leases)",
         )?;
         let rows = st.query_map([], |r| r.get(0))?;
@@ -380,7 +413,9 @@ impl Db {
 
     pub fn insert_layer(&mut self, diff_id: &str, size: u64, entries: u64) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO layers (diff_id, size, entries, created) VALUES (?1, ?2, ?3, ?4)",
+            // An upsert, not REPLACE: images and snapshots refer to the row.
+            "INSERT INTO layers (diff_id, size, entries, created) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(diff_id) DO UPDATE SET size = excluded.size, entries = excluded.entries",
             params![diff_id, size as i64, entries as i64, now()],
         )?;
         Ok(())
@@ -396,7 +431,49 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
         read_only: r.get::<_, i64>(4)? != 0,
         volatile: r.get::<_, i64>(5)? != 0,
         created: r.get(6)?,
+        snapshot: r.get(7)?,
     })
+}
+
+/// The diff_ids of an ordered layer list (`image_layers` or `container_layers`) of `name`.
+fn diff_ids(c: &Connection, table: &str, name: &str) -> Result<Vec<String>> {
+    let mut st = c.prepare_cached(&format!("SELECT diff_id FROM {table} WHERE name = ?1 ORDER BY idx"))?;
+    let rows = st.query_map([name], |r| r.get(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Version 1 -> 2: every image's layer chain becomes committed snapshots, every container a
+/// snapshot over its own chain. The container's directories move under `snapshots/` when the
+/// store opens ([`crate::store::Store::open`]).
+fn migrate_to_snapshots(tx: &Connection) -> Result<()> {
+    let names = |sql: &str| -> Result<Vec<String>> {
+        let mut st = tx.prepare(sql)?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    };
+    for image in names("SELECT name FROM images")? {
+        crate::snapshot::meta::ensure_chain(tx, &diff_ids(tx, "image_layers", &image)?)?;
+    }
+    let mut st = tx.prepare("SELECT name, read_only FROM containers WHERE snapshot IS NULL")?;
+    let containers = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? != 0)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (name, read_only) in containers {
+        let chain = diff_ids(tx, "container_layers", &name)?;
+        crate::snapshot::meta::ensure_chain(tx, &chain)?;
+        let parent = crate::snapshot::chain_ids(&chain).pop();
+        let kind = if read_only { crate::snapshot::Kind::View } else { crate::snapshot::Kind::Active };
+        let snap = crate::snapshot::meta::insert(
+            tx,
+            &container_snapshot_key(&name),
+            parent.as_deref(),
+            kind,
+            None,
+            &Default::default(),
+        )?;
+        tx.execute("UPDATE containers SET snapshot = ?1 WHERE name = ?2", params![snap.id, name])?;
+    }
+    Ok(())
 }
 
 /// Which ordered layer list a name has.
@@ -455,6 +532,8 @@ impl Db {
                     params![img.name, i as i64, l.diff_id, l.blob_digest, l.media_type, l.blob_size as i64],
                 )?;
             }
+            let chain: Vec<String> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+            crate::snapshot::meta::ensure_chain(tx, &chain)?;
             if let Some(t) = img.lease {
                 tx.execute("DELETE FROM leases WHERE token = ?1", [t])?;
             }
@@ -484,12 +563,15 @@ impl Db {
     /// Record a container over what image `image` names now, in one transaction: the manifest,
     /// config and layer list are copied from the image's rows, so the container keeps them
     /// whatever later happens to the name. Returns the row as stored.
+    /// The container's snapshot (an active one, or a view when `read_only`) is created in the
+    /// same transaction, its directory under `snapshots_dir`.
     pub fn insert_container(
         &mut self,
         name: &str,
         image: &str,
         read_only: bool,
         volatile: bool,
+        snapshots_dir: &Path,
     ) -> Result<ContainerRow> {
         self.write(|tx| {
             let img: Option<(String, String)> = tx
@@ -507,7 +589,7 @@ impl Db {
             if exists {
                 return Err(DbError::ContainerExists(name.to_string()));
             }
-            let row = ContainerRow {
+            let mut row = ContainerRow {
                 name: name.to_string(),
                 image: image.to_string(),
                 manifest_digest,
@@ -515,6 +597,7 @@ impl Db {
                 read_only,
                 volatile,
                 created: now(),
+                snapshot: None,
             };
             tx.execute(
                 "INSERT INTO containers \
@@ -536,15 +619,74 @@ impl Db {
                  WHERE name = ?2",
                 params![name, image],
             )?;
+            let chain = diff_ids(tx, "container_layers", name)?;
+            crate::snapshot::meta::ensure_chain(tx, &chain)?;
+            let parent = crate::snapshot::chain_ids(&chain).pop();
+            let kind = if read_only { crate::snapshot::Kind::View } else { crate::snapshot::Kind::Active };
+            let snap = crate::snapshot::create_in(
+                tx,
+                snapshots_dir,
+                &container_snapshot_key(name),
+                parent.as_deref(),
+                kind,
+                &Default::default(),
+            )?;
+            tx.execute("UPDATE containers SET snapshot = ?1 WHERE name = ?2", params![snap.id, name])?;
+            row.snapshot = Some(snap.id);
             Ok(row)
         })
     }
 
-    /// Remove a container's rows (its layer references go with it).
+    /// Remove a container's rows and its snapshot's (its layer references go with them); the
+    /// caller removes the snapshot's directory.
     pub fn remove_container(&mut self, name: &str) -> Result<bool> {
         self.write(|tx| {
+            let snap: Option<Option<i64>> = tx
+                .query_row("SELECT snapshot FROM containers WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?;
             tx.execute("DELETE FROM container_layers WHERE name = ?1", [name])?;
-            Ok(tx.execute("DELETE FROM containers WHERE name = ?1", [name])? > 0)
+            let removed = tx.execute("DELETE FROM containers WHERE name = ?1", [name])? > 0;
+            if let Some(Some(id)) = snap {
+                crate::snapshot::meta::delete(tx, id)?;
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Remove the committed snapshots of layer chains that no image names any more (and that
+    /// nothing stands on: a container, a longer chain, a containerd snapshot), in one
+    /// transaction. Returns their ids, whose directories the caller removes.
+    pub fn prune_image_chains(&mut self) -> Result<Vec<i64>> {
+        self.write(|tx| {
+            let mut keep = std::collections::HashSet::new();
+            let images: Vec<String> = {
+                let mut st = tx.prepare("SELECT name FROM images")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            for image in images {
+                keep.extend(crate::snapshot::chain_ids(&diff_ids(tx, "image_layers", &image)?));
+            }
+            let mut removed = Vec::new();
+            loop {
+                let mut st = tx.prepare(
+                    "SELECT s.id, s.key FROM snapshots s WHERE s.kind = 3 AND s.diff_id IS NOT NULL \
+                     AND s.key LIKE 'sha256:%' \
+                     AND NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent = s.id)",
+                )?;
+                let leaves: Vec<(i64, String)> =
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+                let doomed: Vec<i64> =
+                    leaves.into_iter().filter(|(_, k)| !keep.contains(k)).map(|(id, _)| id).collect();
+                if doomed.is_empty() {
+                    break;
+                }
+                for id in doomed {
+                    crate::snapshot::meta::delete(tx, id)?;
+                    removed.push(id);
+                }
+            }
+            Ok(removed)
         })
     }
 
@@ -617,9 +759,111 @@ mod tests {
         // Opening again is a no-op; removing the container releases l2.
         drop(db);
         let mut db = Db::open(&path).unwrap();
+        // The container became a snapshot over the chain it stood on.
+        let chain = crate::snapshot::chain_ids(&["sha256:l1".into(), "sha256:l2".into()]);
+        let snap = crate::snapshot::meta::get(db.conn(), &container_snapshot_key("old")).unwrap();
+        assert_eq!(Some(snap.id), db.container("old").unwrap().unwrap().snapshot);
+        let parents: Vec<String> = crate::snapshot::meta::chain(db.conn(), snap.id)
+            .unwrap()
+            .into_iter()
+            .skip(1)
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(parents, [chain[1].clone(), chain[0].clone()]);
         assert!(db.remove_container("old").unwrap());
+        assert!(crate::snapshot::meta::by_key(db.conn(), &container_snapshot_key("old")).unwrap().is_none());
+        // The old two-layer chain is now named by nothing: pruning it releases l2.
+        assert_eq!(db.prune_image_chains().unwrap().len(), 1);
         assert_eq!(db.unreferenced_layers().unwrap(), ["sha256:l2"]);
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::Removed);
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::NotFound);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_migration {
+    use super::*;
+    use crate::store::Store;
+    use std::fs;
+
+    /// A state root as strata wrote it before snapshots (schema version 1, container dirs under
+    /// `containers/<name>/{upper,work,rootfs,empty}`) opens with every image a snapshot chain and
+    /// every container a snapshot over the chain it stood on, its upper and work dirs moved there
+    /// whole; opening again changes nothing.
+    #[test]
+    fn a_version_1_root_opens_on_snapshots() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let hex = |n: u8| format!("{:064x}", n);
+        let (l1, l2) = (format!("sha256:{}", hex(1)), format!("sha256:{}", hex(2)));
+        for sub in ["blobs/sha256", "staging", "locks"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        for (n, l) in [(1u8, &l1), (2, &l2)] {
+            let d = root.join("layers/sha256").join(hex(n));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(format!("from-{n}")), l.as_bytes()).unwrap();
+        }
+        for (c, ro) in [("rw", false), ("ro", true)] {
+            let d = root.join("containers").join(c);
+            for sub in ["rootfs", "empty"] {
+                fs::create_dir_all(d.join(sub)).unwrap();
+            }
+            if !ro {
+                fs::create_dir_all(d.join("upper/etc")).unwrap();
+                fs::write(d.join("upper/etc/written"), b"by the container").unwrap();
+                fs::create_dir_all(d.join("work/work")).unwrap();
+            }
+        }
+        {
+            let c = Connection::open(root.join("strata.db")).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute_batch(&format!(
+                "INSERT INTO layers VALUES ('{l1}', 10, 1, 0), ('{l2}', 20, 2, 0);
+                 INSERT INTO images VALUES ('app', 'sha256:m1', 'sha256:c1', 0);
+                 INSERT INTO image_layers VALUES ('app', 0, '{l1}', 'sha256:b1', 'mt', 5),
+                                                 ('app', 1, '{l2}', 'sha256:b2', 'mt', 6);
+                 INSERT INTO containers VALUES ('rw', 'app', 0, 0, 0, 'sha256:m1', 'sha256:c1'),
+                                               ('ro', 'app', 1, 0, 0, 'sha256:m1', 'sha256:c1');
+                 INSERT INTO container_layers SELECT c.name, il.idx, il.diff_id, il.blob_digest,
+                     il.media_type, il.blob_size FROM containers c JOIN image_layers il ON il.name = c.image;"
+            ))
+            .unwrap();
+        }
+        for round in 0..2 {
+            let store = Store::open(&root).unwrap();
+            let chain = crate::snapshot::chain_ids(&[l1.clone(), l2.clone()]);
+            let top = store.snapshots_ref_stat(&chain[1]);
+            assert_eq!(
+                (top.kind, top.parent.as_deref()),
+                (crate::snapshot::Kind::Committed, Some(chain[0].as_str()))
+            );
+            let rw = store.db.container("rw").unwrap().unwrap();
+            let ro = store.db.container("ro").unwrap().unwrap();
+            assert_eq!(
+                store.snapshots_ref_stat(&container_snapshot_key("rw")).kind,
+                crate::snapshot::Kind::Active
+            );
+            assert_eq!(
+                store.snapshots_ref_stat(&container_snapshot_key("ro")).kind,
+                crate::snapshot::Kind::View
+            );
+            let p = crate::container::paths(&store, &rw);
+            assert_eq!(p.upper, crate::snapshot::fs_dir(&store, rw.snapshot.unwrap()), "round {round}");
+            assert_eq!(fs::read(p.upper.join("etc/written")).unwrap(), b"by the container");
+            assert!(p.work.join("work").is_dir(), "work moved whole");
+            assert!(!root.join("containers/rw/upper").exists() && !root.join("containers/rw/work").exists());
+            assert!(root.join("containers/rw/rootfs").is_dir(), "the mount point stays");
+            let spec = crate::container::overlay_spec(&store, &rw).unwrap();
+            let layer = |n: u8| fs::canonicalize(root.join("layers/sha256").join(hex(n))).unwrap();
+            assert_eq!(spec.lowers, [layer(2), layer(1)], "top first");
+            assert_eq!(spec.upper.as_deref(), Some(p.upper.as_path()));
+            let spec = crate::container::overlay_spec(&store, &ro).unwrap();
+            assert!(spec.upper.is_none() && spec.lowers.len() == 2);
+            let v: i64 = store.db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+        }
     }
 }

@@ -34,6 +34,7 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod run;
+pub mod snapshot;
 pub mod sparse;
 pub mod store;
 pub mod tree;

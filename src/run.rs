@@ -56,7 +56,7 @@ pub struct RunOptions {
 
 /// Where a detached container's stdout and stderr go.
 pub fn log_path(store: &Store, name: &str) -> std::path::PathBuf {
-    container::paths(store, name).dir.join("container.log")
+    container::dir(store, name).join("container.log")
 }
 
 /// A fresh container name.
@@ -106,15 +106,15 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;
-        let paths = container::paths(store, &name);
-        bundle::write_bundle(&paths.bundle, &spec).map_err(berr)?;
+        let bundle_dir = container::dir(store, &name).join("bundle");
+        bundle::write_bundle(&bundle_dir, &spec).map_err(berr)?;
         let (state, id) = container::runc_ids(store, &name);
         bundle::delete_stale(&state, &id);
         if opts.detach {
-            bundle::run_detached(&state, &paths.bundle, &id, &log_path(store, &name)).map_err(berr)?;
+            bundle::run_detached(&state, &bundle_dir, &id, &log_path(store, &name)).map_err(berr)?;
             return Ok(0);
         }
-        bundle::run_bundle(&state, &paths.bundle, &id).map_err(berr)
+        bundle::run_bundle(&state, &bundle_dir, &id).map_err(berr)
     })();
     if opts.detach && result.is_ok() {
         // Running on its own now: it keeps its mount until stopped.

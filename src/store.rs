@@ -1,5 +1,6 @@
-//! The state root: `blobs/sha256/<hex>`, `layers/sha256/<hex>/`, `staging/`, `locks/`,
-//! `containers/<name>/`, and the metadata database `strata.db`.
+//! The state root: `blobs/sha256/<hex>`, `layers/sha256/<hex>/`, `snapshots/<id>/` (see
+//! [`crate::snapshot`]), `staging/`, `locks/`, `containers/<name>/`, and the metadata database
+//! `strata.db`.
 //!
 //! Crash safety: everything is built under `staging/<token>/` while the builder holds an flock on
 //! `staging/<token>.lock`, and renamed into place only when complete and verified. On open, staging
@@ -24,6 +25,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Snapshot(Box<crate::snapshot::SnapshotError>),
     #[error("blob {digest} not found in the store")]
     MissingBlob { digest: String },
     #[error("image {0:?} not found")]
@@ -335,7 +338,7 @@ impl Store {
         check_ownership(root)?;
         // The root must not let host users reach setuid binaries inside layers.
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).at(root)?;
-        for sub in ["blobs/sha256", "layers/sha256", "staging", "locks", "containers"] {
+        for sub in ["blobs/sha256", "layers/sha256", "snapshots", "staging", "locks", "containers"] {
             let p = root.join(sub);
             b.create(&p).at(&p)?;
         }
@@ -348,6 +351,7 @@ impl Store {
             Db::open(&root.join("strata.db"))?
         };
         let mut store = Store { root: root.to_path_buf(), db };
+        store.migrate_container_dirs()?;
         store.recover()?;
         Ok(store)
     }
@@ -554,6 +558,47 @@ impl Store {
             }
         }
         self.recover_containers()?;
+        self.snapshots().cleanup().map_err(|e| StoreError::Snapshot(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// A root written before snapshots keeps a container's upper and work dirs under
+    /// `containers/<name>/`; its migration (in the database, on open) gave each container a
+    /// snapshot, and this moves the dirs there, each in one rename, under the container's lock.
+    /// A crash between the renames is finished by the next open.
+    fn migrate_container_dirs(&mut self) -> Result<()> {
+        for c in self.db.containers()? {
+            let Some(id) = c.snapshot else { continue };
+            let old = self.containers_dir().join(&c.name);
+            let sdir = crate::snapshot::dir(self, id);
+            let moves = [(old.join("upper"), sdir.join("fs")), (old.join("work"), sdir.join("work"))];
+            let pending = !sdir.is_dir() || moves.iter().any(|(from, _)| fs::symlink_metadata(from).is_ok());
+            if !pending {
+                continue;
+            }
+            let _g = self.lock(&container_lock_name(&c.name))?;
+            let mut b = fs::DirBuilder::new();
+            b.mode(0o700);
+            match b.create(&sdir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e).at(&sdir),
+                _ => {}
+            }
+            for (from, to) in &moves {
+                if fs::symlink_metadata(from).is_ok() && fs::symlink_metadata(to).is_err() {
+                    tracing::info!(container = %c.name, from = %from.display(), to = %to.display(), "moving into the container's snapshot");
+                    fs::rename(from, to).at(from)?;
+                }
+            }
+            let fs_dir = sdir.join("fs");
+            if fs::symlink_metadata(&fs_dir).is_err() {
+                b.create(&fs_dir).at(&fs_dir)?;
+                fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755)).at(&fs_dir)?;
+            }
+            let work = sdir.join("work");
+            if !c.read_only && fs::symlink_metadata(&work).is_err() {
+                b.create(&work).at(&work)?;
+            }
+        }
         Ok(())
     }
 
@@ -603,6 +648,9 @@ impl Store {
     /// Remove every blob and layer no image references. Returns (blobs, layers) removed.
     pub fn gc(&mut self) -> Result<(Vec<String>, Vec<String>)> {
         let _g = self.lock("gc")?;
+        for id in self.db.prune_image_chains()? {
+            drop(self.trash(&crate::snapshot::dir(self, id))?);
+        }
         let layers = self.remove_unreferenced_layers()?;
         let referenced = self.db.referenced_blobs()?;
         let mut blobs = Vec::new();

@@ -74,7 +74,7 @@ fn deep_stacks_mount_with_the_right_content() {
                 assert_eq!(w.expect_err("read-only").raw_os_error(), Some(libc::EROFS), "{c}");
             } else {
                 w.expect("write");
-                let upper = root.path().join("containers").join(&c).join("upper/new-file");
+                let upper = root.upper(&c).join("new-file");
                 assert_eq!(fs::read_to_string(upper).expect("in upper"), "x");
             }
             assert_eq!(mounted(&root, &c).as_deref(), Some(at.to_str().expect("utf8")));
@@ -101,7 +101,7 @@ fn deep_stacks_mount_with_the_right_content() {
     fs::write(at.join("new-file"), "x").expect("write through strata-fuse");
     root.ok(&["container", "umount", "too-deep"]);
     assert_eq!(mounted(&root, "too-deep"), None);
-    let upper = root.path().join("containers/too-deep/upper/new-file");
+    let upper = root.upper("too-deep").join("new-file");
     assert_eq!(fs::read_to_string(upper).expect("in upper"), "x");
 }
 
@@ -129,7 +129,7 @@ fn run_busybox_writes_to_upper() {
     ]);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "out");
-    let upper = root.path().join("containers/r1/upper");
+    let upper = root.upper("r1");
     assert_eq!(fs::read_to_string(upper.join("hello.txt")).expect("hello"), "hello\n");
     assert_eq!(fs::read_to_string(upper.join("var/data/answer")).expect("answer"), "42\n");
     // Deleting a lower file left a whiteout: a 0:0 character device.

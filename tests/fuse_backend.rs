@@ -137,7 +137,7 @@ fn run_on_fuse_backend() {
     ]);
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
-    let upper = root.path().join("containers/f/upper");
+    let upper = root.upper("f");
     assert_eq!(fs::read_to_string(upper.join("hi")).expect("hi"), "hi\n");
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let md = fs::symlink_metadata(upper.join("bin/vi")).expect("whiteout");

@@ -181,7 +181,7 @@ fn a_running_container_is_not_pulled_from_under_its_process() {
     let err = root.fails(&["run", "busybox", "--name", "r", "--", "true"]);
     assert!(err.contains("container \"r\" is running"), "second run: {err}");
     // Still running, still mounted, its writes still land.
-    let upper = root.path().join("containers/r/upper/tick");
+    let upper = root.upper("r").join("tick");
     let t0 = fs::read_to_string(&upper).expect("tick");
     std::thread::sleep(Duration::from_millis(1200));
     assert_ne!(fs::read_to_string(&upper).expect("tick"), t0, "container kept running");
@@ -287,7 +287,7 @@ fn commit_of_a_running_container_is_taken_paused() {
         assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["before-commit", "3000"], "{image}");
     }
     // Still counting after both commits (the file is rewritten in place: read until not empty).
-    let counter = root.path().join("containers/busy/upper/counter");
+    let counter = root.upper("busy").join("counter");
     let read = || {
         let until = Instant::now() + Duration::from_secs(5);
         loop {
@@ -420,7 +420,7 @@ fn removals_survive_kill_9_anywhere() {
         // container rm killed while it deletes an upper dir of 2,000 files.
         let c = format!("c{round}");
         root.ok(&["container", "create", "big", &c]);
-        let upper = root.path().join("containers").join(&c).join("upper");
+        let upper = root.upper(&c);
         fs::create_dir(upper.join("u")).expect("mkdir");
         for i in 0..2000 {
             fs::write(upper.join(format!("u/{i}")), b"x").expect("write");
@@ -432,7 +432,10 @@ fn removals_survive_kill_9_anywhere() {
                 assert_eq!(n, 2000, "round {round}: a listed container has its whole upper dir");
                 root.ok(&["container", "rm", &c]);
             }
-            None => assert!(!root.path().join("containers").join(&c).exists(), "round {round}: debris"),
+            None => {
+                assert!(!root.path().join("containers").join(&c).exists(), "round {round}: debris");
+                assert!(!upper.exists(), "round {round}: the snapshot's upper dir is left");
+            }
         }
         assert!(
             staging_entries(&root).is_empty(),
@@ -501,7 +504,7 @@ fn a_full_filesystem_does_not_lock_the_user_out() {
     };
     ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
     ok(&["container", "create", "busybox", "c"]);
-    fs::write(state.join("containers/c/upper/x"), b"x").expect("write");
+    fs::write(common::upper_in(&ok(&["container", "inspect", "c"])).join("x"), b"x").expect("write");
     fill(&mnt);
     assert!(free_bytes(&mnt) < 4096, "filled: {} bytes free", free_bytes(&mnt));
     assert!(ok(&["image", "ls"]).contains("busybox"));

@@ -29,7 +29,7 @@ fn concurrent_mounts_of_one_container_mount_it_once() {
     let root = Root::new();
     root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
     root.ok(&["container", "create", "busybox", "c"]);
-    let upper = format!("upperdir={}", root.path().join("containers/c/upper").display());
+    let upper = format!("upperdir={}", root.upper("c").display());
     for round in 0..20 {
         let outs: Vec<Output> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..2)
@@ -190,7 +190,7 @@ fn commits_while_the_container_writes_all_succeed() {
     let script =
         "mkdir /d; i=0; while :; do echo $i > /d/f$((i%100)); rm -f /d/f$(((i+50)%100)); i=$((i+1)); done";
     let run = BackgroundRun::start(&root, "busybox", "w", &["--backend", "kernel", "--", "sh", "-c", script]);
-    let upper = root.path().join("containers/w/upper/d");
+    let upper = root.upper("w").join("d");
     let until = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(&upper).map(|d| d.count()).unwrap_or(0) < 10 {
         assert!(std::time::Instant::now() < until, "the container did not start writing");

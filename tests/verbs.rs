@@ -127,7 +127,11 @@ fn container_inspect_and_ps() {
     assert_eq!(i["digest"], digest.trim());
     assert_eq!(i["image"], "busybox");
     assert_eq!(i["layers"].as_array().expect("layers").len(), 1);
-    assert_eq!(i["upper"], root.path().join("containers/idle/upper").to_str().expect("utf8"));
+    // The upper dir is the container's snapshot's tree, `snapshots/<id>/fs`.
+    let upper = std::path::Path::new(i["upper"].as_str().expect("upper"));
+    assert!(upper.starts_with(root.path().join("snapshots")) && upper.ends_with("fs"), "{upper:?}");
+    assert!(upper.is_dir(), "{upper:?}");
+    assert_eq!(std::path::Path::new(i["work"].as_str().expect("work")), upper.with_file_name("work"));
     assert!(i["mounted"].is_null() && i["backend"].is_null() && i["running"].is_null());
     let at = root.ok(&["container", "mount", "idle", "--backend", "kernel"]);
     let i = json_of(&root.ok(&["container", "inspect", "idle"]));

@@ -473,7 +473,8 @@ pub(crate) mod tests {
         fs::create_dir(&upper).unwrap();
         fs::write(upper.join("new-file"), b"x").unwrap();
         let before = store.db.image("base").unwrap().unwrap();
-        let row = store.db.insert_container("c1", "base", false, false).unwrap();
+        let snaps = store.snapshots_dir();
+        let row = store.db.insert_container("c1", "base", false, false, &snaps).unwrap();
         assert_eq!(row.manifest_digest, before.manifest_digest);
         let layers_before = store.db.container_layers("c1").unwrap();
         let base = Parent::of_image(&store, "base").unwrap();

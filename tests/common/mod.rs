@@ -100,6 +100,24 @@ impl Root {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The upper dir of container `name`, as `container inspect` names it (its snapshot's tree),
+    /// waiting up to 20 s for the container to exist (a `strata run` in the background creates it).
+    pub fn upper(&self, name: &str) -> PathBuf {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = self.cmd(&["container", "inspect", name]);
+            if out.status.success() {
+                return upper_in(&String::from_utf8_lossy(&out.stdout));
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "container {name} never appeared: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Run strata and require failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cmd(args);
@@ -123,6 +141,12 @@ impl Drop for Root {
             let _ = kernel_overlay::unmount(&p, kernel_overlay::UnmountMode::Detach);
         }
     }
+}
+
+/// The `upper` path in `container inspect` output.
+pub fn upper_in(inspect: &str) -> PathBuf {
+    let v: Value = serde_json::from_str(inspect).expect("inspect json");
+    PathBuf::from(v["upper"].as_str().expect("inspect names an upper dir"))
 }
 
 /// `umoci unpack --image LAYOUT:TAG` into a temp bundle; returns (tempdir, rootfs path).

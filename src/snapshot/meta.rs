@@ -1,0 +1,278 @@
+//! The snapshot tables, in the store's one SQLite database. Every function here runs inside the
+//! caller's transaction, so the image and container rows that name snapshots are written in the
+//! same transaction as the snapshots themselves.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Info, Kind, SnapshotError};
+
+/// The tables (schema version 2).
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    parent INTEGER REFERENCES snapshots(id),
+    kind INTEGER NOT NULL,
+    diff_id TEXT REFERENCES layers(diff_id),
+    size INTEGER,
+    inodes INTEGER,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
+CREATE INDEX IF NOT EXISTS snapshots_diff_id ON snapshots(diff_id);
+CREATE TABLE IF NOT EXISTS snapshot_labels (
+    id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (id, key)
+);
+"#;
+
+/// A snapshot row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    pub key: String,
+    pub parent: Option<i64>,
+    pub kind: Kind,
+    /// For a committed snapshot whose content is a shared layer directory: that layer.
+    pub diff_id: Option<String>,
+    /// Recorded at commit.
+    pub size: Option<u64>,
+    pub inodes: Option<u64>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+const COLUMNS: &str = "id, key, parent, kind, diff_id, size, inodes, created, updated";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let kind: i64 = r.get(3)?;
+    Ok(Row {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        parent: r.get(2)?,
+        kind: Kind::from_code(kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Integer,
+                "snapshot kind".into(),
+            )
+        })?,
+        diff_id: r.get(4)?,
+        size: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        inodes: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        created: r.get(7)?,
+        updated: r.get(8)?,
+    })
+}
+
+/// Nanoseconds since the epoch (containerd's timestamps carry nanoseconds).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn by_key(c: &Connection, key: &str) -> Result<Option<Row>, SnapshotError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM snapshots WHERE key = ?1"))?;
+    Ok(st.query_row([key], row).optional()?)
+}
+
+pub fn by_id(c: &Connection, id: i64) -> Result<Option<Row>, SnapshotError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM snapshots WHERE id = ?1"))?;
+    Ok(st.query_row([id], row).optional()?)
+}
+
+pub fn get(c: &Connection, key: &str) -> Result<Row, SnapshotError> {
+    by_key(c, key)?.ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+}
+
+pub fn all(c: &Connection) -> Result<Vec<Row>, SnapshotError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM snapshots ORDER BY id"))?;
+    let rows = st.query_map([], row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The snapshot and its ancestors, nearest first (`chain[0]` is `id` itself).
+pub fn chain(c: &Connection, id: i64) -> Result<Vec<Row>, SnapshotError> {
+    let mut out = Vec::new();
+    let mut next = Some(id);
+    while let Some(id) = next {
+        let r =
+            by_id(c, id)?.ok_or_else(|| SnapshotError::Corrupt(format!("snapshot id {id} is missing")))?;
+        next = r.parent;
+        out.push(r);
+        if out.len() > 100_000 {
+            return Err(SnapshotError::Corrupt(format!("snapshot id {id}: parent cycle")));
+        }
+    }
+    Ok(out)
+}
+
+pub fn labels(c: &Connection, id: i64) -> Result<BTreeMap<String, String>, SnapshotError> {
+    let mut st = c.prepare_cached("SELECT key, value FROM snapshot_labels WHERE id = ?1")?;
+    let rows = st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+}
+
+pub fn set_labels(c: &Connection, id: i64, labels: &BTreeMap<String, String>) -> Result<(), SnapshotError> {
+    c.execute("DELETE FROM snapshot_labels WHERE id = ?1", [id])?;
+    let mut st = c.prepare_cached("INSERT INTO snapshot_labels (id, key, value) VALUES (?1, ?2, ?3)")?;
+    for (k, v) in labels {
+        st.execute(params![id, k, v])?;
+    }
+    Ok(())
+}
+
+pub fn has_children(c: &Connection, id: i64) -> Result<bool, SnapshotError> {
+    Ok(c.query_row("SELECT 1 FROM snapshots WHERE parent = ?1 LIMIT 1", [id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The container standing on snapshot `id`, if any.
+pub fn container_of(c: &Connection, id: i64) -> Result<Option<String>, SnapshotError> {
+    Ok(c.query_row("SELECT name FROM containers WHERE snapshot = ?1", [id], |r| r.get(0)).optional()?)
+}
+
+/// Insert a new snapshot. The key must be free and the parent committed.
+pub fn insert(
+    c: &Connection,
+    key: &str,
+    parent: Option<&str>,
+    kind: Kind,
+    diff_id: Option<&str>,
+    labels: &BTreeMap<String, String>,
+) -> Result<Row, SnapshotError> {
+    if key.is_empty() {
+        return Err(SnapshotError::Invalid("empty snapshot key".into()));
+    }
+    if by_key(c, key)?.is_some() {
+        return Err(SnapshotError::AlreadyExists(key.to_string()));
+    }
+    let parent_id = match parent.filter(|p| !p.is_empty()) {
+        None => None,
+        Some(p) => {
+            let pr = by_key(c, p)?.ok_or_else(|| SnapshotError::ParentNotFound(p.to_string()))?;
+            if pr.kind != Kind::Committed {
+                return Err(SnapshotError::ParentNotCommitted { parent: p.to_string(), kind: pr.kind });
+            }
+            Some(pr.id)
+        }
+    };
+    let now = now_ns();
+    c.execute(
+        "INSERT INTO snapshots (key, parent, kind, diff_id, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![key, parent_id, kind.code(), diff_id, now],
+    )?;
+    let id = c.last_insert_rowid();
+    set_labels(c, id, labels)?;
+    Ok(Row {
+        id,
+        key: key.to_string(),
+        parent: parent_id,
+        kind,
+        diff_id: diff_id.map(str::to_string),
+        size: None,
+        inodes: None,
+        created: now,
+        updated: now,
+    })
+}
+
+/// Turn active snapshot `key` into committed snapshot `name` (same id, same directory).
+pub fn commit(
+    c: &Connection,
+    name: &str,
+    key: &str,
+    usage: super::Usage,
+    labels: &BTreeMap<String, String>,
+) -> Result<Row, SnapshotError> {
+    let r = get(c, key)?;
+    if r.kind != Kind::Active {
+        return Err(SnapshotError::NotActive { key: key.to_string(), kind: r.kind });
+    }
+    if by_key(c, name)?.is_some() {
+        return Err(SnapshotError::AlreadyExists(name.to_string()));
+    }
+    c.execute(
+        "UPDATE snapshots SET key = ?1, kind = ?2, size = ?3, inodes = ?4, updated = ?5 WHERE id = ?6",
+        params![name, Kind::Committed.code(), usage.size as i64, usage.inodes as i64, now_ns(), r.id],
+    )?;
+    set_labels(c, r.id, labels)?;
+    get(c, name)
+}
+
+pub fn delete(c: &Connection, id: i64) -> Result<(), SnapshotError> {
+    c.execute("DELETE FROM snapshot_labels WHERE id = ?1", [id])?;
+    c.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+pub fn touch(c: &Connection, id: i64) -> Result<i64, SnapshotError> {
+    let now = now_ns();
+    c.execute("UPDATE snapshots SET updated = ?1 WHERE id = ?2", params![now, id])?;
+    Ok(now)
+}
+
+/// The public view of a row.
+pub fn info(c: &Connection, r: &Row) -> Result<Info, SnapshotError> {
+    let parent = match r.parent {
+        Some(p) => Some(
+            by_id(c, p)?
+                .ok_or_else(|| {
+                    SnapshotError::Corrupt(format!("snapshot {:?}: parent id {p} is missing", r.key))
+                })?
+                .key,
+        ),
+        None => None,
+    };
+    Ok(Info {
+        name: r.key.clone(),
+        parent,
+        kind: r.kind,
+        labels: labels(c, r.id)?,
+        created: r.created,
+        updated: r.updated,
+    })
+}
+
+/// The key of the committed snapshot of a layer chain: its chain ID.
+pub fn chain_key(chain_id: &str) -> String {
+    chain_id.to_string()
+}
+
+/// Make sure the committed snapshots of an image's layer chain exist (each backed by its layer's
+/// directory, keyed by its chain ID); returns the id of the top one, `None` for no layers.
+pub fn ensure_chain(c: &Connection, diff_ids: &[String]) -> Result<Option<i64>, SnapshotError> {
+    let mut parent: Option<Row> = None;
+    for (i, chain_id) in super::chain_ids(diff_ids).into_iter().enumerate() {
+        let key = chain_key(&chain_id);
+        let r = match by_key(c, &key)? {
+            Some(r) => {
+                if r.kind != Kind::Committed || r.diff_id.as_deref() != Some(diff_ids[i].as_str()) {
+                    return Err(SnapshotError::Corrupt(format!(
+                        "snapshot {key:?} exists but is not layer {}'s committed snapshot",
+                        diff_ids[i]
+                    )));
+                }
+                r
+            }
+            None => insert(
+                c,
+                &key,
+                parent.as_ref().map(|p| p.key.as_str()),
+                Kind::Committed,
+                Some(&diff_ids[i]),
+                &BTreeMap::new(),
+            )?,
+        };
+        parent = Some(r);
+    }
+    Ok(parent.map(|p| p.id))
+}
