@@ -711,8 +711,8 @@ mod tests {
     use crate::commit::tests::{mknod, need_root, setx};
     use crate::commit::{write_layer, LayerOptions};
     use crate::db::ImageLayerRow;
-    use crate::tree::{assert_trees_eq, Tree};
     use std::process::Command;
+    use strata_test_support::tree::{assert_trees_eq, Tree};
 
     fn run(cmd: &mut Command) -> String {
         let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -12,7 +12,6 @@
 //! - [`images`]: stored images as listed (`image ls`, `image history`).
 //! - [`overlay_format`]: whiteouts, opaque dirs, private xattrs, as commit and diff read them;
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
-//! - [`tree`]: tree snapshots for entry-by-entry comparison.
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
 //! - [`run`]: `strata run` (create, mount, runc, clean up).
@@ -37,5 +36,5 @@ pub mod run;
 pub mod snapshot;
 pub mod sparse;
 pub mod store;
-pub mod tree;
+
 pub mod unpack;

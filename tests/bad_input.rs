@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use strata::tree::Tree;
+use strata_test_support::tree::Tree;
 
 /// Run strata with state root `root`.
 fn strata(root: &Path, args: &[&str]) -> Output {
@@ -519,7 +519,7 @@ fn assert_same_layout(a: &Path, b: &Path) {
     let (ta, tb) = (tree(a), tree(b));
     assert_eq!(ta.entries.keys().collect::<Vec<_>>(), tb.entries.keys().collect::<Vec<_>>());
     for (p, e) in &ta.entries {
-        if e.kind == strata::tree::Kind::File {
+        if e.kind == strata_test_support::tree::Kind::File {
             assert!(
                 fs::read(a.join(p)).expect("read") == fs::read(b.join(p)).expect("read"),
                 "{}",

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-use strata::tree::assert_trees_eq;
+use strata_test_support::tree::assert_trees_eq;
 
 /// What the container does: every kind of change the issue names (xattrs are set from the host
 /// through the mount, busybox has no setfattr).
@@ -68,7 +68,7 @@ fn make_changes(root: &Root, name: &str) {
     root.ok(&["container", "umount", name]);
 }
 
-fn merged_view(root: &Root, name: &str) -> strata::tree::Tree {
+fn merged_view(root: &Root, name: &str) -> strata_test_support::tree::Tree {
     let at = root.ok(&["container", "mount", name]);
     let t = capture(Path::new(at.trim()));
     root.ok(&["container", "umount", name]);
@@ -179,9 +179,9 @@ fn commit_export_round_trip_with_umoci_and_skopeo() {
     let layers: Value = serde_json::from_str(&root.ok(&["image", "inspect", "committed"])).expect("json");
     let top =
         layers["layers"][1]["diff_id"].as_str().expect("diff_id").trim_start_matches("sha256:").to_string();
-    let opts = strata::tree::Options { mtime: true, ..Default::default() };
+    let opts = strata_test_support::tree::Options { mtime: true, ..Default::default() };
     // Whiteout devices and the layer root get the time of unpacking: neither is ever visible.
-    let invisible_times = |t: &mut strata::tree::Tree| {
+    let invisible_times = |t: &mut strata_test_support::tree::Tree| {
         t.retain(|p, e| {
             if p == Path::new(".") || e.rdev == Some((0, 0)) {
                 e.mtime = None;
@@ -190,9 +190,11 @@ fn commit_export_round_trip_with_umoci_and_skopeo() {
         })
     };
     let mut a =
-        strata::tree::Tree::capture_with(&root.path().join("layers/sha256").join(&top), &opts).expect("a");
+        strata_test_support::tree::Tree::capture_with(&root.path().join("layers/sha256").join(&top), &opts)
+            .expect("a");
     let mut b =
-        strata::tree::Tree::capture_with(&fresh.path().join("layers/sha256").join(&top), &opts).expect("b");
+        strata_test_support::tree::Tree::capture_with(&fresh.path().join("layers/sha256").join(&top), &opts)
+            .expect("b");
     invisible_times(&mut a);
     invisible_times(&mut b);
     assert_trees_eq(&a, &b, "committed layer dir vs imported layer dir");

@@ -159,7 +159,7 @@ fn merged_view_matches_umoci_and_mounts_json() {
     let (_keep, reference) = umoci_unpack(&fx.join("oci"), "multi-opaque");
     root.ok(&["container", "create", "multi-opaque", "m"]);
     let at = root.ok(&["container", "mount", "m"]);
-    strata::tree::assert_trees_eq(
+    strata_test_support::tree::assert_trees_eq(
         &capture_reference(&reference),
         &capture(Path::new(at.trim())),
         "merged view",
@@ -182,7 +182,11 @@ fn merged_view_matches_umoci_and_mounts_json() {
         .status()
         .expect("mount");
     assert!(st.success());
-    strata::tree::assert_trees_eq(&capture_reference(&reference), &capture(&target), "manual mount");
+    strata_test_support::tree::assert_trees_eq(
+        &capture_reference(&reference),
+        &capture(&target),
+        "manual mount",
+    );
     assert_eq!(mounted(&root, "m").as_deref(), Some(target.to_str().expect("utf8")), "found by upperdir");
     let err = root.fails(&["container", "rm", "m"]);
     assert!(err.contains("is mounted at"), "{err}");

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use strata::tree::assert_trees_eq;
+use strata_test_support::tree::assert_trees_eq;
 
 /// Trees compared across backends: everything but hardlink groups. On a writable mount
 /// strata-fuse gives every path of a file hardlinked *inside a lower layer* a node of its own
@@ -15,7 +15,7 @@ use strata::tree::assert_trees_eq;
 /// copy-up, so one shared node cannot follow both names); the kernel reports the lower inode for
 /// each. Content, modes, owners, times and xattrs still match; hardlinks made in the upper dir
 /// and all hardlinks of a read-only mount are shared nodes (`full_view`; tests in fuse/ too).
-fn view(path: &Path) -> strata::tree::Tree {
+fn view(path: &Path) -> strata_test_support::tree::Tree {
     let mut t = capture(path);
     t.retain(|_, e| {
         e.link_group = None;
@@ -25,7 +25,7 @@ fn view(path: &Path) -> strata::tree::Tree {
 }
 
 /// Everything, hardlink groups included.
-fn full_view(path: &Path) -> strata::tree::Tree {
+fn full_view(path: &Path) -> strata_test_support::tree::Tree {
     capture(path)
 }
 

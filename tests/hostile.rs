@@ -12,8 +12,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use common::{fix_cksum, gnu_sparse_headers, header, num12, pax_sparse, slot, sparse_v10_data, tar, E, T};
-use strata::tree::{assert_trees_eq, Options, Tree};
 use strata::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats, MAX_HEADER_BYTES};
+use strata_test_support::tree::{assert_trees_eq, Options, Tree};
 
 fn all_xattrs(_: &str) -> bool {
     true
@@ -525,7 +525,7 @@ fn overlay_xattr_smuggling_dropped() {
     ]);
     env.run(&bytes).unwrap();
     for p in ["d", "d/f"] {
-        let x = strata::tree::read_xattrs(&env.d(p), all_xattrs).unwrap();
+        let x = strata_test_support::tree::read_xattrs(&env.d(p), all_xattrs).unwrap();
         assert!(x.keys().all(|k| !k.contains("overlay")), "{p}: {x:?}");
     }
 }

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use strata::tree::{Options, Tree};
+use strata_test_support::tree::{Options, Tree};
 use tarw::{tar, E};
 
 struct Case {
@@ -52,7 +52,7 @@ impl Case {
     fn assert_untouched(&self) {
         let after = Tree::capture_with(&self.sentinel, &Options { mtime: true, ..Options::default() })
             .expect("capture");
-        strata::tree::assert_trees_eq(&self.before, &after, "sentinel");
+        strata_test_support::tree::assert_trees_eq(&self.before, &after, "sentinel");
         for p in ["/etc/passwd-strata-pwned", "/tmp/strata-pwned"] {
             assert!(!Path::new(p).exists(), "{p} was created");
         }

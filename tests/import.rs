@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-use strata::tree::assert_trees_eq;
+use strata_test_support::tree::assert_trees_eq;
 
 /// Mount image `name` read-only in `root` and compare with the umoci reference rootfs.
 fn assert_image_matches(root: &Root, name: &str, reference: &Path) {

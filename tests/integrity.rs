@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use strata::tree::assert_trees_eq;
+use strata_test_support::tree::assert_trees_eq;
 
 fn import(root: &Root, layout: &Path, tag: &str, name: &str) -> String {
     root.ok(&["image", "import", &format!("{}:{tag}", layout.display()), "--name", name]).trim().to_string()
@@ -29,7 +29,7 @@ fn mount(root: &Root, name: &str) -> PathBuf {
 }
 
 /// The whole merged view of a container, mounted for the occasion.
-fn view(root: &Root, name: &str) -> strata::tree::Tree {
+fn view(root: &Root, name: &str) -> strata_test_support::tree::Tree {
     let at = mount(root, name);
     let t = capture(&at);
     root.ok(&["container", "umount", name]);
@@ -482,13 +482,7 @@ fn a_full_filesystem_does_not_lock_the_user_out() {
         .status()
         .expect("mount tmpfs");
     assert!(st.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = kernel_overlay::unmount(&self.0, kernel_overlay::UnmountMode::Detach);
-        }
-    }
-    let _u = Unmount(mnt.clone());
+    let _u = common::Unmount(mnt.clone());
     let state = mnt.join("root");
     let strata = |args: &[&str]| {
         Command::new(STRATA).arg("--root").arg(&state).args(args).output().expect("run strata")

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use common::*;
 use rustix::fs::{Mode, OFlags};
-use strata::tree::assert_trees_eq;
+use strata_test_support::tree::assert_trees_eq;
 use tarw::{tar, E};
 
 /// Component `i` of the deep directory chain: 255 bytes.

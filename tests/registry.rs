@@ -58,7 +58,11 @@ fn assert_matches_umoci(root: &Root, name: &str, layout: &Path, tag: &str) {
         format!("v-{}", fixture_digest(layout, tag).trim_start_matches("sha256:").get(..12).expect("hex"));
     root.ok(&["container", "create", "--read-only", name, &c]);
     let at = root.ok(&["container", "mount", &c]);
-    strata::tree::assert_trees_eq(&capture_reference(&reference), &capture(Path::new(at.trim())), name);
+    strata_test_support::tree::assert_trees_eq(
+        &capture_reference(&reference),
+        &capture(Path::new(at.trim())),
+        name,
+    );
     root.ok(&["container", "rm", "--force", &c]);
 }
 

@@ -41,14 +41,7 @@ fn env(mounter: Mounter) -> Env {
     Env { _t: t, store, base, mounter, n: 0 }
 }
 
-/// Unmounts on drop (a failed assertion too).
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = kernel_overlay::unmount(&self.0, kernel_overlay::UnmountMode::Detach);
-    }
-}
+use common::Unmount as Mounted;
 
 fn labels() -> BTreeMap<String, String> {
     BTreeMap::new()
@@ -142,7 +135,7 @@ fn perform(m: &Mount, target: &Path) {
 
 /// The trees compared: every entry's type, mode, owner, size, content, link target, device
 /// numbers and xattrs (not mtimes: the model is written after the snapshot).
-fn capture(p: &Path) -> strata::tree::Tree {
+fn capture(p: &Path) -> strata_test_support::tree::Tree {
     let mut t = common::capture(p);
     t.retain(|_, e| {
         e.mtime = None;
@@ -163,7 +156,7 @@ fn check(env: &mut Env, key: &str, expected: &Path, what: &str) {
         key.to_string()
     };
     let (_m, at) = env.mount(&key);
-    strata::tree::assert_trees_eq(&capture(expected), &capture(&at), what);
+    strata_test_support::tree::assert_trees_eq(&capture(expected), &capture(&at), what);
 }
 
 fn write(p: &Path, text: &str) {
@@ -210,7 +203,7 @@ fn suite_basic(mounter: Mounter) {
     });
     env.store.snapshots().view("v", Some("child"), &labels()).expect("view");
     let (_m, at) = env.mount("v");
-    strata::tree::assert_trees_eq(&capture(&model), &capture(&at), "view of two layers");
+    strata_test_support::tree::assert_trees_eq(&capture(&model), &capture(&at), "view of two layers");
     let e = fs::write(at.join("x"), "x").expect_err("a view is read-only");
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     drop(_m);

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use sha2::{Digest, Sha256};
-use strata::tree::{assert_trees_eq, Options, Tree};
 use strata::unpack::{unpack_layer, UnpackOptions};
+use strata_test_support::tree::{assert_trees_eq, Options, Tree};
 use tarw::{extent_bytes, pax_sparse, sparse_content, E, T};
 
 const MIB: u64 = 1 << 20;
@@ -206,7 +206,9 @@ fn capture_rest(root: &Path) -> Tree {
     };
     let mut t = Tree::capture_with(root, &opts).expect("capture");
     t.retain(|p, e| {
-        if e.kind == strata::tree::Kind::Dir || e.kind == strata::tree::Kind::Symlink {
+        if e.kind == strata_test_support::tree::Kind::Dir
+            || e.kind == strata_test_support::tree::Kind::Symlink
+        {
             e.mtime = None;
         }
         p != Path::new(".")

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use common::*;
 use sha2::{Digest, Sha256};
-use strata::tree::assert_trees_eq;
+use strata_test_support::tree::assert_trees_eq;
 use tarw::{tar, E};
 
 const MIB: u64 = 1 << 20;
@@ -65,7 +65,7 @@ fn allocated(p: &Path) -> u64 {
 struct Committed {
     root: Root,
     /// The container's merged view before the commit.
-    view: strata::tree::Tree,
+    view: strata_test_support::tree::Tree,
     /// Contents of the two files, by name.
     sums: Vec<(&'static str, String)>,
     /// The export, tag `v1`.

@@ -10,8 +10,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use common::{need_root, tar, E, MTIME, T};
-use strata::tree::{Kind, Options, Tree};
 use strata::unpack::{unpack_layer, UnpackError, UnpackOptions, XattrNamespace};
+use strata_test_support::tree::{Kind, Options, Tree};
 
 fn unpack(bytes: &[u8]) -> (tempfile::TempDir, Result<strata::unpack::UnpackStats, UnpackError>) {
     unpack_with(bytes, &UnpackOptions::default())
@@ -34,7 +34,7 @@ fn capture(p: &Path) -> Tree {
     Tree::capture_with(p, &Options { mtime: true, xattr_filter: all_xattrs, ..Options::default() }).unwrap()
 }
 
-fn get<'a>(t: &'a Tree, p: &str) -> &'a strata::tree::Entry {
+fn get<'a>(t: &'a Tree, p: &str) -> &'a strata_test_support::tree::Entry {
     t.entries.get(Path::new(p)).unwrap_or_else(|| panic!("{p} missing in\n{t}"))
 }
 
@@ -434,5 +434,5 @@ fn same_tree_as_gnu_tar() {
     let opts = Options { mtime: true, ..Options::default() };
     let a = Tree::capture_with(&ours, &opts).unwrap();
     let b = Tree::capture_with(&theirs, &opts).unwrap();
-    strata::tree::assert_trees_eq(&a, &b, src);
+    strata_test_support::tree::assert_trees_eq(&a, &b, src);
 }

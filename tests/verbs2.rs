@@ -71,7 +71,7 @@ fn container_export_is_the_merged_view() {
     assert!(wh.is_empty(), "whiteouts in the export: {wh:?}");
     let x = work.path().join("x");
     untar(&tar, &x);
-    strata::tree::assert_trees_eq(&merged, &capture(&x), "export vs merged view");
+    strata_test_support::tree::assert_trees_eq(&merged, &capture(&x), "export vs merged view");
 
     // Mounted: read in place, to stdout; the same bytes.
     root.ok(&["container", "mount", "c"]);
@@ -112,7 +112,7 @@ fn podman(store: &Path, run: &Path, args: &[&str]) -> String {
 }
 
 /// The tree of image `image` in `root`, through a container mounted for the purpose.
-fn image_tree(root: &Root, image: &str, container: &str) -> strata::tree::Tree {
+fn image_tree(root: &Root, image: &str, container: &str) -> strata_test_support::tree::Tree {
     root.ok(&["container", "create", image, container]);
     let at = root.ok(&["container", "mount", container]);
     let t = capture(Path::new(at.trim()));
@@ -172,7 +172,7 @@ fn import_rootfs_matches_podman_import() {
     root.ok(&["image", "import", saved.to_str().expect("utf8"), "--name", "pod"]);
     let ours = image_tree(&root, "flat", "t1");
     let theirs = image_tree(&root, "pod", "t2");
-    strata::tree::assert_trees_eq(&ours, &theirs, "import-rootfs vs podman import");
+    strata_test_support::tree::assert_trees_eq(&ours, &theirs, "import-rootfs vs podman import");
     assert!(ours.entries.len() > 100, "a real tree: {} entries", ours.entries.len());
 
     let out = root.cmd(&["run", "flat", "--rm", "--", "cat", "/etc/passwd"]);
@@ -233,7 +233,7 @@ fn save_pipe_load() {
     let left: Vec<_> =
         fs::read_dir(b.path().join("staging")).expect("staging").flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left in staging: {left:?}");
-    strata::tree::assert_trees_eq(
+    strata_test_support::tree::assert_trees_eq(
         &image_tree(&a, "multi", "ca"),
         &image_tree(&b, "multi", "cb"),
         "loaded tree",
@@ -254,7 +254,7 @@ fn save_pipe_load() {
     assert_eq!(n, want["manifest"]["layers"].as_array().map(Vec::len).expect("layers"));
     let c = Root::new();
     c.ok(&["load", "-i", da.to_str().expect("utf8"), "--name", "again"]);
-    strata::tree::assert_trees_eq(
+    strata_test_support::tree::assert_trees_eq(
         &image_tree(&a, "multi", "cc"),
         &image_tree(&c, "again", "cd"),
         "docker-archive",

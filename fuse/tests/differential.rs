@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
-use strata::tree::{Options, Tree};
+use strata_test_support::tree::{Options, Tree};
 
 struct Rng(u64);
 impl Rng {
@@ -231,7 +231,9 @@ fn move_dir(src: &Path, dst: &Path) -> Result<(), i32> {
     rc(unsafe { libc::mkdir(cstr(dst).as_ptr(), 0o700) })?;
     rc(unsafe { libc::lchown(cstr(dst).as_ptr(), st.uid(), st.gid()) })?;
     rc(unsafe { libc::chmod(cstr(dst).as_ptr(), st.mode() & 0o7777) })?;
-    for (k, v) in strata::tree::read_xattrs(src, |n| n.starts_with("user.")).map_err(|_| libc::EIO)? {
+    for (k, v) in
+        strata_test_support::tree::read_xattrs(src, |n| n.starts_with("user.")).map_err(|_| libc::EIO)?
+    {
         let n = CString::new(k).unwrap();
         rc(unsafe { libc::lsetxattr(cstr(dst).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) })?;
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use strata::tree::{assert_trees_eq, Tree};
+use strata_test_support::tree::{assert_trees_eq, Tree};
 
 /// l2 (bottom): a, d/{x, sub/}, opq/{h}, gone/{g}, oci/{o1}
 /// l1 (top):    y, d/{z}, whiteout gone, opq (opaque) {v}, oci/{.wh.o1, o2}, ocopq/{.wh..wh..opq}, sym -> y

@@ -11,20 +11,7 @@ use kernel_overlay::{
 };
 use rustix::fs::{FileType, Mode, XattrFlags};
 
-fn root_or_skip(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: not root but CI is set; root integration tests must run under CI");
-    }
-    // Written to the stderr handle, not with eprintln!, so the test harness does not capture it.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED (not root) kernel-overlay integration test {test}: run as root to exercise overlayfs"
-    );
-    false
-}
+use strata_test_support::privileged as root_or_skip;
 
 /// Unmounts (detached) on drop, so a failing test does not leak its mount.
 struct Mounted(PathBuf);

@@ -263,15 +263,7 @@ pub(crate) mod tests {
     use std::io::Read;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
-    /// True when the test may run; prints why not otherwise. Fails under CI without root.
-    pub(crate) fn need_root(what: &str) -> bool {
-        if rustix::process::geteuid().is_root() {
-            return true;
-        }
-        assert!(std::env::var_os("CI").is_none(), "{what}: needs root, and CI is set");
-        eprintln!("SKIPPED (not root): {what}");
-        false
-    }
+    pub(crate) use strata_test_support::privileged as need_root;
 
     pub(crate) fn mknod(p: &Path, kind: rustix::fs::FileType, major: u32, minor: u32) {
         rustix::fs::mknodat(
@@ -523,21 +515,22 @@ pub(crate) mod tests {
         fn keep(name: &str) -> bool {
             !name.starts_with("security.") && name != "trusted.overlay.origin"
         }
-        let topts = crate::tree::Options {
+        let topts = strata_test_support::tree::Options {
             mtime: true,
             xattr_filter: keep,
             skip: vec![PathBuf::from("run/sock"), PathBuf::from(".")],
             ..Default::default()
         };
-        let mut want = crate::tree::Tree::capture_with(&upper, &topts).unwrap();
+        let mut want = strata_test_support::tree::Tree::capture_with(&upper, &topts).unwrap();
         for e in want.entries.values_mut() {
             e.mtime = e.mtime.map(|m| m.min(1_600_000_000));
         }
         let top = layers[1].clone();
         assert!(crate::import::materialize_layer(&mut store, &top).unwrap());
         assert!(!crate::import::materialize_layer(&mut store, &top).unwrap(), "unpacked once");
-        let got = crate::tree::Tree::capture_with(&store.layer_path(&c.layer.diff_id), &topts).unwrap();
-        crate::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");
+        let got = strata_test_support::tree::Tree::capture_with(&store.layer_path(&c.layer.diff_id), &topts)
+            .unwrap();
+        strata_test_support::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");
         // Same change again: the layer is reused.
         let again = commit(&mut store, &upper, &base, "derived2", &opts).unwrap();
         assert!(!again.layer_created);

@@ -36,7 +36,7 @@ pub fn layout_with_layers(dir: &Path, tag: &str, layers: &[Vec<u8>]) {
 /// [`super::capture`] of the tree below `dir/top`, through the directory's descriptor
 /// (`/proc/self/fd/N/`), so that paths up to `PATH_MAX` below `top` can be read whatever the
 /// length of `dir`. Paths are relative to `top`.
-pub fn capture_below(dir: &Path, top: &str) -> strata::tree::Tree {
+pub fn capture_below(dir: &Path, top: &str) -> strata_test_support::tree::Tree {
     let d = fs::File::open(dir.join(top)).expect("open top directory");
     super::capture(Path::new(&format!("/proc/self/fd/{}/", d.as_raw_fd())))
 }

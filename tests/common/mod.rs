@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use strata::tree::{Options, Tree};
+use strata_test_support::tree::{Options, Tree};
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
@@ -20,23 +20,8 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// True when privileged tests may run. Without root they skip, loudly, unless CI is set: then they
-/// fail, because CI runs as root and a skip there would hide a broken test.
-pub fn privileged(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root, and CI is set: privileged tests must run in CI");
-    }
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED (not root): {test}");
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/tty")
-        .and_then(|mut t| writeln!(t, "SKIPPED (not root): {test}"));
-    false
-}
+#[allow(unused_imports)]
+pub use strata_test_support::{mounts_under, privileged, Unmount};
 
 /// The fixture directory, built on first use (shared by all test binaries via a lock file).
 pub fn fixtures() -> PathBuf {
@@ -129,17 +114,7 @@ impl Root {
 impl Drop for Root {
     fn drop(&mut self) {
         // Unmount anything a failed test left mounted under this root before the tempdir goes.
-        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let root = self.path().to_path_buf();
-        let mut points: Vec<PathBuf> = kernel_overlay::mountinfo::parse(&text)
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&root))
-            .collect();
-        points.reverse();
-        for p in points {
-            let _ = kernel_overlay::unmount(&p, kernel_overlay::UnmountMode::Detach);
-        }
+        strata_test_support::unmount_under(self.path());
     }
 }
 
@@ -172,7 +147,9 @@ pub fn capture(path: &Path) -> Tree {
     let mut t = Tree::capture_with(path, &Options { mtime: true, skip_vanished: true, ..Options::default() })
         .expect("capture tree");
     t.retain(|p, e| {
-        if e.kind == strata::tree::Kind::Dir || e.kind == strata::tree::Kind::Symlink {
+        if e.kind == strata_test_support::tree::Kind::Dir
+            || e.kind == strata_test_support::tree::Kind::Symlink
+        {
             e.mtime = None;
         }
         p != Path::new(".")
@@ -185,18 +162,8 @@ pub fn capture(path: &Path) -> Tree {
 /// (kernel, containerd, podman, strata alike). The fixture `multi` holds one on purpose.
 pub fn capture_reference(path: &Path) -> Tree {
     let mut t = capture(path);
-    t.retain(|_, e| !(e.kind == strata::tree::Kind::Char && e.rdev == Some((0, 0))));
+    t.retain(|_, e| !(e.kind == strata_test_support::tree::Kind::Char && e.rdev == Some((0, 0))));
     t
-}
-
-/// Mount points below `dir`.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    kernel_overlay::mountinfo::parse(&text)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect()
 }
 
 // ---- OCI layout editing for tests ----

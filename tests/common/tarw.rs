@@ -1,5 +1,5 @@
 //! Shared helpers for unpack tests: a hand-rolled tar writer (so malformed and hostile entries
-//! can be written, which `tar::Builder` refuses) and a root check.
+//! can be written, which `tar::Builder` refuses) and the root check.
 #![allow(dead_code)]
 
 use tar::{EntryType, Header};
@@ -7,16 +7,8 @@ use tar::{EntryType, Header};
 pub const MTIME: u64 = 1_600_000_000;
 
 /// Tests needing root (mknod, chown, trusted xattrs) skip loudly when not root outside CI.
-pub fn need_root(what: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok() {
-        panic!("{what}: needs root, and CI is set");
-    }
-    eprintln!("SKIPPED (not root): {what}");
-    false
-}
+#[allow(unused_imports)]
+pub use strata_test_support::privileged as need_root;
 
 /// One tar entry description.
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 //! Each entry records its type, mode (permission bits including setuid/setgid/sticky), owner, size,
 //! content hash, link target, device numbers, xattrs and hardlink group. Two trees are equal when
 //! their entry lists are equal. Used by tests (against `umoci unpack`, kernel overlay, strata-fuse)
-//! and by `strata` debugging commands.
+//! and by strata-fuse's differential tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
