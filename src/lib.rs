@@ -25,6 +25,7 @@ pub mod diff;
 pub mod digest;
 pub mod export;
 pub mod fdwalk;
+pub mod fsutil;
 pub mod image;
 pub mod images;
 pub mod import;

@@ -896,26 +896,8 @@ where
         w.flush().context("writing to stdout")?;
         return Ok(());
     }
-    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        f(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    strata::fsutil::atomic_write(path, 0o644, |w| f(w).map_err(anyhow::Error::from))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {

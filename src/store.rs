@@ -112,36 +112,7 @@ impl Drop for Staging {
     }
 }
 
-/// Remove a file or a whole tree, making directories writable first (layers hold read-only dirs).
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(md) if md.is_dir() => match fs::remove_dir_all(path) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                // Directories without write permission (mode 0555 in an image) stop remove_dir_all
-                // only for non-root; as root it succeeds. Retry after chmod for completeness.
-                chmod_dirs_writable(path)?;
-                fs::remove_dir_all(path)
-            }
-        },
-        Ok(_) => fs::remove_file(path),
-    }
-}
-
-fn chmod_dirs_writable(path: &Path) -> io::Result<()> {
-    let md = fs::symlink_metadata(path)?;
-    if md.is_dir() {
-        let mut p = md.permissions();
-        p.set_mode(0o700);
-        fs::set_permissions(path, p)?;
-        for e in fs::read_dir(path)? {
-            chmod_dirs_writable(&e?.path())?;
-        }
-    }
-    Ok(())
-}
+pub use crate::fsutil::remove_tree;
 
 /// The state root and what strata keeps directly in it must be strata's own: real directories
 /// (and a real database file), not symlinks, owned by this user (root), and the root writable by
@@ -683,8 +654,7 @@ impl Store {
 
     /// Sync the filesystem holding `path`.
     pub fn syncfs(path: &Path) -> Result<()> {
-        let f = File::open(path).at(path)?;
-        rustix::fs::syncfs(&f).map_err(io::Error::from).at(path)
+        crate::fsutil::syncfs(path).at(path)
     }
 }
 

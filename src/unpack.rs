@@ -166,12 +166,7 @@ impl UnpackError {
     }
 }
 
-/// `syncfs(2)` on the filesystem holding `dest`: call once after unpacking a layer.
-pub fn syncfs(dest: &Path) -> io::Result<()> {
-    let fd = rustix::fs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-    rustix::fs::syncfs(&fd)?;
-    Ok(())
-}
+pub use crate::fsutil::syncfs;
 
 // ---------------------------------------------------------------------------------------------
 // Bounded header reads.

@@ -255,10 +255,8 @@ pub fn store(path: &Path, host: &str, creds: Option<&Credentials>) -> Result<boo
     let text = serde_json::to_vec_pretty(&v).map_err(|e| bad(e.to_string()))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| bad(e.to_string()))?;
-    tmp.write_all(&text).and_then(|_| tmp.write_all(b"\n")).map_err(|e| bad(e.to_string()))?;
-    tmp.as_file().sync_all().map_err(|e| bad(e.to_string()))?;
-    tmp.persist(path).map_err(|e| bad(e.to_string()))?;
+    crate::fsutil::atomic_write(path, 0o600, |w| w.write_all(&text).and_then(|_| w.write_all(b"\n")))
+        .map_err(|e| bad(e.to_string()))?;
     Ok(true)
 }
 
