@@ -35,6 +35,8 @@ pub enum BundleError {
     Workdir { dir: String },
     #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
     NoCommand,
+    #[error("-v {value:?}: {reason}")]
+    Volume { value: String, reason: String },
     /// The command is not in the container (exit status 127, as podman and shells use).
     #[error("executable file not found{}: {}", if *in_path { " in $PATH" } else { "" }, printable(cmd, 200))]
     CommandNotFound { cmd: String, in_path: bool },
@@ -71,6 +73,48 @@ pub struct RunSpec {
     pub workdir: Option<String>,
     /// `--user USER[:GROUP]`: replaces the image's User (names resolved in the image).
     pub user: Option<String>,
+    /// `-v HOST:CTR[:ro]` bind mounts, in order (see [`parse_volume`]).
+    pub volumes: Vec<Volume>,
+}
+
+/// A bind mount of a host path into the container (`-v HOST:CTR[:OPTIONS]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The host path, resolved (no symlinks).
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// Parse `-v HOST:CTR[:OPTIONS]` as podman does for bind mounts: HOST an existing absolute path
+/// (named volumes are not supported), CTR absolute, OPTIONS a comma list of `ro`, `rw`, and the
+/// SELinux relabel flags `z`/`Z`, accepted and ignored (strata does no relabelling).
+pub fn parse_volume(value: &str) -> Result<Volume> {
+    let bad = |reason: String| BundleError::Volume { value: value.to_string(), reason };
+    let parts: Vec<&str> = value.split(':').collect();
+    let (host, dest, opts) = match parts.as_slice() {
+        [h, d] => (*h, *d, ""),
+        [h, d, o] => (*h, *d, *o),
+        _ => return Err(bad("expected HOST:CONTAINER[:OPTIONS]".into())),
+    };
+    if !host.starts_with('/') {
+        return Err(bad(format!("the host path {host:?} is not absolute (named volumes are not supported)")));
+    }
+    if !dest.starts_with('/') {
+        return Err(bad(format!("the container path {dest:?} is not absolute")));
+    }
+    let mut read_only = false;
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "z" | "Z" => {}
+            other => return Err(bad(format!("unknown option {other:?} (ro, rw, z, Z)"))),
+        }
+    }
+    let source = fs::canonicalize(host).map_err(|e| bad(format!("host path {host}: {e}")))?;
+    Ok(Volume { source, destination: dest.to_string(), read_only })
 }
 
 /// Apply `-e` settings to `env` (K=V strings).
@@ -270,6 +314,19 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     root.set_path(rootfs.to_path_buf());
     root.set_readonly(Some(false));
     let mut spec = Spec::default();
+    if !run.volumes.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for v in &run.volumes {
+            let mode = if v.read_only { "ro" } else { "rw" };
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_destination(PathBuf::from(&v.destination));
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(v.source.clone()));
+            m.set_options(Some(vec!["rbind".into(), mode.into(), "rprivate".into()]));
+            mounts.push(m);
+        }
+        spec.set_mounts(Some(mounts));
+    }
     spec.set_process(Some(process));
     spec.set_root(Some(root));
     spec.set_hostname(Some(run.hostname.clone()));
@@ -435,7 +492,8 @@ fn start_failure(log: &str) -> Option<BundleError> {
 /// to `BUNDLE/runc.log` (JSON), so a command that could not be started is told apart from one
 /// that ran and failed: that is [`BundleError::CommandNotFound`] or
 /// [`BundleError::CommandNotExecutable`]. (runc still prints that error on its stderr, one line.)
-pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
+/// The container reads this process's stdin when `stdin` (`-i`), /dev/null otherwise, as podman.
+pub fn run_bundle(state: &Path, bundle: &Path, id: &str, stdin: bool) -> Result<i32> {
     let rt = runtime();
     let log = bundle.join("runc.log");
     let _ = fs::remove_file(&log);
@@ -449,7 +507,7 @@ pub fn run_bundle(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
         .arg("--bundle")
         .arg(bundle)
         .arg(id)
-        .stdin(Stdio::inherit())
+        .stdin(if stdin { Stdio::inherit() } else { Stdio::null() })
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
@@ -474,6 +532,8 @@ pub struct ExecSpec {
     /// Numeric uid, gid and supplementary gids (see [`resolve_user`]).
     pub user: Option<(u32, u32, Vec<u32>)>,
     pub terminal: bool,
+    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
+    pub stdin: bool,
 }
 
 /// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
@@ -509,7 +569,7 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     // runc takes ID then the command as is (no `--`: it would be the command).
     cmd.arg(id).args(&spec.args);
     let status = cmd
-        .stdin(Stdio::inherit())
+        .stdin(if spec.stdin { Stdio::inherit() } else { Stdio::null() })
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()

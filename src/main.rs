@@ -18,8 +18,9 @@ struct Cli {
     /// State directory.
     #[arg(long, global = true, env = "STRATA_ROOT", default_value = Store::DEFAULT_ROOT)]
     root: PathBuf,
-    /// More logging (repeat for more); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More logging (repeat for more); RUST_LOG overrides. Before the command (`strata -v run`):
+    /// after it, `-v` is `run`'s volume, as in podman.
+    #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,7 +37,9 @@ enum Cmd {
     /// Create and mount a container over IMAGE and run it with runc.
     #[command(after_help = "Examples:\n  strata run busybox --rm -- echo hello\n  \
 strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'\n  \
-strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata logs web; strata stop web")]
+strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata logs web; strata stop web\n  \
+strata run --rm -v /srv/data:/data:ro busybox -- ls /data\n  \
+strata run -it --rm busybox -- sh       # an interactive shell")]
     Run {
         image: String,
         /// Container name (default: generated).
@@ -60,6 +63,15 @@ strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata
         /// in the container's directory (`strata logs NAME`); it stays mounted until `strata stop`.
         #[arg(short, long)]
         detach: bool,
+        /// Keep stdin open: the container reads this one's stdin (otherwise /dev/null).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal for the container's process.
+        #[arg(short, long)]
+        tty: bool,
+        /// Bind mount HOST:CONTAINER[:ro] (host path absolute and existing); repeatable.
+        #[arg(short, long)]
+        volume: Vec<String>,
         /// Command and arguments (replace the image's Cmd).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -142,13 +154,25 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         time: u64,
     },
     /// The output of a container run with `run -d` (stdout and stderr, in order).
-    #[command(after_help = "Example:\n  strata logs web")]
-    Logs { name: String },
+    #[command(after_help = "Examples:\n  strata logs web\n  strata logs -f web   # until it stops")]
+    Logs {
+        name: String,
+        /// Follow: keep printing what it writes until the container stops.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Run a command in a running container (runc exec), as `podman exec`; exits with its status.
     #[command(after_help = "Examples:\n  strata exec web -- cat /etc/hostname\n  \
-strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'")]
+strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'\n  \
+strata exec -it web -- sh            # an interactive shell")]
     Exec {
         name: String,
+        /// Keep stdin open: the command reads this one's stdin (otherwise /dev/null).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal for the command.
+        #[arg(short, long)]
+        tty: bool,
         /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
         #[arg(short, long = "env")]
         env: Vec<String>,
@@ -489,7 +513,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
-        Cmd::Exec { name, env, workdir, user, cmd } => {
+        Cmd::Exec { name, env, workdir, user, interactive, tty, cmd } => {
             let store = open_store(&cli.root)?;
             let opts = strata::run::ExecOptions {
                 name: name.clone(),
@@ -497,7 +521,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 env,
                 workdir,
                 user,
-                terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+                terminal: tty,
+                interactive,
             };
             let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
@@ -509,16 +534,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{name}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Logs { name } => {
+        Cmd::Logs { name, follow } => {
             let store = open_store(&cli.root)?;
+            if follow {
+                strata::run::follow_logs(&store, &name, &mut std::io::stdout().lock())
+                    .with_context(|| format!("logs of {name}"))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut f = strata::run::logs(&store, &name).with_context(|| format!("logs of {name}"))?;
             std::io::copy(&mut f, &mut std::io::stdout().lock()).context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
         Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
-        Cmd::Run { image, name, rm, backend, env, workdir, user, detach, cmd } => {
-            let extra = RunExtra { env, workdir, user, detach };
+        Cmd::Run { image, name, rm, backend, env, workdir, user, detach, interactive, tty, volume, cmd } => {
+            let extra = RunExtra { env, workdir, user, detach, interactive, tty, volumes: volume };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
         Cmd::Ps { json } => {
@@ -995,6 +1025,9 @@ struct RunExtra {
     workdir: Option<String>,
     user: Option<String>,
     detach: bool,
+    interactive: bool,
+    tty: bool,
+    volumes: Vec<String>,
 }
 
 fn run_cmd(
@@ -1013,10 +1046,12 @@ fn run_cmd(
         rm,
         backend: backend.into(),
         args: cmd,
-        terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        terminal: extra.tty,
+        interactive: extra.interactive,
         env: extra.env,
         workdir: extra.workdir,
         user: extra.user,
+        volumes: extra.volumes,
         detach: extra.detach,
     };
     if opts.detach && opts.name.is_none() {
@@ -1027,4 +1062,15 @@ fn run_cmd(
         println!("{}", opts.name.as_deref().unwrap_or_default());
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate short flags and the like) for every command;
+    /// otherwise they only fire when a user runs the command.
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

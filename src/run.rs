@@ -41,14 +41,18 @@ pub struct RunOptions {
     pub backend: Backend,
     /// Replaces the image's Cmd.
     pub args: Vec<String>,
-    /// Give the process a terminal.
+    /// `-t`: give the process a terminal.
     pub terminal: bool,
+    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
+    pub interactive: bool,
     /// `-e K=V` / `-e K` (see [`bundle::RunSpec::env`]).
     pub env: Vec<String>,
     /// `-w DIR`.
     pub workdir: Option<String>,
     /// `--user USER[:GROUP]`.
     pub user: Option<String>,
+    /// `-v HOST:CTR[:ro]` bind mounts (see [`bundle::parse_volume`]).
+    pub volumes: Vec<String>,
     /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
     /// [`stop`] (or `container rm --force`).
     pub detach: bool,
@@ -80,6 +84,13 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     }
     let name = opts.name.clone().unwrap_or_else(generated_name);
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
+    // Bad -v values fail before anything is created.
+    let volumes = opts
+        .volumes
+        .iter()
+        .map(|v| bundle::parse_volume(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| RunError::Bundle { name: name.clone(), source })?;
     if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
         return Err(RunError::Running { name, how });
     }
@@ -103,6 +114,7 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             env: opts.env.clone(),
             workdir: opts.workdir.clone(),
             user: opts.user.clone(),
+            volumes: volumes.clone(),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;
@@ -114,7 +126,7 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             bundle::run_detached(&state, &bundle_dir, &id, &log_path(store, &name)).map_err(berr)?;
             return Ok(0);
         }
-        bundle::run_bundle(&state, &bundle_dir, &id).map_err(berr)
+        bundle::run_bundle(&state, &bundle_dir, &id, opts.interactive).map_err(berr)
     })();
     if opts.detach && result.is_ok() {
         // Running on its own now: it keeps its mount until stopped.
@@ -147,7 +159,10 @@ pub struct ExecOptions {
     pub workdir: Option<String>,
     /// `--user USER[:GROUP]`, names resolved in the container's mounted rootfs.
     pub user: Option<String>,
+    /// `-t`.
     pub terminal: bool,
+    /// `-i`.
+    pub interactive: bool,
 }
 
 /// Run a command in a running container (`runc exec`), as `podman exec`; returns its exit code.
@@ -179,6 +194,7 @@ pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
         cwd: opts.workdir.clone(),
         user,
         terminal: opts.terminal,
+        stdin: opts.interactive,
     };
     bundle::exec(&state, &id, &spec).map_err(berr)
 }
@@ -239,4 +255,33 @@ pub fn logs(store: &Store, name: &str) -> Result<std::fs::File, RunError> {
     let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
     container::inspect(store, name).map_err(cerr)?;
     std::fs::File::open(log_path(store, name)).map_err(|_| RunError::NoLog { name: name.to_string() })
+}
+
+/// `logs -f`: copy a detached container's output to `out` as it is written, until the container
+/// is no longer running (then what it wrote last is copied too), as `podman logs -f`.
+pub fn follow_logs(store: &Store, name: &str, out: &mut dyn std::io::Write) -> Result<(), RunError> {
+    use std::io::Read;
+    let mut f = logs(store, name)?;
+    let (state, id) = container::runc_ids(store, name);
+    let io = |source| RunError::Store {
+        name: name.to_string(),
+        source: StoreError::Io { path: log_path(store, name), source },
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // Read the state before draining: output written before it stopped is then read below.
+        let running = bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped");
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
