@@ -175,13 +175,52 @@ pub fn export_with(
     check_parent(&path)?;
     match format {
         ExportFormat::Oci => export_oci_dir(store, &parts, &path, &ref_name, opts.force),
-        ExportFormat::OciArchive => {
-            write_atomically(&path, opts.force, |f| write_oci_archive(store, &parts, f, &ref_name))
+        ExportFormat::OciArchive | ExportFormat::DockerArchive => {
+            let images = [(parts, ref_name)];
+            write_atomically(&path, opts.force, |f| write_archive(store, &images, format, f))
         }
-        ExportFormat::DockerArchive => {
-            let repo_tag = docker_repo_tag(&ref_name);
-            write_atomically(&path, opts.force, |f| write_docker_archive(store, &parts, f, &repo_tag))
-        }
+    }
+}
+
+/// Write several images into one archive file `path` (`oci-archive` or `docker-archive`), as
+/// `podman save IMAGE...` does: each under its own name, shared blobs once.
+pub fn save_with(
+    store: &Store,
+    images: &[&str],
+    path: &Path,
+    format: ExportFormat,
+    opts: &ExportOptions,
+) -> Result<()> {
+    let _gc = store.gc_shared()?;
+    let images = load_named(store, images)?;
+    check_parent(path)?;
+    write_atomically(path, opts.force, |f| write_archive(store, &images, format, f))
+}
+
+/// [`save_with`] to a stream (stdout).
+pub fn save_to(store: &Store, images: &[&str], format: ExportFormat, w: &mut impl Write) -> Result<()> {
+    let _gc = store.gc_shared()?;
+    let images = load_named(store, images)?;
+    write_archive(store, &images, format, w)
+}
+
+fn load_named(store: &Store, images: &[&str]) -> Result<Vec<(Parts, String)>> {
+    if images.is_empty() {
+        return Err(ExportError::Format("an archive of no images".into()));
+    }
+    images.iter().map(|i| Ok((load(store, i)?, i.to_string()))).collect()
+}
+
+fn write_archive(
+    store: &Store,
+    images: &[(Parts, String)],
+    format: ExportFormat,
+    w: &mut impl Write,
+) -> Result<()> {
+    match format {
+        ExportFormat::Oci => Err(ExportError::Format("oci (a directory) in an archive".into())),
+        ExportFormat::OciArchive => write_oci_archive(store, images, w),
+        ExportFormat::DockerArchive => write_docker_archive(store, images, w),
     }
 }
 
@@ -235,17 +274,19 @@ fn index_descriptor(parts: &Parts, ref_name: &str) -> Value {
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
-/// Every blob the image needs, each once: (digest, source path in the store).
-fn blob_list(store: &Store, parts: &Parts) -> Vec<(Sha256Digest, PathBuf)> {
+/// Every blob the images need, each once: (digest, source path in the store).
+fn blob_list<'a>(store: &Store, parts: impl IntoIterator<Item = &'a Parts>) -> Vec<(Sha256Digest, PathBuf)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    let all = [parts.manifest_digest.clone(), parts.config_digest.clone()]
-        .into_iter()
-        .chain(parts.layers.iter().map(|l| l.0.clone()));
-    for d in all {
-        if seen.insert(d.clone()) {
-            let p = store.blob_path(&d);
-            out.push((d, p));
+    for parts in parts {
+        let all = [parts.manifest_digest.clone(), parts.config_digest.clone()]
+            .into_iter()
+            .chain(parts.layers.iter().map(|l| l.0.clone()));
+        for d in all {
+            if seen.insert(d.clone()) {
+                let p = store.blob_path(&d);
+                out.push((d, p));
+            }
         }
     }
     out
@@ -510,7 +551,7 @@ fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str, forc
     }
     // Blobs before the index that names them.
     fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
-    for (d, src) in blob_list(store, parts) {
+    for (d, src) in blob_list(store, [parts]) {
         let dst = blobs.join(d.hex());
         if !dst.is_file() {
             copy_blob(&src, &dst)?;
@@ -595,21 +636,23 @@ fn append_file<W: Write>(b: &mut tar::Builder<W>, path: &str, src: &Path, at: &P
     b.append(&header(path, tar::EntryType::Regular, len), f.take(len)).map_err(io_at(at))
 }
 
-fn write_oci_archive(store: &Store, parts: &Parts, w: &mut impl Write, ref_name: &str) -> Result<()> {
+/// An oci-archive of `images`, each (metadata, ref name) one index entry.
+fn write_oci_archive(store: &Store, images: &[(Parts, String)], w: &mut impl Write) -> Result<()> {
     let at = PathBuf::from("oci-archive");
     let mut b = tar::Builder::new(w);
     append_bytes(&mut b, "oci-layout", OCI_LAYOUT, &at)?;
+    let manifests: Vec<Value> = images.iter().map(|(p, r)| index_descriptor(p, r)).collect();
     let index = json!({
         "schemaVersion": 2,
         "mediaType": image::MT_OCI_INDEX,
-        "manifests": [index_descriptor(parts, ref_name)],
+        "manifests": manifests,
     });
     let index = serde_json::to_vec(&index).unwrap_or_default();
     append_bytes(&mut b, "index.json", &index, &at)?;
     for dir in ["blobs/", "blobs/sha256/"] {
         b.append(&header(dir, tar::EntryType::Directory, 0), io::empty()).map_err(io_at(&at))?;
     }
-    for (d, src) in blob_list(store, parts) {
+    for (d, src) in blob_list(store, images.iter().map(|(p, _)| p)) {
         append_file(&mut b, &format!("blobs/sha256/{}", d.hex()), &src, &at)?;
     }
     b.finish().map_err(io_at(&at))
@@ -655,38 +698,50 @@ fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest,
     Ok(())
 }
 
-fn write_docker_archive(store: &Store, parts: &Parts, w: &mut impl Write, repo_tag: &str) -> Result<()> {
+/// A docker-archive of `images` (`docker save` of several: one manifest.json entry each, layers
+/// and configs they share written once).
+fn write_docker_archive(store: &Store, images: &[(Parts, String)], w: &mut impl Write) -> Result<()> {
     let at = PathBuf::from("docker-archive");
     let staging = store.staging()?;
     let mut b = tar::Builder::new(w);
-    let config_name = format!("{}.json", parts.config_digest.hex());
-    append_bytes(&mut b, &config_name, &parts.config, &at)?;
     let mut written = HashSet::new();
-    let mut layer_names = Vec::new();
-    for (digest, _mt, diff_id) in &parts.layers {
-        let name = format!("{}/layer.tar", diff_id.hex());
-        layer_names.push(name.clone());
-        if !written.insert(diff_id.clone()) {
-            continue;
+    let mut manifest = Vec::new();
+    let mut repos = serde_json::Map::new();
+    for (parts, name) in images {
+        let repo_tag = docker_repo_tag(name);
+        let config_name = format!("{}.json", parts.config_digest.hex());
+        if written.insert(config_name.clone()) {
+            append_bytes(&mut b, &config_name, &parts.config, &at)?;
         }
-        b.append(&header(&format!("{}/", diff_id.hex()), tar::EntryType::Directory, 0), io::empty())
-            .map_err(io_at(&at))?;
-        let src = store.blob_path(digest);
-        if digest == diff_id {
-            // Stored uncompressed already.
-            append_file(&mut b, &name, &src, &at)?;
-        } else {
-            let tmp = staging.dir.join(diff_id.hex());
-            uncompressed_layer(&src, diff_id, digest, &tmp)?;
-            append_file(&mut b, &name, &tmp, &at)?;
-            fs::remove_file(&tmp).map_err(io_at(&tmp))?;
+        let mut layer_names = Vec::new();
+        for (digest, _mt, diff_id) in &parts.layers {
+            let name = format!("{}/layer.tar", diff_id.hex());
+            layer_names.push(name.clone());
+            if !written.insert(name.clone()) {
+                continue;
+            }
+            b.append(&header(&format!("{}/", diff_id.hex()), tar::EntryType::Directory, 0), io::empty())
+                .map_err(io_at(&at))?;
+            let src = store.blob_path(digest);
+            if digest == diff_id {
+                // Stored uncompressed already.
+                append_file(&mut b, &name, &src, &at)?;
+            } else {
+                let tmp = staging.dir.join(diff_id.hex());
+                uncompressed_layer(&src, diff_id, digest, &tmp)?;
+                append_file(&mut b, &name, &tmp, &at)?;
+                fs::remove_file(&tmp).map_err(io_at(&tmp))?;
+            }
+        }
+        manifest.push(json!({ "Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names }));
+        // Legacy `repositories`: repo -> tag -> top layer id (skopeo writes the same).
+        if let (Some((repo, tag)), Some(top)) = (repo_tag.rsplit_once(':'), parts.layers.last()) {
+            let tags = repos.entry(repo.to_string()).or_insert_with(|| json!({}));
+            tags[tag] = top.2.hex().into();
         }
     }
-    let manifest = json!([{ "Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names }]);
     append_bytes(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap_or_default(), &at)?;
-    // Legacy `repositories`: repo -> tag -> top layer id (skopeo writes the same).
-    if let (Some((repo, tag)), Some(top)) = (repo_tag.rsplit_once(':'), parts.layers.last()) {
-        let repos = json!({ repo: { tag: top.2.hex() } });
+    if !repos.is_empty() {
         append_bytes(&mut b, "repositories", &serde_json::to_vec(&repos).unwrap_or_default(), &at)?;
     }
     b.finish().map_err(io_at(&at))
@@ -696,13 +751,10 @@ fn write_docker_archive(store: &Store, parts: &Parts, w: &mut impl Write, repo_t
 /// `podman save` to stdout does; the archive names the image `image`. The OCI layout format is a
 /// directory and cannot be streamed.
 pub fn export_archive_to(store: &Store, image: &str, format: ExportFormat, w: &mut impl Write) -> Result<()> {
-    let _gc = store.gc_shared()?;
-    let parts = load(store, image)?;
-    match format {
-        ExportFormat::Oci => Err(ExportError::Format("oci (a directory) to a stream".into())),
-        ExportFormat::OciArchive => write_oci_archive(store, &parts, w, image),
-        ExportFormat::DockerArchive => write_docker_archive(store, &parts, w, &docker_repo_tag(image)),
+    if format == ExportFormat::Oci {
+        return Err(ExportError::Format("oci (a directory) to a stream".into()));
     }
+    save_to(store, &[image], format, w)
 }
 
 #[cfg(test)]

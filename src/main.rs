@@ -185,14 +185,16 @@ strata exec -it web -- sh            # an interactive shell")]
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Write an image as an archive, as `podman save` (short for `image export`, and it streams
-    /// to stdout). The archive names the image NAME.
+    /// Write images as one archive, as `podman save` (short for `image export`, and it streams
+    /// to stdout). The archive names each image by its NAME; blobs they share are written once.
     #[command(after_help = "Examples:\n  strata save busybox -o busybox.tar\n  \
 strata save busybox --format oci-archive | ssh host strata load\n  \
-strata save app | docker load")]
+strata save app | docker load\n  \
+strata save app:v1 app:v2 base -o images.tar")]
     Save {
-        /// The image (one per archive).
-        name: String,
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<String>,
         /// Output file (written under a temporary name, renamed when complete); `-`: stdout.
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
@@ -545,7 +547,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             std::io::copy(&mut f, &mut std::io::stdout().lock()).context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Save { name, output, format } => save_cmd(&cli.root, &name, &output, &format),
+        Cmd::Save { names, output, format } => save_cmd(&cli.root, &names, &output, &format),
         Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
         Cmd::Run { image, name, rm, backend, env, workdir, user, detach, interactive, tty, volume, cmd } => {
             let extra = RunExtra { env, workdir, user, detach, interactive, tty, volumes: volume };
@@ -877,17 +879,22 @@ fn human(n: u64) -> String {
     }
 }
 
-fn save_cmd(root: &std::path::Path, name: &str, output: &std::path::Path, format: &str) -> Result<ExitCode> {
+fn save_cmd(
+    root: &std::path::Path,
+    names: &[String],
+    output: &std::path::Path,
+    format: &str,
+) -> Result<ExitCode> {
     let store = open_store(root)?;
     let format: strata::export::ExportFormat = format.parse()?;
+    let images: Vec<&str> = names.iter().map(String::as_str).collect();
     if output.as_os_str() == "-" {
-        write_output(output, |mut w| strata::export::export_archive_to(&store, name, format, &mut w))
+        write_output(output, |mut w| strata::export::save_to(&store, &images, format, &mut w))
     } else {
-        let dest = output.to_str().with_context(|| format!("{}: not UTF-8", output.display()))?;
         let opts = strata::export::ExportOptions { force: true };
-        strata::export::export_with(&store, name, dest, format, &opts).map_err(anyhow::Error::from)
+        strata::export::save_with(&store, &images, output, format, &opts).map_err(anyhow::Error::from)
     }
-    .with_context(|| format!("saving {name}"))?;
+    .with_context(|| format!("saving {}", names.join(", ")))?;
     Ok(ExitCode::SUCCESS)
 }
 

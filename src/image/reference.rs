@@ -55,10 +55,11 @@ impl SourceRef {
     }
 }
 
-/// `PATH[:TAG]` of a transport-qualified local reference. A docker-archive's tag is a docker
-/// reference itself (`busybox:1.36`), so it starts at the first `:` after an existing path.
-fn split_local(rest: &str, format: Format) -> (PathBuf, Option<String>) {
-    if format == Format::DockerArchive && !Path::new(rest).exists() {
+/// `PATH[:TAG]` of a transport-qualified local reference. The tag may hold `:` itself (a
+/// docker-archive's is a docker reference, `busybox:1.36`; an OCI ref name may be
+/// `localhost/app:v2`), so it starts at the first `:` after an existing path, as skopeo splits.
+fn split_local(rest: &str, _format: Format) -> (PathBuf, Option<String>) {
+    if !Path::new(rest).exists() {
         let mut at = 0;
         while let Some(i) = rest[at..].find(':') {
             let (p, t) = rest.split_at(at + i);
@@ -99,6 +100,10 @@ mod tests {
         assert_eq!(
             SourceRef::parse(&format!("docker-archive:{d}:busybox:1.36")).unwrap(),
             local(&d, Some("busybox:1.36"), Some(Format::DockerArchive))
+        );
+        assert_eq!(
+            SourceRef::parse(&format!("oci-archive:{d}:localhost/app:v2")).unwrap(),
+            local(&d, Some("localhost/app:v2"), Some(Format::OciArchive))
         );
         let SourceRef::Registry(n) = SourceRef::parse("docker://busybox").unwrap() else { panic!() };
         assert_eq!(n.to_string(), "docker.io/library/busybox:latest");
