@@ -471,7 +471,7 @@ fn save_several_images() {
                 _ => format!("oci-archive:{f}:{name}"),
             };
             b.ok(&["image", "import", &src, "--name", "back"]);
-            let c = format!("c-{}", sha(reference.as_bytes())[7..19].to_string());
+            let c = format!("c-{}", &sha(reference.as_bytes())[7..19]);
             strata_test_support::tree::assert_trees_eq(
                 &image_tree(&a, name, &c),
                 &image_tree(&b, "back", &c),
