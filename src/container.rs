@@ -337,6 +337,13 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
     Ok(target)
 }
 
+/// Which backend the mount at `at` is (the top one there): kernel overlay, or strata-fuse.
+pub fn backend_at(at: &Path) -> Option<Backend> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let m = kernel_overlay::mountinfo::parse(&text).into_iter().rev().find(|m| m.mount_point == at)?;
+    Some(if m.fs_type == "overlay" { Backend::Kernel } else { Backend::Fuse })
+}
+
 /// A mount target given by the user: an existing directory (or one to create under an existing
 /// parent) reached without following a symlink (a link would redirect the mount, over `/etc` say),
 /// and not inside the state root (later imports would fail with EXDEV) or inside any container's
@@ -613,10 +620,9 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     let c = get(store, name)?;
     let p = paths(store, &c);
     let mounted = mounted_at(store, name)?;
-    let backend = mounted.as_ref().and_then(|at| {
-        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let m = kernel_overlay::mountinfo::parse(&text).into_iter().rev().find(|m| &m.mount_point == at)?;
-        Some(if m.fs_type == "overlay" { "kernel" } else { "fuse" })
+    let backend = mounted.as_ref().and_then(|at| backend_at(at)).map(|b| match b {
+        Backend::Kernel => "kernel",
+        _ => "fuse",
     });
     let running = is_running(store, name)?;
     let layers = store.db.container_layers(name)?.into_iter().map(|l| l.diff_id).collect();

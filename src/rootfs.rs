@@ -1,10 +1,11 @@
 //! `strata container export`: a container's merged root filesystem as one flat tar, as
 //! `docker export` writes it (whiteouts applied, opaque directories applied, no `.wh.` entries).
 //!
-//! Hardlinks are kept as link entries where the view shows them (the kernel overlay does);
-//! strata-fuse reports each path of a hardlinked file as a separate inode, so the export of a
-//! container mounted with `--backend fuse` has those files as separate copies (same content and
-//! metadata). Unmounted containers are always exported from a kernel view.
+//! Hardlinks are kept as link entries, as the kernel overlay shows them. strata-fuse reports each
+//! path of a hardlinked file as a separate inode, so a container mounted with `--backend fuse` is
+//! exported from a private read-only kernel view of its layers and upper dir instead of its FUSE
+//! mount (where the kernel cannot mount overlays, from the FUSE mount: hardlinks then come out
+//! as separate copies with the same content and metadata).
 //!
 //! `strata image import-rootfs` is the way back, as `docker import`: a flat rootfs tar (plain,
 //! gzip or zstd, sniffed) is unpacked by the import unpacker (confined to its root, the same
@@ -82,20 +83,31 @@ pub fn export_container(store: &mut Store, name: &str, out: impl Write) -> Resul
     };
     // The lock container::mount takes: no mount of it starts while its layers are mounted here.
     let _g = container::lock(store, name)?;
-    let info = if let Some(at) = container::mounted_at(store, name)? {
-        write(&at, out)?
-    } else {
-        let spec = read_only_view(store, name)?;
-        let staging = store.staging().map_err(ContainerError::from)?;
-        let at = staging.dir.clone();
-        kernel_overlay::mount(&spec, &at)
-            .map_err(|e| RootfsError::Mount { name: name.to_string(), source: e })?;
-        let guard = TempMount { at };
-        let info = write(&guard.at, out);
-        drop(guard);
-        drop(staging);
-        info?
+    let mounted = container::mounted_at(store, name)?;
+    if let Some(at) = &mounted {
+        if container::backend_at(at) == Some(container::Backend::Kernel) {
+            let info = write(at, out)?;
+            return Ok(Exported { entries: info.entries, size: info.tar_size });
+        }
+    }
+    let spec = read_only_view(store, name)?;
+    let staging = store.staging().map_err(ContainerError::from)?;
+    let at = staging.dir.clone();
+    let info = match (kernel_overlay::mount(&spec, &at), &mounted) {
+        (Ok(_), _) => {
+            let guard = TempMount { at };
+            let info = write(&guard.at, out);
+            drop(guard);
+            info
+        }
+        (Err(e), Some(fuse_at)) => {
+            tracing::warn!(container = name, error = %e, "no kernel view; exporting the FUSE mount (hardlinks become copies)");
+            write(fuse_at, out)
+        }
+        (Err(e), None) => return Err(RootfsError::Mount { name: name.to_string(), source: e }),
     };
+    drop(staging);
+    let info = info?;
     Ok(Exported { entries: info.entries, size: info.tar_size })
 }
 

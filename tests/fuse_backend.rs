@@ -190,3 +190,58 @@ fn mount_t_fuse_strata_fuse() {
     assert!(std::process::Command::new("umount").arg(d.join("m")).status().expect("umount").success());
     assert_eq!(fs::read_to_string(d.join("u/new")).expect("upper"), "n");
 }
+
+/// A container mounted with strata-fuse exports hardlinks as links, like a kernel-mounted one
+/// (strata-fuse shows one inode per name; the export reads a kernel view instead), and both
+/// exports hold the same entries.
+#[test]
+fn export_of_a_fuse_mount_keeps_hardlinks() {
+    if !privileged("export_of_a_fuse_mount_keeps_hardlinks") || !have_fuse_binary() {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display()), "--name", "busybox"]);
+    // Hardlinks in a lower layer: strata-fuse shows each name as its own inode there.
+    root.ok(&["container", "create", "busybox", "base"]);
+    let at = mount(&root, "base", "kernel");
+    fs::write(at.join("first"), "linked\n").expect("write");
+    fs::hard_link(at.join("first"), at.join("second")).expect("link");
+    root.ok(&["container", "umount", "base"]);
+    root.ok(&["container", "commit", "base", "linked"]);
+    root.ok(&["container", "create", "linked", "h"]);
+    let at = mount(&root, "h", "fuse");
+    fs::write(at.join("third"), "upper\n").expect("write");
+    fs::hard_link(at.join("third"), at.join("fourth")).expect("link in the upper dir");
+    let listing = |tar: &Path| -> Vec<(String, String)> {
+        let mut a = tar::Archive::new(fs::File::open(tar).expect("open tar"));
+        let mut out = Vec::new();
+        for e in a.entries().expect("entries") {
+            let e = e.expect("entry");
+            let link = e.link_name().ok().flatten().map(|l| l.display().to_string()).unwrap_or_default();
+            let kind = format!("{:?}", e.header().entry_type());
+            out.push((format!("{} {kind}", e.path().expect("path").display()), link));
+        }
+        out
+    };
+    let fuse_tar = root.path().join("fuse.tar");
+    root.ok(&["container", "export", "h", "-o", fuse_tar.to_str().expect("utf8")]);
+    let fuse_entries = listing(&fuse_tar);
+    for pair in [["first", "second"], ["third", "fourth"]] {
+        let linked: Vec<_> = fuse_entries
+            .iter()
+            .filter(|(p, _)| pair.iter().any(|n| p.starts_with(&format!("{n} "))))
+            .collect();
+        assert_eq!(linked.len(), 2, "{linked:?}");
+        assert!(
+            linked.iter().any(|(p, l)| p.contains("Link") && !l.is_empty()),
+            "one of {pair:?} is a hardlink entry: {linked:?}"
+        );
+    }
+    root.ok(&["container", "umount", "h"]);
+    let _ = mount(&root, "h", "kernel");
+    let kernel_tar = root.path().join("kernel.tar");
+    root.ok(&["container", "export", "h", "-o", kernel_tar.to_str().expect("utf8")]);
+    assert_eq!(fuse_entries, listing(&kernel_tar), "same entries from either backend");
+    root.ok(&["container", "umount", "h"]);
+}
