@@ -1,5 +1,6 @@
-//! The on-disk overlay format as commit and diff read it from upper dirs and layer directories:
-//! whiteouts, opaque directories, the overlay's private xattrs, and xattr listing through fds.
+//! The on-disk overlay format, as unpack writes it into layer directories and commit and diff
+//! read it from upper dirs and layers: whiteouts, opaque directories, the overlay's private
+//! xattrs, the OCI names that stand for them in tars, and xattr listing through fds.
 //!
 //! - Whiteout of NAME: a character device 0:0 named NAME.
 //! - Opaque directory: `trusted.overlay.opaque` (or `user.overlay.opaque`, for `userxattr`
@@ -20,6 +21,8 @@ use rustix::io::Errno;
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// The OCI opaque marker (`DIR/.wh..wh..opq`).
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// AUFS metadata names (`.wh..wh.plnk`, ...): never content, skipped on unpack.
+pub const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 /// The opaque xattr names, the kernel's default (`trusted.`) first.
 pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 

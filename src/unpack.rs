@@ -55,6 +55,9 @@ use std::rc::Rc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, CWD};
 use rustix::io::Errno;
 
+use crate::overlay_format::{
+    self, OPAQUE_MARKER as WH_OPAQUE, WHITEOUT_META_PREFIX as WH_META_PREFIX, WHITEOUT_PREFIX as WH_PREFIX,
+};
 use crate::sparse;
 
 /// Where opaque-directory markers are written.
@@ -71,8 +74,8 @@ impl XattrNamespace {
     /// The name of the opaque xattr in this namespace.
     pub fn opaque_xattr(self) -> &'static str {
         match self {
-            XattrNamespace::Trusted => "trusted.overlay.opaque",
-            XattrNamespace::User => "user.overlay.opaque",
+            XattrNamespace::Trusted => overlay_format::OPAQUE_XATTRS[0],
+            XattrNamespace::User => overlay_format::OPAQUE_XATTRS[1],
         }
     }
 }
@@ -321,10 +324,6 @@ fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
 
 // ---------------------------------------------------------------------------------------------
 // Path handling.
-
-const WH_PREFIX: &[u8] = b".wh.";
-const WH_META_PREFIX: &[u8] = b".wh..wh.";
-const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// Normalise a tar path into `out` (components joined by `/`, no leading `/`, no `.`).
 fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
@@ -791,7 +790,7 @@ impl<'o> Unpacker<'o> {
                 if key == b"mtime" {
                     mtime = parse_pax_time(value).ok_or_else(|| bad("malformed PAX mtime".into()))?;
                 } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                    if overlay_format::is_private_xattr(name) {
                         tracing::warn!(path = %lossy(path), xattr = %lossy(name), "overlay xattr from image dropped");
                         continue;
                     }
