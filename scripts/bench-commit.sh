@@ -16,10 +16,11 @@ MB=$(du -sm "$ROOTFS" | cut -f1)
 
 # 1. Full tree in the upper dir.
 $S container create busybox full >/dev/null
-cp -a "$ROOTFS/." "$STRATA_ROOT/containers/full/upper/"
+UPPER=$($S container inspect full | python3 -c 'import json,sys; print(json.load(sys.stdin)["upper"])')
+cp -a "$ROOTFS/." "$UPPER/"
 t_full=$(for i in $(seq "$RUNS"); do secs $S container commit full "full-$i"; done | median)
-t_tgz=$(for i in $(seq "$RUNS"); do secs bash -c "tar -C '$STRATA_ROOT/containers/full/upper' -cf - . | gzip > '$W/t.tar.gz'"; done | median)
-t_tgz1=$(for i in $(seq "$RUNS"); do secs bash -c "tar -C '$STRATA_ROOT/containers/full/upper' -cf - . | gzip -1 > '$W/t.tar.gz'"; done | median)
+t_tgz=$(for i in $(seq "$RUNS"); do secs bash -c "tar -C '$UPPER' -cf - . | gzip > '$W/t.tar.gz'"; done | median)
+t_tgz1=$(for i in $(seq "$RUNS"); do secs bash -c "tar -C '$UPPER' -cf - . | gzip -1 > '$W/t.tar.gz'"; done | median)
 umoci unpack --image "$FX/oci:busybox" "$W/bundle-full" >/dev/null
 rm -rf "$W/bundle-full/rootfs/"*
 cp -a "$ROOTFS/." "$W/bundle-full/rootfs/"

@@ -41,9 +41,10 @@ for layers in 1 10 100 500; do
     # mount(8) passes one option string, limited to a page: deep stacks do not fit.
     if mount -t overlay overlay -o "$opts" "$W/manual" 2>/dev/null; then
         umount "$W/manual"
+        work=$($S container inspect manual | python3 -c 'import json,sys; print(json.load(sys.stdin)["work"])')
         m0=$(now)
         for i in $(seq "$N"); do
-            rm -rf "$STRATA_ROOT/containers/manual/work/work"
+            rm -rf "$work/work"
             mount -t overlay overlay -o "$opts" "$W/manual"; umount "$W/manual"
         done
         m1=$(now)
