@@ -119,6 +119,9 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         /// Print only the digest.
         #[arg(short, long)]
         quiet: bool,
+        /// Upload blobs larger than this many bytes in chunks of this size (each retried alone).
+        #[arg(long, default_value_t = strata::registry::push::DEFAULT_CHUNK)]
+        chunk_size: u64,
     },
     /// Log in to a registry: the credentials are checked against it, then stored in
     /// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json.
@@ -576,8 +579,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pull { reference, name, platform, tls, quiet } => {
             pull_cmd(&cli.root, &reference, name, platform, tls, quiet)
         }
-        Cmd::Push { name, reference, tls, quiet } => {
-            push_cmd(&cli.root, &name, reference.as_deref(), tls, quiet)
+        Cmd::Push { name, reference, tls, quiet, chunk_size } => {
+            push_cmd(&cli.root, &name, reference.as_deref(), tls, quiet, chunk_size)
         }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
@@ -785,6 +788,7 @@ fn push_cmd(
     reference: Option<&str>,
     tls: TlsArgs,
     quiet: bool,
+    chunk_size: u64,
 ) -> Result<ExitCode> {
     use strata::registry::{self, PushOptions};
     let dest = match reference {
@@ -797,7 +801,8 @@ fn push_cmd(
             .with_context(|| format!("pushing {name}: give the destination HOST[:PORT]/REPO[:TAG]"))?,
     };
     let store = open_store(root)?;
-    let opts = PushOptions { client: tls.client() };
+    anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
+    let opts = PushOptions { client: tls.client(), chunk_size };
     let pushed =
         registry::push(&store, name, &dest, &opts).with_context(|| format!("pushing {name} to {dest}"))?;
     if !quiet {

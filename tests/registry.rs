@@ -651,3 +651,50 @@ fn push_retries_transient_failures_boundedly() {
     let posts = proxy.seen.lock().expect("seen").iter().filter(|s| s.starts_with("POST")).count();
     assert_eq!(posts, 4, "retries are bounded");
 }
+
+/// Blobs over --chunk-size go up in PATCH chunks: a chunk answered 500 is sent again alone, a
+/// chunk cut half way (the registry saw part of it) is resumed, and the image arrives whole.
+#[test]
+fn push_in_chunks_retries_and_resumes_one_chunk() {
+    if !privileged("push_in_chunks_retries_and_resumes_one_chunk") {
+        return;
+    }
+    use common::registry::FaultProxy;
+    let reg = Registry::start(RegistryOpts::default());
+    let root = Root::new();
+    let digest = committed_image(&root);
+    let chunk: u64 = 256 << 10;
+    let m: serde_json::Value =
+        serde_json::from_str(&root.ok(&["image", "inspect", "committed"])).expect("json");
+    let mut sizes: Vec<u64> = m["manifest"]["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["size"].as_u64().expect("size"))
+        .collect();
+    sizes.push(m["manifest"]["config"]["size"].as_u64().expect("config size"));
+    let chunks: u64 = sizes.iter().filter(|s| **s > chunk).map(|s| s.div_ceil(chunk)).sum();
+    assert!(chunks >= 3, "the busybox layer spans several chunks: {sizes:?}");
+
+    let faults = vec![("PATCH", "/blobs/uploads/", 500, None), ("PATCH", "/blobs/uploads/", 0, None)];
+    let proxy = FaultProxy::start(&reg.addr, faults);
+    let dest = format!("{}/chunked/app:1", proxy.addr);
+    let out = strata(&root, &[], &["push", "committed", &dest, "--chunk-size", &chunk.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    let seen = proxy.seen.lock().expect("seen").clone();
+    let patches = seen.iter().filter(|s| s.starts_with("PATCH ")).count() as u64;
+    // Every chunk once, the two faulted ones again; a resume re-sends at most the cut chunk.
+    assert!(
+        patches >= chunks + 2 && patches <= chunks + 3,
+        "{patches} PATCHes for {chunks} chunks: {seen:?}"
+    );
+    let monolithic = seen.iter().filter(|s| s.starts_with("PUT ") && s.contains("digest=")).count();
+    assert_eq!(monolithic, sizes.len(), "one closing PUT per blob: {seen:?}");
+    drop(proxy);
+    assert_eq!(skopeo_digest(&format!("{}/chunked/app:1", reg.addr), None), digest);
+    let fresh = Root::new();
+    assert_eq!(ok(&fresh, &[], &["pull", &format!("{}/chunked/app:1", reg.addr)]), digest);
+    let err = fails(&root, &[], &["push", "committed", &dest, "--chunk-size", "0"]);
+    assert!(err.contains("--chunk-size must be at least 1 byte"), "{err}");
+}

@@ -249,8 +249,11 @@ pub(crate) fn header(resp: &Response<Body>, name: &str) -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Head,
+    /// Without a body to read: an upload's status.
+    Get,
     Post,
     Put,
+    Patch,
 }
 
 /// What a request sends: nothing, bytes with their media type, or a file streamed with its
@@ -260,6 +263,9 @@ pub enum Payload<'a> {
     None,
     Bytes(&'a [u8], &'a str),
     File(&'a Path),
+    /// `len` bytes of a file from `offset`, with `Content-Range: offset-(offset+len-1)` (an upload
+    /// chunk, OCI distribution spec).
+    FileRange(&'a Path, u64, u64),
 }
 
 /// A small object's bytes, Content-Type and Docker-Content-Digest.
@@ -483,9 +489,11 @@ impl Client {
             }
             let r = match (method, &payload) {
                 (Method::Head, _) => with_auth!(self.agent.head(url)).call(),
+                (Method::Get, _) => with_auth!(self.agent.get(url)).call(),
                 (m, p) => {
                     let req = match m {
                         Method::Put => self.agent.put(url),
+                        Method::Patch => self.agent.patch(url),
                         _ => self.agent.post(url),
                     };
                     let req = with_auth!(req);
@@ -495,6 +503,16 @@ impl Client {
                         Payload::File(path) => {
                             let f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
                             req.header("Content-Type", "application/octet-stream").send(f)
+                        }
+                        Payload::FileRange(path, offset, len) => {
+                            use std::io::{Read, Seek};
+                            let mut f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
+                            f.seek(std::io::SeekFrom::Start(*offset)).map_err(|e| io_err(e, path))?;
+                            let last = offset + len.saturating_sub(1);
+                            req.header("Content-Type", "application/octet-stream")
+                                .header("Content-Range", &format!("{offset}-{last}"))
+                                .header("Content-Length", &len.to_string())
+                                .send(ureq::SendBody::from_owned_reader(f.take(*len)))
                         }
                     }
                 }

@@ -1,8 +1,10 @@
 //! `strata push`: a stored image's blobs, config and manifest to a registry repository (OCI
 //! distribution spec). Each blob is asked for first (HEAD); one the registry lacks is mounted
 //! from another repository of the same registry when strata knows one that should hold it (the
-//! repository the image's own name points into), else uploaded in one monolithic PUT streamed
-//! from the store. The manifest goes last, with its exact stored bytes, so its digest is the same
+//! repository the image's own name points into), else uploaded from the store: in one PUT when
+//! it is at most [`PushOptions::chunk_size`], otherwise in PATCH chunks of that size, so a failed
+//! request is sent again alone (a chunk the registry took part of resumes from the offset the
+//! registry reports). The manifest goes last, with its exact stored bytes, so its digest is the same
 //! on the registry as in the store.
 
 use oci_spec::image::ImageManifest;
@@ -18,7 +20,12 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Clone, Default)]
 pub struct PushOptions {
     pub client: ClientOptions,
+    /// Blobs larger than this go up in chunks of this many bytes; 0: [`DEFAULT_CHUNK`].
+    pub chunk_size: u64,
 }
+
+/// The chunk size of uploads when none is set: 64 MiB.
+pub const DEFAULT_CHUNK: u64 = 64 << 20;
 
 /// What a push did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,7 +104,8 @@ pub fn push(
     let mut pushed = Pushed::default();
     for (d, size, kind) in &blobs {
         let what = format!("{}/{}: {kind} {d}", dest.domain, dest.repo);
-        match push_blob(&client, store, d, mount_from.as_deref(), &what)? {
+        let chunk = if opts.chunk_size == 0 { DEFAULT_CHUNK } else { opts.chunk_size };
+        match push_blob(&client, store, d, mount_from.as_deref(), chunk, &what)? {
             Sent::Present => pushed.present += 1,
             Sent::Mounted => pushed.mounted += 1,
             Sent::Uploaded => pushed.uploaded += 1,
@@ -153,6 +161,7 @@ fn push_blob(
     store: &Store,
     d: &Sha256Digest,
     mount_from: Option<&str>,
+    chunk: u64,
     what: &str,
 ) -> Result<Sent, RegistryError> {
     match client.send(Method::Head, &client.url(&format!("blobs/{d}")), Payload::None, what) {
@@ -175,9 +184,83 @@ fn push_blob(
         reason: "the registry started an upload without a Location".into(),
     })?;
     drop(resp);
-    let mut url = client.location_url(&loc);
-    url.push(if url.contains('?') { '&' } else { '?' });
-    url.push_str(&format!("digest={d}"));
-    client.send(Method::Put, &url, Payload::File(&store.blob_path(d)), what)?;
+    let path = store.blob_path(d);
+    let size = std::fs::metadata(&path)
+        .map_err(|e| RegistryError::Local { path: path.display().to_string(), reason: e.to_string() })?
+        .len();
+    let finish = |loc: &str, payload| {
+        let mut url = client.location_url(loc);
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("digest={d}"));
+        client.send(Method::Put, &url, payload, what).map(drop)
+    };
+    if size <= chunk {
+        finish(&loc, Payload::File(&path))?;
+        return Ok(Sent::Uploaded);
+    }
+    let mut loc = loc;
+    let mut offset = 0;
+    let mut resumed = 0;
+    let start_url = client.url("blobs/uploads/");
+    while offset < size {
+        let len = chunk.min(size - offset);
+        let url = client.location_url(&loc);
+        match client.send(Method::Patch, &url, Payload::FileRange(&path, offset, len), what) {
+            Ok(resp) => {
+                loc = header(&resp, "location").unwrap_or(loc);
+                offset = match header(&resp, "range").as_deref().and_then(range_end) {
+                    Some(end) => end + 1,
+                    None => offset + len,
+                };
+            }
+            // The registry took part of a chunk whose answer was lost and refuses it again (or
+            // dropped the upload): go on from where it stands, or start the blob over.
+            Err(e) if upload_state_lost(&e) && resumed < 4 => {
+                resumed += 1;
+                match client.send(Method::Get, &url, Payload::None, what) {
+                    Ok(resp) => {
+                        loc = header(&resp, "location").unwrap_or(loc);
+                        // `0-0` is what distribution answers for an empty upload as for one byte.
+                        offset = header(&resp, "range")
+                            .as_deref()
+                            .and_then(range_end)
+                            .filter(|e| *e > 0)
+                            .map_or(0, |e| e + 1);
+                        tracing::info!(blob = %d, offset, error = %e, "resuming the upload where the registry has it");
+                    }
+                    Err(_) => {
+                        let resp = client.send(Method::Post, &start_url, Payload::None, what)?;
+                        loc = header(&resp, "location").ok_or_else(|| RegistryError::Invalid {
+                            what: what.to_string(),
+                            reason: "the registry started an upload without a Location".into(),
+                        })?;
+                        offset = 0;
+                        tracing::info!(blob = %d, error = %e, "the registry dropped the upload; starting it over");
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    finish(&loc, Payload::None)?;
     Ok(Sent::Uploaded)
+}
+
+/// An error saying the registry's idea of an upload no longer matches ours: a range it refuses
+/// (416), or an upload it calls invalid or unknown.
+fn upload_state_lost(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Status { status: 416, .. } => true,
+        RegistryError::NotFound { code, .. } => {
+            code == "BLOB_UPLOAD_INVALID" || code == "BLOB_UPLOAD_UNKNOWN"
+        }
+        _ => false,
+    }
+}
+
+/// The last byte of an upload's `Range: 0-N` answer.
+fn range_end(h: &str) -> Option<u64> {
+    let (start, end) = h.trim().trim_start_matches("bytes=").split_once('-')?;
+    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+    (start == 0 && end >= start).then_some(end)
 }

@@ -562,7 +562,8 @@ impl Drop for TokenServer {
 
 /// A proxy to a real registry, one request per connection (it asks for `Connection: close`):
 /// each fault `(METHOD, path part, status, Retry-After)` answers the first request it matches
-/// instead of the registry, once. Counts the requests it saw.
+/// instead of the registry, once; status 0 instead forwards the head and half the body, then
+/// cuts both connections (a request the registry saw part of). Counts the requests it saw.
 pub struct FaultProxy {
     pub addr: String,
     pub seen: Arc<std::sync::Mutex<Vec<String>>>,
@@ -597,6 +598,10 @@ impl FaultProxy {
                     faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()))
                 {
                     let (_, _, status, after) = faults.remove(i);
+                    if status == 0 {
+                        forward_part(c, &up, &head);
+                        continue;
+                    }
                     let h: Vec<(&str, String)> =
                         after.map(|a| ("Retry-After", a.to_string())).into_iter().collect();
                     let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"fault {status}"}}]}}"#);
@@ -625,6 +630,28 @@ fn read_head(c: &mut TcpStream) -> Option<String> {
         buf.push(b[0]);
     }
     Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Half of a request's body to `upstream`, then both connections closed with no answer.
+fn forward_part(mut c: TcpStream, upstream: &str, head: &str) {
+    let Ok(mut u) = TcpStream::connect(upstream) else { return };
+    let len = content_length(head);
+    if u.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut (&mut c).take(len / 2), &mut u);
+    let _ = u.flush();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = u.shutdown(std::net::Shutdown::Both);
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+fn content_length(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
 }
 
 /// One request to `upstream` with `Connection: close`, its body (Content-Length bytes) copied
