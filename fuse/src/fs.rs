@@ -19,7 +19,8 @@ use fuser::{
 };
 use tracing::{debug, warn};
 
-use crate::overlay::{self, is_private_xattr, DirEntry, Layers, Resolved};
+use crate::format::{self, is_private_xattr};
+use crate::overlay::{self, DirEntry, Layers, Resolved};
 use crate::sys::{self, err, Stat};
 
 const ROOT: u64 = 1;
@@ -865,7 +866,7 @@ impl StrataFs {
             self.changed();
             return Err(err(libc::ENOTEMPTY));
         }
-        let dst_whiteout = matches!(sys::lstat(&udst), Ok(st) if sys::is_whiteout(&st));
+        let dst_whiteout = matches!(sys::lstat(&udst), Ok(st) if format::is_whiteout(&st));
         if src_positive && dst_whiteout {
             // Like the kernel: switch the whiteout over to the old name.
             sys::rename_exchange(&usrc, &udst)?;
@@ -941,14 +942,7 @@ impl StrataFs {
             sys::mkdir(&tmp, 0o700)?;
             sys::lchown(&tmp, st.st_uid, st.st_gid)?;
             sys::chmod(&tmp, st.st_mode)?;
-            for x in sys::list_xattrs(&sreal)? {
-                if is_private_xattr(&x) {
-                    continue;
-                }
-                if let Ok(v) = sys::get_xattr(&sreal, &x) {
-                    let _ = sys::set_xattr(&tmp, &x, &v, 0);
-                }
-            }
+            format::copy_xattrs(&sreal, &tmp, false)?;
             if opaque {
                 self.layers.set_opaque(&tmp)?;
             }
@@ -1327,7 +1321,7 @@ impl Filesystem for StrataFs {
         let r = (|| -> Res<WriteGuard<'_>> {
             // A character device 0:0 is a whiteout: as kernel overlayfs, refuse to make one
             // (it would hide the name and stay behind in the upper layer).
-            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            if format::is_whiteout_node(mode, u64::from(rdev)) {
                 return Err(err(libc::EPERM));
             }
             let g = self.lock_w()?;
@@ -1748,14 +1742,7 @@ impl Filesystem for StrataFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::list_xattrs(&self.layers.real(r.top, &p))) {
-            Ok(names) => {
-                let mut buf = Vec::new();
-                for n in names.iter().filter(|n| !is_private_xattr(n)) {
-                    buf.extend_from_slice(n.as_bytes());
-                    buf.push(0);
-                }
-                reply_sized(reply, size, &buf)
-            }
+            Ok(names) => reply_sized(reply, size, &format::visible_xattr_list(&names)),
             Err(e) => reply.error(errno_of(&e)),
         }
     }

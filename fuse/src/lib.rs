@@ -2,6 +2,7 @@
 //! format shared with kernel overlayfs (whiteout = char device 0:0, opaque directory =
 //! `trusted.overlay.opaque=y`; OCI `.wh.NAME` and `user.overlay.opaque` are read too).
 
+mod format;
 mod fs;
 mod overlay;
 mod sys;
@@ -9,8 +10,8 @@ mod sys;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use format::is_private_xattr;
 pub use fs::{FsConfig, StrataFs};
-pub use overlay::is_private_xattr;
 
 /// Errors of option parsing and mounting.
 #[derive(Debug, thiserror::Error)]

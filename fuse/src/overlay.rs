@@ -7,22 +7,12 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::format;
 use crate::sys::{self, err, Stat};
-
-/// Xattr names private to the overlay format, hidden from users.
-pub fn is_private_xattr(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.")
-}
-
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-const OCI_WH: &[u8] = b".wh.";
-const OCI_OPQ: &str = ".wh..wh..opq";
 
 /// How a merged entry is made up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,23 +107,12 @@ impl Layers {
         Ok(w.join(format!("#{}-{n}", std::process::id())))
     }
 
-    fn is_opaque(&self, real: &Path, lower: bool) -> bool {
-        for x in OPAQUE_XATTRS {
-            if let Ok(v) = sys::get_xattr(real, OsStr::new(x)) {
-                if v == b"y" {
-                    return true;
-                }
-            }
-        }
-        lower && sys::exists(&real.join(OCI_OPQ))
-    }
-
     /// The root directory.
     pub fn resolve_root(&self) -> Resolved {
         let mut dirs = Vec::new();
         for l in 0..self.roots.len() {
             dirs.push(l);
-            if self.is_opaque(&self.roots[l], self.is_lower(l)) {
+            if format::is_opaque(&self.roots[l], self.is_lower(l)) {
                 break;
             }
         }
@@ -144,7 +123,7 @@ impl Layers {
     pub fn lookup_in(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> io::Result<Option<Resolved>> {
         let mut top: Option<(usize, u32)> = None;
         let mut dirs = Vec::new();
-        let oci_name = name.as_bytes().starts_with(OCI_WH);
+        let oci_name = format::is_oci_name(name);
         for &l in &parent.dirs {
             let lower = self.is_lower(l);
             if lower && oci_name {
@@ -153,7 +132,7 @@ impl Layers {
             let p = self.real(l, ppath).join(name);
             match sys::lstat(&p) {
                 Ok(st) => {
-                    if sys::is_whiteout(&st) {
+                    if format::is_whiteout(&st) {
                         break;
                     }
                     let fmt = st.st_mode & libc::S_IFMT;
@@ -166,7 +145,7 @@ impl Layers {
                         break;
                     }
                     dirs.push(l);
-                    if self.is_opaque(&p, lower) {
+                    if format::is_opaque(&p, lower) {
                         break;
                     }
                 }
@@ -182,9 +161,7 @@ impl Layers {
     }
 
     fn oci_whiteout(&self, l: usize, ppath: &Path, name: &OsStr) -> bool {
-        let mut wh = OsString::from(".wh.");
-        wh.push(name);
-        sys::exists(&self.real(l, ppath).join(wh))
+        sys::exists(&self.real(l, ppath).join(format::oci_whiteout_name(name)))
     }
 
     /// Resolve a relative path from the root (uncached).
@@ -204,13 +181,13 @@ impl Layers {
 
     /// Whether a lower layer of the merged directory `parent` has a visible (non-whiteout) `name`.
     pub fn lower_positive(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> bool {
-        let oci_name = name.as_bytes().starts_with(OCI_WH);
+        let oci_name = format::is_oci_name(name);
         for &l in parent.dirs.iter().filter(|l| self.is_lower(**l)) {
             if oci_name {
                 return false;
             }
             match sys::lstat(&self.real(l, ppath).join(name)) {
-                Ok(st) => return !sys::is_whiteout(&st),
+                Ok(st) => return !format::is_whiteout(&st),
                 Err(_) => {
                     if self.oci_whiteout(l, ppath, name) {
                         return false;
@@ -242,11 +219,15 @@ impl Layers {
             for ent in rd {
                 let ent = ent?;
                 let name = ent.file_name();
-                if lower && name.as_bytes().starts_with(OCI_WH) {
-                    if name != OCI_OPQ {
-                        hidden_below.push(OsString::from(OsStr::from_bytes(&name.as_bytes()[4..])));
+                if lower {
+                    match format::oci_entry(&name) {
+                        format::OciEntry::Plain => {}
+                        format::OciEntry::Whiteout(n) => {
+                            hidden_below.push(n.to_os_string());
+                            continue;
+                        }
+                        format::OciEntry::Opaque => continue,
                     }
-                    continue;
                 }
                 if seen.contains(&name) {
                     continue;
@@ -261,7 +242,7 @@ impl Layers {
                     libc::S_IFLNK
                 } else if ft.is_char_device() {
                     match sys::lstat(&base.join(&name)) {
-                        Ok(st) if sys::is_whiteout(&st) => {
+                        Ok(st) if format::is_whiteout(&st) => {
                             seen.insert(name);
                             continue;
                         }
@@ -284,24 +265,6 @@ impl Layers {
 
     pub fn has_lower(&self, r: &Resolved) -> bool {
         r.dirs.iter().any(|l| self.is_lower(*l)) || self.is_lower(r.top)
-    }
-
-    fn copy_xattrs(&self, src: &Path, dst: &Path) -> io::Result<()> {
-        for name in sys::list_xattrs(src)? {
-            if is_private_xattr(&name) {
-                continue;
-            }
-            let v = match sys::get_xattr(src, &name) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            if let Err(e) = sys::set_xattr(dst, &name, &v, 0) {
-                if !name.as_bytes().starts_with(b"security.") {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
     }
 
     fn copy_times(st: &Stat, dst: &Path) -> io::Result<()> {
@@ -423,7 +386,7 @@ impl Layers {
             if fmt != libc::S_IFLNK {
                 sys::chmod(&tmp, st.st_mode)?;
             }
-            self.copy_xattrs(&src, &tmp)?;
+            format::copy_xattrs(&src, &tmp, true)?;
             Self::copy_times(&st, &tmp)?;
             sys::rename(&tmp, &dst)
         })();
@@ -437,7 +400,7 @@ impl Layers {
     pub fn make_whiteout(&self, rel: &Path) -> io::Result<()> {
         let dst = self.upper(rel)?;
         let tmp = self.tmp_path()?;
-        sys::mknod(&tmp, libc::S_IFCHR, 0)?;
+        format::mknod_whiteout(&tmp)?;
         match sys::lstat(&dst) {
             Ok(st) if sys::is_dir(&st) => {
                 // Swap the directory out, then drop it.
@@ -474,7 +437,7 @@ impl Layers {
         let rel = ppath.join(name);
         let dst = self.upper(&rel)?;
         let over_wh = match sys::lstat(&dst) {
-            Ok(st) if sys::is_whiteout(&st) => true,
+            Ok(st) if format::is_whiteout(&st) => true,
             Ok(_) => return Err(err(libc::EEXIST)),
             Err(_) => false,
         };
@@ -493,11 +456,11 @@ impl Layers {
     }
 
     pub fn set_opaque(&self, real: &Path) -> io::Result<()> {
-        sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[0]), b"y", 0)
+        format::set_opaque(real)
     }
 
     pub fn is_upper_opaque(&self, real: &Path) -> bool {
-        self.is_opaque(real, false)
+        format::is_opaque(real, false)
     }
 
     /// Open a real file for I/O.
