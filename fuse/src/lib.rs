@@ -4,6 +4,9 @@
 
 mod format;
 mod fs;
+mod inode;
+mod listing;
+mod mutate;
 mod overlay;
 mod sys;
 
