@@ -1,32 +1,30 @@
 //! The FUSE filesystem: inode table, handles and the `fuser::Filesystem` implementation.
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::cache::ResolveCache;
 use crate::format::{self, is_private_xattr};
-use crate::inode::{Inodes, ROOT};
+use crate::handles::{Handle, Handles};
+use crate::inode::Inodes;
 use crate::listing::{Cookied, DirEntry, Listings};
 use crate::mutate::{Invalidate, Mutator, Owner, SetAttr, StagedCopy};
 use crate::overlay::{self, Layers, Resolved};
 use crate::sys::{self, err, Stat};
-
-const SHARDS: usize = 32;
 
 /// Settings of a strata-fuse instance.
 #[derive(Debug, Clone)]
@@ -43,16 +41,6 @@ pub struct FsConfig {
     pub volatile: bool,
 }
 
-#[derive(Debug)]
-struct FileHandleData {
-    ino: u64,
-    file: File,
-    _backing: Option<Arc<BackingId>>,
-}
-
-/// An open file (directories have no per-open state).
-type Handle = FileHandleData;
-
 type WriteGuard<'a> = std::sync::RwLockWriteGuard<'a, ()>;
 
 /// Either side of [`StrataFs::rw`], held.
@@ -61,20 +49,14 @@ enum Held<'a> {
     W { _g: std::sync::RwLockWriteGuard<'a, ()> },
 }
 
-type Cache = Mutex<HashMap<u64, (u64, Arc<Resolved>)>>;
-/// A passthrough backing file of an inode and the real (dev, ino) it refers to.
-type Backing = (Weak<BackingId>, (u64, u64));
-
 /// The merged filesystem.
 #[derive(Debug)]
 pub struct StrataFs {
     layers: Layers,
     ttl: Duration,
     want_passthrough: bool,
-    passthrough: AtomicBool,
     inodes: Inodes,
-    cache: Vec<Cache>,
-    epoch: AtomicU64,
+    cache: ResolveCache,
     /// Held exclusively by every change of the layers, over its on-disk steps and the matching
     /// update of the node table; shared by every resolution of a node and the syscall that uses
     /// it (lstat, open, readlink, listing...). So nobody sees a change half made: between a
@@ -82,9 +64,7 @@ pub struct StrataFs {
     /// the kernel: a bad inode, EIO), and a node could still carry a name that now is another
     /// file's.
     rw: RwLock<()>,
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
-    next_fh: AtomicU64,
-    backings: Mutex<HashMap<u64, Backing>>,
+    handles: Handles,
     /// Directory listings being read.
     listings: Listings,
     /// Kernel notifications (set once the session exists; see [`StrataFs::notifier_slot`]).
@@ -170,14 +150,10 @@ impl StrataFs {
             layers,
             ttl: cfg.ttl,
             want_passthrough: cfg.passthrough,
-            passthrough: AtomicBool::new(false),
             inodes: Inodes::default(),
-            cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            epoch: AtomicU64::new(1),
+            cache: ResolveCache::default(),
             rw: RwLock::new(()),
-            handles: RwLock::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            backings: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
             listings: Listings::default(),
             notifier: Arc::new(OnceLock::new()),
         })
@@ -197,59 +173,9 @@ impl StrataFs {
         self.rw.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn changed(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn cache_get(&self, ino: u64, epoch: u64) -> Option<Arc<Resolved>> {
-        let shard = self.cache[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
-        match shard.get(&ino) {
-            Some((e, r)) if *e == epoch => Some(r.clone()),
-            _ => None,
-        }
-    }
-
-    fn cache_put(&self, ino: u64, epoch: u64, r: Arc<Resolved>) {
-        let mut shard = self.cache[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
-        shard.insert(ino, (epoch, r));
-    }
-
     /// Merged path and make-up of an inode.
     fn resolve(&self, ino: u64) -> Res<(PathBuf, Arc<Resolved>)> {
-        let chain = self.inodes.chain(ino)?;
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let mut start = 0;
-        let mut cur = None;
-        for i in (0..=chain.len()).rev() {
-            let id = if i == 0 { ROOT } else { chain[i - 1].0 };
-            if let Some(r) = self.cache_get(id, epoch) {
-                cur = Some(r);
-                start = i;
-                break;
-            }
-        }
-        let mut cur = match cur {
-            Some(r) => r,
-            None => {
-                let r = Arc::new(self.layers.resolve_root());
-                self.cache_put(ROOT, epoch, r.clone());
-                r
-            }
-        };
-        let mut path = PathBuf::new();
-        for (_, n) in &chain[..start] {
-            path.push(n);
-        }
-        for (id, name) in &chain[start..] {
-            if !cur.is_dir() {
-                return Err(err(libc::ENOTDIR));
-            }
-            let r = Arc::new(self.layers.lookup_in(&cur, &path, name)?.ok_or_else(|| err(libc::ENOENT))?);
-            path.push(name);
-            self.cache_put(*id, epoch, r.clone());
-            cur = r;
-        }
-        Ok((path, cur))
+        self.cache.resolve(&self.inodes.chain(ino)?, &self.layers)
     }
 
     fn resolve_dir(&self, ino: u64) -> Res<(PathBuf, Arc<Resolved>)> {
@@ -377,21 +303,6 @@ impl StrataFs {
         }
     }
 
-    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.handles.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned()
-    }
-
-    fn add_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
-        fh
-    }
-
-    /// Any open file of a (possibly unlinked) inode.
-    fn open_file_of(&self, ino: u64) -> Option<Arc<Handle>> {
-        self.handles.read().unwrap_or_else(|e| e.into_inner()).values().find(|h| h.ino == ino).cloned()
-    }
-
     // ---- mutations (callers hold the write lock) ----
 
     /// Copy `ino` up (with its parents) and return its merged path.
@@ -432,7 +343,7 @@ impl StrataFs {
 
     /// The path-level changes, invalidating this filesystem's caches.
     fn ops(&self) -> Mutator<'_> {
-        Mutator::new(&self.layers, self)
+        Mutator::new(&self.layers, &self.cache)
     }
 
     fn path_of_parent(&self, parent: u64) -> Res<PathBuf> {
@@ -525,47 +436,6 @@ impl StrataFs {
         let _ = n.inval_inode(INodeNo(old), -1, 0);
     }
 
-    /// Get (or register) the passthrough backing file of an inode. EBUSY: the inode is open in
-    /// passthrough mode on another real file (its lower copy, before a copy-up).
-    fn backing_for(
-        &self,
-        ino: u64,
-        file: &File,
-        open_backing: &dyn Fn(&File) -> io::Result<BackingId>,
-    ) -> Res<Option<Arc<BackingId>>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        let st = sys::fstat(file)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Ok(None);
-        }
-        let id = (st.st_dev, st.st_ino);
-        let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((w, rid)) = b.get(&ino) {
-            if let Some(a) = w.upgrade() {
-                if *rid == id {
-                    return Ok(Some(a));
-                }
-                // The inode is open in passthrough mode on another real file (opened before a
-                // copy-up): the kernel allows one backing file per inode.
-                return Err(err(libc::EBUSY));
-            }
-        }
-        match open_backing(file) {
-            Ok(bid) => {
-                let a = Arc::new(bid);
-                b.insert(ino, (Arc::downgrade(&a), id));
-                Ok(Some(a))
-            }
-            Err(e) => {
-                warn!("passthrough unavailable ({e}); serving I/O from the daemon");
-                self.passthrough.store(false, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn setattr_inner(
         &self,
@@ -587,16 +457,10 @@ impl StrataFs {
         };
         let attrs =
             SetAttr { mode, uid, gid, size, atime: atime.map(to_timespec), mtime: mtime.map(to_timespec) };
-        let h = if size.is_some() { fh.and_then(|fh| self.handle(fh.0)) } else { None };
+        let h = if size.is_some() { fh.and_then(|fh| self.handles.get(fh.0)) } else { None };
         self.ops().set_attrs(&path, &attrs, h.as_ref().map(|h| &h.file))?;
         let (st, r, _) = self.stat_node(ino)?;
         Ok((st, r))
-    }
-}
-
-impl Invalidate for StrataFs {
-    fn changed(&self) {
-        StrataFs::changed(self);
     }
 }
 
@@ -624,10 +488,10 @@ impl Filesystem for StrataFs {
                 .any(|r| matches!(sys::fs_magic(r), Ok(0x794c_7630) | Ok(0x6573_5546)));
             let depth = if stacked { 2 } else { 1 };
             if config.set_max_stack_depth(depth).is_ok() {
-                self.passthrough.store(true, Ordering::Relaxed);
+                self.handles.set_passthrough(true);
             }
         }
-        debug!(passthrough = self.passthrough.load(Ordering::Relaxed), "init");
+        debug!(passthrough = self.handles.passthrough(), "init");
         Ok(())
     }
 
@@ -635,16 +499,16 @@ impl Filesystem for StrataFs {
         let parent = parent.0;
         let _r = self.lock_r();
         let r = (|| -> Res<()> {
-            let epoch = self.epoch.load(Ordering::Acquire);
+            let epoch = self.cache.epoch();
             if let Some(ino) = self.inodes.child(parent, name) {
-                if self.cache_get(ino, epoch).is_some() {
+                if self.cache.get(ino, epoch).is_some() {
                     return Ok(());
                 }
             }
             let (ppath, pres) = self.resolve_dir(parent)?;
             let r = self.layers.lookup_in(&pres, &ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
             let ino = self.inodes.node_for(parent, name, 0);
-            self.cache_put(ino, epoch, Arc::new(r));
+            self.cache.put(ino, epoch, Arc::new(r));
             Ok(())
         })();
         match r {
@@ -662,7 +526,7 @@ impl Filesystem for StrataFs {
         match self.stat_node(ino.0) {
             Ok((st, r, _)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => {
-                let h = fh.and_then(|f| self.handle(f.0)).or_else(|| self.open_file_of(ino.0));
+                let h = fh.and_then(|f| self.handles.get(f.0)).or_else(|| self.handles.of_inode(ino.0));
                 if let Some(f) = h {
                     if let Ok(st) = sys::fstat(&f.file) {
                         return reply.attr(&Duration::ZERO, &self.attr_of(ino.0, &st, None));
@@ -799,7 +663,7 @@ impl Filesystem for StrataFs {
                     self.inodes.move_node(parent.0, name, newparent.0, newname);
                 }
             }
-            self.changed();
+            self.cache.changed();
             Ok(())
         })();
         match r {
@@ -835,7 +699,7 @@ impl Filesystem for StrataFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino.0, flags.0) {
             Ok((file, lower, held)) => {
-                let backing = match self.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
+                let backing = match self.handles.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
                     Ok(b) => b,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         // The VFS retries an open that fails with ESTALE once, revalidating
@@ -848,7 +712,7 @@ impl Filesystem for StrataFs {
                     Err(e) => return reply.error(errno_of(&e)),
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                let fh = self.add_handle(FileHandleData { ino: ino.0, file, _backing: backing.clone() });
+                let fh = self.handles.add(Handle { ino: ino.0, file, _backing: backing.clone() });
                 drop(held);
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
@@ -870,7 +734,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
@@ -897,7 +761,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         match f.file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
@@ -929,7 +793,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        self.handles.remove(fh.0);
         reply.ok();
     }
 
@@ -950,7 +814,7 @@ impl Filesystem for StrataFs {
         if cmd != FS_IOC_GETFLAGS {
             return reply.error(Errno::from_i32(libc::ENOTTY));
         }
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let mut flags: libc::c_long = 0;
         // SAFETY: valid fd; the kernel writes an int into the long-sized buffer.
         if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&h.file), FS_IOC_GETFLAGS as _, &mut flags) }
@@ -963,7 +827,7 @@ impl Filesystem for StrataFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         if !self.layers.durable {
             return reply.ok();
         }
@@ -1194,7 +1058,7 @@ impl Filesystem for StrataFs {
             }
         };
         let attr = self.attr_of(ino, &st, Some(&r));
-        let backing = match self.backing_for(ino, &file, &|f| reply.open_backing(f)) {
+        let backing = match self.handles.backing_for(ino, &file, &|f| reply.open_backing(f)) {
             Ok(b) => b,
             Err(e) => {
                 self.inodes.forget(ino, 1);
@@ -1206,7 +1070,7 @@ impl Filesystem for StrataFs {
                 return reply.error(errno_of(&e));
             }
         };
-        let fh = self.add_handle(FileHandleData { ino, file, _backing: backing.clone() });
+        let fh = self.handles.add(Handle { ino, file, _backing: backing.clone() });
         match backing {
             Some(b) => reply.created_passthrough(
                 &self.ttl,
@@ -1230,7 +1094,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         use std::os::fd::AsRawFd;
         // SAFETY: valid fd.

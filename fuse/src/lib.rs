@@ -2,8 +2,10 @@
 //! format shared with kernel overlayfs (whiteout = char device 0:0, opaque directory =
 //! `trusted.overlay.opaque=y`; OCI `.wh.NAME` and `user.overlay.opaque` are read too).
 
+mod cache;
 mod format;
 mod fs;
+mod handles;
 mod inode;
 mod listing;
 mod mutate;
