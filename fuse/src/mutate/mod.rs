@@ -6,6 +6,8 @@
 //! [`Invalidate`], so that no cached resolution outlives it.
 
 mod rename;
+#[cfg(test)]
+mod tests;
 mod upper;
 
 use std::ffi::OsStr;
