@@ -1,4 +1,7 @@
-//! Overlay semantics over the on-disk format shared with kernel overlayfs.
+//! The layer stack and the resolution of merged names over it: which layer holds a name's
+//! visible entry and, for a directory, which layers it merges (whiteouts and opaque directories
+//! end the merge; the format itself is in `format`). Listing is in `listing`, the changes of the
+//! layers in `mutate`.
 //!
 //! Paths here are relative to the merged root. Layer 0 is the upper layer when there is one;
 //! the following layers are the lower layers, top first.

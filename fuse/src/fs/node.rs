@@ -188,7 +188,7 @@ impl StrataFs {
         }
     }
 
-    // ---- mutations (callers hold the write lock) ----
+    // ---- copy-ups by node (callers hold the write lock) ----
 
     /// Copy `ino` up (with its parents) and return its merged path.
     pub(super) fn copy_up(&self, ino: u64, with_data: bool) -> Res<PathBuf> {
