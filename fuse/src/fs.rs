@@ -1,29 +1,38 @@
-//! The FUSE filesystem: inode table, handles and the `fuser::Filesystem` implementation.
+//! The FUSE filesystem: [`StrataFs`] and its `fuser::Filesystem` adapters, which translate each
+//! request into calls of the modules that own the concepts (the inode table in `inode`, the
+//! resolution cache in `cache`, listings in `listing`, open files in `handles`, the path-level
+//! changes in `mutate`) and answer it; `node` holds what several adapters share (resolving a
+//! node, its attributes and entry replies, opening and copying up a node).
 
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::overlay::{self, is_private_xattr, DirEntry, Layers, Resolved};
-use crate::sys::{self, err, Stat};
+use crate::cache::ResolveCache;
+use crate::format::{self, is_private_xattr};
+use crate::handles::{Handle, Handles};
+use crate::inode::Inodes;
+use crate::listing::Listings;
+use crate::mutate::{Invalidate, Owner, StagedCopy};
+use crate::overlay::{self, Layers};
+use crate::sys::{self, err};
 
-const ROOT: u64 = 1;
-const SHARDS: usize = 32;
+mod node;
+
+use node::kind_of;
 
 /// Settings of a strata-fuse instance.
 #[derive(Debug, Clone)]
@@ -40,75 +49,7 @@ pub struct FsConfig {
     pub volatile: bool,
 }
 
-#[derive(Debug)]
-struct Node {
-    parent: u64,
-    name: OsString,
-    nlookup: u64,
-    attached: bool,
-    /// Other names of a hardlinked file (same node, same st_ino).
-    aliases: Vec<(u64, OsString)>,
-    /// Set when the node's names moved to a fresh node because the file was copied up while
-    /// open in passthrough mode (see [`StrataFs::split`]): it resolves as that node.
-    split_to: Option<u64>,
-    /// The file has (or had, while this node lived) several links: see [`StrataFs::ttl_of`].
-    linked: bool,
-}
-
-#[derive(Debug, Default)]
-struct Table {
-    nodes: HashMap<u64, Node>,
-    children: HashMap<(u64, OsString), u64>,
-}
-
-#[derive(Debug)]
-struct FileHandleData {
-    ino: u64,
-    file: File,
-    _backing: Option<Arc<BackingId>>,
-}
-
-/// A listing ordered by directory offset cookie: (cookie, name, file type bits, node).
-type Cookied = Arc<Vec<(u64, OsString, u32, u64)>>;
-
-/// The readdir offset of a name: a 63-bit hash of it (FNV-1a), as ext4 does with htree hashes.
-/// An offset names a position in the *name space*, not in one snapshot, so a reader resuming at
-/// any offset with any later listing sees every entry that stayed in the directory exactly once,
-/// whatever changed and whoever else listed it meanwhile. 1 and 2 are "." and "..".
-fn cookie(name: &OsStr) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h >> 1).max(3)
-}
-
-/// See [`StrataFs::rename_ends`].
-struct RenameEnds {
-    spres: Resolved,
-    src: PathBuf,
-    dst: PathBuf,
-    r: Resolved,
-    rt: Option<Resolved>,
-}
-
-/// An open file (directories have no per-open state).
-type Handle = FileHandleData;
-
 type WriteGuard<'a> = std::sync::RwLockWriteGuard<'a, ()>;
-
-/// Data staged for a copy-up by [`StrataFs::stage_copy_up`]: removed unless taken.
-struct StagedCopy(Option<(PathBuf, (u64, u64))>);
-
-impl Drop for StagedCopy {
-    fn drop(&mut self) {
-        if let Some((p, _)) = self.0.take() {
-            let _ = overlay::remove_tree(&p);
-        }
-    }
-}
 
 /// Either side of [`StrataFs::rw`], held.
 enum Held<'a> {
@@ -116,21 +57,14 @@ enum Held<'a> {
     W { _g: std::sync::RwLockWriteGuard<'a, ()> },
 }
 
-type Cache = Mutex<HashMap<u64, (u64, Arc<Resolved>)>>;
-/// A passthrough backing file of an inode and the real (dev, ino) it refers to.
-type Backing = (Weak<BackingId>, (u64, u64));
-
 /// The merged filesystem.
 #[derive(Debug)]
 pub struct StrataFs {
     layers: Layers,
     ttl: Duration,
     want_passthrough: bool,
-    passthrough: AtomicBool,
-    table: RwLock<Table>,
-    cache: Vec<Cache>,
-    epoch: AtomicU64,
-    next_ino: AtomicU64,
+    inodes: Inodes,
+    cache: ResolveCache,
     /// Held exclusively by every change of the layers, over its on-disk steps and the matching
     /// update of the node table; shared by every resolution of a node and the syscall that uses
     /// it (lstat, open, readlink, listing...). So nobody sees a change half made: between a
@@ -138,13 +72,9 @@ pub struct StrataFs {
     /// the kernel: a bad inode, EIO), and a node could still carry a name that now is another
     /// file's.
     rw: RwLock<()>,
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
-    next_fh: AtomicU64,
-    backings: Mutex<HashMap<u64, Backing>>,
-    /// Reported st_ino of hardlinked files, by real (dev, ino).
-    hardlinks: Mutex<HashMap<(u64, u64), u64>>,
-    /// Directory listings being read (see [`StrataFs::listing`]).
-    listings: Mutex<HashMap<u64, Cookied>>,
+    handles: Handles,
+    /// Directory listings being read.
+    listings: Listings,
     /// Kernel notifications (set once the session exists; see [`StrataFs::notifier_slot`]).
     notifier: Arc<OnceLock<fuser::Notifier>>,
 }
@@ -166,43 +96,9 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
-fn kind_of(fmt: u32) -> FileType {
-    match fmt {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn systime(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec as u32)
-    }
-}
-
-fn to_timespec(t: TimeOrNow) -> libc::timespec {
-    match t {
-        TimeOrNow::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => sys::timespec(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let mut sec = -(d.as_secs() as i64);
-                let mut nsec = -(d.subsec_nanos() as i64);
-                if nsec < 0 {
-                    sec -= 1;
-                    nsec += 1_000_000_000;
-                }
-                sys::timespec(sec, nsec)
-            }
-        },
-    }
+/// The owner of an entry created by `req`.
+fn owner(req: &Request) -> Owner {
+    Owner { uid: req.uid(), gid: req.gid() }
 }
 
 impl StrataFs {
@@ -219,44 +115,17 @@ impl StrataFs {
         }
         let mut layers = Layers::new(cfg.lowers.clone(), cfg.upper.clone(), cfg.work.clone())?;
         layers.durable = !cfg.volatile;
-        let mut table = Table::default();
-        table.nodes.insert(
-            ROOT,
-            Node {
-                parent: ROOT,
-                name: OsString::new(),
-                nlookup: 1,
-                attached: true,
-                aliases: vec![],
-                split_to: None,
-                linked: false,
-            },
-        );
         Ok(StrataFs {
             layers,
             ttl: cfg.ttl,
             want_passthrough: cfg.passthrough,
-            passthrough: AtomicBool::new(false),
-            table: RwLock::new(table),
-            cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            epoch: AtomicU64::new(1),
-            next_ino: AtomicU64::new(ROOT + 1),
+            inodes: Inodes::default(),
+            cache: ResolveCache::default(),
             rw: RwLock::new(()),
-            handles: RwLock::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            backings: Mutex::new(HashMap::new()),
-            hardlinks: Mutex::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
+            listings: Listings::default(),
             notifier: Arc::new(OnceLock::new()),
         })
-    }
-
-    fn read_table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_w(&self) -> Res<std::sync::RwLockWriteGuard<'_, ()>> {
@@ -273,939 +142,9 @@ impl StrataFs {
         self.rw.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn changed(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn cache_get(&self, ino: u64, epoch: u64) -> Option<Arc<Resolved>> {
-        let shard = self.cache[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
-        match shard.get(&ino) {
-            Some((e, r)) if *e == epoch => Some(r.clone()),
-            _ => None,
-        }
-    }
-
-    fn cache_put(&self, ino: u64, epoch: u64, r: Arc<Resolved>) {
-        let mut shard = self.cache[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
-        shard.insert(ino, (epoch, r));
-    }
-
-    /// The chain of (ino, name) from the root's child down to `ino`.
-    fn chain(&self, ino: u64) -> Res<Vec<(u64, OsString)>> {
-        let t = self.read_table();
-        let mut out = Vec::new();
-        let mut cur = ino;
-        for _ in 0..64 {
-            match t.nodes.get(&cur).and_then(|n| n.split_to) {
-                Some(to) => cur = to,
-                None => break,
-            }
-        }
-        while cur != ROOT {
-            let n = t.nodes.get(&cur).ok_or_else(|| err(libc::ENOENT))?;
-            if !n.attached {
-                return Err(err(libc::ENOENT));
-            }
-            out.push((cur, n.name.clone()));
-            cur = n.parent;
-            if out.len() > 4096 {
-                return Err(err(libc::ELOOP));
-            }
-        }
-        out.reverse();
-        Ok(out)
-    }
-
-    /// Merged path and make-up of an inode.
-    fn resolve(&self, ino: u64) -> Res<(PathBuf, Arc<Resolved>)> {
-        let chain = self.chain(ino)?;
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let mut start = 0;
-        let mut cur = None;
-        for i in (0..=chain.len()).rev() {
-            let id = if i == 0 { ROOT } else { chain[i - 1].0 };
-            if let Some(r) = self.cache_get(id, epoch) {
-                cur = Some(r);
-                start = i;
-                break;
-            }
-        }
-        let mut cur = match cur {
-            Some(r) => r,
-            None => {
-                let r = Arc::new(self.layers.resolve_root());
-                self.cache_put(ROOT, epoch, r.clone());
-                r
-            }
-        };
-        let mut path = PathBuf::new();
-        for (_, n) in &chain[..start] {
-            path.push(n);
-        }
-        for (id, name) in &chain[start..] {
-            if !cur.is_dir() {
-                return Err(err(libc::ENOTDIR));
-            }
-            let r = Arc::new(self.layers.lookup_in(&cur, &path, name)?.ok_or_else(|| err(libc::ENOENT))?);
-            path.push(name);
-            self.cache_put(*id, epoch, r.clone());
-            cur = r;
-        }
-        Ok((path, cur))
-    }
-
-    fn resolve_dir(&self, ino: u64) -> Res<(PathBuf, Arc<Resolved>)> {
-        let (p, r) = self.resolve(ino)?;
-        if !r.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        Ok((p, r))
-    }
-
-    fn child_ino(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.read_table().children.get(&(parent, name.to_os_string())).copied()
-    }
-
-    /// Find or create the node for `parent/name`, adding `lookups` to its lookup count.
-    fn node_for(&self, parent: u64, name: &OsStr, lookups: u64) -> u64 {
-        let key = (parent, name.to_os_string());
-        if lookups == 0 {
-            if let Some(i) = self.read_table().children.get(&key) {
-                return *i;
-            }
-        }
-        let mut t = self.write_table();
-        if let Some(&i) = t.children.get(&key) {
-            if let Some(n) = t.nodes.get_mut(&i) {
-                n.nlookup += lookups;
-            }
-            return i;
-        }
-        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        t.nodes.insert(
-            ino,
-            Node {
-                parent,
-                name: name.to_os_string(),
-                nlookup: lookups,
-                attached: true,
-                aliases: vec![],
-                split_to: None,
-                linked: false,
-            },
-        );
-        t.children.insert(key, ino);
-        ino
-    }
-
-    fn detach(&self, parent: u64, name: &OsStr) {
-        let mut t = self.write_table();
-        Self::detach_locked(&mut t, parent, name);
-    }
-
-    fn detach_locked(t: &mut Table, parent: u64, name: &OsStr) {
-        let key = (parent, name.to_os_string());
-        if let Some(ino) = t.children.remove(&key) {
-            let remove = match t.nodes.get_mut(&ino) {
-                Some(n) => {
-                    if n.parent == key.0 && n.name == key.1 {
-                        if let Some((p, nm)) = n.aliases.pop() {
-                            n.parent = p;
-                            n.name = nm;
-                        } else {
-                            n.attached = false;
-                        }
-                    } else {
-                        n.aliases.retain(|a| *a != key);
-                    }
-                    n.nlookup == 0 && !n.attached
-                }
-                None => false,
-            };
-            if remove {
-                t.nodes.remove(&ino);
-            }
-        }
-    }
-
-    /// Make `parent/name` another name of node `ino` (a hardlink).
-    fn add_alias(&self, ino: u64, parent: u64, name: &OsStr) {
-        let mut t = self.write_table();
-        Self::detach_locked(&mut t, parent, name);
-        if let Some(n) = t.nodes.get_mut(&ino) {
-            if n.attached {
-                n.aliases.push((parent, name.to_os_string()));
-                t.children.insert((parent, name.to_os_string()), ino);
-            }
-        }
-    }
-
-    /// Whether the names of a file in layer `top` with several links share one node: in the
-    /// upper layer, and in every layer of a read-only mount (nothing is ever copied up there, so
-    /// the names cannot part ways; kernel overlayfs shares the inode then too).
-    fn shares_links(&self, top: usize) -> bool {
-        !self.layers.has_upper || top == 0
-    }
-
-    /// For a file with several links (see [`StrataFs::shares_links`]): the node shared by all
-    /// its names.
-    fn canonical(&self, parent: u64, name: &OsStr, ino: u64, st: &Stat, r: &Resolved) -> u64 {
-        if st.st_nlink <= 1 || sys::is_dir(st) || !self.shares_links(r.top) {
-            return ino;
-        }
-        let key = (st.st_dev, st.st_ino);
-        let mut h = self.hardlinks.lock().unwrap_or_else(|e| e.into_inner());
-        match h.get(&key).copied() {
-            Some(x) if x == ino => ino,
-            Some(x) => {
-                // Still a named node, and the same file under x's own name?
-                let named = self.read_table().nodes.get(&x).is_some_and(|n| n.attached);
-                let same = named
-                    && self.resolve(x).ok().and_then(|(p, xr)| {
-                        if self.shares_links(xr.top) {
-                            overlay::dev_ino(&self.layers.real(xr.top, &p))
-                        } else {
-                            None
-                        }
-                    }) == Some(key);
-                if same {
-                    drop(h);
-                    self.add_alias(x, parent, name);
-                    x
-                } else {
-                    h.insert(key, ino);
-                    ino
-                }
-            }
-            None => {
-                h.insert(key, ino);
-                ino
-            }
-        }
-    }
-
-    fn move_node(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
-        let mut t = self.write_table();
-        Self::detach_locked(&mut t, newparent, newname);
-        let key = (parent, name.to_os_string());
-        let nkey = (newparent, newname.to_os_string());
-        if let Some(ino) = t.children.remove(&key) {
-            if let Some(n) = t.nodes.get_mut(&ino) {
-                if n.parent == key.0 && n.name == key.1 {
-                    n.parent = newparent;
-                    n.name = newname.to_os_string();
-                } else {
-                    for a in n.aliases.iter_mut() {
-                        if *a == key {
-                            *a = nkey.clone();
-                        }
-                    }
-                }
-            }
-            t.children.insert(nkey, ino);
-        }
-    }
-
-    /// After RENAME_EXCHANGE: the nodes of `parent/name` and `newparent/newname` trade places.
-    fn swap_nodes(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
-        let mut t = self.write_table();
-        let key = (parent, name.to_os_string());
-        let nkey = (newparent, newname.to_os_string());
-        let a = t.children.remove(&key);
-        let b = t.children.remove(&nkey);
-        for (ino, from, to) in [(a, &key, &nkey), (b, &nkey, &key)] {
-            let Some(ino) = ino else { continue };
-            if let Some(n) = t.nodes.get_mut(&ino) {
-                if n.parent == from.0 && n.name == from.1 {
-                    n.parent = to.0;
-                    n.name = to.1.clone();
-                } else {
-                    for al in n.aliases.iter_mut() {
-                        if al == from {
-                            *al = to.clone();
-                        }
-                    }
-                }
-            }
-            t.children.insert(to.clone(), ino);
-        }
-    }
-
-    fn attr_of(&self, ino: u64, st: &Stat, r: Option<&Resolved>) -> FileAttr {
-        let fmt = st.st_mode & libc::S_IFMT;
-        let merged = r.map(|r| r.dirs.len() > 1).unwrap_or(false);
-        FileAttr {
-            ino: INodeNo(ino),
-            size: st.st_size as u64,
-            blocks: st.st_blocks as u64,
-            atime: systime(st.st_atime, st.st_atime_nsec),
-            mtime: systime(st.st_mtime, st.st_mtime_nsec),
-            ctime: systime(st.st_ctime, st.st_ctime_nsec),
-            crtime: UNIX_EPOCH,
-            kind: kind_of(fmt),
-            perm: (st.st_mode & 0o7777) as u16,
-            nlink: if merged { 1 } else { st.st_nlink as u32 },
-            uid: st.st_uid,
-            gid: st.st_gid,
-            rdev: st.st_rdev as u32,
-            blksize: st.st_blksize as u32,
-            flags: 0,
-        }
-    }
-
-    /// Entry and attribute timeout of node `ino` with attributes `st`: zero for a file that has
-    /// or had several links. Its link count changes through other names, and the kernel keeps
-    /// its own count too: it drops it by one when it sees an unlink succeed, so an answer given
-    /// between the daemon's unlink and that drop (a stat by another thread) makes it drop twice,
-    /// to 0 with a name left, and link(2) from that name fails with ENOENT without asking the
-    /// daemon. With no caching every path walk to such a name asks the daemon (a LOOKUP), which
-    /// corrects the kernel's count first.
-    fn ttl_of(&self, ino: u64, st: &Stat) -> Duration {
-        if sys::is_dir(st) {
-            return self.ttl;
-        }
-        let multi = st.st_nlink > 1;
-        let linked = self.read_table().nodes.get(&ino).map(|n| n.linked);
-        match linked {
-            Some(true) => Duration::ZERO,
-            Some(false) if multi => {
-                if let Some(n) = self.write_table().nodes.get_mut(&ino) {
-                    n.linked = true;
-                }
-                Duration::ZERO
-            }
-            None if multi => Duration::ZERO,
-            _ => self.ttl,
-        }
-    }
-
-    fn stat_node(&self, ino: u64) -> Res<(Stat, Arc<Resolved>, PathBuf)> {
-        let (path, r) = self.resolve(ino)?;
-        let st = sys::lstat(&self.layers.real(r.top, &path))?;
-        Ok((st, r, path))
-    }
-
-    /// The listing of directory `ino` in cookie order: built afresh at offset 0, reused while a
-    /// reader continues (dropped once it has been read to the end).
-    fn listing(&self, ino: u64, offset: u64) -> Res<Cookied> {
-        if offset != 0 {
-            if let Some(l) = self.listings.lock().unwrap_or_else(|e| e.into_inner()).get(&ino) {
-                return Ok(l.clone());
-            }
-        }
-        let mut v: Vec<(u64, OsString, u32, u64)> = self
-            .list_dir(ino)?
-            .into_iter()
-            .map(|(name, fmt, child)| {
-                let c = match name.as_encoded_bytes() {
-                    b"." => 1,
-                    b".." => 2,
-                    _ => cookie(&name),
-                };
-                (c, name, fmt, child)
-            })
-            .collect();
-        v.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let l = Arc::new(v);
-        self.listings.lock().unwrap_or_else(|e| e.into_inner()).insert(ino, l.clone());
-        Ok(l)
-    }
-
-    /// [`StrataFs::listing`] under the read lock.
-    fn listing_shared(&self, ino: u64, offset: u64) -> Res<Cookied> {
-        let _r = self.lock_r();
-        self.listing(ino, offset)
-    }
-
-    /// A reader reached the end of the listing of `ino`.
-    fn listing_done(&self, ino: u64) {
-        self.listings.lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
-    }
-
-    /// unlink (`dir` false) and rmdir (`dir` true) of `parent/name`, answered.
-    fn remove_reply(&self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let r = (|| -> Res<()> {
-            let _g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent)?;
-            self.remove_path(&ppath, name, dir)?;
-            self.detach(parent, name);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno_of(&e)),
-        }
-    }
-
-    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.handles.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned()
-    }
-
-    fn add_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
-        fh
-    }
-
-    /// Any open file of a (possibly unlinked) inode.
-    fn open_file_of(&self, ino: u64) -> Option<Arc<Handle>> {
-        self.handles.read().unwrap_or_else(|e| e.into_inner()).values().find(|h| h.ino == ino).cloned()
-    }
-
-    // ---- mutations (callers hold the write lock) ----
-
-    /// Copy `ino` up (with its parents) and return its merged path.
-    fn copy_up(&self, ino: u64, with_data: bool) -> Res<PathBuf> {
-        let (path, r) = self.resolve(ino)?;
-        self.copy_up_path(&path, &r, with_data)?;
-        Ok(path)
-    }
-
-    /// The data of node `ino`'s lower regular file, copied to the workdir (see [`StrataFs::do_open`]);
-    /// `None` when it is not a lower regular file or the copy failed (the locked copy-up then
-    /// does all the work and reports any error).
-    fn stage_copy_up(&self, ino: u64) -> Option<(PathBuf, (u64, u64))> {
-        // The read lock for the resolution only, not for the copy.
-        let (path, r) = {
-            let _r = self.lock_r();
-            self.resolve(ino).ok()?
-        };
-        if r.top == 0 || r.is_dir() {
-            return None;
-        }
-        self.layers.stage_data(&path, &r).ok()
-    }
-
-    /// Copy-up of `ino` under the write lock with data staged by [`StrataFs::stage_copy_up`]: used
-    /// only if the name still resolves to the very lower file that was staged.
-    fn copy_up_staged(&self, ino: u64, (tmp, src): (PathBuf, (u64, u64))) -> Res<PathBuf> {
-        let (path, r) = match self.resolve(ino) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = overlay::remove_tree(&tmp);
-                return Err(e);
-            }
-        };
-        let same = r.top != 0 && overlay::dev_ino(&self.layers.real(r.top, &path)) == Some(src);
-        if !same {
-            let _ = overlay::remove_tree(&tmp);
-            self.copy_up_path(&path, &r, true)?;
-            return Ok(path);
-        }
-        let parent = path.parent().unwrap_or(Path::new(""));
-        if let Err(e) = self.layers.copy_up_dirs(parent) {
-            let _ = overlay::remove_tree(&tmp);
-            return Err(e);
-        }
-        self.layers.copy_up_entry_with(&path, &r, true, Some(tmp))?;
-        self.changed();
-        Ok(path)
-    }
-
-    fn copy_up_path(&self, path: &Path, r: &Resolved, with_data: bool) -> Res<()> {
-        if r.top == 0 {
-            return Ok(());
-        }
-        let parent = path.parent().unwrap_or(Path::new(""));
-        self.layers.copy_up_dirs(parent)?;
-        self.layers.copy_up_entry(path, r, with_data)?;
-        self.changed();
-        Ok(())
-    }
-
-    /// Create a new entry `ppath/name` in upper with the callback filling `tmp` or `dst`.
-    /// Returns the upper path.
-    fn create_entry(
-        &self,
-        req: &Request,
-        ppath: &Path,
-        name: &OsStr,
-        mode: u32,
-        make: &mut dyn FnMut(&Path) -> Res<()>,
-    ) -> Res<PathBuf> {
-        let pres = self.layers.resolve_rel(ppath)?;
-        if !pres.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        if self.layers.lookup_in(&pres, ppath, name)?.is_some() {
-            return Err(err(libc::EEXIST));
-        }
-        if name.len() > 255 {
-            return Err(err(libc::ENAMETOOLONG));
-        }
-        self.layers.copy_up_dirs(ppath)?;
-        self.changed();
-        let pres = self.layers.resolve_rel(ppath)?;
-        let (dst, over_wh, opaque) = self.layers.new_slot(&pres, ppath, name)?;
-        let pst = sys::lstat(&self.layers.upper(ppath)?)?;
-        let fmt = mode & libc::S_IFMT;
-        let (gid, mut perm) = if pst.st_mode & libc::S_ISGID != 0 {
-            (pst.st_gid, if fmt == libc::S_IFDIR { mode | libc::S_ISGID } else { mode })
-        } else {
-            (req.gid(), mode)
-        };
-        perm &= 0o7777;
-        let target = if over_wh { self.layers.tmp_path()? } else { dst.clone() };
-        let res = (|| -> Res<()> {
-            make(&target)?;
-            sys::lchown(&target, req.uid(), gid)?;
-            if fmt != libc::S_IFLNK {
-                sys::chmod(&target, perm)?;
-            }
-            if opaque && fmt == libc::S_IFDIR {
-                self.layers.set_opaque(&target)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = res {
-            let _ = overlay::remove_tree(&target);
-            return Err(e);
-        }
-        if over_wh {
-            if let Err(e) = self.layers.install(&target, &dst, true) {
-                let _ = overlay::remove_tree(&target);
-                return Err(e);
-            }
-        }
-        self.changed();
-        Ok(dst)
-    }
-
-    fn path_of_parent(&self, parent: u64) -> Res<PathBuf> {
-        let (p, _) = self.resolve_dir(parent)?;
-        Ok(p)
-    }
-
-    /// Remove `ppath/name` (unlink or rmdir).
-    fn remove_path(&self, ppath: &Path, name: &OsStr, dir: bool) -> Res<()> {
-        let pres = self.layers.resolve_rel(ppath)?;
-        let rel = ppath.join(name);
-        let r = self.layers.lookup_in(&pres, ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
-        if dir && !r.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        if !dir && r.is_dir() {
-            return Err(err(libc::EISDIR));
-        }
-        if dir && !self.layers.list(&r, &rel)?.is_empty() {
-            return Err(err(libc::ENOTEMPTY));
-        }
-        let positive = self.layers.lower_positive(&pres, ppath, name);
-        self.layers.copy_up_dirs(ppath)?;
-        self.changed();
-        if positive {
-            self.layers.make_whiteout(&rel)?;
-        } else {
-            self.layers.remove_upper(&rel)?;
-        }
-        self.changed();
-        Ok(())
-    }
-
-    /// Both ends of a rename: the parents must be directories (else ENOTDIR); the source parent,
-    /// the full paths, the source (ENOENT when missing) and the target if there is one.
-    fn rename_ends(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr) -> Res<RenameEnds> {
-        let spres = self.layers.resolve_rel(sp)?;
-        let dpres = self.layers.resolve_rel(dp)?;
-        if !spres.is_dir() || !dpres.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        let r = self.layers.lookup_in(&spres, sp, sname)?.ok_or_else(|| err(libc::ENOENT))?;
-        let rt = self.layers.lookup_in(&dpres, dp, dname)?;
-        Ok(RenameEnds { src: sp.join(sname), dst: dp.join(dname), spres, r, rt })
-    }
-
-    /// Rename by path (both parents are directories). Directories with lower layers are moved
-    /// by recreating them at the destination (what `mv` does on EXDEV).
-    fn rename_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr, noreplace: bool) -> Res<()> {
-        let RenameEnds { spres, src, dst, r, rt, .. } = self.rename_ends(sp, sname, dp, dname)?;
-        if src == dst {
-            return Ok(());
-        }
-        if r.is_dir() && dst.starts_with(&src) {
-            return Err(err(libc::EINVAL));
-        }
-        if let Some(rt) = &rt {
-            if noreplace {
-                return Err(err(libc::EEXIST));
-            }
-            if r.is_dir() && !rt.is_dir() {
-                return Err(err(libc::ENOTDIR));
-            }
-            if !r.is_dir() && rt.is_dir() {
-                return Err(err(libc::EISDIR));
-            }
-        }
-        let dst_nonempty = match &rt {
-            Some(rt) if rt.is_dir() => !self.layers.list(rt, &dst)?.is_empty(),
-            _ => false,
-        };
-        // The kernel checks merged targets before any change, but lets the upper rename fail
-        // for pure upper targets (after copy-up and opaque marking): same order here.
-        let target_has_lower = rt.as_ref().map(|rt| self.layers.has_lower(rt)).unwrap_or(false);
-        if dst_nonempty && (target_has_lower || (r.is_dir() && self.layers.has_lower(&r))) {
-            return Err(err(libc::ENOTEMPTY));
-        }
-        if r.is_dir() && self.layers.has_lower(&r) {
-            return self.move_dir_by_copy(&src, &r, dp, dname, rt.is_some());
-        }
-        let src_positive = self.layers.lower_positive(&spres, sp, sname);
-        self.copy_up_path(&src, &r, true)?;
-        self.layers.copy_up_dirs(dp)?;
-        self.changed();
-        let dpres = self.layers.resolve_rel(dp)?;
-        // Like the kernel: a directory moved into a merged directory becomes opaque.
-        let dst_parent_merged = dpres.dirs.iter().any(|l| self.layers.is_lower(*l));
-        let usrc = self.layers.upper(&src)?;
-        let udst = self.layers.upper(&dst)?;
-        if r.is_dir() && dst_parent_merged && !self.layers.is_upper_opaque(&usrc) {
-            self.layers.set_opaque(&usrc)?;
-        }
-        if dst_nonempty {
-            self.changed();
-            return Err(err(libc::ENOTEMPTY));
-        }
-        let dst_whiteout = matches!(sys::lstat(&udst), Ok(st) if sys::is_whiteout(&st));
-        if src_positive && dst_whiteout {
-            // Like the kernel: switch the whiteout over to the old name.
-            sys::rename_exchange(&usrc, &udst)?;
-            self.changed();
-            return Ok(());
-        }
-        match sys::lstat(&udst) {
-            Ok(st) if sys::is_dir(&st) => self.layers.remove_upper(&dst)?,
-            Ok(_) if r.is_dir() && dst_whiteout => sys::at(&udst, |p| fs::remove_file(p))?,
-            _ => {}
-        }
-        sys::rename(&usrc, &udst)?;
-        if src_positive {
-            self.layers.make_whiteout(&src)?;
-        }
-        self.changed();
-        Ok(())
-    }
-
-    /// RENAME_EXCHANGE of two existing entries: both are copied up and swapped in the upper layer.
-    /// Like kernel overlayfs without redirect_dir, a directory with lower layers cannot move (EXDEV).
-    fn exchange_path(&self, sp: &Path, sname: &OsStr, dp: &Path, dname: &OsStr) -> Res<()> {
-        let RenameEnds { src, dst, r, rt, .. } = self.rename_ends(sp, sname, dp, dname)?;
-        let rt = rt.ok_or_else(|| err(libc::ENOENT))?;
-        if src == dst {
-            return Ok(());
-        }
-        if (r.is_dir() && dst.starts_with(&src)) || (rt.is_dir() && src.starts_with(&dst)) {
-            return Err(err(libc::EINVAL));
-        }
-        if (r.is_dir() && self.layers.has_lower(&r)) || (rt.is_dir() && self.layers.has_lower(&rt)) {
-            return Err(err(libc::EXDEV));
-        }
-        self.copy_up_path(&src, &r, true)?;
-        self.copy_up_path(&dst, &rt, true)?;
-        self.changed();
-        let usrc = self.layers.upper(&src)?;
-        let udst = self.layers.upper(&dst)?;
-        // Like the kernel: a directory moved into a merged directory becomes opaque.
-        let merged = |p: &Path| -> Res<bool> {
-            Ok(self.layers.resolve_rel(p)?.dirs.iter().any(|l| self.layers.is_lower(*l)))
-        };
-        if r.is_dir() && merged(dp)? && !self.layers.is_upper_opaque(&usrc) {
-            self.layers.set_opaque(&usrc)?;
-        }
-        if rt.is_dir() && merged(sp)? && !self.layers.is_upper_opaque(&udst) {
-            self.layers.set_opaque(&udst)?;
-        }
-        sys::rename_exchange(&usrc, &udst)?;
-        self.changed();
-        Ok(())
-    }
-
-    fn move_dir_by_copy(&self, src: &Path, r: &Resolved, dp: &Path, dname: &OsStr, replace: bool) -> Res<()> {
-        let dst = dp.join(dname);
-        let sp = src.parent().unwrap_or(Path::new(""));
-        let sname = src.file_name().ok_or_else(|| err(libc::EINVAL))?;
-        if replace {
-            self.remove_path(dp, dname, true)?;
-        }
-        let sreal = self.layers.real(r.top, src);
-        let st = sys::lstat(&sreal)?;
-        // Create the destination like mkdir would, with the source's owner and mode.
-        let upper_parent = {
-            self.layers.copy_up_dirs(dp)?;
-            self.changed();
-            dp.to_path_buf()
-        };
-        let pres = self.layers.resolve_rel(&upper_parent)?;
-        let (udst, over_wh, opaque) = self.layers.new_slot(&pres, dp, dname)?;
-        let tmp = self.layers.tmp_path()?;
-        let res = (|| -> Res<()> {
-            sys::mkdir(&tmp, 0o700)?;
-            sys::lchown(&tmp, st.st_uid, st.st_gid)?;
-            sys::chmod(&tmp, st.st_mode)?;
-            for x in sys::list_xattrs(&sreal)? {
-                if is_private_xattr(&x) {
-                    continue;
-                }
-                if let Ok(v) = sys::get_xattr(&sreal, &x) {
-                    let _ = sys::set_xattr(&tmp, &x, &v, 0);
-                }
-            }
-            if opaque {
-                self.layers.set_opaque(&tmp)?;
-            }
-            self.layers.install(&tmp, &udst, over_wh)
-        })();
-        if let Err(e) = res {
-            let _ = overlay::remove_tree(&tmp);
-            return Err(e);
-        }
-        self.changed();
-        for ent in self.layers.list(r, src)? {
-            self.rename_path(src, &ent.name, &dst, &ent.name, false)?;
-        }
-        self.remove_path(sp, sname, true)?;
-        sys::utimes(
-            &udst,
-            Some(sys::timespec(st.st_atime, st.st_atime_nsec)),
-            Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
-        )?;
-        self.changed();
-        Ok(())
-    }
-
-    /// Reply with the entry of `parent/name` (counting a lookup), with either side of
-    /// [`StrataFs::rw`] held.
-    fn entry_reply(&self, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        let ino = self.node_for(parent, name, 1);
-        match self.stat_node(ino) {
-            Ok((st, r, _)) => {
-                let c = self.canonical(parent, name, ino, &st, &r);
-                let ino = if c != ino {
-                    self.forget_n(ino, 1);
-                    self.node_for(parent, name, 1)
-                } else {
-                    ino
-                };
-                let attr = self.attr_of(ino, &st, Some(&r));
-                let ttl = self.ttl_of(ino, &st);
-                reply.entry(&ttl, &attr, Generation(0));
-            }
-            Err(e) => {
-                // Drop the lookup we added.
-                self.forget_n(ino, 1);
-                reply.error(errno_of(&e))
-            }
-        }
-    }
-
-    fn forget_n(&self, ino: u64, n: u64) {
-        if ino == ROOT {
-            return;
-        }
-        let mut t = self.write_table();
-        let remove = match t.nodes.get_mut(&ino) {
-            Some(node) => {
-                node.nlookup = node.nlookup.saturating_sub(n);
-                node.nlookup == 0 && !node.attached
-            }
-            None => false,
-        };
-        if remove {
-            t.nodes.remove(&ino);
-        }
-    }
-
-    fn list_dir(&self, ino: u64) -> Res<Vec<(OsString, u32, u64)>> {
-        let (path, r) = self.resolve_dir(ino)?;
-        let ents: Vec<DirEntry> = self.layers.list(&r, &path)?;
-        let parent = if ino == ROOT {
-            ROOT
-        } else {
-            self.read_table().nodes.get(&ino).map(|n| n.parent).unwrap_or(ROOT)
-        };
-        let mut out = Vec::with_capacity(ents.len() + 2);
-        out.push((OsString::from("."), libc::S_IFDIR, ino));
-        out.push((OsString::from(".."), libc::S_IFDIR, parent));
-        for e in ents {
-            let child = self.node_for(ino, &e.name, 0);
-            out.push((e.name, e.fmt, child));
-        }
-        Ok(out)
-    }
-
-    /// Open node `ino` (copied up first for writing). Returns the file, whether it is a lower
-    /// one, and the lock under which it was resolved and opened (see [`StrataFs::rw`]), for the
-    /// caller to register the open under it too.
-    fn do_open(&self, ino: u64, flags: i32) -> Res<(File, bool, Held<'_>)> {
-        let acc = flags & libc::O_ACCMODE;
-        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let held = if write {
-            let with_data = flags & libc::O_TRUNC == 0;
-            // The data of a lower file is copied before taking the write lock (lower layers do
-            // not change), so a long copy-up does not hold up every other change.
-            let staged = if with_data && self.layers.has_upper { self.stage_copy_up(ino) } else { None };
-            let g = self.lock_w()?;
-            match staged {
-                Some(st) => self.copy_up_staged(ino, st)?,
-                None => self.copy_up(ino, with_data)?,
-            };
-            Held::W { _g: g }
-        } else {
-            Held::R { _g: self.lock_r() }
-        };
-        let (path, r) = self.resolve(ino)?;
-        let real = self.layers.real(r.top, &path);
-        let f = self.layers.open_real(&real, flags)?;
-        Ok((f, self.layers.is_lower(r.top), held))
-    }
-
-    /// Give the names of file node `ino` to a fresh node and leave `ino` to the files already
-    /// open on it. Needed when a file open in passthrough mode on its lower copy was copied up:
-    /// the kernel allows one backing file per FUSE inode, so opens of the copied-up file need
-    /// another inode. The old node keeps resolving, as the new one (as one overlay inode would).
-    /// Returns the names that moved: the kernel's cached entries for them still lead to `ino`
-    /// (see [`StrataFs::forget_names`]).
-    fn split(&self, ino: u64) -> Vec<(u64, OsString)> {
-        let mut t = self.write_table();
-        let Some(n) = t.nodes.get_mut(&ino) else { return Vec::new() };
-        if !n.attached || n.split_to.is_some() {
-            return Vec::new();
-        }
-        let fresh = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        let moved = Node {
-            parent: n.parent,
-            name: n.name.clone(),
-            nlookup: 0,
-            attached: true,
-            aliases: std::mem::take(&mut n.aliases),
-            split_to: None,
-            linked: n.linked,
-        };
-        n.attached = false;
-        n.split_to = Some(fresh);
-        let keys: Vec<(u64, OsString)> = std::iter::once((moved.parent, moved.name.clone()))
-            .chain(moved.aliases.iter().cloned())
-            .collect();
-        for k in &keys {
-            t.children.insert(k.clone(), fresh);
-        }
-        t.nodes.insert(fresh, moved);
-        drop(t);
-        // The shared node of an upper hardlink is now the fresh one.
-        for v in self.hardlinks.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
-            if *v == ino {
-                *v = fresh;
-            }
-        }
-        debug!(ino, fresh, "node split after a copy-up under a passthrough open");
-        keys
-    }
-
     /// The slot for the session's notifier, filled by whoever creates the session.
     pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.notifier.clone()
-    }
-
-    /// After [`StrataFs::split`]: make the kernel drop its cached entries for `names` (so
-    /// every name shows the new node at once, hardlinks included) and its attributes of the old
-    /// node (still open: its `fstat` now shows the copied-up file). Must not run while the
-    /// calling request holds the parent directory locked in the kernel (CREATE does): the
-    /// kernel takes that lock for the notification.
-    fn forget_names(&self, old: u64, names: &[(u64, OsString)]) {
-        let Some(n) = self.notifier.get() else { return };
-        for (parent, name) in names {
-            if let Err(e) = n.inval_entry(INodeNo(*parent), name) {
-                debug!(parent, ?name, error = %e, "inval_entry");
-            }
-        }
-        let _ = n.inval_inode(INodeNo(old), -1, 0);
-    }
-
-    /// Get (or register) the passthrough backing file of an inode. EBUSY: the inode is open in
-    /// passthrough mode on another real file (its lower copy, before a copy-up).
-    fn backing_for(
-        &self,
-        ino: u64,
-        file: &File,
-        open_backing: &dyn Fn(&File) -> io::Result<BackingId>,
-    ) -> Res<Option<Arc<BackingId>>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        let st = sys::fstat(file)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Ok(None);
-        }
-        let id = (st.st_dev, st.st_ino);
-        let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((w, rid)) = b.get(&ino) {
-            if let Some(a) = w.upgrade() {
-                if *rid == id {
-                    return Ok(Some(a));
-                }
-                // The inode is open in passthrough mode on another real file (opened before a
-                // copy-up): the kernel allows one backing file per inode.
-                return Err(err(libc::EBUSY));
-            }
-        }
-        match open_backing(file) {
-            Ok(bid) => {
-                let a = Arc::new(bid);
-                b.insert(ino, (Arc::downgrade(&a), id));
-                Ok(Some(a))
-            }
-            Err(e) => {
-                warn!("passthrough unavailable ({e}); serving I/O from the daemon");
-                self.passthrough.store(false, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn setattr_inner(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
-    ) -> Res<(Stat, Arc<Resolved>)> {
-        let with_data = size != Some(0);
-        let mut staged = StagedCopy(if with_data { self.stage_copy_up(ino) } else { None });
-        let _g = self.lock_w()?;
-        let path = match staged.0.take() {
-            Some(st) => self.copy_up_staged(ino, st)?,
-            None => self.copy_up(ino, with_data)?,
-        };
-        let up = self.layers.upper(&path)?;
-        if uid.is_some() || gid.is_some() {
-            let st = sys::lstat(&up)?;
-            // -1 keeps a value unchanged.
-            let u = uid.unwrap_or(u32::MAX);
-            let g = gid.unwrap_or(u32::MAX);
-            sys::lchown(&up, u, g)
-                .or_else(|e| if u == u32::MAX && g == u32::MAX { Ok(()) } else { Err(e) })?;
-            let _ = st;
-        }
-        if let Some(m) = mode {
-            sys::chmod(&up, m)?;
-        }
-        if let Some(s) = size {
-            let via_fh = fh.and_then(|fh| self.handle(fh.0)).map(|f| f.file.set_len(s));
-            match via_fh {
-                Some(r) => r.or_else(|_| sys::truncate(&up, s))?,
-                None => sys::truncate(&up, s)?,
-            }
-        }
-        if atime.is_some() || mtime.is_some() {
-            sys::utimes(&up, atime.map(to_timespec), mtime.map(to_timespec))?;
-        }
-        self.changed();
-        let (st, r, _) = self.stat_node(ino)?;
-        Ok((st, r))
     }
 }
 
@@ -1233,10 +172,10 @@ impl Filesystem for StrataFs {
                 .any(|r| matches!(sys::fs_magic(r), Ok(0x794c_7630) | Ok(0x6573_5546)));
             let depth = if stacked { 2 } else { 1 };
             if config.set_max_stack_depth(depth).is_ok() {
-                self.passthrough.store(true, Ordering::Relaxed);
+                self.handles.set_passthrough(true);
             }
         }
-        debug!(passthrough = self.passthrough.load(Ordering::Relaxed), "init");
+        debug!(passthrough = self.handles.passthrough(), "init");
         Ok(())
     }
 
@@ -1244,16 +183,16 @@ impl Filesystem for StrataFs {
         let parent = parent.0;
         let _r = self.lock_r();
         let r = (|| -> Res<()> {
-            let epoch = self.epoch.load(Ordering::Acquire);
-            if let Some(ino) = self.child_ino(parent, name) {
-                if self.cache_get(ino, epoch).is_some() {
+            let epoch = self.cache.epoch();
+            if let Some(ino) = self.inodes.child(parent, name) {
+                if self.cache.get(ino, epoch).is_some() {
                     return Ok(());
                 }
             }
             let (ppath, pres) = self.resolve_dir(parent)?;
             let r = self.layers.lookup_in(&pres, &ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
-            let ino = self.node_for(parent, name, 0);
-            self.cache_put(ino, epoch, Arc::new(r));
+            let ino = self.inodes.node_for(parent, name, 0);
+            self.cache.put(ino, epoch, Arc::new(r));
             Ok(())
         })();
         match r {
@@ -1263,7 +202,7 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.forget_n(ino.0, nlookup);
+        self.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1271,7 +210,7 @@ impl Filesystem for StrataFs {
         match self.stat_node(ino.0) {
             Ok((st, r, _)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => {
-                let h = fh.and_then(|f| self.handle(f.0)).or_else(|| self.open_file_of(ino.0));
+                let h = fh.and_then(|f| self.handles.get(f.0)).or_else(|| self.handles.of_inode(ino.0));
                 if let Some(f) = h {
                     if let Ok(st) = sys::fstat(&f.file) {
                         return reply.attr(&Duration::ZERO, &self.attr_of(ino.0, &st, None));
@@ -1324,35 +263,17 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = (|| -> Res<WriteGuard<'_>> {
-            // A character device 0:0 is a whiteout: as kernel overlayfs, refuse to make one
-            // (it would hide the name and stay behind in the upper layer).
-            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
-                return Err(err(libc::EPERM));
-            }
-            let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent.0)?;
-            self.create_entry(req, &ppath, name, mode, &mut |p| sys::mknod(p, mode, rdev as u64))?;
-            Ok(g)
-        })();
-        match r {
-            Ok(_g) => self.entry_reply(parent.0, name, reply),
-            Err(e) => reply.error(errno_of(&e)),
+        // A character device 0:0 is a whiteout: as kernel overlayfs, refuse to make one (it
+        // would hide the name and stay behind in the upper layer).
+        if format::is_whiteout_node(mode, u64::from(rdev)) {
+            return reply.error(Errno::from_i32(libc::EPERM));
         }
+        self.create_reply(owner(req), parent.0, name, mode, &mut |p| sys::mknod(p, mode, rdev as u64), reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let r = (|| -> Res<WriteGuard<'_>> {
-            let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent.0)?;
-            let mode = (mode & 0o7777) | libc::S_IFDIR;
-            self.create_entry(req, &ppath, name, mode, &mut |p| sys::mkdir(p, 0o700))?;
-            Ok(g)
-        })();
-        match r {
-            Ok(_g) => self.entry_reply(parent.0, name, reply),
-            Err(e) => reply.error(errno_of(&e)),
-        }
+        let mode = (mode & 0o7777) | libc::S_IFDIR;
+        self.create_reply(owner(req), parent.0, name, mode, &mut |p| sys::mkdir(p, 0o700), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1364,18 +285,8 @@ impl Filesystem for StrataFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = (|| -> Res<WriteGuard<'_>> {
-            let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent.0)?;
-            self.create_entry(req, &ppath, link_name, libc::S_IFLNK | 0o777, &mut |p| {
-                sys::symlink(target, p)
-            })?;
-            Ok(g)
-        })();
-        match r {
-            Ok(_g) => self.entry_reply(parent.0, link_name, reply),
-            Err(e) => reply.error(errno_of(&e)),
-        }
+        let mode = libc::S_IFLNK | 0o777;
+        self.create_reply(owner(req), parent.0, link_name, mode, &mut |p| sys::symlink(target, p), reply);
     }
 
     fn rename(
@@ -1398,17 +309,17 @@ impl Filesystem for StrataFs {
             let sp = self.path_of_parent(parent.0)?;
             let dp = self.path_of_parent(newparent.0)?;
             if exchange {
-                self.exchange_path(&sp, name, &dp, newname)?;
+                self.ops().exchange(&sp, name, &dp, newname)?;
                 if parent.0 != newparent.0 || name != newname {
-                    self.swap_nodes(parent.0, name, newparent.0, newname);
+                    self.inodes.swap_nodes(parent.0, name, newparent.0, newname);
                 }
             } else {
-                self.rename_path(&sp, name, &dp, newname, bits & libc::RENAME_NOREPLACE != 0)?;
+                self.ops().rename(&sp, name, &dp, newname, bits & libc::RENAME_NOREPLACE != 0)?;
                 if parent.0 != newparent.0 || name != newname {
-                    self.move_node(parent.0, name, newparent.0, newname);
+                    self.inodes.move_node(parent.0, name, newparent.0, newname);
                 }
             }
-            self.changed();
+            self.cache.changed();
             Ok(())
         })();
         match r {
@@ -1427,24 +338,12 @@ impl Filesystem for StrataFs {
                 return Err(err(libc::EPERM));
             }
             let ppath = self.path_of_parent(newparent.0)?;
-            let pres = self.layers.resolve_rel(&ppath)?;
-            if self.layers.lookup_in(&pres, &ppath, newname)?.is_some() {
-                return Err(err(libc::EEXIST));
-            }
-            let spath = match staged.0.take() {
-                Some(st) => self.copy_up_staged(ino.0, st)?,
-                None => {
-                    self.copy_up_path(&spath, &sr, true)?;
-                    spath
-                }
-            };
-            let usrc = self.layers.upper(&spath)?;
-            self.create_link(&ppath, newname, &usrc)?;
+            let usrc = self.ops().link(&spath, &sr, &mut staged, &ppath, newname)?;
             // Both names share the node (and so st_ino), like the kernel's overlay inode.
             if let Some(key) = overlay::dev_ino(&usrc) {
-                self.hardlinks.lock().unwrap_or_else(|e| e.into_inner()).insert(key, ino.0);
+                self.inodes.hardlinks().insert(key, ino.0);
             }
-            self.add_alias(ino.0, newparent.0, newname);
+            self.inodes.add_alias(ino.0, newparent.0, newname);
             Ok(g)
         })();
         match r {
@@ -1456,12 +355,12 @@ impl Filesystem for StrataFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino.0, flags.0) {
             Ok((file, lower, held)) => {
-                let backing = match self.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
+                let backing = match self.handles.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
                     Ok(b) => b,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         // The VFS retries an open that fails with ESTALE once, revalidating
                         // each name by LOOKUP: that finds the split-off node and opens it.
-                        let names = self.split(ino.0);
+                        let names = self.inodes.split(ino.0);
                         drop(held);
                         self.forget_names(ino.0, &names);
                         return reply.error(Errno::ESTALE);
@@ -1469,7 +368,7 @@ impl Filesystem for StrataFs {
                     Err(e) => return reply.error(errno_of(&e)),
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                let fh = self.add_handle(FileHandleData { ino: ino.0, file, _backing: backing.clone() });
+                let fh = self.handles.add(Handle { ino: ino.0, file, _backing: backing.clone() });
                 drop(held);
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
@@ -1491,7 +390,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
@@ -1518,7 +417,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         match f.file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
@@ -1550,7 +449,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        self.handles.remove(fh.0);
         reply.ok();
     }
 
@@ -1571,7 +470,7 @@ impl Filesystem for StrataFs {
         if cmd != FS_IOC_GETFLAGS {
             return reply.error(Errno::from_i32(libc::ENOTTY));
         }
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let mut flags: libc::c_long = 0;
         // SAFETY: valid fd; the kernel writes an int into the long-sized buffer.
         if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&h.file), FS_IOC_GETFLAGS as _, &mut flags) }
@@ -1584,7 +483,7 @@ impl Filesystem for StrataFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         if !self.layers.durable {
             return reply.ok();
         }
@@ -1599,7 +498,7 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // No per-open state: offsets are name cookies (see `cookie`). Answering ENOSYS once makes
+        // No per-open state: offsets are name cookies (see `listing::cookie`). Answering ENOSYS once makes
         // the kernel stop sending OPENDIR and RELEASEDIR (two round trips per directory walked)
         // and open every directory with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR: warm listings come
         // from the kernel's cache, which it drops when the directory changes through the mount.
@@ -1660,16 +559,12 @@ impl Filesystem for StrataFs {
             let child = &self.canonical(ino.0, name, *child, &st, &r);
             let attr = self.attr_of(*child, &st, Some(&r));
             // Count the lookup before the kernel can see the entry.
-            {
-                let mut t = self.write_table();
-                match t.nodes.get_mut(child) {
-                    Some(n) if n.attached => n.nlookup += 1,
-                    _ => continue,
-                }
+            if !self.inodes.count_lookup(*child) {
+                continue;
             }
             let ttl = self.ttl_of(*child, &st);
             if reply.add(INodeNo(*child), off, name, &ttl, &attr, Generation(0)) {
-                self.forget_n(*child, 1);
+                self.inodes.forget(*child, 1);
                 full = true;
                 break;
             }
@@ -1723,10 +618,8 @@ impl Filesystem for StrataFs {
         }
         let r = (|| -> Res<()> {
             let _g = self.lock_w()?;
-            let path = self.copy_up(ino.0, true)?;
-            let res = sys::set_xattr(&self.layers.upper(&path)?, name, value, flags);
-            self.changed();
-            res
+            let (p, r) = self.resolve(ino.0)?;
+            self.ops().set_xattr(&p, &r, name, value, flags)
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -1748,14 +641,7 @@ impl Filesystem for StrataFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::list_xattrs(&self.layers.real(r.top, &p))) {
-            Ok(names) => {
-                let mut buf = Vec::new();
-                for n in names.iter().filter(|n| !is_private_xattr(n)) {
-                    buf.extend_from_slice(n.as_bytes());
-                    buf.push(0);
-                }
-                reply_sized(reply, size, &buf)
-            }
+            Ok(names) => reply_sized(reply, size, &format::visible_xattr_list(&names)),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
@@ -1767,12 +653,7 @@ impl Filesystem for StrataFs {
         let r = (|| -> Res<()> {
             let _g = self.lock_w()?;
             let (p, r) = self.resolve(ino.0)?;
-            // Like the kernel: no copy-up when the attribute is not there.
-            sys::get_xattr(&self.layers.real(r.top, &p), name)?;
-            let path = self.copy_up(ino.0, true)?;
-            let res = sys::remove_xattr(&self.layers.upper(&path)?, name);
-            self.changed();
-            res
+            self.ops().remove_xattr(&p, &r, name)
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -1804,7 +685,7 @@ impl Filesystem for StrataFs {
             let ppath = self.path_of_parent(parent.0)?;
             let mut file = None;
             let fmode = (mode & 0o7777) | libc::S_IFREG;
-            self.create_entry(req, &ppath, name, fmode, &mut |p| {
+            self.ops().create(owner(req), &ppath, name, fmode, &mut |p| {
                 let acc = flags & libc::O_ACCMODE;
                 let f = sys::at(p, |p| {
                     fs::OpenOptions::new()
@@ -1824,28 +705,28 @@ impl Filesystem for StrataFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno_of(&e)),
         };
-        let ino = self.node_for(parent.0, name, 1);
+        let ino = self.inodes.node_for(parent.0, name, 1);
         let (st, r) = match self.stat_node(ino) {
             Ok((st, r, _)) => (st, r),
             Err(e) => {
-                self.forget_n(ino, 1);
+                self.inodes.forget(ino, 1);
                 return reply.error(errno_of(&e));
             }
         };
         let attr = self.attr_of(ino, &st, Some(&r));
-        let backing = match self.backing_for(ino, &file, &|f| reply.open_backing(f)) {
+        let backing = match self.handles.backing_for(ino, &file, &|f| reply.open_backing(f)) {
             Ok(b) => b,
             Err(e) => {
-                self.forget_n(ino, 1);
+                self.inodes.forget(ino, 1);
                 if e.raw_os_error() == Some(libc::EBUSY) {
                     // No notifications here: the kernel holds the parent locked during CREATE.
-                    let _ = self.split(ino);
+                    let _ = self.inodes.split(ino);
                     return reply.error(Errno::ESTALE);
                 }
                 return reply.error(errno_of(&e));
             }
         };
-        let fh = self.add_handle(FileHandleData { ino, file, _backing: backing.clone() });
+        let fh = self.handles.add(Handle { ino, file, _backing: backing.clone() });
         match backing {
             Some(b) => reply.created_passthrough(
                 &self.ttl,
@@ -1869,7 +750,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         use std::os::fd::AsRawFd;
         // SAFETY: valid fd.
@@ -1879,26 +760,5 @@ impl Filesystem for StrataFs {
         } else {
             reply.ok()
         }
-    }
-}
-
-impl StrataFs {
-    fn create_link(&self, ppath: &Path, name: &OsStr, usrc: &Path) -> Res<()> {
-        self.layers.copy_up_dirs(ppath)?;
-        self.changed();
-        let pres = self.layers.resolve_rel(ppath)?;
-        let (dst, over_wh, _) = self.layers.new_slot(&pres, ppath, name)?;
-        if over_wh {
-            let tmp = self.layers.tmp_path()?;
-            sys::link(usrc, &tmp)?;
-            if let Err(e) = self.layers.install(&tmp, &dst, true) {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        } else {
-            sys::link(usrc, &dst)?;
-        }
-        self.changed();
-        Ok(())
     }
 }

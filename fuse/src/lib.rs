@@ -2,15 +2,21 @@
 //! format shared with kernel overlayfs (whiteout = char device 0:0, opaque directory =
 //! `trusted.overlay.opaque=y`; OCI `.wh.NAME` and `user.overlay.opaque` are read too).
 
+mod cache;
+mod format;
 mod fs;
+mod handles;
+mod inode;
+mod listing;
+mod mutate;
 mod overlay;
 mod sys;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use format::is_private_xattr;
 pub use fs::{FsConfig, StrataFs};
-pub use overlay::is_private_xattr;
 
 /// Errors of option parsing and mounting.
 #[derive(Debug, thiserror::Error)]

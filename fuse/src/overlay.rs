@@ -1,28 +1,20 @@
-//! Overlay semantics over the on-disk format shared with kernel overlayfs.
+//! The layer stack and the resolution of merged names over it: which layer holds a name's
+//! visible entry and, for a directory, which layers it merges (whiteouts and opaque directories
+//! end the merge; the format itself is in `format`). Listing is in `listing`, the changes of the
+//! layers in `mutate`.
 //!
 //! Paths here are relative to the merged root. Layer 0 is the upper layer when there is one;
 //! the following layers are the lower layers, top first.
 
-use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sys::{self, err, Stat};
-
-/// Xattr names private to the overlay format, hidden from users.
-pub fn is_private_xattr(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.")
-}
-
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-const OCI_WH: &[u8] = b".wh.";
-const OCI_OPQ: &str = ".wh..wh..opq";
+use crate::format;
+use crate::sys::{self, err};
 
 /// How a merged entry is made up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,13 +31,6 @@ impl Resolved {
     pub fn is_dir(&self) -> bool {
         self.fmt == libc::S_IFDIR
     }
-}
-
-/// One merged directory entry.
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub fmt: u32,
 }
 
 /// The layer stack.
@@ -117,23 +102,12 @@ impl Layers {
         Ok(w.join(format!("#{}-{n}", std::process::id())))
     }
 
-    fn is_opaque(&self, real: &Path, lower: bool) -> bool {
-        for x in OPAQUE_XATTRS {
-            if let Ok(v) = sys::get_xattr(real, OsStr::new(x)) {
-                if v == b"y" {
-                    return true;
-                }
-            }
-        }
-        lower && sys::exists(&real.join(OCI_OPQ))
-    }
-
     /// The root directory.
     pub fn resolve_root(&self) -> Resolved {
         let mut dirs = Vec::new();
         for l in 0..self.roots.len() {
             dirs.push(l);
-            if self.is_opaque(&self.roots[l], self.is_lower(l)) {
+            if format::is_opaque(&self.roots[l], self.is_lower(l)) {
                 break;
             }
         }
@@ -144,7 +118,7 @@ impl Layers {
     pub fn lookup_in(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> io::Result<Option<Resolved>> {
         let mut top: Option<(usize, u32)> = None;
         let mut dirs = Vec::new();
-        let oci_name = name.as_bytes().starts_with(OCI_WH);
+        let oci_name = format::is_oci_name(name);
         for &l in &parent.dirs {
             let lower = self.is_lower(l);
             if lower && oci_name {
@@ -153,7 +127,7 @@ impl Layers {
             let p = self.real(l, ppath).join(name);
             match sys::lstat(&p) {
                 Ok(st) => {
-                    if sys::is_whiteout(&st) {
+                    if format::is_whiteout(&st) {
                         break;
                     }
                     let fmt = st.st_mode & libc::S_IFMT;
@@ -166,7 +140,7 @@ impl Layers {
                         break;
                     }
                     dirs.push(l);
-                    if self.is_opaque(&p, lower) {
+                    if format::is_opaque(&p, lower) {
                         break;
                     }
                 }
@@ -182,9 +156,7 @@ impl Layers {
     }
 
     fn oci_whiteout(&self, l: usize, ppath: &Path, name: &OsStr) -> bool {
-        let mut wh = OsString::from(".wh.");
-        wh.push(name);
-        sys::exists(&self.real(l, ppath).join(wh))
+        sys::exists(&self.real(l, ppath).join(format::oci_whiteout_name(name)))
     }
 
     /// Resolve a relative path from the root (uncached).
@@ -204,13 +176,13 @@ impl Layers {
 
     /// Whether a lower layer of the merged directory `parent` has a visible (non-whiteout) `name`.
     pub fn lower_positive(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> bool {
-        let oci_name = name.as_bytes().starts_with(OCI_WH);
+        let oci_name = format::is_oci_name(name);
         for &l in parent.dirs.iter().filter(|l| self.is_lower(**l)) {
             if oci_name {
                 return false;
             }
             match sys::lstat(&self.real(l, ppath).join(name)) {
-                Ok(st) => return !sys::is_whiteout(&st),
+                Ok(st) => return !format::is_whiteout(&st),
                 Err(_) => {
                     if self.oci_whiteout(l, ppath, name) {
                         return false;
@@ -222,282 +194,12 @@ impl Layers {
     }
 
     /// Whether an OCI whiteout in a lower layer hides `name` (kernel format needs the new directory opaque).
-    fn oci_hidden(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> bool {
+    pub(crate) fn oci_hidden(&self, parent: &Resolved, ppath: &Path, name: &OsStr) -> bool {
         parent.dirs.iter().any(|&l| self.is_lower(l) && self.oci_whiteout(l, ppath, name))
-    }
-
-    /// The merged listing of a directory (without "." and "..").
-    pub fn list(&self, dir: &Resolved, rel: &Path) -> io::Result<Vec<DirEntry>> {
-        let mut seen: HashSet<OsString> = HashSet::new();
-        let mut out = Vec::new();
-        for &l in &dir.dirs {
-            let lower = self.is_lower(l);
-            let base = self.real(l, rel);
-            let mut hidden_below = Vec::new();
-            let rd = match sys::at(&base, |p| fs::read_dir(p)) {
-                Ok(rd) => rd,
-                Err(e) if matches!(sys::errno(&e), libc::ENOENT | libc::ENOTDIR) => continue,
-                Err(e) => return Err(e),
-            };
-            for ent in rd {
-                let ent = ent?;
-                let name = ent.file_name();
-                if lower && name.as_bytes().starts_with(OCI_WH) {
-                    if name != OCI_OPQ {
-                        hidden_below.push(OsString::from(OsStr::from_bytes(&name.as_bytes()[4..])));
-                    }
-                    continue;
-                }
-                if seen.contains(&name) {
-                    continue;
-                }
-                let ft = ent.file_type()?;
-                use std::os::unix::fs::FileTypeExt;
-                let fmt = if ft.is_dir() {
-                    libc::S_IFDIR
-                } else if ft.is_file() {
-                    libc::S_IFREG
-                } else if ft.is_symlink() {
-                    libc::S_IFLNK
-                } else if ft.is_char_device() {
-                    match sys::lstat(&base.join(&name)) {
-                        Ok(st) if sys::is_whiteout(&st) => {
-                            seen.insert(name);
-                            continue;
-                        }
-                        _ => libc::S_IFCHR,
-                    }
-                } else if ft.is_block_device() {
-                    libc::S_IFBLK
-                } else if ft.is_fifo() {
-                    libc::S_IFIFO
-                } else {
-                    libc::S_IFSOCK
-                };
-                seen.insert(name.clone());
-                out.push(DirEntry { name, fmt });
-            }
-            seen.extend(hidden_below);
-        }
-        Ok(out)
     }
 
     pub fn has_lower(&self, r: &Resolved) -> bool {
         r.dirs.iter().any(|l| self.is_lower(*l)) || self.is_lower(r.top)
-    }
-
-    fn copy_xattrs(&self, src: &Path, dst: &Path) -> io::Result<()> {
-        for name in sys::list_xattrs(src)? {
-            if is_private_xattr(&name) {
-                continue;
-            }
-            let v = match sys::get_xattr(src, &name) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            if let Err(e) = sys::set_xattr(dst, &name, &v, 0) {
-                if !name.as_bytes().starts_with(b"security.") {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn copy_times(st: &Stat, dst: &Path) -> io::Result<()> {
-        sys::utimes(
-            dst,
-            Some(sys::timespec(st.st_atime, st.st_atime_nsec)),
-            Some(sys::timespec(st.st_mtime, st.st_mtime_nsec)),
-        )
-    }
-
-    /// Make sure every directory of `rel` (inclusive) exists in the upper layer.
-    pub fn copy_up_dirs(&self, rel: &Path) -> io::Result<()> {
-        let mut path = PathBuf::new();
-        let mut cur = self.resolve_root();
-        for c in rel.components() {
-            let name = c.as_os_str();
-            let next = self.lookup_in(&cur, &path, name)?.ok_or_else(|| err(libc::ENOENT))?;
-            path.push(name);
-            if !next.is_dir() {
-                return Err(err(libc::ENOTDIR));
-            }
-            if next.top != 0 || !self.has_upper {
-                self.copy_up_entry(&path, &next, true)?;
-                cur = self
-                    .lookup_in(&cur, path.parent().unwrap_or(Path::new("")), name)?
-                    .ok_or_else(|| err(libc::ENOENT))?;
-            } else {
-                cur = next;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copy up `rel` (whose parents are already in upper) from its top lower layer.
-    /// Atomic: the copy is made in the workdir and renamed into place.
-    pub fn copy_up_entry(&self, rel: &Path, r: &Resolved, with_data: bool) -> io::Result<()> {
-        self.copy_up_entry_with(rel, r, with_data, None)
-    }
-
-    /// Copy the data of lower regular file `rel` (resolved as `r`) to a new file in the workdir,
-    /// for [`Layers::copy_up_entry_with`]: the slow part of a copy-up, which needs no lock
-    /// (lower layers do not change). Returns the file and the source's (dev, ino).
-    pub fn stage_data(&self, rel: &Path, r: &Resolved) -> io::Result<(PathBuf, (u64, u64))> {
-        let src = self.real(r.top, rel);
-        // Never open anything but a regular file (a FIFO would block, a device would open).
-        if sys::lstat(&src)?.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let tmp = self.tmp_path()?;
-        match self.new_file_from(&src, &tmp, true) {
-            Ok(id) => Ok((tmp, id.unwrap_or_default())),
-            Err(e) => {
-                let _ = remove_tree(&tmp);
-                Err(e)
-            }
-        }
-    }
-
-    /// Create regular file `tmp` (0600) and, with `with_data`, copy into it the data of regular
-    /// file `src`, whose (dev, ino) it then returns.
-    fn new_file_from(&self, src: &Path, tmp: &Path, with_data: bool) -> io::Result<Option<(u64, u64)>> {
-        let out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(tmp)?;
-        if !with_data {
-            return Ok(None);
-        }
-        let inp = sys::at(src, |p| {
-            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)
-        })?;
-        let st = sys::fstat(&inp)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        sys::copy_data(&inp, &out, st.st_size as u64, self.durable)?;
-        Ok(Some((st.st_dev, st.st_ino)))
-    }
-
-    /// [`Layers::copy_up_entry`], taking the data of a regular file from `staged` (a file from
-    /// [`Layers::stage_data`] of this same source) instead of copying it now.
-    pub fn copy_up_entry_with(
-        &self,
-        rel: &Path,
-        r: &Resolved,
-        with_data: bool,
-        staged: Option<PathBuf>,
-    ) -> io::Result<()> {
-        let dst = self.upper(rel)?;
-        let src = self.real(r.top, rel);
-        let st = sys::lstat(&src)?;
-        let fmt = st.st_mode & libc::S_IFMT;
-        let (tmp, staged) = match staged {
-            Some(t) if fmt == libc::S_IFREG => (t, true),
-            Some(t) => {
-                let _ = remove_tree(&t);
-                (self.tmp_path()?, false)
-            }
-            None => (self.tmp_path()?, false),
-        };
-        let res = (|| -> io::Result<()> {
-            match fmt {
-                libc::S_IFDIR => {
-                    sys::mkdir(&tmp, 0o700)?;
-                }
-                libc::S_IFREG if staged => {}
-                libc::S_IFREG => {
-                    self.new_file_from(&src, &tmp, with_data && st.st_size > 0)?;
-                }
-                libc::S_IFLNK => {
-                    let target = sys::readlink(&src)?;
-                    sys::symlink(Path::new(&target), &tmp)?;
-                }
-                _ => sys::mknod(&tmp, st.st_mode, st.st_rdev)?,
-            }
-            sys::lchown(&tmp, st.st_uid, st.st_gid)?;
-            if fmt != libc::S_IFLNK {
-                sys::chmod(&tmp, st.st_mode)?;
-            }
-            self.copy_xattrs(&src, &tmp)?;
-            Self::copy_times(&st, &tmp)?;
-            sys::rename(&tmp, &dst)
-        })();
-        if res.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        res
-    }
-
-    /// Create a whiteout at upper `rel`, replacing whatever non-directory is there.
-    pub fn make_whiteout(&self, rel: &Path) -> io::Result<()> {
-        let dst = self.upper(rel)?;
-        let tmp = self.tmp_path()?;
-        sys::mknod(&tmp, libc::S_IFCHR, 0)?;
-        match sys::lstat(&dst) {
-            Ok(st) if sys::is_dir(&st) => {
-                // Swap the directory out, then drop it.
-                sys::rename_exchange(&tmp, &dst)?;
-                remove_tree(&tmp)
-            }
-            _ => sys::rename(&tmp, &dst),
-        }
-    }
-
-    /// Remove whatever the upper layer has at `rel` (a directory recursively).
-    pub fn remove_upper(&self, rel: &Path) -> io::Result<()> {
-        let dst = self.upper(rel)?;
-        match sys::lstat(&dst) {
-            Ok(st) if sys::is_dir(&st) => {
-                let tmp = self.tmp_path()?;
-                sys::rename(&dst, &tmp)?;
-                remove_tree(&tmp)
-            }
-            Ok(_) => sys::at(&dst, |p| fs::remove_file(p)),
-            Err(e) if sys::errno(&e) == libc::ENOENT => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Prepare the upper slot for a new entry `name` in merged dir `parent` (already in upper).
-    /// Returns (upper path, created over a whiteout, directory must be opaque).
-    pub fn new_slot(
-        &self,
-        parent: &Resolved,
-        ppath: &Path,
-        name: &OsStr,
-    ) -> io::Result<(PathBuf, bool, bool)> {
-        let rel = ppath.join(name);
-        let dst = self.upper(&rel)?;
-        let over_wh = match sys::lstat(&dst) {
-            Ok(st) if sys::is_whiteout(&st) => true,
-            Ok(_) => return Err(err(libc::EEXIST)),
-            Err(_) => false,
-        };
-        let opaque = over_wh || self.oci_hidden(parent, ppath, name);
-        Ok((dst, over_wh, opaque))
-    }
-
-    /// Move a prepared entry `tmp` into upper slot `dst`, replacing a whiteout there.
-    pub fn install(&self, tmp: &Path, dst: &Path, over_wh: bool) -> io::Result<()> {
-        if over_wh {
-            sys::rename_exchange(tmp, dst)?;
-            fs::remove_file(tmp)
-        } else {
-            sys::rename(tmp, dst)
-        }
-    }
-
-    pub fn set_opaque(&self, real: &Path) -> io::Result<()> {
-        sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[0]), b"y", 0)
-    }
-
-    pub fn is_upper_opaque(&self, real: &Path) -> bool {
-        self.is_opaque(real, false)
     }
 
     /// Open a real file for I/O.

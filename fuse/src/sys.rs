@@ -121,10 +121,6 @@ pub(crate) fn is_dir(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-pub(crate) fn is_whiteout(st: &Stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
-}
-
 pub(crate) fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
     let c = cstr(p)?;
     // SAFETY: valid C string.

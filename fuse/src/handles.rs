@@ -1,0 +1,117 @@
+//! Open files and their passthrough backing files. Directories have no per-open state (OPENDIR
+//! is not used; see [`crate::listing::Listings`] for the listings being read).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use fuser::BackingId;
+use tracing::warn;
+
+use crate::sys::{self, err};
+
+/// An open file.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    /// The node it was opened as.
+    pub(crate) ino: u64,
+    pub(crate) file: File,
+    /// Held while the file is open in passthrough mode.
+    pub(crate) _backing: Option<Arc<BackingId>>,
+}
+
+/// A passthrough backing file of an inode and the real (dev, ino) it refers to.
+type Backing = (Weak<BackingId>, (u64, u64));
+
+#[derive(Debug)]
+pub(crate) struct Handles {
+    open: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    backings: Mutex<HashMap<u64, Backing>>,
+    /// Opens use passthrough (set at init when the kernel allows it, cleared when it fails).
+    passthrough: AtomicBool,
+}
+
+impl Default for Handles {
+    fn default() -> Handles {
+        Handles {
+            open: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            backings: Mutex::new(HashMap::new()),
+            passthrough: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Handles {
+    pub(crate) fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.open.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned()
+    }
+
+    /// Register an open file; returns its handle number.
+    pub(crate) fn add(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub(crate) fn remove(&self, fh: u64) {
+        self.open.write().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+    }
+
+    /// Any open file of a (possibly unlinked) inode.
+    pub(crate) fn of_inode(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.open.read().unwrap_or_else(|e| e.into_inner()).values().find(|h| h.ino == ino).cloned()
+    }
+
+    pub(crate) fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// Get (or register) the passthrough backing file of an inode. EBUSY: the inode is open in
+    /// passthrough mode on another real file (its lower copy, before a copy-up).
+    pub(crate) fn backing_for(
+        &self,
+        ino: u64,
+        file: &File,
+        open_backing: &dyn Fn(&File) -> io::Result<BackingId>,
+    ) -> io::Result<Option<Arc<BackingId>>> {
+        if !self.passthrough() {
+            return Ok(None);
+        }
+        let st = sys::fstat(file)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(None);
+        }
+        let id = (st.st_dev, st.st_ino);
+        let mut b = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((w, rid)) = b.get(&ino) {
+            if let Some(a) = w.upgrade() {
+                if *rid == id {
+                    return Ok(Some(a));
+                }
+                // The inode is open in passthrough mode on another real file (opened before a
+                // copy-up): the kernel allows one backing file per inode.
+                return Err(err(libc::EBUSY));
+            }
+        }
+        match open_backing(file) {
+            Ok(bid) => {
+                let a = Arc::new(bid);
+                b.insert(ino, (Arc::downgrade(&a), id));
+                Ok(Some(a))
+            }
+            Err(e) => {
+                warn!("passthrough unavailable ({e}); serving I/O from the daemon");
+                self.set_passthrough(false);
+                Ok(None)
+            }
+        }
+    }
+}
