@@ -474,3 +474,78 @@ fn transport_qualified_references() {
     let err = root.fails(&["image", "import", "docker://busybox", "--name", "x"]);
     assert!(err.contains("docker.io/library/busybox:latest") && err.contains("strata pull"), "{err}");
 }
+
+/// Rows of `sql` in the root's database, each as its columns' text.
+fn db_rows(root: &Root, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(root.path().join("strata.db")).expect("db");
+    let mut st = c.prepare(sql).expect("prepare");
+    let n = st.column_count();
+    let rows = st
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        other => format!("{other:?}"),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .expect("query");
+    rows.collect::<rusqlite::Result<Vec<_>>>().expect("rows")
+}
+
+fn blob_names(root: &Root) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(root.path().join("blobs/sha256"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `--jobs 4` builds the store `--jobs 1` builds, for layouts with whiteouts and opaque
+/// directories, 128 layers (some shared) and a docker-archive (layers named by file, not digest):
+/// the same manifest digests, the same layer directories, each the same tree entry by entry,
+/// and the same layer, image and blob rows.
+#[test]
+fn parallel_import_builds_the_same_store_as_sequential() {
+    if !privileged("parallel_import_builds_the_same_store_as_sequential") {
+        return;
+    }
+    let fx = fixtures();
+    let sources = [
+        ("opaque", format!("{}:multi-opaque", fx.join("oci").display())),
+        ("many", format!("{}:many-128", fx.join("oci").display())),
+        ("docker", fx.join("multi.docker.tar").display().to_string()),
+    ];
+    let one = Root::new();
+    let four = Root::new();
+    for (name, src) in &sources {
+        let d1 = one.ok(&["image", "import", "--jobs", "1", src, "--name", name]);
+        let d4 = four.ok(&["image", "import", "--jobs", "4", src, "--name", name]);
+        assert_eq!(d1.trim(), d4.trim(), "{name}: manifest digest");
+        assert!(d1.trim().starts_with("sha256:"), "{name}: {d1}");
+    }
+    let dirs = layer_dirs(&one);
+    assert!(dirs.len() > 10, "{} layer dirs", dirs.len());
+    assert_eq!(layer_dirs(&four), dirs, "layer directories");
+    for d in &dirs {
+        let at = |r: &Root| capture(&r.path().join("layers/sha256").join(d));
+        assert_trees_eq(&at(&one), &at(&four), &format!("layer {d}, --jobs 1 vs --jobs 4"));
+    }
+    for sql in [
+        "SELECT diff_id, size, entries FROM layers ORDER BY diff_id",
+        "SELECT name, manifest_digest, config_digest FROM images ORDER BY name",
+        "SELECT name, idx, diff_id, blob_digest, media_type, blob_size FROM image_layers ORDER BY name, idx",
+        "SELECT digest, size, media_type FROM blobs ORDER BY digest",
+    ] {
+        assert_eq!(db_rows(&one, sql), db_rows(&four, sql), "{sql}");
+    }
+    assert_eq!(blob_names(&one), blob_names(&four), "blob files");
+    for r in [&one, &four] {
+        assert_eq!(db_count(r, "leases"), 0);
+        assert!(staging_entries(r).is_empty(), "staging: {:?}", staging_entries(r));
+    }
+}
