@@ -590,6 +590,17 @@ fn import_layer(
         }
     }
     let job = LayerJob { r, l, staging, tap, label: &label, declared, have_layer };
+    // A stored blob was verified when it was stored: a layer without its directory (a failed or
+    // killed import removes the directories of the layers it unpacked, not their blobs) is
+    // unpacked from it instead of being fetched again. Should the stored copy fail, the source
+    // is read after all (and its verified bytes replace the stored ones).
+    if let (false, true, Some(d)) = (have_layer, have_blob, &l.digest) {
+        match stream_into_store(store, &job, Some(d)) {
+            Ok(x) => return Ok(x),
+            Err(e) if tap.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) => return Err(e),
+            Err(e) => tracing::warn!(layer = %label, error = %e, "stored blob failed; reading the source"),
+        }
+    }
     stream_into_store(store, &job, None)
 }
 

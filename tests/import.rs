@@ -2,12 +2,17 @@
 //! `umoci unpack` produces, and failures that leave nothing behind.
 
 mod common;
+#[path = "common/layout.rs"]
+mod layout;
+#[path = "common/tarw.rs"]
+mod tarw;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use layout::layout_with_layers;
 use serde_json::Value;
 use strata::tree::assert_trees_eq;
 
@@ -548,4 +553,80 @@ fn parallel_import_builds_the_same_store_as_sequential() {
         assert_eq!(db_count(r, "leases"), 0);
         assert!(staging_entries(r).is_empty(), "staging: {:?}", staging_entries(r));
     }
+}
+
+/// One bad layer of several under `--jobs 4` (its blob re-written with another gzip header, so
+/// it unpacks but its digest is not the manifest's): the import fails naming that layer, and
+/// leaves no layer directory, row or staging debris; the blobs of the layers that completed stay,
+/// so a second import of the good image unpacks those from the store, without reading them from
+/// the source again (here: they are gone from it), and a stored blob that does not verify is read
+/// from the source after all.
+#[test]
+fn one_bad_layer_of_a_parallel_import_fails_it_cleanly() {
+    if !privileged("one_bad_layer_of_a_parallel_import_fails_it_cleanly") {
+        return;
+    }
+    let root = Root::new();
+    let layout = root.path().join("layout");
+    // Five small layers, then a big one (taken last, when some small ones are done).
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..5u8).map(|i| (format!("f{i}"), vec![b'a' + i; 4096 * (i as usize + 1)])).collect();
+    let mut x: u64 = 1;
+    let noise = (0..8 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    files.push(("big".into(), noise));
+    let layers: Vec<Vec<u8>> = files.iter().map(|(n, d)| tarw::tar([tarw::E::file(n, d)])).collect();
+    layout_with_layers(&layout, "good", &layers);
+    let digests: Vec<String> = manifest_of(&layout, "good")["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    // The bad image: the same manifest, the big layer's file replaced by bytes that decompress to
+    // the same tar (the gzip header's MTIME differs) but do not have the manifest's digest.
+    let bad_layout = root.path().join("bad");
+    copy_layout(&layout, &bad_layout);
+    let bad = digests.last().expect("layer").clone();
+    let p = blob(&bad_layout, &bad);
+    let mut bytes = fs::read(&p).expect("blob");
+    bytes[4] ^= 0x01;
+    fs::remove_file(&p).expect("unlink the hard link");
+    fs::write(&p, &bytes).expect("write");
+
+    let err = root.fails(&["image", "import", "--jobs", "4", &format!("{}:good", bad_layout.display())]);
+    assert!(err.contains(&format!("layer {bad}: digest mismatch: expected {bad}, blob is sha256:")), "{err}");
+    assert_clean(&root);
+    let stored = blob_names(&root);
+    let completed: Vec<&String> =
+        digests[..digests.len() - 1].iter().filter(|d| stored.contains(&d[7..].to_string())).collect();
+    // Four workers take layers 0-3; layer 4 goes to the first that finishes, the big one to the
+    // second: at least two layers were complete before it started.
+    assert!(completed.len() >= 2, "{} layers completed before the failure: {stored:?}", completed.len());
+    assert!(!stored.contains(&bad[7..].to_string()), "the bad blob was stored");
+
+    // The completed layers' blobs are read from the store: the source no longer has them. One
+    // stored blob is damaged: that one is read from the source after all, and repaired.
+    let damaged = root.path().join("blobs/sha256").join(&completed[0][7..]);
+    let mut b = fs::read(&damaged).expect("stored blob");
+    b[4] ^= 0x01;
+    fs::write(&damaged, &b).expect("damage the stored blob");
+    for d in &completed[1..] {
+        fs::remove_file(blob(&layout, d)).expect("rm blob");
+    }
+    let out =
+        root.cmd(&["image", "import", "--jobs", "4", &format!("{}:good", layout.display()), "--name", "g"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layer_dirs(&root).len(), layers.len());
+    assert_eq!(sha(&fs::read(&damaged).expect("stored blob")), *completed[0], "the damaged blob is repaired");
+    for (l, (name, data)) in layers.iter().zip(&files) {
+        let at = root.path().join("layers/sha256").join(&sha(l)[7..]).join(name);
+        assert!(fs::read(&at).expect("unpacked file") == *data, "{}: content differs", at.display());
+    }
+    assert_eq!(db_count(&root, "leases"), 0);
+    assert!(staging_entries(&root).is_empty());
 }
