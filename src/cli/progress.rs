@@ -22,6 +22,9 @@ struct State {
     done: usize,
 }
 
+/// Images with more layers show only the bars of the layers in progress.
+const KEEP_FINISHED_UP_TO: usize = 20;
+
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -35,6 +38,15 @@ fn short(layer: &str) -> String {
 }
 
 impl State {
+    /// A finished layer's bar stays, unless there are too many to fit a terminal.
+    fn finish(&self, pb: &ProgressBar, msg: &'static str) {
+        if self.total > KEEP_FINISHED_UP_TO {
+            pb.finish_and_clear();
+        } else {
+            pb.finish_with_message(msg);
+        }
+    }
+
     fn overall_message(&self) -> String {
         format!("{}/{} layers", self.done, self.total)
     }
@@ -69,7 +81,7 @@ impl State {
             ImportEvent::LayerDone { index, unpacked } => {
                 self.done += 1;
                 if let Some((pb, _)) = self.layers.get(index) {
-                    pb.finish_with_message(if *unpacked { "unpacked" } else { "stored" });
+                    self.finish(pb, if *unpacked { "unpacked" } else { "stored" });
                 }
                 self.update_overall();
             }
@@ -77,7 +89,7 @@ impl State {
                 self.done += 1;
                 if let Some((pb, size)) = self.layers.get(index) {
                     pb.set_position(*size);
-                    pb.finish_with_message("already present");
+                    self.finish(pb, "already present");
                     if let Some(o) = &self.overall {
                         o.inc(*size);
                     }
