@@ -12,35 +12,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh" pull 3 "$@"
 command -v docker-registry >/dev/null || { echo "bench-pull: docker-registry not installed" >&2; exit 1; }
 
-# The four-layer image, built once with umoci and cached next to the rootfs.
-L=$BENCH/oci-layers
-if [ ! -f "$L/.complete" ]; then
-    echo "bench-pull: splitting $BENCH/rootfs into four layers (once)" >&2
-    rm -rf "$L" "$BENCH/layers-bundle"
-    umoci init --layout "$L"
-    umoci new --image "$L:layers"
-    umoci unpack --image "$L:layers" "$BENCH/layers-bundle" >/dev/null
-    R=$BENCH/layers-bundle/rootfs
-    stage() { # COMMENT PATH...
-        local c=$1; shift
-        for p in "$@"; do
-            mkdir -p "$R/$(dirname "$p")"
-            cp -a "$BENCH/rootfs/$p" "$R/$p"
-        done
-        umoci repack --refresh-bundle --image "$L:layers" --history.comment "$c" "$BENCH/layers-bundle" >/dev/null
-    }
-    mkdir -p "$R/usr"
-    base=$(cd "$BENCH/rootfs" && ls -A | grep -vx usr)
-    # shellcheck disable=SC2086
-    stage "base" $base
-    stage "usr/lib" usr/lib
-    stage "usr/share" usr/share
-    rest=$(cd "$BENCH/rootfs" && ls -A usr | grep -vx -e lib -e share | sed 's|^|usr/|')
-    # shellcheck disable=SC2086
-    stage "usr rest" $rest
-    rm -rf "$BENCH/layers-bundle"
-    touch "$L/.complete"
-fi
+four_layers   # $L: the rootfs split into four layers (bench-common.sh)
 
 # A private registry on a free port.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -81,6 +53,8 @@ timeit() { # prep cmd...
     done | median
 }
 t_strata=$(timeit "rm -rf $W/root" "$S" --root "$W/root" pull "$REF")
+t_strata1=$(timeit "rm -rf $W/root" "$S" --root "$W/root" pull --jobs 1 "$REF")
+t_strata4=$(timeit "rm -rf $W/root" "$S" --root "$W/root" pull --jobs 4 "$REF")
 skopeo_umoci() {
     skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$W/oci:bench" && umoci unpack --image "$W/oci:bench" "$W/bundle"
 }
@@ -115,6 +89,8 @@ fi
 
 printf '\n%-50s %10s %12s\n' "pull of $mb MB in 4 layers (median of $RUNS)" "seconds" "x/strata"
 printf '%-50s %10.3f %12s\n' "strata pull (verify + store + unpack)" "$t_strata" "1.00"
+printf '%-50s %10.3f %12.2f\n' "strata pull --jobs 1 (one layer at a time)" "$t_strata1" "$(echo "$t_strata1 / $t_strata" | bc -l)"
+printf '%-50s %10.3f %12.2f\n' "strata pull --jobs 4" "$t_strata4" "$(echo "$t_strata4 / $t_strata" | bc -l)"
 printf '%-50s %10.3f %12.2f\n' "skopeo copy to oci: + umoci unpack" "$t_skopeo" "$(echo "$t_skopeo / $t_strata" | bc -l)"
 printf '%-50s %10.3f %12.2f\n' "podman pull (overlay)" "$t_podman" "$(echo "$t_podman / $t_strata" | bc -l)"
 if [ -n "$t_ctr" ]; then

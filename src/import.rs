@@ -1,14 +1,21 @@
 //! `strata image import`: stream each layer blob once — hashing the compressed bytes, storing the
 //! blob, decompressing, hashing the tar, unpacking — on two threads, and publish the image only when
 //! every digest has been verified.
+//!
+//! Layers are independent here (each is unpacked into its own directory, whiteouts included), so
+//! up to [`ImportOptions::jobs`] of them stream at once, each worker thread with its own database
+//! connection ([`Store::reopen`]). Each layer still goes through the same steps under its own
+//! lock and the import's lease; the first failure stops the others and is the one returned.
+//! Progress is reported through [`ImportOptions::progress`], never drawn here.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};
 
 use crate::db::{ImageLayerRow, NewImage};
@@ -52,8 +59,61 @@ pub type Result<T, E = ImportError> = std::result::Result<T, E>;
 pub struct ImportOptions {
     pub name: Option<String>,
     pub platform: Option<Platform>,
-    /// Show a progress bar (caller decides: only on a terminal).
-    pub progress: bool,
+    /// How many layers are fetched, verified and unpacked at once: 0 for [`default_jobs`], 1 for
+    /// one after the other.
+    pub jobs: usize,
+    /// Told what the import is doing (for a progress display); `None`: nobody is.
+    pub progress: Option<Progress>,
+}
+
+/// What an import reports while it runs, to its [`Progress`]. Layers are numbered bottom first,
+/// as the manifest lists them; with several jobs the events of different layers interleave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportEvent {
+    /// The import starts: `layers` layers, `bytes` bytes of layer blobs as the manifest states
+    /// them (layers of a docker-archive, which states no size, count 0).
+    Start { layers: usize, bytes: u64 },
+    /// Layer `index` starts: `layer` names it (its blob digest), `size` is its blob's size when
+    /// known.
+    LayerStarted { index: usize, layer: String, size: Option<u64> },
+    /// `bytes` more bytes of layer `index`'s blob were read (fetched, for a registry).
+    LayerBytes { index: usize, bytes: u64 },
+    /// Layer `index` is complete in the store; `unpacked` when this import unpacked it (else its
+    /// directory was there and only its blob was stored).
+    LayerDone { index: usize, unpacked: bool },
+    /// Layer `index` and its blob were in the store already: nothing was read.
+    LayerReused { index: usize },
+}
+
+/// A callback told of [`ImportEvent`]s, from whichever thread streams the layer.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(&ImportEvent) + Send + Sync>);
+
+impl Progress {
+    pub fn new(f: impl Fn(&ImportEvent) + Send + Sync + 'static) -> Progress {
+        Progress(Arc::new(f))
+    }
+
+    fn emit(&self, e: &ImportEvent) {
+        (self.0)(e)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// At most this many jobs by default: beyond it a local import gains nothing on the machines
+/// measured (docs/BENCHMARKS.md), and a registry is asked for no more blobs at once.
+pub const MAX_DEFAULT_JOBS: usize = 4;
+
+/// The default number of layers streamed at once: one per layer, per CPU, at most
+/// [`MAX_DEFAULT_JOBS`].
+pub fn default_jobs(layers: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    layers.min(cpus).clamp(1, MAX_DEFAULT_JOBS)
 }
 
 /// What an import did.
@@ -76,11 +136,31 @@ struct TeeReader<'a> {
     count: u64,
     limit: Option<u64>,
     blob: Option<BufWriter<File>>,
-    progress: &'a ProgressBar,
+    tap: Tap<'a>,
+}
+
+/// What the reading side of one layer reports to, and what stops it.
+#[derive(Clone, Copy, Default)]
+struct Tap<'a> {
+    progress: Option<&'a Progress>,
+    index: usize,
+    /// Set when another layer of the import failed: stop reading.
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl Tap<'_> {
+    fn emit(&self, e: ImportEvent) {
+        if let Some(p) = self.progress {
+            p.emit(&e);
+        }
+    }
 }
 
 impl Read for TeeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.tap.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(io::Error::other("stopped: another layer of this import failed"));
+        }
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if let Some(limit) = self.limit {
@@ -95,7 +175,9 @@ impl Read for TeeReader<'_> {
         if let Some(b) = &mut self.blob {
             b.write_all(&buf[..n])?;
         }
-        self.progress.inc(n as u64);
+        if n > 0 {
+            self.tap.emit(ImportEvent::LayerBytes { index: self.tap.index, bytes: n as u64 });
+        }
         Ok(n)
     }
 }
@@ -195,7 +277,7 @@ fn produce(
     declared: Option<Compression>,
     blob: Option<File>,
     tx: Option<SyncSender<io::Result<Vec<u8>>>>,
-    progress: &ProgressBar,
+    tap: Tap<'_>,
 ) -> io::Result<Streamed> {
     let (head, src) = image::peek(src, 4)?;
     // Trust the bytes over the label: gzip-labelled plain tars exist in the wild.
@@ -209,7 +291,7 @@ fn produce(
         count: 0,
         limit,
         blob: blob.map(|f| BufWriter::with_capacity(CHUNK, f)),
-        progress,
+        tap,
     };
     let (diff_hasher, _) = {
         let dec: Box<dyn Read + '_> = match compression {
@@ -302,19 +384,7 @@ pub fn import_prepared(
 ) -> Result<Imported> {
     let _gc = store.gc_shared()?;
     let staging = store.staging()?;
-    let total: u64 = resolved.layers.iter().filter_map(|l| l.size).sum();
-    let progress = if opts.progress {
-        let pb = ProgressBar::new(total);
-        pb.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
-    let result = import_resolved(store, resolved, name, &staging, &progress);
-    progress.finish_and_clear();
+    let result = import_resolved(store, resolved, name, &staging, opts);
     if result.is_err() {
         // Release what this import leased; layers only it held go with them.
         store.db.drop_leases(&staging.token)?;
@@ -328,17 +398,9 @@ fn import_resolved(
     r: &Resolved,
     name: &str,
     staging: &Staging,
-    progress: &ProgressBar,
+    opts: &ImportOptions,
 ) -> Result<Imported> {
-    let mut rows = Vec::new();
-    let mut unpacked = 0;
-    let n = r.layers.len();
-    for (i, l) in r.layers.iter().enumerate() {
-        progress.set_message(format!("layer {}/{n}", i + 1));
-        let (row, did) = import_layer(store, r, l, staging, progress)?;
-        unpacked += did as usize;
-        rows.push(row);
-    }
+    let (rows, unpacked) = import_layers(store, r, staging, opts)?;
     // Metadata blobs: the verified manifest, or for docker-archive one built from what was hashed.
     let config_digest = store.put_blob(&r.config)?;
     let (manifest_bytes, manifest_digest) = match &r.manifest {
@@ -372,6 +434,73 @@ fn import_resolved(
         layers: rows,
         unpacked,
     })
+}
+
+/// Import every layer of `r`, up to `opts.jobs` at once; returns their rows, bottom first, and
+/// how many were unpacked. Each worker has a store handle of its own (the first is `store`);
+/// after the first failure no layer starts, the running ones are stopped, and that failure is
+/// returned.
+fn import_layers(
+    store: &mut Store,
+    r: &Resolved,
+    staging: &Staging,
+    opts: &ImportOptions,
+) -> Result<(Vec<ImageLayerRow>, usize)> {
+    let n = r.layers.len();
+    let progress = opts.progress.as_ref();
+    if let Some(p) = progress {
+        p.emit(&ImportEvent::Start { layers: n, bytes: r.layers.iter().filter_map(|l| l.size).sum() });
+    }
+    let jobs = if opts.jobs == 0 { default_jobs(n) } else { opts.jobs.min(n.max(1)) };
+    let mut others = (1..jobs).map(|_| store.reopen()).collect::<Result<Vec<_>, _>>()?;
+    let next = AtomicUsize::new(0);
+    let cancel = AtomicBool::new(false);
+    let done: Mutex<Vec<Option<(ImageLayerRow, bool)>>> = Mutex::new(vec![None; n]);
+    let failed: Mutex<Option<ImportError>> = Mutex::new(None);
+    let work = |store: &mut Store| {
+        while !cancel.load(Ordering::Relaxed) {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(l) = r.layers.get(index) else { break };
+            let tap = Tap { progress, index, cancel: Some(&cancel) };
+            match import_layer(store, r, l, staging, tap) {
+                Ok(x) => done.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(x),
+                Err(e) => {
+                    let mut first = failed.lock().unwrap_or_else(|e| e.into_inner());
+                    if first.is_none() {
+                        *first = Some(e);
+                    }
+                    cancel.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    };
+    let work = &work;
+    if others.is_empty() {
+        work(store);
+    } else {
+        std::thread::scope(|s| {
+            for other in &mut others {
+                s.spawn(move || work(other));
+            }
+            work(store);
+        });
+    }
+    drop(others);
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let mut rows = Vec::with_capacity(n);
+    let mut unpacked = 0;
+    for (l, x) in r.layers.iter().zip(done.into_inner().unwrap_or_else(|e| e.into_inner())) {
+        let (row, did) = x.ok_or_else(|| ImportError::Layer {
+            layer: l.diff_id.to_string(),
+            reason: "not imported (a worker stopped early)".into(),
+        })?;
+        unpacked += did as usize;
+        rows.push(row);
+    }
+    Ok((rows, unpacked))
 }
 
 /// An OCI manifest for layers that came without one (docker-archive).
@@ -427,7 +556,7 @@ fn import_layer(
     r: &Resolved,
     l: &LayerRef,
     staging: &Staging,
-    progress: &ProgressBar,
+    tap: Tap<'_>,
 ) -> Result<(ImageLayerRow, bool)> {
     let diff_id = &l.diff_id;
     // A docker-archive layer is named by its file, which the archive chose: printable only.
@@ -436,6 +565,7 @@ fn import_layer(
         Some(mt) => Some(image::layer_compression(mt)?),
         None => None,
     };
+    tap.emit(ImportEvent::LayerStarted { index: tap.index, layer: label.clone(), size: l.size });
     // Lease first, so a concurrent gc or recovery keeps the layer while this import needs it.
     store.db.add_lease(&staging.token, &diff_id.to_string())?;
     let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
@@ -444,7 +574,7 @@ fn import_layer(
     let have_blob = l.digest.as_ref().is_some_and(|d| store.has_blob(d));
     if have_layer && have_blob {
         if let (Some(d), Some(sz)) = (&l.digest, l.size) {
-            progress.inc(sz);
+            tap.emit(ImportEvent::LayerReused { index: tap.index });
             let size = store.db.layer_size(&diff_id.to_string())?.unwrap_or(0);
             let mt = l.media_type.clone().unwrap_or_else(|| image::MT_OCI_LAYER.into());
             return Ok((
@@ -459,14 +589,64 @@ fn import_layer(
             ));
         }
     }
-    let (src, file_size) = r
-        .source
-        .open_blob(l)
-        .map_err(|e| ImportError::Layer { layer: label.clone(), reason: e.to_string() })?;
+    let job = LayerJob { r, l, staging, tap, label: &label, declared, have_layer };
+    // A stored blob was verified when it was stored: a layer without its directory (a failed or
+    // killed import removes the directories of the layers it unpacked, not their blobs) is
+    // unpacked from it instead of being fetched again. Should the stored copy fail, the source
+    // is read after all (and its verified bytes replace the stored ones).
+    if let (false, true, Some(d)) = (have_layer, have_blob, &l.digest) {
+        match stream_into_store(store, &job, Some(d)) {
+            Ok(x) => return Ok(x),
+            Err(e) if tap.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) => return Err(e),
+            Err(e) => tracing::warn!(layer = %label, error = %e, "stored blob failed; reading the source"),
+        }
+    }
+    stream_into_store(store, &job, None)
+}
+
+/// One layer to bring into the store, its lock held.
+struct LayerJob<'a> {
+    r: &'a Resolved,
+    l: &'a LayerRef,
+    staging: &'a Staging,
+    tap: Tap<'a>,
+    label: &'a str,
+    declared: Option<Compression>,
+    /// Its directory and row exist: only its blob is wanted.
+    have_layer: bool,
+}
+
+/// Stream a layer's blob from the source (or, given `stored`, from the blob store, which it is
+/// not written to again), verify it, and publish what was missing: the layer directory and
+/// row, the blob. Leaves nothing behind on failure.
+fn stream_into_store(
+    store: &mut Store,
+    job: &LayerJob<'_>,
+    stored: Option<&Sha256Digest>,
+) -> Result<(ImageLayerRow, bool)> {
+    let LayerJob { r, l, staging, tap, label, declared, have_layer } = *job;
+    let diff_id = &l.diff_id;
+    let layer_dir = store.layer_path(diff_id);
+    let (src, file_size): (Box<dyn Read + Send>, u64) = match stored {
+        Some(d) => {
+            let p = store.blob_path(d);
+            let f = File::open(&p).at(&p)?;
+            let len = f.metadata().at(&p)?.len();
+            (Box::new(f), len)
+        }
+        None => r
+            .source
+            .open_blob(l)
+            .map_err(|e| ImportError::Layer { layer: label.to_string(), reason: e.to_string() })?,
+    };
     let limit = l.size.or(Some(file_size));
     let blob_tmp = staging.dir.join(format!("blob-{}", diff_id.hex()));
-    let blob_file =
-        OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?;
+    let blob_file = match stored {
+        Some(_) => None,
+        None => {
+            Some(OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?)
+        }
+    };
     let unpack_dir: Option<PathBuf> = if have_layer {
         None
     } else {
@@ -474,10 +654,11 @@ fn import_layer(
         fs::create_dir(&d).at(&d)?;
         Some(d)
     };
-    let streamed =
-        stream_layer(src, limit, declared, Some(blob_file), unpack_dir.as_deref(), progress, &label);
+    let streamed = stream_layer(src, limit, declared, blob_file, unpack_dir.as_deref(), tap, label);
     let cleanup = || {
-        let _ = fs::remove_file(&blob_tmp);
+        if stored.is_none() {
+            let _ = fs::remove_file(&blob_tmp);
+        }
         if let Some(d) = &unpack_dir {
             let _ = remove_tree(d);
         }
@@ -490,7 +671,7 @@ fn import_layer(
         }
     };
     // Verify everything before anything is published.
-    if let Err(e) = s.verify(&label, l.digest.as_ref(), l.size, diff_id) {
+    if let Err(e) = s.verify(label, l.digest.as_ref(), l.size, diff_id) {
         cleanup();
         return Err(e);
     }
@@ -509,11 +690,14 @@ fn import_layer(
         store.db.insert_layer(&diff_id.to_string(), stats.bytes, stats.entries)?;
         size = stats.bytes;
     }
-    store.commit_blob_file(&blob_tmp, &s.digest)?;
+    if stored.is_none() {
+        store.commit_blob_file(&blob_tmp, &s.digest)?;
+    }
     let media_type = match &l.media_type {
         Some(mt) => mt.clone(),
         None => media_type_for(s.compression).to_string(),
     };
+    tap.emit(ImportEvent::LayerDone { index: tap.index, unpacked: unpack_dir.is_some() });
     Ok((
         ImageLayerRow {
             diff_id: diff_id.to_string(),
@@ -533,16 +717,16 @@ fn stream_layer(
     declared: Option<Compression>,
     blob: Option<File>,
     unpack_dir: Option<&Path>,
-    progress: &ProgressBar,
+    tap: Tap<'_>,
     label: &str,
 ) -> Result<(Streamed, Option<unpack::UnpackStats>)> {
     let layer_err = |e: io::Error| ImportError::Layer { layer: label.to_string(), reason: e.to_string() };
     let Some(dir) = unpack_dir else {
-        return produce(src, limit, declared, blob, None, progress).map(|s| (s, None)).map_err(layer_err);
+        return produce(src, limit, declared, blob, None, tap).map(|s| (s, None)).map_err(layer_err);
     };
     let (tx, rx) = sync_channel(8);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || produce(src, limit, declared, blob, Some(tx), progress));
+        let producer = scope.spawn(move || produce(src, limit, declared, blob, Some(tx), tap));
         let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
         let unpacked = unpack::unpack_layer(reader, dir, &UnpackOptions::default());
         // Dropping the reader (inside unpack_layer) lets the producer finish hashing the rest.
@@ -586,7 +770,7 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
         declared,
         None,
         Some(&dir),
-        &ProgressBar::hidden(),
+        Tap::default(),
         &label,
     )?;
     s.verify(&label, Some(&digest), Some(layer.blob_size), &diff_id)?;

@@ -12,6 +12,9 @@ use strata::image::Platform;
 use strata::import::{self, ImportOptions};
 use strata::store::Store;
 
+mod cli;
+use cli::progress;
+
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Overlay-filesystem snapshotter and container runtime layer")]
 struct Cli {
@@ -99,6 +102,8 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         platform: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        jobs: JobsArg,
         /// Print only the digest: no progress, no summary.
         #[arg(short, long)]
         quiet: bool,
@@ -218,6 +223,8 @@ strata --root /a save app | strata --root /b load --name app")]
         /// Name to store the image under (default: the archive's tag).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        jobs: JobsArg,
     },
     /// Running containers (as podman ps).
     #[command(after_help = "Examples:\n  strata ps\n  strata ps --json")]
@@ -324,6 +331,8 @@ enum ImageCmd {
         /// Platform to pick from a multi-platform index, OS/ARCH[/VARIANT].
         #[arg(long)]
         platform: Option<String>,
+        #[command(flatten)]
+        jobs: JobsArg,
     },
     /// List images.
     #[command(after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --json")]
@@ -398,6 +407,22 @@ struct TlsArgs {
     /// Also trust the *.crt files of this directory (as podman's --cert-dir).
     #[arg(long)]
     cert_dir: Option<PathBuf>,
+}
+
+/// `--jobs N`: how many layers an import fetches, verifies and unpacks at once.
+#[derive(clap::Args, Clone, Copy)]
+struct JobsArg {
+    /// Layers fetched, verified and unpacked at once (default: one per layer and CPU, at most
+    /// 4); 1 does one after the other.
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+}
+
+impl JobsArg {
+    /// As [`ImportOptions::jobs`] takes it: 0 for the library's default.
+    fn get(self) -> usize {
+        self.jobs.map_or(0, usize::from)
+    }
 }
 
 impl TlsArgs {
@@ -551,7 +576,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Save { names, output, format } => save_cmd(&cli.root, &names, &output, &format),
-        Cmd::Load { input, name } => load_cmd(&cli.root, &input, name),
+        Cmd::Load { input, name, jobs } => load_cmd(&cli.root, &input, name, jobs),
         Cmd::Run { image, name, rm, backend, env, workdir, user, detach, interactive, tty, volume, cmd } => {
             let extra = RunExtra { env, workdir, user, detach, interactive, tty, volumes: volume };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
@@ -576,8 +601,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Pull { reference, name, platform, tls, quiet } => {
-            pull_cmd(&cli.root, &reference, name, platform, tls, quiet)
+        Cmd::Pull { reference, name, platform, tls, jobs, quiet } => {
+            pull_cmd(&cli.root, &reference, name, platform, tls, jobs, quiet)
         }
         Cmd::Push { name, reference, tls, quiet, chunk_size } => {
             push_cmd(&cli.root, &name, reference.as_deref(), tls, quiet, chunk_size)
@@ -593,15 +618,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
     match c {
-        ImageCmd::Import { source, name, platform } => {
+        ImageCmd::Import { source, name, platform, jobs } => {
             let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
-            let opts = ImportOptions { name, platform, progress: std::io::stderr().is_terminal() };
+            let bars = progress::Bars::on_terminal(true);
+            let opts = ImportOptions { name, platform, jobs: jobs.get(), progress: bars.progress() };
             // The source is checked before the state root is touched.
             let (resolved, name) =
                 import::prepare(&source, &opts).with_context(|| format!("importing {source}"))?;
             let mut store = open_store(root)?;
-            let imported = import::import_prepared(&mut store, &resolved, &name, &opts)
-                .with_context(|| format!("importing {source}"))?;
+            let imported = import::import_prepared(&mut store, &resolved, &name, &opts);
+            drop(bars);
+            let imported = imported.with_context(|| format!("importing {source}"))?;
             println!("{}", imported.manifest_digest);
         }
         ImageCmd::Ls { json, quiet } => {
@@ -749,6 +776,7 @@ fn pull_cmd(
     name: Option<String>,
     platform: Option<String>,
     tls: TlsArgs,
+    jobs: JobsArg,
     quiet: bool,
 ) -> Result<ExitCode> {
     use strata::registry::{self, PullOptions};
@@ -762,14 +790,13 @@ fn pull_cmd(
     let resolved = registry::resolve(&r, &opts).with_context(|| format!("pulling {r}"))?;
     let name = name.unwrap_or_else(|| r.to_string());
     strata::reference::validate_image_name(&name).with_context(|| format!("pulling {r}"))?;
-    let iopts = ImportOptions {
-        name: Some(name.clone()),
-        platform,
-        progress: !quiet && std::io::stderr().is_terminal(),
-    };
+    let bars = progress::Bars::on_terminal(!quiet);
+    let iopts =
+        ImportOptions { name: Some(name.clone()), platform, jobs: jobs.get(), progress: bars.progress() };
     let mut store = open_store(root)?;
-    let imported = import::import_prepared(&mut store, &resolved, &name, &iopts)
-        .with_context(|| format!("pulling {r}"))?;
+    let imported = import::import_prepared(&mut store, &resolved, &name, &iopts);
+    drop(bars);
+    let imported = imported.with_context(|| format!("pulling {r}"))?;
     if !quiet {
         eprintln!(
             "{name}: {} layers, {} unpacked, {} already present",
@@ -903,8 +930,8 @@ fn save_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>) -> Result<ExitCode> {
-    let opts = ImportOptions { name, platform: None, progress: false };
+fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>, jobs: JobsArg) -> Result<ExitCode> {
+    let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None };
     let imported = if input == "-" {
         let mut store = open_store(root)?;
         import::import_stream(&mut store, std::io::stdin().lock(), &opts).context("loading from stdin")?

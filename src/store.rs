@@ -327,6 +327,17 @@ impl Store {
         Ok(store)
     }
 
+    /// Another handle on this opened state root, for a worker thread: its own database
+    /// connection (a connection is not shared between threads), without the checks and the
+    /// recovery [`Store::open`] already did.
+    pub fn reopen(&self) -> Result<Store> {
+        let db = {
+            let _g = lock_file(&self.root.join("locks/db-open.lock"), true)?;
+            Db::open(&self.root.join("strata.db"))?
+        };
+        Ok(Store { root: self.root.clone(), db })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

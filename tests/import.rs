@@ -2,12 +2,17 @@
 //! `umoci unpack` produces, and failures that leave nothing behind.
 
 mod common;
+#[path = "common/layout.rs"]
+mod layout;
+#[path = "common/tarw.rs"]
+mod tarw;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use layout::layout_with_layers;
 use serde_json::Value;
 use strata_test_support::tree::assert_trees_eq;
 
@@ -473,4 +478,166 @@ fn transport_qualified_references() {
     assert!(err.contains("holds an oci-archive, not an OCI image layout"), "{err}");
     let err = root.fails(&["image", "import", "docker://busybox", "--name", "x"]);
     assert!(err.contains("docker.io/library/busybox:latest") && err.contains("strata pull"), "{err}");
+}
+
+/// Rows of `sql` in the root's database, each as its columns' text.
+fn db_rows(root: &Root, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(root.path().join("strata.db")).expect("db");
+    let mut st = c.prepare(sql).expect("prepare");
+    let n = st.column_count();
+    let rows = st
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        other => format!("{other:?}"),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .expect("query");
+    rows.collect::<rusqlite::Result<Vec<_>>>().expect("rows")
+}
+
+fn blob_names(root: &Root) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(root.path().join("blobs/sha256"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `--jobs 4` builds the store `--jobs 1` builds, for layouts with whiteouts and opaque
+/// directories, 128 layers (some shared) and a docker-archive (layers named by file, not digest):
+/// the same manifest digests, the same layer directories, each the same tree entry by entry,
+/// and the same layer, image and blob rows.
+#[test]
+fn parallel_import_builds_the_same_store_as_sequential() {
+    if !privileged("parallel_import_builds_the_same_store_as_sequential") {
+        return;
+    }
+    let fx = fixtures();
+    let sources = [
+        ("opaque", format!("{}:multi-opaque", fx.join("oci").display())),
+        ("many", format!("{}:many-128", fx.join("oci").display())),
+        ("docker", fx.join("multi.docker.tar").display().to_string()),
+    ];
+    let one = Root::new();
+    let four = Root::new();
+    for (name, src) in &sources {
+        let d1 = one.ok(&["image", "import", "--jobs", "1", src, "--name", name]);
+        let d4 = four.ok(&["image", "import", "--jobs", "4", src, "--name", name]);
+        assert_eq!(d1.trim(), d4.trim(), "{name}: manifest digest");
+        assert!(d1.trim().starts_with("sha256:"), "{name}: {d1}");
+    }
+    let dirs = layer_dirs(&one);
+    assert!(dirs.len() > 10, "{} layer dirs", dirs.len());
+    assert_eq!(layer_dirs(&four), dirs, "layer directories");
+    for d in &dirs {
+        // A whiteout made from a `.wh.` entry carries the time of the unpack, not a time from
+        // the image (overlayfs never shows it): that is the one thing two imports may differ in.
+        let at = |r: &Root| {
+            let mut t = capture(&r.path().join("layers/sha256").join(d));
+            t.retain(|_, e| {
+                if e.kind == strata_test_support::tree::Kind::Char && e.rdev == Some((0, 0)) {
+                    e.mtime = None;
+                }
+                true
+            });
+            t
+        };
+        assert_trees_eq(&at(&one), &at(&four), &format!("layer {d}, --jobs 1 vs --jobs 4"));
+    }
+    for sql in [
+        "SELECT diff_id, size, entries FROM layers ORDER BY diff_id",
+        "SELECT name, manifest_digest, config_digest FROM images ORDER BY name",
+        "SELECT name, idx, diff_id, blob_digest, media_type, blob_size FROM image_layers ORDER BY name, idx",
+        "SELECT digest, size, media_type FROM blobs ORDER BY digest",
+    ] {
+        assert_eq!(db_rows(&one, sql), db_rows(&four, sql), "{sql}");
+    }
+    assert_eq!(blob_names(&one), blob_names(&four), "blob files");
+    for r in [&one, &four] {
+        assert_eq!(db_count(r, "leases"), 0);
+        assert!(staging_entries(r).is_empty(), "staging: {:?}", staging_entries(r));
+    }
+}
+
+/// One bad layer of several under `--jobs 4` (its blob re-written with another gzip header, so
+/// it unpacks but its digest is not the manifest's): the import fails naming that layer, and
+/// leaves no layer directory, row or staging debris; the blobs of the layers that completed stay,
+/// so a second import of the good image unpacks those from the store, without reading them from
+/// the source again (here: they are gone from it), and a stored blob that does not verify is read
+/// from the source after all.
+#[test]
+fn one_bad_layer_of_a_parallel_import_fails_it_cleanly() {
+    if !privileged("one_bad_layer_of_a_parallel_import_fails_it_cleanly") {
+        return;
+    }
+    let root = Root::new();
+    let layout = root.path().join("layout");
+    // Five small layers, then a big one (taken last, when some small ones are done).
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..5u8).map(|i| (format!("f{i}"), vec![b'a' + i; 4096 * (i as usize + 1)])).collect();
+    let mut x: u64 = 1;
+    let noise = (0..8 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    files.push(("big".into(), noise));
+    let layers: Vec<Vec<u8>> = files.iter().map(|(n, d)| tarw::tar([tarw::E::file(n, d)])).collect();
+    layout_with_layers(&layout, "good", &layers);
+    let digests: Vec<String> = manifest_of(&layout, "good")["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    // The bad image: the same manifest, the big layer's file replaced by bytes that decompress to
+    // the same tar (the gzip header's MTIME differs) but do not have the manifest's digest.
+    let bad_layout = root.path().join("bad");
+    copy_layout(&layout, &bad_layout);
+    let bad = digests.last().expect("layer").clone();
+    let p = blob(&bad_layout, &bad);
+    let mut bytes = fs::read(&p).expect("blob");
+    bytes[4] ^= 0x01;
+    fs::remove_file(&p).expect("unlink the hard link");
+    fs::write(&p, &bytes).expect("write");
+
+    let err = root.fails(&["image", "import", "--jobs", "4", &format!("{}:good", bad_layout.display())]);
+    assert!(err.contains(&format!("layer {bad}: digest mismatch: expected {bad}, blob is sha256:")), "{err}");
+    assert_clean(&root);
+    let stored = blob_names(&root);
+    let completed: Vec<&String> =
+        digests[..digests.len() - 1].iter().filter(|d| stored.contains(&d[7..].to_string())).collect();
+    // Four workers take layers 0-3; layer 4 goes to the first that finishes, the big one to the
+    // second: at least two layers were complete before it started.
+    assert!(completed.len() >= 2, "{} layers completed before the failure: {stored:?}", completed.len());
+    assert!(!stored.contains(&bad[7..].to_string()), "the bad blob was stored");
+
+    // The completed layers' blobs are read from the store: the source no longer has them. One
+    // stored blob is damaged: that one is read from the source after all, and repaired.
+    let damaged = root.path().join("blobs/sha256").join(&completed[0][7..]);
+    let mut b = fs::read(&damaged).expect("stored blob");
+    b[4] ^= 0x01;
+    fs::write(&damaged, &b).expect("damage the stored blob");
+    for d in &completed[1..] {
+        fs::remove_file(blob(&layout, d)).expect("rm blob");
+    }
+    let out =
+        root.cmd(&["image", "import", "--jobs", "4", &format!("{}:good", layout.display()), "--name", "g"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layer_dirs(&root).len(), layers.len());
+    assert_eq!(sha(&fs::read(&damaged).expect("stored blob")), *completed[0], "the damaged blob is repaired");
+    for (l, (name, data)) in layers.iter().zip(&files) {
+        let at = root.path().join("layers/sha256").join(&sha(l)[7..]).join(name);
+        assert!(fs::read(&at).expect("unpacked file") == *data, "{}: content differs", at.display());
+    }
+    assert_eq!(db_count(&root, "leases"), 0);
+    assert!(staging_entries(&root).is_empty());
 }
