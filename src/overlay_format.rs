@@ -1,6 +1,7 @@
 //! The on-disk overlay format, as unpack writes it into layer directories and commit and diff
-//! read it from upper dirs and layers: whiteouts, opaque directories, the overlay's private
-//! xattrs, the OCI names that stand for them in tars, and xattr listing through fds.
+//! read it from upper dirs and layers. The definitions (whiteouts, opaque directories, the
+//! overlay's private xattrs, the OCI names for them) are [`kernel_overlay::format`]'s, shared with
+//! strata-fuse; this module adds reading them through descriptors.
 //!
 //! - Whiteout of NAME: a character device 0:0 named NAME.
 //! - Opaque directory: `trusted.overlay.opaque` (or `user.overlay.opaque`, for `userxattr`
@@ -14,31 +15,23 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use rustix::fs::{FileType, Stat};
+use rustix::fs::Stat;
 use rustix::io::Errno;
 
-/// The OCI whiteout prefix (`.wh.NAME` deletes NAME).
-pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
-/// The OCI opaque marker (`DIR/.wh..wh..opq`).
-pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// AUFS metadata names (`.wh..wh.plnk`, ...): never content, skipped on unpack.
-pub const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
-/// The opaque xattr names, the kernel's default (`trusted.`) first.
-pub const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+pub use kernel_overlay::format::{
+    is_private_xattr, OPAQUE_MARKER, OPAQUE_VALUE, OPAQUE_XATTRS, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
+};
 
 /// True for an overlayfs whiteout: a character device 0:0.
 pub fn is_whiteout(st: &Stat) -> bool {
-    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
-}
-
-/// True for the overlay's private xattrs (`trusted.overlay.*`, `user.overlay.*`).
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    kernel_overlay::format::is_whiteout_node(st.st_mode, st.st_rdev)
 }
 
 /// True when `xattrs` (as [`list_xattrs`] returns them) mark a directory opaque.
 pub fn has_opaque(xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    xattrs.iter().any(|(k, v)| OPAQUE_XATTRS.iter().any(|o| k == o.as_bytes()) && v.as_slice() == b"y")
+    xattrs
+        .iter()
+        .any(|(k, v)| OPAQUE_XATTRS.iter().any(|o| k == o.as_bytes()) && v.as_slice() == OPAQUE_VALUE)
 }
 
 /// True when the directory open as `dir` (a real fd, not `O_PATH`) is opaque.

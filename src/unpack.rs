@@ -1107,7 +1107,7 @@ impl<'o> Unpacker<'o> {
         rustix::fs::fsetxattr(
             dirfd,
             self.opts.opaque_xattr.opaque_xattr(),
-            b"y",
+            overlay_format::OPAQUE_VALUE,
             rustix::fs::XattrFlags::empty(),
         )
         .map_err(|e| io_err(path, "set opaque xattr", e))

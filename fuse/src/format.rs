@@ -4,8 +4,8 @@
 //! (read in lower layers only), and the private xattrs (`trusted.overlay.*`, `user.overlay.*`)
 //! that users never see and copy-ups never copy.
 //!
-//! strata's own `src/overlay_format.rs` is the same format for commit and diff; this crate does
-//! not depend on strata, so it keeps its copy here.
+//! The definitions are `kernel_overlay::format`'s, the one strata's unpack, commit and diff use
+//! too; this module adds the path-based operations strata-fuse needs.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -14,15 +14,11 @@ use std::path::Path;
 
 use crate::sys::{self, Stat};
 
-/// The opaque xattrs, the one written first.
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-const OCI_WH: &[u8] = b".wh.";
-const OCI_OPQ: &str = ".wh..wh..opq";
+use kernel_overlay::format::{OPAQUE_MARKER, OPAQUE_VALUE, OPAQUE_XATTRS, WHITEOUT_PREFIX as OCI_WH};
 
 /// Xattr names private to the overlay format, hidden from users.
 pub fn is_private_xattr(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.")
+    kernel_overlay::format::is_private_xattr(name.as_bytes())
 }
 
 /// Whether `st` is a whiteout (character device 0:0).
@@ -32,7 +28,7 @@ pub(crate) fn is_whiteout(st: &Stat) -> bool {
 
 /// Whether a node of `mode` and `rdev` would be a whiteout.
 pub(crate) fn is_whiteout_node(mode: u32, rdev: u64) -> bool {
-    mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0
+    kernel_overlay::format::is_whiteout_node(mode, rdev)
 }
 
 /// Create a whiteout at `p`.
@@ -44,17 +40,17 @@ pub(crate) fn mknod_whiteout(p: &Path) -> io::Result<()> {
 pub(crate) fn is_opaque(real: &Path, lower: bool) -> bool {
     for x in OPAQUE_XATTRS {
         if let Ok(v) = sys::get_xattr(real, OsStr::new(x)) {
-            if v == b"y" {
+            if v == OPAQUE_VALUE {
                 return true;
             }
         }
     }
-    lower && sys::exists(&real.join(OCI_OPQ))
+    lower && sys::exists(&real.join(OsStr::from_bytes(OPAQUE_MARKER)))
 }
 
 /// Mark directory `real` opaque.
 pub(crate) fn set_opaque(real: &Path) -> io::Result<()> {
-    sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[0]), b"y", 0)
+    sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[0]), OPAQUE_VALUE, 0)
 }
 
 /// Whether `name` is an OCI whiteout name (`.wh.` prefix): never a visible entry of a lower layer.
@@ -64,7 +60,7 @@ pub(crate) fn is_oci_name(name: &OsStr) -> bool {
 
 /// The OCI whiteout of `name` (`.wh.NAME`).
 pub(crate) fn oci_whiteout_name(name: &OsStr) -> OsString {
-    let mut wh = OsString::from(".wh.");
+    let mut wh = OsString::from(OsStr::from_bytes(OCI_WH));
     wh.push(name);
     wh
 }
@@ -82,7 +78,7 @@ pub(crate) enum OciEntry<'a> {
 pub(crate) fn oci_entry(name: &OsStr) -> OciEntry<'_> {
     if !is_oci_name(name) {
         OciEntry::Plain
-    } else if name == OCI_OPQ {
+    } else if name.as_bytes() == OPAQUE_MARKER {
         OciEntry::Opaque
     } else {
         OciEntry::Whiteout(OsStr::from_bytes(&name.as_bytes()[OCI_WH.len()..]))

@@ -34,6 +34,7 @@
 //! page) is [`Error::OptionsTooLong`] returned.
 
 mod error;
+pub mod format;
 pub mod mountinfo;
 pub mod syscall;
 
