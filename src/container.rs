@@ -16,6 +16,7 @@ use std::process::Command;
 use kernel_overlay::{OverlaySpec, UnmountMode};
 
 use crate::db::{ContainerRow, DbError};
+use crate::digest::Sha256Digest;
 use crate::store::{remove_tree, IoContext, LockGuard, Store, StoreError};
 
 /// Container errors.
@@ -598,14 +599,14 @@ pub struct Inspected {
     pub name: String,
     pub image: String,
     /// The manifest the container stands on.
-    pub digest: String,
-    pub config_digest: String,
+    pub digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
     /// RFC 3339.
     pub created: String,
     pub read_only: bool,
     pub volatile: bool,
     /// diff_ids, bottom first.
-    pub layers: Vec<String>,
+    pub layers: Vec<Sha256Digest>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub mounted: Option<PathBuf>,

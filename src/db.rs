@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::digest::Sha256Digest;
+
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -136,16 +138,16 @@ pub fn container_snapshot_key(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageRow {
     pub name: String,
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub manifest_digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
     pub created: i64,
 }
 
 /// One layer of an image, bottom first.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageLayerRow {
-    pub diff_id: String,
-    pub blob_digest: String,
+    pub diff_id: Sha256Digest,
+    pub blob_digest: Sha256Digest,
     pub media_type: String,
     pub blob_size: u64,
     /// Unpacked size in bytes.
@@ -159,8 +161,8 @@ pub struct ContainerRow {
     /// The image name it was created from (`image rm` of that name refuses while it exists).
     pub image: String,
     /// The manifest and config the name pointed to at create: what the container stands on.
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub manifest_digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
     pub read_only: bool,
     pub volatile: bool,
     pub created: i64,
@@ -237,7 +239,7 @@ impl Db {
         &self.conn
     }
 
-    pub fn has_layer(&self, diff_id: &str) -> Result<bool> {
+    pub fn has_layer(&self, diff_id: &Sha256Digest) -> Result<bool> {
         Ok(self
             .conn
             .query_row("SELECT 1 FROM layers WHERE diff_id = ?1", [diff_id], |_| Ok(()))
@@ -245,7 +247,7 @@ impl Db {
             .is_some())
     }
 
-    pub fn layer_size(&self, diff_id: &str) -> Result<Option<u64>> {
+    pub fn layer_size(&self, diff_id: &Sha256Digest) -> Result<Option<u64>> {
         Ok(self
             .conn
             .query_row("SELECT size FROM layers WHERE diff_id = ?1", [diff_id], |r| r.get::<_, i64>(0))
@@ -254,7 +256,7 @@ impl Db {
     }
 
     /// Number of images, containers and live leases referring to a layer.
-    pub fn layer_refcount(&self, diff_id: &str) -> Result<u64> {
+    pub fn layer_refcount(&self, diff_id: &Sha256Digest) -> Result<u64> {
         let n: i64 = self.conn.query_row(
             "SELECT (SELECT COUNT(*) FROM image_layers WHERE diff_id = ?1) + \
                     (SELECT COUNT(*) FROM container_layers WHERE diff_id = ?1) + \
@@ -360,7 +362,7 @@ impl Db {
     }
 
     /// Layers no image, no container and no lease refers to.
-    pub fn unreferenced_layers(&self) -> Result<Vec<String>> {
+    pub fn unreferenced_layers(&self) -> Result<Vec<Sha256Digest>> {
         let mut st = self.conn.prepare(
             "SELECT diff_id FROM layers WHERE diff_id NOT IN (SELECT diff_id FROM image_layers) \
              AND diff_id NOT IN (SELECT diff_id FROM container_layers) \
@@ -371,14 +373,14 @@ impl Db {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    pub fn all_layers(&self) -> Result<Vec<String>> {
+    pub fn all_layers(&self) -> Result<Vec<Sha256Digest>> {
         let mut st = self.conn.prepare("SELECT diff_id FROM layers")?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Blob digests referenced by any image or container (manifests, configs, layer blobs).
-    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>> {
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<Sha256Digest>> {
         let mut out = std::collections::HashSet::new();
         let mut st = self.conn.prepare(
             "SELECT manifest_digest FROM images UNION SELECT config_digest FROM images \
@@ -386,7 +388,7 @@ impl Db {
              UNION SELECT manifest_digest FROM containers UNION SELECT config_digest FROM containers \
              UNION SELECT blob_digest FROM container_layers",
         )?;
-        for r in st.query_map([], |r| r.get::<_, String>(0))? {
+        for r in st.query_map([], |r| r.get::<_, Sha256Digest>(0))? {
             out.insert(r?);
         }
         Ok(out)
@@ -398,7 +400,7 @@ impl Db {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    pub fn add_lease(&mut self, token: &str, diff_id: &str) -> Result<()> {
+    pub fn add_lease(&mut self, token: &str, diff_id: &Sha256Digest) -> Result<()> {
         self.conn.execute(
             "INSERT OR IGNORE INTO leases (token, diff_id) VALUES (?1, ?2)",
             params![token, diff_id],
@@ -411,7 +413,7 @@ impl Db {
         Ok(())
     }
 
-    pub fn insert_layer(&mut self, diff_id: &str, size: u64, entries: u64) -> Result<()> {
+    pub fn insert_layer(&mut self, diff_id: &Sha256Digest, size: u64, entries: u64) -> Result<()> {
         self.conn.execute(
             // An upsert, not REPLACE: images and snapshots refer to the row.
             "INSERT INTO layers (diff_id, size, entries, created) VALUES (?1, ?2, ?3, ?4) \
@@ -436,7 +438,7 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
 }
 
 /// The diff_ids of an ordered layer list (`image_layers` or `container_layers`) of `name`.
-fn diff_ids(c: &Connection, table: &str, name: &str) -> Result<Vec<String>> {
+fn diff_ids(c: &Connection, table: &str, name: &str) -> Result<Vec<Sha256Digest>> {
     let mut st = c.prepare_cached(&format!("SELECT diff_id FROM {table} WHERE name = ?1 ORDER BY idx"))?;
     let rows = st.query_map([name], |r| r.get(0))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -461,7 +463,7 @@ fn migrate_to_snapshots(tx: &Connection) -> Result<()> {
     for (name, read_only) in containers {
         let chain = diff_ids(tx, "container_layers", &name)?;
         crate::snapshot::meta::ensure_chain(tx, &chain)?;
-        let parent = crate::snapshot::chain_ids(&chain).pop();
+        let parent = crate::snapshot::chain_ids(&chain).pop().map(|c| c.to_string());
         let kind = if read_only { crate::snapshot::Kind::View } else { crate::snapshot::Kind::Active };
         let snap = crate::snapshot::meta::insert(
             tx,
@@ -495,10 +497,10 @@ pub enum RemovedImage {
 /// A new image's rows, written in one transaction with [`Db::put_image`].
 pub struct NewImage<'a> {
     pub name: &'a str,
-    pub manifest_digest: &'a str,
-    pub config_digest: &'a str,
+    pub manifest_digest: &'a Sha256Digest,
+    pub config_digest: &'a Sha256Digest,
     /// Blobs to record: (digest, size, media type).
-    pub blobs: Vec<(String, u64, String)>,
+    pub blobs: Vec<(Sha256Digest, u64, String)>,
     /// Layers bottom first.
     pub layers: Vec<ImageLayerRow>,
     /// Lease token to release in the same transaction.
@@ -532,7 +534,7 @@ impl Db {
                     params![img.name, i as i64, l.diff_id, l.blob_digest, l.media_type, l.blob_size as i64],
                 )?;
             }
-            let chain: Vec<String> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+            let chain: Vec<Sha256Digest> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
             crate::snapshot::meta::ensure_chain(tx, &chain)?;
             if let Some(t) = img.lease {
                 tx.execute("DELETE FROM leases WHERE token = ?1", [t])?;
@@ -574,7 +576,7 @@ impl Db {
         snapshots_dir: &Path,
     ) -> Result<ContainerRow> {
         self.write(|tx| {
-            let img: Option<(String, String)> = tx
+            let img: Option<(Sha256Digest, Sha256Digest)> = tx
                 .query_row(
                     "SELECT manifest_digest, config_digest FROM images WHERE name = ?1",
                     [image],
@@ -621,7 +623,7 @@ impl Db {
             )?;
             let chain = diff_ids(tx, "container_layers", name)?;
             crate::snapshot::meta::ensure_chain(tx, &chain)?;
-            let parent = crate::snapshot::chain_ids(&chain).pop();
+            let parent = crate::snapshot::chain_ids(&chain).pop().map(|c| c.to_string());
             let kind = if read_only { crate::snapshot::Kind::View } else { crate::snapshot::Kind::Active };
             let snap = crate::snapshot::create_in(
                 tx,
@@ -665,7 +667,11 @@ impl Db {
                 rows.collect::<Result<Vec<_>, _>>()?
             };
             for image in images {
-                keep.extend(crate::snapshot::chain_ids(&diff_ids(tx, "image_layers", &image)?));
+                keep.extend(
+                    crate::snapshot::chain_ids(&diff_ids(tx, "image_layers", &image)?)
+                        .iter()
+                        .map(|c| c.to_string()),
+                );
             }
             let mut removed = Vec::new();
             loop {
@@ -690,12 +696,12 @@ impl Db {
         })
     }
 
-    pub fn remove_layer_row(&mut self, diff_id: &str) -> Result<()> {
+    pub fn remove_layer_row(&mut self, diff_id: &Sha256Digest) -> Result<()> {
         self.conn.execute("DELETE FROM layers WHERE diff_id = ?1", [diff_id])?;
         Ok(())
     }
 
-    pub fn remove_blob_row(&mut self, digest: &str) -> Result<()> {
+    pub fn remove_blob_row(&mut self, digest: &Sha256Digest) -> Result<()> {
         self.conn.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
         Ok(())
     }
@@ -712,36 +718,40 @@ mod tests {
     fn an_old_root_is_migrated() {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("strata.db");
+        // Digests named by what they stand for.
+        let d =
+            |what: &str| Sha256Digest::from_bytes(&<sha2::Sha256 as sha2::Digest>::digest(what.as_bytes()));
+        let [l1, l2, m1, c1, b1, b2, m2, c2] = ["l1", "l2", "m1", "c1", "b1", "b2", "m2", "c2"].map(d);
         {
             let c = Connection::open(&path).unwrap();
             c.execute_batch(SCHEMA).unwrap();
-            c.execute_batch(
-                "INSERT INTO layers VALUES ('sha256:l1', 10, 1, 0), ('sha256:l2', 20, 2, 0);
-                 INSERT INTO images VALUES ('app', 'sha256:m1', 'sha256:c1', 0);
-                 INSERT INTO image_layers VALUES ('app', 0, 'sha256:l1', 'sha256:b1', 'mt', 5),
-                                                 ('app', 1, 'sha256:l2', 'sha256:b2', 'mt', 6);
-                 INSERT INTO containers VALUES ('old', 'app', 0, 0, 0);",
-            )
+            c.execute_batch(&format!(
+                "INSERT INTO layers VALUES ('{l1}', 10, 1, 0), ('{l2}', 20, 2, 0);
+                 INSERT INTO images VALUES ('app', '{m1}', '{c1}', 0);
+                 INSERT INTO image_layers VALUES ('app', 0, '{l1}', '{b1}', 'mt', 5),
+                                                 ('app', 1, '{l2}', '{b2}', 'mt', 6);
+                 INSERT INTO containers VALUES ('old', 'app', 0, 0, 0);"
+            ))
             .unwrap();
         }
         let mut db = Db::open(&path).unwrap();
         let v: i64 = db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
         let old = db.container("old").unwrap().unwrap();
-        assert_eq!((old.manifest_digest.as_str(), old.config_digest.as_str()), ("sha256:m1", "sha256:c1"));
-        let layers: Vec<String> =
+        assert_eq!((&old.manifest_digest, &old.config_digest), (&m1, &c1));
+        let layers: Vec<Sha256Digest> =
             db.container_layers("old").unwrap().into_iter().map(|l| l.diff_id).collect();
-        assert_eq!(layers, ["sha256:l1", "sha256:l2"]);
+        assert_eq!(layers, [l1.clone(), l2.clone()]);
         // The name moves to a one-layer manifest: the container keeps both layers, and gc keeps
         // them and their blobs.
         db.put_image(&NewImage {
             name: "app",
-            manifest_digest: "sha256:m2",
-            config_digest: "sha256:c2",
+            manifest_digest: &m2,
+            config_digest: &c2,
             blobs: vec![],
             layers: vec![ImageLayerRow {
-                diff_id: "sha256:l1".into(),
-                blob_digest: "sha256:b1".into(),
+                diff_id: l1.clone(),
+                blob_digest: b1.clone(),
                 media_type: "mt".into(),
                 blob_size: 5,
                 size: 10,
@@ -752,7 +762,7 @@ mod tests {
         assert_eq!(db.container_layers("old").unwrap().len(), 2);
         assert!(db.unreferenced_layers().unwrap().is_empty());
         let blobs = db.referenced_blobs().unwrap();
-        for b in ["sha256:m1", "sha256:c1", "sha256:b2", "sha256:m2"] {
+        for b in [&m1, &c1, &b2, &m2] {
             assert!(blobs.contains(b), "{b} referenced");
         }
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::InUse(vec!["old".into()]));
@@ -760,7 +770,7 @@ mod tests {
         drop(db);
         let mut db = Db::open(&path).unwrap();
         // The container became a snapshot over the chain it stood on.
-        let chain = crate::snapshot::chain_ids(&["sha256:l1".into(), "sha256:l2".into()]);
+        let chain = crate::snapshot::chain_ids(&[l1.clone(), l2.clone()]);
         let snap = crate::snapshot::meta::get(db.conn(), &container_snapshot_key("old")).unwrap();
         assert_eq!(Some(snap.id), db.container("old").unwrap().unwrap().snapshot);
         let parents: Vec<String> = crate::snapshot::meta::chain(db.conn(), snap.id)
@@ -769,12 +779,12 @@ mod tests {
             .skip(1)
             .map(|r| r.key)
             .collect();
-        assert_eq!(parents, [chain[1].clone(), chain[0].clone()]);
+        assert_eq!(parents, [chain[1].to_string(), chain[0].to_string()]);
         assert!(db.remove_container("old").unwrap());
         assert!(crate::snapshot::meta::by_key(db.conn(), &container_snapshot_key("old")).unwrap().is_none());
         // The old two-layer chain is now named by nothing: pruning it releases l2.
         assert_eq!(db.prune_image_chains().unwrap().len(), 1);
-        assert_eq!(db.unreferenced_layers().unwrap(), ["sha256:l2"]);
+        assert_eq!(db.unreferenced_layers().unwrap(), [l2]);
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::Removed);
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::NotFound);
     }
@@ -796,6 +806,8 @@ mod snapshot_migration {
         let root = t.path().join("root");
         let hex = |n: u8| format!("{:064x}", n);
         let (l1, l2) = (format!("sha256:{}", hex(1)), format!("sha256:{}", hex(2)));
+        let (d1, d2) = (Sha256Digest::parse(&l1).unwrap(), Sha256Digest::parse(&l2).unwrap());
+        let [m1, c1, b1, b2] = [3u8, 4, 5, 6].map(|n| format!("sha256:{}", hex(n)));
         for sub in ["blobs/sha256", "staging", "locks"] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
@@ -822,11 +834,11 @@ mod snapshot_migration {
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute_batch(&format!(
                 "INSERT INTO layers VALUES ('{l1}', 10, 1, 0), ('{l2}', 20, 2, 0);
-                 INSERT INTO images VALUES ('app', 'sha256:m1', 'sha256:c1', 0);
-                 INSERT INTO image_layers VALUES ('app', 0, '{l1}', 'sha256:b1', 'mt', 5),
-                                                 ('app', 1, '{l2}', 'sha256:b2', 'mt', 6);
-                 INSERT INTO containers VALUES ('rw', 'app', 0, 0, 0, 'sha256:m1', 'sha256:c1'),
-                                               ('ro', 'app', 1, 0, 0, 'sha256:m1', 'sha256:c1');
+                 INSERT INTO images VALUES ('app', '{m1}', '{c1}', 0);
+                 INSERT INTO image_layers VALUES ('app', 0, '{l1}', '{b1}', 'mt', 5),
+                                                 ('app', 1, '{l2}', '{b2}', 'mt', 6);
+                 INSERT INTO containers VALUES ('rw', 'app', 0, 0, 0, '{m1}', '{c1}'),
+                                               ('ro', 'app', 1, 0, 0, '{m1}', '{c1}');
                  INSERT INTO container_layers SELECT c.name, il.idx, il.diff_id, il.blob_digest,
                      il.media_type, il.blob_size FROM containers c JOIN image_layers il ON il.name = c.image;"
             ))
@@ -834,7 +846,10 @@ mod snapshot_migration {
         }
         for round in 0..2 {
             let store = Store::open(&root).unwrap();
-            let chain = crate::snapshot::chain_ids(&[l1.clone(), l2.clone()]);
+            let chain: Vec<String> = crate::snapshot::chain_ids(&[d1.clone(), d2.clone()])
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let top = store.snapshots_ref_stat(&chain[1]);
             assert_eq!(
                 (top.kind, top.parent.as_deref()),

@@ -51,6 +51,11 @@ impl Sha256Digest {
         &self.hex
     }
 
+    /// The first 12 hex digits, as image IDs are shown.
+    pub fn short(&self) -> &str {
+        &self.hex[..12]
+    }
+
     /// As an oci-spec digest.
     pub fn to_oci(&self) -> oci_spec::image::Digest {
         // A validated sha256 digest always parses.
@@ -78,6 +83,33 @@ impl TryFrom<&oci_spec::image::Digest> for Sha256Digest {
     }
 }
 
+/// Stored as its `sha256:<hex>` text; a malformed value read back is a conversion error, so a
+/// digest taken from the database never reaches a path join unchecked.
+impl rusqlite::types::ToSql for Sha256Digest {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl rusqlite::types::FromSql for Sha256Digest {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        Sha256Digest::parse(s).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+impl serde::Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl PartialEq<str> for Sha256Digest {
+    fn eq(&self, other: &str) -> bool {
+        other.strip_prefix("sha256:") == Some(self.hex.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +131,21 @@ mod tests {
         }
         let other = format!("sha512:{}", "a".repeat(128));
         assert_eq!(Sha256Digest::parse(&other), Err(DigestError::Algorithm(other.clone())));
+    }
+
+    #[test]
+    fn round_trips_through_sqlite_and_refuses_malformed_rows() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (d TEXT)").unwrap();
+        let d = Sha256Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap();
+        c.execute("INSERT INTO t VALUES (?1)", [&d]).unwrap();
+        let back: Sha256Digest = c.query_row("SELECT d FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(back, d);
+        let text: String = c.query_row("SELECT d FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(text, d.to_string());
+        c.execute("INSERT INTO t VALUES ('sha256:../../etc')", []).unwrap();
+        let bad = c.query_row("SELECT d FROM t WHERE d LIKE '%etc'", [], |r| r.get::<_, Sha256Digest>(0));
+        assert!(matches!(bad, Err(rusqlite::Error::FromSqlConversionFailure(..))), "{bad:?}");
+        assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{d}\""));
     }
 }

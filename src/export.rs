@@ -113,7 +113,7 @@ struct Parts {
 fn load(store: &Store, name: &str) -> Result<Parts> {
     let row = store.db.image(name)?.ok_or_else(|| ExportError::NoImage(name.to_string()))?;
     let bad = |reason: String| ExportError::BadImage { image: name.to_string(), reason };
-    let manifest_digest = Sha256Digest::parse(&row.manifest_digest).map_err(|e| bad(e.to_string()))?;
+    let manifest_digest = row.manifest_digest.clone();
     let manifest = store.read_blob(&manifest_digest)?;
     let m: Value = serde_json::from_slice(&manifest).map_err(|e| bad(format!("manifest: {e}")))?;
     let digest_of = |d: &Value, what: &str| -> Result<Sha256Digest> {
@@ -778,10 +778,10 @@ mod tests {
         let info =
             write_layer(dir, &mut blob, &LayerOptions { compression: c, ..Default::default() }).unwrap();
         assert_eq!(store.put_blob(&blob).unwrap(), info.digest);
-        store.db.insert_layer(&info.diff_id.to_string(), info.tar_size, info.entries).unwrap();
+        store.db.insert_layer(&info.diff_id, info.tar_size, info.entries).unwrap();
         ImageLayerRow {
-            diff_id: info.diff_id.to_string(),
-            blob_digest: info.digest.to_string(),
+            diff_id: info.diff_id.clone(),
+            blob_digest: info.digest.clone(),
             media_type: info.media_type.into(),
             blob_size: info.size,
             size: info.tar_size,
@@ -912,7 +912,7 @@ mod tests {
         assert!(listing.contains("manifest.json") && listing.contains("repositories"), "{listing}");
         let rows = store.db.image_layers("tiny").unwrap();
         for r in &rows {
-            let hex = r.diff_id.trim_start_matches("sha256:");
+            let hex = r.diff_id.hex();
             let member = run(Command::new("sh")
                 .arg("-c")
                 .arg(format!("tar -xOf {} {hex}/layer.tar | sha256sum", da.display())));

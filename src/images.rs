@@ -30,8 +30,8 @@ pub fn rfc3339(secs: i64) -> String {
 pub struct Listed {
     pub name: String,
     /// The manifest digest.
-    pub digest: String,
-    pub config_digest: String,
+    pub digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
     /// When the name was bound to the manifest, RFC 3339.
     pub created: String,
     pub layers: usize,
@@ -60,7 +60,7 @@ pub fn list(store: &Store) -> Result<Vec<Listed>, ImagesError> {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Step {
     /// The layer this step added (`None` for steps that changed only the config).
-    pub diff_id: Option<String>,
+    pub diff_id: Option<Sha256Digest>,
     pub created: Option<String>,
     pub created_by: Option<String>,
     pub comment: Option<String>,
@@ -75,11 +75,11 @@ pub fn history(store: &Store, name: &str) -> Result<Vec<Step>, ImagesError> {
     let img = store.db.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
     let bad = |reason: String| ImagesError::BadConfig {
         name: name.to_string(),
-        digest: img.config_digest.clone(),
+        digest: img.config_digest.to_string(),
         reason,
     };
-    let cd = Sha256Digest::parse(&img.config_digest).map_err(|e| bad(e.to_string()))?;
-    let config: Value = serde_json::from_slice(&store.read_blob(&cd)?).map_err(|e| bad(e.to_string()))?;
+    let config: Value =
+        serde_json::from_slice(&store.read_blob(&img.config_digest)?).map_err(|e| bad(e.to_string()))?;
     let mut layers = store.db.image_layers(name)?.into_iter();
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let mut steps = Vec::new();

@@ -120,7 +120,7 @@ pub fn default_jobs(layers: usize) -> usize {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Imported {
     pub name: String,
-    pub manifest_digest: String,
+    pub manifest_digest: Sha256Digest,
     pub layers: Vec<ImageLayerRow>,
     /// Layers unpacked by this import (others were already present).
     pub unpacked: usize,
@@ -414,26 +414,21 @@ fn import_resolved(
     let md = store.put_blob(&manifest_bytes)?;
     debug_assert_eq!(md, manifest_digest);
     let mut blobs = vec![
-        (manifest_digest.to_string(), manifest_bytes.len() as u64, image::MT_OCI_MANIFEST.to_string()),
-        (config_digest.to_string(), r.config.len() as u64, image::MT_OCI_CONFIG.to_string()),
+        (manifest_digest.clone(), manifest_bytes.len() as u64, image::MT_OCI_MANIFEST.to_string()),
+        (config_digest.clone(), r.config.len() as u64, image::MT_OCI_CONFIG.to_string()),
     ];
     for row in &rows {
         blobs.push((row.blob_digest.clone(), row.blob_size, row.media_type.clone()));
     }
     store.db.put_image(&NewImage {
         name,
-        manifest_digest: &manifest_digest.to_string(),
-        config_digest: &config_digest.to_string(),
+        manifest_digest: &manifest_digest,
+        config_digest: &config_digest,
         blobs,
         layers: rows.clone(),
         lease: Some(&staging.token),
     })?;
-    Ok(Imported {
-        name: name.to_string(),
-        manifest_digest: manifest_digest.to_string(),
-        layers: rows,
-        unpacked,
-    })
+    Ok(Imported { name: name.to_string(), manifest_digest, layers: rows, unpacked })
 }
 
 /// Import every layer of `r`, up to `opts.jobs` at once; returns their rows, bottom first, and
@@ -532,8 +527,8 @@ pub(crate) fn put_test_image(
         .db
         .put_image(&NewImage {
             name,
-            manifest_digest: &md.to_string(),
-            config_digest: &cd.to_string(),
+            manifest_digest: &md,
+            config_digest: &cd,
             blobs: vec![],
             layers: rows,
             lease: None,
@@ -567,20 +562,20 @@ fn import_layer(
     };
     tap.emit(ImportEvent::LayerStarted { index: tap.index, layer: label.clone(), size: l.size });
     // Lease first, so a concurrent gc or recovery keeps the layer while this import needs it.
-    store.db.add_lease(&staging.token, &diff_id.to_string())?;
+    store.db.add_lease(&staging.token, diff_id)?;
     let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
     let layer_dir = store.layer_path(diff_id);
-    let have_layer = store.db.has_layer(&diff_id.to_string())? && layer_dir.is_dir();
+    let have_layer = store.db.has_layer(diff_id)? && layer_dir.is_dir();
     let have_blob = l.digest.as_ref().is_some_and(|d| store.has_blob(d));
     if have_layer && have_blob {
         if let (Some(d), Some(sz)) = (&l.digest, l.size) {
             tap.emit(ImportEvent::LayerReused { index: tap.index });
-            let size = store.db.layer_size(&diff_id.to_string())?.unwrap_or(0);
+            let size = store.db.layer_size(diff_id)?.unwrap_or(0);
             let mt = l.media_type.clone().unwrap_or_else(|| image::MT_OCI_LAYER.into());
             return Ok((
                 ImageLayerRow {
-                    diff_id: diff_id.to_string(),
-                    blob_digest: d.to_string(),
+                    diff_id: diff_id.clone(),
+                    blob_digest: d.clone(),
                     media_type: mt,
                     blob_size: sz,
                     size,
@@ -675,7 +670,7 @@ fn stream_into_store(
         cleanup();
         return Err(e);
     }
-    let mut size = store.db.layer_size(&diff_id.to_string())?.unwrap_or(0);
+    let mut size = store.db.layer_size(diff_id)?.unwrap_or(0);
     if let (Some(d), Some(stats)) = (&unpack_dir, &stats) {
         // Durable before visible: one syncfs for the whole layer instead of an fsync per file.
         if let Err(e) = Store::syncfs(d) {
@@ -687,7 +682,7 @@ fn stream_into_store(
             cleanup();
             return Err(e.into());
         }
-        store.db.insert_layer(&diff_id.to_string(), stats.bytes, stats.entries)?;
+        store.db.insert_layer(diff_id, stats.bytes, stats.entries)?;
         size = stats.bytes;
     }
     if stored.is_none() {
@@ -700,8 +695,8 @@ fn stream_into_store(
     tap.emit(ImportEvent::LayerDone { index: tap.index, unpacked: unpack_dir.is_some() });
     Ok((
         ImageLayerRow {
-            diff_id: diff_id.to_string(),
-            blob_digest: s.digest.to_string(),
+            diff_id: diff_id.clone(),
+            blob_digest: s.digest.clone(),
             media_type,
             blob_size: s.size,
             size,
@@ -745,8 +740,7 @@ fn stream_layer(
 /// does not (a committed layer is unpacked at its first use; a lost directory is rebuilt). The
 /// blob's digest and the tar's diff_id are verified as on import. Returns whether it unpacked.
 pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<bool> {
-    let bad = |reason: String| ImportError::Layer { layer: layer.diff_id.clone(), reason };
-    let diff_id = Sha256Digest::parse(&layer.diff_id).map_err(|e| bad(e.to_string()))?;
+    let diff_id = layer.diff_id.clone();
     let layer_dir = store.layer_path(&diff_id);
     if layer_dir.is_dir() {
         return Ok(false);
@@ -756,7 +750,7 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
     if layer_dir.is_dir() {
         return Ok(false);
     }
-    let digest = Sha256Digest::parse(&layer.blob_digest).map_err(|e| bad(e.to_string()))?;
+    let digest = layer.blob_digest.clone();
     let blob_path = store.blob_path(&digest);
     let file = File::open(&blob_path).at(&blob_path)?;
     let staging = store.staging()?;

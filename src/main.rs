@@ -596,7 +596,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{:<24} {:<30} {:<14} STATUS", "NAME", "IMAGE", "IMAGE ID");
                 for i in running {
                     let status = i.running.unwrap_or_default();
-                    println!("{:<24} {:<30} {:<14} {status}", i.name, i.image, short_id(&i.digest));
+                    println!("{:<24} {:<30} {:<14} {status}", i.name, i.image, i.digest.short());
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -639,20 +639,14 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             } else if quiet {
                 let mut seen = std::collections::HashSet::new();
                 for i in &images {
-                    if seen.insert(short_id(&i.digest)) {
-                        println!("{}", short_id(&i.digest));
+                    if seen.insert(i.digest.short()) {
+                        println!("{}", i.digest.short());
                     }
                 }
             } else {
                 println!("{:<30} {:<20} {:>7} {:>12}", "NAME", "DIGEST", "LAYERS", "SIZE");
                 for i in images {
-                    println!(
-                        "{:<30} {:<20} {:>7} {:>12}",
-                        i.name,
-                        short_id(&i.digest),
-                        i.layers,
-                        human(i.size)
-                    );
+                    println!("{:<30} {:<20} {:>7} {:>12}", i.name, i.digest.short(), i.layers, human(i.size));
                 }
             }
         }
@@ -667,7 +661,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                     let by: String = s.created_by.as_deref().unwrap_or("").chars().take(50).collect();
                     println!(
                         "{:<14} {:<22} {:<50} {:>10}  {}",
-                        s.diff_id.as_deref().map(short_id).unwrap_or("-"),
+                        s.diff_id.as_ref().map_or("-", |d| d.short()),
                         s.created.as_deref().unwrap_or("-"),
                         strata::image::printable(&by, 50),
                         human(s.size),
@@ -679,10 +673,9 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         ImageCmd::Inspect { name } => {
             let store = open_store(root)?;
             let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
-            let md = strata::digest::Sha256Digest::parse(&img.manifest_digest)?;
-            let cd = strata::digest::Sha256Digest::parse(&img.config_digest)?;
-            let manifest: serde_json::Value = serde_json::from_slice(&store.read_blob(&md)?)?;
-            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&cd)?)?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&store.read_blob(&img.manifest_digest)?)?;
+            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
             let layers = store.db.image_layers(&name)?;
             let out = serde_json::json!({
                 "name": img.name,
@@ -762,12 +755,6 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The first 12 hex digits of a digest, as image IDs are shown.
-fn short_id(d: &str) -> &str {
-    let h = d.trim_start_matches("sha256:");
-    &h[..h.len().min(12)]
 }
 
 fn pull_cmd(

@@ -174,11 +174,8 @@ pub fn import_rootfs(
         source: std::io::Error::other(e),
     })?;
     let base_digest = store.put_blob(&base_bytes)?;
-    let parent = crate::commit::Parent {
-        name: source_name.to_string(),
-        config_digest: base_digest.to_string(),
-        layers: vec![],
-    };
+    let parent =
+        crate::commit::Parent { name: source_name.to_string(), config_digest: base_digest, layers: vec![] };
     let mut opts = opts.clone();
     if opts.message.is_none() {
         opts.message = Some(format!("Imported from {source_name}"));

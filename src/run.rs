@@ -4,7 +4,6 @@
 
 use crate::bundle::{self, BundleError, RunSpec};
 use crate::container::{self, Backend, ContainerError, CreateOptions};
-use crate::digest::Sha256Digest;
 use crate::store::{Store, StoreError};
 
 /// Run errors: which step failed, for which container.
@@ -103,8 +102,9 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         let _running = container::start_run(store, &name).map_err(cerr)?;
         let berr = |source| RunError::Bundle { name: name.clone(), source };
         let bad_config = |reason: String| RunError::Config { name: name.clone(), reason };
-        let cd = Sha256Digest::parse(&c.config_digest).map_err(|e| bad_config(e.to_string()))?;
-        let blob = store.read_blob(&cd).map_err(|source| RunError::Store { name: name.clone(), source })?;
+        let blob = store
+            .read_blob(&c.config_digest)
+            .map_err(|source| RunError::Store { name: name.clone(), source })?;
         let config: serde_json::Value =
             serde_json::from_slice(&blob).map_err(|e| bad_config(e.to_string()))?;
         let run = RunSpec {

@@ -520,7 +520,7 @@ impl Store {
         }
         // Layer directories without a row: an import died between rename and insert.
         let layers = self.root.join("layers/sha256");
-        let known: std::collections::HashSet<String> = self.db.all_layers()?.into_iter().collect();
+        let known: std::collections::HashSet<Sha256Digest> = self.db.all_layers()?.into_iter().collect();
         for e in fs::read_dir(&layers).at(&layers)? {
             let e = e.at(&layers)?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -528,11 +528,11 @@ impl Store {
                 let _ = remove_tree(&e.path());
                 continue;
             };
-            if !known.contains(&d.to_string()) {
+            if !known.contains(&d) {
                 // Only if nobody is importing it right now.
                 let p = self.root.join("locks").join(format!("layer-{}.lock", d.hex()));
                 if let Some(_g) = lock_file(&p, false)? {
-                    if !self.db.has_layer(&d.to_string())? {
+                    if !self.db.has_layer(&d)? {
                         tracing::info!(layer = %d, "removing layer directory without metadata");
                         drop(self.trash(&e.path())?);
                     }
@@ -608,10 +608,10 @@ impl Store {
     }
 
     /// Remove layers (rows and directories) that no image, container or lease references.
-    pub fn remove_unreferenced_layers(&mut self) -> Result<Vec<String>> {
+    pub fn remove_unreferenced_layers(&mut self) -> Result<Vec<Sha256Digest>> {
         let mut removed = Vec::new();
         for diff_id in self.db.unreferenced_layers()? {
-            let Ok(d) = Sha256Digest::parse(&diff_id) else { continue };
+            let d = diff_id.clone();
             let _g = self.lock(&format!("layer-{}", d.hex()))?;
             // Re-check under the lock: an import may have leased it meanwhile.
             if self.db.layer_refcount(&diff_id)? > 0 {
@@ -628,7 +628,7 @@ impl Store {
     }
 
     /// Remove every blob and layer no image references. Returns (blobs, layers) removed.
-    pub fn gc(&mut self) -> Result<(Vec<String>, Vec<String>)> {
+    pub fn gc(&mut self) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>)> {
         let _g = self.lock("gc")?;
         for id in self.db.prune_image_chains()? {
             drop(self.trash(&crate::snapshot::dir(self, id))?);
@@ -641,7 +641,7 @@ impl Store {
         for e in fs::read_dir(&dir).at(&dir)? {
             let e = e.at(&dir)?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let digest = format!("sha256:{name}");
+            let Ok(digest) = Sha256Digest::from_hex(&name) else { continue };
             // While an import runs, its blobs are not referenced yet: leave blobs alone then.
             if !referenced.contains(&digest) && !leased {
                 fs::remove_file(e.path()).at(e.path())?;

@@ -95,8 +95,8 @@ pub struct CommitOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Committed {
     pub name: String,
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub manifest_digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
     pub layer: LayerInfo,
     /// False when a layer with the same diff_id already existed and was reused.
     pub layer_created: bool,
@@ -116,7 +116,7 @@ fn oci_layer_media_type(mt: &str) -> String {
 pub struct Parent {
     /// The image name the container was created from (for messages).
     pub name: String,
-    pub config_digest: String,
+    pub config_digest: Sha256Digest,
     /// Bottom first.
     pub layers: Vec<ImageLayerRow>,
 }
@@ -145,9 +145,7 @@ pub fn commit(
     // Everything that can be checked cheaply first: a bad --change must not cost a layer write.
     crate::reference::validate_image_name(new_name)?;
     let parent_image = parent.name.as_str();
-    let bad = |reason: String| CommitError::BadImage { image: parent_image.to_string(), reason };
-    let parent_cfg_digest = Sha256Digest::parse(&parent.config_digest).map_err(|e| bad(e.to_string()))?;
-    let parent_cfg = store.read_blob(&parent_cfg_digest)?;
+    let parent_cfg = store.read_blob(&parent.config_digest)?;
     let mut probe = json!({});
     apply_changes(&mut probe, &opts.changes)?;
     let parent_layers = parent.layers.clone();
@@ -186,7 +184,7 @@ fn commit_staged(
     blob.sync_all().at(&blob_tmp)?;
     drop(blob);
 
-    let diff_id = info.diff_id.to_string();
+    let diff_id = info.diff_id.clone();
     store.db.add_lease(&staging.token, &diff_id)?;
     // Until its directory is unpacked, the layer's size is its tar's size.
     let size = info.tar_size;
@@ -223,7 +221,7 @@ fn commit_staged(
         .collect();
     rows.push(ImageLayerRow {
         diff_id: diff_id.clone(),
-        blob_digest: info.digest.to_string(),
+        blob_digest: info.digest.clone(),
         media_type: info.media_type.to_string(),
         blob_size: info.size,
         size,
@@ -231,24 +229,24 @@ fn commit_staged(
     let manifest = crate::import::build_manifest(&cfg_digest, cfg_bytes.len() as u64, &rows);
     let manifest_digest = store.put_blob(&manifest)?;
     let mut blobs = vec![
-        (manifest_digest.to_string(), manifest.len() as u64, image::MT_OCI_MANIFEST.to_string()),
-        (cfg_digest.to_string(), cfg_bytes.len() as u64, image::MT_OCI_CONFIG.to_string()),
+        (manifest_digest.clone(), manifest.len() as u64, image::MT_OCI_MANIFEST.to_string()),
+        (cfg_digest.clone(), cfg_bytes.len() as u64, image::MT_OCI_CONFIG.to_string()),
     ];
     for r in &rows {
         blobs.push((r.blob_digest.clone(), r.blob_size, r.media_type.clone()));
     }
     store.db.put_image(&NewImage {
         name: new_name,
-        manifest_digest: &manifest_digest.to_string(),
-        config_digest: &cfg_digest.to_string(),
+        manifest_digest: &manifest_digest,
+        config_digest: &cfg_digest,
         blobs,
         layers: rows,
         lease: Some(&staging.token),
     })?;
     Ok(Committed {
         name: new_name.to_string(),
-        manifest_digest: manifest_digest.to_string(),
-        config_digest: cfg_digest.to_string(),
+        manifest_digest,
+        config_digest: cfg_digest,
         layer: info,
         layer_created,
     })
@@ -416,10 +414,10 @@ pub(crate) mod tests {
         let mut blob = vec![];
         let info = write_layer(&l, &mut blob, &LayerOptions::default()).unwrap();
         store.put_blob(&blob).unwrap();
-        store.db.insert_layer(&info.diff_id.to_string(), info.tar_size, info.entries).unwrap();
+        store.db.insert_layer(&info.diff_id, info.tar_size, info.entries).unwrap();
         let rows = vec![ImageLayerRow {
-            diff_id: info.diff_id.to_string(),
-            blob_digest: info.digest.to_string(),
+            diff_id: info.diff_id.clone(),
+            blob_digest: info.digest.clone(),
             // As a docker-archive import records it: commit must write the OCI equivalent.
             media_type: image::MT_DOCKER_LAYER_GZIP.into(),
             blob_size: info.size,
@@ -503,11 +501,8 @@ pub(crate) mod tests {
         let layers = store.db.image_layers("derived").unwrap();
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0].media_type, image::MT_OCI_LAYER_GZIP);
-        assert_eq!(layers[1].diff_id, c.layer.diff_id.to_string());
-        let cfg: Value = serde_json::from_slice(
-            &store.read_blob(&Sha256Digest::parse(&c.config_digest).unwrap()).unwrap(),
-        )
-        .unwrap();
+        assert_eq!(layers[1].diff_id, c.layer.diff_id);
+        let cfg: Value = serde_json::from_slice(&store.read_blob(&c.config_digest).unwrap()).unwrap();
         assert_eq!(cfg["created"], "2020-09-13T12:26:40Z");
         assert_eq!(cfg["config"]["Cmd"], json!(["/bin/a"]));
         assert_eq!(cfg["history"].as_array().unwrap().len(), 2);

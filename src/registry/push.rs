@@ -58,7 +58,7 @@ pub fn push(
         store.db.image(name).map_err(StoreError::from)?.ok_or_else(|| StoreError::NoImage(name.into()))?;
     // Blobs are read while nothing may collect them.
     let _gc = store.gc_shared()?;
-    let md = parse_digest(&row.manifest_digest, &format!("{name}: manifest"))?;
+    let md = row.manifest_digest.clone();
     let body = store.read_blob(&md)?;
     let mwhat = format!("{name}: manifest {md}");
     let manifest: ImageManifest = image::parse_json(&body, &mwhat)?;

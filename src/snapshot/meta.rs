@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Info, Kind, SnapshotError};
+use crate::digest::Sha256Digest;
 
 /// The tables (schema version 2).
 pub(crate) const SCHEMA: &str = r#"
@@ -39,7 +40,7 @@ pub struct Row {
     pub parent: Option<i64>,
     pub kind: Kind,
     /// For a committed snapshot whose content is a shared layer directory: that layer.
-    pub diff_id: Option<String>,
+    pub diff_id: Option<Sha256Digest>,
     /// Recorded at commit.
     pub size: Option<u64>,
     pub inodes: Option<u64>,
@@ -146,7 +147,7 @@ pub fn insert(
     key: &str,
     parent: Option<&str>,
     kind: Kind,
-    diff_id: Option<&str>,
+    diff_id: Option<&Sha256Digest>,
     labels: &BTreeMap<String, String>,
 ) -> Result<Row, SnapshotError> {
     if key.is_empty() {
@@ -177,7 +178,7 @@ pub fn insert(
         key: key.to_string(),
         parent: parent_id,
         kind,
-        diff_id: diff_id.map(str::to_string),
+        diff_id: diff_id.cloned(),
         size: None,
         inodes: None,
         created: now,
@@ -243,19 +244,19 @@ pub fn info(c: &Connection, r: &Row) -> Result<Info, SnapshotError> {
 }
 
 /// The key of the committed snapshot of a layer chain: its chain ID.
-pub fn chain_key(chain_id: &str) -> String {
+pub fn chain_key(chain_id: &Sha256Digest) -> String {
     chain_id.to_string()
 }
 
 /// Make sure the committed snapshots of an image's layer chain exist (each backed by its layer's
 /// directory, keyed by its chain ID); returns the id of the top one, `None` for no layers.
-pub fn ensure_chain(c: &Connection, diff_ids: &[String]) -> Result<Option<i64>, SnapshotError> {
+pub fn ensure_chain(c: &Connection, diff_ids: &[Sha256Digest]) -> Result<Option<i64>, SnapshotError> {
     let mut parent: Option<Row> = None;
     for (i, chain_id) in super::chain_ids(diff_ids).into_iter().enumerate() {
         let key = chain_key(&chain_id);
         let r = match by_key(c, &key)? {
             Some(r) => {
-                if r.kind != Kind::Committed || r.diff_id.as_deref() != Some(diff_ids[i].as_str()) {
+                if r.kind != Kind::Committed || r.diff_id.as_ref() != Some(&diff_ids[i]) {
                     return Err(SnapshotError::Corrupt(format!(
                         "snapshot {key:?} exists but is not layer {}'s committed snapshot",
                         diff_ids[i]

@@ -35,6 +35,7 @@ use sha2::{Digest as _, Sha256};
 pub use mounts::Mount;
 
 use crate::db::DbError;
+use crate::digest::Sha256Digest;
 use crate::store::{remove_tree, Store};
 
 /// What kind a snapshot is.
@@ -182,12 +183,12 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
 
 /// Chain IDs of a layer stack, bottom first (OCI image spec: `ChainID(L0) = DiffID(L0)`,
 /// `ChainID(L0|..|Ln) = sha256(ChainID(L0|..|Ln-1) + " " + DiffID(Ln))`).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+pub fn chain_ids(diff_ids: &[Sha256Digest]) -> Vec<Sha256Digest> {
+    let mut out: Vec<Sha256Digest> = Vec::with_capacity(diff_ids.len());
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))),
+            Some(prev) => Sha256Digest::from_bytes(&Sha256::digest(format!("{prev} {d}").as_bytes())),
         };
         out.push(next);
     }
@@ -480,9 +481,7 @@ fn resolve(store: &Store, key: &str) -> Result<(meta::Row, Vec<PathBuf>)> {
 /// `snapshots/<id>/fs` of a snapshot; a layer-backed snapshot's link to its layer is made at its
 /// first use (and again if lost).
 fn reachable(store: &Store, r: &meta::Row) -> Result<PathBuf> {
-    if let Some(diff_id) = &r.diff_id {
-        let d = crate::digest::Sha256Digest::parse(diff_id)
-            .map_err(|e| SnapshotError::Corrupt(format!("snapshot {:?}: {e}", r.key)))?;
+    if let Some(d) = &r.diff_id {
         let target = PathBuf::from("../../layers/sha256").join(d.hex());
         link_layer(&dir(store, r.id), &target)?;
     }

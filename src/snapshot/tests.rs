@@ -22,16 +22,21 @@ fn no_labels() -> BTreeMap<String, String> {
 }
 
 /// A layer directory with one file, and its row; returns its diff_id.
-fn add_layer(store: &mut Store, n: usize) -> String {
+fn add_layer(store: &mut Store, n: usize) -> Sha256Digest {
     let d = crate::digest::Sha256Digest::from_bytes(&Sha256::digest(format!("layer {n}").as_bytes()));
     let dir = store.layer_path(&d);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(format!("file-{n}")), n.to_string()).unwrap();
-    store.db.insert_layer(&d.to_string(), 1, 2).unwrap();
-    d.to_string()
+    store.db.insert_layer(&d, 1, 2).unwrap();
+    d
 }
 
-fn put_image(store: &mut Store, name: &str, diff_ids: &[String]) {
+/// Chain IDs as snapshot keys.
+fn keys(diff_ids: &[Sha256Digest]) -> Vec<String> {
+    chain_ids(diff_ids).iter().map(ToString::to_string).collect()
+}
+
+fn put_image(store: &mut Store, name: &str, diff_ids: &[Sha256Digest]) {
     let layers = diff_ids
         .iter()
         .map(|d| ImageLayerRow {
@@ -42,7 +47,7 @@ fn put_image(store: &mut Store, name: &str, diff_ids: &[String]) {
             size: 1,
         })
         .collect();
-    let m = format!("sha256:{}", hex::encode(Sha256::digest(name.as_bytes())));
+    let m = Sha256Digest::from_bytes(&Sha256::digest(name.as_bytes()));
     store
         .db
         .put_image(&NewImage {
@@ -238,10 +243,10 @@ fn cleanup_removes_only_what_no_row_owns() {
 #[test]
 fn image_chains_are_committed_snapshots_sharing_layer_directories() {
     let (_t, mut store) = store();
-    let l: Vec<String> = (0..3).map(|n| add_layer(&mut store, n)).collect();
+    let l: Vec<Sha256Digest> = (0..3).map(|n| add_layer(&mut store, n)).collect();
     put_image(&mut store, "three", &l);
-    let chain = chain_ids(&l);
-    assert_eq!(chain[0], l[0], "ChainID(L0) = DiffID(L0)");
+    let chain = keys(&l);
+    assert_eq!(chain[0], l[0].to_string(), "ChainID(L0) = DiffID(L0)");
     let expected1 =
         format!("sha256:{}", hex::encode(Sha256::digest(format!("{} {}", l[0], l[1]).as_bytes())));
     assert_eq!(chain[1], expected1);
@@ -257,7 +262,7 @@ fn image_chains_are_committed_snapshots_sharing_layer_directories() {
     assert_eq!(store.snapshots().walk().unwrap().len(), n);
     // The same layers in another order: other chains, the same layer directories.
     put_image(&mut store, "swapped", &[l[1].clone(), l[0].clone()]);
-    let swapped = chain_ids(&[l[1].clone(), l[0].clone()]);
+    let swapped = keys(&[l[1].clone(), l[0].clone()]);
     let top = meta::get(store.db.conn(), &swapped[1]).unwrap();
     let spec_parent = {
         let mut s = store.snapshots();
@@ -266,11 +271,10 @@ fn image_chains_are_committed_snapshots_sharing_layer_directories() {
     };
     assert_eq!(spec_parent.lowers.len(), 2);
     for (lower, layer) in spec_parent.lowers.iter().zip([&l[0], &l[1]]) {
-        let d = crate::digest::Sha256Digest::parse(layer).unwrap();
-        assert_eq!(fs::canonicalize(lower).unwrap(), fs::canonicalize(store.layer_path(&d)).unwrap());
+        assert_eq!(fs::canonicalize(lower).unwrap(), fs::canonicalize(store.layer_path(layer)).unwrap());
     }
     assert_eq!(fs::read_to_string(spec_parent.lowers[0].join("file-0")).unwrap(), "0");
-    assert_eq!(top.diff_id.as_deref(), Some(l[0].as_str()));
+    assert_eq!(top.diff_id.as_ref(), Some(&l[0]));
     // Usage of a layer-backed snapshot is its layer's recorded size.
     assert_eq!(store.snapshots().usage(&chain[0]).unwrap(), Usage { size: 1, inodes: 2 });
 
@@ -298,9 +302,9 @@ fn image_chains_are_committed_snapshots_sharing_layer_directories() {
 #[test]
 fn five_hundred_layers_fit_one_page() {
     let (_t, mut store) = store();
-    let l: Vec<String> = (0..500).map(|n| add_layer(&mut store, n)).collect();
+    let l: Vec<Sha256Digest> = (0..500).map(|n| add_layer(&mut store, n)).collect();
     put_image(&mut store, "deep", &l);
-    let top = chain_ids(&l).pop().unwrap();
+    let top = keys(&l).pop().unwrap();
     let mut s = store.snapshots();
     let m = s.prepare("c", Some(&top), &no_labels()).unwrap();
     let lowerdir = option(&m[0], "lowerdir").unwrap();
@@ -324,8 +328,7 @@ fn five_hundred_layers_fit_one_page() {
     assert!(compact.len() < kernel_overlay::LEGACY_OPTIONS_MAX, "{} bytes", compact.len());
     // Every lower resolves to its layer.
     for (p, d) in lowerdir.split(':').zip(l.iter().rev()) {
-        let d = crate::digest::Sha256Digest::parse(d).unwrap();
-        assert_eq!(fs::canonicalize(p).unwrap(), fs::canonicalize(s.store().layer_path(&d)).unwrap());
+        assert_eq!(fs::canonicalize(p).unwrap(), fs::canonicalize(s.store().layer_path(d)).unwrap());
     }
 
     // strata's own legacy mount(2) of the same snapshot: relative names, one call, one page.
