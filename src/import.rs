@@ -375,6 +375,31 @@ pub fn prepare(reference: &str, opts: &ImportOptions) -> Result<(Resolved, Strin
     Ok((resolved, name))
 }
 
+/// `load`: the image an archive holds, or every image of an archive that holds several by name
+/// (as `podman load`); `opts.name` applies to an archive of one image only.
+pub fn load(store: &mut Store, reference: &str, opts: &ImportOptions) -> Result<Vec<Imported>> {
+    match prepare(reference, opts) {
+        Ok((resolved, name)) => Ok(vec![import_prepared(store, &resolved, &name, opts)?]),
+        Err(ImportError::Image(e @ ImageError::Ambiguous { .. })) => {
+            if opts.name.is_some() {
+                return Err(e.into());
+            }
+            let (transport, path, names) = image::archive_images(reference)?;
+            if names.is_empty() {
+                return Err(e.into());
+            }
+            let mut done = Vec::new();
+            for n in names {
+                let one = format!("{transport}:{}:{n}", path.display());
+                let (resolved, name) = prepare(&one, opts)?;
+                done.push(import_prepared(store, &resolved, &name, opts)?);
+            }
+            Ok(done)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Import what [`prepare`] resolved, under `name`.
 pub fn import_prepared(
     store: &mut Store,
@@ -780,7 +805,11 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
 /// Import an oci-archive or docker-archive read from a stream (stdin, a pipe), as `podman load`
 /// does. Archives need random access, so the stream is spooled to a file in the state root's
 /// staging first; the file is removed when the import ends, whatever its outcome.
-pub fn import_stream(store: &mut Store, mut input: impl io::Read, opts: &ImportOptions) -> Result<Imported> {
+pub fn import_stream(
+    store: &mut Store,
+    mut input: impl io::Read,
+    opts: &ImportOptions,
+) -> Result<Vec<Imported>> {
     let spool = store.staging()?;
     let path = spool.dir.join("stdin.tar");
     {
@@ -794,8 +823,7 @@ pub fn import_stream(store: &mut Store, mut input: impl io::Read, opts: &ImportO
         path: path.clone(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "state root path is not UTF-8"),
     })?;
-    let (resolved, name) = prepare(reference, opts)?;
-    let done = import_prepared(store, &resolved, &name, opts);
+    let done = load(store, reference, opts);
     drop(spool);
     done
 }

@@ -919,16 +919,15 @@ fn save_cmd(
 
 fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>, jobs: JobsArg) -> Result<ExitCode> {
     let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None };
+    let mut store = open_store(root)?;
     let imported = if input == "-" {
-        let mut store = open_store(root)?;
         import::import_stream(&mut store, std::io::stdin().lock(), &opts).context("loading from stdin")?
     } else {
-        let (resolved, name) = import::prepare(input, &opts).with_context(|| format!("loading {input}"))?;
-        let mut store = open_store(root)?;
-        import::import_prepared(&mut store, &resolved, &name, &opts)
-            .with_context(|| format!("loading {input}"))?
+        import::load(&mut store, input, &opts).with_context(|| format!("loading {input}"))?
     };
-    println!("{}", imported.manifest_digest);
+    for i in &imported {
+        println!("{}", i.manifest_digest);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

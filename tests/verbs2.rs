@@ -494,6 +494,37 @@ fn save_several_images() {
     for want in ["localhost/busybox:latest", "localhost/plus:latest", "localhost/again:v2"] {
         assert!(listed.lines().any(|l| l == want), "podman images lacks {want}: {listed}");
     }
+    // strata load takes every image of such an archive too, from a file and from stdin; with
+    // --name (one name for several images) it refuses.
+    for format in ["docker-archive", "oci-archive"] {
+        let file = work.path().join(format!("all.{format}.tar"));
+        let c = Root::new();
+        let out = c.ok(&["load", "-i", file.to_str().expect("utf8")]);
+        assert_eq!(out.lines().count(), 3, "{format}: one digest per image: {out}");
+        let d = Root::new();
+        let out = strata_in(&d, &["load"], &file);
+        assert!(out.status.success(), "{format} from stdin: {}", String::from_utf8_lossy(&out.stderr));
+        for r in [&c, &d] {
+            let listed: serde_json::Value =
+                serde_json::from_str(&r.ok(&["image", "ls", "--json"])).expect("json");
+            let mut names: Vec<String> = listed
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|i| i["name"].as_str().expect("name").to_string())
+                .collect();
+            names.sort();
+            // docker-archive names images by their RepoTags, OCI archives by their ref names.
+            let want: &[&str] = if format == "docker-archive" {
+                &["busybox:latest", "localhost/again:v2", "multi:latest"]
+            } else {
+                &["busybox", "localhost/again:v2", "multi"]
+            };
+            assert_eq!(names, want, "{format}");
+        }
+        let err = c.fails(&["load", "-i", file.to_str().expect("utf8"), "--name", "one"]);
+        assert!(err.contains("holds several images"), "{format}: {err}");
+    }
     let err = a.fails(&["save", "busybox", "nope", "-o", work.path().join("x.tar").to_str().expect("utf8")]);
     assert!(err.contains("nope") && err.contains("not found"), "{err}");
     assert!(!work.path().join("x.tar").exists(), "nothing written for a missing image");

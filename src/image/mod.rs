@@ -309,6 +309,40 @@ pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
     }
 }
 
+/// The images an archive or layout at `reference` holds by name, for loading them all (as
+/// `podman load` does): the transport that names them, the path, and the names (docker-archive
+/// `RepoTags`, OCI `org.opencontainers.image.ref.name` annotations), each once, in order.
+pub fn archive_images(reference: &str) -> Result<(&'static str, PathBuf, Vec<String>), ImageError> {
+    let path = match SourceRef::parse(reference)? {
+        SourceRef::Local { path, .. } => path,
+        SourceRef::Registry(n) => {
+            return Err(ImageError::Invalid { what: n.to_string(), reason: "not a local archive".into() })
+        }
+    };
+    let (format, files) = detect(&path)?;
+    let mut names: Vec<String> = match format {
+        Format::OciLayout | Format::OciArchive => {
+            let what = format!("{}: index.json", files.describe());
+            tags_of(&parse_json(&files.read("index.json", METADATA_LIMIT)?, &what)?)
+        }
+        Format::DockerArchive => {
+            let what = format!("{}: manifest.json", files.describe());
+            let entries: Vec<DockerManifestEntry> =
+                parse_json(&files.read("manifest.json", METADATA_LIMIT)?, &what)?;
+            entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect()
+        }
+        Format::Registry => Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let transport = match format {
+        Format::OciLayout => "oci",
+        Format::OciArchive => "oci-archive",
+        _ => "docker-archive",
+    };
+    Ok((transport, path, names))
+}
+
 /// Open and resolve a local image reference (see [`SourceRef`]).
 pub fn resolve(reference: &str, platform: Option<&Platform>) -> Result<Resolved, ImageError> {
     let (path, tag, want) = match SourceRef::parse(reference)? {
@@ -483,9 +517,19 @@ fn resolve_oci(
                     distinct.push(d);
                 }
             }
+            let mut named = tags.clone();
+            named.sort();
+            named.dedup();
             if distinct.len() == 1 {
                 let name = distinct[0].annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
                 (distinct[0].clone(), name)
+            } else if named.len() > 1 {
+                // Several images by name (strata save, skopeo into one layout), not the platforms
+                // of one image: the caller names one, or loads them all.
+                return Err(ImageError::Ambiguous {
+                    source_name: files.describe(),
+                    available: list_for_message(&tags, "untagged"),
+                });
             } else if ms.iter().all(|d| d.platform().is_some()) {
                 let (d, matched) = choose_platform(&files.describe(), &index, platform)?;
                 by_platform = matched;
