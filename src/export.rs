@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::FlockOperation;
 
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 
 use crate::db::DbError;
 use crate::digest::Sha256Digest;
@@ -673,8 +672,7 @@ fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest,
         Compression::None => Box::new(f),
     };
     let out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(io_at(tmp))?;
-    let mut w = BufWriter::with_capacity(1 << 20, out);
-    let mut h = Sha256::new();
+    let mut w = crate::hashing::Hashing::new(BufWriter::with_capacity(1 << 20, out));
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match r.read(&mut buf) {
@@ -683,11 +681,10 @@ fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_at(src)(e)),
         };
-        h.update(&buf[..n]);
         w.write_all(&buf[..n]).map_err(io_at(tmp))?;
     }
     w.flush().map_err(io_at(tmp))?;
-    let actual = Sha256Digest::from_bytes(&h.finalize());
+    let (_, actual, _) = w.finish();
     if &actual != diff_id {
         return Err(ExportError::DiffIdMismatch {
             digest: digest.to_string(),

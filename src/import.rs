@@ -182,22 +182,6 @@ impl Read for TeeReader<'_> {
     }
 }
 
-/// Hashes what passes through.
-struct HashReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 /// The receiving end of the decompression thread.
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
@@ -293,7 +277,7 @@ fn produce(
         blob: blob.map(|f| BufWriter::with_capacity(CHUNK, f)),
         tap,
     };
-    let (diff_hasher, _) = {
+    let diff_id = {
         let dec: Box<dyn Read + '_> = match compression {
             Compression::Gzip => {
                 Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK / 4, &mut tee)))
@@ -301,7 +285,7 @@ fn produce(
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut tee)?),
             Compression::None => Box::new(&mut tee),
         };
-        let mut hr = HashReader { inner: dec, hasher: Sha256::new(), count: 0 };
+        let mut hr = crate::hashing::Hashing::new(dec);
         let mut tx = tx;
         loop {
             let mut chunk = vec![0u8; CHUNK];
@@ -334,7 +318,7 @@ fn produce(
                 }
             }
         }
-        (hr.hasher, hr.count)
+        hr.finish().1
     };
     // Whatever follows the compressed stream is part of the blob too.
     io::copy(&mut tee, &mut io::sink())?;
@@ -346,7 +330,7 @@ fn produce(
     Ok(Streamed {
         digest: Sha256Digest::from_bytes(&tee.hasher.finalize()),
         size: tee.count,
-        diff_id: Sha256Digest::from_bytes(&diff_hasher.finalize()),
+        diff_id,
         compression,
     })
 }

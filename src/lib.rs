@@ -26,6 +26,7 @@ pub mod digest;
 pub mod export;
 pub mod fdwalk;
 pub mod fsutil;
+pub mod hashing;
 pub mod image;
 pub mod images;
 pub mod import;

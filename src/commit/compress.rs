@@ -3,28 +3,8 @@
 
 use std::io::{self, Write};
 
-use sha2::{Digest as _, Sha256};
-
 use super::LayerOptions;
 use crate::image::Compression;
-
-pub(super) struct HashWriter<W> {
-    pub(super) inner: W,
-    pub(super) hasher: Sha256,
-    pub(super) count: u64,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// Gzip on every core: the stream is cut into fixed blocks, each compressed on a worker thread as a
 /// gzip member of its own (mtime 0, no name), and the members are written in order. Multi-member

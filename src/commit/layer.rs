@@ -33,14 +33,13 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
-use sha2::{Digest as _, Sha256};
-
-use super::compress::{Compressor, HashWriter};
+use super::compress::Compressor;
 use super::sparse::{self, SparseReader};
 use super::tar_entry::{EntryMeta, LayerWriter, Sparse};
 use super::{io_at, CommitError, Result};
 use crate::digest::Sha256Digest;
 use crate::fdwalk::{join_rel, DirChain, WalkError};
+use crate::hashing::Hashing;
 use crate::image::{self, Compression};
 use crate::overlay_format::{
     has_opaque, is_private_xattr, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX,
@@ -423,24 +422,25 @@ pub(super) fn write_layer_inner<W: Write>(
     out: W,
     opts: &LayerOptions,
 ) -> Result<(LayerInfo, W)> {
-    let outer = HashWriter { inner: out, hasher: Sha256::new(), count: 0 };
+    let outer = Hashing::new(out);
     let comp = Compressor::new(outer, opts).map_err(CommitError::Write)?;
-    let tar_hash = HashWriter { inner: comp, hasher: Sha256::new(), count: 0 };
+    let tar_hash = Hashing::new(comp);
     let (w, entries) =
         write_tar(upper, BufWriter::with_capacity(256 << 10, tar_hash), opts.source_date_epoch)?;
     let tar_hash = w.into_inner().map_err(|e| CommitError::Write(e.into_error()))?;
-    let outer = tar_hash.inner.finish().map_err(CommitError::Write)?;
-    let mut outer_w = outer;
+    let (comp, diff_id, tar_size) = tar_hash.finish();
+    let mut outer_w = comp.finish().map_err(CommitError::Write)?;
     outer_w.flush().map_err(CommitError::Write)?;
+    let (out, digest, size) = outer_w.finish();
     let info = LayerInfo {
-        diff_id: Sha256Digest::from_bytes(&tar_hash.hasher.finalize()),
-        digest: Sha256Digest::from_bytes(&outer_w.hasher.finalize()),
-        size: outer_w.count,
-        tar_size: tar_hash.count,
+        diff_id,
+        digest,
+        size,
+        tar_size,
         entries,
         media_type: layer_media_type(opts.compression),
     };
-    Ok((info, outer_w.inner))
+    Ok((info, out))
 }
 
 /// Write a layer tar of the upper directory `upper` (kernel overlayfs format), compressed as `opts`
@@ -453,6 +453,7 @@ pub fn write_layer(upper: &Path, out: impl Write, opts: &LayerOptions) -> Result
 mod tests {
     use super::*;
     use crate::commit::tests::{make_upper, need_root, read_tar, setx, CAP, E, LONG};
+    use sha2::{Digest as _, Sha256};
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
