@@ -41,16 +41,16 @@ one_round() { # side -> "import mount commit" seconds
     for i in 1 2 3 4 5; do
         "$bin" --root "$r" container create deep "m$i" >/dev/null
         "$bin" --root "$r" container mount "m$i" >/dev/null
-        "$bin" --root "$r" container umount "m$i"
-        "$bin" --root "$r" container rm "m$i"
+        "$bin" --root "$r" container umount "m$i" >/dev/null
+        "$bin" --root "$r" container rm "m$i" >/dev/null
     done
     t3=$(now)
     "$bin" --root "$r" container create rootfs c >/dev/null
     at=$("$bin" --root "$r" container mount c)
     echo changed > "$at/etc/motd"
-    "$bin" --root "$r" container umount c
+    "$bin" --root "$r" container umount c >/dev/null
     t4=$(now); "$bin" --root "$r" container commit c committed >/dev/null; t5=$(now)
-    "$bin" --root "$r" container rm c
+    "$bin" --root "$r" container rm c >/dev/null
     echo "$(echo "$t1 - $t0" | bc) $(echo "($t3 - $t2) / 5" | bc -l) $(echo "$t5 - $t4" | bc)"
 }
 

@@ -254,13 +254,13 @@ pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
     Ok(spec)
 }
 
-/// [`mount_spec`] with each lower resolved to the directory it names (a layer's): what reads
-/// the trees themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
+/// [`mount_spec`] with each lower the directory itself (a layer's): what reads the trees
+/// themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
 pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let mut spec = mount_spec(store, c)?;
-    for l in &mut spec.lowers {
-        *l = fs::canonicalize(&*l).at(&*l)?;
-    }
+    let mut spec = crate::snapshot::overlay_spec_real(store, &crate::db::container_snapshot_key(&c.name))
+        .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
+    spec.volatile = c.volatile && !c.read_only;
+    spec.empty_lower = Some(paths(store, c).empty);
     Ok(spec)
 }
 
@@ -314,7 +314,6 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
     };
     fs::create_dir_all(&target).at(&target)?;
     let short = mount_spec(store, &c)?;
-    let spec = overlay_spec(store, &c)?;
     if !c.read_only {
         // A work dir left by an earlier mount may hold debris the kernel refuses.
         let _ = remove_tree(&p.work.join("work"));
@@ -323,10 +322,11 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
         Backend::Kernel => kernel_overlay::mount(&short, &target)
             .map(|_| ())
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
-        Backend::Fuse => fuse_mount(store, name, &spec, &target)?,
+        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?,
         Backend::Auto => {
             if let Err(k) = kernel_overlay::mount(&short, &target) {
                 tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
+                let spec = overlay_spec(store, &c)?;
                 fuse_mount(store, name, &spec, &target).map_err(|f| ContainerError::AutoFailed {
                     name: name.to_string(),
                     kernel: k.to_string(),

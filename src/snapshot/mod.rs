@@ -463,6 +463,26 @@ pub fn overlay_spec(store: &Store, key: &str) -> Result<kernel_overlay::OverlayS
     Ok(mounts::overlay_spec(store, &row, lowers))
 }
 
+/// [`overlay_spec`] with each lower the directory itself (a layer-backed parent's layer
+/// directory, not its `snapshots/<id>/fs` link): what walks the trees reads, and no link is
+/// followed or made.
+pub fn overlay_spec_real(store: &Store, key: &str) -> Result<kernel_overlay::OverlaySpec> {
+    let conn = store.db.conn();
+    let row = meta::get(conn, key)?;
+    if row.kind == Kind::Committed {
+        return Err(SnapshotError::Committed(key.to_string()));
+    }
+    let chain = meta::chain(conn, row.id)?;
+    let lowers = chain[1..]
+        .iter()
+        .map(|r| match &r.diff_id {
+            Some(d) => store.layer_path(d),
+            None => fs_dir(store, r.id),
+        })
+        .collect();
+    Ok(mounts::overlay_spec(store, &row, lowers))
+}
+
 /// A snapshot's row and the trees of its ancestors (top first), each made reachable first.
 fn resolve(store: &Store, key: &str) -> Result<(meta::Row, Vec<PathBuf>)> {
     let conn = store.db.conn();
