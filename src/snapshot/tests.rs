@@ -207,7 +207,11 @@ fn update_replaces_or_edits_labels_and_touches_updated() {
     assert_eq!(s.stat("a").unwrap().labels, after.labels);
     // Labels survive commit as given to it.
     s.commit("a-c", "a", &l(&[("k", "v")])).unwrap();
-    assert_eq!(s.stat("a-c").unwrap().labels, l(&[("k", "v")]));
+    let committed = s.stat("a-c").unwrap();
+    assert_eq!(committed.labels, l(&[("k", "v")]));
+    // As containerd's storage: a commit makes a new snapshot, created and updated at commit.
+    assert_eq!(committed.created, committed.updated);
+    assert!(committed.created > after.updated);
 }
 
 #[test]
