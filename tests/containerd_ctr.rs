@@ -1,0 +1,277 @@
+//! strata-snapshotter under a private containerd (its own root, state and sockets; CRI off),
+//! driven with `ctr`: images imported and unpacked through it, containers run on it, the rootfs
+//! containerd mounts equal to `umoci unpack` entry by entry, and a kill -9 of the daemon that
+//! existing containers survive.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// strata-snapshotter, built beside this test binary (scripts/test.sh builds the workspace).
+fn snapshotter_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("strata-snapshotter");
+    assert!(bin.is_file(), "{} not built: run `cargo build -p strata-snapshotter`", bin.display());
+    bin
+}
+
+/// A private containerd with strata-snapshotter as its proxy plugin `strata`.
+struct Containerd {
+    dir: tempfile::TempDir,
+    containerd: Option<Child>,
+    snapshotter: Option<Child>,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        // Short paths: unix socket names are limited to 108 bytes.
+        let dir = tempfile::Builder::new().prefix("strata-ctrd-").tempdir_in("/tmp").expect("tempdir");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [proxy_plugins.strata]\n  type = \"snapshot\"\n  address = \"{snap}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+            snap = d.join("s.sock").display(),
+        );
+        fs::write(d.join("config.toml"), config).expect("config.toml");
+        let mut c = Containerd { dir, containerd: None, snapshotter: None };
+        c.start_snapshotter();
+        let log = fs::File::create(c.path().join("containerd.log")).expect("containerd log");
+        c.containerd = Some(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(c.path().join("config.toml"))
+                .stdout(log.try_clone().expect("log fd"))
+                .stderr(log)
+                .spawn()
+                .expect("start containerd (scripts/setup.sh installs it)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr_raw(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up:\n{}", c.log("containerd.log"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
+
+    fn start_snapshotter(&mut self) {
+        let sock = self.path().join("s.sock");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("snapshotter.log"))
+            .expect("snapshotter log");
+        let child = Command::new(snapshotter_bin())
+            .arg("--root")
+            .arg(self.path().join("strata"))
+            .arg("--address")
+            .arg(&sock)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start strata-snapshotter");
+        self.snapshotter = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "strata-snapshotter did not listen:\n{}",
+                self.log("snapshotter.log")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9 of the daemon, then a new one on the same state root and socket.
+    fn crash_and_restart_snapshotter(&mut self) {
+        if let Some(mut s) = self.snapshotter.take() {
+            s.kill().expect("kill -9 strata-snapshotter");
+            let _ = s.wait();
+        }
+        self.start_snapshotter();
+    }
+
+    fn ctr_raw(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(self.path().join("c.sock"))
+            .args(["-n", "test"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// `ctr ARGS` that must succeed; its stdout.
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = self.ctr_raw(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\n{}\n--- snapshotter log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log("snapshotter.log")
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Import fixture tag `tag` (an oci-archive made with skopeo) through strata; its image name.
+    fn import(&self, tag: &str) -> String {
+        let archive = self.path().join(format!("{tag}.tar"));
+        let out = Command::new("skopeo")
+            .arg("copy")
+            .arg("-q")
+            .arg(format!("oci:{}:{tag}", common::fixtures().join("oci").display()))
+            .arg(format!("oci-archive:{}:{tag}", archive.display()))
+            .output()
+            .expect("run skopeo");
+        assert!(out.status.success(), "skopeo copy {tag}: {}", String::from_utf8_lossy(&out.stderr));
+        let name = format!("strata.test/{tag}:{tag}");
+        self.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "strata",
+            "--index-name",
+            &name,
+            &archive.to_string_lossy(),
+        ]);
+        assert!(self.ctr(&["images", "ls", "-q"]).lines().any(|l| l == name), "image {name} not listed");
+        name
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for m in common::mounts_under(self.dir.path()).iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        for mut c in [self.containerd.take(), self.snapshotter.take()].into_iter().flatten() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&c),
+                rustix::process::Signal::TERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for m in common::mounts_under(self.dir.path()).iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+#[test]
+fn ctr_import_and_run_a_multi_layer_image_on_strata() {
+    if !common::privileged("ctr_import_and_run_a_multi_layer_image_on_strata") {
+        return;
+    }
+    let c = Containerd::start();
+    let image = c.import("many-2");
+    // Layers went through strata: one committed snapshot per layer (3), and nothing else.
+    let snaps = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    let committed = snaps.lines().filter(|l| l.trim_end().ends_with("Committed")).count();
+    assert_eq!(committed, 3, "snapshots after import:\n{snaps}");
+    assert!(!snaps.contains("Active"), "an active snapshot left after import:\n{snaps}");
+
+    let out = c.ctr(&[
+        "run",
+        "--snapshotter",
+        "strata",
+        "--rm",
+        &image,
+        "run1",
+        "/bin/sh",
+        "-c",
+        "echo hello-from-strata; id -u; test -d /usr && echo has-usr",
+    ]);
+    assert_eq!(
+        out.lines().map(str::trim).collect::<Vec<_>>(),
+        ["hello-from-strata", "0", "has-usr"],
+        "{out}"
+    );
+
+    // The rootfs containerd mounts from strata's snapshots is umoci's, entry by entry.
+    let target = c.path().join("mnt");
+    fs::create_dir(&target).expect("mount target");
+    c.ctr(&["images", "mount", "--snapshotter", "strata", &image, &target.to_string_lossy()]);
+    let seen = common::capture(&target);
+    c.ctr(&["images", "unmount", "--rm", &target.to_string_lossy()]);
+    let (_t, reference) = common::umoci_unpack(&common::fixtures().join("oci"), "many-2");
+    let want = common::capture_reference(&reference);
+    assert_eq!(seen, want, "rootfs through containerd differs from umoci unpack");
+    assert!(common::mounts_under(c.path()).iter().all(|m| !m.starts_with(&target)));
+    // ctr run --rm removed its snapshot; images unmount --rm its view.
+    let snaps = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    assert_eq!(snaps.lines().skip(1).count(), 3, "snapshots left:\n{snaps}");
+}
+
+#[test]
+fn ctr_runs_a_129_layer_image_on_strata() {
+    if !common::privileged("ctr_runs_a_129_layer_image_on_strata") {
+        return;
+    }
+    let c = Containerd::start();
+    let image = c.import("many-128");
+    let out =
+        c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "big", "/bin/sh", "-c", "echo ran-129"]);
+    assert_eq!(out.trim(), "ran-129");
+}
+
+#[test]
+fn containers_survive_kill_9_of_the_snapshotter() {
+    if !common::privileged("containers_survive_kill_9_of_the_snapshotter") {
+        return;
+    }
+    let mut c = Containerd::start();
+    let image = c.import("many-2");
+    c.ctr(&[
+        "containers",
+        "create",
+        "--snapshotter",
+        "strata",
+        &image,
+        "keep",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo still-runs",
+    ]);
+    let before = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    c.crash_and_restart_snapshotter();
+    // containerd redials the proxy plugin with a backoff (at most 3 s apart in 1.6).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.ctr_raw(&["snapshots", "--snapshotter", "strata", "ls"]).status.success() {
+        assert!(Instant::now() < deadline, "containerd did not reconnect to the restarted snapshotter");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // containerd's view and strata's agree after the restart.
+    assert_eq!(c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]), before);
+    // The container's snapshot still mounts and the container runs.
+    // (attached: ctr deletes the task when it exits)
+    let out = c.ctr(&["task", "start", "keep"]);
+    assert_eq!(out.trim(), "still-runs");
+    c.ctr(&["containers", "delete", "keep"]);
+    let out =
+        c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "after", "/bin/sh", "-c", "echo new-runs"]);
+    assert_eq!(out.trim(), "new-runs");
+}
