@@ -3,8 +3,9 @@
 //! any filter string matches (none: every snapshot). A selector is `FIELDPATH[OP VALUE]` with
 //! `OP` one of `==`, `!=`; without an operator it tests that the field is present. Fields and
 //! values may be quoted with `"`, and a value also with `|` or `/` (containerd's alternative
-//! quotes). The snapshot fields are `name`, `parent`, `kind` and `labels.KEY`; `name` and
-//! `parent` are present when non-empty, as containerd's snapshot adaptor has it.
+//! quotes). The snapshot fields are `name`, `parent`, `kind` and `labels.KEY`. As containerd's
+//! snapshot storage adaptor has it, `name`, `parent` and `kind` are always present (`parent==""`
+//! matches a snapshot without one), and `!=` compares a missing field as the empty string.
 
 use strata::snapshot::Info;
 
@@ -57,8 +58,8 @@ impl Filters {
 impl Selector {
     fn matches(&self, info: &Info) -> bool {
         let field: Option<String> = match self.path.as_slice() {
-            [f] if f == "name" => Some(info.name.clone()).filter(|v| !v.is_empty()),
-            [f] if f == "parent" => info.parent.clone().filter(|v| !v.is_empty()),
+            [f] if f == "name" => Some(info.name.clone()),
+            [f] if f == "parent" => Some(info.parent.clone().unwrap_or_default()),
             [f] if f == "kind" => Some(info.kind.as_str().to_string()),
             [f, rest @ ..] if f == "labels" && !rest.is_empty() => info.labels.get(&rest.join(".")).cloned(),
             _ => None,
@@ -66,8 +67,7 @@ impl Selector {
         match self.op {
             Op::Present => field.is_some(),
             Op::Equal => field.is_some_and(|v| v == self.value),
-            // containerd: a missing field does not match `!=` either.
-            Op::NotEqual => field.is_some_and(|v| v != self.value),
+            Op::NotEqual => field.unwrap_or_default() != self.value,
         }
     }
 }
@@ -262,6 +262,9 @@ mod tests {
         assert_eq!(names(&["labels.l"], &all), ["p-wl", "a-wl", "v-wl", "a-np-wl"]);
         assert_eq!(names(&["labels.l==2"], &all), ["a-wl", "a-np-wl"]);
         assert_eq!(names(&["labels.l==|2|"], &all), ["a-wl", "a-np-wl"]);
+        // What containerd's metadata store asks after a Prepare answered `already exists`.
+        assert_eq!(names(&[r#"labels."containerd.io/gc.root"==check-walk,parent=="""#], &all).len(), 4);
+        assert_eq!(names(&["labels.l!=2"], &all).len(), 7, "a missing label is not 2");
         assert_eq!(names(&[" kind == view "], &all), ["v", "v-wl"]);
         assert_eq!(names(&[], &all).len(), 9);
         assert_eq!(names(&[""], &all).len(), 9);

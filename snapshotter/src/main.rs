@@ -59,6 +59,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args, store: strata::store::Store) -> anyhow::Result<()> {
+    // Signal handlers before the socket exists: whoever sees the socket may stop the daemon
+    // at once, and must get a clean shutdown, not death by the default SIGTERM action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("watching SIGINT")?;
     if let Some(dir) = args.address.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -69,30 +75,43 @@ async fn serve(args: Args, store: strata::store::Store) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let listener = tokio::net::UnixListener::bind(&args.address)
-        .with_context(|| format!("listening on {}", args.address.display()))?;
+    // Bound and listening under a temporary name, then renamed into place: a client that sees
+    // the socket can connect (bind alone makes the file, and connect fails until listen).
+    let mut tmp = args.address.clone().into_os_string();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        tokio::net::UnixListener::bind(&tmp).with_context(|| format!("listening on {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.address)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), args.address.display()))?;
     tracing::info!(address = %args.address.display(), root = %args.root.display(), "serving containerd snapshots API");
     let svc = SnapshotsServer::new(service::Service::new(store, args.backend));
-    let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => {
+            r.context("server task")?.context("serving")?;
+            return Ok(());
         }
-        tracing::info!("shutting down");
-    };
-    tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .context("serving")?;
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(());
+    // Calls in flight finish; a client that keeps its connection open (containerd does) is not
+    // waited for longer than this.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await {
+        Ok(r) => r.context("server task")?.context("serving")?,
+        Err(_) => tracing::info!("clients still connected after 5 s: exiting"),
+    }
     let _ = std::fs::remove_file(&args.address);
     Ok(())
 }

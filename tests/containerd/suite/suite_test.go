@@ -50,7 +50,8 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		select {
