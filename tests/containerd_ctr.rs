@@ -19,6 +19,25 @@ fn snapshotter_bin() -> PathBuf {
     bin
 }
 
+/// tests/containerd/pull, containerd's Go client pulling with unpack, built in GOPATH mode.
+fn go_pull() -> PathBuf {
+    let bin = common::repo().join("target/go-bin/containerd-pull");
+    let out = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&bin)
+        .arg(".")
+        .current_dir(common::repo().join("tests/containerd/pull"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", common::repo().join("target/go-cache"))
+        .output()
+        .expect("run go build (golang-go installed? scripts/setup.sh installs it)");
+    assert!(out.status.success(), "go build tests/containerd/pull: {}", String::from_utf8_lossy(&out.stderr));
+    bin
+}
+
 /// A private containerd with strata-snapshotter as its proxy plugin `strata`.
 struct Containerd {
     dir: tempfile::TempDir,
@@ -274,4 +293,64 @@ fn containers_survive_kill_9_of_the_snapshotter() {
     let out =
         c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "after", "/bin/sh", "-c", "echo new-runs"]);
     assert_eq!(out.trim(), "new-runs");
+}
+
+/// Under `snapshots/`: (snapshots whose tree is a link to a shared layer, those with a tree
+/// of their own).
+fn snapshot_trees(state: &Path) -> (usize, usize) {
+    let (mut linked, mut own) = (0, 0);
+    for e in fs::read_dir(state.join("snapshots")).expect("snapshots dir").flatten() {
+        match fs::symlink_metadata(e.path().join("fs")) {
+            Ok(m) if m.file_type().is_symlink() => linked += 1,
+            Ok(_) => own += 1,
+            Err(_) => {}
+        }
+    }
+    (linked, own)
+}
+
+#[test]
+fn containerd_pull_reuses_layers_strata_already_holds() {
+    if !common::privileged("containerd_pull_reuses_layers_strata_already_holds") {
+        return;
+    }
+    let registry = common::registry::Registry::start(common::registry::RegistryOpts::default());
+    let layout = common::fixtures().join("oci");
+    registry.push(&format!("oci:{}:many-2", layout.display()), "many:2", false);
+    let c = Containerd::start();
+    let state = c.path().join("strata");
+    // The CLI imports the image into the store the daemon serves (while it serves it).
+    let out = Command::new(common::STRATA)
+        .arg("--root")
+        .arg(&state)
+        .args(["image", "import", &format!("{}:many-2", layout.display()), "--name", "many-2"])
+        .output()
+        .expect("run strata");
+    assert!(out.status.success(), "strata image import: {}", String::from_utf8_lossy(&out.stderr));
+    let held = snapshot_trees(&state);
+    // containerd's pull with unpack through its Go client (the unpacker CRI uses, which names
+    // each target chain; `ctr images pull` unpacks without those labels).
+    let image = format!("{}/many:2", registry.addr);
+    let out = Command::new(go_pull())
+        .arg(c.path().join("c.sock"))
+        .args(["test", "strata", &image])
+        .output()
+        .expect("run the Go pull helper");
+    assert!(
+        out.status.success(),
+        "pull through containerd's client: {}\n--- snapshotter log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log("snapshotter.log")
+    );
+    let log = c.log("snapshotter.log");
+    assert_eq!(log.matches("layer already held").count(), 3, "every layer reused:\n{log}");
+    let (linked, own) = snapshot_trees(&state);
+    assert_eq!(own, held.1, "a layer was unpacked again (a snapshot with a tree of its own)");
+    assert!(linked >= held.0, "{linked} linked trees, {} before", held.0);
+    let snaps = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    assert_eq!(snaps.lines().filter(|l| l.trim_end().ends_with("Committed")).count(), 3, "{snaps}");
+    // And the image runs, on the CLI's layers.
+    let out =
+        c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "reuse", "/bin/sh", "-c", "echo reused"]);
+    assert_eq!(out.trim(), "reused");
 }

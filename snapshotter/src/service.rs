@@ -135,6 +135,9 @@ fn from_pb_info(i: pb::Info) -> Info {
     }
 }
 
+/// The label containerd's unpacker puts on a Prepare: the chain ID it will commit.
+const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
 /// Snapshots per List response message.
 const LIST_BATCH: usize = 100;
 
@@ -148,8 +151,20 @@ impl pb::snapshots_server::Snapshots for Service {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = req.into_inner();
         tracing::debug!(key = %r.key, parent = %r.parent, "prepare");
-        let ms =
-            self.with(move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels(r.labels))).await?;
+        let labels = labels(r.labels);
+        if let Some(target) = labels.get(SNAPSHOT_REF).cloned() {
+            // containerd's unpacker names the chain it is about to unpack: when the store holds
+            // it already, commit it under the prepare's key and say so; containerd then finds
+            // it by that label and parent (List) and skips the unpack.
+            let (key, par, l, t) = (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
+            if self.with(move |s| s.commit_known_layer(&key, par.as_deref(), &t, &l)).await?.is_some() {
+                tracing::info!(key = %r.key, target = %target, "layer already held: committed without unpack");
+                return Err(Status::already_exists(format!(
+                    "target snapshot {target:?}: strata already holds this layer"
+                )));
+            }
+        }
+        let ms = self.with(move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels)).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse { mounts: self.mounts(ms) }))
     }
 
