@@ -41,12 +41,26 @@ fn go_pull() -> PathBuf {
 /// A private containerd with strata-snapshotter as its proxy plugin `strata`.
 struct Containerd {
     dir: tempfile::TempDir,
+    backend: &'static str,
     containerd: Option<Child>,
     snapshotter: Option<Child>,
 }
 
 impl Containerd {
     fn start() -> Containerd {
+        Containerd::start_with("kernel")
+    }
+
+    /// PATH with this build's binaries first: containerd's mount.fuse3 runs strata-fuse from it.
+    fn path_env() -> std::ffi::OsString {
+        let bin = snapshotter_bin();
+        let mut p = bin.parent().expect("bin dir").as_os_str().to_owned();
+        p.push(":");
+        p.push(std::env::var_os("PATH").unwrap_or_default());
+        p
+    }
+
+    fn start_with(backend: &'static str) -> Containerd {
         // Short paths: unix socket names are limited to 108 bytes.
         let dir = tempfile::Builder::new().prefix("strata-ctrd-").tempdir_in("/tmp").expect("tempdir");
         let d = dir.path();
@@ -61,11 +75,12 @@ impl Containerd {
             snap = d.join("s.sock").display(),
         );
         fs::write(d.join("config.toml"), config).expect("config.toml");
-        let mut c = Containerd { dir, containerd: None, snapshotter: None };
+        let mut c = Containerd { dir, backend, containerd: None, snapshotter: None };
         c.start_snapshotter();
         let log = fs::File::create(c.path().join("containerd.log")).expect("containerd log");
         c.containerd = Some(
             Command::new("containerd")
+                .env("PATH", Containerd::path_env())
                 .arg("--config")
                 .arg(c.path().join("config.toml"))
                 .stdout(log.try_clone().expect("log fd"))
@@ -101,6 +116,7 @@ impl Containerd {
             .arg(self.path().join("strata"))
             .arg("--address")
             .arg(&sock)
+            .args(["--backend", self.backend])
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
@@ -128,6 +144,7 @@ impl Containerd {
 
     fn ctr_raw(&self, args: &[&str]) -> Output {
         Command::new("ctr")
+            .env("PATH", Containerd::path_env())
             .arg("-a")
             .arg(self.path().join("c.sock"))
             .args(["-n", "test"])
@@ -148,6 +165,59 @@ impl Containerd {
             self.log("snapshotter.log")
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The tree of the top of the image's chain as containerd mounts it from strata: a view
+    /// made with `ctr snapshots view`, mounted with the command `ctr snapshots mounts` prints
+    /// (`ctr images mount` of containerd 1.6 ignores --snapshotter), captured, then removed.
+    /// Also the mount's filesystem type. The view stays (ctr's lease holds it).
+    fn capture_top_view(&self) -> (strata::tree::Tree, String) {
+        let ls = self.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+        let rows: Vec<Vec<&str>> = ls.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+        let tops: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.last() == Some(&"Committed"))
+            .map(|r| r[0])
+            .filter(|k| !rows.iter().any(|r| r.len() == 3 && r[1] == *k))
+            .collect();
+        assert_eq!(tops.len(), 1, "one image chain expected:\n{ls}");
+        self.ctr(&["snapshots", "--snapshotter", "strata", "view", "cmp-view", tops[0]]);
+        let target = self.path().join("mnt");
+        fs::create_dir_all(&target).expect("mount target");
+        let cmd = self.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            "strata",
+            "mounts",
+            &target.to_string_lossy(),
+            "cmp-view",
+        ]);
+        // `mount -t fuse3.strata-fuse SRC DIR -o OPTS`, run the way containerd runs it
+        // (mount(8) would hand the whole type to mount.fuse3).
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let cmd = match words.as_slice() {
+            ["mount", "-t", t, src, dir, "-o", opts] if t.starts_with("fuse3.") => {
+                format!("mount.fuse3 {src} {dir} -o {opts} -t {}", &t["fuse3.".len()..])
+            }
+            _ => cmd.trim().to_string(),
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .env("PATH", Containerd::path_env())
+            .output()
+            .expect("run the mount command");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        let fstype = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.split(' ').nth(1) == target.to_str())
+            .and_then(|l| l.split(' ').nth(2).map(str::to_string))
+            .unwrap_or_default();
+        let tree = common::capture(&target);
+        let st = Command::new("umount").arg(&target).status().expect("umount");
+        assert!(st.success(), "umount {}", target.display());
+        (tree, fstype)
     }
 
     /// Import fixture tag `tag` (an oci-archive made with skopeo) through strata; its image name.
@@ -230,18 +300,16 @@ fn ctr_import_and_run_a_multi_layer_image_on_strata() {
     );
 
     // The rootfs containerd mounts from strata's snapshots is umoci's, entry by entry.
-    let target = c.path().join("mnt");
-    fs::create_dir(&target).expect("mount target");
-    c.ctr(&["images", "mount", "--snapshotter", "strata", &image, &target.to_string_lossy()]);
-    let seen = common::capture(&target);
-    c.ctr(&["images", "unmount", "--rm", &target.to_string_lossy()]);
+    let (seen, fstype) = c.capture_top_view();
+    assert_eq!(fstype, "overlay");
     let (_t, reference) = common::umoci_unpack(&common::fixtures().join("oci"), "many-2");
     let want = common::capture_reference(&reference);
     assert_eq!(seen, want, "rootfs through containerd differs from umoci unpack");
-    assert!(common::mounts_under(c.path()).iter().all(|m| !m.starts_with(&target)));
-    // ctr run --rm removed its snapshot; images unmount --rm its view.
+    assert!(common::mounts_under(c.path()).is_empty(), "{:?}", common::mounts_under(c.path()));
+    // ctr run --rm removed its snapshot: the layers and the view are left.
     let snaps = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
-    assert_eq!(snaps.lines().skip(1).count(), 3, "snapshots left:\n{snaps}");
+    assert_eq!(snaps.lines().skip(1).count(), 4, "snapshots left:\n{snaps}");
+    assert!(!snaps.contains("Active"), "{snaps}");
 }
 
 #[test]
@@ -353,4 +421,30 @@ fn containerd_pull_reuses_layers_strata_already_holds() {
     let out =
         c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "reuse", "/bin/sh", "-c", "echo reused"]);
     assert_eq!(out.trim(), "reused");
+}
+
+#[test]
+fn ctr_runs_on_the_fuse_backend() {
+    if !common::privileged("ctr_runs_on_the_fuse_backend") {
+        return;
+    }
+    let c = Containerd::start_with("fuse");
+    // Layers are applied through strata-fuse mounts (fuse3.strata-fuse, run by mount.fuse3).
+    let image = c.import("many-2");
+    let out = c.ctr(&[
+        "run",
+        "--snapshotter",
+        "strata",
+        "--rm",
+        &image,
+        "fuse1",
+        "/bin/sh",
+        "-c",
+        "echo written > /new && cat /new && grep -c . /proc/self/mounts >/dev/null && echo done",
+    ]);
+    assert_eq!(out.lines().map(str::trim).collect::<Vec<_>>(), ["written", "done"], "{out}");
+    let (seen, fstype) = c.capture_top_view();
+    assert_eq!(fstype, "fuse.strata-fuse", "the view is a strata-fuse mount");
+    let (_t, reference) = common::umoci_unpack(&common::fixtures().join("oci"), "many-2");
+    assert_eq!(seen, common::capture_reference(&reference), "rootfs through strata-fuse differs from umoci");
 }
