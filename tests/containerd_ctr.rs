@@ -448,3 +448,52 @@ fn ctr_runs_on_the_fuse_backend() {
     let (_t, reference) = common::umoci_unpack(&common::fixtures().join("oci"), "many-2");
     assert_eq!(seen, common::capture_reference(&reference), "rootfs through strata-fuse differs from umoci");
 }
+
+/// Bytes in blocks under `dir` (not following links).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else { continue };
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            stack.extend(fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+#[test]
+fn containerd_garbage_collection_returns_the_disk() {
+    if !common::privileged("containerd_garbage_collection_returns_the_disk") {
+        return;
+    }
+    let c = Containerd::start();
+    let snaps_dir = c.path().join("strata/snapshots");
+    let empty = disk_usage(&snaps_dir);
+    let image = c.import("many-2");
+    let full = disk_usage(&snaps_dir);
+    assert!(full > empty + 1024 * 1024, "the unpacked image takes space: {empty} -> {full}");
+    // Removing the image and its content (containerd 1.6 keeps the blobs `ctr images import`
+    // wrote, and they reference the snapshots) lets containerd's gc remove the snapshots
+    // (Remove, then Cleanup).
+    c.ctr(&["images", "rm", "--sync", &image]);
+    let blobs = c.ctr(&["content", "ls", "-q"]);
+    let mut args = vec!["content", "rm"];
+    args.extend(blobs.lines().map(str::trim).filter(|l| !l.is_empty()));
+    c.ctr(&args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ls = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+        if ls.lines().count() <= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "snapshots left after gc:\n{ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let entries: Vec<_> =
+        fs::read_dir(&snaps_dir).expect("snapshots dir").flatten().map(|e| e.file_name()).collect();
+    assert!(entries.is_empty(), "directories left under snapshots/: {entries:?}");
+    assert_eq!(disk_usage(&snaps_dir), empty, "disk returned");
+}
