@@ -3,7 +3,7 @@
 //! Skipped (loudly) only when not root and `CI` is unset; under CI they must run.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use kernel_overlay::{

@@ -201,9 +201,12 @@ pub fn commit(
     if by_key(c, name)?.is_some() {
         return Err(SnapshotError::AlreadyExists(name.to_string()));
     }
+    // A committed snapshot is a new snapshot to containerd: created and updated both now.
+    let now = now_ns();
     c.execute(
-        "UPDATE snapshots SET key = ?1, kind = ?2, size = ?3, inodes = ?4, updated = ?5 WHERE id = ?6",
-        params![name, Kind::Committed.code(), usage.size as i64, usage.inodes as i64, now_ns(), r.id],
+        "UPDATE snapshots SET key = ?1, kind = ?2, size = ?3, inodes = ?4, created = ?5, updated = ?5 \
+         WHERE id = ?6",
+        params![name, Kind::Committed.code(), usage.size as i64, usage.inodes as i64, now, r.id],
     )?;
     set_labels(c, r.id, labels)?;
     get(c, name)

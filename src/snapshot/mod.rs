@@ -296,6 +296,52 @@ impl Snapshots<'_> {
         Ok(())
     }
 
+    /// Commit `name` over `parent` as a layer the store already holds, without unpacking it:
+    /// when layer chain `chain_id` is one of the store's (an image imported, pulled or committed
+    /// through the CLI made its committed snapshot) and `parent` is that chain less its top
+    /// layer (the parent's own chain is layer-backed and, with the top layer, hashes to
+    /// `chain_id`), `name` becomes a committed snapshot backed by the same layer directory.
+    /// `None` when the store does not hold that chain over that parent. This is how a
+    /// containerd snapshotter answers a Prepare naming its target chain (`already exists`).
+    pub fn commit_known_layer(
+        &mut self,
+        name: &str,
+        parent: Option<&str>,
+        chain_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<Info>> {
+        self.store
+            .db
+            .write(|tx| {
+                // Chain snapshots are keyed by the chain ID's own text.
+                let Some(target) = meta::by_key(tx, chain_id)? else {
+                    return Ok(None);
+                };
+                let (Kind::Committed, Some(diff_id)) = (target.kind, target.diff_id.clone()) else {
+                    return Ok(None);
+                };
+                let mut diff_ids = Vec::new();
+                if let Some(p) = parent.filter(|p| !p.is_empty()) {
+                    let pr =
+                        meta::by_key(tx, p)?.ok_or_else(|| SnapshotError::ParentNotFound(p.to_string()))?;
+                    for r in meta::chain(tx, pr.id)?.into_iter().rev() {
+                        match r.diff_id {
+                            Some(d) => diff_ids.push(d),
+                            // Content containerd applied itself: its chain is not known here.
+                            None => return Ok(None),
+                        }
+                    }
+                }
+                diff_ids.push(diff_id.clone());
+                if chain_ids(&diff_ids).last().map(|c| c.to_string()).as_deref() != Some(chain_id) {
+                    return Ok(None);
+                }
+                let row = meta::insert(tx, name, parent, Kind::Committed, Some(&diff_id), labels)?;
+                Ok(Some(meta::info(tx, &row)?))
+            })
+            .map_err(SnapshotError::from)
+    }
+
     /// Remove a snapshot (not one with children, nor one a container stands on). The row goes
     /// first, then the directory in one rename to staging.
     pub fn remove(&mut self, key: &str) -> Result<()> {

@@ -212,7 +212,11 @@ fn update_replaces_or_edits_labels_and_touches_updated() {
     assert_eq!(s.stat("a").unwrap().labels, after.labels);
     // Labels survive commit as given to it.
     s.commit("a-c", "a", &l(&[("k", "v")])).unwrap();
-    assert_eq!(s.stat("a-c").unwrap().labels, l(&[("k", "v")]));
+    let committed = s.stat("a-c").unwrap();
+    assert_eq!(committed.labels, l(&[("k", "v")]));
+    // As containerd's storage: a commit makes a new snapshot, created and updated at commit.
+    assert_eq!(committed.created, committed.updated);
+    assert!(committed.created > after.updated);
 }
 
 #[test]
@@ -352,4 +356,46 @@ fn five_hundred_layers_fit_one_page() {
     let top_id = id_of(s.store(), &top);
     let head = format!("lowerdir={}/fs:{}/fs:", top_id, top_id - 1);
     assert!(text.starts_with(&head), "{head} ... in {}", &text[..80]);
+}
+
+#[test]
+fn known_layers_are_committed_over_a_matching_parent_without_unpacking() {
+    let (_t, mut store) = store();
+    let l: Vec<Sha256Digest> = (0..2).map(|n| add_layer(&mut store, n)).collect();
+    put_image(&mut store, "two", &l);
+    let chain = keys(&l);
+    let refl = |c: &str| BTreeMap::from([("containerd.io/snapshot.ref".to_string(), c.to_string())]);
+    let mut s = store.snapshots();
+    // A chain the store does not hold: nothing made.
+    let other = keys(&[l[1].clone()]);
+    assert_eq!(s.commit_known_layer("ns/1/x", None, &other[0], &no_labels()).unwrap(), None);
+    // Bottom layer, no parent: a committed snapshot backed by the layer.
+    let bottom = s.commit_known_layer("ns/1/a", None, &chain[0], &refl(&chain[0])).unwrap().unwrap();
+    assert_eq!((bottom.kind, bottom.parent.as_deref()), (Kind::Committed, None));
+    assert_eq!(bottom.labels, refl(&chain[0]));
+    // The top layer over that parent: its chain matches.
+    let top = s.commit_known_layer("ns/1/b", Some("ns/1/a"), &chain[1], &no_labels()).unwrap().unwrap();
+    assert_eq!(top.parent.as_deref(), Some("ns/1/a"));
+    // The top layer's chain over no parent, or over a parent containerd applied itself: refused.
+    assert_eq!(s.commit_known_layer("ns/1/c", None, &chain[1], &no_labels()).unwrap(), None);
+    s.prepare("ns/1/own-tmp", None, &no_labels()).unwrap();
+    s.commit("ns/1/own", "ns/1/own-tmp", &no_labels()).unwrap();
+    assert_eq!(s.commit_known_layer("ns/1/d", Some("ns/1/own"), &chain[1], &no_labels()).unwrap(), None);
+    // A name taken: already exists; a missing parent: not found.
+    let e = s.commit_known_layer("ns/1/b", Some("ns/1/a"), &chain[1], &no_labels()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    let e = s.commit_known_layer("ns/1/e", Some("nope"), &chain[1], &no_labels()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    // A view over the reused chain shows the layers' files, from the shared layer directories.
+    s.view("ns/1/v", Some("ns/1/b"), &no_labels()).unwrap();
+    let spec = s.overlay_spec("ns/1/v").unwrap();
+    assert_eq!(spec.lowers.len(), 2);
+    assert_eq!(fs::read_to_string(spec.lowers[0].join("file-1")).unwrap(), "1");
+    assert_eq!(fs::read_to_string(spec.lowers[1].join("file-0")).unwrap(), "0");
+    assert_eq!(s.usage("ns/1/b").unwrap(), Usage { size: 1, inodes: 2 });
+    // The image's own chain is untouched, and the layer stays held after the image goes.
+    store.remove_image("two").unwrap();
+    store.gc().unwrap();
+    let v = store.snapshots().overlay_spec("ns/1/v").unwrap();
+    assert_eq!(fs::read_to_string(v.lowers[0].join("file-1")).unwrap(), "1");
 }

@@ -1,0 +1,247 @@
+//! `containerd.services.snapshots.v1.Snapshots` over one strata store: each call takes the
+//! store's lock in a blocking task and runs one snapshot-core operation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use strata::snapshot::{ErrorKind, Info, Kind, Mount, SnapshotError, Snapshots};
+use strata::store::Store;
+use tonic::{Request, Response, Status};
+
+use crate::api::containerd::services::snapshots::v1 as pb;
+use crate::api::containerd::types as pbt;
+use crate::filter::Filters;
+
+/// How containerd mounts an overlay this daemon describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Kernel OverlayFS (`overlay` mounts).
+    Kernel,
+    /// strata-fuse (`fuse3.strata-fuse` mounts, run by containerd through mount.fuse3).
+    Fuse,
+}
+
+pub struct Service {
+    store: Arc<Mutex<Store>>,
+    backend: Backend,
+}
+
+impl Service {
+    pub fn new(store: Store, backend: Backend) -> Service {
+        Service { store: Arc::new(Mutex::new(store)), backend }
+    }
+
+    /// Run `f` on the snapshots of the store, off the async threads.
+    async fn with<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Snapshots<'_>) -> Result<T, SnapshotError> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().map_err(|_| Status::internal("snapshot store lock poisoned"))?;
+            f(&mut guard.snapshots()).map_err(|e| status(&e))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot call failed: {e}")))?
+    }
+
+    fn mounts(&self, ms: Vec<Mount>) -> Vec<pbt::Mount> {
+        ms.into_iter().map(|m| to_pb_mount(m, self.backend)).collect()
+    }
+}
+
+/// A snapshot error as the gRPC status containerd's errdefs maps back to its own error kinds;
+/// the message is the whole chain of causes.
+pub fn status(e: &SnapshotError) -> Status {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::AlreadyExists => Status::already_exists(msg),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::Internal => Status::internal(msg),
+    }
+}
+
+fn to_pb_mount(m: Mount, backend: Backend) -> pbt::Mount {
+    if backend == Backend::Fuse && m.fs_type == "overlay" {
+        // mount.fuse3 runs `strata-fuse SOURCE TARGET -o OPTIONS`, which takes overlay options.
+        return pbt::Mount {
+            r#type: "fuse3.strata-fuse".into(),
+            source: "strata".into(),
+            target: String::new(),
+            options: m.options,
+        };
+    }
+    pbt::Mount { r#type: m.fs_type, source: m.source, target: String::new(), options: m.options }
+}
+
+fn labels(l: HashMap<String, String>) -> BTreeMap<String, String> {
+    l.into_iter().collect()
+}
+
+fn parent(p: String) -> Option<String> {
+    Some(p).filter(|p| !p.is_empty())
+}
+
+fn timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+fn ns(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos))).unwrap_or(0)
+}
+
+pub fn to_pb_info(i: Info) -> pb::Info {
+    let kind = match i.kind {
+        Kind::View => pb::Kind::View,
+        Kind::Active => pb::Kind::Active,
+        Kind::Committed => pb::Kind::Committed,
+    };
+    pb::Info {
+        name: i.name,
+        parent: i.parent.unwrap_or_default(),
+        kind: kind as i32,
+        created_at: Some(timestamp(i.created)),
+        updated_at: Some(timestamp(i.updated)),
+        labels: i.labels.into_iter().collect(),
+    }
+}
+
+fn from_pb_info(i: pb::Info) -> Info {
+    let kind = match pb::Kind::try_from(i.kind) {
+        Ok(pb::Kind::View) => Kind::View,
+        Ok(pb::Kind::Committed) => Kind::Committed,
+        _ => Kind::Active,
+    };
+    Info {
+        name: i.name,
+        parent: parent(i.parent),
+        kind,
+        created: ns(i.created_at.as_ref()),
+        updated: ns(i.updated_at.as_ref()),
+        labels: labels(i.labels),
+    }
+}
+
+/// The label containerd's unpacker puts on a Prepare: the chain ID it will commit.
+const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
+/// Snapshots per List response message.
+const LIST_BATCH: usize = 100;
+
+type ListStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::snapshots_server::Snapshots for Service {
+    async fn prepare(
+        &self,
+        req: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        tracing::debug!(key = %r.key, parent = %r.parent, "prepare");
+        let labels = labels(r.labels);
+        if let Some(target) = labels.get(SNAPSHOT_REF).cloned() {
+            // containerd's unpacker names the chain it is about to unpack: when the store holds
+            // it already, commit it under the prepare's key and say so; containerd then finds
+            // it by that label and parent (List) and skips the unpack.
+            let (key, par, l, t) = (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
+            if self.with(move |s| s.commit_known_layer(&key, par.as_deref(), &t, &l)).await?.is_some() {
+                tracing::info!(key = %r.key, target = %target, "layer already held: committed without unpack");
+                return Err(Status::already_exists(format!(
+                    "target snapshot {target:?}: strata already holds this layer"
+                )));
+            }
+        }
+        let ms = self.with(move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels)).await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse { mounts: self.mounts(ms) }))
+    }
+
+    async fn view(
+        &self,
+        req: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        tracing::debug!(key = %r.key, parent = %r.parent, "view");
+        let ms = self.with(move |s| s.view(&r.key, parent(r.parent).as_deref(), &labels(r.labels))).await?;
+        Ok(Response::new(pb::ViewSnapshotResponse { mounts: self.mounts(ms) }))
+    }
+
+    async fn mounts(&self, req: Request<pb::MountsRequest>) -> Result<Response<pb::MountsResponse>, Status> {
+        let r = req.into_inner();
+        let ms = self.with(move |s| s.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse { mounts: self.mounts(ms) }))
+    }
+
+    async fn commit(&self, req: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        tracing::debug!(key = %r.key, name = %r.name, "commit");
+        self.with(move |s| s.commit(&r.name, &r.key, &labels(r.labels))).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+        let r = req.into_inner();
+        tracing::debug!(key = %r.key, "remove");
+        self.with(move |s| s.remove(&r.key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        req: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let info = self.with(move |s| s.stat(&r.key)).await?;
+        Ok(Response::new(pb::StatSnapshotResponse { info: Some(to_pb_info(info)) }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let info = from_pb_info(r.info.ok_or_else(|| Status::invalid_argument("update: no snapshot info"))?);
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let info = self.with(move |s| s.update(&info, &paths)).await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse { info: Some(to_pb_info(info)) }))
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<ListStream>, Status> {
+        let r = req.into_inner();
+        let filters = Filters::parse(&r.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let all = self.with(|s| s.walk()).await?;
+        let infos: Vec<pb::Info> = all.into_iter().filter(|i| filters.matches(i)).map(to_pb_info).collect();
+        let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> =
+            infos.chunks(LIST_BATCH).map(|c| Ok(pb::ListSnapshotsResponse { info: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+        let r = req.into_inner();
+        let u = self.with(move |s| s.usage(&r.key)).await?;
+        Ok(Response::new(pb::UsageResponse {
+            size: i64::try_from(u.size).unwrap_or(i64::MAX),
+            inodes: i64::try_from(u.inodes).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn cleanup(&self, _req: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        let removed = self.with(|s| s.cleanup()).await?;
+        tracing::debug!(removed = removed.len(), "cleanup");
+        Ok(Response::new(()))
+    }
+}
