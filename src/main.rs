@@ -151,6 +151,7 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     #[command(after_help = "Example:\n  strata logout registry.example:5000")]
     Logout { host: String },
     /// Remove blobs and layer directories no image references.
+    #[command(after_help = "Example:\n  strata image rm old-app && strata gc")]
     Gc,
     /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
     /// unmount it.
@@ -237,6 +238,9 @@ strata --root /a save app | strata --root /b load --name app")]
 #[derive(Subcommand)]
 enum ContainerCmd {
     /// Record a container (a writable snapshot, or a view with --read-only) over IMAGE.
+    #[command(
+        after_help = "Examples:\n  strata container create busybox web\n  strata container create busybox ro --read-only"
+    )]
     Create {
         image: String,
         name: String,
@@ -247,17 +251,24 @@ enum ContainerCmd {
         volatile: bool,
     },
     /// List containers and whether each is mounted.
+    #[command(after_help = "Examples:\n  strata container ls\n  strata container ls --json")]
     Ls {
         #[arg(long)]
         json: bool,
     },
     /// Remove a container (refuses while mounted unless --force).
+    #[command(
+        after_help = "Examples:\n  strata container rm web\n  strata container rm --force web   # stops and unmounts it first"
+    )]
     Rm {
         name: String,
         #[arg(long)]
         force: bool,
     },
     /// Mount a container; prints the mount point.
+    #[command(
+        after_help = "Examples:\n  strata container mount web\n  strata container mount web /mnt/web --backend fuse"
+    )]
     Mount {
         name: String,
         target: Option<PathBuf>,
@@ -265,6 +276,7 @@ enum ContainerCmd {
         backend: Backend,
     },
     /// Unmount a container.
+    #[command(after_help = "Example:\n  strata container umount web")]
     Umount {
         name: String,
         /// Detach even while busy.
@@ -272,12 +284,16 @@ enum ContainerCmd {
         force: bool,
     },
     /// The container's changes, as `docker diff` prints them (A added, C changed, D deleted).
+    #[command(after_help = "Examples:\n  strata container diff web\n  strata container diff web --json")]
     Diff {
         name: String,
         #[arg(long)]
         json: bool,
     },
     /// Commit the container's changes as a new image: the parent's layers plus one new layer.
+    #[command(
+        after_help = "Examples:\n  strata container commit web web:v2\n  strata container commit web web:v3 -m 'add config' -c 'ENV MODE=prod' --compression zstd"
+    )]
     Commit {
         name: String,
         new_image: String,
@@ -298,6 +314,9 @@ enum ContainerCmd {
         pause: bool,
     },
     /// Print the mount a caller would perform (type, source, options) without mounting.
+    #[command(
+        after_help = "Example:\n  strata container mounts web --json   # containerd-style: type, source, options"
+    )]
     Mounts {
         name: String,
         #[arg(long)]
@@ -323,6 +342,9 @@ strata container export web | strata image import-rootfs - web-flat")]
 #[derive(Subcommand)]
 enum ImageCmd {
     /// Import an OCI layout (DIR or DIR:TAG), an oci-archive or a docker-archive tar.
+    #[command(
+        after_help = "Examples:\n  strata image import ./layout:busybox\n  strata image import oci-archive:busybox.tar --name busybox\n  strata image import docker-archive:saved.tar:app:v1 --jobs 4"
+    )]
     Import {
         source: String,
         /// Name to store the image under (default: the source's tag).
@@ -344,6 +366,7 @@ enum ImageCmd {
         quiet: bool,
     },
     /// Show an image's manifest, config and layers.
+    #[command(after_help = "Example:\n  strata image inspect busybox")]
     Inspect { name: String },
     /// Remove image names (their layers stay until `strata gc`); refuses names containers use.
     #[command(after_help = "Example:\n  strata image rm app:v1 app:v2")]
@@ -365,6 +388,9 @@ enum ImageCmd {
     #[command(after_help = "Example:\n  strata image tag 127.0.0.1:5000/app:1 localhost:5000/app:v1")]
     Tag { name: String, new_name: String },
     /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
+    #[command(
+        after_help = "Examples:\n  strata image export app ./layout:app\n  strata image export app app.tar --format docker-archive"
+    )]
     Export {
         name: String,
         dest: String,
@@ -1097,5 +1123,26 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command a user runs shows an example in its --help.
+    #[test]
+    fn every_command_has_an_example() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let subs: Vec<&clap::Command> = c.get_subcommands().filter(|s| s.get_name() != "help").collect();
+            if subs.is_empty() {
+                let help = c.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(path.to_string());
+                }
+            }
+            for s in subs {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "strata", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
     }
 }
