@@ -218,11 +218,16 @@ impl Containerd {
 
     /// Import fixture tag `tag` (an oci-archive made with skopeo) through strata; its image name.
     fn import(&self, tag: &str) -> String {
+        self.import_from(&common::fixtures().join("oci"), tag)
+    }
+
+    /// `ctr images import` of image `tag` of the OCI layout `layout` (through an oci-archive).
+    fn import_from(&self, layout: &Path, tag: &str) -> String {
         let archive = self.path().join(format!("{tag}.tar"));
         let out = Command::new("skopeo")
             .arg("copy")
             .arg("-q")
-            .arg(format!("oci:{}:{tag}", common::fixtures().join("oci").display()))
+            .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("oci-archive:{}:{tag}", archive.display()))
             .output()
             .expect("run skopeo");
@@ -310,16 +315,40 @@ fn ctr_import_and_run_a_multi_layer_image_on_strata() {
     assert!(kinds.iter().all(|k| *k == "Committed" || *k == "View"), "snapshots left:\n{snaps}");
 }
 
+/// A 200-layer image (busybox and 199 layers over it, each adding a file): containerd performs
+/// the mount of 200 lowers itself, from one option string, and the container sees every layer.
 #[test]
-fn ctr_runs_a_129_layer_image_on_strata() {
-    if !common::privileged("ctr_runs_a_129_layer_image_on_strata") {
+fn ctr_runs_a_200_layer_image_on_strata() {
+    if !common::privileged("ctr_runs_a_200_layer_image_on_strata") {
         return;
     }
     let c = Containerd::start();
-    let image = c.import("many-128");
-    let out =
-        c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "big", "/bin/sh", "-c", "echo ran-129"]);
-    assert_eq!(out.trim(), "ran-129");
+    let layout = c.path().join("layout");
+    common::copy_layout(&common::fixtures().join("oci"), &layout);
+    let out = Command::new("python3")
+        .arg(common::repo().join("scripts/fixtures/mklayers.py"))
+        .arg("--layout")
+        .arg(&layout)
+        .args(["--base", "busybox", "--tag", "many-199", "--layers", "199"])
+        .output()
+        .expect("run mklayers.py");
+    assert!(out.status.success(), "mklayers: {}", String::from_utf8_lossy(&out.stderr));
+    let image = c.import_from(&layout, "many-199");
+    let snaps = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
+    assert!(snaps.lines().count() > 200, "one committed snapshot per layer:\n{snaps}");
+    let out = c.ctr(&[
+        "run",
+        "--snapshotter",
+        "strata",
+        "--rm",
+        &image,
+        "big",
+        "/bin/sh",
+        "-c",
+        "ls -d /layer-* | wc -l; cat /top; echo ran-200",
+    ]);
+    // Every layer's file, and the top layer's /top over the 198 below it.
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["199", "199", "ran-200"], "{out}");
 }
 
 #[test]
