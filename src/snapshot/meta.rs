@@ -99,6 +99,13 @@ pub fn all(c: &Connection) -> Result<Vec<Row>, SnapshotError> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The ids of every snapshot (what owns a directory under `snapshots/`).
+pub fn ids(c: &Connection) -> Result<std::collections::HashSet<i64>, SnapshotError> {
+    let mut st = c.prepare_cached("SELECT id FROM snapshots")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The snapshot and its ancestors, nearest first (`chain[0]` is `id` itself).
 pub fn chain(c: &Connection, id: i64) -> Result<Vec<Row>, SnapshotError> {
     let mut out = Vec::new();

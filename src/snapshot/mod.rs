@@ -438,8 +438,7 @@ impl Snapshots<'_> {
         let snaps = self.store.snapshots_dir();
         // A cheap look first (every command recovers on open): only entries that no row owns now
         // need the write transaction.
-        let known: std::collections::HashSet<i64> =
-            meta::all(self.store.db.conn())?.iter().map(|r| r.id).collect();
+        let known = meta::ids(self.store.db.conn())?;
         let suspicious = match fs::read_dir(&snaps) {
             Ok(entries) => entries.flatten().any(|e| {
                 !e.file_name()
@@ -456,7 +455,7 @@ impl Snapshots<'_> {
             .store
             .db
             .write(|tx| {
-                let known: std::collections::HashSet<i64> = meta::all(tx)?.iter().map(|r| r.id).collect();
+                let known = meta::ids(tx)?;
                 let mut orphans = Vec::new();
                 let entries = match fs::read_dir(&snaps) {
                     Ok(e) => e,
@@ -513,13 +512,8 @@ pub fn overlay_spec(store: &Store, key: &str) -> Result<kernel_overlay::OverlayS
 /// directory, not its `snapshots/<id>/fs` link): what walks the trees reads, and no link is
 /// followed or made.
 pub fn overlay_spec_real(store: &Store, key: &str) -> Result<kernel_overlay::OverlaySpec> {
-    let conn = store.db.conn();
-    let row = meta::get(conn, key)?;
-    if row.kind == Kind::Committed {
-        return Err(SnapshotError::Committed(key.to_string()));
-    }
-    let chain = meta::chain(conn, row.id)?;
-    let lowers = chain[1..]
+    let (row, parents) = mountable(store, key)?;
+    let lowers = parents
         .iter()
         .map(|r| match &r.diff_id {
             Some(d) => store.layer_path(d),
@@ -531,17 +525,22 @@ pub fn overlay_spec_real(store: &Store, key: &str) -> Result<kernel_overlay::Ove
 
 /// A snapshot's row and the trees of its ancestors (top first), each made reachable first.
 fn resolve(store: &Store, key: &str) -> Result<(meta::Row, Vec<PathBuf>)> {
+    let (row, parents) = mountable(store, key)?;
+    let lowers = parents.iter().map(|r| reachable(store, r)).collect::<Result<Vec<_>>>()?;
+    Ok((row, lowers))
+}
+
+/// An active or view snapshot's row and its ancestors' rows, nearest first; a committed one has
+/// no mounts of its own.
+fn mountable(store: &Store, key: &str) -> Result<(meta::Row, Vec<meta::Row>)> {
     let conn = store.db.conn();
     let row = meta::get(conn, key)?;
     if row.kind == Kind::Committed {
         return Err(SnapshotError::Committed(key.to_string()));
     }
-    let chain = meta::chain(conn, row.id)?;
-    let mut lowers = Vec::with_capacity(chain.len().saturating_sub(1));
-    for r in &chain[1..] {
-        lowers.push(reachable(store, r)?);
-    }
-    Ok((row, lowers))
+    let mut chain = meta::chain(conn, row.id)?;
+    chain.remove(0);
+    Ok((row, chain))
 }
 
 /// `snapshots/<id>/fs` of a snapshot; a layer-backed snapshot's link to its layer is made at its
