@@ -53,25 +53,12 @@ strata run -it --rm busybox -- sh       # an interactive shell")]
         rm: bool,
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
-        /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
-        #[arg(short, long = "env")]
-        env: Vec<String>,
-        /// Working directory in the container (absolute; replaces the image's WorkingDir).
-        #[arg(short, long)]
-        workdir: Option<String>,
-        /// USER[:GROUP] (names or ids, names resolved in the image); replaces the image's User.
-        #[arg(short, long)]
-        user: Option<String>,
+        #[command(flatten)]
+        process: ProcessArgs,
         /// Detached: start it, print its name and return. Its stdout and stderr go to a log file
         /// in the container's directory (`strata logs NAME`); it stays mounted until `strata stop`.
         #[arg(short, long)]
         detach: bool,
-        /// Keep stdin open: the container reads this one's stdin (otherwise /dev/null).
-        #[arg(short, long)]
-        interactive: bool,
-        /// Allocate a terminal for the container's process.
-        #[arg(short, long)]
-        tty: bool,
         /// Bind mount HOST:CONTAINER[:ro] (host path absolute and existing); repeatable.
         #[arg(short, long)]
         volume: Vec<String>,
@@ -176,21 +163,8 @@ strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'\n  \
 strata exec -it web -- sh            # an interactive shell")]
     Exec {
         name: String,
-        /// Keep stdin open: the command reads this one's stdin (otherwise /dev/null).
-        #[arg(short, long)]
-        interactive: bool,
-        /// Allocate a terminal for the command.
-        #[arg(short, long)]
-        tty: bool,
-        /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
-        #[arg(short, long = "env")]
-        env: Vec<String>,
-        /// Working directory (absolute).
-        #[arg(short, long)]
-        workdir: Option<String>,
-        /// USER[:GROUP] (names resolved in the container).
-        #[arg(short, long)]
-        user: Option<String>,
+        #[command(flatten)]
+        process: ProcessArgs,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
@@ -423,6 +397,26 @@ strata container export web | strata image import-rootfs - web-flat"
     },
 }
 
+/// The process `run` starts and `exec` adds, as podman takes them.
+#[derive(clap::Args)]
+struct ProcessArgs {
+    /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Working directory in the container (absolute; replaces the image's WorkingDir).
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// USER[:GROUP] (names or ids, names resolved in the container); replaces the image's User.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Keep stdin open: the process reads this one's stdin (otherwise /dev/null).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a terminal for the process.
+    #[arg(short, long)]
+    tty: bool,
+}
+
 /// How registry commands (pull, push, login) reach the registry.
 #[derive(clap::Args)]
 struct TlsArgs {
@@ -569,16 +563,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
-        Cmd::Exec { name, env, workdir, user, interactive, tty, cmd } => {
+        Cmd::Exec { name, process: p, cmd } => {
             let store = open_store(&cli.root)?;
             let opts = strata::run::ExecOptions {
                 name: name.clone(),
                 args: cmd,
-                env,
-                workdir,
-                user,
-                terminal: tty,
-                interactive,
+                env: p.env,
+                workdir: p.workdir,
+                user: p.user,
+                terminal: p.tty,
+                interactive: p.interactive,
             };
             let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
@@ -603,8 +597,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Save { names, output, format } => save_cmd(&cli.root, &names, &output, &format),
         Cmd::Load { input, name, jobs } => load_cmd(&cli.root, &input, name, jobs),
-        Cmd::Run { image, name, rm, backend, env, workdir, user, detach, interactive, tty, volume, cmd } => {
-            let extra = RunExtra { env, workdir, user, detach, interactive, tty, volumes: volume };
+        Cmd::Run { image, name, rm, backend, process, detach, volume, cmd } => {
+            let extra = RunExtra { process, detach, volumes: volume };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
         Cmd::Ps { json } => {
@@ -1072,12 +1066,8 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
 
 /// `run` options beyond the basics.
 struct RunExtra {
-    env: Vec<String>,
-    workdir: Option<String>,
-    user: Option<String>,
+    process: ProcessArgs,
     detach: bool,
-    interactive: bool,
-    tty: bool,
     volumes: Vec<String>,
 }
 
@@ -1097,11 +1087,11 @@ fn run_cmd(
         rm,
         backend: backend.into(),
         args: cmd,
-        terminal: extra.tty,
-        interactive: extra.interactive,
-        env: extra.env,
-        workdir: extra.workdir,
-        user: extra.user,
+        terminal: extra.process.tty,
+        interactive: extra.process.interactive,
+        env: extra.process.env,
+        workdir: extra.process.workdir,
+        user: extra.process.user,
         volumes: extra.volumes,
         detach: extra.detach,
     };
