@@ -30,31 +30,18 @@ skopeo copy -q "oci:$BENCH/oci:rootfs" "oci-archive:$W/rootfs.tar:rootfs"
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 now() { date +%s.%N; }
 
-# start DIR SNAPSHOTTER: a private containerd (and strata-snapshotter for "strata") under DIR.
+# start DIR SNAPSHOTTER: a private containerd (and strata-snapshotter for "strata") under DIR;
+# its socket is DIR/state/c.sock.
 start() {
     local d=$1 sn=$2
     mkdir -p "$d"
-    cat > "$d/config.toml" <<EOF
-version = 2
-root = "$d/root"
-state = "$d/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$d/c.sock"
-[ttrpc]
-  address = "$d/c.sock.ttrpc"
-[proxy_plugins.strata]
-  type = "snapshot"
-  address = "$d/s.sock"
-EOF
     if [ "$sn" = strata ]; then
         "$SNAP" --root "$d/strata" --address "$d/s.sock" >"$d/snap.log" 2>&1 &
         PIDS+=($!)
         for _ in $(seq 100); do [ -S "$d/s.sock" ] && break; sleep 0.05; done
     fi
-    containerd --config "$d/config.toml" >"$d/containerd.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 200); do ctr -a "$d/c.sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+    private_containerd "$d/root" "$d/state" "$d/s.sock"
+    PIDS+=("$CTRD_PID")
 }
 stop_all() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -70,7 +57,7 @@ for i in $(seq "$RUNS"); do
     for sn in overlayfs strata; do
         d=$W/$sn-$i
         start "$d" "$sn"
-        c=(ctr -a "$d/c.sock" -n bench)
+        c=(ctr -a "$d/state/c.sock" -n bench)
         sync
         t0=$(now)
         "${c[@]}" images import --snapshotter "$sn" --index-name bench/rootfs:1 "$W/rootfs.tar" >/dev/null

@@ -71,18 +71,8 @@ t_podman=$(timeit podman_reset podman_pull)
 podman_reset
 t_ctr=
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
-    mkdir -p "$W/containerd"
-    cat > "$W/containerd/config.toml" <<EOF
-version = 2
-root = "$W/containerd/root"
-state = "/run/strata-bench-containerd"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "/run/strata-bench-containerd/c.sock"
-EOF
-    containerd --config "$W/containerd/config.toml" >"$W/containerd/log" 2>&1 &
-    CTR_PID=$!
-    for _ in $(seq 100); do [ -S /run/strata-bench-containerd/c.sock ] && break; sleep 0.1; done
+    private_containerd "$W/containerd/root" /run/strata-bench-containerd
+    CTR_PID=$CTRD_PID
     ctr_pull() { ctr -a /run/strata-bench-containerd/c.sock -n "b$RANDOM$RANDOM" images pull --plain-http "$REF"; }
     t_ctr=$(timeit "" ctr_pull)
 fi

@@ -59,3 +59,23 @@ need_root() {
     say "needs root (mounts, device nodes, apt): run it as root, or as sudo $0"
     exit 1
 }
+
+# private_containerd ROOT STATE [STRATA_SOCK]: a containerd of its own (root ROOT, state and
+# sockets under STATE, which must be short: unix socket paths hold 108 bytes; CRI off), with
+# strata-snapshotter at STRATA_SOCK as the proxy plugin "strata" when given. Returns once it
+# answers on STATE/c.sock; its pid is in CTRD_PID.
+private_containerd() {
+    local root=$1 state=$2 proxy=${3:-}
+    mkdir -p "$root" "$state"
+    {
+        printf 'version = 2\nroot = "%s"\nstate = "%s"\n' "$root" "$state"
+        printf 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        printf '[grpc]\n  address = "%s/c.sock"\n[ttrpc]\n  address = "%s/c.sock.ttrpc"\n' "$state" "$state"
+        [ -z "$proxy" ] || printf '[proxy_plugins.strata]\n  type = "snapshot"\n  address = "%s"\n' "$proxy"
+    } > "$state/config.toml"
+    containerd --config "$state/config.toml" >"$state/containerd.log" 2>&1 &
+    CTRD_PID=$!
+    for _ in $(seq 200); do ctr -a "$state/c.sock" version >/dev/null 2>&1 && return 0; sleep 0.05; done
+    say "containerd did not start: $state/containerd.log"
+    return 1
+}
