@@ -21,11 +21,11 @@ pub enum BundleError {
     Config(String),
     #[error("user {user:?}: {reason}")]
     User { user: String, reason: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("runtime spec: {0}")]
+    #[error("runtime spec")]
     Spec(#[from] oci_spec::OciSpecError),
-    #[error("running {runtime}: {source}")]
+    #[error("running {runtime}")]
     Runtime { runtime: String, source: std::io::Error },
     #[error("{runtime} {verb}: {reason}")]
     Verb { runtime: String, verb: String, reason: String },

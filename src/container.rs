@@ -50,24 +50,44 @@ pub enum ContainerError {
     BadTarget { name: String, target: PathBuf, reason: String },
     #[error("container {0:?} is a read-only view: it has no changes to commit")]
     ReadOnly(String),
-    #[error("container {name:?}: {source}")]
+    #[error("container {name:?}")]
     Runtime { name: String, source: crate::bundle::BundleError },
     #[error(transparent)]
     Commit(#[from] Box<crate::commit::CommitError>),
-    #[error("container {name:?}: {source}")]
+    #[error("container {name:?}")]
     Overlay { name: String, source: kernel_overlay::Error },
     #[error("container {name:?}: FUSE backend: {reason}")]
     Fuse { name: String, reason: String },
     #[error("container {name:?}: kernel overlay mount failed ({kernel}) and the FUSE fallback failed too ({fuse})")]
     AutoFailed { name: String, kernel: String, fuse: String },
-    #[error("container {name:?}: diff: {reason}")]
-    Diff { name: String, reason: String },
+    #[error("container {name:?}: diff")]
+    Diff { name: String, source: crate::diff::DiffError },
     #[error(transparent)]
     Layer(#[from] Box<crate::import::ImportError>),
     #[error("container {0:?} is not mounted")]
     NotMounted(String),
     #[error("container {name:?}")]
     Snapshot { name: String, source: Box<crate::snapshot::SnapshotError> },
+}
+
+impl ContainerError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ContainerError::Store(e) => e.kind(),
+            ContainerError::Snapshot { source, .. } => source.kind(),
+            ContainerError::NotFound(_) | ContainerError::NoImage(_) => ErrorKind::NotFound,
+            ContainerError::Exists(_) => ErrorKind::AlreadyExists,
+            ContainerError::BadName(_) | ContainerError::BadTarget { .. } => ErrorKind::InvalidArgument,
+            ContainerError::Mounted { .. }
+            | ContainerError::AlreadyMounted { .. }
+            | ContainerError::Running { .. }
+            | ContainerError::ReadOnly(_)
+            | ContainerError::NotMounted(_) => ErrorKind::FailedPrecondition,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
@@ -661,5 +681,5 @@ pub fn diff(store: &Store, name: &str) -> Result<Vec<crate::diff::Change>> {
     }
     let spec = overlay_spec(store, &c)?;
     crate::diff::diff_upper(&paths(store, &c).upper, &spec.lowers)
-        .map_err(|e| ContainerError::Diff { name: name.to_string(), reason: e.to_string() })
+        .map_err(|e| ContainerError::Diff { name: name.to_string(), source: e })
 }

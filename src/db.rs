@@ -28,9 +28,9 @@ use crate::digest::Sha256Digest;
 /// Database errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("metadata database {path}: {source}")]
+    #[error("metadata database {path}")]
     Open { path: String, source: rusqlite::Error },
-    #[error("metadata database: {0}")]
+    #[error("metadata database")]
     Sql(#[from] rusqlite::Error),
     #[error("metadata database has schema version {found}; this strata supports up to {supported}")]
     TooNew { found: i64, supported: i64 },

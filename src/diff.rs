@@ -36,7 +36,7 @@ use crate::overlay_format::{is_opaque, is_whiteout};
 /// Diff errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: moved or replaced while the diff read it")]
     Moved { path: PathBuf },

@@ -39,7 +39,7 @@ use crate::store::{Store, StoreError};
 /// Export errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("image {0:?} not found")]
     NoImage(String),

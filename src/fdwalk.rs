@@ -22,7 +22,7 @@ use rustix::io::Errno;
 /// Walk errors, each naming the path (shown whole, though it may be too long to open).
 #[derive(Debug, thiserror::Error)]
 pub enum WalkError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: moved or replaced while it was being read")]
     Moved { path: PathBuf },

@@ -35,7 +35,7 @@ pub enum ImportError {
     Db(#[from] crate::db::DbError),
     #[error("layer {layer}: {reason}")]
     Layer { layer: String, reason: String },
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Unpack { layer: String, source: UnpackError },
     #[error("layer {layer}: digest mismatch: expected {expected}, blob is {actual}")]
     DigestMismatch { layer: String, expected: String, actual: String },
@@ -602,7 +602,9 @@ fn import_layer(
         match stream_into_store(store, &job, Some(d)) {
             Ok(x) => return Ok(x),
             Err(e) if tap.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) => return Err(e),
-            Err(e) => tracing::warn!(layer = %label, error = %e, "stored blob failed; reading the source"),
+            Err(e) => {
+                tracing::warn!(layer = %label, error = %crate::error::report(&e), "stored blob failed; reading the source")
+            }
         }
     }
     stream_into_store(store, &job, None)

@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - [`digest`]: validated sha256 digests (before any path join).
+//! - [`error`]: the error kinds front ends map, and [`error::report`] for a chain of causes.
 //! - [`store`]: the state root (blobs, layers, staging, locks) and [`db`] its SQLite metadata.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`sparse`]:
@@ -23,6 +24,7 @@ pub mod container;
 pub mod db;
 pub mod diff;
 pub mod digest;
+pub mod error;
 pub mod export;
 pub mod fdwalk;
 pub mod fsutil;

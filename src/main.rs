@@ -491,7 +491,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Messages may quote input (names from archives, parser errors): never raw bytes.
-            eprintln!("strata: error: {}", strata::image::printable(&error_chain(&e), 4096));
+            eprintln!("strata: error: {}", strata::image::printable(&format!("{e:#}"), 4096));
             ExitCode::from(exit_code(&e))
         }
     }
@@ -521,23 +521,6 @@ fn require_root(root: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The error and its causes, each once: library errors already embed their source's text, so a
-/// cause whose text the previous message ends with is not repeated.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if out.ends_with(&msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
 }
 
 fn open_store(root: &std::path::Path) -> Result<Store> {
@@ -763,8 +746,9 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                     Err(e) => {
                         failed += 1;
                         eprintln!(
-                            "strata: error: removing image {}: {e}",
-                            strata::image::printable(name, 100)
+                            "strata: error: removing image {}: {}",
+                            strata::image::printable(name, 100),
+                            strata::image::printable(&strata::error::report(&e), 4096)
                         );
                     }
                 }

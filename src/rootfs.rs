@@ -33,17 +33,17 @@ use kernel_overlay::OverlaySpec;
 pub enum RootfsError {
     #[error(transparent)]
     Container(#[from] ContainerError),
-    #[error("container {name:?}: exporting {root}: {source}")]
+    #[error("container {name:?}: exporting {root}")]
     Write { name: String, root: PathBuf, source: Box<CommitError> },
-    #[error("{source_name}: {source}")]
+    #[error("{source_name}")]
     Unpack { source_name: String, source: crate::unpack::UnpackError },
-    #[error("{source_name}: {source}")]
+    #[error("{source_name}")]
     Read { source_name: String, source: std::io::Error },
     #[error(transparent)]
     Commit(#[from] Box<CommitError>),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("container {name:?}: read-only mount of its layers: {source}")]
+    #[error("container {name:?}: read-only mount of its layers")]
     Mount { name: String, source: kernel_overlay::Error },
 }
 
@@ -66,7 +66,7 @@ struct TempMount {
 impl Drop for TempMount {
     fn drop(&mut self) {
         if let Err(e) = kernel_overlay::unmount(&self.at, kernel_overlay::UnmountMode::Detach) {
-            tracing::warn!(at = %self.at.display(), error = %e, "unmounting the export view");
+            tracing::warn!(at = %self.at.display(), error = %crate::error::report(&e), "unmounting the export view");
         }
     }
 }
@@ -101,7 +101,7 @@ pub fn export_container(store: &mut Store, name: &str, out: impl Write) -> Resul
             info
         }
         (Err(e), Some(fuse_at)) => {
-            tracing::warn!(container = name, error = %e, "no kernel view; exporting the FUSE mount (hardlinks become copies)");
+            tracing::warn!(container = name, error = %crate::error::report(&e), "no kernel view; exporting the FUSE mount (hardlinks become copies)");
             write(fuse_at, out)
         }
         (Err(e), None) => return Err(RootfsError::Mount { name: name.to_string(), source: e }),

@@ -13,11 +13,11 @@ pub enum RunError {
         "container {name:?} is running ({how}); wait for it to exit or stop it (strata container rm --force)"
     )]
     Running { name: String, how: String },
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Container { name: String, source: Box<ContainerError> },
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Bundle { name: String, source: BundleError },
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Store { name: String, source: StoreError },
     #[error("--rm with -d is not supported: stop the container, then remove it")]
     DetachRm,

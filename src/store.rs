@@ -21,7 +21,7 @@ use crate::digest::Sha256Digest;
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Db(#[from] DbError),
@@ -38,6 +38,21 @@ pub enum StoreError {
     /// `--root` names something that is not a directory, or a path under one.
     #[error("state root {} is not a directory{detail}", root.display())]
     NotADirectory { root: PathBuf, detail: String },
+}
+
+impl StoreError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            StoreError::Io { source, .. } => ErrorKind::of_io(source),
+            StoreError::Snapshot(s) => s.kind(),
+            StoreError::MissingBlob { .. } | StoreError::NoImage(_) => ErrorKind::NotFound,
+            StoreError::ImageInUse { .. } => ErrorKind::FailedPrecondition,
+            StoreError::Untrusted { .. } | StoreError::NotADirectory { .. } => ErrorKind::InvalidArgument,
+            StoreError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -105,11 +105,11 @@ pub const MAX_HEADER_BYTES: u64 = 8 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// The tar stream could not be opened at all.
-    #[error("tar stream: {0}")]
+    #[error("tar stream")]
     Tar(#[source] std::io::Error),
     /// The tar stream is corrupt or truncated. `after` is the last entry read successfully
     /// (or the entry whose data was truncated).
-    #[error("corrupt tar stream at entry {after:?}: {source}")]
+    #[error("corrupt tar stream at entry {after:?}")]
     Corrupt {
         after: String,
         #[source]
@@ -136,7 +136,7 @@ pub enum UnpackError {
     #[error("entry {path:?}: sparse file: {reason}")]
     Sparse { path: String, reason: String },
     /// A filesystem operation failed.
-    #[error("entry {path:?}: {op}: {source}")]
+    #[error("entry {path:?}: {op}")]
     Io {
         path: String,
         op: &'static str,

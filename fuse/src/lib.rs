@@ -27,11 +27,11 @@ pub enum Error {
     BadValue(String, String),
     #[error("usage: {0}")]
     Usage(String),
-    #[error("layer setup: {0}")]
+    #[error("layer setup")]
     Layers(#[source] std::io::Error),
-    #[error("mount {0}: {1}")]
+    #[error("mount {0}")]
     Mount(PathBuf, #[source] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let opts = match Options::parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("strata-fuse: {e}");
+            eprintln!("strata-fuse: {}", report(&e));
             return ExitCode::from(2);
         }
     };
@@ -40,8 +40,9 @@ fn main() -> ExitCode {
     let session = match mount(&opts) {
         Ok(s) => s,
         Err(e) => {
-            error!("{e}");
-            eprintln!("strata-fuse: {e}");
+            let msg = report(&e);
+            error!("{msg}");
+            eprintln!("strata-fuse: {msg}");
             return ExitCode::from(1);
         }
     };
@@ -117,4 +118,16 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, joined: each error's message says its own part only.
+fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }

@@ -61,7 +61,7 @@ pub enum Error {
     #[error("unmounting {target}: umount2 failed: {}", errno_display(.errno))]
     Unmount { target: PathBuf, errno: Errno },
 
-    #[error("reading /proc/self/mountinfo: {source}")]
+    #[error("reading /proc/self/mountinfo")]
     Mountinfo {
         #[source]
         source: std::io::Error,

@@ -55,13 +55,7 @@ impl Service {
 /// A snapshot error as the gRPC status containerd's errdefs maps back to its own error kinds;
 /// the message is the whole chain of causes.
 pub fn status(e: &SnapshotError) -> Status {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
+    let msg = strata::error::report(e);
     match e.kind() {
         ErrorKind::NotFound => Status::not_found(msg),
         ErrorKind::AlreadyExists => Status::already_exists(msg),

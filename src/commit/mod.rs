@@ -45,11 +45,11 @@ pub use layer::{
 /// Commit errors. Each names the file or the input and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
-    #[error("writing the layer: {0}")]
+    #[error("writing the layer")]
     Write(#[source] io::Error),
     #[error("--change {change:?}: {reason}")]
     Change { change: String, reason: String },

@@ -32,7 +32,7 @@ pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff
 /// Image format errors. Each names the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Open { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a readable archive: {reason}")]
     Archive { path: PathBuf, reason: String },
@@ -44,7 +44,7 @@ pub enum ImageError {
     MissingFile { source_name: String, file: String },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Digest { what: String, source: DigestError },
     #[error("{what}: digest mismatch: descriptor says {expected}, content is {actual}")]
     DigestMismatch { what: String, expected: String, actual: String },

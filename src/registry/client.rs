@@ -537,7 +537,7 @@ impl Client {
             let resp = match send(authz) {
                 Ok(r) => r,
                 Err((true, e)) if attempt < ATTEMPTS => {
-                    tracing::warn!(%url, error = %e, "retrying");
+                    tracing::warn!(%url, error = %crate::error::report(&e), "retrying");
                     std::thread::sleep(wait);
                     continue;
                 }

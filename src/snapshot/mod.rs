@@ -24,6 +24,7 @@ mod mounts;
 #[cfg(test)]
 mod tests;
 
+pub use crate::error::ErrorKind;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -96,17 +97,6 @@ pub struct Info {
 pub struct Usage {
     pub size: u64,
     pub inodes: u64,
-}
-
-/// What class of failure an error is: what a CLI or gRPC front end maps to its own codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    AlreadyExists,
-    /// The snapshot is in a state that forbids the call (has children, not active, in use).
-    FailedPrecondition,
-    InvalidArgument,
-    Internal,
 }
 
 /// Snapshot errors. Each message says its own part; the cause, if any, is its `source()`.

@@ -1,0 +1,69 @@
+//! What every strata error shares: a kind a front end maps to its own codes, and one way to
+//! print a chain of causes.
+//!
+//! Each error's `Display` says its own part only (the file, the layer, the step); what caused
+//! it is its `source()`. [`report`] joins the chain for a person; `kind()` on the error types
+//! classifies it for a program (the CLI's exit status, containerd's gRPC codes).
+
+use std::error::Error;
+
+/// What class of failure an error is: what a CLI or gRPC front end maps to its own codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    /// The object is in a state that forbids the call (has children, not active, in use).
+    FailedPrecondition,
+    InvalidArgument,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind an I/O error stands for.
+    pub fn of_io(e: &std::io::Error) -> ErrorKind {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The whole chain of causes, outermost first, joined by ": ".
+pub fn report(e: &(dyn Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let msg = s.to_string();
+        if !msg.is_empty() {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("layer {0}")]
+    struct Outer(&'static str, #[source] std::io::Error);
+
+    #[test]
+    fn report_joins_each_part_once() {
+        let e = Outer("sha256:ab", std::io::Error::other("disk full"));
+        assert_eq!(e.to_string(), "layer sha256:ab");
+        assert_eq!(report(&e), "layer sha256:ab: disk full");
+    }
+
+    #[test]
+    fn io_kinds_map() {
+        let nf = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(ErrorKind::of_io(&nf), ErrorKind::NotFound);
+        assert_eq!(ErrorKind::of_io(&std::io::Error::other("x")), ErrorKind::Internal);
+    }
+}
