@@ -510,8 +510,16 @@ fn containerd_garbage_collection_returns_the_disk() {
         assert!(Instant::now() < deadline, "snapshots left after gc:\n{ls}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let entries: Vec<_> =
-        fs::read_dir(&snaps_dir).expect("snapshots dir").flatten().map(|e| e.file_name()).collect();
-    assert!(entries.is_empty(), "directories left under snapshots/: {entries:?}");
+    // Removal is asynchronous (containerd's gc calls Cleanup after Remove), so the directories
+    // may outlive the rows briefly; they must be gone before the deadline.
+    loop {
+        let entries: Vec<_> =
+            fs::read_dir(&snaps_dir).expect("snapshots dir").flatten().map(|e| e.file_name()).collect();
+        if entries.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "directories left under snapshots/: {entries:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(disk_usage(&snaps_dir), empty, "disk returned");
 }

@@ -451,7 +451,8 @@ fn truncated_mid_data() {
     let full = tar([E::file("one", "1"), E::file("big", vec![7u8; 5000])]);
     let e = corrupt(env.run(&full[..1024 + 512 + 2000]));
     assert_eq!(e.path(), Some("big"));
-    assert!(e.to_string().contains("truncated"), "{e}");
+    let msg = strata::error::report(&e);
+    assert!(msg.contains("truncated"), "{msg}");
 }
 
 #[test]
@@ -460,7 +461,8 @@ fn corrupt_header_checksum() {
     let mut full = tar([E::file("one", "1"), E::file("two", "2")]);
     full[1024 + 10] ^= 0x55;
     let e = corrupt(env.run(&full));
-    assert!(e.to_string().contains("checksum"), "{e}");
+    let msg = strata::error::report(&e);
+    assert!(msg.contains("checksum"), "{msg}");
     assert_eq!(e.path(), Some("one"));
     let env = env_fresh();
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
