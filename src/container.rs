@@ -76,6 +76,7 @@ impl ContainerError {
         use crate::error::ErrorKind;
         match self {
             ContainerError::Store(e) => e.kind(),
+            ContainerError::Db(e) => e.kind(),
             ContainerError::Snapshot { source, .. } => source.kind(),
             ContainerError::NotFound(_) | ContainerError::NoImage(_) => ErrorKind::NotFound,
             ContainerError::Exists(_) => ErrorKind::AlreadyExists,

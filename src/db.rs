@@ -44,6 +44,20 @@ pub enum DbError {
     Snapshot(Box<crate::snapshot::SnapshotError>),
 }
 
+impl DbError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            DbError::NoImage(_) => ErrorKind::NotFound,
+            DbError::ContainerExists(_) => ErrorKind::AlreadyExists,
+            DbError::Name(_) => ErrorKind::InvalidArgument,
+            DbError::Snapshot(s) => s.kind(),
+            DbError::Open { .. } | DbError::Sql(_) | DbError::TooNew { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 impl From<crate::snapshot::SnapshotError> for DbError {
     fn from(e: crate::snapshot::SnapshotError) -> Self {
         match e {

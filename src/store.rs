@@ -50,7 +50,7 @@ impl StoreError {
             StoreError::MissingBlob { .. } | StoreError::NoImage(_) => ErrorKind::NotFound,
             StoreError::ImageInUse { .. } => ErrorKind::FailedPrecondition,
             StoreError::Untrusted { .. } | StoreError::NotADirectory { .. } => ErrorKind::InvalidArgument,
-            StoreError::Db(_) => ErrorKind::Internal,
+            StoreError::Db(e) => e.kind(),
         }
     }
 }

@@ -501,24 +501,20 @@ fn containerd_garbage_collection_returns_the_disk() {
     let mut args = vec!["content", "rm"];
     args.extend(blobs.lines().map(str::trim).filter(|l| !l.is_empty()));
     c.ctr(&args);
+    // Removal is asynchronous (Remove moves a snapshot's directory to the trash, Cleanup empties
+    // it), so the directories may outlive the rows briefly; both must be gone before the deadline.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ls = c.ctr(&["snapshots", "--snapshotter", "strata", "ls"]);
-        if ls.lines().count() <= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "snapshots left after gc:\n{ls}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Removal is asynchronous (containerd's gc calls Cleanup after Remove), so the directories
-    // may outlive the rows briefly; they must be gone before the deadline.
-    loop {
         let entries: Vec<_> =
             fs::read_dir(&snaps_dir).expect("snapshots dir").flatten().map(|e| e.file_name()).collect();
-        if entries.is_empty() {
+        if ls.lines().count() <= 1 && entries.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "directories left under snapshots/: {entries:?}");
+        assert!(
+            Instant::now() < deadline,
+            "left after gc: snapshots:\n{ls}\ndirectories under snapshots/: {entries:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(disk_usage(&snaps_dir), empty, "disk returned");
