@@ -125,8 +125,9 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Login {
         /// HOST[:PORT] of the registry.
         host: String,
+        /// User name (asked for on a terminal when missing).
         #[arg(short, long)]
-        username: String,
+        username: Option<String>,
         /// Password (visible to other users in the process list: prefer --password-stdin).
         #[arg(short, long)]
         password: Option<String>,
@@ -924,25 +925,43 @@ fn registry_host(host: &str) -> Result<String> {
 
 fn login_cmd(
     host: &str,
-    username: String,
+    username: Option<String>,
     password: Option<String>,
     password_stdin: bool,
     tls: TlsArgs,
 ) -> Result<ExitCode> {
     use strata::registry::{auth, Client, ClientOptions};
     let host = registry_host(host)?;
-    let password = match (password, password_stdin) {
+    // As docker login: what is missing is asked for on the terminal (the password without echo).
+    let terminal = std::io::stdin().is_terminal();
+    let username = match username {
+        Some(u) => u,
+        None if terminal && !password_stdin => {
+            eprint!("Username: ");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the user name")?;
+            line.trim().to_string()
+        }
+        None => anyhow::bail!("give the user name with -u USER (stdin is not a terminal to ask on)"),
+    };
+    anyhow::ensure!(!username.is_empty(), "the user name is empty");
+    let (password, from) = match (password, password_stdin) {
         (Some(_), true) => anyhow::bail!("give the password with --password or --password-stdin, not both"),
-        (Some(p), false) => p,
+        (Some(p), false) => (p, "--password"),
         (None, true) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
-            line.trim_end_matches(['\r', '\n']).to_string()
+            (line.trim_end_matches(['\r', '\n']).to_string(), "--password-stdin")
         }
-        (None, false) => anyhow::bail!("give the password with --password-stdin (or --password)"),
+        (None, false) if terminal => {
+            (rpassword::prompt_password("Password: ").context("reading the password")?, "the terminal")
+        }
+        (None, false) => {
+            anyhow::bail!("give the password with --password-stdin (stdin is not a terminal to ask on)")
+        }
     };
     let file = auth::login_file().context("no file to store credentials in (set REGISTRY_AUTH_FILE)")?;
-    let creds = auth::Credentials { username, password, from: "the command line".into() };
+    let creds = auth::Credentials { username, password, from: from.into() };
     let opts = ClientOptions { credentials: Some(creds.clone()), ..tls.client() };
     let client =
         Client::connect(&host, "", &opts, "pull").with_context(|| format!("logging in to {host}"))?;

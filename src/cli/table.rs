@@ -147,10 +147,12 @@ impl Template {
 /// `CreatedSince` -> `CREATED SINCE`, as docker titles a template's columns.
 fn header_of(field: &str) -> String {
     let mut h = String::new();
-    for (i, c) in field.chars().enumerate() {
-        if i > 0 && c.is_uppercase() {
+    let mut lower_before = false;
+    for c in field.chars() {
+        if lower_before && c.is_uppercase() {
             h.push(' ');
         }
+        lower_before = c.is_lowercase();
         h.extend(c.to_uppercase());
     }
     h

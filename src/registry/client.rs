@@ -67,6 +67,8 @@ pub struct Client {
     /// Scope actions asked for in token requests ("pull", or "pull,push").
     actions: String,
     extra_scopes: Vec<String>,
+    /// Where a CA for the host is looked for, for TLS errors (see [`ca_dirs`]).
+    ca_dirs: String,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -133,6 +135,14 @@ fn system_roots(out: &mut Vec<Certificate<'static>>) -> Result<(), RegistryError
     Ok(())
 }
 
+/// The directories whose `*.crt` files are trusted for `host`: `certs.d/HOST` of each of
+/// [`ClientOptions::certs_d`], then `--cert-dir`.
+fn ca_dirs(host: &str, opts: &ClientOptions) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = opts.certs_d.iter().map(|d| d.join(host)).collect();
+    dirs.extend(opts.cert_dir.clone());
+    dirs
+}
+
 fn tls_config(host: &str, opts: &ClientOptions) -> Result<TlsConfig, RegistryError> {
     if !opts.tls_verify {
         return Ok(TlsConfig::builder().disable_verification(true).build());
@@ -140,9 +150,7 @@ fn tls_config(host: &str, opts: &ClientOptions) -> Result<TlsConfig, RegistryErr
     let mut roots = Vec::new();
     system_roots(&mut roots)?;
     let system = roots.len();
-    let mut dirs: Vec<PathBuf> = opts.certs_d.iter().map(|d| d.join(host)).collect();
-    dirs.extend(opts.cert_dir.clone());
-    for d in dirs {
+    for d in ca_dirs(host, opts) {
         for f in crt_files(&d) {
             let n = pem_certs(&f, &mut roots)?;
             tracing::debug!(file = %f.display(), certificates = n, "registry CA");
@@ -201,8 +209,10 @@ fn read_small(resp: Response<Body>, limit: u64) -> Vec<u8> {
     buf
 }
 
-/// A transport error, classified: (retryable, the error to report).
-fn transport_error(host: &str, e: ureq::Error) -> (bool, RegistryError) {
+/// A transport error, classified: (retryable, the error to report). `dirs` names where the
+/// registry's CA was looked for, for a TLS error.
+fn transport_error(host: &str, dirs: &str, e: ureq::Error) -> (bool, RegistryError) {
+    let tls = |reason: String| RegistryError::Tls { host: host.to_string(), reason, dirs: dirs.to_string() };
     use std::io::ErrorKind as K;
     match e {
         ureq::Error::HostNotFound => (false, RegistryError::UnknownHost { host: host.to_string() }),
@@ -212,7 +222,7 @@ fn transport_error(host: &str, e: ureq::Error) -> (bool, RegistryError) {
                 return (false, RegistryError::UnknownHost { host: host.to_string() });
             }
             if msg.contains("certificate") || msg.contains("HandshakeFailure") || msg.contains("tls") {
-                return (false, RegistryError::Tls { host: host.to_string(), reason: msg });
+                return (false, tls(msg));
             }
             let retry = matches!(
                 io.kind(),
@@ -224,7 +234,7 @@ fn transport_error(host: &str, e: ureq::Error) -> (bool, RegistryError) {
             };
             (retry, RegistryError::Connect { host: host.to_string(), reason })
         }
-        ureq::Error::Tls(m) => (false, RegistryError::Tls { host: host.to_string(), reason: m.to_string() }),
+        ureq::Error::Tls(m) => (false, tls(m.to_string())),
         ureq::Error::Timeout(t) => {
             (true, RegistryError::Connect { host: host.to_string(), reason: format!("timed out ({t})") })
         }
@@ -327,6 +337,11 @@ impl Client {
             authz: Mutex::new(None),
             actions: actions.to_string(),
             extra_scopes: opts.extra_scopes.clone(),
+            ca_dirs: ca_dirs(host, opts)
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or "),
         };
         let https = client.ping();
         match https {
@@ -379,7 +394,7 @@ impl Client {
                 req = req.header("Authorization", h);
             }
         }
-        req.call().map_err(|e| transport_error(&self.host, e).1)
+        req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e).1)
     }
 
     /// Answer a 401's challenge: Basic with the credentials, or a Bearer token from the realm.
@@ -433,7 +448,7 @@ impl Client {
         if let Some(c) = &self.creds {
             req = req.header("Authorization", c.basic());
         }
-        let resp = req.call().map_err(|e| transport_error(&self.host, e).1)?;
+        let resp = req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e).1)?;
         let status = resp.status();
         let body = read_small(resp, 1 << 20);
         if !status.is_success() {
@@ -480,7 +495,7 @@ impl Client {
             if let Some(h) = authz {
                 req = req.header("Authorization", h);
             }
-            req.call().map_err(|e| transport_error(&self.host, e))
+            req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e))
         })
     }
 
@@ -556,7 +571,7 @@ impl Client {
                     }
                 }
             };
-            r.map_err(|e| transport_error(&self.host, e))
+            r.map_err(|e| transport_error(&self.host, &self.ca_dirs, e))
         })
     }
 
