@@ -536,9 +536,34 @@ pub struct ExecSpec {
     pub stdin: bool,
 }
 
+/// Check, before `runc exec`, that the command of `spec` exists and is executable in the
+/// container, as [`check_command`] does for `run`: the container's process spec
+/// (`BUNDLE/config.json`: its root, environment and working directory) with `spec`'s command,
+/// `-e` settings and `-w` applied as runc applies them. A bundle that cannot be read leaves the
+/// question to the runtime (its log is read after a failed exec, see [`exec`]).
+pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
+    let Ok(mut full) = Spec::load(bundle.join("config.json")) else { return Ok(()) };
+    let Some(mut process) = full.process().clone() else { return Ok(()) };
+    let mut env = process.env().clone().unwrap_or_default();
+    // runc exec appends its --env entries to the process's environment.
+    let mut extra = Vec::new();
+    apply_env(&mut extra, &spec.env)?;
+    env.extend(extra);
+    process.set_env(Some(env));
+    process.set_args(Some(spec.args.clone()));
+    if let Some(c) = &spec.cwd {
+        process.set_cwd(PathBuf::from(c));
+    }
+    full.set_process(Some(process));
+    check_command(&full)
+}
+
 /// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
 /// inherited stdio; the process starts from the container's process spec (capabilities, rlimits,
-/// environment) with these overrides. Returns its exit code (128+signal when killed).
+/// environment) with these overrides. Returns its exit code (128+signal when killed). runc's own
+/// log goes to a temporary JSON file: a command it could not start (runc exits 255 then) is
+/// [`BundleError::CommandNotFound`] or [`BundleError::CommandNotExecutable`], as with
+/// [`run_bundle`], not the runtime's raw message and 255.
 pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(BundleError::NoCommand);
@@ -546,8 +571,13 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     let rt = runtime();
     let mut env = Vec::new();
     apply_env(&mut env, &spec.env)?;
+    let log = tempfile::Builder::new()
+        .prefix("strata-exec-")
+        .suffix(".log")
+        .tempfile()
+        .map_err(|e| BundleError::Io { path: std::env::temp_dir(), source: e })?;
     let mut cmd = Command::new(&rt);
-    cmd.arg("--root").arg(state).arg("exec");
+    cmd.arg("--root").arg(state).arg("--log").arg(log.path()).args(["--log-format", "json"]).arg("exec");
     for e in &env {
         cmd.arg("--env").arg(e);
     }
@@ -575,6 +605,12 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
         .status()
         .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
     use std::os::unix::process::ExitStatusExt;
+    if status.code() == Some(255) {
+        // runc exec's own failures exit 255; so may the command. Only the log tells them apart.
+        if let Some(e) = fs::read_to_string(log.path()).ok().as_deref().and_then(start_failure) {
+            return Err(e);
+        }
+    }
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
@@ -650,6 +686,24 @@ pub fn runc_status(state: &Path, id: &str) -> Option<String> {
     }
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     v.get("status").and_then(Value::as_str).map(str::to_string)
+}
+
+/// The host pid of container `id`'s process as runc recorded it, or `None` when runc does not
+/// know the container.
+pub fn runc_pid(state: &Path, id: &str) -> Option<i32> {
+    let out = Command::new(runtime())
+        .arg("--root")
+        .arg(state)
+        .args(["state", id])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }
 
 /// `runc --root STATE VERB ID [ARGS]`, for pause, resume, kill and delete. The runtime's own

@@ -196,21 +196,24 @@ pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
         terminal: opts.terminal,
         stdin: opts.interactive,
     };
+    // A missing or non-executable command is told by name (127/126), before runc is asked.
+    bundle::check_exec(&container::dir(store, &name).join("bundle"), &spec).map_err(berr)?;
     bundle::exec(&state, &id, &spec).map_err(berr)
 }
 
 /// Stop a running container as `podman stop`: SIGTERM, then SIGKILL after `timeout`, through
 /// runc; then runc's state is deleted and the container unmounted. Returns true when SIGTERM
-/// sufficed. A container that already exited is only cleaned up.
+/// sufficed. A container that already exited is only cleaned up; one that is not running
+/// (created, or stopped and cleaned up) is left as it is, and that is no error (as `docker
+/// stop`).
 pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<bool, RunError> {
     let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
     let berr = |source| RunError::Bundle { name: name.to_string(), source };
     container::inspect(store, name).map_err(cerr)?;
     let (state, id) = container::runc_ids(store, name);
     let status = || bundle::runc_status(&state, &id);
-    let Some(st) = status() else {
-        return Err(RunError::NotRunning { name: name.to_string(), status: "unknown to runc".into() });
-    };
+    // Stopped already (or created, never started): nothing to do, as `docker stop`.
+    let Some(st) = status() else { return Ok(true) };
     let wait = |limit: std::time::Duration| {
         let until = std::time::Instant::now() + limit;
         loop {
@@ -243,9 +246,16 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
             }
         }
     }
-    bundle::runc_verb(&state, "delete", &id, &["--force"]).map_err(berr)?;
+    // Its monitor may have deleted the state and unmounted it meanwhile.
+    if let Err(e) = bundle::runc_verb(&state, "delete", &id, &["--force"]) {
+        if status().is_some() {
+            return Err(berr(e));
+        }
+    }
     match container::umount(store, name, false) {
-        Ok(()) | Err(ContainerError::NotMounted(_)) => Ok(graceful),
+        // A foreground `strata run` unmounts it itself once runc has returned.
+        Ok(()) | Err(ContainerError::NotMounted(_) | ContainerError::NotFound(_)) => Ok(graceful),
+        Err(ContainerError::Running { .. }) if status().is_none() => Ok(graceful),
         Err(e) => Err(cerr(e)),
     }
 }
