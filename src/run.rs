@@ -27,6 +27,8 @@ pub enum RunError {
     NotRunning { name: String, status: String },
     #[error("container {name}: image config: {reason}")]
     Config { name: String, reason: String },
+    #[error("container {name}: starting it detached")]
+    Detach { name: String, source: Box<crate::lifecycle::LifecycleError> },
 }
 
 /// What to run.
@@ -53,8 +55,11 @@ pub struct RunOptions {
     /// `-v HOST:CTR[:ro]` bind mounts (see [`bundle::parse_volume`]).
     pub volumes: Vec<String>,
     /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
-    /// [`stop`] (or `container rm --force`).
+    /// [`stop`] (or `container rm --force`), or until it ends on its own.
     pub detach: bool,
+    /// `-d`: the strata binary whose `container monitor` watches the container (see
+    /// [`crate::lifecycle`]); the running executable when `None`.
+    pub monitor: Option<std::path::PathBuf>,
 }
 
 /// Where a detached container's stdout and stderr go.
@@ -123,10 +128,15 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         let (state, id) = container::runc_ids(store, &name);
         bundle::delete_stale(&state, &id);
         if opts.detach {
-            bundle::run_detached(&state, &bundle_dir, &id, &log_path(store, &name)).map_err(berr)?;
+            // Through a monitor, which records its exit code and cleans up when it ends.
+            crate::lifecycle::spawn_monitor(store, &name, opts.monitor.as_deref())
+                .map_err(|e| RunError::Detach { name: name.clone(), source: Box::new(e) })?;
             return Ok(0);
         }
-        bundle::run_bundle(&state, &bundle_dir, &id, opts.interactive).map_err(berr)
+        let code = bundle::run_bundle(&state, &bundle_dir, &id, opts.interactive).map_err(berr)?;
+        // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
+        crate::lifecycle::record_exit(store, &name, code);
+        Ok(code)
     })();
     if opts.detach && result.is_ok() {
         // Running on its own now: it keeps its mount until stopped.
