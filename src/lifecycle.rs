@@ -378,7 +378,6 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
     // The `run -d` or `start` that started it lets go of its run lock just after our report;
     // until then the container counts as running and is not unmounted.
     let until = Instant::now() + Duration::from_secs(10);
-    let mut recorded = false;
     loop {
         let g = container::lock(&store, name).map_err(cerr(name))?;
         // Started again meanwhile (restart): that run is not ours to clean up.
@@ -386,21 +385,21 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
         if current.is_some() && current != pid {
             return Ok(());
         }
-        if let (Some(code), false) = (code, recorded) {
-            record_exit(&store, name, code);
-            recorded = true;
-        }
-        // Not --force: a container runc still runs is not deleted.
-        let _ = bundle::runc_verb(&state, "delete", &id, &[]);
-        if container::running(&store, name).map_err(cerr(name))?.is_none() {
-            if let Ok(Some(at)) = container::mounted_at(&store, name) {
-                if let Err(e) = kernel_overlay::unmount(&at, kernel_overlay::UnmountMode::Normal) {
-                    tracing::warn!(container = name, error = %e, "not unmounted after it exited");
+        let free = container::running(&store, name).map_err(cerr(name))?.is_none();
+        if free || Instant::now() > until {
+            // Unmounted first, then the code: whoever sees the code sees it unmounted; runc's
+            // state last (not --force: a container runc still runs is not deleted).
+            if free {
+                if let Ok(Some(at)) = container::mounted_at(&store, name) {
+                    if let Err(e) = kernel_overlay::unmount(&at, kernel_overlay::UnmountMode::Normal) {
+                        tracing::warn!(container = name, error = %e, "not unmounted after it exited");
+                    }
                 }
             }
-            return Ok(());
-        }
-        if Instant::now() > until {
+            if let Some(code) = code {
+                record_exit(&store, name, code);
+            }
+            let _ = bundle::runc_verb(&state, "delete", &id, &[]);
             return Ok(());
         }
         drop(g);
