@@ -37,6 +37,9 @@ pub enum BundleError {
     NoCommand,
     #[error("-v {value:?}: {reason}")]
     Volume { value: String, reason: String },
+    /// `exec -w DIR` where DIR is not a directory in the container (exit status 126, as docker).
+    #[error("-w {}: {reason}", printable(dir, 200))]
+    ExecWorkdir { dir: String, reason: &'static str },
     /// The command is not in the container (exit status 127, as podman and shells use).
     #[error("executable file not found{}: {}", if *in_path { " in $PATH" } else { "" }, printable(cmd, 200))]
     CommandNotFound { cmd: String, in_path: bool },
@@ -50,7 +53,7 @@ impl BundleError {
     pub fn exit_code(&self) -> Option<u8> {
         match self {
             BundleError::CommandNotFound { .. } => Some(127),
-            BundleError::CommandNotExecutable { .. } => Some(126),
+            BundleError::CommandNotExecutable { .. } | BundleError::ExecWorkdir { .. } => Some(126),
             _ => None,
         }
     }
@@ -552,10 +555,43 @@ pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
     process.set_env(Some(env));
     process.set_args(Some(spec.args.clone()));
     if let Some(c) = &spec.cwd {
+        // runc exec (unlike run) does not create a missing working directory: it fails with
+        // its own raw message. Said here, by name.
+        if let Some(root) = full.root().as_ref() {
+            if let Ok(rootfd) = rustix::fs::open(
+                root.path(),
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                let missing = match probe(&rootfd, Path::new(c)) {
+                    Probe::Missing => Some("no such directory in the container"),
+                    Probe::Unknown => None,
+                    _ if !is_dir_in(&rootfd, Path::new(c)) => Some("not a directory"),
+                    _ => None,
+                };
+                if let Some(reason) = missing {
+                    return Err(BundleError::ExecWorkdir { dir: c.clone(), reason });
+                }
+            }
+        }
         process.set_cwd(PathBuf::from(c));
     }
     full.set_process(Some(process));
     check_command(&full)
+}
+
+/// Whether `p` (absolute, resolved inside the root as the container would) is a directory.
+fn is_dir_in(root: &std::os::fd::OwnedFd, p: &Path) -> bool {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .is_ok()
 }
 
 /// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
@@ -607,8 +643,18 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     use std::os::unix::process::ExitStatusExt;
     if status.code() == Some(255) {
         // runc exec's own failures exit 255; so may the command. Only the log tells them apart.
-        if let Some(e) = fs::read_to_string(log.path()).ok().as_deref().and_then(start_failure) {
+        let text = fs::read_to_string(log.path()).unwrap_or_default();
+        if let Some(e) = start_failure(&text) {
             return Err(e);
+        }
+        let failure = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+            .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string));
+        if let Some(reason) = failure {
+            return Err(BundleError::Verb { runtime: rt, verb: "exec".into(), reason });
         }
     }
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))

@@ -278,10 +278,9 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
     result
 }
 
-/// Start `strata container monitor NAME` (see [`monitor`]) in its own process group, its
-/// stdio away from ours, and wait for its first line: the container started, or why not.
+/// Start `strata container monitor NAME` (see [`monitor`]; it makes its own session), its stdio
+/// away from ours, and wait for its first line: the container started, or why not.
 pub(crate) fn spawn_monitor(store: &Store, name: &str, exe: Option<&Path>) -> Result<()> {
-    use std::os::unix::process::CommandExt;
     let exe = match exe {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe()
@@ -296,7 +295,6 @@ pub(crate) fn spawn_monitor(store: &Store, name: &str, exe: Option<&Path>) -> Re
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .process_group(0)
         .spawn()
         .map_err(|e| failed(e.to_string()))?;
     let mut line = String::new();
@@ -350,6 +348,10 @@ fn decode_failure(v: &serde_json::Value) -> Option<BundleError> {
 /// ends, records its exit code and, unless something started it again meanwhile, deletes runc's
 /// state and unmounts the container.
 pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
+    // A session of its own: the terminal's Ctrl-C and hangup are not for it.
+    if let Err(e) = rustix::process::setsid() {
+        tracing::debug!(error = %e, "setsid");
+    }
     // The store is opened only to start and to clean up, not held while the container runs.
     let store =
         Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;

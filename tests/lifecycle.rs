@@ -142,6 +142,14 @@ fn exec_exit_codes_as_docker() {
         root.cmd(&["exec", "-e", "PATH=/nowhere", "box", "--", "sh", "-c", "true"]).status.code(),
         Some(127)
     );
+    // exec does not create a missing working directory: said by name, 126 as docker.
+    let out = root.cmd(&["exec", "-w", "/nonexistent", "box", "--", "true"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains("-w /nonexistent: no such directory"), "{err}");
+    assert_eq!(root.cmd(&["exec", "-w", "/etc/passwd", "box", "--", "true"]).status.code(), Some(126));
+    assert_eq!(root.ok(&["exec", "-w", "/tmp", "box", "--", "pwd"]), "/tmp\n");
     // The command's own status passes through, 127 included.
     assert_eq!(root.cmd(&["exec", "box", "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
     assert_eq!(root.cmd(&["exec", "box", "--", "sh", "-c", "exit 127"]).status.code(), Some(127));
