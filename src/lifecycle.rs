@@ -288,9 +288,13 @@ pub(crate) fn spawn_monitor(store: &Store, name: &str, exe: Option<&Path>) -> Re
     };
     let failed =
         |reason: String| LifecycleError::Monitor { name: name.to_string(), exe: exe.clone(), reason };
+    // From /, so that it keeps no directory of the caller's busy; hence an absolute root.
+    let root = std::path::absolute(store.root())
+        .map_err(|e| LifecycleError::Io { path: store.root().to_path_buf(), source: e })?;
     let mut child = Command::new(&exe)
+        .current_dir("/")
         .arg("--root")
-        .arg(store.root())
+        .arg(&root)
         .args(["container", "monitor", name])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
