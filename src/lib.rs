@@ -42,5 +42,6 @@ pub mod run;
 pub mod snapshot;
 pub mod sparse;
 pub mod store;
+pub mod time;
 
 pub mod unpack;

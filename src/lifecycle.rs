@@ -152,46 +152,6 @@ pub fn status(store: &Store, name: &str) -> Result<Status> {
     Ok(Status { state: if stopped { State::Exited } else { State::Created }, exit_code: None })
 }
 
-/// A container as `ps` lists it: what `container inspect` shows, and its state.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PsEntry {
-    #[serde(flatten)]
-    pub container: container::Inspected,
-    /// `created`, `running`, `paused` or `exited`.
-    pub state: State,
-    /// Once exited, when recorded.
-    pub exit_code: Option<i32>,
-    /// As `ps` prints it: `exited (3)`.
-    pub status: String,
-}
-
-/// The containers `ps` shows: running and paused ones, or with `all` every one.
-pub fn ps(store: &Store, all: bool) -> Result<Vec<PsEntry>> {
-    let mut out = Vec::new();
-    for c in store.db.containers()? {
-        let s = match status(store, &c.name) {
-            Ok(s) => s,
-            // Removed meanwhile.
-            Err(LifecycleError::Container { source, .. })
-                if matches!(*source, ContainerError::NotFound(_)) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
-        };
-        if !all && !matches!(s.state, State::Running | State::Paused) {
-            continue;
-        }
-        let i = match container::inspect(store, &c.name) {
-            Ok(i) => i,
-            Err(ContainerError::NotFound(_)) => continue,
-            Err(e) => return Err(cerr(&c.name)(e)),
-        };
-        out.push(PsEntry { container: i, state: s.state, exit_code: s.exit_code, status: s.to_string() });
-    }
-    Ok(out)
-}
-
 /// How `start` runs the container.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -598,18 +558,34 @@ pub fn system_prune(store: &mut Store) -> Result<Pruned> {
     Ok(out)
 }
 
-/// `rmi -f`, as `podman rmi -f`: remove the containers created from image `name` (stopping
-/// running ones), then the name.
-pub fn remove_image_and_containers(store: &mut Store, name: &str) -> Result<()> {
-    for c in store.db.containers()? {
-        if c.image == name {
-            match container::remove(store, &c.name, true) {
-                Ok(()) | Err(ContainerError::NotFound(_)) => {}
-                Err(e) => return Err(cerr(&c.name)(e)),
+/// `rmi -f`, as `podman rmi -f`: remove image `name`, first removing (stopping running ones)
+/// the containers that keep it, when it is their image's last name. Returns the name as it was
+/// stored.
+pub fn remove_image_and_containers(store: &mut Store, name: &str) -> Result<String> {
+    let image_err = |source| LifecycleError::Image { name: name.to_string(), source };
+    for attempt in 0..2 {
+        match store.db.remove_image(name)? {
+            crate::db::RemovedImage::Removed(stored) => return Ok(stored),
+            crate::db::RemovedImage::NotFound => {
+                return Err(image_err(StoreError::NoImage(name.to_string())))
+            }
+            crate::db::RemovedImage::InUse(users) if attempt == 0 => {
+                for u in users {
+                    match container::remove(store, &u, true) {
+                        Ok(()) | Err(ContainerError::NotFound(_)) => {}
+                        Err(e) => return Err(cerr(&u)(e)),
+                    }
+                }
+            }
+            crate::db::RemovedImage::InUse(users) => {
+                return Err(image_err(StoreError::ImageInUse {
+                    image: name.to_string(),
+                    containers: users.join(", "),
+                }))
             }
         }
     }
-    store.remove_image(name).map_err(|source| LifecycleError::Image { name: name.to_string(), source })
+    Err(image_err(StoreError::NoImage(name.to_string())))
 }
 
 /// `strata version`: this program's, the runtime's and the kernel's.

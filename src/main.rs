@@ -13,7 +13,7 @@ use strata::import::{self, ImportOptions};
 use strata::store::Store;
 
 mod cli;
-use cli::progress;
+use cli::{progress, table};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Overlay-filesystem snapshotter and container runtime layer")]
@@ -62,8 +62,10 @@ strata run -it --rm busybox -- sh       # an interactive shell")]
         /// Bind mount HOST:CONTAINER[:ro] (host path absolute and existing); repeatable.
         #[arg(short, long)]
         volume: Vec<String>,
-        /// Command and arguments (replace the image's Cmd).
-        #[arg(last = true)]
+        /// Command and arguments, replacing the image's Cmd: everything after IMAGE from the
+        /// first word that is not one of run's options, as docker takes it (`run busybox ls -l`);
+        /// `--` before it is accepted too.
+        #[arg(trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Pull an image from a registry and unpack it: each layer streams from the network through
@@ -170,7 +172,9 @@ strata exec -it web -- sh            # an interactive shell")]
         name: String,
         #[command(flatten)]
         process: ProcessArgs,
-        #[arg(last = true, required = true)]
+        /// Command and arguments: everything after NAME from the first word that is not one of
+        /// exec's options (`exec web ls -l`); `--` before it is accepted too.
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Write images as one archive, as `podman save` (short for `image export`, and it streams
@@ -192,7 +196,7 @@ strata save app:v1 app:v2 base -o images.tar")]
     /// Import an oci-archive or docker-archive, as `podman load` (short for `image import`, and
     /// it reads stdin). Archives need random access: stdin is spooled to a file in the state
     /// root's staging directory first (so it needs that much free space there), removed after.
-    /// Prints the manifest digest.
+    /// Prints `Loaded image: NAME` for each image, as docker load.
     #[command(after_help = "Examples:\n  strata load -i busybox.tar\n  \
 docker save busybox | strata load\n  \
 strata --root /a save app | strata --root /b load --name app")]
@@ -208,10 +212,13 @@ strata --root /a save app | strata --root /b load --name app")]
     },
     /// Running and paused containers (as docker ps); with -a every container and its state:
     /// created, running, paused, exited (CODE).
-    #[command(after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps -a --json")]
+    #[command(
+        after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}."
+    )]
     Ps {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        list: ListArgs,
         /// Every container, not only running ones.
         #[arg(short, long)]
         all: bool,
@@ -296,11 +303,20 @@ As in docker, a container's PID 1 ignores signals it has no handler for (KILL ex
     /// List images (short for `image ls`).
     #[command(after_help = "Examples:\n  strata images\n  strata images -q")]
     Images {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         json: bool,
-        /// Only the image IDs.
+        /// Only the image IDs, once each.
         #[arg(short, long)]
         quiet: bool,
+        /// Also show the manifest digest.
+        #[arg(long)]
+        digests: bool,
+        /// Full IDs and digests.
+        #[arg(long)]
+        no_trunc: bool,
+        /// A Go-template-like line per image (as `image ls --format`).
+        #[arg(long)]
+        format: Option<String>,
     },
     /// A container or an image as JSON: NAME is looked up as a container first, then as an
     /// image, as `docker inspect` does (`container inspect` / `image inspect` say which).
@@ -355,11 +371,13 @@ enum ContainerCmd {
         #[arg(long)]
         volatile: bool,
     },
-    /// List containers and whether each is mounted.
-    #[command(after_help = "Examples:\n  strata container ls\n  strata container ls --json")]
+    /// List containers: their image, state and mount point.
+    #[command(after_help = "Examples:\n  strata container ls\n  strata container ls --json\n  \
+strata container ls --format '{{.Names}}\\t{{.Mounts}}'\n\n\
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}.")]
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Remove a container (refuses while mounted unless --force).
     #[command(
@@ -471,14 +489,28 @@ enum ImageCmd {
         #[command(flatten)]
         jobs: JobsArg,
     },
-    /// List images.
-    #[command(after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --json")]
+    /// List images, as docker images: REPOSITORY, TAG, IMAGE ID (the config digest), CREATED, SIZE.
+    #[command(
+        after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --digests\n  \
+strata image ls --json\n  strata image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}'\n\n\
+--format fields: .ID .Repository .Tag .Digest .CreatedSince .CreatedAt .Size, or {{json .}};\n\
+a leading `table` prints a header."
+    )]
     Ls {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         json: bool,
-        /// Only the image IDs (short manifest digests), once each.
+        /// Only the image IDs, once each.
         #[arg(short, long)]
         quiet: bool,
+        /// Also show the manifest digest.
+        #[arg(long)]
+        digests: bool,
+        /// Full IDs and digests.
+        #[arg(long)]
+        no_trunc: bool,
+        /// A Go-template-like line per image (see below).
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Remove the blobs and layer directories no image or container references (what `gc`
     /// does; nothing is asked: only unreachable data goes).
@@ -566,6 +598,16 @@ struct ProcessArgs {
     tty: bool,
 }
 
+/// How `ps` and `container ls` print.
+#[derive(clap::Args)]
+struct ListArgs {
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// A Go-template-like line per container (fields below).
+    #[arg(long)]
+    format: Option<String>,
+}
+
 /// How registry commands (pull, push, login) reach the registry.
 #[derive(clap::Args)]
 struct TlsArgs {
@@ -635,15 +677,53 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match run(cli) {
         Ok(code) => code,
+        // The reader went away (`strata image ls | head -1`): end quietly, as a Unix tool that
+        // SIGPIPE ends (128 + 13), after every clean-up the error ran on its way up.
+        Err(e) if stdout_closed(&e) => ExitCode::from(141),
         Err(e) => {
             // Messages may quote input (names from archives, parser errors): never raw bytes.
             eprintln!("strata: error: {}", strata::image::printable(&format!("{e:#}"), 4096));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Writing to stdout failed (see [`outln!`]).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output")]
+struct StdoutError(#[source] std::io::Error);
+
+/// `println!` that returns a [`StdoutError`] instead of panicking when stdout is a closed pipe.
+/// Every line the CLI prints goes through it (a unit test checks there is no `println!`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(StdoutError)
+    }};
+}
+
+/// Write `text` to stdout as it is (see [`outln!`]).
+fn out(text: &str) -> Result<(), StdoutError> {
+    use std::io::Write as _;
+    std::io::stdout().lock().write_all(text.as_bytes()).map_err(StdoutError)
+}
+
+/// Whether `e` is a broken pipe and stdout is a pipe whose reader has gone (poll says POLLERR):
+/// a write error on stdout, from the CLI's own lines or from a library writing a tar there.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    let broken = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    let mut pfd = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, no timeout.
+    broken && unsafe { libc::poll(&mut pfd, 1, 0) } == 1 && pfd.revents & libc::POLLERR != 0
 }
 
 /// 127 for a command not found in the container, 126 for one that cannot be executed (as
@@ -712,31 +792,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Stop { names, time } => {
             let store = open_store(&cli.root)?;
-            Ok(each_name(&names, "stopping", |name| {
+            each_name(&names, "stopping", |name| {
                 strata::run::stop(&store, name, std::time::Duration::from_secs(time))?;
                 Ok(())
-            }))
+            })
         }
         Cmd::Start { names, attach, backend } => start_cmd(&cli.root, &names, attach, backend),
         Cmd::Kill { names, signal } => {
             let sig = strata::lifecycle::parse_signal(&signal)?;
             let store = open_store(&cli.root)?;
-            Ok(each_name(&names, "killing", |name| Ok(strata::lifecycle::kill(&store, name, sig)?)))
+            each_name(&names, "killing", |name| Ok(strata::lifecycle::kill(&store, name, sig)?))
         }
         Cmd::Restart { names, time } => {
             let mut store = open_store(&cli.root)?;
             let opts = strata::lifecycle::StartOptions::default();
             let timeout = std::time::Duration::from_secs(time);
-            Ok(each_name(&names, "restarting", |name| {
+            each_name(&names, "restarting", |name| {
                 Ok(strata::lifecycle::restart(&mut store, name, timeout, &opts)?)
-            }))
+            })
         }
         Cmd::Wait { names } => {
             let store = open_store(&cli.root)?;
             let mut failed = false;
             for name in &names {
                 match strata::lifecycle::wait(&store, name) {
-                    Ok(code) => println!("{code}"),
+                    Ok(code) => outln!("{code}")?,
                     Err(e) => {
                         failed = true;
                         report_failure("waiting for", name, &e.into());
@@ -747,11 +827,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Pause { names } => {
             let store = open_store(&cli.root)?;
-            Ok(each_name(&names, "pausing", |name| Ok(strata::lifecycle::pause(&store, name)?)))
+            each_name(&names, "pausing", |name| Ok(strata::lifecycle::pause(&store, name)?))
         }
         Cmd::Unpause { names } => {
             let store = open_store(&cli.root)?;
-            Ok(each_name(&names, "unpausing", |name| Ok(strata::lifecycle::unpause(&store, name)?)))
+            each_name(&names, "unpausing", |name| Ok(strata::lifecycle::unpause(&store, name)?))
         }
         Cmd::Rm { names, force } => rm_containers(&cli.root, &names, force),
         Cmd::Rmi { names, force } => {
@@ -759,17 +839,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return image_cmd(&cli.root, ImageCmd::Rm { names });
             }
             let mut store = open_store(&cli.root)?;
-            Ok(each_name(&names, "removing image", |name| {
-                Ok(strata::lifecycle::remove_image_and_containers(&mut store, name)?)
-            }))
+            let mut failed = false;
+            for name in &names {
+                match strata::lifecycle::remove_image_and_containers(&mut store, name) {
+                    Ok(stored) => outln!("Untagged: {stored}")?,
+                    Err(e) => {
+                        failed = true;
+                        report_failure("removing image", name, &e.into());
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Cmd::Images { json, quiet } => image_cmd(&cli.root, ImageCmd::Ls { json, quiet }),
+        Cmd::Images { json, quiet, digests, no_trunc, format } => {
+            image_cmd(&cli.root, ImageCmd::Ls { json, quiet, digests, no_trunc, format })
+        }
         Cmd::Inspect { name } => {
             // As docker: a container by that name first, then an image.
             let store = open_store(&cli.root)?;
             match container::inspect(&store, &name) {
                 Ok(i) => {
-                    println!("{}", serde_json::to_string_pretty(&i)?);
+                    outln!("{}", serde_json::to_string_pretty(&i)?)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(container::ContainerError::NotFound(_)) => {
@@ -801,25 +891,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let extra = RunExtra { process, detach, volumes: volume };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
-        Cmd::Ps { json, all } => {
+        Cmd::Ps { list, all } => {
             let store = open_store(&cli.root)?;
-            let list = strata::lifecycle::ps(&store, all)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!("{:<24} {:<30} {:<14} {:<12} RUNNING", "NAME", "IMAGE", "IMAGE ID", "STATUS");
-                for p in list {
-                    let i = p.container;
-                    let how = i.running.unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<24} {:<30} {:<14} {:<12} {how}",
-                        i.name,
-                        i.image,
-                        i.digest.short(),
-                        p.status
-                    );
-                }
+            let mut shown = container::list(&store)?;
+            if !all {
+                shown.retain(|c| c.running);
             }
+            print_containers(&shown, &list)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pull { reference, name, platform, tls, jobs, quiet } => {
@@ -831,7 +909,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
             let (blobs, layers) = store.gc().context("gc")?;
-            println!("removed {} blobs, {} layers", blobs.len(), layers.len());
+            outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -850,68 +928,85 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let imported = import::import_prepared(&mut store, &resolved, &name, &opts);
             drop(bars);
             let imported = imported.with_context(|| format!("importing {source}"))?;
-            println!("{}", imported.manifest_digest);
+            outln!("{}", imported.manifest_digest)?;
         }
-        ImageCmd::Ls { json, quiet } => {
+        ImageCmd::Ls { json, quiet, digests, no_trunc, format } => {
             let store = open_store(root)?;
             let images = strata::images::list(&store)?;
+            let short = |d: &strata::digest::Sha256Digest| {
+                if no_trunc {
+                    d.to_string()
+                } else {
+                    d.short().to_string()
+                }
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
+                outln!("{}", serde_json::to_string_pretty(&images)?)?;
             } else if quiet {
                 let mut seen = std::collections::HashSet::new();
                 for i in &images {
-                    if seen.insert(i.digest.short()) {
-                        println!("{}", i.digest.short());
+                    if seen.insert(&i.id) {
+                        outln!("{}", short(&i.id))?;
                     }
                 }
             } else {
-                println!("{:<30} {:<20} {:>7} {:>12}", "NAME", "DIGEST", "LAYERS", "SIZE");
-                for i in images {
-                    println!("{:<30} {:<20} {:>7} {:>12}", i.name, i.digest.short(), i.layers, human(i.size));
-                }
+                let now = strata::time::now();
+                let rows: Vec<(table::Row, String)> = images
+                    .iter()
+                    .map(|i| {
+                        let row = vec![
+                            ("Repository", i.repository.clone()),
+                            ("Tag", i.tag.clone()),
+                            ("Digest", i.digest.to_string()),
+                            ("ID", short(&i.id)),
+                            ("CreatedSince", strata::time::ago(i.created_secs, now)),
+                            ("CreatedAt", i.created.clone()),
+                            ("Size", human(i.size)),
+                        ];
+                        Ok((row, serde_json::to_string(i)?))
+                    })
+                    .collect::<Result<_>>()?;
+                let default = if digests {
+                    "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+                } else {
+                    "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+                };
+                let known = ["ID", "Repository", "Tag", "Digest", "CreatedSince", "CreatedAt", "Size"];
+                let t = table::Template::parse(format.as_deref().unwrap_or(default), &known)?
+                    .title("ID", "IMAGE ID")
+                    .title("CreatedSince", "CREATED");
+                out(&t.render(&rows))?;
             }
         }
         ImageCmd::Prune { force: _ } => {
             let mut store = open_store(root)?;
             let (blobs, layers) = store.gc().context("image prune")?;
-            println!("removed {} blobs, {} layers", blobs.len(), layers.len());
+            outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
         }
         ImageCmd::History { name, json } => {
             let store = open_store(root)?;
             let steps = strata::images::history(&store, &name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&steps)?);
+                outln!("{}", serde_json::to_string_pretty(&steps)?)?;
             } else {
-                println!("{:<14} {:<22} {:<50} {:>10}  COMMENT", "LAYER", "CREATED", "CREATED BY", "SIZE");
+                outln!("{:<14} {:<22} {:<50} {:>10}  COMMENT", "LAYER", "CREATED", "CREATED BY", "SIZE")?;
                 for s in steps {
                     let by: String = s.created_by.as_deref().unwrap_or("").chars().take(50).collect();
-                    println!(
+                    outln!(
                         "{:<14} {:<22} {:<50} {:>10}  {}",
                         s.diff_id.as_ref().map_or("-", |d| d.short()),
                         s.created.as_deref().unwrap_or("-"),
                         strata::image::printable(&by, 50),
                         human(s.size),
                         strata::image::printable(s.comment.as_deref().unwrap_or(""), 80)
-                    );
+                    )?;
                 }
             }
         }
         ImageCmd::Inspect { name } => {
             let store = open_store(root)?;
-            let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&store.read_blob(&img.manifest_digest)?)?;
-            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
-            let layers = store.db.image_layers(&name)?;
-            let out = serde_json::json!({
-                "name": img.name,
-                "digest": img.manifest_digest,
-                "created": img.created,
-                "manifest": manifest,
-                "config": config,
-                "layers": layers,
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            let i = strata::images::inspect(&store, &name)?;
+            outln!("{}", serde_json::to_string_pretty(&i)?)?;
         }
         ImageCmd::Export { name, dest, format, force } => {
             let store = open_store(root)?;
@@ -937,7 +1032,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                 strata::rootfs::import_rootfs(&mut store, f, &tar.display().to_string(), &name, &opts)
             }
             .with_context(what)?;
-            println!("{}", done.manifest_digest);
+            outln!("{}", done.manifest_digest)?;
         }
         ImageCmd::Tag { name, new_name } => {
             strata::reference::validate_image_name(&new_name)?;
@@ -945,8 +1040,8 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             // Shared with imports, exclusive of gc: the blobs and layers stay while named.
             let _gc = store.gc_shared()?;
             let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
-            let layers = store.db.image_layers(&name)?;
-            store
+            let layers = store.db.image_layers(&img.name)?;
+            let stored = store
                 .db
                 .put_image(&strata::db::NewImage {
                     name: &new_name,
@@ -957,7 +1052,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                     lease: None,
                 })
                 .with_context(|| format!("tagging {name} as {new_name}"))?;
-            println!("{new_name}");
+            outln!("{stored}")?;
         }
         ImageCmd::Rm { names } => {
             // As docker: each name is removed or reported; the exit status says whether all went.
@@ -965,7 +1060,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let mut failed = 0;
             for name in &names {
                 match store.remove_image(name) {
-                    Ok(()) => println!("{name}"),
+                    Ok(stored) => outln!("Untagged: {stored}")?,
                     Err(e) => {
                         failed += 1;
                         eprintln!(
@@ -1019,7 +1114,7 @@ fn pull_cmd(
             imported.layers.len() - imported.unpacked
         );
     }
-    println!("{}", imported.manifest_digest);
+    outln!("{}", imported.manifest_digest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1043,16 +1138,18 @@ fn push_cmd(
     };
     let store = open_store(root)?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
-    let opts = PushOptions { client: tls.client(), chunk_size };
-    let pushed =
-        registry::push(&store, name, &dest, &opts).with_context(|| format!("pushing {name} to {dest}"))?;
+    let bars = progress::Bars::on_terminal(!quiet);
+    let opts = PushOptions { client: tls.client(), chunk_size, progress: bars.progress() };
+    let pushed = registry::push(&store, name, &dest, &opts);
+    drop(bars);
+    let pushed = pushed.with_context(|| format!("pushing {name} to {dest}"))?;
     if !quiet {
         eprintln!(
             "{dest}: {} blobs uploaded, {} mounted, {} already present",
             pushed.uploaded, pushed.mounted, pushed.present
         );
     }
-    println!("{}", pushed.digest);
+    outln!("{}", pushed.digest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1094,7 +1191,7 @@ fn login_cmd(
         Client::connect(&host, "", &opts, "pull").with_context(|| format!("logging in to {host}"))?;
     client.check_login().with_context(|| format!("logging in to {host}"))?;
     auth::store(&file, &host, Some(&creds)).with_context(|| format!("logging in to {host}"))?;
-    println!("Login Succeeded ({})", file.display());
+    outln!("Login Succeeded ({})", file.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1103,7 +1200,7 @@ fn logout_cmd(host: &str) -> Result<ExitCode> {
     let host = registry_host(host)?;
     let file = auth::login_file().context("no credential file (set REGISTRY_AUTH_FILE)")?;
     if auth::store(&file, &host, None).with_context(|| format!("logging out of {host}"))? {
-        println!("Removed login credentials for {host} from {}", file.display());
+        outln!("Removed login credentials for {host} from {}", file.display())?;
         Ok(ExitCode::SUCCESS)
     } else {
         anyhow::bail!("not logged in to {host} (no entry in {})", file.display())
@@ -1145,15 +1242,20 @@ fn save_cmd(
 }
 
 fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>, jobs: JobsArg) -> Result<ExitCode> {
+    if input == "-" && std::io::stdin().is_terminal() {
+        anyhow::bail!("refusing to read an archive from a terminal: pipe one in or use -i FILE");
+    }
     let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None };
     let mut store = open_store(root)?;
     let imported = if input == "-" {
-        import::import_stream(&mut store, std::io::stdin().lock(), &opts).context("loading from stdin")?
+        import::import_stream(&mut store, std::io::stdin().lock(), &opts)
+            .context("loading from standard input")?
     } else {
         import::load(&mut store, input, &opts).with_context(|| format!("loading {input}"))?
     };
+    // As docker load.
     for i in &imported {
-        println!("{}", i.manifest_digest);
+        outln!("Loaded image: {}", i.name)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1188,21 +1290,11 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let mut store = open_store(root)?;
             container::create(&mut store, &image, &name, &CreateOptions { read_only, volatile })
                 .with_context(|| format!("creating container {name}"))?;
-            println!("{name}");
+            outln!("{name}")?;
         }
-        ContainerCmd::Ls { json } => {
+        ContainerCmd::Ls { list } => {
             let store = open_store(root)?;
-            let list = container::list(&store)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!("{:<24} {:<24} {:<4} MOUNTED", "NAME", "IMAGE", "MODE");
-                for c in list {
-                    let mode = if c.row.read_only { "ro" } else { "rw" };
-                    let at = c.mounted.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
-                    println!("{:<24} {:<24} {:<4} {}", c.row.name, c.row.image, mode, at);
-                }
-            }
+            print_containers(&container::list(&store)?, &list)?;
         }
         ContainerCmd::Rm { names, force } => return rm_containers(root, &names, force),
         ContainerCmd::Monitor { name } => {
@@ -1214,7 +1306,7 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let mut store = open_store(root)?;
             let at = container::mount(&mut store, &name, target.as_deref(), backend.into())
                 .with_context(|| format!("mounting container {name}"))?;
-            println!("{}", at.display());
+            outln!("{}", at.display())?;
         }
         ContainerCmd::Umount { name, force } => {
             let store = open_store(root)?;
@@ -1226,10 +1318,10 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let changes =
                 container::diff(&store, &name).with_context(|| format!("diff of container {name}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&changes)?);
+                outln!("{}", serde_json::to_string_pretty(&changes)?)?;
             } else {
                 for c in changes {
-                    println!("{c}");
+                    outln!("{c}")?;
                 }
             }
         }
@@ -1245,12 +1337,12 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let done = container::commit(&mut store, &name, &new_image, &opts, pause).with_context(|| {
                 format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
             })?;
-            println!("{}", done.manifest_digest);
+            outln!("{}", done.manifest_digest)?;
         }
         ContainerCmd::Inspect { name } => {
             let store = open_store(root)?;
             let i = container::inspect(&store, &name)?;
-            println!("{}", serde_json::to_string_pretty(&i)?);
+            outln!("{}", serde_json::to_string_pretty(&i)?)?;
         }
         ContainerCmd::Export { name, output } => {
             let mut store = open_store(root)?;
@@ -1262,9 +1354,9 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let m = container::mounts(&store, &name)?;
             if json {
                 let v = serde_json::json!([{"type": m.fs_type, "source": m.source, "options": m.options}]);
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                println!("mount -t {} {} -o {} TARGET", m.fs_type, m.source, m.options.join(","));
+                outln!("mount -t {} {} -o {} TARGET", m.fs_type, m.source, m.options.join(","))?;
             }
         }
     }
@@ -1282,27 +1374,23 @@ fn report_failure(what: &str, name: &str, e: &anyhow::Error) {
 
 /// Run `f` for each name, as docker does with several names: each one done is printed on
 /// stdout, each failure on stderr; the exit status is 1 when any failed.
-fn each_name(names: &[String], what: &str, mut f: impl FnMut(&str) -> Result<()>) -> ExitCode {
+fn each_name(names: &[String], what: &str, mut f: impl FnMut(&str) -> Result<()>) -> Result<ExitCode> {
     let mut failed = false;
     for name in names {
         match f(name) {
-            Ok(()) => println!("{name}"),
+            Ok(()) => outln!("{name}")?,
             Err(e) => {
                 failed = true;
                 report_failure(what, name, &e);
             }
         }
     }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn rm_containers(root: &std::path::Path, names: &[String], force: bool) -> Result<ExitCode> {
     let mut store = open_store(root)?;
-    Ok(each_name(names, "removing container", |name| Ok(container::remove(&mut store, name, force)?)))
+    each_name(names, "removing container", |name| Ok(container::remove(&mut store, name, force)?))
 }
 
 fn start_cmd(root: &std::path::Path, names: &[String], attach: bool, backend: Backend) -> Result<ExitCode> {
@@ -1316,10 +1404,10 @@ fn start_cmd(root: &std::path::Path, names: &[String], attach: bool, backend: Ba
             strata::lifecycle::start(&mut store, name, &opts).with_context(|| format!("starting {name}"))?;
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
-    Ok(each_name(names, "starting", |name| {
+    each_name(names, "starting", |name| {
         strata::lifecycle::start(&mut store, name, &opts)?;
         Ok(())
-    }))
+    })
 }
 
 fn system_prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
@@ -1345,7 +1433,7 @@ fn system_prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
     let mut store = open_store(root)?;
     let pruned = strata::lifecycle::system_prune(&mut store).context("system prune")?;
     for name in &pruned.containers {
-        println!("{name}");
+        outln!("{name}")?;
     }
     for (name, why) in &pruned.failed {
         eprintln!(
@@ -1366,11 +1454,11 @@ fn system_prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
 fn version_cmd(json: bool) -> Result<ExitCode> {
     let v = strata::lifecycle::version();
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!("strata:  {}", v.client);
-        println!("runtime: {} ({})", v.runtime_version.as_deref().unwrap_or("not found"), v.runtime);
-        println!("kernel:  {}", v.kernel);
+        outln!("strata:  {}", v.client)?;
+        outln!("runtime: {} ({})", v.runtime_version.as_deref().unwrap_or("not found"), v.runtime)?;
+        outln!("kernel:  {}", v.kernel)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1379,22 +1467,22 @@ fn info_cmd(root: &std::path::Path, json: bool) -> Result<ExitCode> {
     let store = open_store(root)?;
     let i = strata::lifecycle::info(&store).context("info")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        outln!("{}", serde_json::to_string_pretty(&i)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
     let c = &i.counts;
-    println!("root:              {}", i.root.display());
-    println!("runtime:           {} ({})", i.runtime_version.as_deref().unwrap_or("not found"), i.runtime);
-    println!("kernel:            {}", i.kernel.release);
-    println!("  overlay:         {}", yes(i.kernel.overlay));
-    println!("  new mount API:   {}", yes(i.kernel.new_mount_api));
-    println!("  fuse:            {}", yes(i.kernel.fuse));
-    println!("  fuse passthrough: {}", yes(i.kernel.fuse_passthrough));
-    println!("backend (auto):    {}: {}", i.auto_backend.backend, i.auto_backend.reason);
-    println!("strata-fuse:       {}", i.strata_fuse.display());
-    println!("images:            {}", c.images);
-    println!(
+    outln!("root:              {}", i.root.display())?;
+    outln!("runtime:           {} ({})", i.runtime_version.as_deref().unwrap_or("not found"), i.runtime)?;
+    outln!("kernel:            {}", i.kernel.release)?;
+    outln!("  overlay:         {}", yes(i.kernel.overlay))?;
+    outln!("  new mount API:   {}", yes(i.kernel.new_mount_api))?;
+    outln!("  fuse:            {}", yes(i.kernel.fuse))?;
+    outln!("  fuse passthrough: {}", yes(i.kernel.fuse_passthrough))?;
+    outln!("backend (auto):    {}: {}", i.auto_backend.backend, i.auto_backend.reason)?;
+    outln!("strata-fuse:       {}", i.strata_fuse.display())?;
+    outln!("images:            {}", c.images)?;
+    outln!(
         "containers:        {} ({} running, {} paused, {} exited, {} created), {}",
         c.containers,
         c.running,
@@ -1402,10 +1490,41 @@ fn info_cmd(root: &std::path::Path, json: bool) -> Result<ExitCode> {
         c.exited,
         c.created,
         human(c.containers_bytes)
-    );
-    println!("layers:            {}, {}", c.layers, human(c.layers_bytes));
-    println!("blobs:             {}", human(c.blobs_bytes));
+    )?;
+    outln!("layers:            {}, {}", c.layers, human(c.layers_bytes))?;
+    outln!("blobs:             {}", human(c.blobs_bytes))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Containers as `ps` and `container ls` print them: a table sized to its content, `--json`
+/// (the schema of `container inspect`), or `--format`.
+fn print_containers(list: &[container::Inspected], args: &ListArgs) -> Result<()> {
+    if args.json {
+        return Ok(outln!("{}", serde_json::to_string_pretty(list)?)?);
+    }
+    let now = strata::time::now();
+    let rows: Vec<(table::Row, String)> = list
+        .iter()
+        .map(|c| {
+            let row = vec![
+                ("Names", c.name.clone()),
+                ("Image", c.image.clone()),
+                ("ImageID", c.image_id.short().to_string()),
+                ("Status", c.status.clone()),
+                ("CreatedAt", c.created.clone()),
+                ("RunningFor", strata::time::ago(c.created_secs, now)),
+                ("Mounts", c.mounted.as_ref().map_or_else(|| "-".to_string(), |p| p.display().to_string())),
+            ];
+            Ok((row, serde_json::to_string(c)?))
+        })
+        .collect::<Result<_>>()?;
+    let known = ["Names", "Image", "ImageID", "Status", "CreatedAt", "RunningFor", "Mounts"];
+    let default = "table {{.Names}}\t{{.Image}}\t{{.RunningFor}}\t{{.Status}}\t{{.Mounts}}";
+    let t = table::Template::parse(args.format.as_deref().unwrap_or(default), &known)?
+        .title("Names", "NAME")
+        .title("RunningFor", "CREATED")
+        .title("Mounts", "MOUNTED");
+    Ok(out(&t.render(&rows))?)
 }
 
 /// `run` options beyond the basics.
@@ -1445,7 +1564,7 @@ fn run_cmd(
     }
     let code = strata::run::run(&mut store, &opts)?;
     if opts.detach {
-        println!("{}", opts.name.as_deref().unwrap_or_default());
+        outln!("{}", opts.name.as_deref().unwrap_or_default())?;
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
@@ -1458,6 +1577,20 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// The CLI prints through `outln!`: `println!` panics when stdout is a closed pipe.
+    #[test]
+    fn no_println() {
+        for file in ["src/main.rs", "src/cli/mod.rs", "src/cli/progress.rs"] {
+            let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                .expect("read source");
+            let found = text
+                .lines()
+                .filter(|l| l.contains(concat!("print", "ln!(")) && !l.contains("eprint"))
+                .count();
+            assert_eq!(found, 0, "{file}: use outln! instead");
+        }
     }
 
     /// Every command a user runs shows an example in its --help.

@@ -211,9 +211,12 @@ fn ps_all_shows_each_state() {
         Some(3)
     );
     let ps = ps_all(&root);
-    assert_eq!(ps["c1"]["state"], "created");
-    assert_eq!(ps["c2"]["state"], "running");
-    assert_eq!((&ps["c3"]["state"], &ps["c3"]["exit_code"]), (&"exited".into(), &3.into()));
+    assert_eq!((&ps["c1"]["status"], &ps["c1"]["running"]), (&"created".into(), &false.into()));
+    assert_eq!((&ps["c2"]["status"], &ps["c2"]["running"]), (&"running".into(), &true.into()));
+    assert_eq!((&ps["c3"]["status"], &ps["c3"]["exit_code"]), (&"exited (3)".into(), &3.into()));
+    // container inspect and ls say the same.
+    let i: Value = serde_json::from_str(&root.ok(&["container", "inspect", "c3"])).expect("inspect json");
+    assert_eq!((&i["status"], &i["exit_code"]), (&"exited (3)".into(), &3.into()));
     let text = root.ok(&["ps", "-a"]);
     let line = |n: &str| text.lines().find(|l| l.starts_with(&format!("{n} "))).unwrap_or("").to_string();
     assert!(line("c1").contains("created"), "{text}");
@@ -425,14 +428,15 @@ fn aliases_version_info() {
     assert_eq!(root.ok(&["inspect", "other"]), root.ok(&["container", "inspect", "other"]));
     let err = root.fails(&["inspect", "nope"]);
     assert!(err.contains("no such container or image") && err.contains("nope"), "{err}");
-    // rmi refuses an image in use, as image rm; -f removes its containers first (podman rmi -f).
+    // rmi is image rm: a second name goes; the last name of an image containers stand on is
+    // refused, and -f removes those containers first (as podman rmi -f).
+    root.ok(&["rm", "other"]);
+    assert_eq!(root.ok(&["rmi", "other"]), "Untagged: other:latest\n");
     let err = root.fails(&["rmi", "busybox"]);
     assert!(err.contains("used by container(s) c"), "{err}");
-    root.ok(&["rm", "other"]);
-    assert_eq!(root.ok(&["rmi", "other"]), "other\n");
     run_detached(&root, "live", "sleep 60");
     assert_eq!(root.ok(&["rm", "-f", "live"]), "live\n");
-    assert_eq!(root.ok(&["rmi", "-f", "busybox"]), "busybox\n");
+    assert_eq!(root.ok(&["rmi", "-f", "busybox"]), "Untagged: busybox:latest\n");
     assert!(ps_all(&root).is_empty());
     assert!(!root.ok(&["images"]).contains("busybox"));
     // version: strata's, runc's and the kernel's.

@@ -115,7 +115,7 @@ fn pull_matches_umoci_and_fetches_nothing_twice() {
         assert_eq!(d, fixture_digest(&oci, tag), "{r}: the manifest digest");
         assert_matches_umoci(&root, &r, &oci, tag);
     }
-    let names = root.ok(&["image", "ls"]);
+    let names = root.ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(names.contains(&format!("{}/multi:1", reg.addr)), "{names}");
     // A second name in registry form: the same manifest, no blob copied; it outlives the first.
     let blobs = || fs::read_dir(root.path().join("blobs/sha256")).expect("blobs").count();

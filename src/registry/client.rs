@@ -257,15 +257,48 @@ pub enum Method {
 }
 
 /// What a request sends: nothing, bytes with their media type, or a file streamed with its
-/// length as Content-Length.
-#[derive(Debug, Clone, Copy)]
+/// length as Content-Length. A file's [`Watch`] is told how far into the file the request has
+/// read, as it reads (from the start again when a request is retried).
+#[derive(Clone, Copy)]
 pub enum Payload<'a> {
     None,
     Bytes(&'a [u8], &'a str),
-    File(&'a Path),
+    File(&'a Path, Option<Watch<'a>>),
     /// `len` bytes of a file from `offset`, with `Content-Range: offset-(offset+len-1)` (an upload
     /// chunk, OCI distribution spec).
-    FileRange(&'a Path, u64, u64),
+    FileRange(&'a Path, u64, u64, Option<Watch<'a>>),
+}
+
+/// Told the position in the file an upload has read up to.
+pub type Watch<'a> = &'a (dyn Fn(u64) + Sync);
+
+impl std::fmt::Debug for Payload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::None => f.write_str("None"),
+            Payload::Bytes(b, ct) => write!(f, "Bytes({} bytes, {ct})", b.len()),
+            Payload::File(p, _) => write!(f, "File({})", p.display()),
+            Payload::FileRange(p, o, l, _) => write!(f, "FileRange({}, {o}, {l})", p.display()),
+        }
+    }
+}
+
+/// A file being sent, its position reported to a [`Watch`].
+struct Watched<'a> {
+    file: std::io::Take<std::fs::File>,
+    position: u64,
+    watch: Option<Watch<'a>>,
+}
+
+impl std::io::Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.position += n as u64;
+        if let Some(w) = self.watch {
+            w(self.position);
+        }
+        Ok(n)
+    }
 }
 
 /// A small object's bytes, Content-Type and Docker-Content-Digest.
@@ -500,19 +533,25 @@ impl Client {
                     match p {
                         Payload::None => req.header("Content-Length", "0").send_empty(),
                         Payload::Bytes(b, ct) => req.header("Content-Type", *ct).send(*b),
-                        Payload::File(path) => {
+                        Payload::File(path, watch) => {
+                            use std::io::Read;
                             let f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
-                            req.header("Content-Type", "application/octet-stream").send(f)
+                            let len = f.metadata().map_err(|e| io_err(e, path))?.len();
+                            let mut body = Watched { file: f.take(len), position: 0, watch: *watch };
+                            req.header("Content-Type", "application/octet-stream")
+                                .header("Content-Length", &len.to_string())
+                                .send(ureq::SendBody::from_reader(&mut body))
                         }
-                        Payload::FileRange(path, offset, len) => {
+                        Payload::FileRange(path, offset, len, watch) => {
                             use std::io::{Read, Seek};
                             let mut f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
                             f.seek(std::io::SeekFrom::Start(*offset)).map_err(|e| io_err(e, path))?;
                             let last = offset + len.saturating_sub(1);
+                            let mut body = Watched { file: f.take(*len), position: *offset, watch: *watch };
                             req.header("Content-Type", "application/octet-stream")
                                 .header("Content-Range", &format!("{offset}-{last}"))
                                 .header("Content-Length", &len.to_string())
-                                .send(ureq::SendBody::from_owned_reader(f.take(*len)))
+                                .send(ureq::SendBody::from_reader(&mut body))
                         }
                     }
                 }
