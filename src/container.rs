@@ -630,8 +630,11 @@ pub struct Inspected {
     pub backend: Option<&'static str>,
     /// Whether its process runs (or is paused).
     pub running: bool,
-    /// `created`, `running`, `paused` or `stopped`.
+    /// `created`, `running`, `paused`, `exited (CODE)`, or `exited` when the code was not
+    /// recorded, as docker's ps shows it.
     pub status: String,
+    /// How its last run ended (128+signal when killed), once it has.
+    pub exit_code: Option<i32>,
     /// What runs it (`strata run, pid N`, or runc's id and status), while it runs.
     pub process: Option<String>,
 }
@@ -647,10 +650,16 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     });
     let process = is_running(store, name)?;
     let (state, id) = runc_ids(store, name);
-    let status = match crate::bundle::runc_status(&state, &id) {
-        Some(s) => s,
-        None if process.is_some() => "running".to_string(),
-        None => "created".to_string(),
+    // As docker's ps says it; the exit code as recorded by what observed the end (see
+    // crate::lifecycle), since runc's state does not keep it.
+    let runc = crate::bundle::runc_status(&state, &id);
+    let exit_code = if process.is_none() { crate::lifecycle::recorded_exit(store, name) } else { None };
+    let status = match (runc.as_deref(), process.is_some(), exit_code) {
+        (Some("paused"), true, _) => "paused".to_string(),
+        (_, true, _) => "running".to_string(),
+        (_, false, Some(code)) => format!("exited ({code})"),
+        (Some("stopped"), false, None) => "exited".to_string(),
+        (_, false, None) => "created".to_string(),
     };
     let layers = store.db.container_layers(name)?;
     let writable = |d: PathBuf| (!c.read_only).then_some(d);
@@ -668,6 +677,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
         backend,
         running: process.is_some(),
         status,
+        exit_code,
         process,
         name: c.name,
         image: c.image,

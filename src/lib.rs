@@ -15,7 +15,8 @@
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
-//! - [`run`]: `strata run` (create, mount, runc, clean up).
+//! - [`run`]: `strata run` (create, mount, runc, clean up); [`lifecycle`]: start, kill, wait,
+//!   pause, restart, the state `ps -a` shows, prune, version, info.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
@@ -32,6 +33,7 @@ pub mod hashing;
 pub mod image;
 pub mod images;
 pub mod import;
+pub mod lifecycle;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;

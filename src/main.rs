@@ -145,9 +145,14 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Gc,
     /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
     /// unmount it.
-    #[command(after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web   # SIGKILL at once")]
+    #[command(
+        after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web db   # SIGKILL at once, both\n\n\
+A container that is not running (created, or exited) is left as it is: that is no error, as in \
+docker. Each NAME is stopped in turn; the exit status is 1 when any failed."
+    )]
     Stop {
-        name: String,
+        #[arg(required = true)]
+        names: Vec<String>,
         /// Seconds to wait after SIGTERM before SIGKILL.
         #[arg(short, long, default_value_t = 10)]
         time: u64,
@@ -206,14 +211,149 @@ strata --root /a save app | strata --root /b load --name app")]
         #[command(flatten)]
         jobs: JobsArg,
     },
-    /// Running containers (as podman ps).
+    /// Running and paused containers (as docker ps); with -a every container and its state:
+    /// created, running, paused, exited (CODE).
     #[command(
-        after_help = "Examples:\n  strata ps\n  strata ps --json\n  strata ps --format '{{.Names}} {{.Status}}'\n\n\
+        after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
 --format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}."
     )]
     Ps {
         #[command(flatten)]
         list: ListArgs,
+        /// Every container, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Start created or stopped containers (their last command, over the same upper dir):
+    /// detached, output appended to the container log (`strata logs`), as `run -d`; with -a in
+    /// the foreground, exiting with the container's status.
+    #[command(after_help = "Examples:\n  strata container create busybox web && strata start web\n  \
+strata start -a web    # exits with the container's status\n  strata start web db")]
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Attach: the container's stdout and stderr are ours; exit with its status (one NAME).
+        #[arg(short, long)]
+        attach: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
+    /// Send a signal to running containers (runc kill), KILL by default, as `docker kill`.
+    #[command(after_help = "Examples:\n  strata kill web\n  strata kill -s TERM web\n  \
+strata kill --signal SIGHUP web db\n  strata kill -s 15 web\n\n\
+As in docker, a container's PID 1 ignores signals it has no handler for (KILL excepted).")]
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// A name (TERM, SIGTERM, any case) or a number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Stop (SIGTERM, SIGKILL after --time) and start again, detached, as `docker restart`.
+    #[command(after_help = "Examples:\n  strata restart web\n  strata restart -t 0 web db")]
+    Restart {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Block until containers stop; print each one's exit code, as `docker wait`.
+    #[command(
+        after_help = "Examples:\n  strata wait web\n  strata run -d --name job busybox -- sh -c 'exit 3'; strata wait job   # 3"
+    )]
+    Wait {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Freeze every process of running containers (runc pause, the cgroup freezer).
+    #[command(after_help = "Examples:\n  strata pause web\n  strata unpause web")]
+    Pause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Thaw paused containers (runc resume).
+    #[command(after_help = "Example:\n  strata pause web && strata unpause web")]
+    Unpause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove containers (short for `container rm`).
+    #[command(
+        after_help = "Examples:\n  strata rm web\n  strata rm -f web db   # stops and unmounts them first"
+    )]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop (SIGKILL) and unmount running or mounted containers first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove image names (short for `image rm`).
+    #[command(
+        after_help = "Examples:\n  strata rmi app:v1\n  strata rmi -f app   # and the containers created from it, as podman rmi -f"
+    )]
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// First remove the containers created from the image (stopping running ones), as
+        /// `podman rmi -f` does.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List images (short for `image ls`).
+    #[command(after_help = "Examples:\n  strata images\n  strata images -q")]
+    Images {
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// Only the image IDs, once each.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Also show the manifest digest.
+        #[arg(long)]
+        digests: bool,
+        /// Full IDs and digests.
+        #[arg(long)]
+        no_trunc: bool,
+        /// A Go-template-like line per image (as `image ls --format`).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// A container or an image as JSON: NAME is looked up as a container first, then as an
+    /// image, as `docker inspect` does (`container inspect` / `image inspect` say which).
+    #[command(
+        after_help = "Examples:\n  strata inspect web       # container web, if there is one\n  strata inspect busybox"
+    )]
+    Inspect { name: String },
+    /// System-wide maintenance.
+    #[command(subcommand)]
+    System(SystemCmd),
+    /// strata's version, the runtime's (runc) and the kernel's.
+    #[command(after_help = "Examples:\n  strata version\n  strata version --json")]
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The state root, the runtime, the kernel's features (overlay, new mount API, FUSE
+    /// passthrough), the backend `--backend auto` takes and why, counts and disk use.
+    #[command(after_help = "Examples:\n  strata info\n  strata info --json")]
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemCmd {
+    /// Remove every container that is not running (created or exited), then the blobs and
+    /// layers nothing references (as `gc`). Asks first, unless -f.
+    #[command(
+        after_help = "Examples:\n  strata system prune\n  strata system prune -f   # no question (scripts)"
+    )]
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -242,11 +382,14 @@ strata container ls --format '{{.Names}}\\t{{.Mounts}}'\n\n\
     },
     /// Remove a container (refuses while mounted unless --force).
     #[command(
-        after_help = "Examples:\n  strata container rm web\n  strata container rm --force web   # stops and unmounts it first"
+        after_help = "Examples:\n  strata container rm web\n  strata container rm --force web db   # stops and unmounts them first\n\n\
+Each NAME is removed in turn; the exit status is 1 when any failed."
     )]
     Rm {
-        name: String,
-        #[arg(long)]
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop (SIGKILL) and unmount running or mounted containers first.
+        #[arg(short, long)]
         force: bool,
     },
     /// Mount a container; prints the mount point.
@@ -321,6 +464,13 @@ strata container export web | strata image import-rootfs - web-flat")]
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
     },
+    /// Internal: watches a detached container (started by `run -d`, `start`, `restart`): it
+    /// starts it, records its exit code when it ends, then unmounts it.
+    #[command(
+        hide = true,
+        after_help = "Example (started by strata itself):\n  strata container monitor web"
+    )]
+    Monitor { name: String },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +512,14 @@ a leading `table` prints a header."
         /// A Go-template-like line per image (see below).
         #[arg(long)]
         format: Option<String>,
+    },
+    /// Remove the blobs and layer directories no image or container references (what `gc`
+    /// does; nothing is asked: only unreachable data goes).
+    #[command(after_help = "Example:\n  strata image prune")]
+    Prune {
+        /// Accepted for docker's scripts; nothing is asked either way.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Show an image's manifest, config and layers.
     #[command(after_help = "Example:\n  strata image inspect busybox")]
@@ -611,11 +769,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return login_cmd(&host, username, password, password_stdin, tls)
         }
         Cmd::Logout { host } => return logout_cmd(&host),
+        Cmd::Version { json } => return version_cmd(json),
         _ => {}
     }
     require_root(&cli.root)?;
     match cli.cmd {
-        Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Login { .. } | Cmd::Logout { .. } | Cmd::Version { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Exec { name, process: p, cmd } => {
@@ -632,13 +791,90 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
-        Cmd::Stop { name, time } => {
+        Cmd::Stop { names, time } => {
             let store = open_store(&cli.root)?;
-            strata::run::stop(&store, &name, std::time::Duration::from_secs(time))
-                .with_context(|| format!("stopping {name}"))?;
-            outln!("{name}")?;
-            Ok(ExitCode::SUCCESS)
+            each_name(&names, "stopping", |name| {
+                strata::run::stop(&store, name, std::time::Duration::from_secs(time))?;
+                Ok(())
+            })
         }
+        Cmd::Start { names, attach, backend } => start_cmd(&cli.root, &names, attach, backend),
+        Cmd::Kill { names, signal } => {
+            let sig = strata::lifecycle::parse_signal(&signal)?;
+            let store = open_store(&cli.root)?;
+            each_name(&names, "killing", |name| Ok(strata::lifecycle::kill(&store, name, sig)?))
+        }
+        Cmd::Restart { names, time } => {
+            let mut store = open_store(&cli.root)?;
+            let opts = strata::lifecycle::StartOptions::default();
+            let timeout = std::time::Duration::from_secs(time);
+            each_name(&names, "restarting", |name| {
+                Ok(strata::lifecycle::restart(&mut store, name, timeout, &opts)?)
+            })
+        }
+        Cmd::Wait { names } => {
+            let store = open_store(&cli.root)?;
+            let mut failed = false;
+            for name in &names {
+                match strata::lifecycle::wait(&store, name) {
+                    Ok(code) => outln!("{code}")?,
+                    Err(e) => {
+                        failed = true;
+                        report_failure("waiting for", name, &e.into());
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Pause { names } => {
+            let store = open_store(&cli.root)?;
+            each_name(&names, "pausing", |name| Ok(strata::lifecycle::pause(&store, name)?))
+        }
+        Cmd::Unpause { names } => {
+            let store = open_store(&cli.root)?;
+            each_name(&names, "unpausing", |name| Ok(strata::lifecycle::unpause(&store, name)?))
+        }
+        Cmd::Rm { names, force } => rm_containers(&cli.root, &names, force),
+        Cmd::Rmi { names, force } => {
+            if !force {
+                return image_cmd(&cli.root, ImageCmd::Rm { names });
+            }
+            let mut store = open_store(&cli.root)?;
+            let mut failed = false;
+            for name in &names {
+                match strata::lifecycle::remove_image_and_containers(&mut store, name) {
+                    Ok(stored) => outln!("Untagged: {stored}")?,
+                    Err(e) => {
+                        failed = true;
+                        report_failure("removing image", name, &e.into());
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Images { json, quiet, digests, no_trunc, format } => {
+            image_cmd(&cli.root, ImageCmd::Ls { json, quiet, digests, no_trunc, format })
+        }
+        Cmd::Inspect { name } => {
+            // As docker: a container by that name first, then an image.
+            let store = open_store(&cli.root)?;
+            match container::inspect(&store, &name) {
+                Ok(i) => {
+                    outln!("{}", serde_json::to_string_pretty(&i)?)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(container::ContainerError::NotFound(_)) => {
+                    if store.db.image(&name)?.is_none() {
+                        anyhow::bail!("no such container or image: {}", strata::image::printable(&name, 200));
+                    }
+                    drop(store);
+                    image_cmd(&cli.root, ImageCmd::Inspect { name })
+                }
+                Err(e) => Err(e).with_context(|| format!("inspecting container {name}")),
+            }
+        }
+        Cmd::System(SystemCmd::Prune { force }) => system_prune_cmd(&cli.root, force),
+        Cmd::Info { json } => info_cmd(&cli.root, json),
         Cmd::Logs { name, follow } => {
             let store = open_store(&cli.root)?;
             if follow {
@@ -656,11 +892,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let extra = RunExtra { process, detach, volumes: volume };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
-        Cmd::Ps { list } => {
+        Cmd::Ps { list, all } => {
             let store = open_store(&cli.root)?;
-            let mut running = container::list(&store)?;
-            running.retain(|c| c.running);
-            print_containers(&running, &list)?;
+            let mut shown = container::list(&store)?;
+            if !all {
+                shown.retain(|c| c.running);
+            }
+            print_containers(&shown, &list)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pull { reference, name, platform, tls, jobs, quiet } => {
@@ -740,6 +978,11 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                     .title("CreatedSince", "CREATED");
                 out(&t.render(&rows))?;
             }
+        }
+        ImageCmd::Prune { force: _ } => {
+            let mut store = open_store(root)?;
+            let (blobs, layers) = store.gc().context("image prune")?;
+            outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
         }
         ImageCmd::History { name, json } => {
             let store = open_store(root)?;
@@ -1072,11 +1315,11 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let store = open_store(root)?;
             print_containers(&container::list(&store)?, &list)?;
         }
-        ContainerCmd::Rm { name, force } => {
-            let mut store = open_store(root)?;
-            container::remove(&mut store, &name, force)
-                .with_context(|| format!("removing container {name}"))?;
-            outln!("{name}")?;
+        ContainerCmd::Rm { names, force } => return rm_containers(root, &names, force),
+        ContainerCmd::Monitor { name } => {
+            let mut out = std::io::stdout().lock();
+            strata::lifecycle::monitor(root, &name, &mut out)
+                .with_context(|| format!("monitoring container {name}"))?;
         }
         ContainerCmd::Mount { name, target, backend } => {
             let mut store = open_store(root)?;
@@ -1136,6 +1379,139 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One failure of a command given several names, on stderr: the others still run.
+fn report_failure(what: &str, name: &str, e: &anyhow::Error) {
+    eprintln!(
+        "strata: error: {what} {}: {}",
+        strata::image::printable(name, 100),
+        strata::image::printable(&format!("{e:#}"), 4096)
+    );
+}
+
+/// Run `f` for each name, as docker does with several names: each one done is printed on
+/// stdout, each failure on stderr; the exit status is 1 when any failed.
+fn each_name(names: &[String], what: &str, mut f: impl FnMut(&str) -> Result<()>) -> Result<ExitCode> {
+    let mut failed = false;
+    for name in names {
+        match f(name) {
+            Ok(()) => outln!("{name}")?,
+            Err(e) => {
+                failed = true;
+                report_failure(what, name, &e);
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn rm_containers(root: &std::path::Path, names: &[String], force: bool) -> Result<ExitCode> {
+    let mut store = open_store(root)?;
+    each_name(names, "removing container", |name| Ok(container::remove(&mut store, name, force)?))
+}
+
+fn start_cmd(root: &std::path::Path, names: &[String], attach: bool, backend: Backend) -> Result<ExitCode> {
+    let mut store = open_store(root)?;
+    let opts = strata::lifecycle::StartOptions { attach, backend: backend.into(), monitor: None };
+    if attach {
+        // The container's own status is ours, as `docker start -a`: one container.
+        anyhow::ensure!(names.len() == 1, "start -a takes one container");
+        let name = &names[0];
+        let code =
+            strata::lifecycle::start(&mut store, name, &opts).with_context(|| format!("starting {name}"))?;
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
+    each_name(names, "starting", |name| {
+        strata::lifecycle::start(&mut store, name, &opts)?;
+        Ok(())
+    })
+}
+
+fn system_prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
+    if !force {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            anyhow::bail!(
+                "system prune removes every container that is not running and unreferenced image data: \
+                 refusing without confirmation, and standard input is not a terminal to ask on (use -f)"
+            );
+        }
+        eprint!(
+            "WARNING! This will remove:\n  - all containers that are not running\n  - blobs and layers \
+             no image or container references\nAre you sure you want to continue? [y/N] "
+        );
+        let mut answer = String::new();
+        stdin.read_line(&mut answer).context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            eprintln!("Nothing removed.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let mut store = open_store(root)?;
+    let pruned = strata::lifecycle::system_prune(&mut store).context("system prune")?;
+    for name in &pruned.containers {
+        outln!("{name}")?;
+    }
+    for (name, why) in &pruned.failed {
+        eprintln!(
+            "strata: error: removing container {}: {}",
+            strata::image::printable(name, 100),
+            strata::image::printable(why, 4096)
+        );
+    }
+    eprintln!(
+        "removed {} containers, {} blobs, {} layers",
+        pruned.containers.len(),
+        pruned.blobs,
+        pruned.layers
+    );
+    Ok(if pruned.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn version_cmd(json: bool) -> Result<ExitCode> {
+    let v = strata::lifecycle::version();
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        outln!("strata:  {}", v.client)?;
+        outln!("runtime: {} ({})", v.runtime_version.as_deref().unwrap_or("not found"), v.runtime)?;
+        outln!("kernel:  {}", v.kernel)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info_cmd(root: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    let i = strata::lifecycle::info(&store).context("info")?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&i)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let c = &i.counts;
+    outln!("root:              {}", i.root.display())?;
+    outln!("runtime:           {} ({})", i.runtime_version.as_deref().unwrap_or("not found"), i.runtime)?;
+    outln!("kernel:            {}", i.kernel.release)?;
+    outln!("  overlay:         {}", yes(i.kernel.overlay))?;
+    outln!("  new mount API:   {}", yes(i.kernel.new_mount_api))?;
+    outln!("  fuse:            {}", yes(i.kernel.fuse))?;
+    outln!("  fuse passthrough: {}", yes(i.kernel.fuse_passthrough))?;
+    outln!("backend (auto):    {}: {}", i.auto_backend.backend, i.auto_backend.reason)?;
+    outln!("strata-fuse:       {}", i.strata_fuse.display())?;
+    outln!("images:            {}", c.images)?;
+    outln!(
+        "containers:        {} ({} running, {} paused, {} exited, {} created), {}",
+        c.containers,
+        c.running,
+        c.paused,
+        c.exited,
+        c.created,
+        human(c.containers_bytes)
+    )?;
+    outln!("layers:            {}, {}", c.layers, human(c.layers_bytes))?;
+    outln!("blobs:             {}", human(c.blobs_bytes))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1200,6 +1576,7 @@ fn run_cmd(
         user: extra.process.user,
         volumes: extra.volumes,
         detach: extra.detach,
+        monitor: None,
     };
     if opts.detach && opts.name.is_none() {
         opts.name = Some(strata::run::generated_name());
