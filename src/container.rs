@@ -15,17 +15,16 @@ use std::process::Command;
 
 use kernel_overlay::{OverlaySpec, UnmountMode};
 
-use crate::db::{ContainerRow, DbError};
 use crate::digest::Sha256Digest;
-use crate::store::{remove_tree, IoContext, LockGuard, Store, StoreError};
+use crate::snapshot::Snapshots;
+pub use crate::store::ContainerRow;
+use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store, StoreError};
 
 /// Container errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Db(#[from] DbError),
     #[error("container {0:?} not found")]
     NotFound(String),
     #[error("container {0:?} already exists")]
@@ -76,7 +75,6 @@ impl ContainerError {
         use crate::error::ErrorKind;
         match self {
             ContainerError::Store(e) => e.kind(),
-            ContainerError::Db(e) => e.kind(),
             ContainerError::Snapshot { source, .. } => source.kind(),
             ContainerError::NotFound(_) | ContainerError::NoImage(_) => ErrorKind::NotFound,
             ContainerError::Exists(_) => ErrorKind::AlreadyExists,
@@ -151,14 +149,29 @@ pub struct CreateOptions {
     pub volatile: bool,
 }
 
-/// The lock every change of a container's state takes ([`crate::store::container_lock_name`]).
+/// The lock every change of a container's state takes ([`Lock::Container`]).
 pub fn lock(store: &Store, name: &str) -> Result<LockGuard> {
-    Ok(store.lock(&crate::store::container_lock_name(name))?)
+    Ok(store.lock(Lock::Container(name))?)
 }
 
-/// The name of the lock a running `strata run` holds (it records its pid there).
-fn run_lock_name(name: &str) -> String {
-    format!("run-{name}")
+/// Container `name`'s row, if it exists.
+pub fn row(store: &Store, name: &str) -> Result<Option<ContainerRow>, StoreError> {
+    store.container_row(name)
+}
+
+/// Every container's row, by name.
+pub fn rows(store: &Store) -> Result<Vec<ContainerRow>, StoreError> {
+    store.container_rows()
+}
+
+/// The layers container `name` stands on (those its image had at create), bottom first.
+pub fn layers(store: &Store, name: &str) -> Result<Vec<ImageLayerRow>, StoreError> {
+    store.container_layers(name)
+}
+
+/// The key of container `name`'s snapshot.
+pub fn snapshot_key(name: &str) -> String {
+    crate::snapshot::container_key(name)
 }
 
 /// runc's state directory for this store and the runc id of a container.
@@ -166,12 +179,33 @@ pub fn runc_ids(store: &Store, name: &str) -> (PathBuf, String) {
     (store.root().join("runc"), format!("strata-{name}"))
 }
 
+fn exit_path(store: &Store, name: &str) -> PathBuf {
+    dir(store, name).join("exit")
+}
+
+/// Record how a container's process ended (its exit code, 128+signal when killed). Best effort:
+/// a container removed meanwhile has no directory to record it in.
+pub fn record_exit(store: &Store, name: &str, code: i32) {
+    let p = exit_path(store, name);
+    let tmp = p.with_extension("tmp");
+    let done = std::fs::write(&tmp, format!("{code}\n")).and_then(|()| std::fs::rename(&tmp, &p));
+    if let Err(e) = done {
+        tracing::debug!(container = name, error = %e, "exit code not recorded");
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The recorded exit code of a container's last run, if any.
+pub fn recorded_exit(store: &Store, name: &str) -> Option<i32> {
+    std::fs::read_to_string(exit_path(store, name)).ok()?.trim().parse().ok()
+}
+
 /// How a container is running, if it is: a `strata run` holding its run lock, or a process runc
 /// knows (a `strata run` killed without its runc child leaves one). Call with the container
 /// lock held, so that nothing starts or stops a run meanwhile.
 pub fn running(store: &Store, name: &str) -> Result<Option<String>> {
-    if store.try_lock(&run_lock_name(name))?.is_none() {
-        let rec = store.lock_record(&run_lock_name(name));
+    if store.try_lock(Lock::Run(name))?.is_none() {
+        let rec = store.lock_record(Lock::Run(name));
         return Ok(Some(if rec.is_empty() { "strata run".to_string() } else { rec }));
     }
     let (state, id) = runc_ids(store, name);
@@ -201,7 +235,7 @@ pub fn start_run(store: &Store, name: &str) -> Result<LockGuard> {
     if let Some(how) = running(store, name)? {
         return Err(busy(how));
     }
-    let guard = store.try_lock(&run_lock_name(name))?.ok_or_else(|| busy("strata run".into()))?;
+    let guard = store.try_lock(Lock::Run(name))?.ok_or_else(|| busy("strata run".into()))?;
     let _ = guard.record(&format!("strata run, pid {}", std::process::id()));
     Ok(guard)
 }
@@ -211,11 +245,11 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     if !valid_name(name) {
         return Err(ContainerError::BadName(name.to_string()));
     }
-    if store.db.image(image)?.is_none() {
+    if store.image(image)?.is_none() {
         return Err(ContainerError::NoImage(image.to_string()));
     }
     let _g = lock(store, name)?;
-    if store.db.container(name)?.is_some() {
+    if store.container_row(name)?.is_some() {
         return Err(ContainerError::Exists(name.to_string()));
     }
     let cdir = dir(store, name);
@@ -236,38 +270,35 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     // The row binds the container to what `image` names at this moment (manifest and layers)
     // and creates its snapshot over that chain, in one transaction; the layers it names are
     // then kept by gc for as long as it exists.
-    let snaps = store.snapshots_dir();
-    let row = match store.db.insert_container(name, image, opts.read_only, opts.volatile, &snaps) {
+    let row = match Snapshots::new(store).create_container(name, image, opts.read_only, opts.volatile) {
         Ok(row) => row,
         Err(e) => {
             let _ = remove_tree(&cdir);
-            return Err(match e {
-                DbError::NoImage(i) => ContainerError::NoImage(i),
-                DbError::ContainerExists(n) => ContainerError::Exists(n),
-                e => e.into(),
+            // Found gone or taken inside the transaction (a racing `image rm` or create).
+            return Err(match e.kind() {
+                crate::error::ErrorKind::NotFound => ContainerError::NoImage(image.to_string()),
+                crate::error::ErrorKind::AlreadyExists => ContainerError::Exists(name.to_string()),
+                _ => ContainerError::Snapshot { name: name.to_string(), source: Box::new(e) },
             });
         }
     };
     if let Err(e) = materialize(store, &row) {
-        let _ = store.db.remove_container(name);
+        let _ = Snapshots::new(store).remove_container(name);
         let _ = remove_tree(&cdir);
-        if let Some(id) = row.snapshot {
-            let _ = store.trash(&crate::snapshot::dir(store, id));
-        }
         return Err(e);
     }
     Ok(row)
 }
 
 fn get(store: &Store, name: &str) -> Result<ContainerRow> {
-    store.db.container(name)?.ok_or_else(|| ContainerError::NotFound(name.to_string()))
+    store.container_row(name)?.ok_or_else(|| ContainerError::NotFound(name.to_string()))
 }
 
 /// The overlay a container mounts: its snapshot's parent chain (top first) named by the short
 /// `snapshots/<id>/fs` paths, so even a legacy mount(2) of 500 layers fits its page; upper and
 /// work.
 pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let mut spec = crate::snapshot::overlay_spec(store, &crate::db::container_snapshot_key(&c.name))
+    let mut spec = crate::snapshot::overlay_spec(store, &snapshot_key(&c.name))
         .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
     let p = paths(store, c);
     spec.volatile = c.volatile && !c.read_only;
@@ -278,7 +309,7 @@ pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
 /// [`mount_spec`] with each lower the directory itself (a layer's): what reads the trees
 /// themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
 pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let mut spec = crate::snapshot::overlay_spec_real(store, &crate::db::container_snapshot_key(&c.name))
+    let mut spec = crate::snapshot::overlay_spec_real(store, &snapshot_key(&c.name))
         .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
     spec.volatile = c.volatile && !c.read_only;
     spec.empty_lower = Some(paths(store, c).empty);
@@ -287,7 +318,7 @@ pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
 
 /// Where a container is mounted now, if anywhere (from the kernel's mount table).
 pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
-    let Some(c) = store.db.container(name)? else { return Ok(None) };
+    let Some(c) = store.container_row(name)? else { return Ok(None) };
     let p = paths(store, &c);
     // Default mount point first; then any overlay whose upperdir is ours, or a strata-fuse mount
     // whose source names our directory.
@@ -310,7 +341,7 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
 /// Make sure every layer directory of a container exists (a committed layer is unpacked from its
 /// blob at its first use).
 fn materialize(store: &mut Store, c: &ContainerRow) -> Result<()> {
-    for l in store.db.container_layers(&c.name)? {
+    for l in store.container_layers(&c.name)? {
         crate::import::materialize_layer(store, &l).map_err(Box::new)?;
     }
     Ok(())
@@ -399,7 +430,7 @@ fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
     if abs.starts_with(&root) {
         return Err(bad(format!("it is inside the state root {}", root.display())));
     }
-    for other in store.db.containers()? {
+    for other in store.container_rows()? {
         if let Some(at) = mounted_at(store, &other.name)? {
             if abs.starts_with(&at) {
                 return Err(bad(format!(
@@ -490,7 +521,7 @@ pub fn umount(store: &Store, name: &str, force: bool) -> Result<()> {
 /// listing with whatever remains of its directory removed by the next recovery.
 pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
     let _g = lock(store, name)?;
-    let c = get(store, name)?;
+    get(store, name)?;
     if let Some(how) = running(store, name)? {
         if !force {
             return Err(ContainerError::Running {
@@ -508,11 +539,10 @@ pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
         kernel_overlay::unmount(&at, UnmountMode::Detach)
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
     }
-    store.db.remove_container(name)?;
+    Snapshots::new(store)
+        .remove_container(name)
+        .map_err(|e| ContainerError::Snapshot { name: name.to_string(), source: Box::new(e) })?;
     drop(store.trash(&dir(store, name))?);
-    if let Some(id) = c.snapshot {
-        drop(store.trash(&crate::snapshot::dir(store, id))?);
-    }
     Ok(())
 }
 
@@ -574,7 +604,7 @@ pub fn commit(
     let parent = crate::commit::Parent {
         name: c.image.clone(),
         config_digest: c.config_digest.clone(),
-        layers: store.db.container_layers(name)?,
+        layers: store.container_layers(name)?,
     };
     let (state, id) = runc_ids(store, name);
     let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
@@ -600,7 +630,7 @@ pub fn commit(
 /// A container as listed.
 /// Every container with all `container inspect` shows of it.
 pub fn list(store: &Store) -> Result<Vec<Inspected>> {
-    store.db.containers()?.iter().map(|row| inspect(store, &row.name)).collect()
+    store.container_rows()?.iter().map(|row| inspect(store, &row.name)).collect()
 }
 
 /// All `container inspect`, `container ls --json` and `ps --json` show of a container. Field
@@ -622,7 +652,7 @@ pub struct Inspected {
     pub read_only: bool,
     pub volatile: bool,
     /// Bottom first.
-    pub layers: Vec<crate::db::ImageLayerRow>,
+    pub layers: Vec<ImageLayerRow>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub mounted: Option<PathBuf>,
@@ -653,7 +683,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     // As docker's ps says it; the exit code as recorded by what observed the end (see
     // crate::lifecycle), since runc's state does not keep it.
     let runc = crate::bundle::runc_status(&state, &id);
-    let exit_code = if process.is_none() { crate::lifecycle::recorded_exit(store, name) } else { None };
+    let exit_code = if process.is_none() { recorded_exit(store, name) } else { None };
     let status = match (runc.as_deref(), process.is_some(), exit_code) {
         (Some("paused"), true, _) => "paused".to_string(),
         (_, true, _) => "running".to_string(),
@@ -661,7 +691,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
         (Some("stopped"), false, None) => "exited".to_string(),
         (_, false, None) => "created".to_string(),
     };
-    let layers = store.db.container_layers(name)?;
+    let layers = store.container_layers(name)?;
     let writable = |d: PathBuf| (!c.read_only).then_some(d);
     Ok(Inspected {
         digest: c.manifest_digest.clone(),

@@ -83,21 +83,6 @@ impl TryFrom<&oci_spec::image::Digest> for Sha256Digest {
     }
 }
 
-/// Stored as its `sha256:<hex>` text; a malformed value read back is a conversion error, so a
-/// digest taken from the database never reaches a path join unchecked.
-impl rusqlite::types::ToSql for Sha256Digest {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::from(self.to_string()))
-    }
-}
-
-impl rusqlite::types::FromSql for Sha256Digest {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let s = v.as_str()?;
-        Sha256Digest::parse(s).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
-    }
-}
-
 impl serde::Serialize for Sha256Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

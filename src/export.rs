@@ -31,7 +31,6 @@ use rustix::fs::FlockOperation;
 
 use serde_json::{json, Value};
 
-use crate::db::DbError;
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError};
 use crate::store::{Store, StoreError};
@@ -63,8 +62,6 @@ pub enum ExportError {
     Format(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Db(#[from] DbError),
     #[error(transparent)]
     Image(#[from] ImageError),
 }
@@ -110,7 +107,7 @@ struct Parts {
 }
 
 fn load(store: &Store, name: &str) -> Result<Parts> {
-    let row = store.db.image(name)?.ok_or_else(|| ExportError::NoImage(name.to_string()))?;
+    let row = store.image(name)?.ok_or_else(|| ExportError::NoImage(name.to_string()))?;
     let bad = |reason: String| ExportError::BadImage { image: name.to_string(), reason };
     let manifest_digest = row.manifest_digest.clone();
     let manifest = store.read_blob(&manifest_digest)?;
@@ -759,7 +756,7 @@ mod tests {
     use super::*;
     use crate::commit::tests::{mknod, need_root, setx};
     use crate::commit::{write_layer, LayerOptions};
-    use crate::db::ImageLayerRow;
+    use crate::store::ImageLayerRow;
     use std::process::Command;
     use strata_test_support::tree::{assert_trees_eq, Tree};
 
@@ -775,7 +772,7 @@ mod tests {
         let info =
             write_layer(dir, &mut blob, &LayerOptions { compression: c, ..Default::default() }).unwrap();
         assert_eq!(store.put_blob(&blob).unwrap(), info.digest);
-        store.db.insert_layer(&info.diff_id, info.tar_size, info.entries).unwrap();
+        store.insert_layer(&info.diff_id, info.tar_size, info.entries).unwrap();
         ImageLayerRow {
             diff_id: info.diff_id.clone(),
             blob_digest: info.digest.clone(),
@@ -907,7 +904,7 @@ mod tests {
         // manifest.json names uncompressed layer tars whose sha256 are the diff_ids.
         let listing = run(Command::new("tar").arg("-tf").arg(&da));
         assert!(listing.contains("manifest.json") && listing.contains("repositories"), "{listing}");
-        let rows = store.db.image_layers("tiny").unwrap();
+        let rows = store.image("tiny").unwrap().unwrap().layers;
         for r in &rows {
             let hex = r.diff_id.hex();
             let member = run(Command::new("sh")

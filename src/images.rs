@@ -1,19 +1,23 @@
-//! Stored images as users list and inspect them: `image ls` rows with sizes and `image history`.
+//! Stored images as users list and inspect them: `image ls` rows with sizes and `image history`;
+//! and gc, which removes what no image (nor container, nor lease) holds.
+//!
+//! Above the snapshot core (gc prunes image chains through it) and the store (typed image rows,
+//! [`Store::image`]); below the pipelines.
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::db::{DbError, ImageLayerRow, ImageRow};
 use crate::digest::Sha256Digest;
-use crate::store::{Store, StoreError};
+use crate::snapshot::{SnapshotError, Snapshots};
+use crate::store::{ImageLayerRow, Lock, NewImage, Store, StoreError, StoredImage};
 
-/// Errors of listing and inspecting stored images.
+/// Errors of listing and inspecting stored images, and of gc.
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
     #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("image {0:?} not found")]
     NotFound(String),
     #[error("image {name:?}: blob {digest}: {reason}")]
@@ -63,13 +67,49 @@ fn created_of(config: &[u8], fallback: i64) -> i64 {
         .unwrap_or(fallback)
 }
 
-/// Every stored image, by name.
-pub fn list(store: &Store) -> Result<Vec<Listed>, ImagesError> {
-    store.db.images()?.into_iter().map(|i| listed(store, i)).collect()
+impl ImagesError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ImagesError::Store(e) => e.kind(),
+            ImagesError::Snapshot(e) => e.kind(),
+            ImagesError::NotFound(_) => crate::error::ErrorKind::NotFound,
+            ImagesError::BadConfig { .. } => crate::error::ErrorKind::InvalidArgument,
+        }
+    }
 }
 
-fn listed(store: &Store, i: ImageRow) -> Result<Listed, ImagesError> {
-    let layers = store.db.image_layers(&i.name)?;
+/// Remove every blob and layer no image, container or lease references, and the committed
+/// snapshots of layer chains no image names (nothing standing on them), under the gc lock.
+/// Returns (blobs, layers) removed.
+pub fn gc(store: &mut Store) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>), ImagesError> {
+    let _g = store.lock(Lock::Gc)?;
+    Snapshots::new(store).prune_image_chains()?;
+    let layers = store.remove_unreferenced_layers()?;
+    let blobs = store.remove_unreferenced_blobs()?;
+    Ok((blobs, layers))
+}
+
+/// `image tag`: a second name `new_name` for the manifest `img` names (no copy). Returns the name
+/// as stored (its canonical form). Hold [`Store::gc_shared`] from finding `img` to here.
+pub fn tag(store: &mut Store, img: &StoredImage, new_name: &str) -> Result<String, ImagesError> {
+    Ok(Snapshots::new(store).publish_image(&NewImage {
+        name: new_name,
+        manifest_digest: &img.manifest_digest,
+        config_digest: &img.config_digest,
+        blobs: vec![],
+        layers: img.layers.clone(),
+        lease: None,
+    })?)
+}
+
+/// Every stored image, by name.
+pub fn list(store: &Store) -> Result<Vec<Listed>, ImagesError> {
+    store.images()?.into_iter().map(|i| listed(store, i)).collect()
+}
+
+fn listed(store: &Store, i: StoredImage) -> Result<Listed, ImagesError> {
+    let layers = i.layers;
     let config = store.read_blob(&i.config_digest).unwrap_or_default();
     let created_secs = created_of(&config, i.created);
     let (repository, tag) = repository_and_tag(&i.name);
@@ -95,9 +135,9 @@ pub struct Inspected {
     pub config: Value,
 }
 
-/// Everything about the image `name` (found as [`crate::db::Db::image`] finds names).
+/// Everything about the image `name` (found as [`Store::image`] finds names).
 pub fn inspect(store: &Store, name: &str) -> Result<Inspected, ImagesError> {
-    let row = store.db.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
+    let row = store.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
     let bad = |what: &str, digest: &Sha256Digest, e: serde_json::Error| ImagesError::BadConfig {
         name: row.name.clone(),
         digest: digest.to_string(),
@@ -126,7 +166,7 @@ pub struct Step {
 /// steps add none). Layers with no history entry (images built without one) are listed as steps
 /// of their own.
 pub fn history(store: &Store, name: &str) -> Result<Vec<Step>, ImagesError> {
-    let img = store.db.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
+    let img = store.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
     let bad = |reason: String| ImagesError::BadConfig {
         name: name.to_string(),
         digest: img.config_digest.to_string(),
@@ -134,7 +174,7 @@ pub fn history(store: &Store, name: &str) -> Result<Vec<Step>, ImagesError> {
     };
     let config: Value =
         serde_json::from_slice(&store.read_blob(&img.config_digest)?).map_err(|e| bad(e.to_string()))?;
-    let mut layers = store.db.image_layers(&img.name)?.into_iter();
+    let mut layers = img.layers.clone().into_iter();
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let mut steps = Vec::new();
     for h in config.get("history").and_then(Value::as_array).into_iter().flatten() {

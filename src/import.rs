@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::db::{ImageLayerRow, NewImage};
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError, LayerRef, Platform, Resolved};
-use crate::store::{remove_tree, IoContext, Staging, Store, StoreError};
+use crate::snapshot::{SnapshotError, Snapshots};
+use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, NewImage, Staging, Store, StoreError};
 use crate::unpack::{self, UnpackError, UnpackOptions};
 
 /// Import errors. Layer errors name the layer and the reason.
@@ -31,8 +31,9 @@ pub enum ImportError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Publishing the image (its rows and its layer chain).
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Snapshot(#[from] SnapshotError),
     #[error("layer {layer}: {reason}")]
     Layer { layer: String, reason: String },
     #[error("layer {layer}")]
@@ -50,6 +51,26 @@ pub enum ImportError {
     /// (Not a `source`: the message already holds it.)
     #[error("{0} (the name comes from the source's tag; give --name)")]
     TagName(crate::reference::ReferenceError),
+}
+
+impl ImportError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ImportError::Store(e) => e.kind(),
+            ImportError::Snapshot(e) => e.kind(),
+            ImportError::Image(_) => ErrorKind::InvalidArgument,
+            ImportError::Layer { .. }
+            | ImportError::Unpack { .. }
+            | ImportError::DigestMismatch { .. }
+            | ImportError::SizeMismatch { .. }
+            | ImportError::DiffIdMismatch { .. } => ErrorKind::InvalidArgument,
+            ImportError::NoName | ImportError::Name(_) | ImportError::TagName(_) => {
+                ErrorKind::InvalidArgument
+            }
+        }
+    }
 }
 
 pub type Result<T, E = ImportError> = std::result::Result<T, E>;
@@ -401,7 +422,7 @@ pub fn import_prepared(
     let result = import_resolved(store, resolved, name, &staging, opts);
     if result.is_err() {
         // Release what this import leased; layers only it held go with them.
-        store.db.drop_leases(&staging.token)?;
+        store.drop_leases(&staging.token)?;
         store.remove_unreferenced_layers()?;
     }
     result
@@ -434,7 +455,7 @@ fn import_resolved(
     for row in &rows {
         blobs.push((row.blob_digest.clone(), row.blob_size, row.media_type.clone()));
     }
-    let stored = store.db.put_image(&NewImage {
+    let stored = Snapshots::new(store).publish_image(&NewImage {
         name,
         manifest_digest: &manifest_digest,
         config_digest: &config_digest,
@@ -537,9 +558,8 @@ pub(crate) fn put_test_image(
     let cd = store.put_blob(&config).expect("config blob");
     let manifest = build_manifest(&cd, config.len() as u64, &rows);
     let md = store.put_blob(&manifest).expect("manifest blob");
-    store
-        .db
-        .put_image(&NewImage {
+    Snapshots::new(store)
+        .publish_image(&NewImage {
             name,
             manifest_digest: &md,
             config_digest: &cd,
@@ -576,15 +596,15 @@ fn import_layer(
     };
     tap.emit(ImportEvent::LayerStarted { index: tap.index, layer: label.clone(), size: l.size });
     // Lease first, so a concurrent gc or recovery keeps the layer while this import needs it.
-    store.db.add_lease(&staging.token, diff_id)?;
-    let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
+    store.add_lease(&staging.token, diff_id)?;
+    let _lock = store.lock(Lock::Layer(diff_id))?;
     let layer_dir = store.layer_path(diff_id);
-    let have_layer = store.db.has_layer(diff_id)? && layer_dir.is_dir();
+    let have_layer = store.has_layer(diff_id)? && layer_dir.is_dir();
     let have_blob = l.digest.as_ref().is_some_and(|d| store.has_blob(d));
     if have_layer && have_blob {
         if let (Some(d), Some(sz)) = (&l.digest, l.size) {
             tap.emit(ImportEvent::LayerReused { index: tap.index });
-            let size = store.db.layer_size(diff_id)?.unwrap_or(0);
+            let size = store.layer_size(diff_id)?.unwrap_or(0);
             let mt = l.media_type.clone().unwrap_or_else(|| image::MT_OCI_LAYER.into());
             return Ok((
                 ImageLayerRow {
@@ -686,7 +706,7 @@ fn stream_into_store(
         cleanup();
         return Err(e);
     }
-    let mut size = store.db.layer_size(diff_id)?.unwrap_or(0);
+    let mut size = store.layer_size(diff_id)?.unwrap_or(0);
     if let (Some(d), Some(stats)) = (&unpack_dir, &stats) {
         // Durable before visible: one syncfs for the whole layer instead of an fsync per file.
         if let Err(e) = Store::syncfs(d) {
@@ -698,7 +718,7 @@ fn stream_into_store(
             cleanup();
             return Err(e.into());
         }
-        store.db.insert_layer(diff_id, stats.bytes, stats.entries)?;
+        store.insert_layer(diff_id, stats.bytes, stats.entries)?;
         size = stats.bytes;
     }
     if stored.is_none() {
@@ -762,7 +782,7 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
         return Ok(false);
     }
     let _gc = store.gc_shared()?;
-    let _lock = store.lock(&format!("layer-{}", diff_id.hex()))?;
+    let _lock = store.lock(Lock::Layer(&diff_id))?;
     if layer_dir.is_dir() {
         return Ok(false);
     }
@@ -787,7 +807,7 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
     Store::syncfs(&dir)?;
     fs::rename(&dir, &layer_dir).at(&layer_dir)?;
     if let Some(stats) = stats {
-        store.db.insert_layer(&layer.diff_id, stats.bytes, stats.entries)?;
+        store.insert_layer(&layer.diff_id, stats.bytes, stats.entries)?;
     }
     tracing::info!(layer = %layer.diff_id, "unpacked layer from its stored blob");
     Ok(true)

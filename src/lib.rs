@@ -1,16 +1,22 @@
 //! strata: an overlay-filesystem snapshotter and container runtime layer.
 //!
-//! Module map:
+//! Module map. The core is a one-way stack, each layer using only those below it (checked by a
+//! test that reads the sources, `layering.rs`): `meta` (the SQLite database and all SQL; private to
+//! the crate) -> [`store`] -> [`snapshot`] -> [`images`] and [`container`] -> the pipelines
+//! ([`import`], [`commit`], [`export`], [`registry`], [`run`]) -> the front ends.
 //! - [`digest`]: validated sha256 digests (before any path join).
 //! - [`error`]: the error kinds front ends map, and [`error::report`] for a chain of causes.
-//! - [`store`]: the state root (blobs, layers, staging, locks) and [`db`] its SQLite metadata.
+//! - [`store`]: the state root (blobs, layers, staging, typed locks, recovery) and typed reads of
+//!   its metadata ([`store::Store::image`]).
+//! - [`snapshot`]: the snapshot core (containerd's model), the only code that writes snapshot rows
+//!   together with their directories.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`sparse`]:
 //!   GNU sparse files in layer tars.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
-//! - [`images`]: stored images as listed (`image ls`, `image history`).
+//! - [`images`]: stored images as listed (`image ls`, `image history`), tagged, and gc.
 //! - [`overlay_format`]: whiteouts, opaque dirs, private xattrs, as commit and diff read them;
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
@@ -22,7 +28,6 @@
 pub mod bundle;
 pub mod commit;
 pub mod container;
-pub mod db;
 pub mod diff;
 pub mod digest;
 pub mod error;
@@ -34,6 +39,7 @@ pub mod image;
 pub mod images;
 pub mod import;
 pub mod lifecycle;
+pub(crate) mod meta;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;

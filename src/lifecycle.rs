@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::bundle::{self, BundleError, RunSpec};
 use crate::container::{self, Backend, ContainerError};
 use crate::run::{self, RunError};
-use crate::store::{Store, StoreError};
+use crate::store::{RemovedImage, Store, StoreError};
 
 /// Lifecycle errors: which step failed, for which container.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +54,11 @@ pub enum LifecycleError {
     #[error("image {name}")]
     Image { name: String, source: StoreError },
     #[error("gc")]
-    Gc(#[source] StoreError),
+    Gc(#[source] crate::images::ImagesError),
     #[error("measuring {path}")]
     Measure { path: PathBuf, source: Box<crate::snapshot::SnapshotError> },
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Root(#[from] StoreError),
 }
 
 pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
@@ -102,25 +102,11 @@ impl std::fmt::Display for Status {
 }
 
 /// Where a container's exit code is kept.
+/// Exit codes are the container's running state: kept by [`crate::container`].
+pub use crate::container::{record_exit, recorded_exit};
+
 fn exit_path(store: &Store, name: &str) -> PathBuf {
     container::dir(store, name).join("exit")
-}
-
-/// Record how a container's process ended (its exit code, 128+signal when killed). Best effort:
-/// a container removed meanwhile has no directory to record it in.
-pub fn record_exit(store: &Store, name: &str, code: i32) {
-    let p = exit_path(store, name);
-    let tmp = p.with_extension("tmp");
-    let done = std::fs::write(&tmp, format!("{code}\n")).and_then(|()| std::fs::rename(&tmp, &p));
-    if let Err(e) = done {
-        tracing::debug!(container = name, error = %e, "exit code not recorded");
-        let _ = std::fs::remove_file(&tmp);
-    }
-}
-
-/// The recorded exit code of a container's last run, if any.
-pub fn recorded_exit(store: &Store, name: &str) -> Option<i32> {
-    std::fs::read_to_string(exit_path(store, name)).ok()?.trim().parse().ok()
 }
 
 fn clear_exit(store: &Store, name: &str) -> Result<()> {
@@ -138,7 +124,7 @@ pub fn status(store: &Store, name: &str) -> Result<Status> {
         name: name.to_string(),
         source: Box::new(ContainerError::NotFound(name.to_string())),
     };
-    store.db.container(name)?.ok_or_else(gone)?;
+    container::row(store, name)?.ok_or_else(gone)?;
     let (state, id) = container::runc_ids(store, name);
     if container::is_running(store, name).map_err(cerr(name))?.is_some() {
         let paused = bundle::runc_status(&state, &id).as_deref() == Some("paused");
@@ -180,9 +166,7 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
     let mut spec = match oci_spec::runtime::Spec::load(bundle_dir.join("config.json")) {
         Ok(spec) => spec,
         Err(_) => {
-            let row = store
-                .db
-                .container(name)?
+            let row = container::row(store, name)?
                 .ok_or_else(|| cerr(name)(ContainerError::NotFound(name.to_string())))?;
             let blob = store
                 .read_blob(&row.config_digest)
@@ -535,7 +519,7 @@ pub struct Pruned {
 /// prune`. A container that starts meanwhile is left alone (removal refuses a running one).
 pub fn system_prune(store: &mut Store) -> Result<Pruned> {
     let mut out = Pruned::default();
-    for c in store.db.containers()? {
+    for c in container::rows(store)? {
         let name = c.name;
         match status(store, &name) {
             Ok(s) if matches!(s.state, State::Created | State::Exited) => {}
@@ -552,7 +536,7 @@ pub fn system_prune(store: &mut Store) -> Result<Pruned> {
             Err(e) => out.failed.push((name, crate::error::report(&e))),
         }
     }
-    let (blobs, layers) = store.gc().map_err(LifecycleError::Gc)?;
+    let (blobs, layers) = crate::images::gc(store).map_err(LifecycleError::Gc)?;
     out.blobs = blobs.len();
     out.layers = layers.len();
     Ok(out)
@@ -564,12 +548,10 @@ pub fn system_prune(store: &mut Store) -> Result<Pruned> {
 pub fn remove_image_and_containers(store: &mut Store, name: &str) -> Result<String> {
     let image_err = |source| LifecycleError::Image { name: name.to_string(), source };
     for attempt in 0..2 {
-        match store.db.remove_image(name)? {
-            crate::db::RemovedImage::Removed(stored) => return Ok(stored),
-            crate::db::RemovedImage::NotFound => {
-                return Err(image_err(StoreError::NoImage(name.to_string())))
-            }
-            crate::db::RemovedImage::InUse(users) if attempt == 0 => {
+        match store.try_remove_image(name).map_err(image_err)? {
+            RemovedImage::Removed(stored) => return Ok(stored),
+            RemovedImage::NotFound => return Err(image_err(StoreError::NoImage(name.to_string()))),
+            RemovedImage::InUse(users) if attempt == 0 => {
                 for u in users {
                     match container::remove(store, &u, true) {
                         Ok(()) | Err(ContainerError::NotFound(_)) => {}
@@ -577,7 +559,7 @@ pub fn remove_image_and_containers(store: &mut Store, name: &str) -> Result<Stri
                     }
                 }
             }
-            crate::db::RemovedImage::InUse(users) => {
+            RemovedImage::InUse(users) => {
                 return Err(image_err(StoreError::ImageInUse {
                     image: name.to_string(),
                     containers: users.join(", "),
@@ -731,14 +713,14 @@ pub fn info(store: &Store) -> Result<Info> {
     let kernel = kernel_features();
     let fuse_bin = container::fuse_binary();
     let mut counts = Counts {
-        images: store.db.images()?.len(),
-        layers: store.db.all_layers()?.len(),
+        images: store.images()?.len(),
+        layers: store.layers()?.len(),
         layers_bytes: measure(&store.root().join("layers"))?,
         blobs_bytes: measure(&store.root().join("blobs"))?,
         containers_bytes: measure(&store.snapshots_dir())?,
         ..Default::default()
     };
-    for c in store.db.containers()? {
+    for c in container::rows(store)? {
         counts.containers += 1;
         match status(store, &c.name).map(|s| s.state) {
             Ok(State::Running) => counts.running += 1,

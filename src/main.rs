@@ -864,7 +864,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(container::ContainerError::NotFound(_)) => {
-                    if store.db.image(&name)?.is_none() {
+                    if store.image(&name)?.is_none() {
                         anyhow::bail!("no such container or image: {}", strata::image::printable(&name, 200));
                     }
                     drop(store);
@@ -909,7 +909,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
-            let (blobs, layers) = store.gc().context("gc")?;
+            let (blobs, layers) = strata::images::gc(&mut store).context("gc")?;
             outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -981,7 +981,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Prune { force: _ } => {
             let mut store = open_store(root)?;
-            let (blobs, layers) = store.gc().context("image prune")?;
+            let (blobs, layers) = strata::images::gc(&mut store).context("image prune")?;
             outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
         }
         ImageCmd::History { name, json } => {
@@ -1040,18 +1040,8 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let mut store = open_store(root)?;
             // Shared with imports, exclusive of gc: the blobs and layers stay while named.
             let _gc = store.gc_shared()?;
-            let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
-            let layers = store.db.image_layers(&img.name)?;
-            let stored = store
-                .db
-                .put_image(&strata::db::NewImage {
-                    name: &new_name,
-                    manifest_digest: &img.manifest_digest,
-                    config_digest: &img.config_digest,
-                    blobs: vec![],
-                    layers,
-                    lease: None,
-                })
+            let img = store.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
+            let stored = strata::images::tag(&mut store, &img, &new_name)
                 .with_context(|| format!("tagging {name} as {new_name}"))?;
             outln!("{stored}")?;
         }

@@ -114,12 +114,10 @@ pub fn export_container(store: &mut Store, name: &str, out: impl Write) -> Resul
 /// A read-only overlay of a container's layers with its upper dir (if any) as the top lower, its
 /// layers unpacked first (a committed layer is unpacked at its first use).
 fn read_only_view(store: &mut Store, name: &str) -> Result<OverlaySpec> {
-    let c = store
-        .db
-        .container(name)
+    let c = container::row(store, name)
         .map_err(ContainerError::from)?
         .ok_or_else(|| ContainerError::NotFound(name.to_string()))?;
-    for l in store.db.container_layers(name).map_err(ContainerError::from)? {
+    for l in container::layers(store, name).map_err(ContainerError::from)? {
         crate::import::materialize_layer(store, &l).map_err(|e| ContainerError::Layer(Box::new(e)))?;
     }
     let spec = container::overlay_spec(store, &c)?;

@@ -1,6 +1,10 @@
 //! The state root: `blobs/sha256/<hex>`, `layers/sha256/<hex>/`, `snapshots/<id>/` (see
 //! [`crate::snapshot`]), `staging/`, `locks/`, `containers/<name>/`, and the metadata database
-//! `strata.db`.
+//! `strata.db` ([`crate::meta`], reached only through the store).
+//!
+//! The second layer of the stack: it uses meta and nothing above (not the snapshot core, which
+//! stands on it). It owns paths, staging, trash, blobs, typed locks ([`Lock`]), recovery, and the
+//! typed reads of image, container and layer rows the layers above need ([`Store::image`]).
 //!
 //! Crash safety: everything is built under `staging/<token>/` while the builder holds an flock on
 //! `staging/<token>.lock`, and renamed into place only when complete and verified. On open, staging
@@ -15,8 +19,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::FlockOperation;
 use sha2::{Digest as _, Sha256};
 
-use crate::db::{Db, DbError, RemovedImage};
 use crate::digest::Sha256Digest;
+pub use crate::meta::{ContainerRow, ImageLayerRow, NewImage, RemovedImage};
+use crate::meta::{Db, MetaError};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +29,7 @@ pub enum StoreError {
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Snapshot(Box<crate::snapshot::SnapshotError>),
+    Meta(#[from] MetaError),
     #[error("blob {digest} not found in the store")]
     MissingBlob { digest: String },
     #[error("image {0:?} not found")]
@@ -46,11 +49,10 @@ impl StoreError {
         use crate::error::ErrorKind;
         match self {
             StoreError::Io { source, .. } => ErrorKind::of_io(source),
-            StoreError::Snapshot(s) => s.kind(),
             StoreError::MissingBlob { .. } | StoreError::NoImage(_) => ErrorKind::NotFound,
             StoreError::ImageInUse { .. } => ErrorKind::FailedPrecondition,
             StoreError::Untrusted { .. } | StoreError::NotADirectory { .. } => ErrorKind::InvalidArgument,
-            StoreError::Db(e) => e.kind(),
+            StoreError::Meta(e) => e.kind(),
         }
     }
 }
@@ -71,15 +73,49 @@ impl<T> IoContext<T> for io::Result<T> {
 /// The opened state root.
 pub struct Store {
     root: PathBuf,
-    pub db: Db,
+    /// Private: the layers above read rows through the store's typed accessors, and only the
+    /// snapshot core runs transactions ([`Store::meta_mut`]).
+    db: Db,
     /// Declared after `db`: dropped after the database connection has closed.
     _reserve: Reserve,
 }
 
-/// The name of the lock every change of container `name`'s state takes (create, mount, umount,
-/// rm, commit, export, run; recovery of its directory).
-pub fn container_lock_name(name: &str) -> String {
-    format!("container-{name}")
+/// The locks under `locks/`, each named here once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock<'a> {
+    /// Taken exclusively by gc; shared ([`Store::gc_shared`]) by whatever writes or reads blobs and
+    /// layers that no image references yet.
+    Gc,
+    /// A layer's unpack, and its removal.
+    Layer(&'a Sha256Digest),
+    /// Every change of a container's state (create, mount, umount, rm, commit, export, run;
+    /// recovery of its directory).
+    Container(&'a str),
+    /// A running `strata run` of a container (it records its pid there).
+    Run(&'a str),
+}
+
+impl Lock<'_> {
+    /// The lock's name: its file is `locks/<name>.lock`.
+    pub fn name(&self) -> String {
+        match self {
+            Lock::Gc => "gc".to_string(),
+            Lock::Layer(d) => format!("layer-{}", d.hex()),
+            Lock::Container(name) => format!("container-{name}"),
+            Lock::Run(name) => format!("run-{name}"),
+        }
+    }
+}
+
+/// A stored image: its name, ID (the config digest), manifest digest, when it was stored (Unix
+/// seconds) and its layers, bottom first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredImage {
+    pub name: String,
+    pub manifest_digest: Sha256Digest,
+    pub config_digest: Sha256Digest,
+    pub created: i64,
+    pub layers: Vec<ImageLayerRow>,
 }
 
 /// An exclusive flock held until drop.
@@ -401,6 +437,104 @@ impl Store {
         self.root.join("containers")
     }
 
+    /// `snapshots/`: one short directory per snapshot.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// A snapshot's directory, `snapshots/<id>` (made and removed by the snapshot core).
+    pub fn snapshot_dir(&self, id: i64) -> PathBuf {
+        self.snapshots_dir().join(id.to_string())
+    }
+
+    /// The metadata database, for reads of the layers that own its rows (the snapshot core).
+    pub(crate) fn meta(&self) -> &Db {
+        &self.db
+    }
+
+    /// The metadata database, for the snapshot core's transactions.
+    pub(crate) fn meta_mut(&mut self) -> &mut Db {
+        &mut self.db
+    }
+
+    /// The image a user means by `name`, as docker finds it: the name as stored, else its
+    /// canonical form (`busybox` finds `busybox:latest`), else a unique prefix of an image ID
+    /// (the config digest, with or without `sha256:`). Use the returned `name` for everything
+    /// after.
+    pub fn image(&self, name: &str) -> Result<Option<StoredImage>> {
+        match self.db.image(name)? {
+            Some(row) => Ok(Some(self.stored_image(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored image, by name.
+    pub fn images(&self) -> Result<Vec<StoredImage>> {
+        self.db.images()?.into_iter().map(|row| self.stored_image(row)).collect()
+    }
+
+    fn stored_image(&self, row: crate::meta::ImageRow) -> Result<StoredImage> {
+        let layers = self.db.image_layers(&row.name)?;
+        Ok(StoredImage {
+            name: row.name,
+            manifest_digest: row.manifest_digest,
+            config_digest: row.config_digest,
+            created: row.created,
+            layers,
+        })
+    }
+
+    /// Remove an image name, saying why not when it cannot go (see [`Store::remove_image`]).
+    pub fn try_remove_image(&mut self, name: &str) -> Result<RemovedImage> {
+        Ok(self.db.remove_image(name)?)
+    }
+
+    /// Container `name`'s row (read through [`crate::container`]).
+    pub(crate) fn container_row(&self, name: &str) -> Result<Option<ContainerRow>> {
+        Ok(self.db.container(name)?)
+    }
+
+    /// Every container's row, by name.
+    pub(crate) fn container_rows(&self) -> Result<Vec<ContainerRow>> {
+        Ok(self.db.containers()?)
+    }
+
+    /// The layers container `name` stands on, bottom first.
+    pub(crate) fn container_layers(&self, name: &str) -> Result<Vec<ImageLayerRow>> {
+        Ok(self.db.container_layers(name)?)
+    }
+
+    /// Whether layer `diff_id` has its row (its directory is complete).
+    pub fn has_layer(&self, diff_id: &Sha256Digest) -> Result<bool> {
+        Ok(self.db.has_layer(diff_id)?)
+    }
+
+    /// The unpacked size of layer `diff_id`, if it has its row.
+    pub fn layer_size(&self, diff_id: &Sha256Digest) -> Result<Option<u64>> {
+        Ok(self.db.layer_size(diff_id)?)
+    }
+
+    /// Every layer with a row.
+    pub fn layers(&self) -> Result<Vec<Sha256Digest>> {
+        Ok(self.db.all_layers()?)
+    }
+
+    /// Record layer `diff_id` (its directory is in place): its size and entries.
+    pub(crate) fn insert_layer(&mut self, diff_id: &Sha256Digest, size: u64, entries: u64) -> Result<()> {
+        Ok(self.db.insert_layer(diff_id, size, entries)?)
+    }
+
+    /// Hold layer `diff_id` for the operation of staging token `token` (an import or commit):
+    /// gc and recovery leave it alone while the token is live.
+    pub(crate) fn add_lease(&mut self, token: &str, diff_id: &Sha256Digest) -> Result<()> {
+        Ok(self.db.add_lease(token, diff_id)?)
+    }
+
+    /// Release what staging token `token` held.
+    pub(crate) fn drop_leases(&mut self, token: &str) -> Result<()> {
+        Ok(self.db.drop_leases(token)?)
+    }
+
     pub fn has_blob(&self, d: &Sha256Digest) -> bool {
         self.blob_path(d).is_file()
     }
@@ -417,9 +551,9 @@ impl Store {
         })
     }
 
-    /// Take the exclusive lock named `name` (under `locks/`), waiting for it.
-    pub fn lock(&self, name: &str) -> Result<LockGuard> {
-        let p = self.lock_path(name);
+    /// Take lock `lock` exclusively, waiting for it.
+    pub fn lock(&self, lock: Lock<'_>) -> Result<LockGuard> {
+        let p = self.lock_path(lock);
         lock_file(&p, true)?
             .ok_or_else(|| StoreError::Io { path: p, source: io::ErrorKind::WouldBlock.into() })
     }
@@ -429,23 +563,23 @@ impl Store {
     /// exports and layer unpacks hold it shared for their whole run, so gc never takes what they
     /// have just written for garbage.
     pub fn gc_shared(&self) -> Result<LockGuard> {
-        let p = self.lock_path("gc");
+        let p = self.lock_path(Lock::Gc);
         flock_file(&p, FlockOperation::LockShared)?
             .ok_or_else(|| StoreError::Io { path: p, source: io::ErrorKind::WouldBlock.into() })
     }
 
-    /// Take the lock named `name` if it is free; `Ok(None)` when another holds it.
-    pub fn try_lock(&self, name: &str) -> Result<Option<LockGuard>> {
-        lock_file(&self.lock_path(name), false)
+    /// Take lock `lock` if it is free; `Ok(None)` when another holds it.
+    pub fn try_lock(&self, lock: Lock<'_>) -> Result<Option<LockGuard>> {
+        lock_file(&self.lock_path(lock), false)
     }
 
-    /// What the holder of lock `name` recorded in it ([`LockGuard::record`]).
-    pub fn lock_record(&self, name: &str) -> String {
-        fs::read_to_string(self.lock_path(name)).unwrap_or_default()
+    /// What the holder of lock `lock` recorded in it ([`LockGuard::record`]).
+    pub fn lock_record(&self, lock: Lock<'_>) -> String {
+        fs::read_to_string(self.lock_path(lock)).unwrap_or_default()
     }
 
-    fn lock_path(&self, name: &str) -> PathBuf {
-        self.root.join("locks").join(format!("{name}.lock"))
+    fn lock_path(&self, lock: Lock<'_>) -> PathBuf {
+        self.root.join("locks").join(format!("{}.lock", lock.name()))
     }
 
     /// A new private staging directory.
@@ -577,8 +711,7 @@ impl Store {
             };
             if !known.contains(&d) {
                 // Only if nobody is importing it right now.
-                let p = self.root.join("locks").join(format!("layer-{}.lock", d.hex()));
-                if let Some(_g) = lock_file(&p, false)? {
+                if let Some(_g) = self.try_lock(Lock::Layer(&d))? {
                     if !self.db.has_layer(&d)? {
                         tracing::info!(layer = %d, "removing layer directory without metadata");
                         drop(self.trash(&e.path())?);
@@ -587,7 +720,7 @@ impl Store {
             }
         }
         self.recover_containers()?;
-        self.snapshots().cleanup().map_err(|e| StoreError::Snapshot(Box::new(e)))?;
+        self.remove_orphan_snapshot_dirs()?;
         Ok(())
     }
 
@@ -599,13 +732,13 @@ impl Store {
         for c in self.db.containers()? {
             let Some(id) = c.snapshot else { continue };
             let old = self.containers_dir().join(&c.name);
-            let sdir = crate::snapshot::dir(self, id);
+            let sdir = self.snapshot_dir(id);
             let moves = [(old.join("upper"), sdir.join("fs")), (old.join("work"), sdir.join("work"))];
             let pending = !sdir.is_dir() || moves.iter().any(|(from, _)| fs::symlink_metadata(from).is_ok());
             if !pending {
                 continue;
             }
-            let _g = self.lock(&container_lock_name(&c.name))?;
+            let _g = self.lock(Lock::Container(&c.name))?;
             let mut b = fs::DirBuilder::new();
             b.mode(0o700);
             match b.create(&sdir) {
@@ -644,7 +777,7 @@ impl Store {
             if known.contains(&name) {
                 continue;
             }
-            if let Some(_g) = self.try_lock(&container_lock_name(&name))? {
+            if let Some(_g) = self.try_lock(Lock::Container(&name))? {
                 if self.db.container(&name)?.is_none() && !is_mount_point_below(&e.path()) {
                     tracing::info!(container = %name, "removing container directory without metadata");
                     drop(self.trash(&e.path())?);
@@ -659,7 +792,7 @@ impl Store {
         let mut removed = Vec::new();
         for diff_id in self.db.unreferenced_layers()? {
             let d = diff_id.clone();
-            let _g = self.lock(&format!("layer-{}", d.hex()))?;
+            let _g = self.lock(Lock::Layer(&d))?;
             // Re-check under the lock: an import may have leased it meanwhile.
             if self.db.layer_refcount(&diff_id)? > 0 {
                 continue;
@@ -674,13 +807,9 @@ impl Store {
         Ok(removed)
     }
 
-    /// Remove every blob and layer no image references. Returns (blobs, layers) removed.
-    pub fn gc(&mut self) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>)> {
-        let _g = self.lock("gc")?;
-        for id in self.db.prune_image_chains()? {
-            drop(self.trash(&crate::snapshot::dir(self, id))?);
-        }
-        let layers = self.remove_unreferenced_layers()?;
+    /// Remove the blobs no image or container references (none while an import holds a lease:
+    /// its blobs are not referenced yet). Part of gc (`crate::images::gc`), under its lock.
+    pub(crate) fn remove_unreferenced_blobs(&mut self) -> Result<Vec<Sha256Digest>> {
         let referenced = self.db.referenced_blobs()?;
         let mut blobs = Vec::new();
         let dir = self.root.join("blobs/sha256");
@@ -696,7 +825,61 @@ impl Store {
                 blobs.push(digest);
             }
         }
-        Ok((blobs, layers))
+        Ok(blobs)
+    }
+
+    /// Remove what no row owns under `snapshots/`: directories a crashed snapshot create or
+    /// remove left. Runs in a write transaction, so no create is between its rename and its
+    /// commit meanwhile.
+    pub(crate) fn remove_orphan_snapshot_dirs(&mut self) -> Result<Vec<PathBuf>> {
+        let snaps = self.snapshots_dir();
+        // A cheap look first (every command recovers on open): only entries that no row owns now
+        // need the write transaction.
+        let known = crate::meta::snapshots::ids(self.db.conn())?;
+        let suspicious = match fs::read_dir(&snaps) {
+            Ok(entries) => entries.flatten().any(|e| {
+                !e.file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .is_some_and(|id| known.contains(&id))
+            }),
+            Err(_) => false,
+        };
+        if !suspicious {
+            return Ok(Vec::new());
+        }
+        let orphans = self.db.write(|tx| -> Result<_> {
+            let known = crate::meta::snapshots::ids(tx)?;
+            let mut orphans = Vec::new();
+            let entries = match fs::read_dir(&snaps) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(orphans),
+                Err(e) => return Err(e).at(&snaps),
+            };
+            for e in entries {
+                let e = e.at(&snaps)?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.parse::<i64>().is_ok_and(|id| known.contains(&id)) {
+                    continue;
+                }
+                // Renamed out of the numeric namespace while no create can run: an id left by
+                // a rolled-back create may be taken again as soon as this transaction ends.
+                let gone = if name.starts_with("gone-") {
+                    e.path()
+                } else {
+                    let g = snaps.join(format!("gone-{name}-{}", crate::meta::snapshots::now_ns()));
+                    fs::rename(e.path(), &g).at(e.path())?;
+                    g
+                };
+                orphans.push(gone);
+            }
+            Ok(orphans)
+        })?;
+        for p in &orphans {
+            tracing::info!(path = %p.display(), "removing snapshot directory without metadata");
+            drop(self.trash(p)?);
+        }
+        Ok(orphans)
     }
 
     /// Remove an image name; refuses while containers stand on the image and this is its last
@@ -716,6 +899,9 @@ impl Store {
         crate::fsutil::syncfs(path).at(path)
     }
 }
+
+#[cfg(test)]
+mod migration_tests;
 
 #[cfg(test)]
 mod tests {

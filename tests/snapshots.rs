@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{privileged, repo};
-use strata::snapshot::{ErrorKind, Kind, Mount};
+use strata::snapshot::{ErrorKind, Kind, Mount, Snapshots};
 use strata::store::Store;
 
 #[derive(Clone, Copy, Debug)]
@@ -59,12 +59,12 @@ impl Env {
         let target = self.target();
         match self.mounter {
             Mounter::Kernel => {
-                let mounts = self.store.snapshots().mounts(key).expect("mounts");
+                let mounts = Snapshots::new(&mut self.store).mounts(key).expect("mounts");
                 assert_eq!(mounts.len(), 1, "{mounts:?}");
                 perform(&mounts[0], &target);
             }
             Mounter::Fuse => {
-                let spec = self.store.snapshots().overlay_spec(key).expect("spec");
+                let spec = Snapshots::new(&mut self.store).overlay_spec(key).expect("spec");
                 let resolve = |p: &Path| fs::canonicalize(p).expect("resolve lower");
                 let mut lowers: Vec<PathBuf> = spec.lowers.iter().map(|p| resolve(p)).collect();
                 if lowers.is_empty() {
@@ -147,10 +147,10 @@ fn capture(p: &Path) -> strata_test_support::tree::Tree {
 /// Mount a new view of committed snapshot `parent`, or active snapshot `key` itself, and compare
 /// it with `expected`.
 fn check(env: &mut Env, key: &str, expected: &Path, what: &str) {
-    let kind = env.store.snapshots().stat(key).expect("stat").kind;
+    let kind = Snapshots::new(&mut env.store).stat(key).expect("stat").kind;
     let key = if kind == Kind::Committed {
         let view = format!("check-{}", env.n);
-        env.store.snapshots().view(&view, Some(key), &labels()).expect("view");
+        Snapshots::new(&mut env.store).view(&view, Some(key), &labels()).expect("view");
         view
     } else {
         key.to_string()
@@ -166,13 +166,13 @@ fn write(p: &Path, text: &str) {
 /// Prepare `key` over `parent`, mount it, run `ops` on it and on `model`, unmount, commit it as
 /// `name`.
 fn layer(env: &mut Env, parent: Option<&str>, key: &str, name: &str, model: &Path, ops: impl Fn(&Path)) {
-    env.store.snapshots().prepare(key, parent, &labels()).expect("prepare");
+    Snapshots::new(&mut env.store).prepare(key, parent, &labels()).expect("prepare");
     {
         let (_m, at) = env.mount(key);
         ops(&at);
     }
     ops(model);
-    env.store.snapshots().commit(name, key, &labels()).expect("commit");
+    Snapshots::new(&mut env.store).commit(name, key, &labels()).expect("commit");
 }
 
 fn suite_basic(mounter: Mounter) {
@@ -201,7 +201,7 @@ fn suite_basic(mounter: Mounter) {
         write(&r.join("bar"), "bar\n");
         fs::rename(r.join("foo"), r.join("foo2")).expect("rename from a lower layer");
     });
-    env.store.snapshots().view("v", Some("child"), &labels()).expect("view");
+    Snapshots::new(&mut env.store).view("v", Some("child"), &labels()).expect("view");
     let (_m, at) = env.mount("v");
     strata_test_support::tree::assert_trees_eq(&capture(&model), &capture(&at), "view of two layers");
     let e = fs::write(at.join("x"), "x").expect_err("a view is read-only");
@@ -209,12 +209,12 @@ fn suite_basic(mounter: Mounter) {
     drop(_m);
 
     // Stat, usage, and the order of removal.
-    let s = env.store.snapshots();
+    let s = Snapshots::new(&mut env.store);
     let info = s.stat("child").expect("stat");
     assert_eq!((info.kind, info.parent.as_deref()), (Kind::Committed, Some("base")));
     let u = s.usage("child").expect("usage");
     assert!(u.inodes >= 5, "{u:?}");
-    let mut s = env.store.snapshots();
+    let mut s = Snapshots::new(&mut env.store);
     let e = s.remove("base").expect_err("has children");
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
     let e = s.mounts("child").expect_err("a committed snapshot has no mounts");
@@ -247,7 +247,7 @@ fn suite_deep(mounter: Mounter, n: usize) {
         parent = Some(name);
     }
     let top = parent.expect("top");
-    env.store.snapshots().prepare("work", Some(&top), &labels()).expect("prepare");
+    Snapshots::new(&mut env.store).prepare("work", Some(&top), &labels()).expect("prepare");
     check(&mut env, "work", &model, &format!("active snapshot over {n} layers"));
 }
 

@@ -41,7 +41,7 @@ impl Service {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
             let mut guard = store.lock().map_err(|_| Status::internal("snapshot store lock poisoned"))?;
-            f(&mut guard.snapshots()).map_err(|e| status(&e))
+            f(&mut Snapshots::new(&mut guard)).map_err(|e| status(&e))
         })
         .await
         .map_err(|e| Status::internal(format!("snapshot call failed: {e}")))?

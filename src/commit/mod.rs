@@ -30,10 +30,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::db::{DbError, ImageLayerRow, NewImage};
 use crate::digest::Sha256Digest;
 use crate::image::{self, ImageError};
-use crate::store::{IoContext, Store, StoreError};
+use crate::snapshot::{SnapshotError, Snapshots};
+use crate::store::{ImageLayerRow, IoContext, Lock, NewImage, Store, StoreError};
 
 pub use changes::apply_changes;
 pub use config::{derive_config, rfc3339};
@@ -61,12 +61,32 @@ pub enum CommitError {
     NoImage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Publishing the image (its rows and its layer chain).
     #[error(transparent)]
-    Db(#[from] DbError),
+    Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
     Name(#[from] crate::reference::ReferenceError),
+}
+
+impl CommitError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            CommitError::Io { source, .. } | CommitError::Write(source) => ErrorKind::of_io(source),
+            CommitError::Store(e) => e.kind(),
+            CommitError::Snapshot(e) => e.kind(),
+            CommitError::NoImage(_) => ErrorKind::NotFound,
+            CommitError::Unsupported { .. }
+            | CommitError::Change { .. }
+            | CommitError::SourceDateEpoch { .. }
+            | CommitError::BadImage { .. }
+            | CommitError::Image(_)
+            | CommitError::Name(_) => ErrorKind::InvalidArgument,
+        }
+    }
 }
 
 pub type Result<T, E = CommitError> = std::result::Result<T, E>;
@@ -124,12 +144,8 @@ pub struct Parent {
 impl Parent {
     /// What image `name` points to now.
     pub fn of_image(store: &Store, name: &str) -> Result<Parent> {
-        let img = store.db.image(name)?.ok_or_else(|| CommitError::NoImage(name.to_string()))?;
-        Ok(Parent {
-            layers: store.db.image_layers(&img.name)?,
-            name: img.name,
-            config_digest: img.config_digest,
-        })
+        let img = store.image(name)?.ok_or_else(|| CommitError::NoImage(name.to_string()))?;
+        Ok(Parent { layers: img.layers, name: img.name, config_digest: img.config_digest })
     }
 }
 
@@ -155,7 +171,7 @@ pub fn commit(
     let res = commit_staged(store, &staging, upper, parent_image, new_name, opts, &parent_cfg, parent_layers);
     if res.is_err() {
         // Release what this commit leased; a layer only it held goes with it.
-        store.db.drop_leases(&staging.token)?;
+        store.drop_leases(&staging.token)?;
         store.remove_unreferenced_layers()?;
     }
     res
@@ -185,15 +201,15 @@ fn commit_staged(
     drop(blob);
 
     let diff_id = info.diff_id.clone();
-    store.db.add_lease(&staging.token, &diff_id)?;
+    store.add_lease(&staging.token, &diff_id)?;
     // Until its directory is unpacked, the layer's size is its tar's size.
     let size = info.tar_size;
     let layer_created = {
-        let _lock = store.lock(&format!("layer-{}", info.diff_id.hex()))?;
-        if store.db.has_layer(&diff_id)? {
+        let _lock = store.lock(Lock::Layer(&info.diff_id))?;
+        if store.has_layer(&diff_id)? {
             false
         } else {
-            store.db.insert_layer(&diff_id, size, info.entries)?;
+            store.insert_layer(&diff_id, size, info.entries)?;
             true
         }
     };
@@ -235,7 +251,7 @@ fn commit_staged(
     for r in &rows {
         blobs.push((r.blob_digest.clone(), r.blob_size, r.media_type.clone()));
     }
-    let stored = store.db.put_image(&NewImage {
+    let stored = Snapshots::new(store).publish_image(&NewImage {
         name: new_name,
         manifest_digest: &manifest_digest,
         config_digest: &cfg_digest,
@@ -249,7 +265,6 @@ fn commit_staged(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::db::ImageLayerRow;
     use serde_json::Value;
     use std::fs;
     use std::io::Read;
@@ -408,7 +423,7 @@ pub(crate) mod tests {
         let mut blob = vec![];
         let info = write_layer(&l, &mut blob, &LayerOptions::default()).unwrap();
         store.put_blob(&blob).unwrap();
-        store.db.insert_layer(&info.diff_id, info.tar_size, info.entries).unwrap();
+        store.insert_layer(&info.diff_id, info.tar_size, info.entries).unwrap();
         let rows = vec![ImageLayerRow {
             diff_id: info.diff_id.clone(),
             blob_digest: info.digest.clone(),
@@ -444,7 +459,7 @@ pub(crate) mod tests {
         let e = Parent::of_image(&store, "nope").unwrap_err();
         assert!(matches!(e, CommitError::NoImage(_)), "{e}");
         assert_eq!(count_files(&store.root().join("blobs/sha256")), blobs_before);
-        assert!(store.db.image("new").unwrap().is_none());
+        assert!(store.image("new").unwrap().is_none());
     }
 
     /// Committing over the name a container was created from moves the name; the container keeps
@@ -456,19 +471,18 @@ pub(crate) mod tests {
         let upper = t.path().join("upper");
         fs::create_dir(&upper).unwrap();
         fs::write(upper.join("new-file"), b"x").unwrap();
-        let before = store.db.image("base").unwrap().unwrap();
-        let snaps = store.snapshots_dir();
-        let row = store.db.insert_container("c1", "base", false, false, &snaps).unwrap();
+        let before = store.image("base").unwrap().unwrap();
+        let row = Snapshots::new(&mut store).create_container("c1", "base", false, false).unwrap();
         assert_eq!(row.manifest_digest, before.manifest_digest);
-        let layers_before = store.db.container_layers("c1").unwrap();
+        let layers_before = store.container_layers("c1").unwrap();
         let base = Parent::of_image(&store, "base").unwrap();
         let c = commit(&mut store, &upper, &base, "base", &CommitOptions::default()).unwrap();
         assert_ne!(c.manifest_digest, before.manifest_digest);
-        assert_eq!(store.db.image("base").unwrap().unwrap().manifest_digest, c.manifest_digest);
-        let row = store.db.container("c1").unwrap().unwrap();
+        assert_eq!(store.image("base").unwrap().unwrap().manifest_digest, c.manifest_digest);
+        let row = store.container_row("c1").unwrap().unwrap();
         assert_eq!((row.manifest_digest, row.config_digest), (before.manifest_digest, before.config_digest));
-        assert_eq!(store.db.container_layers("c1").unwrap(), layers_before);
-        assert_eq!(store.db.image_layers("base").unwrap().len(), layers_before.len() + 1);
+        assert_eq!(store.container_layers("c1").unwrap(), layers_before);
+        assert_eq!(store.image("base").unwrap().unwrap().layers.len(), layers_before.len() + 1);
     }
 
     #[test]
@@ -492,7 +506,7 @@ pub(crate) mod tests {
         assert!(c.layer_created);
         // Only the blob was written; the directory comes at first use.
         assert!(!store.layer_path(&c.layer.diff_id).exists());
-        let layers = store.db.image_layers("derived").unwrap();
+        let layers = store.image("derived").unwrap().unwrap().layers;
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0].media_type, image::MT_OCI_LAYER_GZIP);
         assert_eq!(layers[1].diff_id, c.layer.diff_id);

@@ -59,8 +59,7 @@ pub fn push(
     dest: &Normalized,
     opts: &PushOptions,
 ) -> Result<Pushed, RegistryError> {
-    let row =
-        store.db.image(name).map_err(StoreError::from)?.ok_or_else(|| StoreError::NoImage(name.into()))?;
+    let row = store.image(name)?.ok_or_else(|| StoreError::NoImage(name.into()))?;
     // Blobs are read while nothing may collect them.
     let _gc = store.gc_shared()?;
     let md = row.manifest_digest.clone();

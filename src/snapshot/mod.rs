@@ -15,11 +15,17 @@
 //! string of a 500-layer stack made relative to `snapshots/` (as containerd compacts it, and as
 //! [`kernel_overlay`]'s legacy path does) fits in one page.
 //!
-//! Metadata lives in the store's database ([`meta`]), one transaction per operation; directories
-//! are made before the transaction commits and renamed into place, so a crash leaves either the
-//! row and its directory or an orphan directory that [`Snapshots::cleanup`] removes.
+//! The snapshot core is the only code that creates or removes snapshot rows together with their
+//! directories. Rows live in the store's database (the SQL is `crate::meta::snapshots`), one
+//! transaction per operation; directories are made before the transaction commits and renamed into
+//! place, so a crash leaves either the row and its directory or an orphan directory that
+//! [`Snapshots::cleanup`] (and every store's recovery) removes. Containers and image chains are
+//! written through it too: [`Snapshots::create_container`], [`Snapshots::remove_container`],
+//! [`Snapshots::publish_image`], [`Snapshots::prune_image_chains`], each one transaction for the
+//! caller's rows and the snapshots' together.
+//!
+//! Below it: the store (paths, staging, trash) and meta (rows). It knows nothing above.
 
-pub mod meta;
 mod mounts;
 #[cfg(test)]
 mod tests;
@@ -31,73 +37,20 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
+pub use crate::meta::{chain_ids, Info, Kind, Usage};
 
+/// The key of container `name`'s snapshot. containerd's keys are `NAMESPACE/NUMBER/NAME`, so
+/// this form never collides with one.
+pub fn container_key(name: &str) -> String {
+    crate::meta::container_snapshot_key(name)
+}
 pub use mounts::Mount;
 
-use crate::db::DbError;
 use crate::digest::Sha256Digest;
-use crate::store::{remove_tree, Store};
-
-/// What kind a snapshot is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    View,
-    Active,
-    Committed,
-}
-
-impl Kind {
-    fn code(self) -> i64 {
-        match self {
-            Kind::View => 1,
-            Kind::Active => 2,
-            Kind::Committed => 3,
-        }
-    }
-
-    fn from_code(c: i64) -> Option<Kind> {
-        match c {
-            1 => Some(Kind::View),
-            2 => Some(Kind::Active),
-            3 => Some(Kind::Committed),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::View => "view",
-            Kind::Active => "active",
-            Kind::Committed => "committed",
-        }
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A snapshot as containerd's `Info` has it. Times are nanoseconds since the epoch.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Info {
-    pub name: String,
-    pub parent: Option<String>,
-    pub kind: Kind,
-    pub labels: BTreeMap<String, String>,
-    pub created: i64,
-    pub updated: i64,
-}
-
-/// Disk usage of a snapshot's own tree (not its parents'): bytes in blocks, and inodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    pub size: u64,
-    pub inodes: u64,
-}
+use crate::meta::snapshots as rows;
+use crate::meta::snapshots::Row;
+use crate::meta::MetaError;
+use crate::store::{remove_tree, Store, StoreError};
 
 /// Snapshot errors. Each message says its own part; the cause, if any, is its `source()`.
 #[derive(Debug, thiserror::Error)]
@@ -125,22 +78,28 @@ pub enum SnapshotError {
     #[error("snapshot {key:?}: mount")]
     Mount { key: String, source: kernel_overlay::Error },
     #[error("snapshot metadata")]
-    Db(#[source] DbError),
+    Meta(#[source] MetaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
-impl From<rusqlite::Error> for SnapshotError {
-    fn from(e: rusqlite::Error) -> Self {
-        SnapshotError::Db(DbError::Sql(e))
-    }
-}
-
-impl From<DbError> for SnapshotError {
-    fn from(e: DbError) -> Self {
+impl From<MetaError> for SnapshotError {
+    /// What meta found wrong with a snapshot becomes the snapshot error it stands for; the rest
+    /// (the database, an image or container row) is the cause of a metadata error.
+    fn from(e: MetaError) -> Self {
         match e {
-            DbError::Snapshot(s) => *s,
-            e => SnapshotError::Db(e),
+            MetaError::SnapshotNotFound(k) => SnapshotError::NotFound(k),
+            MetaError::ParentNotFound(p) => SnapshotError::ParentNotFound(p),
+            MetaError::SnapshotExists(k) => SnapshotError::AlreadyExists(k),
+            MetaError::NotActive { key, kind } => SnapshotError::NotActive { key, kind },
+            MetaError::ParentNotCommitted { parent, kind } => {
+                SnapshotError::ParentNotCommitted { parent, kind }
+            }
+            MetaError::Invalid(m) => SnapshotError::Invalid(m),
+            MetaError::Corrupt(m) => SnapshotError::Corrupt(m),
+            e => SnapshotError::Meta(e),
         }
     }
 }
@@ -158,9 +117,9 @@ impl SnapshotError {
                 ErrorKind::InvalidArgument
             }
             SnapshotError::Mount { .. } => ErrorKind::InvalidArgument,
-            SnapshotError::Corrupt(_) | SnapshotError::Db(_) | SnapshotError::Io { .. } => {
-                ErrorKind::Internal
-            }
+            SnapshotError::Meta(e) => e.kind(),
+            SnapshotError::Store(e) => e.kind(),
+            SnapshotError::Corrupt(_) | SnapshotError::Io { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -171,40 +130,14 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io { path: path.to_path_buf(), source }
 }
 
-/// Chain IDs of a layer stack, bottom first (OCI image spec: `ChainID(L0) = DiffID(L0)`,
-/// `ChainID(L0|..|Ln) = sha256(ChainID(L0|..|Ln-1) + " " + DiffID(Ln))`).
-pub fn chain_ids(diff_ids: &[Sha256Digest]) -> Vec<Sha256Digest> {
-    let mut out: Vec<Sha256Digest> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => Sha256Digest::from_bytes(&Sha256::digest(format!("{prev} {d}").as_bytes())),
-        };
-        out.push(next);
-    }
-    out
-}
-
 /// The snapshots of a store.
 pub struct Snapshots<'s> {
     store: &'s mut Store,
 }
 
-impl Store {
-    /// The snapshot core over this store.
-    pub fn snapshots(&mut self) -> Snapshots<'_> {
-        Snapshots { store: self }
-    }
-
-    /// `snapshots/`: one short directory per snapshot.
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root().join("snapshots")
-    }
-}
-
 /// A snapshot's directory, `snapshots/<id>`.
 pub fn dir(store: &Store, id: i64) -> PathBuf {
-    store.snapshots_dir().join(id.to_string())
+    store.snapshot_dir(id)
 }
 
 /// A snapshot's tree, `snapshots/<id>/fs`.
@@ -217,7 +150,12 @@ pub fn work_dir(store: &Store, id: i64) -> PathBuf {
     dir(store, id).join("work")
 }
 
-impl Snapshots<'_> {
+impl<'s> Snapshots<'s> {
+    /// The snapshot core over `store`.
+    pub fn new(store: &'s mut Store) -> Snapshots<'s> {
+        Snapshots { store }
+    }
+
     pub fn store(&self) -> &Store {
         self.store
     }
@@ -251,12 +189,9 @@ impl Snapshots<'_> {
         parent: Option<&str>,
         kind: Kind,
         labels: &BTreeMap<String, String>,
-    ) -> Result<meta::Row> {
+    ) -> Result<Row> {
         let snaps = self.store.snapshots_dir();
-        self.store
-            .db
-            .write(|tx| Ok(create_in(tx, &snaps, key, parent, kind, labels)?))
-            .map_err(SnapshotError::from)
+        self.store.meta_mut().write(|tx| create_in(tx, &snaps, key, parent, kind, labels))
     }
 
     /// See [`mounts`].
@@ -272,16 +207,13 @@ impl Snapshots<'_> {
     /// Commit active snapshot `key` as `name`: the same directory, now read-only and usable as
     /// a parent. Its usage is measured and recorded now.
     pub fn commit(&mut self, name: &str, key: &str, labels: &BTreeMap<String, String>) -> Result<()> {
-        let row = meta::get(self.store.db.conn(), key)?;
+        let row = rows::get(self.store.meta().conn(), key)?;
         if row.kind != Kind::Active {
             return Err(SnapshotError::NotActive { key: key.to_string(), kind: row.kind });
         }
         let usage = measure(&fs_dir(self.store, row.id))?;
         let work = work_dir(self.store, row.id);
-        self.store
-            .db
-            .write(|tx| Ok(meta::commit(tx, name, key, usage, labels)?))
-            .map_err(SnapshotError::from)?;
+        self.store.meta_mut().write(|tx| -> Result<_> { Ok(rows::commit(tx, name, key, usage, labels)?) })?;
         let _ = remove_tree(&work);
         Ok(())
     }
@@ -300,68 +232,56 @@ impl Snapshots<'_> {
         chain_id: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Option<Info>> {
-        self.store
-            .db
-            .write(|tx| {
-                // Chain snapshots are keyed by the chain ID's own text.
-                let Some(target) = meta::by_key(tx, chain_id)? else {
-                    return Ok(None);
-                };
-                let (Kind::Committed, Some(diff_id)) = (target.kind, target.diff_id.clone()) else {
-                    return Ok(None);
-                };
-                let mut diff_ids = Vec::new();
-                if let Some(p) = parent.filter(|p| !p.is_empty()) {
-                    let pr =
-                        meta::by_key(tx, p)?.ok_or_else(|| SnapshotError::ParentNotFound(p.to_string()))?;
-                    for r in meta::chain(tx, pr.id)?.into_iter().rev() {
-                        match r.diff_id {
-                            Some(d) => diff_ids.push(d),
-                            // Content containerd applied itself: its chain is not known here.
-                            None => return Ok(None),
-                        }
+        self.store.meta_mut().write(|tx| -> Result<_> {
+            // Chain snapshots are keyed by the chain ID's own text.
+            let Some(target) = rows::by_key(tx, chain_id)? else {
+                return Ok(None);
+            };
+            let (Kind::Committed, Some(diff_id)) = (target.kind, target.diff_id.clone()) else {
+                return Ok(None);
+            };
+            let mut diff_ids = Vec::new();
+            if let Some(p) = parent.filter(|p| !p.is_empty()) {
+                let pr = rows::by_key(tx, p)?.ok_or_else(|| SnapshotError::ParentNotFound(p.to_string()))?;
+                for r in rows::chain(tx, pr.id)?.into_iter().rev() {
+                    match r.diff_id {
+                        Some(d) => diff_ids.push(d),
+                        // Content containerd applied itself: its chain is not known here.
+                        None => return Ok(None),
                     }
                 }
-                diff_ids.push(diff_id.clone());
-                if chain_ids(&diff_ids).last().map(|c| c.to_string()).as_deref() != Some(chain_id) {
-                    return Ok(None);
-                }
-                let row = meta::insert(tx, name, parent, Kind::Committed, Some(&diff_id), labels)?;
-                Ok(Some(meta::info(tx, &row)?))
-            })
-            .map_err(SnapshotError::from)
+            }
+            diff_ids.push(diff_id.clone());
+            if chain_ids(&diff_ids).last().map(|c| c.to_string()).as_deref() != Some(chain_id) {
+                return Ok(None);
+            }
+            let row = rows::insert(tx, name, parent, Kind::Committed, Some(&diff_id), labels)?;
+            Ok(Some(rows::info(tx, &row)?))
+        })
     }
 
     /// Remove a snapshot (not one with children, nor one a container stands on). The row goes
     /// first, then the directory in one rename to staging.
     pub fn remove(&mut self, key: &str) -> Result<()> {
-        let id = self
-            .store
-            .db
-            .write(|tx| {
-                let r = meta::get(tx, key)?;
-                if meta::has_children(tx, r.id)? {
-                    return Err(SnapshotError::HasChildren(key.to_string()).into());
-                }
-                if let Some(container) = meta::container_of(tx, r.id)? {
-                    return Err(SnapshotError::InUse { key: key.to_string(), container }.into());
-                }
-                meta::delete(tx, r.id)?;
-                Ok(r.id)
-            })
-            .map_err(SnapshotError::from)?;
+        let id = self.store.meta_mut().write(|tx| -> Result<_> {
+            let r = rows::get(tx, key)?;
+            if rows::has_children(tx, r.id)? {
+                return Err(SnapshotError::HasChildren(key.to_string()));
+            }
+            if let Some(container) = rows::container_of(tx, r.id)? {
+                return Err(SnapshotError::InUse { key: key.to_string(), container });
+            }
+            rows::delete(tx, r.id)?;
+            Ok(r.id)
+        })?;
         let d = dir(self.store, id);
-        drop(
-            self.store
-                .trash(&d)
-                .map_err(|e| SnapshotError::Io { path: d.clone(), source: io::Error::other(e) })?,
-        );
+        drop(self.store.trash(&d)?);
         Ok(())
     }
 
     pub fn stat(&self, key: &str) -> Result<Info> {
-        let c = self.store.db.conn();
-        meta::info(c, &meta::get(c, key)?)
+        let c = self.store.meta().conn();
+        Ok(rows::info(c, &rows::get(c, key)?)?)
     }
 
     /// Change a snapshot's labels, as containerd's Update: with no field paths (or `labels`)
@@ -369,46 +289,38 @@ impl Snapshots<'_> {
     /// Other fields cannot change.
     pub fn update(&mut self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
         let key = info.name.clone();
-        self.store
-            .db
-            .write(|tx| {
-                let r = meta::get(tx, &key)?;
-                let mut labels = meta::labels(tx, r.id)?;
-                if fieldpaths.is_empty() {
+        self.store.meta_mut().write(|tx| -> Result<_> {
+            let r = rows::get(tx, &key)?;
+            let mut labels = rows::labels(tx, r.id)?;
+            if fieldpaths.is_empty() {
+                labels = info.labels.clone();
+            }
+            for f in fieldpaths {
+                if f == "labels" {
                     labels = info.labels.clone();
+                } else if let Some(k) = f.strip_prefix("labels.") {
+                    match info.labels.get(k) {
+                        Some(v) => labels.insert(k.to_string(), v.clone()),
+                        None => labels.remove(k),
+                    };
+                } else {
+                    return Err(SnapshotError::Invalid(format!(
+                        "cannot update {f:?} of snapshot {key:?}: only labels can change"
+                    )));
                 }
-                for f in fieldpaths {
-                    if f == "labels" {
-                        labels = info.labels.clone();
-                    } else if let Some(k) = f.strip_prefix("labels.") {
-                        match info.labels.get(k) {
-                            Some(v) => labels.insert(k.to_string(), v.clone()),
-                            None => labels.remove(k),
-                        };
-                    } else {
-                        return Err(SnapshotError::Invalid(format!(
-                            "cannot update {f:?} of snapshot {key:?}: only labels can change"
-                        ))
-                        .into());
-                    }
-                }
-                meta::set_labels(tx, r.id, &labels)?;
-                meta::touch(tx, r.id)?;
-                Ok(meta::info(tx, &meta::get(tx, &key)?)?)
-            })
-            .map_err(SnapshotError::from)
+            }
+            rows::set_labels(tx, r.id, &labels)?;
+            rows::touch(tx, r.id)?;
+            Ok(rows::info(tx, &rows::get(tx, &key)?)?)
+        })
     }
 
     /// Disk usage of the snapshot's own tree: recorded at commit, measured now for an active one.
     pub fn usage(&self, key: &str) -> Result<Usage> {
-        let c = self.store.db.conn();
-        let r = meta::get(c, key)?;
+        let c = self.store.meta().conn();
+        let r = rows::get(c, key)?;
         if let Some(d) = &r.diff_id {
-            let (size, entries): (i64, i64) =
-                c.query_row("SELECT size, entries FROM layers WHERE diff_id = ?1", [d], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            return Ok(Usage { size: size as u64, inodes: entries as u64 });
+            return Ok(rows::layer_usage(c, d)?);
         }
         match (r.kind, r.size, r.inodes) {
             (Kind::Committed, Some(size), Some(inodes)) => Ok(Usage { size, inodes }),
@@ -418,70 +330,119 @@ impl Snapshots<'_> {
 
     /// Every snapshot, oldest first.
     pub fn walk(&self) -> Result<Vec<Info>> {
-        let c = self.store.db.conn();
-        meta::all(c)?.iter().map(|r| meta::info(c, r)).collect()
+        let c = self.store.meta().conn();
+        rows::all(c)?.iter().map(|r| Ok(rows::info(c, r)?)).collect()
     }
 
-    /// Remove what no row owns under `snapshots/`: directories a crashed create or remove left.
-    /// Runs in a write transaction, so no create is between its rename and its commit meanwhile.
+    /// Remove what no row owns under `snapshots/`: directories a crashed create or remove left
+    /// (every store's recovery does it too, see [`Store::recover`]).
     pub fn cleanup(&mut self) -> Result<Vec<PathBuf>> {
-        let snaps = self.store.snapshots_dir();
-        // A cheap look first (every command recovers on open): only entries that no row owns now
-        // need the write transaction.
-        let known = meta::ids(self.store.db.conn())?;
-        let suspicious = match fs::read_dir(&snaps) {
-            Ok(entries) => entries.flatten().any(|e| {
-                !e.file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .is_some_and(|id| known.contains(&id))
-            }),
-            Err(_) => false,
-        };
-        if !suspicious {
-            return Ok(Vec::new());
-        }
-        let orphans = self
-            .store
-            .db
-            .write(|tx| {
-                let known = meta::ids(tx)?;
-                let mut orphans = Vec::new();
-                let entries = match fs::read_dir(&snaps) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(orphans),
-                    Err(e) => return Err(SnapshotError::Io { path: snaps.clone(), source: e }.into()),
-                };
-                for e in entries {
-                    let e = e.map_err(io_at(&snaps)).map_err(DbError::from)?;
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.parse::<i64>().is_ok_and(|id| known.contains(&id)) {
-                        continue;
-                    }
-                    // Renamed out of the numeric namespace while no create can run: an id left by
-                    // a rolled-back create may be taken again as soon as this transaction ends.
-                    let gone = if name.starts_with("gone-") {
-                        e.path()
-                    } else {
-                        let g = snaps.join(format!("gone-{name}-{}", meta::now_ns()));
-                        fs::rename(e.path(), &g).map_err(io_at(&e.path())).map_err(DbError::from)?;
-                        g
-                    };
-                    orphans.push(gone);
-                }
-                Ok(orphans)
-            })
-            .map_err(SnapshotError::from)?;
-        for p in &orphans {
-            tracing::info!(path = %p.display(), "removing snapshot directory without metadata");
-            drop(
-                self.store
-                    .trash(p)
-                    .map_err(|e| SnapshotError::Io { path: p.clone(), source: io::Error::other(e) })?,
-            );
-        }
-        Ok(orphans)
+        Ok(self.store.remove_orphan_snapshot_dirs()?)
     }
+
+    /// Make sure the committed snapshots of a layer chain exist, in the caller's transaction:
+    /// each keyed by its chain ID and backed by its layer's directory (linked at first use, see
+    /// [`mounts`]), so no directory is made here. Returns the top one's key, `None` for no layers.
+    pub(crate) fn ensure_chain(tx: &crate::meta::Tx, diff_ids: &[Sha256Digest]) -> Result<Option<String>> {
+        Ok(rows::ensure_chain(tx, diff_ids)?.map(|_| chain_key(diff_ids)))
+    }
+
+    /// Publish an image: its rows (name, manifest, config, blobs, layers; the import's lease
+    /// released) and its layer chain's committed snapshots, in one transaction. Returns the name
+    /// as stored (its canonical form).
+    pub fn publish_image(&mut self, img: &crate::meta::NewImage<'_>) -> Result<String> {
+        let chain: Vec<Sha256Digest> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+        self.store.meta_mut().write(|tx| -> Result<_> {
+            let name = crate::meta::put_image_rows(tx, img)?;
+            Self::ensure_chain(tx, &chain)?;
+            Ok(name)
+        })
+    }
+
+    /// Create container `name` over what image `image` names now: its rows (bound to the image's
+    /// manifest and layers) and its snapshot (an active one, or a view when `read_only`) over the
+    /// top of the image's chain, in one transaction. The snapshot's directory is made inside it,
+    /// before the commit, and removed again when the commit fails; a crash in between leaves an
+    /// orphan directory that recovery removes.
+    pub fn create_container(
+        &mut self,
+        name: &str,
+        image: &str,
+        read_only: bool,
+        volatile: bool,
+    ) -> Result<crate::meta::ContainerRow> {
+        let snaps = self.store.snapshots_dir();
+        let key = crate::meta::container_snapshot_key(name);
+        let kind = if read_only { Kind::View } else { Kind::Active };
+        let made = std::cell::Cell::new(None);
+        let done = self.store.meta_mut().write(|tx| -> Result<_> {
+            let (mut row, chain) = crate::meta::insert_container_rows(tx, name, image, read_only, volatile)?;
+            let parent = Self::ensure_chain(tx, &chain)?;
+            let snap = create_in(tx, &snaps, &key, parent.as_deref(), kind, &BTreeMap::new())?;
+            made.set(Some(snap.id));
+            crate::meta::set_container_snapshot(tx, name, snap.id)?;
+            row.snapshot = Some(snap.id);
+            Ok(row)
+        });
+        if let (Err(_), Some(id)) = (&done, made.get()) {
+            // The directory was made for a row that was never committed.
+            let _ = self.store.trash(&dir(self.store, id));
+        }
+        done
+    }
+
+    /// Remove container `name`'s rows and its snapshot (row, then directory in one rename to
+    /// staging), in one transaction. Returns whether it existed.
+    pub fn remove_container(&mut self, name: &str) -> Result<bool> {
+        let (removed, snap) = self.store.meta_mut().write(|tx| -> Result<_> {
+            let (removed, snap) = crate::meta::delete_container_rows(tx, name)?;
+            if let Some(id) = snap {
+                rows::delete(tx, id)?;
+            }
+            Ok((removed, snap))
+        })?;
+        if let Some(id) = snap {
+            drop(self.store.trash(&dir(self.store, id))?);
+        }
+        Ok(removed)
+    }
+
+    /// Remove the committed snapshots of layer chains that no image names any more (and that
+    /// nothing stands on: a container, a longer chain, a containerd snapshot), in one
+    /// transaction, then their directories. Returns their ids.
+    pub fn prune_image_chains(&mut self) -> Result<Vec<i64>> {
+        let removed = self.store.meta_mut().write(|tx| -> Result<_> {
+            let keep: std::collections::HashSet<String> = crate::meta::image_chains(tx)?
+                .iter()
+                .flat_map(|c| chain_ids(c))
+                .map(|c| c.to_string())
+                .collect();
+            let mut removed = Vec::new();
+            loop {
+                let doomed: Vec<i64> = rows::chain_leaves(tx)?
+                    .into_iter()
+                    .filter(|(_, k)| !keep.contains(k))
+                    .map(|(id, _)| id)
+                    .collect();
+                if doomed.is_empty() {
+                    return Ok(removed);
+                }
+                for id in doomed {
+                    rows::delete(tx, id)?;
+                    removed.push(id);
+                }
+            }
+        })?;
+        for id in &removed {
+            drop(self.store.trash(&dir(self.store, *id))?);
+        }
+        Ok(removed)
+    }
+}
+
+/// The key of a layer chain's top committed snapshot: its chain ID.
+fn chain_key(diff_ids: &[Sha256Digest]) -> String {
+    chain_ids(diff_ids).pop().map(|c| rows::chain_key(&c)).unwrap_or_default()
 }
 
 /// The mounts of a snapshot, as containerd's overlay snapshotter derives them from the parent
@@ -514,7 +475,7 @@ pub fn overlay_spec_real(store: &Store, key: &str) -> Result<kernel_overlay::Ove
 }
 
 /// A snapshot's row and the trees of its ancestors (top first), each made reachable first.
-fn resolve(store: &Store, key: &str) -> Result<(meta::Row, Vec<PathBuf>)> {
+fn resolve(store: &Store, key: &str) -> Result<(Row, Vec<PathBuf>)> {
     let (row, parents) = mountable(store, key)?;
     let lowers = parents.iter().map(|r| reachable(store, r)).collect::<Result<Vec<_>>>()?;
     Ok((row, lowers))
@@ -522,20 +483,20 @@ fn resolve(store: &Store, key: &str) -> Result<(meta::Row, Vec<PathBuf>)> {
 
 /// An active or view snapshot's row and its ancestors' rows, nearest first; a committed one has
 /// no mounts of its own.
-fn mountable(store: &Store, key: &str) -> Result<(meta::Row, Vec<meta::Row>)> {
-    let conn = store.db.conn();
-    let row = meta::get(conn, key)?;
+fn mountable(store: &Store, key: &str) -> Result<(Row, Vec<Row>)> {
+    let conn = store.meta().conn();
+    let row = rows::get(conn, key)?;
     if row.kind == Kind::Committed {
         return Err(SnapshotError::Committed(key.to_string()));
     }
-    let mut chain = meta::chain(conn, row.id)?;
+    let mut chain = rows::chain(conn, row.id)?;
     chain.remove(0);
     Ok((row, chain))
 }
 
 /// `snapshots/<id>/fs` of a snapshot; a layer-backed snapshot's link to its layer is made at its
 /// first use (and again if lost).
-fn reachable(store: &Store, r: &meta::Row) -> Result<PathBuf> {
+fn reachable(store: &Store, r: &Row) -> Result<PathBuf> {
     if let Some(d) = &r.diff_id {
         let target = PathBuf::from("../../layers/sha256").join(d.hex());
         link_layer(&dir(store, r.id), &target)?;
@@ -544,20 +505,20 @@ fn reachable(store: &Store, r: &meta::Row) -> Result<PathBuf> {
 }
 
 /// Insert an active or view snapshot and make its directory, in the caller's transaction.
-pub(crate) fn create_in(
-    tx: &rusqlite::Connection,
+fn create_in(
+    tx: &crate::meta::Tx,
     snapshots_dir: &Path,
     key: &str,
     parent: Option<&str>,
     kind: Kind,
     labels: &BTreeMap<String, String>,
-) -> Result<meta::Row> {
+) -> Result<Row> {
     if kind == Kind::Committed {
         return Err(SnapshotError::Invalid(format!(
             "snapshot {key:?}: commit an active snapshot to make a committed one"
         )));
     }
-    let row = meta::insert(tx, key, parent, kind, None, labels)?;
+    let row = rows::insert(tx, key, parent, kind, None, labels)?;
     make_dir(snapshots_dir, row.id, kind)?;
     Ok(row)
 }
@@ -659,7 +620,7 @@ pub fn measure(root: &Path) -> Result<Usage> {
 impl Store {
     /// `stat` without a `&mut` borrow, for tests.
     pub(crate) fn snapshots_ref_stat(&self, key: &str) -> Info {
-        let c = self.db.conn();
-        meta::info(c, &meta::get(c, key).unwrap()).unwrap()
+        let c = self.meta().conn();
+        rows::info(c, &rows::get(c, key).unwrap()).unwrap()
     }
 }

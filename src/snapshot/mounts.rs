@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use kernel_overlay::OverlaySpec;
 
-use super::{fs_dir, meta::Row, work_dir, Kind, SnapshotError};
+use super::{fs_dir, work_dir, Kind, Row, SnapshotError};
 use crate::store::Store;
 
 /// A mount as containerd describes it: what a caller passes to mount(2) itself.

@@ -8,8 +8,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::db::{ImageLayerRow, NewImage};
+use crate::meta::snapshots as rows;
 use crate::store::Store;
+use crate::store::{ImageLayerRow, NewImage};
+use sha2::{Digest as _, Sha256};
 
 fn store() -> (tempfile::TempDir, Store) {
     let t = tempfile::tempdir().unwrap();
@@ -27,7 +29,7 @@ fn add_layer(store: &mut Store, n: usize) -> Sha256Digest {
     let dir = store.layer_path(&d);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(format!("file-{n}")), n.to_string()).unwrap();
-    store.db.insert_layer(&d, 1, 2).unwrap();
+    store.insert_layer(&d, 1, 2).unwrap();
     d
 }
 
@@ -48,9 +50,8 @@ fn put_image(store: &mut Store, name: &str, diff_ids: &[Sha256Digest]) {
         })
         .collect();
     let m = Sha256Digest::from_bytes(&Sha256::digest(name.as_bytes()));
-    store
-        .db
-        .put_image(&NewImage {
+    Snapshots::new(store)
+        .publish_image(&NewImage {
             name,
             manifest_digest: &m,
             config_digest: &m,
@@ -62,7 +63,7 @@ fn put_image(store: &mut Store, name: &str, diff_ids: &[Sha256Digest]) {
 }
 
 fn id_of(store: &Store, key: &str) -> i64 {
-    meta::get(store.db.conn(), key).unwrap().id
+    rows::get(store.meta().conn(), key).unwrap().id
 }
 
 fn path(s: &str) -> PathBuf {
@@ -76,7 +77,7 @@ fn option<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
 #[test]
 fn prepare_commit_and_views_derive_containerd_mounts() {
     let (_t, mut store) = store();
-    let mut s = store.snapshots();
+    let mut s = Snapshots::new(&mut store);
     let m = s.prepare("a", None, &no_labels()).unwrap();
     let a = id_of(s.store(), "a");
     let a_fs = fs_dir(s.store(), a);
@@ -146,7 +147,7 @@ fn prepare_commit_and_views_derive_containerd_mounts() {
 #[test]
 fn errors_have_containerd_kinds() {
     let (_t, mut store) = store();
-    let mut s = store.snapshots();
+    let mut s = Snapshots::new(&mut store);
     s.prepare("a", None, &no_labels()).unwrap();
     let e = s.prepare("a", None, &no_labels()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
@@ -191,7 +192,7 @@ fn errors_have_containerd_kinds() {
 #[test]
 fn update_replaces_or_edits_labels_and_touches_updated() {
     let (_t, mut store) = store();
-    let mut s = store.snapshots();
+    let mut s = Snapshots::new(&mut store);
     let l = |kv: &[(&str, &str)]| {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
     };
@@ -222,7 +223,7 @@ fn update_replaces_or_edits_labels_and_touches_updated() {
 #[test]
 fn cleanup_removes_only_what_no_row_owns() {
     let (_t, mut store) = store();
-    let mut s = store.snapshots();
+    let mut s = Snapshots::new(&mut store);
     s.prepare("a", None, &no_labels()).unwrap();
     let a = id_of(s.store(), "a");
     let snaps = s.store().snapshots_dir();
@@ -254,7 +255,7 @@ fn image_chains_are_committed_snapshots_sharing_layer_directories() {
     let expected1 =
         format!("sha256:{}", hex::encode(Sha256::digest(format!("{} {}", l[0], l[1]).as_bytes())));
     assert_eq!(chain[1], expected1);
-    let s = store.snapshots();
+    let s = Snapshots::new(&mut store);
     for (i, c) in chain.iter().enumerate() {
         let info = s.stat(c).unwrap();
         assert_eq!(info.kind, Kind::Committed);
@@ -263,13 +264,13 @@ fn image_chains_are_committed_snapshots_sharing_layer_directories() {
     // Two of the same layers under another image: the same snapshots, no new rows.
     let n = s.walk().unwrap().len();
     put_image(&mut store, "two", &l[..2]);
-    assert_eq!(store.snapshots().walk().unwrap().len(), n);
+    assert_eq!(Snapshots::new(&mut store).walk().unwrap().len(), n);
     // The same layers in another order: other chains, the same layer directories.
     put_image(&mut store, "swapped", &[l[1].clone(), l[0].clone()]);
     let swapped = keys(&[l[1].clone(), l[0].clone()]);
-    let top = meta::get(store.db.conn(), &swapped[1]).unwrap();
+    let top = rows::get(store.meta().conn(), &swapped[1]).unwrap();
     let spec_parent = {
-        let mut s = store.snapshots();
+        let mut s = Snapshots::new(&mut store);
         s.view("v", Some(&swapped[1]), &no_labels()).unwrap();
         s.overlay_spec("v").unwrap()
     };
@@ -280,24 +281,24 @@ fn image_chains_are_committed_snapshots_sharing_layer_directories() {
     assert_eq!(fs::read_to_string(spec_parent.lowers[0].join("file-0")).unwrap(), "0");
     assert_eq!(top.diff_id.as_ref(), Some(&l[0]));
     // Usage of a layer-backed snapshot is its layer's recorded size.
-    assert_eq!(store.snapshots().usage(&chain[0]).unwrap(), Usage { size: 1, inodes: 2 });
+    assert_eq!(Snapshots::new(&mut store).usage(&chain[0]).unwrap(), Usage { size: 1, inodes: 2 });
 
     // gc: chains no image names go (not those under a view), their layers then too.
-    store.snapshots().remove("v").unwrap();
+    Snapshots::new(&mut store).remove("v").unwrap();
     store.remove_image("swapped").unwrap();
     store.remove_image("three").unwrap();
-    let pruned = store.db.prune_image_chains().unwrap();
+    let pruned = Snapshots::new(&mut store).prune_image_chains().unwrap();
     assert_eq!(pruned.len(), 3, "three's top, and swapped's chain top down");
     for gone in [&chain[2], &swapped[1], &swapped[0]] {
-        assert_eq!(store.snapshots().stat(gone).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(Snapshots::new(&mut store).stat(gone).unwrap_err().kind(), ErrorKind::NotFound);
     }
     for kept in [&chain[0], &chain[1]] {
-        assert!(store.snapshots().stat(kept).is_ok(), "image two still names {kept}");
+        assert!(Snapshots::new(&mut store).stat(kept).is_ok(), "image two still names {kept}");
     }
     store.remove_image("two").unwrap();
-    store.gc().unwrap();
-    assert!(store.snapshots().walk().unwrap().is_empty());
-    assert!(store.db.all_layers().unwrap().is_empty(), "layers freed once no chain holds them");
+    crate::images::gc(&mut store).unwrap();
+    assert!(Snapshots::new(&mut store).walk().unwrap().is_empty());
+    assert!(store.layers().unwrap().is_empty(), "layers freed once no chain holds them");
 }
 
 /// The acceptance case: 500 lowers (overlayfs's limit). containerd mounts with one mount(2)
@@ -309,7 +310,7 @@ fn five_hundred_layers_fit_one_page() {
     let l: Vec<Sha256Digest> = (0..500).map(|n| add_layer(&mut store, n)).collect();
     put_image(&mut store, "deep", &l);
     let top = keys(&l).pop().unwrap();
-    let mut s = store.snapshots();
+    let mut s = Snapshots::new(&mut store);
     let m = s.prepare("c", Some(&top), &no_labels()).unwrap();
     let lowerdir = option(&m[0], "lowerdir").unwrap();
     assert_eq!(lowerdir.split(':').count(), 500);
@@ -365,7 +366,7 @@ fn known_layers_are_committed_over_a_matching_parent_without_unpacking() {
     put_image(&mut store, "two", &l);
     let chain = keys(&l);
     let refl = |c: &str| BTreeMap::from([("containerd.io/snapshot.ref".to_string(), c.to_string())]);
-    let mut s = store.snapshots();
+    let mut s = Snapshots::new(&mut store);
     // A chain the store does not hold: nothing made.
     let other = keys(&[l[1].clone()]);
     assert_eq!(s.commit_known_layer("ns/1/x", None, &other[0], &no_labels()).unwrap(), None);
@@ -395,7 +396,7 @@ fn known_layers_are_committed_over_a_matching_parent_without_unpacking() {
     assert_eq!(s.usage("ns/1/b").unwrap(), Usage { size: 1, inodes: 2 });
     // The image's own chain is untouched, and the layer stays held after the image goes.
     store.remove_image("two").unwrap();
-    store.gc().unwrap();
-    let v = store.snapshots().overlay_spec("ns/1/v").unwrap();
+    crate::images::gc(&mut store).unwrap();
+    let v = Snapshots::new(&mut store).overlay_spec("ns/1/v").unwrap();
     assert_eq!(fs::read_to_string(v.lowers[0].join("file-1")).unwrap(), "1");
 }

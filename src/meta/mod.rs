@@ -1,4 +1,10 @@
-//! Metadata: one SQLite database (WAL mode) in the state root.
+//! Metadata: one SQLite database (WAL mode) in the state root, and every line of SQL strata runs.
+//!
+//! The bottom of the stack: it uses no other part of strata's core (only digests, names and
+//! times), and its one error type, [`MetaError`], wraps nothing from above. The store
+//! ([`crate::store`]) opens it and is its only way in, with the snapshot core
+//! ([`crate::snapshot`]), which runs the snapshot tables' functions ([`snapshots`]) inside its
+//! transactions and makes the directories that go with the rows.
 //!
 //! Tables:
 //! - `blobs(digest, size, media_type)`: content-addressed files under `blobs/sha256/`.
@@ -13,10 +19,13 @@
 //!   layers their image had when they were created (a name that later moves to another manifest
 //!   changes no container). `container_layers` rows hold layers and blobs against gc as
 //!   `image_layers` rows do.
+//! - `snapshots`, `snapshot_labels`: see [`snapshots`].
 //!
 //! Every state change is one transaction; a busy timeout makes concurrent processes wait. The
 //! schema carries its version in `PRAGMA user_version`; older state roots are migrated on open,
 //! inside one immediate transaction, so concurrent first opens serialize instead of racing.
+
+pub mod snapshots;
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,10 +33,30 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::digest::Sha256Digest;
+pub use snapshots::{chain_ids, Info, Kind, Usage};
 
-/// Database errors.
+/// A digest is stored as its `sha256:<hex>` text; a malformed value read back is a conversion error, so a
+/// digest taken from the database never reaches a path join unchecked.
+impl rusqlite::types::ToSql for Sha256Digest {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl rusqlite::types::FromSql for Sha256Digest {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        Sha256Digest::parse(s).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// A transaction (or a connection) that meta's functions run in. Only this module writes SQL
+/// with it; above, it is passed through.
+pub type Tx = Connection;
+
+/// Metadata errors. Each message says its own part; the cause, if any, is its `source()`.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
+pub enum MetaError {
     #[error("metadata database {path}")]
     Open { path: String, source: rusqlite::Error },
     #[error("metadata database")]
@@ -44,38 +73,48 @@ pub enum DbError {
     ContainerExists(String),
     #[error(transparent)]
     Name(#[from] crate::reference::ReferenceError),
-    #[error(transparent)]
-    Snapshot(Box<crate::snapshot::SnapshotError>),
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+    #[error("parent snapshot {0:?} not found")]
+    ParentNotFound(String),
+    #[error("snapshot {0:?} already exists")]
+    SnapshotExists(String),
+    #[error("snapshot {key:?} is {kind}, not active")]
+    NotActive { key: String, kind: Kind },
+    #[error("parent snapshot {parent:?} is {kind}, not committed")]
+    ParentNotCommitted { parent: String, kind: Kind },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("snapshot metadata is inconsistent: {0}")]
+    Corrupt(String),
 }
 
-impl DbError {
+impl MetaError {
     /// The class of failure, for a front end's own codes.
     pub fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            DbError::NoImage(_) => ErrorKind::NotFound,
-            DbError::AmbiguousImage { .. } => ErrorKind::InvalidArgument,
-            DbError::Migration(_) => ErrorKind::Internal,
-            DbError::ContainerExists(_) => ErrorKind::AlreadyExists,
-            DbError::Name(_) => ErrorKind::InvalidArgument,
-            DbError::Snapshot(s) => s.kind(),
-            DbError::Open { .. } | DbError::Sql(_) | DbError::TooNew { .. } => ErrorKind::Internal,
+            MetaError::NoImage(_) | MetaError::SnapshotNotFound(_) | MetaError::ParentNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            MetaError::AmbiguousImage { .. }
+            | MetaError::Name(_)
+            | MetaError::ParentNotCommitted { .. }
+            | MetaError::Invalid(_) => ErrorKind::InvalidArgument,
+            MetaError::ContainerExists(_) | MetaError::SnapshotExists(_) => ErrorKind::AlreadyExists,
+            MetaError::NotActive { .. } => ErrorKind::FailedPrecondition,
+            MetaError::Migration(_)
+            | MetaError::Corrupt(_)
+            | MetaError::Open { .. }
+            | MetaError::Sql(_)
+            | MetaError::TooNew { .. } => ErrorKind::Internal,
         }
     }
 }
 
-impl From<crate::snapshot::SnapshotError> for DbError {
-    fn from(e: crate::snapshot::SnapshotError) -> Self {
-        match e {
-            crate::snapshot::SnapshotError::Db(d) => d,
-            e => DbError::Snapshot(Box::new(e)),
-        }
-    }
-}
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
-pub type Result<T, E = DbError> = std::result::Result<T, E>;
-
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -118,7 +157,7 @@ CREATE TABLE IF NOT EXISTS containers (
 "#;
 
 /// Version 1: containers are bound to a manifest and its layers.
-const SCHEMA_V1: &str = r#"
+pub(crate) const SCHEMA_V1: &str = r#"
 ALTER TABLE containers ADD COLUMN manifest_digest TEXT NOT NULL DEFAULT '';
 ALTER TABLE containers ADD COLUMN config_digest TEXT NOT NULL DEFAULT '';
 CREATE TABLE container_layers (
@@ -140,7 +179,7 @@ INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_
     FROM containers c JOIN image_layers il ON il.name = c.image;
 "#;
 
-/// Version 2: snapshots (see [`crate::snapshot`]); containers stand on one.
+/// Version 2: snapshots (see [`snapshots`]); containers stand on one.
 const SCHEMA_V2: &str = r#"
 ALTER TABLE containers ADD COLUMN snapshot INTEGER REFERENCES snapshots(id);
 "#;
@@ -168,7 +207,7 @@ ALTER TABLE containers_v3 RENAME TO containers;
 "#;
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// The key of container `name`'s snapshot. containerd's keys are `NAMESPACE/NUMBER/NAME`, so
 /// this form never collides with one.
@@ -224,7 +263,7 @@ pub use crate::time::now;
 impl Db {
     /// Open (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Db> {
-        let wrap = |source| DbError::Open { path: path.display().to_string(), source };
+        let wrap = |source| MetaError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(path).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
@@ -232,7 +271,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(wrap)?;
         let mut db = Db { conn };
         db.migrate().map_err(|e| match e {
-            DbError::Sql(source) => wrap(source),
+            MetaError::Sql(source) => wrap(source),
             e => e,
         })?;
         Ok(db)
@@ -255,16 +294,16 @@ impl Db {
     }
 
     fn migrate_tx(&mut self, version: impl Fn(&Connection) -> rusqlite::Result<i64>) -> Result<()> {
-        self.write(|tx| {
+        self.write(|tx| -> Result<()> {
             let v = version(tx)?;
             if v > SCHEMA_VERSION {
-                return Err(DbError::TooNew { found: v, supported: SCHEMA_VERSION });
+                return Err(MetaError::TooNew { found: v, supported: SCHEMA_VERSION });
             }
             tx.execute_batch(SCHEMA)?;
             if v < 1 {
                 tx.execute_batch(SCHEMA_V1)?;
             }
-            tx.execute_batch(crate::snapshot::meta::SCHEMA)?;
+            tx.execute_batch(snapshots::SCHEMA)?;
             if v < 2 {
                 tx.execute_batch(SCHEMA_V2)?;
                 migrate_to_snapshots(tx)?;
@@ -276,7 +315,7 @@ impl Db {
             let broken: Option<String> =
                 tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
             if let Some(table) = broken {
-                return Err(DbError::Migration(format!("a row of {table} references a missing row")));
+                return Err(MetaError::Migration(format!("a row of {table} references a missing row")));
             }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             Ok(())
@@ -284,10 +323,13 @@ impl Db {
     }
 
     /// Run `f` in one immediate (write-locking) transaction.
-    pub fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    /// `f`'s error may be the caller's own (the snapshot core's), so that what it finds wrong
+    /// inside the transaction keeps its type.
+    pub fn write<T, E: From<MetaError>>(&mut self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let tx =
+            self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(MetaError::from)?;
         let out = f(&tx)?;
-        tx.commit()?;
+        tx.commit().map_err(MetaError::from)?;
         Ok(out)
     }
 
@@ -324,51 +366,9 @@ impl Db {
         Ok(n as u64)
     }
 
-    /// The image a user means by `name`, as docker finds it: the name as stored, else its
-    /// canonical form ([`crate::reference::canonical`]: `busybox` finds `busybox:latest`), else
-    /// a unique prefix of an image ID (the config digest, with or without `sha256:`). Use the
-    /// returned row's `name` for everything after.
+    /// The image a user means by `name`: see [`find_image`].
     pub fn image(&self, name: &str) -> Result<Option<ImageRow>> {
-        if let Some(row) = self.image_named(name)? {
-            return Ok(Some(row));
-        }
-        if let Some(c) = crate::reference::canonical(name).filter(|c| c != name) {
-            if let Some(row) = self.image_named(&c)? {
-                return Ok(Some(row));
-            }
-        }
-        self.image_by_id_prefix(name)
-    }
-
-    fn image_named(&self, name: &str) -> Result<Option<ImageRow>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT name, manifest_digest, config_digest, created FROM images WHERE name = ?1",
-                [name],
-                image_row,
-            )
-            .optional()?)
-    }
-
-    /// The image whose ID (config digest) starts with `prefix`; names sharing one ID are one
-    /// image (the first name is returned). An error when the prefix fits several IDs.
-    fn image_by_id_prefix(&self, prefix: &str) -> Result<Option<ImageRow>> {
-        let hex = prefix.strip_prefix("sha256:").unwrap_or(prefix);
-        let is_hex = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if hex.is_empty() || hex.len() > 64 || !is_hex {
-            return Ok(None);
-        }
-        let mut st = self.conn.prepare(
-            "SELECT name, manifest_digest, config_digest, created FROM images \
-             WHERE substr(config_digest, 8, ?2) = ?1 AND config_digest LIKE 'sha256:%' ORDER BY name",
-        )?;
-        let rows = st.query_map(params![hex, hex.len() as i64], image_row)?.collect::<Result<Vec<_>, _>>()?;
-        let ids: std::collections::BTreeSet<&Sha256Digest> = rows.iter().map(|r| &r.config_digest).collect();
-        if ids.len() > 1 {
-            return Err(DbError::AmbiguousImage { prefix: prefix.to_string(), count: ids.len() });
-        }
-        Ok(rows.into_iter().next())
+        find_image(&self.conn, name)
     }
 
     pub fn images(&self) -> Result<Vec<ImageRow>> {
@@ -500,6 +500,51 @@ impl Db {
     }
 }
 
+/// The image a user means by `name`, as docker finds it: the name as stored, else its
+/// canonical form ([`crate::reference::canonical`]: `busybox` finds `busybox:latest`), else
+/// a unique prefix of an image ID (the config digest, with or without `sha256:`). Use the
+/// returned row's `name` for everything after.
+pub fn find_image(c: &Tx, name: &str) -> Result<Option<ImageRow>> {
+    if let Some(row) = image_named(c, name)? {
+        return Ok(Some(row));
+    }
+    if let Some(canonical) = crate::reference::canonical(name).filter(|c| c != name) {
+        if let Some(row) = image_named(c, &canonical)? {
+            return Ok(Some(row));
+        }
+    }
+    image_by_id_prefix(c, name)
+}
+
+fn image_named(c: &Tx, name: &str) -> Result<Option<ImageRow>> {
+    Ok(c.query_row(
+        "SELECT name, manifest_digest, config_digest, created FROM images WHERE name = ?1",
+        [name],
+        image_row,
+    )
+    .optional()?)
+}
+
+/// The image whose ID (config digest) starts with `prefix`; names sharing one ID are one
+/// image (the first name is returned). An error when the prefix fits several IDs.
+fn image_by_id_prefix(c: &Tx, prefix: &str) -> Result<Option<ImageRow>> {
+    let hex = prefix.strip_prefix("sha256:").unwrap_or(prefix);
+    let is_hex = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hex.is_empty() || hex.len() > 64 || !is_hex {
+        return Ok(None);
+    }
+    let mut st = c.prepare(
+        "SELECT name, manifest_digest, config_digest, created FROM images \
+         WHERE substr(config_digest, 8, ?2) = ?1 AND config_digest LIKE 'sha256:%' ORDER BY name",
+    )?;
+    let rows = st.query_map(params![hex, hex.len() as i64], image_row)?.collect::<Result<Vec<_>, _>>()?;
+    let ids: std::collections::BTreeSet<&Sha256Digest> = rows.iter().map(|r| &r.config_digest).collect();
+    if ids.len() > 1 {
+        return Err(MetaError::AmbiguousImage { prefix: prefix.to_string(), count: ids.len() });
+    }
+    Ok(rows.into_iter().next())
+}
+
 fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
     Ok(ImageRow { name: r.get(0)?, manifest_digest: r.get(1)?, config_digest: r.get(2)?, created: r.get(3)? })
 }
@@ -534,7 +579,7 @@ fn migrate_to_snapshots(tx: &Connection) -> Result<()> {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     };
     for image in names("SELECT name FROM images")? {
-        crate::snapshot::meta::ensure_chain(tx, &diff_ids(tx, "image_layers", &image)?)?;
+        snapshots::ensure_chain(tx, &diff_ids(tx, "image_layers", &image)?)?;
     }
     let mut st = tx.prepare("SELECT name, read_only FROM containers WHERE snapshot IS NULL")?;
     let containers = st
@@ -542,10 +587,10 @@ fn migrate_to_snapshots(tx: &Connection) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     for (name, read_only) in containers {
         let chain = diff_ids(tx, "container_layers", &name)?;
-        crate::snapshot::meta::ensure_chain(tx, &chain)?;
-        let parent = crate::snapshot::chain_ids(&chain).pop().map(|c| c.to_string());
-        let kind = if read_only { crate::snapshot::Kind::View } else { crate::snapshot::Kind::Active };
-        let snap = crate::snapshot::meta::insert(
+        snapshots::ensure_chain(tx, &chain)?;
+        let parent = chain_ids(&chain).pop().map(|c| c.to_string());
+        let kind = if read_only { Kind::View } else { Kind::Active };
+        let snap = snapshots::insert(
             tx,
             &container_snapshot_key(&name),
             parent.as_deref(),
@@ -610,7 +655,7 @@ pub enum RemovedImage {
     InUse(Vec<String>),
 }
 
-/// A new image's rows, written in one transaction with [`Db::put_image`].
+/// A new image's rows, written with [`put_image_rows`].
 #[derive(Clone)]
 pub struct NewImage<'a> {
     pub name: &'a str,
@@ -624,47 +669,42 @@ pub struct NewImage<'a> {
     pub lease: Option<&'a str>,
 }
 
-impl Db {
-    /// Record an image (replacing an image of the same name) and release the import's lease.
-    /// The name is stored in its canonical form ([`crate::reference::canonical`]), which is
-    /// returned.
-    pub fn put_image(&mut self, img: &NewImage<'_>) -> Result<String> {
-        crate::reference::validate_image_name(img.name)?;
-        let name = crate::reference::canonical(img.name).unwrap_or_else(|| img.name.to_string());
-        let img = NewImage { name: &name, ..img.clone() };
-        self.write(|tx| {
-            for (d, s, m) in &img.blobs {
-                tx.execute(
-                    "INSERT OR IGNORE INTO blobs (digest, size, media_type) VALUES (?1, ?2, ?3)",
-                    params![d, *s as i64, m],
-                )?;
-            }
-            tx.execute("DELETE FROM image_layers WHERE name = ?1", [img.name])?;
-            // An upsert, not REPLACE: the row (which containers name) is updated in place.
-            tx.execute(
-                "INSERT INTO images (name, manifest_digest, config_digest, created) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(name) DO UPDATE SET \
-                 manifest_digest = excluded.manifest_digest, config_digest = excluded.config_digest, \
-                 created = excluded.created",
-                params![img.name, img.manifest_digest, img.config_digest, now()],
-            )?;
-            for (i, l) in img.layers.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO image_layers (name, idx, diff_id, blob_digest, media_type, blob_size) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![img.name, i as i64, l.diff_id, l.blob_digest, l.media_type, l.blob_size as i64],
-                )?;
-            }
-            let chain: Vec<Sha256Digest> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
-            crate::snapshot::meta::ensure_chain(tx, &chain)?;
-            if let Some(t) = img.lease {
-                tx.execute("DELETE FROM leases WHERE token = ?1", [t])?;
-            }
-            Ok(())
-        })?;
-        Ok(name)
+/// Record an image's rows (replacing an image of the same name) and release the import's lease,
+/// in the caller's transaction; the snapshot core adds the image's layer chain in the same one
+/// (see `crate::snapshot::Snapshots::publish_image`). The name is stored in its canonical form
+/// ([`crate::reference::canonical`]), which is returned.
+pub fn put_image_rows(tx: &Tx, img: &NewImage<'_>) -> Result<String> {
+    crate::reference::validate_image_name(img.name)?;
+    let name = crate::reference::canonical(img.name).unwrap_or_else(|| img.name.to_string());
+    for (d, s, m) in &img.blobs {
+        tx.execute(
+            "INSERT OR IGNORE INTO blobs (digest, size, media_type) VALUES (?1, ?2, ?3)",
+            params![d, *s as i64, m],
+        )?;
     }
+    tx.execute("DELETE FROM image_layers WHERE name = ?1", [&name])?;
+    // An upsert, not REPLACE: the row (which containers name) is updated in place.
+    tx.execute(
+        "INSERT INTO images (name, manifest_digest, config_digest, created) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT(name) DO UPDATE SET \
+         manifest_digest = excluded.manifest_digest, config_digest = excluded.config_digest, \
+         created = excluded.created",
+        params![name, img.manifest_digest, img.config_digest, now()],
+    )?;
+    for (i, l) in img.layers.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO image_layers (name, idx, diff_id, blob_digest, media_type, blob_size) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, i as i64, l.diff_id, l.blob_digest, l.media_type, l.blob_size as i64],
+        )?;
+    }
+    if let Some(t) = img.lease {
+        tx.execute("DELETE FROM leases WHERE token = ?1", [t])?;
+    }
+    Ok(name)
+}
 
+impl Db {
     /// Remove an image name (found as [`Db::image`] finds it) and its rows, not its blobs or
     /// layers (see gc). As `docker rmi`, it refuses when containers stand on the image (its
     /// manifest) and this is its last name; a name that has moved to another manifest since
@@ -688,148 +728,12 @@ impl Db {
     }
 
     /// The containers that keep image `name` from being removed (see [`Db::remove_image`]).
+    #[cfg(test)]
     pub fn image_users(&self, name: &str) -> Result<Vec<String>> {
-        match self.image_named(name)? {
+        match image_named(&self.conn, name)? {
             Some(row) => image_users(&self.conn, &row.name, &row.manifest_digest),
             None => Ok(vec![]),
         }
-    }
-
-    /// Record a container over what image `image` names now, in one transaction: the manifest,
-    /// config and layer list are copied from the image's rows, so the container keeps them
-    /// whatever later happens to the name. Returns the row as stored.
-    /// The container's snapshot (an active one, or a view when `read_only`) is created in the
-    /// same transaction, its directory under `snapshots_dir`.
-    pub fn insert_container(
-        &mut self,
-        name: &str,
-        image: &str,
-        read_only: bool,
-        volatile: bool,
-        snapshots_dir: &Path,
-    ) -> Result<ContainerRow> {
-        // Found as `image` finds names; the row is read again in the transaction, where a
-        // racing `image rm` has either removed it (NoImage, as the user typed it) or not.
-        let stored = self.image(image)?.map_or_else(|| image.to_string(), |r| r.name);
-        self.write(|tx| {
-            let img: Option<(Sha256Digest, Sha256Digest)> = tx
-                .query_row(
-                    "SELECT manifest_digest, config_digest FROM images WHERE name = ?1",
-                    [&stored],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let (manifest_digest, config_digest) = img.ok_or_else(|| DbError::NoImage(image.to_string()))?;
-            let exists = tx
-                .query_row("SELECT 1 FROM containers WHERE name = ?1", [name], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if exists {
-                return Err(DbError::ContainerExists(name.to_string()));
-            }
-            let mut row = ContainerRow {
-                name: name.to_string(),
-                image: stored.clone(),
-                manifest_digest,
-                config_digest,
-                read_only,
-                volatile,
-                created: now(),
-                snapshot: None,
-            };
-            tx.execute(
-                "INSERT INTO containers \
-                 (name, image, manifest_digest, config_digest, read_only, volatile, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    row.name,
-                    row.image,
-                    row.manifest_digest,
-                    row.config_digest,
-                    row.read_only as i64,
-                    row.volatile as i64,
-                    row.created
-                ],
-            )?;
-            tx.execute(
-                "INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_size) \
-                 SELECT ?1, idx, diff_id, blob_digest, media_type, blob_size FROM image_layers \
-                 WHERE name = ?2",
-                params![name, stored],
-            )?;
-            let chain = diff_ids(tx, "container_layers", name)?;
-            crate::snapshot::meta::ensure_chain(tx, &chain)?;
-            let parent = crate::snapshot::chain_ids(&chain).pop().map(|c| c.to_string());
-            let kind = if read_only { crate::snapshot::Kind::View } else { crate::snapshot::Kind::Active };
-            let snap = crate::snapshot::create_in(
-                tx,
-                snapshots_dir,
-                &container_snapshot_key(name),
-                parent.as_deref(),
-                kind,
-                &Default::default(),
-            )?;
-            tx.execute("UPDATE containers SET snapshot = ?1 WHERE name = ?2", params![snap.id, name])?;
-            row.snapshot = Some(snap.id);
-            Ok(row)
-        })
-    }
-
-    /// Remove a container's rows and its snapshot's (its layer references go with them); the
-    /// caller removes the snapshot's directory.
-    pub fn remove_container(&mut self, name: &str) -> Result<bool> {
-        self.write(|tx| {
-            let snap: Option<Option<i64>> = tx
-                .query_row("SELECT snapshot FROM containers WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?;
-            tx.execute("DELETE FROM container_layers WHERE name = ?1", [name])?;
-            let removed = tx.execute("DELETE FROM containers WHERE name = ?1", [name])? > 0;
-            if let Some(Some(id)) = snap {
-                crate::snapshot::meta::delete(tx, id)?;
-            }
-            Ok(removed)
-        })
-    }
-
-    /// Remove the committed snapshots of layer chains that no image names any more (and that
-    /// nothing stands on: a container, a longer chain, a containerd snapshot), in one
-    /// transaction. Returns their ids, whose directories the caller removes.
-    pub fn prune_image_chains(&mut self) -> Result<Vec<i64>> {
-        self.write(|tx| {
-            let mut keep = std::collections::HashSet::new();
-            let images: Vec<String> = {
-                let mut st = tx.prepare("SELECT name FROM images")?;
-                let rows = st.query_map([], |r| r.get(0))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            for image in images {
-                keep.extend(
-                    crate::snapshot::chain_ids(&diff_ids(tx, "image_layers", &image)?)
-                        .iter()
-                        .map(|c| c.to_string()),
-                );
-            }
-            let mut removed = Vec::new();
-            loop {
-                let mut st = tx.prepare(
-                    "SELECT s.id, s.key FROM snapshots s WHERE s.kind = 3 AND s.diff_id IS NOT NULL \
-                     AND s.key LIKE 'sha256:%' \
-                     AND NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent = s.id)",
-                )?;
-                let leaves: Vec<(i64, String)> =
-                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
-                let doomed: Vec<i64> =
-                    leaves.into_iter().filter(|(_, k)| !keep.contains(k)).map(|(id, _)| id).collect();
-                if doomed.is_empty() {
-                    break;
-                }
-                for id in doomed {
-                    crate::snapshot::meta::delete(tx, id)?;
-                    removed.push(id);
-                }
-            }
-            Ok(removed)
-        })
     }
 
     pub fn remove_layer_row(&mut self, diff_id: &Sha256Digest) -> Result<()> {
@@ -843,9 +747,133 @@ impl Db {
     }
 }
 
+/// Record a container over what image `image` (found as [`Db::image`] finds names) names now,
+/// in the caller's transaction: the manifest, config and layer list are copied from the image's
+/// rows, so the container keeps them whatever later happens to the name. Returns the row as
+/// stored (its snapshot not set yet, see [`set_container_snapshot`]) and its layers' diff_ids,
+/// bottom first. Run in the transaction that creates the container's snapshot: a racing `image
+/// rm` has either removed the image (NoImage, as the user typed it) or finds the container.
+pub fn insert_container_rows(
+    tx: &Tx,
+    name: &str,
+    image: &str,
+    read_only: bool,
+    volatile: bool,
+) -> Result<(ContainerRow, Vec<Sha256Digest>)> {
+    let found = find_image(tx, image)?.ok_or_else(|| MetaError::NoImage(image.to_string()))?;
+    let exists =
+        tx.query_row("SELECT 1 FROM containers WHERE name = ?1", [name], |_| Ok(())).optional()?.is_some();
+    if exists {
+        return Err(MetaError::ContainerExists(name.to_string()));
+    }
+    let row = ContainerRow {
+        name: name.to_string(),
+        image: found.name.clone(),
+        manifest_digest: found.manifest_digest,
+        config_digest: found.config_digest,
+        read_only,
+        volatile,
+        created: now(),
+        snapshot: None,
+    };
+    tx.execute(
+        "INSERT INTO containers \
+         (name, image, manifest_digest, config_digest, read_only, volatile, created) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            row.name,
+            row.image,
+            row.manifest_digest,
+            row.config_digest,
+            row.read_only as i64,
+            row.volatile as i64,
+            row.created
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_size) \
+         SELECT ?1, idx, diff_id, blob_digest, media_type, blob_size FROM image_layers \
+         WHERE name = ?2",
+        params![name, found.name],
+    )?;
+    let chain = diff_ids(tx, "container_layers", name)?;
+    Ok((row, chain))
+}
+
+/// Bind container `name` to snapshot `id`.
+pub fn set_container_snapshot(tx: &Tx, name: &str, id: i64) -> Result<()> {
+    tx.execute("UPDATE containers SET snapshot = ?1 WHERE name = ?2", params![id, name])?;
+    Ok(())
+}
+
+/// Remove a container's rows (its layer references go with them), in the caller's transaction.
+/// Returns whether it existed and its snapshot's id, whose row and directory the snapshot core
+/// removes.
+pub fn delete_container_rows(tx: &Tx, name: &str) -> Result<(bool, Option<i64>)> {
+    let snap: Option<Option<i64>> =
+        tx.query_row("SELECT snapshot FROM containers WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    tx.execute("DELETE FROM container_layers WHERE name = ?1", [name])?;
+    let removed = tx.execute("DELETE FROM containers WHERE name = ?1", [name])? > 0;
+    Ok((removed, snap.flatten()))
+}
+
+/// The layer lists (diff_ids, bottom first) of every image: the chains image names keep.
+pub fn image_chains(tx: &Tx) -> Result<Vec<Vec<Sha256Digest>>> {
+    let images: Vec<String> = {
+        let mut st = tx.prepare("SELECT name FROM images")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    images.iter().map(|image| diff_ids(tx, "image_layers", image)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the snapshot core's image publish writes: the image's rows and its chain.
+    fn put_image(db: &mut Db, img: &NewImage<'_>) -> Result<String> {
+        let chain: Vec<Sha256Digest> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+        db.write(|tx| {
+            let name = put_image_rows(tx, img)?;
+            snapshots::ensure_chain(tx, &chain)?;
+            Ok(name)
+        })
+    }
+
+    /// The rows the snapshot core removes with a container.
+    fn remove_container(db: &mut Db, name: &str) -> Result<bool> {
+        db.write(|tx| {
+            let (removed, snap) = delete_container_rows(tx, name)?;
+            if let Some(id) = snap {
+                snapshots::delete(tx, id)?;
+            }
+            Ok(removed)
+        })
+    }
+
+    /// The rows the snapshot core's chain pruning removes: leaves of chains no image names.
+    fn prune_image_chains(db: &mut Db) -> Result<Vec<i64>> {
+        db.write(|tx| {
+            let keep: std::collections::HashSet<String> =
+                image_chains(tx)?.iter().flat_map(|c| chain_ids(c)).map(|c| c.to_string()).collect();
+            let mut removed = Vec::new();
+            loop {
+                let doomed: Vec<i64> = snapshots::chain_leaves(tx)?
+                    .into_iter()
+                    .filter(|(_, k)| !keep.contains(k))
+                    .map(|(id, _)| id)
+                    .collect();
+                if doomed.is_empty() {
+                    return Ok(removed);
+                }
+                for id in doomed {
+                    snapshots::delete(tx, id)?;
+                    removed.push(id);
+                }
+            }
+        })
+    }
 
     /// A state root written before containers were bound to manifests (schema version 0) is
     /// migrated on open: each container stands on what its image name pointed to, and from then on
@@ -880,20 +908,23 @@ mod tests {
         assert_eq!(layers, [l1.clone(), l2.clone()]);
         // The name moves to a one-layer manifest: the container keeps both layers, and gc keeps
         // them and their blobs.
-        db.put_image(&NewImage {
-            name: "app",
-            manifest_digest: &m2,
-            config_digest: &c2,
-            blobs: vec![],
-            layers: vec![ImageLayerRow {
-                diff_id: l1.clone(),
-                blob_digest: b1.clone(),
-                media_type: "mt".into(),
-                blob_size: 5,
-                size: 10,
-            }],
-            lease: None,
-        })
+        put_image(
+            &mut db,
+            &NewImage {
+                name: "app",
+                manifest_digest: &m2,
+                config_digest: &c2,
+                blobs: vec![],
+                layers: vec![ImageLayerRow {
+                    diff_id: l1.clone(),
+                    blob_digest: b1.clone(),
+                    media_type: "mt".into(),
+                    blob_size: 5,
+                    size: 10,
+                }],
+                lease: None,
+            },
+        )
         .unwrap();
         assert_eq!(db.container_layers("old").unwrap().len(), 2);
         assert!(db.unreferenced_layers().unwrap().is_empty());
@@ -907,20 +938,16 @@ mod tests {
         drop(db);
         let mut db = Db::open(&path).unwrap();
         // The container became a snapshot over the chain it stood on.
-        let chain = crate::snapshot::chain_ids(&[l1.clone(), l2.clone()]);
-        let snap = crate::snapshot::meta::get(db.conn(), &container_snapshot_key("old")).unwrap();
+        let chain = chain_ids(&[l1.clone(), l2.clone()]);
+        let snap = snapshots::get(db.conn(), &container_snapshot_key("old")).unwrap();
         assert_eq!(Some(snap.id), db.container("old").unwrap().unwrap().snapshot);
-        let parents: Vec<String> = crate::snapshot::meta::chain(db.conn(), snap.id)
-            .unwrap()
-            .into_iter()
-            .skip(1)
-            .map(|r| r.key)
-            .collect();
+        let parents: Vec<String> =
+            snapshots::chain(db.conn(), snap.id).unwrap().into_iter().skip(1).map(|r| r.key).collect();
         assert_eq!(parents, [chain[1].to_string(), chain[0].to_string()]);
-        assert!(db.remove_container("old").unwrap());
-        assert!(crate::snapshot::meta::by_key(db.conn(), &container_snapshot_key("old")).unwrap().is_none());
+        assert!(remove_container(&mut db, "old").unwrap());
+        assert!(snapshots::by_key(db.conn(), &container_snapshot_key("old")).unwrap().is_none());
         // The old two-layer chain is now named by nothing: pruning it releases l2.
-        assert_eq!(db.prune_image_chains().unwrap().len(), 1);
+        assert_eq!(prune_image_chains(&mut db).unwrap().len(), 1);
         assert_eq!(db.unreferenced_layers().unwrap(), [l2]);
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::Removed("app:latest".into()));
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::NotFound);
@@ -928,112 +955,8 @@ mod tests {
 }
 
 #[cfg(test)]
-mod snapshot_migration {
+mod canonical_names {
     use super::*;
-    use crate::store::Store;
-    use std::fs;
-
-    /// A state root as strata wrote it before snapshots (schema version 1, container dirs under
-    /// `containers/<name>/{upper,work,rootfs,empty}`) opens with every image a snapshot chain and
-    /// every container a snapshot over the chain it stood on, its upper and work dirs moved there
-    /// whole; opening again changes nothing.
-    #[test]
-    fn a_version_1_root_opens_on_snapshots() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
-        let hex = |n: u8| format!("{:064x}", n);
-        let (l1, l2) = (format!("sha256:{}", hex(1)), format!("sha256:{}", hex(2)));
-        let (d1, d2) = (Sha256Digest::parse(&l1).unwrap(), Sha256Digest::parse(&l2).unwrap());
-        let [m1, c1, b1, b2] = [3u8, 4, 5, 6].map(|n| format!("sha256:{}", hex(n)));
-        for sub in ["blobs/sha256", "staging", "locks"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        for (n, l) in [(1u8, &l1), (2, &l2)] {
-            let d = root.join("layers/sha256").join(hex(n));
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join(format!("from-{n}")), l.as_bytes()).unwrap();
-        }
-        for (c, ro) in [("rw", false), ("ro", true)] {
-            let d = root.join("containers").join(c);
-            for sub in ["rootfs", "empty"] {
-                fs::create_dir_all(d.join(sub)).unwrap();
-            }
-            if !ro {
-                fs::create_dir_all(d.join("upper/etc")).unwrap();
-                fs::write(d.join("upper/etc/written"), b"by the container").unwrap();
-                fs::create_dir_all(d.join("work/work")).unwrap();
-            }
-        }
-        {
-            let c = Connection::open(root.join("strata.db")).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
-            c.execute_batch(SCHEMA_V1).unwrap();
-            c.pragma_update(None, "user_version", 1).unwrap();
-            c.execute_batch(&format!(
-                "INSERT INTO layers VALUES ('{l1}', 10, 1, 0), ('{l2}', 20, 2, 0);
-                 INSERT INTO images VALUES ('app', '{m1}', '{c1}', 0);
-                 INSERT INTO image_layers VALUES ('app', 0, '{l1}', '{b1}', 'mt', 5),
-                                                 ('app', 1, '{l2}', '{b2}', 'mt', 6);
-                 INSERT INTO containers VALUES ('rw', 'app', 0, 0, 0, '{m1}', '{c1}'),
-                                               ('ro', 'app', 1, 0, 0, '{m1}', '{c1}');
-                 INSERT INTO container_layers SELECT c.name, il.idx, il.diff_id, il.blob_digest,
-                     il.media_type, il.blob_size FROM containers c JOIN image_layers il ON il.name = c.image;"
-            ))
-            .unwrap();
-        }
-        for round in 0..2 {
-            let store = Store::open(&root).unwrap();
-            let chain: Vec<String> = crate::snapshot::chain_ids(&[d1.clone(), d2.clone()])
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let top = store.snapshots_ref_stat(&chain[1]);
-            assert_eq!(
-                (top.kind, top.parent.as_deref()),
-                (crate::snapshot::Kind::Committed, Some(chain[0].as_str()))
-            );
-            let rw = store.db.container("rw").unwrap().unwrap();
-            let ro = store.db.container("ro").unwrap().unwrap();
-            assert_eq!(
-                store.snapshots_ref_stat(&container_snapshot_key("rw")).kind,
-                crate::snapshot::Kind::Active
-            );
-            assert_eq!(
-                store.snapshots_ref_stat(&container_snapshot_key("ro")).kind,
-                crate::snapshot::Kind::View
-            );
-            let p = crate::container::paths(&store, &rw);
-            assert_eq!(p.upper, crate::snapshot::fs_dir(&store, rw.snapshot.unwrap()), "round {round}");
-            assert_eq!(fs::read(p.upper.join("etc/written")).unwrap(), b"by the container");
-            assert!(p.work.join("work").is_dir(), "work moved whole");
-            assert!(!root.join("containers/rw/upper").exists() && !root.join("containers/rw/work").exists());
-            assert!(root.join("containers/rw/rootfs").is_dir(), "the mount point stays");
-            let spec = crate::container::overlay_spec(&store, &rw).unwrap();
-            let layer = |n: u8| fs::canonicalize(root.join("layers/sha256").join(hex(n))).unwrap();
-            assert_eq!(spec.lowers, [layer(2), layer(1)], "top first");
-            assert_eq!(spec.upper.as_deref(), Some(p.upper.as_path()));
-            let spec = crate::container::overlay_spec(&store, &ro).unwrap();
-            assert!(spec.upper.is_none() && spec.lowers.len() == 2);
-            let v: i64 = store.db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-            assert_eq!(v, SCHEMA_VERSION);
-            // Version 3: canonical image names, the containers following; `containers.image`
-            // references nothing (only the snapshot is a foreign key), and no row was lost.
-            assert_eq!((rw.image.as_str(), ro.image.as_str()), ("app:latest", "app:latest"));
-            assert_eq!(store.db.image("app").unwrap().unwrap().name, "app:latest");
-            assert_eq!(store.db.image_layers("app:latest").unwrap().len(), 2);
-            assert_eq!(store.db.container_layers("rw").unwrap().len(), 2);
-            let mut st = store
-                .db
-                .conn()
-                .prepare("SELECT \"table\" FROM pragma_foreign_key_list('containers')")
-                .unwrap();
-            let refs: Vec<String> =
-                st.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
-            assert_eq!(refs, ["snapshots"]);
-            let fk: bool = store.db.conn().query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
-            assert!(fk, "foreign keys are on again after the migration");
-        }
-    }
 
     /// Version 2 -> 3 renames a name to its canonical form only when that form is free: of
     /// `busybox` and `busybox:latest`, both stay, and each is still found as it is written.
@@ -1046,7 +969,7 @@ mod snapshot_migration {
             let c = Connection::open(&path).unwrap();
             c.execute_batch(SCHEMA).unwrap();
             c.execute_batch(SCHEMA_V1).unwrap();
-            c.execute_batch(crate::snapshot::meta::SCHEMA).unwrap();
+            c.execute_batch(snapshots::SCHEMA).unwrap();
             c.execute_batch(SCHEMA_V2).unwrap();
             c.pragma_update(None, "user_version", 2).unwrap();
             c.execute_batch(&format!(
