@@ -38,6 +38,8 @@ pub mod hashing;
 pub mod image;
 pub mod images;
 pub mod import;
+#[cfg(test)]
+mod layering;
 pub mod lifecycle;
 pub(crate) mod meta;
 pub mod overlay_format;
