@@ -752,6 +752,24 @@ pub fn runc_pid(state: &Path, id: &str) -> Option<i32> {
     v.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }
 
+/// `runc pause`: the cgroup freezer. The kernel may not freeze every task at once (one in an
+/// uninterruptible sleep, a loaded machine); runc then thaws the group again and fails with
+/// "unable to freeze". That is retried a few times, with growing pauses, before it is an error.
+pub fn runc_pause(state: &Path, id: &str) -> Result<()> {
+    let mut wait = std::time::Duration::from_millis(50);
+    for _ in 0..4 {
+        match runc_verb(state, "pause", id, &[]) {
+            Err(BundleError::Verb { reason, .. }) if reason.contains("unable to freeze") => {
+                tracing::info!(id, "the freezer did not freeze every task; trying again");
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+    runc_verb(state, "pause", id, &[])
+}
+
 /// `runc --root STATE VERB ID [ARGS]`, for pause, resume, kill and delete. The runtime's own
 /// message becomes the error.
 pub fn runc_verb(state: &Path, verb: &str, id: &str, args: &[&str]) -> Result<()> {

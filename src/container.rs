@@ -582,7 +582,7 @@ pub fn commit(
         && running(store, name)?.is_some()
         && crate::bundle::runc_status(&state, &id).as_deref() == Some("running");
     if paused {
-        crate::bundle::runc_verb(&state, "pause", &id, &[]).map_err(rt)?;
+        crate::bundle::runc_pause(&state, &id).map_err(rt)?;
     }
     let upper = paths(store, &c).upper;
     let done = crate::commit::commit(store, &upper, &parent, new_name, opts).map_err(Box::new);

@@ -469,7 +469,7 @@ pub fn pause(store: &Store, name: &str) -> Result<()> {
         _ => return Err(LifecycleError::NotRunning { name: name.to_string() }),
     }
     let (state, id) = container::runc_ids(store, name);
-    bundle::runc_verb(&state, "pause", &id, &[]).map_err(berr(name))
+    bundle::runc_pause(&state, &id).map_err(berr(name))
 }
 
 /// Thaw a paused container (`runc resume`).
