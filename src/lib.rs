@@ -21,6 +21,7 @@
 
 pub mod bundle;
 pub mod commit;
+pub mod compression;
 pub mod container;
 pub mod db;
 pub mod diff;

@@ -40,7 +40,7 @@ use super::{io_at, CommitError, Result};
 use crate::digest::Sha256Digest;
 use crate::fdwalk::{join_rel, DirChain, WalkError};
 use crate::hashing::Hashing;
-use crate::image::{self, Compression};
+use crate::image::Compression;
 use crate::overlay_format::{
     has_opaque, is_private_xattr, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX,
 };
@@ -95,21 +95,12 @@ pub fn source_date_epoch() -> Result<Option<i64>> {
 
 /// Parse a `--compression` value.
 pub fn parse_compression(s: &str) -> Result<Compression, String> {
-    match s {
-        "gzip" => Ok(Compression::Gzip),
-        "zstd" => Ok(Compression::Zstd),
-        "none" => Ok(Compression::None),
-        _ => Err(format!("unknown compression {s:?}: expected gzip, zstd or none")),
-    }
+    s.parse().map_err(|e: crate::compression::UnknownCompression| e.to_string())
 }
 
 /// The OCI media type of a layer with this compression.
 pub fn layer_media_type(c: Compression) -> &'static str {
-    match c {
-        Compression::None => image::MT_OCI_LAYER,
-        Compression::Gzip => image::MT_OCI_LAYER_GZIP,
-        Compression::Zstd => image::MT_OCI_LAYER_ZSTD,
-    }
+    c.media_type()
 }
 
 /// What [`write_layer`] produced.
@@ -544,7 +535,7 @@ mod tests {
         assert_eq!(info.tar_size, bytes.len() as u64);
         assert_eq!(info.diff_id, info.digest, "uncompressed: digest is the diff_id");
         assert_eq!(info.diff_id, Sha256Digest::from_bytes(&Sha256::digest(&bytes)));
-        assert_eq!(info.media_type, image::MT_OCI_LAYER);
+        assert_eq!(info.media_type, crate::image::MT_OCI_LAYER);
     }
 
     #[test]
