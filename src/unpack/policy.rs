@@ -4,7 +4,7 @@
 //!
 //! # Path policy
 //! Leading `/` and `./` and empty/`.` components are stripped. Any `..` component is rejected
-//! ([`UnpackError::InvalidPath`]) rather than cleaned lexically: real image builders never emit
+//! ([`super::UnpackError::InvalidPath`]) rather than cleaned lexically: real image builders never emit
 //! them, and a rejected layer is easier to reason about than a silently rewritten one. The same
 //! applies to hardlink targets. Symlink targets are stored exactly as written (absolute targets
 //! stay absolute; resolution is confined by `RESOLVE_IN_ROOT`). NUL bytes, name components longer
@@ -20,7 +20,6 @@
 //! - `.wh.`, `.wh..`, `.wh...` and non-final `.wh.` components are rejected. Other `.wh..wh.*`
 //!   names (AUFS metadata such as `.wh..wh.plnk`) are skipped with a warning, like moby does.
 //! - Whiteout handling is by name, whatever the entry type (as containerd does).
-//!
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -28,6 +27,11 @@ use std::os::unix::ffi::OsStrExt;
 use crate::overlay_format::{
     OPAQUE_MARKER as WH_OPAQUE, WHITEOUT_META_PREFIX as WH_META_PREFIX, WHITEOUT_PREFIX as WH_PREFIX,
 };
+
+/// The longest name component accepted (Linux `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// The longest path accepted, in bytes (Linux `PATH_MAX` less its NUL).
+pub const PATH_MAX: usize = 4095;
 
 /// Normalise a tar path into `out` (components joined by `/`, no leading `/`, no `.`).
 pub(super) fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
@@ -42,7 +46,7 @@ pub(super) fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static st
         if comp == b".." {
             return Err("'..' path component (refused: could escape the layer root)");
         }
-        if comp.len() > 255 {
+        if comp.len() > NAME_MAX {
             return Err("path component longer than 255 bytes (ENAMETOOLONG)");
         }
         if !out.is_empty() {
@@ -50,7 +54,7 @@ pub(super) fn normalize(raw: &[u8], out: &mut Vec<u8>) -> Result<(), &'static st
         }
         out.extend_from_slice(comp);
     }
-    if out.len() > 4095 {
+    if out.len() > PATH_MAX {
         return Err("path longer than 4095 bytes (ENAMETOOLONG)");
     }
     Ok(())
@@ -112,5 +116,57 @@ pub(super) fn display_path(raw: &[u8]) -> Vec<u8> {
     match normalize(raw, &mut n) {
         Ok(()) => n,
         Err(_) => raw.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
+        let mut out = vec![b'?'];
+        normalize(raw, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(norm(b"/./a//b/./c/"), Ok(b"a/b/c".to_vec()));
+        assert_eq!(norm(b"./"), Ok(vec![]));
+        assert_eq!(norm(b""), Ok(vec![]));
+        assert!(norm(b"a/../b").unwrap_err().contains("'..'"));
+        assert!(norm(b"..").unwrap_err().contains("'..'"));
+        assert!(norm(b"a\0b").unwrap_err().contains("NUL"));
+        assert_eq!(norm(&[b'n'; NAME_MAX]).map(|v| v.len()), Ok(NAME_MAX));
+        assert!(norm(&[b'n'; NAME_MAX + 1]).unwrap_err().contains("255"));
+        let long = [&b"d/"[..]; 2049].concat();
+        assert!(norm(&long).unwrap_err().contains("4095"));
+        assert_eq!(norm(&long[..PATH_MAX + 1]).map(|v| v.len()), Ok(PATH_MAX));
+        assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+        assert_eq!(split(b""), (&b""[..], &b""[..]));
+        assert_eq!(display_path(b"/a/./b"), b"a/b");
+        assert_eq!(display_path(b"a/../b"), b"a/../b");
+    }
+
+    #[test]
+    fn whiteouts() {
+        let c = |p: &[u8]| match classify_whiteout(p) {
+            Ok(Whiteout::None) => Ok("none".to_string()),
+            Ok(Whiteout::Opaque) => Ok("opaque".into()),
+            Ok(Whiteout::Meta) => Ok("meta".into()),
+            Ok(Whiteout::Name(n)) => Ok(format!("name {}", lossy(n))),
+            Err(e) => Err(e),
+        };
+        assert_eq!(c(b"a/b"), Ok("none".into()));
+        assert_eq!(c(b"a/.wh..wh..opq"), Ok("opaque".into()));
+        assert_eq!(c(b".wh..wh..opq"), Ok("opaque".into()));
+        assert_eq!(c(b"a/.wh.b"), Ok("name b".into()));
+        assert_eq!(c(b"a/.wh..wh.plnk"), Ok("meta".into()));
+        assert_eq!(c(b".wh..wh.plnk/x"), Ok("meta".into()));
+        assert_eq!(c(b"a/.wh.b/c"), Err("whiteout name used as a directory"));
+        for bad in [&b"a/.wh."[..], b"a/.wh..", b".wh..."] {
+            assert_eq!(c(bad), Err("malformed whiteout name"), "{}", lossy(bad));
+        }
+        assert_eq!(c(b"a/x.wh.b"), Ok("none".into()));
     }
 }
