@@ -9,7 +9,7 @@
 //!   sizes the octal fields hold (beyond them a PAX record carries the value).
 //! - [`sparse`]: GNU sparse files (old GNU `S` entries, PAX 0.0, 0.1 and 1.0): maps parsed and
 //!   checked when reading, the 1.0 map and records written by commit.
-//! - [`write`]: encoding one layer entry (commit's writer).
+//! - `write`: encoding one layer entry (commit's writer; crate-private).
 //! - [`keeps_xattr`]: which xattrs a layer tar carries, reading or writing.
 
 pub mod pax;

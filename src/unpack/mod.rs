@@ -113,7 +113,7 @@ pub enum UnpackError {
     #[error("entry {path:?}: {reason}")]
     Entry { path: String, reason: String },
     /// A sparse file whose map is malformed, inconsistent with the entry, or too large (see
-    /// [`crate::sparse`]).
+    /// [`crate::tar::sparse`]).
     #[error("entry {path:?}: sparse file: {reason}")]
     Sparse { path: String, reason: String },
     /// A filesystem operation failed.
