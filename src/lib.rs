@@ -5,8 +5,8 @@
 //! - [`error`]: the error kinds front ends map, and [`error::report`] for a chain of causes.
 //! - [`store`]: the state root (blobs, layers, staging, locks) and [`db`] its SQLite metadata.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
-//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`sparse`]:
-//!   GNU sparse files in layer tars.
+//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`tar`]:
+//!   the layer tar format (PAX, ustar, GNU sparse) that unpack reads and commit writes.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
@@ -41,8 +41,8 @@ pub mod registry;
 pub mod rootfs;
 pub mod run;
 pub mod snapshot;
-pub mod sparse;
 pub mod store;
+pub mod tar;
 pub mod time;
 
 pub mod unpack;

@@ -35,15 +35,14 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use super::compress::Compressor;
 use super::sparse::{self, SparseReader};
-use super::tar_entry::{EntryMeta, LayerWriter, Sparse};
 use super::{io_at, CommitError, Result};
 use crate::digest::Sha256Digest;
 use crate::fdwalk::{join_rel, DirChain, WalkError};
 use crate::hashing::Hashing;
 use crate::image::Compression;
-use crate::overlay_format::{
-    has_opaque, is_private_xattr, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX,
-};
+use crate::overlay_format::{has_opaque, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::tar::keeps_xattr;
+use crate::tar::write::{EntryMeta, LayerWriter, Sparse};
 
 /// Options for [`write_layer`].
 #[derive(Debug, Clone)]
@@ -280,7 +279,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                 let all = list_xattrs(XattrsOf::Fd(chain.fd())).map_err(io_at(&path()))?;
                 refuse_metacopy(&all, path)?;
                 let opaque = has_opaque(&all);
-                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                xattrs = all.into_iter().filter(|(k, _)| keeps_xattr(k)).collect::<Vec<_>>();
                 m.xattrs = &xattrs;
                 let mut dpath = p.tar_name.clone();
                 dpath.push(b'/');
@@ -325,7 +324,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                 }
                 let all = list_xattrs(XattrsOf::Fd(fd.as_fd())).map_err(io_at(&path()))?;
                 refuse_metacopy(&all, path)?;
-                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                xattrs = all.into_iter().filter(|(k, _)| keeps_xattr(k)).collect::<Vec<_>>();
                 m.xattrs = &xattrs;
                 if p.st.st_nlink > 1 {
                     if let Some(first) = links.get(&key).cloned() {
@@ -374,7 +373,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                 }
                 let all = list_xattrs(XattrsOf::OPath(fd.as_fd())).map_err(io_at(&path()))?;
                 refuse_metacopy(&all, path)?;
-                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                xattrs = all.into_iter().filter(|(k, _)| keeps_xattr(k)).collect::<Vec<_>>();
                 m.xattrs = &xattrs;
                 let target;
                 match ft {
