@@ -17,7 +17,7 @@
 //! Archives are written to a temp file next to `DEST`, fsynced and renamed: `DEST` is either the
 //! old file or the complete new one; an existing file is replaced only with `--force`, and a
 //! symlink at `DEST` is never followed (see [`export_with`]). Temp files of an export that was
-//! killed are removed by the next export to the same place (see `Temp` below).
+//! killed are removed by the next export to the same place (see [`crate::fsutil::AtomicFile`]).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -25,7 +25,6 @@ use std::io::{self, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::FlockOperation;
 
@@ -33,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::db::DbError;
 use crate::digest::Sha256Digest;
+use crate::fsutil::{remove_stale_temps, AtomicError, AtomicFile};
 use crate::image::{self, Compression, ImageError};
 use crate::store::{Store, StoreError};
 
@@ -67,6 +67,19 @@ pub enum ExportError {
     Db(#[from] DbError),
     #[error(transparent)]
     Image(#[from] ImageError),
+}
+
+impl From<AtomicError> for ExportError {
+    /// The writer's errors are export's own: an I/O error at a path, or `DEST` already exists.
+    fn from(e: AtomicError) -> ExportError {
+        match e {
+            AtomicError::Io { path, source } => ExportError::Io { path, source },
+            AtomicError::Exists { path } => ExportError::Exists(path),
+            AtomicError::NotAFileName { path } => {
+                ExportError::BadDest { path, reason: "not a file name".into() }
+            }
+        }
+    }
 }
 
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
@@ -291,165 +304,23 @@ fn blob_list<'a>(store: &Store, parts: impl IntoIterator<Item = &'a Parts>) -> V
     out
 }
 
-// ---- Temp files -------------------------------------------------------------------------------
-//
-// Everything is written to `.NAME.tmp-PID-N` next to `NAME`, fsynced and renamed. The writer
-// holds an flock on its temp file from creation to rename, so a temp file whose lock is free
-// belongs to an export that died (kill -9, power loss): the next export to the same place
-// removes it. The lock, not the PID, decides (a dead writer's PID may be reused by the time
-// anyone looks); the PID and a per-process counter keep concurrent writers' names apart.
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// `NAME` if `file_name` is one of strata's temp names for it (`.NAME.tmp-PID[-N]`).
-fn temp_target(file_name: &str) -> Option<&str> {
-    let (name, suffix) = file_name.strip_prefix('.')?.rsplit_once(".tmp-")?;
-    let mut parts = suffix.splitn(2, '-');
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let ok = parts.next().is_some_and(digits) && parts.next().is_none_or(digits);
-    (ok && !name.is_empty()).then_some(name)
-}
-
-/// Whether `path` and the open `file` are the same inode.
-fn same_file(path: &Path, file: &File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::symlink_metadata(path), file.metadata()) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-/// A locked temp file next to its destination; removed on drop unless persisted.
-struct Temp {
-    path: PathBuf,
-    file: File,
-    persisted: bool,
-}
-
-impl Temp {
-    /// Create the temp file for `dest` and lock it. Errors name `dest`'s directory.
-    fn create(dest: &Path, mode: u32) -> Result<Temp> {
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let mut last = io::Error::other("temp file vanished while it was being created");
-        for _ in 0..8 {
-            let path = tmp_name(dest);
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(io_at(dir))?;
-            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                // A stale-temp sweep may have taken it (and removed it) before the lock.
-                Ok(()) if same_file(&path, &file) => return Ok(Temp { path, file, persisted: false }),
-                Ok(()) => {}
-                Err(e) => last = e.into(),
-            }
-        }
-        Err(io_at(dir)(last))
-    }
-
-    /// fsync and rename onto `dest`; without `replace`, an existing `dest` is an error.
-    fn persist(mut self, dest: &Path, replace: bool) -> Result<()> {
-        self.file.sync_all().map_err(io_at(&self.path))?;
-        if replace {
-            fs::rename(&self.path, dest).map_err(io_at(dest))?;
-        } else {
-            rename_noreplace(&self.path, dest)?;
-        }
-        self.persisted = true;
-        Ok(())
-    }
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Rename that never replaces `dest` (another process may have created it since the check).
-fn rename_noreplace(tmp: &Path, dest: &Path) -> Result<()> {
-    use rustix::fs::{renameat_with, RenameFlags, CWD};
-    match renameat_with(CWD, tmp, CWD, dest, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::EXIST) => Err(ExportError::Exists(dest.to_path_buf())),
-        // Filesystems without RENAME_NOREPLACE: a hard link refuses an existing name too.
-        Err(rustix::io::Errno::INVAL) => match fs::hard_link(tmp, dest) {
-            Ok(()) => {
-                let _ = fs::remove_file(tmp);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(ExportError::Exists(dest.to_path_buf()))
-            }
-            Err(e) => Err(io_at(dest)(e)),
-        },
-        Err(e) => Err(io_at(dest)(e.into())),
-    }
-}
-
-/// Remove the temp files in `dir` that `wanted` claims (by target name) and no live export
-/// holds. Best effort: what cannot be examined stays.
-fn remove_stale_temps(dir: &Path, wanted: impl Fn(&str) -> bool) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !temp_target(name).is_some_and(&wanted) {
-            continue;
-        }
-        let path = dir.join(name);
-        // Never follow a link or block on a FIFO planted under such a name.
-        let Ok(f) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&path)
-        else {
-            continue;
-        };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) if same_file(&path, &f) => match fs::remove_file(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), "removed a killed export's temp file"),
-                Err(e) => tracing::debug!(path = %path.display(), error = %e, "stale temp file stays"),
-            },
-            _ => {}
-        }
-    }
-}
-
 /// Write a small file atomically (temp, fsync, rename over `path`).
 fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let mut t = Temp::create(path, 0o644)?;
-    t.file.write_all(data).map_err(io_at(&t.path))?;
-    t.persist(path, true)
+    let mut t = AtomicFile::create(path, 0o644)?;
+    t.write_all(data)?;
+    Ok(t.commit()?)
 }
 
 /// Copy a store blob into a layout as `dst` (temp, fsync, rename).
 fn copy_blob(src: &Path, dst: &Path) -> Result<()> {
-    let t = Temp::create(dst, 0o644)?;
+    let t = AtomicFile::create(dst, 0o644)?;
     let mut from = File::open(src).map_err(io_at(src))?;
     // io::copy between files is copy_file_range: a reflink on filesystems that can, no
     // user-space copy otherwise.
-    io::copy(&mut from, &mut &t.file).map_err(io_at(&t.path))?;
+    io::copy(&mut from, &mut t.file()).map_err(io_at(&t.path()))?;
     // Store blobs are 0600 (the root is private); a layout is for others to read, whatever the umask.
-    t.file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(&t.path))?;
-    t.persist(dst, true)
+    t.file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(&t.path()))?;
+    Ok(t.commit()?)
 }
 
 fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str, force: bool) -> Result<()> {
@@ -598,13 +469,13 @@ fn write_atomically(
     };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     remove_stale_temps(parent, |n| n == name);
-    let t = Temp::create(path, 0o644)?;
+    let t = AtomicFile::create(path, 0o644)?;
     {
-        let mut w = BufWriter::with_capacity(1 << 20, &t.file);
+        let mut w = BufWriter::with_capacity(1 << 20, t.file());
         f(&mut w)?;
-        w.flush().map_err(io_at(&t.path))?;
+        w.flush().map_err(io_at(&t.path()))?;
     }
-    t.persist(path, force)
+    Ok(if force { t.commit() } else { t.commit_new() }?)
 }
 
 /// Deterministic tar headers for archive members.
@@ -979,58 +850,5 @@ mod tests {
         assert_eq!(docker_repo_tag("a/b"), "a/b:latest");
         assert_eq!(docker_repo_tag("localhost:5000/b"), "localhost:5000/b:latest");
         assert_eq!(docker_repo_tag("b:1"), "b:1");
-    }
-
-    #[test]
-    fn temp_names() {
-        let t = tmp_name(Path::new("/x/img.tar"));
-        let name = t.file_name().unwrap().to_str().unwrap();
-        assert_eq!(temp_target(name), Some("img.tar"), "{name}");
-        assert_eq!(temp_target(".img.tar.tmp-123"), Some("img.tar"));
-        assert_eq!(temp_target(".a.tmp-b.tmp-1-2"), Some("a.tmp-b"));
-        for not in [
-            "img.tar.tmp-1",
-            ".img.tar.tmp-",
-            ".img.tar.tmp-x",
-            ".img.tar.tmp-1-",
-            ".img.tar.tmp-1-2-3",
-            "..tmp-1",
-        ] {
-            assert_eq!(temp_target(not), None, "{not}");
-        }
-    }
-
-    /// Only unlocked temp files of the wanted target go; a live writer's (locked) stays, and so do
-    /// other names, symlinks and FIFOs.
-    #[test]
-    fn stale_temps_removed_only_when_unlocked() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
-        let dead = d.join(".a.tar.tmp-4194999-0");
-        fs::write(&dead, b"half").unwrap();
-        let live = Temp::create(&d.join("a.tar"), 0o644).unwrap();
-        let other = d.join(".b.tar.tmp-4194999-0");
-        fs::write(&other, b"x").unwrap();
-        let target = d.join("target");
-        fs::write(&target, b"keep").unwrap();
-        let link = d.join(".a.tar.tmp-4194998");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let fifo = d.join(".a.tar.tmp-4194997");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from(0o600),
-            0,
-        )
-        .unwrap();
-        remove_stale_temps(d, |n| n == "a.tar");
-        assert!(!dead.exists());
-        assert!(live.path.exists(), "a live export's temp file stays");
-        assert!(other.exists() && fs::symlink_metadata(&link).is_ok() && fifo.exists());
-        assert_eq!(fs::read(&target).unwrap(), b"keep");
-        let live_path = live.path.clone();
-        drop(live);
-        assert!(!live_path.exists(), "an unpersisted temp file goes with its writer");
     }
 }
