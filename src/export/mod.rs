@@ -18,23 +18,28 @@
 //! old file or the complete new one; an existing file is replaced only with `--force`, and a
 //! symlink at `DEST` is never followed (see [`export_with`]). Temp files of an export that was
 //! killed are removed by the next export to the same place (see [`crate::fsutil::AtomicFile`]).
+//!
+//! The module's parts: `stored` loads a stored image (typed manifest, config, layers), `layout`
+//! writes an OCI image layout directory, `archive` the oci-archive and docker-archive tars. Every
+//! file is written through [`crate::fsutil::AtomicFile`].
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+mod archive;
+mod layout;
+mod stored;
+
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use rustix::fs::FlockOperation;
-
-use serde_json::{json, Value};
-
 use crate::db::DbError;
-use crate::digest::Sha256Digest;
-use crate::fsutil::{remove_stale_temps, AtomicError, AtomicFile};
-use crate::image::{self, Compression, ImageError};
+use crate::fsutil::AtomicError;
+use crate::image::{self, ImageError};
 use crate::store::{Store, StoreError};
+
+use archive::{write_atomically, write_docker_archive, write_oci_archive};
+use layout::export_oci_dir;
+use stored::{load, Parts};
 
 /// Export errors.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +89,7 @@ impl From<AtomicError> for ExportError {
 
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
+pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
     move |source| ExportError::Io { path: path.to_path_buf(), source }
 }
 
@@ -109,46 +114,6 @@ impl FromStr for ExportFormat {
             _ => Err(ExportError::Format(s.to_string())),
         }
     }
-}
-
-/// A stored image's metadata, read and checked.
-struct Parts {
-    manifest: Vec<u8>,
-    manifest_digest: Sha256Digest,
-    manifest_media_type: String,
-    config: Vec<u8>,
-    config_digest: Sha256Digest,
-    /// (blob digest, media type, diff_id), bottom first.
-    layers: Vec<(Sha256Digest, String, Sha256Digest)>,
-}
-
-fn load(store: &Store, name: &str) -> Result<Parts> {
-    let row = store.db.image(name)?.ok_or_else(|| ExportError::NoImage(name.to_string()))?;
-    let bad = |reason: String| ExportError::BadImage { image: name.to_string(), reason };
-    let manifest_digest = row.manifest_digest.clone();
-    let manifest = store.read_blob(&manifest_digest)?;
-    let m: Value = serde_json::from_slice(&manifest).map_err(|e| bad(format!("manifest: {e}")))?;
-    let digest_of = |d: &Value, what: &str| -> Result<Sha256Digest> {
-        let s =
-            d.get("digest").and_then(|v| v.as_str()).ok_or_else(|| bad(format!("{what} has no digest")))?;
-        Sha256Digest::parse(s).map_err(|e| bad(format!("{what}: {e}")))
-    };
-    let config_digest = digest_of(m.get("config").unwrap_or(&Value::Null), "manifest config")?;
-    let config = store.read_blob(&config_digest)?;
-    let diff_ids = image::diff_ids(&config, &format!("image {name:?} config"))?;
-    let descs =
-        m.get("layers").and_then(|l| l.as_array()).ok_or_else(|| bad("manifest has no layers".into()))?;
-    if descs.len() != diff_ids.len() {
-        return Err(bad(format!("{} layers but {} diff_ids", descs.len(), diff_ids.len())));
-    }
-    let mut layers = Vec::new();
-    for (d, id) in descs.iter().zip(diff_ids) {
-        let mt = d.get("mediaType").and_then(|v| v.as_str()).unwrap_or(image::MT_OCI_LAYER_GZIP).to_string();
-        layers.push((digest_of(d, "manifest layer")?, mt, id));
-    }
-    let manifest_media_type =
-        m.get("mediaType").and_then(|v| v.as_str()).unwrap_or(image::MT_OCI_MANIFEST).to_string();
-    Ok(Parts { manifest, manifest_digest, manifest_media_type, config, config_digest, layers })
 }
 
 /// Export options.
@@ -253,368 +218,6 @@ fn check_parent(path: &Path) -> Result<()> {
     }
 }
 
-/// `name` with `:latest` when it has no tag.
-fn docker_repo_tag(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') || name.contains('@') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
-
-fn index_descriptor(parts: &Parts, ref_name: &str) -> Value {
-    let mut d = json!({
-        "mediaType": parts.manifest_media_type,
-        "digest": parts.manifest_digest.to_string(),
-        "size": parts.manifest.len(),
-        "annotations": { image::REF_NAME: ref_name },
-    });
-    if let Ok(c) = serde_json::from_slice::<Value>(&parts.config) {
-        if let (Some(os), Some(arch)) =
-            (c.get("os").and_then(|v| v.as_str()), c.get("architecture").and_then(|v| v.as_str()))
-        {
-            let mut p = json!({ "os": os, "architecture": arch });
-            if let Some(v) = c.get("variant").and_then(|v| v.as_str()) {
-                p["variant"] = v.into();
-            }
-            d["platform"] = p;
-        }
-    }
-    d
-}
-
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-
-/// Every blob the images need, each once: (digest, source path in the store).
-fn blob_list<'a>(store: &Store, parts: impl IntoIterator<Item = &'a Parts>) -> Vec<(Sha256Digest, PathBuf)> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for parts in parts {
-        let all = [parts.manifest_digest.clone(), parts.config_digest.clone()]
-            .into_iter()
-            .chain(parts.layers.iter().map(|l| l.0.clone()));
-        for d in all {
-            if seen.insert(d.clone()) {
-                let p = store.blob_path(&d);
-                out.push((d, p));
-            }
-        }
-    }
-    out
-}
-
-/// Write a small file atomically (temp, fsync, rename over `path`).
-fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let mut t = AtomicFile::create(path, 0o644)?;
-    t.write_all(data)?;
-    Ok(t.commit()?)
-}
-
-/// Copy a store blob into a layout as `dst` (temp, fsync, rename).
-fn copy_blob(src: &Path, dst: &Path) -> Result<()> {
-    let t = AtomicFile::create(dst, 0o644)?;
-    let mut from = File::open(src).map_err(io_at(src))?;
-    // io::copy between files is copy_file_range: a reflink on filesystems that can, no
-    // user-space copy otherwise.
-    io::copy(&mut from, &mut t.file()).map_err(io_at(&t.path()))?;
-    // Store blobs are 0600 (the root is private); a layout is for others to read, whatever the umask.
-    t.file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(&t.path()))?;
-    Ok(t.commit()?)
-}
-
-fn export_oci_dir(store: &Store, parts: &Parts, dir: &Path, ref_name: &str, force: bool) -> Result<()> {
-    match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_at(dir)(e)),
-        },
-        Err(e) => return Err(io_at(dir)(e)),
-        Ok(md) if md.file_type().is_symlink() => return Err(ExportError::Symlink(dir.to_path_buf())),
-        Ok(md) if !md.is_dir() => {
-            return Err(ExportError::BadDest {
-                path: dir.to_path_buf(),
-                reason: "exists and is not a directory (an OCI layout is a directory)".into(),
-            })
-        }
-        Ok(_) => {}
-    }
-    // Exports into one layout take turns (an flock on the directory itself, so the layout gets
-    // no extra file): index.json is read, changed and replaced, and a concurrent export would
-    // otherwise drop the other's entry.
-    let dir_fd = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => ExportError::Symlink(dir.to_path_buf()),
-            _ => io_at(dir)(e),
-        })?;
-    rustix::fs::flock(&dir_fd, FlockOperation::LockExclusive).map_err(|e| io_at(dir)(e.into()))?;
-    let blobs = dir.join("blobs/sha256");
-    remove_stale_temps(dir, |n| n == "oci-layout" || n == "index.json");
-    remove_stale_temps(&blobs, |n| Sha256Digest::from_hex(n).is_ok());
-    let layout = dir.join("oci-layout");
-    match fs::read(&layout) {
-        Ok(data) => {
-            let v: Value = serde_json::from_slice(&data).map_err(|e| ExportError::BadLayout {
-                path: dir.to_path_buf(),
-                reason: format!("oci-layout: {e}"),
-            })?;
-            if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
-                return Err(ExportError::BadLayout {
-                    path: dir.to_path_buf(),
-                    reason: "oci-layout has no imageLayoutVersion".into(),
-                });
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // A new layout goes only into an empty directory.
-            if fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
-                return Err(ExportError::BadDest {
-                    path: dir.to_path_buf(),
-                    reason: "a directory that is neither empty nor an OCI image layout (no oci-layout \
-                             file); refusing to write into it"
-                        .into(),
-                });
-            }
-            write_file_atomic(&layout, OCI_LAYOUT)?
-        }
-        Err(e) => return Err(io_at(&layout)(e)),
-    }
-    let index_path = dir.join("index.json");
-    let mut index = match fs::read(&index_path) {
-        Ok(data) => serde_json::from_slice::<Value>(&data).map_err(|e| ExportError::BadLayout {
-            path: dir.to_path_buf(),
-            reason: format!("index.json: {e}"),
-        })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            json!({ "schemaVersion": 2, "mediaType": image::MT_OCI_INDEX, "manifests": [] })
-        }
-        Err(e) => return Err(io_at(&index_path)(e)),
-    };
-    let obj = index.as_object_mut().ok_or_else(|| ExportError::BadLayout {
-        path: dir.to_path_buf(),
-        reason: "index.json is not an object".into(),
-    })?;
-    let manifests = obj.entry("manifests").or_insert_with(|| json!([]));
-    let list = manifests.as_array_mut().ok_or_else(|| ExportError::BadLayout {
-        path: dir.to_path_buf(),
-        reason: "index.json manifests is not an array".into(),
-    })?;
-    let has_ref = |m: &Value| {
-        m.get("annotations").and_then(|a| a.get(image::REF_NAME)).and_then(|v| v.as_str()) == Some(ref_name)
-    };
-    let ours = parts.manifest_digest.to_string();
-    if !force {
-        if let Some(other) = list.iter().filter(|m| has_ref(m)).find_map(|m| {
-            let d = m.get("digest").and_then(|v| v.as_str()).unwrap_or("?");
-            (d != ours).then(|| d.to_string())
-        }) {
-            return Err(ExportError::TagExists {
-                path: dir.to_path_buf(),
-                tag: ref_name.to_string(),
-                digest: image::printable(&other, 80),
-            });
-        }
-    }
-    // Blobs before the index that names them.
-    fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
-    for (d, src) in blob_list(store, [parts]) {
-        let dst = blobs.join(d.hex());
-        if !dst.is_file() {
-            copy_blob(&src, &dst)?;
-        }
-    }
-    // Sync the blobs' directory entries before index.json can name them.
-    if let Ok(f) = File::open(&blobs) {
-        let _ = f.sync_all();
-    }
-    list.retain(|m| !has_ref(m));
-    list.push(index_descriptor(parts, ref_name));
-    let data = serde_json::to_vec(&index).map_err(|e| ExportError::BadLayout {
-        path: dir.to_path_buf(),
-        reason: format!("index.json: {e}"),
-    })?;
-    write_file_atomic(&index_path, &data)
-}
-
-/// Create the archive `path` through a locked temp file next to it: fsynced and renamed only
-/// when `f` succeeds. An existing regular file is replaced only with `force`.
-fn write_atomically(
-    path: &Path,
-    force: bool,
-    f: impl FnOnce(&mut BufWriter<&File>) -> Result<()>,
-) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_at(path)(e)),
-        Ok(md) if md.file_type().is_symlink() => return Err(ExportError::Symlink(path.to_path_buf())),
-        Ok(md) if md.is_dir() => {
-            return Err(ExportError::BadDest { path: path.to_path_buf(), reason: "is a directory".into() })
-        }
-        Ok(md) if !md.is_file() => {
-            return Err(ExportError::BadDest {
-                path: path.to_path_buf(),
-                reason: "exists and is not a regular file".into(),
-            })
-        }
-        Ok(_) if !force => return Err(ExportError::Exists(path.to_path_buf())),
-        Ok(_) => {}
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    remove_stale_temps(parent, |n| n == name);
-    let t = AtomicFile::create(path, 0o644)?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, t.file());
-        f(&mut w)?;
-        w.flush().map_err(io_at(&t.path()))?;
-    }
-    Ok(if force { t.commit() } else { t.commit_new() }?)
-}
-
-/// Deterministic tar headers for archive members.
-fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(kind);
-    h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(size);
-    // Every path here is short and ASCII: `blobs/sha256/<64 hex>` at most.
-    let bytes = path.as_bytes();
-    let name = &mut h.as_old_mut().name;
-    let n = bytes.len().min(name.len());
-    name[..n].copy_from_slice(&bytes[..n]);
-    h.set_cksum();
-    h
-}
-
-fn append_bytes<W: Write>(b: &mut tar::Builder<W>, path: &str, data: &[u8], at: &Path) -> Result<()> {
-    b.append(&header(path, tar::EntryType::Regular, data.len() as u64), data).map_err(io_at(at))
-}
-
-fn append_file<W: Write>(b: &mut tar::Builder<W>, path: &str, src: &Path, at: &Path) -> Result<()> {
-    let f = File::open(src).map_err(io_at(src))?;
-    let len = f.metadata().map_err(io_at(src))?.len();
-    b.append(&header(path, tar::EntryType::Regular, len), f.take(len)).map_err(io_at(at))
-}
-
-/// An oci-archive of `images`, each (metadata, ref name) one index entry.
-fn write_oci_archive(store: &Store, images: &[(Parts, String)], w: &mut impl Write) -> Result<()> {
-    let at = PathBuf::from("oci-archive");
-    let mut b = tar::Builder::new(w);
-    append_bytes(&mut b, "oci-layout", OCI_LAYOUT, &at)?;
-    let manifests: Vec<Value> = images.iter().map(|(p, r)| index_descriptor(p, r)).collect();
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": image::MT_OCI_INDEX,
-        "manifests": manifests,
-    });
-    let index = serde_json::to_vec(&index).unwrap_or_default();
-    append_bytes(&mut b, "index.json", &index, &at)?;
-    for dir in ["blobs/", "blobs/sha256/"] {
-        b.append(&header(dir, tar::EntryType::Directory, 0), io::empty()).map_err(io_at(&at))?;
-    }
-    for (d, src) in blob_list(store, images.iter().map(|(p, _)| p)) {
-        append_file(&mut b, &format!("blobs/sha256/{}", d.hex()), &src, &at)?;
-    }
-    b.finish().map_err(io_at(&at))
-}
-
-/// Decompress a stored layer blob into `tmp`, checking its sha256 against `diff_id`.
-fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest, tmp: &Path) -> Result<()> {
-    let mut f = File::open(src).map_err(io_at(src))?;
-    let mut head = [0u8; 4];
-    let n = f.read(&mut head).map_err(io_at(src))?;
-    f.rewind().map_err(io_at(src))?;
-    let compression = image::sniff_compression(&head[..n]);
-    let mut r: Box<dyn Read> = match compression {
-        Compression::Gzip => {
-            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 18, f)))
-        }
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(io_at(src))?),
-        Compression::None => Box::new(f),
-    };
-    let out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(io_at(tmp))?;
-    let mut w = crate::hashing::Hashing::new(BufWriter::with_capacity(1 << 20, out));
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_at(src)(e)),
-        };
-        w.write_all(&buf[..n]).map_err(io_at(tmp))?;
-    }
-    w.flush().map_err(io_at(tmp))?;
-    let (_, actual, _) = w.finish();
-    if &actual != diff_id {
-        return Err(ExportError::DiffIdMismatch {
-            digest: digest.to_string(),
-            expected: diff_id.to_string(),
-            actual: actual.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// A docker-archive of `images` (`docker save` of several: one manifest.json entry each, layers
-/// and configs they share written once).
-fn write_docker_archive(store: &Store, images: &[(Parts, String)], w: &mut impl Write) -> Result<()> {
-    let at = PathBuf::from("docker-archive");
-    let staging = store.staging()?;
-    let mut b = tar::Builder::new(w);
-    let mut written = HashSet::new();
-    let mut manifest = Vec::new();
-    let mut repos = serde_json::Map::new();
-    for (parts, name) in images {
-        let repo_tag = docker_repo_tag(name);
-        let config_name = format!("{}.json", parts.config_digest.hex());
-        if written.insert(config_name.clone()) {
-            append_bytes(&mut b, &config_name, &parts.config, &at)?;
-        }
-        let mut layer_names = Vec::new();
-        for (digest, _mt, diff_id) in &parts.layers {
-            let name = format!("{}/layer.tar", diff_id.hex());
-            layer_names.push(name.clone());
-            if !written.insert(name.clone()) {
-                continue;
-            }
-            b.append(&header(&format!("{}/", diff_id.hex()), tar::EntryType::Directory, 0), io::empty())
-                .map_err(io_at(&at))?;
-            let src = store.blob_path(digest);
-            if digest == diff_id {
-                // Stored uncompressed already.
-                append_file(&mut b, &name, &src, &at)?;
-            } else {
-                let tmp = staging.dir.join(diff_id.hex());
-                uncompressed_layer(&src, diff_id, digest, &tmp)?;
-                append_file(&mut b, &name, &tmp, &at)?;
-                fs::remove_file(&tmp).map_err(io_at(&tmp))?;
-            }
-        }
-        manifest.push(json!({ "Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names }));
-        // Legacy `repositories`: repo -> tag -> top layer id (skopeo writes the same).
-        if let (Some((repo, tag)), Some(top)) = (repo_tag.rsplit_once(':'), parts.layers.last()) {
-            let tags = repos.entry(repo.to_string()).or_insert_with(|| json!({}));
-            tags[tag] = top.2.hex().into();
-        }
-    }
-    append_bytes(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap_or_default(), &at)?;
-    if !repos.is_empty() {
-        append_bytes(&mut b, "repositories", &serde_json::to_vec(&repos).unwrap_or_default(), &at)?;
-    }
-    b.finish().map_err(io_at(&at))
-}
-
 /// Write image `image` as an archive (`oci-archive` or `docker-archive`) to the stream `w`, as
 /// `podman save` to stdout does; the archive names the image `image`. The OCI layout format is a
 /// directory and cannot be streamed.
@@ -627,10 +230,14 @@ pub fn export_archive_to(store: &Store, image: &str, format: ExportFormat, w: &m
 
 #[cfg(test)]
 mod tests {
+    use super::archive::docker_repo_tag;
     use super::*;
     use crate::commit::tests::{mknod, need_root, setx};
     use crate::commit::{write_layer, LayerOptions};
     use crate::db::ImageLayerRow;
+    use crate::digest::Sha256Digest;
+    use crate::image::Compression;
+    use serde_json::{json, Value};
     use std::process::Command;
     use strata_test_support::tree::{assert_trees_eq, Tree};
 
