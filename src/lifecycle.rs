@@ -110,11 +110,9 @@ fn exit_path(store: &Store, name: &str) -> PathBuf {
 /// a container removed meanwhile has no directory to record it in.
 pub fn record_exit(store: &Store, name: &str, code: i32) {
     let p = exit_path(store, name);
-    let tmp = p.with_extension("tmp");
-    let done = std::fs::write(&tmp, format!("{code}\n")).and_then(|()| std::fs::rename(&tmp, &p));
+    let done = crate::fsutil::atomic_write(&p, 0o666, |w| writeln!(w, "{code}"));
     if let Err(e) = done {
         tracing::debug!(container = name, error = %e, "exit code not recorded");
-        let _ = std::fs::remove_file(&tmp);
     }
 }
 
