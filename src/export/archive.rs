@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -117,18 +117,9 @@ pub(super) fn write_oci_archive(store: &Store, images: &[(Parts, String)], w: &m
 
 /// Decompress a stored layer blob into `tmp`, checking its sha256 against `diff_id`.
 fn uncompressed_layer(src: &Path, diff_id: &Sha256Digest, digest: &Sha256Digest, tmp: &Path) -> Result<()> {
-    let mut f = File::open(src).map_err(io_at(src))?;
-    let mut head = [0u8; 4];
-    let n = f.read(&mut head).map_err(io_at(src))?;
-    f.rewind().map_err(io_at(src))?;
-    let compression = image::sniff_compression(&head[..n]);
-    let mut r: Box<dyn Read> = match compression {
-        Compression::Gzip => {
-            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 18, f)))
-        }
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(io_at(src))?),
-        Compression::None => Box::new(f),
-    };
+    let f = File::open(src).map_err(io_at(src))?;
+    let mut r =
+        Compression::sniffing_decoder(io::BufReader::with_capacity(1 << 18, f)).map_err(io_at(src))?;
     let out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(io_at(tmp))?;
     let mut w = crate::hashing::Hashing::new(BufWriter::with_capacity(1 << 20, out));
     let mut buf = vec![0u8; 1 << 20];
