@@ -75,6 +75,9 @@ pub struct RunSpec {
     pub user: Option<String>,
     /// `-v HOST:CTR[:ro]` bind mounts, in order (see [`parse_volume`]).
     pub volumes: Vec<Volume>,
+    /// `linux.cgroupsPath`: where runc makes the container's cgroup in every hierarchy (runc's
+    /// default, `/<id>`, when `None`).
+    pub cgroups_path: Option<String>,
 }
 
 /// A bind mount of a host path into the container (`-v HOST:CTR[:OPTIONS]`).
@@ -326,6 +329,11 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
             mounts.push(m);
         }
         spec.set_mounts(Some(mounts));
+    }
+    if let Some(path) = &run.cgroups_path {
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(PathBuf::from(path)));
+        spec.set_linux(Some(linux));
     }
     spec.set_process(Some(process));
     spec.set_root(Some(root));
@@ -696,9 +704,14 @@ mod tests {
             args: vec!["x".into(), "y".into()],
             hostname: "h".into(),
             terminal: false,
+            cgroups_path: Some("/strata-0123abcd-c".into()),
             ..Default::default()
         };
         let spec = build_spec(&cfg, dir.path(), &run).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/strata-0123abcd-c")));
+        // The default spec's namespaces stay.
+        assert!(linux.namespaces().as_ref().is_some_and(|n| !n.is_empty()));
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/ep".to_string(), "x".into(), "y".into()]);
         assert_eq!(p.cwd(), &PathBuf::from("/w"));

@@ -15,10 +15,12 @@
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
-//! - [`run`]: `strata run` (create, mount, runc, clean up).
+//! - [`run`]: `strata run` (create, mount, runc, clean up); [`cgroup`]: the containers' cgroup
+//!   directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod commit;
 pub mod container;
 pub mod db;

@@ -115,12 +115,14 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             workdir: opts.workdir.clone(),
             user: opts.user.clone(),
             volumes: volumes.clone(),
+            cgroups_path: Some(container::cgroups_path(store, &name)),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;
         let bundle_dir = container::dir(store, &name).join("bundle");
         bundle::write_bundle(&bundle_dir, &spec).map_err(berr)?;
-        let (state, id) = container::runc_ids(store, &name);
+        let state = container::runc_state_dir(store);
+        let id = container::runc_id(store, &name);
         bundle::delete_stale(&state, &id);
         if opts.detach {
             bundle::run_detached(&state, &bundle_dir, &id, &log_path(store, &name)).map_err(berr)?;
@@ -134,6 +136,8 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     }
     let gone = |e: &ContainerError| matches!(e, ContainerError::NotFound(_));
     if opts.rm {
+        // Kills what may still run (a runc killed behind our back leaves its container), deletes
+        // runc's state and cgroups, unmounts and removes.
         match container::remove(store, &name, true) {
             Err(e) if !gone(&e) => {
                 // The run's own failure explains more than the clean-up's.
@@ -143,7 +147,12 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             _ => {}
         }
     } else {
-        let _ = container::umount(store, &name, false);
+        match container::release(store, &name) {
+            Err(e) if !gone(&e) => {
+                tracing::warn!(container = %name, error = %crate::error::report(&e), "cleaning up after the run");
+            }
+            _ => {}
+        }
     }
     result
 }
@@ -243,7 +252,7 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
             }
         }
     }
-    bundle::runc_verb(&state, "delete", &id, &["--force"]).map_err(berr)?;
+    container::delete_runtime(store, name).map_err(cerr)?;
     match container::umount(store, name, false) {
         Ok(()) | Err(ContainerError::NotMounted(_)) => Ok(graceful),
         Err(e) => Err(cerr(e)),
