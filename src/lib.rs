@@ -15,8 +15,9 @@
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
-//! - [`run`]: `strata run` (create, mount, runc, clean up); [`cgroup`]: the containers' cgroup
-//!   directories.
+//! - [`run`]: `strata run` (create, mount, runc, clean up); [`signals`]: what a foreground run
+//!   does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the containers'
+//!   cgroup directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
@@ -39,6 +40,7 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod run;
+pub mod signals;
 pub mod snapshot;
 pub mod sparse;
 pub mod store;

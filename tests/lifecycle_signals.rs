@@ -6,11 +6,13 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use rustix::process::{kill_process, Pid, Signal};
 
 fn busybox(root: &Root) {
     let fx = fixtures();
@@ -63,6 +65,27 @@ fn cgroups_of(pid: i32) -> Vec<String> {
         .collect()
 }
 
+fn signal(pid: u32, sig: Signal) {
+    let pid = Pid::from_raw(pid as i32).expect("pid");
+    kill_process(pid, sig).expect("kill");
+}
+
+/// Wait for `child` to exit within `limit`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: strata still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What must hold once a container has ended: its process gone, nothing mounted under the root,
 /// runc knows nothing, no cgroup of it in any hierarchy; its row gone (`rm`) or kept unmounted.
 fn assert_all_gone(root: &Root, name: &str, pid: i32, removed: bool, what: &str) {
@@ -79,6 +102,200 @@ fn assert_all_gone(root: &Root, name: &str, pid: i32, removed: bool, what: &str)
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect json");
         assert!(v["mounted"].is_null() && v["running"].is_null(), "{what}: {v}");
     }
+}
+
+/// A foreground `strata run` in the background of the test, stdout and stderr captured.
+fn spawn_run(root: &Root, args: &[&str]) -> Child {
+    Command::new(STRATA)
+        .arg("--root")
+        .arg(root.path())
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strata run")
+}
+
+fn output_of(child: &mut Child) -> (String, String) {
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (out, err)
+}
+
+/// SIGTERM, SIGHUP and SIGINT to a foreground run reach the container's process, which handles
+/// them: strata exits with the container's status (not its own 128+signal), after removing it
+/// (`--rm`) or unmounting it.
+#[test]
+fn signals_to_a_foreground_run_reach_the_container() {
+    if !privileged("signals_to_a_foreground_run_reach_the_container") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let cases =
+        [(Signal::TERM, "TERM", 71, true), (Signal::HUP, "HUP", 72, false), (Signal::INT, "INT", 73, true)];
+    for (i, (sig, sig_name, code, rm)) in cases.into_iter().enumerate() {
+        let name = format!("fwd{i}");
+        let m = marker(i as u32);
+        let _runc = RuncGuard::new(&root, &name);
+        let script = format!("trap 'echo got {sig_name}; exit {code}' {sig_name}; sleep {m} & wait");
+        let mut args = vec!["--name", &name, "busybox", "--", "sh", "-c", &script];
+        if rm {
+            args.insert(0, "--rm");
+        }
+        let mut child = spawn_run(&root, &args);
+        let pid = wait_for_sleep(&m);
+        let cgroups = cgroups_of(pid);
+        let id = runc_id(root.path(), &name);
+        assert!(cgroups.iter().all(|c| c == &format!("/{id}")), "cgroups of the container: {cgroups:?}");
+        signal(child.id(), sig);
+        let st = wait_exit(&mut child, Duration::from_secs(30), sig_name);
+        let (out, err) = output_of(&mut child);
+        assert_eq!(st.code(), Some(code), "SIG{sig_name}: the container's status\n{out}\n{err}");
+        assert_eq!(out, format!("got {sig_name}\n"), "SIG{sig_name} reached the container once");
+        assert_all_gone(&root, &name, pid, rm, &format!("SIG{sig_name}"));
+    }
+}
+
+/// A container whose process ignores them (`sleep` as pid 1 has no handler, so the kernel drops
+/// SIGTERM, SIGINT and SIGHUP) is killed: at the second Ctrl-C, or when the stop timeout after
+/// SIGTERM or SIGHUP ends. strata then exits with its status, 137, and everything is cleaned up.
+#[test]
+fn a_container_that_ignores_signals_is_killed() {
+    if !privileged("a_container_that_ignores_signals_is_killed") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+
+    // One Ctrl-C is forwarded and the run goes on (as podman); the second kills.
+    let m = marker(4);
+    let _runc = RuncGuard::new(&root, "int");
+    let mut child = spawn_run(&root, &["--rm", "--name", "int", "busybox", "--", "sleep", &m]);
+    let pid = wait_for_sleep(&m);
+    signal(child.id(), Signal::INT);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(child.try_wait().expect("try_wait").is_none(), "one SIGINT ended the run");
+    assert!(alive(pid), "one SIGINT killed the container");
+    signal(child.id(), Signal::INT);
+    let st = wait_exit(&mut child, Duration::from_secs(20), "second SIGINT");
+    assert_eq!(st.code(), Some(137), "{:?}", output_of(&mut child));
+    assert_all_gone(&root, "int", pid, true, "second SIGINT");
+
+    // SIGTERM, SIGHUP: killed after --stop-timeout (1 s here), not before.
+    for (i, (sig, what, rm)) in
+        [(Signal::TERM, "SIGTERM", true), (Signal::HUP, "SIGHUP", false)].into_iter().enumerate()
+    {
+        let name = format!("ign{i}");
+        let m = marker(5 + i as u32);
+        let _runc = RuncGuard::new(&root, &name);
+        let mut args = vec!["--stop-timeout", "1", "--name", &name, "busybox", "--", "sleep", &m];
+        if rm {
+            args.insert(0, "--rm");
+        }
+        let mut child = spawn_run(&root, &args);
+        let pid = wait_for_sleep(&m);
+        let t = Instant::now();
+        signal(child.id(), sig);
+        let st = wait_exit(&mut child, Duration::from_secs(20), what);
+        assert!(t.elapsed() >= Duration::from_millis(900), "{what}: killed before the stop timeout");
+        assert_eq!(st.code(), Some(137), "{what}: {:?}", output_of(&mut child));
+        assert_all_gone(&root, &name, pid, rm, what);
+    }
+}
+
+/// The strata process running `run ... --name NAME` under this root, if any.
+fn strata_pid(root: &Root, name: &str) -> Option<i32> {
+    let root_arg = root.path().display().to_string();
+    for e in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(c) = fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            c.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().is_some_and(|a| a.ends_with("/strata"))
+            && args.contains(&root_arg)
+            && args.contains(&"run".to_string())
+            && args.contains(&name.to_string())
+            && alive(pid)
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// With -it the terminal is the container's: Ctrl-C is a byte its own terminal turns into its
+/// SIGINT; strata then cleans up as after any exit. And when the terminal goes away (the
+/// terminal emulator, `script` here, dies), strata gets SIGHUP as the session's leader and still
+/// stops the container and cleans up.
+#[test]
+fn with_a_terminal_ctrl_c_and_hangup_clean_up() {
+    if !privileged("with_a_terminal_ctrl_c_and_hangup_clean_up") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let in_script = |args: &str| {
+        // exec: strata itself leads the terminal's session, whatever the shell.
+        let cmd = format!("exec {STRATA} --root {} run {args}", root.path().display());
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script")
+    };
+
+    let m = marker(7);
+    let _runc = RuncGuard::new(&root, "tty");
+    let script = format!("trap 'exit 7' INT; sleep {m} & wait");
+    // -it: runc relays the terminal's input (raw) to the container's own terminal.
+    let mut term = in_script(&format!("-it --rm --name tty busybox -- sh -c \"{script}\""));
+    let pid = wait_for_sleep(&m);
+    term.stdin.as_mut().expect("stdin").write_all(b"\x03").expect("type ^C");
+    let st = wait_exit(&mut term, Duration::from_secs(20), "^C on the terminal");
+    assert_eq!(st.code(), Some(7), "the container's status through script");
+    assert_all_gone(&root, "tty", pid, true, "^C with -t");
+
+    // -i without -t on a terminal: strata reads it for the container (runc, in a process group
+    // of its own, would be stopped reading it), and Ctrl-C is a SIGINT of the terminal that only
+    // strata gets and forwards: the container gets it once.
+    let m = marker(15);
+    let _runc = RuncGuard::new(&root, "ti");
+    let script = format!("trap 'echo got INT; exit 9' INT; read x; echo read \\$x; sleep {m} & wait");
+    let mut term = in_script(&format!("-i --rm --name ti busybox -- sh -c \"{script}\""));
+    term.stdin.as_mut().expect("stdin").write_all(b"hello\n").expect("type a line");
+    let pid = wait_for_sleep(&m);
+    term.stdin.as_mut().expect("stdin").write_all(b"\x03").expect("type ^C");
+    let st = wait_exit(&mut term, Duration::from_secs(20), "^C on the terminal without -t");
+    let (out, _) = output_of(&mut term);
+    assert_eq!(st.code(), Some(9), "{out:?}");
+    assert!(out.contains("read hello"), "the line typed reached the container: {out:?}");
+    assert_eq!(out.matches("got INT").count(), 1, "SIGINT reached the container once: {out:?}");
+    assert_all_gone(&root, "ti", pid, true, "^C with -i");
+
+    let m = marker(8);
+    let _runc = RuncGuard::new(&root, "hup");
+    let mut term = in_script(&format!("-t --stop-timeout 1 --name hup busybox -- sleep {m}"));
+    let pid = wait_for_sleep(&m);
+    let strata = strata_pid(&root, "hup").expect("the strata process");
+    term.kill().expect("kill the terminal");
+    let _ = term.wait();
+    let until = Instant::now() + Duration::from_secs(20);
+    while alive(strata) {
+        assert!(Instant::now() < until, "strata still runs 20 s after its terminal went away");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_all_gone(&root, "hup", pid, false, "terminal hangup");
 }
 
 /// `container rm --force` of a running `run -d` container leaves no runc state and no cgroup.
