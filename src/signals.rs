@@ -155,7 +155,8 @@ pub fn supervise(
         let mut taken = queue.clone();
         let mut interrupts = 0;
         let mut deadline: Option<Instant> = None;
-        let mut killed = false;
+        // SIGKILL decided on: nothing else is sent from then on.
+        let mut killing = false;
         loop {
             for sig in taken.drain(..) {
                 match sig {
@@ -166,7 +167,7 @@ pub fn supervise(
                     _ => {}
                 }
             }
-            if !killed {
+            if !killing {
                 let kill = if interrupts >= 2 {
                     tracing::info!(container = id, "interrupted twice: killing the container");
                     true
@@ -183,15 +184,10 @@ pub fn supervise(
                 if kill {
                     queue = vec![SIGKILL];
                     deadline = None;
+                    killing = true;
                 }
             }
-            queue.retain(|&sig| {
-                let done = deliver(state, id, sig);
-                if done && sig == SIGKILL {
-                    killed = true;
-                }
-                !done
-            });
+            queue.retain(|&sig| !deliver(state, id, sig));
             let timeout = if !queue.is_empty() {
                 Some(RETRY)
             } else {
@@ -201,7 +197,7 @@ pub fn supervise(
                 Some(t) => match trap.rx.recv_timeout(t) {
                     Ok(ev) => Some(ev),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    // Unreachable while trap holds a sender; wait plainly if it happens.
+                    // Unreachable: trap holds a sender.
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 },
                 None => match trap.rx.recv() {
@@ -212,7 +208,9 @@ pub fn supervise(
             match ev {
                 Some(Event::Exited(status)) => return Some(status),
                 Some(Event::Signal(sig)) => {
-                    queue.push(sig);
+                    if !killing {
+                        queue.push(sig);
+                    }
                     taken.push(sig);
                 }
                 None => {}
