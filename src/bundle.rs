@@ -37,6 +37,9 @@ pub enum BundleError {
     NoCommand,
     #[error("-v {value:?}: {reason}")]
     Volume { value: String, reason: String },
+    /// `exec -w DIR` where DIR is not a directory in the container (exit status 126, as docker).
+    #[error("-w {}: {reason}", printable(dir, 200))]
+    ExecWorkdir { dir: String, reason: &'static str },
     /// The command is not in the container (exit status 127, as podman and shells use).
     #[error("executable file not found{}: {}", if *in_path { " in $PATH" } else { "" }, printable(cmd, 200))]
     CommandNotFound { cmd: String, in_path: bool },
@@ -50,7 +53,7 @@ impl BundleError {
     pub fn exit_code(&self) -> Option<u8> {
         match self {
             BundleError::CommandNotFound { .. } => Some(127),
-            BundleError::CommandNotExecutable { .. } => Some(126),
+            BundleError::CommandNotExecutable { .. } | BundleError::ExecWorkdir { .. } => Some(126),
             _ => None,
         }
     }
@@ -589,9 +592,67 @@ pub struct ExecSpec {
     pub stdin: bool,
 }
 
+/// Check, before `runc exec`, that the command of `spec` exists and is executable in the
+/// container, as [`check_command`] does for `run`: the container's process spec
+/// (`BUNDLE/config.json`: its root, environment and working directory) with `spec`'s command,
+/// `-e` settings and `-w` applied as runc applies them. A bundle that cannot be read leaves the
+/// question to the runtime (its log is read after a failed exec, see [`exec`]).
+pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
+    let Ok(mut full) = Spec::load(bundle.join("config.json")) else { return Ok(()) };
+    let Some(mut process) = full.process().clone() else { return Ok(()) };
+    let mut env = process.env().clone().unwrap_or_default();
+    // runc exec appends its --env entries to the process's environment.
+    let mut extra = Vec::new();
+    apply_env(&mut extra, &spec.env)?;
+    env.extend(extra);
+    process.set_env(Some(env));
+    process.set_args(Some(spec.args.clone()));
+    if let Some(c) = &spec.cwd {
+        // runc exec (unlike run) does not create a missing working directory: it fails with
+        // its own raw message. Said here, by name.
+        if let Some(root) = full.root().as_ref() {
+            if let Ok(rootfd) = rustix::fs::open(
+                root.path(),
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                let missing = match probe(&rootfd, Path::new(c)) {
+                    Probe::Missing => Some("no such directory in the container"),
+                    Probe::Unknown => None,
+                    _ if !is_dir_in(&rootfd, Path::new(c)) => Some("not a directory"),
+                    _ => None,
+                };
+                if let Some(reason) = missing {
+                    return Err(BundleError::ExecWorkdir { dir: c.clone(), reason });
+                }
+            }
+        }
+        process.set_cwd(PathBuf::from(c));
+    }
+    full.set_process(Some(process));
+    check_command(&full)
+}
+
+/// Whether `p` (absolute, resolved inside the root as the container would) is a directory.
+fn is_dir_in(root: &std::os::fd::OwnedFd, p: &Path) -> bool {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .is_ok()
+}
+
 /// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
 /// inherited stdio; the process starts from the container's process spec (capabilities, rlimits,
-/// environment) with these overrides. Returns its exit code (128+signal when killed).
+/// environment) with these overrides. Returns its exit code (128+signal when killed). runc's own
+/// log goes to a temporary JSON file: a command it could not start (runc exits 255 then) is
+/// [`BundleError::CommandNotFound`] or [`BundleError::CommandNotExecutable`], as with
+/// [`run_bundle`], not the runtime's raw message and 255.
 pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(BundleError::NoCommand);
@@ -599,8 +660,13 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     let rt = runtime();
     let mut env = Vec::new();
     apply_env(&mut env, &spec.env)?;
+    let log = tempfile::Builder::new()
+        .prefix("strata-exec-")
+        .suffix(".log")
+        .tempfile()
+        .map_err(|e| BundleError::Io { path: std::env::temp_dir(), source: e })?;
     let mut cmd = Command::new(&rt);
-    cmd.arg("--root").arg(state).arg("exec");
+    cmd.arg("--root").arg(state).arg("--log").arg(log.path()).args(["--log-format", "json"]).arg("exec");
     for e in &env {
         cmd.arg("--env").arg(e);
     }
@@ -628,6 +694,22 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
         .status()
         .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
     use std::os::unix::process::ExitStatusExt;
+    if status.code() == Some(255) {
+        // runc exec's own failures exit 255; so may the command. Only the log tells them apart.
+        let text = fs::read_to_string(log.path()).unwrap_or_default();
+        if let Some(e) = start_failure(&text) {
+            return Err(e);
+        }
+        let failure = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+            .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string));
+        if let Some(reason) = failure {
+            return Err(BundleError::Verb { runtime: rt, verb: "exec".into(), reason });
+        }
+    }
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
@@ -703,6 +785,24 @@ pub fn runc_status(state: &Path, id: &str) -> Option<String> {
     }
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     v.get("status").and_then(Value::as_str).map(str::to_string)
+}
+
+/// The host pid of container `id`'s process as runc recorded it, or `None` when runc does not
+/// know the container.
+pub fn runc_pid(state: &Path, id: &str) -> Option<i32> {
+    let out = Command::new(runtime())
+        .arg("--root")
+        .arg(state)
+        .args(["state", id])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }
 
 /// `runc --root STATE VERB ID [ARGS]`, for pause, resume, kill and delete. The runtime's own

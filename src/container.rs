@@ -745,43 +745,45 @@ pub fn commit(
 }
 
 /// A container as listed.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Listed {
-    #[serde(flatten)]
-    pub row: ContainerRow,
-    pub mounted: Option<PathBuf>,
+/// Every container with all `container inspect` shows of it.
+pub fn list(store: &Store) -> Result<Vec<Inspected>> {
+    store.db.containers()?.iter().map(|row| inspect(store, &row.name)).collect()
 }
 
-pub fn list(store: &Store) -> Result<Vec<Listed>> {
-    let mut out = Vec::new();
-    for row in store.db.containers()? {
-        let mounted = mounted_at(store, &row.name)?;
-        out.push(Listed { row, mounted });
-    }
-    Ok(out)
-}
-
-/// All `container inspect` shows.
+/// All `container inspect`, `container ls --json` and `ps --json` show of a container. Field
+/// names and types are those of every JSON strata prints (see [`crate::images::Listed`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Inspected {
     pub name: String,
+    /// The image name it was created from.
     pub image: String,
-    /// The manifest the container stands on.
+    /// The ID of the image it stands on (its config digest).
+    pub image_id: Sha256Digest,
+    /// The manifest it stands on.
     pub digest: Sha256Digest,
-    pub config_digest: Sha256Digest,
     /// RFC 3339.
     pub created: String,
+    /// `created` in Unix seconds.
+    #[serde(skip)]
+    pub created_secs: i64,
     pub read_only: bool,
     pub volatile: bool,
-    /// diff_ids, bottom first.
-    pub layers: Vec<Sha256Digest>,
+    /// Bottom first.
+    pub layers: Vec<crate::db::ImageLayerRow>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub mounted: Option<PathBuf>,
     /// `kernel` or `fuse`, while mounted.
     pub backend: Option<&'static str>,
-    /// How it runs (`strata run, pid N`, or runc's status), while it runs.
-    pub running: Option<String>,
+    /// Whether its process runs (or is paused).
+    pub running: bool,
+    /// `created`, `running`, `paused`, `exited (CODE)`, or `exited` when the code was not
+    /// recorded, as docker's ps shows it.
+    pub status: String,
+    /// How its last run ended (128+signal when killed), once it has.
+    pub exit_code: Option<i32>,
+    /// What runs it (`strata run, pid N`, or runc's id and status), while it runs.
+    pub process: Option<String>,
 }
 
 /// Everything about a container, for `container inspect`.
@@ -793,13 +795,26 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
         Backend::Kernel => "kernel",
         _ => "fuse",
     });
-    let running = is_running(store, name)?;
-    let layers = store.db.container_layers(name)?.into_iter().map(|l| l.diff_id).collect();
+    let process = is_running(store, name)?;
+    let (state, id) = runc_ids(store, name);
+    // As docker's ps says it; the exit code as recorded by what observed the end (see
+    // crate::lifecycle), since runc's state does not keep it.
+    let runc = crate::bundle::runc_status(&state, &id);
+    let exit_code = if process.is_none() { crate::lifecycle::recorded_exit(store, name) } else { None };
+    let status = match (runc.as_deref(), process.is_some(), exit_code) {
+        (Some("paused"), true, _) => "paused".to_string(),
+        (_, true, _) => "running".to_string(),
+        (_, false, Some(code)) => format!("exited ({code})"),
+        (Some("stopped"), false, None) => "exited".to_string(),
+        (_, false, None) => "created".to_string(),
+    };
+    let layers = store.db.container_layers(name)?;
     let writable = |d: PathBuf| (!c.read_only).then_some(d);
     Ok(Inspected {
         digest: c.manifest_digest.clone(),
-        config_digest: c.config_digest.clone(),
-        created: crate::images::rfc3339(c.created),
+        image_id: c.config_digest.clone(),
+        created: crate::time::rfc3339(c.created),
+        created_secs: c.created,
         read_only: c.read_only,
         volatile: c.volatile,
         layers,
@@ -807,7 +822,10 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
         work: writable(p.work),
         mounted,
         backend,
-        running,
+        running: process.is_some(),
+        status,
+        exit_code,
+        process,
         name: c.name,
         image: c.image,
     })

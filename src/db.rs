@@ -36,6 +36,10 @@ pub enum DbError {
     TooNew { found: i64, supported: i64 },
     #[error("image {0:?} not found")]
     NoImage(String),
+    #[error("image ID prefix {prefix:?} is ambiguous: {count} images have IDs that start with it")]
+    AmbiguousImage { prefix: String, count: usize },
+    #[error("metadata database migration: {0}")]
+    Migration(String),
     #[error("container {0:?} already exists")]
     ContainerExists(String),
     #[error(transparent)]
@@ -50,6 +54,8 @@ impl DbError {
         use crate::error::ErrorKind;
         match self {
             DbError::NoImage(_) => ErrorKind::NotFound,
+            DbError::AmbiguousImage { .. } => ErrorKind::InvalidArgument,
+            DbError::Migration(_) => ErrorKind::Internal,
             DbError::ContainerExists(_) => ErrorKind::AlreadyExists,
             DbError::Name(_) => ErrorKind::InvalidArgument,
             DbError::Snapshot(s) => s.kind(),
@@ -139,8 +145,30 @@ const SCHEMA_V2: &str = r#"
 ALTER TABLE containers ADD COLUMN snapshot INTEGER REFERENCES snapshots(id);
 "#;
 
+/// Version 3: a container names the image it was created from for information only (it is
+/// bound to a manifest since version 1), so `containers.image` no longer references
+/// `images(name)`: a name that moved to another manifest can then be removed. SQLite cannot
+/// drop a constraint in place; the table is rebuilt (run with foreign keys off, see
+/// [`Db::migrate`]). Image names take their canonical form ([`canonical_names`]).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE containers_v3 (
+    name TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    read_only INTEGER NOT NULL,
+    volatile INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    manifest_digest TEXT NOT NULL DEFAULT '',
+    config_digest TEXT NOT NULL DEFAULT '',
+    snapshot INTEGER REFERENCES snapshots(id)
+);
+INSERT INTO containers_v3 (name, image, read_only, volatile, created, manifest_digest, config_digest, snapshot)
+    SELECT name, image, read_only, volatile, created, manifest_digest, config_digest, snapshot FROM containers;
+DROP TABLE containers;
+ALTER TABLE containers_v3 RENAME TO containers;
+"#;
+
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The key of container `name`'s snapshot. containerd's keys are `NAMESPACE/NUMBER/NAME`, so
 /// this form never collides with one.
@@ -191,12 +219,7 @@ pub struct Db {
     conn: Connection,
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::time::now;
 
 impl Db {
     /// Open (creating if needed) the database at `path`.
@@ -222,6 +245,16 @@ impl Db {
         if version(&self.conn)? == SCHEMA_VERSION {
             return Ok(());
         }
+        // Version 3 rebuilds `containers`: with foreign keys on, dropping the old table would
+        // delete the rows that reference it. They are off for the migration only (the pragma
+        // is ignored inside a transaction), and checked before it commits.
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let done = self.migrate_tx(version);
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        done
+    }
+
+    fn migrate_tx(&mut self, version: impl Fn(&Connection) -> rusqlite::Result<i64>) -> Result<()> {
         self.write(|tx| {
             let v = version(tx)?;
             if v > SCHEMA_VERSION {
@@ -235,6 +268,15 @@ impl Db {
             if v < 2 {
                 tx.execute_batch(SCHEMA_V2)?;
                 migrate_to_snapshots(tx)?;
+            }
+            if v < 3 {
+                tx.execute_batch(SCHEMA_V3)?;
+                canonical_names(tx)?;
+            }
+            let broken: Option<String> =
+                tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+            if let Some(table) = broken {
+                return Err(DbError::Migration(format!("a row of {table} references a missing row")));
             }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             Ok(())
@@ -282,42 +324,68 @@ impl Db {
         Ok(n as u64)
     }
 
+    /// The image a user means by `name`, as docker finds it: the name as stored, else its
+    /// canonical form ([`crate::reference::canonical`]: `busybox` finds `busybox:latest`), else
+    /// a unique prefix of an image ID (the config digest, with or without `sha256:`). Use the
+    /// returned row's `name` for everything after.
     pub fn image(&self, name: &str) -> Result<Option<ImageRow>> {
+        if let Some(row) = self.image_named(name)? {
+            return Ok(Some(row));
+        }
+        if let Some(c) = crate::reference::canonical(name).filter(|c| c != name) {
+            if let Some(row) = self.image_named(&c)? {
+                return Ok(Some(row));
+            }
+        }
+        self.image_by_id_prefix(name)
+    }
+
+    fn image_named(&self, name: &str) -> Result<Option<ImageRow>> {
         Ok(self
             .conn
             .query_row(
                 "SELECT name, manifest_digest, config_digest, created FROM images WHERE name = ?1",
                 [name],
-                |r| {
-                    Ok(ImageRow {
-                        name: r.get(0)?,
-                        manifest_digest: r.get(1)?,
-                        config_digest: r.get(2)?,
-                        created: r.get(3)?,
-                    })
-                },
+                image_row,
             )
             .optional()?)
+    }
+
+    /// The image whose ID (config digest) starts with `prefix`; names sharing one ID are one
+    /// image (the first name is returned). An error when the prefix fits several IDs.
+    fn image_by_id_prefix(&self, prefix: &str) -> Result<Option<ImageRow>> {
+        let hex = prefix.strip_prefix("sha256:").unwrap_or(prefix);
+        let is_hex = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if hex.is_empty() || hex.len() > 64 || !is_hex {
+            return Ok(None);
+        }
+        let mut st = self.conn.prepare(
+            "SELECT name, manifest_digest, config_digest, created FROM images \
+             WHERE substr(config_digest, 8, ?2) = ?1 AND config_digest LIKE 'sha256:%' ORDER BY name",
+        )?;
+        let rows = st.query_map(params![hex, hex.len() as i64], image_row)?.collect::<Result<Vec<_>, _>>()?;
+        let ids: std::collections::BTreeSet<&Sha256Digest> = rows.iter().map(|r| &r.config_digest).collect();
+        if ids.len() > 1 {
+            return Err(DbError::AmbiguousImage { prefix: prefix.to_string(), count: ids.len() });
+        }
+        Ok(rows.into_iter().next())
     }
 
     pub fn images(&self) -> Result<Vec<ImageRow>> {
         let mut st = self
             .conn
             .prepare("SELECT name, manifest_digest, config_digest, created FROM images ORDER BY name")?;
-        let rows = st.query_map([], |r| {
-            Ok(ImageRow {
-                name: r.get(0)?,
-                manifest_digest: r.get(1)?,
-                config_digest: r.get(2)?,
-                created: r.get(3)?,
-            })
-        })?;
+        let rows = st.query_map([], image_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// The layers of an image, bottom first.
+    /// The layers of an image (found as [`Db::image`] finds it), bottom first; none for a name
+    /// that is no image.
     pub fn image_layers(&self, name: &str) -> Result<Vec<ImageLayerRow>> {
-        self.layer_list(LayerList::Image, name)
+        match self.image(name)? {
+            Some(row) => self.layer_list(LayerList::Image, &row.name),
+            None => Ok(vec![]),
+        }
     }
 
     /// The layers a container stands on, bottom first.
@@ -366,12 +434,6 @@ impl Db {
              snapshot FROM containers ORDER BY name",
         )?;
         let rows = st.query_map([], container_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    pub fn containers_of_image(&self, image: &str) -> Result<Vec<String>> {
-        let mut st = self.conn.prepare("SELECT name FROM containers WHERE image = ?1 ORDER BY name")?;
-        let rows = st.query_map([image], |r| r.get(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -438,6 +500,10 @@ impl Db {
     }
 }
 
+fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow { name: r.get(0)?, manifest_digest: r.get(1)?, config_digest: r.get(2)?, created: r.get(3)? })
+}
+
 fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
     Ok(ContainerRow {
         name: r.get(0)?,
@@ -492,6 +558,41 @@ fn migrate_to_snapshots(tx: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Version 2 -> 3: every stored image name takes its canonical form (`busybox` becomes
+/// `busybox:latest`, see [`crate::reference::canonical`]) unless that form is taken already; the
+/// containers created from it follow. A name that is no reference stays as it is.
+fn canonical_names(tx: &Connection) -> Result<()> {
+    let mut st = tx.prepare("SELECT name FROM images")?;
+    let names = st.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    for name in names {
+        let Some(c) = crate::reference::canonical(&name).filter(|c| *c != name) else { continue };
+        let taken: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM images WHERE name = ?1)", [&c], |r| r.get(0))?;
+        if taken {
+            continue;
+        }
+        tx.execute("UPDATE images SET name = ?1 WHERE name = ?2", [&c, &name])?;
+        tx.execute("UPDATE image_layers SET name = ?1 WHERE name = ?2", [&c, &name])?;
+        tx.execute("UPDATE containers SET image = ?1 WHERE image = ?2", [&c, &name])?;
+    }
+    Ok(())
+}
+
+/// The containers standing on `manifest` when `name` is its only name (sorted).
+fn image_users(c: &Connection, name: &str, manifest: &Sha256Digest) -> Result<Vec<String>> {
+    let others: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM images WHERE manifest_digest = ?1 AND name != ?2)",
+        params![manifest, name],
+        |r| r.get(0),
+    )?;
+    if others {
+        return Ok(vec![]);
+    }
+    let mut st = c.prepare("SELECT name FROM containers WHERE manifest_digest = ?1 ORDER BY name")?;
+    let users = st.query_map([manifest], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+    Ok(users)
+}
+
 /// Which ordered layer list a name has.
 #[derive(Clone, Copy)]
 enum LayerList {
@@ -502,13 +603,15 @@ enum LayerList {
 /// What [`Db::remove_image`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemovedImage {
-    Removed,
+    /// The name as it was stored.
+    Removed(String),
     NotFound,
     /// Containers created from the name (sorted).
     InUse(Vec<String>),
 }
 
 /// A new image's rows, written in one transaction with [`Db::put_image`].
+#[derive(Clone)]
 pub struct NewImage<'a> {
     pub name: &'a str,
     pub manifest_digest: &'a Sha256Digest,
@@ -523,8 +626,12 @@ pub struct NewImage<'a> {
 
 impl Db {
     /// Record an image (replacing an image of the same name) and release the import's lease.
-    pub fn put_image(&mut self, img: &NewImage<'_>) -> Result<()> {
+    /// The name is stored in its canonical form ([`crate::reference::canonical`]), which is
+    /// returned.
+    pub fn put_image(&mut self, img: &NewImage<'_>) -> Result<String> {
         crate::reference::validate_image_name(img.name)?;
+        let name = crate::reference::canonical(img.name).unwrap_or_else(|| img.name.to_string());
+        let img = NewImage { name: &name, ..img.clone() };
         self.write(|tx| {
             for (d, s, m) in &img.blobs {
                 tx.execute(
@@ -554,26 +661,38 @@ impl Db {
                 tx.execute("DELETE FROM leases WHERE token = ?1", [t])?;
             }
             Ok(())
-        })
+        })?;
+        Ok(name)
     }
 
-    /// Remove an image's rows (not its blobs or layers: see gc), unless containers were created
-    /// from the name: checked in the same transaction, so a racing `container create` either
-    /// comes first (and the removal refuses) or finds no image.
+    /// Remove an image name (found as [`Db::image`] finds it) and its rows, not its blobs or
+    /// layers (see gc). As `docker rmi`, it refuses when containers stand on the image (its
+    /// manifest) and this is its last name; a name that has moved to another manifest since
+    /// a container was created from it is free. Checked in the same transaction, so a racing
+    /// `container create` either comes first (and the removal refuses) or finds no image.
     pub fn remove_image(&mut self, name: &str) -> Result<RemovedImage> {
+        let Some(row) = self.image(name)? else { return Ok(RemovedImage::NotFound) };
         self.write(|tx| {
-            let mut st = tx.prepare("SELECT name FROM containers WHERE image = ?1 ORDER BY name")?;
-            let users = st.query_map([name], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            let manifest: Option<Sha256Digest> = tx
+                .query_row("SELECT manifest_digest FROM images WHERE name = ?1", [&row.name], |r| r.get(0))
+                .optional()?;
+            let Some(manifest) = manifest else { return Ok(RemovedImage::NotFound) };
+            let users = image_users(tx, &row.name, &manifest)?;
             if !users.is_empty() {
                 return Ok(RemovedImage::InUse(users));
             }
-            tx.execute("DELETE FROM image_layers WHERE name = ?1", [name])?;
-            Ok(if tx.execute("DELETE FROM images WHERE name = ?1", [name])? > 0 {
-                RemovedImage::Removed
-            } else {
-                RemovedImage::NotFound
-            })
+            tx.execute("DELETE FROM image_layers WHERE name = ?1", [&row.name])?;
+            tx.execute("DELETE FROM images WHERE name = ?1", [&row.name])?;
+            Ok(RemovedImage::Removed(row.name.clone()))
         })
+    }
+
+    /// The containers that keep image `name` from being removed (see [`Db::remove_image`]).
+    pub fn image_users(&self, name: &str) -> Result<Vec<String>> {
+        match self.image_named(name)? {
+            Some(row) => image_users(&self.conn, &row.name, &row.manifest_digest),
+            None => Ok(vec![]),
+        }
     }
 
     /// Record a container over what image `image` names now, in one transaction: the manifest,
@@ -589,11 +708,14 @@ impl Db {
         volatile: bool,
         snapshots_dir: &Path,
     ) -> Result<ContainerRow> {
+        // Found as `image` finds names; the row is read again in the transaction, where a
+        // racing `image rm` has either removed it (NoImage, as the user typed it) or not.
+        let stored = self.image(image)?.map_or_else(|| image.to_string(), |r| r.name);
         self.write(|tx| {
             let img: Option<(Sha256Digest, Sha256Digest)> = tx
                 .query_row(
                     "SELECT manifest_digest, config_digest FROM images WHERE name = ?1",
-                    [image],
+                    [&stored],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
@@ -607,7 +729,7 @@ impl Db {
             }
             let mut row = ContainerRow {
                 name: name.to_string(),
-                image: image.to_string(),
+                image: stored.clone(),
                 manifest_digest,
                 config_digest,
                 read_only,
@@ -633,7 +755,7 @@ impl Db {
                 "INSERT INTO container_layers (name, idx, diff_id, blob_digest, media_type, blob_size) \
                  SELECT ?1, idx, diff_id, blob_digest, media_type, blob_size FROM image_layers \
                  WHERE name = ?2",
-                params![name, image],
+                params![name, stored],
             )?;
             let chain = diff_ids(tx, "container_layers", name)?;
             crate::snapshot::meta::ensure_chain(tx, &chain)?;
@@ -779,7 +901,8 @@ mod tests {
         for b in [&m1, &c1, &b2, &m2] {
             assert!(blobs.contains(b), "{b} referenced");
         }
-        assert_eq!(db.remove_image("app").unwrap(), RemovedImage::InUse(vec!["old".into()]));
+        // "old" stands on m1; "app" names m2 now, so nothing keeps the name.
+        assert!(db.image_users("app").unwrap().is_empty());
         // Opening again is a no-op; removing the container releases l2.
         drop(db);
         let mut db = Db::open(&path).unwrap();
@@ -799,7 +922,7 @@ mod tests {
         // The old two-layer chain is now named by nothing: pruning it releases l2.
         assert_eq!(db.prune_image_chains().unwrap().len(), 1);
         assert_eq!(db.unreferenced_layers().unwrap(), [l2]);
-        assert_eq!(db.remove_image("app").unwrap(), RemovedImage::Removed);
+        assert_eq!(db.remove_image("app").unwrap(), RemovedImage::Removed("app:latest".into()));
         assert_eq!(db.remove_image("app").unwrap(), RemovedImage::NotFound);
     }
 }
@@ -893,6 +1016,52 @@ mod snapshot_migration {
             assert!(spec.upper.is_none() && spec.lowers.len() == 2);
             let v: i64 = store.db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
             assert_eq!(v, SCHEMA_VERSION);
+            // Version 3: canonical image names, the containers following; `containers.image`
+            // references nothing (only the snapshot is a foreign key), and no row was lost.
+            assert_eq!((rw.image.as_str(), ro.image.as_str()), ("app:latest", "app:latest"));
+            assert_eq!(store.db.image("app").unwrap().unwrap().name, "app:latest");
+            assert_eq!(store.db.image_layers("app:latest").unwrap().len(), 2);
+            assert_eq!(store.db.container_layers("rw").unwrap().len(), 2);
+            let mut st = store
+                .db
+                .conn()
+                .prepare("SELECT \"table\" FROM pragma_foreign_key_list('containers')")
+                .unwrap();
+            let refs: Vec<String> =
+                st.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+            assert_eq!(refs, ["snapshots"]);
+            let fk: bool = store.db.conn().query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+            assert!(fk, "foreign keys are on again after the migration");
         }
+    }
+
+    /// Version 2 -> 3 renames a name to its canonical form only when that form is free: of
+    /// `busybox` and `busybox:latest`, both stay, and each is still found as it is written.
+    #[test]
+    fn canonical_names_never_collide() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("strata.db");
+        let hex = |n: u8| format!("sha256:{:064x}", n);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(crate::snapshot::meta::SCHEMA).unwrap();
+            c.execute_batch(SCHEMA_V2).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute_batch(&format!(
+                "INSERT INTO images VALUES ('busybox', '{}', '{}', 0), ('busybox:latest', '{}', '{}', 0),
+                                           ('docker.io/library/alpine:3', '{}', '{}', 0), ('Odd Name', '{}', '{}', 0);",
+                hex(1), hex(2), hex(3), hex(4), hex(5), hex(6), hex(7), hex(8)
+            ))
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let names: Vec<String> = db.images().unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["Odd Name", "alpine:3", "busybox", "busybox:latest"]);
+        assert_eq!(db.image("busybox").unwrap().unwrap().manifest_digest.to_string(), hex(1));
+        assert_eq!(db.image("busybox:latest").unwrap().unwrap().manifest_digest.to_string(), hex(3));
+        assert_eq!(db.image("docker.io/library/alpine:3").unwrap().unwrap().name, "alpine:3");
+        assert_eq!(db.image("Odd Name").unwrap().unwrap().name, "Odd Name");
     }
 }

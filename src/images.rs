@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::db::DbError;
+use crate::db::{DbError, ImageLayerRow, ImageRow};
 use crate::digest::Sha256Digest;
 use crate::store::{Store, StoreError};
 
@@ -16,44 +16,98 @@ pub enum ImagesError {
     Store(#[from] StoreError),
     #[error("image {0:?} not found")]
     NotFound(String),
-    #[error("image {name:?}: config {digest}: {reason}")]
+    #[error("image {name:?}: blob {digest}: {reason}")]
     BadConfig { name: String, digest: String, reason: String },
 }
 
-/// RFC 3339 (UTC, whole seconds) of a Unix time.
-pub fn rfc3339(secs: i64) -> String {
-    crate::commit::rfc3339(secs)
-}
-
-/// One row of `image ls`, the same in the table and in `--json`.
+/// One image name as `image ls` lists it, the same in the table and in `--json`. Field names
+/// and types are those of every JSON strata prints: `id` the image ID (the config digest, as
+/// docker and podman show it), `digest` the manifest digest, `created` RFC 3339, `layers` an
+/// array of layer objects.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
     pub name: String,
-    /// The manifest digest.
+    /// The name without its tag or digest.
+    pub repository: String,
+    /// `<none>` for a name held by digest only.
+    pub tag: String,
+    pub id: Sha256Digest,
     pub digest: Sha256Digest,
-    pub config_digest: Sha256Digest,
-    /// When the name was bound to the manifest, RFC 3339.
+    /// When the image was made (its config's `created`), else when it was stored; RFC 3339.
     pub created: String,
-    pub layers: usize,
+    /// `created` in Unix seconds.
+    #[serde(skip)]
+    pub created_secs: i64,
+    /// Bottom first.
+    pub layers: Vec<ImageLayerRow>,
     /// Unpacked size of all layers, bytes.
     pub size: u64,
 }
 
+/// `NAME` split as docker's REPOSITORY and TAG columns: `localhost:5000/app:v1` is
+/// (`localhost:5000/app`, `v1`); a name held by digest only has the tag `<none>`.
+pub fn repository_and_tag(name: &str) -> (String, String) {
+    let name = name.split('@').next().unwrap_or(name);
+    let last = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last..].rfind(':') {
+        Some(i) => (name[..last + i].to_string(), name[last + i + 1..].to_string()),
+        None => (name.to_string(), "<none>".to_string()),
+    }
+}
+
+/// The image's creation time: its config's `created`, else `fallback`.
+fn created_of(config: &[u8], fallback: i64) -> i64 {
+    serde_json::from_slice::<Value>(config)
+        .ok()
+        .and_then(|c| c.get("created").and_then(Value::as_str).and_then(crate::time::parse_rfc3339))
+        .unwrap_or(fallback)
+}
+
 /// Every stored image, by name.
 pub fn list(store: &Store) -> Result<Vec<Listed>, ImagesError> {
-    let mut out = Vec::new();
-    for i in store.db.images()? {
-        let layers = store.db.image_layers(&i.name)?;
-        out.push(Listed {
-            size: layers.iter().map(|l| l.size).sum(),
-            layers: layers.len(),
-            name: i.name,
-            digest: i.manifest_digest,
-            config_digest: i.config_digest,
-            created: rfc3339(i.created),
-        });
-    }
-    Ok(out)
+    store.db.images()?.into_iter().map(|i| listed(store, i)).collect()
+}
+
+fn listed(store: &Store, i: ImageRow) -> Result<Listed, ImagesError> {
+    let layers = store.db.image_layers(&i.name)?;
+    let config = store.read_blob(&i.config_digest).unwrap_or_default();
+    let created_secs = created_of(&config, i.created);
+    let (repository, tag) = repository_and_tag(&i.name);
+    Ok(Listed {
+        size: layers.iter().map(|l| l.size).sum(),
+        layers,
+        repository,
+        tag,
+        name: i.name,
+        id: i.config_digest,
+        digest: i.manifest_digest,
+        created: crate::time::rfc3339(created_secs),
+        created_secs,
+    })
+}
+
+/// `image inspect`: the listing's fields plus the manifest and the config themselves.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspected {
+    #[serde(flatten)]
+    pub image: Listed,
+    pub manifest: Value,
+    pub config: Value,
+}
+
+/// Everything about the image `name` (found as [`crate::db::Db::image`] finds names).
+pub fn inspect(store: &Store, name: &str) -> Result<Inspected, ImagesError> {
+    let row = store.db.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
+    let bad = |what: &str, digest: &Sha256Digest, e: serde_json::Error| ImagesError::BadConfig {
+        name: row.name.clone(),
+        digest: digest.to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    let manifest = serde_json::from_slice(&store.read_blob(&row.manifest_digest)?)
+        .map_err(|e| bad("manifest", &row.manifest_digest, e))?;
+    let config = serde_json::from_slice(&store.read_blob(&row.config_digest)?)
+        .map_err(|e| bad("config", &row.config_digest, e))?;
+    Ok(Inspected { image: listed(store, row)?, manifest, config })
 }
 
 /// One step of an image's history, newest first as `docker history` shows it.
@@ -80,7 +134,7 @@ pub fn history(store: &Store, name: &str) -> Result<Vec<Step>, ImagesError> {
     };
     let config: Value =
         serde_json::from_slice(&store.read_blob(&img.config_digest)?).map_err(|e| bad(e.to_string()))?;
-    let mut layers = store.db.image_layers(name)?.into_iter();
+    let mut layers = store.db.image_layers(&img.name)?.into_iter();
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let mut steps = Vec::new();
     for h in config.get("history").and_then(Value::as_array).into_iter().flatten() {
@@ -105,4 +159,24 @@ pub fn history(store: &Store, name: &str) -> Result<Vec<Step>, ImagesError> {
     }
     steps.reverse();
     Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_and_tag_columns() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (name, repo, tag) in [
+            ("busybox:latest", "busybox", "latest"),
+            ("localhost:5000/app:v1", "localhost:5000/app", "v1"),
+            ("localhost:5000/app", "localhost:5000/app", "<none>"),
+            (&format!("app@{d}") as &str, "app", "<none>"),
+            (&format!("app:v2@{d}"), "app", "v2"),
+            ("[::1]:5000/a/b:c", "[::1]:5000/a/b", "c"),
+        ] {
+            assert_eq!(repository_and_tag(name), (repo.to_string(), tag.to_string()), "{name}");
+        }
+    }
 }

@@ -66,8 +66,9 @@ pub struct ImportOptions {
     pub progress: Option<Progress>,
 }
 
-/// What an import reports while it runs, to its [`Progress`]. Layers are numbered bottom first,
-/// as the manifest lists them; with several jobs the events of different layers interleave.
+/// What an import (or a push, blob by blob) reports while it runs, to its [`Progress`]. Layers
+/// are numbered bottom first, as the manifest lists them; with several jobs the events of
+/// different layers interleave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportEvent {
     /// The import starts: `layers` layers, `bytes` bytes of layer blobs as the manifest states
@@ -83,6 +84,10 @@ pub enum ImportEvent {
     LayerDone { index: usize, unpacked: bool },
     /// Layer `index` and its blob were in the store already: nothing was read.
     LayerReused { index: usize },
+    /// A push has sent blob `index` up to `position` (from the start again when it retries).
+    LayerPosition { index: usize, position: u64 },
+    /// A push is done with blob `index`: `how` is `pushed`, `mounted` or `already present`.
+    LayerSent { index: usize, how: &'static str },
 }
 
 /// A callback told of [`ImportEvent`]s, from whichever thread streams the layer.
@@ -94,7 +99,7 @@ impl Progress {
         Progress(Arc::new(f))
     }
 
-    fn emit(&self, e: &ImportEvent) {
+    pub fn emit(&self, e: &ImportEvent) {
         (self.0)(e)
     }
 }
@@ -429,7 +434,7 @@ fn import_resolved(
     for row in &rows {
         blobs.push((row.blob_digest.clone(), row.blob_size, row.media_type.clone()));
     }
-    store.db.put_image(&NewImage {
+    let stored = store.db.put_image(&NewImage {
         name,
         manifest_digest: &manifest_digest,
         config_digest: &config_digest,
@@ -437,7 +442,7 @@ fn import_resolved(
         layers: rows.clone(),
         lease: Some(&staging.token),
     })?;
-    Ok(Imported { name: name.to_string(), manifest_digest, layers: rows, unpacked })
+    Ok(Imported { name: stored, manifest_digest, layers: rows, unpacked })
 }
 
 /// Import every layer of `r`, up to `opts.jobs` at once; returns their rows, bottom first, and
@@ -809,7 +814,17 @@ pub fn import_stream(
         path: path.clone(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "state root path is not UTF-8"),
     })?;
-    let done = load(store, reference, opts);
+    let done = load(store, reference, opts).map_err(|e| match e {
+        ImportError::Image(e) => ImportError::Image(e.relabel(reference, "standard input")),
+        ImportError::Layer { layer, reason } => ImportError::Layer {
+            layer: layer.replace(reference, "standard input"),
+            reason: reason.replace(reference, "standard input"),
+        },
+        ImportError::Unpack { layer, source } => {
+            ImportError::Unpack { layer: layer.replace(reference, "standard input"), source }
+        }
+        e => e,
+    });
     drop(spool);
     done
 }

@@ -15,9 +15,10 @@
 //!   [`fdwalk`]: walking trees by directory descriptors (any depth, any path length).
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
-//! - [`run`]: `strata run` (create, mount, runc, clean up); [`signals`]: what a foreground run
-//!   does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the containers'
-//!   cgroup directories.
+//! - [`run`]: `strata run` (create, mount, runc, clean up); [`lifecycle`]: start, kill, wait,
+//!   pause, restart, the state `ps -a` shows, prune, version, info; [`signals`]: what a foreground
+//!   run does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the
+//!   containers' cgroup directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
@@ -35,6 +36,7 @@ pub mod hashing;
 pub mod image;
 pub mod images;
 pub mod import;
+pub mod lifecycle;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;
@@ -44,5 +46,6 @@ pub mod signals;
 pub mod snapshot;
 pub mod sparse;
 pub mod store;
+pub mod time;
 
 pub mod unpack;

@@ -13,7 +13,7 @@ use strata::import::{self, ImportOptions};
 use strata::store::Store;
 
 mod cli;
-use cli::progress;
+use cli::{progress, table};
 
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Overlay-filesystem snapshotter and container runtime layer")]
@@ -66,8 +66,10 @@ strata run -it --rm busybox -- sh       # an interactive shell")]
         /// it) before it is killed; a second Ctrl-C kills it at once.
         #[arg(long, value_name = "SECS", default_value_t = 10)]
         stop_timeout: u64,
-        /// Command and arguments (replace the image's Cmd).
-        #[arg(last = true)]
+        /// Command and arguments, replacing the image's Cmd: everything after IMAGE from the
+        /// first word that is not one of run's options, as docker takes it (`run busybox ls -l`);
+        /// `--` before it is accepted too.
+        #[arg(trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Pull an image from a registry and unpack it: each layer streams from the network through
@@ -127,8 +129,9 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Login {
         /// HOST[:PORT] of the registry.
         host: String,
+        /// User name (asked for on a terminal when missing).
         #[arg(short, long)]
-        username: String,
+        username: Option<String>,
         /// Password (visible to other users in the process list: prefer --password-stdin).
         #[arg(short, long)]
         password: Option<String>,
@@ -146,9 +149,14 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     Gc,
     /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
     /// unmount it.
-    #[command(after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web   # SIGKILL at once")]
+    #[command(
+        after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web db   # SIGKILL at once, both\n\n\
+A container that is not running (created, or exited) is left as it is: that is no error, as in \
+docker. Each NAME is stopped in turn; the exit status is 1 when any failed."
+    )]
     Stop {
-        name: String,
+        #[arg(required = true)]
+        names: Vec<String>,
         /// Seconds to wait after SIGTERM before SIGKILL.
         #[arg(short, long, default_value_t = 10)]
         time: u64,
@@ -169,7 +177,9 @@ strata exec -it web -- sh            # an interactive shell")]
         name: String,
         #[command(flatten)]
         process: ProcessArgs,
-        #[arg(last = true, required = true)]
+        /// Command and arguments: everything after NAME from the first word that is not one of
+        /// exec's options (`exec web ls -l`); `--` before it is accepted too.
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     /// Write images as one archive, as `podman save` (short for `image export`, and it streams
@@ -191,7 +201,7 @@ strata save app:v1 app:v2 base -o images.tar")]
     /// Import an oci-archive or docker-archive, as `podman load` (short for `image import`, and
     /// it reads stdin). Archives need random access: stdin is spooled to a file in the state
     /// root's staging directory first (so it needs that much free space there), removed after.
-    /// Prints the manifest digest.
+    /// Prints `Loaded image: NAME` for each image, as docker load.
     #[command(after_help = "Examples:\n  strata load -i busybox.tar\n  \
 docker save busybox | strata load\n  \
 strata --root /a save app | strata --root /b load --name app")]
@@ -205,11 +215,149 @@ strata --root /a save app | strata --root /b load --name app")]
         #[command(flatten)]
         jobs: JobsArg,
     },
-    /// Running containers (as podman ps).
-    #[command(after_help = "Examples:\n  strata ps\n  strata ps --json")]
+    /// Running and paused containers (as docker ps); with -a every container and its state:
+    /// created, running, paused, exited (CODE).
+    #[command(
+        after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}."
+    )]
     Ps {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Every container, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Start created or stopped containers (their last command, over the same upper dir):
+    /// detached, output appended to the container log (`strata logs`), as `run -d`; with -a in
+    /// the foreground, exiting with the container's status.
+    #[command(after_help = "Examples:\n  strata container create busybox web && strata start web\n  \
+strata start -a web    # exits with the container's status\n  strata start web db")]
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Attach: the container's stdout and stderr are ours; exit with its status (one NAME).
+        #[arg(short, long)]
+        attach: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
+    /// Send a signal to running containers (runc kill), KILL by default, as `docker kill`.
+    #[command(after_help = "Examples:\n  strata kill web\n  strata kill -s TERM web\n  \
+strata kill --signal SIGHUP web db\n  strata kill -s 15 web\n\n\
+As in docker, a container's PID 1 ignores signals it has no handler for (KILL excepted).")]
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// A name (TERM, SIGTERM, any case) or a number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Stop (SIGTERM, SIGKILL after --time) and start again, detached, as `docker restart`.
+    #[command(after_help = "Examples:\n  strata restart web\n  strata restart -t 0 web db")]
+    Restart {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Block until containers stop; print each one's exit code, as `docker wait`.
+    #[command(
+        after_help = "Examples:\n  strata wait web\n  strata run -d --name job busybox -- sh -c 'exit 3'; strata wait job   # 3"
+    )]
+    Wait {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Freeze every process of running containers (runc pause, the cgroup freezer).
+    #[command(after_help = "Examples:\n  strata pause web\n  strata unpause web")]
+    Pause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Thaw paused containers (runc resume).
+    #[command(after_help = "Example:\n  strata pause web && strata unpause web")]
+    Unpause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove containers (short for `container rm`).
+    #[command(
+        after_help = "Examples:\n  strata rm web\n  strata rm -f web db   # stops and unmounts them first"
+    )]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop (SIGKILL) and unmount running or mounted containers first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove image names (short for `image rm`).
+    #[command(
+        after_help = "Examples:\n  strata rmi app:v1\n  strata rmi -f app   # and the containers created from it, as podman rmi -f"
+    )]
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// First remove the containers created from the image (stopping running ones), as
+        /// `podman rmi -f` does.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List images (short for `image ls`).
+    #[command(after_help = "Examples:\n  strata images\n  strata images -q")]
+    Images {
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// Only the image IDs, once each.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Also show the manifest digest.
+        #[arg(long)]
+        digests: bool,
+        /// Full IDs and digests.
+        #[arg(long)]
+        no_trunc: bool,
+        /// A Go-template-like line per image (as `image ls --format`).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// A container or an image as JSON: NAME is looked up as a container first, then as an
+    /// image, as `docker inspect` does (`container inspect` / `image inspect` say which).
+    #[command(
+        after_help = "Examples:\n  strata inspect web       # container web, if there is one\n  strata inspect busybox"
+    )]
+    Inspect { name: String },
+    /// System-wide maintenance.
+    #[command(subcommand)]
+    System(SystemCmd),
+    /// strata's version, the runtime's (runc) and the kernel's.
+    #[command(after_help = "Examples:\n  strata version\n  strata version --json")]
+    Version {
         #[arg(long)]
         json: bool,
+    },
+    /// The state root, the runtime, the kernel's features (overlay, new mount API, FUSE
+    /// passthrough), the backend `--backend auto` takes and why, counts and disk use.
+    #[command(after_help = "Examples:\n  strata info\n  strata info --json")]
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemCmd {
+    /// Remove every container that is not running (created or exited), then the blobs and
+    /// layers nothing references (as `gc`). Asks first, unless -f.
+    #[command(
+        after_help = "Examples:\n  strata system prune\n  strata system prune -f   # no question (scripts)"
+    )]
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -228,19 +376,24 @@ enum ContainerCmd {
         #[arg(long)]
         volatile: bool,
     },
-    /// List containers and whether each is mounted.
-    #[command(after_help = "Examples:\n  strata container ls\n  strata container ls --json")]
+    /// List containers: their image, state and mount point.
+    #[command(after_help = "Examples:\n  strata container ls\n  strata container ls --json\n  \
+strata container ls --format '{{.Names}}\\t{{.Mounts}}'\n\n\
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}.")]
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Remove a container (refuses while mounted unless --force).
     #[command(
-        after_help = "Examples:\n  strata container rm web\n  strata container rm --force web   # stops and unmounts it first"
+        after_help = "Examples:\n  strata container rm web\n  strata container rm --force web db   # stops and unmounts them first\n\n\
+Each NAME is removed in turn; the exit status is 1 when any failed."
     )]
     Rm {
-        name: String,
-        #[arg(long)]
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop (SIGKILL) and unmount running or mounted containers first.
+        #[arg(short, long)]
         force: bool,
     },
     /// Mount a container; prints the mount point.
@@ -315,6 +468,13 @@ strata container export web | strata image import-rootfs - web-flat")]
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
     },
+    /// Internal: watches a detached container (started by `run -d`, `start`, `restart`): it
+    /// starts it, records its exit code when it ends, then unmounts it.
+    #[command(
+        hide = true,
+        after_help = "Example (started by strata itself):\n  strata container monitor web"
+    )]
+    Monitor { name: String },
 }
 
 #[derive(Subcommand)]
@@ -334,14 +494,36 @@ enum ImageCmd {
         #[command(flatten)]
         jobs: JobsArg,
     },
-    /// List images.
-    #[command(after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --json")]
+    /// List images, as docker images: REPOSITORY, TAG, IMAGE ID (the config digest), CREATED, SIZE.
+    #[command(
+        after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --digests\n  \
+strata image ls --json\n  strata image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}'\n\n\
+--format fields: .ID .Repository .Tag .Digest .CreatedSince .CreatedAt .Size, or {{json .}};\n\
+a leading `table` prints a header."
+    )]
     Ls {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         json: bool,
-        /// Only the image IDs (short manifest digests), once each.
+        /// Only the image IDs, once each.
         #[arg(short, long)]
         quiet: bool,
+        /// Also show the manifest digest.
+        #[arg(long)]
+        digests: bool,
+        /// Full IDs and digests.
+        #[arg(long)]
+        no_trunc: bool,
+        /// A Go-template-like line per image (see below).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Remove the blobs and layer directories no image or container references (what `gc`
+    /// does; nothing is asked: only unreachable data goes).
+    #[command(after_help = "Example:\n  strata image prune")]
+    Prune {
+        /// Accepted for docker's scripts; nothing is asked either way.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Show an image's manifest, config and layers.
     #[command(after_help = "Example:\n  strata image inspect busybox")]
@@ -421,6 +603,16 @@ struct ProcessArgs {
     tty: bool,
 }
 
+/// How `ps` and `container ls` print.
+#[derive(clap::Args)]
+struct ListArgs {
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// A Go-template-like line per container (fields below).
+    #[arg(long)]
+    format: Option<String>,
+}
+
 /// How registry commands (pull, push, login) reach the registry.
 #[derive(clap::Args)]
 struct TlsArgs {
@@ -496,16 +688,51 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(code) => code,
+        // The reader went away (`strata image ls | head -1`): end quietly, as a Unix tool that
+        // SIGPIPE ends (128 + 13), after every clean-up the error ran on its way up.
+        Err(e) if stdout_closed(&e) => ExitCode::from(141),
         Err(e) => {
             // Messages may quote input (names from archives, parser errors): never raw bytes.
             eprintln!("strata: error: {}", strata::image::printable(&format!("{e:#}"), 4096));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Writing to stdout failed (see [`outln!`]).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output")]
+struct StdoutError(#[source] std::io::Error);
+
+/// `println!` that returns a [`StdoutError`] instead of panicking when stdout is a closed pipe.
+/// Every line the CLI prints goes through it (a unit test checks there is no `println!`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(StdoutError)
+    }};
+}
+
+/// Write `text` to stdout as it is (see [`outln!`]).
+fn out(text: &str) -> Result<(), StdoutError> {
+    use std::io::Write as _;
+    std::io::stdout().lock().write_all(text.as_bytes()).map_err(StdoutError)
+}
+
+/// Whether `e` is a broken pipe and stdout is a pipe whose reader has gone (poll says POLLERR):
+/// a write error on stdout, from the CLI's own lines or from a library writing a tar there.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    let broken = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    let mut pfd = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, no timeout.
+    broken && unsafe { libc::poll(&mut pfd, 1, 0) } == 1 && pfd.revents & libc::POLLERR != 0
 }
 
 /// 127 for a command not found in the container, 126 for one that cannot be executed (as
@@ -550,11 +777,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return login_cmd(&host, username, password, password_stdin, tls)
         }
         Cmd::Logout { host } => return logout_cmd(&host),
+        Cmd::Version { json } => return version_cmd(json),
         _ => {}
     }
     require_root(&cli.root)?;
     match cli.cmd {
-        Cmd::Login { .. } | Cmd::Logout { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Login { .. } | Cmd::Logout { .. } | Cmd::Version { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Image(c) => image_cmd(&cli.root, c),
         Cmd::Container(c) => container_cmd(&cli.root, c),
         Cmd::Exec { name, process: p, cmd } => {
@@ -571,13 +799,90 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
-        Cmd::Stop { name, time } => {
+        Cmd::Stop { names, time } => {
             let store = open_store(&cli.root)?;
-            strata::run::stop(&store, &name, std::time::Duration::from_secs(time))
-                .with_context(|| format!("stopping {name}"))?;
-            println!("{name}");
-            Ok(ExitCode::SUCCESS)
+            each_name(&names, "stopping", |name| {
+                strata::run::stop(&store, name, std::time::Duration::from_secs(time))?;
+                Ok(())
+            })
         }
+        Cmd::Start { names, attach, backend } => start_cmd(&cli.root, &names, attach, backend),
+        Cmd::Kill { names, signal } => {
+            let sig = strata::lifecycle::parse_signal(&signal)?;
+            let store = open_store(&cli.root)?;
+            each_name(&names, "killing", |name| Ok(strata::lifecycle::kill(&store, name, sig)?))
+        }
+        Cmd::Restart { names, time } => {
+            let mut store = open_store(&cli.root)?;
+            let opts = strata::lifecycle::StartOptions::default();
+            let timeout = std::time::Duration::from_secs(time);
+            each_name(&names, "restarting", |name| {
+                Ok(strata::lifecycle::restart(&mut store, name, timeout, &opts)?)
+            })
+        }
+        Cmd::Wait { names } => {
+            let store = open_store(&cli.root)?;
+            let mut failed = false;
+            for name in &names {
+                match strata::lifecycle::wait(&store, name) {
+                    Ok(code) => outln!("{code}")?,
+                    Err(e) => {
+                        failed = true;
+                        report_failure("waiting for", name, &e.into());
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Pause { names } => {
+            let store = open_store(&cli.root)?;
+            each_name(&names, "pausing", |name| Ok(strata::lifecycle::pause(&store, name)?))
+        }
+        Cmd::Unpause { names } => {
+            let store = open_store(&cli.root)?;
+            each_name(&names, "unpausing", |name| Ok(strata::lifecycle::unpause(&store, name)?))
+        }
+        Cmd::Rm { names, force } => rm_containers(&cli.root, &names, force),
+        Cmd::Rmi { names, force } => {
+            if !force {
+                return image_cmd(&cli.root, ImageCmd::Rm { names });
+            }
+            let mut store = open_store(&cli.root)?;
+            let mut failed = false;
+            for name in &names {
+                match strata::lifecycle::remove_image_and_containers(&mut store, name) {
+                    Ok(stored) => outln!("Untagged: {stored}")?,
+                    Err(e) => {
+                        failed = true;
+                        report_failure("removing image", name, &e.into());
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Cmd::Images { json, quiet, digests, no_trunc, format } => {
+            image_cmd(&cli.root, ImageCmd::Ls { json, quiet, digests, no_trunc, format })
+        }
+        Cmd::Inspect { name } => {
+            // As docker: a container by that name first, then an image.
+            let store = open_store(&cli.root)?;
+            match container::inspect(&store, &name) {
+                Ok(i) => {
+                    outln!("{}", serde_json::to_string_pretty(&i)?)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(container::ContainerError::NotFound(_)) => {
+                    if store.db.image(&name)?.is_none() {
+                        anyhow::bail!("no such container or image: {}", strata::image::printable(&name, 200));
+                    }
+                    drop(store);
+                    image_cmd(&cli.root, ImageCmd::Inspect { name })
+                }
+                Err(e) => Err(e).with_context(|| format!("inspecting container {name}")),
+            }
+        }
+        Cmd::System(SystemCmd::Prune { force }) => system_prune_cmd(&cli.root, force),
+        Cmd::Info { json } => info_cmd(&cli.root, json),
         Cmd::Logs { name, follow } => {
             let store = open_store(&cli.root)?;
             if follow {
@@ -595,24 +900,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let extra = RunExtra { process, detach, volumes: volume, stop_timeout };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
-        Cmd::Ps { json } => {
+        Cmd::Ps { list, all } => {
             let store = open_store(&cli.root)?;
-            let mut running = Vec::new();
-            for c in store.db.containers()? {
-                let i = container::inspect(&store, &c.name)?;
-                if i.running.is_some() {
-                    running.push(i);
-                }
+            let mut shown = container::list(&store)?;
+            if !all {
+                shown.retain(|c| c.running);
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&running)?);
-            } else {
-                println!("{:<24} {:<30} {:<14} STATUS", "NAME", "IMAGE", "IMAGE ID");
-                for i in running {
-                    let status = i.running.unwrap_or_default();
-                    println!("{:<24} {:<30} {:<14} {status}", i.name, i.image, i.digest.short());
-                }
-            }
+            print_containers(&shown, &list)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pull { reference, name, platform, tls, jobs, quiet } => {
@@ -624,7 +918,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
             let (blobs, layers) = store.gc().context("gc")?;
-            println!("removed {} blobs, {} layers", blobs.len(), layers.len());
+            outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -643,63 +937,85 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let imported = import::import_prepared(&mut store, &resolved, &name, &opts);
             drop(bars);
             let imported = imported.with_context(|| format!("importing {source}"))?;
-            println!("{}", imported.manifest_digest);
+            outln!("{}", imported.manifest_digest)?;
         }
-        ImageCmd::Ls { json, quiet } => {
+        ImageCmd::Ls { json, quiet, digests, no_trunc, format } => {
             let store = open_store(root)?;
             let images = strata::images::list(&store)?;
+            let short = |d: &strata::digest::Sha256Digest| {
+                if no_trunc {
+                    d.to_string()
+                } else {
+                    d.short().to_string()
+                }
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
+                outln!("{}", serde_json::to_string_pretty(&images)?)?;
             } else if quiet {
                 let mut seen = std::collections::HashSet::new();
                 for i in &images {
-                    if seen.insert(i.digest.short()) {
-                        println!("{}", i.digest.short());
+                    if seen.insert(&i.id) {
+                        outln!("{}", short(&i.id))?;
                     }
                 }
             } else {
-                println!("{:<30} {:<20} {:>7} {:>12}", "NAME", "DIGEST", "LAYERS", "SIZE");
-                for i in images {
-                    println!("{:<30} {:<20} {:>7} {:>12}", i.name, i.digest.short(), i.layers, human(i.size));
-                }
+                let now = strata::time::now();
+                let rows: Vec<(table::Row, String)> = images
+                    .iter()
+                    .map(|i| {
+                        let row = vec![
+                            ("Repository", i.repository.clone()),
+                            ("Tag", i.tag.clone()),
+                            ("Digest", i.digest.to_string()),
+                            ("ID", short(&i.id)),
+                            ("CreatedSince", strata::time::ago(i.created_secs, now)),
+                            ("CreatedAt", i.created.clone()),
+                            ("Size", human(i.size)),
+                        ];
+                        Ok((row, serde_json::to_string(i)?))
+                    })
+                    .collect::<Result<_>>()?;
+                let default = if digests {
+                    "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+                } else {
+                    "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+                };
+                let known = ["ID", "Repository", "Tag", "Digest", "CreatedSince", "CreatedAt", "Size"];
+                let t = table::Template::parse(format.as_deref().unwrap_or(default), &known)?
+                    .title("ID", "IMAGE ID")
+                    .title("CreatedSince", "CREATED");
+                out(&t.render(&rows))?;
             }
+        }
+        ImageCmd::Prune { force: _ } => {
+            let mut store = open_store(root)?;
+            let (blobs, layers) = store.gc().context("image prune")?;
+            outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
         }
         ImageCmd::History { name, json } => {
             let store = open_store(root)?;
             let steps = strata::images::history(&store, &name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&steps)?);
+                outln!("{}", serde_json::to_string_pretty(&steps)?)?;
             } else {
-                println!("{:<14} {:<22} {:<50} {:>10}  COMMENT", "LAYER", "CREATED", "CREATED BY", "SIZE");
+                outln!("{:<14} {:<22} {:<50} {:>10}  COMMENT", "LAYER", "CREATED", "CREATED BY", "SIZE")?;
                 for s in steps {
                     let by: String = s.created_by.as_deref().unwrap_or("").chars().take(50).collect();
-                    println!(
+                    outln!(
                         "{:<14} {:<22} {:<50} {:>10}  {}",
                         s.diff_id.as_ref().map_or("-", |d| d.short()),
                         s.created.as_deref().unwrap_or("-"),
                         strata::image::printable(&by, 50),
                         human(s.size),
                         strata::image::printable(s.comment.as_deref().unwrap_or(""), 80)
-                    );
+                    )?;
                 }
             }
         }
         ImageCmd::Inspect { name } => {
             let store = open_store(root)?;
-            let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&store.read_blob(&img.manifest_digest)?)?;
-            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
-            let layers = store.db.image_layers(&name)?;
-            let out = serde_json::json!({
-                "name": img.name,
-                "digest": img.manifest_digest,
-                "created": img.created,
-                "manifest": manifest,
-                "config": config,
-                "layers": layers,
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            let i = strata::images::inspect(&store, &name)?;
+            outln!("{}", serde_json::to_string_pretty(&i)?)?;
         }
         ImageCmd::Export { name, dest, format, force } => {
             let store = open_store(root)?;
@@ -725,7 +1041,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                 strata::rootfs::import_rootfs(&mut store, f, &tar.display().to_string(), &name, &opts)
             }
             .with_context(what)?;
-            println!("{}", done.manifest_digest);
+            outln!("{}", done.manifest_digest)?;
         }
         ImageCmd::Tag { name, new_name } => {
             strata::reference::validate_image_name(&new_name)?;
@@ -733,8 +1049,8 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             // Shared with imports, exclusive of gc: the blobs and layers stay while named.
             let _gc = store.gc_shared()?;
             let img = store.db.image(&name)?.with_context(|| format!("image {name:?} not found"))?;
-            let layers = store.db.image_layers(&name)?;
-            store
+            let layers = store.db.image_layers(&img.name)?;
+            let stored = store
                 .db
                 .put_image(&strata::db::NewImage {
                     name: &new_name,
@@ -745,7 +1061,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                     lease: None,
                 })
                 .with_context(|| format!("tagging {name} as {new_name}"))?;
-            println!("{new_name}");
+            outln!("{stored}")?;
         }
         ImageCmd::Rm { names } => {
             // As docker: each name is removed or reported; the exit status says whether all went.
@@ -753,7 +1069,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let mut failed = 0;
             for name in &names {
                 match store.remove_image(name) {
-                    Ok(()) => println!("{name}"),
+                    Ok(stored) => outln!("Untagged: {stored}")?,
                     Err(e) => {
                         failed += 1;
                         eprintln!(
@@ -807,7 +1123,7 @@ fn pull_cmd(
             imported.layers.len() - imported.unpacked
         );
     }
-    println!("{}", imported.manifest_digest);
+    outln!("{}", imported.manifest_digest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -831,16 +1147,18 @@ fn push_cmd(
     };
     let store = open_store(root)?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
-    let opts = PushOptions { client: tls.client(), chunk_size };
-    let pushed =
-        registry::push(&store, name, &dest, &opts).with_context(|| format!("pushing {name} to {dest}"))?;
+    let bars = progress::Bars::on_terminal(!quiet);
+    let opts = PushOptions { client: tls.client(), chunk_size, progress: bars.progress() };
+    let pushed = registry::push(&store, name, &dest, &opts);
+    drop(bars);
+    let pushed = pushed.with_context(|| format!("pushing {name} to {dest}"))?;
     if !quiet {
         eprintln!(
             "{dest}: {} blobs uploaded, {} mounted, {} already present",
             pushed.uploaded, pushed.mounted, pushed.present
         );
     }
-    println!("{}", pushed.digest);
+    outln!("{}", pushed.digest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -858,31 +1176,49 @@ fn registry_host(host: &str) -> Result<String> {
 
 fn login_cmd(
     host: &str,
-    username: String,
+    username: Option<String>,
     password: Option<String>,
     password_stdin: bool,
     tls: TlsArgs,
 ) -> Result<ExitCode> {
     use strata::registry::{auth, Client, ClientOptions};
     let host = registry_host(host)?;
-    let password = match (password, password_stdin) {
+    // As docker login: what is missing is asked for on the terminal (the password without echo).
+    let terminal = std::io::stdin().is_terminal();
+    let username = match username {
+        Some(u) => u,
+        None if terminal && !password_stdin => {
+            eprint!("Username: ");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the user name")?;
+            line.trim().to_string()
+        }
+        None => anyhow::bail!("give the user name with -u USER (stdin is not a terminal to ask on)"),
+    };
+    anyhow::ensure!(!username.is_empty(), "the user name is empty");
+    let (password, from) = match (password, password_stdin) {
         (Some(_), true) => anyhow::bail!("give the password with --password or --password-stdin, not both"),
-        (Some(p), false) => p,
+        (Some(p), false) => (p, "--password"),
         (None, true) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
-            line.trim_end_matches(['\r', '\n']).to_string()
+            (line.trim_end_matches(['\r', '\n']).to_string(), "--password-stdin")
         }
-        (None, false) => anyhow::bail!("give the password with --password-stdin (or --password)"),
+        (None, false) if terminal => {
+            (rpassword::prompt_password("Password: ").context("reading the password")?, "the terminal")
+        }
+        (None, false) => {
+            anyhow::bail!("give the password with --password-stdin (stdin is not a terminal to ask on)")
+        }
     };
     let file = auth::login_file().context("no file to store credentials in (set REGISTRY_AUTH_FILE)")?;
-    let creds = auth::Credentials { username, password, from: "the command line".into() };
+    let creds = auth::Credentials { username, password, from: from.into() };
     let opts = ClientOptions { credentials: Some(creds.clone()), ..tls.client() };
     let client =
         Client::connect(&host, "", &opts, "pull").with_context(|| format!("logging in to {host}"))?;
     client.check_login().with_context(|| format!("logging in to {host}"))?;
     auth::store(&file, &host, Some(&creds)).with_context(|| format!("logging in to {host}"))?;
-    println!("Login Succeeded ({})", file.display());
+    outln!("Login Succeeded ({})", file.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -891,7 +1227,7 @@ fn logout_cmd(host: &str) -> Result<ExitCode> {
     let host = registry_host(host)?;
     let file = auth::login_file().context("no credential file (set REGISTRY_AUTH_FILE)")?;
     if auth::store(&file, &host, None).with_context(|| format!("logging out of {host}"))? {
-        println!("Removed login credentials for {host} from {}", file.display());
+        outln!("Removed login credentials for {host} from {}", file.display())?;
         Ok(ExitCode::SUCCESS)
     } else {
         anyhow::bail!("not logged in to {host} (no entry in {})", file.display())
@@ -933,15 +1269,20 @@ fn save_cmd(
 }
 
 fn load_cmd(root: &std::path::Path, input: &str, name: Option<String>, jobs: JobsArg) -> Result<ExitCode> {
+    if input == "-" && std::io::stdin().is_terminal() {
+        anyhow::bail!("refusing to read an archive from a terminal: pipe one in or use -i FILE");
+    }
     let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None };
     let mut store = open_store(root)?;
     let imported = if input == "-" {
-        import::import_stream(&mut store, std::io::stdin().lock(), &opts).context("loading from stdin")?
+        import::import_stream(&mut store, std::io::stdin().lock(), &opts)
+            .context("loading from standard input")?
     } else {
         import::load(&mut store, input, &opts).with_context(|| format!("loading {input}"))?
     };
+    // As docker load.
     for i in &imported {
-        println!("{}", i.manifest_digest);
+        outln!("Loaded image: {}", i.name)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -976,33 +1317,23 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let mut store = open_store(root)?;
             container::create(&mut store, &image, &name, &CreateOptions { read_only, volatile })
                 .with_context(|| format!("creating container {name}"))?;
-            println!("{name}");
+            outln!("{name}")?;
         }
-        ContainerCmd::Ls { json } => {
+        ContainerCmd::Ls { list } => {
             let store = open_store(root)?;
-            let list = container::list(&store)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!("{:<24} {:<24} {:<4} MOUNTED", "NAME", "IMAGE", "MODE");
-                for c in list {
-                    let mode = if c.row.read_only { "ro" } else { "rw" };
-                    let at = c.mounted.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
-                    println!("{:<24} {:<24} {:<4} {}", c.row.name, c.row.image, mode, at);
-                }
-            }
+            print_containers(&container::list(&store)?, &list)?;
         }
-        ContainerCmd::Rm { name, force } => {
-            let mut store = open_store(root)?;
-            container::remove(&mut store, &name, force)
-                .with_context(|| format!("removing container {name}"))?;
-            println!("{name}");
+        ContainerCmd::Rm { names, force } => return rm_containers(root, &names, force),
+        ContainerCmd::Monitor { name } => {
+            let mut out = std::io::stdout().lock();
+            strata::lifecycle::monitor(root, &name, &mut out)
+                .with_context(|| format!("monitoring container {name}"))?;
         }
         ContainerCmd::Mount { name, target, backend } => {
             let mut store = open_store(root)?;
             let at = container::mount(&mut store, &name, target.as_deref(), backend.into())
                 .with_context(|| format!("mounting container {name}"))?;
-            println!("{}", at.display());
+            outln!("{}", at.display())?;
         }
         ContainerCmd::Umount { name, force } => {
             let store = open_store(root)?;
@@ -1014,10 +1345,10 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let changes =
                 container::diff(&store, &name).with_context(|| format!("diff of container {name}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&changes)?);
+                outln!("{}", serde_json::to_string_pretty(&changes)?)?;
             } else {
                 for c in changes {
-                    println!("{c}");
+                    outln!("{c}")?;
                 }
             }
         }
@@ -1033,12 +1364,12 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let done = container::commit(&mut store, &name, &new_image, &opts, pause).with_context(|| {
                 format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
             })?;
-            println!("{}", done.manifest_digest);
+            outln!("{}", done.manifest_digest)?;
         }
         ContainerCmd::Inspect { name } => {
             let store = open_store(root)?;
             let i = container::inspect(&store, &name)?;
-            println!("{}", serde_json::to_string_pretty(&i)?);
+            outln!("{}", serde_json::to_string_pretty(&i)?)?;
         }
         ContainerCmd::Export { name, output } => {
             let mut store = open_store(root)?;
@@ -1050,13 +1381,177 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             let m = container::mounts(&store, &name)?;
             if json {
                 let v = serde_json::json!([{"type": m.fs_type, "source": m.source, "options": m.options}]);
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                println!("mount -t {} {} -o {} TARGET", m.fs_type, m.source, m.options.join(","));
+                outln!("mount -t {} {} -o {} TARGET", m.fs_type, m.source, m.options.join(","))?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One failure of a command given several names, on stderr: the others still run.
+fn report_failure(what: &str, name: &str, e: &anyhow::Error) {
+    eprintln!(
+        "strata: error: {what} {}: {}",
+        strata::image::printable(name, 100),
+        strata::image::printable(&format!("{e:#}"), 4096)
+    );
+}
+
+/// Run `f` for each name, as docker does with several names: each one done is printed on
+/// stdout, each failure on stderr; the exit status is 1 when any failed.
+fn each_name(names: &[String], what: &str, mut f: impl FnMut(&str) -> Result<()>) -> Result<ExitCode> {
+    let mut failed = false;
+    for name in names {
+        match f(name) {
+            Ok(()) => outln!("{name}")?,
+            Err(e) => {
+                failed = true;
+                report_failure(what, name, &e);
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn rm_containers(root: &std::path::Path, names: &[String], force: bool) -> Result<ExitCode> {
+    let mut store = open_store(root)?;
+    each_name(names, "removing container", |name| Ok(container::remove(&mut store, name, force)?))
+}
+
+fn start_cmd(root: &std::path::Path, names: &[String], attach: bool, backend: Backend) -> Result<ExitCode> {
+    let mut store = open_store(root)?;
+    let opts = strata::lifecycle::StartOptions { attach, backend: backend.into(), monitor: None };
+    if attach {
+        // The container's own status is ours, as `docker start -a`: one container.
+        anyhow::ensure!(names.len() == 1, "start -a takes one container");
+        let name = &names[0];
+        let code =
+            strata::lifecycle::start(&mut store, name, &opts).with_context(|| format!("starting {name}"))?;
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
+    each_name(names, "starting", |name| {
+        strata::lifecycle::start(&mut store, name, &opts)?;
+        Ok(())
+    })
+}
+
+fn system_prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
+    if !force {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            anyhow::bail!(
+                "system prune removes every container that is not running and unreferenced image data: \
+                 refusing without confirmation, and standard input is not a terminal to ask on (use -f)"
+            );
+        }
+        eprint!(
+            "WARNING! This will remove:\n  - all containers that are not running\n  - blobs and layers \
+             no image or container references\nAre you sure you want to continue? [y/N] "
+        );
+        let mut answer = String::new();
+        stdin.read_line(&mut answer).context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            eprintln!("Nothing removed.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let mut store = open_store(root)?;
+    let pruned = strata::lifecycle::system_prune(&mut store).context("system prune")?;
+    for name in &pruned.containers {
+        outln!("{name}")?;
+    }
+    for (name, why) in &pruned.failed {
+        eprintln!(
+            "strata: error: removing container {}: {}",
+            strata::image::printable(name, 100),
+            strata::image::printable(why, 4096)
+        );
+    }
+    eprintln!(
+        "removed {} containers, {} blobs, {} layers",
+        pruned.containers.len(),
+        pruned.blobs,
+        pruned.layers
+    );
+    Ok(if pruned.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn version_cmd(json: bool) -> Result<ExitCode> {
+    let v = strata::lifecycle::version();
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        outln!("strata:  {}", v.client)?;
+        outln!("runtime: {} ({})", v.runtime_version.as_deref().unwrap_or("not found"), v.runtime)?;
+        outln!("kernel:  {}", v.kernel)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info_cmd(root: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    let i = strata::lifecycle::info(&store).context("info")?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&i)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let c = &i.counts;
+    outln!("root:              {}", i.root.display())?;
+    outln!("runtime:           {} ({})", i.runtime_version.as_deref().unwrap_or("not found"), i.runtime)?;
+    outln!("kernel:            {}", i.kernel.release)?;
+    outln!("  overlay:         {}", yes(i.kernel.overlay))?;
+    outln!("  new mount API:   {}", yes(i.kernel.new_mount_api))?;
+    outln!("  fuse:            {}", yes(i.kernel.fuse))?;
+    outln!("  fuse passthrough: {}", yes(i.kernel.fuse_passthrough))?;
+    outln!("backend (auto):    {}: {}", i.auto_backend.backend, i.auto_backend.reason)?;
+    outln!("strata-fuse:       {}", i.strata_fuse.display())?;
+    outln!("images:            {}", c.images)?;
+    outln!(
+        "containers:        {} ({} running, {} paused, {} exited, {} created), {}",
+        c.containers,
+        c.running,
+        c.paused,
+        c.exited,
+        c.created,
+        human(c.containers_bytes)
+    )?;
+    outln!("layers:            {}, {}", c.layers, human(c.layers_bytes))?;
+    outln!("blobs:             {}", human(c.blobs_bytes))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Containers as `ps` and `container ls` print them: a table sized to its content, `--json`
+/// (the schema of `container inspect`), or `--format`.
+fn print_containers(list: &[container::Inspected], args: &ListArgs) -> Result<()> {
+    if args.json {
+        return Ok(outln!("{}", serde_json::to_string_pretty(list)?)?);
+    }
+    let now = strata::time::now();
+    let rows: Vec<(table::Row, String)> = list
+        .iter()
+        .map(|c| {
+            let row = vec![
+                ("Names", c.name.clone()),
+                ("Image", c.image.clone()),
+                ("ImageID", c.image_id.short().to_string()),
+                ("Status", c.status.clone()),
+                ("CreatedAt", c.created.clone()),
+                ("RunningFor", strata::time::ago(c.created_secs, now)),
+                ("Mounts", c.mounted.as_ref().map_or_else(|| "-".to_string(), |p| p.display().to_string())),
+            ];
+            Ok((row, serde_json::to_string(c)?))
+        })
+        .collect::<Result<_>>()?;
+    let known = ["Names", "Image", "ImageID", "Status", "CreatedAt", "RunningFor", "Mounts"];
+    let default = "table {{.Names}}\t{{.Image}}\t{{.RunningFor}}\t{{.Status}}\t{{.Mounts}}";
+    let t = table::Template::parse(args.format.as_deref().unwrap_or(default), &known)?
+        .title("Names", "NAME")
+        .title("RunningFor", "CREATED")
+        .title("Mounts", "MOUNTED");
+    Ok(out(&t.render(&rows))?)
 }
 
 /// `run` options beyond the basics.
@@ -1091,13 +1586,14 @@ fn run_cmd(
         volumes: extra.volumes,
         detach: extra.detach,
         stop_timeout: Some(std::time::Duration::from_secs(extra.stop_timeout)),
+        monitor: None,
     };
     if opts.detach && opts.name.is_none() {
         opts.name = Some(strata::run::generated_name());
     }
     let code = strata::run::run(&mut store, &opts)?;
     if opts.detach {
-        println!("{}", opts.name.as_deref().unwrap_or_default());
+        outln!("{}", opts.name.as_deref().unwrap_or_default())?;
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
@@ -1110,6 +1606,20 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// The CLI prints through `outln!`: `println!` panics when stdout is a closed pipe.
+    #[test]
+    fn no_println() {
+        for file in ["src/main.rs", "src/cli/mod.rs", "src/cli/progress.rs"] {
+            let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                .expect("read source");
+            let found = text
+                .lines()
+                .filter(|l| l.contains(concat!("print", "ln!(")) && !l.contains("eprint"))
+                .count();
+            assert_eq!(found, 0, "{file}: use outln! instead");
+        }
     }
 
     /// Every command a user runs shows an example in its --help.

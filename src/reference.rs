@@ -258,6 +258,33 @@ pub fn validate_image_name(s: &str) -> Result<(), ReferenceError> {
     parse(s).map(|_| ())
 }
 
+/// The one form an image name is stored and looked up under, as docker shows names: `:latest`
+/// when neither a tag nor a digest is given, and Docker Hub's `docker.io/` and `library/`
+/// prefixes dropped. `busybox`, `library/busybox` and `docker.io/library/busybox:latest` are all
+/// `busybox:latest`; `localhost:5000/app` is `localhost:5000/app:latest`; `fx/app` is
+/// `fx/app:latest`. `None` when `s` is not a reference (an older, looser stored name is then
+/// only found as it is written).
+pub fn canonical(s: &str) -> Option<String> {
+    let n = normalize(s).ok()?;
+    let mut out = if n.domain == DEFAULT_DOMAIN {
+        match n.repo.strip_prefix("library/") {
+            Some(short) if !short.contains('/') => short.to_string(),
+            _ => n.repo.clone(),
+        }
+    } else {
+        format!("{}/{}", n.domain, n.repo)
+    };
+    if let Some(t) = &n.tag {
+        out.push(':');
+        out.push_str(t);
+    }
+    if let Some(d) = &n.digest {
+        out.push('@');
+        out.push_str(d);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +309,34 @@ mod tests {
         }
         for bad in ["", "UPPER/app", "a//b", "-x", "app:", "busybox@sha256:12"] {
             assert!(normalize(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_names() {
+        let d = format!("sha256:{}", "c".repeat(64));
+        for (input, want) in [
+            ("busybox", "busybox:latest".to_string()),
+            ("busybox:1.36", "busybox:1.36".into()),
+            ("library/busybox", "busybox:latest".into()),
+            ("docker.io/library/busybox:latest", "busybox:latest".into()),
+            ("index.docker.io/library/busybox", "busybox:latest".into()),
+            ("docker.io/user/app", "user/app:latest".into()),
+            ("fx/app", "fx/app:latest".into()),
+            ("library/a/b", "library/a/b:latest".into()),
+            ("localhost/app", "localhost/app:latest".into()),
+            ("localhost:5000/app", "localhost:5000/app:latest".into()),
+            ("127.0.0.1:5000/a/b:v1", "127.0.0.1:5000/a/b:v1".into()),
+            ("quay.io/org/app", "quay.io/org/app:latest".into()),
+            (&format!("app@{d}"), format!("app@{d}")),
+            (&format!("app:v1@{d}"), format!("app:v1@{d}")),
+        ] {
+            assert_eq!(canonical(input).as_deref(), Some(want.as_str()), "{input}");
+            // Idempotent: the stored form finds itself.
+            assert_eq!(canonical(&want).as_deref(), Some(want.as_str()), "{want}");
+        }
+        for bad in ["", "UPPER", "a//b", "app:", "a@b@c"] {
+            assert_eq!(canonical(bad), None, "{bad:?}");
         }
     }
 

@@ -30,6 +30,8 @@ pub enum RunError {
     Config { name: String, reason: String },
     #[error("container {name}: catching signals")]
     Signals { name: String, source: std::io::Error },
+    #[error("container {name}: starting it detached")]
+    Detach { name: String, source: Box<crate::lifecycle::LifecycleError> },
 }
 
 /// What to run.
@@ -56,12 +58,15 @@ pub struct RunOptions {
     /// `-v HOST:CTR[:ro]` bind mounts (see [`bundle::parse_volume`]).
     pub volumes: Vec<String>,
     /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
-    /// [`stop`] (or `container rm --force`).
+    /// [`stop`] (or `container rm --force`), or until it ends on its own.
     pub detach: bool,
     /// `--stop-timeout`: how long a foreground container has to exit after strata takes SIGTERM
     /// or SIGHUP (forwarded to it) before it is killed ([`crate::signals::DEFAULT_STOP_TIMEOUT`]
     /// when `None`).
     pub stop_timeout: Option<std::time::Duration>,
+    /// `-d`: the strata binary whose `container monitor` watches the container (see
+    /// [`crate::lifecycle`]); the running executable when `None`.
+    pub monitor: Option<std::path::PathBuf>,
 }
 
 /// Where a detached container's stdout and stderr go.
@@ -145,7 +150,9 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         }
         started = true;
         if opts.detach {
-            bundle::run_detached(&state, &bundle_dir, &id, &log_path(store, &name)).map_err(berr)?;
+            // Through a monitor, which records its exit code and cleans up when it ends.
+            crate::lifecycle::spawn_monitor(store, &name, opts.monitor.as_deref())
+                .map_err(|e| RunError::Detach { name: name.clone(), source: Box::new(e) })?;
             return Ok(0);
         }
         let fg = bundle::Foreground {
@@ -154,7 +161,10 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             trap: &mut trap,
             stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
         };
-        bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr)
+        let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr)?;
+        // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
+        crate::lifecycle::record_exit(store, &name, code);
+        Ok(code)
     })();
     if opts.detach && started && result.is_ok() {
         // Running on its own now: it keeps its mount until stopped.
@@ -231,21 +241,24 @@ pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
         terminal: opts.terminal,
         stdin: opts.interactive,
     };
+    // A missing or non-executable command is told by name (127/126), before runc is asked.
+    bundle::check_exec(&container::dir(store, &name).join("bundle"), &spec).map_err(berr)?;
     bundle::exec(&state, &id, &spec).map_err(berr)
 }
 
 /// Stop a running container as `podman stop`: SIGTERM, then SIGKILL after `timeout`, through
 /// runc; then runc's state is deleted and the container unmounted. Returns true when SIGTERM
-/// sufficed. A container that already exited is only cleaned up.
+/// sufficed. A container that already exited is only cleaned up; one that is not running
+/// (created, or stopped and cleaned up) is left as it is, and that is no error (as `docker
+/// stop`).
 pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<bool, RunError> {
     let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
     let berr = |source| RunError::Bundle { name: name.to_string(), source };
     container::inspect(store, name).map_err(cerr)?;
     let (state, id) = container::runc_ids(store, name);
     let status = || bundle::runc_status(&state, &id);
-    let Some(st) = status() else {
-        return Err(RunError::NotRunning { name: name.to_string(), status: "unknown to runc".into() });
-    };
+    // Stopped already (or created, never started): nothing to do, as `docker stop`.
+    let Some(st) = status() else { return Ok(true) };
     let wait = |limit: std::time::Duration| {
         let until = std::time::Instant::now() + limit;
         loop {
@@ -278,9 +291,12 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
             }
         }
     }
+    // Its monitor may have deleted the state and unmounted it meanwhile.
     container::delete_runtime(store, name).map_err(cerr)?;
     match container::umount(store, name, false) {
-        Ok(()) | Err(ContainerError::NotMounted(_)) => Ok(graceful),
+        // A foreground `strata run` unmounts it itself once runc has returned.
+        Ok(()) | Err(ContainerError::NotMounted(_) | ContainerError::NotFound(_)) => Ok(graceful),
+        Err(ContainerError::Running { .. }) if status().is_none() => Ok(graceful),
         Err(e) => Err(cerr(e)),
     }
 }

@@ -72,6 +72,8 @@ impl<T> IoContext<T> for io::Result<T> {
 pub struct Store {
     root: PathBuf,
     pub db: Db,
+    /// Declared after `db`: dropped after the database connection has closed.
+    _reserve: Reserve,
 }
 
 /// The name of the lock every change of container `name`'s state takes (create, mount, umount,
@@ -189,27 +191,52 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 /// Below this much free space the reserve is released.
 const RESERVE_RELEASE_BELOW: u64 = 4 << 20;
 
-/// Keep the reserve file: made (allocated, so the space is really held) when there is room for
-/// it twice over, released when the filesystem is (nearly) full.
+/// The space a full filesystem needs to let strata free space: `<root>/reserve`, released just
+/// before the database opens when the filesystem is (nearly) full, and taken back when the
+/// store closes, from the space the command freed or that was left free. Released and retaken
+/// by every command that finds the disk full, so listing, `image rm`, `container rm` and `gc`
+/// work however often the disk fills; only a process killed in between leaves it released, until
+/// the next command closes its store.
 ///
 /// Why a reserve and not a SQLite setting: in WAL mode the first connection to open the
 /// database truncates and regrows the `-shm` WAL index, page by page, which fails with ENOSPC
 /// ("disk I/O error ... xShmMap") on a full filesystem even for a read, and any write needs WAL
 /// (or, in rollback mode, journal) pages; `locking_mode=EXCLUSIVE` would keep the index in memory
 /// but serialize every strata process for the life of its connection (`strata run` holds one for
-/// the whole run). Releasing 8 MiB before opening the database gives SQLite the pages it needs,
-/// so listing, `image rm`, `container rm` and `gc` work on a full disk and free space.
-fn balance_reserve(root: &Path) {
-    let Ok(st) = rustix::fs::statvfs(root) else { return };
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    let reserve = root.join("reserve");
-    let have = fs::symlink_metadata(&reserve).is_ok();
-    if have && free < RESERVE_RELEASE_BELOW {
-        tracing::warn!(root = %root.display(), free, "filesystem nearly full: releasing strata's reserve");
-        let _ = fs::remove_file(&reserve);
-    } else if !have && free >= 2 * RESERVE_BYTES + RESERVE_RELEASE_BELOW {
+/// the whole run). Releasing 8 MiB before opening the database gives SQLite the pages it needs;
+/// when the last connection closes, SQLite removes the WAL and its index, and the space is back.
+struct Reserve {
+    root: PathBuf,
+}
+
+impl Reserve {
+    fn path(root: &Path) -> PathBuf {
+        root.join("reserve")
+    }
+
+    /// Release the reserve if the filesystem is nearly full.
+    fn balance(root: &Path) -> Reserve {
+        let reserve = Self::path(root);
+        if free_bytes(root).is_some_and(|free| free < RESERVE_RELEASE_BELOW)
+            && fs::symlink_metadata(&reserve).is_ok()
+        {
+            tracing::warn!(root = %root.display(), "filesystem nearly full: releasing strata's reserve");
+            let _ = fs::remove_file(&reserve);
+        }
+        Reserve { root: root.to_path_buf() }
+    }
+}
+
+impl Drop for Reserve {
+    /// Take the reserve back when there is room for it.
+    fn drop(&mut self) {
+        let reserve = Self::path(&self.root);
+        if fs::symlink_metadata(&reserve).is_ok() || free_bytes(&self.root).is_none_or(|f| f < RESERVE_BYTES)
+        {
+            return;
+        }
         // Under the name of a blob temp file, which recovery removes if this process dies.
-        let tmp = root.join("staging").join(format!("blob-{}", random_token()));
+        let tmp = self.root.join("staging").join(format!("blob-{}", random_token()));
         let made = (|| -> io::Result<()> {
             let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
@@ -219,6 +246,11 @@ fn balance_reserve(root: &Path) {
             let _ = fs::remove_file(&tmp);
         }
     }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    rustix::fs::statvfs(path).ok().map(|st| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Whether anything is mounted at or below `dir` (a container directory must never be removed
@@ -328,7 +360,7 @@ impl Store {
             let p = root.join(sub);
             b.create(&p).at(&p)?;
         }
-        balance_reserve(root);
+        let reserve = Reserve::balance(root);
         // Creating, switching to WAL and migrating the database take turns: concurrent first
         // opens of a fresh root would otherwise fail with "database is locked" (SQLite does not
         // wait on a lock it can only get by upgrading a read).
@@ -336,7 +368,7 @@ impl Store {
             let _g = lock_file(&root.join("locks/db-open.lock"), true)?;
             Db::open(&root.join("strata.db"))?
         };
-        let mut store = Store { root: root.to_path_buf(), db };
+        let mut store = Store { root: root.to_path_buf(), db, _reserve: reserve };
         store.migrate_container_dirs()?;
         store.recover()?;
         Ok(store)
@@ -350,7 +382,7 @@ impl Store {
             let _g = lock_file(&self.root.join("locks/db-open.lock"), true)?;
             Db::open(&self.root.join("strata.db"))?
         };
-        Ok(Store { root: self.root.clone(), db })
+        Ok(Store { root: self.root.clone(), db, _reserve: Reserve { root: self.root.clone() } })
     }
 
     pub fn root(&self) -> &Path {
@@ -679,10 +711,11 @@ impl Store {
         Ok((blobs, layers))
     }
 
-    /// Remove an image name; refuses while a container created from it exists.
-    pub fn remove_image(&mut self, name: &str) -> Result<()> {
+    /// Remove an image name; refuses while containers stand on the image and this is its last
+    /// name (see [`crate::db::Db::remove_image`]). Returns the name as it was stored.
+    pub fn remove_image(&mut self, name: &str) -> Result<String> {
         match self.db.remove_image(name)? {
-            RemovedImage::Removed => Ok(()),
+            RemovedImage::Removed(stored) => Ok(stored),
             RemovedImage::NotFound => Err(StoreError::NoImage(name.to_string())),
             RemovedImage::InUse(users) => {
                 Err(StoreError::ImageInUse { image: name.to_string(), containers: users.join(", ") })

@@ -313,6 +313,9 @@ fn ctr_import_and_run_a_multi_layer_image_on_strata() {
     let kinds: Vec<&str> = snaps.lines().skip(1).filter_map(|l| l.split_whitespace().last()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "Committed").count(), 3, "snapshots left:\n{snaps}");
     assert!(kinds.iter().all(|k| *k == "Committed" || *k == "View"), "snapshots left:\n{snaps}");
+    // Its log goes to a file here: plain text, no colour codes.
+    let log = c.log("snapshotter.log");
+    assert!(!log.is_empty() && !log.contains('\x1b'), "colour codes in the snapshotter's log:\n{log}");
 }
 
 /// A 200-layer image (busybox and 199 layers over it, each adding a file): containerd performs

@@ -115,7 +115,7 @@ fn pull_matches_umoci_and_fetches_nothing_twice() {
         assert_eq!(d, fixture_digest(&oci, tag), "{r}: the manifest digest");
         assert_matches_umoci(&root, &r, &oci, tag);
     }
-    let names = root.ok(&["image", "ls"]);
+    let names = root.ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(names.contains(&format!("{}/multi:1", reg.addr)), "{names}");
     // A second name in registry form: the same manifest, no blob copied; it outlives the first.
     let blobs = || fs::read_dir(root.path().join("blobs/sha256")).expect("blobs").count();
@@ -198,6 +198,9 @@ fn pull_over_tls_with_certs_d() {
     let err = fails(&root, &[], &["pull", &r]);
     assert!(err.contains(&format!("{}: TLS:", reg.addr)), "{err}");
     assert!(err.contains("UnknownIssuer"), "{err}");
+    // The hint names the directory this strata searched (STRATA_CERTS_D here), not a default.
+    let searched = root.path().join("no-certs.d").join(&reg.addr);
+    assert!(err.contains(&format!("goes in {} as a *.crt file", searched.display())), "{err}");
     let certs = reg.certs_d();
     let d = ok(&root, &[("STRATA_CERTS_D", &certs)], &["pull", &r]);
     assert_eq!(d, fixture_digest(&oci, "busybox"));
@@ -267,7 +270,7 @@ fn pull_with_basic_auth_from_auth_json() {
     let out = login("wrong");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unauthorized") && err.contains("were refused"), "{err}");
+    assert!(err.contains("unauthorized") && err.contains("from --password-stdin were refused"), "{err}");
     assert!(!file.exists(), "a refused login writes nothing");
     let out = login("s3cret");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -280,6 +283,32 @@ fn pull_with_basic_auth_from_auth_json() {
     assert!(err.contains("unauthorized"), "{err}");
     let err = fails(&root, &env, &["logout", &reg.addr]);
     assert!(err.contains("not logged in"), "{err}");
+
+    // On a terminal, what is missing is asked for, as docker login does (script(1) gives it one).
+    let prompt = |typed: &str| {
+        let cmd = format!("{STRATA} login {}", reg.addr);
+        let mut child = Command::new("timeout")
+            .args(["30", "script", "-qec", &cmd, "/dev/null"])
+            .env("REGISTRY_AUTH_FILE", &file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script");
+        use std::io::Write as _;
+        child.stdin.take().expect("stdin").write_all(typed.as_bytes()).expect("type");
+        let out = child.wait_with_output().expect("script");
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (status, text) = prompt("tester\nwrong\n");
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("Username: ") && text.contains("Password: "), "{text}");
+    assert!(text.contains("from the terminal were refused"), "{text}");
+    let (status, text) = prompt("tester\ns3cret\n");
+    assert!(status.success() && text.contains("Login Succeeded"), "{text}");
+    ok(&root, &env, &["pull", &r, "--name", "after-prompted-login"]);
+    // Without a terminal, a missing user name is an error that says so, not a wait.
+    let err = fails(&root, &env, &["login", &reg.addr]);
+    assert!(err.contains("-u USER"), "{err}");
 }
 
 /// Errors name what to act on: a refused connection names the host; a registry that serves

@@ -24,22 +24,30 @@ fn image_ls_and_rm_of_several_names() {
     let oci = fx.join("oci");
     let d1 = root.ok(&["image", "import", &format!("{}:busybox", oci.display()), "--name", "a"]);
     root.ok(&["image", "import", &format!("{}:busybox", oci.display()), "--name", "b"]);
-    let d2 = root.ok(&["image", "import", &format!("{}:multi", oci.display()), "--name", "m"]);
+    root.ok(&["image", "import", &format!("{}:multi", oci.display()), "--name", "m"]);
     let ls = json_of(&root.ok(&["image", "ls", "--json"]));
     let rows = ls.as_array().expect("array");
     assert_eq!(rows.len(), 3);
-    let a = rows.iter().find(|r| r["name"] == "a").expect("a");
+    let a = rows.iter().find(|r| r["name"] == "a:latest").expect("a");
     assert_eq!(a["digest"], d1.trim());
-    assert_eq!(a["layers"], 1);
+    assert_eq!(a["layers"].as_array().map(Vec::len), Some(1));
     assert!(a["size"].as_u64().expect("size") > 1_000_000);
     let created = a["created"].as_str().expect("created");
     assert!(created.len() == 20 && created.ends_with('Z') && created.as_bytes()[10] == b'T', "{created}");
     let m = inspect_layers(&root, "m");
-    assert_eq!(rows.iter().find(|r| r["name"] == "m").expect("m")["layers"], m);
+    assert_eq!(
+        rows.iter().find(|r| r["name"] == "m:latest").expect("m")["layers"].as_array().map(Vec::len),
+        Some(m)
+    );
+    // The image ID is the config digest, as docker and podman show it.
+    let id =
+        |name: &str| json_of(&root.ok(&["image", "inspect", name]))["id"].as_str().expect("id").to_string();
+    let (id1, id2) = (id("a"), id("m"));
+    assert_ne!(short(&id1), short(&d1));
     let table = root.ok(&["image", "ls"]);
-    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains(&short(&d1))), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains(&short(&id1))), "{table}");
     let q = root.ok(&["image", "ls", "-q"]);
-    let mut want = vec![short(&d1), short(&d2)];
+    let mut want = vec![short(&id1), short(&id2)];
     want.sort();
     let mut got: Vec<String> = q.lines().map(str::to_string).collect();
     got.sort();
@@ -51,14 +59,17 @@ fn image_ls_and_rm_of_several_names() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("removing image m: image \"m\" is used by container(s) c"), "{err}");
     assert!(err.contains("removing image nope: image \"nope\" not found"), "{err}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        ["Untagged: a:latest", "Untagged: b:latest"]
+    );
     let names: Vec<String> = json_of(&root.ok(&["image", "ls", "--json"]))
         .as_array()
         .expect("array")
         .iter()
         .map(|r| r["name"].as_str().expect("name").to_string())
         .collect();
-    assert_eq!(names, ["m"]);
+    assert_eq!(names, ["m:latest"]);
 }
 
 fn short(d: &str) -> String {
@@ -125,14 +136,16 @@ fn container_inspect_and_ps() {
     root.ok(&["container", "create", "busybox", "idle"]);
     let i = json_of(&root.ok(&["container", "inspect", "idle"]));
     assert_eq!(i["digest"], digest.trim());
-    assert_eq!(i["image"], "busybox");
+    assert_eq!(i["image"], "busybox:latest");
     assert_eq!(i["layers"].as_array().expect("layers").len(), 1);
     // The upper dir is the container's snapshot's tree, `snapshots/<id>/fs`.
     let upper = std::path::Path::new(i["upper"].as_str().expect("upper"));
     assert!(upper.starts_with(root.path().join("snapshots")) && upper.ends_with("fs"), "{upper:?}");
     assert!(upper.is_dir(), "{upper:?}");
     assert_eq!(std::path::Path::new(i["work"].as_str().expect("work")), upper.with_file_name("work"));
-    assert!(i["mounted"].is_null() && i["backend"].is_null() && i["running"].is_null());
+    assert!(i["mounted"].is_null() && i["backend"].is_null() && i["running"] == false);
+    assert_eq!(i["status"], "created");
+    assert!(i["created"].as_str().is_some_and(|c| c.ends_with('Z')), "RFC 3339: {i}");
     let at = root.ok(&["container", "mount", "idle", "--backend", "kernel"]);
     let i = json_of(&root.ok(&["container", "inspect", "idle"]));
     assert_eq!(i["mounted"], at.trim());
@@ -155,7 +168,8 @@ fn container_inspect_and_ps() {
     let ps = ps.as_array().expect("array");
     assert_eq!(ps.len(), 1, "only the running container: {ps:?}");
     assert_eq!(ps[0]["name"], "busy");
-    assert!(ps[0]["running"].as_str().expect("running").starts_with("strata run, pid"));
+    assert_eq!(ps[0]["running"], true);
+    assert!(ps[0]["process"].as_str().expect("process").starts_with("strata run, pid"));
     assert!(root.ok(&["ps"]).lines().any(|l| l.starts_with("busy ")));
     root.ok(&["container", "rm", "--force", "busy"]);
     run.wait();

@@ -2,3 +2,4 @@
 //! these modules draw.
 
 pub mod progress;
+pub mod table;

@@ -1,5 +1,5 @@
-//! Import progress on a terminal: one bar per layer (bytes read of its blob) and an overall line,
-//! drawn with indicatif from the library's [`ImportEvent`]s. Nothing is drawn when stderr is not a
+//! Import and push progress on a terminal: one bar per layer (bytes read or sent of its blob) and
+//! an overall line, drawn with indicatif from the library's [`ImportEvent`]s. Nothing is drawn when stderr is not a
 //! terminal.
 
 use std::collections::HashMap;
@@ -82,6 +82,27 @@ impl State {
                 self.done += 1;
                 if let Some((pb, _)) = self.layers.get(index) {
                     self.finish(pb, if *unpacked { "unpacked" } else { "stored" });
+                }
+                self.update_overall();
+            }
+            ImportEvent::LayerPosition { index, position } => {
+                if let Some((pb, _)) = self.layers.get(index) {
+                    let before = pb.position();
+                    pb.set_position(*position);
+                    if let Some(o) = &self.overall {
+                        // A retried upload starts over: the overall bar goes back with it.
+                        o.set_position((o.position() + position).saturating_sub(before));
+                    }
+                }
+            }
+            ImportEvent::LayerSent { index, how } => {
+                self.done += 1;
+                if let Some((pb, size)) = self.layers.get(index) {
+                    if let Some(o) = &self.overall {
+                        o.inc(size.saturating_sub(pb.position()));
+                    }
+                    pb.set_position(*size);
+                    self.finish(pb, how);
                 }
                 self.update_overall();
             }

@@ -126,9 +126,9 @@ impl Parent {
     pub fn of_image(store: &Store, name: &str) -> Result<Parent> {
         let img = store.db.image(name)?.ok_or_else(|| CommitError::NoImage(name.to_string()))?;
         Ok(Parent {
-            name: name.to_string(),
+            layers: store.db.image_layers(&img.name)?,
+            name: img.name,
             config_digest: img.config_digest,
-            layers: store.db.image_layers(name)?,
         })
     }
 }
@@ -235,7 +235,7 @@ fn commit_staged(
     for r in &rows {
         blobs.push((r.blob_digest.clone(), r.blob_size, r.media_type.clone()));
     }
-    store.db.put_image(&NewImage {
+    let stored = store.db.put_image(&NewImage {
         name: new_name,
         manifest_digest: &manifest_digest,
         config_digest: &cfg_digest,
@@ -243,13 +243,7 @@ fn commit_staged(
         layers: rows,
         lease: Some(&staging.token),
     })?;
-    Ok(Committed {
-        name: new_name.to_string(),
-        manifest_digest,
-        config_digest: cfg_digest,
-        layer: info,
-        layer_created,
-    })
+    Ok(Committed { name: stored, manifest_digest, config_digest: cfg_digest, layer: info, layer_created })
 }
 
 #[cfg(test)]

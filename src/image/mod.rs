@@ -63,6 +63,43 @@ pub enum ImageError {
     Remote(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl ImageError {
+    /// The same error with the file `from` called `to` wherever it names it: an archive read
+    /// from standard input is spooled to a file first, and its errors name "standard input".
+    pub fn relabel(self, from: &str, to: &str) -> ImageError {
+        let s = |v: String| v.replace(from, to);
+        let p = |v: PathBuf| if v.as_os_str() == from { PathBuf::from(to) } else { v };
+        match self {
+            ImageError::Open { path, source } => ImageError::Open { path: p(path), source },
+            ImageError::Archive { path, reason } => ImageError::Archive { path: p(path), reason: s(reason) },
+            ImageError::NotAnImage { path, what, hint } => {
+                ImageError::NotAnImage { path: p(path), what, hint }
+            }
+            ImageError::MissingFile { source_name, file } => {
+                ImageError::MissingFile { source_name: s(source_name), file }
+            }
+            ImageError::Invalid { what, reason } => ImageError::Invalid { what: s(what), reason: s(reason) },
+            ImageError::Digest { what, source } => ImageError::Digest { what: s(what), source },
+            ImageError::DigestMismatch { what, expected, actual } => {
+                ImageError::DigestMismatch { what: s(what), expected, actual }
+            }
+            ImageError::SizeMismatch { what, expected, actual } => {
+                ImageError::SizeMismatch { what: s(what), expected, actual }
+            }
+            ImageError::NoSuchTag { source_name, tag, available } => {
+                ImageError::NoSuchTag { source_name: s(source_name), tag, available }
+            }
+            ImageError::Ambiguous { source_name, available } => {
+                ImageError::Ambiguous { source_name: s(source_name), available }
+            }
+            ImageError::NoPlatform { source_name, platform, available } => {
+                ImageError::NoPlatform { source_name: s(source_name), platform, available }
+            }
+            e @ (ImageError::MediaType(_) | ImageError::Remote(_)) => e,
+        }
+    }
+}
+
 /// The format of an image source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -67,6 +67,8 @@ pub struct Client {
     /// Scope actions asked for in token requests ("pull", or "pull,push").
     actions: String,
     extra_scopes: Vec<String>,
+    /// Where a CA for the host is looked for, for TLS errors (see [`ca_dirs`]).
+    ca_dirs: String,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -133,6 +135,14 @@ fn system_roots(out: &mut Vec<Certificate<'static>>) -> Result<(), RegistryError
     Ok(())
 }
 
+/// The directories whose `*.crt` files are trusted for `host`: `certs.d/HOST` of each of
+/// [`ClientOptions::certs_d`], then `--cert-dir`.
+fn ca_dirs(host: &str, opts: &ClientOptions) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = opts.certs_d.iter().map(|d| d.join(host)).collect();
+    dirs.extend(opts.cert_dir.clone());
+    dirs
+}
+
 fn tls_config(host: &str, opts: &ClientOptions) -> Result<TlsConfig, RegistryError> {
     if !opts.tls_verify {
         return Ok(TlsConfig::builder().disable_verification(true).build());
@@ -140,9 +150,7 @@ fn tls_config(host: &str, opts: &ClientOptions) -> Result<TlsConfig, RegistryErr
     let mut roots = Vec::new();
     system_roots(&mut roots)?;
     let system = roots.len();
-    let mut dirs: Vec<PathBuf> = opts.certs_d.iter().map(|d| d.join(host)).collect();
-    dirs.extend(opts.cert_dir.clone());
-    for d in dirs {
+    for d in ca_dirs(host, opts) {
         for f in crt_files(&d) {
             let n = pem_certs(&f, &mut roots)?;
             tracing::debug!(file = %f.display(), certificates = n, "registry CA");
@@ -201,8 +209,10 @@ fn read_small(resp: Response<Body>, limit: u64) -> Vec<u8> {
     buf
 }
 
-/// A transport error, classified: (retryable, the error to report).
-fn transport_error(host: &str, e: ureq::Error) -> (bool, RegistryError) {
+/// A transport error, classified: (retryable, the error to report). `dirs` names where the
+/// registry's CA was looked for, for a TLS error.
+fn transport_error(host: &str, dirs: &str, e: ureq::Error) -> (bool, RegistryError) {
+    let tls = |reason: String| RegistryError::Tls { host: host.to_string(), reason, dirs: dirs.to_string() };
     use std::io::ErrorKind as K;
     match e {
         ureq::Error::HostNotFound => (false, RegistryError::UnknownHost { host: host.to_string() }),
@@ -212,7 +222,7 @@ fn transport_error(host: &str, e: ureq::Error) -> (bool, RegistryError) {
                 return (false, RegistryError::UnknownHost { host: host.to_string() });
             }
             if msg.contains("certificate") || msg.contains("HandshakeFailure") || msg.contains("tls") {
-                return (false, RegistryError::Tls { host: host.to_string(), reason: msg });
+                return (false, tls(msg));
             }
             let retry = matches!(
                 io.kind(),
@@ -224,7 +234,7 @@ fn transport_error(host: &str, e: ureq::Error) -> (bool, RegistryError) {
             };
             (retry, RegistryError::Connect { host: host.to_string(), reason })
         }
-        ureq::Error::Tls(m) => (false, RegistryError::Tls { host: host.to_string(), reason: m.to_string() }),
+        ureq::Error::Tls(m) => (false, tls(m.to_string())),
         ureq::Error::Timeout(t) => {
             (true, RegistryError::Connect { host: host.to_string(), reason: format!("timed out ({t})") })
         }
@@ -257,15 +267,48 @@ pub enum Method {
 }
 
 /// What a request sends: nothing, bytes with their media type, or a file streamed with its
-/// length as Content-Length.
-#[derive(Debug, Clone, Copy)]
+/// length as Content-Length. A file's [`Watch`] is told how far into the file the request has
+/// read, as it reads (from the start again when a request is retried).
+#[derive(Clone, Copy)]
 pub enum Payload<'a> {
     None,
     Bytes(&'a [u8], &'a str),
-    File(&'a Path),
+    File(&'a Path, Option<Watch<'a>>),
     /// `len` bytes of a file from `offset`, with `Content-Range: offset-(offset+len-1)` (an upload
     /// chunk, OCI distribution spec).
-    FileRange(&'a Path, u64, u64),
+    FileRange(&'a Path, u64, u64, Option<Watch<'a>>),
+}
+
+/// Told the position in the file an upload has read up to.
+pub type Watch<'a> = &'a (dyn Fn(u64) + Sync);
+
+impl std::fmt::Debug for Payload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::None => f.write_str("None"),
+            Payload::Bytes(b, ct) => write!(f, "Bytes({} bytes, {ct})", b.len()),
+            Payload::File(p, _) => write!(f, "File({})", p.display()),
+            Payload::FileRange(p, o, l, _) => write!(f, "FileRange({}, {o}, {l})", p.display()),
+        }
+    }
+}
+
+/// A file being sent, its position reported to a [`Watch`].
+struct Watched<'a> {
+    file: std::io::Take<std::fs::File>,
+    position: u64,
+    watch: Option<Watch<'a>>,
+}
+
+impl std::io::Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.position += n as u64;
+        if let Some(w) = self.watch {
+            w(self.position);
+        }
+        Ok(n)
+    }
 }
 
 /// A small object's bytes, Content-Type and Docker-Content-Digest.
@@ -294,6 +337,11 @@ impl Client {
             authz: Mutex::new(None),
             actions: actions.to_string(),
             extra_scopes: opts.extra_scopes.clone(),
+            ca_dirs: ca_dirs(host, opts)
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or "),
         };
         let https = client.ping();
         match https {
@@ -346,7 +394,7 @@ impl Client {
                 req = req.header("Authorization", h);
             }
         }
-        req.call().map_err(|e| transport_error(&self.host, e).1)
+        req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e).1)
     }
 
     /// Answer a 401's challenge: Basic with the credentials, or a Bearer token from the realm.
@@ -400,7 +448,7 @@ impl Client {
         if let Some(c) = &self.creds {
             req = req.header("Authorization", c.basic());
         }
-        let resp = req.call().map_err(|e| transport_error(&self.host, e).1)?;
+        let resp = req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e).1)?;
         let status = resp.status();
         let body = read_small(resp, 1 << 20);
         if !status.is_success() {
@@ -447,7 +495,7 @@ impl Client {
             if let Some(h) = authz {
                 req = req.header("Authorization", h);
             }
-            req.call().map_err(|e| transport_error(&self.host, e))
+            req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e))
         })
     }
 
@@ -500,24 +548,30 @@ impl Client {
                     match p {
                         Payload::None => req.header("Content-Length", "0").send_empty(),
                         Payload::Bytes(b, ct) => req.header("Content-Type", *ct).send(*b),
-                        Payload::File(path) => {
+                        Payload::File(path, watch) => {
+                            use std::io::Read;
                             let f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
-                            req.header("Content-Type", "application/octet-stream").send(f)
+                            let len = f.metadata().map_err(|e| io_err(e, path))?.len();
+                            let mut body = Watched { file: f.take(len), position: 0, watch: *watch };
+                            req.header("Content-Type", "application/octet-stream")
+                                .header("Content-Length", &len.to_string())
+                                .send(ureq::SendBody::from_reader(&mut body))
                         }
-                        Payload::FileRange(path, offset, len) => {
+                        Payload::FileRange(path, offset, len, watch) => {
                             use std::io::{Read, Seek};
                             let mut f = std::fs::File::open(path).map_err(|e| io_err(e, path))?;
                             f.seek(std::io::SeekFrom::Start(*offset)).map_err(|e| io_err(e, path))?;
                             let last = offset + len.saturating_sub(1);
+                            let mut body = Watched { file: f.take(*len), position: *offset, watch: *watch };
                             req.header("Content-Type", "application/octet-stream")
                                 .header("Content-Range", &format!("{offset}-{last}"))
                                 .header("Content-Length", &len.to_string())
-                                .send(ureq::SendBody::from_owned_reader(f.take(*len)))
+                                .send(ureq::SendBody::from_reader(&mut body))
                         }
                     }
                 }
             };
-            r.map_err(|e| transport_error(&self.host, e))
+            r.map_err(|e| transport_error(&self.host, &self.ca_dirs, e))
         })
     }
 

@@ -25,8 +25,9 @@ pub enum RegistryError {
     UnknownHost { host: String },
     #[error("{host}: cannot connect: {reason}")]
     Connect { host: String, reason: String },
-    #[error("{host}: TLS: {reason} (a private CA goes in /etc/containers/certs.d/{host}/ca.crt; --tls-verify=false skips verification)")]
-    Tls { host: String, reason: String },
+    /// `dirs`: where this strata looked for the registry's CA (`*.crt` files).
+    #[error("{host}: TLS: {reason} (a private CA goes in {dirs} as a *.crt file; --tls-verify=false skips verification)")]
+    Tls { host: String, reason: String, dirs: String },
     #[error("{host}: unauthorized: {message}{hint}")]
     Unauthorized { host: String, message: String, hint: String },
     #[error("{host}: access denied: {message}")]

@@ -9,10 +9,11 @@
 
 use oci_spec::image::ImageManifest;
 
-use super::client::{header, Method, Payload};
+use super::client::{header, Method, Payload, Watch};
 use super::{Client, ClientOptions, RegistryError};
 use crate::digest::Sha256Digest;
 use crate::image::{self, ImageError};
+use crate::import::{ImportEvent, Progress};
 use crate::reference::{self, Normalized};
 use crate::store::{Store, StoreError};
 
@@ -22,6 +23,10 @@ pub struct PushOptions {
     pub client: ClientOptions,
     /// Blobs larger than this go up in chunks of this many bytes; 0: [`DEFAULT_CHUNK`].
     pub chunk_size: u64,
+    /// Told what the push does, blob by blob (layers first, then the config), as an import
+    /// tells it: [`ImportEvent::Start`], `LayerStarted`, `LayerPosition` while a blob uploads,
+    /// `LayerSent`.
+    pub progress: Option<Progress>,
 }
 
 /// The chunk size of uploads when none is set: 64 MiB.
@@ -102,15 +107,33 @@ pub fn push(
     let client = Client::connect(&dest.domain, &dest.repo, &copts, "pull,push")?;
 
     let mut pushed = Pushed::default();
-    for (d, size, kind) in &blobs {
+    let emit = |e: ImportEvent| {
+        if let Some(p) = &opts.progress {
+            p.emit(&e);
+        }
+    };
+    emit(ImportEvent::Start { layers: blobs.len(), bytes: blobs.iter().map(|b| b.1).sum() });
+    for (index, (d, size, kind)) in blobs.iter().enumerate() {
         let what = format!("{}/{}: {kind} {d}", dest.domain, dest.repo);
         let chunk = if opts.chunk_size == 0 { DEFAULT_CHUNK } else { opts.chunk_size };
-        match push_blob(&client, store, d, mount_from.as_deref(), chunk, &what)? {
-            Sent::Present => pushed.present += 1,
-            Sent::Mounted => pushed.mounted += 1,
-            Sent::Uploaded => pushed.uploaded += 1,
-        }
-        tracing::info!(blob = %d, size, kind, "pushed");
+        emit(ImportEvent::LayerStarted { index, layer: d.to_string(), size: Some(*size) });
+        let watch = |position| emit(ImportEvent::LayerPosition { index, position });
+        let how = match push_blob(&client, store, d, mount_from.as_deref(), chunk, &what, &watch)? {
+            Sent::Present => {
+                pushed.present += 1;
+                "already present"
+            }
+            Sent::Mounted => {
+                pushed.mounted += 1;
+                "mounted"
+            }
+            Sent::Uploaded => {
+                pushed.uploaded += 1;
+                "pushed"
+            }
+        };
+        emit(ImportEvent::LayerSent { index, how });
+        tracing::info!(blob = %d, size, kind, how, "pushed");
     }
 
     let reference = match (&dest.digest, &dest.tag) {
@@ -163,6 +186,7 @@ fn push_blob(
     mount_from: Option<&str>,
     chunk: u64,
     what: &str,
+    watch: Watch<'_>,
 ) -> Result<Sent, RegistryError> {
     match client.send(Method::Head, &client.url(&format!("blobs/{d}")), Payload::None, what) {
         Ok(_) => return Ok(Sent::Present),
@@ -195,7 +219,7 @@ fn push_blob(
         client.send(Method::Put, &url, payload, what).map(drop)
     };
     if size <= chunk {
-        finish(&loc, Payload::File(&path))?;
+        finish(&loc, Payload::File(&path, Some(watch)))?;
         return Ok(Sent::Uploaded);
     }
     let mut loc = loc;
@@ -205,7 +229,7 @@ fn push_blob(
     while offset < size {
         let len = chunk.min(size - offset);
         let url = client.location_url(&loc);
-        match client.send(Method::Patch, &url, Payload::FileRange(&path, offset, len), what) {
+        match client.send(Method::Patch, &url, Payload::FileRange(&path, offset, len, Some(watch)), what) {
             Ok(resp) => {
                 loc = header(&resp, "location").unwrap_or(loc);
                 offset = match header(&resp, "range").as_deref().and_then(range_end) {

@@ -1,0 +1,832 @@
+//! The lifecycle verbs docker and podman users type: `start`, `kill`, `restart`, `wait`,
+//! `pause`/`unpause`, the state `ps -a` shows, `system prune`, `version` and `info`.
+//!
+//! runc's state says whether a container's process runs, never how it ended, so the exit code is
+//! recorded where it is observed: by a foreground `run` or `start -a` (the parent of `runc run`),
+//! and for a detached container by its *monitor*, a small `strata container monitor` process
+//! that starts it (`runc run --detach`) as a child subreaper, so the container's process becomes
+//! its child when runc exits and its status is reaped there (as podman's conmon does). The code
+//! is kept in `containers/<name>/exit`; the monitor then deletes runc's state and unmounts the
+//! container, so a container that ended on its own leaves nothing running or mounted.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::bundle::{self, BundleError, RunSpec};
+use crate::container::{self, Backend, ContainerError};
+use crate::run::{self, RunError};
+use crate::store::{Store, StoreError};
+
+/// Lifecycle errors: which step failed, for which container.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("container {name:?} is not running")]
+    NotRunning { name: String },
+    #[error("container {name:?} is not paused")]
+    NotPaused { name: String },
+    #[error("container {name:?} is paused; unpause it first")]
+    Paused { name: String },
+    #[error(
+        "{}: not a signal (a name such as TERM or SIGTERM, or a number 1-64)",
+        crate::image::printable(value, 40)
+    )]
+    BadSignal { value: String },
+    #[error("container {name}")]
+    Container { name: String, source: Box<ContainerError> },
+    #[error("container {name}")]
+    Bundle { name: String, source: BundleError },
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("container {name}")]
+    Store { name: String, source: StoreError },
+    #[error("container {name}: image config: {reason}")]
+    Config { name: String, reason: String },
+    #[error("container {name}: its monitor ({exe}): {reason}")]
+    Monitor { name: String, exe: PathBuf, reason: String },
+    #[error("container {name:?} stopped, but its exit code was not recorded")]
+    NoExitCode { name: String },
+    #[error("container {name:?} did not stop within {secs} s")]
+    WontStop { name: String, secs: u64 },
+    #[error("{path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("image {name}")]
+    Image { name: String, source: StoreError },
+    #[error("gc")]
+    Gc(#[source] StoreError),
+    #[error("measuring {path}")]
+    Measure { path: PathBuf, source: Box<crate::snapshot::SnapshotError> },
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+fn cerr(name: &str) -> impl Fn(ContainerError) -> LifecycleError + '_ {
+    move |source| LifecycleError::Container { name: name.to_string(), source: Box::new(source) }
+}
+
+fn berr(name: &str) -> impl Fn(BundleError) -> LifecycleError + '_ {
+    move |source| LifecycleError::Bundle { name: name.to_string(), source }
+}
+
+/// What a container is doing, as `ps -a` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Created (or removed from runc's state without a recorded end): never ran.
+    Created,
+    Running,
+    Paused,
+    Exited,
+}
+
+/// A container's state and, once it exited, its exit code (`None`: not recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub state: State,
+    pub exit_code: Option<i32>,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.state, self.exit_code) {
+            (State::Created, _) => f.write_str("created"),
+            (State::Running, _) => f.write_str("running"),
+            (State::Paused, _) => f.write_str("paused"),
+            (State::Exited, Some(c)) => write!(f, "exited ({c})"),
+            (State::Exited, None) => f.write_str("exited"),
+        }
+    }
+}
+
+/// Where a container's exit code is kept.
+fn exit_path(store: &Store, name: &str) -> PathBuf {
+    container::dir(store, name).join("exit")
+}
+
+/// Record how a container's process ended (its exit code, 128+signal when killed). Best effort:
+/// a container removed meanwhile has no directory to record it in.
+pub fn record_exit(store: &Store, name: &str, code: i32) {
+    let p = exit_path(store, name);
+    let tmp = p.with_extension("tmp");
+    let done = std::fs::write(&tmp, format!("{code}\n")).and_then(|()| std::fs::rename(&tmp, &p));
+    if let Err(e) = done {
+        tracing::debug!(container = name, error = %e, "exit code not recorded");
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The recorded exit code of a container's last run, if any.
+pub fn recorded_exit(store: &Store, name: &str) -> Option<i32> {
+    std::fs::read_to_string(exit_path(store, name)).ok()?.trim().parse().ok()
+}
+
+fn clear_exit(store: &Store, name: &str) -> Result<()> {
+    let p = exit_path(store, name);
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LifecycleError::Io { path: p, source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// The state of container `name`: running or paused while a `strata run` holds it or runc runs
+/// it; otherwise exited when it has run (with the recorded code), created when it never did.
+pub fn status(store: &Store, name: &str) -> Result<Status> {
+    let gone = || LifecycleError::Container {
+        name: name.to_string(),
+        source: Box::new(ContainerError::NotFound(name.to_string())),
+    };
+    store.db.container(name)?.ok_or_else(gone)?;
+    let (state, id) = container::runc_ids(store, name);
+    if container::is_running(store, name).map_err(cerr(name))?.is_some() {
+        let paused = bundle::runc_status(&state, &id).as_deref() == Some("paused");
+        let state = if paused { State::Paused } else { State::Running };
+        return Ok(Status { state, exit_code: None });
+    }
+    if let Some(code) = recorded_exit(store, name) {
+        return Ok(Status { state: State::Exited, exit_code: Some(code) });
+    }
+    let stopped = bundle::runc_status(&state, &id).as_deref() == Some("stopped");
+    Ok(Status { state: if stopped { State::Exited } else { State::Created }, exit_code: None })
+}
+
+/// How `start` runs the container.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// `-a`: in the foreground, its output on ours; `start` returns its exit code. Otherwise
+    /// detached, its output appended to its log ([`run::log_path`]).
+    pub attach: bool,
+    /// Used when the container is not mounted yet.
+    pub backend: Backend,
+    /// The strata binary whose `container monitor` watches a detached container (see the
+    /// module documentation); the running executable when `None`.
+    pub monitor: Option<PathBuf>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions { attach: false, backend: Backend::Auto, monitor: None }
+    }
+}
+
+/// The bundle the container runs: the one its last run wrote (its command, environment, user,
+/// volumes), pointed at where it is mounted now; for a container that never ran, one built from
+/// its image's config as `run` builds it without options. Never a terminal: a detached process
+/// cannot have one, and an attached one gets our stdout and stderr, as `docker start -a`.
+fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runtime::Spec> {
+    let bundle_dir = container::dir(store, name).join("bundle");
+    let mut spec = match oci_spec::runtime::Spec::load(bundle_dir.join("config.json")) {
+        Ok(spec) => spec,
+        Err(_) => {
+            let row = store
+                .db
+                .container(name)?
+                .ok_or_else(|| cerr(name)(ContainerError::NotFound(name.to_string())))?;
+            let blob = store
+                .read_blob(&row.config_digest)
+                .map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
+            let config: serde_json::Value = serde_json::from_slice(&blob)
+                .map_err(|e| LifecycleError::Config { name: name.to_string(), reason: e.to_string() })?;
+            let run = RunSpec { hostname: name.chars().take(63).collect(), ..Default::default() };
+            bundle::build_spec(&config, rootfs, &run).map_err(berr(name))?
+        }
+    };
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(rootfs.to_path_buf());
+    spec.set_root(Some(root));
+    if let Some(mut p) = spec.process().clone() {
+        p.set_terminal(Some(false));
+        spec.set_process(Some(p));
+    }
+    // The cgroup of this root's container, also for a bundle an older strata wrote without one.
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(PathBuf::from(container::cgroups_path(store, name))));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Start a created or stopped container (`docker start`): mounted if it is not, its last
+/// command run again (over the same upper dir). Attached, returns the container's exit code
+/// once it ends (and unmounts it then, as `run`); detached, returns 0 once it started.
+pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> {
+    // Attached, the signals this process takes go to the container, as with `run` (see
+    // crate::signals).
+    let mut trap = match opts.attach {
+        true => Some(
+            crate::signals::Trap::install()
+                .map_err(|source| RunError::Signals { name: name.to_string(), source })?,
+        ),
+        false => None,
+    };
+    // Marked running from here: umount, rm, prune and another start refuse meanwhile.
+    let guard = container::start_run(store, name).map_err(cerr(name))?;
+    let result = (|| -> Result<i32> {
+        let rootfs = match container::mounted_at(store, name).map_err(cerr(name))? {
+            Some(at) => at,
+            None => container::mount(store, name, None, opts.backend).map_err(cerr(name))?,
+        };
+        let spec = start_spec(store, name, &rootfs)?;
+        bundle::check_command(&spec).map_err(berr(name))?;
+        let bundle_dir = container::dir(store, name).join("bundle");
+        bundle::write_bundle(&bundle_dir, &spec).map_err(berr(name))?;
+        // Under its current id, whatever id an older strata gave it (not running: see above).
+        let state = container::runc_state_dir(store);
+        let id = container::runc_id(store, name);
+        bundle::delete_stale(&state, &id);
+        bundle::delete_stale(&state, &container::legacy_runc_id(name));
+        clear_exit(store, name)?;
+        if let Some(trap) = trap.as_mut() {
+            let fg = bundle::Foreground {
+                stdin: false,
+                terminal: false,
+                trap,
+                stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            };
+            let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr(name))?;
+            record_exit(store, name, code);
+            return Ok(code);
+        }
+        spawn_monitor(store, name, opts.monitor.as_deref())?;
+        Ok(0)
+    })();
+    drop(guard);
+    if opts.attach || result.is_err() {
+        if let Err(e) = container::umount(store, name, false) {
+            tracing::debug!(container = name, error = %e, "not unmounted after start");
+        }
+    }
+    result
+}
+
+/// Start `strata container monitor NAME` (see [`monitor`]; it makes its own session), its stdio
+/// away from ours, and wait for its first line: the container started, or why not.
+pub(crate) fn spawn_monitor(store: &Store, name: &str, exe: Option<&Path>) -> Result<()> {
+    let exe = match exe {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .map_err(|e| LifecycleError::Io { path: "/proc/self/exe".into(), source: e })?,
+    };
+    let failed =
+        |reason: String| LifecycleError::Monitor { name: name.to_string(), exe: exe.clone(), reason };
+    // From /, so that it keeps no directory of the caller's busy; hence an absolute root.
+    let root = std::path::absolute(store.root())
+        .map_err(|e| LifecycleError::Io { path: store.root().to_path_buf(), source: e })?;
+    let mut child = Command::new(&exe)
+        .current_dir("/")
+        .arg("--root")
+        .arg(&root)
+        .args(["container", "monitor", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let report: serde_json::Value = match serde_json::from_str(line.trim()) {
+        Ok(v) => v,
+        Err(_) => {
+            let st = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            return Err(failed(format!("ended ({st}) before the container started")));
+        }
+    };
+    // The monitor lives on; it is reaped by whoever inherits it.
+    drop(child);
+    if report.get("started").and_then(|v| v.as_bool()) == Some(true) {
+        return Ok(());
+    }
+    Err(match decode_failure(&report) {
+        Some(e) => berr(name)(e),
+        None => failed(report.get("error").and_then(|v| v.as_str()).unwrap_or("unknown failure").to_string()),
+    })
+}
+
+/// What a monitor reports when the runtime could not start the container.
+fn encode_failure(e: &BundleError) -> serde_json::Value {
+    match e {
+        BundleError::CommandNotFound { cmd, in_path } => {
+            serde_json::json!({"error": e.to_string(), "not_found": cmd, "in_path": in_path})
+        }
+        BundleError::CommandNotExecutable { cmd, reason } => {
+            serde_json::json!({"error": e.to_string(), "not_executable": cmd, "reason": reason})
+        }
+        e => serde_json::json!({"error": crate::error::report(e)}),
+    }
+}
+
+fn decode_failure(v: &serde_json::Value) -> Option<BundleError> {
+    if let Some(cmd) = v.get("not_found").and_then(|c| c.as_str()) {
+        let in_path = v.get("in_path").and_then(|b| b.as_bool()).unwrap_or(false);
+        return Some(BundleError::CommandNotFound { cmd: cmd.to_string(), in_path });
+    }
+    let cmd = v.get("not_executable").and_then(|c| c.as_str())?;
+    let reason = v.get("reason").and_then(|r| r.as_str()).unwrap_or("").to_string();
+    Some(BundleError::CommandNotExecutable { cmd: cmd.to_string(), reason })
+}
+
+/// The monitor of a detached container (`strata container monitor NAME`, started by [`start`]):
+/// as a child subreaper it runs `runc run --detach` on the bundle `start` wrote, writes one JSON
+/// line to `report` (`{"started":true}` or why not), then reaps the container's process when it
+/// ends, records its exit code and, unless something started it again meanwhile, deletes runc's
+/// state and unmounts the container.
+pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
+    // A session of its own: the terminal's Ctrl-C and hangup are not for it.
+    if let Err(e) = rustix::process::setsid() {
+        tracing::debug!(error = %e, "setsid");
+    }
+    // The store is opened only to start and to clean up, not held while the container runs.
+    let store =
+        Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
+    // The id `start` deleted any stale state of (never an older strata's legacy id).
+    let state = container::runc_state_dir(&store);
+    let id = container::runc_id(&store, name);
+    let bundle_dir = container::dir(&store, name).join("bundle");
+    let log = run::log_path(&store, name);
+    drop(store);
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        let _ = writeln!(report, "{}", serde_json::json!({"error": format!("PR_SET_CHILD_SUBREAPER: {e}")}));
+        return Err(LifecycleError::Io { path: "prctl".into(), source: e.into() });
+    }
+    if let Err(e) = bundle::run_detached(&state, &bundle_dir, &id, &log) {
+        let _ = writeln!(report, "{}", encode_failure(&e));
+        return Err(berr(name)(e));
+    }
+    let pid = bundle::runc_pid(&state, &id);
+    let _ = writeln!(report, "{}", serde_json::json!({"started": true}));
+    let _ = report.flush();
+    // No pid when it already ended (runc says pid 0 then): the child we adopt is that process.
+    let (pid, code) = match reap(pid) {
+        Some((p, code)) => (Some(p), Some(code)),
+        None => (pid, None),
+    };
+    let store =
+        Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
+    // The `run -d` or `start` that started it lets go of its run lock just after our report;
+    // until then the container counts as running and is not unmounted.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = container::lock(&store, name).map_err(cerr(name))?;
+        // Started again meanwhile (restart): that run is not ours to clean up.
+        let current = bundle::runc_pid(&state, &id);
+        if current.is_some() && current != pid {
+            return Ok(());
+        }
+        let free = container::running(&store, name).map_err(cerr(name))?.is_none();
+        if free || Instant::now() > until {
+            // Unmounted first, then the code: whoever sees the code sees it unmounted; runc's
+            // state last (not --force: a container runc still runs is not deleted).
+            if free {
+                if let Ok(Some(at)) = container::mounted_at(&store, name) {
+                    if let Err(e) = kernel_overlay::unmount(&at, kernel_overlay::UnmountMode::Normal) {
+                        tracing::warn!(container = name, error = %e, "not unmounted after it exited");
+                    }
+                }
+            }
+            if let Some(code) = code {
+                record_exit(&store, name, code);
+            }
+            let _ = bundle::runc_verb(&state, "delete", &id, &[]);
+            return Ok(());
+        }
+        drop(g);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reap children until `pid` (or, when `None`, the first adopted child) ends; its pid and exit
+/// code (128+signal when killed). runc itself was reaped already, so any child of ours is the
+/// container's process, adopted as its subreaper.
+fn reap(pid: Option<i32>) -> Option<(i32, i32)> {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes the status into `st`.
+        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if r < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return None;
+        }
+        if pid.is_none_or(|p| p == r) {
+            if libc::WIFEXITED(st) {
+                return Some((r, libc::WEXITSTATUS(st)));
+            }
+            if libc::WIFSIGNALED(st) {
+                return Some((r, 128 + libc::WTERMSIG(st)));
+            }
+        }
+    }
+}
+
+/// Signal numbers by name, as `kill -l` lists them (without `SIG`).
+const SIGNALS: [(&str, i32); 31] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// A signal as `docker kill -s` takes it: a name with or without `SIG` (any case), or a number.
+pub fn parse_signal(value: &str) -> Result<i32> {
+    let bad = || LifecycleError::BadSignal { value: value.to_string() };
+    if let Ok(n) = value.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(bad()) };
+    }
+    let upper = value.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if bare == "CLD" {
+        return Ok(libc::SIGCHLD);
+    }
+    if bare == "POLL" {
+        return Ok(libc::SIGIO);
+    }
+    SIGNALS.iter().find(|(n, _)| *n == bare).map(|(_, s)| *s).ok_or_else(bad)
+}
+
+/// Send `signal` to a running (or paused) container's process (`runc kill`), as `docker kill`.
+/// Its end is recorded by whoever waits for it (`run`, `start -a`, the monitor).
+pub fn kill(store: &Store, name: &str, signal: i32) -> Result<()> {
+    let s = status(store, name)?;
+    if !matches!(s.state, State::Running | State::Paused) {
+        return Err(LifecycleError::NotRunning { name: name.to_string() });
+    }
+    let (state, id) = container::runc_ids(store, name);
+    bundle::runc_verb(&state, "kill", &id, &[&signal.to_string()]).map_err(berr(name))
+}
+
+/// Freeze a running container's processes (`runc pause`, the cgroup freezer).
+pub fn pause(store: &Store, name: &str) -> Result<()> {
+    match status(store, name)?.state {
+        State::Running => {}
+        State::Paused => return Err(LifecycleError::Paused { name: name.to_string() }),
+        _ => return Err(LifecycleError::NotRunning { name: name.to_string() }),
+    }
+    let (state, id) = container::runc_ids(store, name);
+    bundle::runc_verb(&state, "pause", &id, &[]).map_err(berr(name))
+}
+
+/// Thaw a paused container (`runc resume`).
+pub fn unpause(store: &Store, name: &str) -> Result<()> {
+    if status(store, name)?.state != State::Paused {
+        return Err(LifecycleError::NotPaused { name: name.to_string() });
+    }
+    let (state, id) = container::runc_ids(store, name);
+    bundle::runc_verb(&state, "resume", &id, &[]).map_err(berr(name))
+}
+
+/// Block until the container is no longer running; its exit code (`docker wait`). A created
+/// container is waited for until it has run.
+pub fn wait(store: &Store, name: &str) -> Result<i32> {
+    let mut stopped_since: Option<Instant> = None;
+    loop {
+        let s = status(store, name)?;
+        match (s.state, s.exit_code) {
+            (State::Exited, Some(code)) => return Ok(code),
+            // Its monitor records the code just after runc sees it stopped.
+            (State::Exited, None) => {
+                let since = *stopped_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    return Err(LifecycleError::NoExitCode { name: name.to_string() });
+                }
+            }
+            _ => stopped_since = None,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `docker restart`: stop the container if it runs (SIGTERM, SIGKILL after `timeout`), then
+/// start it detached.
+pub fn restart(store: &mut Store, name: &str, timeout: Duration, opts: &StartOptions) -> Result<()> {
+    if matches!(status(store, name)?.state, State::Running | State::Paused) {
+        run::stop(store, name, timeout)?;
+        // A foreground `strata run` lets go of it once it has cleaned up.
+        let until = Instant::now() + Duration::from_secs(10);
+        while container::is_running(store, name).map_err(cerr(name))?.is_some() {
+            if Instant::now() > until {
+                return Err(LifecycleError::WontStop { name: name.to_string(), secs: 10 });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    start(store, name, &StartOptions { attach: false, ..opts.clone() })?;
+    Ok(())
+}
+
+/// What `system prune` removed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Pruned {
+    pub containers: Vec<String>,
+    /// Containers that could not be removed, and why.
+    pub failed: Vec<(String, String)>,
+    pub blobs: usize,
+    pub layers: usize,
+}
+
+/// Remove every container that is not running (created or exited, unmounting those mounted),
+/// then the blobs and layers no image or container references (`gc`), as `docker system
+/// prune`. A container that starts meanwhile is left alone (removal refuses a running one).
+pub fn system_prune(store: &mut Store) -> Result<Pruned> {
+    let mut out = Pruned::default();
+    for c in store.db.containers()? {
+        let name = c.name;
+        match status(store, &name) {
+            Ok(s) if matches!(s.state, State::Created | State::Exited) => {}
+            _ => continue,
+        }
+        let mut removed = container::remove(store, &name, false);
+        if let Err(ContainerError::Mounted { .. }) = removed {
+            removed =
+                container::umount(store, &name, false).and_then(|()| container::remove(store, &name, false));
+        }
+        match removed {
+            Ok(()) => out.containers.push(name),
+            Err(ContainerError::NotFound(_) | ContainerError::Running { .. }) => {}
+            Err(e) => out.failed.push((name, crate::error::report(&e))),
+        }
+    }
+    let (blobs, layers) = store.gc().map_err(LifecycleError::Gc)?;
+    out.blobs = blobs.len();
+    out.layers = layers.len();
+    Ok(out)
+}
+
+/// `rmi -f`, as `podman rmi -f`: remove image `name`, first removing (stopping running ones)
+/// the containers that keep it, when it is their image's last name. Returns the name as it was
+/// stored.
+pub fn remove_image_and_containers(store: &mut Store, name: &str) -> Result<String> {
+    let image_err = |source| LifecycleError::Image { name: name.to_string(), source };
+    for attempt in 0..2 {
+        match store.db.remove_image(name)? {
+            crate::db::RemovedImage::Removed(stored) => return Ok(stored),
+            crate::db::RemovedImage::NotFound => {
+                return Err(image_err(StoreError::NoImage(name.to_string())))
+            }
+            crate::db::RemovedImage::InUse(users) if attempt == 0 => {
+                for u in users {
+                    match container::remove(store, &u, true) {
+                        Ok(()) | Err(ContainerError::NotFound(_)) => {}
+                        Err(e) => return Err(cerr(&u)(e)),
+                    }
+                }
+            }
+            crate::db::RemovedImage::InUse(users) => {
+                return Err(image_err(StoreError::ImageInUse {
+                    image: name.to_string(),
+                    containers: users.join(", "),
+                }))
+            }
+        }
+    }
+    Err(image_err(StoreError::NoImage(name.to_string())))
+}
+
+/// `strata version`: this program's, the runtime's and the kernel's.
+#[derive(Debug, serde::Serialize)]
+pub struct Version {
+    pub client: &'static str,
+    /// The runtime binary and the first line of its `--version`.
+    pub runtime: String,
+    pub runtime_version: Option<String>,
+    pub kernel: String,
+}
+
+fn kernel_release() -> String {
+    rustix::system::uname().release().to_string_lossy().into_owned()
+}
+
+fn runtime_version() -> Option<String> {
+    let out = Command::new(bundle::runtime()).arg("--version").stdin(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success().then(|| text.lines().next().unwrap_or("").trim().to_string())
+}
+
+pub fn version() -> Version {
+    Version {
+        client: env!("CARGO_PKG_VERSION"),
+        runtime: bundle::runtime(),
+        runtime_version: runtime_version(),
+        kernel: kernel_release(),
+    }
+}
+
+/// What the kernel offers strata, probed without mounting anything.
+#[derive(Debug, serde::Serialize)]
+pub struct KernelFeatures {
+    pub release: String,
+    /// `overlay` in /proc/filesystems.
+    pub overlay: bool,
+    /// fsopen("overlay") takes `lowerdir+` (Linux 6.8+): layers are passed one by one.
+    pub new_mount_api: bool,
+    /// /dev/fuse is there.
+    pub fuse: bool,
+    /// FUSE passthrough (Linux 6.9+, and CAP_SYS_ADMIN, which strata as root has).
+    pub fuse_passthrough: bool,
+}
+
+/// The backend `--backend auto` takes on this machine, and why.
+#[derive(Debug, serde::Serialize)]
+pub struct AutoBackend {
+    pub backend: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counts {
+    pub images: usize,
+    pub containers: usize,
+    pub running: usize,
+    pub paused: usize,
+    pub exited: usize,
+    pub created: usize,
+    pub layers: usize,
+    /// Disk used by unpacked layers, blobs, and containers' own snapshots (upper dirs).
+    pub layers_bytes: u64,
+    pub blobs_bytes: u64,
+    pub containers_bytes: u64,
+}
+
+/// `strata info`.
+#[derive(Debug, serde::Serialize)]
+pub struct Info {
+    pub root: PathBuf,
+    pub runtime: String,
+    pub runtime_version: Option<String>,
+    pub kernel: KernelFeatures,
+    pub auto_backend: AutoBackend,
+    pub strata_fuse: PathBuf,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let ma = parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    let mi = parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    (ma, mi) >= (major, minor)
+}
+
+fn probe_new_mount_api() -> bool {
+    use rustix::mount::{fsconfig_set_string, fsopen, FsOpenFlags};
+    let Ok(fd) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else { return false };
+    fsconfig_set_string(&fd, "lowerdir+", "/").is_ok()
+}
+
+pub fn kernel_features() -> KernelFeatures {
+    let release = kernel_release();
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let overlay = filesystems.lines().any(|l| l.split_whitespace().last() == Some("overlay"));
+    let fuse = Path::new("/dev/fuse").exists();
+    KernelFeatures {
+        overlay,
+        new_mount_api: overlay && probe_new_mount_api(),
+        fuse,
+        fuse_passthrough: fuse && kernel_at_least(&release, 6, 9),
+        release,
+    }
+}
+
+fn auto_backend(k: &KernelFeatures, fuse_bin: &Path) -> AutoBackend {
+    if k.overlay {
+        let how = if k.new_mount_api {
+            "the new mount API, one lowerdir+ per layer"
+        } else {
+            "legacy mount(2) (no lowerdir+ before Linux 6.8)"
+        };
+        AutoBackend {
+            backend: "kernel",
+            reason: format!(
+                "kernel OverlayFS is available (overlay in /proc/filesystems), mounted with {how}; \
+                 strata-fuse is used only when a kernel mount fails"
+            ),
+        }
+    } else {
+        AutoBackend {
+            backend: "fuse",
+            reason: format!(
+                "no overlay in /proc/filesystems: containers are mounted with {} ({})",
+                fuse_bin.display(),
+                if k.fuse { "/dev/fuse is there" } else { "but /dev/fuse is missing" }
+            ),
+        }
+    }
+}
+
+fn measure(path: &Path) -> Result<u64> {
+    crate::snapshot::measure(path)
+        .map(|u| u.size)
+        .map_err(|e| LifecycleError::Measure { path: path.to_path_buf(), source: Box::new(e) })
+}
+
+/// Everything `strata info` shows: the store, the runtime, the kernel's features, the backend
+/// `auto` takes and why, counts and disk use.
+pub fn info(store: &Store) -> Result<Info> {
+    let kernel = kernel_features();
+    let fuse_bin = container::fuse_binary();
+    let mut counts = Counts {
+        images: store.db.images()?.len(),
+        layers: store.db.all_layers()?.len(),
+        layers_bytes: measure(&store.root().join("layers"))?,
+        blobs_bytes: measure(&store.root().join("blobs"))?,
+        containers_bytes: measure(&store.snapshots_dir())?,
+        ..Default::default()
+    };
+    for c in store.db.containers()? {
+        counts.containers += 1;
+        match status(store, &c.name).map(|s| s.state) {
+            Ok(State::Running) => counts.running += 1,
+            Ok(State::Paused) => counts.paused += 1,
+            Ok(State::Exited) => counts.exited += 1,
+            Ok(State::Created) => counts.created += 1,
+            Err(_) => {}
+        }
+    }
+    let v = version();
+    Ok(Info {
+        root: store.root().to_path_buf(),
+        runtime: v.runtime,
+        runtime_version: v.runtime_version,
+        auto_backend: auto_backend(&kernel, &fuse_bin),
+        kernel,
+        strata_fuse: fuse_bin,
+        counts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_as_docker_takes_them() {
+        assert_eq!(parse_signal("TERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("sigterm").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("hup").unwrap(), libc::SIGHUP);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("64").unwrap(), 64);
+        for bad in ["", "0", "65", "-1", "SIG", "TERMX", "SIGSIGTERM", "\u{1b}[31m"] {
+            let e = parse_signal(bad).unwrap_err();
+            assert!(matches!(e, LifecycleError::BadSignal { .. }), "{bad:?}");
+            assert!(!e.to_string().contains('\u{1b}'));
+        }
+    }
+
+    #[test]
+    fn status_as_ps_prints_it() {
+        let s = |state, exit_code| Status { state, exit_code }.to_string();
+        assert_eq!(s(State::Exited, Some(3)), "exited (3)");
+        assert_eq!(s(State::Exited, None), "exited");
+        assert_eq!(s(State::Created, None), "created");
+        assert_eq!(s(State::Paused, None), "paused");
+    }
+
+    #[test]
+    fn monitor_failures_round_trip() {
+        let e = BundleError::CommandNotFound { cmd: "x\ty".into(), in_path: true };
+        let back = decode_failure(&encode_failure(&e)).unwrap();
+        assert!(matches!(back, BundleError::CommandNotFound { ref cmd, in_path: true } if cmd == "x\ty"));
+        let e = BundleError::CommandNotExecutable { cmd: "/e".into(), reason: "mode 0644".into() };
+        assert_eq!(decode_failure(&encode_failure(&e)).unwrap().exit_code(), Some(126));
+        assert!(decode_failure(&encode_failure(&BundleError::NoCommand)).is_none());
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert!(kernel_at_least("6.18.44-fc-v1300", 6, 9));
+        assert!(kernel_at_least("6.9.0", 6, 9));
+        assert!(!kernel_at_least("6.8.12-amd64", 6, 9));
+        assert!(!kernel_at_least("garbage", 6, 9));
+    }
+}

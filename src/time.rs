@@ -1,0 +1,153 @@
+//! Time as strata shows and stores it: Unix seconds, RFC 3339 (UTC, whole seconds) and docker's
+//! "2 hours ago". The one place dates are formatted or parsed.
+
+/// Now, in Unix seconds (0 if the clock is before 1970).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, whole seconds) of a Unix time.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let sod = secs.rem_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+/// Unix seconds of an RFC 3339 time (`2024-05-01T12:00:00Z`, `...T12:00:00.123456789+02:00`),
+/// as image configs write `created`; fractions of a second are dropped. `None` when it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) =
+        (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            let o = oh * 3600 + om * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if mo > 2 { mo - 3 } else { mo + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// How long ago `secs` was, as docker says it ("2 hours ago", "About a minute ago").
+pub fn ago(secs: i64, now: i64) -> String {
+    let d = (now - secs).max(0);
+    let s = match d {
+        0 => return "Less than a second ago".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{d} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", d / 60),
+        3600..=7199 => "About an hour".into(),
+        _ if d < 48 * 3600 => format!("{} hours", d / 3600),
+        _ if d < 7 * 2 * 86400 => format!("{} days", d / 86400),
+        _ if d < 30 * 3 * 86400 => format!("{} weeks", d / (7 * 86400)),
+        _ if d < 365 * 2 * 86400 => format!("{} months", d / (30 * 86400)),
+        _ => format!("{} years", d / (365 * 86400)),
+    };
+    format!("{s} ago")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        for t in [0, 951_782_400, 1_700_000_000, -1, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{t}");
+        }
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123456789Z"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339("2023-11-15T00:13:20+02:00"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339("2023-11-14T20:13:20.5-02:00"), Some(1_700_000_000));
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20Zjunk",
+            "２０23-11-14T22:13:20Z",
+            "2023-11-14T22:13:20+0200",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ago_as_docker() {
+        let now = 1_000_000_000;
+        for (d, want) in [
+            (0, "Less than a second ago"),
+            (1, "1 second ago"),
+            (30, "30 seconds ago"),
+            (90, "About a minute ago"),
+            (600, "10 minutes ago"),
+            (3700, "About an hour ago"),
+            (7200, "2 hours ago"),
+            (3 * 86400, "3 days ago"),
+            (21 * 86400, "3 weeks ago"),
+            (200 * 86400, "6 months ago"),
+            (800 * 86400, "2 years ago"),
+            (-50, "Less than a second ago"),
+        ] {
+            assert_eq!(ago(now - d, now), want, "{d}");
+        }
+    }
+}
