@@ -16,10 +16,13 @@
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
 //! - [`run`]: `strata run` (create, mount, runc, clean up); [`lifecycle`]: start, kill, wait,
-//!   pause, restart, the state `ps -a` shows, prune, version, info.
+//!   pause, restart, the state `ps -a` shows, prune, version, info; [`signals`]: what a foreground
+//!   run does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the
+//!   containers' cgroup directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod commit;
 pub mod compression;
 pub mod container;
@@ -40,6 +43,7 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod run;
+pub mod signals;
 pub mod snapshot;
 pub mod store;
 pub mod tar;

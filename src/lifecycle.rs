@@ -198,6 +198,10 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
         p.set_terminal(Some(false));
         spec.set_process(Some(p));
     }
+    // The cgroup of this root's container, also for a bundle an older strata wrote without one.
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(PathBuf::from(container::cgroups_path(store, name))));
+    spec.set_linux(Some(linux));
     Ok(spec)
 }
 
@@ -205,6 +209,15 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
 /// command run again (over the same upper dir). Attached, returns the container's exit code
 /// once it ends (and unmounts it then, as `run`); detached, returns 0 once it started.
 pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> {
+    // Attached, the signals this process takes go to the container, as with `run` (see
+    // crate::signals).
+    let mut trap = match opts.attach {
+        true => Some(
+            crate::signals::Trap::install()
+                .map_err(|source| RunError::Signals { name: name.to_string(), source })?,
+        ),
+        false => None,
+    };
     // Marked running from here: umount, rm, prune and another start refuse meanwhile.
     let guard = container::start_run(store, name).map_err(cerr(name))?;
     let result = (|| -> Result<i32> {
@@ -216,11 +229,20 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
         bundle::check_command(&spec).map_err(berr(name))?;
         let bundle_dir = container::dir(store, name).join("bundle");
         bundle::write_bundle(&bundle_dir, &spec).map_err(berr(name))?;
-        let (state, id) = container::runc_ids(store, name);
+        // Under its current id, whatever id an older strata gave it (not running: see above).
+        let state = container::runc_state_dir(store);
+        let id = container::runc_id(store, name);
         bundle::delete_stale(&state, &id);
+        bundle::delete_stale(&state, &container::legacy_runc_id(name));
         clear_exit(store, name)?;
-        if opts.attach {
-            let code = bundle::run_bundle(&state, &bundle_dir, &id, false).map_err(berr(name))?;
+        if let Some(trap) = trap.as_mut() {
+            let fg = bundle::Foreground {
+                stdin: false,
+                terminal: false,
+                trap,
+                stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            };
+            let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr(name))?;
             record_exit(store, name, code);
             return Ok(code);
         }
@@ -317,7 +339,9 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
     // The store is opened only to start and to clean up, not held while the container runs.
     let store =
         Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
-    let (state, id) = container::runc_ids(&store, name);
+    // The id `start` deleted any stale state of (never an older strata's legacy id).
+    let state = container::runc_state_dir(&store);
+    let id = container::runc_id(&store, name);
     let bundle_dir = container::dir(&store, name).join("bundle");
     let log = run::log_path(&store, name);
     drop(store);

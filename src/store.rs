@@ -674,8 +674,20 @@ impl Store {
         Ok(removed)
     }
 
-    /// Remove every blob and layer no image references. Returns (blobs, layers) removed.
+    /// Remove every blob and layer no image references. Returns (blobs, layers) removed. Also
+    /// deletes runc's state and the cgroups of containers that no longer exist
+    /// ([`crate::container::gc_runtime`]; what fails there is logged, not fatal).
     pub fn gc(&mut self) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>)> {
+        // Before the gc lock: it takes container locks, and a commit holds its container's lock
+        // while it waits for the gc lock (shared).
+        match crate::container::gc_runtime(self) {
+            Ok(g) if g.runc.is_empty() && g.cgroups.is_empty() => {}
+            Ok(g) => tracing::info!(runc = ?g.runc, cgroups = ?g.cgroups, "removed runtime leftovers"),
+            Err(e) => tracing::warn!(
+                error = %crate::error::report(&e),
+                "could not remove runtime leftovers of removed containers"
+            ),
+        }
         let _g = self.lock("gc")?;
         for id in self.db.prune_image_chains()? {
             drop(self.trash(&crate::snapshot::dir(self, id))?);
