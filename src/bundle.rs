@@ -78,6 +78,9 @@ pub struct RunSpec {
     pub user: Option<String>,
     /// `-v HOST:CTR[:ro]` bind mounts, in order (see [`parse_volume`]).
     pub volumes: Vec<Volume>,
+    /// `linux.cgroupsPath`: where runc makes the container's cgroup in every hierarchy (runc's
+    /// default, `/<id>`, when `None`).
+    pub cgroups_path: Option<String>,
 }
 
 /// A bind mount of a host path into the container (`-v HOST:CTR[:OPTIONS]`).
@@ -330,6 +333,11 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
         }
         spec.set_mounts(Some(mounts));
     }
+    if let Some(path) = &run.cgroups_path {
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(PathBuf::from(path)));
+        spec.set_linux(Some(linux));
+    }
     spec.set_process(Some(process));
     spec.set_root(Some(root));
     spec.set_hostname(Some(run.hostname.clone()));
@@ -489,19 +497,50 @@ fn start_failure(log: &str) -> Option<BundleError> {
     }
 }
 
+/// How a foreground [`run_bundle`] is attached to this process.
+pub struct Foreground<'a> {
+    /// `-i`: the container reads this process's stdin (otherwise /dev/null).
+    pub stdin: bool,
+    /// `-t`: the spec gives the process a terminal; runc then relays this one's.
+    pub terminal: bool,
+    /// The signals taken meanwhile, forwarded to the container (see [`crate::signals`]).
+    pub trap: &'a mut crate::signals::Trap,
+    /// How long the container has to exit after SIGTERM or SIGHUP before it is killed.
+    pub stop_timeout: std::time::Duration,
+}
+
 /// `runc --root STATE run --bundle BUNDLE ID` with inherited stdio; returns the container
 /// process's exit code (128+signal when killed by a signal). `state` keeps runc's state inside
 /// strata's root, so container IDs of different strata roots never collide. runc's own log goes
 /// to `BUNDLE/runc.log` (JSON), so a command that could not be started is told apart from one
 /// that ran and failed: that is [`BundleError::CommandNotFound`] or
 /// [`BundleError::CommandNotExecutable`]. (runc still prints that error on its stderr, one line.)
-/// The container reads this process's stdin when `stdin` (`-i`), /dev/null otherwise, as podman.
-pub fn run_bundle(state: &Path, bundle: &Path, id: &str, stdin: bool) -> Result<i32> {
+/// The container reads this process's stdin when `fg.stdin` (`-i`), /dev/null otherwise, as
+/// podman.
+///
+/// Signals this process takes meanwhile are forwarded to the container
+/// ([`crate::signals::supervise`]), and runc is waited for whatever comes. Without `-t`, runc
+/// runs in a process group of its own, so that a Ctrl-C on this process's terminal reaches the
+/// container once, through this process, and not a second time through runc's own forwarding.
+/// runc copies stdin to the container itself then, and a process outside the terminal's
+/// foreground group that reads it is stopped (SIGTTIN): so with `-i` on a terminal, this process
+/// reads it and feeds runc through a pipe. With `-t`, runc must stay in the terminal's
+/// foreground group to relay it; the terminal is in raw mode then, and a Ctrl-C is a byte that
+/// the container's own terminal turns into its SIGINT.
+pub fn run_bundle(state: &Path, bundle: &Path, id: &str, fg: Foreground<'_>) -> Result<i32> {
+    use std::io::IsTerminal;
+    use std::os::unix::process::CommandExt;
     let rt = runtime();
     let log = bundle.join("runc.log");
     let _ = fs::remove_file(&log);
-    let status = Command::new(&rt)
-        .arg("--root")
+    let relay = fg.stdin && !fg.terminal && std::io::stdin().is_terminal();
+    let stdin = match (fg.stdin, relay) {
+        (false, _) => Stdio::null(),
+        (true, true) => Stdio::piped(),
+        (true, false) => Stdio::inherit(),
+    };
+    let mut cmd = Command::new(&rt);
+    cmd.arg("--root")
         .arg(state)
         .arg("--log")
         .arg(&log)
@@ -510,10 +549,24 @@ pub fn run_bundle(state: &Path, bundle: &Path, id: &str, stdin: bool) -> Result<
         .arg("--bundle")
         .arg(bundle)
         .arg(id)
-        .stdin(if stdin { Stdio::inherit() } else { Stdio::null() })
+        .stdin(stdin)
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
+        .stderr(Stdio::inherit());
+    if !fg.terminal {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // Blocked in a read of the terminal when the container ends; it ends with the process.
+        // Without the thread, the pipe closes: the container reads end of file.
+        let copy = std::thread::Builder::new().name("stdin".into()).spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut pipe);
+        });
+        if let Err(e) = copy {
+            tracing::warn!(error = %e, "cannot pass standard input to the container");
+        }
+    }
+    let status = crate::signals::supervise(fg.trap, &mut child, state, id, fg.stop_timeout)
         .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
     use std::os::unix::process::ExitStatusExt;
     if status.code() == Some(1) {
@@ -752,6 +805,24 @@ pub fn runc_pid(state: &Path, id: &str) -> Option<i32> {
     v.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }
 
+/// `runc pause`: the cgroup freezer. The kernel may not freeze every task at once (one in an
+/// uninterruptible sleep, a loaded machine); runc then thaws the group again and fails with
+/// "unable to freeze". That is retried a few times, with growing pauses, before it is an error.
+pub fn runc_pause(state: &Path, id: &str) -> Result<()> {
+    let mut wait = std::time::Duration::from_millis(50);
+    for _ in 0..4 {
+        match runc_verb(state, "pause", id, &[]) {
+            Err(BundleError::Verb { reason, .. }) if reason.contains("unable to freeze") => {
+                tracing::info!(id, "the freezer did not freeze every task; trying again");
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+    runc_verb(state, "pause", id, &[])
+}
+
 /// `runc --root STATE VERB ID [ARGS]`, for pause, resume, kill and delete. The runtime's own
 /// message becomes the error.
 pub fn runc_verb(state: &Path, verb: &str, id: &str, args: &[&str]) -> Result<()> {
@@ -796,9 +867,14 @@ mod tests {
             args: vec!["x".into(), "y".into()],
             hostname: "h".into(),
             terminal: false,
+            cgroups_path: Some("/strata-0123abcd-c".into()),
             ..Default::default()
         };
         let spec = build_spec(&cfg, dir.path(), &run).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/strata-0123abcd-c")));
+        // The default spec's namespaces stay.
+        assert!(linux.namespaces().as_ref().is_some_and(|n| !n.is_empty()));
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &vec!["/bin/ep".to_string(), "x".into(), "y".into()]);
         assert_eq!(p.cwd(), &PathBuf::from("/w"));

@@ -67,6 +67,8 @@ pub enum ContainerError {
     NotMounted(String),
     #[error("container {name:?}")]
     Snapshot { name: String, source: Box<crate::snapshot::SnapshotError> },
+    #[error("container {name:?}")]
+    Cgroup { name: String, source: crate::cgroup::CgroupError },
 }
 
 impl ContainerError {
@@ -174,11 +176,52 @@ pub fn snapshot_key(name: &str) -> String {
     crate::snapshot::container_key(name)
 }
 
-/// runc's state directory for this store and the runc id of a container.
-pub fn runc_ids(store: &Store, name: &str) -> (PathBuf, String) {
-    (store.root().join("runc"), format!("strata-{name}"))
+/// What tells this state root's runc ids and cgroups from another root's: 8 hex digits of the
+/// SHA-256 of the root's canonical path.
+pub fn root_tag(store: &Store) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let root = fs::canonicalize(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+    let d = <sha2::Sha256 as sha2::Digest>::digest(root.as_os_str().as_bytes());
+    hex::encode(&d[..4])
 }
 
+/// The runc id of container `name` in this root, also its cgroup's name (`linux.cgroupsPath`
+/// `/<id>`): `strata-<root tag>-NAME`, at most 144 characters (names have at most 128), unique
+/// per root and container, so that no root signals, deletes or shares another's.
+pub fn runc_id(store: &Store, name: &str) -> String {
+    format!("strata-{}-{name}", root_tag(store))
+}
+
+/// The runc id strata gave before ids held the root's tag: `strata-NAME`, in every root alike.
+pub fn legacy_runc_id(name: &str) -> String {
+    format!("strata-{name}")
+}
+
+/// runc's state directory for this store.
+pub fn runc_state_dir(store: &Store) -> PathBuf {
+    store.root().join("runc")
+}
+
+/// runc's state directory for this store and the id runc knows container `name` by: its
+/// [`runc_id`], or the [`legacy_runc_id`] of a container an older strata started, for as long
+/// as runc keeps that one's state (so it can still be stopped, exec'd into and removed).
+pub fn runc_ids(store: &Store, name: &str) -> (PathBuf, String) {
+    let state = runc_state_dir(store);
+    let id = runc_id(store, name);
+    let legacy = legacy_runc_id(name);
+    if !state.join(&id).exists() && state.join(&legacy).join("state.json").exists() {
+        return (state, legacy);
+    }
+    (state, id)
+}
+
+/// The cgroup path given to runc (`linux.cgroupsPath`) for container `name`: `/<runc id>`,
+/// relative to each hierarchy's root.
+pub fn cgroups_path(store: &Store, name: &str) -> String {
+    format!("/{}", runc_id(store, name))
+}
+
+/// Where a container's exit code is kept.
 fn exit_path(store: &Store, name: &str) -> PathBuf {
     dir(store, name).join("exit")
 }
@@ -187,11 +230,9 @@ fn exit_path(store: &Store, name: &str) -> PathBuf {
 /// a container removed meanwhile has no directory to record it in.
 pub fn record_exit(store: &Store, name: &str, code: i32) {
     let p = exit_path(store, name);
-    let tmp = p.with_extension("tmp");
-    let done = std::fs::write(&tmp, format!("{code}\n")).and_then(|()| std::fs::rename(&tmp, &p));
+    let done = crate::fsutil::atomic_write(&p, 0o666, |w| writeln!(w, "{code}"));
     if let Err(e) = done {
         tracing::debug!(container = name, error = %e, "exit code not recorded");
-        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -539,6 +580,9 @@ pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
         kernel_overlay::unmount(&at, UnmountMode::Detach)
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
     }
+    // runc's state of a stopped container (a `run -d` that exited or was killed) and the cgroups
+    // would otherwise outlive the container, its bundle gone.
+    remove_runtime(store, name)?;
     Snapshots::new(store)
         .remove_container(name)
         .map_err(|e| ContainerError::Snapshot { name: name.to_string(), source: Box::new(e) })?;
@@ -585,6 +629,108 @@ fn stop(store: &Store, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Delete what runc keeps of a container that no longer runs (its state, under its id and the
+/// legacy one) and the container's cgroup directories. Called with the container lock held and
+/// the container stopped ([`stop`]). The cgroups of a legacy id (`/strata-NAME`, the same in
+/// every root) are left to `runc delete`: the name alone does not tell whose they are.
+fn remove_runtime(store: &Store, name: &str) -> Result<()> {
+    let state = runc_state_dir(store);
+    let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
+    for id in [runc_id(store, name), legacy_runc_id(name)] {
+        if !state.join(&id).exists() {
+            continue;
+        }
+        if let Err(e) = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]) {
+            if crate::bundle::runc_status(&state, &id).is_some() {
+                return Err(rt(e));
+            }
+            // A directory runc does not know as a container (no state.json): debris.
+            let dir = state.join(&id);
+            remove_tree(&dir).at(&dir)?;
+        }
+    }
+    crate::cgroup::remove(&runc_id(store, name))
+        .map_err(|source| ContainerError::Cgroup { name: name.to_string(), source })
+}
+
+/// After a foreground run: kill what still runs of the container (a runc killed behind strata's
+/// back leaves its container running), delete runc's state and the cgroups, unmount it.
+pub fn release(store: &Store, name: &str) -> Result<()> {
+    let _g = lock(store, name)?;
+    get(store, name)?;
+    stop(store, name)?;
+    remove_runtime(store, name)?;
+    if let Some(at) = mounted_at(store, name)? {
+        kernel_overlay::unmount(&at, UnmountMode::Normal)
+            .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
+    }
+    Ok(())
+}
+
+/// Delete runc's state and the cgroups of a container that has stopped (see `strata stop`).
+pub fn delete_runtime(store: &Store, name: &str) -> Result<()> {
+    let _g = lock(store, name)?;
+    remove_runtime(store, name)
+}
+
+/// What [`gc_runtime`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RuntimeGarbage {
+    /// runc ids whose state was deleted.
+    pub runc: Vec<String>,
+    /// cgroup names removed (from every hierarchy).
+    pub cgroups: Vec<String>,
+}
+
+/// Delete runc's state and the cgroups of containers that no longer exist in this store: those
+/// under this root's runc state directory (either id style), and the cgroups named with this
+/// root's tag ([`runc_id`]); never another root's.
+pub fn gc_runtime(store: &Store) -> Result<RuntimeGarbage> {
+    let mut out = RuntimeGarbage::default();
+    let state = runc_state_dir(store);
+    let prefix = format!("strata-{}-", root_tag(store));
+    // Whose name is still a container, asked under that container's lock: a row is made before
+    // runc starts and removed under the lock, so what was seen here without a row is garbage.
+    let orphan = |name: &str| -> Result<Option<LockGuard>> {
+        if !valid_name(name) {
+            return Ok(None);
+        }
+        let g = lock(store, name)?;
+        Ok(store.container_row(name)?.is_none().then_some(g))
+    };
+    let mut ids: Vec<String> = match fs::read_dir(&state) {
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(StoreError::Io { path: state, source: e }.into()),
+    };
+    ids.sort();
+    for id in ids {
+        let name = match id.strip_prefix(&prefix).or_else(|| id.strip_prefix("strata-")) {
+            Some(n) => n,
+            None => continue,
+        };
+        let Some(_g) = orphan(name)? else { continue };
+        tracing::info!(id, "deleting runc state of a removed container");
+        if let Err(e) = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]) {
+            if crate::bundle::runc_status(&state, &id).is_some() {
+                return Err(ContainerError::Runtime { name: name.to_string(), source: e });
+            }
+            let dir = state.join(&id);
+            remove_tree(&dir).at(&dir)?;
+        }
+        out.runc.push(id);
+    }
+    for leaf in crate::cgroup::top_level_with_prefix(&prefix) {
+        let Some(name) = leaf.strip_prefix(&prefix) else { continue };
+        let Some(_g) = orphan(name)? else { continue };
+        tracing::info!(cgroup = leaf, "removing the cgroup of a removed container");
+        crate::cgroup::remove(&leaf)
+            .map_err(|source| ContainerError::Cgroup { name: name.to_string(), source })?;
+        out.cgroups.push(leaf);
+    }
+    Ok(out)
+}
+
 /// Commit a container's changes as image `new_name`, over the manifest and layers the container
 /// was created from. A running container is paused (runc pause, the cgroup freezer) while its
 /// upper dir is read, as `docker commit` does, unless `pause` is false; it is resumed whatever
@@ -612,7 +758,7 @@ pub fn commit(
         && running(store, name)?.is_some()
         && crate::bundle::runc_status(&state, &id).as_deref() == Some("running");
     if paused {
-        crate::bundle::runc_verb(&state, "pause", &id, &[]).map_err(rt)?;
+        crate::bundle::runc_pause(&state, &id).map_err(rt)?;
     }
     let upper = paths(store, &c).upper;
     let done = crate::commit::commit(store, &upper, &parent, new_name, opts).map_err(Box::new);

@@ -1,48 +1,13 @@
 //! Filesystem helpers every part of strata shares: atomic writes with fsync, tree removal, syncfs.
 
-use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+mod atomic;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Write `path` through `f` atomically: under a temporary name next to it (`.NAME.tmp-PID`),
-/// fsynced, renamed over `path`, and the directory fsynced, so a crash leaves the old file or the
-/// new one, never a torn one. The temporary file is removed when anything fails. `mode` applies to
-/// a new file (the umask still applies).
-pub fn atomic_write<E: From<io::Error>>(
-    path: &Path,
-    mode: u32,
-    f: impl FnOnce(&mut dyn Write) -> Result<(), E>,
-) -> Result<(), E> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file name", path.display()))
-    })?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| -> Result<(), E> {
-        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        let mut w = io::BufWriter::with_capacity(1 << 20, file);
-        f(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_parent(path)?;
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-/// fsync the directory holding `path`, so a rename into it is durable.
-pub fn sync_parent(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::File::open(dir)?.sync_all()
-}
+pub use atomic::{atomic_write, remove_stale_temps, temp_target, tmp_name, AtomicError, AtomicFile};
 
 /// `syncfs(2)` on the filesystem holding `path`: one call after unpacking a whole layer.
 pub fn syncfs(path: &Path) -> io::Result<()> {

@@ -304,13 +304,7 @@ fn produce(
         tap,
     };
     let diff_id = {
-        let dec: Box<dyn Read + '_> = match compression {
-            Compression::Gzip => {
-                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK / 4, &mut tee)))
-            }
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut tee)?),
-            Compression::None => Box::new(&mut tee),
-        };
+        let dec = compression.decoder(&mut tee)?;
         let mut hr = crate::hashing::Hashing::new(dec);
         let mut tx = tx;
         loop {
@@ -571,14 +565,6 @@ pub(crate) fn put_test_image(
     md
 }
 
-fn media_type_for(c: Compression) -> &'static str {
-    match c {
-        Compression::None => image::MT_OCI_LAYER,
-        Compression::Gzip => image::MT_OCI_LAYER_GZIP,
-        Compression::Zstd => image::MT_OCI_LAYER_ZSTD,
-    }
-}
-
 /// Import one layer: reuse it when present; otherwise stream, store the blob and unpack once.
 fn import_layer(
     store: &mut Store,
@@ -726,7 +712,7 @@ fn stream_into_store(
     }
     let media_type = match &l.media_type {
         Some(mt) => mt.clone(),
-        None => media_type_for(s.compression).to_string(),
+        None => Compression::media_type(s.compression).to_string(),
     };
     tap.emit(ImportEvent::LayerDone { index: tap.index, unpacked: unpack_dir.is_some() });
     Ok((

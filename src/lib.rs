@@ -11,8 +11,8 @@
 //! - [`snapshot`]: the snapshot core (containerd's model), the only code that writes snapshot rows
 //!   together with their directories.
 //! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
-//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`sparse`]:
-//!   GNU sparse files in layer tars.
+//! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`tar`]:
+//!   the layer tar format (PAX, ustar, GNU sparse) that unpack reads and commit writes.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
 //!   [`bundle`]: OCI runtime bundles run with runc.
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
@@ -22,11 +22,15 @@
 //! - [`reference`]: image names, by the reference grammar docker uses, and docker's normalisation.
 //! - [`rootfs`]: `container export`, a container's merged tree as one flat tar.
 //! - [`run`]: `strata run` (create, mount, runc, clean up); [`lifecycle`]: start, kill, wait,
-//!   pause, restart, the state `ps -a` shows, prune, version, info.
+//!   pause, restart, the state `ps -a` shows, prune, version, info; [`signals`]: what a foreground
+//!   run does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the
+//!   containers' cgroup directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod commit;
+pub mod compression;
 pub mod container;
 pub mod diff;
 pub mod digest;
@@ -47,9 +51,10 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod run;
+pub mod signals;
 pub mod snapshot;
-pub mod sparse;
 pub mod store;
+pub mod tar;
 pub mod time;
 
 pub mod unpack;

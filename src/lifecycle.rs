@@ -101,10 +101,10 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// Where a container's exit code is kept.
 /// Exit codes are the container's running state: kept by [`crate::container`].
 pub use crate::container::{record_exit, recorded_exit};
 
+/// Where a container's exit code is kept.
 fn exit_path(store: &Store, name: &str) -> PathBuf {
     container::dir(store, name).join("exit")
 }
@@ -184,6 +184,10 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
         p.set_terminal(Some(false));
         spec.set_process(Some(p));
     }
+    // The cgroup of this root's container, also for a bundle an older strata wrote without one.
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(PathBuf::from(container::cgroups_path(store, name))));
+    spec.set_linux(Some(linux));
     Ok(spec)
 }
 
@@ -191,6 +195,15 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
 /// command run again (over the same upper dir). Attached, returns the container's exit code
 /// once it ends (and unmounts it then, as `run`); detached, returns 0 once it started.
 pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> {
+    // Attached, the signals this process takes go to the container, as with `run` (see
+    // crate::signals).
+    let mut trap = match opts.attach {
+        true => Some(
+            crate::signals::Trap::install()
+                .map_err(|source| RunError::Signals { name: name.to_string(), source })?,
+        ),
+        false => None,
+    };
     // Marked running from here: umount, rm, prune and another start refuse meanwhile.
     let guard = container::start_run(store, name).map_err(cerr(name))?;
     let result = (|| -> Result<i32> {
@@ -202,11 +215,20 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
         bundle::check_command(&spec).map_err(berr(name))?;
         let bundle_dir = container::dir(store, name).join("bundle");
         bundle::write_bundle(&bundle_dir, &spec).map_err(berr(name))?;
-        let (state, id) = container::runc_ids(store, name);
+        // Under its current id, whatever id an older strata gave it (not running: see above).
+        let state = container::runc_state_dir(store);
+        let id = container::runc_id(store, name);
         bundle::delete_stale(&state, &id);
+        bundle::delete_stale(&state, &container::legacy_runc_id(name));
         clear_exit(store, name)?;
-        if opts.attach {
-            let code = bundle::run_bundle(&state, &bundle_dir, &id, false).map_err(berr(name))?;
+        if let Some(trap) = trap.as_mut() {
+            let fg = bundle::Foreground {
+                stdin: false,
+                terminal: false,
+                trap,
+                stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            };
+            let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr(name))?;
             record_exit(store, name, code);
             return Ok(code);
         }
@@ -303,7 +325,9 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
     // The store is opened only to start and to clean up, not held while the container runs.
     let store =
         Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
-    let (state, id) = container::runc_ids(&store, name);
+    // The id `start` deleted any stale state of (never an older strata's legacy id).
+    let state = container::runc_state_dir(&store);
+    let id = container::runc_id(&store, name);
     let bundle_dir = container::dir(&store, name).join("bundle");
     let log = run::log_path(&store, name);
     drop(store);
@@ -453,7 +477,7 @@ pub fn pause(store: &Store, name: &str) -> Result<()> {
         _ => return Err(LifecycleError::NotRunning { name: name.to_string() }),
     }
     let (state, id) = container::runc_ids(store, name);
-    bundle::runc_verb(&state, "pause", &id, &[]).map_err(berr(name))
+    bundle::runc_pause(&state, &id).map_err(berr(name))
 }
 
 /// Thaw a paused container (`runc resume`).
@@ -514,6 +538,29 @@ pub struct Pruned {
     pub layers: usize,
 }
 
+/// `gc` (and `image prune`): remove every blob and layer no image references
+/// ([`crate::images::gc`]), after runc's state and the cgroups of containers that no longer exist
+/// ([`container::gc_runtime`]; what fails there is logged, not fatal). Returns (blobs, layers)
+/// removed.
+pub fn gc(
+    store: &mut Store,
+) -> std::result::Result<
+    (Vec<crate::digest::Sha256Digest>, Vec<crate::digest::Sha256Digest>),
+    crate::images::ImagesError,
+> {
+    // Before the gc lock: it takes container locks, and a commit holds its container's lock
+    // while it waits for the gc lock (shared).
+    match container::gc_runtime(store) {
+        Ok(g) if g.runc.is_empty() && g.cgroups.is_empty() => {}
+        Ok(g) => tracing::info!(runc = ?g.runc, cgroups = ?g.cgroups, "removed runtime leftovers"),
+        Err(e) => tracing::warn!(
+            error = %crate::error::report(&e),
+            "could not remove runtime leftovers of removed containers"
+        ),
+    }
+    crate::images::gc(store)
+}
+
 /// Remove every container that is not running (created or exited, unmounting those mounted),
 /// then the blobs and layers no image or container references (`gc`), as `docker system
 /// prune`. A container that starts meanwhile is left alone (removal refuses a running one).
@@ -536,7 +583,7 @@ pub fn system_prune(store: &mut Store) -> Result<Pruned> {
             Err(e) => out.failed.push((name, crate::error::report(&e))),
         }
     }
-    let (blobs, layers) = crate::images::gc(store).map_err(LifecycleError::Gc)?;
+    let (blobs, layers) = gc(store).map_err(LifecycleError::Gc)?;
     out.blobs = blobs.len();
     out.layers = layers.len();
     Ok(out)

@@ -62,6 +62,10 @@ strata run -it --rm busybox -- sh       # an interactive shell")]
         /// Bind mount HOST:CONTAINER[:ro] (host path absolute and existing); repeatable.
         #[arg(short, long)]
         volume: Vec<String>,
+        /// Seconds the container has to exit after strata takes SIGTERM or SIGHUP (forwarded to
+        /// it) before it is killed; a second Ctrl-C kills it at once.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        stop_timeout: u64,
         /// Command and arguments, replacing the image's Cmd: everything after IMAGE from the
         /// first word that is not one of run's options, as docker takes it (`run busybox ls -l`);
         /// `--` before it is accepted too.
@@ -678,10 +682,14 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // A log line to a stderr that is gone (the terminal hung up, and strata is still cleaning up
+    // after its container) is dropped: by default the subscriber reports that with eprintln!,
+    // which panics.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .init();
     match run(cli) {
         Ok(code) => code,
@@ -888,8 +896,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Save { names, output, format } => save_cmd(&cli.root, &names, &output, &format),
         Cmd::Load { input, name, jobs } => load_cmd(&cli.root, &input, name, jobs),
-        Cmd::Run { image, name, rm, backend, process, detach, volume, cmd } => {
-            let extra = RunExtra { process, detach, volumes: volume };
+        Cmd::Run { image, name, rm, backend, process, detach, volume, stop_timeout, cmd } => {
+            let extra = RunExtra { process, detach, volumes: volume, stop_timeout };
             run_cmd(&cli.root, &image, name, rm, backend, extra, cmd)
         }
         Cmd::Ps { list, all } => {
@@ -909,7 +917,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Gc => {
             let mut store = open_store(&cli.root)?;
-            let (blobs, layers) = strata::images::gc(&mut store).context("gc")?;
+            let (blobs, layers) = strata::lifecycle::gc(&mut store).context("gc")?;
             outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -981,7 +989,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Prune { force: _ } => {
             let mut store = open_store(root)?;
-            let (blobs, layers) = strata::images::gc(&mut store).context("image prune")?;
+            let (blobs, layers) = strata::lifecycle::gc(&mut store).context("image prune")?;
             outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
         }
         ImageCmd::History { name, json } => {
@@ -1541,6 +1549,7 @@ struct RunExtra {
     process: ProcessArgs,
     detach: bool,
     volumes: Vec<String>,
+    stop_timeout: u64,
 }
 
 fn run_cmd(
@@ -1566,6 +1575,7 @@ fn run_cmd(
         user: extra.process.user,
         volumes: extra.volumes,
         detach: extra.detach,
+        stop_timeout: Some(std::time::Duration::from_secs(extra.stop_timeout)),
         monitor: None,
     };
     if opts.detach && opts.name.is_none() {

@@ -139,19 +139,13 @@ pub fn import_rootfs(
     name: &str,
     opts: &crate::commit::CommitOptions,
 ) -> Result<crate::commit::Committed> {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::BufReader;
     // Cheap checks before any unpacking.
     crate::reference::validate_image_name(name).map_err(|e| Box::new(CommitError::from(e)))?;
     crate::commit::apply_changes(&mut serde_json::json!({}), &opts.changes).map_err(Box::new)?;
 
     let read_err = |e| RootfsError::Read { source_name: source_name.to_string(), source: e };
-    let mut r = BufReader::with_capacity(1 << 18, tar);
-    let head = r.fill_buf().map_err(read_err)?.to_vec();
-    let plain: Box<dyn Read + '_> = match crate::image::sniff_compression(&head) {
-        Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(read_err)?),
-    };
+    let plain = Compression::sniffing_decoder(BufReader::with_capacity(1 << 18, tar)).map_err(read_err)?;
     let staging = store.staging()?;
     let tree = staging.dir.join("rootfs");
     std::fs::create_dir(&tree)

@@ -4,6 +4,7 @@
 
 use crate::bundle::{self, BundleError, RunSpec};
 use crate::container::{self, Backend, ContainerError, CreateOptions};
+use crate::signals;
 use crate::store::{Store, StoreError};
 
 /// Run errors: which step failed, for which container.
@@ -27,6 +28,8 @@ pub enum RunError {
     NotRunning { name: String, status: String },
     #[error("container {name}: image config: {reason}")]
     Config { name: String, reason: String },
+    #[error("container {name}: catching signals")]
+    Signals { name: String, source: std::io::Error },
     #[error("container {name}: starting it detached")]
     Detach { name: String, source: Box<crate::lifecycle::LifecycleError> },
 }
@@ -57,6 +60,10 @@ pub struct RunOptions {
     /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
     /// [`stop`] (or `container rm --force`), or until it ends on its own.
     pub detach: bool,
+    /// `--stop-timeout`: how long a foreground container has to exit after strata takes SIGTERM
+    /// or SIGHUP (forwarded to it) before it is killed ([`crate::signals::DEFAULT_STOP_TIMEOUT`]
+    /// when `None`).
+    pub stop_timeout: Option<std::time::Duration>,
     /// `-d`: the strata binary whose `container monitor` watches the container (see
     /// [`crate::lifecycle`]); the running executable when `None`.
     pub monitor: Option<std::path::PathBuf>,
@@ -82,6 +89,10 @@ pub fn generated_name() -> String {
 /// Run `opts.image` in a new container; returns the container process's exit code (128+signal
 /// when killed). The container is unmounted afterwards (removed with `rm`), also when the run
 /// failed; a `container rm --force` that stopped it meanwhile has removed it already.
+///
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 no longer end this process while it
+/// runs: a foreground container gets them and is waited for (see [`crate::signals`]); one
+/// taken before the container started cancels the run, cleans up and returns 128+signal.
 pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     if opts.detach && opts.rm {
         return Err(RunError::DetachRm);
@@ -95,10 +106,13 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         .map(|v| bundle::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| RunError::Bundle { name: name.clone(), source })?;
+    let mut trap =
+        crate::signals::Trap::install().map_err(|source| RunError::Signals { name: name.clone(), source })?;
     if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
         return Err(RunError::Running { name, how });
     }
     let c = container::create(store, &opts.image, &name, &CreateOptions::default()).map_err(cerr)?;
+    let mut started = false;
     let result = (|| -> Result<i32, RunError> {
         // Mounted first, then marked running (umount, rm and another run refuse from then on;
         // released before the clean-up below). Nothing the run does while marked needs the
@@ -112,38 +126,54 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             .map_err(|source| RunError::Store { name: name.clone(), source })?;
         let config: serde_json::Value =
             serde_json::from_slice(&blob).map_err(|e| bad_config(e.to_string()))?;
+        let terminal = opts.terminal && !opts.detach;
         let run = RunSpec {
             args: opts.args.clone(),
             hostname: name.chars().take(63).collect(),
-            terminal: opts.terminal && !opts.detach,
+            terminal,
             env: opts.env.clone(),
             workdir: opts.workdir.clone(),
             user: opts.user.clone(),
             volumes: volumes.clone(),
+            cgroups_path: Some(container::cgroups_path(store, &name)),
         };
         let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;
         let bundle_dir = container::dir(store, &name).join("bundle");
         bundle::write_bundle(&bundle_dir, &spec).map_err(berr)?;
-        let (state, id) = container::runc_ids(store, &name);
+        let state = container::runc_state_dir(store);
+        let id = container::runc_id(store, &name);
         bundle::delete_stale(&state, &id);
+        if let Some(sig) = trap.pending() {
+            tracing::warn!(container = %name, "{} before the container started: not starting it", signals::name(sig));
+            return Ok(128 + sig);
+        }
+        started = true;
         if opts.detach {
             // Through a monitor, which records its exit code and cleans up when it ends.
             crate::lifecycle::spawn_monitor(store, &name, opts.monitor.as_deref())
                 .map_err(|e| RunError::Detach { name: name.clone(), source: Box::new(e) })?;
             return Ok(0);
         }
-        let code = bundle::run_bundle(&state, &bundle_dir, &id, opts.interactive).map_err(berr)?;
+        let fg = bundle::Foreground {
+            stdin: opts.interactive,
+            terminal,
+            trap: &mut trap,
+            stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
+        };
+        let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr)?;
         // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
         crate::lifecycle::record_exit(store, &name, code);
         Ok(code)
     })();
-    if opts.detach && result.is_ok() {
+    if opts.detach && started && result.is_ok() {
         // Running on its own now: it keeps its mount until stopped.
         return result;
     }
     let gone = |e: &ContainerError| matches!(e, ContainerError::NotFound(_));
     if opts.rm {
+        // Kills what may still run (a runc killed behind our back leaves its container), deletes
+        // runc's state and cgroups, unmounts and removes.
         match container::remove(store, &name, true) {
             Err(e) if !gone(&e) => {
                 // The run's own failure explains more than the clean-up's.
@@ -153,7 +183,12 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             _ => {}
         }
     } else {
-        let _ = container::umount(store, &name, false);
+        match container::release(store, &name) {
+            Err(e) if !gone(&e) => {
+                tracing::warn!(container = %name, error = %crate::error::report(&e), "cleaning up after the run");
+            }
+            _ => {}
+        }
     }
     result
 }
@@ -257,11 +292,7 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
         }
     }
     // Its monitor may have deleted the state and unmounted it meanwhile.
-    if let Err(e) = bundle::runc_verb(&state, "delete", &id, &["--force"]) {
-        if status().is_some() {
-            return Err(berr(e));
-        }
-    }
+    container::delete_runtime(store, name).map_err(cerr)?;
     match container::umount(store, name, false) {
         // A foreground `strata run` unmounts it itself once runc has returned.
         Ok(()) | Err(ContainerError::NotMounted(_) | ContainerError::NotFound(_)) => Ok(graceful),

@@ -195,3 +195,130 @@ fn image_sources_never_hang_or_leave_their_directory() {
     assert!(!out.status.success() && err.contains("symbolic link inside the image source"), "{err}");
     assert!(!String::from_utf8_lossy(&bounded(&root, &["image", "ls"]).stdout).contains("\ns "));
 }
+
+/// Run `strata --root ROOT ARGS` under a shell that waits for a line on stdin before it `exec`s
+/// strata, so the PID strata will have is known first: `plant` gets it and plants what the old
+/// writer would have opened (`.NAME.tmp-PID`, `.NAME.tmp-PID-N`). Returns strata's output.
+fn run_after_planting(
+    root: &Root,
+    env: &[(&str, &std::path::Path)],
+    args: &[&str],
+    plant: impl FnOnce(u32),
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = Command::new("sh");
+    c.args(["-c", "read _ && exec \"$0\" \"$@\"", STRATA, "--root"]).arg(root.path()).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sh");
+    plant(child.id());
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("release");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+/// Symlinks to `victim` at every name the old writer would have used for `dest` in process
+/// `pid`; returns their names.
+fn plant_temp_links(dest: &std::path::Path, pid: u32, victim: &std::path::Path) -> Vec<String> {
+    let name = dest.file_name().expect("name").to_str().expect("utf8");
+    let mut names = vec![format!(".{name}.tmp-{pid}")];
+    names.extend((0..16).map(|n| format!(".{name}.tmp-{pid}-{n}")));
+    for n in &names {
+        std::os::unix::fs::symlink(victim, dest.with_file_name(n)).expect("plant");
+    }
+    names
+}
+
+/// `container export -o FILE` never follows a symlink planted at FILE or at the temp names next
+/// to it: the files they point to keep their content, FILE becomes the tar, and the planted links
+/// stay as they were.
+#[test]
+fn container_export_output_ignores_planted_symlinks() {
+    if !privileged("container_export_output_ignores_planted_symlinks") {
+        return;
+    }
+    let fx = fixtures();
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display())]);
+    root.ok(&["container", "create", "busybox", "c"]);
+    let (out, outside) = (Root::new(), Root::new());
+    let victim = outside.path().join("passwd");
+    fs::write(&victim, b"root:x:0:0::/root:/bin/sh\n").expect("write");
+    let dest = out.path().join("c.tar");
+    std::os::unix::fs::symlink(&victim, &dest).expect("plant");
+    let mut planted = vec![];
+    let o = run_after_planting(
+        &root,
+        &[],
+        &["container", "export", "c", "-o", dest.to_str().expect("utf8")],
+        |pid| planted = plant_temp_links(&dest, pid, &victim),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read(&victim).expect("victim"), b"root:x:0:0::/root:/bin/sh\n");
+    assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 1, "nothing new outside");
+    let md = fs::symlink_metadata(&dest).expect("dest");
+    assert!(md.is_file(), "the link at FILE is replaced by the tar, not followed");
+    let listing = Command::new("tar").arg("-tf").arg(&dest).output().expect("tar");
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("bin/busybox"), "not the rootfs tar");
+    for n in &planted {
+        let l = fs::symlink_metadata(out.path().join(n)).expect("planted link");
+        assert!(l.file_type().is_symlink(), "{n}");
+    }
+    assert_eq!(fs::read_dir(out.path()).expect("ls").count(), planted.len() + 1, "no temp file left");
+}
+
+/// `logout` (and `login`, through the same writer) never follows a symlink planted at the temp
+/// names next to the auth file: the file a link points to keeps its content, the auth file is
+/// rewritten in place of the old one (mode 0600), without the entry.
+#[test]
+fn auth_file_writer_ignores_planted_symlinks() {
+    if !privileged("auth_file_writer_ignores_planted_symlinks") {
+        return;
+    }
+    let (root, dir, outside) = (Root::new(), Root::new(), Root::new());
+    let victim = outside.path().join("shadow");
+    fs::write(&victim, b"secret\n").expect("write");
+    let file = dir.path().join("auth.json");
+    let text = r#"{"auths":{"reg.example:5000":{"auth":"dTpw"}},"keep":1}"#;
+    fs::write(&file, text).expect("write");
+    let mut planted = vec![];
+    let o = run_after_planting(
+        &root,
+        &[("REGISTRY_AUTH_FILE", file.as_path())],
+        &["logout", "reg.example:5000"],
+        |pid| planted = plant_temp_links(&file, pid, &victim),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read(&victim).expect("victim"), b"secret\n");
+    assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 1, "nothing new outside");
+    let md = fs::symlink_metadata(&file).expect("auth.json");
+    assert!(md.is_file());
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777, 0o600);
+    let v = json(&file);
+    assert_eq!(v["keep"], 1);
+    assert!(v["auths"].as_object().expect("auths").is_empty(), "{v}");
+    for n in &planted {
+        let l = fs::symlink_metadata(dir.path().join(n)).expect("planted link");
+        assert!(l.file_type().is_symlink(), "{n}");
+    }
+    assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), planted.len() + 1, "no temp file left");
+
+    // A symlink planted at the auth file itself is replaced, not written through.
+    fs::remove_file(&file).expect("rm");
+    let decoy = outside.path().join("decoy.json");
+    fs::write(&decoy, text).expect("write");
+    std::os::unix::fs::symlink(&decoy, &file).expect("plant");
+    let o = run_after_planting(
+        &root,
+        &[("REGISTRY_AUTH_FILE", file.as_path())],
+        &["logout", "reg.example:5000"],
+        |_| {},
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read_to_string(&decoy).expect("decoy"), text, "the link's target is untouched");
+    assert!(fs::symlink_metadata(&file).expect("auth.json").is_file());
+}

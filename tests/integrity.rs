@@ -153,7 +153,7 @@ fn runc_state(root: &Root, name: &str) -> Option<Value> {
     let out = Command::new("runc")
         .arg("--root")
         .arg(root.path().join("runc"))
-        .args(["state", &format!("strata-{name}")])
+        .args(["state", &runc_id(root.path(), name)])
         .output()
         .expect("runc state");
     out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("state json"))
@@ -212,7 +212,8 @@ fn a_container_whose_strata_run_died_is_still_known_to_run() {
     run.child.wait().expect("reap");
     assert_eq!(runc_state(&root, "orphan").expect("runc knows it")["status"], "running");
     let err = root.fails(&["container", "umount", "orphan"]);
-    assert!(err.contains("is running (runc strata-orphan: running)"), "{err}");
+    let id = runc_id(root.path(), "orphan");
+    assert!(err.contains(&format!("is running (runc {id}: running)")), "{err}");
     root.ok(&["container", "rm", "--force", "orphan"]);
     assert!(container_json(&root, "orphan").is_none());
     assert!(mounts_under(root.path()).is_empty());

@@ -35,15 +35,14 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
 
 use super::compress::Compressor;
 use super::sparse::{self, SparseReader};
-use super::tar_entry::{EntryMeta, LayerWriter, Sparse};
 use super::{io_at, CommitError, Result};
 use crate::digest::Sha256Digest;
 use crate::fdwalk::{join_rel, DirChain, WalkError};
 use crate::hashing::Hashing;
-use crate::image::{self, Compression};
-use crate::overlay_format::{
-    has_opaque, is_private_xattr, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX,
-};
+use crate::image::Compression;
+use crate::overlay_format::{has_opaque, is_whiteout, list_xattrs, XattrsOf, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::tar::keeps_xattr;
+use crate::tar::write::{EntryMeta, LayerWriter, Sparse};
 
 /// Options for [`write_layer`].
 #[derive(Debug, Clone)]
@@ -95,21 +94,12 @@ pub fn source_date_epoch() -> Result<Option<i64>> {
 
 /// Parse a `--compression` value.
 pub fn parse_compression(s: &str) -> Result<Compression, String> {
-    match s {
-        "gzip" => Ok(Compression::Gzip),
-        "zstd" => Ok(Compression::Zstd),
-        "none" => Ok(Compression::None),
-        _ => Err(format!("unknown compression {s:?}: expected gzip, zstd or none")),
-    }
+    s.parse().map_err(|e: crate::compression::UnknownCompression| e.to_string())
 }
 
 /// The OCI media type of a layer with this compression.
 pub fn layer_media_type(c: Compression) -> &'static str {
-    match c {
-        Compression::None => image::MT_OCI_LAYER,
-        Compression::Gzip => image::MT_OCI_LAYER_GZIP,
-        Compression::Zstd => image::MT_OCI_LAYER_ZSTD,
-    }
+    c.media_type()
 }
 
 /// What [`write_layer`] produced.
@@ -289,7 +279,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                 let all = list_xattrs(XattrsOf::Fd(chain.fd())).map_err(io_at(&path()))?;
                 refuse_metacopy(&all, path)?;
                 let opaque = has_opaque(&all);
-                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                xattrs = all.into_iter().filter(|(k, _)| keeps_xattr(k)).collect::<Vec<_>>();
                 m.xattrs = &xattrs;
                 let mut dpath = p.tar_name.clone();
                 dpath.push(b'/');
@@ -334,7 +324,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                 }
                 let all = list_xattrs(XattrsOf::Fd(fd.as_fd())).map_err(io_at(&path()))?;
                 refuse_metacopy(&all, path)?;
-                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                xattrs = all.into_iter().filter(|(k, _)| keeps_xattr(k)).collect::<Vec<_>>();
                 m.xattrs = &xattrs;
                 if p.st.st_nlink > 1 {
                     if let Some(first) = links.get(&key).cloned() {
@@ -383,7 +373,7 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
                 }
                 let all = list_xattrs(XattrsOf::OPath(fd.as_fd())).map_err(io_at(&path()))?;
                 refuse_metacopy(&all, path)?;
-                xattrs = all.into_iter().filter(|(k, _)| !is_private_xattr(k)).collect::<Vec<_>>();
+                xattrs = all.into_iter().filter(|(k, _)| keeps_xattr(k)).collect::<Vec<_>>();
                 m.xattrs = &xattrs;
                 let target;
                 match ft {
@@ -544,7 +534,7 @@ mod tests {
         assert_eq!(info.tar_size, bytes.len() as u64);
         assert_eq!(info.diff_id, info.digest, "uncompressed: digest is the diff_id");
         assert_eq!(info.diff_id, Sha256Digest::from_bytes(&Sha256::digest(&bytes)));
-        assert_eq!(info.media_type, image::MT_OCI_LAYER);
+        assert_eq!(info.media_type, crate::image::MT_OCI_LAYER);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! - [`layer`]: walking an upper dir (overlayfs format) into the layer tar, and the pipeline
 //!   (options, hashes, sizes) around it; its module documentation describes the tar format.
-//! - [`tar_entry`]: encoding one tar entry (ustar and PAX headers).
+//! - [`crate::tar`]: encoding one tar entry (ustar and PAX headers), in the tar format policy
+//!   unpack reads with.
 //! - `sparse`: files with holes as GNU sparse 1.0 PAX entries.
 //! - [`compress`]: the hashing and compressing stream stages (parallel gzip, zstd).
 //! - [`config`]: the new image config derived from the parent's.
@@ -21,7 +22,6 @@ pub mod compress;
 pub mod config;
 pub mod layer;
 mod sparse;
-pub mod tar_entry;
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};

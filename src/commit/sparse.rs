@@ -29,14 +29,8 @@ use std::path::Path;
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
-/// `len` bytes of data at `offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Extent {
-    pub(super) offset: u64,
-    pub(super) len: u64,
-}
-
-const BLOCK: u64 = 512;
+pub(super) use crate::tar::sparse::placeholder_name;
+use crate::tar::sparse::{map_block, Extent, BLOCK};
 
 /// The data extents of the open file `fd` of `size` bytes, widened to 512-byte boundaries (the
 /// last one clamped to `size`) and merged. A filesystem that cannot tell holes from data reports
@@ -83,33 +77,6 @@ pub(super) fn data_extents(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<Exte
 /// True when `extents` leave holes in a file of `size` bytes.
 pub(super) fn has_holes(extents: &[Extent], size: u64) -> bool {
     extents.iter().map(|e| e.len).sum::<u64>() < size
-}
-
-/// The sparse map block: count, then offset and size of each extent, one number a line,
-/// zero-padded to 512 bytes. A file ending in a hole gets a last, empty extent at its size.
-pub(super) fn map_block(extents: &[Extent], size: u64) -> Vec<u8> {
-    let mut all = extents.to_vec();
-    if all.last().is_none_or(|e| e.offset + e.len < size) {
-        all.push(Extent { offset: size, len: 0 });
-    }
-    let mut out = format!("{}\n", all.len()).into_bytes();
-    for e in &all {
-        out.extend_from_slice(format!("{}\n{}\n", e.offset, e.len).as_bytes());
-    }
-    out.resize(out.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
-    out
-}
-
-/// `dir/GNUSparseFile.0/name` for `dir/name` (`GNUSparseFile.0/name` at the top).
-pub(super) fn placeholder_name(path: &[u8]) -> Vec<u8> {
-    let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&path[..=i], &path[i + 1..]),
-        None => (&[][..], path),
-    };
-    let mut out = dir.to_vec();
-    out.extend_from_slice(b"GNUSparseFile.0/");
-    out.extend_from_slice(name);
-    out
 }
 
 /// The data of a sparse entry: the map block, then each extent read with `pread`. At the end the

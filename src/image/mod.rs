@@ -20,14 +20,12 @@ pub const METADATA_LIMIT: u64 = 16 << 20;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Layer media types are [`crate::compression`]'s, which maps them to compressions.
+pub use crate::compression::{MT_DOCKER_LAYER_GZIP, MT_OCI_LAYER, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_ZSTD};
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MT_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const MT_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MT_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// Image format errors. Each names the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -655,36 +653,16 @@ pub fn manifest_layers(
     Ok(layers)
 }
 
-/// Layer compression, by media type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
+pub use crate::compression::Compression;
 
 /// The compression a layer media type declares; errors for non-layer types.
 pub fn layer_compression(mt: &str) -> Result<Compression, ImageError> {
-    let base = mt.replace(".nondistributable", "");
-    match base.as_str() {
-        MT_OCI_LAYER | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
-        MT_OCI_LAYER_GZIP
-        | MT_DOCKER_LAYER_GZIP
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
-        MT_OCI_LAYER_ZSTD => Ok(Compression::Zstd),
-        _ => Err(ImageError::MediaType(mt.to_string())),
-    }
+    Compression::of_media_type(mt).ok_or_else(|| ImageError::MediaType(mt.to_string()))
 }
 
 /// Compression by magic bytes (for docker-archive layers, which have no media type).
 pub fn sniff_compression(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
+    Compression::sniff(head)
 }
 
 /// The config's `rootfs.diff_ids`, validated.

@@ -51,6 +51,13 @@ pub enum AuthError {
     File { path: PathBuf, reason: String },
     #[error("credential helper docker-credential-{helper}: {reason}")]
     Helper { helper: String, reason: String },
+    /// Writing the file failed (the cause names the file, its directory or the temp file).
+    #[error("{}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: crate::fsutil::AtomicError,
+    },
 }
 
 /// The credential files to read, in order.
@@ -229,7 +236,9 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, AuthError
 }
 
 /// Store `creds` for `host` in `path` (an auth.json or docker config.json), creating it mode 0600;
-/// every other key of the file is kept. Written to a temporary file and renamed into place.
+/// every other key of the file is kept. Written through [`crate::fsutil::AtomicFile`]: a temp
+/// file made exclusively next to it, renamed into place (a symlink there is replaced, never
+/// followed).
 pub fn store(path: &Path, host: &str, creds: Option<&Credentials>) -> Result<bool, AuthError> {
     let bad = |reason: String| AuthError::File { path: path.to_path_buf(), reason };
     let mut v = read_config(path)?.unwrap_or_else(|| serde_json::json!({}));
@@ -255,8 +264,16 @@ pub fn store(path: &Path, host: &str, creds: Option<&Credentials>) -> Result<boo
     let text = serde_json::to_vec_pretty(&v).map_err(|e| bad(e.to_string()))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-    crate::fsutil::atomic_write(path, 0o600, |w| w.write_all(&text).and_then(|_| w.write_all(b"\n")))
-        .map_err(|e| bad(e.to_string()))?;
+    // Never through a symlink, nor at a name someone could have planted one at.
+    let write = || -> Result<(), crate::fsutil::AtomicError> {
+        let name = path.file_name().and_then(|n| n.to_str());
+        crate::fsutil::remove_stale_temps(dir, |n| Some(n) == name);
+        let mut f = crate::fsutil::AtomicFile::create(path, 0o600)?;
+        f.write_all(&text)?;
+        f.write_all(b"\n")?;
+        f.commit()
+    };
+    write().map_err(|source| AuthError::Write { path: path.to_path_buf(), source })?;
     Ok(true)
 }
 

@@ -242,26 +242,70 @@ pub fn set_tag(layout: &Path, tag: &str, manifest: &[u8]) {
     fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("write index");
 }
 
+/// The runc id (and cgroup name) strata gives container `name` under `root`:
+/// `strata-<8 hex of sha256(canonical root path)>-NAME`.
+pub fn runc_id(root: &Path, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = fs::canonicalize(root).expect("canonical root");
+    let d = Sha256::digest(canonical.as_os_str().as_bytes());
+    format!("strata-{}-{name}", hex::encode(&d[..4]))
+}
+
+/// The ids `runc --root ROOT/runc list` shows (none when runc has no state there).
+pub fn runc_list(root: &Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(root.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
+/// The cgroup directories named `leaf` at the top of any hierarchy under /sys/fs/cgroup (each
+/// v1 controller's, `systemd`, `unified`), those that exist.
+pub fn cgroup_dirs(leaf: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                roots.push(e.path());
+            }
+        }
+    }
+    for r in roots {
+        let d = r.join(leaf);
+        if d.is_dir() {
+            out.push(d);
+        }
+    }
+    out
+}
+
 /// Kills (runc delete --force) the runc container of strata container `name` under `root` when
-/// dropped, so a failing test leaves no container process running after its root is gone.
+/// dropped, under its id and the legacy one, so a failing test leaves no container process
+/// running after its root is gone.
 pub struct RuncGuard {
     pub state: PathBuf,
-    pub id: String,
+    pub ids: Vec<String>,
 }
 
 impl RuncGuard {
     pub fn new(root: &Root, name: &str) -> RuncGuard {
-        RuncGuard { state: root.path().join("runc"), id: format!("strata-{name}") }
+        RuncGuard {
+            state: root.path().join("runc"),
+            ids: vec![runc_id(root.path(), name), format!("strata-{name}")],
+        }
     }
 }
 
 impl Drop for RuncGuard {
     fn drop(&mut self) {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&self.state)
-            .args(["delete", "--force", &self.id])
-            .output();
+        for id in &self.ids {
+            let _ =
+                Command::new("runc").arg("--root").arg(&self.state).args(["delete", "--force", id]).output();
+        }
     }
 }
 

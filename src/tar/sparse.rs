@@ -1,5 +1,6 @@
 //! GNU sparse files in layer tars: parsing and checking the sparse maps, and writing the data
-//! extents at their offsets so that holes stay holes.
+//! extents at their offsets so that holes stay holes (unpack); the 1.0 map block, records and
+//! placeholder name commit writes ([`map_block`], [`push_v10_records`], [`placeholder_name`]).
 //!
 //! # Formats (as GNU tar writes them with `--sparse`)
 //! - **old GNU** (`--format=gnu`): typeflag `S`. Up to 4 (offset, numbytes) slots in the header,
@@ -33,6 +34,8 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+
+use super::pax;
 
 /// The largest number of extents accepted in one sparse map (16 MiB of map in memory). Old GNU
 /// and PAX 0.x maps are also bounded by the header data limit
@@ -299,7 +302,7 @@ pub fn pax_sparse(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<PaxSparse>, S
         Ok(())
     };
     for (k, v) in records {
-        let Some(key) = k.strip_prefix(b"GNU.sparse.") else { continue };
+        let Some(key) = k.strip_prefix(PAX_PREFIX) else { continue };
         any = true;
         match key {
             b"major" => once(&mut major, v, "GNU.sparse.major")?,
@@ -498,6 +501,57 @@ pub fn write_extents<R: Read + ?Sized>(
     Ok(total)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Writing (commit): PAX 1.0, as `tar --format=posix --sparse` writes it.
+
+/// The prefix of the GNU sparse PAX records.
+pub const PAX_PREFIX: &[u8] = b"GNU.sparse.";
+/// `GNU.sparse.name`: the real path of a 0.1 or 1.0 entry.
+pub const PAX_NAME: &[u8] = b"GNU.sparse.name";
+
+/// Map blocks and extents are counted in 512-byte tar blocks.
+pub const BLOCK: u64 = 512;
+
+/// The PAX records of a GNU sparse 1.0 entry: `GNU.sparse.major=1`, `GNU.sparse.minor=0`,
+/// `GNU.sparse.name=<path>`, `GNU.sparse.realsize=<size>` (what [`pax_sparse`] reads as
+/// [`PaxFormat::V10`]).
+pub fn push_v10_records(out: &mut Vec<u8>, name: &[u8], realsize: u64) {
+    pax::push_record(out, b"GNU.sparse.major", b"1");
+    pax::push_record(out, b"GNU.sparse.minor", b"0");
+    pax::push_record(out, PAX_NAME, name);
+    pax::push_record(out, b"GNU.sparse.realsize", realsize.to_string().as_bytes());
+}
+
+/// The sparse map block: count, then offset and size of each extent, one number a line,
+/// zero-padded to 512 bytes (what [`read_map_v10`] reads). A file ending in a hole gets a last,
+/// empty extent at its size.
+pub fn map_block(extents: &[Extent], size: u64) -> Vec<u8> {
+    let mut all = extents.to_vec();
+    if all.last().is_none_or(|e| e.offset + e.len < size) {
+        all.push(Extent { offset: size, len: 0 });
+    }
+    let mut out = format!("{}\n", all.len()).into_bytes();
+    for e in &all {
+        out.extend_from_slice(format!("{}\n{}\n", e.offset, e.len).as_bytes());
+    }
+    out.resize(out.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+    out
+}
+
+/// `dir/GNUSparseFile.0/name` for `dir/name` (`GNUSparseFile.0/name` at the top): the ustar
+/// name of a 1.0 entry. GNU tar puts its pid where this puts 0, which would make the output
+/// differ from run to run.
+pub fn placeholder_name(path: &[u8]) -> Vec<u8> {
+    let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&[][..], path),
+    };
+    let mut out = dir.to_vec();
+    out.extend_from_slice(b"GNUSparseFile.0/");
+    out.extend_from_slice(name);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,5 +694,22 @@ mod tests {
         assert!(
             matches!(read_map_v10(&mut &junk[..], 512), Err(MapError::Bad(s)) if s.contains("not a number"))
         );
+    }
+
+    #[test]
+    fn written_v10_entries_read_back() {
+        let ext = [Extent { offset: 0, len: 512 }, Extent { offset: 8192, len: 100 }];
+        let block = map_block(&ext, 1 << 20);
+        assert_eq!(block.len(), 512);
+        let (got, used) = read_map_v10(&mut &block[..], 512).unwrap();
+        assert_eq!(used, 512);
+        assert_eq!(got, [&ext[..], &[Extent { offset: 1 << 20, len: 0 }]].concat());
+        let mut recs = vec![];
+        push_v10_records(&mut recs, b"d/s", 1 << 20);
+        let recs = pax::parse(&recs).unwrap();
+        let s = pax_sparse(&recs).unwrap().unwrap();
+        assert_eq!((s.format, s.name.as_deref(), s.realsize), (PaxFormat::V10, Some(&b"d/s"[..]), 1 << 20));
+        let map = Map { extents: got, realsize: s.realsize };
+        assert_eq!(validate(&map, 612, false), Ok(()));
     }
 }
