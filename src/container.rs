@@ -16,7 +16,7 @@ use std::process::Command;
 use kernel_overlay::{OverlaySpec, UnmountMode};
 
 use crate::digest::Sha256Digest;
-use crate::snapshot::Snapshots;
+use crate::snapshot::{SnapshotError, Snapshots};
 pub use crate::store::ContainerRow;
 use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store, StoreError};
 
@@ -154,6 +154,16 @@ pub struct CreateOptions {
 /// The lock every change of a container's state takes ([`Lock::Container`]).
 pub fn lock(store: &Store, name: &str) -> Result<LockGuard> {
     Ok(store.lock(Lock::Container(name))?)
+}
+
+/// A failure of the snapshot core's container operations: the store's and meta's own are said as
+/// they say them (as when the container's rows were written apart from its snapshot).
+fn snapshot_err(name: &str, e: SnapshotError) -> ContainerError {
+    match e {
+        SnapshotError::Rows(m) => ContainerError::Store(StoreError::Meta(m)),
+        SnapshotError::Store(e) => ContainerError::Store(e),
+        e => ContainerError::Snapshot { name: name.to_string(), source: Box::new(e) },
+    }
 }
 
 /// Container `name`'s row, if it exists.
@@ -319,7 +329,7 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
             return Err(match e.kind() {
                 crate::error::ErrorKind::NotFound => ContainerError::NoImage(image.to_string()),
                 crate::error::ErrorKind::AlreadyExists => ContainerError::Exists(name.to_string()),
-                _ => ContainerError::Snapshot { name: name.to_string(), source: Box::new(e) },
+                _ => snapshot_err(name, e),
             });
         }
     };
@@ -583,9 +593,7 @@ pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
     // runc's state of a stopped container (a `run -d` that exited or was killed) and the cgroups
     // would otherwise outlive the container, its bundle gone.
     remove_runtime(store, name)?;
-    Snapshots::new(store)
-        .remove_container(name)
-        .map_err(|e| ContainerError::Snapshot { name: name.to_string(), source: Box::new(e) })?;
+    Snapshots::new(store).remove_container(name).map_err(|e| snapshot_err(name, e))?;
     drop(store.trash(&dir(store, name))?);
     Ok(())
 }

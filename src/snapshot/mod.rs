@@ -79,6 +79,10 @@ pub enum SnapshotError {
     Mount { key: String, source: kernel_overlay::Error },
     #[error("snapshot metadata")]
     Meta(#[source] MetaError),
+    /// What the rows written with snapshots (an image's, a container's) failed with, as meta
+    /// says it.
+    #[error(transparent)]
+    Rows(MetaError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{}", path.display())]
@@ -104,6 +108,15 @@ impl From<MetaError> for SnapshotError {
     }
 }
 
+/// An error of an operation that writes an image's or a container's rows with snapshots: meta's
+/// own failures are said as meta says them ([`SnapshotError::Rows`]).
+fn rows_err(e: SnapshotError) -> SnapshotError {
+    match e {
+        SnapshotError::Meta(m) => SnapshotError::Rows(m),
+        e => e,
+    }
+}
+
 impl SnapshotError {
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -117,7 +130,7 @@ impl SnapshotError {
                 ErrorKind::InvalidArgument
             }
             SnapshotError::Mount { .. } => ErrorKind::InvalidArgument,
-            SnapshotError::Meta(e) => e.kind(),
+            SnapshotError::Meta(e) | SnapshotError::Rows(e) => e.kind(),
             SnapshotError::Store(e) => e.kind(),
             SnapshotError::Corrupt(_) | SnapshotError::Io { .. } => ErrorKind::Internal,
         }
@@ -352,11 +365,14 @@ impl<'s> Snapshots<'s> {
     /// as stored (its canonical form).
     pub fn publish_image(&mut self, img: &crate::meta::NewImage<'_>) -> Result<String> {
         let chain: Vec<Sha256Digest> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
-        self.store.meta_mut().write(|tx| -> Result<_> {
-            let name = crate::meta::put_image_rows(tx, img)?;
-            Self::ensure_chain(tx, &chain)?;
-            Ok(name)
-        })
+        self.store
+            .meta_mut()
+            .write(|tx| -> Result<_> {
+                let name = crate::meta::put_image_rows(tx, img)?;
+                Self::ensure_chain(tx, &chain)?;
+                Ok(name)
+            })
+            .map_err(rows_err)
     }
 
     /// Create container `name` over what image `image` names now: its rows (bound to the image's
@@ -375,15 +391,20 @@ impl<'s> Snapshots<'s> {
         let key = crate::meta::container_snapshot_key(name);
         let kind = if read_only { Kind::View } else { Kind::Active };
         let made = std::cell::Cell::new(None);
-        let done = self.store.meta_mut().write(|tx| -> Result<_> {
-            let (mut row, chain) = crate::meta::insert_container_rows(tx, name, image, read_only, volatile)?;
-            let parent = Self::ensure_chain(tx, &chain)?;
-            let snap = create_in(tx, &snaps, &key, parent.as_deref(), kind, &BTreeMap::new())?;
-            made.set(Some(snap.id));
-            crate::meta::set_container_snapshot(tx, name, snap.id)?;
-            row.snapshot = Some(snap.id);
-            Ok(row)
-        });
+        let done = self
+            .store
+            .meta_mut()
+            .write(|tx| -> Result<_> {
+                let (mut row, chain) =
+                    crate::meta::insert_container_rows(tx, name, image, read_only, volatile)?;
+                let parent = Self::ensure_chain(tx, &chain)?;
+                let snap = create_in(tx, &snaps, &key, parent.as_deref(), kind, &BTreeMap::new())?;
+                made.set(Some(snap.id));
+                crate::meta::set_container_snapshot(tx, name, snap.id)?;
+                row.snapshot = Some(snap.id);
+                Ok(row)
+            })
+            .map_err(rows_err);
         if let (Err(_), Some(id)) = (&done, made.get()) {
             // The directory was made for a row that was never committed.
             let _ = self.store.trash(&dir(self.store, id));
@@ -394,13 +415,17 @@ impl<'s> Snapshots<'s> {
     /// Remove container `name`'s rows and its snapshot (row, then directory in one rename to
     /// staging), in one transaction. Returns whether it existed.
     pub fn remove_container(&mut self, name: &str) -> Result<bool> {
-        let (removed, snap) = self.store.meta_mut().write(|tx| -> Result<_> {
-            let (removed, snap) = crate::meta::delete_container_rows(tx, name)?;
-            if let Some(id) = snap {
-                rows::delete(tx, id)?;
-            }
-            Ok((removed, snap))
-        })?;
+        let (removed, snap) = self
+            .store
+            .meta_mut()
+            .write(|tx| -> Result<_> {
+                let (removed, snap) = crate::meta::delete_container_rows(tx, name)?;
+                if let Some(id) = snap {
+                    rows::delete(tx, id)?;
+                }
+                Ok((removed, snap))
+            })
+            .map_err(rows_err)?;
         if let Some(id) = snap {
             drop(self.store.trash(&dir(self.store, id))?);
         }
@@ -411,28 +436,32 @@ impl<'s> Snapshots<'s> {
     /// nothing stands on: a container, a longer chain, a containerd snapshot), in one
     /// transaction, then their directories. Returns their ids.
     pub fn prune_image_chains(&mut self) -> Result<Vec<i64>> {
-        let removed = self.store.meta_mut().write(|tx| -> Result<_> {
-            let keep: std::collections::HashSet<String> = crate::meta::image_chains(tx)?
-                .iter()
-                .flat_map(|c| chain_ids(c))
-                .map(|c| c.to_string())
-                .collect();
-            let mut removed = Vec::new();
-            loop {
-                let doomed: Vec<i64> = rows::chain_leaves(tx)?
-                    .into_iter()
-                    .filter(|(_, k)| !keep.contains(k))
-                    .map(|(id, _)| id)
+        let removed = self
+            .store
+            .meta_mut()
+            .write(|tx| -> Result<_> {
+                let keep: std::collections::HashSet<String> = crate::meta::image_chains(tx)?
+                    .iter()
+                    .flat_map(|c| chain_ids(c))
+                    .map(|c| c.to_string())
                     .collect();
-                if doomed.is_empty() {
-                    return Ok(removed);
+                let mut removed = Vec::new();
+                loop {
+                    let doomed: Vec<i64> = rows::chain_leaves(tx)?
+                        .into_iter()
+                        .filter(|(_, k)| !keep.contains(k))
+                        .map(|(id, _)| id)
+                        .collect();
+                    if doomed.is_empty() {
+                        return Ok(removed);
+                    }
+                    for id in doomed {
+                        rows::delete(tx, id)?;
+                        removed.push(id);
+                    }
                 }
-                for id in doomed {
-                    rows::delete(tx, id)?;
-                    removed.push(id);
-                }
-            }
-        })?;
+            })
+            .map_err(rows_err)?;
         for id in &removed {
             drop(self.store.trash(&dir(self.store, *id))?);
         }
