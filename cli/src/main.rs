@@ -1611,7 +1611,7 @@ mod tests {
     /// The CLI prints through `outln!`: `println!` panics when stdout is a closed pipe.
     #[test]
     fn no_println() {
-        for file in ["src/main.rs", "src/cli/mod.rs", "src/cli/progress.rs"] {
+        for file in ["src/main.rs", "src/cli/mod.rs", "src/cli/progress.rs", "src/cli/table.rs"] {
             let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
                 .expect("read source");
             let found = text
@@ -1619,6 +1619,24 @@ mod tests {
                 .filter(|l| l.contains(concat!("print", "ln!(")) && !l.contains("eprint"))
                 .count();
             assert_eq!(found, 0, "{file}: use outln! instead");
+        }
+    }
+
+    /// The library has no CLI crates: the binary parses and prints, the library does the work
+    /// (strata-snapshotter links it without them).
+    #[test]
+    fn library_has_no_cli_dependencies() {
+        let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .expect("Cargo.toml");
+        let deps = manifest
+            .split("\n[")
+            .find(|s| s.starts_with("dependencies]"))
+            .expect("the strata package's [dependencies]");
+        for name in ["clap", "indicatif", "anyhow", "tracing-subscriber", "rpassword"] {
+            assert!(
+                !deps.lines().any(|l| l.starts_with(&format!("{name}."))),
+                "the library depends on {name}"
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! The front door: what a docker or podman user types first works as it does there. Image names
 //! as docker resolves them, a closed pipe, `load` from a terminal, `run IMAGE CMD ARGS...`.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 
