@@ -18,6 +18,7 @@ mod hostile_import;
 mod import;
 mod integrity;
 mod lifecycle;
+mod lifecycle_signals;
 mod long_paths;
 mod podman;
 mod races;
