@@ -691,6 +691,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .init();
+    // As docker and podman: a command that runs a container process exits with that process's
+    // status, so strata's own failure there is 125, out of the way of the command's codes.
+    let own_failure = match &cli.cmd {
+        Cmd::Run { .. } | Cmd::Exec { .. } => 125,
+        Cmd::Start { attach: true, .. } => 125,
+        _ => 1,
+    };
     match run(cli) {
         Ok(code) => code,
         // The reader went away (`strata image ls | head -1`): end quietly, as a Unix tool that
@@ -699,7 +706,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Messages may quote input (names from archives, parser errors): never raw bytes.
             eprintln!("strata: error: {}", strata::image::printable(&format!("{e:#}"), 4096));
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(exit_code(&e).unwrap_or(own_failure))
         }
     }
 }
@@ -736,12 +743,9 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
 }
 
 /// 127 for a command not found in the container, 126 for one that cannot be executed (as
-/// podman and shells), 1 for every other error.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<strata::bundle::BundleError>())
-        .and_then(|b| b.exit_code())
-        .unwrap_or(1)
+/// podman and shells); `None` for strata's own failures.
+fn exit_code(e: &anyhow::Error) -> Option<u8> {
+    e.chain().find_map(|c| c.downcast_ref::<strata::bundle::BundleError>()).and_then(|b| b.exit_code())
 }
 
 /// Every command works on the state root, which needs root: layers hold whiteouts (0:0 device
