@@ -5,7 +5,7 @@
 # rootfs image. Prints the median of each and the ratio B/A.
 #
 # Usage: sudo scripts/bench-ab.sh A_BIN B_BIN [BENCHDIR] [ROUNDS]   (default /var/tmp/strata-bench, 5)
-#   e.g. git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release -p strata)
+#   e.g. git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build --release -p strata-cli)
 #        scripts/bench-ab.sh /tmp/before/target/release/strata target/release/strata
 # BENCH_WORK=/dev/shm/x puts the stores on tmpfs.
 set -euo pipefail

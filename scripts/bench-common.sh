@@ -14,7 +14,7 @@ shift 2
 BENCH=${1:-/var/tmp/strata-bench}
 RUNS=${2:-$BENCH_RUNS}
 scripts/setup.sh
-cargo build --release -p strata --quiet
+cargo build --release -p strata-cli --quiet
 S=$PWD/target/release/strata
 scripts/make-rootfs.sh "$BENCH" >/dev/null
 W=${BENCH_WORK:-$BENCH/$BENCH_NAME-work}

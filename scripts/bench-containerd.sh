@@ -14,7 +14,7 @@ find_cargo
 BENCH=${1:-/var/tmp/strata-bench}
 RUNS=${2:-5}
 scripts/setup.sh
-cargo build --release -p strata -p strata-snapshotter --quiet
+cargo build --release -p strata-cli -p strata-snapshotter --quiet
 SNAP=$PWD/target/release/strata-snapshotter
 scripts/make-rootfs.sh "$BENCH" >/dev/null
 W=$(mktemp -d /tmp/strata-bc.XXXXXX)   # short: unix socket paths are limited to 108 bytes

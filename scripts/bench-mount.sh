@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" bench-mount
 find_cargo
 N=${1:-50}
 scripts/setup.sh
-cargo build --release -p strata --quiet
+cargo build --release -p strata-cli --quiet
 S=$PWD/target/release/strata
 W=$(mktemp -d /var/tmp/strata-bench-mount.XXXXXX)
 trap 'umount -R "$W/manual" 2>/dev/null || true; rm -rf "$W"' EXIT

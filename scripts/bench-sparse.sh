@@ -15,7 +15,7 @@ BENCH=${1:-/var/tmp/strata-bench}
 RUNS=${2:-5}
 UMOCI_RUNS=${UMOCI_RUNS:-1}
 scripts/setup.sh
-cargo build --release -p strata --quiet
+cargo build --release -p strata-cli --quiet
 S=$PWD/target/release/strata
 W=${BENCH_WORK:-$BENCH/sparse-work}
 SRC=$BENCH/sparse-src

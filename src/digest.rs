@@ -46,6 +46,12 @@ impl Sha256Digest {
         Sha256Digest { hex: hex::encode(bytes) }
     }
 
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Sha256Digest::from_bytes(&sha2::Sha256::digest(data))
+    }
+
     /// The 64 hex characters: safe as a single path component.
     pub fn hex(&self) -> &str {
         &self.hex

@@ -48,6 +48,22 @@ fn chmod_dirs_writable(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `N` random bytes from the kernel (getrandom); the clock's nanoseconds in the unlikely case it
+/// fails, for names that must only differ, never for secrets.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(n) if n == N => b,
+        _ => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = t.as_nanos().to_le_bytes()[i % 16];
+            }
+            b
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,14 +76,7 @@ pub fn log_path(store: &Store, name: &str) -> std::path::PathBuf {
 
 /// A fresh container name.
 pub fn generated_name() -> String {
-    let mut b = [0u8; 6];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        b.copy_from_slice(&t.as_nanos().to_le_bytes()[..6]);
-    }
-    format!("run-{}", hex::encode(b))
+    format!("run-{}", hex::encode(crate::fsutil::random_bytes::<6>()))
 }
 
 /// Run `opts.image` in a new container; returns the container process's exit code (128+signal

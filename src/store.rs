@@ -369,14 +369,7 @@ fn check_root_path(root: &Path) -> Result<()> {
 }
 
 fn random_token() -> String {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        buf = (t.as_nanos() as u64).to_le_bytes();
-    }
-    format!("{}-{}", std::process::id(), hex::encode(buf))
+    format!("{}-{}", std::process::id(), hex::encode(crate::fsutil::random_bytes::<8>()))
 }
 
 impl Store {

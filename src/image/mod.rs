@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::{DigestError, Sha256Digest};
 pub use reference::SourceRef;
@@ -204,10 +203,6 @@ pub struct Resolved {
     pub config: Vec<u8>,
     pub config_digest: Sha256Digest,
     pub layers: Vec<LayerRef>,
-}
-
-fn sha256(data: &[u8]) -> Sha256Digest {
-    Sha256Digest::from_bytes(&Sha256::digest(data))
 }
 
 /// Split `PATH[:TAG]`: the whole string when it exists as a path, else at the last colon.
@@ -458,7 +453,7 @@ fn read_verified(
     if data.len() as u64 != desc.size() {
         return Err(ImageError::SizeMismatch { what, expected: desc.size(), actual: data.len() as u64 });
     }
-    let actual = sha256(&data);
+    let actual = Sha256Digest::of(&data);
     if actual != d {
         return Err(ImageError::DigestMismatch { what, expected: d.to_string(), actual: actual.to_string() });
     }
@@ -733,7 +728,7 @@ fn resolve_docker(files: Files, tag: Option<String>) -> Result<Resolved, ImageEr
         },
     };
     let config = files.read(&entry.config, METADATA_LIMIT)?;
-    let config_digest = sha256(&config);
+    let config_digest = Sha256Digest::of(&config);
     let cwhat = format!("{}: {}", files.describe(), entry.config);
     if let Some(named) = hex_in_name(&entry.config) {
         if named != config_digest {

@@ -10,7 +10,6 @@ use std::io::Read;
 use std::sync::Arc;
 
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::Sha256Digest;
 use crate::image::{self, Format, ImageError, ImageSource, LayerRef, Platform, Resolved};
@@ -97,10 +96,6 @@ impl ImageSource for RegistrySource {
     }
 }
 
-fn sha256(data: &[u8]) -> Sha256Digest {
-    Sha256Digest::from_bytes(&Sha256::digest(data))
-}
-
 /// The media type of a fetched manifest: the body's own `mediaType`, else Content-Type.
 fn media_type_of(body: &[u8], content_type: Option<&str>) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
@@ -130,7 +125,7 @@ fn fetch_manifest(
         what,
         image::METADATA_LIMIT,
     )?;
-    let d = sha256(&body);
+    let d = Sha256Digest::of(&body);
     let expected = want.map(|w| w.to_string()).or(dcd.filter(|h| h.starts_with("sha256:")));
     if let Some(e) = expected {
         if e != d.to_string() {
@@ -206,7 +201,7 @@ pub fn resolve(r: &Normalized, opts: &PullOptions) -> Result<Resolved, RegistryE
         });
     }
     let (config, _, _) = client.get_small(&format!("blobs/{cd}"), None, &cwhat, image::METADATA_LIMIT)?;
-    let actual = sha256(&config);
+    let actual = Sha256Digest::of(&config);
     if actual != cd {
         return Err(RegistryError::DigestMismatch {
             what: cwhat,

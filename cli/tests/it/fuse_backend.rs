@@ -1,7 +1,7 @@
 //! The FUSE backend through strata: the same views as the kernel backend, containers moved between
 //! backends, runc on a strata-fuse rootfs, and commits of what strata-fuse wrote.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

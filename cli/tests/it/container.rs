@@ -1,6 +1,6 @@
 //! Containers on kernel OverlayFS: merged views, deep stacks, runc, lifecycle and concurrency.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Commit and export round trips: a container changed by a real `strata run`, committed, exported,
 //! and read back by umoci and skopeo; determinism; re-import into a fresh root.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! names, start, kill, restart, wait, pause/unpause, ps -a, system prune, and the short aliases.
 //! Each test ends with nothing mounted under its root and nothing in runc's state.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! `container rm --force` and `gc` leave no runc state or cgroup (item 3); two state roots never
 //! share a cgroup or a runc id (item 4).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Write};

@@ -3,9 +3,8 @@
 //! directly. Files are compared by their data extents (SEEK_DATA/SEEK_HOLE) and the bytes in them:
 //! reading a 10 GiB file through would take longer than the whole test should.
 
-mod common;
-#[path = "common/tarw.rs"]
-mod tarw;
+use crate::common;
+use crate::common::tarw;
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};

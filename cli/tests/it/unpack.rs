@@ -1,8 +1,7 @@
 //! Feature tests of the layer unpacker: tars built in memory, unpacked into a tempdir, checked
 //! entry by entry.
 
-#[path = "common/tarw.rs"]
-mod common;
+use crate::common::tarw as common;
 
 use std::collections::BTreeMap;
 use std::fs;

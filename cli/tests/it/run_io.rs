@@ -1,6 +1,6 @@
 //! `strata run` as podman users drive it: `-v` bind mounts, `-i` and `-t`, `logs -f`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

@@ -3,8 +3,7 @@
 //! xattrs, mtimes, new entries) and that the outcome is the designed one: a specific error naming
 //! the entry, or an entry confined to `root`.
 
-#[path = "common/tarw.rs"]
-mod common;
+use crate::common::tarw as common;
 
 use std::fs;
 use std::io::Read;

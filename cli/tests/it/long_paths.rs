@@ -3,11 +3,9 @@
 //! the change. Absolute paths to such files are longer than the kernel takes (`PATH_MAX`), so the
 //! test reaches them through directory descriptors, as strata must.
 
-mod common;
-#[path = "common/layout.rs"]
-mod layout;
-#[path = "common/tarw.rs"]
-mod tarw;
+use crate::common;
+use crate::common::layout;
+use crate::common::tarw;
 
 use std::fs;
 use std::io::{Read, Write};

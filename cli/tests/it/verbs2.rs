@@ -1,6 +1,6 @@
 //! The docker/podman verbs, second part: container export, image import-rootfs, save/load.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -2,11 +2,9 @@
 //! layer holds only their data (GNU sparse 1.0 PAX entries), which GNU tar and umoci read back to
 //! the same contents (GNU tar with the holes restored).
 
-mod common;
-#[path = "common/layout.rs"]
-mod layout;
-#[path = "common/tarw.rs"]
-mod tarw;
+use crate::common;
+use crate::common::layout;
+use crate::common::tarw;
 
 use std::fs;
 use std::io::Read;

@@ -1,7 +1,7 @@
 //! The docker/podman verbs: image ls -q / --json, image rm of several names, image history,
 //! container inspect, ps.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

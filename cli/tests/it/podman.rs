@@ -1,7 +1,7 @@
 //! podman with strata-fuse as its overlay `mount_program` (the fuse-overlayfs interface): it runs
 //! containers and builds images.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Paths an attacker can plant: mount targets reached through symlinks, inside the state root or
 //! inside another container.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::process::Command;

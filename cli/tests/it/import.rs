@@ -1,11 +1,9 @@
 //! Import: every source format, verified digests, layers unpacked once, trees equal to what
 //! `umoci unpack` produces, and failures that leave nothing behind.
 
-mod common;
-#[path = "common/layout.rs"]
-mod layout;
-#[path = "common/tarw.rs"]
-mod tarw;
+use crate::common;
+use crate::common::layout;
+use crate::common::tarw;
 
 use std::fs;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The front door: what a docker or podman user types first works as it does there. Image names
 //! as docker resolves them, a closed pipe, `load` from a terminal, `run IMAGE CMD ARGS...`.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 
@@ -434,4 +434,31 @@ fn push_reports_progress_per_blob() {
         assert_eq!(done, 4);
         assert_eq!(bytes, sizes.values().sum::<u64>());
     }
+}
+
+/// Exit codes as docker's: `run`, `exec` and `start -a` exit with the container command's
+/// status, so strata's own failure there is 125 (126/127 for a command that cannot run); every
+/// other command fails with 1.
+#[test]
+fn strata_failures_exit_125_where_the_container_status_is_the_answer() {
+    if !privileged("strata_failures_exit_125_where_the_container_status_is_the_answer") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root, "busybox");
+    for args in [
+        &["run", "--rm", "nosuch", "true"][..],
+        &["exec", "nosuch", "true"],
+        &["start", "-a", "nosuch"],
+        &["run", "--rm", "-v", "relative:/x", "busybox", "true"],
+    ] {
+        let out = root.cmd(args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(root.cmd(&["run", "--rm", "busybox", "sh", "-c", "exit 125"]).status.code(), Some(125));
+    assert_eq!(root.cmd(&["run", "--rm", "busybox", "/nonexistent"]).status.code(), Some(127));
+    for args in [&["image", "rm", "nosuch"][..], &["container", "rm", "nosuch"], &["stop", "nosuch"]] {
+        assert_eq!(root.cmd(args).status.code(), Some(1), "{args:?}");
+    }
+    assert!(mounts_under(root.path()).is_empty());
 }

@@ -3,7 +3,7 @@
 //! image; by digest, by platform; over TLS with a CA from a certs.d dir; with Basic auth from an
 //! auth.json; errors a user can act on; nothing fetched twice; an interrupted pull leaves nothing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

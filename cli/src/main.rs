@@ -691,6 +691,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .init();
+    // As docker and podman: a command that runs a container process exits with that process's
+    // status, so strata's own failure there is 125, out of the way of the command's codes.
+    let own_failure = match &cli.cmd {
+        Cmd::Run { .. } | Cmd::Exec { .. } => 125,
+        Cmd::Start { attach: true, .. } => 125,
+        _ => 1,
+    };
     match run(cli) {
         Ok(code) => code,
         // The reader went away (`strata image ls | head -1`): end quietly, as a Unix tool that
@@ -699,7 +706,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Messages may quote input (names from archives, parser errors): never raw bytes.
             eprintln!("strata: error: {}", strata::image::printable(&format!("{e:#}"), 4096));
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(exit_code(&e).unwrap_or(own_failure))
         }
     }
 }
@@ -736,12 +743,9 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
 }
 
 /// 127 for a command not found in the container, 126 for one that cannot be executed (as
-/// podman and shells), 1 for every other error.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<strata::bundle::BundleError>())
-        .and_then(|b| b.exit_code())
-        .unwrap_or(1)
+/// podman and shells); `None` for strata's own failures.
+fn exit_code(e: &anyhow::Error) -> Option<u8> {
+    e.chain().find_map(|c| c.downcast_ref::<strata::bundle::BundleError>()).and_then(|b| b.exit_code())
 }
 
 /// Every command works on the state root, which needs root: layers hold whiteouts (0:0 device
@@ -1601,7 +1605,7 @@ mod tests {
     /// The CLI prints through `outln!`: `println!` panics when stdout is a closed pipe.
     #[test]
     fn no_println() {
-        for file in ["src/main.rs", "src/cli/mod.rs", "src/cli/progress.rs"] {
+        for file in ["src/main.rs", "src/cli/mod.rs", "src/cli/progress.rs", "src/cli/table.rs"] {
             let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
                 .expect("read source");
             let found = text
@@ -1609,6 +1613,24 @@ mod tests {
                 .filter(|l| l.contains(concat!("print", "ln!(")) && !l.contains("eprint"))
                 .count();
             assert_eq!(found, 0, "{file}: use outln! instead");
+        }
+    }
+
+    /// The library has no CLI crates: the binary parses and prints, the library does the work
+    /// (strata-snapshotter links it without them).
+    #[test]
+    fn library_has_no_cli_dependencies() {
+        let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .expect("Cargo.toml");
+        let deps = manifest
+            .split("\n[")
+            .find(|s| s.starts_with("dependencies]"))
+            .expect("the strata package's [dependencies]");
+        for name in ["clap", "indicatif", "anyhow", "tracing-subscriber", "rpassword"] {
+            assert!(
+                !deps.lines().any(|l| l.starts_with(&format!("{name}."))),
+                "the library depends on {name}"
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! Many strata processes at once: every race ends in a consistent store and a message a user
 //! understands. Each race is run many rounds.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! containerd mounts equal to `umoci unpack` entry by entry, and a kill -9 of the daemon that
 //! existing containers survive.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

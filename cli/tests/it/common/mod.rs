@@ -3,7 +3,9 @@
 //! `umoci unpack` for reference trees.
 #![allow(dead_code)]
 
+pub mod layout;
 pub mod registry;
+pub mod tarw;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,9 @@ use strata_test_support::tree::{Options, Tree};
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // This crate is `cli/` in the workspace; fixtures, scripts and target/ are the workspace's.
+    let cli = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    cli.parent().map_or(cli.clone(), Path::to_path_buf)
 }
 
 #[allow(unused_imports)]

@@ -4,7 +4,7 @@
 //! GOPATH mode, offline. Every case must pass; the only skip allowed is the one the suite makes
 //! for every snapshotter, overlayfs included (Rename).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

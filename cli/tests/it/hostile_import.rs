@@ -2,11 +2,9 @@
 //! imported by the strata binary. Nothing outside the store changes, the command fails naming the
 //! layer and the entry, and nothing half-written stays in the store.
 
-mod common;
-#[path = "common/layout.rs"]
-mod layout;
-#[path = "common/tarw.rs"]
-mod tarw;
+use crate::common;
+use crate::common::layout;
+use crate::common::tarw;
 
 use std::fs;
 use std::path::Path;

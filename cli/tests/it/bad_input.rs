@@ -2,7 +2,7 @@
 //! the reason (never raw input bytes), and writes nothing: no state root, no image row, no DEST,
 //! no temp file. And a killed export's temp files are removed by the next export to that place.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

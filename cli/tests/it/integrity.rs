@@ -3,7 +3,7 @@
 //! of a running container is taken paused, removals survive kill -9 at any point, and a full
 //! filesystem does not lock the user out.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

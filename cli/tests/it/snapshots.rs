@@ -4,7 +4,7 @@
 //! with strata-fuse. Each case applies the same operations to a plain directory and to a mounted
 //! snapshot, then compares the two trees entry by entry.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,0 +1,32 @@
+//! strata's integration tests, one binary: each module is a former test binary, `common` what
+//! they share (the strata binary, fixtures, privileged-test gating, a real registry). They run
+//! the built `strata` as a user types it, against the real tools (umoci, skopeo, runc, podman,
+//! containerd, docker-registry). Privileged tests skip only when not root and `CI` is unset.
+
+mod common;
+
+mod bad_input;
+mod commit;
+mod container;
+mod containerd_ctr;
+mod containerd_suite;
+mod front_door;
+mod fuse_backend;
+mod hardening;
+mod hostile;
+mod hostile_import;
+mod import;
+mod integrity;
+mod lifecycle;
+mod lifecycle_signals;
+mod long_paths;
+mod podman;
+mod races;
+mod registry;
+mod run_io;
+mod snapshots;
+mod sparse;
+mod sparse_commit;
+mod unpack;
+mod verbs;
+mod verbs2;
