@@ -61,6 +61,31 @@ pub enum LifecycleError {
     Root(#[from] StoreError),
 }
 
+impl LifecycleError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            LifecycleError::NotRunning { .. }
+            | LifecycleError::NotPaused { .. }
+            | LifecycleError::Paused { .. }
+            | LifecycleError::WontStop { .. } => ErrorKind::FailedPrecondition,
+            LifecycleError::BadSignal { .. } | LifecycleError::Config { .. } => ErrorKind::InvalidArgument,
+            LifecycleError::Container { source, .. } => source.kind(),
+            LifecycleError::Store { source, .. }
+            | LifecycleError::Image { source, .. }
+            | LifecycleError::Root(source) => source.kind(),
+            LifecycleError::Gc(e) => e.kind(),
+            LifecycleError::Measure { source, .. } => source.kind(),
+            LifecycleError::Io { source, .. } => ErrorKind::of_io(source),
+            LifecycleError::Bundle { .. }
+            | LifecycleError::Run(_)
+            | LifecycleError::Monitor { .. }
+            | LifecycleError::NoExitCode { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
 
 fn cerr(name: &str) -> impl Fn(ContainerError) -> LifecycleError + '_ {
