@@ -769,9 +769,8 @@ pub fn delete_stale(state: &Path, id: &str) {
         .status();
 }
 
-/// What runc says of container `id`: its status (`created`, `running`, `paused`, `stopped`), or
-/// `None` when runc does not know it.
-pub fn runc_status(state: &Path, id: &str) -> Option<String> {
+/// `runc state ID` as JSON, or `None` when runc does not know the container.
+fn runc_state(state: &Path, id: &str) -> Option<Value> {
     let out = Command::new(runtime())
         .arg("--root")
         .arg(state)
@@ -783,26 +782,23 @@ pub fn runc_status(state: &Path, id: &str) -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.get("status").and_then(Value::as_str).map(str::to_string)
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// What runc says of container `id`: its status (`created`, `running`, `paused`, `stopped`), or
+/// `None` when runc does not know it.
+pub fn runc_status(state: &Path, id: &str) -> Option<String> {
+    runc_state(state, id)?.get("status").and_then(Value::as_str).map(str::to_string)
 }
 
 /// The host pid of container `id`'s process as runc recorded it, or `None` when runc does not
 /// know the container.
 pub fn runc_pid(state: &Path, id: &str) -> Option<i32> {
-    let out = Command::new(runtime())
-        .arg("--root")
-        .arg(state)
-        .args(["state", id])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
+    runc_state(state, id)?
+        .get("pid")
+        .and_then(Value::as_i64)
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 0)
 }
 
 /// `runc pause`: the cgroup freezer. The kernel may not freeze every task at once (one in an
