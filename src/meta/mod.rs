@@ -817,6 +817,29 @@ pub fn delete_container_rows(tx: &Tx, name: &str) -> Result<(bool, Option<i64>)>
     Ok((removed, snap.flatten()))
 }
 
+/// Delete the rows of committed chain snapshots that no image's chain names and nothing stands
+/// on (leaves first, until none is left); returns their ids, whose directories the snapshot core
+/// removes.
+pub fn delete_unnamed_chain_rows(tx: &Tx) -> Result<Vec<i64>> {
+    let keep: std::collections::HashSet<String> =
+        image_chains(tx)?.iter().flat_map(|c| chain_ids(c)).map(|c| c.to_string()).collect();
+    let mut removed = Vec::new();
+    loop {
+        let doomed: Vec<i64> = snapshots::chain_leaves(tx)?
+            .into_iter()
+            .filter(|(_, k)| !keep.contains(k))
+            .map(|(id, _)| id)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(removed);
+        }
+        for id in doomed {
+            snapshots::delete(tx, id)?;
+            removed.push(id);
+        }
+    }
+}
+
 /// The layer lists (diff_ids, bottom first) of every image: the chains image names keep.
 pub fn image_chains(tx: &Tx) -> Result<Vec<Vec<Sha256Digest>>> {
     let images: Vec<String> = {
@@ -854,25 +877,7 @@ mod tests {
 
     /// The rows the snapshot core's chain pruning removes: leaves of chains no image names.
     fn prune_image_chains(db: &mut Db) -> Result<Vec<i64>> {
-        db.write(|tx| {
-            let keep: std::collections::HashSet<String> =
-                image_chains(tx)?.iter().flat_map(|c| chain_ids(c)).map(|c| c.to_string()).collect();
-            let mut removed = Vec::new();
-            loop {
-                let doomed: Vec<i64> = snapshots::chain_leaves(tx)?
-                    .into_iter()
-                    .filter(|(_, k)| !keep.contains(k))
-                    .map(|(id, _)| id)
-                    .collect();
-                if doomed.is_empty() {
-                    return Ok(removed);
-                }
-                for id in doomed {
-                    snapshots::delete(tx, id)?;
-                    removed.push(id);
-                }
-            }
-        })
+        db.write(delete_unnamed_chain_rows)
     }
 
     /// A state root written before containers were bound to manifests (schema version 0) is

@@ -439,28 +439,7 @@ impl<'s> Snapshots<'s> {
         let removed = self
             .store
             .meta_mut()
-            .write(|tx| -> Result<_> {
-                let keep: std::collections::HashSet<String> = crate::meta::image_chains(tx)?
-                    .iter()
-                    .flat_map(|c| chain_ids(c))
-                    .map(|c| c.to_string())
-                    .collect();
-                let mut removed = Vec::new();
-                loop {
-                    let doomed: Vec<i64> = rows::chain_leaves(tx)?
-                        .into_iter()
-                        .filter(|(_, k)| !keep.contains(k))
-                        .map(|(id, _)| id)
-                        .collect();
-                    if doomed.is_empty() {
-                        return Ok(removed);
-                    }
-                    for id in doomed {
-                        rows::delete(tx, id)?;
-                        removed.push(id);
-                    }
-                }
-            })
+            .write(|tx| Ok::<_, SnapshotError>(crate::meta::delete_unnamed_chain_rows(tx)?))
             .map_err(rows_err)?;
         for id in &removed {
             drop(self.store.trash(&dir(self.store, *id))?);
