@@ -472,7 +472,7 @@ pub fn check_command(spec: &Spec) -> Result<()> {
 /// The runtime's own error, from its JSON log (`--log FILE --log-format json`), when it failed
 /// to start the container's command: runc says `exec: "CMD": executable file not found in
 /// $PATH`, `exec: "CMD": stat CMD: no such file or directory` or `exec: "CMD": permission denied`.
-fn start_failure(log: &str) -> Option<BundleError> {
+pub(crate) fn start_failure(log: &str) -> Option<BundleError> {
     let msg = log
         .lines()
         .rev()
@@ -495,87 +495,6 @@ fn start_failure(log: &str) -> Option<BundleError> {
     } else {
         None
     }
-}
-
-/// How a foreground [`run_bundle`] is attached to this process.
-pub struct Foreground<'a> {
-    /// `-i`: the container reads this process's stdin (otherwise /dev/null).
-    pub stdin: bool,
-    /// `-t`: the spec gives the process a terminal; runc then relays this one's.
-    pub terminal: bool,
-    /// The signals taken meanwhile, forwarded to the container (see [`crate::signals`]).
-    pub trap: &'a mut crate::signals::Trap,
-    /// How long the container has to exit after SIGTERM or SIGHUP before it is killed.
-    pub stop_timeout: std::time::Duration,
-}
-
-/// `runc --root STATE run --bundle BUNDLE ID` with inherited stdio; returns the container
-/// process's exit code (128+signal when killed by a signal). `state` keeps runc's state inside
-/// strata's root, so container IDs of different strata roots never collide. runc's own log goes
-/// to `BUNDLE/runc.log` (JSON), so a command that could not be started is told apart from one
-/// that ran and failed: that is [`BundleError::CommandNotFound`] or
-/// [`BundleError::CommandNotExecutable`]. (runc still prints that error on its stderr, one line.)
-/// The container reads this process's stdin when `fg.stdin` (`-i`), /dev/null otherwise, as
-/// podman.
-///
-/// Signals this process takes meanwhile are forwarded to the container
-/// ([`crate::signals::supervise`]), and runc is waited for whatever comes. Without `-t`, runc
-/// runs in a process group of its own, so that a Ctrl-C on this process's terminal reaches the
-/// container once, through this process, and not a second time through runc's own forwarding.
-/// runc copies stdin to the container itself then, and a process outside the terminal's
-/// foreground group that reads it is stopped (SIGTTIN): so with `-i` on a terminal, this process
-/// reads it and feeds runc through a pipe. With `-t`, runc must stay in the terminal's
-/// foreground group to relay it; the terminal is in raw mode then, and a Ctrl-C is a byte that
-/// the container's own terminal turns into its SIGINT.
-pub fn run_bundle(state: &Path, bundle: &Path, id: &str, fg: Foreground<'_>) -> Result<i32> {
-    use std::io::IsTerminal;
-    use std::os::unix::process::CommandExt;
-    let rt = runtime();
-    let log = bundle.join("runc.log");
-    let _ = fs::remove_file(&log);
-    let relay = fg.stdin && !fg.terminal && std::io::stdin().is_terminal();
-    let stdin = match (fg.stdin, relay) {
-        (false, _) => Stdio::null(),
-        (true, true) => Stdio::piped(),
-        (true, false) => Stdio::inherit(),
-    };
-    let mut cmd = Command::new(&rt);
-    cmd.arg("--root")
-        .arg(state)
-        .arg("--log")
-        .arg(&log)
-        .args(["--log-format", "json"])
-        .arg("run")
-        .arg("--bundle")
-        .arg(bundle)
-        .arg(id)
-        .stdin(stdin)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    if !fg.terminal {
-        cmd.process_group(0);
-    }
-    let mut child = cmd.spawn().map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
-    if let Some(mut pipe) = child.stdin.take() {
-        // Blocked in a read of the terminal when the container ends; it ends with the process.
-        // Without the thread, the pipe closes: the container reads end of file.
-        let copy = std::thread::Builder::new().name("stdin".into()).spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut pipe);
-        });
-        if let Err(e) = copy {
-            tracing::warn!(error = %e, "cannot pass standard input to the container");
-        }
-    }
-    let status = crate::signals::supervise(fg.trap, &mut child, state, id, fg.stop_timeout)
-        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
-    use std::os::unix::process::ExitStatusExt;
-    if status.code() == Some(1) {
-        // runc's own failures exit 1; so may the command. Only the log tells them apart.
-        if let Some(e) = fs::read_to_string(&log).ok().as_deref().and_then(start_failure) {
-            return Err(e);
-        }
-    }
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// What to run in a running container (`runc exec`).
@@ -652,7 +571,7 @@ fn is_dir_in(root: &std::os::fd::OwnedFd, p: &Path) -> bool {
 /// environment) with these overrides. Returns its exit code (128+signal when killed). runc's own
 /// log goes to a temporary JSON file: a command it could not start (runc exits 255 then) is
 /// [`BundleError::CommandNotFound`] or [`BundleError::CommandNotExecutable`], as with
-/// [`run_bundle`], not the runtime's raw message and 255.
+/// [`crate::foreground::run`], not the runtime's raw message and 255.
 pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(BundleError::NoCommand);
@@ -716,7 +635,7 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
 /// `runc --root STATE run --detach --bundle BUNDLE ID`, the container's stdout and stderr going
 /// to the file `log` (appended), stdin /dev/null; returns once the process has started. A
 /// command that could not be started is [`BundleError::CommandNotFound`] or
-/// [`BundleError::CommandNotExecutable`], as with [`run_bundle`].
+/// [`BundleError::CommandNotExecutable`], as with [`crate::foreground::run`].
 pub fn run_detached(state: &Path, bundle: &Path, id: &str, log: &Path) -> Result<()> {
     let rt = runtime();
     let runc_log = bundle.join("runc.log");

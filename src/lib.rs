@@ -37,6 +37,7 @@ pub mod digest;
 pub mod error;
 pub mod export;
 pub mod fdwalk;
+pub mod foreground;
 pub mod fsutil;
 pub mod hashing;
 pub mod image;

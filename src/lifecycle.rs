@@ -247,13 +247,13 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
         bundle::delete_stale(&state, &container::legacy_runc_id(name));
         clear_exit(store, name)?;
         if let Some(trap) = trap.as_mut() {
-            let fg = bundle::Foreground {
+            let fg = crate::foreground::Foreground {
                 stdin: false,
                 terminal: false,
                 trap,
                 stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
             };
-            let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr(name))?;
+            let code = crate::foreground::run(&state, &bundle_dir, &id, fg).map_err(berr(name))?;
             record_exit(store, name, code);
             return Ok(code);
         }

@@ -148,13 +148,13 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
                 .map_err(|e| RunError::Detach { name: name.clone(), source: Box::new(e) })?;
             return Ok(0);
         }
-        let fg = bundle::Foreground {
+        let fg = crate::foreground::Foreground {
             stdin: opts.interactive,
             terminal,
             trap: &mut trap,
             stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
         };
-        let code = bundle::run_bundle(&state, &bundle_dir, &id, fg).map_err(berr)?;
+        let code = crate::foreground::run(&state, &bundle_dir, &id, fg).map_err(berr)?;
         // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
         crate::lifecycle::record_exit(store, &name, code);
         Ok(code)
