@@ -49,6 +49,26 @@ pub enum BundleError {
 }
 
 impl BundleError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            BundleError::CommandNotFound { .. } => ErrorKind::NotFound,
+            BundleError::Config(_)
+            | BundleError::User { .. }
+            | BundleError::Env { .. }
+            | BundleError::Workdir { .. }
+            | BundleError::NoCommand
+            | BundleError::Volume { .. }
+            | BundleError::ExecWorkdir { .. }
+            | BundleError::CommandNotExecutable { .. } => ErrorKind::InvalidArgument,
+            BundleError::Io { source, .. } => ErrorKind::of_io(source),
+            BundleError::Spec(_) | BundleError::Runtime { .. } | BundleError::Verb { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
     /// The exit status `strata run` gives for this error, where one is conventional.
     pub fn exit_code(&self) -> Option<u8> {
         match self {

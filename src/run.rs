@@ -34,6 +34,23 @@ pub enum RunError {
     Detach { name: String, source: Box<crate::lifecycle::LifecycleError> },
 }
 
+impl RunError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            RunError::Running { .. } | RunError::NotRunning { .. } => ErrorKind::FailedPrecondition,
+            RunError::Container { source, .. } => source.kind(),
+            RunError::Bundle { source, .. } => source.kind(),
+            RunError::Store { source, .. } => source.kind(),
+            RunError::DetachRm | RunError::Config { .. } => ErrorKind::InvalidArgument,
+            RunError::NoLog { .. } => ErrorKind::NotFound,
+            RunError::Signals { source, .. } => ErrorKind::of_io(source),
+            RunError::Detach { source, .. } => source.kind(),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {

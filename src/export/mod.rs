@@ -71,6 +71,25 @@ pub enum ExportError {
     Image(#[from] ImageError),
 }
 
+impl ExportError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ExportError::Io { source, .. } => ErrorKind::of_io(source),
+            ExportError::NoImage(_) | ExportError::NoDirectory(_) => ErrorKind::NotFound,
+            ExportError::Exists(_) | ExportError::TagExists { .. } => ErrorKind::AlreadyExists,
+            ExportError::Symlink(_) | ExportError::BadDest { .. } | ExportError::BadLayout { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            ExportError::Format(_) => ErrorKind::InvalidArgument,
+            ExportError::BadImage { .. } | ExportError::DiffIdMismatch { .. } => ErrorKind::Internal,
+            ExportError::Store(e) => e.kind(),
+            ExportError::Image(e) => e.kind(),
+        }
+    }
+}
+
 impl From<AtomicError> for ExportError {
     /// The writer's errors are export's own: an I/O error at a path, or `DEST` already exists.
     fn from(e: AtomicError) -> ExportError {

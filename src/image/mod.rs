@@ -61,6 +61,26 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ImageError::Open { source, .. } => ErrorKind::of_io(source),
+            ImageError::NoSuchTag { .. } | ImageError::NoPlatform { .. } | ImageError::MissingFile { .. } => {
+                ErrorKind::NotFound
+            }
+            ImageError::Ambiguous { .. } => ErrorKind::FailedPrecondition,
+            ImageError::Archive { .. }
+            | ImageError::NotAnImage { .. }
+            | ImageError::Invalid { .. }
+            | ImageError::Digest { .. }
+            | ImageError::DigestMismatch { .. }
+            | ImageError::SizeMismatch { .. }
+            | ImageError::MediaType(_) => ErrorKind::InvalidArgument,
+            ImageError::Remote(_) => ErrorKind::Internal,
+        }
+    }
+
     /// The same error with the file `from` called `to` wherever it names it: an archive read
     /// from standard input is spooled to a file first, and its errors name "standard input".
     pub fn relabel(self, from: &str, to: &str) -> ImageError {

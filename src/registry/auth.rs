@@ -60,6 +60,14 @@ pub enum AuthError {
     },
 }
 
+impl AuthError {
+    /// The class of failure, for a front end's own codes: a credential file or helper that
+    /// cannot be used is the user's to mend.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidArgument
+    }
+}
+
 /// The credential files to read, in order.
 pub fn auth_files() -> Vec<PathBuf> {
     if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|f| !f.is_empty()) {

@@ -53,6 +53,30 @@ pub enum RegistryError {
     Image(#[from] ImageError),
 }
 
+impl RegistryError {
+    /// The class of failure, for a front end's own codes.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            RegistryError::NotFound { .. } | RegistryError::UnknownHost { .. } => ErrorKind::NotFound,
+            RegistryError::Unauthorized { .. } | RegistryError::Denied { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            RegistryError::Invalid { .. }
+            | RegistryError::Config { .. }
+            | RegistryError::DigestMismatch { .. } => ErrorKind::InvalidArgument,
+            RegistryError::Connect { .. }
+            | RegistryError::Tls { .. }
+            | RegistryError::Status { .. }
+            | RegistryError::GaveUp { .. }
+            | RegistryError::Local { .. } => ErrorKind::Internal,
+            RegistryError::Store(e) => e.kind(),
+            RegistryError::Auth(e) => e.kind(),
+            RegistryError::Image(e) => e.kind(),
+        }
+    }
+}
+
 fn not_found_hint(code: &str) -> &'static str {
     match code {
         "NAME_UNKNOWN" => " (no such repository on this registry)",
