@@ -236,6 +236,11 @@ fn exit_path(store: &Store, name: &str) -> PathBuf {
     dir(store, name).join("exit")
 }
 
+/// Where a detached container's stdout and stderr go.
+pub fn log_path(store: &Store, name: &str) -> PathBuf {
+    dir(store, name).join("container.log")
+}
+
 /// Record how a container's process ended (its exit code, 128+signal when killed). Best effort:
 /// a container removed meanwhile has no directory to record it in.
 pub fn record_exit(store: &Store, name: &str, code: i32) {

@@ -47,6 +47,7 @@ pub mod import;
 mod layering;
 pub mod lifecycle;
 pub(crate) mod meta;
+pub mod monitor;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;

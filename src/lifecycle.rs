@@ -9,7 +9,6 @@
 //! is kept in `containers/<name>/exit`; the monitor then deletes runc's state and unmounts the
 //! container, so a container that ended on its own leaves nothing running or mounted.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,8 +42,8 @@ pub enum LifecycleError {
     Store { name: String, source: StoreError },
     #[error("container {name}: image config: {reason}")]
     Config { name: String, reason: String },
-    #[error("container {name}: its monitor ({exe}): {reason}")]
-    Monitor { name: String, exe: PathBuf, reason: String },
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::MonitorError),
     #[error("container {name:?} stopped, but its exit code was not recorded")]
     NoExitCode { name: String },
     #[error("container {name:?} did not stop within {secs} s")]
@@ -78,10 +77,10 @@ impl LifecycleError {
             LifecycleError::Gc(e) => e.kind(),
             LifecycleError::Measure { source, .. } => source.kind(),
             LifecycleError::Io { source, .. } => ErrorKind::of_io(source),
-            LifecycleError::Bundle { .. }
-            | LifecycleError::Run(_)
-            | LifecycleError::Monitor { .. }
-            | LifecycleError::NoExitCode { .. } => ErrorKind::Internal,
+            LifecycleError::Monitor(e) => e.kind(),
+            LifecycleError::Bundle { .. } | LifecycleError::Run(_) | LifecycleError::NoExitCode { .. } => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -167,7 +166,7 @@ pub fn status(store: &Store, name: &str) -> Result<Status> {
 #[derive(Debug, Clone)]
 pub struct StartOptions {
     /// `-a`: in the foreground, its output on ours; `start` returns its exit code. Otherwise
-    /// detached, its output appended to its log ([`run::log_path`]).
+    /// detached, its output appended to its log ([`container::log_path`]).
     pub attach: bool,
     /// Used when the container is not mounted yet.
     pub backend: Backend,
@@ -257,7 +256,7 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
             record_exit(store, name, code);
             return Ok(code);
         }
-        spawn_monitor(store, name, opts.monitor.as_deref())?;
+        crate::monitor::spawn(store, name, opts.monitor.as_deref())?;
         Ok(0)
     })();
     drop(guard);
@@ -267,168 +266,6 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
         }
     }
     result
-}
-
-/// Start `strata container monitor NAME` (see [`monitor`]; it makes its own session), its stdio
-/// away from ours, and wait for its first line: the container started, or why not.
-pub(crate) fn spawn_monitor(store: &Store, name: &str, exe: Option<&Path>) -> Result<()> {
-    let exe = match exe {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .map_err(|e| LifecycleError::Io { path: "/proc/self/exe".into(), source: e })?,
-    };
-    let failed =
-        |reason: String| LifecycleError::Monitor { name: name.to_string(), exe: exe.clone(), reason };
-    // From /, so that it keeps no directory of the caller's busy; hence an absolute root.
-    let root = std::path::absolute(store.root())
-        .map_err(|e| LifecycleError::Io { path: store.root().to_path_buf(), source: e })?;
-    let mut child = Command::new(&exe)
-        .current_dir("/")
-        .arg("--root")
-        .arg(&root)
-        .args(["container", "monitor", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| failed(e.to_string()))?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let report: serde_json::Value = match serde_json::from_str(line.trim()) {
-        Ok(v) => v,
-        Err(_) => {
-            let st = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            return Err(failed(format!("ended ({st}) before the container started")));
-        }
-    };
-    // The monitor lives on; it is reaped by whoever inherits it.
-    drop(child);
-    if report.get("started").and_then(|v| v.as_bool()) == Some(true) {
-        return Ok(());
-    }
-    Err(match decode_failure(&report) {
-        Some(e) => berr(name)(e),
-        None => failed(report.get("error").and_then(|v| v.as_str()).unwrap_or("unknown failure").to_string()),
-    })
-}
-
-/// What a monitor reports when the runtime could not start the container.
-fn encode_failure(e: &BundleError) -> serde_json::Value {
-    match e {
-        BundleError::CommandNotFound { cmd, in_path } => {
-            serde_json::json!({"error": e.to_string(), "not_found": cmd, "in_path": in_path})
-        }
-        BundleError::CommandNotExecutable { cmd, reason } => {
-            serde_json::json!({"error": e.to_string(), "not_executable": cmd, "reason": reason})
-        }
-        e => serde_json::json!({"error": crate::error::report(e)}),
-    }
-}
-
-fn decode_failure(v: &serde_json::Value) -> Option<BundleError> {
-    if let Some(cmd) = v.get("not_found").and_then(|c| c.as_str()) {
-        let in_path = v.get("in_path").and_then(|b| b.as_bool()).unwrap_or(false);
-        return Some(BundleError::CommandNotFound { cmd: cmd.to_string(), in_path });
-    }
-    let cmd = v.get("not_executable").and_then(|c| c.as_str())?;
-    let reason = v.get("reason").and_then(|r| r.as_str()).unwrap_or("").to_string();
-    Some(BundleError::CommandNotExecutable { cmd: cmd.to_string(), reason })
-}
-
-/// The monitor of a detached container (`strata container monitor NAME`, started by [`start`]):
-/// as a child subreaper it runs `runc run --detach` on the bundle `start` wrote, writes one JSON
-/// line to `report` (`{"started":true}` or why not), then reaps the container's process when it
-/// ends, records its exit code and, unless something started it again meanwhile, deletes runc's
-/// state and unmounts the container.
-pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
-    // A session of its own: the terminal's Ctrl-C and hangup are not for it.
-    if let Err(e) = rustix::process::setsid() {
-        tracing::debug!(error = %e, "setsid");
-    }
-    // The store is opened only to start and to clean up, not held while the container runs.
-    let store =
-        Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
-    // The id `start` deleted any stale state of (never an older strata's legacy id).
-    let state = container::runc_state_dir(&store);
-    let id = container::runc_id(&store, name);
-    let bundle_dir = container::dir(&store, name).join("bundle");
-    let log = run::log_path(&store, name);
-    drop(store);
-    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-        let _ = writeln!(report, "{}", serde_json::json!({"error": format!("PR_SET_CHILD_SUBREAPER: {e}")}));
-        return Err(LifecycleError::Io { path: "prctl".into(), source: e.into() });
-    }
-    if let Err(e) = bundle::run_detached(&state, &bundle_dir, &id, &log) {
-        let _ = writeln!(report, "{}", encode_failure(&e));
-        return Err(berr(name)(e));
-    }
-    let pid = bundle::runc_pid(&state, &id);
-    let _ = writeln!(report, "{}", serde_json::json!({"started": true}));
-    let _ = report.flush();
-    // No pid when it already ended (runc says pid 0 then): the child we adopt is that process.
-    let (pid, code) = match reap(pid) {
-        Some((p, code)) => (Some(p), Some(code)),
-        None => (pid, None),
-    };
-    let store =
-        Store::open(root).map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
-    // The `run -d` or `start` that started it lets go of its run lock just after our report;
-    // until then the container counts as running and is not unmounted.
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let g = container::lock(&store, name).map_err(cerr(name))?;
-        // Started again meanwhile (restart): that run is not ours to clean up.
-        let current = bundle::runc_pid(&state, &id);
-        if current.is_some() && current != pid {
-            return Ok(());
-        }
-        let free = container::running(&store, name).map_err(cerr(name))?.is_none();
-        if free || Instant::now() > until {
-            // Unmounted first, then the code: whoever sees the code sees it unmounted; runc's
-            // state last (not --force: a container runc still runs is not deleted).
-            if free {
-                if let Ok(Some(at)) = container::mounted_at(&store, name) {
-                    if let Err(e) = kernel_overlay::unmount(&at, kernel_overlay::UnmountMode::Normal) {
-                        tracing::warn!(container = name, error = %e, "not unmounted after it exited");
-                    }
-                }
-            }
-            if let Some(code) = code {
-                record_exit(&store, name, code);
-            }
-            let _ = bundle::runc_verb(&state, "delete", &id, &[]);
-            return Ok(());
-        }
-        drop(g);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Reap children until `pid` (or, when `None`, the first adopted child) ends; its pid and exit
-/// code (128+signal when killed). runc itself was reaped already, so any child of ours is the
-/// container's process, adopted as its subreaper.
-fn reap(pid: Option<i32>) -> Option<(i32, i32)> {
-    loop {
-        let mut st = 0;
-        // SAFETY: waitpid writes the status into `st`.
-        let r = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return None;
-        }
-        if pid.is_none_or(|p| p == r) {
-            if libc::WIFEXITED(st) {
-                return Some((r, libc::WEXITSTATUS(st)));
-            }
-            if libc::WIFSIGNALED(st) {
-                return Some((r, 128 + libc::WTERMSIG(st)));
-            }
-        }
-    }
 }
 
 /// Signal numbers by name, as `kill -l` lists them (without `SIG`).
@@ -840,16 +677,6 @@ mod tests {
         assert_eq!(s(State::Exited, None), "exited");
         assert_eq!(s(State::Created, None), "created");
         assert_eq!(s(State::Paused, None), "paused");
-    }
-
-    #[test]
-    fn monitor_failures_round_trip() {
-        let e = BundleError::CommandNotFound { cmd: "x\ty".into(), in_path: true };
-        let back = decode_failure(&encode_failure(&e)).unwrap();
-        assert!(matches!(back, BundleError::CommandNotFound { ref cmd, in_path: true } if cmd == "x\ty"));
-        let e = BundleError::CommandNotExecutable { cmd: "/e".into(), reason: "mode 0644".into() };
-        assert_eq!(decode_failure(&encode_failure(&e)).unwrap().exit_code(), Some(126));
-        assert!(decode_failure(&encode_failure(&BundleError::NoCommand)).is_none());
     }
 
     #[test]

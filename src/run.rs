@@ -31,7 +31,7 @@ pub enum RunError {
     #[error("container {name}: catching signals")]
     Signals { name: String, source: std::io::Error },
     #[error("container {name}: starting it detached")]
-    Detach { name: String, source: Box<crate::lifecycle::LifecycleError> },
+    Detach { name: String, source: Box<crate::monitor::MonitorError> },
 }
 
 impl RunError {
@@ -86,10 +86,7 @@ pub struct RunOptions {
     pub monitor: Option<std::path::PathBuf>,
 }
 
-/// Where a detached container's stdout and stderr go.
-pub fn log_path(store: &Store, name: &str) -> std::path::PathBuf {
-    container::dir(store, name).join("container.log")
-}
+pub use crate::container::log_path;
 
 /// A fresh container name.
 pub fn generated_name() -> String {
@@ -161,7 +158,7 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         started = true;
         if opts.detach {
             // Through a monitor, which records its exit code and cleans up when it ends.
-            crate::lifecycle::spawn_monitor(store, &name, opts.monitor.as_deref())
+            crate::monitor::spawn(store, &name, opts.monitor.as_deref())
                 .map_err(|e| RunError::Detach { name: name.clone(), source: Box::new(e) })?;
             return Ok(0);
         }
@@ -173,7 +170,7 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         };
         let code = crate::foreground::run(&state, &bundle_dir, &id, fg).map_err(berr)?;
         // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
-        crate::lifecycle::record_exit(store, &name, code);
+        container::record_exit(store, &name, code);
         Ok(code)
     })();
     if opts.detach && started && result.is_ok() {

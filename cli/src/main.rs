@@ -1320,7 +1320,7 @@ fn container_cmd(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         ContainerCmd::Rm { names, force } => return rm_containers(root, &names, force),
         ContainerCmd::Monitor { name } => {
             let mut out = std::io::stdout().lock();
-            strata::lifecycle::monitor(root, &name, &mut out)
+            strata::monitor::monitor(root, &name, &mut out)
                 .with_context(|| format!("monitoring container {name}"))?;
         }
         ContainerCmd::Mount { name, target, backend } => {
