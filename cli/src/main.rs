@@ -308,20 +308,8 @@ As in docker, a container's PID 1 ignores signals it has no handler for (KILL ex
     /// List images (short for `image ls`).
     #[command(after_help = "Examples:\n  strata images\n  strata images -q")]
     Images {
-        #[arg(long, conflicts_with = "format")]
-        json: bool,
-        /// Only the image IDs, once each.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Also show the manifest digest.
-        #[arg(long)]
-        digests: bool,
-        /// Full IDs and digests.
-        #[arg(long)]
-        no_trunc: bool,
-        /// A Go-template-like line per image (as `image ls --format`).
-        #[arg(long)]
-        format: Option<String>,
+        #[command(flatten)]
+        list: ImageListArgs,
     },
     /// A container or an image as JSON: NAME is looked up as a container first, then as an
     /// image, as `docker inspect` does (`container inspect` / `image inspect` say which).
@@ -502,20 +490,8 @@ strata image ls --json\n  strata image ls --format '{{.Repository}}:{{.Tag}} {{.
 a leading `table` prints a header."
     )]
     Ls {
-        #[arg(long, conflicts_with = "format")]
-        json: bool,
-        /// Only the image IDs, once each.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Also show the manifest digest.
-        #[arg(long)]
-        digests: bool,
-        /// Full IDs and digests.
-        #[arg(long)]
-        no_trunc: bool,
-        /// A Go-template-like line per image (see below).
-        #[arg(long)]
-        format: Option<String>,
+        #[command(flatten)]
+        list: ImageListArgs,
     },
     /// Remove the blobs and layer directories no image or container references (what `gc`
     /// does; nothing is asked: only unreachable data goes).
@@ -601,6 +577,25 @@ struct ProcessArgs {
     /// Allocate a terminal for the process.
     #[arg(short, long)]
     tty: bool,
+}
+
+/// How `image ls` (and its short form `images`) prints.
+#[derive(clap::Args)]
+struct ImageListArgs {
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// Only the image IDs, once each.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Also show the manifest digest.
+    #[arg(long)]
+    digests: bool,
+    /// Full IDs and digests.
+    #[arg(long)]
+    no_trunc: bool,
+    /// A Go-template-like line per image (the fields are listed in `image ls --help`).
+    #[arg(long)]
+    format: Option<String>,
 }
 
 /// How `ps` and `container ls` print.
@@ -864,9 +859,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Cmd::Images { json, quiet, digests, no_trunc, format } => {
-            image_cmd(&cli.root, ImageCmd::Ls { json, quiet, digests, no_trunc, format })
-        }
+        Cmd::Images { list } => image_cmd(&cli.root, ImageCmd::Ls { list }),
         Cmd::Inspect { name } => {
             // As docker: a container by that name first, then an image.
             let store = open_store(&cli.root)?;
@@ -943,7 +936,7 @@ fn image_cmd(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let imported = imported.with_context(|| format!("importing {source}"))?;
             outln!("{}", imported.manifest_digest)?;
         }
-        ImageCmd::Ls { json, quiet, digests, no_trunc, format } => {
+        ImageCmd::Ls { list: ImageListArgs { json, quiet, digests, no_trunc, format } } => {
             let store = open_store(root)?;
             let images = strata::images::list(&store)?;
             let short = |d: &strata::digest::Sha256Digest| {
