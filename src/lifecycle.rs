@@ -328,7 +328,25 @@ pub fn kill(store: &Store, name: &str, signal: i32) -> Result<()> {
         return Err(LifecycleError::NotRunning { name: name.to_string() });
     }
     let (state, id) = container::runc_ids(store, name);
-    bundle::runc_verb(&state, "kill", &id, &[&signal.to_string()]).map_err(berr(name))
+    // A foreground `run` counts as running from when it holds its run lock, a moment before
+    // runc has created the container: until then runc knows no such container, and the kill is
+    // tried again (bounded), as the run's own signal forwarding does.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match bundle::runc_verb(&state, "kill", &id, &[&signal.to_string()]) {
+            Ok(()) => return Ok(()),
+            Err(e) if bundle::runc_status(&state, &id).is_none() => {
+                if !matches!(status(store, name)?.state, State::Running | State::Paused) {
+                    return Err(LifecycleError::NotRunning { name: name.to_string() });
+                }
+                if Instant::now() >= until {
+                    return Err(berr(name)(e));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(berr(name)(e)),
+        }
+    }
 }
 
 /// Freeze a running container's processes (`runc pause`, the cgroup freezer).
