@@ -87,3 +87,33 @@ if [ ! -x target/tools/bin/pjdfstest ]; then
     say "building pjdfstest 0.2.2 into target/tools (about a minute)"
     quiet "cargo install pjdfstest" cargo install --locked pjdfstest --version 0.2.2 --root "$REPO/target/tools"
 fi
+
+# containerd: strata as a proxy snapshotter plugin. The snippet goes to its own file beside the
+# user's config.toml, which is never edited: a config that already imports conf.d/*.toml picks it
+# up; otherwise setup says the one line to add. Without any config.toml, a minimal one importing
+# conf.d is written. The daemon itself is not started here (see docs/containerd.md).
+install_containerd_snippet() {
+    local dir=/etc/containerd snippet=/etc/containerd/conf.d/strata.toml
+    local mark="# Installed by strata's scripts/setup.sh (docs/containerd.md); setup writes it only when absent."
+    local want
+    want=$(printf '%s\n' "$mark" 'version = 2' '' '[proxy_plugins.strata]' '  type = "snapshot"' \
+        '  address = "/run/strata/snapshotter.sock"')
+    if [ "$(id -u)" != 0 ]; then
+        say "not root: $snippet not installed (containerd's proxy plugin entry for strata)"
+        return 0
+    fi
+    mkdir -p "$dir/conf.d"
+    if [ ! -e "$snippet" ]; then   # once: later edits are the user's
+        say "installing $snippet (containerd: [proxy_plugins.strata])"
+        printf '%s\n' "$want" >"$snippet.tmp" && mv "$snippet.tmp" "$snippet"
+    fi
+    if [ ! -e "$dir/config.toml" ]; then
+        say "installing $dir/config.toml (version 2, imports conf.d/*.toml)"
+        printf '%s\n' "# Written by strata's scripts/setup.sh: there was no containerd config." 'version = 2' \
+            "imports = [\"$dir/conf.d/*.toml\"]" >"$dir/config.toml.tmp" && mv "$dir/config.toml.tmp" "$dir/config.toml"
+    elif ! grep -Eq '^[[:space:]]*imports[[:space:]]*=.*(conf\.d/\*\.toml|conf\.d/strata\.toml)' "$dir/config.toml"; then
+        say "note: $dir/config.toml does not import $snippet (left unedited). To use strata from"
+        say "  containerd, add near its top: imports = [\"$dir/conf.d/*.toml\"], then restart containerd."
+    fi
+}
+install_containerd_snippet

@@ -1,7 +1,8 @@
 //! containerd's filter syntax (`github.com/containerd/containerd/filters`) for List: each filter
 //! string is a `,`-separated list of selectors that must all match, and a snapshot is listed when
 //! any filter string matches (none: every snapshot). A selector is `FIELDPATH[OP VALUE]` with
-//! `OP` one of `==`, `!=`; without an operator it tests that the field is present. Fields and
+//! `OP` one of `==`, `!=`, `~=` (the value is a regular expression that must match somewhere in
+//! the field, as Go's `regexp.MatchString`); without an operator it tests that the field is present. Fields and
 //! values may be quoted with `"`, and a value also with `|` or `/` (containerd's alternative
 //! quotes). The snapshot fields are `name`, `parent`, `kind` and `labels.KEY`. As containerd's
 //! snapshot storage adaptor has it, `name`, `parent` and `kind` are always present (`parent==""`
@@ -17,14 +18,15 @@ pub struct FilterError {
     pub msg: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Op {
     Present,
     Equal,
     NotEqual,
+    Matches(regex::Regex),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Selector {
     path: Vec<String>,
     op: Op,
@@ -64,10 +66,11 @@ impl Selector {
             [f, rest @ ..] if f == "labels" && !rest.is_empty() => info.labels.get(&rest.join(".")).cloned(),
             _ => None,
         };
-        match self.op {
+        match &self.op {
             Op::Present => field.is_some(),
             Op::Equal => field.is_some_and(|v| v == self.value),
             Op::NotEqual => field.unwrap_or_default() != self.value,
+            Op::Matches(re) => field.is_some_and(|v| re.is_match(&v)),
         }
     }
 }
@@ -123,20 +126,26 @@ impl Parser<'_> {
         }
         self.skip_space();
         let rest = &self.input[self.pos..];
-        let op = if rest.starts_with("==") {
-            Op::Equal
-        } else if rest.starts_with("!=") {
-            Op::NotEqual
-        } else if rest.starts_with("~=") {
-            return Err(self.err("the ~= (regular expression) operator is not supported"));
-        } else if rest.is_empty() || rest.starts_with(',') {
-            return Ok(Selector { path, op: Op::Present, value: String::new() });
-        } else {
-            return Err(self.err("expected an operator (==, !=) or ','"));
+        let token = ["==", "!=", "~="].into_iter().find(|t| rest.starts_with(t));
+        let Some(token) = token else {
+            if rest.is_empty() || rest.starts_with(',') {
+                return Ok(Selector { path, op: Op::Present, value: String::new() });
+            }
+            return Err(self.err("expected an operator (==, !=, ~=) or ','"));
         };
         self.pos += 2;
         self.skip_space();
+        let start = self.pos;
         let value = self.value()?;
+        let op = match token {
+            "==" => Op::Equal,
+            "!=" => Op::NotEqual,
+            _ => Op::Matches(regex::Regex::new(&value).map_err(|e| FilterError {
+                input: self.input.to_string(),
+                pos: start,
+                msg: format!("bad regular expression: {e}"),
+            })?),
+        };
         Ok(Selector { path, op, value })
     }
 
@@ -268,11 +277,17 @@ mod tests {
         assert_eq!(names(&[" kind == view "], &all), ["v", "v-wl"]);
         assert_eq!(names(&[], &all).len(), 9);
         assert_eq!(names(&[""], &all).len(), 9);
+        // ~= matches a regular expression anywhere in the field, as Go's MatchString.
+        assert_eq!(names(&["name~=wl"], &all), ["p-wl", "a-wl", "v-wl", "a-np-wl"]);
+        assert_eq!(names(&["name~=^a-"], &all), ["a-np", "a-wl", "a-np-wl"]);
+        assert_eq!(names(&["kind~=/^(view|committed)$/"], &all), ["p", "v", "p-wl", "v-wl"]);
+        assert_eq!(names(&["labels.l~=[13]"], &all), ["p-wl", "v-wl"]);
+        assert!(names(&["labels.missing~=.*"], &all).is_empty(), "a missing field never matches");
     }
 
     #[test]
     fn malformed_filters_are_errors() {
-        for bad in ["==x", "name==", "name=x", "name==\"x", "name==a b", "labels.l~=x", "name,,"] {
+        for bad in ["==x", "name==", "name=x", "name==\"x", "name==a b", "name~=(", "name~=a[", "name,,"] {
             let e = Filters::parse(&[bad]).expect_err(bad);
             assert_eq!(e.input, bad);
         }
