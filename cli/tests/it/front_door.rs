@@ -437,8 +437,9 @@ fn push_reports_progress_per_blob() {
 }
 
 /// Exit codes as docker's: `run`, `exec` and `start -a` exit with the container command's
-/// status, so strata's own failure there is 125 (126/127 for a command that cannot run); every
-/// other command fails with 1.
+/// status, so strata's own failure there is 125 (126/127 for a command that cannot run), a
+/// command line they refuse included; every other command fails with 1 (2 for a command line
+/// clap refuses, as before).
 #[test]
 fn strata_failures_exit_125_where_the_container_status_is_the_answer() {
     if !privileged("strata_failures_exit_125_where_the_container_status_is_the_answer") {
@@ -451,6 +452,9 @@ fn strata_failures_exit_125_where_the_container_status_is_the_answer() {
         &["exec", "nosuch", "true"],
         &["start", "-a", "nosuch"],
         &["run", "--rm", "-v", "relative:/x", "busybox", "true"],
+        &["run", "--no-such-option", "busybox", "true"],
+        &["exec", "--no-such-option", "web", "true"],
+        &["start", "-a", "--no-such-option", "web"],
     ] {
         let out = root.cmd(args);
         assert_eq!(out.status.code(), Some(125), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -459,6 +463,11 @@ fn strata_failures_exit_125_where_the_container_status_is_the_answer() {
     assert_eq!(root.cmd(&["run", "--rm", "busybox", "/nonexistent"]).status.code(), Some(127));
     for args in [&["image", "rm", "nosuch"][..], &["container", "rm", "nosuch"], &["stop", "nosuch"]] {
         assert_eq!(root.cmd(args).status.code(), Some(1), "{args:?}");
+    }
+    for args in
+        [&["image", "rm"][..], &["stop", "--no-such-option", "web"], &["start", "--no-such-option", "web"]]
+    {
+        assert_eq!(root.cmd(args).status.code(), Some(2), "{args:?}");
     }
     assert!(mounts_under(root.path()).is_empty());
 }

@@ -1,0 +1,426 @@
+//! The top-level commands (clap derive) and the option groups several commands share. The
+//! subcommands of a group live with their code: [`crate::image::ImageCmd`],
+//! [`crate::container::ContainerCmd`], [`crate::system::SystemCmd`].
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use strata::container;
+
+use crate::container::ContainerCmd;
+use crate::image::ImageCmd;
+use crate::system::SystemCmd;
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Images: import, list, inspect, remove.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Containers: writable snapshots over images.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Create and mount a container over IMAGE and run it with runc.
+    #[command(after_help = "Examples:\n  strata run busybox --rm -- echo hello\n  \
+strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'\n  \
+strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata logs web; strata stop web\n  \
+strata run --rm -v /srv/data:/data:ro busybox -- ls /data\n  \
+strata run -it --rm busybox -- sh       # an interactive shell")]
+    Run {
+        image: String,
+        /// Container name (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// Remove the container when the command exits.
+        #[arg(long)]
+        rm: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+        #[command(flatten)]
+        process: ProcessArgs,
+        /// Detached: start it, print its name and return. Its stdout and stderr go to a log file
+        /// in the container's directory (`strata logs NAME`); it stays mounted until `strata stop`.
+        #[arg(short, long)]
+        detach: bool,
+        /// Bind mount HOST:CONTAINER[:ro] (host path absolute and existing); repeatable.
+        #[arg(short, long)]
+        volume: Vec<String>,
+        /// Seconds the container has to exit after strata takes SIGTERM or SIGHUP (forwarded to
+        /// it) before it is killed; a second Ctrl-C kills it at once.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        stop_timeout: u64,
+        /// Command and arguments, replacing the image's Cmd: everything after IMAGE from the
+        /// first word that is not one of run's options, as docker takes it (`run busybox ls -l`);
+        /// `--` before it is accepted too.
+        #[arg(trailing_var_arg = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Pull an image from a registry and unpack it: each layer streams from the network through
+    /// the same verify + store + unpack path as `image import`. Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata pull busybox                       # docker.io/library/busybox:latest\n  \
+strata pull localhost:5000/app:v1 --name app\n  \
+strata pull quay.io/org/app@sha256:<64 hex> --platform linux/arm64\n\n\
+Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or \
+~/.docker/config.json (credential helpers included). CA certificates for a registry are read \
+from /etc/containers/certs.d/HOST/*.crt and /etc/docker/certs.d/HOST/*.crt ($STRATA_CERTS_D \
+replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or with \
+--tls-verify=false."
+    )]
+    Pull {
+        /// HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], as docker writes it.
+        reference: String,
+        /// Name to store the image under (default: the reference, normalised).
+        #[arg(long)]
+        name: Option<String>,
+        /// Platform to pick from a multi-platform index, OS/ARCH[/VARIANT].
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        jobs: JobsArg,
+        /// Print only the digest: no progress, no summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Push a stored image to a registry: blobs the registry lacks are uploaded (or mounted
+    /// from the repository the image's name points into), then the manifest, byte for byte, so
+    /// the digest stays the same. Prints the manifest digest.
+    #[command(
+        after_help = "Examples:\n  strata push app localhost:5000/app:v1\n  strata push localhost:5000/app:v1   # to the registry its name names"
+    )]
+    Push {
+        /// The stored image.
+        name: String,
+        /// HOST[:PORT]/REPO[:TAG] (default: NAME, when it is in that form).
+        reference: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// Print only the digest.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Upload blobs larger than this many bytes in chunks of this size (each retried alone).
+        #[arg(long, default_value_t = strata::registry::push::DEFAULT_CHUNK)]
+        chunk_size: u64,
+    },
+    /// Log in to a registry: the credentials are checked against it, then stored in
+    /// $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json.
+    #[command(
+        after_help = "Example:\n  printf '%s' \"$TOKEN\" | strata login registry.example:5000 -u ci --password-stdin"
+    )]
+    Login {
+        /// HOST[:PORT] of the registry.
+        host: String,
+        /// User name (asked for on a terminal when missing).
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password (visible to other users in the process list: prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Remove the stored credentials for a registry.
+    #[command(after_help = "Example:\n  strata logout registry.example:5000")]
+    Logout { host: String },
+    /// Remove blobs and layer directories no image references.
+    #[command(after_help = "Example:\n  strata image rm old-app && strata gc")]
+    Gc,
+    /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
+    /// unmount it.
+    #[command(
+        after_help = "Examples:\n  strata stop web\n  strata stop -t 0 web db   # SIGKILL at once, both\n\n\
+A container that is not running (created, or exited) is left as it is: that is no error, as in \
+docker. Each NAME is stopped in turn; the exit status is 1 when any failed."
+    )]
+    Stop {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// The output of a container run with `run -d` (stdout and stderr, in order).
+    #[command(after_help = "Examples:\n  strata logs web\n  strata logs -f web   # until it stops")]
+    Logs {
+        name: String,
+        /// Follow: keep printing what it writes until the container stops.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running container (runc exec), as `podman exec`; exits with its status.
+    #[command(after_help = "Examples:\n  strata exec web -- cat /etc/hostname\n  \
+strata exec -e DEBUG=1 -w /srv --user nobody web -- sh -c 'id; pwd'\n  \
+strata exec -it web -- sh            # an interactive shell")]
+    Exec {
+        name: String,
+        #[command(flatten)]
+        process: ProcessArgs,
+        /// Command and arguments: everything after NAME from the first word that is not one of
+        /// exec's options (`exec web ls -l`); `--` before it is accepted too.
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Write images as one archive, as `podman save` (short for `image export`, and it streams
+    /// to stdout). The archive names each image by its NAME; blobs they share are written once.
+    #[command(after_help = "Examples:\n  strata save busybox -o busybox.tar\n  \
+strata save busybox --format oci-archive | ssh host strata load\n  \
+strata save app | docker load\n  \
+strata save app:v1 app:v2 base -o images.tar")]
+    Save {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output file (written under a temporary name, renamed when complete); `-`: stdout.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        #[arg(long, default_value = "docker-archive", value_parser = ["oci-archive", "docker-archive"])]
+        format: String,
+    },
+    /// Import an oci-archive or docker-archive, as `podman load` (short for `image import`, and
+    /// it reads stdin). Archives need random access: stdin is spooled to a file in the state
+    /// root's staging directory first (so it needs that much free space there), removed after.
+    /// Prints `Loaded image: NAME` for each image, as docker load.
+    #[command(after_help = "Examples:\n  strata load -i busybox.tar\n  \
+docker save busybox | strata load\n  \
+strata --root /a save app | strata --root /b load --name app")]
+    Load {
+        /// The archive, or `-` for stdin.
+        #[arg(short, long, default_value = "-")]
+        input: String,
+        /// Name to store the image under (default: the archive's tag).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        jobs: JobsArg,
+    },
+    /// Running and paused containers (as docker ps); with -a every container and its state:
+    /// created, running, paused, exited (CODE).
+    #[command(
+        after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}."
+    )]
+    Ps {
+        #[command(flatten)]
+        list: ListArgs,
+        /// Every container, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Start created or stopped containers (their last command, over the same upper dir):
+    /// detached, output appended to the container log (`strata logs`), as `run -d`; with -a in
+    /// the foreground, exiting with the container's status.
+    #[command(after_help = "Examples:\n  strata container create busybox web && strata start web\n  \
+strata start -a web    # exits with the container's status\n  strata start web db")]
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Attach: the container's stdout and stderr are ours; exit with its status (one NAME).
+        #[arg(short, long)]
+        attach: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
+    /// Send a signal to running containers (runc kill), KILL by default, as `docker kill`.
+    #[command(after_help = "Examples:\n  strata kill web\n  strata kill -s TERM web\n  \
+strata kill --signal SIGHUP web db\n  strata kill -s 15 web\n\n\
+As in docker, a container's PID 1 ignores signals it has no handler for (KILL excepted).")]
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// A name (TERM, SIGTERM, any case) or a number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Stop (SIGTERM, SIGKILL after --time) and start again, detached, as `docker restart`.
+    #[command(after_help = "Examples:\n  strata restart web\n  strata restart -t 0 web db")]
+    Restart {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Block until containers stop; print each one's exit code, as `docker wait`.
+    #[command(
+        after_help = "Examples:\n  strata wait web\n  strata run -d --name job busybox -- sh -c 'exit 3'; strata wait job   # 3"
+    )]
+    Wait {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Freeze every process of running containers (runc pause, the cgroup freezer).
+    #[command(after_help = "Examples:\n  strata pause web\n  strata unpause web")]
+    Pause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Thaw paused containers (runc resume).
+    #[command(after_help = "Example:\n  strata pause web && strata unpause web")]
+    Unpause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove containers (short for `container rm`).
+    #[command(
+        after_help = "Examples:\n  strata rm web\n  strata rm -f web db   # stops and unmounts them first"
+    )]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop (SIGKILL) and unmount running or mounted containers first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove image names (short for `image rm`).
+    #[command(
+        after_help = "Examples:\n  strata rmi app:v1\n  strata rmi -f app   # and the containers created from it, as podman rmi -f"
+    )]
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// First remove the containers created from the image (stopping running ones), as
+        /// `podman rmi -f` does.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List images (short for `image ls`).
+    #[command(after_help = "Examples:\n  strata images\n  strata images -q")]
+    Images {
+        #[command(flatten)]
+        list: ImageListArgs,
+    },
+    /// A container or an image as JSON: NAME is looked up as a container first, then as an
+    /// image, as `docker inspect` does (`container inspect` / `image inspect` say which).
+    #[command(
+        after_help = "Examples:\n  strata inspect web       # container web, if there is one\n  strata inspect busybox"
+    )]
+    Inspect { name: String },
+    /// System-wide maintenance.
+    #[command(subcommand)]
+    System(SystemCmd),
+    /// strata's version, the runtime's (runc) and the kernel's.
+    #[command(after_help = "Examples:\n  strata version\n  strata version --json")]
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The state root, the runtime, the kernel's features (overlay, new mount API, FUSE
+    /// passthrough), the backend `--backend auto` takes and why, counts and disk use.
+    #[command(after_help = "Examples:\n  strata info\n  strata info --json")]
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The process `run` starts and `exec` adds, as podman takes them.
+#[derive(clap::Args)]
+pub struct ProcessArgs {
+    /// Set an environment variable, K=V, or K to pass this process's value; repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory in the container (absolute; replaces the image's WorkingDir).
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// USER[:GROUP] (names or ids, names resolved in the container); replaces the image's User.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Keep stdin open: the process reads this one's stdin (otherwise /dev/null).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal for the process.
+    #[arg(short, long)]
+    pub tty: bool,
+}
+
+/// How `image ls` (and its short form `images`) prints.
+#[derive(clap::Args)]
+pub struct ImageListArgs {
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Only the image IDs, once each.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Also show the manifest digest.
+    #[arg(long)]
+    pub digests: bool,
+    /// Full IDs and digests.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// A Go-template-like line per image (the fields are listed in `image ls --help`).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// How `ps` and `container ls` print.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// A Go-template-like line per container (fields below).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// How registry commands (pull, push, login) reach the registry.
+#[derive(clap::Args)]
+pub struct TlsArgs {
+    /// Verify TLS certificates; `--tls-verify=false` also allows plain HTTP.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// Also trust the *.crt files of this directory (as podman's --cert-dir).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+}
+
+/// `--jobs N`: how many layers an import fetches, verifies and unpacks at once.
+#[derive(clap::Args, Clone, Copy)]
+pub struct JobsArg {
+    /// Layers fetched, verified and unpacked at once (default: one per layer and CPU, at most
+    /// 4); 1 does one after the other.
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+}
+
+impl JobsArg {
+    /// As [`strata::import::ImportOptions::jobs`] takes it: 0 for the library's default.
+    pub fn get(self) -> usize {
+        self.jobs.map_or(0, usize::from)
+    }
+}
+
+impl TlsArgs {
+    pub fn client(self) -> strata::registry::ClientOptions {
+        strata::registry::ClientOptions {
+            tls_verify: self.tls_verify,
+            cert_dir: self.cert_dir,
+            ..Default::default()
+        }
+    }
+}
+
+/// `--backend`: which filesystem stacks the layers (the library's `container::Backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Kernel OverlayFS.
+    Kernel,
+    /// strata-fuse, the userspace union filesystem.
+    Fuse,
+    /// Kernel when an overlay mount works, FUSE otherwise.
+    Auto,
+}
+
+impl From<Backend> for container::Backend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Kernel => container::Backend::Kernel,
+            Backend::Fuse => container::Backend::Fuse,
+            Backend::Auto => container::Backend::Auto,
+        }
+    }
+}

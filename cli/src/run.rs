@@ -1,0 +1,69 @@
+//! `run` and `exec`: the commands whose exit status is their container process's.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::args::{Backend, ProcessArgs};
+use crate::open_store;
+
+/// `exec`: runc exec in a running container; its status is ours.
+pub fn exec_cmd(root: &Path, name: String, p: ProcessArgs, cmd: Vec<String>) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    let opts = strata::run::ExecOptions {
+        name: name.clone(),
+        args: cmd,
+        env: p.env,
+        workdir: p.workdir,
+        user: p.user,
+        terminal: p.tty,
+        interactive: p.interactive,
+    };
+    let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `run` options beyond the basics.
+pub struct RunExtra {
+    pub process: ProcessArgs,
+    pub detach: bool,
+    pub volumes: Vec<String>,
+    pub stop_timeout: u64,
+}
+
+pub fn run_cmd(
+    root: &std::path::Path,
+    image: &str,
+    name: Option<String>,
+    rm: bool,
+    backend: Backend,
+    extra: RunExtra,
+    cmd: Vec<String>,
+) -> Result<ExitCode> {
+    let mut store = open_store(root)?;
+    let mut opts = strata::run::RunOptions {
+        image: image.to_string(),
+        name,
+        rm,
+        backend: backend.into(),
+        args: cmd,
+        terminal: extra.process.tty,
+        interactive: extra.process.interactive,
+        env: extra.process.env,
+        workdir: extra.process.workdir,
+        user: extra.process.user,
+        volumes: extra.volumes,
+        detach: extra.detach,
+        stop_timeout: Some(std::time::Duration::from_secs(extra.stop_timeout)),
+        monitor: None,
+    };
+    if opts.detach && opts.name.is_none() {
+        opts.name = Some(strata::run::generated_name());
+    }
+    let code = strata::run::run(&mut store, &opts)?;
+    if opts.detach {
+        outln!("{}", opts.name.as_deref().unwrap_or_default())?;
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
