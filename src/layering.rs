@@ -29,6 +29,7 @@ const STACK: &[&str] = &[
     "signals",
     "foreground",
     "cgroup",
+    "network",
     "meta",
     "store",
     "snapshot",

@@ -26,6 +26,8 @@
 //!   run does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the
 //!   containers' cgroup directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
+//! - [`network`]: container networking through the CNI plugins (bridge, host-local, portmap),
+//!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets.
 
 pub mod bundle;
 pub mod cgroup;
@@ -48,6 +50,7 @@ mod layering;
 pub mod lifecycle;
 pub(crate) mod meta;
 pub mod monitor;
+pub mod network;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;

@@ -93,6 +93,8 @@ pub enum Lock<'a> {
     Container(&'a str),
     /// A running `strata run` of a container (it records its pid there).
     Run(&'a str),
+    /// The networks' files and the published ports of attachments (`network/`).
+    Networks,
 }
 
 impl Lock<'_> {
@@ -103,6 +105,7 @@ impl Lock<'_> {
             Lock::Layer(d) => format!("layer-{}", d.hex()),
             Lock::Container(name) => format!("container-{name}"),
             Lock::Run(name) => format!("run-{name}"),
+            Lock::Networks => "networks".to_string(),
         }
     }
 }
