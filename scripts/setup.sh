@@ -22,7 +22,11 @@ quiet() {
 pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-static debootstrap
       hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev
       docker-registry apache2-utils openssl
-      containerd golang-go golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev)
+      containerd golang-go golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
+      containernetworking-plugins iptables iproute2 util-linux)
+# containernetworking-plugins, iptables, iproute2: container networking (src/network/) runs the
+# CNI plugins bridge, host-local, portmap, loopback and firewall, which call iptables; its tests
+# use ip and nsenter (util-linux).
 # containerd, golang-go and the containerd/gogo Go sources: strata-snapshotter's build reads
 # containerd's snapshots .proto files from the latter, and tests/containerd_suite.rs builds
 # containerd's snapshotter conformance suite from them (GOPATH mode, offline).

@@ -129,6 +129,9 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     /// Remove blobs and layer directories no image references.
     #[command(after_help = "Example:\n  strata image rm old-app && strata gc")]
     Gc,
+    /// Networks: bridges with a subnet each, for containers to join.
+    #[command(subcommand)]
+    Network(crate::network::NetworkCmd),
     /// Stop a running container as `podman stop`: SIGTERM, SIGKILL after --time seconds; then
     /// unmount it.
     #[command(

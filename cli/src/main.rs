@@ -4,8 +4,9 @@
 //! A module per command group: [`args`] (the top-level commands, the option groups they share),
 //! [`image`] (`image ...`, `images`, `rmi`, `save`, `load`), [`registry`] (`pull`, `push`,
 //! `login`, `logout`), [`container`] (`container ...` and the lifecycle verbs), [`run`] (`run`,
-//! `exec`), [`system`] (`gc`, `system prune`, `info`, `version`). [`output`] writes, [`exit`] turns
-//! a failure into the exit status, [`progress`] and [`table`] draw what the library reports.
+//! `exec`), [`system`] (`gc`, `system prune`, `info`, `version`), [`network`] (`network ...`).
+//! [`output`] writes, [`exit`] turns a failure into the exit status, [`progress`] and [`table`]
+//! draw what the library reports.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ mod args;
 mod container;
 mod exit;
 mod image;
+mod network;
 mod output;
 mod progress;
 mod registry;
@@ -125,6 +127,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Image(c) => image::command(root, c),
         Cmd::Container(c) => container::command(root, c),
         Cmd::System(c) => system::command(root, c),
+        Cmd::Network(c) => network::command(root, c),
         Cmd::Run { image, name, rm, backend, process, detach, volume, stop_timeout, cmd } => {
             let extra = run::RunExtra { process, detach, volumes: volume, stop_timeout };
             run::run_cmd(root, &image, name, rm, backend, extra, cmd)

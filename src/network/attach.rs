@@ -285,15 +285,68 @@ pub fn check(store: &Store, container: &str) -> Result<(), NetworkError> {
 
 /// DEL from every plugin of the recorded list, then remove the namespace and the record.
 fn release(cni: &Cni, store: &Store, a: &Attachment) -> Result<(), NetworkError> {
-    // A namespace file that is no mount (a reboot) names nothing: DEL then releases only what
-    // the host holds.
-    let ns = netns::is_netns(&a.netns).then_some(a.netns.as_path());
+    // A namespace file that is no mount any more names nothing. The bridge plugin finds the
+    // addresses whose masquerade rules it removes on the container's interface, so a stand-in
+    // namespace gets that interface back with the recorded addresses; failing that, DEL without
+    // a namespace still releases the IPAM allocation and portmap's rules.
+    let ns = if netns::is_netns(&a.netns) {
+        Some(a.netns.as_path())
+    } else {
+        match stand_in(a) {
+            Ok(true) => Some(a.netns.as_path()),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(container = %a.container, error = %e, "no stand-in namespace for DEL");
+                None
+            }
+        }
+    };
     let rc = a.runtime_config();
     let inv =
         Invocation { container_id: &a.cni_id, netns: ns, ifname: &a.ifname, args: "", runtime_config: &rc };
     cni.del(&a.conflist, &inv, a.result.as_ref()).map_err(cni_err(a))?;
     netns::remove(&a.netns).map_err(|source| NetworkError::Netns { path: a.netns.clone(), source })?;
     unrecord(store, &a.container)
+}
+
+/// Recreate a gone namespace at `a.netns` holding an interface `a.ifname` with the addresses ADD gave
+/// the container; false when there are none to give back (ADD never finished).
+fn stand_in(a: &Attachment) -> io::Result<bool> {
+    let r = a.cni_result();
+    let addrs: Vec<&str> = r
+        .ips
+        .iter()
+        .filter(|i| i.interface.and_then(|n| r.interfaces.get(n)).is_none_or(|itf| itf.sandbox.is_some()))
+        .map(|i| i.address.as_str())
+        .collect();
+    if addrs.is_empty() {
+        return Ok(false);
+    }
+    netns::remove(&a.netns)?;
+    netns::create(&a.netns)?;
+    let ip = |args: &[&str]| -> io::Result<()> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", a.netns.display()))
+            .arg("ip")
+            .args(args)
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    // A veth pair inside the namespace: the `dummy` driver is not in every kernel, veth is
+    // (the bridge plugin needs it); deleting one end deletes both.
+    ip(&["link", "add", &a.ifname, "type", "veth", "peer", "name", "strata-standin"])?;
+    for addr in addrs {
+        ip(&["addr", "add", addr, "dev", &a.ifname])?;
+    }
+    Ok(true)
 }
 
 /// Release container `container`'s network: CNI DEL of the recorded list (reverse order), the

@@ -20,6 +20,7 @@ mod integrity;
 mod lifecycle;
 mod lifecycle_signals;
 mod long_paths;
+mod network;
 mod podman;
 mod races;
 mod registry;
