@@ -295,8 +295,8 @@ impl Cni {
         })?;
         let netns = inv.netns.map(|p| p.as_os_str().to_os_string()).unwrap_or_default();
         tracing::debug!(plugin = %kind, command = op.name(), container = inv.container_id, "CNI");
-        let mut child = Command::new(&path)
-            .env("CNI_COMMAND", op.name())
+        let mut cmd = Command::new(&path);
+        cmd.env("CNI_COMMAND", op.name())
             .env("CNI_CONTAINERID", inv.container_id)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", inv.ifname)
@@ -305,9 +305,19 @@ impl Cni {
             .env("PATH", plugin_search_path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| CniError::Exec { path: path.clone(), source })?;
+            .stderr(Stdio::piped());
+        // ETXTBSY: the plugin was just installed (or written by a test) and a process forked
+        // meanwhile still holds it open for writing, for a moment.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.map_err(|source| CniError::Exec { path: path.clone(), source })?,
+            }
+        };
         if let Some(mut w) = child.stdin.take() {
             // A plugin that exits without reading its stdin (EPIPE) answers through its status.
             let _ = w.write_all(&stdin);
@@ -466,6 +476,61 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("containernetworking-plugins") && msg.contains("/nonexistent-cni-dir"), "{msg}");
         assert!(matches!(cni.find("../bin/sh"), Err(CniError::PluginNotFound { .. })));
+    }
+
+    /// Two fake plugins that log what they were asked: ADD in order with the first one's result
+    /// as the second one's prevResult, DEL in reverse with the final result, the CNI_* env set.
+    #[test]
+    fn list_chains_add_and_dels_in_reverse() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        for (name, ip) in [("first", "10.0.0.2/24"), ("second", "10.0.0.3/24")] {
+            let script = dir.path().join(name);
+            let body = format!(
+                "#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND {name} $CNI_CONTAINERID $CNI_IFNAME $CNI_NETNS $in\" >>{log}\n\
+                 [ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{ip}\"}}]}}'\nexit 0\n",
+                log = log.display()
+            );
+            std::fs::write(&script, body).unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let cni = Cni::new(vec![PathBuf::from("/nonexistent"), dir.path().to_path_buf()]);
+        let l = ConfList {
+            cni_version: CNI_VERSION.into(),
+            name: "n".into(),
+            plugins: vec![json!({"type": "first"}), json!({"type": "second"})],
+        };
+        let rc = Map::new();
+        let inv = Invocation {
+            container_id: "cid",
+            netns: Some(Path::new("/ns")),
+            ifname: "eth0",
+            args: "",
+            runtime_config: &rc,
+        };
+        let (raw, parsed) = cni.add(&l, &inv).unwrap();
+        assert_eq!(parsed.ips[0].address, "10.0.0.3/24");
+        cni.del(&l, &inv, Some(&raw)).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let heads: Vec<String> =
+            lines.iter().map(|l| l.split(' ').take(5).collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(
+            heads,
+            [
+                "ADD first cid eth0 /ns",
+                "ADD second cid eth0 /ns",
+                "DEL second cid eth0 /ns",
+                "DEL first cid eth0 /ns"
+            ]
+        );
+        let conf =
+            |i: usize| -> Value { serde_json::from_str(lines[i].splitn(6, ' ').nth(5).unwrap()).unwrap() };
+        assert!(conf(0).get("prevResult").is_none());
+        assert_eq!(conf(1)["prevResult"]["ips"][0]["address"], "10.0.0.2/24");
+        assert_eq!(conf(2)["prevResult"], raw);
+        assert_eq!(conf(3)["prevResult"], raw);
     }
 
     /// A fake plugin that fails with an error object: the object becomes a typed error.
