@@ -16,7 +16,10 @@ use crate::table;
 #[derive(Subcommand)]
 pub enum NetworkCmd {
     /// List networks (the default one, `bridge`, is created at first use).
-    #[command(visible_alias = "list")]
+    #[command(
+        visible_alias = "list",
+        after_help = "Examples:\n  strata network ls\n  strata network ls --json"
+    )]
     Ls {
         /// One JSON object per network, as an array.
         #[arg(long)]
@@ -32,12 +35,15 @@ strata network create --subnet 10.77.0.0/24 lab")]
         subnet: Option<String>,
     },
     /// Remove networks no container is attached to (their bridges too).
-    #[command(visible_alias = "remove")]
+    #[command(visible_alias = "remove", after_help = "Example:\n  strata network rm backend lab")]
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Show a network and the containers attached to it.
+    #[command(
+        after_help = "Examples:\n  strata network inspect bridge\n  strata network inspect backend --json"
+    )]
     Inspect {
         name: String,
         #[arg(long)]
