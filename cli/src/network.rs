@@ -62,7 +62,7 @@ fn network_cmd(store: &Store, c: NetworkCmd) -> Result<ExitCode> {
         NetworkCmd::Ls { json } => {
             let nets = network::list(store).context("listing networks")?;
             if json {
-                let v: Vec<_> = nets.iter().map(|n| summary(n)).collect();
+                let v: Vec<_> = nets.iter().map(summary).collect();
                 out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
             } else {
                 let rows: Vec<Vec<String>> = nets
