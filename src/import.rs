@@ -20,8 +20,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError, LayerRef, Platform, Resolved};
-use crate::snapshot::{SnapshotError, Snapshots};
-use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, NewImage, Staging, Store, StoreError};
+use crate::images::{ImagePublish, ImagesError};
+use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, Staging, Store, StoreError};
 use crate::unpack::{self, UnpackError, UnpackOptions};
 
 /// Import errors. Layer errors name the layer and the reason.
@@ -31,9 +31,9 @@ pub enum ImportError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Publishing the image (its rows and its layer chain).
+    /// Publishing the image (its blobs, its rows and its layer chain).
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Publish(#[from] ImagesError),
     #[error("layer {layer}: {reason}")]
     Layer { layer: String, reason: String },
     #[error("layer {layer}")]
@@ -59,7 +59,7 @@ impl ImportError {
         use crate::error::ErrorKind;
         match self {
             ImportError::Store(e) => e.kind(),
-            ImportError::Snapshot(e) => e.kind(),
+            ImportError::Publish(e) => e.kind(),
             ImportError::Image(_) => ErrorKind::InvalidArgument,
             ImportError::Layer { .. }
             | ImportError::Unpack { .. }
@@ -430,34 +430,13 @@ fn import_resolved(
     opts: &ImportOptions,
 ) -> Result<Imported> {
     let (rows, unpacked) = import_layers(store, r, staging, opts)?;
-    // Metadata blobs: the verified manifest, or for docker-archive one built from what was hashed.
-    let config_digest = store.put_blob(&r.config)?;
-    let (manifest_bytes, manifest_digest) = match &r.manifest {
-        Some((bytes, d)) => (bytes.clone(), d.clone()),
-        None => {
-            let m = build_manifest(&config_digest, r.config.len() as u64, &rows);
-            let d = Sha256Digest::from_bytes(&Sha256::digest(&m));
-            (m, d)
-        }
-    };
-    let md = store.put_blob(&manifest_bytes)?;
-    debug_assert_eq!(md, manifest_digest);
-    let mut blobs = vec![
-        (manifest_digest.clone(), manifest_bytes.len() as u64, image::MT_OCI_MANIFEST.to_string()),
-        (config_digest.clone(), r.config.len() as u64, image::MT_OCI_CONFIG.to_string()),
-    ];
-    for row in &rows {
-        blobs.push((row.blob_digest.clone(), row.blob_size, row.media_type.clone()));
+    // The verified manifest, or for docker-archive one built over what was hashed.
+    let mut image = ImagePublish::new(name, &r.config, rows.clone()).lease(&staging.token);
+    if let Some((bytes, digest)) = &r.manifest {
+        image = image.manifest(bytes, digest);
     }
-    let stored = Snapshots::new(store).publish_image(&NewImage {
-        name,
-        manifest_digest: &manifest_digest,
-        config_digest: &config_digest,
-        blobs,
-        layers: rows.clone(),
-        lease: Some(&staging.token),
-    })?;
-    Ok(Imported { name: stored, manifest_digest, layers: rows, unpacked })
+    let published = image.publish(store)?;
+    Ok(Imported { name: published.name, manifest_digest: published.manifest_digest, layers: rows, unpacked })
 }
 
 /// Import every layer of `r`, up to `opts.jobs` at once; returns their rows, bottom first, and
@@ -525,44 +504,6 @@ fn import_layers(
         rows.push(row);
     }
     Ok((rows, unpacked))
-}
-
-/// An OCI manifest for layers that came without one (docker-archive).
-pub fn build_manifest(config: &Sha256Digest, config_size: u64, layers: &[ImageLayerRow]) -> Vec<u8> {
-    let v = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": image::MT_OCI_MANIFEST,
-        "config": { "mediaType": image::MT_OCI_CONFIG, "digest": config.to_string(), "size": config_size },
-        "layers": layers.iter().map(|l| serde_json::json!({
-            "mediaType": l.media_type, "digest": l.blob_digest, "size": l.blob_size,
-        })).collect::<Vec<_>>(),
-    });
-    serde_json::to_vec(&v).unwrap_or_default()
-}
-
-/// Record an image made of already-stored layer blobs (unit tests of commit and export).
-#[cfg(test)]
-pub(crate) fn put_test_image(
-    store: &mut Store,
-    name: &str,
-    config: &serde_json::Value,
-    rows: Vec<ImageLayerRow>,
-) -> Sha256Digest {
-    let config = serde_json::to_vec(config).expect("config json");
-    let cd = store.put_blob(&config).expect("config blob");
-    let manifest = build_manifest(&cd, config.len() as u64, &rows);
-    let md = store.put_blob(&manifest).expect("manifest blob");
-    Snapshots::new(store)
-        .publish_image(&NewImage {
-            name,
-            manifest_digest: &md,
-            config_digest: &cd,
-            blobs: vec![],
-            layers: rows,
-            lease: None,
-        })
-        .expect("image rows");
-    md
 }
 
 /// Import one layer: reuse it when present; otherwise stream, store the blob and unpack once.

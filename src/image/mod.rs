@@ -18,11 +18,11 @@ pub use source::{Files, ImageSource};
 pub const METADATA_LIMIT: u64 = 16 << 20;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Layer media types are [`crate::compression`]'s, which maps them to compressions.
 pub use crate::compression::{MT_DOCKER_LAYER_GZIP, MT_OCI_LAYER, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_ZSTD};
+/// The manifest and config media types are those [`crate::images`] publishes with.
+pub use crate::images::{MT_OCI_CONFIG, MT_OCI_MANIFEST};
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
