@@ -32,8 +32,8 @@ use serde_json::json;
 
 use crate::digest::Sha256Digest;
 use crate::image::{self, ImageError};
-use crate::snapshot::{SnapshotError, Snapshots};
-use crate::store::{ImageLayerRow, IoContext, Lock, NewImage, Store, StoreError};
+use crate::images::{ImagePublish, ImagesError};
+use crate::store::{ImageLayerRow, IoContext, Lock, Store, StoreError};
 
 pub use changes::apply_changes;
 pub use config::{derive_config, rfc3339};
@@ -61,9 +61,9 @@ pub enum CommitError {
     NoImage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Publishing the image (its rows and its layer chain).
+    /// Publishing the image (its blobs, its rows and its layer chain).
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Publish(#[from] ImagesError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -77,7 +77,7 @@ impl CommitError {
         match self {
             CommitError::Io { source, .. } | CommitError::Write(source) => ErrorKind::of_io(source),
             CommitError::Store(e) => e.kind(),
-            CommitError::Snapshot(e) => e.kind(),
+            CommitError::Publish(e) => e.kind(),
             CommitError::NoImage(_) => ErrorKind::NotFound,
             CommitError::Unsupported { .. }
             | CommitError::Change { .. }
@@ -226,7 +226,6 @@ fn commit_staged(
     });
     let cfg = derive_config(parent_cfg, &info.diff_id, &rfc3339(now), opts, parent_image)?;
     let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| bad(e.to_string()))?;
-    let cfg_digest = store.put_blob(&cfg_bytes)?;
 
     let mut rows: Vec<ImageLayerRow> = parent_layers
         .into_iter()
@@ -242,24 +241,14 @@ fn commit_staged(
         blob_size: info.size,
         size,
     });
-    let manifest = crate::import::build_manifest(&cfg_digest, cfg_bytes.len() as u64, &rows);
-    let manifest_digest = store.put_blob(&manifest)?;
-    let mut blobs = vec![
-        (manifest_digest.clone(), manifest.len() as u64, image::MT_OCI_MANIFEST.to_string()),
-        (cfg_digest.clone(), cfg_bytes.len() as u64, image::MT_OCI_CONFIG.to_string()),
-    ];
-    for r in &rows {
-        blobs.push((r.blob_digest.clone(), r.blob_size, r.media_type.clone()));
-    }
-    let stored = Snapshots::new(store).publish_image(&NewImage {
-        name: new_name,
-        manifest_digest: &manifest_digest,
-        config_digest: &cfg_digest,
-        blobs,
-        layers: rows,
-        lease: Some(&staging.token),
-    })?;
-    Ok(Committed { name: stored, manifest_digest, config_digest: cfg_digest, layer: info, layer_created })
+    let published = ImagePublish::new(new_name, &cfg_bytes, rows).lease(&staging.token).publish(store)?;
+    Ok(Committed {
+        name: published.name,
+        manifest_digest: published.manifest_digest,
+        config_digest: published.config_digest,
+        layer: info,
+        layer_created,
+    })
 }
 
 #[cfg(test)]
@@ -437,7 +426,7 @@ pub(crate) mod tests {
             "rootfs": { "type": "layers", "diff_ids": [info.diff_id.to_string()] },
             "history": [{ "created_by": "base" }],
         });
-        crate::import::put_test_image(&mut store, "base", &config, rows);
+        crate::images::put_test_image(&mut store, "base", &config, rows);
         store
     }
 
@@ -472,7 +461,8 @@ pub(crate) mod tests {
         fs::create_dir(&upper).unwrap();
         fs::write(upper.join("new-file"), b"x").unwrap();
         let before = store.image("base").unwrap().unwrap();
-        let row = Snapshots::new(&mut store).create_container("c1", "base", false, false).unwrap();
+        let row =
+            crate::snapshot::Snapshots::new(&mut store).create_container("c1", "base", false, false).unwrap();
         assert_eq!(row.manifest_digest, before.manifest_digest);
         let layers_before = store.container_layers("c1").unwrap();
         let base = Parent::of_image(&store, "base").unwrap();

@@ -313,7 +313,7 @@ mod tests {
             "rootfs": { "type": "layers", "diff_ids": rows.iter().map(|r| r.diff_id.clone()).collect::<Vec<_>>() },
             "history": [{ "created_by": "test" }, { "created_by": "test" }],
         });
-        let md = crate::import::put_test_image(&mut store, "tiny", &config, rows);
+        let md = crate::images::put_test_image(&mut store, "tiny", &config, rows);
         (store, want, md)
     }
 

@@ -7,22 +7,25 @@
 //! connection ([`Store::reopen`]). Each layer still goes through the same steps under its own
 //! lock and the import's lease; the first failure stops the others and is the one returned.
 //! Progress is reported through [`ImportOptions::progress`], never drawn here.
+//!
+//! Here the import's steps (layers in parallel, each reused, unpacked from its stored blob or
+//! streamed, then [`ImagePublish`]); `stream.rs` the streaming of one blob.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError, LayerRef, Platform, Resolved};
-use crate::snapshot::{SnapshotError, Snapshots};
-use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, NewImage, Staging, Store, StoreError};
-use crate::unpack::{self, UnpackError, UnpackOptions};
+use crate::images::{ImagePublish, ImagesError};
+use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, Staging, Store, StoreError};
+use crate::unpack::UnpackError;
+use stream::{stream_layer, Tap, CHUNK};
+
+mod stream;
 
 /// Import errors. Layer errors name the layer and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +34,9 @@ pub enum ImportError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Publishing the image (its rows and its layer chain).
+    /// Publishing the image (its blobs, its rows and its layer chain).
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Publish(#[from] ImagesError),
     #[error("layer {layer}: {reason}")]
     Layer { layer: String, reason: String },
     #[error("layer {layer}")]
@@ -59,7 +62,7 @@ impl ImportError {
         use crate::error::ErrorKind;
         match self {
             ImportError::Store(e) => e.kind(),
-            ImportError::Snapshot(e) => e.kind(),
+            ImportError::Publish(e) => e.kind(),
             ImportError::Image(_) => ErrorKind::InvalidArgument,
             ImportError::Layer { .. }
             | ImportError::Unpack { .. }
@@ -152,209 +155,6 @@ pub struct Imported {
     pub unpacked: usize,
 }
 
-const CHUNK: usize = 1 << 20;
-
-/// Reads from the source, hashing and counting every byte, copying to the blob file if any, and
-/// refusing to read past the expected size.
-struct TeeReader<'a> {
-    inner: Box<dyn Read + Send>,
-    hasher: Sha256,
-    count: u64,
-    limit: Option<u64>,
-    blob: Option<BufWriter<File>>,
-    tap: Tap<'a>,
-}
-
-/// What the reading side of one layer reports to, and what stops it.
-#[derive(Clone, Copy, Default)]
-struct Tap<'a> {
-    progress: Option<&'a Progress>,
-    index: usize,
-    /// Set when another layer of the import failed: stop reading.
-    cancel: Option<&'a AtomicBool>,
-}
-
-impl Tap<'_> {
-    fn emit(&self, e: ImportEvent) {
-        if let Some(p) = self.progress {
-            p.emit(&e);
-        }
-    }
-}
-
-impl Read for TeeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.tap.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(io::Error::other("stopped: another layer of this import failed"));
-        }
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        if let Some(limit) = self.limit {
-            if self.count > limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("blob is larger than the {limit} bytes its descriptor states"),
-                ));
-            }
-        }
-        self.hasher.update(&buf[..n]);
-        if let Some(b) = &mut self.blob {
-            b.write_all(&buf[..n])?;
-        }
-        if n > 0 {
-            self.tap.emit(ImportEvent::LayerBytes { index: self.tap.index, bytes: n as u64 });
-        }
-        Ok(n)
-    }
-}
-
-/// The receiving end of the decompression thread.
-struct ChannelReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Result of streaming one layer blob.
-struct Streamed {
-    digest: Sha256Digest,
-    size: u64,
-    diff_id: Sha256Digest,
-    compression: Compression,
-}
-
-impl Streamed {
-    /// Check what was streamed against what the manifest and config state.
-    fn verify(
-        &self,
-        label: &str,
-        digest: Option<&Sha256Digest>,
-        size: Option<u64>,
-        diff_id: &Sha256Digest,
-    ) -> Result<()> {
-        if let Some(d) = digest {
-            if &self.digest != d {
-                return Err(ImportError::DigestMismatch {
-                    layer: label.to_string(),
-                    expected: d.to_string(),
-                    actual: self.digest.to_string(),
-                });
-            }
-        }
-        if let Some(sz) = size {
-            if self.size != sz {
-                return Err(ImportError::SizeMismatch {
-                    layer: label.to_string(),
-                    expected: sz,
-                    actual: self.size,
-                });
-            }
-        }
-        if &self.diff_id != diff_id {
-            return Err(ImportError::DiffIdMismatch {
-                layer: label.to_string(),
-                expected: diff_id.to_string(),
-                actual: self.diff_id.to_string(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Producer side: source -> tee(hash, blob) -> decompress -> hash -> channel (if unpacking).
-fn produce(
-    src: Box<dyn Read + Send>,
-    limit: Option<u64>,
-    declared: Option<Compression>,
-    blob: Option<File>,
-    tx: Option<SyncSender<io::Result<Vec<u8>>>>,
-    tap: Tap<'_>,
-) -> io::Result<Streamed> {
-    let (head, src) = image::peek(src, 4)?;
-    // Trust the bytes over the label: gzip-labelled plain tars exist in the wild.
-    let compression = match image::sniff_compression(&head) {
-        Compression::None => declared.filter(|c| *c == Compression::None).unwrap_or(Compression::None),
-        c => c,
-    };
-    let mut tee = TeeReader {
-        inner: src,
-        hasher: Sha256::new(),
-        count: 0,
-        limit,
-        blob: blob.map(|f| BufWriter::with_capacity(CHUNK, f)),
-        tap,
-    };
-    let diff_id = {
-        let dec = compression.decoder(&mut tee)?;
-        let mut hr = crate::hashing::Hashing::new(dec);
-        let mut tx = tx;
-        loop {
-            let mut chunk = vec![0u8; CHUNK];
-            let mut filled = 0;
-            // Fill whole chunks: fewer channel hand-offs.
-            while filled < CHUNK {
-                let n = match hr.read(&mut chunk[filled..]) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        if let Some(t) = &tx {
-                            let _ = t.send(Err(io::Error::new(e.kind(), e.to_string())));
-                        }
-                        return Err(e);
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            chunk.truncate(filled);
-            if let Some(t) = &tx {
-                if t.send(Ok(chunk)).is_err() {
-                    // The unpacker stopped (error, or end of archive): keep hashing.
-                    tx = None;
-                }
-            }
-        }
-        hr.finish().1
-    };
-    // Whatever follows the compressed stream is part of the blob too.
-    io::copy(&mut tee, &mut io::sink())?;
-    if let Some(mut b) = tee.blob.take() {
-        b.flush()?;
-        let f = b.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-    }
-    Ok(Streamed {
-        digest: Sha256Digest::from_bytes(&tee.hasher.finalize()),
-        size: tee.count,
-        diff_id,
-        compression,
-    })
-}
-
 /// Import an image from `reference` (`PATH` or `PATH:TAG`).
 pub fn import(store: &mut Store, reference: &str, opts: &ImportOptions) -> Result<Imported> {
     let (resolved, name) = prepare(reference, opts)?;
@@ -430,34 +230,13 @@ fn import_resolved(
     opts: &ImportOptions,
 ) -> Result<Imported> {
     let (rows, unpacked) = import_layers(store, r, staging, opts)?;
-    // Metadata blobs: the verified manifest, or for docker-archive one built from what was hashed.
-    let config_digest = store.put_blob(&r.config)?;
-    let (manifest_bytes, manifest_digest) = match &r.manifest {
-        Some((bytes, d)) => (bytes.clone(), d.clone()),
-        None => {
-            let m = build_manifest(&config_digest, r.config.len() as u64, &rows);
-            let d = Sha256Digest::from_bytes(&Sha256::digest(&m));
-            (m, d)
-        }
-    };
-    let md = store.put_blob(&manifest_bytes)?;
-    debug_assert_eq!(md, manifest_digest);
-    let mut blobs = vec![
-        (manifest_digest.clone(), manifest_bytes.len() as u64, image::MT_OCI_MANIFEST.to_string()),
-        (config_digest.clone(), r.config.len() as u64, image::MT_OCI_CONFIG.to_string()),
-    ];
-    for row in &rows {
-        blobs.push((row.blob_digest.clone(), row.blob_size, row.media_type.clone()));
+    // The verified manifest, or for docker-archive one built over what was hashed.
+    let mut image = ImagePublish::new(name, &r.config, rows.clone()).lease(&staging.token);
+    if let Some((bytes, digest)) = &r.manifest {
+        image = image.manifest(bytes, digest);
     }
-    let stored = Snapshots::new(store).publish_image(&NewImage {
-        name,
-        manifest_digest: &manifest_digest,
-        config_digest: &config_digest,
-        blobs,
-        layers: rows.clone(),
-        lease: Some(&staging.token),
-    })?;
-    Ok(Imported { name: stored, manifest_digest, layers: rows, unpacked })
+    let published = image.publish(store)?;
+    Ok(Imported { name: published.name, manifest_digest: published.manifest_digest, layers: rows, unpacked })
 }
 
 /// Import every layer of `r`, up to `opts.jobs` at once; returns their rows, bottom first, and
@@ -525,44 +304,6 @@ fn import_layers(
         rows.push(row);
     }
     Ok((rows, unpacked))
-}
-
-/// An OCI manifest for layers that came without one (docker-archive).
-pub fn build_manifest(config: &Sha256Digest, config_size: u64, layers: &[ImageLayerRow]) -> Vec<u8> {
-    let v = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": image::MT_OCI_MANIFEST,
-        "config": { "mediaType": image::MT_OCI_CONFIG, "digest": config.to_string(), "size": config_size },
-        "layers": layers.iter().map(|l| serde_json::json!({
-            "mediaType": l.media_type, "digest": l.blob_digest, "size": l.blob_size,
-        })).collect::<Vec<_>>(),
-    });
-    serde_json::to_vec(&v).unwrap_or_default()
-}
-
-/// Record an image made of already-stored layer blobs (unit tests of commit and export).
-#[cfg(test)]
-pub(crate) fn put_test_image(
-    store: &mut Store,
-    name: &str,
-    config: &serde_json::Value,
-    rows: Vec<ImageLayerRow>,
-) -> Sha256Digest {
-    let config = serde_json::to_vec(config).expect("config json");
-    let cd = store.put_blob(&config).expect("config blob");
-    let manifest = build_manifest(&cd, config.len() as u64, &rows);
-    let md = store.put_blob(&manifest).expect("manifest blob");
-    Snapshots::new(store)
-        .publish_image(&NewImage {
-            name,
-            manifest_digest: &md,
-            config_digest: &cd,
-            blobs: vec![],
-            layers: rows,
-            lease: None,
-        })
-        .expect("image rows");
-    md
 }
 
 /// Import one layer: reuse it when present; otherwise stream, store the blob and unpack once.
@@ -725,37 +466,6 @@ fn stream_into_store(
         },
         unpack_dir.is_some(),
     ))
-}
-
-/// Run the producer thread and, when unpacking, the unpacker on this thread.
-fn stream_layer(
-    src: Box<dyn Read + Send>,
-    limit: Option<u64>,
-    declared: Option<Compression>,
-    blob: Option<File>,
-    unpack_dir: Option<&Path>,
-    tap: Tap<'_>,
-    label: &str,
-) -> Result<(Streamed, Option<unpack::UnpackStats>)> {
-    let layer_err = |e: io::Error| ImportError::Layer { layer: label.to_string(), reason: e.to_string() };
-    let Some(dir) = unpack_dir else {
-        return produce(src, limit, declared, blob, None, tap).map(|s| (s, None)).map_err(layer_err);
-    };
-    let (tx, rx) = sync_channel(8);
-    std::thread::scope(|scope| {
-        let producer = scope.spawn(move || produce(src, limit, declared, blob, Some(tx), tap));
-        let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
-        let unpacked = unpack::unpack_layer(reader, dir, &UnpackOptions::default());
-        // Dropping the reader (inside unpack_layer) lets the producer finish hashing the rest.
-        let produced =
-            producer.join().unwrap_or_else(|_| Err(io::Error::other("layer reader thread panicked")));
-        match (produced, unpacked) {
-            // The stream's own failure (corrupt gzip, short blob) explains an unpack failure best.
-            (Err(e), _) => Err(layer_err(e)),
-            (Ok(_), Err(e)) => Err(ImportError::Unpack { layer: label.to_string(), source: e }),
-            (Ok(s), Ok(stats)) => Ok((s, Some(stats))),
-        }
-    })
 }
 
 /// Make sure the directory of an image layer exists, unpacking it from the stored blob when it

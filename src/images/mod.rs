@@ -1,5 +1,6 @@
 //! Stored images as users list and inspect them: `image ls` rows with sizes and `image history`;
-//! and gc, which removes what no image (nor container, nor lease) holds.
+//! gc, which removes what no image (nor container, nor lease) holds; and publishing an image
+//! ([`ImagePublish`], in `publish`), the last step of every path that makes one.
 //!
 //! Above the snapshot core (gc prunes image chains through it) and the store (typed image rows,
 //! [`Store::image`]); below the pipelines.
@@ -9,7 +10,13 @@ use serde_json::Value;
 
 use crate::digest::Sha256Digest;
 use crate::snapshot::{SnapshotError, Snapshots};
-use crate::store::{ImageLayerRow, Lock, NewImage, Store, StoreError, StoredImage};
+use crate::store::{ImageLayerRow, Lock, Store, StoreError, StoredImage};
+
+mod publish;
+
+#[cfg(test)]
+pub(crate) use publish::put_test_image;
+pub use publish::{build_manifest, ImagePublish, Published, MT_OCI_CONFIG, MT_OCI_MANIFEST};
 
 /// Errors of listing and inspecting stored images, and of gc.
 #[derive(Debug, thiserror::Error)]
@@ -93,14 +100,7 @@ pub fn gc(store: &mut Store) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>), I
 /// `image tag`: a second name `new_name` for the manifest `img` names (no copy). Returns the name
 /// as stored (its canonical form). Hold [`Store::gc_shared`] from finding `img` to here.
 pub fn tag(store: &mut Store, img: &StoredImage, new_name: &str) -> Result<String, ImagesError> {
-    Ok(Snapshots::new(store).publish_image(&NewImage {
-        name: new_name,
-        manifest_digest: &img.manifest_digest,
-        config_digest: &img.config_digest,
-        blobs: vec![],
-        layers: img.layers.clone(),
-        lease: None,
-    })?)
+    Ok(ImagePublish::of_stored(new_name, img).publish(store)?.name)
 }
 
 /// Every stored image, by name.
