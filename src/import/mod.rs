@@ -39,6 +39,20 @@ pub enum ImportError {
     Publish(#[from] ImagesError),
     #[error("layer {layer}: {reason}")]
     Layer { layer: String, reason: String },
+    /// The layer's blob could not be opened in its source.
+    #[error("layer {layer}: opening its blob")]
+    OpenBlob {
+        layer: String,
+        #[source]
+        source: ImageError,
+    },
+    /// Reading, decompressing or spooling the layer's blob failed.
+    #[error("layer {layer}: reading its blob")]
+    Read {
+        layer: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("layer {layer}")]
     Unpack { layer: String, source: UnpackError },
     #[error("layer {layer}: digest mismatch: expected {expected}, blob is {actual}")]
@@ -64,7 +78,9 @@ impl ImportError {
             ImportError::Store(e) => e.kind(),
             ImportError::Publish(e) => e.kind(),
             ImportError::Image(_) => ErrorKind::InvalidArgument,
+            ImportError::OpenBlob { source, .. } => source.kind(),
             ImportError::Layer { .. }
+            | ImportError::Read { .. }
             | ImportError::Unpack { .. }
             | ImportError::DigestMismatch { .. }
             | ImportError::SizeMismatch { .. }
@@ -395,7 +411,7 @@ fn stream_into_store(
         None => r
             .source
             .open_blob(l)
-            .map_err(|e| ImportError::Layer { layer: label.to_string(), reason: e.to_string() })?,
+            .map_err(|source| ImportError::OpenBlob { layer: label.to_string(), source })?,
     };
     let limit = l.size.or(Some(file_size));
     let blob_tmp = staging.dir.join(format!("blob-{}", diff_id.hex()));
@@ -536,6 +552,13 @@ pub fn import_stream(
             layer: layer.replace(reference, "standard input"),
             reason: reason.replace(reference, "standard input"),
         },
+        ImportError::OpenBlob { layer, source } => ImportError::OpenBlob {
+            layer: layer.replace(reference, "standard input"),
+            source: source.relabel(reference, "standard input"),
+        },
+        ImportError::Read { layer, source } => {
+            ImportError::Read { layer: layer.replace(reference, "standard input"), source }
+        }
         ImportError::Unpack { layer, source } => {
             ImportError::Unpack { layer: layer.replace(reference, "standard input"), source }
         }

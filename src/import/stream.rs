@@ -228,7 +228,7 @@ pub(super) fn stream_layer(
     tap: Tap<'_>,
     label: &str,
 ) -> Result<(Streamed, Option<unpack::UnpackStats>)> {
-    let layer_err = |e: io::Error| ImportError::Layer { layer: label.to_string(), reason: e.to_string() };
+    let layer_err = |source: io::Error| ImportError::Read { layer: label.to_string(), source };
     let Some(dir) = unpack_dir else {
         return produce(src, limit, declared, blob, None, tap).map(|s| (s, None)).map_err(layer_err);
     };

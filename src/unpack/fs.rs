@@ -379,8 +379,18 @@ impl<'o> Unpacker<'o> {
         raw_target: &[u8],
         path: &[u8],
     ) -> Result<(), UnpackError> {
-        let herr =
-            |reason: String| UnpackError::Hardlink { path: lossy(path), target: lossy(raw_target), reason };
+        let herr = |reason: String| UnpackError::Hardlink {
+            path: lossy(path),
+            target: lossy(raw_target),
+            reason,
+            source: None,
+        };
+        let herr_io = |reason: &str, e: Errno| UnpackError::Hardlink {
+            path: lossy(path),
+            target: lossy(raw_target),
+            reason: reason.into(),
+            source: Some(e.into()),
+        };
         let mut tnorm = Vec::with_capacity(raw_target.len());
         normalize(raw_target, &mut tnorm).map_err(|r| herr(format!("invalid target: {r}")))?;
         let (tparent, tname) = split(&tnorm);
@@ -397,14 +407,14 @@ impl<'o> Unpacker<'o> {
             Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
                 return Err(herr("target does not exist (hardlinks must refer to an earlier entry)".into()))
             }
-            Err(e) => return Err(herr(format!("resolve target directory: {e}"))),
+            Err(e) => return Err(herr_io("resolve target directory", e)),
         };
         let tst = match rustix::fs::statat(&tpfd, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
                 return Err(herr("target does not exist (hardlinks must refer to an earlier entry)".into()))
             }
-            Err(e) => return Err(herr(format!("stat target: {e}"))),
+            Err(e) => return Err(herr_io("stat target", e)),
         };
         if FileType::from_raw_mode(tst.st_mode) == FileType::Directory {
             return Err(herr("target is a directory".into()));

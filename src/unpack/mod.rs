@@ -105,17 +105,36 @@ pub enum UnpackError {
     InvalidPath { path: String, reason: &'static str },
     /// A hardlink whose target is missing, a directory, or invalid.
     #[error("entry {path:?}: hardlink to {target:?}: {reason}")]
-    Hardlink { path: String, target: String, reason: String },
+    Hardlink {
+        path: String,
+        target: String,
+        reason: String,
+        /// The failed operation's error, when one caused it.
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// An entry type this unpacker does not handle.
     #[error("entry {path:?}: unsupported tar entry: {what}")]
     Unsupported { path: String, what: String },
     /// Malformed header fields (e.g. an out-of-range uid).
     #[error("entry {path:?}: {reason}")]
-    Entry { path: String, reason: String },
+    Entry {
+        path: String,
+        reason: String,
+        /// The header field's parse error, when one caused it.
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A sparse file whose map is malformed, inconsistent with the entry, or too large (see
     /// [`crate::tar::sparse`]).
     #[error("entry {path:?}: sparse file: {reason}")]
-    Sparse { path: String, reason: String },
+    Sparse {
+        path: String,
+        reason: String,
+        /// The read error, when one caused it (a malformed map has none).
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A filesystem operation failed.
     #[error("entry {path:?}: {op}")]
     Io {
@@ -220,7 +239,7 @@ fn invalid(path: &[u8], reason: &'static str) -> UnpackError {
 }
 
 fn sparse_err(path: &[u8], reason: impl Into<String>) -> UnpackError {
-    UnpackError::Sparse { path: shown(path), reason: reason.into() }
+    UnpackError::Sparse { path: shown(path), reason: reason.into(), source: None }
 }
 
 impl<'o> Unpacker<'o> {
@@ -325,6 +344,7 @@ impl<'o> Unpacker<'o> {
                 let target = entry.link_name_bytes().ok_or_else(|| UnpackError::Entry {
                     path: lossy(path),
                     reason: "symlink without a target".into(),
+                    source: None,
                 })?;
                 if target.is_empty() || target.contains(&0) {
                     return Err(invalid(path, "symlink target empty or containing NUL"));
@@ -349,21 +369,27 @@ impl<'o> Unpacker<'o> {
 
     fn dev<R: Read>(&self, entry: &tar::Entry<'_, R>, path: &[u8]) -> Result<u64, UnpackError> {
         let h = entry.header();
-        let bad = |what: &str| UnpackError::Entry {
+        let bad = |what: &str, source: io::Error| UnpackError::Entry {
             path: lossy(path),
             reason: format!("invalid device {what} number"),
+            source: Some(source),
         };
-        let major = h.device_major().map_err(|_| bad("major"))?.unwrap_or(0);
-        let minor = h.device_minor().map_err(|_| bad("minor"))?.unwrap_or(0);
+        let major = h.device_major().map_err(|e| bad("major", e))?.unwrap_or(0);
+        let minor = h.device_minor().map_err(|e| bad("minor", e))?.unwrap_or(0);
         Ok(rustix::fs::makedev(major, minor))
     }
 
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta, UnpackError> {
         let h = entry.header();
-        let bad = |reason: String| UnpackError::Entry { path: lossy(path), reason };
-        let mode = h.mode().map_err(|e| bad(format!("invalid mode field: {e}")))? & 0o7777;
-        let uid = h.uid().map_err(|e| bad(format!("invalid uid field: {e}")))?;
-        let gid = h.gid().map_err(|e| bad(format!("invalid gid field: {e}")))?;
+        let bad = |reason: String| UnpackError::Entry { path: lossy(path), reason, source: None };
+        let field = |name: &str, source: io::Error| UnpackError::Entry {
+            path: lossy(path),
+            reason: format!("invalid {name} field"),
+            source: Some(source),
+        };
+        let mode = h.mode().map_err(|e| field("mode", e))? & 0o7777;
+        let uid = h.uid().map_err(|e| field("uid", e))?;
+        let gid = h.gid().map_err(|e| field("gid", e))?;
         let uid = u32::try_from(uid)
             .ok()
             .filter(|u| *u != u32::MAX)
@@ -372,7 +398,7 @@ impl<'o> Unpacker<'o> {
             .ok()
             .filter(|g| *g != u32::MAX)
             .ok_or_else(|| bad(format!("gid {gid} out of range")))?;
-        let mtime = h.mtime().map_err(|e| bad(format!("invalid mtime field: {e}")))?;
+        let mtime = h.mtime().map_err(|e| field("mtime", e))?;
         let mut mtime = Timespec { tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX), tv_nsec: 0 };
         let mut xattrs = Vec::new();
         {
@@ -489,8 +515,11 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
         // blocks, and the data blocks are read directly from the stream, never through `entry`.
         let gnu_data = if entry.header().entry_type().is_gnu_sparse() {
             let shown_path = display_path(&entry.path_bytes());
-            let data_size =
-                entry.header().entry_size().map_err(|e| sparse_err(&shown_path, e.to_string()))?;
+            let data_size = entry.header().entry_size().map_err(|e| UnpackError::Sparse {
+                path: shown(&shown_path),
+                reason: "invalid size field".into(),
+                source: Some(e),
+            })?;
             if u.pax.iter().any(|(k, _)| k == pax::SIZE || k.starts_with(sparse::PAX_PREFIX)) {
                 return Err(sparse_err(
                     &shown_path,
