@@ -81,22 +81,38 @@ impl BundleError {
 
 pub type Result<T, E = BundleError> = std::result::Result<T, E>;
 
-/// What to run.
+/// What a user overrides about a container's process, as docker and podman take it on `run`
+/// and `exec`: the one path from a command line to the runtime spec (`run`, `start` and `exec`
+/// all take it). Anything a field leaves unset comes from the image config (`run`, `start`) or
+/// the container's process (`exec`).
 #[derive(Debug, Clone, Default)]
-pub struct RunSpec {
-    /// Replaces the image's Cmd (the Entrypoint stays, as with `docker run IMAGE CMD...`).
+pub struct ProcessOverrides {
+    /// The command. For `run`, it replaces the image's Cmd (the Entrypoint stays, as with
+    /// `docker run IMAGE CMD...`); for `exec`, it is the whole command.
     pub args: Vec<String>,
-    pub hostname: String,
-    /// Allocate a terminal (only when stdin is one).
-    pub terminal: bool,
     /// `-e K=V` (replaces the image's K), or `-e K` (this process's K, skipped when unset), as
-    /// podman takes them; applied in order after the image's Env.
+    /// podman takes them; applied in order after the image's Env (after the container's, for
+    /// `exec`).
     pub env: Vec<String>,
     /// `-w DIR`: replaces the image's WorkingDir (absolute).
     pub workdir: Option<String>,
-    /// `--user USER[:GROUP]`: replaces the image's User (names resolved in the image).
+    /// `--user USER[:GROUP]`: replaces the image's User (names or ids, names resolved in the
+    /// container's root filesystem, see [`resolve_user`]).
     pub user: Option<String>,
-    /// `-v HOST:CTR[:ro]` bind mounts, in order (see [`parse_volume`]).
+    /// `-t`: allocate a terminal (only when stdin is one).
+    pub terminal: bool,
+    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
+    pub interactive: bool,
+    /// `-v HOST:CTR[:OPTIONS]` bind mounts, in order, as given (see [`parse_volume`]); `run`
+    /// only: a running container's mounts are fixed.
+    pub volumes: Vec<String>,
+}
+
+/// What the spec holds beyond the user's overrides: set by strata for the container.
+#[derive(Debug, Clone, Default)]
+pub struct SpecSettings {
+    pub hostname: String,
+    /// The parsed [`ProcessOverrides::volumes`] (see [`parse_volume`]).
     pub volumes: Vec<Volume>,
     /// `linux.cgroupsPath`: where runc makes the container's cgroup in every hierarchy (runc's
     /// default, `/<id>`, when `None`).
@@ -282,11 +298,17 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
     Ok((uid, gid, extra))
 }
 
-/// Build the runtime spec for `rootfs` from the image config JSON.
-pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<Spec> {
+/// Build the runtime spec for `rootfs` from the image config JSON, with the user's overrides
+/// (`overrides.volumes` is not read: `settings.volumes` are those parsed).
+pub fn build_spec(
+    image_config: &Value,
+    rootfs: &Path,
+    overrides: &ProcessOverrides,
+    settings: &SpecSettings,
+) -> Result<Spec> {
     let cfg = image_config.get("config").cloned().unwrap_or(Value::Null);
     let entrypoint = strings(cfg.get("Entrypoint"));
-    let cmd = if run.args.is_empty() { strings(cfg.get("Cmd")) } else { run.args.clone() };
+    let cmd = if overrides.args.is_empty() { strings(cfg.get("Cmd")) } else { overrides.args.clone() };
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
         return Err(BundleError::NoCommand);
@@ -295,25 +317,26 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
-    if run.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+    if overrides.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={}", run.hostname));
+        env.push(format!("HOSTNAME={}", settings.hostname));
     }
-    apply_env(&mut env, &run.env)?;
-    if let Some(w) = &run.workdir {
+    apply_env(&mut env, &overrides.env)?;
+    if let Some(w) = &overrides.workdir {
         if !w.starts_with('/') {
             return Err(BundleError::Workdir { dir: w.clone() });
         }
     }
-    let cwd = run
+    let cwd = overrides
         .workdir
         .as_deref()
         .or_else(|| cfg.get("WorkingDir").and_then(|v| v.as_str()))
         .filter(|s| !s.is_empty())
         .unwrap_or("/");
-    let user_spec = run.user.as_deref().or_else(|| cfg.get("User").and_then(|v| v.as_str())).unwrap_or("");
+    let user_spec =
+        overrides.user.as_deref().or_else(|| cfg.get("User").and_then(|v| v.as_str())).unwrap_or("");
     let (uid, gid, extra) = resolve_user(rootfs, user_spec)?;
     let mut user = User::default();
     user.set_uid(uid);
@@ -329,7 +352,7 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     c.set_inheritable(None);
     c.set_ambient(None);
     let mut process = Process::default();
-    process.set_terminal(Some(run.terminal));
+    process.set_terminal(Some(overrides.terminal));
     process.set_args(Some(args));
     process.set_env(Some(env));
     process.set_cwd(PathBuf::from(cwd));
@@ -340,9 +363,9 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     root.set_path(rootfs.to_path_buf());
     root.set_readonly(Some(false));
     let mut spec = Spec::default();
-    if !run.volumes.is_empty() {
+    if !settings.volumes.is_empty() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for v in &run.volumes {
+        for v in &settings.volumes {
             let mode = if v.read_only { "ro" } else { "rw" };
             let mut m = oci_spec::runtime::Mount::default();
             m.set_destination(PathBuf::from(&v.destination));
@@ -353,14 +376,14 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
         }
         spec.set_mounts(Some(mounts));
     }
-    if let Some(path) = &run.cgroups_path {
+    if let Some(path) = &settings.cgroups_path {
         let mut linux = spec.linux().clone().unwrap_or_default();
         linux.set_cgroups_path(Some(PathBuf::from(path)));
         spec.set_linux(Some(linux));
     }
     spec.set_process(Some(process));
     spec.set_root(Some(root));
-    spec.set_hostname(Some(run.hostname.clone()));
+    spec.set_hostname(Some(settings.hostname.clone()));
     Ok(spec)
 }
 
@@ -517,26 +540,12 @@ pub(crate) fn start_failure(log: &str) -> Option<BundleError> {
     }
 }
 
-/// What to run in a running container (`runc exec`).
-#[derive(Debug, Clone, Default)]
-pub struct ExecSpec {
-    pub args: Vec<String>,
-    /// `K=V` settings added to the container process's environment.
-    pub env: Vec<String>,
-    pub cwd: Option<String>,
-    /// Numeric uid, gid and supplementary gids (see [`resolve_user`]).
-    pub user: Option<(u32, u32, Vec<u32>)>,
-    pub terminal: bool,
-    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
-    pub stdin: bool,
-}
-
 /// Check, before `runc exec`, that the command of `spec` exists and is executable in the
 /// container, as [`check_command`] does for `run`: the container's process spec
 /// (`BUNDLE/config.json`: its root, environment and working directory) with `spec`'s command,
 /// `-e` settings and `-w` applied as runc applies them. A bundle that cannot be read leaves the
 /// question to the runtime (its log is read after a failed exec, see [`exec`]).
-pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
+pub fn check_exec(bundle: &Path, spec: &ProcessOverrides) -> Result<()> {
     let Ok(mut full) = Spec::load(bundle.join("config.json")) else { return Ok(()) };
     let Some(mut process) = full.process().clone() else { return Ok(()) };
     let mut env = process.env().clone().unwrap_or_default();
@@ -546,7 +555,7 @@ pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
     env.extend(extra);
     process.set_env(Some(env));
     process.set_args(Some(spec.args.clone()));
-    if let Some(c) = &spec.cwd {
+    if let Some(c) = &spec.workdir {
         // runc exec (unlike run) does not create a missing working directory: it fails with
         // its own raw message. Said here, by name.
         if let Some(root) = full.root().as_ref() {
@@ -591,10 +600,21 @@ fn is_dir_in(root: &std::os::fd::OwnedFd, p: &Path) -> bool {
 /// environment) with these overrides. Returns its exit code (128+signal when killed). runc's own
 /// log goes to a temporary JSON file: a command it could not start (runc exits 255 then) is
 /// [`BundleError::CommandNotFound`] or [`BundleError::CommandNotExecutable`], as with
-/// [`crate::foreground::run`], not the runtime's raw message and 255.
-pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
+/// [`crate::foreground::run`], not the runtime's raw message and 255. `user`: the numeric ids
+/// `spec.user` resolved to in the container (see [`resolve_user`]). `spec.volumes` must be
+/// empty: a running container's mounts are fixed.
+pub fn exec(
+    state: &Path,
+    id: &str,
+    spec: &ProcessOverrides,
+    user: Option<&(u32, u32, Vec<u32>)>,
+) -> Result<i32> {
     if spec.args.is_empty() {
         return Err(BundleError::NoCommand);
+    }
+    if let Some(v) = spec.volumes.first() {
+        let reason = "a running container's mounts are fixed: exec takes no volumes".to_string();
+        return Err(BundleError::Volume { value: v.clone(), reason });
     }
     let rt = runtime();
     let mut env = Vec::new();
@@ -609,13 +629,13 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     for e in &env {
         cmd.arg("--env").arg(e);
     }
-    if let Some(c) = &spec.cwd {
+    if let Some(c) = &spec.workdir {
         if !c.starts_with('/') {
             return Err(BundleError::Workdir { dir: c.clone() });
         }
         cmd.arg("--cwd").arg(c);
     }
-    if let Some((uid, gid, extra)) = &spec.user {
+    if let Some((uid, gid, extra)) = user {
         cmd.arg("--user").arg(format!("{uid}:{gid}"));
         for g in extra {
             cmd.arg("--additional-gids").arg(g.to_string());
@@ -627,7 +647,7 @@ pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
     // runc takes ID then the command as is (no `--`: it would be the command).
     cmd.arg(id).args(&spec.args);
     let status = cmd
-        .stdin(if spec.stdin { Stdio::inherit() } else { Stdio::null() })
+        .stdin(if spec.interactive { Stdio::inherit() } else { Stdio::null() })
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
@@ -798,14 +818,13 @@ mod tests {
         fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\nextra:x:2000:app\n").unwrap();
         let cfg = serde_json::json!({"config": {
             "Entrypoint": ["/bin/ep"], "Cmd": ["default"], "Env": ["A=1"], "WorkingDir": "/w", "User": "app"}});
-        let run = RunSpec {
-            args: vec!["x".into(), "y".into()],
+        let process = ProcessOverrides { args: vec!["x".into(), "y".into()], ..Default::default() };
+        let settings = SpecSettings {
             hostname: "h".into(),
-            terminal: false,
             cgroups_path: Some("/strata-0123abcd-c".into()),
             ..Default::default()
         };
-        let spec = build_spec(&cfg, dir.path(), &run).unwrap();
+        let spec = build_spec(&cfg, dir.path(), &process, &settings).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/strata-0123abcd-c")));
         // The default spec's namespaces stay.
@@ -944,6 +963,7 @@ mod tests {
         assert_eq!(resolve_user(dir.path(), "12:34").unwrap(), (12, 34, vec![]));
         assert!(matches!(resolve_user(dir.path(), "nobody"), Err(BundleError::User { .. })));
         let cfg = serde_json::json!({"config": {}});
-        assert!(matches!(build_spec(&cfg, dir.path(), &RunSpec::default()), Err(BundleError::NoCommand)));
+        let none = build_spec(&cfg, dir.path(), &ProcessOverrides::default(), &SpecSettings::default());
+        assert!(matches!(none, Err(BundleError::NoCommand)));
     }
 }

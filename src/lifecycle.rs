@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bundle::{self, BundleError, RunSpec};
+use crate::bundle::{self, BundleError, ProcessOverrides, SpecSettings};
 use crate::container::{self, Backend, ContainerError};
 use crate::run::{self, RunError};
 use crate::store::{RemovedImage, Store, StoreError};
@@ -197,8 +197,9 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
                 .map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
             let config: serde_json::Value = serde_json::from_slice(&blob)
                 .map_err(|e| LifecycleError::Config { name: name.to_string(), reason: e.to_string() })?;
-            let run = RunSpec { hostname: name.chars().take(63).collect(), ..Default::default() };
-            bundle::build_spec(&config, rootfs, &run).map_err(berr(name))?
+            let settings = SpecSettings { hostname: name.chars().take(63).collect(), ..Default::default() };
+            bundle::build_spec(&config, rootfs, &ProcessOverrides::default(), &settings)
+                .map_err(berr(name))?
         }
     };
     let mut root = spec.root().clone().unwrap_or_default();

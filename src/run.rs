@@ -2,7 +2,8 @@
 //! The orchestration lives here so that every front end runs containers the same way; the CLI only
 //! parses arguments and maps the outcome to an exit code.
 
-use crate::bundle::{self, BundleError, RunSpec};
+pub use crate::bundle::ProcessOverrides;
+use crate::bundle::{self, BundleError, SpecSettings};
 use crate::container::{self, Backend, ContainerError, CreateOptions};
 use crate::signals;
 use crate::store::{Store, StoreError};
@@ -51,7 +52,8 @@ impl RunError {
     }
 }
 
-/// What to run.
+/// What to run: the image, the container's name and its life, and the process (what the user
+/// overrides of the image's command, environment, user, terminal and mounts).
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub image: String,
@@ -60,20 +62,8 @@ pub struct RunOptions {
     /// Remove the container afterwards.
     pub rm: bool,
     pub backend: Backend,
-    /// Replaces the image's Cmd.
-    pub args: Vec<String>,
-    /// `-t`: give the process a terminal.
-    pub terminal: bool,
-    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
-    pub interactive: bool,
-    /// `-e K=V` / `-e K` (see [`bundle::RunSpec::env`]).
-    pub env: Vec<String>,
-    /// `-w DIR`.
-    pub workdir: Option<String>,
-    /// `--user USER[:GROUP]`.
-    pub user: Option<String>,
-    /// `-v HOST:CTR[:ro]` bind mounts (see [`bundle::parse_volume`]).
-    pub volumes: Vec<String>,
+    /// The command (replacing the image's Cmd), `-e`, `-w`, `--user`, `-t`, `-i`, `-v`.
+    pub process: ProcessOverrides,
     /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
     /// [`stop`] (or `container rm --force`), or until it ends on its own.
     pub detach: bool,
@@ -108,6 +98,7 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
     // Bad -v values fail before anything is created.
     let volumes = opts
+        .process
         .volumes
         .iter()
         .map(|v| bundle::parse_volume(v))
@@ -133,18 +124,15 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             .map_err(|source| RunError::Store { name: name.clone(), source })?;
         let config: serde_json::Value =
             serde_json::from_slice(&blob).map_err(|e| bad_config(e.to_string()))?;
-        let terminal = opts.terminal && !opts.detach;
-        let run = RunSpec {
-            args: opts.args.clone(),
+        // A detached process has no terminal to have.
+        let process =
+            ProcessOverrides { terminal: opts.process.terminal && !opts.detach, ..opts.process.clone() };
+        let settings = SpecSettings {
             hostname: name.chars().take(63).collect(),
-            terminal,
-            env: opts.env.clone(),
-            workdir: opts.workdir.clone(),
-            user: opts.user.clone(),
             volumes: volumes.clone(),
             cgroups_path: Some(container::cgroups_path(store, &name)),
         };
-        let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
+        let spec = bundle::build_spec(&config, &rootfs, &process, &settings).map_err(berr)?;
         bundle::check_command(&spec).map_err(berr)?;
         let bundle_dir = container::dir(store, &name).join("bundle");
         bundle::write_bundle(&bundle_dir, &spec).map_err(berr)?;
@@ -163,8 +151,8 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             return Ok(0);
         }
         let fg = crate::foreground::Foreground {
-            stdin: opts.interactive,
-            terminal,
+            stdin: process.interactive,
+            terminal: process.terminal,
             trap: &mut trap,
             stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
         };
@@ -200,26 +188,11 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     result
 }
 
-/// What `exec` runs.
-#[derive(Debug, Clone, Default)]
-pub struct ExecOptions {
-    pub name: String,
-    pub args: Vec<String>,
-    /// `-e K=V` / `-e K`.
-    pub env: Vec<String>,
-    /// `-w DIR`.
-    pub workdir: Option<String>,
-    /// `--user USER[:GROUP]`, names resolved in the container's mounted rootfs.
-    pub user: Option<String>,
-    /// `-t`.
-    pub terminal: bool,
-    /// `-i`.
-    pub interactive: bool,
-}
-
 /// Run a command in a running container (`runc exec`), as `podman exec`; returns its exit code.
-pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
-    let name = opts.name.clone();
+/// `process.args` is the command; `process.user` names resolve in the container's mounted root
+/// filesystem; `process.volumes` must be empty (a running container's mounts are fixed).
+pub fn exec(store: &Store, name: &str, process: &ProcessOverrides) -> Result<i32, RunError> {
+    let name = name.to_string();
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
     let berr = |source| RunError::Bundle { name: name.clone(), source };
     let (state, id) = container::runc_ids(store, &name);
@@ -231,7 +204,7 @@ pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
             status: status.unwrap_or_else(|| "unknown to runc".into()),
         });
     }
-    let user = match &opts.user {
+    let user = match &process.user {
         None => None,
         Some(u) => {
             let rootfs = container::mounted_at(store, &name).map_err(cerr)?.ok_or_else(|| {
@@ -240,17 +213,9 @@ pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
             Some(bundle::resolve_user(&rootfs, u).map_err(berr)?)
         }
     };
-    let spec = bundle::ExecSpec {
-        args: opts.args.clone(),
-        env: opts.env.clone(),
-        cwd: opts.workdir.clone(),
-        user,
-        terminal: opts.terminal,
-        stdin: opts.interactive,
-    };
     // A missing or non-executable command is told by name (127/126), before runc is asked.
-    bundle::check_exec(&container::dir(store, &name).join("bundle"), &spec).map_err(berr)?;
-    bundle::exec(&state, &id, &spec).map_err(berr)
+    bundle::check_exec(&container::dir(store, &name).join("bundle"), process).map_err(berr)?;
+    bundle::exec(&state, &id, process, user.as_ref()).map_err(berr)
 }
 
 /// Stop a running container as `podman stop`: SIGTERM, then SIGKILL after `timeout`, through
