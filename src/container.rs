@@ -50,7 +50,7 @@ pub enum ContainerError {
     #[error("container {0:?} is a read-only view: it has no changes to commit")]
     ReadOnly(String),
     #[error("container {name:?}")]
-    Runtime { name: String, source: crate::bundle::BundleError },
+    Runtime { name: String, source: crate::runtime::RuntimeError },
     #[error(transparent)]
     Commit(#[from] Box<crate::commit::CommitError>),
     #[error("container {name:?}")]
@@ -265,7 +265,7 @@ pub fn running(store: &Store, name: &str) -> Result<Option<String>> {
         return Ok(Some(if rec.is_empty() { "strata run".to_string() } else { rec }));
     }
     let (state, id) = runc_ids(store, name);
-    match crate::bundle::runc_status(&state, &id).as_deref() {
+    match crate::runtime::runc::runc_status(&state, &id).as_deref() {
         None | Some("stopped") => Ok(None),
         Some(status) => Ok(Some(format!("runc {id}: {status}"))),
     }
@@ -615,19 +615,19 @@ fn stop(store: &Store, name: &str) -> Result<()> {
     // Signalled again on every round: a `strata run` that holds the run lock may not have
     // created its runc container yet when this starts.
     while running(store, name)?.is_some() {
-        match crate::bundle::runc_status(&state, &id).as_deref() {
+        match crate::runtime::runc::runc_status(&state, &id).as_deref() {
             // Nobody waits for it: a `strata run` killed before its runc child.
             Some("stopped") => {
-                let _ = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]);
+                let _ = crate::runtime::runc::runc_verb(&state, "delete", &id, &["--force"]);
             }
             Some(status) => {
                 // A paused container takes the signal only once thawed.
                 if status == "paused" {
-                    crate::bundle::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
+                    crate::runtime::runc::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
                 }
-                if let Err(e) = crate::bundle::runc_verb(&state, "kill", &id, &["KILL"]) {
+                if let Err(e) = crate::runtime::runc::runc_verb(&state, "kill", &id, &["KILL"]) {
                     // It may have exited meanwhile.
-                    if crate::bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
+                    if crate::runtime::runc::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
                         return Err(rt(e));
                     }
                 }
@@ -653,8 +653,8 @@ fn remove_runtime(store: &Store, name: &str) -> Result<()> {
         if !state.join(&id).exists() {
             continue;
         }
-        if let Err(e) = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]) {
-            if crate::bundle::runc_status(&state, &id).is_some() {
+        if let Err(e) = crate::runtime::runc::runc_verb(&state, "delete", &id, &["--force"]) {
+            if crate::runtime::runc::runc_status(&state, &id).is_some() {
                 return Err(rt(e));
             }
             // A directory runc does not know as a container (no state.json): debris.
@@ -724,8 +724,8 @@ pub fn gc_runtime(store: &Store) -> Result<RuntimeGarbage> {
         };
         let Some(_g) = orphan(name)? else { continue };
         tracing::info!(id, "deleting runc state of a removed container");
-        if let Err(e) = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]) {
-            if crate::bundle::runc_status(&state, &id).is_some() {
+        if let Err(e) = crate::runtime::runc::runc_verb(&state, "delete", &id, &["--force"]) {
+            if crate::runtime::runc::runc_status(&state, &id).is_some() {
                 return Err(ContainerError::Runtime { name: name.to_string(), source: e });
             }
             let dir = state.join(&id);
@@ -769,16 +769,16 @@ pub fn commit(
     let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
     let paused = pause
         && running(store, name)?.is_some()
-        && crate::bundle::runc_status(&state, &id).as_deref() == Some("running");
+        && crate::runtime::runc::runc_status(&state, &id).as_deref() == Some("running");
     if paused {
-        crate::bundle::runc_pause(&state, &id).map_err(rt)?;
+        crate::runtime::runc::runc_pause(&state, &id).map_err(rt)?;
     }
     let upper = paths(store, &c).upper;
     let done = crate::commit::commit(store, &upper, &parent, new_name, opts).map_err(Box::new);
     if paused {
-        if let Err(e) = crate::bundle::runc_verb(&state, "resume", &id, &[]) {
+        if let Err(e) = crate::runtime::runc::runc_verb(&state, "resume", &id, &[]) {
             // Gone meanwhile (killed, or exited as it was thawed) is not an error of the commit.
-            if crate::bundle::runc_status(&state, &id).is_some_and(|s| s == "paused") {
+            if crate::runtime::runc::runc_status(&state, &id).is_some_and(|s| s == "paused") {
                 return Err(rt(e));
             }
         }
@@ -841,7 +841,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     let (state, id) = runc_ids(store, name);
     // As docker's ps says it; the exit code as recorded by what observed the end (see
     // crate::lifecycle), since runc's state does not keep it.
-    let runc = crate::bundle::runc_status(&state, &id);
+    let runc = crate::runtime::runc::runc_status(&state, &id);
     let exit_code = if process.is_none() { recorded_exit(store, name) } else { None };
     let status = match (runc.as_deref(), process.is_some(), exit_code) {
         (Some("paused"), true, _) => "paused".to_string(),

@@ -2,9 +2,9 @@
 //! The orchestration lives here so that every front end runs containers the same way; the CLI only
 //! parses arguments and maps the outcome to an exit code.
 
-pub use crate::bundle::ProcessOverrides;
-use crate::bundle::{self, BundleError, SpecSettings};
 use crate::container::{self, Backend, ContainerError, CreateOptions};
+pub use crate::runtime::ProcessOverrides;
+use crate::runtime::{runc, spec, RuntimeError, SpecSettings};
 use crate::signals;
 use crate::store::{Store, StoreError};
 
@@ -18,7 +18,7 @@ pub enum RunError {
     #[error("container {name}")]
     Container { name: String, source: Box<ContainerError> },
     #[error("container {name}")]
-    Bundle { name: String, source: BundleError },
+    Runtime { name: String, source: RuntimeError },
     #[error("container {name}")]
     Store { name: String, source: StoreError },
     #[error("--rm with -d is not supported: stop the container, then remove it")]
@@ -42,7 +42,7 @@ impl RunError {
         match self {
             RunError::Running { .. } | RunError::NotRunning { .. } => ErrorKind::FailedPrecondition,
             RunError::Container { source, .. } => source.kind(),
-            RunError::Bundle { source, .. } => source.kind(),
+            RunError::Runtime { source, .. } => source.kind(),
             RunError::Store { source, .. } => source.kind(),
             RunError::DetachRm | RunError::Config { .. } => ErrorKind::InvalidArgument,
             RunError::NoLog { .. } => ErrorKind::NotFound,
@@ -101,9 +101,9 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         .process
         .volumes
         .iter()
-        .map(|v| bundle::parse_volume(v))
+        .map(|v| spec::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| RunError::Bundle { name: name.clone(), source })?;
+        .map_err(|source| RunError::Runtime { name: name.clone(), source })?;
     let mut trap =
         crate::signals::Trap::install().map_err(|source| RunError::Signals { name: name.clone(), source })?;
     if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
@@ -117,7 +117,7 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         // container lock, so an `rm --force` holding it while it stops the run cannot wait on it.
         let rootfs = container::mount(store, &name, None, opts.backend).map_err(cerr)?;
         let _running = container::start_run(store, &name).map_err(cerr)?;
-        let berr = |source| RunError::Bundle { name: name.clone(), source };
+        let berr = |source| RunError::Runtime { name: name.clone(), source };
         let bad_config = |reason: String| RunError::Config { name: name.clone(), reason };
         let blob = store
             .read_blob(&c.config_digest)
@@ -132,13 +132,13 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             volumes: volumes.clone(),
             cgroups_path: Some(container::cgroups_path(store, &name)),
         };
-        let spec = bundle::build_spec(&config, &rootfs, &process, &settings).map_err(berr)?;
-        bundle::check_command(&spec).map_err(berr)?;
+        let spec = spec::build_spec(&config, &rootfs, &process, &settings).map_err(berr)?;
+        spec::check_command(&spec).map_err(berr)?;
         let bundle_dir = container::dir(store, &name).join("bundle");
-        bundle::write_bundle(&bundle_dir, &spec).map_err(berr)?;
+        spec::write_bundle(&bundle_dir, &spec).map_err(berr)?;
         let state = container::runc_state_dir(store);
         let id = container::runc_id(store, &name);
-        bundle::delete_stale(&state, &id);
+        runc::delete_stale(&state, &id);
         if let Some(sig) = trap.pending() {
             tracing::warn!(container = %name, "{} before the container started: not starting it", signals::name(sig));
             return Ok(128 + sig);
@@ -194,10 +194,10 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
 pub fn exec(store: &Store, name: &str, process: &ProcessOverrides) -> Result<i32, RunError> {
     let name = name.to_string();
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
-    let berr = |source| RunError::Bundle { name: name.clone(), source };
+    let berr = |source| RunError::Runtime { name: name.clone(), source };
     let (state, id) = container::runc_ids(store, &name);
     container::inspect(store, &name).map_err(cerr)?;
-    let status = bundle::runc_status(&state, &id);
+    let status = runc::runc_status(&state, &id);
     if status.as_deref() != Some("running") {
         return Err(RunError::NotRunning {
             name,
@@ -210,12 +210,12 @@ pub fn exec(store: &Store, name: &str, process: &ProcessOverrides) -> Result<i32
             let rootfs = container::mounted_at(store, &name).map_err(cerr)?.ok_or_else(|| {
                 RunError::NotRunning { name: name.clone(), status: "its rootfs is not mounted".into() }
             })?;
-            Some(bundle::resolve_user(&rootfs, u).map_err(berr)?)
+            Some(spec::resolve_user(&rootfs, u).map_err(berr)?)
         }
     };
     // A missing or non-executable command is told by name (127/126), before runc is asked.
-    bundle::check_exec(&container::dir(store, &name).join("bundle"), process).map_err(berr)?;
-    bundle::exec(&state, &id, process, user.as_ref()).map_err(berr)
+    spec::check_exec(&container::dir(store, &name).join("bundle"), process).map_err(berr)?;
+    runc::exec(&state, &id, process, user.as_ref()).map_err(berr)
 }
 
 /// Stop a running container as `podman stop`: SIGTERM, then SIGKILL after `timeout`, through
@@ -225,10 +225,10 @@ pub fn exec(store: &Store, name: &str, process: &ProcessOverrides) -> Result<i32
 /// stop`).
 pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<bool, RunError> {
     let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
-    let berr = |source| RunError::Bundle { name: name.to_string(), source };
+    let berr = |source| RunError::Runtime { name: name.to_string(), source };
     container::inspect(store, name).map_err(cerr)?;
     let (state, id) = container::runc_ids(store, name);
-    let status = || bundle::runc_status(&state, &id);
+    let status = || runc::runc_status(&state, &id);
     // Stopped already (or created, never started): nothing to do, as `docker stop`.
     let Some(st) = status() else { return Ok(true) };
     let wait = |limit: std::time::Duration| {
@@ -246,9 +246,9 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
     let mut graceful = true;
     if st != "stopped" {
         if st == "paused" {
-            bundle::runc_verb(&state, "resume", &id, &[]).map_err(berr)?;
+            runc::runc_verb(&state, "resume", &id, &[]).map_err(berr)?;
         }
-        let kill = |sig: &str| match bundle::runc_verb(&state, "kill", &id, &[sig]) {
+        let kill = |sig: &str| match runc::runc_verb(&state, "kill", &id, &[sig]) {
             // It may have exited meanwhile.
             Err(e) if status().as_deref().is_some_and(|s| s != "stopped") => Err(berr(e)),
             _ => Ok(()),
@@ -293,7 +293,7 @@ pub fn follow_logs(store: &Store, name: &str, out: &mut dyn std::io::Write) -> R
     let mut buf = vec![0u8; 64 << 10];
     loop {
         // Read the state before draining: output written before it stopped is then read below.
-        let running = bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped");
+        let running = runc::runc_status(&state, &id).is_some_and(|s| s != "stopped");
         loop {
             let n = f.read(&mut buf).map_err(io)?;
             if n == 0 {
