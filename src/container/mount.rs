@@ -173,19 +173,30 @@ pub fn fuse_binary() -> PathBuf {
     PathBuf::from("strata-fuse")
 }
 
+/// Options of the kernel's overlay mount that strata-fuse's semantics always have (no index, no
+/// redirects, no metacopy): not passed, or it would warn that it ignores them.
+const KERNEL_ONLY: [&str; 3] = ["index", "redirect_dir", "metacopy"];
+
+/// strata-fuse's `-o` for `spec`: [`kernel_overlay::mount_spec`]'s options, paths escaped as
+/// overlayfs takes them (`\,` `\:` `\\`), which strata-fuse reads alike; without the kernel's
+/// stack depth limit ([`kernel_overlay::userspace_options`]), which strata-fuse does not have.
+fn fuse_options(spec: &OverlaySpec) -> std::result::Result<String, kernel_overlay::Error> {
+    let options = kernel_overlay::userspace_options(spec)?;
+    let kept: Vec<String> = options
+        .into_iter()
+        .filter(|o| !KERNEL_ONLY.contains(&o.split_once('=').map_or(o.as_str(), |(k, _)| k)))
+        .collect();
+    Ok(kept.join(","))
+}
+
 fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> Result<()> {
     let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
-    let join = |ps: &[&Path]| ps.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let lowers: Vec<&Path> = spec.lowers.iter().map(PathBuf::as_path).collect();
-    let mut opts = format!("lowerdir={}", join(&lowers));
-    if let (Some(u), Some(w)) = (&spec.upper, &spec.work) {
-        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
-        if spec.volatile {
-            opts.push_str(",volatile");
-        }
-    }
+    let opts =
+        fuse_options(spec).map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
     let bin = fuse_binary();
-    let source = format!("strata:{}", dir(store, name).display());
+    // The source mountinfo shows (see mounted_at), escaped as the paths are.
+    let escaped = String::from_utf8_lossy(&kernel_overlay::escape_path(&dir(store, name))).into_owned();
+    let source = format!("strata:{escaped}");
     let out = Command::new(&bin)
         .arg("-o")
         .arg(&opts)
