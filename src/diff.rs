@@ -40,6 +40,12 @@ pub enum DiffError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: moved or replaced while the diff read it")]
     Moved { path: PathBuf },
+    /// [`container_diff`]: the container (not found, its layers).
+    #[error(transparent)]
+    Container(Box<crate::container::ContainerError>),
+    /// [`container_diff`]: reading its trees.
+    #[error("container {name:?}: diff")]
+    InContainer { name: String, source: Box<DiffError> },
 }
 
 impl From<WalkError> for DiffError {
@@ -183,6 +189,20 @@ impl LowerDir {
         }
         Ok(seen.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect())
     }
+}
+
+/// Container `name`'s changes against its image (`container diff`): its upper dir over its
+/// layers; a read-only view has none.
+pub fn container_diff(store: &crate::store::Store, name: &str) -> Result<Vec<Change>> {
+    use crate::container;
+    let cerr = |e| DiffError::Container(Box::new(e));
+    let c = container::get(store, name).map_err(cerr)?;
+    if c.read_only {
+        return Ok(Vec::new());
+    }
+    let spec = container::overlay_spec(store, &c).map_err(cerr)?;
+    diff_upper(&container::paths(store, &c).upper, &spec.lowers)
+        .map_err(|e| DiffError::InContainer { name: name.to_string(), source: Box::new(e) })
 }
 
 fn display(rel: &[u8]) -> String {

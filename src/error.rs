@@ -51,23 +51,23 @@ mod tests {
     /// Every pipeline's and the runtime's errors say their kind, through their causes too.
     #[test]
     fn kinds_see_through_the_chain() {
-        use crate::bundle::BundleError;
         use crate::export::ExportError;
         use crate::image::ImageError;
         use crate::registry::RegistryError;
         use crate::run::RunError;
+        use crate::runtime::RuntimeError;
         let tag = || ImageError::NoSuchTag { source_name: "a".into(), tag: "t".into(), available: "".into() };
         assert_eq!(
-            BundleError::CommandNotFound { cmd: "x".into(), in_path: true }.kind(),
+            RuntimeError::CommandNotFound { cmd: "x".into(), in_path: true }.kind(),
             ErrorKind::NotFound
         );
-        assert_eq!(BundleError::NoCommand.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(RuntimeError::NoCommand.kind(), ErrorKind::InvalidArgument);
         assert_eq!(RegistryError::Image(tag()).kind(), ErrorKind::NotFound);
         assert_eq!(
             RegistryError::Unauthorized { host: "h".into(), message: "m".into(), hint: "".into() }.kind(),
             ErrorKind::FailedPrecondition
         );
-        let run = RunError::Bundle { name: "c".into(), source: BundleError::NoCommand };
+        let run = RunError::Runtime { name: "c".into(), source: RuntimeError::NoCommand };
         assert_eq!(run.kind(), ErrorKind::InvalidArgument);
         assert_eq!(RunError::NoLog { name: "c".into() }.kind(), ErrorKind::NotFound);
         assert_eq!(ExportError::Exists("/x".into()).kind(), ErrorKind::AlreadyExists);

@@ -1,13 +1,14 @@
 //! A container in the foreground: `runc run` attached to this process's stdio, the signals this
 //! process takes forwarded to it ([`crate::signals`]), its exit code returned. Above both the
-//! runtime driver ([`crate::bundle`]) and the signal trap, which know nothing of each other's
+//! runtime driver ([`crate::runtime`]) and the signal trap, which know nothing of each other's
 //! callers.
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::bundle::{runtime, start_failure, BundleError, Result};
+use crate::runtime::runc::{runtime, start_failure};
+use crate::runtime::{Result, RuntimeError};
 use crate::signals;
 
 /// How a foreground [`run`] is attached to this process.
@@ -26,8 +27,8 @@ pub struct Foreground<'a> {
 /// process's exit code (128+signal when killed by a signal). `state` keeps runc's state inside
 /// strata's root, so container IDs of different strata roots never collide. runc's own log goes
 /// to `BUNDLE/runc.log` (JSON), so a command that could not be started is told apart from one
-/// that ran and failed: that is [`BundleError::CommandNotFound`] or
-/// [`BundleError::CommandNotExecutable`]. (runc still prints that error on its stderr, one line.)
+/// that ran and failed: that is [`RuntimeError::CommandNotFound`] or
+/// [`RuntimeError::CommandNotExecutable`]. (runc still prints that error on its stderr, one line.)
 /// The container reads this process's stdin when `fg.stdin` (`-i`), /dev/null otherwise, as
 /// podman.
 ///
@@ -68,7 +69,7 @@ pub fn run(state: &Path, bundle: &Path, id: &str, fg: Foreground<'_>) -> Result<
     if !fg.terminal {
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+    let mut child = cmd.spawn().map_err(|e| RuntimeError::Runtime { runtime: rt.clone(), source: e })?;
     if let Some(mut pipe) = child.stdin.take() {
         // Blocked in a read of the terminal when the container ends; it ends with the process.
         // Without the thread, the pipe closes: the container reads end of file.
@@ -80,7 +81,7 @@ pub fn run(state: &Path, bundle: &Path, id: &str, fg: Foreground<'_>) -> Result<
         }
     }
     let status = signals::supervise(fg.trap, &mut child, state, id, fg.stop_timeout)
-        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
+        .map_err(|e| RuntimeError::Runtime { runtime: rt.clone(), source: e })?;
     use std::os::unix::process::ExitStatusExt;
     if status.code() == Some(1) {
         // runc's own failures exit 1; so may the command. Only the log tells them apart.

@@ -19,13 +19,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The modules no cycle may pass through: the core and the pipelines above it, the runtime
-/// (`bundle`, the signal trap, the foreground run, the monitor of detached runs, `run`, the
+/// (`runtime`, the signal trap, the foreground run, the monitor of detached runs, `run`, the
 /// lifecycle verbs), and the helpers they use.
 const STACK: &[&str] = &[
     "run",
     "lifecycle",
     "monitor",
-    "bundle",
+    "runtime",
     "signals",
     "foreground",
     "cgroup",

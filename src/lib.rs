@@ -14,7 +14,7 @@
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`tar`]:
 //!   the layer tar format (PAX, ustar, GNU sparse) that unpack reads and commit writes.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;
-//!   [`bundle`]: OCI runtime bundles run with runc.
+//!   [`runtime`]: OCI runtime bundles ([`runtime::spec`]) run with runc ([`runtime::runc`]).
 //! - [`diff`], [`commit`], [`export`]: the way back, from an upper dir to a layer, an image, a file.
 //! - [`images`]: stored images as listed (`image ls`, `image history`), tagged, and gc.
 //! - [`overlay_format`]: whiteouts, opaque dirs, private xattrs, as commit and diff read them;
@@ -29,7 +29,6 @@
 //! - [`network`]: container networking through the CNI plugins (bridge, host-local, portmap),
 //!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets.
 
-pub mod bundle;
 pub mod cgroup;
 pub mod commit;
 pub mod compression;
@@ -56,6 +55,7 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod run;
+pub mod runtime;
 pub mod signals;
 pub mod snapshot;
 pub mod store;

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bundle::{self, BundleError, RunSpec};
 use crate::container::{self, Backend, ContainerError};
 use crate::run::{self, RunError};
+use crate::runtime::{runc, spec, ProcessOverrides, RuntimeError, SpecSettings};
 use crate::store::{RemovedImage, Store, StoreError};
 
 /// Lifecycle errors: which step failed, for which container.
@@ -35,7 +35,7 @@ pub enum LifecycleError {
     #[error("container {name}")]
     Container { name: String, source: Box<ContainerError> },
     #[error("container {name}")]
-    Bundle { name: String, source: BundleError },
+    Runtime { name: String, source: RuntimeError },
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("container {name}")]
@@ -78,7 +78,7 @@ impl LifecycleError {
             LifecycleError::Measure { source, .. } => source.kind(),
             LifecycleError::Io { source, .. } => ErrorKind::of_io(source),
             LifecycleError::Monitor(e) => e.kind(),
-            LifecycleError::Bundle { .. } | LifecycleError::Run(_) | LifecycleError::NoExitCode { .. } => {
+            LifecycleError::Runtime { .. } | LifecycleError::Run(_) | LifecycleError::NoExitCode { .. } => {
                 ErrorKind::Internal
             }
         }
@@ -91,8 +91,8 @@ fn cerr(name: &str) -> impl Fn(ContainerError) -> LifecycleError + '_ {
     move |source| LifecycleError::Container { name: name.to_string(), source: Box::new(source) }
 }
 
-fn berr(name: &str) -> impl Fn(BundleError) -> LifecycleError + '_ {
-    move |source| LifecycleError::Bundle { name: name.to_string(), source }
+fn berr(name: &str) -> impl Fn(RuntimeError) -> LifecycleError + '_ {
+    move |source| LifecycleError::Runtime { name: name.to_string(), source }
 }
 
 /// What a container is doing, as `ps -a` shows it.
@@ -151,14 +151,14 @@ pub fn status(store: &Store, name: &str) -> Result<Status> {
     container::row(store, name)?.ok_or_else(gone)?;
     let (state, id) = container::runc_ids(store, name);
     if container::is_running(store, name).map_err(cerr(name))?.is_some() {
-        let paused = bundle::runc_status(&state, &id).as_deref() == Some("paused");
+        let paused = runc::runc_status(&state, &id).as_deref() == Some("paused");
         let state = if paused { State::Paused } else { State::Running };
         return Ok(Status { state, exit_code: None });
     }
     if let Some(code) = recorded_exit(store, name) {
         return Ok(Status { state: State::Exited, exit_code: Some(code) });
     }
-    let stopped = bundle::runc_status(&state, &id).as_deref() == Some("stopped");
+    let stopped = runc::runc_status(&state, &id).as_deref() == Some("stopped");
     Ok(Status { state: if stopped { State::Exited } else { State::Created }, exit_code: None })
 }
 
@@ -197,8 +197,8 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
                 .map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
             let config: serde_json::Value = serde_json::from_slice(&blob)
                 .map_err(|e| LifecycleError::Config { name: name.to_string(), reason: e.to_string() })?;
-            let run = RunSpec { hostname: name.chars().take(63).collect(), ..Default::default() };
-            bundle::build_spec(&config, rootfs, &run).map_err(berr(name))?
+            let settings = SpecSettings { hostname: name.chars().take(63).collect(), ..Default::default() };
+            spec::build_spec(&config, rootfs, &ProcessOverrides::default(), &settings).map_err(berr(name))?
         }
     };
     let mut root = spec.root().clone().unwrap_or_default();
@@ -236,14 +236,14 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
             None => container::mount(store, name, None, opts.backend).map_err(cerr(name))?,
         };
         let spec = start_spec(store, name, &rootfs)?;
-        bundle::check_command(&spec).map_err(berr(name))?;
+        spec::check_command(&spec).map_err(berr(name))?;
         let bundle_dir = container::dir(store, name).join("bundle");
-        bundle::write_bundle(&bundle_dir, &spec).map_err(berr(name))?;
+        spec::write_bundle(&bundle_dir, &spec).map_err(berr(name))?;
         // Under its current id, whatever id an older strata gave it (not running: see above).
         let state = container::runc_state_dir(store);
         let id = container::runc_id(store, name);
-        bundle::delete_stale(&state, &id);
-        bundle::delete_stale(&state, &container::legacy_runc_id(name));
+        runc::delete_stale(&state, &id);
+        runc::delete_stale(&state, &container::legacy_runc_id(name));
         clear_exit(store, name)?;
         if let Some(trap) = trap.as_mut() {
             let fg = crate::foreground::Foreground {
@@ -333,9 +333,9 @@ pub fn kill(store: &Store, name: &str, signal: i32) -> Result<()> {
     // tried again (bounded), as the run's own signal forwarding does.
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        match bundle::runc_verb(&state, "kill", &id, &[&signal.to_string()]) {
+        match runc::runc_verb(&state, "kill", &id, &[&signal.to_string()]) {
             Ok(()) => return Ok(()),
-            Err(e) if bundle::runc_status(&state, &id).is_none() => {
+            Err(e) if runc::runc_status(&state, &id).is_none() => {
                 if !matches!(status(store, name)?.state, State::Running | State::Paused) {
                     return Err(LifecycleError::NotRunning { name: name.to_string() });
                 }
@@ -357,7 +357,7 @@ pub fn pause(store: &Store, name: &str) -> Result<()> {
         _ => return Err(LifecycleError::NotRunning { name: name.to_string() }),
     }
     let (state, id) = container::runc_ids(store, name);
-    bundle::runc_pause(&state, &id).map_err(berr(name))
+    runc::runc_pause(&state, &id).map_err(berr(name))
 }
 
 /// Thaw a paused container (`runc resume`).
@@ -366,7 +366,7 @@ pub fn unpause(store: &Store, name: &str) -> Result<()> {
         return Err(LifecycleError::NotPaused { name: name.to_string() });
     }
     let (state, id) = container::runc_ids(store, name);
-    bundle::runc_verb(&state, "resume", &id, &[]).map_err(berr(name))
+    runc::runc_verb(&state, "resume", &id, &[]).map_err(berr(name))
 }
 
 /// Block until the container is no longer running; its exit code (`docker wait`). A created
@@ -512,7 +512,7 @@ fn kernel_release() -> String {
 }
 
 fn runtime_version() -> Option<String> {
-    let out = Command::new(bundle::runtime()).arg("--version").stdin(Stdio::null()).output().ok()?;
+    let out = Command::new(runc::runtime()).arg("--version").stdin(Stdio::null()).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     out.status.success().then(|| text.lines().next().unwrap_or("").trim().to_string())
 }
@@ -520,7 +520,7 @@ fn runtime_version() -> Option<String> {
 pub fn version() -> Version {
     Version {
         client: env!("CARGO_PKG_VERSION"),
-        runtime: bundle::runtime(),
+        runtime: runc::runtime(),
         runtime_version: runtime_version(),
         kernel: kernel_release(),
     }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bundle::{self, BundleError};
 use crate::container::{self, ContainerError};
+use crate::runtime::{runc, RuntimeError};
 use crate::store::{Store, StoreError};
 
 /// Monitor errors: which step failed, for which container.
@@ -23,7 +23,7 @@ pub enum MonitorError {
     #[error("container {name}")]
     Container { name: String, source: Box<ContainerError> },
     #[error("container {name}")]
-    Bundle { name: String, source: BundleError },
+    Runtime { name: String, source: RuntimeError },
     #[error("container {name}")]
     Store { name: String, source: StoreError },
     #[error("{path}")]
@@ -37,7 +37,7 @@ impl MonitorError {
         match self {
             MonitorError::Failed { .. } => ErrorKind::Internal,
             MonitorError::Container { source, .. } => source.kind(),
-            MonitorError::Bundle { source, .. } => source.kind(),
+            MonitorError::Runtime { source, .. } => source.kind(),
             MonitorError::Store { source, .. } => source.kind(),
             MonitorError::Io { source, .. } => ErrorKind::of_io(source),
         }
@@ -50,8 +50,8 @@ fn cerr(name: &str) -> impl Fn(ContainerError) -> MonitorError + '_ {
     move |source| MonitorError::Container { name: name.to_string(), source: Box::new(source) }
 }
 
-fn berr(name: &str) -> impl Fn(BundleError) -> MonitorError + '_ {
-    move |source| MonitorError::Bundle { name: name.to_string(), source }
+fn berr(name: &str) -> impl Fn(RuntimeError) -> MonitorError + '_ {
+    move |source| MonitorError::Runtime { name: name.to_string(), source }
 }
 
 /// Start `strata container monitor NAME` (see [`monitor`]; it makes its own session), its stdio
@@ -99,26 +99,26 @@ pub fn spawn(store: &Store, name: &str, exe: Option<&Path>) -> Result<()> {
 }
 
 /// What a monitor reports when the runtime could not start the container.
-fn encode_failure(e: &BundleError) -> serde_json::Value {
+fn encode_failure(e: &RuntimeError) -> serde_json::Value {
     match e {
-        BundleError::CommandNotFound { cmd, in_path } => {
+        RuntimeError::CommandNotFound { cmd, in_path } => {
             serde_json::json!({"error": e.to_string(), "not_found": cmd, "in_path": in_path})
         }
-        BundleError::CommandNotExecutable { cmd, reason } => {
+        RuntimeError::CommandNotExecutable { cmd, reason } => {
             serde_json::json!({"error": e.to_string(), "not_executable": cmd, "reason": reason})
         }
         e => serde_json::json!({"error": crate::error::report(e)}),
     }
 }
 
-fn decode_failure(v: &serde_json::Value) -> Option<BundleError> {
+fn decode_failure(v: &serde_json::Value) -> Option<RuntimeError> {
     if let Some(cmd) = v.get("not_found").and_then(|c| c.as_str()) {
         let in_path = v.get("in_path").and_then(|b| b.as_bool()).unwrap_or(false);
-        return Some(BundleError::CommandNotFound { cmd: cmd.to_string(), in_path });
+        return Some(RuntimeError::CommandNotFound { cmd: cmd.to_string(), in_path });
     }
     let cmd = v.get("not_executable").and_then(|c| c.as_str())?;
     let reason = v.get("reason").and_then(|r| r.as_str()).unwrap_or("").to_string();
-    Some(BundleError::CommandNotExecutable { cmd: cmd.to_string(), reason })
+    Some(RuntimeError::CommandNotExecutable { cmd: cmd.to_string(), reason })
 }
 
 /// The monitor of a detached container (`strata container monitor NAME`, started by [`start`]):
@@ -143,11 +143,11 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
         let _ = writeln!(report, "{}", serde_json::json!({"error": format!("PR_SET_CHILD_SUBREAPER: {e}")}));
         return Err(MonitorError::Io { path: "prctl".into(), source: e.into() });
     }
-    if let Err(e) = bundle::run_detached(&state, &bundle_dir, &id, &log) {
+    if let Err(e) = runc::run_detached(&state, &bundle_dir, &id, &log) {
         let _ = writeln!(report, "{}", encode_failure(&e));
         return Err(berr(name)(e));
     }
-    let pid = bundle::runc_pid(&state, &id);
+    let pid = runc::runc_pid(&state, &id);
     let _ = writeln!(report, "{}", serde_json::json!({"started": true}));
     let _ = report.flush();
     // No pid when it already ended (runc says pid 0 then): the child we adopt is that process.
@@ -162,7 +162,7 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
     loop {
         let g = container::lock(&store, name).map_err(cerr(name))?;
         // Started again meanwhile (restart): that run is not ours to clean up.
-        let current = bundle::runc_pid(&state, &id);
+        let current = runc::runc_pid(&state, &id);
         if current.is_some() && current != pid {
             return Ok(());
         }
@@ -180,7 +180,7 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
             if let Some(code) = code {
                 container::record_exit(&store, name, code);
             }
-            let _ = bundle::runc_verb(&state, "delete", &id, &[]);
+            let _ = runc::runc_verb(&state, "delete", &id, &[]);
             return Ok(());
         }
         drop(g);
@@ -219,11 +219,11 @@ mod tests {
 
     #[test]
     fn monitor_failures_round_trip() {
-        let e = BundleError::CommandNotFound { cmd: "x\ty".into(), in_path: true };
+        let e = RuntimeError::CommandNotFound { cmd: "x\ty".into(), in_path: true };
         let back = decode_failure(&encode_failure(&e)).unwrap();
-        assert!(matches!(back, BundleError::CommandNotFound { ref cmd, in_path: true } if cmd == "x\ty"));
-        let e = BundleError::CommandNotExecutable { cmd: "/e".into(), reason: "mode 0644".into() };
+        assert!(matches!(back, RuntimeError::CommandNotFound { ref cmd, in_path: true } if cmd == "x\ty"));
+        let e = RuntimeError::CommandNotExecutable { cmd: "/e".into(), reason: "mode 0644".into() };
         assert_eq!(decode_failure(&encode_failure(&e)).unwrap().exit_code(), Some(126));
-        assert!(decode_failure(&encode_failure(&BundleError::NoCommand)).is_none());
+        assert!(decode_failure(&encode_failure(&RuntimeError::NoCommand)).is_none());
     }
 }

@@ -2,8 +2,9 @@
 //! The orchestration lives here so that every front end runs containers the same way; the CLI only
 //! parses arguments and maps the outcome to an exit code.
 
-use crate::bundle::{self, BundleError, RunSpec};
 use crate::container::{self, Backend, ContainerError, CreateOptions};
+pub use crate::runtime::ProcessOverrides;
+use crate::runtime::{runc, spec, RuntimeError, SpecSettings};
 use crate::signals;
 use crate::store::{Store, StoreError};
 
@@ -17,7 +18,7 @@ pub enum RunError {
     #[error("container {name}")]
     Container { name: String, source: Box<ContainerError> },
     #[error("container {name}")]
-    Bundle { name: String, source: BundleError },
+    Runtime { name: String, source: RuntimeError },
     #[error("container {name}")]
     Store { name: String, source: StoreError },
     #[error("--rm with -d is not supported: stop the container, then remove it")]
@@ -41,7 +42,7 @@ impl RunError {
         match self {
             RunError::Running { .. } | RunError::NotRunning { .. } => ErrorKind::FailedPrecondition,
             RunError::Container { source, .. } => source.kind(),
-            RunError::Bundle { source, .. } => source.kind(),
+            RunError::Runtime { source, .. } => source.kind(),
             RunError::Store { source, .. } => source.kind(),
             RunError::DetachRm | RunError::Config { .. } => ErrorKind::InvalidArgument,
             RunError::NoLog { .. } => ErrorKind::NotFound,
@@ -51,7 +52,8 @@ impl RunError {
     }
 }
 
-/// What to run.
+/// What to run: the image, the container's name and its life, and the process (what the user
+/// overrides of the image's command, environment, user, terminal and mounts).
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub image: String,
@@ -60,20 +62,8 @@ pub struct RunOptions {
     /// Remove the container afterwards.
     pub rm: bool,
     pub backend: Backend,
-    /// Replaces the image's Cmd.
-    pub args: Vec<String>,
-    /// `-t`: give the process a terminal.
-    pub terminal: bool,
-    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
-    pub interactive: bool,
-    /// `-e K=V` / `-e K` (see [`bundle::RunSpec::env`]).
-    pub env: Vec<String>,
-    /// `-w DIR`.
-    pub workdir: Option<String>,
-    /// `--user USER[:GROUP]`.
-    pub user: Option<String>,
-    /// `-v HOST:CTR[:ro]` bind mounts (see [`bundle::parse_volume`]).
-    pub volumes: Vec<String>,
+    /// The command (replacing the image's Cmd), `-e`, `-w`, `--user`, `-t`, `-i`, `-v`.
+    pub process: ProcessOverrides,
     /// `-d`: start it and return; its output goes to [`log_path`]; it stays mounted until
     /// [`stop`] (or `container rm --force`), or until it ends on its own.
     pub detach: bool,
@@ -108,11 +98,12 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
     // Bad -v values fail before anything is created.
     let volumes = opts
+        .process
         .volumes
         .iter()
-        .map(|v| bundle::parse_volume(v))
+        .map(|v| spec::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| RunError::Bundle { name: name.clone(), source })?;
+        .map_err(|source| RunError::Runtime { name: name.clone(), source })?;
     let mut trap =
         crate::signals::Trap::install().map_err(|source| RunError::Signals { name: name.clone(), source })?;
     if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
@@ -126,31 +117,28 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         // container lock, so an `rm --force` holding it while it stops the run cannot wait on it.
         let rootfs = container::mount(store, &name, None, opts.backend).map_err(cerr)?;
         let _running = container::start_run(store, &name).map_err(cerr)?;
-        let berr = |source| RunError::Bundle { name: name.clone(), source };
+        let berr = |source| RunError::Runtime { name: name.clone(), source };
         let bad_config = |reason: String| RunError::Config { name: name.clone(), reason };
         let blob = store
             .read_blob(&c.config_digest)
             .map_err(|source| RunError::Store { name: name.clone(), source })?;
         let config: serde_json::Value =
             serde_json::from_slice(&blob).map_err(|e| bad_config(e.to_string()))?;
-        let terminal = opts.terminal && !opts.detach;
-        let run = RunSpec {
-            args: opts.args.clone(),
+        // A detached process has no terminal to have.
+        let process =
+            ProcessOverrides { terminal: opts.process.terminal && !opts.detach, ..opts.process.clone() };
+        let settings = SpecSettings {
             hostname: name.chars().take(63).collect(),
-            terminal,
-            env: opts.env.clone(),
-            workdir: opts.workdir.clone(),
-            user: opts.user.clone(),
             volumes: volumes.clone(),
             cgroups_path: Some(container::cgroups_path(store, &name)),
         };
-        let spec = bundle::build_spec(&config, &rootfs, &run).map_err(berr)?;
-        bundle::check_command(&spec).map_err(berr)?;
+        let spec = spec::build_spec(&config, &rootfs, &process, &settings).map_err(berr)?;
+        spec::check_command(&spec).map_err(berr)?;
         let bundle_dir = container::dir(store, &name).join("bundle");
-        bundle::write_bundle(&bundle_dir, &spec).map_err(berr)?;
+        spec::write_bundle(&bundle_dir, &spec).map_err(berr)?;
         let state = container::runc_state_dir(store);
         let id = container::runc_id(store, &name);
-        bundle::delete_stale(&state, &id);
+        runc::delete_stale(&state, &id);
         if let Some(sig) = trap.pending() {
             tracing::warn!(container = %name, "{} before the container started: not starting it", signals::name(sig));
             return Ok(128 + sig);
@@ -163,8 +151,8 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             return Ok(0);
         }
         let fg = crate::foreground::Foreground {
-            stdin: opts.interactive,
-            terminal,
+            stdin: process.interactive,
+            terminal: process.terminal,
             trap: &mut trap,
             stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
         };
@@ -200,57 +188,34 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
     result
 }
 
-/// What `exec` runs.
-#[derive(Debug, Clone, Default)]
-pub struct ExecOptions {
-    pub name: String,
-    pub args: Vec<String>,
-    /// `-e K=V` / `-e K`.
-    pub env: Vec<String>,
-    /// `-w DIR`.
-    pub workdir: Option<String>,
-    /// `--user USER[:GROUP]`, names resolved in the container's mounted rootfs.
-    pub user: Option<String>,
-    /// `-t`.
-    pub terminal: bool,
-    /// `-i`.
-    pub interactive: bool,
-}
-
 /// Run a command in a running container (`runc exec`), as `podman exec`; returns its exit code.
-pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
-    let name = opts.name.clone();
+/// `process.args` is the command; `process.user` names resolve in the container's mounted root
+/// filesystem; `process.volumes` must be empty (a running container's mounts are fixed).
+pub fn exec(store: &Store, name: &str, process: &ProcessOverrides) -> Result<i32, RunError> {
+    let name = name.to_string();
     let cerr = |source| RunError::Container { name: name.clone(), source: Box::new(source) };
-    let berr = |source| RunError::Bundle { name: name.clone(), source };
+    let berr = |source| RunError::Runtime { name: name.clone(), source };
     let (state, id) = container::runc_ids(store, &name);
     container::inspect(store, &name).map_err(cerr)?;
-    let status = bundle::runc_status(&state, &id);
+    let status = runc::runc_status(&state, &id);
     if status.as_deref() != Some("running") {
         return Err(RunError::NotRunning {
             name,
             status: status.unwrap_or_else(|| "unknown to runc".into()),
         });
     }
-    let user = match &opts.user {
+    let user = match &process.user {
         None => None,
         Some(u) => {
             let rootfs = container::mounted_at(store, &name).map_err(cerr)?.ok_or_else(|| {
                 RunError::NotRunning { name: name.clone(), status: "its rootfs is not mounted".into() }
             })?;
-            Some(bundle::resolve_user(&rootfs, u).map_err(berr)?)
+            Some(spec::resolve_user(&rootfs, u).map_err(berr)?)
         }
     };
-    let spec = bundle::ExecSpec {
-        args: opts.args.clone(),
-        env: opts.env.clone(),
-        cwd: opts.workdir.clone(),
-        user,
-        terminal: opts.terminal,
-        stdin: opts.interactive,
-    };
     // A missing or non-executable command is told by name (127/126), before runc is asked.
-    bundle::check_exec(&container::dir(store, &name).join("bundle"), &spec).map_err(berr)?;
-    bundle::exec(&state, &id, &spec).map_err(berr)
+    spec::check_exec(&container::dir(store, &name).join("bundle"), process).map_err(berr)?;
+    runc::exec(&state, &id, process, user.as_ref()).map_err(berr)
 }
 
 /// Stop a running container as `podman stop`: SIGTERM, then SIGKILL after `timeout`, through
@@ -260,10 +225,10 @@ pub fn exec(store: &Store, opts: &ExecOptions) -> Result<i32, RunError> {
 /// stop`).
 pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<bool, RunError> {
     let cerr = |source| RunError::Container { name: name.to_string(), source: Box::new(source) };
-    let berr = |source| RunError::Bundle { name: name.to_string(), source };
+    let berr = |source| RunError::Runtime { name: name.to_string(), source };
     container::inspect(store, name).map_err(cerr)?;
     let (state, id) = container::runc_ids(store, name);
-    let status = || bundle::runc_status(&state, &id);
+    let status = || runc::runc_status(&state, &id);
     // Stopped already (or created, never started): nothing to do, as `docker stop`.
     let Some(st) = status() else { return Ok(true) };
     let wait = |limit: std::time::Duration| {
@@ -281,9 +246,9 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
     let mut graceful = true;
     if st != "stopped" {
         if st == "paused" {
-            bundle::runc_verb(&state, "resume", &id, &[]).map_err(berr)?;
+            runc::runc_verb(&state, "resume", &id, &[]).map_err(berr)?;
         }
-        let kill = |sig: &str| match bundle::runc_verb(&state, "kill", &id, &[sig]) {
+        let kill = |sig: &str| match runc::runc_verb(&state, "kill", &id, &[sig]) {
             // It may have exited meanwhile.
             Err(e) if status().as_deref().is_some_and(|s| s != "stopped") => Err(berr(e)),
             _ => Ok(()),
@@ -328,7 +293,7 @@ pub fn follow_logs(store: &Store, name: &str, out: &mut dyn std::io::Write) -> R
     let mut buf = vec![0u8; 64 << 10];
     loop {
         // Read the state before draining: output written before it stopped is then read below.
-        let running = bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped");
+        let running = runc::runc_status(&state, &id).is_some_and(|s| s != "stopped");
         loop {
             let n = f.read(&mut buf).map_err(io)?;
             if n == 0 {

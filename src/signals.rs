@@ -110,7 +110,7 @@ pub fn name(sig: i32) -> String {
 /// or the container has stopped (nothing left to signal); false to retry (runc has not created
 /// the container yet).
 fn deliver(state: &Path, id: &str, sig: i32) -> bool {
-    use crate::bundle::{runc_status, runc_verb};
+    use crate::runtime::runc::{runc_status, runc_verb};
     if sig == SIGKILL && runc_status(state, id).as_deref() == Some("paused") {
         // A frozen process dies only once thawed.
         let _ = runc_verb(state, "resume", id, &[]);

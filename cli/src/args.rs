@@ -340,6 +340,22 @@ pub struct ProcessArgs {
     pub tty: bool,
 }
 
+impl ProcessArgs {
+    /// The one conversion from the command line to the library's process overrides: `cmd`
+    /// the command, `volumes` run's `-v` values (none for exec).
+    pub fn into_overrides(self, cmd: Vec<String>, volumes: Vec<String>) -> strata::run::ProcessOverrides {
+        strata::run::ProcessOverrides {
+            args: cmd,
+            env: self.env,
+            workdir: self.workdir,
+            user: self.user,
+            terminal: self.tty,
+            interactive: self.interactive,
+            volumes,
+        }
+    }
+}
+
 /// How `image ls` (and its short form `images`) prints.
 #[derive(clap::Args)]
 pub struct ImageListArgs {

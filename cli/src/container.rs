@@ -160,8 +160,8 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         }
         ContainerCmd::Diff { name, json } => {
             let store = open_store(root)?;
-            let changes =
-                container::diff(&store, &name).with_context(|| format!("diff of container {name}"))?;
+            let changes = strata::diff::container_diff(&store, &name)
+                .with_context(|| format!("diff of container {name}"))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&changes)?)?;
             } else {
@@ -179,9 +179,10 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
                 ..Default::default()
             };
             let opts = CommitOptions { layer, author, message, changes: change };
-            let done = container::commit(&mut store, &name, &new_image, &opts, pause).with_context(|| {
-                format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
-            })?;
+            let done =
+                commit::commit_container(&mut store, &name, &new_image, &opts, pause).with_context(|| {
+                    format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
+                })?;
             outln!("{}", done.manifest_digest)?;
         }
         ContainerCmd::Inspect { name } => {

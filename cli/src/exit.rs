@@ -9,7 +9,7 @@
 //! of the engine one status (1, or 125 where the status could be a container's) whatever its
 //! class, and which failures are the container command's (126, 127) is finer than a kind (a
 //! missing command and a missing image are both `NotFound`): the runtime's error says it,
-//! `BundleError::exit_code`.
+//! `RuntimeError::exit_code`.
 
 use std::process::ExitCode;
 
@@ -104,37 +104,37 @@ fn stdout_closed(e: &anyhow::Error) -> bool {
 /// 127 for a command not found in the container, 126 for one that cannot be executed (as
 /// podman and shells); `None` for strata's own failures.
 fn command_status(e: &anyhow::Error) -> Option<u8> {
-    e.chain().find_map(|c| c.downcast_ref::<strata::bundle::BundleError>()).and_then(|b| b.exit_code())
+    e.chain().find_map(|c| c.downcast_ref::<strata::runtime::RuntimeError>()).and_then(|b| b.exit_code())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use anyhow::Context as _;
-    use strata::bundle::BundleError;
+    use strata::runtime::RuntimeError;
 
-    fn not_found() -> BundleError {
-        BundleError::CommandNotFound { cmd: "/nonexistent".into(), in_path: false }
+    fn not_found() -> RuntimeError {
+        RuntimeError::CommandNotFound { cmd: "/nonexistent".into(), in_path: false }
     }
 
     /// The command the container cannot run gives 127 or 126 wherever it sits in the chain;
     /// any other failure 125 where the status is a container's, 1 elsewhere.
     #[test]
     fn statuses_follow_docker() {
-        let wrapped = |b: BundleError| {
-            let run = strata::run::RunError::Bundle { name: "c".into(), source: b };
+        let wrapped = |b: RuntimeError| {
+            let run = strata::run::RunError::Runtime { name: "c".into(), source: b };
             Err::<(), _>(run).context("running c").unwrap_err()
         };
         for role in [Role::ContainerStatus, Role::Own] {
             assert_eq!(status(&wrapped(not_found()), role), 127);
             let denied =
-                BundleError::CommandNotExecutable { cmd: "/etc".into(), reason: "a directory".into() };
+                RuntimeError::CommandNotExecutable { cmd: "/etc".into(), reason: "a directory".into() };
             assert_eq!(status(&wrapped(denied), role), 126);
             let workdir =
-                BundleError::ExecWorkdir { dir: "/nonexistent".into(), reason: "no such directory" };
+                RuntimeError::ExecWorkdir { dir: "/nonexistent".into(), reason: "no such directory" };
             assert_eq!(status(&anyhow::Error::new(workdir), role), 126);
         }
-        let own = || wrapped(BundleError::NoCommand);
+        let own = || wrapped(RuntimeError::NoCommand);
         assert_eq!(status(&own(), Role::ContainerStatus), 125);
         assert_eq!(status(&own(), Role::Own), 1);
         assert_eq!(status(&anyhow::anyhow!("image \"x\" not found"), Role::ContainerStatus), 125);

@@ -11,16 +11,8 @@ use crate::open_store;
 /// `exec`: runc exec in a running container; its status is ours.
 pub fn exec_cmd(root: &Path, name: String, p: ProcessArgs, cmd: Vec<String>) -> Result<ExitCode> {
     let store = open_store(root)?;
-    let opts = strata::run::ExecOptions {
-        name: name.clone(),
-        args: cmd,
-        env: p.env,
-        workdir: p.workdir,
-        user: p.user,
-        terminal: p.tty,
-        interactive: p.interactive,
-    };
-    let code = strata::run::exec(&store, &opts).with_context(|| format!("exec in {name}"))?;
+    let process = p.into_overrides(cmd, Vec::new());
+    let code = strata::run::exec(&store, &name, &process).with_context(|| format!("exec in {name}"))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -47,13 +39,7 @@ pub fn run_cmd(
         name,
         rm,
         backend: backend.into(),
-        args: cmd,
-        terminal: extra.process.tty,
-        interactive: extra.process.interactive,
-        env: extra.process.env,
-        workdir: extra.process.workdir,
-        user: extra.process.user,
-        volumes: extra.volumes,
+        process: extra.process.into_overrides(cmd, extra.volumes),
         detach: extra.detach,
         stop_timeout: Some(std::time::Duration::from_secs(extra.stop_timeout)),
         monitor: None,

@@ -50,25 +50,48 @@ pub struct Options {
     pub ignored: Vec<String>,
 }
 
-fn split_opts(s: &str) -> Vec<String> {
-    // Options are comma separated; a backslash escapes a comma inside a value.
+/// Split `s` at each `sep` no backslash escapes, keeping the escapes, as overlayfs splits its
+/// options at `,` and lowerdir at `:` (`ovl_next_opt`, `ovl_split_lowerdirs`).
+fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut esc = false;
     for c in s.chars() {
         if esc {
-            cur.push(c);
             esc = false;
         } else if c == '\\' {
             esc = true;
-        } else if c == ',' {
+        } else if c == sep {
             out.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(c);
+            continue;
         }
+        cur.push(c);
     }
     out.push(cur);
-    out.into_iter().filter(|s| !s.is_empty()).collect()
+    out
+}
+
+/// Drop each escaping backslash and keep the character it escapes, as overlayfs does with a
+/// path once it is split out (`ovl_unescape`): `\,` `\:` `\\` are what
+/// `kernel_overlay::escape_path` writes.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for c in s.chars() {
+        if c == '\\' && !esc {
+            esc = true;
+            continue;
+        }
+        esc = false;
+        out.push(c);
+    }
+    out
+}
+
+/// The comma-separated options of one `-o`; a backslash escapes a comma (or a colon, in lowerdir)
+/// inside a value, as in the kernel's overlayfs options. The escapes are kept for the values.
+fn split_opts(s: &str) -> Vec<String> {
+    split_unescaped(s, ',').into_iter().filter(|s| !s.is_empty()).collect()
 }
 
 impl Options {
@@ -126,15 +149,22 @@ impl Options {
         let mut fsname =
             source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
         for o in opts {
-            let (k, v) = match o.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            let (k, raw) = match o.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v)),
                 None => (o.clone(), None),
             };
+            if let ("lowerdir", Some(raw)) = (k.as_str(), raw) {
+                // Split at unescaped colons first, then each path unescaped.
+                lowers = split_unescaped(raw, ':')
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| PathBuf::from(unescape(s)))
+                    .collect();
+                continue;
+            }
+            let v = raw.map(unescape);
             use fuser::MountOption as M;
             match (k.as_str(), v) {
-                ("lowerdir", Some(v)) => {
-                    lowers = v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
-                }
                 ("upperdir", Some(v)) => upper = Some(PathBuf::from(v)),
                 ("workdir", Some(v)) => work = Some(PathBuf::from(v)),
                 ("fsname", Some(v)) => fsname = v,
@@ -251,4 +281,63 @@ pub fn mount(opts: &Options) -> Result<fuser::Session<StrataFs>, Error> {
         .map_err(|e| Error::Mount(opts.mountpoint.clone(), e))?;
     let _ = slot.set(session.notifier());
     Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        Options::parse(args.iter().map(|s| s.to_string())).expect("parse")
+    }
+
+    /// Paths escaped as the kernel's overlayfs takes them (`kernel_overlay::escape_path`): `\,`
+    /// inside a value, `\:` inside a lowerdir path, `\\` for a backslash.
+    #[test]
+    fn escaped_paths_as_overlayfs() {
+        let o = parse(&[
+            "-o",
+            r"lowerdir=/r\,1/a\:b:/plain:/back\\slash,upperdir=/u\,p\:x,workdir=/w\\,volatile",
+            "-o",
+            r"fsname=strata:/s\,t",
+            "/mnt",
+        ]);
+        let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(o.fs.lowers, paths(&["/r,1/a:b", "/plain", r"/back\slash"]));
+        assert_eq!(o.fs.upper, Some(PathBuf::from("/u,p:x")));
+        assert_eq!(o.fs.work, Some(PathBuf::from(r"/w\")));
+        assert!(o.fs.volatile);
+        assert_eq!(o.fsname, "strata:/s,t");
+        assert_eq!(o.mountpoint, PathBuf::from("/mnt"));
+        assert!(o.ignored.is_empty(), "{:?}", o.ignored);
+    }
+
+    /// What kernel_overlay::escape_path writes reads back as the same paths.
+    #[test]
+    fn round_trip_with_kernel_overlay_escapes() {
+        let lowers = ["/a,b:c/l1", r"/x\y:/l2", "/plain"];
+        let esc = |p: &str| String::from_utf8(kernel_overlay::escape_path(std::path::Path::new(p))).unwrap();
+        let lowerdir = lowers.iter().map(|p| esc(p)).collect::<Vec<_>>().join(":");
+        let opts = format!("lowerdir={lowerdir},upperdir={},workdir={}", esc("/u,:"), esc("/w"));
+        let o = parse(&["-o", &opts, "/m"]);
+        assert_eq!(o.fs.lowers, lowers.iter().map(PathBuf::from).collect::<Vec<_>>());
+        assert_eq!(o.fs.upper, Some(PathBuf::from("/u,:")));
+        assert_eq!(o.fs.work, Some(PathBuf::from("/w")));
+    }
+
+    /// Unescaped command lines read as before: options at commas, lowers at colons, empty
+    /// entries skipped, unknown options kept for the warning, the mount.fuse form.
+    #[test]
+    fn plain_command_lines() {
+        let o = parse(&["strata", "/m", "-o", "lowerdir=/a::/b,,ro,bogus=1"]);
+        assert_eq!(o.fs.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.fs.upper, None);
+        assert!(o.flags.contains(&fuser::MountOption::RO));
+        assert_eq!(o.ignored, vec!["bogus=1".to_string()]);
+        assert_eq!(o.fsname, "strata");
+        assert!(matches!(
+            Options::parse(["-o".to_string(), "upperdir=/u".into(), "/m".into()]),
+            Err(Error::Missing("lowerdir"))
+        ));
+    }
 }

@@ -94,6 +94,14 @@ impl OverlaySpec {
             return Err(Error::NoLowers);
         }
         error::check_depth(self.lowers.len())?;
+        self.validate_shape()
+    }
+
+    /// [`validate`](Self::validate) without the kernel's stack depth limit.
+    fn validate_shape(&self) -> Result<()> {
+        if self.lowers.is_empty() {
+            return Err(Error::NoLowers);
+        }
         match (&self.upper, &self.work) {
             (Some(upper), None) => return Err(Error::UpperWithoutWork { upper: upper.clone() }),
             (None, Some(work)) => return Err(Error::WorkWithoutUpper { work: work.clone() }),
@@ -175,6 +183,20 @@ pub struct MountSpec {
 /// What to hand to a caller that mounts by itself. Fails on an invalid spec or non-UTF-8 paths.
 pub fn mount_spec(spec: &OverlaySpec) -> Result<MountSpec> {
     spec.validate()?;
+    Ok(MountSpec { fs_type: "overlay".into(), source: "overlay".into(), options: render_options(spec)? })
+}
+
+/// [`mount_spec`]'s options, in the same syntax and with the same escapes, for a userspace
+/// overlay that takes the kernel's options (strata-fuse, fuse-overlayfs): it has no
+/// [`OVL_MAX_STACK`] limit, so a stack too deep for the kernel is still rendered. Fails on an
+/// otherwise invalid spec or non-UTF-8 paths.
+pub fn userspace_options(spec: &OverlaySpec) -> Result<Vec<String>> {
+    spec.validate_shape()?;
+    render_options(spec)
+}
+
+/// The option list of a valid spec: paths escaped ([`escape_path`]), then the fixed options.
+fn render_options(spec: &OverlaySpec) -> Result<Vec<String>> {
     let utf8 = |p: &Path| -> Result<String> {
         String::from_utf8(escape_path(p)).map_err(|_| Error::NonUtf8Path { path: p.into() })
     };
@@ -194,7 +216,7 @@ pub fn mount_spec(spec: &OverlaySpec) -> Result<MountSpec> {
     if spec.is_read_only() {
         options.push("ro".into());
     }
-    Ok(MountSpec { fs_type: "overlay".into(), source: "overlay".into(), options })
+    Ok(options)
 }
 
 /// How a mount was made.

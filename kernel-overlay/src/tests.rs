@@ -361,6 +361,21 @@ fn mount_spec_options() {
     assert!(matches!(mount_spec(&rw(501)), Err(Error::TooManyLowers { .. })));
 }
 
+/// The same options for a userspace overlay, which has no depth limit; other faults still fail.
+#[test]
+fn userspace_options_have_no_depth_limit() {
+    let mut spec = rw(2);
+    spec.lowers[0] = "/a,b/l:1".into();
+    assert_eq!(userspace_options(&spec).unwrap(), mount_spec(&spec).unwrap().options);
+    assert_eq!(userspace_options(&spec).unwrap()[0], r"lowerdir=/a\,b/l\:1:/s/layers/l001");
+    let deep = userspace_options(&rw(OVL_MAX_STACK + 1)).unwrap();
+    assert_eq!(deep[0].matches(':').count(), OVL_MAX_STACK);
+    assert!(matches!(userspace_options(&OverlaySpec::default()), Err(Error::NoLowers)));
+    let mut s = rw(1);
+    s.work = None;
+    assert!(matches!(userspace_options(&s), Err(Error::UpperWithoutWork { .. })));
+}
+
 #[test]
 fn mount_spec_rejects_non_utf8() {
     use std::os::unix::ffi::OsStrExt;

@@ -15,11 +15,13 @@
 //! - [`compress`]: the hashing and compressing stream stages (parallel gzip, zstd).
 //! - [`config`]: the new image config derived from the parent's.
 //! - [`changes`]: the `docker commit --change` instructions.
+//! - `container`: [`commit_container`], a container's upper dir over its image, paused meanwhile.
 //! - here: the commit steps (blob, layer row, config, manifest, image) and their errors.
 
 pub mod changes;
 pub mod compress;
 pub mod config;
+mod container;
 pub mod layer;
 mod sparse;
 
@@ -37,6 +39,7 @@ use crate::store::{ImageLayerRow, IoContext, Lock, Store, StoreError};
 
 pub use changes::apply_changes;
 pub use config::{derive_config, rfc3339};
+pub use container::commit_container;
 pub use layer::{
     layer_media_type, parse_compression, source_date_epoch, write_layer, LayerInfo, LayerOptions,
     DEFAULT_GZIP_LEVEL,
@@ -68,6 +71,9 @@ pub enum CommitError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Name(#[from] crate::reference::ReferenceError),
+    /// The container committed ([`commit_container`]): not found, read-only, or its runtime.
+    #[error(transparent)]
+    Container(Box<crate::container::ContainerError>),
 }
 
 impl CommitError {
@@ -85,6 +91,7 @@ impl CommitError {
             | CommitError::BadImage { .. }
             | CommitError::Image(_)
             | CommitError::Name(_) => ErrorKind::InvalidArgument,
+            CommitError::Container(e) => e.kind(),
         }
     }
 }

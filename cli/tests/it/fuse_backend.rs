@@ -245,3 +245,41 @@ fn export_of_a_fuse_mount_keeps_hardlinks() {
     assert_eq!(fuse_entries, listing(&kernel_tar), "same entries from either backend");
     root.ok(&["container", "umount", "h"]);
 }
+
+/// A state root whose path holds `,` and `:` (the separators of overlayfs's options): strata-fuse
+/// takes its paths escaped as the kernel does, so the mount shows the image (as umoci unpacks
+/// it), writes land in the upper dir, and the mount is found again to be listed and unmounted.
+#[test]
+fn fuse_mount_under_a_root_with_separators_in_its_path() {
+    if !privileged("fuse_mount_under_a_root_with_separators_in_its_path") || !have_fuse_binary() {
+        return;
+    }
+    let fx = fixtures();
+    let base = repo().join("target/test-roots");
+    fs::create_dir_all(&base).expect("test roots");
+    let root =
+        Root { dir: tempfile::Builder::new().prefix("root-a,b:c-").tempdir_in(base).expect("tempdir") };
+    assert!(root.path().to_str().is_some_and(|p| p.contains(',') && p.contains(':')));
+    root.ok(&["image", "import", &format!("{}:multi-opaque", fx.join("oci").display())]);
+    let (_keep, reference) = umoci_unpack(&fx.join("oci"), "multi-opaque");
+    root.ok(&["container", "create", "multi-opaque", "c"]);
+    let at = mount(&root, "c", "fuse");
+    let inspect = root.ok(&["container", "inspect", "c"]);
+    assert!(inspect.contains("\"backend\": \"fuse\""), "{inspect}");
+    let mut reference = capture_reference(&reference);
+    reference.retain(|_, e| {
+        e.link_group = None;
+        true
+    });
+    assert_trees_eq(&reference, &view(&at), "umoci vs fuse under a root with , and :");
+    fs::write(at.join("written"), "through fuse").expect("write through the mount");
+    assert_eq!(fs::read_to_string(at.join("written")).expect("read back"), "through fuse");
+    let ls = root.ok(&["container", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with('c') && l.contains(at.to_str().expect("utf8"))), "{ls}");
+    root.ok(&["container", "umount", "c"]);
+    assert_eq!(
+        fs::read_to_string(root.upper("c").join("written")).expect("in the upper dir"),
+        "through fuse"
+    );
+    root.ok(&["container", "rm", "c"]);
+}

@@ -1,10 +1,12 @@
-//! OCI runtime bundles: `config.json` built from an image config with oci-spec's runtime types, and
-//! `runc run` on it.
+//! A runtime bundle's spec: `config.json` built from an image config with oci-spec's runtime
+//! types and the user's [`ProcessOverrides`]: the command, environment, working directory, user
+//! (resolved in the container's root filesystem, never the host's), volumes, capabilities and
+//! rlimits; and the check that the command exists and is executable there before the runtime is
+//! asked ([`check_command`], [`check_exec`]).
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
@@ -12,91 +14,40 @@ use oci_spec::runtime::{
 };
 use serde_json::Value;
 
-use crate::image::printable;
+use super::{Result, RuntimeError};
 
-/// Bundle errors.
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    #[error("image config: {0}")]
-    Config(String),
-    #[error("user {user:?}: {reason}")]
-    User { user: String, reason: String },
-    #[error("{path}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("runtime spec")]
-    Spec(#[from] oci_spec::OciSpecError),
-    #[error("running {runtime}")]
-    Runtime { runtime: String, source: std::io::Error },
-    #[error("{runtime} {verb}: {reason}")]
-    Verb { runtime: String, verb: String, reason: String },
-    #[error("-e {value:?}: {reason}")]
-    Env { value: String, reason: &'static str },
-    #[error("-w {dir:?}: the working directory must be an absolute path")]
-    Workdir { dir: String },
-    #[error("no command: the image has neither Entrypoint nor Cmd, and none was given")]
-    NoCommand,
-    #[error("-v {value:?}: {reason}")]
-    Volume { value: String, reason: String },
-    /// `exec -w DIR` where DIR is not a directory in the container (exit status 126, as docker).
-    #[error("-w {}: {reason}", printable(dir, 200))]
-    ExecWorkdir { dir: String, reason: &'static str },
-    /// The command is not in the container (exit status 127, as podman and shells use).
-    #[error("executable file not found{}: {}", if *in_path { " in $PATH" } else { "" }, printable(cmd, 200))]
-    CommandNotFound { cmd: String, in_path: bool },
-    /// The command is there but cannot be executed (exit status 126).
-    #[error("permission denied: cannot execute {}: {reason}", printable(cmd, 200))]
-    CommandNotExecutable { cmd: String, reason: String },
-}
-
-impl BundleError {
-    /// The class of failure, for a front end's own codes.
-    pub fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
-        match self {
-            BundleError::CommandNotFound { .. } => ErrorKind::NotFound,
-            BundleError::Config(_)
-            | BundleError::User { .. }
-            | BundleError::Env { .. }
-            | BundleError::Workdir { .. }
-            | BundleError::NoCommand
-            | BundleError::Volume { .. }
-            | BundleError::ExecWorkdir { .. }
-            | BundleError::CommandNotExecutable { .. } => ErrorKind::InvalidArgument,
-            BundleError::Io { source, .. } => ErrorKind::of_io(source),
-            BundleError::Spec(_) | BundleError::Runtime { .. } | BundleError::Verb { .. } => {
-                ErrorKind::Internal
-            }
-        }
-    }
-
-    /// The exit status `strata run` gives for this error, where one is conventional.
-    pub fn exit_code(&self) -> Option<u8> {
-        match self {
-            BundleError::CommandNotFound { .. } => Some(127),
-            BundleError::CommandNotExecutable { .. } | BundleError::ExecWorkdir { .. } => Some(126),
-            _ => None,
-        }
-    }
-}
-
-pub type Result<T, E = BundleError> = std::result::Result<T, E>;
-
-/// What to run.
+/// What a user overrides about a container's process, as docker and podman take it on `run`
+/// and `exec`: the one path from a command line to the runtime spec (`run`, `start` and `exec`
+/// all take it). Anything a field leaves unset comes from the image config (`run`, `start`) or
+/// the container's process (`exec`).
 #[derive(Debug, Clone, Default)]
-pub struct RunSpec {
-    /// Replaces the image's Cmd (the Entrypoint stays, as with `docker run IMAGE CMD...`).
+pub struct ProcessOverrides {
+    /// The command. For `run`, it replaces the image's Cmd (the Entrypoint stays, as with
+    /// `docker run IMAGE CMD...`); for `exec`, it is the whole command.
     pub args: Vec<String>,
-    pub hostname: String,
-    /// Allocate a terminal (only when stdin is one).
-    pub terminal: bool,
     /// `-e K=V` (replaces the image's K), or `-e K` (this process's K, skipped when unset), as
-    /// podman takes them; applied in order after the image's Env.
+    /// podman takes them; applied in order after the image's Env (after the container's, for
+    /// `exec`).
     pub env: Vec<String>,
     /// `-w DIR`: replaces the image's WorkingDir (absolute).
     pub workdir: Option<String>,
-    /// `--user USER[:GROUP]`: replaces the image's User (names resolved in the image).
+    /// `--user USER[:GROUP]`: replaces the image's User (names or ids, names resolved in the
+    /// container's root filesystem, see [`resolve_user`]).
     pub user: Option<String>,
-    /// `-v HOST:CTR[:ro]` bind mounts, in order (see [`parse_volume`]).
+    /// `-t`: allocate a terminal (only when stdin is one).
+    pub terminal: bool,
+    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
+    pub interactive: bool,
+    /// `-v HOST:CTR[:OPTIONS]` bind mounts, in order, as given (see [`parse_volume`]); `run`
+    /// only: a running container's mounts are fixed.
+    pub volumes: Vec<String>,
+}
+
+/// What the spec holds beyond the user's overrides: set by strata for the container.
+#[derive(Debug, Clone, Default)]
+pub struct SpecSettings {
+    pub hostname: String,
+    /// The parsed [`ProcessOverrides::volumes`] (see [`parse_volume`]).
     pub volumes: Vec<Volume>,
     /// `linux.cgroupsPath`: where runc makes the container's cgroup in every hierarchy (runc's
     /// default, `/<id>`, when `None`).
@@ -117,7 +68,7 @@ pub struct Volume {
 /// (named volumes are not supported), CTR absolute, OPTIONS a comma list of `ro`, `rw`, and the
 /// SELinux relabel flags `z`/`Z`, accepted and ignored (strata does no relabelling).
 pub fn parse_volume(value: &str) -> Result<Volume> {
-    let bad = |reason: String| BundleError::Volume { value: value.to_string(), reason };
+    let bad = |reason: String| RuntimeError::Volume { value: value.to_string(), reason };
     let parts: Vec<&str> = value.split(':').collect();
     let (host, dest, opts) = match parts.as_slice() {
         [h, d] => (*h, *d, ""),
@@ -144,7 +95,7 @@ pub fn parse_volume(value: &str) -> Result<Volume> {
 }
 
 /// Apply `-e` settings to `env` (K=V strings).
-fn apply_env(env: &mut Vec<String>, settings: &[String]) -> Result<()> {
+pub(super) fn apply_env(env: &mut Vec<String>, settings: &[String]) -> Result<()> {
     for s in settings {
         let (k, v) = match s.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
@@ -154,10 +105,10 @@ fn apply_env(env: &mut Vec<String>, settings: &[String]) -> Result<()> {
             },
         };
         if k.is_empty() {
-            return Err(BundleError::Env { value: s.clone(), reason: "empty variable name" });
+            return Err(RuntimeError::Env { value: s.clone(), reason: "empty variable name" });
         }
         if k.contains('\0') || v.contains('\0') {
-            return Err(BundleError::Env { value: s.clone(), reason: "contains a NUL byte" });
+            return Err(RuntimeError::Env { value: s.clone(), reason: "contains a NUL byte" });
         }
         env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
         env.push(format!("{k}={v}"));
@@ -221,7 +172,7 @@ fn read_in_root(rootfs: &Path, rel: &str) -> String {
 
 /// Resolve `user[:group]` (names or numbers) against the rootfs's /etc/passwd and /etc/group.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
-    let err = |reason: &str| BundleError::User { user: spec.to_string(), reason: reason.to_string() };
+    let err = |reason: &str| RuntimeError::User { user: spec.to_string(), reason: reason.to_string() };
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -282,38 +233,45 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>)> {
     Ok((uid, gid, extra))
 }
 
-/// Build the runtime spec for `rootfs` from the image config JSON.
-pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<Spec> {
+/// Build the runtime spec for `rootfs` from the image config JSON, with the user's overrides
+/// (`overrides.volumes` is not read: `settings.volumes` are those parsed).
+pub fn build_spec(
+    image_config: &Value,
+    rootfs: &Path,
+    overrides: &ProcessOverrides,
+    settings: &SpecSettings,
+) -> Result<Spec> {
     let cfg = image_config.get("config").cloned().unwrap_or(Value::Null);
     let entrypoint = strings(cfg.get("Entrypoint"));
-    let cmd = if run.args.is_empty() { strings(cfg.get("Cmd")) } else { run.args.clone() };
+    let cmd = if overrides.args.is_empty() { strings(cfg.get("Cmd")) } else { overrides.args.clone() };
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
-        return Err(BundleError::NoCommand);
+        return Err(RuntimeError::NoCommand);
     }
     let mut env = strings(cfg.get("Env"));
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
-    if run.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+    if overrides.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
     if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={}", run.hostname));
+        env.push(format!("HOSTNAME={}", settings.hostname));
     }
-    apply_env(&mut env, &run.env)?;
-    if let Some(w) = &run.workdir {
+    apply_env(&mut env, &overrides.env)?;
+    if let Some(w) = &overrides.workdir {
         if !w.starts_with('/') {
-            return Err(BundleError::Workdir { dir: w.clone() });
+            return Err(RuntimeError::Workdir { dir: w.clone() });
         }
     }
-    let cwd = run
+    let cwd = overrides
         .workdir
         .as_deref()
         .or_else(|| cfg.get("WorkingDir").and_then(|v| v.as_str()))
         .filter(|s| !s.is_empty())
         .unwrap_or("/");
-    let user_spec = run.user.as_deref().or_else(|| cfg.get("User").and_then(|v| v.as_str())).unwrap_or("");
+    let user_spec =
+        overrides.user.as_deref().or_else(|| cfg.get("User").and_then(|v| v.as_str())).unwrap_or("");
     let (uid, gid, extra) = resolve_user(rootfs, user_spec)?;
     let mut user = User::default();
     user.set_uid(uid);
@@ -329,7 +287,7 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     c.set_inheritable(None);
     c.set_ambient(None);
     let mut process = Process::default();
-    process.set_terminal(Some(run.terminal));
+    process.set_terminal(Some(overrides.terminal));
     process.set_args(Some(args));
     process.set_env(Some(env));
     process.set_cwd(PathBuf::from(cwd));
@@ -340,9 +298,9 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
     root.set_path(rootfs.to_path_buf());
     root.set_readonly(Some(false));
     let mut spec = Spec::default();
-    if !run.volumes.is_empty() {
+    if !settings.volumes.is_empty() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for v in &run.volumes {
+        for v in &settings.volumes {
             let mode = if v.read_only { "ro" } else { "rw" };
             let mut m = oci_spec::runtime::Mount::default();
             m.set_destination(PathBuf::from(&v.destination));
@@ -353,14 +311,14 @@ pub fn build_spec(image_config: &Value, rootfs: &Path, run: &RunSpec) -> Result<
         }
         spec.set_mounts(Some(mounts));
     }
-    if let Some(path) = &run.cgroups_path {
+    if let Some(path) = &settings.cgroups_path {
         let mut linux = spec.linux().clone().unwrap_or_default();
         linux.set_cgroups_path(Some(PathBuf::from(path)));
         spec.set_linux(Some(linux));
     }
     spec.set_process(Some(process));
     spec.set_root(Some(root));
-    spec.set_hostname(Some(run.hostname.clone()));
+    spec.set_hostname(Some(settings.hostname.clone()));
     Ok(spec)
 }
 
@@ -381,17 +339,12 @@ fn rlimits() -> Vec<PosixRlimit> {
 
 /// Write `bundle/config.json`.
 pub fn write_bundle(bundle: &Path, spec: &Spec) -> Result<()> {
-    fs::create_dir_all(bundle).map_err(|e| BundleError::Io { path: bundle.to_path_buf(), source: e })?;
+    fs::create_dir_all(bundle).map_err(|e| RuntimeError::Io { path: bundle.to_path_buf(), source: e })?;
     let p = bundle.join("config.json");
     let tmp = bundle.join("config.json.tmp");
-    let data = serde_json::to_vec_pretty(spec).map_err(|e| BundleError::Config(e.to_string()))?;
-    fs::write(&tmp, data).map_err(|e| BundleError::Io { path: tmp.clone(), source: e })?;
-    fs::rename(&tmp, &p).map_err(|e| BundleError::Io { path: p, source: e })
-}
-
-/// The OCI runtime binary (`STRATA_RUNTIME` or `runc`).
-pub fn runtime() -> String {
-    std::env::var("STRATA_RUNTIME").unwrap_or_else(|_| "runc".into())
+    let data = serde_json::to_vec_pretty(spec).map_err(|e| RuntimeError::Config(e.to_string()))?;
+    fs::write(&tmp, data).map_err(|e| RuntimeError::Io { path: tmp.clone(), source: e })?;
+    fs::rename(&tmp, &p).map_err(|e| RuntimeError::Io { path: p, source: e })
 }
 
 /// What looking a path up in the root filesystem found.
@@ -448,8 +401,8 @@ fn probe(root: &std::os::fd::OwnedFd, p: &Path) -> Probe {
 /// root filesystem, looked up the way runc looks it up (Go's `exec.LookPath` inside the
 /// container: a name with a '/' is taken as a path from the working directory, a bare name is
 /// searched in the container's `$PATH`, skipping entries that are not executable). A missing
-/// command is [`BundleError::CommandNotFound`], a directory or a file without execute bits
-/// [`BundleError::CommandNotExecutable`]; anything this cannot decide is left to the runtime.
+/// command is [`RuntimeError::CommandNotFound`], a directory or a file without execute bits
+/// [`RuntimeError::CommandNotExecutable`]; anything this cannot decide is left to the runtime.
 pub fn check_command(spec: &Spec) -> Result<()> {
     let (Some(root), Some(process)) = (spec.root().as_ref(), spec.process().as_ref()) else {
         return Ok(());
@@ -465,9 +418,9 @@ pub fn check_command(spec: &Spec) -> Result<()> {
     let cwd = Path::new("/").join(process.cwd());
     if cmd.contains('/') {
         return match probe(&rootfd, &cwd.join(cmd)) {
-            Probe::Missing => Err(BundleError::CommandNotFound { cmd: cmd.clone(), in_path: false }),
+            Probe::Missing => Err(RuntimeError::CommandNotFound { cmd: cmd.clone(), in_path: false }),
             Probe::NotExecutable(reason) => {
-                Err(BundleError::CommandNotExecutable { cmd: cmd.clone(), reason })
+                Err(RuntimeError::CommandNotExecutable { cmd: cmd.clone(), reason })
             }
             Probe::Executable | Probe::Unknown => Ok(()),
         };
@@ -486,49 +439,7 @@ pub fn check_command(spec: &Spec) -> Result<()> {
             Probe::Missing | Probe::NotExecutable(_) => {}
         }
     }
-    Err(BundleError::CommandNotFound { cmd: cmd.clone(), in_path: true })
-}
-
-/// The runtime's own error, from its JSON log (`--log FILE --log-format json`), when it failed
-/// to start the container's command: runc says `exec: "CMD": executable file not found in
-/// $PATH`, `exec: "CMD": stat CMD: no such file or directory` or `exec: "CMD": permission denied`.
-pub(crate) fn start_failure(log: &str) -> Option<BundleError> {
-    let msg = log
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
-        .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))?;
-    // Go's exec.Error from the lookup (`exec: "CMD": ...`) or an os.PathError from execve
-    // (`exec CMD: ...`, e.g. a script whose interpreter is missing).
-    let (cmd, reason) = match msg.split_once("exec: \"") {
-        Some((_, after)) => after.split_once("\": ")?,
-        None => msg.split_once("unable to start container process: exec ")?.1.rsplit_once(": ")?,
-    };
-    let cmd = cmd.to_string();
-    if reason.contains("executable file not found") {
-        Some(BundleError::CommandNotFound { cmd, in_path: true })
-    } else if reason.ends_with("no such file or directory") {
-        Some(BundleError::CommandNotFound { cmd, in_path: false })
-    } else if reason.ends_with("permission denied") {
-        Some(BundleError::CommandNotExecutable { cmd, reason: reason.to_string() })
-    } else {
-        None
-    }
-}
-
-/// What to run in a running container (`runc exec`).
-#[derive(Debug, Clone, Default)]
-pub struct ExecSpec {
-    pub args: Vec<String>,
-    /// `K=V` settings added to the container process's environment.
-    pub env: Vec<String>,
-    pub cwd: Option<String>,
-    /// Numeric uid, gid and supplementary gids (see [`resolve_user`]).
-    pub user: Option<(u32, u32, Vec<u32>)>,
-    pub terminal: bool,
-    /// `-i`: the process reads this one's stdin (otherwise /dev/null).
-    pub stdin: bool,
+    Err(RuntimeError::CommandNotFound { cmd: cmd.clone(), in_path: true })
 }
 
 /// Check, before `runc exec`, that the command of `spec` exists and is executable in the
@@ -536,7 +447,7 @@ pub struct ExecSpec {
 /// (`BUNDLE/config.json`: its root, environment and working directory) with `spec`'s command,
 /// `-e` settings and `-w` applied as runc applies them. A bundle that cannot be read leaves the
 /// question to the runtime (its log is read after a failed exec, see [`exec`]).
-pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
+pub fn check_exec(bundle: &Path, spec: &ProcessOverrides) -> Result<()> {
     let Ok(mut full) = Spec::load(bundle.join("config.json")) else { return Ok(()) };
     let Some(mut process) = full.process().clone() else { return Ok(()) };
     let mut env = process.env().clone().unwrap_or_default();
@@ -546,7 +457,7 @@ pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
     env.extend(extra);
     process.set_env(Some(env));
     process.set_args(Some(spec.args.clone()));
-    if let Some(c) = &spec.cwd {
+    if let Some(c) = &spec.workdir {
         // runc exec (unlike run) does not create a missing working directory: it fails with
         // its own raw message. Said here, by name.
         if let Some(root) = full.root().as_ref() {
@@ -562,7 +473,7 @@ pub fn check_exec(bundle: &Path, spec: &ExecSpec) -> Result<()> {
                     _ => None,
                 };
                 if let Some(reason) = missing {
-                    return Err(BundleError::ExecWorkdir { dir: c.clone(), reason });
+                    return Err(RuntimeError::ExecWorkdir { dir: c.clone(), reason });
                 }
             }
         }
@@ -586,202 +497,6 @@ fn is_dir_in(root: &std::os::fd::OwnedFd, p: &Path) -> bool {
     .is_ok()
 }
 
-/// `runc --root STATE exec [--env K=V]... [--cwd DIR] [--user UID:GID] [--tty] ID ARGS...` with
-/// inherited stdio; the process starts from the container's process spec (capabilities, rlimits,
-/// environment) with these overrides. Returns its exit code (128+signal when killed). runc's own
-/// log goes to a temporary JSON file: a command it could not start (runc exits 255 then) is
-/// [`BundleError::CommandNotFound`] or [`BundleError::CommandNotExecutable`], as with
-/// [`crate::foreground::run`], not the runtime's raw message and 255.
-pub fn exec(state: &Path, id: &str, spec: &ExecSpec) -> Result<i32> {
-    if spec.args.is_empty() {
-        return Err(BundleError::NoCommand);
-    }
-    let rt = runtime();
-    let mut env = Vec::new();
-    apply_env(&mut env, &spec.env)?;
-    let log = tempfile::Builder::new()
-        .prefix("strata-exec-")
-        .suffix(".log")
-        .tempfile()
-        .map_err(|e| BundleError::Io { path: std::env::temp_dir(), source: e })?;
-    let mut cmd = Command::new(&rt);
-    cmd.arg("--root").arg(state).arg("--log").arg(log.path()).args(["--log-format", "json"]).arg("exec");
-    for e in &env {
-        cmd.arg("--env").arg(e);
-    }
-    if let Some(c) = &spec.cwd {
-        if !c.starts_with('/') {
-            return Err(BundleError::Workdir { dir: c.clone() });
-        }
-        cmd.arg("--cwd").arg(c);
-    }
-    if let Some((uid, gid, extra)) = &spec.user {
-        cmd.arg("--user").arg(format!("{uid}:{gid}"));
-        for g in extra {
-            cmd.arg("--additional-gids").arg(g.to_string());
-        }
-    }
-    if spec.terminal {
-        cmd.arg("--tty");
-    }
-    // runc takes ID then the command as is (no `--`: it would be the command).
-    cmd.arg(id).args(&spec.args);
-    let status = cmd
-        .stdin(if spec.stdin { Stdio::inherit() } else { Stdio::null() })
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
-    use std::os::unix::process::ExitStatusExt;
-    if status.code() == Some(255) {
-        // runc exec's own failures exit 255; so may the command. Only the log tells them apart.
-        let text = fs::read_to_string(log.path()).unwrap_or_default();
-        if let Some(e) = start_failure(&text) {
-            return Err(e);
-        }
-        let failure = text
-            .lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
-            .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string));
-        if let Some(reason) = failure {
-            return Err(BundleError::Verb { runtime: rt, verb: "exec".into(), reason });
-        }
-    }
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// `runc --root STATE run --detach --bundle BUNDLE ID`, the container's stdout and stderr going
-/// to the file `log` (appended), stdin /dev/null; returns once the process has started. A
-/// command that could not be started is [`BundleError::CommandNotFound`] or
-/// [`BundleError::CommandNotExecutable`], as with [`crate::foreground::run`].
-pub fn run_detached(state: &Path, bundle: &Path, id: &str, log: &Path) -> Result<()> {
-    let rt = runtime();
-    let runc_log = bundle.join("runc.log");
-    let _ = fs::remove_file(&runc_log);
-    let open = || {
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| BundleError::Io { path: log.to_path_buf(), source: e })
-    };
-    let out = Command::new(&rt)
-        .arg("--root")
-        .arg(state)
-        .arg("--log")
-        .arg(&runc_log)
-        .args(["--log-format", "json"])
-        .args(["run", "--detach", "--bundle"])
-        .arg(bundle)
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(open()?)
-        .stderr(open()?)
-        .status()
-        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
-    if out.success() {
-        return Ok(());
-    }
-    let text = fs::read_to_string(&runc_log).unwrap_or_default();
-    if let Some(e) = start_failure(&text) {
-        return Err(e);
-    }
-    let reason = text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
-        .unwrap_or_else(|| format!("exited with {out}"));
-    Err(BundleError::Verb { runtime: rt, verb: "run --detach".into(), reason })
-}
-
-/// Remove runc's state for `id` if a previous run left it (e.g. killed).
-pub fn delete_stale(state: &Path, id: &str) {
-    let _ = Command::new(runtime())
-        .arg("--root")
-        .arg(state)
-        .args(["delete", "--force", id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// `runc state ID` as JSON, or `None` when runc does not know the container.
-fn runc_state(state: &Path, id: &str) -> Option<Value> {
-    let out = Command::new(runtime())
-        .arg("--root")
-        .arg(state)
-        .args(["state", id])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-/// What runc says of container `id`: its status (`created`, `running`, `paused`, `stopped`), or
-/// `None` when runc does not know it.
-pub fn runc_status(state: &Path, id: &str) -> Option<String> {
-    runc_state(state, id)?.get("status").and_then(Value::as_str).map(str::to_string)
-}
-
-/// The host pid of container `id`'s process as runc recorded it, or `None` when runc does not
-/// know the container.
-pub fn runc_pid(state: &Path, id: &str) -> Option<i32> {
-    runc_state(state, id)?
-        .get("pid")
-        .and_then(Value::as_i64)
-        .and_then(|p| i32::try_from(p).ok())
-        .filter(|p| *p > 0)
-}
-
-/// `runc pause`: the cgroup freezer. The kernel may not freeze every task at once (one in an
-/// uninterruptible sleep, a loaded machine); runc then thaws the group again and fails with
-/// "unable to freeze". That is retried a few times, with growing pauses, before it is an error.
-pub fn runc_pause(state: &Path, id: &str) -> Result<()> {
-    let mut wait = std::time::Duration::from_millis(50);
-    for _ in 0..4 {
-        match runc_verb(state, "pause", id, &[]) {
-            Err(BundleError::Verb { reason, .. }) if reason.contains("unable to freeze") => {
-                tracing::info!(id, "the freezer did not freeze every task; trying again");
-                std::thread::sleep(wait);
-                wait *= 2;
-            }
-            done => return done,
-        }
-    }
-    runc_verb(state, "pause", id, &[])
-}
-
-/// `runc --root STATE VERB ID [ARGS]`, for pause, resume, kill and delete. The runtime's own
-/// message becomes the error.
-pub fn runc_verb(state: &Path, verb: &str, id: &str, args: &[&str]) -> Result<()> {
-    let rt = runtime();
-    let out = Command::new(&rt)
-        .arg("--root")
-        .arg(state)
-        .arg(verb)
-        .arg(id)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| BundleError::Runtime { runtime: rt.clone(), source: e })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let msg = String::from_utf8_lossy(&out.stderr);
-    Err(BundleError::Verb {
-        runtime: rt,
-        verb: verb.to_string(),
-        reason: msg.lines().last().unwrap_or("").trim().to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,14 +513,13 @@ mod tests {
         fs::write(dir.path().join("etc/group"), "root:x:0:\napp:x:1001:\nextra:x:2000:app\n").unwrap();
         let cfg = serde_json::json!({"config": {
             "Entrypoint": ["/bin/ep"], "Cmd": ["default"], "Env": ["A=1"], "WorkingDir": "/w", "User": "app"}});
-        let run = RunSpec {
-            args: vec!["x".into(), "y".into()],
+        let process = ProcessOverrides { args: vec!["x".into(), "y".into()], ..Default::default() };
+        let settings = SpecSettings {
             hostname: "h".into(),
-            terminal: false,
             cgroups_path: Some("/strata-0123abcd-c".into()),
             ..Default::default()
         };
-        let spec = build_spec(&cfg, dir.path(), &run).unwrap();
+        let spec = build_spec(&cfg, dir.path(), &process, &settings).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/strata-0123abcd-c")));
         // The default spec's namespaces stay.
@@ -834,7 +548,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
         // On the host, a user every Debian system has: it must not be found through the link.
         assert!(fs::read_to_string("/etc/passwd").unwrap().contains("\nbin:"));
-        assert!(matches!(resolve_user(dir.path(), "bin"), Err(BundleError::User { .. })));
+        assert!(matches!(resolve_user(dir.path(), "bin"), Err(RuntimeError::User { .. })));
         // A link that stays inside the rootfs is followed as the container would.
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("real/etc")).unwrap();
@@ -882,12 +596,12 @@ mod tests {
         assert!(check(&["sub/tool"], &path, "/w").is_ok());
         assert!(check(&["./tool"], &path, "/w/sub").is_ok());
         let e = check(&["nope"], &path, "/").unwrap_err();
-        assert!(matches!(&e, BundleError::CommandNotFound { in_path: true, .. }), "{e}");
+        assert!(matches!(&e, RuntimeError::CommandNotFound { in_path: true, .. }), "{e}");
         assert_eq!(e.exit_code(), Some(127));
         assert_eq!(e.to_string(), "executable file not found in $PATH: nope");
         // Not executable in PATH: skipped, as Go's LookPath does, so not found.
-        assert!(matches!(check(&["plain"], &path, "/"), Err(BundleError::CommandNotFound { .. })));
-        assert!(matches!(check(&["hostlink"], &path, "/"), Err(BundleError::CommandNotFound { .. })));
+        assert!(matches!(check(&["plain"], &path, "/"), Err(RuntimeError::CommandNotFound { .. })));
+        assert!(matches!(check(&["hostlink"], &path, "/"), Err(RuntimeError::CommandNotFound { .. })));
         // The last PATH= wins.
         assert!(check(&["sh"], &["PATH=/bin", "PATH=/usr/bin"], "/").is_err());
         let e = check(&["/nope"], &path, "/").unwrap_err();
@@ -907,43 +621,13 @@ mod tests {
     }
 
     #[test]
-    fn runtime_start_failures_from_the_log() {
-        let line =
-            |msg: &str| format!("{}\n", serde_json::json!({"level": "error", "msg": msg, "time": "t"}));
-        let e = start_failure(&line(
-            "runc run failed: unable to start container process: exec: \"nope\": executable file not found in $PATH",
-        ))
-        .unwrap();
-        assert!(matches!(&e, BundleError::CommandNotFound { cmd, in_path: true } if cmd == "nope"), "{e}");
-        let e = start_failure(&line(
-            "runc run failed: unable to start container process: exec: \"/x\": stat /x: no such file or directory",
-        ))
-        .unwrap();
-        assert!(matches!(&e, BundleError::CommandNotFound { cmd, in_path: false } if cmd == "/x"), "{e}");
-        let e = start_failure(&line(
-            "runc run failed: unable to start container process: exec: \"/etc/passwd\": permission denied",
-        ))
-        .unwrap();
-        assert_eq!(e.exit_code(), Some(126));
-        let e = start_failure(&line(
-            "runc run failed: unable to start container process: exec /s: no such file or directory",
-        ))
-        .unwrap();
-        assert!(matches!(&e, BundleError::CommandNotFound { cmd, .. } if cmd == "/s"), "{e}");
-        assert!(start_failure(&line("runc run failed: cgroup: something else")).is_none());
-        assert!(
-            start_failure("{\"level\":\"warning\",\"msg\":\"exec: \\\"x\\\": permission denied\"}").is_none()
-        );
-        assert!(start_failure("").is_none());
-    }
-
-    #[test]
     fn users() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(resolve_user(dir.path(), "").unwrap(), (0, 0, vec![]));
         assert_eq!(resolve_user(dir.path(), "12:34").unwrap(), (12, 34, vec![]));
-        assert!(matches!(resolve_user(dir.path(), "nobody"), Err(BundleError::User { .. })));
+        assert!(matches!(resolve_user(dir.path(), "nobody"), Err(RuntimeError::User { .. })));
         let cfg = serde_json::json!({"config": {}});
-        assert!(matches!(build_spec(&cfg, dir.path(), &RunSpec::default()), Err(BundleError::NoCommand)));
+        let none = build_spec(&cfg, dir.path(), &ProcessOverrides::default(), &SpecSettings::default());
+        assert!(matches!(none, Err(RuntimeError::NoCommand)));
     }
 }

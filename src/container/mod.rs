@@ -7,18 +7,30 @@
 //! below the layer, since overlayfs needs two lowers without an upper) and `bundle/` (the OCI
 //! runtime bundle of `strata run`). Whether a container is mounted is read from the kernel's mount
 //! table, never from a stored flag.
+//!
+//! - here: the registry of containers (names, rows, create and remove through the snapshot
+//!   core), their locks and running state, runc ids and cgroup paths, exit records, inspect;
+//! - [`mount`]: mounting (kernel overlay, or launching strata-fuse), unmounting, where and how a
+//!   container is mounted, and the mount targets a user may give.
+//!
+//! What reads or writes a container's trees is above, in the pipeline that owns it: commit
+//! ([`crate::commit::commit_container`]), diff ([`crate::diff::container_diff`]), export
+//! ([`crate::rootfs`]).
+
+mod mount;
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use kernel_overlay::{OverlaySpec, UnmountMode};
+use kernel_overlay::UnmountMode;
 
 use crate::digest::Sha256Digest;
 use crate::snapshot::{SnapshotError, Snapshots};
 pub use crate::store::ContainerRow;
 use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store, StoreError};
+
+pub use mount::{backend_at, fuse_binary, mount, mount_spec, mounted_at, mounts, overlay_spec, umount};
 
 /// Container errors.
 #[derive(Debug, thiserror::Error)]
@@ -50,17 +62,13 @@ pub enum ContainerError {
     #[error("container {0:?} is a read-only view: it has no changes to commit")]
     ReadOnly(String),
     #[error("container {name:?}")]
-    Runtime { name: String, source: crate::bundle::BundleError },
-    #[error(transparent)]
-    Commit(#[from] Box<crate::commit::CommitError>),
+    Runtime { name: String, source: crate::runtime::RuntimeError },
     #[error("container {name:?}")]
     Overlay { name: String, source: kernel_overlay::Error },
     #[error("container {name:?}: FUSE backend: {reason}")]
     Fuse { name: String, reason: String },
     #[error("container {name:?}: kernel overlay mount failed ({kernel}) and the FUSE fallback failed too ({fuse})")]
     AutoFailed { name: String, kernel: String, fuse: String },
-    #[error("container {name:?}: diff")]
-    Diff { name: String, source: crate::diff::DiffError },
     #[error(transparent)]
     Layer(#[from] Box<crate::import::ImportError>),
     #[error("container {0:?} is not mounted")]
@@ -265,7 +273,7 @@ pub fn running(store: &Store, name: &str) -> Result<Option<String>> {
         return Ok(Some(if rec.is_empty() { "strata run".to_string() } else { rec }));
     }
     let (state, id) = runc_ids(store, name);
-    match crate::bundle::runc_status(&state, &id).as_deref() {
+    match crate::runtime::runc::runc_status(&state, &id).as_deref() {
         None | Some("stopped") => Ok(None),
         Some(status) => Ok(Some(format!("runc {id}: {status}"))),
     }
@@ -346,54 +354,6 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
     Ok(row)
 }
 
-fn get(store: &Store, name: &str) -> Result<ContainerRow> {
-    store.container_row(name)?.ok_or_else(|| ContainerError::NotFound(name.to_string()))
-}
-
-/// The overlay a container mounts: its snapshot's parent chain (top first) named by the short
-/// `snapshots/<id>/fs` paths, so even a legacy mount(2) of 500 layers fits its page; upper and
-/// work.
-pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let mut spec = crate::snapshot::overlay_spec(store, &snapshot_key(&c.name))
-        .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
-    let p = paths(store, c);
-    spec.volatile = c.volatile && !c.read_only;
-    spec.empty_lower = Some(p.empty);
-    Ok(spec)
-}
-
-/// [`mount_spec`] with each lower the directory itself (a layer's): what reads the trees
-/// themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
-pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
-    let mut spec = crate::snapshot::overlay_spec_real(store, &snapshot_key(&c.name))
-        .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
-    spec.volatile = c.volatile && !c.read_only;
-    spec.empty_lower = Some(paths(store, c).empty);
-    Ok(spec)
-}
-
-/// Where a container is mounted now, if anywhere (from the kernel's mount table).
-pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
-    let Some(c) = store.container_row(name)? else { return Ok(None) };
-    let p = paths(store, &c);
-    // Default mount point first; then any overlay whose upperdir is ours, or a strata-fuse mount
-    // whose source names our directory.
-    if let Ok(Some(_)) = kernel_overlay::find_mount(&p.rootfs) {
-        return Ok(Some(p.rootfs));
-    }
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let upper = format!("upperdir={}", p.upper.display());
-    let marker = format!("strata:{}", p.dir.display());
-    for m in kernel_overlay::mountinfo::parse(&text) {
-        let ours =
-            (m.fs_type == "overlay" && m.super_options.split(',').any(|o| o == upper)) || m.source == marker;
-        if ours {
-            return Ok(Some(m.mount_point));
-        }
-    }
-    Ok(None)
-}
-
 /// Make sure every layer directory of a container exists (a committed layer is unpacked from its
 /// blob at its first use).
 fn materialize(store: &mut Store, c: &ContainerRow) -> Result<()> {
@@ -403,170 +363,9 @@ fn materialize(store: &mut Store, c: &ContainerRow) -> Result<()> {
     Ok(())
 }
 
-/// Mount a container; returns the mount point. Under the container's lock: of two concurrent
-/// mounts one mounts and the other finds it mounted.
-pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
-    let _g = lock(store, name)?;
-    let c = get(store, name)?;
-    materialize(store, &c)?;
-    if let Some(at) = mounted_at(store, name)? {
-        return Err(ContainerError::AlreadyMounted {
-            name: name.to_string(),
-            target: at.display().to_string(),
-        });
-    }
-    let p = paths(store, &c);
-    let target = match target {
-        Some(t) => checked_target(store, name, t)?,
-        None => p.rootfs.clone(),
-    };
-    fs::create_dir_all(&target).at(&target)?;
-    let short = mount_spec(store, &c)?;
-    if !c.read_only {
-        // A work dir left by an earlier mount may hold debris the kernel refuses.
-        let _ = remove_tree(&p.work.join("work"));
-    }
-    match backend {
-        Backend::Kernel => kernel_overlay::mount(&short, &target)
-            .map(|_| ())
-            .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
-        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?,
-        Backend::Auto => {
-            if let Err(k) = kernel_overlay::mount(&short, &target) {
-                tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
-                let spec = overlay_spec(store, &c)?;
-                fuse_mount(store, name, &spec, &target).map_err(|f| ContainerError::AutoFailed {
-                    name: name.to_string(),
-                    kernel: k.to_string(),
-                    fuse: f.to_string(),
-                })?;
-            }
-        }
-    }
-    Ok(target)
-}
-
-/// Which backend the mount at `at` is (the top one there): kernel overlay, or strata-fuse.
-pub fn backend_at(at: &Path) -> Option<Backend> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let m = kernel_overlay::mountinfo::parse(&text).into_iter().rev().find(|m| m.mount_point == at)?;
-    Some(if m.fs_type == "overlay" { Backend::Kernel } else { Backend::Fuse })
-}
-
-/// A mount target given by the user: an existing directory (or one to create under an existing
-/// parent) reached without following a symlink (a link would redirect the mount, over `/etc` say),
-/// and not inside the state root (later imports would fail with EXDEV) or inside any container's
-/// mounted rootfs. Returns its absolute path.
-fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
-    let bad = |reason: String| ContainerError::BadTarget {
-        name: name.to_string(),
-        target: target.to_path_buf(),
-        reason,
-    };
-    let abs = std::path::absolute(target).map_err(|e| bad(e.to_string()))?;
-    // The deepest existing ancestor must resolve to itself: no symlink on the way (".." too).
-    let mut existing = abs.clone();
-    while fs::symlink_metadata(&existing).is_err() {
-        if !existing.pop() {
-            return Err(bad("no existing ancestor".into()));
-        }
-    }
-    let real = fs::canonicalize(&existing).map_err(|e| bad(e.to_string()))?;
-    if real != existing || abs.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(bad(format!(
-            "{} is reached through a symlink (resolves to {})",
-            existing.display(),
-            real.display()
-        )));
-    }
-    if !fs::symlink_metadata(&existing).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(bad(format!("{} is not a directory", existing.display())));
-    }
-    let root = fs::canonicalize(store.root()).map_err(|e| bad(e.to_string()))?;
-    if abs.starts_with(&root) {
-        return Err(bad(format!("it is inside the state root {}", root.display())));
-    }
-    for other in store.container_rows()? {
-        if let Some(at) = mounted_at(store, &other.name)? {
-            if abs.starts_with(&at) {
-                return Err(bad(format!(
-                    "it is inside container {:?}, mounted at {}",
-                    other.name,
-                    at.display()
-                )));
-            }
-        }
-    }
-    Ok(abs)
-}
-
-/// The strata-fuse binary: next to this executable, else on PATH.
-pub fn fuse_binary() -> PathBuf {
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let cand = dir.join("strata-fuse");
-            if cand.is_file() {
-                return cand;
-            }
-            // Test binaries live in target/*/deps.
-            if let Some(up) = dir.parent() {
-                let cand = up.join("strata-fuse");
-                if cand.is_file() {
-                    return cand;
-                }
-            }
-        }
-    }
-    PathBuf::from("strata-fuse")
-}
-
-fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> Result<()> {
-    let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
-    let join = |ps: &[&Path]| ps.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let lowers: Vec<&Path> = spec.lowers.iter().map(PathBuf::as_path).collect();
-    let mut opts = format!("lowerdir={}", join(&lowers));
-    if let (Some(u), Some(w)) = (&spec.upper, &spec.work) {
-        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
-        if spec.volatile {
-            opts.push_str(",volatile");
-        }
-    }
-    let bin = fuse_binary();
-    let source = format!("strata:{}", dir(store, name).display());
-    let out = Command::new(&bin)
-        .arg("-o")
-        .arg(&opts)
-        .arg("-o")
-        .arg(format!("fsname={source}"))
-        .arg(target)
-        .output()
-        .map_err(|e| err(format!("running {}: {e}", bin.display())))?;
-    if !out.status.success() {
-        return Err(err(format!(
-            "{} exited with {}: {}",
-            bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
-/// Unmount a container; refuses while it runs (its process would lose its root).
-pub fn umount(store: &Store, name: &str, force: bool) -> Result<()> {
-    let _g = lock(store, name)?;
-    get(store, name)?;
-    if let Some(how) = running(store, name)? {
-        return Err(ContainerError::Running {
-            name: name.to_string(),
-            how,
-            hint: "its processes would lose their root; stop it first (strata container rm --force)",
-        });
-    }
-    let at = mounted_at(store, name)?.ok_or_else(|| ContainerError::NotMounted(name.to_string()))?;
-    let mode = if force { UnmountMode::Detach } else { UnmountMode::Normal };
-    kernel_overlay::unmount(&at, mode)
-        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
+/// Container `name`'s row; [`ContainerError::NotFound`] when there is none.
+pub fn get(store: &Store, name: &str) -> Result<ContainerRow> {
+    store.container_row(name)?.ok_or_else(|| ContainerError::NotFound(name.to_string()))
 }
 
 /// Remove a container: refuses while it runs or is mounted, unless `force`, which stops it (as
@@ -615,19 +414,19 @@ fn stop(store: &Store, name: &str) -> Result<()> {
     // Signalled again on every round: a `strata run` that holds the run lock may not have
     // created its runc container yet when this starts.
     while running(store, name)?.is_some() {
-        match crate::bundle::runc_status(&state, &id).as_deref() {
+        match crate::runtime::runc::runc_status(&state, &id).as_deref() {
             // Nobody waits for it: a `strata run` killed before its runc child.
             Some("stopped") => {
-                let _ = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]);
+                let _ = crate::runtime::runc::runc_verb(&state, "delete", &id, &["--force"]);
             }
             Some(status) => {
                 // A paused container takes the signal only once thawed.
                 if status == "paused" {
-                    crate::bundle::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
+                    crate::runtime::runc::runc_verb(&state, "resume", &id, &[]).map_err(rt)?;
                 }
-                if let Err(e) = crate::bundle::runc_verb(&state, "kill", &id, &["KILL"]) {
+                if let Err(e) = crate::runtime::runc::runc_verb(&state, "kill", &id, &["KILL"]) {
                     // It may have exited meanwhile.
-                    if crate::bundle::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
+                    if crate::runtime::runc::runc_status(&state, &id).is_some_and(|s| s != "stopped") {
                         return Err(rt(e));
                     }
                 }
@@ -653,8 +452,8 @@ fn remove_runtime(store: &Store, name: &str) -> Result<()> {
         if !state.join(&id).exists() {
             continue;
         }
-        if let Err(e) = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]) {
-            if crate::bundle::runc_status(&state, &id).is_some() {
+        if let Err(e) = crate::runtime::runc::runc_verb(&state, "delete", &id, &["--force"]) {
+            if crate::runtime::runc::runc_status(&state, &id).is_some() {
                 return Err(rt(e));
             }
             // A directory runc does not know as a container (no state.json): debris.
@@ -724,8 +523,8 @@ pub fn gc_runtime(store: &Store) -> Result<RuntimeGarbage> {
         };
         let Some(_g) = orphan(name)? else { continue };
         tracing::info!(id, "deleting runc state of a removed container");
-        if let Err(e) = crate::bundle::runc_verb(&state, "delete", &id, &["--force"]) {
-            if crate::bundle::runc_status(&state, &id).is_some() {
+        if let Err(e) = crate::runtime::runc::runc_verb(&state, "delete", &id, &["--force"]) {
+            if crate::runtime::runc::runc_status(&state, &id).is_some() {
                 return Err(ContainerError::Runtime { name: name.to_string(), source: e });
             }
             let dir = state.join(&id);
@@ -742,48 +541,6 @@ pub fn gc_runtime(store: &Store) -> Result<RuntimeGarbage> {
         out.cgroups.push(leaf);
     }
     Ok(out)
-}
-
-/// Commit a container's changes as image `new_name`, over the manifest and layers the container
-/// was created from. A running container is paused (runc pause, the cgroup freezer) while its
-/// upper dir is read, as `docker commit` does, unless `pause` is false; it is resumed whatever
-/// the commit's outcome.
-pub fn commit(
-    store: &mut Store,
-    name: &str,
-    new_name: &str,
-    opts: &crate::commit::CommitOptions,
-    pause: bool,
-) -> Result<crate::commit::Committed> {
-    let _g = lock(store, name)?;
-    let c = get(store, name)?;
-    if c.read_only {
-        return Err(ContainerError::ReadOnly(name.to_string()));
-    }
-    let parent = crate::commit::Parent {
-        name: c.image.clone(),
-        config_digest: c.config_digest.clone(),
-        layers: store.container_layers(name)?,
-    };
-    let (state, id) = runc_ids(store, name);
-    let rt = |source| ContainerError::Runtime { name: name.to_string(), source };
-    let paused = pause
-        && running(store, name)?.is_some()
-        && crate::bundle::runc_status(&state, &id).as_deref() == Some("running");
-    if paused {
-        crate::bundle::runc_pause(&state, &id).map_err(rt)?;
-    }
-    let upper = paths(store, &c).upper;
-    let done = crate::commit::commit(store, &upper, &parent, new_name, opts).map_err(Box::new);
-    if paused {
-        if let Err(e) = crate::bundle::runc_verb(&state, "resume", &id, &[]) {
-            // Gone meanwhile (killed, or exited as it was thawed) is not an error of the commit.
-            if crate::bundle::runc_status(&state, &id).is_some_and(|s| s == "paused") {
-                return Err(rt(e));
-            }
-        }
-    }
-    Ok(done?)
 }
 
 /// A container as listed.
@@ -841,7 +598,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     let (state, id) = runc_ids(store, name);
     // As docker's ps says it; the exit code as recorded by what observed the end (see
     // crate::lifecycle), since runc's state does not keep it.
-    let runc = crate::bundle::runc_status(&state, &id);
+    let runc = crate::runtime::runc::runc_status(&state, &id);
     let exit_code = if process.is_none() { recorded_exit(store, name) } else { None };
     let status = match (runc.as_deref(), process.is_some(), exit_code) {
         (Some("paused"), true, _) => "paused".to_string(),
@@ -871,23 +628,4 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
         name: c.name,
         image: c.image,
     })
-}
-
-/// The mount a caller would perform itself (containerd style).
-pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
-    let c = get(store, name)?;
-    let spec = mount_spec(store, &c)?;
-    kernel_overlay::mount_spec(&spec)
-        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
-}
-
-/// The container's changes against its image (see [`crate::diff`]).
-pub fn diff(store: &Store, name: &str) -> Result<Vec<crate::diff::Change>> {
-    let c = get(store, name)?;
-    if c.read_only {
-        return Ok(Vec::new());
-    }
-    let spec = overlay_spec(store, &c)?;
-    crate::diff::diff_upper(&paths(store, &c).upper, &spec.lowers)
-        .map_err(|e| ContainerError::Diff { name: name.to_string(), source: e })
 }

@@ -1,0 +1,242 @@
+//! Mounting a container: its snapshot's overlay, by the kernel's OverlayFS or by strata-fuse
+//! (launched with fuse-overlayfs's command line), at its default mount point or at a target the
+//! user gives ([`checked_target`]); unmounting; where and by which backend it is mounted now,
+//! read from the kernel's mount table.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kernel_overlay::{OverlaySpec, UnmountMode};
+
+use super::{dir, get, lock, materialize, paths, running, snapshot_key, Backend, ContainerError, Result};
+use crate::store::{remove_tree, ContainerRow, IoContext, Store};
+
+/// The overlay a container mounts: its snapshot's parent chain (top first) named by the short
+/// `snapshots/<id>/fs` paths, so even a legacy mount(2) of 500 layers fits its page; upper and
+/// work.
+pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
+    let mut spec = crate::snapshot::overlay_spec(store, &snapshot_key(&c.name))
+        .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
+    let p = paths(store, c);
+    spec.volatile = c.volatile && !c.read_only;
+    spec.empty_lower = Some(p.empty);
+    Ok(spec)
+}
+
+/// [`mount_spec`] with each lower the directory itself (a layer's): what reads the trees
+/// themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
+pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
+    let mut spec = crate::snapshot::overlay_spec_real(store, &snapshot_key(&c.name))
+        .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
+    spec.volatile = c.volatile && !c.read_only;
+    spec.empty_lower = Some(paths(store, c).empty);
+    Ok(spec)
+}
+
+/// Where a container is mounted now, if anywhere (from the kernel's mount table).
+pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
+    let Some(c) = store.container_row(name)? else { return Ok(None) };
+    let p = paths(store, &c);
+    // Default mount point first; then any overlay whose upperdir is ours, or a strata-fuse mount
+    // whose source names our directory.
+    if let Ok(Some(_)) = kernel_overlay::find_mount(&p.rootfs) {
+        return Ok(Some(p.rootfs));
+    }
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let upper = format!("upperdir={}", p.upper.display());
+    let marker = format!("strata:{}", p.dir.display());
+    for m in kernel_overlay::mountinfo::parse(&text) {
+        let ours =
+            (m.fs_type == "overlay" && m.super_options.split(',').any(|o| o == upper)) || m.source == marker;
+        if ours {
+            return Ok(Some(m.mount_point));
+        }
+    }
+    Ok(None)
+}
+
+/// Mount a container; returns the mount point. Under the container's lock: of two concurrent
+/// mounts one mounts and the other finds it mounted.
+pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
+    let _g = lock(store, name)?;
+    let c = get(store, name)?;
+    materialize(store, &c)?;
+    if let Some(at) = mounted_at(store, name)? {
+        return Err(ContainerError::AlreadyMounted {
+            name: name.to_string(),
+            target: at.display().to_string(),
+        });
+    }
+    let p = paths(store, &c);
+    let target = match target {
+        Some(t) => checked_target(store, name, t)?,
+        None => p.rootfs.clone(),
+    };
+    fs::create_dir_all(&target).at(&target)?;
+    let short = mount_spec(store, &c)?;
+    if !c.read_only {
+        // A work dir left by an earlier mount may hold debris the kernel refuses.
+        let _ = remove_tree(&p.work.join("work"));
+    }
+    match backend {
+        Backend::Kernel => kernel_overlay::mount(&short, &target)
+            .map(|_| ())
+            .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
+        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?,
+        Backend::Auto => {
+            if let Err(k) = kernel_overlay::mount(&short, &target) {
+                tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
+                let spec = overlay_spec(store, &c)?;
+                fuse_mount(store, name, &spec, &target).map_err(|f| ContainerError::AutoFailed {
+                    name: name.to_string(),
+                    kernel: k.to_string(),
+                    fuse: f.to_string(),
+                })?;
+            }
+        }
+    }
+    Ok(target)
+}
+
+/// Which backend the mount at `at` is (the top one there): kernel overlay, or strata-fuse.
+pub fn backend_at(at: &Path) -> Option<Backend> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let m = kernel_overlay::mountinfo::parse(&text).into_iter().rev().find(|m| m.mount_point == at)?;
+    Some(if m.fs_type == "overlay" { Backend::Kernel } else { Backend::Fuse })
+}
+
+/// A mount target given by the user: an existing directory (or one to create under an existing
+/// parent) reached without following a symlink (a link would redirect the mount, over `/etc` say),
+/// and not inside the state root (later imports would fail with EXDEV) or inside any container's
+/// mounted rootfs. Returns its absolute path.
+fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
+    let bad = |reason: String| ContainerError::BadTarget {
+        name: name.to_string(),
+        target: target.to_path_buf(),
+        reason,
+    };
+    let abs = std::path::absolute(target).map_err(|e| bad(e.to_string()))?;
+    // The deepest existing ancestor must resolve to itself: no symlink on the way (".." too).
+    let mut existing = abs.clone();
+    while fs::symlink_metadata(&existing).is_err() {
+        if !existing.pop() {
+            return Err(bad("no existing ancestor".into()));
+        }
+    }
+    let real = fs::canonicalize(&existing).map_err(|e| bad(e.to_string()))?;
+    if real != existing || abs.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(bad(format!(
+            "{} is reached through a symlink (resolves to {})",
+            existing.display(),
+            real.display()
+        )));
+    }
+    if !fs::symlink_metadata(&existing).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(bad(format!("{} is not a directory", existing.display())));
+    }
+    let root = fs::canonicalize(store.root()).map_err(|e| bad(e.to_string()))?;
+    if abs.starts_with(&root) {
+        return Err(bad(format!("it is inside the state root {}", root.display())));
+    }
+    for other in store.container_rows()? {
+        if let Some(at) = mounted_at(store, &other.name)? {
+            if abs.starts_with(&at) {
+                return Err(bad(format!(
+                    "it is inside container {:?}, mounted at {}",
+                    other.name,
+                    at.display()
+                )));
+            }
+        }
+    }
+    Ok(abs)
+}
+
+/// The strata-fuse binary: next to this executable, else on PATH.
+pub fn fuse_binary() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let cand = dir.join("strata-fuse");
+            if cand.is_file() {
+                return cand;
+            }
+            // Test binaries live in target/*/deps.
+            if let Some(up) = dir.parent() {
+                let cand = up.join("strata-fuse");
+                if cand.is_file() {
+                    return cand;
+                }
+            }
+        }
+    }
+    PathBuf::from("strata-fuse")
+}
+
+/// Options of the kernel's overlay mount that strata-fuse's semantics always have (no index, no
+/// redirects, no metacopy): not passed, or it would warn that it ignores them.
+const KERNEL_ONLY: [&str; 3] = ["index", "redirect_dir", "metacopy"];
+
+/// strata-fuse's `-o` for `spec`: [`kernel_overlay::mount_spec`]'s options, paths escaped as
+/// overlayfs takes them (`\,` `\:` `\\`), which strata-fuse reads alike; without the kernel's
+/// stack depth limit ([`kernel_overlay::userspace_options`]), which strata-fuse does not have.
+fn fuse_options(spec: &OverlaySpec) -> std::result::Result<String, kernel_overlay::Error> {
+    let options = kernel_overlay::userspace_options(spec)?;
+    let kept: Vec<String> = options
+        .into_iter()
+        .filter(|o| !KERNEL_ONLY.contains(&o.split_once('=').map_or(o.as_str(), |(k, _)| k)))
+        .collect();
+    Ok(kept.join(","))
+}
+
+fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> Result<()> {
+    let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
+    let opts =
+        fuse_options(spec).map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
+    let bin = fuse_binary();
+    // The source mountinfo shows (see mounted_at), escaped as the paths are.
+    let escaped = String::from_utf8_lossy(&kernel_overlay::escape_path(&dir(store, name))).into_owned();
+    let source = format!("strata:{escaped}");
+    let out = Command::new(&bin)
+        .arg("-o")
+        .arg(&opts)
+        .arg("-o")
+        .arg(format!("fsname={source}"))
+        .arg(target)
+        .output()
+        .map_err(|e| err(format!("running {}: {e}", bin.display())))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "{} exited with {}: {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Unmount a container; refuses while it runs (its process would lose its root).
+pub fn umount(store: &Store, name: &str, force: bool) -> Result<()> {
+    let _g = lock(store, name)?;
+    get(store, name)?;
+    if let Some(how) = running(store, name)? {
+        return Err(ContainerError::Running {
+            name: name.to_string(),
+            how,
+            hint: "its processes would lose their root; stop it first (strata container rm --force)",
+        });
+    }
+    let at = mounted_at(store, name)?.ok_or_else(|| ContainerError::NotMounted(name.to_string()))?;
+    let mode = if force { UnmountMode::Detach } else { UnmountMode::Normal };
+    kernel_overlay::unmount(&at, mode)
+        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
+}
+
+/// The mount a caller would perform itself (containerd style).
+pub fn mounts(store: &Store, name: &str) -> Result<kernel_overlay::MountSpec> {
+    let c = get(store, name)?;
+    let spec = mount_spec(store, &c)?;
+    kernel_overlay::mount_spec(&spec)
+        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })
+}
