@@ -48,6 +48,18 @@ pub enum DiffError {
     InContainer { name: String, source: Box<DiffError> },
 }
 
+impl DiffError {
+    /// What class of failure this is (see [`crate::error::ErrorKind`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            DiffError::Io { source, .. } => crate::error::ErrorKind::of_io(source),
+            DiffError::Moved { .. } => crate::error::ErrorKind::FailedPrecondition,
+            DiffError::Container(e) => e.kind(),
+            DiffError::InContainer { source, .. } => source.kind(),
+        }
+    }
+}
+
 impl From<WalkError> for DiffError {
     fn from(e: WalkError) -> Self {
         match e {

@@ -12,6 +12,13 @@ pub enum DigestError {
     Algorithm(String),
 }
 
+impl DigestError {
+    /// Always [`ErrorKind::InvalidArgument`](crate::error::ErrorKind): the digest text is bad.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidArgument
+    }
+}
+
 /// A `sha256:<64 lowercase hex>` digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sha256Digest {

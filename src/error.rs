@@ -74,6 +74,23 @@ mod tests {
         let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert_eq!(ExportError::Io { path: "/x".into(), source: gone }.kind(), ErrorKind::NotFound);
         assert_eq!(ExportError::Image(tag()).kind(), ErrorKind::NotFound);
+        // The helpers' errors too: a bad layer is the input's fault, a full disk is not.
+        use crate::unpack::UnpackError;
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(
+            UnpackError::Io { path: "f".into(), op: "write", source: full }.kind(),
+            ErrorKind::Internal
+        );
+        let bad = UnpackError::InvalidPath { path: "../x".into(), reason: "escapes" };
+        assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(crate::reference::ReferenceError::Empty.kind(), ErrorKind::InvalidArgument);
+        let exists = crate::fsutil::AtomicError::Exists { path: "/x".into() };
+        assert_eq!(exists.kind(), ErrorKind::AlreadyExists);
+        let moved = crate::diff::DiffError::InContainer {
+            name: "c".into(),
+            source: Box::new(crate::diff::DiffError::Moved { path: "/p".into() }),
+        };
+        assert_eq!(moved.kind(), ErrorKind::FailedPrecondition);
     }
 
     use super::*;

@@ -28,6 +28,16 @@ pub enum WalkError {
     Moved { path: PathBuf },
 }
 
+impl WalkError {
+    /// What class of failure this is (see [`crate::error::ErrorKind`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            WalkError::Io { source, .. } => crate::error::ErrorKind::of_io(source),
+            WalkError::Moved { .. } => crate::error::ErrorKind::FailedPrecondition,
+        }
+    }
+}
+
 const DIR_FLAGS: OFlags =
     OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 

@@ -33,6 +33,13 @@ pub enum ReferenceError {
     Invalid { name: String, reason: String },
 }
 
+impl ReferenceError {
+    /// Always [`ErrorKind::InvalidArgument`](crate::error::ErrorKind): the name is bad.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidArgument
+    }
+}
+
 /// A parsed reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference<'a> {

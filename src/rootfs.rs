@@ -47,6 +47,21 @@ pub enum RootfsError {
     Mount { name: String, source: kernel_overlay::Error },
 }
 
+impl RootfsError {
+    /// What class of failure this is (see [`crate::error::ErrorKind`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            RootfsError::Container(e) => e.kind(),
+            RootfsError::Write { source, .. } | RootfsError::Commit(source) => source.kind(),
+            RootfsError::Unpack { source, .. } => source.kind(),
+            RootfsError::Read { source, .. } => ErrorKind::of_io(source),
+            RootfsError::Store(e) => e.kind(),
+            RootfsError::Mount { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 pub type Result<T, E = RootfsError> = std::result::Result<T, E>;
 
 /// What [`export_container`] wrote.

@@ -46,6 +46,18 @@ pub enum AtomicError {
     NotAFileName { path: PathBuf },
 }
 
+impl AtomicError {
+    /// What class of failure this is (see [`crate::error::ErrorKind`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            AtomicError::Io { source, .. } => ErrorKind::of_io(source),
+            AtomicError::Exists { .. } => ErrorKind::AlreadyExists,
+            AtomicError::NotAFileName { .. } => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
 impl From<AtomicError> for io::Error {
     /// Keeps the cause's kind (NotFound, PermissionDenied...) for callers that match on it.
     fn from(e: AtomicError) -> io::Error {

@@ -415,6 +415,16 @@ pub enum MapError {
     Bad(String),
 }
 
+impl MapError {
+    /// What class of failure this is (see [`crate::error::ErrorKind`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            MapError::Read(e) => crate::error::ErrorKind::of_io(e),
+            MapError::Bad(_) => crate::error::ErrorKind::InvalidArgument,
+        }
+    }
+}
+
 /// Read a 1.0 map from the start of the entry data `r` (`data_size` bytes). Returns the
 /// extents and the map's size in bytes (whole 512-byte blocks).
 pub fn read_map_v10<R: Read + ?Sized>(r: &mut R, data_size: u64) -> Result<(Vec<Extent>, u64), MapError> {
@@ -466,6 +476,15 @@ pub fn read_map_v10<R: Read + ?Sized>(r: &mut R, data_size: u64) -> Result<(Vec<
 pub enum CopyError {
     Read(io::Error),
     Write(io::Error),
+}
+
+impl CopyError {
+    /// What class of failure this is (see [`crate::error::ErrorKind`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            CopyError::Read(e) | CopyError::Write(e) => crate::error::ErrorKind::of_io(e),
+        }
+    }
 }
 
 /// Copy the extents' data from `r` (back to back) into `file` at their offsets, then set the

@@ -160,6 +160,20 @@ impl UnpackError {
         }
     }
 
+    /// What class of failure this is (see [`crate::error::ErrorKind`]): the layer's fault
+    /// ([`ErrorKind::InvalidArgument`](crate::error::ErrorKind)) unless a filesystem operation
+    /// failed for its own reason (no space, permissions).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            UnpackError::Io { source, .. } => match ErrorKind::of_io(source) {
+                ErrorKind::Internal => ErrorKind::Internal,
+                _ => ErrorKind::InvalidArgument,
+            },
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
+
     /// The OS error behind an [`UnpackError::Io`], if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
