@@ -11,6 +11,9 @@
 //!   module;
 //! - the layers at the centre use only layers below them ([`LAYERS`]: `meta` uses none of the
 //!   others, `store` only `meta`, `snapshot` only those two, `images` only those three);
+//! - nothing below the pipelines ([`BELOW_PIPELINES`]: the centre, the layer store, unpack, the
+//!   containers) uses one of them ([`PIPELINES`]: import, commit, export, registry, rootfs, diff,
+//!   run, the lifecycle verbs);
 //! - only the store and the snapshot core use meta ([`META_USERS`]), by name or through the
 //!   store's `meta()`, and no other module runs SQL.
 
@@ -35,6 +38,7 @@ const STACK: &[&str] = &[
     "snapshot",
     "images",
     "container",
+    "layers",
     "import",
     "unpack",
     "tar",
@@ -57,6 +61,15 @@ const STACK: &[&str] = &[
 
 /// The centre, bottom first: each may use only those before it.
 const LAYERS: &[&str] = &["meta", "store", "snapshot", "images"];
+
+/// The pipelines, and the verbs that run containers: what makes images and containers into
+/// other things, above everything in [`BELOW_PIPELINES`].
+const PIPELINES: &[&str] = &["import", "commit", "export", "registry", "rootfs", "diff", "run", "lifecycle"];
+
+/// The modules below every pipeline: the centre, the layer store (with unpack and the tar
+/// format it reads) and the containers. None of them uses a module of [`PIPELINES`].
+const BELOW_PIPELINES: &[&str] =
+    &["meta", "store", "snapshot", "images", "layers", "unpack", "tar", "container"];
 
 /// The only modules that use meta.
 const META_USERS: &[&str] = &["meta", "store", "snapshot"];
@@ -374,6 +387,11 @@ fn the_stack_has_no_loops() {
             if !LAYERS[..i].contains(&used.as_str()) && !is_leaf(used) {
                 problems.push(format!("{m} uses {used}, which is not below it"));
             }
+        }
+    }
+    for m in BELOW_PIPELINES {
+        for used in graph[*m].iter().filter(|u| PIPELINES.contains(&u.as_str())) {
+            problems.push(format!("{m} uses {used}, a pipeline above it"));
         }
     }
     // meta is the store's and the snapshot core's: nothing else names it or reaches it through

@@ -46,6 +46,7 @@ pub mod images;
 pub mod import;
 #[cfg(test)]
 mod layering;
+pub mod layers;
 pub mod lifecycle;
 pub(crate) mod meta;
 pub mod monitor;

@@ -133,7 +133,7 @@ fn read_only_view(store: &mut Store, name: &str) -> Result<OverlaySpec> {
         .map_err(ContainerError::from)?
         .ok_or_else(|| ContainerError::NotFound(name.to_string()))?;
     for l in container::layers(store, name).map_err(ContainerError::from)? {
-        crate::import::materialize_layer(store, &l).map_err(|e| ContainerError::Layer(Box::new(e)))?;
+        crate::layers::materialize_layer(store, &l).map_err(ContainerError::Layer)?;
     }
     let spec = container::overlay_spec(store, &c)?;
     let mut lowers = Vec::with_capacity(spec.lowers.len() + 1);

@@ -4,7 +4,7 @@
 //! with the image): walk → tar → sha256 (diff_id) → compressor → sha256 + count (digest, size) →
 //! a temp file in staging, fsynced and renamed into `blobs/sha256/`. Only the blob is written: the
 //! layer directory `layers/sha256/<diff_id>/` is unpacked from it at its first use
-//! ([`crate::import::materialize_layer`]), so it is exactly what importing the exported image
+//! ([`crate::layers::materialize_layer`]), so it is exactly what importing the exported image
 //! would unpack.
 //!
 //! - [`layer`]: walking an upper dir (overlayfs format) into the layer tar, and the pipeline
@@ -199,7 +199,7 @@ fn commit_staged(
     let blob_tmp = staging.dir.join("layer.blob");
     let blob = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?;
     // Only the blob is written: the layer's directory is unpacked from it at its first use
-    // (`container create`/`mount`, see `import::materialize_layer`), so a commit writes the change
+    // (`container create`/`mount`, see `layers::materialize_layer`), so a commit writes the change
     // once, and its cost is the walk of the upper dir plus compression.
     let (info, blob) = layer::write_layer_inner(upper, BufWriter::with_capacity(CHUNK, blob), &opts.layer)?;
     let blob =
@@ -526,8 +526,8 @@ pub(crate) mod tests {
             e.mtime = e.mtime.map(|m| m.min(1_600_000_000));
         }
         let top = layers[1].clone();
-        assert!(crate::import::materialize_layer(&mut store, &top).unwrap());
-        assert!(!crate::import::materialize_layer(&mut store, &top).unwrap(), "unpacked once");
+        assert!(crate::layers::materialize_layer(&mut store, &top).unwrap());
+        assert!(!crate::layers::materialize_layer(&mut store, &top).unwrap(), "unpacked once");
         let got = strata_test_support::tree::Tree::capture_with(&store.layer_path(&c.layer.diff_id), &topts)
             .unwrap();
         strata_test_support::tree::assert_trees_eq(&got, &want, "committed layer directory vs upper");

@@ -70,7 +70,7 @@ pub enum ContainerError {
     #[error("container {name:?}: kernel overlay mount failed ({kernel}) and the FUSE fallback failed too ({fuse})")]
     AutoFailed { name: String, kernel: String, fuse: String },
     #[error(transparent)]
-    Layer(#[from] Box<crate::import::ImportError>),
+    Layer(#[from] crate::layers::LayerError),
     #[error("container {0:?} is not mounted")]
     NotMounted(String),
     #[error("container {name:?}")]
@@ -358,7 +358,7 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
 /// blob at its first use).
 fn materialize(store: &mut Store, c: &ContainerRow) -> Result<()> {
     for l in store.container_layers(&c.name)? {
-        crate::import::materialize_layer(store, &l).map_err(Box::new)?;
+        crate::layers::materialize_layer(store, &l)?;
     }
     Ok(())
 }

@@ -13,7 +13,6 @@ mod platform;
 pub mod reference;
 pub mod source;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -331,22 +330,6 @@ pub fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Sha256Digest>, ImageErr
                 .map_err(|e| ImageError::Digest { what: format!("{what}: diff_id"), source: e })
         })
         .collect()
-}
-
-/// Read a few bytes from the start of a reader without losing them.
-pub fn peek(mut r: Box<dyn Read + Send>, n: usize) -> std::io::Result<(Vec<u8>, Box<dyn Read + Send>)> {
-    let mut head = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        let k = r.read(&mut head[got..])?;
-        if k == 0 {
-            break;
-        }
-        got += k;
-    }
-    head.truncate(got);
-    let rest: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head.clone()).chain(r));
-    Ok((head, rest))
 }
 
 #[cfg(test)]

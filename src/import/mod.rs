@@ -9,23 +9,22 @@
 //! Progress is reported through [`ImportOptions::progress`], never drawn here.
 //!
 //! Here the import's steps (layers in parallel, each reused, unpacked from its stored blob or
-//! streamed, then [`ImagePublish`]); `stream.rs` the streaming of one blob.
+//! streamed, then [`ImagePublish`]); the streaming of one blob, its verification and unpacking
+//! are the layer store's ([`crate::layers`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError, LayerRef, Platform, Resolved};
 use crate::images::{ImagePublish, ImagesError};
+use crate::layers::{stream_layer, LayerError, Tap, CHUNK};
+pub use crate::layers::{ImportEvent, Progress};
 use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, Staging, Store, StoreError};
-use crate::unpack::UnpackError;
-use stream::{stream_layer, Tap, CHUNK};
-
-mod stream;
 
 /// Import errors. Layer errors name the layer and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -46,21 +45,9 @@ pub enum ImportError {
         #[source]
         source: ImageError,
     },
-    /// Reading, decompressing or spooling the layer's blob failed.
-    #[error("layer {layer}: reading its blob")]
-    Read {
-        layer: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("layer {layer}")]
-    Unpack { layer: String, source: UnpackError },
-    #[error("layer {layer}: digest mismatch: expected {expected}, blob is {actual}")]
-    DigestMismatch { layer: String, expected: String, actual: String },
-    #[error("layer {layer}: size mismatch: descriptor says {expected} bytes, blob is {actual} bytes")]
-    SizeMismatch { layer: String, expected: u64, actual: u64 },
-    #[error("layer {layer}: diff_id mismatch: config says {expected}, uncompressed tar is {actual}")]
-    DiffIdMismatch { layer: String, expected: String, actual: String },
+    /// Streaming, verifying or unpacking a layer's blob failed.
+    #[error(transparent)]
+    Stream(#[from] LayerError),
     #[error("no image name: the source has no tag; give --name")]
     NoName,
     #[error(transparent)]
@@ -79,12 +66,8 @@ impl ImportError {
             ImportError::Publish(e) => e.kind(),
             ImportError::Image(_) => ErrorKind::InvalidArgument,
             ImportError::OpenBlob { source, .. } => source.kind(),
-            ImportError::Layer { .. }
-            | ImportError::Read { .. }
-            | ImportError::Unpack { .. }
-            | ImportError::DigestMismatch { .. }
-            | ImportError::SizeMismatch { .. }
-            | ImportError::DiffIdMismatch { .. } => ErrorKind::InvalidArgument,
+            ImportError::Stream(e) => e.kind(),
+            ImportError::Layer { .. } => ErrorKind::InvalidArgument,
             ImportError::NoName | ImportError::Name(_) | ImportError::TagName(_) => {
                 ErrorKind::InvalidArgument
             }
@@ -104,50 +87,6 @@ pub struct ImportOptions {
     pub jobs: usize,
     /// Told what the import is doing (for a progress display); `None`: nobody is.
     pub progress: Option<Progress>,
-}
-
-/// What an import (or a push, blob by blob) reports while it runs, to its [`Progress`]. Layers
-/// are numbered bottom first, as the manifest lists them; with several jobs the events of
-/// different layers interleave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImportEvent {
-    /// The import starts: `layers` layers, `bytes` bytes of layer blobs as the manifest states
-    /// them (layers of a docker-archive, which states no size, count 0).
-    Start { layers: usize, bytes: u64 },
-    /// Layer `index` starts: `layer` names it (its blob digest), `size` is its blob's size when
-    /// known.
-    LayerStarted { index: usize, layer: String, size: Option<u64> },
-    /// `bytes` more bytes of layer `index`'s blob were read (fetched, for a registry).
-    LayerBytes { index: usize, bytes: u64 },
-    /// Layer `index` is complete in the store; `unpacked` when this import unpacked it (else its
-    /// directory was there and only its blob was stored).
-    LayerDone { index: usize, unpacked: bool },
-    /// Layer `index` and its blob were in the store already: nothing was read.
-    LayerReused { index: usize },
-    /// A push has sent blob `index` up to `position` (from the start again when it retries).
-    LayerPosition { index: usize, position: u64 },
-    /// A push is done with blob `index`: `how` is `pushed`, `mounted` or `already present`.
-    LayerSent { index: usize, how: &'static str },
-}
-
-/// A callback told of [`ImportEvent`]s, from whichever thread streams the layer.
-#[derive(Clone)]
-pub struct Progress(Arc<dyn Fn(&ImportEvent) + Send + Sync>);
-
-impl Progress {
-    pub fn new(f: impl Fn(&ImportEvent) + Send + Sync + 'static) -> Progress {
-        Progress(Arc::new(f))
-    }
-
-    pub fn emit(&self, e: &ImportEvent) {
-        (self.0)(e)
-    }
-}
-
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Progress(..)")
-    }
 }
 
 /// At most this many jobs by default: beyond it a local import gains nothing on the machines
@@ -441,13 +380,13 @@ fn stream_into_store(
         Ok(x) => x,
         Err(e) => {
             cleanup();
-            return Err(e);
+            return Err(e.into());
         }
     };
     // Verify everything before anything is published.
     if let Err(e) = s.verify(label, l.digest.as_ref(), l.size, diff_id) {
         cleanup();
-        return Err(e);
+        return Err(e.into());
     }
     let mut size = store.layer_size(diff_id)?.unwrap_or(0);
     if let (Some(d), Some(stats)) = (&unpack_dir, &stats) {
@@ -484,47 +423,6 @@ fn stream_into_store(
     ))
 }
 
-/// Make sure the directory of an image layer exists, unpacking it from the stored blob when it
-/// does not (a committed layer is unpacked at its first use; a lost directory is rebuilt). The
-/// blob's digest and the tar's diff_id are verified as on import. Returns whether it unpacked.
-pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<bool> {
-    let diff_id = layer.diff_id.clone();
-    let layer_dir = store.layer_path(&diff_id);
-    if layer_dir.is_dir() {
-        return Ok(false);
-    }
-    let _gc = store.gc_shared()?;
-    let _lock = store.lock(Lock::Layer(&diff_id))?;
-    if layer_dir.is_dir() {
-        return Ok(false);
-    }
-    let digest = layer.blob_digest.clone();
-    let blob_path = store.blob_path(&digest);
-    let file = File::open(&blob_path).at(&blob_path)?;
-    let staging = store.staging()?;
-    let dir = staging.dir.join("layer");
-    fs::create_dir(&dir).at(&dir)?;
-    let declared = Some(image::layer_compression(&layer.media_type)?);
-    let label = digest.to_string();
-    let (s, stats) = stream_layer(
-        Box::new(file),
-        Some(layer.blob_size),
-        declared,
-        None,
-        Some(&dir),
-        Tap::default(),
-        &label,
-    )?;
-    s.verify(&label, Some(&digest), Some(layer.blob_size), &diff_id)?;
-    Store::syncfs(&dir)?;
-    fs::rename(&dir, &layer_dir).at(&layer_dir)?;
-    if let Some(stats) = stats {
-        store.insert_layer(&layer.diff_id, stats.bytes, stats.entries)?;
-    }
-    tracing::info!(layer = %layer.diff_id, "unpacked layer from its stored blob");
-    Ok(true)
-}
-
 /// Import an oci-archive or docker-archive read from a stream (stdin, a pipe), as `podman load`
 /// does. Archives need random access, so the stream is spooled to a file in the state root's
 /// staging first; the file is removed when the import ends, whatever its outcome.
@@ -556,11 +454,15 @@ pub fn import_stream(
             layer: layer.replace(reference, "standard input"),
             source: source.relabel(reference, "standard input"),
         },
-        ImportError::Read { layer, source } => {
-            ImportError::Read { layer: layer.replace(reference, "standard input"), source }
-        }
-        ImportError::Unpack { layer, source } => {
-            ImportError::Unpack { layer: layer.replace(reference, "standard input"), source }
+        ImportError::Stream(LayerError::Read { layer, source }) => ImportError::Stream(LayerError::Read {
+            layer: layer.replace(reference, "standard input"),
+            source,
+        }),
+        ImportError::Stream(LayerError::Unpack { layer, source }) => {
+            ImportError::Stream(LayerError::Unpack {
+                layer: layer.replace(reference, "standard input"),
+                source,
+            })
         }
         e => e,
     });

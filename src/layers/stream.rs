@@ -10,12 +10,13 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{ImportError, ImportEvent, Progress, Result};
+use super::{ImportEvent, LayerError, Progress, Result};
+use crate::compression::Compression;
 use crate::digest::Sha256Digest;
-use crate::image::{self, Compression};
 use crate::unpack::{self, UnpackOptions};
 
-pub(super) const CHUNK: usize = 1 << 20;
+/// The size of the chunks read from a blob and handed to the unpacker.
+pub const CHUNK: usize = 1 << 20;
 
 /// Reads from the source, hashing and counting every byte, copying to the blob file if any, and
 /// refusing to read past the expected size.
@@ -30,15 +31,15 @@ struct TeeReader<'a> {
 
 /// What the reading side of one layer reports to, and what stops it.
 #[derive(Clone, Copy, Default)]
-pub(super) struct Tap<'a> {
-    pub(super) progress: Option<&'a Progress>,
-    pub(super) index: usize,
+pub(crate) struct Tap<'a> {
+    pub(crate) progress: Option<&'a Progress>,
+    pub(crate) index: usize,
     /// Set when another layer of the import failed: stop reading.
-    pub(super) cancel: Option<&'a AtomicBool>,
+    pub(crate) cancel: Option<&'a AtomicBool>,
 }
 
 impl Tap<'_> {
-    pub(super) fn emit(&self, e: ImportEvent) {
+    pub(crate) fn emit(&self, e: ImportEvent) {
         if let Some(p) = self.progress {
             p.emit(&e);
         }
@@ -98,16 +99,16 @@ impl Read for ChannelReader {
 }
 
 /// Result of streaming one layer blob.
-pub(super) struct Streamed {
-    pub(super) digest: Sha256Digest,
-    pub(super) size: u64,
-    pub(super) diff_id: Sha256Digest,
-    pub(super) compression: Compression,
+pub(crate) struct Streamed {
+    pub(crate) digest: Sha256Digest,
+    pub(crate) size: u64,
+    pub(crate) diff_id: Sha256Digest,
+    pub(crate) compression: Compression,
 }
 
 impl Streamed {
     /// Check what was streamed against what the manifest and config state.
-    pub(super) fn verify(
+    pub(crate) fn verify(
         &self,
         label: &str,
         digest: Option<&Sha256Digest>,
@@ -116,7 +117,7 @@ impl Streamed {
     ) -> Result<()> {
         if let Some(d) = digest {
             if &self.digest != d {
-                return Err(ImportError::DigestMismatch {
+                return Err(LayerError::DigestMismatch {
                     layer: label.to_string(),
                     expected: d.to_string(),
                     actual: self.digest.to_string(),
@@ -125,7 +126,7 @@ impl Streamed {
         }
         if let Some(sz) = size {
             if self.size != sz {
-                return Err(ImportError::SizeMismatch {
+                return Err(LayerError::SizeMismatch {
                     layer: label.to_string(),
                     expected: sz,
                     actual: self.size,
@@ -133,7 +134,7 @@ impl Streamed {
             }
         }
         if &self.diff_id != diff_id {
-            return Err(ImportError::DiffIdMismatch {
+            return Err(LayerError::DiffIdMismatch {
                 layer: label.to_string(),
                 expected: diff_id.to_string(),
                 actual: self.diff_id.to_string(),
@@ -152,9 +153,9 @@ fn produce(
     tx: Option<SyncSender<io::Result<Vec<u8>>>>,
     tap: Tap<'_>,
 ) -> io::Result<Streamed> {
-    let (head, src) = image::peek(src, 4)?;
+    let (head, src) = peek(src, 4)?;
     // Trust the bytes over the label: gzip-labelled plain tars exist in the wild.
-    let compression = match image::sniff_compression(&head) {
+    let compression = match Compression::sniff(&head) {
         Compression::None => declared.filter(|c| *c == Compression::None).unwrap_or(Compression::None),
         c => c,
     };
@@ -218,8 +219,24 @@ fn produce(
     })
 }
 
+/// Read a few bytes from the start of a reader without losing them.
+fn peek(mut r: Box<dyn Read + Send>, n: usize) -> io::Result<(Vec<u8>, Box<dyn Read + Send>)> {
+    let mut head = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = r.read(&mut head[got..])?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    head.truncate(got);
+    let rest: Box<dyn Read + Send> = Box::new(io::Cursor::new(head.clone()).chain(r));
+    Ok((head, rest))
+}
+
 /// Run the producer thread and, when unpacking, the unpacker on this thread.
-pub(super) fn stream_layer(
+pub(crate) fn stream_layer(
     src: Box<dyn Read + Send>,
     limit: Option<u64>,
     declared: Option<Compression>,
@@ -228,7 +245,7 @@ pub(super) fn stream_layer(
     tap: Tap<'_>,
     label: &str,
 ) -> Result<(Streamed, Option<unpack::UnpackStats>)> {
-    let layer_err = |source: io::Error| ImportError::Read { layer: label.to_string(), source };
+    let layer_err = |source: io::Error| LayerError::Read { layer: label.to_string(), source };
     let Some(dir) = unpack_dir else {
         return produce(src, limit, declared, blob, None, tap).map(|s| (s, None)).map_err(layer_err);
     };
@@ -243,7 +260,7 @@ pub(super) fn stream_layer(
         match (produced, unpacked) {
             // The stream's own failure (corrupt gzip, short blob) explains an unpack failure best.
             (Err(e), _) => Err(layer_err(e)),
-            (Ok(_), Err(e)) => Err(ImportError::Unpack { layer: label.to_string(), source: e }),
+            (Ok(_), Err(e)) => Err(LayerError::Unpack { layer: label.to_string(), source: e }),
             (Ok(s), Ok(stats)) => Ok((s, Some(stats))),
         }
     })
