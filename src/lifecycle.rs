@@ -40,8 +40,12 @@ pub enum LifecycleError {
     Run(#[from] RunError),
     #[error("container {name}")]
     Store { name: String, source: StoreError },
-    #[error("container {name}: image config: {reason}")]
-    Config { name: String, reason: String },
+    #[error("container {name}: image config")]
+    Config {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Monitor(#[from] crate::monitor::MonitorError),
     #[error("container {name:?} stopped, but its exit code was not recorded")]
@@ -196,7 +200,7 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
                 .read_blob(&row.config_digest)
                 .map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
             let config: serde_json::Value = serde_json::from_slice(&blob)
-                .map_err(|e| LifecycleError::Config { name: name.to_string(), reason: e.to_string() })?;
+                .map_err(|source| LifecycleError::Config { name: name.to_string(), source })?;
             let settings = SpecSettings { hostname: name.chars().take(63).collect(), ..Default::default() };
             spec::build_spec(&config, rootfs, &ProcessOverrides::default(), &settings).map_err(berr(name))?
         }

@@ -18,7 +18,8 @@ pub fn derive_config(
     image: &str,
 ) -> Result<Value> {
     let bad = |reason: String| CommitError::BadImage { image: image.to_string(), reason };
-    let mut cfg: Value = serde_json::from_slice(parent).map_err(|e| bad(format!("config: {e}")))?;
+    let mut cfg: Value = serde_json::from_slice(parent)
+        .map_err(|source| CommitError::Config { image: image.to_string(), source })?;
     let obj = cfg.as_object_mut().ok_or_else(|| bad("config is not a JSON object".into()))?;
     let rootfs = obj.entry("rootfs").or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
     let ids = rootfs

@@ -60,6 +60,13 @@ pub enum CommitError {
     SourceDateEpoch { value: String },
     #[error("image {image:?}: {reason}")]
     BadImage { image: String, reason: String },
+    /// The image's config, which does not parse (or, derived, cannot be rendered).
+    #[error("image {image:?}: config")]
+    Config {
+        image: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("image {0:?} not found")]
     NoImage(String),
     #[error(transparent)]
@@ -89,6 +96,7 @@ impl CommitError {
             | CommitError::Change { .. }
             | CommitError::SourceDateEpoch { .. }
             | CommitError::BadImage { .. }
+            | CommitError::Config { .. }
             | CommitError::Image(_)
             | CommitError::Name(_) => ErrorKind::InvalidArgument,
             CommitError::Container(e) => e.kind(),
@@ -195,7 +203,6 @@ fn commit_staged(
     parent_cfg: &[u8],
     parent_layers: Vec<ImageLayerRow>,
 ) -> Result<Committed> {
-    let bad = |reason: String| CommitError::BadImage { image: parent_image.to_string(), reason };
     let blob_tmp = staging.dir.join("layer.blob");
     let blob = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?;
     // Only the blob is written: the layer's directory is unpacked from it at its first use
@@ -232,7 +239,8 @@ fn commit_staged(
             .unwrap_or(0)
     });
     let cfg = derive_config(parent_cfg, &info.diff_id, &rfc3339(now), opts, parent_image)?;
-    let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| bad(e.to_string()))?;
+    let cfg_bytes = serde_json::to_vec(&cfg)
+        .map_err(|source| CommitError::Config { image: parent_image.to_string(), source })?;
 
     let mut rows: Vec<ImageLayerRow> = parent_layers
         .into_iter()

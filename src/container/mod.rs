@@ -59,6 +59,14 @@ pub enum ContainerError {
     WontStop { name: String, secs: u64 },
     #[error("container {name:?}: mount target {target}: {reason}")]
     BadTarget { name: String, target: PathBuf, reason: String },
+    /// Resolving the mount target (or the state root it is checked against) failed.
+    #[error("container {name:?}: mount target {target}")]
+    TargetIo {
+        name: String,
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("container {0:?} is a read-only view: it has no changes to commit")]
     ReadOnly(String),
     #[error("container {name:?}")]
@@ -67,6 +75,13 @@ pub enum ContainerError {
     Overlay { name: String, source: kernel_overlay::Error },
     #[error("container {name:?}: FUSE backend: {reason}")]
     Fuse { name: String, reason: String },
+    #[error("container {name:?}: FUSE backend: running {bin}")]
+    FuseRun {
+        name: String,
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("container {name:?}: kernel overlay mount failed ({kernel}) and the FUSE fallback failed too ({fuse})")]
     AutoFailed { name: String, kernel: String, fuse: String },
     #[error(transparent)]
@@ -88,7 +103,9 @@ impl ContainerError {
             ContainerError::Snapshot { source, .. } => source.kind(),
             ContainerError::NotFound(_) | ContainerError::NoImage(_) => ErrorKind::NotFound,
             ContainerError::Exists(_) => ErrorKind::AlreadyExists,
-            ContainerError::BadName(_) | ContainerError::BadTarget { .. } => ErrorKind::InvalidArgument,
+            ContainerError::BadName(_)
+            | ContainerError::BadTarget { .. }
+            | ContainerError::TargetIo { .. } => ErrorKind::InvalidArgument,
             ContainerError::Mounted { .. }
             | ContainerError::AlreadyMounted { .. }
             | ContainerError::Running { .. }

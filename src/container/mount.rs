@@ -116,7 +116,9 @@ fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
         target: target.to_path_buf(),
         reason,
     };
-    let abs = std::path::absolute(target).map_err(|e| bad(e.to_string()))?;
+    let io =
+        |source| ContainerError::TargetIo { name: name.to_string(), target: target.to_path_buf(), source };
+    let abs = std::path::absolute(target).map_err(io)?;
     // The deepest existing ancestor must resolve to itself: no symlink on the way (".." too).
     let mut existing = abs.clone();
     while fs::symlink_metadata(&existing).is_err() {
@@ -124,7 +126,7 @@ fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
             return Err(bad("no existing ancestor".into()));
         }
     }
-    let real = fs::canonicalize(&existing).map_err(|e| bad(e.to_string()))?;
+    let real = fs::canonicalize(&existing).map_err(io)?;
     if real != existing || abs.components().any(|c| c == std::path::Component::ParentDir) {
         return Err(bad(format!(
             "{} is reached through a symlink (resolves to {})",
@@ -135,7 +137,7 @@ fn checked_target(store: &Store, name: &str, target: &Path) -> Result<PathBuf> {
     if !fs::symlink_metadata(&existing).map(|m| m.is_dir()).unwrap_or(false) {
         return Err(bad(format!("{} is not a directory", existing.display())));
     }
-    let root = fs::canonicalize(store.root()).map_err(|e| bad(e.to_string()))?;
+    let root = fs::canonicalize(store.root()).map_err(io)?;
     if abs.starts_with(&root) {
         return Err(bad(format!("it is inside the state root {}", root.display())));
     }
@@ -204,7 +206,7 @@ fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> R
         .arg(format!("fsname={source}"))
         .arg(target)
         .output()
-        .map_err(|e| err(format!("running {}: {e}", bin.display())))?;
+        .map_err(|source| ContainerError::FuseRun { name: name.to_string(), bin: bin.clone(), source })?;
     if !out.status.success() {
         return Err(err(format!(
             "{} exited with {}: {}",

@@ -121,9 +121,10 @@ pub(super) fn export_oci_dir(
     let layout = dir.join("oci-layout");
     match fs::read(&layout) {
         Ok(data) => {
-            let v: Value = serde_json::from_slice(&data).map_err(|e| ExportError::BadLayout {
+            let v: Value = serde_json::from_slice(&data).map_err(|source| ExportError::LayoutJson {
                 path: dir.to_path_buf(),
-                reason: format!("oci-layout: {e}"),
+                file: "oci-layout",
+                source,
             })?;
             if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
                 return Err(ExportError::BadLayout {
@@ -148,9 +149,10 @@ pub(super) fn export_oci_dir(
     }
     let index_path = dir.join("index.json");
     let mut index = match fs::read(&index_path) {
-        Ok(data) => serde_json::from_slice::<Value>(&data).map_err(|e| ExportError::BadLayout {
+        Ok(data) => serde_json::from_slice::<Value>(&data).map_err(|source| ExportError::LayoutJson {
             path: dir.to_path_buf(),
-            reason: format!("index.json: {e}"),
+            file: "index.json",
+            source,
         })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             json!({ "schemaVersion": 2, "mediaType": image::MT_OCI_INDEX, "manifests": [] })
@@ -196,9 +198,10 @@ pub(super) fn export_oci_dir(
     }
     list.retain(|m| !has_ref(m));
     list.push(index_descriptor(parts, ref_name));
-    let data = serde_json::to_vec(&index).map_err(|e| ExportError::BadLayout {
+    let data = serde_json::to_vec(&index).map_err(|source| ExportError::LayoutJson {
         path: dir.to_path_buf(),
-        reason: format!("index.json: {e}"),
+        file: "index.json",
+        source,
     })?;
     write_file_atomic(&index_path, &data)
 }

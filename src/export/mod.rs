@@ -49,8 +49,31 @@ pub enum ExportError {
     NoImage(String),
     #[error("image {image:?}: {reason}")]
     BadImage { image: String, reason: String },
+    /// A stored manifest that does not parse.
+    #[error("image {image:?}: manifest")]
+    BadManifest {
+        image: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A digest in a stored manifest (`what`) that is not a valid one.
+    #[error("image {image:?}: {what}")]
+    BadDigest {
+        image: String,
+        what: String,
+        #[source]
+        source: crate::digest::DigestError,
+    },
     #[error("{path}: not an OCI image layout: {reason}")]
     BadLayout { path: PathBuf, reason: String },
+    /// A layout's `file` (`oci-layout`, `index.json`) that does not parse, or cannot be rendered.
+    #[error("{path}: not an OCI image layout: {file}")]
+    LayoutJson {
+        path: PathBuf,
+        file: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{}: no such directory", .0.display())]
     NoDirectory(PathBuf),
     #[error("{}: already exists; use --force to replace it", .0.display())]
@@ -79,11 +102,15 @@ impl ExportError {
             ExportError::Io { source, .. } => ErrorKind::of_io(source),
             ExportError::NoImage(_) | ExportError::NoDirectory(_) => ErrorKind::NotFound,
             ExportError::Exists(_) | ExportError::TagExists { .. } => ErrorKind::AlreadyExists,
-            ExportError::Symlink(_) | ExportError::BadDest { .. } | ExportError::BadLayout { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            ExportError::Symlink(_)
+            | ExportError::BadDest { .. }
+            | ExportError::BadLayout { .. }
+            | ExportError::LayoutJson { .. } => ErrorKind::FailedPrecondition,
             ExportError::Format(_) => ErrorKind::InvalidArgument,
-            ExportError::BadImage { .. } | ExportError::DiffIdMismatch { .. } => ErrorKind::Internal,
+            ExportError::BadImage { .. }
+            | ExportError::BadManifest { .. }
+            | ExportError::BadDigest { .. }
+            | ExportError::DiffIdMismatch { .. } => ErrorKind::Internal,
             ExportError::Store(e) => e.kind(),
             ExportError::Image(e) => e.kind(),
         }

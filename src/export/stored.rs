@@ -26,9 +26,14 @@ pub(super) fn load(store: &Store, name: &str) -> Result<Parts> {
     let bad = |reason: String| ExportError::BadImage { image: name.to_string(), reason };
     let manifest_digest = row.manifest_digest.clone();
     let manifest = store.read_blob(&manifest_digest)?;
-    let m: ImageManifest = serde_json::from_slice(&manifest).map_err(|e| bad(format!("manifest: {e}")))?;
+    let m: ImageManifest = serde_json::from_slice(&manifest)
+        .map_err(|source| ExportError::BadManifest { image: name.to_string(), source })?;
     let digest_of = |d: &Descriptor, what: &str| -> Result<Sha256Digest> {
-        Sha256Digest::try_from(d.digest()).map_err(|e| bad(format!("{what}: {e}")))
+        Sha256Digest::try_from(d.digest()).map_err(|source| ExportError::BadDigest {
+            image: name.to_string(),
+            what: what.to_string(),
+            source,
+        })
     };
     let config_digest = digest_of(m.config(), "manifest config")?;
     let config = store.read_blob(&config_digest)?;

@@ -43,8 +43,17 @@ pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.l
 pub enum ImageError {
     #[error("{path}")]
     Open { path: PathBuf, source: std::io::Error },
+    /// (A reason, not a `source`: the tar reader's messages may quote header bytes, so they are
+    /// shown made printable and short.)
     #[error("{path}: not a readable archive: {reason}")]
     Archive { path: PathBuf, reason: String },
+    /// Reading a member of an archive failed.
+    #[error("{path}: not a readable archive")]
+    ArchiveRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// `what` says what the file is instead (gzip data, an empty file, a tar without image
     /// metadata); `hint` may add what to do.
     #[error("{}: {what}; expected an OCI image layout directory, an oci-archive tar or a docker-archive tar{hint}", path.display())]
@@ -53,6 +62,13 @@ pub enum ImageError {
     MissingFile { source_name: String, file: String },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
+    /// A registry reference (`docker://NAME`) that is not a valid image name.
+    #[error("{what}")]
+    Reference {
+        what: String,
+        #[source]
+        source: crate::reference::ReferenceError,
+    },
     #[error("{what}")]
     Digest { what: String, source: DigestError },
     #[error("{what}: digest mismatch: descriptor says {expected}, content is {actual}")]
@@ -83,8 +99,10 @@ impl ImageError {
             }
             ImageError::Ambiguous { .. } => ErrorKind::FailedPrecondition,
             ImageError::Archive { .. }
+            | ImageError::ArchiveRead { .. }
             | ImageError::NotAnImage { .. }
             | ImageError::Invalid { .. }
+            | ImageError::Reference { .. }
             | ImageError::Digest { .. }
             | ImageError::DigestMismatch { .. }
             | ImageError::SizeMismatch { .. }
@@ -101,6 +119,7 @@ impl ImageError {
         match self {
             ImageError::Open { path, source } => ImageError::Open { path: p(path), source },
             ImageError::Archive { path, reason } => ImageError::Archive { path: p(path), reason: s(reason) },
+            ImageError::ArchiveRead { path, source } => ImageError::ArchiveRead { path: p(path), source },
             ImageError::NotAnImage { path, what, hint } => {
                 ImageError::NotAnImage { path: p(path), what, hint }
             }
@@ -108,6 +127,7 @@ impl ImageError {
                 ImageError::MissingFile { source_name: s(source_name), file }
             }
             ImageError::Invalid { what, reason } => ImageError::Invalid { what: s(what), reason: s(reason) },
+            ImageError::Reference { what, source } => ImageError::Reference { what: s(what), source },
             ImageError::Digest { what, source } => ImageError::Digest { what: s(what), source },
             ImageError::DigestMismatch { what, expected, actual } => {
                 ImageError::DigestMismatch { what: s(what), expected, actual }

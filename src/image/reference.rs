@@ -32,7 +32,9 @@ impl SourceRef {
     pub fn parse(s: &str) -> Result<SourceRef, ImageError> {
         let bad = |reason: String| ImageError::Invalid { what: super::printable(s, 200), reason };
         if let Some(name) = s.strip_prefix("docker://") {
-            return normalize(name).map(SourceRef::Registry).map_err(|e| bad(e.to_string()));
+            return normalize(name)
+                .map(SourceRef::Registry)
+                .map_err(|source| ImageError::Reference { what: super::printable(s, 200), source });
         }
         for (prefix, format) in [
             ("oci:", Format::OciLayout),

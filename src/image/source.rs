@@ -159,9 +159,9 @@ impl Files {
             });
         }
         let mut buf = Vec::with_capacity(size as usize);
-        r.take(limit).read_to_end(&mut buf).map_err(|e| ImageError::Archive {
+        r.take(limit).read_to_end(&mut buf).map_err(|source| ImageError::ArchiveRead {
             path: PathBuf::from(format!("{}: {name}", self.describe())),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(buf)
     }

@@ -27,8 +27,15 @@ pub enum ImagesError {
     Snapshot(#[from] SnapshotError),
     #[error("image {0:?} not found")]
     NotFound(String),
-    #[error("image {name:?}: blob {digest}: {reason}")]
-    BadConfig { name: String, digest: String, reason: String },
+    /// A stored manifest or config (`what`, when named) that does not parse.
+    #[error("image {name:?}: blob {digest}{}", what.map(|w| format!(": {w}")).unwrap_or_default())]
+    BadConfig {
+        name: String,
+        digest: String,
+        what: Option<&'static str>,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// One image name as `image ls` lists it, the same in the table and in `--json`. Field names
@@ -138,10 +145,11 @@ pub struct Inspected {
 /// Everything about the image `name` (found as [`Store::image`] finds names).
 pub fn inspect(store: &Store, name: &str) -> Result<Inspected, ImagesError> {
     let row = store.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
-    let bad = |what: &str, digest: &Sha256Digest, e: serde_json::Error| ImagesError::BadConfig {
+    let bad = |what: &'static str, digest: &Sha256Digest, source| ImagesError::BadConfig {
         name: row.name.clone(),
         digest: digest.to_string(),
-        reason: format!("{what}: {e}"),
+        what: Some(what),
+        source,
     };
     let manifest = serde_json::from_slice(&store.read_blob(&row.manifest_digest)?)
         .map_err(|e| bad("manifest", &row.manifest_digest, e))?;
@@ -167,13 +175,13 @@ pub struct Step {
 /// of their own.
 pub fn history(store: &Store, name: &str) -> Result<Vec<Step>, ImagesError> {
     let img = store.image(name)?.ok_or_else(|| ImagesError::NotFound(name.to_string()))?;
-    let bad = |reason: String| ImagesError::BadConfig {
+    let bad = |source| ImagesError::BadConfig {
         name: name.to_string(),
         digest: img.config_digest.to_string(),
-        reason,
+        what: None,
+        source,
     };
-    let config: Value =
-        serde_json::from_slice(&store.read_blob(&img.config_digest)?).map_err(|e| bad(e.to_string()))?;
+    let config: Value = serde_json::from_slice(&store.read_blob(&img.config_digest)?).map_err(bad)?;
     let mut layers = img.layers.clone().into_iter();
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let mut steps = Vec::new();

@@ -49,8 +49,54 @@ impl Credentials {
 pub enum AuthError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error("{path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Rendering the file's new contents failed.
+    #[error("{path}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: creating {}", dir.display())]
+    CreateDir {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("credential helper docker-credential-{helper}: {reason}")]
     Helper { helper: String, reason: String },
+    #[error("credential helper docker-credential-{helper}: cannot run {prog}")]
+    HelperRun {
+        helper: String,
+        prog: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the helper or reading its answer failed.
+    #[error("credential helper docker-credential-{helper}")]
+    HelperIo {
+        helper: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("credential helper docker-credential-{helper}: answer is not JSON")]
+    HelperJson {
+        helper: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// Writing the file failed (the cause names the file, its directory or the temp file).
     #[error("{}", path.display())]
     Write {
@@ -135,12 +181,13 @@ fn read_config(path: &Path) -> Result<Option<Value>, AuthError> {
     let data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(e.to_string())),
+        Err(source) => return Err(AuthError::Read { path: path.to_path_buf(), source }),
     };
     if data.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(&data).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&data)
+        .map_err(|source| AuthError::Json { path: path.to_path_buf(), source })?;
     if !v.is_object() {
         return Err(bad("not a JSON object".into()));
     }
@@ -205,7 +252,8 @@ pub fn lookup_in(path: &Path, host: &str, repo: &str) -> Result<Option<Credentia
 
 /// `docker-credential-NAME get`, the server on stdin; `None` when it has nothing for it.
 fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, AuthError> {
-    let fail = |reason: String| AuthError::Helper { helper: crate::image::printable(name, 64), reason };
+    let helper = || crate::image::printable(name, 64);
+    let fail = |reason: String| AuthError::Helper { helper: helper(), reason };
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err(fail("not a plain helper name".into()));
     }
@@ -216,11 +264,11 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, AuthError
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot run {prog}: {e}")))?;
+        .map_err(|source| AuthError::HelperRun { helper: helper(), prog: prog.clone(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|source| AuthError::HelperIo { helper: helper(), source })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // The protocol's answer for "nothing stored".
@@ -234,7 +282,8 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, AuthError
         };
         return Err(fail(format!("{}: {}", out.status, crate::image::printable(msg.trim(), 300))));
     }
-    let v: Value = serde_json::from_str(&stdout).map_err(|e| fail(format!("answer is not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_str(&stdout).map_err(|source| AuthError::HelperJson { helper: helper(), source })?;
     let f = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let (u, p) = (f("Username"), f("Secret"));
     if u.is_empty() && p.is_empty() {
@@ -269,9 +318,14 @@ pub fn store(path: &Path, host: &str, creds: Option<&Credentials>) -> Result<boo
     if !changed {
         return Ok(false);
     }
-    let text = serde_json::to_vec_pretty(&v).map_err(|e| bad(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(&v)
+        .map_err(|source| AuthError::Encode { path: path.to_path_buf(), source })?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|source| AuthError::CreateDir {
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     // Never through a symlink, nor at a name someone could have planted one at.
     let write = || -> Result<(), crate::fsutil::AtomicError> {
         let name = path.file_name().and_then(|n| n.to_str());

@@ -85,7 +85,7 @@ fn is_loopback(host: &str) -> bool {
 /// PEM certificates from a file (several per file allowed).
 fn pem_certs(path: &Path, out: &mut Vec<Certificate<'static>>) -> Result<usize, RegistryError> {
     let data = std::fs::read(path)
-        .map_err(|e| RegistryError::Config { what: path.display().to_string(), reason: e.to_string() })?;
+        .map_err(|source| RegistryError::CertFile { path: path.display().to_string(), source })?;
     let mut n = 0;
     for item in ureq::tls::parse_pem(&data) {
         match item {
@@ -95,10 +95,7 @@ fn pem_certs(path: &Path, out: &mut Vec<Certificate<'static>>) -> Result<usize, 
             }
             Ok(_) => {}
             Err(e) => {
-                return Err(RegistryError::Config {
-                    what: path.display().to_string(),
-                    reason: format!("not a PEM certificate file: {e}"),
-                })
+                return Err(RegistryError::NotPem { path: path.display().to_string(), source: Box::new(e) })
             }
         }
     }
@@ -228,11 +225,15 @@ fn transport_error(host: &str, dirs: &str, e: ureq::Error) -> (bool, RegistryErr
                 io.kind(),
                 K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof | K::TimedOut
             );
-            let reason = match io.kind() {
-                K::ConnectionRefused => "connection refused (is a registry listening there?)".to_string(),
-                _ => msg,
+            let host = host.to_string();
+            let e = match io.kind() {
+                K::ConnectionRefused => RegistryError::Connect {
+                    host,
+                    reason: "connection refused (is a registry listening there?)".to_string(),
+                },
+                _ => RegistryError::ConnectIo { host, source: io },
             };
-            (retry, RegistryError::Connect { host: host.to_string(), reason })
+            (retry, e)
         }
         ureq::Error::Tls(m) => (false, tls(m.to_string())),
         ureq::Error::Timeout(t) => {
@@ -241,7 +242,7 @@ fn transport_error(host: &str, dirs: &str, e: ureq::Error) -> (bool, RegistryErr
         ureq::Error::ConnectionFailed => {
             (true, RegistryError::Connect { host: host.to_string(), reason: "connection failed".into() })
         }
-        other => (false, RegistryError::Connect { host: host.to_string(), reason: other.to_string() }),
+        other => (false, RegistryError::Transport { host: host.to_string(), source: Box::new(other) }),
     }
 }
 
@@ -346,9 +347,12 @@ impl Client {
         let https = client.ping();
         match https {
             Ok(()) => Ok(client),
-            Err(e @ (RegistryError::Tls { .. } | RegistryError::Connect { .. }))
-                if !opts.tls_verify || is_loopback(host) =>
-            {
+            Err(
+                e @ (RegistryError::Tls { .. }
+                | RegistryError::Connect { .. }
+                | RegistryError::ConnectIo { .. }
+                | RegistryError::Transport { .. }),
+            ) if !opts.tls_verify || is_loopback(host) => {
                 client.base = format!("http://{host}");
                 match client.ping() {
                     Ok(()) => {
@@ -524,7 +528,7 @@ impl Client {
     ) -> Result<Response<Body>, RegistryError> {
         self.send_retry(url, what, |authz| {
             let io_err = |e: std::io::Error, p: &Path| {
-                (false, RegistryError::Local { path: p.display().to_string(), reason: e.to_string() })
+                (false, RegistryError::Local { path: p.display().to_string(), source: e })
             };
             macro_rules! with_auth {
                 ($req:expr) => {{
@@ -655,8 +659,8 @@ impl Client {
         let ct = header(&resp, "content-type");
         let dcd = header(&resp, "docker-content-digest");
         let mut buf = Vec::new();
-        resp.into_body().into_reader().take(limit + 1).read_to_end(&mut buf).map_err(|e| {
-            RegistryError::Connect { host: self.host.clone(), reason: format!("reading {what}: {e}") }
+        resp.into_body().into_reader().take(limit + 1).read_to_end(&mut buf).map_err(|source| {
+            RegistryError::ReadBody { host: self.host.clone(), what: what.to_string(), source }
         })?;
         if buf.len() as u64 > limit {
             return Err(RegistryError::Invalid {

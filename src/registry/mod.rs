@@ -24,7 +24,30 @@ pub enum RegistryError {
     UnknownHost { host: String },
     #[error("{host}: cannot connect: {reason}")]
     Connect { host: String, reason: String },
-    /// `dirs`: where this strata looked for the registry's CA (`*.crt` files).
+    /// The connection failed on an I/O error (reset, unreachable, ...).
+    #[error("{host}: cannot connect")]
+    ConnectIo {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP client's own failure of the exchange.
+    #[error("{host}: cannot connect")]
+    Transport {
+        host: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// Reading a response's body failed.
+    #[error("{host}: cannot connect: reading {what}")]
+    ReadBody {
+        host: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `dirs`: where this strata looked for the registry's CA (`*.crt` files). (The reason is
+    /// text, not a `source`: the hint follows it.)
     #[error("{host}: TLS: {reason} (a private CA goes in {dirs} as a *.crt file; --tls-verify=false skips verification)")]
     Tls { host: String, reason: String, dirs: String },
     #[error("{host}: unauthorized: {message}{hint}")]
@@ -39,12 +62,34 @@ pub enum RegistryError {
     GaveUp { host: String, status: u16, tries: u32, message: String },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
-    #[error("{what}: {reason}")]
-    Config { what: String, reason: String },
+    #[error("{what}")]
+    BadDigest {
+        what: String,
+        #[source]
+        source: crate::digest::DigestError,
+    },
+    /// A CA certificate file that cannot be read.
+    #[error("{path}")]
+    CertFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a PEM certificate file")]
+    NotPem {
+        path: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
     #[error("{what}: digest mismatch: expected {expected}, the registry sent {actual}")]
     DigestMismatch { what: String, expected: String, actual: String },
-    #[error("{path}: {reason}")]
-    Local { path: String, reason: String },
+    /// A local file a push or pull reads.
+    #[error("{path}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -63,9 +108,14 @@ impl RegistryError {
                 ErrorKind::FailedPrecondition
             }
             RegistryError::Invalid { .. }
-            | RegistryError::Config { .. }
+            | RegistryError::BadDigest { .. }
+            | RegistryError::CertFile { .. }
+            | RegistryError::NotPem { .. }
             | RegistryError::DigestMismatch { .. } => ErrorKind::InvalidArgument,
             RegistryError::Connect { .. }
+            | RegistryError::ConnectIo { .. }
+            | RegistryError::Transport { .. }
+            | RegistryError::ReadBody { .. }
             | RegistryError::Tls { .. }
             | RegistryError::Status { .. }
             | RegistryError::GaveUp { .. }
@@ -172,7 +222,7 @@ pub fn resolve(r: &Normalized, opts: &PullOptions) -> Result<Resolved, RegistryE
     let (reference, want) = match (&r.digest, &r.tag) {
         (Some(d), _) => {
             let d = Sha256Digest::parse(d)
-                .map_err(|e| RegistryError::Invalid { what: name.clone(), reason: e.to_string() })?;
+                .map_err(|source| RegistryError::BadDigest { what: name.clone(), source })?;
             (d.to_string(), Some(d))
         }
         (None, Some(t)) => (t.clone(), None),

@@ -209,7 +209,7 @@ fn push_blob(
     drop(resp);
     let path = store.blob_path(d);
     let size = std::fs::metadata(&path)
-        .map_err(|e| RegistryError::Local { path: path.display().to_string(), reason: e.to_string() })?
+        .map_err(|source| RegistryError::Local { path: path.display().to_string(), source })?
         .len();
     let finish = |loc: &str, payload| {
         let mut url = client.location_url(loc);
