@@ -5,6 +5,7 @@
 
 mod common;
 
+mod archives;
 mod bad_input;
 mod commit;
 mod container;
@@ -15,10 +16,12 @@ mod fuse_backend;
 mod hardening;
 mod hostile;
 mod hostile_import;
+mod hostile_sparse;
 mod import;
 mod integrity;
 mod lifecycle;
 mod lifecycle_signals;
+mod listing;
 mod long_paths;
 mod network;
 mod podman;
@@ -29,5 +32,3 @@ mod snapshots;
 mod sparse;
 mod sparse_commit;
 mod unpack;
-mod verbs;
-mod verbs2;

@@ -1,5 +1,5 @@
-//! The docker/podman verbs: image ls -q / --json, image rm of several names, image history,
-//! container inspect, ps.
+//! Listing and inspecting what a root holds, as docker and podman users type it: image ls -q /
+//! --json, image rm of several names, image history, container inspect, ps.
 
 use crate::common;
 

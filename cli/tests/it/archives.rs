@@ -1,4 +1,5 @@
-//! The docker/podman verbs, second part: container export, image import-rootfs, save/load.
+//! Archives in and out, as docker and podman users type them: container export (a flat tar of a
+//! container's tree), image import-rootfs (such a tar as an image), save/load.
 
 use crate::common;
 
