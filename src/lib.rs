@@ -2,15 +2,18 @@
 //!
 //! Module map. The core is a one-way stack, each layer using only those below it (checked by a
 //! test that reads the sources, `layering.rs`): `meta` (the SQLite database and all SQL; private to
-//! the crate) -> [`store`] -> [`snapshot`] -> [`images`] and [`container`] -> the pipelines
-//! ([`import`], [`commit`], [`export`], [`registry`], [`run`]) -> the front ends.
+//! the crate) -> [`store`] -> [`snapshot`] -> [`images`], [`layers`] and [`container`] -> the
+//! pipelines ([`import`], [`commit`], [`export`], [`registry`], [`run`]) -> the front ends.
 //! - [`digest`]: validated sha256 digests (before any path join).
 //! - [`error`]: the error kinds front ends map, and [`error::report`] for a chain of causes.
 //! - [`store`]: the state root (blobs, layers, staging, typed locks, recovery) and typed reads of
 //!   its metadata ([`store::Store::image`]).
 //! - [`snapshot`]: the snapshot core (containerd's model), the only code that writes snapshot rows
 //!   together with their directories.
-//! - [`image`]: image sources (OCI layout, oci-archive, docker-archive) and import.
+//! - [`image`]: image sources (OCI layout, oci-archive, docker-archive); [`import`]: an image
+//!   from a source into the store.
+//! - [`layers`]: the layer store, the one path that streams a layer's blob, verifies it and
+//!   unpacks it into its directory (for import, and for a container's missing layers).
 //! - [`unpack`]: layer tar -> overlayfs-format directory, confined to the layer root; [`tar`]:
 //!   the layer tar format (PAX, ustar, GNU sparse) that unpack reads and commit writes.
 //! - [`container`]: writable snapshots over images, mounted by kernel overlay or strata-fuse;

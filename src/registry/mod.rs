@@ -1,6 +1,6 @@
 //! Registries (OCI distribution spec): a registry is one more [`ImageSource`]. Its manifest and
-//! config are fetched and verified here; each layer blob is then streamed by import's one-pass
-//! verify + store + unpack path, exactly as a local layout's blob is.
+//! config are fetched and verified here; each layer blob is then streamed by the layer store's
+//! one-pass verify + store + unpack path ([`crate::layers`]), exactly as a local layout's blob is.
 
 pub mod auth;
 pub mod client;
