@@ -192,27 +192,27 @@ impl Filesystem for StrataFs {
         self.stats.add(Op::Lookup);
         let parent = parent.0;
         let _r = self.lock_r();
-        let r = (|| -> Res<()> {
+        // Ok(false): no such name in an existing directory.
+        let r = (|| -> Res<bool> {
             let epoch = self.cache.epoch();
             if let Some(ino) = self.inodes.child(parent, name) {
                 if self.cache.get(ino, epoch).is_some() {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             let (ppath, pres) = self.resolve_dir(parent)?;
-            let r = self.layers.lookup_in(&pres, &ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
+            let Some(r) = self.layers.lookup_in(&pres, &ppath, name)? else { return Ok(false) };
             let ino = self.inodes.node_for(parent, name, 0);
             self.cache.put(ino, epoch, Arc::new(r));
-            Ok(())
+            Ok(true)
         })();
         match r {
-            Ok(()) => self.entry_reply(parent, name, reply),
-            Err(e) => {
-                if sys::errno(&e) == libc::ENOENT {
-                    self.stats.add(Op::LookupNegative);
-                }
-                reply.error(errno_of(&e))
+            Ok(true) => self.entry_reply(parent, name, reply),
+            Ok(false) => {
+                self.stats.add(Op::LookupNegative);
+                self.negative_entry_reply(reply)
             }
+            Err(e) => reply.error(errno_of(&e)),
         }
     }
 

@@ -284,6 +284,33 @@ impl StrataFs {
         }
     }
 
+    /// Reply to a LOOKUP of a name that does not exist: an entry with node id 0, which the kernel
+    /// keeps as a negative dentry for the entry timeout, so looking the name up again (a PATH
+    /// search, an import path probe, a stat before a create) asks nothing. Safe because the
+    /// names under the mount change only through it: this daemon is the only writer of its upper
+    /// dir, lower layers never change, and the kernel turns the negative dentry positive itself
+    /// when a create, link or rename through the mount makes the name.
+    pub(super) fn negative_entry_reply(&self, reply: ReplyEntry) {
+        let attr = FileAttr {
+            ino: INodeNo(0),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 0,
+            flags: 0,
+        };
+        reply.entry(&self.ttl, &attr, Generation(0));
+    }
+
     pub(super) fn list_dir(&self, ino: u64) -> Res<Vec<(OsString, u32, u64)>> {
         let (path, r) = self.resolve_dir(ino)?;
         let ents: Vec<DirEntry> = self.layers.list(&r, &path)?;
