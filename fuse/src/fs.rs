@@ -99,6 +99,31 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+/// Whether a SETATTR must also drop set-user-ID and set-group-ID (see [`crate::mutate::SetAttr::kill_suidgid`])
+/// under FUSE_HANDLE_KILLPRIV_V2, where the kernel leaves that to the daemon and says so with a
+/// flag (FATTR_KILL_SUIDGID) fuser 0.18 does not pass on. So it is told from the request's
+/// shape: a truncate by a caller other than root (the kernel sets the flag when the caller
+/// lacks CAP_FSETID), or a SETATTR that changes nothing, which the kernel sends only to drop
+/// privileges (after a write by a caller that may not keep them) or for chown(-1, -1), which
+/// drops them too. One case comes out differently: root writing a set-user-ID file that has a
+/// security.capability keeps the bit on the kernel and loses it here.
+#[allow(clippy::too_many_arguments)]
+fn kills_suidgid(
+    caller: u32,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+) -> bool {
+    if mode.is_some() {
+        return false;
+    }
+    let nothing = uid.is_none() && gid.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
+    nothing || (size.is_some() && caller != 0)
+}
+
 /// The owner of an entry created by `req`.
 fn owner(req: &Request) -> Owner {
     Owner { uid: req.uid(), gid: req.gid() }
@@ -168,6 +193,10 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_ASYNC_DIO,
+            // See `kills_suidgid`: without it, every write(2) through a passthrough file costs a
+            // GETXATTR of security.capability (the kernel's check before each write), and
+            // with it only the first write of each inode does (the kernel marks the inode S_NOSEC).
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(f);
         }
@@ -240,7 +269,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -257,7 +286,8 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         self.stats.add(Op::Setattr);
-        match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        let kill = kills_suidgid(req.uid(), mode, uid, gid, size, atime, mtime);
+        match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh, kill) {
             Ok((st, r)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => reply.error(errno_of(&e)),
         }
@@ -440,7 +470,7 @@ impl Filesystem for StrataFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -448,7 +478,18 @@ impl Filesystem for StrataFs {
         self.stats.add(Op::Write);
         let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
-        match f.file.write_all_at(data, offset) {
+        let r = f.file.write_all_at(data, offset).and_then(|()| {
+            // FUSE_HANDLE_KILLPRIV_V2: the writer may not keep set-user-ID (and the kernel
+            // did not drop it: the daemon writes as root, which may).
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                let st = sys::fstat(&f.file)?;
+                if let Some(m) = sys::without_suidgid(st.st_mode) {
+                    f.file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(m))?;
+                }
+            }
+            Ok(())
+        });
+        match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno_of(&e)),
         }

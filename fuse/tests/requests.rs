@@ -7,6 +7,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -117,4 +120,71 @@ fn a_missing_name_is_looked_up_once_and_appears_when_made() {
     assert!(!d.join("missing").exists());
     fs::write(d.join("missing"), "again").unwrap();
     assert_eq!(fs::read_to_string(d.join("missing")).unwrap(), "again");
+}
+
+/// Runs `sh -c SCRIPT` as user and group 65534.
+fn as_nobody(script: &str) {
+    let st = Command::new("/bin/sh").arg("-c").arg(script).uid(65534).gid(65534).status().expect("sh");
+    assert!(st.success(), "{script}: {st}");
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).expect("stat").mode() & 0o7777
+}
+
+/// FUSE_HANDLE_KILLPRIV_V2: the kernel asks for security.capability before the first write
+/// to a file only (not before each one), and leaves dropping set-user-ID and set-group-ID to the
+/// daemon, which does it as the kernel would: on a write or truncate by a caller other than
+/// root, and on chown; set-group-ID without group execute (mandatory locking) stays.
+#[test]
+fn writes_check_privileges_once_and_still_drop_them() {
+    if !can_run() {
+        return;
+    }
+    let t = scratch();
+    // The other user must reach the mount.
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let s = Stack::new(t.path(), 1);
+    for d in [&s.lowers[0], &s.upper, &s.mnt] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (name, mode) in [("suid", 0o6777), ("lock", 0o6766), ("rootw", 0o4755), ("trunc", 0o6777)] {
+        let p = s.lowers[0].join(name);
+        fs::write(&p, "lower").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let m = Counted::mount(&s, &t.path().join("stats"));
+    let new = s.mnt.join("new");
+    let c = m.during(|| {
+        let mut f = fs::File::create(&new).unwrap();
+        for _ in 0..50 {
+            f.write_all(&[7u8; 4096]).unwrap();
+        }
+    });
+    assert!(n(&c, "GETXATTR") <= 1, "{c:?}");
+    assert_eq!(fs::metadata(&new).unwrap().len(), 50 * 4096);
+
+    let mnt = s.mnt.display();
+    as_nobody(&format!("printf x >> {mnt}/suid && printf x >> {mnt}/lock && : > {mnt}/trunc"));
+    assert_eq!(mode_of(&s.mnt.join("suid")), 0o777);
+    assert_eq!(mode_of(&s.mnt.join("lock")), 0o2766);
+    assert_eq!(mode_of(&s.mnt.join("trunc")), 0o777);
+    assert_eq!(fs::read_to_string(s.mnt.join("suid")).unwrap(), "lowerx");
+    assert_eq!(fs::read_to_string(s.mnt.join("trunc")).unwrap(), "");
+    // Root may keep them (CAP_FSETID).
+    fs::OpenOptions::new().append(true).open(s.mnt.join("rootw")).unwrap().write_all(b"r").unwrap();
+    assert_eq!(mode_of(&s.mnt.join("rootw")), 0o4755);
+    // A file written once (the kernel stops asking for it) and made set-user-ID afterwards.
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o6777)).unwrap();
+    as_nobody(&format!("printf x >> {mnt}/new"));
+    assert_eq!(mode_of(&new), 0o777);
+    // chown drops them too, for root as well.
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o6777)).unwrap();
+    std::os::unix::fs::chown(&new, Some(1), None).unwrap();
+    assert_eq!(mode_of(&new), 0o777);
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o6777)).unwrap();
+    std::os::unix::fs::chown(&new, None, None).unwrap();
+    assert_eq!(mode_of(&new), 0o777);
+    // What the upper layer holds.
+    assert_eq!(fs::metadata(s.upper.join("suid")).unwrap().mode() & 0o7777, 0o777);
 }

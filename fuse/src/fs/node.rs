@@ -377,6 +377,7 @@ impl StrataFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
+        kill_suidgid: bool,
     ) -> Res<(Stat, Arc<Resolved>)> {
         let with_data = size != Some(0);
         let mut staged = StagedCopy(if with_data { self.stage_copy_up(ino) } else { None });
@@ -385,8 +386,15 @@ impl StrataFs {
             Some(st) => self.copy_up_staged(ino, st)?,
             None => self.copy_up(ino, with_data)?,
         };
-        let attrs =
-            SetAttr { mode, uid, gid, size, atime: atime.map(to_timespec), mtime: mtime.map(to_timespec) };
+        let attrs = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(to_timespec),
+            mtime: mtime.map(to_timespec),
+            kill_suidgid,
+        };
         let h = if size.is_some() { fh.and_then(|fh| self.handles.get(fh.0)) } else { None };
         self.ops().set_attrs(&path, &attrs, h.as_ref().map(|h| &h.file))?;
         let (st, r, _) = self.stat_node(ino)?;

@@ -47,6 +47,10 @@ pub(crate) struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<libc::timespec>,
     pub mtime: Option<libc::timespec>,
+    /// Drop set-user-ID, and set-group-ID when the group may execute, from a regular file
+    /// (after the other changes): what the kernel leaves to the daemon once it handles
+    /// FUSE_HANDLE_KILLPRIV_V2.
+    pub kill_suidgid: bool,
 }
 
 /// Data staged for a copy-up by [`Layers::stage_data`] (the file in the workdir and the
@@ -269,6 +273,14 @@ impl<'a> Mutator<'a> {
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimes(&up, a.atime, a.mtime)?;
+        }
+        if a.kill_suidgid {
+            let st = sys::lstat(&up)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                if let Some(m) = sys::without_suidgid(st.st_mode) {
+                    sys::chmod(&up, m)?;
+                }
+            }
         }
         self.changed();
         Ok(())
