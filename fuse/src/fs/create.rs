@@ -9,7 +9,7 @@ use fuser::{Errno, FileHandle, FopenFlags, Generation, ReplyCreate};
 
 use super::{errno_of, Res, StrataFs, WriteGuard};
 use crate::handles::Handle;
-use crate::mutate::Owner;
+use crate::mutate::{Mutator, Owner};
 use crate::sys::{self, err};
 
 impl StrataFs {
@@ -25,10 +25,11 @@ impl StrataFs {
         // The write lock is held until the new file's node is set up and replied.
         let r = (|| -> Res<(File, WriteGuard<'_>)> {
             let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent)?;
+            let (ppath, pres) = self.resolve_dir(parent)?;
+            let scope = self.entry_scope(parent, &pres, name)?;
             let mut file = None;
             let fmode = (mode & 0o7777) | libc::S_IFREG;
-            self.ops().create(owner, &ppath, name, fmode, &mut |p| {
+            Mutator::new(&self.layers, &scope).create_in(owner, &ppath, &pres, name, fmode, &mut |p| {
                 let acc = flags & libc::O_ACCMODE;
                 let f = sys::at(p, |p| {
                     fs::OpenOptions::new()

@@ -13,6 +13,7 @@ use fuser::{FileAttr, FileHandle, FileType, Generation, INodeNo, ReplyEmpty, Rep
 use tracing::debug;
 
 use super::{errno_of, Held, Res, StrataFs, WriteGuard};
+use crate::cache::Scoped;
 use crate::listing::{Cookied, DirEntry};
 use crate::mutate::{Mutator, Owner, SetAttr, StagedCopy};
 use crate::overlay::{self, Resolved};
@@ -177,8 +178,9 @@ impl StrataFs {
     pub(super) fn remove_reply(&self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let r = (|| -> Res<()> {
             let _g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent)?;
-            self.ops().remove(&ppath, name, dir)?;
+            let (ppath, pres) = self.resolve_dir(parent)?;
+            let scope = self.entry_scope(parent, &pres, name)?;
+            Mutator::new(&self.layers, &scope).remove_in(&ppath, &pres, name, dir)?;
             self.inodes.detach(parent, name);
             Ok(())
         })();
@@ -226,6 +228,19 @@ impl StrataFs {
         Ok(path)
     }
 
+    /// What a create or removal of entry `parent/name` may change in the resolution cache (see
+    /// [`crate::cache::ResolveCache::scoped`]): that entry, and, unless the parent (resolved as
+    /// `pres`) is in the upper layer already, the directories above it, which a copy-up brings
+    /// there.
+    pub(super) fn entry_scope(&self, parent: u64, pres: &Resolved, name: &OsStr) -> Res<Scoped<'_>> {
+        let mut nodes = Vec::new();
+        if pres.top != 0 {
+            nodes.extend(self.inodes.chain(parent)?.into_iter().map(|(i, _)| i));
+        }
+        nodes.extend(self.inodes.child(parent, name));
+        Ok(self.cache.scoped(nodes))
+    }
+
     /// The path-level changes, invalidating this filesystem's caches.
     pub(super) fn ops(&self) -> Mutator<'_> {
         Mutator::new(&self.layers, &self.cache)
@@ -249,8 +264,9 @@ impl StrataFs {
     ) {
         let r = (|| -> Res<WriteGuard<'_>> {
             let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent)?;
-            self.ops().create(owner, &ppath, name, mode, make)?;
+            let (ppath, pres) = self.resolve_dir(parent)?;
+            let scope = self.entry_scope(parent, &pres, name)?;
+            Mutator::new(&self.layers, &scope).create_in(owner, &ppath, &pres, name, mode, make)?;
             Ok(g)
         })();
         match r {
