@@ -63,6 +63,7 @@ measure() { # NAME SETUP-FN OP-FN
     sync
     snap "$BASE/before"
     "$3"
+    sleep 0.2   # the kernel sends RELEASE (and FORGETs) after close returns
     snap "$BASE/after"
     stop
     awk -v op="$1" 'NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d) print op "\t" $1 "\t" d }' \
