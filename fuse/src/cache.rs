@@ -40,6 +40,20 @@ impl Invalidate for ResolveCache {
     }
 }
 
+/// See [`ResolveCache::scoped`].
+pub(crate) struct Scoped<'a> {
+    cache: &'a ResolveCache,
+    nodes: Vec<u64>,
+}
+
+impl Invalidate for Scoped<'_> {
+    fn changed(&self) {
+        for &n in &self.nodes {
+            self.cache.forget(n);
+        }
+    }
+}
+
 impl ResolveCache {
     /// The current epoch.
     pub(crate) fn epoch(&self) -> u64 {
@@ -52,6 +66,19 @@ impl ResolveCache {
             Some((e, r)) if *e == epoch => Some(r.clone()),
             _ => None,
         }
+    }
+
+    /// Drop the cached resolution of `ino`.
+    pub(crate) fn forget(&self, ino: u64) {
+        self.shards[(ino as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner()).remove(&ino);
+    }
+
+    /// An [`Invalidate`] for a change that can alter the resolutions of `nodes` only (a create
+    /// or a removal of one entry: that entry, and the directories above it, which a copy-up
+    /// may have brought to the upper layer), keeping every other cached resolution, and so
+    /// the next walk to a sibling.
+    pub(crate) fn scoped(&self, nodes: Vec<u64>) -> Scoped<'_> {
+        Scoped { cache: self, nodes }
     }
 
     pub(crate) fn put(&self, ino: u64, epoch: u64, r: Arc<Resolved>) {
@@ -99,5 +126,30 @@ impl ResolveCache {
             cur = r;
         }
         Ok((path, cur))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::Resolved;
+
+    fn dir(top: usize) -> Arc<Resolved> {
+        Arc::new(Resolved { top, fmt: libc::S_IFDIR, dirs: vec![top] })
+    }
+
+    #[test]
+    fn scoped_changes_forget_their_nodes_only_and_keep_the_epoch() {
+        let c = ResolveCache::default();
+        let e = c.epoch();
+        for ino in [2, 3, 4] {
+            c.put(ino, e, dir(1));
+        }
+        c.scoped(vec![3]).changed();
+        assert_eq!(c.epoch(), e);
+        assert!(c.get(2, e).is_some() && c.get(4, e).is_some());
+        assert!(c.get(3, e).is_none());
+        c.changed();
+        assert!(c.get(2, c.epoch()).is_none(), "a global change drops everything");
     }
 }

@@ -5,17 +5,17 @@
 //! node, its attributes and entry replies, opening and copying up a node).
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
@@ -28,11 +28,12 @@ use crate::inode::Inodes;
 use crate::listing::Listings;
 use crate::mutate::{Invalidate, Owner, StagedCopy};
 use crate::overlay::{self, Layers};
+use crate::stats::{Op, Stats};
 use crate::sys::{self, err};
 
+mod create;
+mod dir;
 mod node;
-
-use node::kind_of;
 
 /// Settings of a strata-fuse instance.
 #[derive(Debug, Clone)]
@@ -77,6 +78,8 @@ pub struct StrataFs {
     listings: Listings,
     /// Kernel notifications (set once the session exists; see [`StrataFs::notifier_slot`]).
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Requests by kind.
+    stats: Arc<Stats>,
 }
 
 type Res<T> = Result<T, io::Error>;
@@ -94,6 +97,31 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
     } else {
         reply.data(data)
     }
+}
+
+/// Whether a SETATTR must also drop set-user-ID and set-group-ID (see [`crate::mutate::SetAttr::kill_suidgid`])
+/// under FUSE_HANDLE_KILLPRIV_V2, where the kernel leaves that to the daemon and says so with a
+/// flag (FATTR_KILL_SUIDGID) fuser 0.18 does not pass on. So it is told from the request's
+/// shape: a truncate by a caller other than root (the kernel sets the flag when the caller
+/// lacks CAP_FSETID), or a SETATTR that changes nothing, which the kernel sends only to drop
+/// privileges (after a write by a caller that may not keep them) or for chown(-1, -1), which
+/// drops them too. One case comes out differently: root writing a set-user-ID file that has a
+/// security.capability keeps the bit on the kernel and loses it here.
+#[allow(clippy::too_many_arguments)]
+fn kills_suidgid(
+    caller: u32,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+) -> bool {
+    if mode.is_some() {
+        return false;
+    }
+    let nothing = uid.is_none() && gid.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
+    nothing || (size.is_some() && caller != 0)
 }
 
 /// The owner of an entry created by `req`.
@@ -125,6 +153,7 @@ impl StrataFs {
             handles: Handles::default(),
             listings: Listings::default(),
             notifier: Arc::new(OnceLock::new()),
+            stats: Arc::default(),
         })
     }
 
@@ -140,6 +169,11 @@ impl StrataFs {
     /// directory lock held by a request that waits for this lock).
     fn lock_r(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.rw.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The request counts of this filesystem.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// The slot for the session's notifier, filled by whoever creates the session.
@@ -159,6 +193,10 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_ASYNC_DIO,
+            // See `kills_suidgid`: without it, every write(2) through a passthrough file costs a
+            // GETXATTR of security.capability (the kernel's check before each write), and
+            // with it only the first write of each inode does (the kernel marks the inode S_NOSEC).
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(f);
         }
@@ -180,32 +218,40 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.add(Op::Lookup);
         let parent = parent.0;
         let _r = self.lock_r();
-        let r = (|| -> Res<()> {
+        // Ok(false): no such name in an existing directory.
+        let r = (|| -> Res<bool> {
             let epoch = self.cache.epoch();
             if let Some(ino) = self.inodes.child(parent, name) {
                 if self.cache.get(ino, epoch).is_some() {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             let (ppath, pres) = self.resolve_dir(parent)?;
-            let r = self.layers.lookup_in(&pres, &ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
+            let Some(r) = self.layers.lookup_in(&pres, &ppath, name)? else { return Ok(false) };
             let ino = self.inodes.node_for(parent, name, 0);
             self.cache.put(ino, epoch, Arc::new(r));
-            Ok(())
+            Ok(true)
         })();
         match r {
-            Ok(()) => self.entry_reply(parent, name, reply),
+            Ok(true) => self.entry_reply(parent, name, reply),
+            Ok(false) => {
+                self.stats.add(Op::LookupNegative);
+                self.negative_entry_reply(reply)
+            }
             Err(e) => reply.error(errno_of(&e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.add(Op::Forget);
         self.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.add(Op::Getattr);
         let _r = self.lock_r();
         match self.stat_node(ino.0) {
             Ok((st, r, _)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
@@ -223,7 +269,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -239,13 +285,16 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        self.stats.add(Op::Setattr);
+        let kill = kills_suidgid(req.uid(), mode, uid, gid, size, atime, mtime);
+        match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh, kill) {
             Ok((st, r)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => reply.error(errno_of(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.add(Op::Readlink);
         let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::readlink(&self.layers.real(r.top, &p))) {
             Ok(t) => reply.data(t.as_bytes()),
@@ -263,6 +312,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.add(Op::Mknod);
         // A character device 0:0 is a whiteout: as kernel overlayfs, refuse to make one (it
         // would hide the name and stay behind in the upper layer).
         if format::is_whiteout_node(mode, u64::from(rdev)) {
@@ -272,19 +322,23 @@ impl Filesystem for StrataFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.stats.add(Op::Mkdir);
         let mode = (mode & 0o7777) | libc::S_IFDIR;
         self.create_reply(owner(req), parent.0, name, mode, &mut |p| sys::mkdir(p, 0o700), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.add(Op::Unlink);
         self.remove_reply(parent.0, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.add(Op::Rmdir);
         self.remove_reply(parent.0, name, true, reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.stats.add(Op::Symlink);
         let mode = libc::S_IFLNK | 0o777;
         self.create_reply(owner(req), parent.0, link_name, mode, &mut |p| sys::symlink(target, p), reply);
     }
@@ -299,6 +353,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.add(Op::Rename);
         let r = (|| -> Res<()> {
             let bits = flags.bits();
             let exchange = bits == libc::RENAME_EXCHANGE;
@@ -329,6 +384,7 @@ impl Filesystem for StrataFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.stats.add(Op::Link);
         // A lower file's data is copied before the write lock is taken (see `do_open`).
         let mut staged = StagedCopy(self.stage_copy_up(ino.0));
         let r = (|| -> Res<WriteGuard<'_>> {
@@ -353,6 +409,7 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.add(Op::Open);
         match self.do_open(ino.0, flags.0) {
             Ok((file, lower, held)) => {
                 let backing = match self.handles.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
@@ -390,6 +447,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.add(Op::Read);
         let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         let mut buf = vec![0u8; size as usize];
@@ -412,14 +470,26 @@ impl Filesystem for StrataFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.add(Op::Write);
         let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
-        match f.file.write_all_at(data, offset) {
+        let r = f.file.write_all_at(data, offset).and_then(|()| {
+            // FUSE_HANDLE_KILLPRIV_V2: the writer may not keep set-user-ID (and the kernel
+            // did not drop it: the daemon writes as root, which may).
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                let st = sys::fstat(&f.file)?;
+                if let Some(m) = sys::without_suidgid(st.st_mode) {
+                    f.file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(m))?;
+                }
+            }
+            Ok(())
+        });
+        match r {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno_of(&e)),
         }
@@ -433,6 +503,7 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.add(Op::Flush);
         // Nothing to do on close(): data goes straight to the real file (no write-back cache) and
         // POSIX locks live in the kernel. ENOSYS makes the kernel stop sending FLUSH, one round
         // trip per close() fewer.
@@ -449,6 +520,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.add(Op::Release);
         self.handles.remove(fh.0);
         reply.ok();
     }
@@ -464,6 +536,7 @@ impl Filesystem for StrataFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        self.stats.add(Op::Ioctl);
         // As kernel overlayfs: inode flags can be read (lsattr), other ioctls are not for
         // this file (ENOTTY; isatty() asks on every fopen).
         const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
@@ -483,6 +556,7 @@ impl Filesystem for StrataFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.stats.add(Op::Fsync);
         let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         if !self.layers.durable {
             return reply.ok();
@@ -498,6 +572,7 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.add(Op::Opendir);
         // No per-open state: offsets are name cookies (see `listing::cookie`). Answering ENOSYS once makes
         // the kernel stop sending OPENDIR and RELEASEDIR (two round trips per directory walked)
         // and open every directory with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR: warm listings come
@@ -505,22 +580,9 @@ impl Filesystem for StrataFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let ents = match self.listing_shared(ino.0, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno_of(&e)),
-        };
-        let mut full = false;
-        for (off, name, fmt, child) in ents.iter().filter(|e| e.0 > offset) {
-            if reply.add(INodeNo(*child), *off, kind_of(*fmt), name) {
-                full = true;
-                break;
-            }
-        }
-        if !full {
-            self.listing_done(ino.0);
-        }
-        reply.ok();
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        self.stats.add(Op::Readdir);
+        self.readdir_reply(ino.0, offset, reply);
     }
 
     fn readdirplus(
@@ -529,53 +591,14 @@ impl Filesystem for StrataFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let ents = match self.listing_shared(ino.0, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno_of(&e)),
-        };
-        let mut full = false;
-        for (off, name, _fmt, child) in ents.iter().filter(|e| e.0 > offset) {
-            let off = *off;
-            let _r = self.lock_r();
-            if name == "." || name == ".." {
-                let st = match self.stat_node(*child) {
-                    Ok((st, _, _)) => st,
-                    Err(_) => continue,
-                };
-                let attr = self.attr_of(*child, &st, None);
-                if reply.add(INodeNo(*child), off, name, &Duration::ZERO, &attr, Generation(0)) {
-                    full = true;
-                    break;
-                }
-                continue;
-            }
-            // The entry may have gone since the listing was taken: skip it.
-            let (st, r, _) = match self.stat_node(*child) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            let child = &self.canonical(ino.0, name, *child, &st, &r);
-            let attr = self.attr_of(*child, &st, Some(&r));
-            // Count the lookup before the kernel can see the entry.
-            if !self.inodes.count_lookup(*child) {
-                continue;
-            }
-            let ttl = self.ttl_of(*child, &st);
-            if reply.add(INodeNo(*child), off, name, &ttl, &attr, Generation(0)) {
-                self.inodes.forget(*child, 1);
-                full = true;
-                break;
-            }
-        }
-        if !full {
-            self.listing_done(ino.0);
-        }
-        reply.ok();
+        self.stats.add(Op::Readdirplus);
+        self.readdirplus_reply(ino.0, offset, reply);
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.stats.add(Op::Fsyncdir);
         let _r = self.lock_r();
         if let Ok((p, r)) = self.resolve(ino.0) {
             if r.top == 0 && self.layers.has_upper && self.layers.durable {
@@ -588,6 +611,7 @@ impl Filesystem for StrataFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.add(Op::Statfs);
         match sys::statvfs(&self.layers.roots[0]) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -613,6 +637,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stats.add(Op::Setxattr);
         if is_private_xattr(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -628,6 +653,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.add(Op::Getxattr);
         if is_private_xattr(name) {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
@@ -639,6 +665,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.add(Op::Listxattr);
         let _r = self.lock_r();
         match self.resolve(ino.0).and_then(|(p, r)| sys::list_xattrs(&self.layers.real(r.top, &p))) {
             Ok(names) => reply_sized(reply, size, &format::visible_xattr_list(&names)),
@@ -647,6 +674,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.add(Op::Removexattr);
         if is_private_xattr(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -662,6 +690,7 @@ impl Filesystem for StrataFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.add(Op::Access);
         let _r = self.lock_r();
         match self.resolve(ino.0) {
             Ok(_) => reply.ok(),
@@ -679,65 +708,8 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        // The write lock is held until the new file's node is set up and replied.
-        let r = (|| -> Res<(File, WriteGuard<'_>)> {
-            let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent.0)?;
-            let mut file = None;
-            let fmode = (mode & 0o7777) | libc::S_IFREG;
-            self.ops().create(owner(req), &ppath, name, fmode, &mut |p| {
-                let acc = flags & libc::O_ACCMODE;
-                let f = sys::at(p, |p| {
-                    fs::OpenOptions::new()
-                        .read(acc != libc::O_WRONLY)
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(p)
-                })?;
-                file = Some(f);
-                Ok(())
-            })?;
-            Ok((file.ok_or_else(|| err(libc::EIO))?, g))
-        })();
-        let (file, _g) = match r {
-            Ok(f) => f,
-            Err(e) => return reply.error(errno_of(&e)),
-        };
-        let ino = self.inodes.node_for(parent.0, name, 1);
-        let (st, r) = match self.stat_node(ino) {
-            Ok((st, r, _)) => (st, r),
-            Err(e) => {
-                self.inodes.forget(ino, 1);
-                return reply.error(errno_of(&e));
-            }
-        };
-        let attr = self.attr_of(ino, &st, Some(&r));
-        let backing = match self.handles.backing_for(ino, &file, &|f| reply.open_backing(f)) {
-            Ok(b) => b,
-            Err(e) => {
-                self.inodes.forget(ino, 1);
-                if e.raw_os_error() == Some(libc::EBUSY) {
-                    // No notifications here: the kernel holds the parent locked during CREATE.
-                    let _ = self.inodes.split(ino);
-                    return reply.error(Errno::ESTALE);
-                }
-                return reply.error(errno_of(&e));
-            }
-        };
-        let fh = self.handles.add(Handle { ino, file, _backing: backing.clone() });
-        match backing {
-            Some(b) => reply.created_passthrough(
-                &self.ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-                &b,
-            ),
-            None => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
-        }
+        self.stats.add(Op::Create);
+        self.create_file_reply(owner(req), parent.0, name, mode, flags, reply);
     }
 
     fn fallocate(
@@ -750,6 +722,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.add(Op::Fallocate);
         let Some(h) = self.handles.get(fh.0) else { return reply.error(Errno::EBADF) };
         let f = &*h;
         use std::os::fd::AsRawFd;

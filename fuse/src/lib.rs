@@ -10,6 +10,7 @@ mod inode;
 mod listing;
 mod mutate;
 mod overlay;
+mod stats;
 mod sys;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use format::is_private_xattr;
 pub use fs::{FsConfig, StrataFs};
+pub use stats::{Op, Stats};
 
 /// Errors of option parsing and mounting.
 #[derive(Debug, thiserror::Error)]
@@ -266,8 +268,9 @@ impl Options {
     }
 }
 
-/// Mount and return the session (the mount is live and initialised when this returns).
-pub fn mount(opts: &Options) -> Result<fuser::Session<StrataFs>, Error> {
+/// Mount and return the session (the mount is live and initialised when this returns) and the
+/// filesystem's request counts.
+pub fn mount(opts: &Options) -> Result<(fuser::Session<StrataFs>, std::sync::Arc<Stats>), Error> {
     let mut cfg = opts.fs.clone();
     let canon = |p: &PathBuf| {
         std::fs::canonicalize(p).map_err(|e| Error::BadValue(p.display().to_string(), e.to_string()))
@@ -277,10 +280,11 @@ pub fn mount(opts: &Options) -> Result<fuser::Session<StrataFs>, Error> {
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
     let fs = StrataFs::new(&cfg).map_err(Error::Layers)?;
     let slot = fs.notifier_slot();
+    let stats = fs.stats();
     let session = fuser::Session::new(fs, &opts.mountpoint, &opts.session_config())
         .map_err(|e| Error::Mount(opts.mountpoint.clone(), e))?;
     let _ = slot.set(session.notifier());
-    Ok(session)
+    Ok((session, stats))
 }
 
 #[cfg(test)]

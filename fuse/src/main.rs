@@ -1,19 +1,31 @@
 //! `strata-fuse`: command line compatible with fuse-overlayfs.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use strata_fuse::{mount, Options};
+use signal_hook::iterator::Signals;
+use strata_fuse::{mount, Options, Stats};
 use tracing::{error, warn};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Taken here, before the fuse-overlayfs compatible parser sees the rest.
+    let stats_file = match take_stats_arg(&mut args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("strata-fuse: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
             "usage: strata-fuse [-f] [-d] -o lowerdir=L1:L2:...[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
              strata-fuse SOURCE MOUNTPOINT -o OPTS   (mount.fuse form)\n\
              options: lowerdir, upperdir, workdir, fsname=NAME, timeout=SECS, threads=N, passthrough=on|off,\n\
              ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning.\n\
-             In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)"
+             In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
+             --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit"
         );
         return ExitCode::SUCCESS;
     }
@@ -42,12 +54,21 @@ fn main() -> ExitCode {
     // Modes of new entries are set explicitly; the process umask must not interfere.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let session = match mount(&opts) {
+    let (session, stats) = match mount(&opts) {
         Ok(s) => s,
         Err(e) => {
             let msg = report(&e);
             error!("{msg}");
             eprintln!("strata-fuse: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    // The handler is installed before the fork, so that a SIGUSR1 sent as soon as this command
+    // returns finds it (the default action would end the daemon).
+    let usr1 = match stats_file.as_ref().map(|_| Signals::new([signal_hook::consts::SIGUSR1])).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("--stats: SIGUSR1 handler: {e}");
             return ExitCode::from(1);
         }
     };
@@ -98,6 +119,63 @@ fn main() -> ExitCode {
             }
         }
     }
+    if let Some((signals, file)) = usr1.zip(stats_file.clone()) {
+        if let Err(e) = dump_on_signals(signals, file, stats.clone()) {
+            error!("--stats: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let code = serve(session);
+    if let Some(file) = &stats_file {
+        if let Err(e) = stats.write_to(file) {
+            error!("--stats: writing {}: {e}", file.display());
+        }
+    }
+    code
+}
+
+/// Remove `--stats FILE` (or `--stats=FILE`) from `args`.
+fn take_stats_arg(args: &mut Vec<String>) -> Result<Option<PathBuf>, String> {
+    let mut out = None;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--stats" {
+            if i + 1 >= args.len() {
+                return Err("--stats needs a file".into());
+            }
+            out = Some(PathBuf::from(args.remove(i + 1)));
+            args.remove(i);
+        } else if let Some(f) = args[i].strip_prefix("--stats=") {
+            out = Some(PathBuf::from(f));
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    // The daemon changes to `/`: a relative name means the caller's directory.
+    match out {
+        Some(f) if f.is_relative() => match std::env::current_dir() {
+            Ok(d) => Ok(Some(d.join(f))),
+            Err(e) => Err(format!("--stats: current directory: {e}")),
+        },
+        other => Ok(other),
+    }
+}
+
+/// Write the request counts to `file` on every signal of `signals` (from a thread of its own).
+fn dump_on_signals(mut signals: Signals, file: PathBuf, stats: Arc<Stats>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("stats".into()).spawn(move || {
+        for _ in signals.forever() {
+            if let Err(e) = stats.write_to(&file) {
+                error!("--stats: writing {}: {e}", file.display());
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Serve the session until the filesystem is unmounted.
+fn serve(session: fuser::Session<strata_fuse::StrataFs>) -> ExitCode {
     // When the session ends (the filesystem was unmounted), fuser's own clean-up would unmount
     // the mount point once more: its "still mounted?" check (poll on /dev/fuse) answers yes either
     // way, so a filesystem mounted there since (the next `container mount`, say) would vanish.

@@ -320,6 +320,19 @@ pub(crate) fn copy_data(src: &File, dst: &File, len: u64, durable: bool) -> io::
     Ok(())
 }
 
+/// The permission bits of a file of `mode` once set-user-ID, and set-group-ID when the group
+/// may execute, are dropped (as the kernel does on write, truncate and chown), or `None` when
+/// there is nothing to drop. Set-group-ID without group execute marks mandatory locking and
+/// stays.
+pub(crate) fn without_suidgid(mode: u32) -> Option<u32> {
+    let mut m = mode & 0o7777;
+    m &= !libc::S_ISUID;
+    if m & libc::S_IXGRP != 0 {
+        m &= !libc::S_ISGID;
+    }
+    (m != mode & 0o7777).then_some(m)
+}
+
 pub(crate) fn timespec(sec: i64, nsec: i64) -> libc::timespec {
     libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
 }
@@ -357,6 +370,15 @@ mod tests {
 
     /// Sizes around the 8 MiB chunk, durable or not, and a source longer than asked for: the
     /// copy has exactly the first `len` bytes.
+    #[test]
+    fn without_suidgid_keeps_sgid_without_group_execute() {
+        assert_eq!(without_suidgid(libc::S_IFREG | 0o6755), Some(0o755));
+        assert_eq!(without_suidgid(0o4644), Some(0o644));
+        assert_eq!(without_suidgid(0o2644), None);
+        assert_eq!(without_suidgid(0o6644), Some(0o2644));
+        assert_eq!(without_suidgid(0o755), None);
+    }
+
     #[test]
     fn copy_data_copies_exactly() {
         let dir = tempfile::tempdir().unwrap();

@@ -335,8 +335,9 @@ fn kill_9_mid_copy_up_leaves_no_half_copied_file() {
 }
 
 /// The data of a lower file is copied up before the write lock is taken (open for writing,
-/// chmod, link): stats, reads and listings of other files go on meanwhile (in another directory:
-/// link(2) holds the target directory locked in the kernel).
+/// chmod, link): stats, reads, listings and creates of other files go on meanwhile (in another
+/// directory: link(2) holds the target directory locked in the kernel; issue 29 point 5), and
+/// a create next to the file being copied up too, where the kernel holds no lock.
 #[test]
 fn reads_go_on_during_a_long_copy_up() {
     if !can_run() {
@@ -372,10 +373,16 @@ fn reads_go_on_during_a_long_copy_up() {
             assert_eq!(fs::read_to_string(s.mnt.join("d/small")).unwrap(), "small\n");
             assert!(fs::metadata(s.mnt.join("d/small")).unwrap().is_file());
             assert_eq!(names(&s.mnt.join("d")), ["small"]);
+            let new = s.mnt.join("d").join(format!("new-{name}"));
+            fs::write(&new, "new").unwrap();
+            if how != "link" {
+                fs::write(s.mnt.join(format!("next-to-{name}")), "new").unwrap();
+            }
             let took = t0.elapsed();
             let busy = !w.is_finished();
             w.join().unwrap().unwrap_or_else(|e| panic!("{how}: {e}"));
-            assert!(busy, "{how}: the reads waited for the copy-up ({took:?})");
+            assert!(busy, "{how}: the reads and creates waited for the copy-up ({took:?})");
+            fs::remove_file(new).unwrap();
         });
     }
     is_big(&s.mnt.join("big3.l"), chunks).unwrap();

@@ -13,6 +13,7 @@ use fuser::{FileAttr, FileHandle, FileType, Generation, INodeNo, ReplyEmpty, Rep
 use tracing::debug;
 
 use super::{errno_of, Held, Res, StrataFs, WriteGuard};
+use crate::cache::Scoped;
 use crate::listing::{Cookied, DirEntry};
 use crate::mutate::{Mutator, Owner, SetAttr, StagedCopy};
 use crate::overlay::{self, Resolved};
@@ -177,8 +178,9 @@ impl StrataFs {
     pub(super) fn remove_reply(&self, parent: u64, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let r = (|| -> Res<()> {
             let _g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent)?;
-            self.ops().remove(&ppath, name, dir)?;
+            let (ppath, pres) = self.resolve_dir(parent)?;
+            let scope = self.entry_scope(parent, &pres, name)?;
+            Mutator::new(&self.layers, &scope).remove_in(&ppath, &pres, name, dir)?;
             self.inodes.detach(parent, name);
             Ok(())
         })();
@@ -226,6 +228,19 @@ impl StrataFs {
         Ok(path)
     }
 
+    /// What a create or removal of entry `parent/name` may change in the resolution cache (see
+    /// [`crate::cache::ResolveCache::scoped`]): that entry, and, unless the parent (resolved as
+    /// `pres`) is in the upper layer already, the directories above it, which a copy-up brings
+    /// there.
+    pub(super) fn entry_scope(&self, parent: u64, pres: &Resolved, name: &OsStr) -> Res<Scoped<'_>> {
+        let mut nodes = Vec::new();
+        if pres.top != 0 {
+            nodes.extend(self.inodes.chain(parent)?.into_iter().map(|(i, _)| i));
+        }
+        nodes.extend(self.inodes.child(parent, name));
+        Ok(self.cache.scoped(nodes))
+    }
+
     /// The path-level changes, invalidating this filesystem's caches.
     pub(super) fn ops(&self) -> Mutator<'_> {
         Mutator::new(&self.layers, &self.cache)
@@ -249,8 +264,9 @@ impl StrataFs {
     ) {
         let r = (|| -> Res<WriteGuard<'_>> {
             let g = self.lock_w()?;
-            let ppath = self.path_of_parent(parent)?;
-            self.ops().create(owner, &ppath, name, mode, make)?;
+            let (ppath, pres) = self.resolve_dir(parent)?;
+            let scope = self.entry_scope(parent, &pres, name)?;
+            Mutator::new(&self.layers, &scope).create_in(owner, &ppath, &pres, name, mode, make)?;
             Ok(g)
         })();
         match r {
@@ -282,6 +298,33 @@ impl StrataFs {
                 reply.error(errno_of(&e))
             }
         }
+    }
+
+    /// Reply to a LOOKUP of a name that does not exist: an entry with node id 0, which the kernel
+    /// keeps as a negative dentry for the entry timeout, so looking the name up again (a PATH
+    /// search, an import path probe, a stat before a create) asks nothing. Safe because the
+    /// names under the mount change only through it: this daemon is the only writer of its upper
+    /// dir, lower layers never change, and the kernel turns the negative dentry positive itself
+    /// when a create, link or rename through the mount makes the name.
+    pub(super) fn negative_entry_reply(&self, reply: ReplyEntry) {
+        let attr = FileAttr {
+            ino: INodeNo(0),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 0,
+            flags: 0,
+        };
+        reply.entry(&self.ttl, &attr, Generation(0));
     }
 
     pub(super) fn list_dir(&self, ino: u64) -> Res<Vec<(OsString, u32, u64)>> {
@@ -350,6 +393,7 @@ impl StrataFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
+        kill_suidgid: bool,
     ) -> Res<(Stat, Arc<Resolved>)> {
         let with_data = size != Some(0);
         let mut staged = StagedCopy(if with_data { self.stage_copy_up(ino) } else { None });
@@ -358,8 +402,15 @@ impl StrataFs {
             Some(st) => self.copy_up_staged(ino, st)?,
             None => self.copy_up(ino, with_data)?,
         };
-        let attrs =
-            SetAttr { mode, uid, gid, size, atime: atime.map(to_timespec), mtime: mtime.map(to_timespec) };
+        let attrs = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(to_timespec),
+            mtime: mtime.map(to_timespec),
+            kill_suidgid,
+        };
         let h = if size.is_some() { fh.and_then(|fh| self.handles.get(fh.0)) } else { None };
         self.ops().set_attrs(&path, &attrs, h.as_ref().map(|h| &h.file))?;
         let (st, r, _) = self.stat_node(ino)?;

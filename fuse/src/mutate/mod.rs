@@ -47,6 +47,10 @@ pub(crate) struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<libc::timespec>,
     pub mtime: Option<libc::timespec>,
+    /// Drop set-user-ID, and set-group-ID when the group may execute, from a regular file
+    /// (after the other changes): what the kernel leaves to the daemon once it handles
+    /// FUSE_HANDLE_KILLPRIV_V2.
+    pub kill_suidgid: bool,
 }
 
 /// Data staged for a copy-up by [`Layers::stage_data`] (the file in the workdir and the
@@ -74,6 +78,12 @@ impl<'a> Mutator<'a> {
 
     fn changed(&self) {
         self.on_change.changed();
+    }
+
+    /// Whether directory `pres` is in the upper layer (and so are its parents: an upper
+    /// directory never exists without them).
+    fn in_upper(&self, pres: &Resolved) -> bool {
+        self.layers.has_upper && pres.top == 0
     }
 
     /// Copy-up of `path` (resolved as `r`) with data staged by [`Layers::stage_data`]: used only
@@ -116,6 +126,7 @@ impl<'a> Mutator<'a> {
     /// callback making it at the path it is given (a temporary one when the entry replaces a
     /// whiteout), owned by `owner` (the group is the parent's when it is set-group-ID), opaque
     /// when it is a directory over a whiteout. Returns the upper path.
+    #[cfg(test)]
     pub(crate) fn create(
         &self,
         owner: Owner,
@@ -125,19 +136,40 @@ impl<'a> Mutator<'a> {
         make: &mut dyn FnMut(&Path) -> Res<()>,
     ) -> Res<PathBuf> {
         let pres = self.layers.resolve_rel(ppath)?;
+        self.create_in(owner, ppath, &pres, name, mode, make)
+    }
+
+    /// [`Mutator::create`] with the parent's current resolution `pres` (the caller's, from a
+    /// cache it keeps up to date): a parent already in the upper layer is neither walked to
+    /// nor resolved again, which is what makes a create in a directory one lookup.
+    pub(crate) fn create_in(
+        &self,
+        owner: Owner,
+        ppath: &Path,
+        pres: &Resolved,
+        name: &OsStr,
+        mode: u32,
+        make: &mut dyn FnMut(&Path) -> Res<()>,
+    ) -> Res<PathBuf> {
         if !pres.is_dir() {
             return Err(err(libc::ENOTDIR));
         }
-        if self.layers.lookup_in(&pres, ppath, name)?.is_some() {
+        if self.layers.lookup_in(pres, ppath, name)?.is_some() {
             return Err(err(libc::EEXIST));
         }
         if name.len() > 255 {
             return Err(err(libc::ENAMETOOLONG));
         }
-        self.layers.copy_up_dirs(ppath)?;
-        self.changed();
-        let pres = self.layers.resolve_rel(ppath)?;
-        let (dst, over_wh, opaque) = self.layers.new_slot(&pres, ppath, name)?;
+        let copied;
+        let pres = if self.in_upper(pres) {
+            pres
+        } else {
+            self.layers.copy_up_dirs(ppath)?;
+            self.changed();
+            copied = self.layers.resolve_rel(ppath)?;
+            &copied
+        };
+        let (dst, over_wh, opaque) = self.layers.new_slot(pres, ppath, name)?;
         let pst = sys::lstat(&self.layers.upper(ppath)?)?;
         let fmt = mode & libc::S_IFMT;
         let (gid, mut perm) = if pst.st_mode & libc::S_ISGID != 0 {
@@ -176,8 +208,14 @@ impl<'a> Mutator<'a> {
     /// layer has the name, else the upper entry is removed.
     pub(crate) fn remove(&self, ppath: &Path, name: &OsStr, dir: bool) -> Res<()> {
         let pres = self.layers.resolve_rel(ppath)?;
+        self.remove_in(ppath, &pres, name, dir)
+    }
+
+    /// [`Mutator::remove`] with the parent's current resolution `pres` (see
+    /// [`Mutator::create_in`]).
+    pub(crate) fn remove_in(&self, ppath: &Path, pres: &Resolved, name: &OsStr, dir: bool) -> Res<()> {
         let rel = ppath.join(name);
-        let r = self.layers.lookup_in(&pres, ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
+        let r = self.layers.lookup_in(pres, ppath, name)?.ok_or_else(|| err(libc::ENOENT))?;
         if dir && !r.is_dir() {
             return Err(err(libc::ENOTDIR));
         }
@@ -187,9 +225,11 @@ impl<'a> Mutator<'a> {
         if dir && !self.layers.list(&r, &rel)?.is_empty() {
             return Err(err(libc::ENOTEMPTY));
         }
-        let positive = self.layers.lower_positive(&pres, ppath, name);
-        self.layers.copy_up_dirs(ppath)?;
-        self.changed();
+        let positive = self.layers.lower_positive(pres, ppath, name);
+        if !self.in_upper(pres) {
+            self.layers.copy_up_dirs(ppath)?;
+            self.changed();
+        }
         if positive {
             self.layers.make_whiteout(&rel)?;
         } else {
@@ -269,6 +309,14 @@ impl<'a> Mutator<'a> {
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimes(&up, a.atime, a.mtime)?;
+        }
+        if a.kill_suidgid {
+            let st = sys::lstat(&up)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                if let Some(m) = sys::without_suidgid(st.st_mode) {
+                    sys::chmod(&up, m)?;
+                }
+            }
         }
         self.changed();
         Ok(())

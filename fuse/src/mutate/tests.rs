@@ -329,6 +329,28 @@ fn setattr_copies_up_and_changes_only_the_upper_copy() {
 }
 
 #[test]
+fn setattr_kills_suid_and_sgid_of_regular_files_only() {
+    if !privileged("setattr_kills_suid_and_sgid_of_regular_files_only") {
+        return;
+    }
+    let s = Stack::new(|l| {
+        write(&l.join("x"), "x", 0o644);
+        write(&l.join("lock"), "l", 0o644);
+        mkdir(&l.join("d"), 0o755);
+    });
+    for (name, mode, want) in [("x", 0o6755, 0o755), ("lock", 0o6644, 0o2644), ("d", 0o2755, 0o2755)] {
+        let p = Path::new(name);
+        let r = s.layers.resolve_rel(p).expect("resolve");
+        s.ops().copy_up_path(p, &r, true).expect("copy up");
+        fs::set_permissions(s.upper.join(name), fs::Permissions::from_mode(mode)).expect("chmod");
+        let a = SetAttr { size: (name != "d").then_some(0), kill_suidgid: true, ..SetAttr::default() };
+        s.ops().set_attrs(p, &a, None).expect("setattr");
+        let md = fs::symlink_metadata(s.upper.join(name)).expect("stat");
+        assert_eq!(md.mode() & 0o7777, want, "{name}");
+    }
+}
+
+#[test]
 fn xattr_changes_copy_up_except_when_refused() {
     if !privileged("xattr_changes_copy_up_except_when_refused") {
         return;
