@@ -176,6 +176,10 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
                         tracing::warn!(container = name, error = %e, "not unmounted after it exited");
                     }
                 }
+                // Its network too (idempotent; what fails is left to release_leaked).
+                if let Err(e) = crate::network::detach(&store, name) {
+                    tracing::warn!(container = name, error = %crate::error::report(&e), "network not released yet");
+                }
             }
             if let Some(code) = code {
                 container::record_exit(&store, name, code);
