@@ -419,11 +419,16 @@ pub fn apply(spec: &mut Spec, p: &Prepared) {
     spec.set_mounts(Some(mounts));
 }
 
-/// Release container `name`'s network (idempotent); a failure is logged, and the attachment left
-/// for [`release_leaked`] to give back later.
+/// Once container `name`'s process has ended: release its network (idempotent; a failure is
+/// logged, and the attachment left for [`release_leaked`] to give back later) and, while it is
+/// still mounted, remove the mount points strata made for its files, so that its tree is again
+/// what its image and its own changes make it.
 pub fn teardown(store: &Store, name: &str) {
     if let Err(e) = network::detach(store, name) {
         tracing::warn!(container = name, error = %crate::error::report(&e), "network not released yet");
+    }
+    if let Ok(Some(at)) = container::mounted_at(store, name) {
+        container::clear_placeholders(store, name, &at);
     }
 }
 

@@ -289,6 +289,8 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
     }
     // Its monitor may have deleted the state and unmounted it meanwhile.
     container::delete_runtime(store, name).map_err(cerr)?;
+    // As its monitor would (idempotent): its network, the mount points made for its files.
+    crate::netsetup::teardown(store, name);
     match container::umount(store, name, false) {
         // A foreground `strata run` unmounts it itself once runc has returned.
         Ok(()) | Err(ContainerError::NotMounted(_) | ContainerError::NotFound(_)) => Ok(graceful),

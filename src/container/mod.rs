@@ -311,6 +311,51 @@ pub fn placeholders(store: &Store, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Remove, through the container's mount at `rootfs`, the placeholders strata made that are
+/// still empty regular files (once its process has ended: the tree is then as the image and the
+/// container's own changes make it), and forget them. Best effort: what fails is logged.
+pub fn clear_placeholders(store: &Store, name: &str, rootfs: &std::path::Path) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let list = placeholders(store, name);
+    if list.is_empty() {
+        return;
+    }
+    for rel in &list {
+        let (Some(parent), Some(file)) = (rel.parent(), rel.file_name()) else { continue };
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir = match rustix::fs::open(rootfs, dir_flags, Mode::empty()) {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        let mut ok = true;
+        for c in parent.components() {
+            match rustix::fs::openat(&dir, c.as_os_str(), dir_flags, Mode::empty()) {
+                Ok(d) => dir = d,
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let empty_file = rustix::fs::statat(&dir, file, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0);
+        if empty_file {
+            if let Err(e) = rustix::fs::unlinkat(&dir, file, AtFlags::empty()) {
+                tracing::debug!(container = name, path = %rel.display(), error = %e, "placeholder stays");
+            }
+        }
+    }
+    let path = placeholders_path(store, name);
+    if let Err(e) = fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::debug!(path = %path.display(), error = %e, "placeholder record stays");
+        }
+    }
+}
+
 /// How a container is running, if it is: a `strata run` holding its run lock, or a process runc
 /// knows (a `strata run` killed without its runc child leaves one). Call with the container
 /// lock held, so that nothing starts or stops a run meanwhile.

@@ -304,28 +304,41 @@ fn files_as_specified_and_absent_from_a_commit() {
     let h = root.ok(&["run", "--rm", "--name", "named", "busybox", "--", "cat", "/etc/hostname"]);
     assert_eq!(h, "named\n");
 
-    // Committed: the change is in the new layer, the files are not.
-    root.ok(&["container", "commit", "f", "f-img"]);
+    // Committed: the change is in the new layer, the files are not; also while it runs (the
+    // mount points strata made are in its upper dir then).
+    let entries = top_layer_entries(&root, "f", "f-img");
+    assert!(entries.iter().any(|l| l == "tmp/f"), "{entries:?}");
+    let _g = RuncGuard::new(&root, "live");
+    root.ok(&["run", "-d", "--name", "live", "busybox", "--", "sh", "-c", "echo x > /tmp/g; exec sleep 60"]);
+    assert_eq!(exec_until(&root, &["exec", "live", "--", "cat", "/tmp/g"]), "x");
+    let live = top_layer_entries(&root, "live", "live-img");
+    assert!(live.iter().any(|l| l == "tmp/g"), "{live:?}");
+    for f in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+        assert!(!entries.iter().any(|l| l == f), "{f} in the committed layer: {entries:?}");
+        assert!(!live.iter().any(|l| l == f), "{f} in the running container's commit: {live:?}");
+    }
+    root.ok(&["rm", "-f", "live"]);
+    assert_eq!(traces(&root), Traces::default());
+}
+
+/// Commit container `name` as `image`; the entries of the new (top) layer, read with tar.
+fn top_layer_entries(root: &Root, name: &str, image: &str) -> Vec<String> {
+    root.ok(&["container", "commit", name, image]);
     let t = tempfile::tempdir().expect("tempdir");
-    let archive = t.path().join("f.tar");
-    root.ok(&["save", "f-img", "-o", archive.to_str().expect("utf-8")]);
-    let run = |args: &[&str]| {
+    let archive = t.path().join("img.tar");
+    let (a, dir) = (archive.to_str().expect("utf-8"), t.path().to_str().expect("utf-8"));
+    root.ok(&["save", image, "-o", a]);
+    let tar = |args: &[&str]| {
         let out = Command::new("tar").args(args).stdin(Stdio::null()).output().expect("tar");
         assert!(out.status.success(), "tar {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let manifest: serde_json::Value =
-        serde_json::from_str(&run(&["-xOf", archive.to_str().expect("utf-8"), "manifest.json"]))
-            .expect("manifest");
+        serde_json::from_str(&tar(&["-xOf", a, "manifest.json"])).expect("manifest");
     let top =
         manifest[0]["Layers"].as_array().and_then(|l| l.last()).and_then(|l| l.as_str()).expect("layers");
-    run(&["-xf", archive.to_str().expect("utf-8"), "-C", t.path().to_str().expect("utf-8"), top]);
-    let entries = run(&["-tf", t.path().join(top).to_str().expect("utf-8")]);
-    assert!(entries.lines().any(|l| l == "tmp/f"), "{entries}");
-    for f in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
-        assert!(!entries.lines().any(|l| l == f), "{f} in the committed layer: {entries}");
-    }
-    assert_eq!(traces(&root), Traces::default());
+    tar(&["-xf", a, "-C", dir, top]);
+    tar(&["-tf", t.path().join(top).to_str().expect("utf-8")]).lines().map(str::to_string).collect()
 }
 
 #[test]
