@@ -33,6 +33,7 @@ const STACK: &[&str] = &[
     "foreground",
     "cgroup",
     "network",
+    "netsetup",
     "meta",
     "store",
     "snapshot",

@@ -30,7 +30,9 @@
 //!   containers' cgroup directories.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 //! - [`network`]: container networking through the CNI plugins (bridge, host-local, portmap),
-//!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets.
+//!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets;
+//!   [`netsetup`]: a container's network options, kept with it, and what `run` and `start` do
+//!   with them (attach before runc, the files bind-mounted, the spec's namespace and hostname).
 
 pub mod cgroup;
 pub mod commit;
@@ -53,6 +55,7 @@ pub mod layers;
 pub mod lifecycle;
 pub(crate) mod meta;
 pub mod monitor;
+pub mod netsetup;
 pub mod network;
 pub mod overlay_format;
 pub mod reference;

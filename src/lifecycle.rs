@@ -62,6 +62,8 @@ pub enum LifecycleError {
     Measure { path: PathBuf, source: Box<crate::snapshot::SnapshotError> },
     #[error(transparent)]
     Root(#[from] StoreError),
+    #[error("container {name}: network")]
+    Network { name: String, source: crate::netsetup::NetSetupError },
 }
 
 impl LifecycleError {
@@ -82,6 +84,7 @@ impl LifecycleError {
             LifecycleError::Measure { source, .. } => source.kind(),
             LifecycleError::Io { source, .. } => ErrorKind::of_io(source),
             LifecycleError::Monitor(e) => e.kind(),
+            LifecycleError::Network { source, .. } => source.kind(),
             LifecycleError::Runtime { .. } | LifecycleError::Run(_) | LifecycleError::NoExitCode { .. } => {
                 ErrorKind::Internal
             }
@@ -194,13 +197,7 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
     let mut spec = match oci_spec::runtime::Spec::load(bundle_dir.join("config.json")) {
         Ok(spec) => spec,
         Err(_) => {
-            let row = container::row(store, name)?
-                .ok_or_else(|| cerr(name)(ContainerError::NotFound(name.to_string())))?;
-            let blob = store
-                .read_blob(&row.config_digest)
-                .map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
-            let config: serde_json::Value = serde_json::from_slice(&blob)
-                .map_err(|source| LifecycleError::Config { name: name.to_string(), source })?;
+            let config = image_config(store, name)?;
             let settings = SpecSettings { hostname: name.chars().take(63).collect(), ..Default::default() };
             spec::build_spec(&config, rootfs, &ProcessOverrides::default(), &settings).map_err(berr(name))?
         }
@@ -219,6 +216,16 @@ fn start_spec(store: &Store, name: &str, rootfs: &Path) -> Result<oci_spec::runt
     Ok(spec)
 }
 
+/// The config of the image container `name` stands on.
+fn image_config(store: &Store, name: &str) -> Result<serde_json::Value> {
+    let row =
+        container::row(store, name)?.ok_or_else(|| cerr(name)(ContainerError::NotFound(name.to_string())))?;
+    let blob = store
+        .read_blob(&row.config_digest)
+        .map_err(|source| LifecycleError::Store { name: name.to_string(), source })?;
+    serde_json::from_slice(&blob).map_err(|source| LifecycleError::Config { name: name.to_string(), source })
+}
+
 /// Start a created or stopped container (`docker start`): mounted if it is not, its last
 /// command run again (over the same upper dir). Attached, returns the container's exit code
 /// once it ends (and unmounts it then, as `run`); detached, returns 0 once it started.
@@ -232,15 +239,23 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
         ),
         false => None,
     };
+    crate::netsetup::release_leaked(store);
     // Marked running from here: umount, rm, prune and another start refuse meanwhile.
     let guard = container::start_run(store, name).map_err(cerr(name))?;
+    let nerr = |source| LifecycleError::Network { name: name.to_string(), source };
+    let mut detached = false;
     let result = (|| -> Result<i32> {
         let rootfs = match container::mounted_at(store, name).map_err(cerr(name))? {
             Some(at) => at,
             None => container::mount(store, name, None, opts.backend).map_err(cerr(name))?,
         };
-        let spec = start_spec(store, name, &rootfs)?;
+        let mut spec = start_spec(store, name, &rootfs)?;
         spec::check_command(&spec).map_err(berr(name))?;
+        // Its network again, as run or create gave it (ports recorded then).
+        let net_opts = crate::netsetup::load(store, name).map_err(nerr)?;
+        let config = image_config(store, name)?;
+        let net = crate::netsetup::prepare(store, name, &net_opts, &config, &rootfs).map_err(nerr)?;
+        crate::netsetup::apply(&mut spec, &net);
         let bundle_dir = container::dir(store, name).join("bundle");
         spec::write_bundle(&bundle_dir, &spec).map_err(berr(name))?;
         // Under its current id, whatever id an older strata gave it (not running: see above).
@@ -256,13 +271,20 @@ pub fn start(store: &mut Store, name: &str, opts: &StartOptions) -> Result<i32> 
                 trap,
                 stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
             };
-            let code = crate::foreground::run(&state, &bundle_dir, &id, fg).map_err(berr(name))?;
+            let code = crate::foreground::run(&state, &bundle_dir, &id, fg);
+            crate::netsetup::teardown(store, name);
+            let code = code.map_err(berr(name))?;
             record_exit(store, name, code);
             return Ok(code);
         }
         crate::monitor::spawn(store, name, opts.monitor.as_deref())?;
+        detached = true;
         Ok(0)
     })();
+    if !detached {
+        // Ended, or never started: nothing uses its network (idempotent).
+        crate::netsetup::teardown(store, name);
+    }
     drop(guard);
     if opts.attach || result.is_err() {
         if let Err(e) = container::umount(store, name, false) {
@@ -432,6 +454,7 @@ pub fn gc(
     (Vec<crate::digest::Sha256Digest>, Vec<crate::digest::Sha256Digest>),
     crate::images::ImagesError,
 > {
+    crate::netsetup::release_leaked(store);
     // Before the gc lock: it takes container locks, and a commit holds its container's lock
     // while it waits for the gc lock (shared).
     match container::gc_runtime(store) {
@@ -449,6 +472,7 @@ pub fn gc(
 /// then the blobs and layers no image or container references (`gc`), as `docker system
 /// prune`. A container that starts meanwhile is left alone (removal refuses a running one).
 pub fn system_prune(store: &mut Store) -> Result<Pruned> {
+    crate::netsetup::release_leaked(store);
     let mut out = Pruned::default();
     for c in container::rows(store)? {
         let name = c.name;

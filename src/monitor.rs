@@ -171,6 +171,9 @@ pub fn monitor(root: &Path, name: &str, report: &mut dyn Write) -> Result<()> {
             // Unmounted first, then the code: whoever sees the code sees it unmounted; runc's
             // state last (not --force: a container runc still runs is not deleted).
             if free {
+                // Its network (idempotent; what fails is left to release_leaked) and the mount
+                // points made for its files, before it is unmounted.
+                crate::netsetup::teardown(&store, name);
                 if let Ok(Some(at)) = container::mounted_at(&store, name) {
                     if let Err(e) = kernel_overlay::unmount(&at, kernel_overlay::UnmountMode::Normal) {
                         tracing::warn!(container = name, error = %e, "not unmounted after it exited");

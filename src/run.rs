@@ -33,6 +33,8 @@ pub enum RunError {
     Signals { name: String, source: std::io::Error },
     #[error("container {name}: starting it detached")]
     Detach { name: String, source: Box<crate::monitor::MonitorError> },
+    #[error("container {name}: network")]
+    Network { name: String, source: crate::netsetup::NetSetupError },
 }
 
 impl RunError {
@@ -48,6 +50,7 @@ impl RunError {
             RunError::NoLog { .. } => ErrorKind::NotFound,
             RunError::Signals { source, .. } => ErrorKind::of_io(source),
             RunError::Detach { source, .. } => source.kind(),
+            RunError::Network { source, .. } => source.kind(),
         }
     }
 }
@@ -74,6 +77,9 @@ pub struct RunOptions {
     /// `-d`: the strata binary whose `container monitor` watches the container (see
     /// [`crate::lifecycle`]); the running executable when `None`.
     pub monitor: Option<std::path::PathBuf>,
+    /// `--network`, `-p`, `-P`, `--hostname`, `--dns*`, `--add-host` (kept with the container for
+    /// `start`).
+    pub network: crate::netsetup::NetOptions,
 }
 
 pub use crate::container::log_path;
@@ -104,12 +110,19 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         .map(|v| spec::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| RunError::Runtime { name: name.clone(), source })?;
+    let nerr = |source| RunError::Network { name: name.clone(), source };
+    opts.network.check().map_err(nerr)?;
     let mut trap =
         crate::signals::Trap::install().map_err(|source| RunError::Signals { name: name.clone(), source })?;
     if let Some(how) = container::is_running(store, &name).map_err(cerr)? {
         return Err(RunError::Running { name, how });
     }
+    crate::netsetup::release_leaked(store);
     let c = container::create(store, &opts.image, &name, &CreateOptions::default()).map_err(cerr)?;
+    if let Err(e) = crate::netsetup::save(store, &name, &opts.network) {
+        let _ = container::remove(store, &name, true);
+        return Err(nerr(e));
+    }
     let mut started = false;
     let result = (|| -> Result<i32, RunError> {
         // Mounted first, then marked running (umount, rm and another run refuse from then on;
@@ -127,13 +140,19 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         // A detached process has no terminal to have.
         let process =
             ProcessOverrides { terminal: opts.process.terminal && !opts.detach, ..opts.process.clone() };
-        let settings = SpecSettings {
+        let mut settings = SpecSettings {
             hostname: name.chars().take(63).collect(),
             volumes: volumes.clone(),
             cgroups_path: Some(container::cgroups_path(store, &name)),
         };
-        let spec = spec::build_spec(&config, &rootfs, &process, &settings).map_err(berr)?;
+        if let Some(h) = &opts.network.hostname {
+            settings.hostname = h.clone();
+        }
+        let mut spec = spec::build_spec(&config, &rootfs, &process, &settings).map_err(berr)?;
         spec::check_command(&spec).map_err(berr)?;
+        // Attached with the run lock held (it counts as live for release_leaked), before runc.
+        let net = crate::netsetup::prepare(store, &name, &opts.network, &config, &rootfs).map_err(nerr)?;
+        crate::netsetup::apply(&mut spec, &net);
         let bundle_dir = container::dir(store, &name).join("bundle");
         spec::write_bundle(&bundle_dir, &spec).map_err(berr)?;
         let state = container::runc_state_dir(store);
@@ -156,15 +175,20 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             trap: &mut trap,
             stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
         };
-        let code = crate::foreground::run(&state, &bundle_dir, &id, fg).map_err(berr)?;
+        let code = crate::foreground::run(&state, &bundle_dir, &id, fg);
+        // Its process has ended (or never started): its network goes, before the run lock.
+        crate::netsetup::teardown(store, &name);
+        let code = code.map_err(berr)?;
         // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
         container::record_exit(store, &name, code);
         Ok(code)
     })();
     if opts.detach && started && result.is_ok() {
-        // Running on its own now: it keeps its mount until stopped.
+        // Running on its own now: it keeps its mount and network until it ends.
         return result;
     }
+    // Whatever was attached before the run failed (idempotent).
+    crate::netsetup::teardown(store, &name);
     let gone = |e: &ContainerError| matches!(e, ContainerError::NotFound(_));
     if opts.rm {
         // Kills what may still run (a runc killed behind our back leaves its container), deletes
@@ -265,6 +289,8 @@ pub fn stop(store: &Store, name: &str, timeout: std::time::Duration) -> Result<b
     }
     // Its monitor may have deleted the state and unmounted it meanwhile.
     container::delete_runtime(store, name).map_err(cerr)?;
+    // As its monitor would (idempotent): its network, the mount points made for its files.
+    crate::netsetup::teardown(store, name);
     match container::umount(store, name, false) {
         // A foreground `strata run` unmounts it itself once runc has returned.
         Ok(()) | Err(ContainerError::NotMounted(_) | ContainerError::NotFound(_)) => Ok(graceful),

@@ -24,7 +24,10 @@ pub enum Cmd {
 strata run busybox --rm -e GREETING=hi -w /tmp --user nobody -- sh -c 'echo $GREETING; pwd; id'\n  \
 strata run -d --name web busybox -- httpd -f -p 8080   # prints the name; strata logs web; strata stop web\n  \
 strata run --rm -v /srv/data:/data:ro busybox -- ls /data\n  \
-strata run -it --rm busybox -- sh       # an interactive shell")]
+strata run -it --rm busybox -- sh       # an interactive shell\n  \
+strata run -d --name web -p 127.0.0.1:8080:80 busybox -- httpd -f -p 80   # strata port web\n  \
+strata run --rm --network none busybox -- ip addr    # only lo\n  \
+strata run --rm --network backend --add-host db:10.89.1.7 --dns 192.0.2.53 busybox -- cat /etc/hosts")]
     Run {
         image: String,
         /// Container name (default: generated).
@@ -37,6 +40,8 @@ strata run -it --rm busybox -- sh       # an interactive shell")]
         backend: Backend,
         #[command(flatten)]
         process: ProcessArgs,
+        #[command(flatten)]
+        net: NetArgs,
         /// Detached: start it, print its name and return. Its stdout and stderr go to a log file
         /// in the container's directory (`strata logs NAME`); it stays mounted until `strata stop`.
         #[arg(short, long)]
@@ -204,7 +209,7 @@ strata --root /a save app | strata --root /b load --name app")]
     /// created, running, paused, exited (CODE).
     #[command(
         after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
---format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}."
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Ports .Mounts, or {{json .}}."
     )]
     Ps {
         #[command(flatten)]
@@ -246,6 +251,13 @@ As in docker, a container's PID 1 ignores signals it has no handler for (KILL ex
         /// Seconds to wait after SIGTERM before SIGKILL.
         #[arg(short, long, default_value_t = 10)]
         time: u64,
+    },
+    /// The ports a container publishes, as `docker port`: `80/tcp -> 0.0.0.0:8080`.
+    #[command(after_help = "Examples:\n  strata port web\n  strata port web 80/tcp")]
+    Port {
+        name: String,
+        /// Only this container port (PORT or PORT/PROTO).
+        port: Option<String>,
     },
     /// Block until containers stop; print each one's exit code, as `docker wait`.
     #[command(
@@ -353,6 +365,69 @@ impl ProcessArgs {
             interactive: self.interactive,
             volumes,
         }
+    }
+}
+
+/// A container's network, as docker takes it, on `run` and `container create`. `--hostname` has
+/// no `-h`: that is help here.
+#[derive(clap::Args, Default)]
+pub struct NetArgs {
+    /// bridge (the default), none (only lo), host, container:NAME, or a network's name
+    /// (`strata network create`).
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+    /// Publish [IP:][HOST:]CONTAINER[/tcp|udp] (ports or ranges A-B; no HOST: a free one);
+    /// repeatable.
+    #[arg(short, long, value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs, each on a free host port.
+    #[arg(short = 'P', long)]
+    pub publish_all: bool,
+    /// The container's hostname (default: its name, at most 63 characters).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// A nameserver for /etc/resolv.conf (replaces the host's); repeatable.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<std::net::IpAddr>,
+    /// A search domain for /etc/resolv.conf (`.`: none); repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// An option line entry for /etc/resolv.conf (ndots:2); repeatable.
+    #[arg(long, value_name = "OPT")]
+    pub dns_option: Vec<String>,
+    /// NAME:IP, a line of /etc/hosts; repeatable.
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+}
+
+impl NetArgs {
+    /// The library's network options, `-p` and `--add-host` parsed.
+    pub fn into_options(self) -> anyhow::Result<strata::netsetup::NetOptions> {
+        use strata::network::{files, ports};
+        let mut mapped = Vec::new();
+        for p in &self.publish {
+            mapped.extend(ports::parse_publish(p)?);
+        }
+        let add_hosts =
+            self.add_host.iter().map(|h| files::parse_add_host(h)).collect::<Result<Vec<_>, _>>()?;
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 63
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            anyhow::ensure!(ok, "--hostname {h:?}: 1-63 letters, digits, '-', '.', '_'");
+        }
+        let opts = strata::netsetup::NetOptions {
+            network: self.network,
+            ports: mapped,
+            publish_all: self.publish_all,
+            hostname: self.hostname,
+            dns: self.dns,
+            dns_search: self.dns_search,
+            dns_options: self.dns_option,
+            add_hosts,
+        };
+        opts.check()?;
+        Ok(opts)
     }
 }
 

@@ -17,11 +17,14 @@ use crate::{image, open_store, table};
 pub enum ContainerCmd {
     /// Record a container (a writable snapshot, or a view with --read-only) over IMAGE.
     #[command(
-        after_help = "Examples:\n  strata container create busybox web\n  strata container create busybox ro --read-only"
+        after_help = "Examples:\n  strata container create busybox web\n  strata container create busybox ro --read-only\n  \
+strata container create busybox web -p 8080:80 --network backend   # joined when started"
     )]
     Create {
         image: String,
         name: String,
+        #[command(flatten)]
+        net: crate::args::NetArgs,
         #[arg(long)]
         read_only: bool,
         /// Mount with overlayfs `volatile` (no syncs; for throw-away containers).
@@ -31,7 +34,7 @@ pub enum ContainerCmd {
     /// List containers: their image, state and mount point.
     #[command(after_help = "Examples:\n  strata container ls\n  strata container ls --json\n  \
 strata container ls --format '{{.Names}}\\t{{.Mounts}}'\n\n\
---format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Mounts, or {{json .}}.")]
+--format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Ports .Mounts, or {{json .}}.")]
     Ls {
         #[command(flatten)]
         list: ListArgs,
@@ -131,10 +134,15 @@ strata container export web | strata image import-rootfs - web-flat")]
 
 pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
     match c {
-        ContainerCmd::Create { image, name, read_only, volatile } => {
+        ContainerCmd::Create { image, name, net, read_only, volatile } => {
+            let net = net.into_options()?;
             let mut store = open_store(root)?;
             container::create(&mut store, &image, &name, &CreateOptions { read_only, volatile })
                 .with_context(|| format!("creating container {name}"))?;
+            if let Err(e) = strata::netsetup::save(&store, &name, &net) {
+                let _ = container::remove(&mut store, &name, true);
+                return Err(e).with_context(|| format!("creating container {name}"));
+            }
             outln!("{name}")?;
         }
         ContainerCmd::Ls { list } => {
@@ -212,6 +220,7 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
 /// `ps`: running and paused containers; with `all`, every one.
 pub fn ps_cmd(root: &Path, list: &ListArgs, all: bool) -> Result<ExitCode> {
     let store = open_store(root)?;
+    strata::netsetup::release_leaked(&store);
     let mut shown = container::list(&store)?;
     if !all {
         shown.retain(|c| c.running);
@@ -299,6 +308,7 @@ pub fn unpause_cmd(root: &Path, names: &[String]) -> Result<ExitCode> {
 
 pub fn rm_containers(root: &std::path::Path, names: &[String], force: bool) -> Result<ExitCode> {
     let mut store = open_store(root)?;
+    strata::netsetup::release_leaked(&store);
     each_name(names, "removing container", |name| Ok(container::remove(&mut store, name, force)?))
 }
 
@@ -342,15 +352,28 @@ fn print_containers(list: &[container::Inspected], args: &ListArgs) -> Result<()
                 ("CreatedAt", c.created.clone()),
                 ("RunningFor", strata::time::ago(c.created_secs, now)),
                 ("Mounts", c.mounted.as_ref().map_or_else(|| "-".to_string(), |p| p.display().to_string())),
+                ("Ports", ports_column(&c.ports)),
             ];
             Ok((row, serde_json::to_string(c)?))
         })
         .collect::<Result<_>>()?;
-    let known = ["Names", "Image", "ImageID", "Status", "CreatedAt", "RunningFor", "Mounts"];
-    let default = "table {{.Names}}\t{{.Image}}\t{{.RunningFor}}\t{{.Status}}\t{{.Mounts}}";
+    let known = ["Names", "Image", "ImageID", "Status", "CreatedAt", "RunningFor", "Mounts", "Ports"];
+    let default = "table {{.Names}}\t{{.Image}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Mounts}}";
     let t = table::Template::parse(args.format.as_deref().unwrap_or(default), &known)?
         .title("Names", "NAME")
         .title("RunningFor", "CREATED")
         .title("Mounts", "MOUNTED");
     Ok(out(&t.render(&rows))?)
+}
+
+/// Published ports as docker's ps shows them: `0.0.0.0:8080->80/tcp, 127.0.0.1:5353->53/udp`.
+fn ports_column(ports: &[strata::network::ports::PortMapping]) -> String {
+    ports
+        .iter()
+        .map(|m| {
+            let ip = m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            format!("{ip}:{}->{}/{}", m.host_port, m.container_port, m.protocol)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

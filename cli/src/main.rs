@@ -128,8 +128,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Container(c) => container::command(root, c),
         Cmd::System(c) => system::command(root, c),
         Cmd::Network(c) => network::command(root, c),
-        Cmd::Run { image, name, rm, backend, process, detach, volume, stop_timeout, cmd } => {
-            let extra = run::RunExtra { process, detach, volumes: volume, stop_timeout };
+        Cmd::Run { image, name, rm, backend, process, net, detach, volume, stop_timeout, cmd } => {
+            let extra = run::RunExtra { process, net, detach, volumes: volume, stop_timeout };
             run::run_cmd(root, &image, name, rm, backend, extra, cmd)
         }
         Cmd::Exec { name, process, cmd } => run::exec_cmd(root, name, process, cmd),
@@ -151,6 +151,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Stop { names, time } => container::stop_cmd(root, &names, time),
         Cmd::Kill { names, signal } => container::kill_cmd(root, &names, &signal),
         Cmd::Restart { names, time } => container::restart_cmd(root, &names, time),
+        Cmd::Port { name, port } => run::port_cmd(root, &name, port.as_deref()),
         Cmd::Wait { names } => container::wait_cmd(root, &names),
         Cmd::Pause { names } => container::pause_cmd(root, &names),
         Cmd::Unpause { names } => container::unpause_cmd(root, &names),

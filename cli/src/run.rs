@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::args::{Backend, ProcessArgs};
+use crate::args::{Backend, NetArgs, ProcessArgs};
 use crate::open_store;
 
 /// `exec`: runc exec in a running container; its status is ours.
@@ -19,6 +19,7 @@ pub fn exec_cmd(root: &Path, name: String, p: ProcessArgs, cmd: Vec<String>) -> 
 /// `run` options beyond the basics.
 pub struct RunExtra {
     pub process: ProcessArgs,
+    pub net: NetArgs,
     pub detach: bool,
     pub volumes: Vec<String>,
     pub stop_timeout: u64,
@@ -33,6 +34,7 @@ pub fn run_cmd(
     extra: RunExtra,
     cmd: Vec<String>,
 ) -> Result<ExitCode> {
+    let network = extra.net.into_options()?;
     let mut store = open_store(root)?;
     let mut opts = strata::run::RunOptions {
         image: image.to_string(),
@@ -43,6 +45,7 @@ pub fn run_cmd(
         detach: extra.detach,
         stop_timeout: Some(std::time::Duration::from_secs(extra.stop_timeout)),
         monitor: None,
+        network,
     };
     if opts.detach && opts.name.is_none() {
         opts.name = Some(strata::run::generated_name());
@@ -52,4 +55,29 @@ pub fn run_cmd(
         outln!("{}", opts.name.as_deref().unwrap_or_default())?;
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `port`: the ports a container publishes, as `docker port` prints them.
+pub fn port_cmd(root: &Path, name: &str, port: Option<&str>) -> Result<ExitCode> {
+    let store = open_store(root)?;
+    strata::container::get(&store, name).with_context(|| format!("ports of {name}"))?;
+    let Some(a) = strata::network::attachment(&store, name)? else { return Ok(ExitCode::SUCCESS) };
+    let want = port.map(|p| if p.contains('/') { p.to_string() } else { format!("{p}/tcp") });
+    let mut shown = false;
+    for m in &a.ports {
+        let key = format!("{}/{}", m.container_port, m.protocol);
+        match &want {
+            None => outln!("{m}")?,
+            Some(w) if *w == key => {
+                let ip = m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                outln!("{ip}:{}", m.host_port)?
+            }
+            Some(_) => continue,
+        }
+        shown = true;
+    }
+    if let (Some(w), false) = (&want, shown) {
+        anyhow::bail!("no public port {w} published for {name}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,17 @@ pub fn commit_container(
         runc::runc_pause(&state, &id).map_err(rt)?;
     }
     let upper = container::paths(store, &c).upper;
+    // The mount points strata made for the files it bind-mounts never land in an image.
+    let placeholders = container::placeholders(store, name);
+    let with_skips;
+    let opts = if placeholders.is_empty() {
+        opts
+    } else {
+        let mut o = opts.clone();
+        o.layer.skip_empty.extend(placeholders);
+        with_skips = o;
+        &with_skips
+    };
     let done = commit(store, &upper, &parent, new_name, opts);
     if paused {
         if let Err(e) = runc::runc_verb(&state, "resume", &id, &[]) {

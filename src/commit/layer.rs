@@ -54,6 +54,9 @@ pub struct LayerOptions {
     pub zstd_level: i32,
     /// Clamp mtimes to this (seconds since 1970); see [`source_date_epoch`].
     pub source_date_epoch: Option<i64>,
+    /// Paths (relative to the upper dir) left out while they are empty regular files: the mount
+    /// points strata made for a container's `/etc/hosts` and the like.
+    pub skip_empty: Vec<std::path::PathBuf>,
 }
 
 /// gzip level used by default. Measured (flate2 + zlib-rs, optimised build, 178 MB tar of 1689
@@ -79,6 +82,7 @@ impl Default for LayerOptions {
             gzip_level: DEFAULT_GZIP_LEVEL,
             zstd_level: 3,
             source_date_epoch: None,
+            skip_empty: Vec::new(),
         }
     }
 }
@@ -228,7 +232,12 @@ impl Read for ExactReader<'_> {
 ///
 /// The upper dir is walked by directory descriptors ([`DirChain`]): entries are opened, stat'ed
 /// and read relative to their directory, so paths longer than `PATH_MAX` commit like any other.
-fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64)> {
+fn write_tar<W: Write>(
+    upper: &Path,
+    w: W,
+    epoch: Option<i64>,
+    skip_empty: &[std::path::PathBuf],
+) -> Result<(W, u64)> {
     let root_st =
         rustix::fs::statat(CWD, upper, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_at(upper)(e.into()))?;
     if FileType::from_raw_mode(root_st.st_mode) != FileType::Directory {
@@ -249,6 +258,13 @@ fn write_tar<W: Write>(upper: &Path, w: W, epoch: Option<i64>) -> Result<(W, u64
         let path = || upper.join(OsStr::from_bytes(&p.rel));
         if ft == FileType::Socket {
             tracing::debug!(path = %path().display(), "skipping socket");
+            continue;
+        }
+        if ft == FileType::RegularFile
+            && p.st.st_size == 0
+            && skip_empty.iter().any(|s| s.as_os_str().as_bytes() == p.rel.as_slice())
+        {
+            tracing::debug!(path = %path().display(), "skipping a mount point strata made");
             continue;
         }
         let mtime = lw.mtime(p.st.st_mtime);
@@ -415,8 +431,12 @@ pub(super) fn write_layer_inner<W: Write>(
     let outer = Hashing::new(out);
     let comp = Compressor::new(outer, opts).map_err(CommitError::Write)?;
     let tar_hash = Hashing::new(comp);
-    let (w, entries) =
-        write_tar(upper, BufWriter::with_capacity(256 << 10, tar_hash), opts.source_date_epoch)?;
+    let (w, entries) = write_tar(
+        upper,
+        BufWriter::with_capacity(256 << 10, tar_hash),
+        opts.source_date_epoch,
+        &opts.skip_empty,
+    )?;
     let tar_hash = w.into_inner().map_err(|e| CommitError::Write(e.into_error()))?;
     let (comp, diff_id, tar_size) = tar_hash.finish();
     let mut outer_w = comp.finish().map_err(CommitError::Write)?;

@@ -281,6 +281,81 @@ pub fn recorded_exit(store: &Store, name: &str) -> Option<i32> {
     std::fs::read_to_string(exit_path(store, name)).ok()?.trim().parse().ok()
 }
 
+/// Where the mount points strata made in a container's tree are listed (see
+/// [`add_placeholders`]).
+fn placeholders_path(store: &Store, name: &str) -> PathBuf {
+    dir(store, name).join("placeholders")
+}
+
+/// Record `paths` (relative to the container's root) as mount points strata created as empty
+/// files (for `/etc/hosts` and the like): a commit leaves them out while they are still empty.
+pub fn add_placeholders(store: &Store, name: &str, paths: &[PathBuf]) -> Result<()> {
+    let mut all = placeholders(store, name);
+    for p in paths {
+        if !all.contains(p) {
+            all.push(p.clone());
+        }
+    }
+    let text: String = all.iter().map(|p| format!("{}\n", p.display())).collect();
+    let path = placeholders_path(store, name);
+    crate::fsutil::atomic_write(&path, 0o600, |w| w.write_all(text.as_bytes())).at(&path)?;
+    Ok(())
+}
+
+/// The mount points strata created in container `name`'s tree (relative paths).
+pub fn placeholders(store: &Store, name: &str) -> Vec<PathBuf> {
+    let text = fs::read_to_string(placeholders_path(store, name)).unwrap_or_default();
+    text.lines()
+        .map(PathBuf::from)
+        .filter(|p| p.is_relative() && !p.components().any(|c| c == std::path::Component::ParentDir))
+        .collect()
+}
+
+/// Remove, through the container's mount at `rootfs`, the placeholders strata made that are
+/// still empty regular files (once its process has ended: the tree is then as the image and the
+/// container's own changes make it), and forget them. Best effort: what fails is logged.
+pub fn clear_placeholders(store: &Store, name: &str, rootfs: &std::path::Path) {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let list = placeholders(store, name);
+    if list.is_empty() {
+        return;
+    }
+    for rel in &list {
+        let (Some(parent), Some(file)) = (rel.parent(), rel.file_name()) else { continue };
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dir = match rustix::fs::open(rootfs, dir_flags, Mode::empty()) {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        let mut ok = true;
+        for c in parent.components() {
+            match rustix::fs::openat(&dir, c.as_os_str(), dir_flags, Mode::empty()) {
+                Ok(d) => dir = d,
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let empty_file = rustix::fs::statat(&dir, file, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0);
+        if empty_file {
+            if let Err(e) = rustix::fs::unlinkat(&dir, file, AtFlags::empty()) {
+                tracing::debug!(container = name, path = %rel.display(), error = %e, "placeholder stays");
+            }
+        }
+    }
+    let path = placeholders_path(store, name);
+    if let Err(e) = fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::debug!(path = %path.display(), error = %e, "placeholder record stays");
+        }
+    }
+}
+
 /// How a container is running, if it is: a `strata run` holding its run lock, or a process runc
 /// knows (a `strata run` killed without its runc child leaves one). Call with the container
 /// lock held, so that nothing starts or stops a run meanwhile.
@@ -414,6 +489,11 @@ pub fn remove(store: &mut Store, name: &str, force: bool) -> Result<()> {
     // runc's state of a stopped container (a `run -d` that exited or was killed) and the cgroups
     // would otherwise outlive the container, its bundle gone.
     remove_runtime(store, name)?;
+    // Stopped: its network goes too (what fails is released by the next release_leaked, since a
+    // removed container is not live).
+    if let Err(e) = crate::network::detach(store, name) {
+        tracing::warn!(container = name, error = %crate::error::report(&e), "network not released yet");
+    }
     Snapshots::new(store).remove_container(name).map_err(|e| snapshot_err(name, e))?;
     drop(store.trash(&dir(store, name))?);
     Ok(())
@@ -600,6 +680,12 @@ pub struct Inspected {
     pub exit_code: Option<i32>,
     /// What runs it (`strata run, pid N`, or runc's id and status), while it runs.
     pub process: Option<String>,
+    /// The network it is attached to, while it is.
+    pub network: Option<String>,
+    /// Its address there.
+    pub ip_address: Option<std::net::Ipv4Addr>,
+    /// The ports it publishes (host ports as chosen), while attached.
+    pub ports: Vec<crate::network::ports::PortMapping>,
 }
 
 /// Everything about a container, for `container inspect`.
@@ -626,6 +712,7 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
     };
     let layers = store.container_layers(name)?;
     let writable = |d: PathBuf| (!c.read_only).then_some(d);
+    let attachment = crate::network::attachment(store, name).ok().flatten();
     Ok(Inspected {
         digest: c.manifest_digest.clone(),
         image_id: c.config_digest.clone(),
@@ -642,6 +729,9 @@ pub fn inspect(store: &Store, name: &str) -> Result<Inspected> {
         status,
         exit_code,
         process,
+        network: attachment.as_ref().map(|a| a.network.clone()),
+        ip_address: attachment.as_ref().and_then(|a| a.address()),
+        ports: attachment.map(|a| a.ports).unwrap_or_default(),
         name: c.name,
         image: c.image,
     })

@@ -24,6 +24,7 @@ mod lifecycle_signals;
 mod listing;
 mod long_paths;
 mod network;
+mod network_run;
 mod podman;
 mod races;
 mod registry;
