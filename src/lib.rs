@@ -29,6 +29,7 @@
 //! - [`network`]: container networking through the CNI plugins (bridge, host-local, portmap),
 //!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets.
 
+pub mod build;
 pub mod cgroup;
 pub mod commit;
 pub mod compression;
