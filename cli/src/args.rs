@@ -13,6 +13,8 @@ use crate::system::SystemCmd;
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Build an image from a Containerfile: each step a snapshot, unchanged steps cached.
+    Build(crate::build::BuildArgs),
     /// Images: import, list, inspect, remove.
     #[command(subcommand)]
     Image(ImageCmd),
