@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod build;
 mod commit;
 mod container;
 mod containerd_ctr;
