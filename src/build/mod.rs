@@ -165,7 +165,7 @@ pub enum StepError {
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
-    Bundle(#[from] crate::bundle::BundleError),
+    Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Commit(#[from] crate::commit::CommitError),
     #[error(transparent)]
@@ -194,7 +194,7 @@ impl StepError {
             StepError::Context(e) => e.kind(),
             StepError::Pull(..) => ErrorKind::NotFound,
             StepError::Container(e) => e.kind(),
-            StepError::Bundle(e) => e.kind(),
+            StepError::Runtime(e) => e.kind(),
             StepError::Commit(e) => e.kind(),
             StepError::Publish(e) => e.kind(),
             StepError::Store(e) => e.kind(),

@@ -494,7 +494,7 @@ impl<'a> Builder<'a> {
                 Work::Copy { sources, dest, dir_dest, chown, chmod } => {
                     let (uid, gid) = match chown {
                         Some(c) => {
-                            let (u, g, _) = crate::bundle::resolve_user(&rootfs, c)?;
+                            let (u, g, _) = crate::runtime::spec::resolve_user(&rootfs, c)?;
                             // `--chown=UID` alone: the group is UID too (buildah).
                             if c.chars().all(|ch| ch.is_ascii_digit()) {
                                 (u, u)
@@ -573,20 +573,16 @@ impl<'a> Builder<'a> {
             })
             .cloned()
             .collect();
-        let spec_in = crate::bundle::RunSpec {
-            args: args.to_vec(),
+        let overrides = crate::runtime::ProcessOverrides { args: args.to_vec(), env, ..Default::default() };
+        let settings = crate::runtime::SpecSettings {
             hostname: cname.chars().take(63).collect(),
-            terminal: false,
-            env,
-            workdir: None,
-            user: None,
             volumes: vec![],
             cgroups_path: Some(container::cgroups_path(self.store, cname)),
         };
-        let spec = crate::bundle::build_spec(&cfg, rootfs, &spec_in)?;
-        crate::bundle::check_command(&spec)?;
+        let spec = crate::runtime::spec::build_spec(&cfg, rootfs, &overrides, &settings)?;
+        crate::runtime::spec::check_command(&spec)?;
         let bundle_dir = container::dir(self.store, cname).join("bundle");
-        crate::bundle::write_bundle(&bundle_dir, &spec)?;
+        crate::runtime::spec::write_bundle(&bundle_dir, &spec)?;
         let state = container::runc_state_dir(self.store);
         let id = container::runc_id(self.store, cname);
         let mut trap = crate::signals::Trap::install().map_err(StepError::Signals)?;
