@@ -361,6 +361,9 @@ impl ProcessArgs {
 /// How `image ls` (and its short form `images`) prints.
 #[derive(clap::Args)]
 pub struct ImageListArgs {
+    /// Also `strata build`'s cached steps (intermediate images, as `podman images -a`).
+    #[arg(short, long)]
+    pub all: bool,
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// Only the image IDs, once each.

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use strata::build::{BuildEvent, BuildOptions};
 
-/// `strata build [-f FILE] [-t NAME]... [--build-arg K=V]... [--target STAGE] [--no-cache] CONTEXT`
+/// `strata build [-f FILE] [-t NAME]... [--build-arg K=V]... [--target STAGE] [--no-cache]
+/// [--layers=BOOL] [--compress=BOOL] CONTEXT`
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  strata build -t app .\n  \
 strata build -f Containerfile.dev --build-arg VERSION=1.2 --target test -t app:test ./src\n  \
@@ -29,9 +30,13 @@ pub struct BuildArgs {
     /// Run every step, none from the cache.
     #[arg(long)]
     no_cache: bool,
-    /// Keep each step as a cached image (always on: every step is a snapshot).
+    /// Keep each step as a cached layer (default); `--layers=false` runs each stage's steps in
+    /// one container and commits its changes as one layer, without the cache.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     layers: bool,
+    /// Compress the new layers (gzip, default); `--compress=false` stores them as plain tars.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    compress: bool,
     /// Print only the image id.
     #[arg(short, long)]
     quiet: bool,
@@ -72,6 +77,8 @@ pub fn command(root: &Path, a: BuildArgs) -> Result<ExitCode> {
         build_args,
         target: a.target,
         no_cache: a.no_cache,
+        squash: !a.layers,
+        compress: a.compress,
         progress,
     };
     let mut store = crate::open_store(root)?;

@@ -231,6 +231,12 @@ impl Context {
         Ok(Context { root, ignore })
     }
 
+    /// A tree that is no build context (an image's mounted view, a download): no ignore file.
+    pub fn tree(root: &Path) -> Result<Context, ContextError> {
+        let root = fs::canonicalize(root).map_err(io_err(root))?;
+        Ok(Context { root, ignore: Ignore::default() })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

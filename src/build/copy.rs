@@ -4,7 +4,7 @@
 //! process in the container, never on the host.
 //!
 //! What is copied keeps its type, mode, times, xattrs and hardlinks among the sources; owners
-//! are `--chown`'s (or 0:0, as docker and buildah do for context files); `--chmod` replaces the
+//! are `--chown`'s (or 0:0, as docker and buildah do for context files; a `--from` source's own); `--chmod` replaces the
 //! permission bits. Directories made on the way to the destination are root's, mode 0755.
 
 use std::collections::HashMap;
@@ -21,8 +21,8 @@ use crate::overlay_format::{list_xattrs, XattrsOf};
 /// Who owns what a COPY writes, and its mode.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Attrs {
-    pub uid: u32,
-    pub gid: u32,
+    /// uid and gid of every entry written; the source's own when `None` (`COPY --from`).
+    pub owner: Option<(u32, u32)>,
     /// `--chmod`: permission bits for every entry written.
     pub chmod: Option<u32>,
 }
@@ -83,7 +83,7 @@ impl Target {
                         Err(e) => return Err(err(&cur)(e)),
                     }
                     let new = self.resolve(&cur, OFlags::DIRECTORY | OFlags::RDONLY).map_err(err(&cur))?;
-                    let (uid, gid) = attrs.map(|a| (a.uid, a.gid)).unwrap_or((0, 0));
+                    let (uid, gid) = attrs.and_then(|a| a.owner).unwrap_or((0, 0));
                     fchown(new.as_fd(), uid, gid).map_err(err(&cur))?;
                     new
                 }
@@ -124,6 +124,7 @@ impl Target {
             rustix::fs::unlinkat(dir, name, flags).map_err(&e)?;
         }
         let mode = attrs.chmod.unwrap_or(m.mode() & 0o7777);
+        let (owner_uid, owner_gid) = attrs.owner.unwrap_or((m.uid(), m.gid()));
         if m.nlink() > 1 && !ft.is_dir() {
             if let Some(first) = self.links.get(&(m.dev(), m.ino())) {
                 let from = self
@@ -151,15 +152,15 @@ impl Target {
             for n in names {
                 self.copy_at(fd.as_fd(), Path::new(&n), &src.join(&n), &dst.join(&n), attrs)?;
             }
-            finish(fd.as_fd(), src, &m, attrs, mode).map_err(&e)?;
+            finish(fd.as_fd(), src, &m, (owner_uid, owner_gid), mode).map_err(&e)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(src)?;
             rustix::fs::symlinkat(&target, dir, name).map_err(&e)?;
             rustix::fs::chownat(
                 dir,
                 name,
-                Some(uid(attrs.uid)),
-                Some(gid(attrs.gid)),
+                Some(uid(owner_uid)),
+                Some(gid(owner_gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
             .map_err(&e)?;
@@ -176,7 +177,7 @@ impl Target {
             let mut out = fs::File::from(fd);
             let mut input = fs::File::open(src)?;
             io::copy(&mut input, &mut out)?;
-            finish(out.as_fd(), src, &m, attrs, mode).map_err(&e)?;
+            finish(out.as_fd(), src, &m, (owner_uid, owner_gid), mode).map_err(&e)?;
         } else {
             let kind = if ft.is_char_device() {
                 rustix::fs::FileType::CharacterDevice
@@ -191,8 +192,8 @@ impl Target {
             rustix::fs::chownat(
                 dir,
                 name,
-                Some(uid(attrs.uid)),
-                Some(gid(attrs.gid)),
+                Some(uid(owner_uid)),
+                Some(gid(owner_gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
             .map_err(&e)?;
@@ -226,10 +227,10 @@ fn finish(
     fd: BorrowedFd<'_>,
     src: &Path,
     m: &fs::Metadata,
-    attrs: Attrs,
+    (u, g): (u32, u32),
     mode: u32,
 ) -> rustix::io::Result<()> {
-    fchown(fd, attrs.uid, attrs.gid)?;
+    fchown(fd, u, g)?;
     if let Ok(sfd) = rustix::fs::open(src, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
         if let Ok(xs) = list_xattrs(XattrsOf::OPath(sfd.as_fd())) {
             for (k, v) in xs {

@@ -22,6 +22,7 @@
 pub mod context;
 mod copy;
 pub mod expand;
+mod layer;
 pub mod parse;
 mod step;
 
@@ -38,8 +39,8 @@ use crate::store::Store;
 use context::{Context, ContextError};
 use parse::{Instruction, Keyword, ParseError, Problem};
 
-/// Where the cached steps live (a repository of the store).
-pub const CACHE_REPO: &str = "localhost/strata-build-cache";
+/// Where the cached steps live (a repository of the store, out of `image ls`).
+pub use crate::images::BUILD_CACHE_REPO as CACHE_REPO;
 
 /// The PATH buildah gives an image whose base has none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -57,7 +58,6 @@ pub enum BuildEvent {
 pub type ProgressFn = Box<dyn Fn(&BuildEvent)>;
 
 /// Options of [`build`].
-#[derive(Default)]
 pub struct BuildOptions {
     /// `-f`: the Containerfile; `CONTEXT/Containerfile` or else `CONTEXT/Dockerfile`.
     pub file: Option<PathBuf>,
@@ -69,8 +69,29 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// `--no-cache`: run every step.
     pub no_cache: bool,
+    /// `--layers=false`: each stage's steps in one container, its changes one layer, no cache.
+    pub squash: bool,
+    /// `--compress` (default): layers are gzip blobs, as pushed; without it they are stored as
+    /// plain tars (no compression time; the image is a normal image with `tar` layers, and a
+    /// second build gives the same digests either way).
+    pub compress: bool,
     /// Told what the build is doing.
     pub progress: Option<ProgressFn>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            file: None,
+            tags: Vec::new(),
+            build_args: BTreeMap::new(),
+            target: None,
+            no_cache: false,
+            squash: false,
+            compress: true,
+            progress: None,
+        }
+    }
 }
 
 /// What [`build`] made.
@@ -176,6 +197,10 @@ pub enum StepError {
     Config(String),
     #[error("copying")]
     Copy(#[source] io::Error),
+    #[error("extracting {0}")]
+    Unpack(String, #[source] Box<crate::unpack::UnpackError>),
+    #[error("downloading {0}")]
+    Download(String, #[source] Box<crate::registry::RegistryError>),
     #[error("catching signals")]
     Signals(#[source] io::Error),
     /// A RUN's command failed (turned into [`BuildError::RunFailed`]).
@@ -199,6 +224,8 @@ impl StepError {
             StepError::Publish(e) => e.kind(),
             StepError::Store(e) => e.kind(),
             StepError::Copy(e) | StepError::Signals(e) => ErrorKind::of_io(e),
+            StepError::Unpack(..) => ErrorKind::InvalidArgument,
+            StepError::Download(_, e) => e.kind(),
             StepError::Status(_) => ErrorKind::FailedPrecondition,
         }
     }
@@ -288,12 +315,11 @@ pub fn build(store: &mut Store, ctx_dir: &Path, opts: &BuildOptions) -> Result<B
     let total: usize = stages.iter().map(|s| 1 + s.body.len()).sum();
 
     let mut b = step::Builder::new(store, &ctx, &cf, opts, global, total);
-    let mut done: Vec<(Option<String>, String)> = Vec::new();
     for def in stages {
-        let image = b.stage(def, &done)?;
-        done.push((def.name.clone(), image));
+        let image = b.stage(def)?;
+        b.done.push((def.name.clone(), image));
     }
-    let (_, image) = done.pop().unwrap_or_default();
+    let (_, image) = b.done.pop().unwrap_or_default();
     let (steps, cached) = (b.steps, b.cached);
     drop(b);
     let stored = store.image(&image)?.ok_or_else(|| BuildError::Read {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::context::Context;
+use super::layer::{From, Work, Working};
 use super::parse::{self, Args, Containerfile, Instruction, Keyword};
 use super::{
     cache_name, expand, lookup, BuildError, BuildEvent, BuildOptions, StageDef, StepError, DEFAULT_PATH,
@@ -15,22 +16,28 @@ use crate::store::Store;
 type StepResult<T> = Result<T, StepError>;
 
 /// A stage as it is built: the image its last step made and what later steps see.
-struct Stage {
+pub(super) struct Stage {
     /// The store name of the image so far.
-    image: String,
-    config: Value,
+    pub image: String,
+    pub config: Value,
     /// Declared ARGs with their values, in order.
     args: Vec<(String, String)>,
     shell: Vec<String>,
     /// Whether this stage set CMD itself (ENTRYPOINT then keeps it).
     cmd_set: bool,
+    /// `--layers=false`: the container the stage's steps work in, once one made a change.
+    working: Option<Working>,
+    /// `--layers=false`: the history entry of the stage's last layer step.
+    squash_last: Option<usize>,
 }
 
 pub(super) struct Builder<'a> {
-    store: &'a mut Store,
-    ctx: &'a Context,
+    pub store: &'a mut Store,
+    pub ctx: &'a Context,
     cf: &'a Containerfile,
-    opts: &'a BuildOptions,
+    pub opts: &'a BuildOptions,
+    /// The stages built so far: their names and their images' store names.
+    pub done: Vec<(Option<String>, String)>,
     global: Vec<(String, String)>,
     total: usize,
     n: usize,
@@ -57,7 +64,19 @@ impl<'a> Builder<'a> {
         global: Vec<(String, String)>,
         total: usize,
     ) -> Self {
-        Builder { store, ctx, cf, opts, global, total, n: 0, steps: 0, cached: 0, missed: opts.no_cache }
+        Builder {
+            store,
+            ctx,
+            cf,
+            opts,
+            done: Vec::new(),
+            global,
+            total,
+            n: 0,
+            steps: 0,
+            cached: 0,
+            missed: opts.no_cache || opts.squash,
+        }
     }
 
     fn emit(&self, e: BuildEvent) {
@@ -89,30 +108,52 @@ impl<'a> Builder<'a> {
     }
 
     /// Builds one stage; returns the store name of its image.
-    pub fn stage(
-        &mut self,
-        def: &StageDef<'_>,
-        done: &[(Option<String>, String)],
-    ) -> Result<String, BuildError> {
+    pub fn stage(&mut self, def: &StageDef<'_>) -> Result<String, BuildError> {
         self.n += 1;
         self.emit(BuildEvent::Step { n: self.n, total: self.total, text: def.from.text() });
-        let mut st = self.from(def.from, done).map_err(|e| self.fail(def.from, e))?;
+        let mut st = self.from(def.from).map_err(|e| self.fail(def.from, e))?;
+        let mut result = Ok(());
         for ins in def.body {
             self.n += 1;
             self.emit(BuildEvent::Step { n: self.n, total: self.total, text: ins.text() });
-            self.instruction(&mut st, ins).map_err(|e| self.fail(ins, e))?;
+            if let Err(e) = self.instruction(&mut st, ins) {
+                result = Err(self.fail(ins, e));
+                break;
+            }
         }
-        Ok(st.image)
+        if self.opts.squash {
+            if result.is_ok() {
+                let last = def.body.last().unwrap_or(def.from);
+                result = self.finish_squashed(&mut st, def).map_err(|e| self.fail(last, e));
+            } else if let Some(w) = st.working.take() {
+                self.drop_working(&w.cname);
+            }
+        }
+        result.map(|()| st.image)
     }
 
-    fn from(&mut self, ins: &Instruction, done: &[(Option<String>, String)]) -> StepResult<Stage> {
+    /// The store name of the image `--from=NAME` names: a stage built before (by name or
+    /// index), else an image (pulled when missing).
+    pub(super) fn source_image(&mut self, name: &str) -> StepResult<String> {
+        let lower = name.to_ascii_lowercase();
+        if let Some((_, img)) = self.done.iter().rev().find(|(n, _)| n.as_deref() == Some(lower.as_str())) {
+            return Ok(img.clone());
+        }
+        if let Some((_, img)) = name.parse::<usize>().ok().and_then(|i| self.done.get(i)) {
+            return Ok(img.clone());
+        }
+        self.pull_if_missing(name)?;
+        Ok(name.to_string())
+    }
+
+    fn from(&mut self, ins: &Instruction) -> StepResult<Stage> {
         let (image, _) = parse::from_parts(ins)?;
         let image = {
             let vars = lookup(&self.global);
             expand::word(&image, self.cf.escape, &vars)?
         };
         let earlier =
-            done.iter().rev().find(|(n, _)| n.as_deref() == Some(image.to_ascii_lowercase().as_str()));
+            self.done.iter().rev().find(|(n, _)| n.as_deref() == Some(image.to_ascii_lowercase().as_str()));
         let name = if let Some((_, img)) = earlier {
             img.clone()
         } else if image == "scratch" {
@@ -142,7 +183,15 @@ impl<'a> Builder<'a> {
             Some(s) => s.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
             None => vec!["/bin/sh".to_string(), "-c".to_string()],
         };
-        Ok(Stage { image: stored.name, config, args: Vec::new(), shell, cmd_set: false })
+        Ok(Stage {
+            image: stored.name,
+            config,
+            args: Vec::new(),
+            shell,
+            cmd_set: false,
+            working: None,
+            squash_last: None,
+        })
     }
 
     fn pull_if_missing(&mut self, image: &str) -> StepResult<()> {
@@ -375,6 +424,12 @@ impl<'a> Builder<'a> {
     }
 
     fn meta_step(&mut self, st: &mut Stage, ins: &Instruction, mut cfg: Value, text: &str) -> StepResult<()> {
+        if self.opts.squash {
+            self.steps += 1;
+            push_history(&mut cfg, &format!("/bin/sh -c #(nop) {}", ins.text()), true);
+            st.config = cfg;
+            return Ok(());
+        }
         let name = cache_name(&self.parent_key(st)?, text);
         if self.cache_hit(st, &name)? {
             return Ok(());
@@ -398,62 +453,165 @@ impl<'a> Builder<'a> {
                 let env: Vec<String> = st.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 (format!("{}\n{:?}\n{:?}", ins.text(), args, env), Work::Run { args, env })
             }
-            _ => {
-                if ins.flag("from").is_some() {
-                    return Err(StepError::Unsupported(format!("{} --from", ins.keyword)));
-                }
-                let mut words = Vec::new();
-                for w in parse::list(ins) {
-                    words.push(self.expand(st, &w)?);
-                }
-                let Some(dest) = words.pop() else {
-                    return Err(StepError::Syntax(parse::Problem::NoArguments(ins.keyword)));
-                };
-                if words.is_empty() {
-                    return Err(StepError::Syntax(parse::Problem::Syntax(format!(
-                        "{} needs a source and a destination",
-                        ins.keyword
-                    ))));
-                }
-                let mut sources = Vec::new();
-                for w in &words {
-                    if ins.keyword == Keyword::Add && (w.contains("://") || is_archive(w)) {
-                        return Err(StepError::Unsupported(format!("ADD of {w}")));
-                    }
-                    sources.extend(self.ctx.sources(w)?);
-                }
-                let digest = self.ctx.digest(&sources)?;
-                let chown = match ins.flag("chown") {
-                    Some(c) => Some(self.expand(st, c)?),
-                    None => None,
-                };
-                let chmod = match ins.flag("chmod") {
-                    Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
-                        StepError::Syntax(parse::Problem::Syntax(format!("--chmod={m}: not an octal mode")))
-                    })?),
-                    None => None,
-                };
-                let workdir = st.config["config"]["WorkingDir"].as_str().unwrap_or("/").to_string();
-                let dest_path = Path::new("/").join(workdir).join(&dest);
-                let key = format!(
-                    "{} {:?} {chown:?} {chmod:?} {}\n{digest}",
-                    ins.keyword,
-                    sources,
-                    dest_path.display()
-                );
-                let dir_dest = dest.ends_with('/') || sources.len() > 1;
-                (key, Work::Copy { sources, dest: dest_path, dir_dest, chown, chmod })
-            }
+            _ => self.copy_work(st, ins)?,
         };
-        let name = cache_name(&self.parent_key(st)?, &key);
-        if self.cache_hit(st, &name)? {
-            return Ok(());
-        }
         let created_by = match (&ins.keyword, &ins.args) {
             (Keyword::Run, Args::Shell(s)) => format!("{} {s}", st.shell.join(" ")),
             _ => format!("/bin/sh -c #(nop) {}", ins.text()),
         };
-        self.run_in_container(st, &name, &work, &created_by)
+        if self.opts.squash {
+            // One working container for the stage, committed at its end.
+            self.steps += 1;
+            let w = match st.working.take() {
+                Some(w) => w,
+                None => self.open_working(&st.image)?,
+            };
+            let done = self.apply(st, &w, &work);
+            st.working = Some(w);
+            done?;
+            push_history(&mut st.config, &created_by, true);
+            st.squash_last = history_len(&st.config).checked_sub(1);
+            return Ok(());
+        }
+        let name = cache_name(&self.parent_key(st)?, &key);
+        if self.cache_hit(st, &name)? {
+            return Ok(());
+        }
+        let w = self.open_working(&st.image)?;
+        if let Err(e) = self.apply(st, &w, &work) {
+            self.drop_working(&w.cname);
+            return Err(e);
+        }
+        let mut cfg = st.config.clone();
+        push_history(&mut cfg, &created_by, false);
+        self.commit_working(st, w, &name, cfg)
+    }
+
+    /// With `--layers=false`: the stage's working container committed as one layer (or its
+    /// config published alone when no step made a layer).
+    pub(super) fn finish_squashed(&mut self, st: &mut Stage, def: &StageDef<'_>) -> StepResult<()> {
+        let mut text = String::from("squashed");
+        for ins in def.body {
+            text.push('\n');
+            text.push_str(&ins.text());
+        }
+        let name = cache_name(&self.parent_key(st)?, &text);
+        let mut cfg = st.config.clone();
+        match st.working.take() {
+            Some(w) => {
+                if let Some(h) = st.squash_last.and_then(|i| cfg["history"].get_mut(i)) {
+                    if let Some(h) = h.as_object_mut() {
+                        h.remove("empty_layer");
+                    }
+                }
+                self.commit_working(st, w, &name, cfg)
+            }
+            None => {
+                let layers = self.store.image(&st.image)?.map(|i| i.layers).unwrap_or_default();
+                let bytes = serde_json::to_vec(&cfg).map_err(|e| StepError::Config(e.to_string()))?;
+                st.image = ImagePublish::new(&name, &bytes, layers).publish(self.store)?.name;
+                st.config = cfg;
+                Ok(())
+            }
+        }
+    }
+
+    /// COPY and ADD: their sources found (downloaded, for a URL) and their cache key.
+    fn copy_work(&mut self, st: &Stage, ins: &Instruction) -> StepResult<(String, Work)> {
+        let mut words = Vec::new();
+        for w in parse::list(ins) {
+            words.push(self.expand(st, &w)?);
+        }
+        let Some(dest) = words.pop() else {
+            return Err(StepError::Syntax(parse::Problem::NoArguments(ins.keyword)));
+        };
+        if words.is_empty() {
+            return Err(StepError::Syntax(parse::Problem::Syntax(format!(
+                "{} needs a source and a destination",
+                ins.keyword
+            ))));
+        }
+        let chown = match ins.flag("chown") {
+            Some(c) => Some(self.expand(st, c)?),
+            None => None,
+        };
+        let chmod = match ins.flag("chmod") {
+            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                StepError::Syntax(parse::Problem::Syntax(format!("--chmod={m}: not an octal mode")))
+            })?),
+            None => None,
+        };
+        let workdir = st.config["config"]["WorkingDir"].as_str().unwrap_or("/").to_string();
+        let dest_path = Path::new("/").join(workdir).join(&dest);
+        let dir_dest = dest.ends_with('/') || words.len() > 1;
+        let add = ins.keyword == Keyword::Add;
+        let (from, sources, digest) = if let Some(f) = ins.flag("from") {
+            let f = self.expand(st, f)?;
+            let image = self.source_image(&f)?;
+            let stored = self
+                .store
+                .image(&image)?
+                .ok_or_else(|| StepError::Config(format!("image {image} vanished")))?;
+            let sources: Vec<PathBuf> = words.iter().map(PathBuf::from).collect();
+            (From::Image(image), sources, format!("from {}", stored.config_digest))
+        } else if add && words.len() == 1 && is_url(&words[0]) {
+            let (staging, file, digest) = self.download(&words[0], &dest)?;
+            (From::Download(staging), vec![PathBuf::from(file)], digest)
+        } else {
+            if let Some(u) = words.iter().find(|w| is_url(w)) {
+                return Err(StepError::Unsupported(format!("ADD of {u} with other sources")));
+            }
+            let mut sources = Vec::new();
+            for w in &words {
+                sources.extend(self.ctx.sources(w)?);
+            }
+            let digest = self.ctx.digest(&sources)?;
+            (From::Context, sources, digest)
+        };
+        let key =
+            format!("{} {:?} {chown:?} {chmod:?} {}\n{digest}", ins.keyword, sources, dest_path.display());
+        let dir_dest = dir_dest || sources.len() > 1 && !matches!(from, From::Image(_));
+        Ok((key, Work::Copy { from, sources, dest: dest_path, dir_dest, chown, chmod, extract: add }))
+    }
+
+    /// `ADD URL DEST`: the file downloaded into a staging directory of the store, named as the
+    /// URL's last path segment (or DEST's, when DEST names a file), mode 0600 and its mtime the
+    /// server's Last-Modified, as docker does. Returns the staging, the file name, and the
+    /// sha256 of the content with the URL for the cache key.
+    fn download(&mut self, url: &str, dest: &str) -> StepResult<(crate::store::Staging, String, String)> {
+        use sha2::Digest as _;
+        use std::io::{Read, Write};
+        let staging = self.store.staging()?;
+        let from_url = url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().unwrap_or("");
+        let name = match (dest.ends_with('/'), from_url) {
+            (false, _) => Path::new(dest).file_name().map(|n| n.to_string_lossy().into_owned()),
+            (true, n) if !n.is_empty() && n != "." && n != ".." => Some(n.to_string()),
+            _ => None,
+        }
+        .unwrap_or_else(|| "download".to_string());
+        let path = staging.dir.join(&name);
+        let dl = crate::registry::client::download(url, &Default::default())
+            .map_err(|e| StepError::Download(url.to_string(), Box::new(e)))?;
+        let mut body = dl.body;
+        let mut f = std::fs::File::create(&path).map_err(StepError::Copy)?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = body.read(&mut buf).map_err(StepError::Copy)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n]).map_err(StepError::Copy)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(StepError::Copy)?;
+        if let Some(t) = dl.last_modified.and_then(|s| u64::try_from(s).ok()) {
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+                .map_err(StepError::Copy)?;
+        }
+        let digest = format!("url {url} {} {:?}", hex::encode(h.finalize()), dl.last_modified);
+        Ok((staging, name, digest))
     }
 
     /// A shell-form RUN's command: its heredoc as the script when that is all it is, else the
@@ -476,143 +634,20 @@ impl<'a> Builder<'a> {
         };
         st.shell.iter().cloned().chain([script]).collect()
     }
-
-    fn run_in_container(
-        &mut self,
-        st: &mut Stage,
-        name: &str,
-        work: &Work,
-        created_by: &str,
-    ) -> StepResult<()> {
-        use crate::container;
-        let cname = format!("build-{}", hex::encode(crate::fsutil::random_bytes::<6>()));
-        let row = container::create(self.store, &st.image, &cname, &container::CreateOptions::default())?;
-        let result = (|| -> StepResult<crate::commit::Committed> {
-            let rootfs = container::mount(self.store, &cname, None, container::Backend::Kernel)?;
-            match work {
-                Work::Run { args, env } => self.run(st, &cname, &rootfs, args, env)?,
-                Work::Copy { sources, dest, dir_dest, chown, chmod } => {
-                    let (uid, gid) = match chown {
-                        Some(c) => {
-                            let (u, g, _) = crate::runtime::spec::resolve_user(&rootfs, c)?;
-                            // `--chown=UID` alone: the group is UID too (buildah).
-                            if c.chars().all(|ch| ch.is_ascii_digit()) {
-                                (u, u)
-                            } else {
-                                (u, g)
-                            }
-                        }
-                        None => (0, 0),
-                    };
-                    let attrs = super::copy::Attrs { uid, gid, chmod: *chmod };
-                    let mut t = super::copy::Target::open(&rootfs).map_err(StepError::Copy)?;
-                    let dir_dest = *dir_dest || t.is_dir(dest);
-                    for rel in sources {
-                        let host = self.ctx.root().join(rel);
-                        let is_dir = std::fs::symlink_metadata(&host).map(|m| m.is_dir()).unwrap_or(false);
-                        if is_dir {
-                            t.mkdir_all(dest, None).map_err(StepError::Copy)?;
-                            for child in self.ctx.walk(rel)?.into_iter().skip(1) {
-                                if child.parent() != Some(rel.as_path()) {
-                                    continue;
-                                }
-                                let target = dest.join(child.file_name().unwrap_or_default());
-                                t.copy(&self.ctx.root().join(&child), &target, attrs)
-                                    .map_err(StepError::Copy)?;
-                            }
-                        } else {
-                            let target = if dir_dest {
-                                dest.join(rel.file_name().unwrap_or_default())
-                            } else {
-                                dest.clone()
-                            };
-                            t.copy(&host, &target, attrs).map_err(StepError::Copy)?;
-                        }
-                    }
-                }
-            }
-            container::release(self.store, &cname)?;
-            let parent = crate::commit::Parent {
-                name: st.image.clone(),
-                config_digest: row.config_digest.clone(),
-                layers: self.store.container_layers(&cname)?,
-            };
-            let upper = container::paths(self.store, &row).upper;
-            Ok(crate::commit::commit(self.store, &upper, &parent, name, &Default::default())?)
-        })();
-        let removed = container::remove(self.store, &cname, true);
-        let committed = result?;
-        removed?;
-        // The config as the build sees it, over the committed layers.
-        let img =
-            self.store.image(name)?.ok_or_else(|| StepError::Config(format!("image {name} vanished")))?;
-        let mut cfg = st.config.clone();
-        cfg["rootfs"] = json!({ "type": "layers", "diff_ids": img.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>() });
-        push_history(&mut cfg, created_by, false);
-        let bytes = serde_json::to_vec(&cfg).map_err(|e| StepError::Config(e.to_string()))?;
-        let p = ImagePublish::new(name, &bytes, img.layers).publish(self.store)?;
-        tracing::debug!(image = %p.name, layer = %committed.layer.diff_id, "step committed");
-        st.image = p.name;
-        st.config = cfg;
-        Ok(())
-    }
-
-    fn run(&self, st: &Stage, cname: &str, rootfs: &Path, args: &[String], env: &[String]) -> StepResult<()> {
-        use crate::container;
-        let mut cfg = st.config.clone();
-        let c = config_mut(&mut cfg);
-        c.insert("Entrypoint".into(), Value::Null);
-        c.insert("Cmd".into(), Value::Null);
-        // ARGs are in RUN's environment, under the stage's ENV.
-        let image_env = env_list(&st.config);
-        let env: Vec<String> = env
-            .iter()
-            .filter(|e| {
-                let k = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
-                !image_env.iter().any(|i| i.split_once('=').map_or(i.as_str(), |(n, _)| n) == k)
-            })
-            .cloned()
-            .collect();
-        let overrides = crate::runtime::ProcessOverrides { args: args.to_vec(), env, ..Default::default() };
-        let settings = crate::runtime::SpecSettings {
-            hostname: cname.chars().take(63).collect(),
-            volumes: vec![],
-            cgroups_path: Some(container::cgroups_path(self.store, cname)),
-        };
-        let spec = crate::runtime::spec::build_spec(&cfg, rootfs, &overrides, &settings)?;
-        crate::runtime::spec::check_command(&spec)?;
-        let bundle_dir = container::dir(self.store, cname).join("bundle");
-        crate::runtime::spec::write_bundle(&bundle_dir, &spec)?;
-        let state = container::runc_state_dir(self.store);
-        let id = container::runc_id(self.store, cname);
-        let mut trap = crate::signals::Trap::install().map_err(StepError::Signals)?;
-        let fg = crate::foreground::Foreground {
-            stdin: false,
-            terminal: false,
-            trap: &mut trap,
-            stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
-        };
-        let code = crate::foreground::run(&state, &bundle_dir, &id, fg)?;
-        if code != 0 {
-            return Err(StepError::Status(code));
-        }
-        Ok(())
-    }
-}
-
-enum Work {
-    Run { args: Vec<String>, env: Vec<String> },
-    Copy { sources: Vec<PathBuf>, dest: PathBuf, dir_dest: bool, chown: Option<String>, chmod: Option<u32> },
 }
 
 fn unreachable_from() {}
 
-fn is_archive(w: &str) -> bool {
-    [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.zst"].iter().any(|s| w.ends_with(s))
+fn is_url(w: &str) -> bool {
+    w.starts_with("http://") || w.starts_with("https://")
+}
+
+fn history_len(cfg: &Value) -> usize {
+    cfg["history"].as_array().map_or(0, Vec::len)
 }
 
 /// The config's `config` object, made when missing.
-fn config_mut(cfg: &mut Value) -> &mut Map<String, Value> {
+pub(super) fn config_mut(cfg: &mut Value) -> &mut Map<String, Value> {
     if !cfg.is_object() {
         *cfg = json!({});
     }
@@ -623,7 +658,7 @@ fn config_mut(cfg: &mut Value) -> &mut Map<String, Value> {
     c.as_object_mut().expect("made an object above")
 }
 
-fn env_list(cfg: &Value) -> Vec<String> {
+pub(super) fn env_list(cfg: &Value) -> Vec<String> {
     cfg["config"]["Env"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())

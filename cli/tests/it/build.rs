@@ -21,7 +21,7 @@ fn build(root: &Root, ctx: &Path, extra: &[&str]) -> String {
 }
 
 fn cache_images(root: &Root) -> usize {
-    root.ok(&["images"]).lines().filter(|l| l.contains("strata-build-cache")).count()
+    root.ok(&["images", "-a"]).lines().filter(|l| l.contains("strata-build-cache")).count()
 }
 
 /// The cache: a second build makes nothing; a changed COPY source rebuilds from its step on;
@@ -45,6 +45,10 @@ fn cache_and_failures() {
     let id1 = build(&root, ctx, &["-t", "out"]);
     assert!(id1.starts_with("sha256:"), "{id1}");
     let made = cache_images(&root);
+    assert!(made >= 5, "{made} cached steps");
+    // Cached steps are intermediate images: out of the default listing, shown with -a.
+    let listed = root.ok(&["images"]);
+    assert!(!listed.contains("strata-build-cache") && listed.contains("out"), "{listed}");
     let out =
         root.ok(&["run", "--rm", "out", "--", "sh", "-c", "cat /x /a /b; test -e /bin/ls || echo gone"]);
     assert_eq!(out, "1\nabgone\n");
@@ -69,6 +73,10 @@ fn cache_and_failures() {
     let id4 = build(&root, ctx, &["--no-cache"]);
     assert_ne!(id4, id2);
     assert!(cache_images(&root) >= before, "steps replaced under their keys");
+    // image prune removes the cache (as podman's removes intermediate images), not named images.
+    root.ok(&["image", "prune"]);
+    assert_eq!(cache_images(&root), 0);
+    assert_eq!(root.ok(&["run", "--rm", "v2", "--", "cat", "/x"]), "2\n");
     // A failing RUN: its status, its line.
     fs::write(ctx.join("Containerfile"), "FROM busybox\n\nRUN exit 3\n").unwrap();
     let out = root.cmd(&["build", &ctx.to_string_lossy()]);
