@@ -140,11 +140,7 @@ impl Builder<'_> {
             Work::Run { args, env } => self.run(st, w, args, env),
             Work::Copy { from, sources, dest, dir_dest, chown, chmod, extract } => {
                 let owner = match chown {
-                    Some(c) => {
-                        let (u, g, _) = crate::runtime::spec::resolve_user(&w.rootfs, c)?;
-                        // `--chown=UID` alone: the group is UID too (buildah).
-                        Some(if c.chars().all(|ch| ch.is_ascii_digit()) { (u, u) } else { (u, g) })
-                    }
+                    Some(c) => Some(owner_of(&w.rootfs, c)?),
                     // COPY --from keeps the source's owners (buildah); the context's are root's.
                     None if matches!(from, From::Image(_)) => None,
                     None => Some((0, 0)),
@@ -198,7 +194,8 @@ impl Builder<'_> {
             let host = ctx.root().join(rel);
             let meta = std::fs::symlink_metadata(&host).map_err(StepError::Copy)?;
             if meta.is_dir() {
-                t.mkdir_all(dest, None).map_err(StepError::Copy)?;
+                // The destination, when made, is `--chown`'s (buildah), else root's.
+                t.mkdir_all(dest, Some(attrs)).map_err(StepError::Copy)?;
                 for child in ctx.walk(rel)?.into_iter().skip(1) {
                     if child.parent() != Some(rel.as_path()) {
                         continue;
@@ -256,12 +253,7 @@ impl Builder<'_> {
             let t = Target::open(&w.rootfs).map_err(StepError::Copy)?;
             if !t.is_dir(Path::new(wd)) {
                 let user = st.config["config"]["User"].as_str().unwrap_or("");
-                let owner = if user.is_empty() {
-                    (0, 0)
-                } else {
-                    let (u, g, _) = crate::runtime::spec::resolve_user(&w.rootfs, user)?;
-                    (u, g)
-                };
+                let owner = if user.is_empty() { (0, 0) } else { owner_of(&w.rootfs, user)? };
                 t.mkdir_all(Path::new(wd), Some(Attrs { owner: Some(owner), chmod: None }))
                     .map_err(StepError::Copy)?;
             }
@@ -301,6 +293,13 @@ impl Builder<'_> {
         }
         Ok(())
     }
+}
+
+/// The uid and gid `USER`/`--chown` names, resolved in the tree; a uid alone (a number) gives
+/// the gid the same number, as buildah does.
+fn owner_of(rootfs: &Path, spec: &str) -> StepResult<(u32, u32)> {
+    let (u, g, _) = crate::runtime::spec::resolve_user(rootfs, spec)?;
+    Ok(if spec.chars().all(|ch| ch.is_ascii_digit()) { (u, u) } else { (u, g) })
 }
 
 /// Whether `path` holds a tar archive, plain or compressed (by its content, as docker's ADD

@@ -244,8 +244,9 @@ impl<'a> Builder<'a> {
                     st.args.retain(|(k, _)| *k != n);
                     st.args.push((n, value.unwrap_or_default()));
                 }
-                self.steps += 1;
-                return Ok(());
+                // A history entry as buildah writes one; the values are in the cache key.
+                let text = format!("{}\n{:?}", ins.text(), st.args);
+                return self.meta_step(st, ins, cfg, &text);
             }
             Keyword::Env => {
                 let pairs = parse::name_values(ins, esc)?;

@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod build;
+mod build_parity;
 mod commit;
 mod container;
 mod containerd_ctr;
