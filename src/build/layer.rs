@@ -59,10 +59,42 @@ pub(super) struct Working {
     parent_layers: Vec<ImageLayerRow>,
 }
 
+/// A build container's name: `PREFIX-<pid>-<random>`, so a later build can tell those of a
+/// build that was killed (its process gone) from those of one still running.
+fn container_name(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), hex::encode(crate::fsutil::random_bytes::<4>()))
+}
+
+/// Removes the containers (and their runc containers, mounts and snapshots) of builds whose
+/// process is gone: a build killed with SIGKILL leaves its working container behind; its
+/// cached steps were each published whole, so nothing else of it stays.
+pub(super) fn remove_stale(store: &mut crate::store::Store) -> Result<(), crate::store::StoreError> {
+    for row in container::rows(store)? {
+        let pid = row
+            .name
+            .strip_prefix("build-from-")
+            .or_else(|| row.name.strip_prefix("build-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        let Some(pid) = pid else { continue };
+        let alive = pid == std::process::id() as i32
+            || rustix::process::Pid::from_raw(pid)
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        if alive {
+            continue;
+        }
+        tracing::info!(container = %row.name, "removing the container of a build that was killed");
+        if let Err(e) = container::remove(store, &row.name, true) {
+            tracing::warn!(container = %row.name, error = %crate::error::report(&e), "removing a killed build's container");
+        }
+    }
+    Ok(())
+}
+
 impl Builder<'_> {
     /// A working container over `image`, mounted.
     pub(super) fn open_working(&mut self, image: &str) -> StepResult<Working> {
-        let cname = format!("build-{}", hex::encode(crate::fsutil::random_bytes::<6>()));
+        let cname = container_name("build");
         // Volatile: what it writes is committed from its upper dir, never kept as it is.
         let opts = container::CreateOptions { read_only: false, volatile: true };
         let row = container::create(self.store, image, &cname, &opts)?;
@@ -153,7 +185,7 @@ impl Builder<'_> {
                         self.copy_from(&ctx, w, sources, dest, *dir_dest, attrs, false)
                     }
                     From::Image(image) => {
-                        let view = format!("build-from-{}", hex::encode(crate::fsutil::random_bytes::<6>()));
+                        let view = container_name("build-from");
                         let opts = container::CreateOptions { read_only: true, volatile: false };
                         container::create(self.store, image, &view, &opts)?;
                         let done = (|| -> StepResult<()> {

@@ -314,6 +314,7 @@ pub fn build(store: &mut Store, ctx_dir: &Path, opts: &BuildOptions) -> Result<B
     let stages = &stages[..=last];
     let total: usize = stages.iter().map(|s| 1 + s.body.len()).sum();
 
+    layer::remove_stale(store)?;
     let mut b = step::Builder::new(store, &ctx, &cf, opts, global, total);
     for def in stages {
         let image = b.stage(def)?;

@@ -84,3 +84,50 @@ fn cache_and_failures() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Containerfile:3") && err.contains("step 2/2"), "{err}");
 }
+
+/// A build killed with SIGKILL in the middle of a RUN leaves its complete cached steps and
+/// nothing else: the next build removes the killed one's container (its runc container, mount
+/// and snapshot), reuses the steps before the RUN and succeeds.
+#[test]
+fn killed_build_leaves_only_complete_steps() {
+    if !privileged("build killed_build_leaves_only_complete_steps") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(ctx.join("a.txt"), "a").unwrap();
+    fs::write(
+        ctx.join("Containerfile"),
+        "FROM busybox\nARG S=0\nCOPY a.txt /a\nRUN sleep $S; echo done > /r\n",
+    )
+    .unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--root", &root.path().to_string_lossy(), "build", "-q", "--build-arg", "S=60", &c])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let in_run = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !runc_list(root.path()).is_empty()
+    });
+    assert!(in_run, "the RUN never started");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let cached = cache_images(&root);
+    assert!(cached >= 2, "ARG and COPY were cached before the RUN: {cached}");
+
+    let out = root.ok(&["build", "-q", "-t", "after", &c]);
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+    assert_eq!(root.ok(&["run", "--rm", "after", "--", "cat", "/a", "/r"]), "adone\n");
+    let ps = root.ok(&["ps", "-a"]);
+    assert_eq!(ps.lines().count(), 1, "no container left:\n{ps}");
+    assert!(runc_list(root.path()).is_empty(), "no runc container left");
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let r = root.path().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&r), "a mount under the root is left: {mounts}");
+}
