@@ -23,8 +23,10 @@ mkdir -p "$small" "$large"
 printf 'FROM base\nRUN cp -a /usr/lib /opt/lib\nENV LARGE=1\n' >"$large/Containerfile"
 
 storage=(--storage-driver overlay)
-b_run() { buildah --root "$1/root" --runroot "$1/run" "${storage[@]}" "${@:2}"; }
-p_run() { podman --root "$1/root" --runroot "$1/run" "${storage[@]}" --cgroup-manager cgroupfs --events-backend none "${@:2}"; }
+# containers/storage wants a run root of at most 50 characters: one short one per store, in /run.
+runroot() { local h; h=$(echo "$1" | sha256sum | cut -c1-12); mkdir -p "/run/sb-$h"; echo "/run/sb-$h"; }
+b_run() { buildah --root "$1/root" --runroot "$(runroot "$1")" "${storage[@]}" "${@:2}"; }
+p_run() { podman --root "$1/root" --runroot "$(runroot "$1")" "${storage[@]}" --cgroup-manager cgroupfs --events-backend none "${@:2}"; }
 
 # Loads the base into a fresh store for TOOL in DIR.
 load() { # TOOL DIR
@@ -43,7 +45,7 @@ build() { # TOOL DIR CTX
 }
 clean() { # DIR
     for m in $(awk -v d="$1" '$2 ~ "^"d {print $2}' /proc/mounts | sort -r); do umount -l "$m" || true; done
-    rm -rf "$1"
+    rm -rf "$1" "$(runroot "$1")"
 }
 now() { date +%s.%N; }
 
