@@ -23,7 +23,8 @@ pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-sta
       hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev
       docker-registry apache2-utils openssl
       containerd golang-go golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
-      containernetworking-plugins iptables iproute2 util-linux)
+      containernetworking-plugins iptables iproute2 util-linux buildah)
+# buildah: `strata build`'s parity tests build the same Containerfiles with `buildah bud`.
 # containernetworking-plugins, iptables, iproute2: container networking (src/network/) runs the
 # CNI plugins bridge, host-local, portmap, loopback and firewall, which call iptables; its tests
 # use ip and nsenter (util-linux).

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 /// (`runtime`, the signal trap, the foreground run, the monitor of detached runs, `run`, the
 /// lifecycle verbs), and the helpers they use.
 const STACK: &[&str] = &[
+    "build",
     "run",
     "lifecycle",
     "monitor",

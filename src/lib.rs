@@ -34,6 +34,7 @@
 //!   [`netsetup`]: a container's network options, kept with it, and what `run` and `start` do
 //!   with them (attach before runc, the files bind-mounted, the spec's namespace and hostname).
 
+pub mod build;
 pub mod cgroup;
 pub mod commit;
 pub mod compression;

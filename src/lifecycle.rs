@@ -442,6 +442,8 @@ pub struct Pruned {
     pub failed: Vec<(String, String)>,
     pub blobs: usize,
     pub layers: usize,
+    /// Cached `strata build` steps removed ([`crate::images::prune_build_cache`]).
+    pub build_cache: usize,
 }
 
 /// `gc` (and `image prune`): remove every blob and layer no image references
@@ -491,6 +493,7 @@ pub fn system_prune(store: &mut Store) -> Result<Pruned> {
             Err(e) => out.failed.push((name, crate::error::report(&e))),
         }
     }
+    out.build_cache = crate::images::prune_build_cache(store).map_err(LifecycleError::Gc)?.len();
     let (blobs, layers) = gc(store).map_err(LifecycleError::Gc)?;
     out.blobs = blobs.len();
     out.layers = layers.len();

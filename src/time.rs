@@ -81,6 +81,20 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
 }
 
+/// Unix seconds of an HTTP date in its one current form (RFC 9110's IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`), as `Last-Modified` carries it. `None` otherwise.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let mut w = s.split_whitespace();
+    let (_day, d, mon, y, hms, gmt) = (w.next()?, w.next()?, w.next()?, w.next()?, w.next()?, w.next()?);
+    if gmt != "GMT" || w.next().is_some() || d.len() != 2 || y.len() != 4 || hms.len() != 8 {
+        return None;
+    }
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let m = MONTHS.iter().position(|x| *x == mon)? + 1;
+    parse_rfc3339(&format!("{y}-{m:02}-{d}T{hms}Z"))
+}
+
 /// How long ago `secs` was, as docker says it ("2 hours ago", "About a minute ago").
 pub fn ago(secs: i64, now: i64) -> String {
     let d = (now - secs).max(0);
@@ -103,6 +117,16 @@ pub fn ago(secs: i64, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(parse_http_date("Tue, 14 Nov 2023 22:13:20 GMT"), Some(1_700_000_000));
+        for bad in
+            ["", "Tue, 14 Nov 2023 22:13:20", "Tue, 14 Foo 2023 22:13:20 GMT", "Tue, 1 Nov 2023 22:13:20 GMT"]
+        {
+            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn rfc3339_dates() {

@@ -13,6 +13,8 @@ use crate::system::SystemCmd;
 
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Build an image from a Containerfile: each step a snapshot, unchanged steps cached.
+    Build(crate::build::BuildArgs),
     /// Images: import, list, inspect, remove.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -434,6 +436,9 @@ impl NetArgs {
 /// How `image ls` (and its short form `images`) prints.
 #[derive(clap::Args)]
 pub struct ImageListArgs {
+    /// Also `strata build`'s cached steps (intermediate images, as `podman images -a`).
+    #[arg(short, long)]
+    pub all: bool,
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// Only the image IDs, once each.

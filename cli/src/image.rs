@@ -41,8 +41,9 @@ a leading `table` prints a header."
         #[command(flatten)]
         list: ImageListArgs,
     },
-    /// Remove the blobs and layer directories no image or container references (what `gc`
-    /// does; nothing is asked: only unreachable data goes).
+    /// Remove `strata build`'s cached steps (as `podman image prune` removes intermediate
+    /// images), then the blobs and layer directories no image or container references (what
+    /// `gc` does; nothing is asked).
     #[command(after_help = "Example:\n  strata image prune")]
     Prune {
         /// Accepted for docker's scripts; nothing is asked either way.
@@ -122,9 +123,11 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let imported = imported.with_context(|| format!("importing {source}"))?;
             outln!("{}", imported.manifest_digest)?;
         }
-        ImageCmd::Ls { list: ImageListArgs { json, quiet, digests, no_trunc, format } } => {
+        ImageCmd::Ls { list: ImageListArgs { json, quiet, digests, no_trunc, format, all } } => {
             let store = open_store(root)?;
-            let images = strata::images::list(&store)?;
+            let mut images = strata::images::list(&store)?;
+            // `strata build`'s cached steps are intermediate images: shown with -a only.
+            images.retain(|i| all || !strata::images::is_build_cache(&i.name));
             let short = |d: &strata::digest::Sha256Digest| {
                 if no_trunc {
                     d.to_string()
@@ -172,8 +175,14 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Prune { force: _ } => {
             let mut store = open_store(root)?;
+            let cache = strata::images::prune_build_cache(&mut store).context("image prune")?;
             let (blobs, layers) = strata::lifecycle::gc(&mut store).context("image prune")?;
-            outln!("removed {} blobs, {} layers", blobs.len(), layers.len())?;
+            outln!(
+                "removed {} cached build steps, {} blobs, {} layers",
+                cache.len(),
+                blobs.len(),
+                layers.len()
+            )?;
         }
         ImageCmd::History { name, json } => {
             let store = open_store(root)?;

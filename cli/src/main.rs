@@ -26,6 +26,7 @@ macro_rules! outln {
 }
 
 mod args;
+mod build;
 mod container;
 mod exit;
 mod image;
@@ -124,6 +125,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let root = cli.root.as_path();
     match cli.cmd {
         Cmd::Login { .. } | Cmd::Logout { .. } | Cmd::Version { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Build(a) => build::command(root, a),
         Cmd::Image(c) => image::command(root, c),
         Cmd::Container(c) => container::command(root, c),
         Cmd::System(c) => system::command(root, c),

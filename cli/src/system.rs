@@ -47,7 +47,7 @@ fn prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
             );
         }
         eprint!(
-            "WARNING! This will remove:\n  - all containers that are not running\n  - blobs and layers \
+            "WARNING! This will remove:\n  - all containers that are not running\n  - cached build steps\n  - blobs and layers \
              no image or container references\nAre you sure you want to continue? [y/N] "
         );
         let mut answer = String::new();
@@ -70,8 +70,9 @@ fn prune_cmd(root: &std::path::Path, force: bool) -> Result<ExitCode> {
         );
     }
     eprintln!(
-        "removed {} containers, {} blobs, {} layers",
+        "removed {} containers, {} cached build steps, {} blobs, {} layers",
         pruned.containers.len(),
+        pruned.build_cache,
         pruned.blobs,
         pruned.layers
     );

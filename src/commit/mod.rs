@@ -203,12 +203,57 @@ fn commit_staged(
     parent_cfg: &[u8],
     parent_layers: Vec<ImageLayerRow>,
 ) -> Result<Committed> {
+    let (row, info, layer_created) = write_layer_blob(store, staging, upper, &opts.layer)?;
+
+    let epoch = opts.layer.source_date_epoch;
+    let now = epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    let cfg = derive_config(parent_cfg, &info.diff_id, &rfc3339(now), opts, parent_image)?;
+    let cfg_bytes = serde_json::to_vec(&cfg)
+        .map_err(|source| CommitError::Config { image: parent_image.to_string(), source })?;
+
+    let mut rows = oci_rows(parent_layers);
+    rows.push(row);
+    let published = ImagePublish::new(new_name, &cfg_bytes, rows).lease(&staging.token).publish(store)?;
+    Ok(Committed {
+        name: published.name,
+        manifest_digest: published.manifest_digest,
+        config_digest: published.config_digest,
+        layer: info,
+        layer_created,
+    })
+}
+
+/// The parent's layer rows as an OCI manifest lists them (docker media types renamed).
+pub fn oci_rows(layers: Vec<ImageLayerRow>) -> Vec<ImageLayerRow> {
+    layers
+        .into_iter()
+        .map(|mut r| {
+            r.media_type = oci_layer_media_type(&r.media_type);
+            r
+        })
+        .collect()
+}
+
+/// The layer of `upper` written as a blob and recorded as a layer row, leased to `staging`
+/// until an image holds it. Returns its manifest row, what was written, and whether the layer
+/// is new to the store.
+fn write_layer_blob(
+    store: &mut Store,
+    staging: &crate::store::Staging,
+    upper: &Path,
+    opts: &LayerOptions,
+) -> Result<(ImageLayerRow, LayerInfo, bool)> {
     let blob_tmp = staging.dir.join("layer.blob");
     let blob = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&blob_tmp).at(&blob_tmp)?;
     // Only the blob is written: the layer's directory is unpacked from it at its first use
     // (`container create`/`mount`, see `layers::materialize_layer`), so a commit writes the change
     // once, and its cost is the walk of the upper dir plus compression.
-    let (info, blob) = layer::write_layer_inner(upper, BufWriter::with_capacity(CHUNK, blob), &opts.layer)?;
+    let (info, blob) = layer::write_layer_inner(upper, BufWriter::with_capacity(CHUNK, blob), opts)?;
     let blob =
         blob.into_inner().map_err(|e| CommitError::Io { path: blob_tmp.clone(), source: e.into_error() })?;
     blob.sync_all().at(&blob_tmp)?;
@@ -230,40 +275,49 @@ fn commit_staged(
     if !store.has_blob(&info.digest) {
         store.commit_blob_file(&blob_tmp, &info.digest)?;
     }
-
-    let epoch = opts.layer.source_date_epoch;
-    let now = epoch.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    });
-    let cfg = derive_config(parent_cfg, &info.diff_id, &rfc3339(now), opts, parent_image)?;
-    let cfg_bytes = serde_json::to_vec(&cfg)
-        .map_err(|source| CommitError::Config { image: parent_image.to_string(), source })?;
-
-    let mut rows: Vec<ImageLayerRow> = parent_layers
-        .into_iter()
-        .map(|mut r| {
-            r.media_type = oci_layer_media_type(&r.media_type);
-            r
-        })
-        .collect();
-    rows.push(ImageLayerRow {
-        diff_id: diff_id.clone(),
+    let row = ImageLayerRow {
+        diff_id,
         blob_digest: info.digest.clone(),
         media_type: info.media_type.to_string(),
         blob_size: info.size,
         size,
+    };
+    Ok((row, info, layer_created))
+}
+
+/// What [`commit_layer`] made: the layer, and what the caller's `publish` returned.
+#[derive(Debug)]
+pub struct LayerCommitted<T> {
+    /// The layer's manifest row (blob digest, media type, sizes, diff_id).
+    pub row: ImageLayerRow,
+    pub info: LayerInfo,
+    /// False when a layer with the same diff_id already existed and was reused.
+    pub layer_created: bool,
+    pub published: T,
+}
+
+/// Commit's layer production alone, for a caller that makes its own config (`build`): the
+/// layer of `upper` is written as a blob and recorded, then `publish` is called with the store,
+/// the lease token that holds the layer until an image does (give it to
+/// [`ImagePublish::lease`]) and the layer's row. Under the gc lock (shared) throughout; when
+/// anything fails, what the commit leased is released and a layer only it held is removed.
+pub fn commit_layer<T>(
+    store: &mut Store,
+    upper: &Path,
+    opts: &LayerOptions,
+    publish: impl FnOnce(&mut Store, &str, &ImageLayerRow) -> Result<T>,
+) -> Result<LayerCommitted<T>> {
+    let _gc = store.gc_shared()?;
+    let staging = store.staging()?;
+    let res = write_layer_blob(store, &staging, upper, opts).and_then(|(row, info, layer_created)| {
+        let published = publish(store, &staging.token, &row)?;
+        Ok(LayerCommitted { row, info, layer_created, published })
     });
-    let published = ImagePublish::new(new_name, &cfg_bytes, rows).lease(&staging.token).publish(store)?;
-    Ok(Committed {
-        name: published.name,
-        manifest_digest: published.manifest_digest,
-        config_digest: published.config_digest,
-        layer: info,
-        layer_created,
-    })
+    if res.is_err() {
+        store.drop_leases(&staging.token)?;
+        store.remove_unreferenced_layers()?;
+    }
+    res
 }
 
 #[cfg(test)]

@@ -110,6 +110,35 @@ pub fn tag(store: &mut Store, img: &StoredImage, new_name: &str) -> Result<Strin
     Ok(ImagePublish::of_stored(new_name, img).publish(store)?.name)
 }
 
+/// The repository holding `strata build`'s cached steps, one name per step (its cache key as
+/// the tag). They are intermediate images as podman and buildah keep them: out of the default
+/// listing (`image ls -a` shows them), kept by `gc` (which removes only what nothing names),
+/// removed by `image prune` and `system prune` as podman's prune removes dangling and
+/// intermediate images ([`prune_build_cache`]).
+pub const BUILD_CACHE_REPO: &str = "localhost/strata-build-cache";
+
+/// Whether `name` is one of `strata build`'s cached steps.
+pub fn is_build_cache(name: &str) -> bool {
+    repository_and_tag(name).0 == BUILD_CACHE_REPO
+}
+
+/// Removes every cached build step's name (those a container stands on stay); returns the
+/// names removed. The data goes with the next [`gc`].
+pub fn prune_build_cache(store: &mut Store) -> Result<Vec<String>, ImagesError> {
+    let mut removed = Vec::new();
+    for i in store.images()? {
+        if !is_build_cache(&i.name) {
+            continue;
+        }
+        match store.remove_image(&i.name) {
+            Ok(name) => removed.push(name),
+            Err(StoreError::ImageInUse { .. } | StoreError::NoImage(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(removed)
+}
+
 /// Every stored image, by name.
 pub fn list(store: &Store) -> Result<Vec<Listed>, ImagesError> {
     store.images()?.into_iter().map(|i| listed(store, i)).collect()

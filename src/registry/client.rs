@@ -680,6 +680,46 @@ impl Client {
     }
 }
 
+/// A plain HTTP(S) download (`ADD URL` in a build), through the agent, TLS roots and transport
+/// error mapping registries use: the body as a stream, and its `Last-Modified` in Unix seconds
+/// when the server sent a date it could parse.
+pub struct Download {
+    pub body: Box<dyn Read + Send>,
+    pub last_modified: Option<i64>,
+}
+
+/// GETs `url` (http or https), following redirects; any status but 200 is an error.
+pub fn download(url: &str, opts: &ClientOptions) -> Result<Download, RegistryError> {
+    let invalid = |reason: &str| RegistryError::Invalid { what: url.to_string(), reason: reason.to_string() };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| invalid("not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(invalid("no host"));
+    }
+    let dirs = ca_dirs(host, opts).iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ");
+    let agent = agent(tls_config(host, opts)?);
+    let resp = agent.get(url).call().map_err(|e| transport_error(host, &dirs, e).1)?;
+    let status = resp.status();
+    if status != StatusCode::OK {
+        let message = error_message(&read_small(resp, 4096)).1;
+        return Err(if status == StatusCode::NOT_FOUND {
+            RegistryError::NotFound { what: url.to_string(), code: String::new(), message }
+        } else {
+            RegistryError::Status {
+                host: host.to_string(),
+                url: url.to_string(),
+                status: status.as_u16(),
+                message,
+            }
+        });
+    }
+    let last_modified = header(&resp, "last-modified").and_then(|d| crate::time::parse_http_date(&d));
+    Ok(Download { body: Box::new(resp.into_body().into_reader()), last_modified })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@ mod common;
 
 mod archives;
 mod bad_input;
+mod build;
+mod build_parity;
 mod commit;
 mod container;
 mod containerd_ctr;
