@@ -59,6 +59,7 @@ const STACK: &[&str] = &[
     "error",
     "fdwalk",
     "overlay_format",
+    "userns",
 ];
 
 /// The centre, bottom first: each may use only those before it.

@@ -33,6 +33,8 @@
 //!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets;
 //!   [`netsetup`]: a container's network options, kept with it, and what `run` and `start` do
 //!   with them (attach before runc, the files bind-mounted, the spec's namespace and hostname).
+//! - [`userns`]: rootless mode: the user namespace an unprivileged strata joins (a pause process
+//!   per user, `newuidmap`/`newgidmap`), and where a user's state lives.
 
 pub mod build;
 pub mod cgroup;
@@ -69,5 +71,6 @@ pub mod snapshot;
 pub mod store;
 pub mod tar;
 pub mod time;
+pub mod userns;
 
 pub mod unpack;

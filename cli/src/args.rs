@@ -325,6 +325,16 @@ As in docker, a container's PID 1 ignores signals it has no handler for (KILL ex
         #[arg(long)]
         json: bool,
     },
+    /// Rootless mode: run CMD (default $SHELL) in strata's user and mount namespace, as root
+    /// of the namespace, as `podman unshare` does: to look into the store, or at a mounted
+    /// container.
+    #[command(after_help = "Examples:\n  strata unshare                 # a shell\n  \
+strata unshare cat /proc/self/uid_map\n  \
+strata unshare ls -ln ~/.local/share/strata/layers/sha256")]
+    Unshare {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        cmd: Vec<std::ffi::OsString>,
+    },
     /// The state root, the runtime, the kernel's features (overlay, new mount API, FUSE
     /// passthrough), the backend `--backend auto` takes and why, counts and disk use.
     #[command(after_help = "Examples:\n  strata info\n  strata info --json")]

@@ -43,9 +43,10 @@ use args::Cmd;
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Overlay-filesystem snapshotter and container runtime layer")]
 struct Cli {
-    /// State directory.
-    #[arg(long, global = true, env = "STRATA_ROOT", default_value = Store::DEFAULT_ROOT)]
-    root: PathBuf,
+    /// State directory [default: /var/lib/strata; rootless: $XDG_DATA_HOME/strata, else
+    /// ~/.local/share/strata].
+    #[arg(long, global = true, env = "STRATA_ROOT")]
+    root: Option<PathBuf>,
     /// More logging (repeat for more); RUST_LOG overrides. Before the command (`strata -v run`):
     /// after it, `-v` is `run`'s volume, as in podman.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -55,6 +56,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // The process that holds a rootless user's namespaces (see strata::userns): nothing else.
+    if std::env::args_os().nth(1).is_some_and(|a| a == strata::userns::PAUSE_ARG) {
+        strata::userns::pause_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return exit::usage(&e),
@@ -79,27 +84,54 @@ fn main() -> ExitCode {
     // As docker and podman: a command that runs a container process exits with that process's
     // status, so strata's own failure there is 125, out of the way of the command's codes.
     let role = exit::Role::of(&cli.cmd);
+    // An ordinary user works in the user namespace of rootless mode. Joined here, before
+    // anything can start a thread: the kernel lets only a single-threaded process join one.
+    if needs_store(&cli.cmd) && !rustix::process::geteuid().is_root() {
+        if let Err(e) = strata::userns::enter() {
+            return exit::fail(
+                &anyhow::Error::new(e).context("entering rootless mode's user namespace"),
+                role,
+            );
+        }
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => exit::fail(&e, role),
     }
 }
 
+/// Whether `cmd` works on the state root (and, for an ordinary user, in the user namespace).
+/// Credentials are the user's own, the version needs nothing.
+fn needs_store(cmd: &Cmd) -> bool {
+    !matches!(cmd, Cmd::Login { .. } | Cmd::Logout { .. } | Cmd::Version { .. })
+}
+
 /// Every command works on the state root, which needs root: layers hold whiteouts (0:0 device
-/// nodes) and `trusted.*` xattrs, and containers are overlay mounts. Checked once, before
-/// anything is read or created; `--help` and `--version` never get here.
+/// nodes) and overlay xattrs, and containers are overlay mounts. Root of the initial namespace
+/// (root mode), or root of strata's own user namespace (rootless mode: `main` joined it).
+/// Checked once, before anything is read or created; `--help` and `--version` never get here.
 fn require_root(root: &std::path::Path) -> Result<()> {
     let euid = rustix::process::geteuid();
     if !euid.is_root() {
         anyhow::bail!(
-            "strata must run as root (this is uid {}): the state root {} holds whiteout device \
-             nodes and trusted.* xattrs, and containers are overlay mounts; rootless mode is not \
-             supported yet",
+            "strata runs as root, or rootless in its user namespace, and this is uid {} outside \
+             it: the state root {} holds whiteout device nodes and overlay xattrs, and containers \
+             are overlay mounts",
             euid.as_raw(),
             root.display()
         );
     }
     Ok(())
+}
+
+/// `--root`, else the default: `/var/lib/strata` for root, `$XDG_DATA_HOME/strata` (else
+/// `~/.local/share/strata`) in rootless mode.
+fn state_root(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(r) => Ok(r),
+        None if strata::userns::is_rootless() => Ok(strata::userns::default_data_root()?),
+        None => Ok(PathBuf::from(Store::DEFAULT_ROOT)),
+    }
 }
 
 fn open_store(root: &std::path::Path) -> Result<Store> {
@@ -121,10 +153,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Version { json } => return system::version_cmd(json),
         _ => {}
     }
-    require_root(&cli.root)?;
-    let root = cli.root.as_path();
+    if let Cmd::Unshare { cmd } = &cli.cmd {
+        match strata::userns::unshare_command(cmd)? {}
+    }
+    let root = state_root(cli.root)?;
+    require_root(&root)?;
+    let root = root.as_path();
     match cli.cmd {
-        Cmd::Login { .. } | Cmd::Logout { .. } | Cmd::Version { .. } => Ok(ExitCode::SUCCESS),
+        Cmd::Login { .. } | Cmd::Logout { .. } | Cmd::Version { .. } | Cmd::Unshare { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Build(a) => build::command(root, a),
         Cmd::Image(c) => image::command(root, c),
         Cmd::Container(c) => container::command(root, c),

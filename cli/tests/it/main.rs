@@ -30,6 +30,7 @@ mod network_run;
 mod podman;
 mod races;
 mod registry;
+mod rootless;
 mod run_io;
 mod snapshots;
 mod sparse;

@@ -6,6 +6,7 @@
 pub mod layout;
 pub mod registry;
 pub mod tarw;
+pub mod user;
 
 use std::fs;
 use std::path::{Path, PathBuf};
