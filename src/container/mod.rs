@@ -234,6 +234,11 @@ pub fn legacy_runc_id(name: &str) -> String {
 
 /// runc's state directory for this store.
 pub fn runc_state_dir(store: &Store) -> PathBuf {
+    // Rootless: runtime state where a user's belongs, `$XDG_RUNTIME_DIR/strata/runc` (container
+    // ids name their root, so roots never meet there).
+    if let Some(dir) = crate::userns::runtime_dir() {
+        return dir.join("runc");
+    }
     store.root().join("runc")
 }
 

@@ -54,7 +54,30 @@ pub enum StoreError {
     /// `--root` names something that is not a directory, or a path under one.
     #[error("state root {} is not a directory{detail}", root.display())]
     NotADirectory { root: PathBuf, detail: String },
+    /// A rootless store opened by root, or root's store opened in rootless mode: their layers
+    /// differ (`user.` or `trusted.` markers, owners shifted by a user namespace or not).
+    #[error("{}", wrong_mode(root, *rootless_store))]
+    WrongMode { root: PathBuf, rootless_store: bool },
 }
+
+fn wrong_mode(root: &Path, rootless_store: bool) -> String {
+    if rootless_store {
+        format!(
+            "state root {} is a rootless store (its layers carry user.overlay.* markers and owners \
+             shifted by a user's namespace): root cannot use it; run strata as the user who made it",
+            root.display()
+        )
+    } else {
+        format!(
+            "state root {} is root's store (trusted.overlay.* markers, host owners): rootless strata \
+             cannot use it; give another --root (the default is $XDG_DATA_HOME/strata)",
+            root.display()
+        )
+    }
+}
+
+/// The file that marks a store made in rootless mode (see [`crate::userns`]).
+pub const ROOTLESS_MARK: &str = "rootless";
 
 impl StoreError {
     /// The class of failure, for a front end's own codes.
@@ -65,6 +88,7 @@ impl StoreError {
             StoreError::MissingBlob { .. } | StoreError::NoImage(_) => ErrorKind::NotFound,
             StoreError::ImageInUse { .. } => ErrorKind::FailedPrecondition,
             StoreError::Untrusted { .. } | StoreError::NotADirectory { .. } => ErrorKind::InvalidArgument,
+            StoreError::WrongMode { .. } => ErrorKind::FailedPrecondition,
             StoreError::Meta(e) => e.kind(),
         }
     }
@@ -205,6 +229,31 @@ fn check_root_path(root: &Path) -> Result<()> {
     }
 }
 
+/// A store is root's or rootless, for good: a new one made in rootless mode gets the
+/// [`ROOTLESS_MARK`] file; an existing one must have been made in this process's mode. Called
+/// under the database-open lock, so concurrent first opens agree.
+fn check_mode(root: &Path) -> Result<()> {
+    let rootless = crate::userns::is_rootless();
+    let mark = root.join(ROOTLESS_MARK);
+    let fresh = !root.join("strata.db").exists();
+    if fresh && rootless {
+        fs::write(&mark, b"made by rootless strata: layers with user.overlay.* markers\n").at(&mark)?;
+        return Ok(());
+    }
+    let marked = match fs::symlink_metadata(&mark) {
+        Ok(md) if md.file_type().is_file() => true,
+        Ok(_) => {
+            return Err(StoreError::Untrusted { path: mark, reason: "is not a regular file".into() });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).at(&mark),
+    };
+    if marked != rootless {
+        return Err(StoreError::WrongMode { root: root.to_path_buf(), rootless_store: marked });
+    }
+    Ok(())
+}
+
 fn random_token() -> String {
     format!("{}-{}", std::process::id(), hex::encode(crate::fsutil::random_bytes::<8>()))
 }
@@ -219,7 +268,14 @@ impl Store {
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(root).at(root)?;
-        check_ownership(root)?;
+        check_ownership(root).map_err(|e| {
+            // Root at a rootless store: that is what to say, not whose files they are.
+            if !crate::userns::is_rootless() && root.join(ROOTLESS_MARK).is_file() {
+                StoreError::WrongMode { root: root.to_path_buf(), rootless_store: true }
+            } else {
+                e
+            }
+        })?;
         // The root must not let host users reach setuid binaries inside layers.
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).at(root)?;
         for sub in ["blobs/sha256", "layers/sha256", "snapshots", "staging", "locks", "containers"] {
@@ -232,6 +288,7 @@ impl Store {
         // wait on a lock it can only get by upgrading a read).
         let db = {
             let _g = lock_file(&root.join("locks/db-open.lock"), true)?;
+            check_mode(root)?;
             Db::open(&root.join("strata.db"))?
         };
         let mut store = Store { root: root.to_path_buf(), db, _reserve: reserve };

@@ -97,3 +97,48 @@ fn unshare_refusals() {
     assert!(!out.status.success() && err.contains("XDG_RUNTIME_DIR=/tmp"), "{err}");
     assert!(user.pause_pid().is_none(), "nothing started");
 }
+
+/// A user's store is `$XDG_DATA_HOME/strata` (else `~/.local/share/strata`), marked rootless;
+/// root's and a user's stores never mix: each refuses the other with a clear error.
+#[test]
+fn rootless_store_is_its_own() {
+    if !privileged("rootless_store_is_its_own") {
+        return;
+    }
+    let user = TestUser::new(true);
+    user.ok(&["images"]);
+    let store = user.home.join(".local/share/strata");
+    assert!(store.join("strata.db").is_file() && store.join("rootless").is_file(), "{}", store.display());
+    let data = user.home.join("data");
+    let out =
+        user.command(crate::common::STRATA, &["images"]).env("XDG_DATA_HOME", &data).output().expect("run");
+    assert!(out.status.success(), "{out:?}");
+    assert!(data.join("strata/rootless").is_file(), "XDG_DATA_HOME/strata");
+    // Root at the user's store.
+    let out = std::process::Command::new(crate::common::STRATA)
+        .arg("--root")
+        .arg(&store)
+        .arg("images")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is a rootless store"), "{err}");
+    // The user at a store root made (and gave to the user).
+    let root_store = user.base().join("rootstore");
+    let out = std::process::Command::new(crate::common::STRATA)
+        .arg("--root")
+        .arg(&root_store)
+        .arg("images")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let chown = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(&root_store)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let err = user.fails(&["--root", &root_store.to_string_lossy(), "images"]);
+    assert!(err.contains("is root's store"), "{err}");
+}
