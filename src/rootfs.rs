@@ -165,7 +165,7 @@ pub fn import_rootfs(
     let tree = staging.dir.join("rootfs");
     std::fs::create_dir(&tree)
         .map_err(|e| RootfsError::Read { source_name: tree.display().to_string(), source: e })?;
-    crate::unpack::unpack_layer(plain, &tree, &crate::unpack::UnpackOptions::default())
+    crate::unpack::unpack_layer(plain, &tree, &crate::unpack::UnpackOptions::for_this_process())
         .map_err(|e| RootfsError::Unpack { source_name: source_name.to_string(), source: e })?;
 
     let plat = crate::image::Platform::host();

@@ -48,9 +48,15 @@ pub(crate) fn is_opaque(real: &Path, lower: bool) -> bool {
     lower && sys::exists(&real.join(OsStr::from_bytes(OPAQUE_MARKER)))
 }
 
-/// Mark directory `real` opaque.
+/// Mark directory `real` opaque: `trusted.overlay.opaque`, or `user.overlay.opaque` where
+/// `trusted.*` is refused (in a user namespace, rootless: what kernel `userxattr` mounts read).
 pub(crate) fn set_opaque(real: &Path) -> io::Result<()> {
-    sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[0]), OPAQUE_VALUE, 0)
+    match sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[0]), OPAQUE_VALUE, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            sys::set_xattr(real, OsStr::new(OPAQUE_XATTRS[1]), OPAQUE_VALUE, 0)
+        }
+        r => r,
+    }
 }
 
 /// Whether `name` is an OCI whiteout name (`.wh.` prefix): never a visible entry of a lower layer.

@@ -253,7 +253,7 @@ pub(crate) fn stream_layer(
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || produce(src, limit, declared, blob, Some(tx), tap));
         let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
-        let unpacked = unpack::unpack_layer(reader, dir, &UnpackOptions::default());
+        let unpacked = unpack::unpack_layer(reader, dir, &UnpackOptions::for_this_process());
         // Dropping the reader (inside unpack_layer) lets the producer finish hashing the rest.
         let produced =
             producer.join().unwrap_or_else(|_| Err(io::Error::other("layer reader thread panicked")));

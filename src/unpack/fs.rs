@@ -163,7 +163,7 @@ impl<'o> Unpacker<'o> {
                 Some(rustix::fs::Uid::from_raw(m.uid)),
                 Some(rustix::fs::Gid::from_raw(m.gid)),
             )
-            .map_err(|e| io_err(path, "chown", e))?;
+            .map_err(|e| chown_err(path, m, e))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(m.mode)).map_err(|e| io_err(path, "chmod", e))?;
         for (name, value) in &m.xattrs {
@@ -200,7 +200,7 @@ impl<'o> Unpacker<'o> {
                 Some(rustix::fs::Gid::from_raw(m.gid)),
                 AtFlags::EMPTY_PATH,
             )
-            .map_err(|e| io_err(path, "chown", e))?;
+            .map_err(|e| chown_err(path, m, e))?;
         }
         if chmod {
             chmod_fd(fd.as_fd(), m.mode).map_err(|e| io_err(path, "chmod", e))?;
@@ -527,6 +527,14 @@ impl<'o> Unpacker<'o> {
         }
         Ok(())
     }
+}
+
+/// A failed chown: `EINVAL` is an owner the user namespace does not map (rootless mode).
+fn chown_err(path: &[u8], m: &Meta, e: Errno) -> UnpackError {
+    if e == Errno::INVAL {
+        return UnpackError::UnmappedOwner { path: super::shown(path), uid: m.uid, gid: m.gid };
+    }
+    io_err(path, "chown", e)
 }
 
 pub(super) fn xattr_failed(path: &[u8], name: &CStr, e: Errno) -> Result<(), UnpackError> {

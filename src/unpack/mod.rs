@@ -71,6 +71,23 @@ pub struct UnpackOptions {
     /// Do not apply the tar's uid/gid (files are owned by the unpacking user), like
     /// `tar --no-same-owner`. Default: ownership is applied.
     pub no_same_owner: bool,
+    /// Skip device nodes (character and block devices) with a warning instead of creating them:
+    /// a user namespace may not create them (rootless mode, as podman does). Whiteouts are made
+    /// all the same (a 0:0 character device is allowed there).
+    pub skip_devices: bool,
+}
+
+impl UnpackOptions {
+    /// The options for this process's mode ([`crate::userns::current`]): in rootless mode
+    /// opaque markers as `user.overlay.opaque` and device nodes skipped.
+    pub fn for_this_process() -> UnpackOptions {
+        let rootless = crate::userns::is_rootless();
+        UnpackOptions {
+            opaque_xattr: if rootless { XattrNamespace::User } else { XattrNamespace::Trusted },
+            no_same_owner: false,
+            skip_devices: rootless,
+        }
+    }
 }
 
 /// What an unpack did.
@@ -135,6 +152,15 @@ pub enum UnpackError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// An owner the user namespace does not map (rootless mode: outside the user's
+    /// subordinate ranges).
+    #[error(
+        "entry {path:?}: owner {uid}:{gid} is not mapped in this user namespace: potentially \
+         insufficient UIDs or GIDs available in /etc/subuid and /etc/subgid for the user \
+         namespace (give the user a range that covers it, then restart the namespace: kill \
+         $(cat $XDG_RUNTIME_DIR/strata/pause.pid))"
+    )]
+    UnmappedOwner { path: String, uid: u32, gid: u32 },
     /// A filesystem operation failed.
     #[error("entry {path:?}: {op}")]
     Io {
@@ -156,6 +182,7 @@ impl UnpackError {
             | UnpackError::Unsupported { path, .. }
             | UnpackError::Entry { path, .. }
             | UnpackError::Sparse { path, .. }
+            | UnpackError::UnmappedOwner { path, .. }
             | UnpackError::Io { path, .. } => Some(path),
         }
     }
@@ -170,6 +197,7 @@ impl UnpackError {
                 ErrorKind::Internal => ErrorKind::Internal,
                 _ => ErrorKind::InvalidArgument,
             },
+            UnpackError::UnmappedOwner { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::InvalidArgument,
         }
     }
@@ -369,6 +397,13 @@ impl<'o> Unpacker<'o> {
             Kind::Hardlink => {
                 let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 self.hardlink(parent, name, &target, path)
+            }
+            Kind::Char | Kind::Block if self.opts.skip_devices => {
+                tracing::warn!(
+                    path = %lossy(path),
+                    "device node skipped: a user namespace cannot create device nodes (rootless mode)"
+                );
+                Ok(())
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
                 let (ft, dev) = match kind {

@@ -142,3 +142,100 @@ fn rootless_store_is_its_own() {
     let err = user.fails(&["--root", &root_store.to_string_lossy(), "images"]);
     assert!(err.contains("is root's store"), "{err}");
 }
+
+/// Host id of namespace id `id` under `map` (the user namespace's map lines).
+fn to_host(map: &[(u32, u32, u32)], id: u32) -> u32 {
+    map.iter()
+        .find(|(inside, _, count)| id >= *inside && id - inside < *count)
+        .map(|(inside, outside, _)| outside + (id - inside))
+        .expect("a mapped id")
+}
+
+/// The layers of the test image: owners inside the range, an opaque directory, a whiteout, a
+/// device node (skipped rootless), a FIFO, xattrs.
+fn owner_layers() -> Vec<Vec<u8>> {
+    use crate::common::tarw::{tar, E};
+    let one = tar([
+        E::dir("a/").owner(0, 0),
+        E::file("a/f", "f").owner(1000, 1000).mode(0o640),
+        E::dir("d/").owner(33, 33).mode(0o750),
+        E::file("d/x", "x"),
+        E::file("gone", "g"),
+        E::symlink("l", "a/f").owner(7, 8),
+        E::dev(b'3', "null", 1, 3),
+        E::new(b'6', "fifo").owner(5, 5),
+        E::file("attr", "y").pax("SCHILY.xattr.user.note", "kept"),
+    ]);
+    let two =
+        tar([E::file("d/.wh..wh..opq", ""), E::file("d/y", "y").owner(65535, 1), E::file(".wh.gone", "")]);
+    vec![one, two]
+}
+
+/// Unpacked rootless: every owner shifted by the user's mapping, opaque markers as
+/// `user.overlay.opaque`, whiteouts as 0:0 devices, device nodes skipped; otherwise entry by
+/// entry what root-mode strata unpacks. An owner outside the range fails, naming the file, the
+/// owner and /etc/subuid; nothing of that layer is left.
+#[test]
+fn unpack_shifts_owners_and_writes_user_markers() {
+    if !privileged("unpack_shifts_owners_and_writes_user_markers") {
+        return;
+    }
+    use crate::common::{capture, layout::layout_with_layers, sha, Root};
+    use strata_test_support::tree::{assert_trees_eq, Kind};
+    let user = TestUser::new(true);
+    let layers = owner_layers();
+    let layout = user.home.join("img");
+    layout_with_layers(&layout, "t", &layers);
+    let bad = crate::common::tarw::tar([crate::common::tarw::E::file("etc/far", "x").owner(70000, 0)]);
+    layout_with_layers(&layout, "far", std::slice::from_ref(&bad));
+    let chown = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(&layout)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let src = format!("{}:t", layout.display());
+    user.ok(&["image", "import", &src]);
+    let root = Root::new();
+    root.ok(&["image", "import", &src]);
+    let uid_map = id_map(&user.ok(&["unshare", "cat", "/proc/self/uid_map"]));
+    let gid_map = id_map(&user.ok(&["unshare", "cat", "/proc/self/gid_map"]));
+    let store = user.home.join(".local/share/strata");
+    for (i, layer) in layers.iter().enumerate() {
+        let rel = format!("layers/sha256/{}", sha(layer).trim_start_matches("sha256:"));
+        // A whiteout is made when unpacked: its time is not the layer's.
+        let no_whiteout_time = |_: &std::path::Path, e: &mut strata_test_support::tree::Entry| {
+            if e.kind == Kind::Char && e.rdev == Some((0, 0)) {
+                e.mtime = None;
+            }
+            true
+        };
+        let mut want = capture(&root.path().join(&rel));
+        let mut got = capture(&store.join(&rel));
+        want.retain(no_whiteout_time);
+        got.retain(no_whiteout_time);
+        want.retain(|p, e| {
+            // Devices other than whiteouts are not made in a user namespace.
+            if e.kind == Kind::Char && e.rdev != Some((0, 0)) {
+                return false;
+            }
+            e.uid = to_host(&uid_map, e.uid);
+            e.gid = to_host(&gid_map, e.gid);
+            if let Some(v) = e.xattrs.remove("trusted.overlay.opaque") {
+                e.xattrs.insert("user.overlay.opaque".into(), v);
+            }
+            p != std::path::Path::new("null")
+        });
+        assert_trees_eq(&want, &got, &format!("layer {i} unpacked rootless vs root"));
+    }
+    let d = store.join("layers/sha256").join(sha(&layers[1]).trim_start_matches("sha256:")).join("d");
+    let opaque = strata_test_support::tree::read_xattrs(&d, |n| n.contains("overlay")).expect("xattrs");
+    assert_eq!(opaque.get("user.overlay.opaque").map(Vec::as_slice), Some(&b"y"[..]), "{opaque:?}");
+    // An owner beyond the range.
+    let err = user.fails(&["image", "import", &format!("{}:far", layout.display())]);
+    assert!(err.contains("etc/far") && err.contains("70000") && err.contains("/etc/subuid"), "{err}");
+    assert!(err.contains("insufficient UIDs or GIDs"), "{err}");
+    let far = store.join("layers/sha256").join(sha(&bad).trim_start_matches("sha256:"));
+    assert!(!far.exists(), "a failed layer leaves nothing");
+}
