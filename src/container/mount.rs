@@ -84,6 +84,9 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
             .map(|_| ())
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
         Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?,
+        Backend::Auto if !kernel_overlay_usable(store) => {
+            fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?
+        }
         Backend::Auto => {
             if let Err(k) = kernel_overlay::mount(&short, &target) {
                 tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
@@ -176,8 +179,67 @@ pub fn fuse_binary() -> PathBuf {
 }
 
 /// Options of the kernel's overlay mount that strata-fuse's semantics always have (no index, no
-/// redirects, no metacopy): not passed, or it would warn that it ignores them.
-const KERNEL_ONLY: [&str; 3] = ["index", "redirect_dir", "metacopy"];
+/// redirects, no metacopy; both marker forms read, `user.` written where `trusted.` is refused):
+/// not passed, or it would warn that it ignores them.
+const KERNEL_ONLY: [&str; 4] = ["index", "redirect_dir", "metacopy", "userxattr"];
+
+/// The file in the runtime directory that remembers whether kernel overlay mounts work in this
+/// user's namespace (`kernel`) or not (`fuse: WHY`).
+const PROBE_FILE: &str = "overlay-probe";
+
+/// Whether `--backend auto` should try the kernel's overlay. Always in root mode. Rootless: a
+/// trial `userxattr` mount in the store's staging directory, once; the answer is kept in the
+/// runtime directory (which a reboot empties, as it does the namespace).
+fn kernel_overlay_usable(store: &Store) -> bool {
+    let Some(run) = crate::userns::runtime_dir() else { return true };
+    let file = run.join(PROBE_FILE);
+    if let Ok(text) = fs::read_to_string(&file) {
+        return text.trim() == "kernel";
+    }
+    let answer = match probe_overlay(store) {
+        Ok(()) => "kernel".to_string(),
+        Err(e) => {
+            tracing::info!(error = %e, "kernel overlay cannot be mounted in the user namespace; using strata-fuse");
+            format!("fuse: {e}")
+        }
+    };
+    if let Err(e) = fs::write(&file, format!("{answer}\n")) {
+        tracing::debug!(error = %e, file = %file.display(), "the overlay probe's answer is not kept");
+    }
+    answer == "kernel"
+}
+
+/// A trial writable `userxattr` overlay mount of empty directories, unmounted at once.
+fn probe_overlay(store: &Store) -> std::result::Result<(), String> {
+    let dir = store.staging().map_err(|e| e.to_string())?;
+    let d = |n: &str| dir.dir.join(n);
+    for n in ["lower", "upper", "work", "merged"] {
+        fs::create_dir(d(n)).map_err(|e| format!("{}: {e}", d(n).display()))?;
+    }
+    let mut spec = OverlaySpec::writable(vec![d("lower")], d("upper"), d("work"));
+    spec.userxattr = true;
+    kernel_overlay::mount(&spec, &d("merged")).map_err(|e| e.to_string())?;
+    kernel_overlay::unmount(&d("merged"), UnmountMode::Detach).map_err(|e| e.to_string())
+}
+
+/// In rootless mode strata-fuse needs `/dev/fuse`, which a system without udev leaves root's
+/// (0600): say so before strata-fuse fails on it.
+fn check_dev_fuse(name: &str) -> Result<()> {
+    if !crate::userns::is_rootless() {
+        return Ok(());
+    }
+    match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ContainerError::Fuse {
+            name: name.to_string(),
+            reason: format!(
+                "/dev/fuse cannot be opened by this user ({e}): rootless strata-fuse needs it \
+                 readable and writable by everyone, as udev makes it (as root: chmod 0666 \
+                 /dev/fuse), or use --backend kernel"
+            ),
+        }),
+    }
+}
 
 /// strata-fuse's `-o` for `spec`: [`kernel_overlay::mount_spec`]'s options, paths escaped as
 /// overlayfs takes them (`\,` `\:` `\\`), which strata-fuse reads alike; without the kernel's
@@ -193,8 +255,13 @@ fn fuse_options(spec: &OverlaySpec) -> std::result::Result<String, kernel_overla
 
 fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> Result<()> {
     let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
-    let opts =
+    check_dev_fuse(name)?;
+    let mut opts =
         fuse_options(spec).map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
+    if crate::userns::is_rootless() {
+        // Passthrough needs CAP_SYS_ADMIN in the initial user namespace.
+        opts.push_str(",passthrough=off");
+    }
     let bin = fuse_binary();
     // The source mountinfo shows (see mounted_at), escaped as the paths are.
     let escaped = String::from_utf8_lossy(&kernel_overlay::escape_path(&dir(store, name))).into_owned();

@@ -42,10 +42,14 @@ pub fn derive(store: &Store, row: &Row, lowers: &[PathBuf]) -> Result<Vec<Mount>
 }
 
 /// The overlay strata mounts itself for a snapshot over `lowers` (top first).
+/// In rootless mode with `userxattr`: the `user.overlay.*` markers its layers carry, the only
+/// ones a user namespace may use.
 pub fn overlay_spec(store: &Store, row: &Row, lowers: Vec<PathBuf>) -> OverlaySpec {
-    if row.kind == Kind::Active {
+    let mut spec = if row.kind == Kind::Active {
         OverlaySpec::writable(lowers, fs_dir(store, row.id), work_dir(store, row.id))
     } else {
         OverlaySpec::read_only(lowers)
-    }
+    };
+    spec.userxattr = crate::userns::is_rootless();
+    spec
 }

@@ -239,3 +239,104 @@ fn unpack_shifts_owners_and_writes_user_markers() {
     let far = store.join("layers/sha256").join(sha(&bad).trim_start_matches("sha256:"));
     assert!(!far.exists(), "a failed layer leaves nothing");
 }
+
+/// Opens `/dev/fuse` to everyone (no udev here: it is 0600) while held, as udev's default;
+/// puts the mode back when dropped.
+struct DevFuseOpen(u32);
+
+impl DevFuseOpen {
+    fn new() -> DevFuseOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/fuse").expect("/dev/fuse").permissions().mode() & 0o7777;
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
+            .expect("chmod /dev/fuse");
+        DevFuseOpen(mode)
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// Every entry under `dir` as `find` shows it (path, type, mode, owners, size, link target)
+/// and every file's content hash, sorted. `run` runs a shell script (as root, or as the user in
+/// its namespace).
+fn listing(run: impl Fn(&str) -> String, dir: &std::path::Path) -> Vec<String> {
+    let script = format!(
+        "cd {} && find . -mindepth 1 -printf '%p %y %m %U:%G %s %l\\n' | grep -v ' d [0-7]* [0-9:]* [0-9]* $' ; \
+         find . -mindepth 1 -printf '%p %y %m %U:%G %l\\n' -type d; find . -type f -exec sha256sum {{}} +",
+        dir.display()
+    );
+    let mut lines: Vec<String> = run(&script).lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// A rootless container mounted by kernel overlay (`userxattr`) and by strata-fuse shows the
+/// same tree, which is what root-mode strata shows (owners as the namespace sees them); what one
+/// backend writes (whiteouts, `user.overlay.opaque`) the other reads.
+#[test]
+fn kernel_userxattr_and_fuse_agree() {
+    if !privileged("kernel_userxattr_and_fuse_agree") {
+        return;
+    }
+    use crate::common::{layout::layout_with_layers, Root};
+    let user = TestUser::new(true);
+    let _fuse = DevFuseOpen::new();
+    let layout = user.home.join("img");
+    layout_with_layers(&layout, "t", &owner_layers());
+    let chown = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(&layout)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let src = format!("{}:t", layout.display());
+    user.ok(&["image", "import", &src]);
+    user.ok(&["container", "create", "t", "c"]);
+    let as_user = |script: &str| user.ok(&["unshare", "sh", "-c", script]);
+    let at = std::path::PathBuf::from(user.ok(&["container", "mount", "c", "--backend", "kernel"]).trim());
+    let kernel = listing(as_user, &at);
+    // Root-mode strata's view of the same image (the device node, skipped rootless, aside).
+    let root = Root::new();
+    root.ok(&["image", "import", &src]);
+    root.ok(&["container", "create", "t", "c"]);
+    let rat = std::path::PathBuf::from(root.ok(&["container", "mount", "c", "--backend", "kernel"]).trim());
+    let as_root = |script: &str| {
+        let out = std::process::Command::new("sh").args(["-c", script]).output().expect("sh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut want = listing(as_root, &rat);
+    want.retain(|l| !l.starts_with("./null "));
+    root.ok(&["container", "umount", "c"]);
+    assert_eq!(kernel, want, "rootless kernel view vs root's");
+    assert!(kernel.iter().any(|l| l.starts_with("./a/f f 640 1000:1000 1 ")), "{kernel:#?}");
+    // Changes through the kernel mount, then read by strata-fuse.
+    as_user(&format!(
+        "cd {} && rm -rf a && mkdir a && echo new > a/n && rm d/y && echo more > attr && mkdir -p z/z",
+        at.display()
+    ));
+    let kernel = listing(as_user, &at);
+    user.ok(&["container", "umount", "c"]);
+    let at = std::path::PathBuf::from(user.ok(&["container", "mount", "c", "--backend", "fuse"]).trim());
+    assert!(as_user("cat /proc/self/mountinfo").contains("fuse.strata-fuse"), "mounted by strata-fuse");
+    assert_eq!(listing(as_user, &at), kernel, "strata-fuse reads what kernel overlay wrote");
+    // And the other way round.
+    as_user(&format!(
+        "cd {} && rm -rf z && mkdir z && touch z/fresh && rm gone 2>/dev/null; rm l",
+        at.display()
+    ));
+    let fuse = listing(as_user, &at);
+    user.ok(&["container", "umount", "c"]);
+    let at = std::path::PathBuf::from(user.ok(&["container", "mount", "c", "--backend", "kernel"]).trim());
+    assert_eq!(listing(as_user, &at), fuse, "kernel overlay reads what strata-fuse wrote");
+    assert!(fuse.iter().any(|l| l.starts_with("./z/fresh ")) && !fuse.iter().any(|l| l.starts_with("./z/z")));
+    user.ok(&["container", "umount", "c"]);
+    user.ok(&["container", "rm", "c"]);
+    let mounts = as_user("cat /proc/self/mountinfo");
+    assert!(!mounts.contains(&user.home.to_string_lossy().into_owned()), "nothing left mounted: {mounts}");
+}
