@@ -5,6 +5,7 @@
 //! attached `runc run` is [`crate::foreground`]'s; the monitor of a detached one
 //! [`crate::monitor`]'s.
 
+pub mod rootless;
 pub mod runc;
 pub mod spec;
 

@@ -342,6 +342,14 @@ pub fn write_bundle(bundle: &Path, spec: &Spec) -> Result<()> {
     fs::create_dir_all(bundle).map_err(|e| RuntimeError::Io { path: bundle.to_path_buf(), source: e })?;
     let p = bundle.join("config.json");
     let tmp = bundle.join("config.json.tmp");
+    let mut rootless;
+    let spec = if crate::userns::is_rootless() {
+        rootless = spec.clone();
+        super::rootless::adapt(&mut rootless, crate::userns::current());
+        &rootless
+    } else {
+        spec
+    };
     let data = serde_json::to_vec_pretty(spec).map_err(|e| RuntimeError::Config(e.to_string()))?;
     fs::write(&tmp, data).map_err(|e| RuntimeError::Io { path: tmp.clone(), source: e })?;
     fs::rename(&tmp, &p).map_err(|e| RuntimeError::Io { path: p, source: e })

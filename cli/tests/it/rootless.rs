@@ -340,3 +340,113 @@ fn kernel_userxattr_and_fuse_agree() {
     let mounts = as_user("cat /proc/self/mountinfo");
     assert!(!mounts.contains(&user.home.to_string_lossy().into_owned()), "nothing left mounted: {mounts}");
 }
+
+/// The change made in a container by `exec`, rootless and as root alike.
+const CHANGE: &str = "echo changed > /etc/motd && chown 1000:1000 /etc/motd && rm /bin/ls && rm -rf /home \
+    && mkdir /home && touch /home/new && mkdir -p /srv/d && chown 33:44 /srv/d && mknod /srv/fifo p";
+
+/// The last layer of image `tag` exported to a fresh OCI layout, unpacked by GNU tar as root:
+/// its tree (no times: the two runs made their changes at different moments).
+fn committed_layer(export: impl Fn(&str), dir: &std::path::Path) -> strata_test_support::tree::Tree {
+    let layout = dir.join("layout");
+    export(&format!("{}:snap", layout.display()));
+    let manifest = crate::common::manifest_of(&layout, "snap");
+    let layers = manifest["layers"].as_array().expect("layers");
+    let digest = layers.last().expect("a layer")["digest"].as_str().expect("digest").to_string();
+    let tree = dir.join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    let blob = crate::common::blob(&layout, &digest);
+    let st = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "-xpf"])
+        .arg(&blob)
+        .arg("-C")
+        .arg(&tree)
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let opts = strata_test_support::tree::Options { mtime: false, ..Default::default() };
+    strata_test_support::tree::Tree::capture_with(&tree, &opts).expect("capture")
+}
+
+/// A rootless user runs a command (output checked), runs one detached, changes it with `exec`,
+/// stops it, commits and exports it: the committed layer is, entry by entry, what root-mode
+/// strata commits for the same change (owners mapped back, whiteouts and the opaque marker as
+/// `.wh.` names). Nothing is left mounted or running afterwards.
+#[test]
+fn run_exec_stop_commit_as_root_does() {
+    if !privileged("run_exec_stop_commit_as_root_does") {
+        return;
+    }
+    use crate::common::{fixtures, Root};
+    let user = TestUser::new(true);
+    let layout = user.home.join("oci");
+    // A copy the user owns (not hard links: chown would change the fixture's files).
+    let cp = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(fixtures().join("oci"))
+        .arg(&layout)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let chown = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(&layout)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let src = format!("{}:busybox", layout.display());
+    user.ok(&["image", "import", &src]);
+    let out = user.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $(id -u); wc -l < /proc/self/uid_map",
+    ]);
+    assert_eq!(out, "hello from 0\n2\n");
+    user.ok(&["run", "-d", "--name", "web", "busybox", "--", "sh", "-c", "echo started; sleep 1000"]);
+    user.ok(&["exec", "web", "--", "sh", "-c", CHANGE]);
+    assert_eq!(user.ok(&["exec", "web", "--", "stat", "-c", "%u:%g", "/etc/motd"]), "1000:1000\n");
+    user.ok(&["stop", "--time", "1", "web"]);
+    assert!(user.ok(&["logs", "web"]).contains("started"));
+    user.ok(&["container", "commit", "web", "snap"]);
+    let udir = tempfile::tempdir_in(&user.home).expect("tempdir");
+    std::os::unix::fs::chown(udir.path(), Some(user.uid), Some(user.gid)).expect("chown");
+    let got = committed_layer(|to| drop(user.ok(&["image", "export", "snap", to])), udir.path());
+    // Root mode, the same change.
+    let root = Root::new();
+    root.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display())]);
+    root.ok(&["run", "-d", "--name", "web", "busybox", "--", "sh", "-c", "echo started; sleep 1000"]);
+    root.ok(&["exec", "web", "--", "sh", "-c", CHANGE]);
+    root.ok(&["stop", "--time", "1", "web"]);
+    root.ok(&["container", "commit", "web", "snap"]);
+    let rdir = tempfile::tempdir().expect("tempdir");
+    let want = committed_layer(|to| drop(root.ok(&["image", "export", "snap", to])), rdir.path());
+    root.ok(&["rm", "web"]);
+    strata_test_support::tree::assert_trees_eq(&want, &got, "the committed layer, rootless vs root");
+    for p in ["etc/motd", "bin/.wh.ls", "home/.wh..wh..opq", "srv/fifo"] {
+        assert!(got.entries.contains_key(std::path::Path::new(p)), "{p} in {:?}", got.entries.keys());
+    }
+    let motd = &got.entries[std::path::Path::new("etc/motd")];
+    assert_eq!((motd.uid, motd.gid), (1000, 1000), "ids mapped back");
+    // Nothing left mounted or running but the pause process.
+    user.ok(&["rm", "web"]);
+    assert!(!user.ok(&["ps", "-a"]).contains("web"), "container removed");
+    let mounts = user.ok(&["unshare", "cat", "/proc/self/mountinfo"]);
+    assert!(!mounts.contains(&user.home.to_string_lossy().into_owned()), "{mounts}");
+    let pause = user.pause_pid().expect("pause");
+    // A detached run's monitor may take a moment to see its container go.
+    let others = || -> Vec<String> {
+        let cmdline = |p: i32| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let procs = user.processes().into_iter().filter(|p| *p != pause);
+        procs.map(|p| String::from_utf8_lossy(&cmdline(p)).replace('\0', " ")).collect()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !others().is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(others().is_empty(), "only the pause process runs: {:?}", others());
+}
