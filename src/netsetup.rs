@@ -129,8 +129,11 @@ impl Mode {
 }
 
 impl NetOptions {
+    /// The mode asked for; by default the default network, or `none` in rootless mode (which
+    /// has no bridge: the CNI plugins need root).
     pub fn mode(&self) -> Result<Mode> {
-        Mode::parse(self.network.as_deref().unwrap_or(DEFAULT_NETWORK))
+        let default = if crate::userns::is_rootless() { "none" } else { DEFAULT_NETWORK };
+        Mode::parse(self.network.as_deref().unwrap_or(default))
     }
 
     /// Reject what cannot work before anything is created: a bad mode, ports or DNS settings
@@ -140,6 +143,12 @@ impl NetOptions {
         let value = self.network.clone().unwrap_or_default();
         let publishing = !self.ports.is_empty() || self.publish_all;
         match mode {
+            Mode::Network(_) if crate::userns::is_rootless() => Err(NetSetupError::BadMode {
+                value,
+                reason: "rootless mode has no bridge or user networks yet (the CNI plugins need root): \
+                         use --network none (its default) or --network host"
+                    .into(),
+            }),
             Mode::Network(_) => Ok(()),
             Mode::None | Mode::Host if publishing => Err(NetSetupError::BadMode {
                 value,

@@ -407,6 +407,12 @@ fn run_exec_stop_commit_as_root_does() {
         "echo hello from $(id -u); wc -l < /proc/self/uid_map",
     ]);
     assert_eq!(out, "hello from 0\n2\n");
+    // Networks: none (the default: only lo) and host; no bridge yet.
+    let lo = user.ok(&["run", "--rm", "busybox", "--", "cat", "/proc/net/dev"]);
+    assert!(lo.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")), "only lo: {lo}");
+    user.ok(&["run", "--rm", "--network", "host", "busybox", "--", "true"]);
+    let err = user.fails(&["run", "--rm", "--network", "bridge", "busybox", "--", "true"]);
+    assert!(err.contains("rootless mode has no bridge"), "{err}");
     user.ok(&["run", "-d", "--name", "web", "busybox", "--", "sh", "-c", "echo started; sleep 1000"]);
     user.ok(&["exec", "web", "--", "sh", "-c", CHANGE]);
     assert_eq!(user.ok(&["exec", "web", "--", "stat", "-c", "%u:%g", "/etc/motd"]), "1000:1000\n");
