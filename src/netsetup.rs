@@ -441,21 +441,22 @@ pub fn teardown(store: &Store, name: &str) {
     }
 }
 
-/// Whether container `name`'s network is in use: it exists and runs, is paused, or is being
-/// started (its run lock is held).
-pub fn is_live(store: &Store, name: &str) -> bool {
+/// The container's lock when it neither runs nor is being started (`None` otherwise): held while
+/// its leftovers are released, so a `start` (which takes it before its run lock) waits.
+fn claim_stopped(store: &Store, name: &str) -> Option<crate::store::LockGuard> {
+    let guard = container::lock(store, name).ok()?;
     match container::row(store, name) {
-        Ok(Some(_)) => !matches!(container::is_running(store, name), Ok(None)),
-        Ok(None) => false,
+        Ok(Some(_)) => matches!(container::running(store, name), Ok(None)).then_some(guard),
+        Ok(None) => Some(guard),
         // Unsure: keep it.
-        Err(_) => true,
+        Err(_) => None,
     }
 }
 
 /// Give back what containers that no longer run still hold (after a kill -9 of strata or a
 /// reboot); failures are logged.
 pub fn release_leaked(store: &Store) {
-    match network::release_leaked(store, |n| is_live(store, n)) {
+    match network::release_leaked(store, |n| claim_stopped(store, n)) {
         Ok(r) if r.is_empty() => {}
         Ok(r) => tracing::info!(containers = ?r, "released leaked networks"),
         Err(e) => tracing::warn!(error = %crate::error::report(&e), "releasing leaked networks"),

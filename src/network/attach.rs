@@ -363,16 +363,28 @@ pub fn detach(store: &Store, container: &str) -> Result<bool, NetworkError> {
     Ok(true)
 }
 
-/// Detach every container that `is_live` says is gone or stopped, and remove namespace files no
-/// record explains: what a kill -9 of strata or a reboot left. `is_live(name)` must be true for
-/// a container being started (its run lock held), whose attachment may be half made. Returns
-/// the containers released; a failure is logged and the rest still released.
-pub fn release_leaked(store: &Store, is_live: impl Fn(&str) -> bool) -> Result<Vec<String>, NetworkError> {
+/// Detach every container that is gone or stopped, and remove namespace files no record
+/// explains: what a kill -9 of strata or a reboot left. `claim(name)` decides: `None` for a
+/// live container (running, or being started: its attachment may be half made), or a guard
+/// that keeps it from starting until its leftovers are released (the guard is held across the
+/// release, so a start cannot attach in between and lose its fresh attachment). Returns the
+/// containers released; a failure is logged and the rest still released.
+pub fn release_leaked<G>(
+    store: &Store,
+    claim: impl Fn(&str) -> Option<G>,
+) -> Result<Vec<String>, NetworkError> {
     let mut released = Vec::new();
     for a in attachments(store)? {
-        if is_live(&a.container) {
-            continue;
-        }
+        let Some(_claimed) = claim(&a.container) else { continue };
+        // Read again under the claim: a start may have replaced it before the claim was made.
+        let a = match attachment(store, &a.container) {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(container = %a.container, error = %crate::error::report(&e), "leaked attachment stays");
+                continue;
+            }
+        };
         match release(&Cni::from_env(), store, &a) {
             Ok(()) => {
                 tracing::info!(container = %a.container, network = %a.network, "released a leaked attachment");
@@ -386,7 +398,8 @@ pub fn release_leaked(store: &Store, is_live: impl Fn(&str) -> bool) -> Result<V
     let dir = netns_dir(store);
     for ns in netns::list(&dir).map_err(io_at(&dir))? {
         let Some(name) = ns.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
-        if is_live(&name) || record_path(store, &name).exists() {
+        let Some(_claimed) = claim(&name) else { continue };
+        if record_path(store, &name).exists() {
             continue;
         }
         if let Err(e) = netns::remove(&ns) {

@@ -31,7 +31,7 @@ impl Drop for NetCleanup {
             let _ = c.wait();
         }
         let Ok(store) = Store::open(&self.root) else { return };
-        let _ = network::release_leaked(&store, |_| false);
+        let _ = network::release_leaked(&store, |_| Some(()));
         for n in network::config::list(&store).unwrap_or_default() {
             network::config::delete_bridge(&n.bridge);
         }
@@ -227,7 +227,8 @@ fn release_leaked_after_crash_and_reboot() {
     let stray = network::netns_path(&store, "stray");
     network::netns::create(&stray).expect("stray netns");
 
-    let mut released = network::release_leaked(&store, |name| name == "live").expect("release");
+    let mut released =
+        network::release_leaked(&store, |name| (name != "live").then_some(())).expect("release");
     released.sort();
     assert_eq!(released, vec!["crashed", "rebooted"]);
     assert_released(&store, &crashed, &bridge, &veths.0);

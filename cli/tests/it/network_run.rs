@@ -35,7 +35,7 @@ impl Drop for Cleanup {
             }
         }
         let Ok(store) = Store::open(&self.root) else { return };
-        let _ = network::release_leaked(&store, |_| false);
+        let _ = network::release_leaked(&store, |_| Some(()));
         for n in network::config::list(&store).unwrap_or_default() {
             network::config::delete_bridge(&n.bridge);
         }
