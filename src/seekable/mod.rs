@@ -13,14 +13,18 @@
 //! it and never allocates more than the bounds below.
 //! - [`footer`]: the eStargz footer and the zstd:chunked footer frame, read and written;
 //! - [`toc`]: the TOC, decoded, verified and checked ([`Toc`], [`TocEntry`], [`Chunk`]);
-//! - [`chunk`]: one chunk's compressed bytes to its verified content.
+//! - [`chunk`]: one chunk's compressed bytes to its verified content;
+//! - [`write`]: a plain layer tar to eStargz.
 
 pub mod chunk;
 pub mod footer;
 pub mod toc;
+pub mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;
 
 use std::collections::HashMap;
 
