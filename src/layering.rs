@@ -51,6 +51,7 @@ const STACK: &[&str] = &[
     "diff",
     "image",
     "compression",
+    "seekable",
     "digest",
     "reference",
     "fsutil",

@@ -28,6 +28,8 @@
 //!   pause, restart, the state `ps -a` shows, prune, version, info; [`signals`]: what a foreground
 //!   run does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the
 //!   containers' cgroup directories.
+//! - [`seekable`]: eStargz and zstd:chunked, the layers a lazy pull reads by ranges (footers,
+//!   TOCs, chunks verified by digest).
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 //! - [`network`]: container networking through the CNI plugins (bridge, host-local, portmap),
 //!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets;
@@ -66,6 +68,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod run;
 pub mod runtime;
+pub mod seekable;
 pub mod signals;
 pub mod snapshot;
 pub mod store;

@@ -72,6 +72,15 @@ a leading `table` prints a header."
     /// is moved to this image, as `docker tag` does.
     #[command(after_help = "Example:\n  strata image tag 127.0.0.1:5000/app:1 localhost:5000/app:v1")]
     Tag { name: String, new_name: String },
+    /// A copy of an image with its layers rewritten: `estargz` (gzip members per file and
+    /// chunk, a TOC: what `pull --lazy` reads by ranges; still a valid gzip tar for any runtime).
+    #[command(after_help = "Example:\n  strata image convert app app:estargz --compression estargz")]
+    Convert {
+        name: String,
+        new_name: String,
+        #[arg(long, value_parser = ["estargz"])]
+        compression: String,
+    },
     /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
     #[command(
         after_help = "Examples:\n  strata image export app ./layout:app\n  strata image export app app.tar --format docker-archive"
@@ -234,6 +243,13 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             }
             .with_context(what)?;
             outln!("{}", done.manifest_digest)?;
+        }
+        ImageCmd::Convert { name, new_name, compression: _ } => {
+            let mut store = open_store(root)?;
+            let opts = strata::seekable::write::EstargzOptions::default();
+            let c = strata::commit::convert::convert_to_estargz(&mut store, &name, &new_name, &opts)
+                .with_context(|| format!("converting {name} to eStargz"))?;
+            outln!("{}", c.manifest_digest)?;
         }
         ImageCmd::Tag { name, new_name } => {
             strata::reference::validate_image_name(&new_name)?;

@@ -176,9 +176,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Pull { reference, name, platform, tls, jobs, quiet } => {
             registry::pull_cmd(root, &reference, name, platform, tls, jobs, quiet)
         }
-        Cmd::Push { name, reference, tls, quiet, chunk_size } => {
-            registry::push_cmd(root, &name, reference.as_deref(), tls, quiet, chunk_size)
-        }
+        Cmd::Push { name, reference, tls, quiet, chunk_size, compression } => registry::push_cmd(
+            root,
+            &name,
+            reference.as_deref(),
+            tls,
+            quiet,
+            chunk_size,
+            compression.is_some(),
+        ),
         Cmd::Images { list } => image::command(root, image::ImageCmd::Ls { list }),
         Cmd::Rmi { names, force } => image::rmi(root, names, force),
         Cmd::Save { names, output, format } => image::save_cmd(root, &names, &output, &format),

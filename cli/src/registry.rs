@@ -56,6 +56,7 @@ pub fn push_cmd(
     tls: TlsArgs,
     quiet: bool,
     chunk_size: u64,
+    estargz: bool,
 ) -> Result<ExitCode> {
     use strata::registry::{self, PushOptions};
     let dest = match reference {
@@ -67,8 +68,18 @@ pub fn push_cmd(
             .and_then(|_| strata::reference::normalize(name).ok())
             .with_context(|| format!("pushing {name}: give the destination HOST[:PORT]/REPO[:TAG]"))?,
     };
-    let store = open_store(root)?;
+    let mut store = open_store(root)?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
+    let converted;
+    let name = if estargz {
+        let opts = strata::seekable::write::EstargzOptions::default();
+        converted = strata::commit::convert::convert_to_estargz(&mut store, name, &dest.to_string(), &opts)
+            .with_context(|| format!("converting {name} to eStargz"))?
+            .name;
+        converted.as_str()
+    } else {
+        name
+    };
     let bars = progress::Bars::on_terminal(!quiet);
     let opts = PushOptions { client: tls.client(), chunk_size, progress: bars.progress() };
     let pushed = registry::push(&store, name, &dest, &opts);

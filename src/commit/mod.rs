@@ -15,6 +15,8 @@
 //! - [`compress`]: the hashing and compressing stream stages (parallel gzip, zstd).
 //! - [`config`]: the new image config derived from the parent's.
 //! - [`changes`]: the `docker commit --change` instructions.
+//! - [`convert`]: a stored image's layers rewritten as eStargz (`image convert`, `push
+//!   --compression estargz`).
 //! - `container`: [`commit_container`], a container's upper dir over its image, paused meanwhile.
 //! - here: the commit steps (blob, layer row, config, manifest, image) and their errors.
 
@@ -22,6 +24,7 @@ pub mod changes;
 pub mod compress;
 pub mod config;
 mod container;
+pub mod convert;
 pub mod layer;
 mod sparse;
 
@@ -78,6 +81,13 @@ pub enum CommitError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Name(#[from] crate::reference::ReferenceError),
+    /// A layer that could not be rewritten in a seekable format.
+    #[error("layer {layer}: converting to eStargz")]
+    Seekable {
+        layer: String,
+        #[source]
+        source: crate::seekable::SeekableError,
+    },
     /// The container committed ([`commit_container`]): not found, read-only, or its runtime.
     #[error(transparent)]
     Container(Box<crate::container::ContainerError>),
@@ -100,6 +110,7 @@ impl CommitError {
             | CommitError::Image(_)
             | CommitError::Name(_) => ErrorKind::InvalidArgument,
             CommitError::Container(e) => e.kind(),
+            CommitError::Seekable { source, .. } => source.kind(),
         }
     }
 }

@@ -671,6 +671,44 @@ impl Client {
         Ok((buf, ct, dcd))
     }
 
+    /// Bytes `range` of a blob, by an HTTP Range request (a lazy pull's footer, TOC and
+    /// chunks). A registry that answers with anything but those bytes (a 200 with the whole
+    /// blob, another range) is refused rather than read.
+    pub fn blob_range(&self, digest: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("{}/{}@{digest} bytes {}-{}", self.host, self.repo, range.start, range.end);
+        let invalid = |reason: String| RegistryError::Invalid { what: what.clone(), reason };
+        if range.is_empty() {
+            return Err(invalid("an empty range".into()));
+        }
+        let url = self.url(&format!("blobs/{digest}"));
+        let spec = format!("bytes={}-{}", range.start, range.end - 1);
+        let resp = self.send_retry(&url, &what, |authz| {
+            let mut req = self.agent.get(&url).header("Range", &spec);
+            if let Some(h) = authz {
+                req = req.header("Authorization", h);
+            }
+            req.call().map_err(|e| transport_error(&self.host, &self.ca_dirs, e))
+        })?;
+        let want = format!("bytes {}-{}/", range.start, range.end - 1);
+        if resp.status() != StatusCode::PARTIAL_CONTENT
+            || !header(&resp, "content-range").is_some_and(|c| c.starts_with(&want))
+        {
+            return Err(invalid(format!(
+                "the registry answered HTTP {} without that range",
+                resp.status().as_u16()
+            )));
+        }
+        let len = range.end - range.start;
+        let mut buf = Vec::with_capacity(len.min(1 << 20) as usize);
+        resp.into_body().into_reader().take(len + 1).read_to_end(&mut buf).map_err(|source| {
+            RegistryError::ReadBody { host: self.host.clone(), what: what.clone(), source }
+        })?;
+        if buf.len() as u64 != len {
+            return Err(invalid(format!("{} bytes sent", buf.len())));
+        }
+        Ok(buf)
+    }
+
     /// Stream a blob: the body and its length (from Content-Length, when sent).
     pub fn blob(&self, digest: &str) -> Result<(Box<dyn Read + Send>, Option<u64>), RegistryError> {
         let what = format!("{}/{}@{digest}", self.host, self.repo);

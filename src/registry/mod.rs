@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod lazy;
 pub mod push;
 
 use std::io::Read;

@@ -21,6 +21,7 @@ mod hostile_import;
 mod hostile_sparse;
 mod import;
 mod integrity;
+mod lazy;
 mod lifecycle;
 mod lifecycle_signals;
 mod listing;
