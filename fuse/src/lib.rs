@@ -12,6 +12,7 @@ mod mutate;
 mod overlay;
 mod stats;
 mod sys;
+pub mod uring;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub enum Error {
     Layers(#[source] std::io::Error),
     #[error("mount {0}")]
     Mount(PathBuf, #[source] std::io::Error),
+    #[error("FUSE over io_uring")]
+    Uring(#[source] std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -50,6 +53,9 @@ pub struct Options {
     pub flags: Vec<fuser::MountOption>,
     /// Options that were not understood (ignored with a warning).
     pub ignored: Vec<String>,
+    /// The transport: FUSE over io_uring or `/dev/fuse` reads (`uring=`; the default comes
+    /// from `STRATA_FUSE_URING` when set, else auto).
+    pub uring: uring::Mode,
 }
 
 /// Split `s` at each `sep` no backslash escapes, keeping the escapes, as overlayfs splits its
@@ -147,6 +153,11 @@ impl Options {
         let mut passthrough = true;
         let mut volatile = false;
         let mut threads = 4usize;
+        let mut uring = match std::env::var("STRATA_FUSE_URING") {
+            Ok(v) => uring::Mode::parse(&v)
+                .ok_or_else(|| Error::BadValue("STRATA_FUSE_URING".into(), v.clone()))?,
+            Err(_) => uring::Mode::Auto,
+        };
         let mut flags = Vec::new();
         let mut fsname =
             source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
@@ -186,6 +197,10 @@ impl Options {
                 }
                 ("passthrough", Some(v)) => passthrough = v != "off" && v != "0" && v != "false",
                 ("nopassthrough", None) => passthrough = false,
+                ("uring", None) => uring = uring::Mode::On,
+                ("uring", Some(v)) => {
+                    uring = uring::Mode::parse(&v).ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?
+                }
                 ("volatile", None) => volatile = true,
                 ("ro", None) => flags.push(M::RO),
                 ("rw", None) => {}
@@ -226,6 +241,7 @@ impl Options {
             fsname,
             flags,
             ignored,
+            uring,
         })
     }
 
@@ -278,6 +294,12 @@ pub fn mount(opts: &Options) -> Result<(fuser::Session<StrataFs>, std::sync::Arc
     cfg.lowers = cfg.lowers.iter().map(canon).collect::<Result<_, _>>()?;
     cfg.upper = cfg.upper.as_ref().map(canon).transpose()?;
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
+    if opts.uring == uring::Mode::On && !uring::kernel_enabled() {
+        return Err(Error::Uring(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("uring=on, but the kernel does not allow it ({} is not Y)", uring::ENABLE_URING),
+        )));
+    }
     let fs = StrataFs::new(&cfg).map_err(Error::Layers)?;
     let slot = fs.notifier_slot();
     let stats = fs.stats();
@@ -339,6 +361,12 @@ mod tests {
         assert!(o.flags.contains(&fuser::MountOption::RO));
         assert_eq!(o.ignored, vec!["bogus=1".to_string()]);
         assert_eq!(o.fsname, "strata");
+        let o = parse(&["-o", "lowerdir=/a,uring=off", "/m"]);
+        assert_eq!(o.uring, uring::Mode::Off);
+        let o = parse(&["-o", "lowerdir=/a,uring", "/m"]);
+        assert_eq!(o.uring, uring::Mode::On);
+        assert!(matches!(Options::parse(["-o".to_string(), "lowerdir=/a,uring=maybe".into(), "/m".into()]),
+            Err(Error::BadValue(k, _)) if k == "uring"));
         assert!(matches!(
             Options::parse(["-o".to_string(), "upperdir=/u".into(), "/m".into()]),
             Err(Error::Missing("lowerdir"))

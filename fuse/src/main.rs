@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             "usage: strata-fuse [-f] [-d] -o lowerdir=L1:L2:...[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
              strata-fuse SOURCE MOUNTPOINT -o OPTS   (mount.fuse form)\n\
              options: lowerdir, upperdir, workdir, fsname=NAME, timeout=SECS, threads=N, passthrough=on|off,\n\
+             uring=auto|on|off (FUSE over io_uring; default auto, or $STRATA_FUSE_URING),\n\
              ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning.\n\
              In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
              --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit"
