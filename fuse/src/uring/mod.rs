@@ -35,6 +35,13 @@
 use std::io;
 use std::path::Path;
 
+mod abi;
+mod forward;
+mod transport;
+
+pub use forward::{Negotiated, Shared};
+pub use transport::{max_message, start, Rings};
+
 /// Where the kernel says whether FUSE over io_uring is allowed.
 pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
