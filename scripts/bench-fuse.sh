@@ -24,6 +24,8 @@
 #                           (started 50 ms before)
 # Every line gives the median and the spread (max-min over the rounds, in % of the median): the
 # cold rows move with the host's own cache, which no drop inside the VM reaches.
+# BACKENDS="kernel strata strata-uring fuse-overlayfs" adds strata-fuse over io_uring (uring=on;
+# the plain strata backend is uring=off), turning the fuse module's enable_uring on for the run.
 # HALTPOLL_NS=N sets /sys/module/haltpoll/parameters/guest_halt_poll_ns for the run (restored at
 # the end): VMs booted with haltpoll.guest_halt_poll_ns=0 pay a halt exit on every cross-CPU
 # wake-up, which is most of a FUSE round trip; the kernel's own default is 200000.
@@ -60,7 +62,8 @@ do_mount() { # backend lowerdir [extra kernel/strata-fuse option]
     local o="lowerdir=$2,upperdir=$BASE/$1/upper,workdir=$BASE/$1/work" x="${3:+,$3}"
     case $1 in
         kernel) mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off$x" "$MNT" ;;
-        strata) "$STRATA" -o "$o$x" "$MNT" ;;
+        strata) "$STRATA" -o "$o$x,uring=off" "$MNT" ;;
+        strata-uring) "$STRATA" -o "$o$x,uring=on" "$MNT" ;;
         fuse-overlayfs) fuse-overlayfs -o "$o" "$MNT" ;;
     esac
 }
@@ -68,7 +71,13 @@ do_umount() { umount "$MNT" 2>/dev/null || umount -l "$MNT"; sleep 0.2; }
 fresh() { rm -rf "${BASE:?}/$1"; mkdir -p "$BASE/$1/upper" "$BASE/$1/work"; }
 HP=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 HP_WAS=$(cat "$HP" 2>/dev/null || echo none)
-restore() { umount "$MNT" 2>/dev/null || true; [ "$HP_WAS" = none ] || echo "$HP_WAS" > "$HP"; }
+UR=/sys/module/fuse/parameters/enable_uring
+UR_WAS=$(cat "$UR" 2>/dev/null || echo none)
+restore() {
+    umount "$MNT" 2>/dev/null || true
+    [ "$HP_WAS" = none ] || echo "$HP_WAS" > "$HP"
+    case $UR_WAS in Y) echo 1 > "$UR" ;; N) echo 0 > "$UR" ;; esac
+}
 trap restore EXIT
 if [ -n "${HALTPOLL_NS:-}" ] && [ -w "$HP" ]; then echo "$HALTPOLL_NS" > "$HP"; fi
 echo "guest_halt_poll_ns: $(cat "$HP" 2>/dev/null || echo n/a) (was $HP_WAS); $(nproc) CPUs; $(uname -r)" >&2
@@ -101,7 +110,9 @@ CU_PID=
 copyup_bg() { (printf x >> "$MNT/big") & CU_PID=$!; sleep 0.05; }
 create_one() { touch "$MNT/created-during-copy-up"; }
 
-BACKENDS=(kernel strata fuse-overlayfs)
+read -r -a BACKENDS <<< "${BACKENDS:-kernel strata fuse-overlayfs}"
+# strata-uring (FUSE over io_uring) needs the fuse module's enable_uring, on for the run only.
+if [[ " ${BACKENDS[*]} " == *" strata-uring "* ]]; then echo 1 > "$UR"; fi
 TESTS=("stat cold" "stat warm" "stat warm again" "tar" "read big cold" "copy-up big/4" "copy-up, no sync"
     "create 10k" "rm -rf lower" "create in copy-up")
 for n in $SIZES; do
@@ -152,3 +163,19 @@ for n in $SIZES; do
             "$f ±$fs%" "$(ratio "$s" "$k")" "$(ratio "$s" "$f")"
     done
 done
+if [[ " ${BACKENDS[*]} " == *" strata-uring "* ]]; then
+    printf '\nstrata-fuse transports: /dev/fuse reads (uring=off) vs FUSE over io_uring (uring=on)\n'
+    printf '\n| %-18s | %7s | %14s | %14s | %12s | %13s |\n' test entries "/dev/fuse ms" "io_uring ms" \
+        "uring/devfuse" "uring/kernel"
+    printf '|%s|%s|%s|%s|%s|%s|\n' -------------------- ---------: ---------------: ---------------: \
+        -------------: --------------:
+    for n in $SIZES; do
+        for t in "${TESTS[@]}"; do
+            read -r k _ <<< "$(echo "${RES["$t,$n,kernel"]:-}" | stats)"
+            read -r s ss <<< "$(echo "${RES["$t,$n,strata"]:-}" | stats)"
+            read -r u us <<< "$(echo "${RES["$t,$n,strata-uring"]}" | stats)"
+            printf '| %-18s | %7s | %14s | %14s | %12s | %13s |\n' "$t" "$n" "$s ±$ss%" "$u ±$us%" \
+                "$(ratio "$u" "$s")" "$(ratio "$u" "$k")"
+        done
+    done
+fi

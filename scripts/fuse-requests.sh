@@ -121,7 +121,7 @@ for code in $(cut -f2 "$BASE.rows" | awk '!seen[$0]++'); do
 done
 printf '| %-20s |' total
 for o in "${OPS[@]}"; do
-    awk -F'\t' -v o="$o" '$1 == o && $2 != "LOOKUP(negative)" { s += $3 } END { printf " %d |", s }' "$BASE.rows"
+    awk -F'\t' -v o="$o" '$1 == o && $2 != "LOOKUP(negative)" && $2 != "(io_uring)" { s += $3 } END { printf " %d |", s }' "$BASE.rows"
 done
 echo
 rm -f "$BASE.rows"

@@ -176,6 +176,12 @@ impl StrataFs {
         self.stats.clone()
     }
 
+    /// The slot for the connection's `/dev/fuse` fd (passthrough backing files are registered
+    /// on it), filled by whoever creates the session.
+    pub fn device_slot(&self) -> Arc<OnceLock<Arc<std::os::fd::OwnedFd>>> {
+        self.handles.device_slot()
+    }
+
     /// The slot for the session's notifier, filled by whoever creates the session.
     pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.notifier.clone()
@@ -412,7 +418,7 @@ impl Filesystem for StrataFs {
         self.stats.add(Op::Open);
         match self.do_open(ino.0, flags.0) {
             Ok((file, lower, held)) => {
-                let backing = match self.handles.backing_for(ino.0, &file, &|f| reply.open_backing(f)) {
+                let backing = match self.handles.backing_for(ino.0, &file) {
                     Ok(b) => b,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         // The VFS retries an open that fails with ESTALE once, revalidating
@@ -428,7 +434,13 @@ impl Filesystem for StrataFs {
                 let fh = self.handles.add(Handle { ino: ino.0, file, _backing: backing.clone() });
                 drop(held);
                 match backing {
-                    Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                    Some(b) => {
+                        // SAFETY: `b` keeps the id open for as long as a handle uses it, and it
+                        // was registered on this connection; `into_raw` leaves closing it to `b`.
+                        let id = unsafe { reply.wrap_backing(b.id()) };
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                        let _ = id.into_raw();
+                    }
                     None => reply.opened(FileHandle(fh), fl),
                 }
             }

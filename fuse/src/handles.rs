@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use fuser::BackingId;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::sys::{self, err};
 
@@ -19,19 +20,51 @@ pub(crate) struct Handle {
     pub(crate) ino: u64,
     pub(crate) file: File,
     /// Held while the file is open in passthrough mode.
-    pub(crate) _backing: Option<Arc<BackingId>>,
+    pub(crate) _backing: Option<Arc<Backing>>,
+}
+
+/// A passthrough backing file registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) on the
+/// connection's `/dev/fuse` fd, closed when dropped. Registered here rather than through a
+/// fuser reply: a ring queue's replies travel over a socket, which has no such ioctl.
+#[derive(Debug)]
+pub(crate) struct Backing {
+    dev: Arc<OwnedFd>,
+    id: u32,
+}
+
+impl Backing {
+    /// The kernel's backing id.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: a valid fd and a pointer to a u32 the ioctl only reads.
+        let r = unsafe { libc::ioctl(self.dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &self.id) };
+        if r != 0 {
+            // The connection is gone (unmounted): the kernel dropped its backing files.
+            debug!("closing backing id {}: {}", self.id, io::Error::last_os_error());
+        }
+    }
 }
 
 /// A passthrough backing file of an inode and the real (dev, ino) it refers to.
-type Backing = (Weak<BackingId>, (u64, u64));
+type BackingOf = (Weak<Backing>, (u64, u64));
 
 #[derive(Debug)]
 pub(crate) struct Handles {
     open: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    backings: Mutex<HashMap<u64, Backing>>,
+    backings: Mutex<HashMap<u64, BackingOf>>,
     /// Opens use passthrough (set at init when the kernel allows it, cleared when it fails).
     passthrough: AtomicBool,
+    /// The connection's `/dev/fuse` fd, for registering backing files (set once mounted).
+    device: Arc<OnceLock<Arc<OwnedFd>>>,
 }
 
 impl Default for Handles {
@@ -41,6 +74,7 @@ impl Default for Handles {
             next_fh: AtomicU64::new(1),
             backings: Mutex::new(HashMap::new()),
             passthrough: AtomicBool::new(false),
+            device: Arc::new(OnceLock::new()),
         }
     }
 }
@@ -74,14 +108,14 @@ impl Handles {
         self.passthrough.store(on, Ordering::Relaxed);
     }
 
+    /// The slot of the connection's `/dev/fuse` fd, filled once the mount exists.
+    pub(crate) fn device_slot(&self) -> Arc<OnceLock<Arc<OwnedFd>>> {
+        self.device.clone()
+    }
+
     /// Get (or register) the passthrough backing file of an inode. EBUSY: the inode is open in
     /// passthrough mode on another real file (its lower copy, before a copy-up).
-    pub(crate) fn backing_for(
-        &self,
-        ino: u64,
-        file: &File,
-        open_backing: &dyn Fn(&File) -> io::Result<BackingId>,
-    ) -> io::Result<Option<Arc<BackingId>>> {
+    pub(crate) fn backing_for(&self, ino: u64, file: &File) -> io::Result<Option<Arc<Backing>>> {
         if !self.passthrough() {
             return Ok(None);
         }
@@ -101,9 +135,12 @@ impl Handles {
                 return Err(err(libc::EBUSY));
             }
         }
-        match open_backing(file) {
+        let Some(dev) = self.device.get() else {
+            return Ok(None);
+        };
+        match BackingId::create_raw(&**dev, file) {
             Ok(bid) => {
-                let a = Arc::new(bid);
+                let a = Arc::new(Backing { dev: dev.clone(), id: bid });
                 b.insert(ino, (Arc::downgrade(&a), id));
                 Ok(Some(a))
             }

@@ -12,6 +12,7 @@ mod mutate;
 mod overlay;
 mod stats;
 mod sys;
+pub mod uring;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub enum Error {
     Layers(#[source] std::io::Error),
     #[error("mount {0}")]
     Mount(PathBuf, #[source] std::io::Error),
+    #[error("FUSE over io_uring")]
+    Uring(#[source] std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -50,6 +53,9 @@ pub struct Options {
     pub flags: Vec<fuser::MountOption>,
     /// Options that were not understood (ignored with a warning).
     pub ignored: Vec<String>,
+    /// The transport: FUSE over io_uring or `/dev/fuse` reads (`uring=`; the default comes
+    /// from `STRATA_FUSE_URING` when set, else auto).
+    pub uring: uring::Mode,
 }
 
 /// Split `s` at each `sep` no backslash escapes, keeping the escapes, as overlayfs splits its
@@ -147,6 +153,11 @@ impl Options {
         let mut passthrough = true;
         let mut volatile = false;
         let mut threads = 4usize;
+        let mut uring = match std::env::var("STRATA_FUSE_URING") {
+            Ok(v) => uring::Mode::parse(&v)
+                .ok_or_else(|| Error::BadValue("STRATA_FUSE_URING".into(), v.clone()))?,
+            Err(_) => uring::Mode::Auto,
+        };
         let mut flags = Vec::new();
         let mut fsname =
             source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
@@ -186,6 +197,10 @@ impl Options {
                 }
                 ("passthrough", Some(v)) => passthrough = v != "off" && v != "0" && v != "false",
                 ("nopassthrough", None) => passthrough = false,
+                ("uring", None) => uring = uring::Mode::On,
+                ("uring", Some(v)) => {
+                    uring = uring::Mode::parse(&v).ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?
+                }
                 ("volatile", None) => volatile = true,
                 ("ro", None) => flags.push(M::RO),
                 ("rw", None) => {}
@@ -226,6 +241,7 @@ impl Options {
             fsname,
             flags,
             ignored,
+            uring,
         })
     }
 
@@ -268,9 +284,33 @@ impl Options {
     }
 }
 
-/// Mount and return the session (the mount is live and initialised when this returns) and the
-/// filesystem's request counts.
-pub fn mount(opts: &Options) -> Result<(fuser::Session<StrataFs>, std::sync::Arc<Stats>), Error> {
+/// A live mount: its `/dev/fuse` session (not serving yet), its request counts, and the ring
+/// transport to start once the process serves (threads do not survive the daemon's fork).
+pub struct Mounted {
+    pub session: fuser::Session<uring::Shared>,
+    pub stats: std::sync::Arc<Stats>,
+    pub rings: Option<RingStart>,
+}
+
+/// The ring queues of a mount that negotiated FUSE over io_uring.
+#[derive(Debug)]
+pub struct RingStart {
+    dev: std::sync::Arc<std::os::fd::OwnedFd>,
+    negotiated: uring::Negotiated,
+    rings: uring::Rings,
+    acl: fuser::SessionACL,
+    pub mode: uring::Mode,
+}
+
+impl RingStart {
+    /// Register the queues; requests go through them once every queue has.
+    pub fn start(self) -> Result<(), Error> {
+        uring::start(self.dev, &self.negotiated, self.rings, self.acl).map_err(Error::Uring)
+    }
+}
+
+/// Mount (the mount is live and initialised when this returns).
+pub fn mount(opts: &Options) -> Result<Mounted, Error> {
     let mut cfg = opts.fs.clone();
     let canon = |p: &PathBuf| {
         std::fs::canonicalize(p).map_err(|e| Error::BadValue(p.display().to_string(), e.to_string()))
@@ -278,13 +318,43 @@ pub fn mount(opts: &Options) -> Result<(fuser::Session<StrataFs>, std::sync::Arc
     cfg.lowers = cfg.lowers.iter().map(canon).collect::<Result<_, _>>()?;
     cfg.upper = cfg.upper.as_ref().map(canon).transpose()?;
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
+    let uring_error = |m: String| Error::Uring(std::io::Error::new(std::io::ErrorKind::Unsupported, m));
+    let want_uring = match opts.uring {
+        uring::Mode::Off => false,
+        uring::Mode::Auto => uring::kernel_enabled(),
+        uring::Mode::On if uring::kernel_enabled() => true,
+        uring::Mode::On => {
+            return Err(uring_error(format!(
+                "uring=on, but the kernel does not allow it ({} is not Y)",
+                uring::ENABLE_URING
+            )))
+        }
+    };
+    let rings = uring::Rings { depth: opts.threads.clamp(2, 16) };
+    let max_message = if want_uring { uring::max_message(rings.depth).map_err(Error::Uring)? } else { 0 };
     let fs = StrataFs::new(&cfg).map_err(Error::Layers)?;
     let slot = fs.notifier_slot();
+    let device = fs.device_slot();
     let stats = fs.stats();
-    let session = fuser::Session::new(fs, &opts.mountpoint, &opts.session_config())
+    let negotiated = std::sync::Arc::new(std::sync::OnceLock::new());
+    let shared = uring::Shared::device(fs, want_uring, max_message, negotiated.clone());
+    let config = opts.session_config();
+    let session = fuser::Session::new(shared, &opts.mountpoint, &config)
         .map_err(|e| Error::Mount(opts.mountpoint.clone(), e))?;
     let _ = slot.set(session.notifier());
-    Ok((session, stats))
+    use std::os::fd::AsFd;
+    let dev = std::sync::Arc::new(session.as_fd().try_clone_to_owned()?);
+    let _ = device.set(dev.clone());
+    let rings = match negotiated.get() {
+        Some(n) if n.uring => {
+            Some(RingStart { dev, negotiated: n.clone(), rings, acl: config.acl, mode: opts.uring })
+        }
+        _ if opts.uring == uring::Mode::On => {
+            return Err(uring_error("uring=on, but FUSE_INIT did not negotiate FUSE_OVER_IO_URING".into()))
+        }
+        _ => None,
+    };
+    Ok(Mounted { session, stats, rings })
 }
 
 #[cfg(test)]
@@ -339,6 +409,12 @@ mod tests {
         assert!(o.flags.contains(&fuser::MountOption::RO));
         assert_eq!(o.ignored, vec!["bogus=1".to_string()]);
         assert_eq!(o.fsname, "strata");
+        let o = parse(&["-o", "lowerdir=/a,uring=off", "/m"]);
+        assert_eq!(o.uring, uring::Mode::Off);
+        let o = parse(&["-o", "lowerdir=/a,uring", "/m"]);
+        assert_eq!(o.uring, uring::Mode::On);
+        assert!(matches!(Options::parse(["-o".to_string(), "lowerdir=/a,uring=maybe".into(), "/m".into()]),
+            Err(Error::BadValue(k, _)) if k == "uring"));
         assert!(matches!(
             Options::parse(["-o".to_string(), "upperdir=/u".into(), "/m".into()]),
             Err(Error::Missing("lowerdir"))

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             "usage: strata-fuse [-f] [-d] -o lowerdir=L1:L2:...[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
              strata-fuse SOURCE MOUNTPOINT -o OPTS   (mount.fuse form)\n\
              options: lowerdir, upperdir, workdir, fsname=NAME, timeout=SECS, threads=N, passthrough=on|off,\n\
+             uring=auto|on|off (FUSE over io_uring; default auto, or $STRATA_FUSE_URING),\n\
              ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning.\n\
              In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
              --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit"
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
     // Modes of new entries are set explicitly; the process umask must not interfere.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let (session, stats) = match mount(&opts) {
+    let strata_fuse::Mounted { session, stats, rings } = match mount(&opts) {
         Ok(s) => s,
         Err(e) => {
             let msg = report(&e);
@@ -72,6 +73,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The parent returns once the child has started serving (rings included).
+    let mut ready_fd = None;
     if !opts.foreground {
         // The mount is live: fork, let the parent return, serve from the child.
         let mut fds = [0; 2];
@@ -102,10 +105,8 @@ fn main() -> ExitCode {
                             libc::close(null);
                         }
                     }
-                    // Tell the parent we are detached from its session.
-                    libc::write(fds[1], b"1".as_ptr().cast(), 1);
-                    libc::close(fds[1]);
                 }
+                ready_fd = Some(fds[1]);
                 let _ = std::env::set_current_dir("/");
             }
             _ => {
@@ -123,6 +124,25 @@ fn main() -> ExitCode {
         if let Err(e) = dump_on_signals(signals, file, stats.clone()) {
             error!("--stats: {e}");
             return ExitCode::from(1);
+        }
+    }
+    if let Some(r) = rings {
+        let mode = r.mode;
+        if let Err(e) = r.start() {
+            let msg = report(&e);
+            if mode == strata_fuse::uring::Mode::On {
+                error!("{msg}");
+                return ExitCode::from(1);
+            }
+            // The kernel keeps using /dev/fuse until every queue is registered.
+            warn!("{msg}; serving through /dev/fuse");
+        }
+    }
+    if let Some(fd) = ready_fd {
+        // SAFETY: the pipe's write end, owned by this process; tells the parent to return.
+        unsafe {
+            libc::write(fd, b"1".as_ptr().cast(), 1);
+            libc::close(fd);
         }
     }
     let code = serve(session);
@@ -175,7 +195,7 @@ fn dump_on_signals(mut signals: Signals, file: PathBuf, stats: Arc<Stats>) -> st
 }
 
 /// Serve the session until the filesystem is unmounted.
-fn serve(session: fuser::Session<strata_fuse::StrataFs>) -> ExitCode {
+fn serve(session: fuser::Session<strata_fuse::uring::Shared>) -> ExitCode {
     // When the session ends (the filesystem was unmounted), fuser's own clean-up would unmount
     // the mount point once more: its "still mounted?" check (poll on /dev/fuse) answers yes either
     // way, so a filesystem mounted there since (the next `container mount`, say) would vanish.

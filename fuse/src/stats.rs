@@ -59,6 +59,8 @@ ops! {
     Ioctl = "IOCTL",
     Fallocate = "FALLOCATE",
     Readdirplus = "READDIRPLUS",
+    /// Requests that came through FUSE over io_uring (each also counted by its opcode).
+    Uring = "(io_uring)",
 }
 
 /// Counts of requests by [`Op`].

@@ -58,7 +58,7 @@ impl StrataFs {
             }
         };
         let attr = self.attr_of(ino, &st, Some(&r));
-        let backing = match self.handles.backing_for(ino, &file, &|f| reply.open_backing(f)) {
+        let backing = match self.handles.backing_for(ino, &file) {
             Ok(b) => b,
             Err(e) => {
                 self.inodes.forget(ino, 1);
@@ -72,14 +72,19 @@ impl StrataFs {
         };
         let fh = self.handles.add(Handle { ino, file, _backing: backing.clone() });
         match backing {
-            Some(b) => reply.created_passthrough(
-                &self.ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-                &b,
-            ),
+            Some(b) => {
+                // SAFETY: as in `open`: `b` keeps the id open, `into_raw` leaves closing it to `b`.
+                let id = unsafe { reply.wrap_backing(b.id()) };
+                reply.created_passthrough(
+                    &self.ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &id,
+                );
+                let _ = id.into_raw();
+            }
             None => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
         }
     }
