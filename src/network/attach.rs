@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::cni::{Cni, CniResult, ConfList, Invocation, CNI_VERSION};
+use super::cni::{Cni, CniResult, ConfList, Invocation};
 use super::ports::{self, PortMapping};
 use super::{config, lock, netns, NetworkError};
 use crate::store::Store;
@@ -178,24 +178,6 @@ fn cni_err(a: &Attachment) -> impl FnOnce(super::cni::CniError) -> NetworkError 
     }
 }
 
-/// The loopback interface, up (the bridge plugin leaves `lo` down).
-fn loopback(cni: &Cni, a: &Attachment) -> Result<(), NetworkError> {
-    let list = ConfList {
-        cni_version: CNI_VERSION.into(),
-        name: "loopback".into(),
-        plugins: vec![serde_json::json!({"type": "loopback"})],
-    };
-    let rc = Map::new();
-    let inv = Invocation {
-        container_id: &a.cni_id,
-        netns: Some(&a.netns),
-        ifname: "lo",
-        args: "",
-        runtime_config: &rc,
-    };
-    cni.add(&list, &inv).map(drop).map_err(cni_err(a))
-}
-
 /// Join container `container` (a new namespace, pinned at [`netns_path`]) to `network` (the
 /// default one is created at first use), publishing `ports` (host port 0: any free one). The
 /// container must not be attached already. On failure everything done so far is undone.
@@ -216,6 +198,7 @@ pub fn attach(
         let mut ports = ports.to_vec();
         ports::assign_host_ports(&mut ports)?;
         ports::check_free(&ports, &published_ports(store)?)?;
+        let publishes = !ports.is_empty();
         let a = Attachment {
             container: container.to_string(),
             network: net.name.clone(),
@@ -223,7 +206,7 @@ pub fn attach(
             netns: netns_path(store, container),
             ifname: IFNAME.to_string(),
             ports,
-            conflist: config::conflist(store, &net, config::forwarding_filtered()),
+            conflist: config::conflist(store, &net, config::forwarding_filtered(), publishes),
             result: None,
         };
         // On record before anything exists, so that a crash from here on leaks nothing.
@@ -233,8 +216,8 @@ pub fn attach(
     let made = (|| {
         let dir = netns_dir(store);
         fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        // The namespace comes with `lo` up (the bridge plugin leaves it down).
         netns::create(&a.netns).map_err(|source| NetworkError::Netns { path: a.netns.clone(), source })?;
-        loopback(&cni, &a)?;
         let rc = a.runtime_config();
         let inv = Invocation {
             container_id: &a.cni_id,

@@ -394,24 +394,26 @@ pub fn forward_rules_filter(rules: &str) -> bool {
 }
 
 /// The configuration list for `net`: `bridge` (gateway, masquerade, hairpin) with `host-local`
-/// IPAM under this root, `portmap` for published ports, and `firewall` when `firewall` is set.
-pub fn conflist(store: &Store, net: &Network, firewall: bool) -> ConfList {
-    let mut plugins = vec![
-        json!({
-            "type": "bridge",
-            "bridge": net.bridge,
-            "isGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": net.subnet.to_string(), "gateway": net.gateway.to_string()}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": ipam_dir(store).to_string_lossy(),
-            }
-        }),
-        json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-    ];
+/// IPAM under this root, `portmap` when the container publishes ports (without any, its ADD and
+/// DEL would only cost time: they run iptables for chains it never fills), and `firewall` when
+/// `firewall` is set. Each attachment records its own list, so DEL runs what ADD ran.
+pub fn conflist(store: &Store, net: &Network, firewall: bool, ports: bool) -> ConfList {
+    let mut plugins = vec![json!({
+        "type": "bridge",
+        "bridge": net.bridge,
+        "isGateway": true,
+        "ipMasq": true,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": net.subnet.to_string(), "gateway": net.gateway.to_string()}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": ipam_dir(store).to_string_lossy(),
+        }
+    })];
+    if ports {
+        plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+    }
     if firewall {
         plugins.push(json!({"type": "firewall", "backend": "iptables"}));
     }

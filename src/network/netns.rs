@@ -21,6 +21,7 @@ pub fn create(path: &Path) -> io::Result<()> {
             // SAFETY: only the network namespace is unshared, for this thread alone, which ends
             // right after; no file descriptor table is unshared, so no descriptor goes stale.
             unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+            loopback_up()?;
             rustix::mount::mount_bind("/proc/thread-self/ns/net", &target)?;
             Ok(())
         })?
@@ -29,6 +30,35 @@ pub fn create(path: &Path) -> io::Result<()> {
     if let Err(e) = pinned {
         let _ = fs::remove_file(path);
         return Err(e);
+    }
+    Ok(())
+}
+
+/// Bring `lo` up in the calling thread's network namespace, as the CNI `loopback` plugin does
+/// (one ioctl here instead of a plugin process per container).
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket(2); the descriptor is owned (and closed) by `sock` right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) request.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`, which outlives the call.
+    if unsafe { libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union's flags member is what SIOCGIFFLAGS just filled in.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, which outlives the call.
+    if unsafe { libc::ioctl(raw, libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
