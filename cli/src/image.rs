@@ -122,7 +122,8 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         ImageCmd::Import { source, name, platform, jobs } => {
             let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
             let bars = progress::Bars::on_terminal(true);
-            let opts = ImportOptions { name, platform, jobs: jobs.get(), progress: bars.progress() };
+            let opts =
+                ImportOptions { name, platform, jobs: jobs.get(), progress: bars.progress(), lazy: None };
             // The source is checked before the state root is touched.
             let (resolved, name) =
                 import::prepare(&source, &opts).with_context(|| format!("importing {source}"))?;
@@ -333,7 +334,7 @@ pub fn load_cmd(
     if input == "-" && std::io::stdin().is_terminal() {
         anyhow::bail!("refusing to read an archive from a terminal: pipe one in or use -i FILE");
     }
-    let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None };
+    let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None, lazy: None };
     let mut store = open_store(root)?;
     let imported = if input == "-" {
         import::import_stream(&mut store, std::io::stdin().lock(), &opts)

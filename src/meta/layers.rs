@@ -100,7 +100,8 @@ impl Db {
             "SELECT manifest_digest FROM images UNION SELECT config_digest FROM images \
              UNION SELECT blob_digest FROM image_layers \
              UNION SELECT manifest_digest FROM containers UNION SELECT config_digest FROM containers \
-             UNION SELECT blob_digest FROM container_layers",
+             UNION SELECT blob_digest FROM container_layers \
+             UNION SELECT toc_digest FROM remote_layers",
         )?;
         for r in st.query_map([], |r| r.get::<_, Sha256Digest>(0))? {
             out.insert(r?);

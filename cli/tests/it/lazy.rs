@@ -234,3 +234,73 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
         strata::registry::lazy::fetch_toc(&client, digest, size, mt, &annotations).expect_err("wrong TOC");
     assert!(strata::error::report(&err).contains("TOC digest mismatch"), "{}", strata::error::report(&err));
 }
+
+/// `strata pull --lazy` of an eStargz image fetches each layer's footer and TOC only (no
+/// whole-blob GET in the registry's log), records the layers as remote (`image inspect` says how
+/// much of each is local), and `run` over it completes the layers first: the command sees the
+/// image's files and the merged view is a plain pull's.
+#[test]
+fn lazy_pull_records_remote_layers_and_run_completes_them() {
+    if !privileged("lazy_pull_records_remote_layers_and_run_completes_them") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let src = Root::new();
+    src.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display()), "--name", "bb"]);
+    let dest = format!("{}/lazy/bb:esgz", reg.addr);
+    src.ok(&["push", "-q", "bb", &dest, "--compression", "estargz", "--tls-verify=false"]);
+    let manifest = remote_manifest(&dest);
+    let digests: Vec<String> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    let whole_gets = |log: &str| {
+        digests
+            .iter()
+            .filter(|d| log.contains(&format!("\"GET /v2/lazy/bb/blobs/{d} HTTP/1.1\" 200")))
+            .count()
+    };
+    assert_eq!(whole_gets(&reg.log()), 0, "nothing pulled yet");
+
+    let lazy = Root::new();
+    lazy.ok(&["pull", "-q", "--lazy", &dest, "--tls-verify=false"]);
+    assert_eq!(whole_gets(&reg.log()), 0, "a lazy pull fetched a whole layer");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lazy.ok(&["image", "inspect", &dest])).expect("json");
+    let local = inspect["local"].as_array().expect("local");
+    assert_eq!(local.len(), digests.len(), "{inspect}");
+    for l in local {
+        assert_eq!(l["remote"], true, "{l}");
+        let (have, size) = (l["bytes_local"].as_u64().expect("n"), l["blob_size"].as_u64().expect("n"));
+        assert!(have > 0 && have <= strata::registry::lazy::TAIL_GUESS && have <= size, "{l}");
+    }
+    let listed = lazy.ok(&["image", "ls", "--json"]);
+    assert!(listed.contains("\"remote\": true"), "{listed}");
+
+    // run completes the layers (whole blobs, verified) and runs over them.
+    let plain = Root::new();
+    plain.ok(&["pull", "-q", &dest, "--tls-verify=false"]);
+    let want = plain.ok(&["run", "--rm", &dest, "--", "cat", "/etc/passwd"]);
+    assert!(!want.is_empty());
+    assert_eq!(lazy.ok(&["run", "--rm", &dest, "--", "cat", "/etc/passwd"]), want);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lazy.ok(&["image", "inspect", &dest])).expect("json");
+    for l in inspect["local"].as_array().expect("local") {
+        assert_eq!(
+            (l["remote"].as_bool(), l["bytes_local"].as_u64()),
+            (Some(false), l["blob_size"].as_u64())
+        );
+    }
+
+    // The merged view equals a plain pull's.
+    let view = |root: &Root| {
+        root.ok(&["container", "create", "--read-only", &dest, "v"]);
+        let at = root.ok(&["container", "mount", "v"]);
+        let tree = capture(Path::new(at.trim()));
+        root.ok(&["container", "rm", "--force", "v"]);
+        tree
+    };
+    strata_test_support::tree::assert_trees_eq(&view(&plain), &view(&lazy), "lazy pull vs plain pull");
+}
