@@ -220,8 +220,9 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             outln!("{}", serde_json::to_string_pretty(&i)?)?;
         }
         ImageCmd::Export { name, dest, format, force } => {
-            let store = open_store(root)?;
+            let mut store = open_store(root)?;
             let format: strata::export::ExportFormat = format.parse()?;
+            crate::registry::complete_remote_layers(&mut store, &name)?;
             let opts = strata::export::ExportOptions { force };
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
@@ -247,6 +248,7 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Convert { name, new_name, compression: _ } => {
             let mut store = open_store(root)?;
+            crate::registry::complete_remote_layers(&mut store, &name)?;
             let opts = strata::seekable::write::EstargzOptions::default();
             let c = strata::commit::convert::convert_to_estargz(&mut store, &name, &new_name, &opts)
                 .with_context(|| format!("converting {name} to eStargz"))?;

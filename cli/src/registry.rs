@@ -67,8 +67,9 @@ pub fn pull_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Before a container is made over `image`: its remote layers (`pull --lazy`) are fetched whole
-/// and unpacked through the verified path. An image that is not found is left to the caller.
+/// Before a container is made over `image` (or it is pushed, exported or converted): its remote
+/// layers (`pull --lazy`) are fetched whole and unpacked through the verified path. An image
+/// that is not found is left to the caller.
 pub fn complete_remote_layers(store: &mut strata::store::Store, image: &str) -> Result<()> {
     let Some(img) = store.image(image)? else { return Ok(()) };
     strata::registry::lazy::complete_layers(store, &img.layers)
@@ -97,6 +98,7 @@ pub fn push_cmd(
     };
     let mut store = open_store(root)?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
+    complete_remote_layers(&mut store, name)?;
     let converted;
     let name = if estargz {
         let opts = strata::seekable::write::EstargzOptions::default();

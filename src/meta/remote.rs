@@ -154,5 +154,11 @@ mod tests {
         db.insert_remote_layer(&row, 5000, 3).unwrap();
         db.remove_remote_layer(&d(2)).unwrap();
         assert!(db.remote_layer(&d(2)).unwrap().is_none() && db.has_layer(&d(2)).unwrap());
+        // Nor is one whose directory was unpacked by any path (a plain pull after a lazy one).
+        db.remove_layer_row(&d(2)).unwrap();
+        db.insert_remote_layer(&row, 5000, 3).unwrap();
+        db.insert_layer(&d(2), 4321, 3).unwrap();
+        assert!(db.remote_layer(&d(2)).unwrap().is_none());
+        assert_eq!(db.layer_size(&d(2)).unwrap(), Some(4321));
     }
 }

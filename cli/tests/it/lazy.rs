@@ -303,4 +303,17 @@ fn lazy_pull_records_remote_layers_and_run_completes_them() {
         tree
     };
     strata_test_support::tree::assert_trees_eq(&view(&plain), &view(&lazy), "lazy pull vs plain pull");
+
+    // A plain pull over a lazy one makes its layers local; a lazy pull over a plain one changes
+    // nothing.
+    let again = Root::new();
+    again.ok(&["pull", "-q", "--lazy", &dest, "--tls-verify=false"]);
+    again.ok(&["pull", "-q", &dest, "--tls-verify=false"]);
+    again.ok(&["pull", "-q", "--lazy", &dest, "--tls-verify=false"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&again.ok(&["image", "inspect", &dest])).expect("json");
+    for l in inspect["local"].as_array().expect("local") {
+        assert_eq!(l["remote"], false, "{l}");
+    }
+    strata_test_support::tree::assert_trees_eq(&view(&plain), &view(&again), "plain pull over a lazy one");
 }
