@@ -3,6 +3,7 @@
 //! one-pass verify + store + unpack path ([`crate::layers`]), exactly as a local layout's blob is.
 
 pub mod auth;
+pub mod chunks;
 pub mod client;
 pub mod lazy;
 pub mod push;
