@@ -153,6 +153,19 @@ fn estargz_push_is_read_by_go_and_pulled_plainly() {
     fresh.ok(&["container", "rm", "--force", "v"]);
 }
 
+/// 3 MiB that do not compress.
+fn noise() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// An image of one layer: a 3 MiB file that does not compress, and a few small ones.
 fn big_image(root: &Root, name: &str) {
     let mut b = tar::Builder::new(Vec::new());
@@ -165,16 +178,7 @@ fn big_image(root: &Root, name: &str) {
         h.set_mtime(1_700_000_000);
         b.append_data(&mut h, path, data).expect("tar");
     };
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    add("data/noise", &noise);
+    add("data/noise", &noise());
     add("etc/motd", b"lazy\n");
     add("etc/hostname", b"strata\n");
     let tar = root.path().join("big.tar");
@@ -213,8 +217,8 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
     for n in [".no.prefetch.landmark", "data/noise", "etc/motd", "etc/hostname"] {
         assert!(names.contains(&n), "{n} not in {names:?}");
     }
-    let noise = got.toc.entries.iter().find(|e| e.name == "data/noise").expect("noise");
-    assert_eq!((noise.size, noise.chunks.len()), (3 << 20, 1), "4 MiB chunks");
+    let noise_entry = got.toc.entries.iter().find(|e| e.name == "data/noise").expect("noise");
+    assert_eq!((noise_entry.size, noise_entry.chunks.len()), (3 << 20, 1), "4 MiB chunks");
     // One chunk fetched by its range decodes and verifies.
     let motd = got.toc.entries.iter().find(|e| e.name == "etc/motd").expect("motd");
     let c = &motd.chunks[0];
@@ -222,6 +226,17 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
     let content =
         strata::seekable::chunk::decode_chunk_to_vec(got.toc.format, &bytes, "etc/motd", c).expect("chunk");
     assert_eq!(content, b"lazy\n");
+
+    // Files read on demand through the registry: only the chunks asked for, verified, cached.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let source = strata::registry::chunks::RegistryBlob { client: &client, digest: digest.to_string() };
+    let files = strata::registry::chunks::RemoteFiles::new(got.toc.clone(), source, cache.path(), digest)
+        .expect("remote files");
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(files.read_at("data/noise", 1 << 20, &mut buf).expect("read"), 4096);
+    assert_eq!(buf, noise()[1 << 20..(1 << 20) + 4096]);
+    assert_eq!(files.read_at("etc/hostname", 0, &mut buf).expect("read"), 7);
+    assert_eq!(&buf[..7], b"strata\n");
 
     // The registry's log shows no whole-blob GET of the layer.
     assert!(
