@@ -89,6 +89,11 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         /// Print only the digest: no progress, no summary.
         #[arg(short, long)]
         quiet: bool,
+        /// Fetch only the TOC of each seekable layer (eStargz, zstd:chunked), verified, and
+        /// record the layer as remote; other layers are pulled whole. A container over a remote
+        /// layer fetches the rest of it first.
+        #[arg(long)]
+        lazy: bool,
     },
     /// Push a stored image to a registry: blobs the registry lacks are uploaded (or mounted
     /// from the repository the image's name points into), then the manifest, byte for byte, so

@@ -137,6 +137,7 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         ContainerCmd::Create { image, name, net, read_only, volatile } => {
             let net = net.into_options()?;
             let mut store = open_store(root)?;
+            crate::registry::complete_remote_layers(&mut store, &image)?;
             container::create(&mut store, &image, &name, &CreateOptions { read_only, volatile })
                 .with_context(|| format!("creating container {name}"))?;
             if let Err(e) = strata::netsetup::save(&store, &name, &net) {

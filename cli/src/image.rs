@@ -122,7 +122,8 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         ImageCmd::Import { source, name, platform, jobs } => {
             let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
             let bars = progress::Bars::on_terminal(true);
-            let opts = ImportOptions { name, platform, jobs: jobs.get(), progress: bars.progress() };
+            let opts =
+                ImportOptions { name, platform, jobs: jobs.get(), progress: bars.progress(), lazy: None };
             // The source is checked before the state root is touched.
             let (resolved, name) =
                 import::prepare(&source, &opts).with_context(|| format!("importing {source}"))?;
@@ -219,8 +220,9 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             outln!("{}", serde_json::to_string_pretty(&i)?)?;
         }
         ImageCmd::Export { name, dest, format, force } => {
-            let store = open_store(root)?;
+            let mut store = open_store(root)?;
             let format: strata::export::ExportFormat = format.parse()?;
+            crate::registry::complete_remote_layers(&mut store, &name)?;
             let opts = strata::export::ExportOptions { force };
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
@@ -246,6 +248,7 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Convert { name, new_name, compression: _ } => {
             let mut store = open_store(root)?;
+            crate::registry::complete_remote_layers(&mut store, &name)?;
             let opts = strata::seekable::write::EstargzOptions::default();
             let c = strata::commit::convert::convert_to_estargz(&mut store, &name, &new_name, &opts)
                 .with_context(|| format!("converting {name} to eStargz"))?;
@@ -333,7 +336,7 @@ pub fn load_cmd(
     if input == "-" && std::io::stdin().is_terminal() {
         anyhow::bail!("refusing to read an archive from a terminal: pipe one in or use -i FILE");
     }
-    let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None };
+    let opts = ImportOptions { name, platform: None, jobs: jobs.get(), progress: None, lazy: None };
     let mut store = open_store(root)?;
     let imported = if input == "-" {
         import::import_stream(&mut store, std::io::stdin().lock(), &opts)

@@ -173,9 +173,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             run::run_cmd(root, &image, name, rm, backend, extra, cmd)
         }
         Cmd::Exec { name, process, cmd } => run::exec_cmd(root, name, process, cmd),
-        Cmd::Pull { reference, name, platform, tls, jobs, quiet } => {
-            registry::pull_cmd(root, &reference, name, platform, tls, jobs, quiet)
-        }
+        Cmd::Pull { reference, name, platform, tls, jobs, quiet, lazy } => registry::pull_cmd(
+            root,
+            &reference,
+            name,
+            platform,
+            tls,
+            jobs,
+            registry::PullFlags { quiet, lazy },
+        ),
         Cmd::Push { name, reference, tls, quiet, chunk_size, compression } => registry::push_cmd(
             root,
             &name,

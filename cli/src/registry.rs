@@ -10,6 +10,12 @@ use strata::import::{self, ImportOptions};
 use crate::args::{JobsArg, TlsArgs};
 use crate::{open_store, progress};
 
+/// `pull`'s switches: `--quiet`, `--lazy`.
+pub struct PullFlags {
+    pub quiet: bool,
+    pub lazy: bool,
+}
+
 pub fn pull_cmd(
     root: &std::path::Path,
     reference: &str,
@@ -17,9 +23,10 @@ pub fn pull_cmd(
     platform: Option<String>,
     tls: TlsArgs,
     jobs: JobsArg,
-    quiet: bool,
+    flags: PullFlags,
 ) -> Result<ExitCode> {
     use strata::registry::{self, PullOptions};
+    let PullFlags { quiet, lazy } = flags;
     let platform = platform.map(|p| Platform::parse(&p)).transpose().map_err(anyhow::Error::msg)?;
     if let Some(n) = &name {
         strata::reference::validate_image_name(n)?;
@@ -27,12 +34,23 @@ pub fn pull_cmd(
     let r = strata::reference::normalize(reference).with_context(|| format!("pulling {reference}"))?;
     let opts = PullOptions { platform: platform.clone(), client: tls.client() };
     // The registry is asked before the state root is touched.
-    let resolved = registry::resolve(&r, &opts).with_context(|| format!("pulling {r}"))?;
+    let (resolved, lazy) = if lazy {
+        let (resolved, hook) =
+            registry::lazy::resolve_lazy(&r, &opts).with_context(|| format!("pulling {r}"))?;
+        (resolved, Some(hook))
+    } else {
+        (registry::resolve(&r, &opts).with_context(|| format!("pulling {r}"))?, None)
+    };
     let name = name.unwrap_or_else(|| r.to_string());
     strata::reference::validate_image_name(&name).with_context(|| format!("pulling {r}"))?;
     let bars = progress::Bars::on_terminal(!quiet);
-    let iopts =
-        ImportOptions { name: Some(name.clone()), platform, jobs: jobs.get(), progress: bars.progress() };
+    let iopts = ImportOptions {
+        name: Some(name.clone()),
+        platform,
+        jobs: jobs.get(),
+        progress: bars.progress(),
+        lazy,
+    };
     let mut store = open_store(root)?;
     let imported = import::import_prepared(&mut store, &resolved, &name, &iopts);
     drop(bars);
@@ -47,6 +65,16 @@ pub fn pull_cmd(
     }
     outln!("{}", imported.manifest_digest)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Before a container is made over `image` (or it is pushed, exported or converted): its remote
+/// layers (`pull --lazy`) are fetched whole and unpacked through the verified path. An image
+/// that is not found is left to the caller.
+pub fn complete_remote_layers(store: &mut strata::store::Store, image: &str) -> Result<()> {
+    let Some(img) = store.image(image)? else { return Ok(()) };
+    strata::registry::lazy::complete_layers(store, &img.layers)
+        .with_context(|| format!("fetching the remote layers of {}", img.name))?;
+    Ok(())
 }
 
 pub fn push_cmd(
@@ -70,6 +98,7 @@ pub fn push_cmd(
     };
     let mut store = open_store(root)?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
+    complete_remote_layers(&mut store, name)?;
     let converted;
     let name = if estargz {
         let opts = strata::seekable::write::EstargzOptions::default();

@@ -36,6 +36,7 @@ pub fn run_cmd(
 ) -> Result<ExitCode> {
     let network = extra.net.into_options()?;
     let mut store = open_store(root)?;
+    crate::registry::complete_remote_layers(&mut store, image)?;
     let mut opts = strata::run::RunOptions {
         image: image.to_string(),
         name,

@@ -60,6 +60,18 @@ pub struct Listed {
     pub layers: Vec<ImageLayerRow>,
     /// Unpacked size of all layers, bytes.
     pub size: u64,
+    /// How much of each layer is local, bottom first (a lazy pull's remote layers are not).
+    pub local: Vec<LayerLocal>,
+}
+
+/// How much of a layer's blob is in the store: all of it for an unpacked layer; for a remote
+/// layer (`strata pull --lazy`) the bytes fetched so far.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LayerLocal {
+    pub diff_id: Sha256Digest,
+    pub remote: bool,
+    pub bytes_local: u64,
+    pub blob_size: u64,
 }
 
 /// `NAME` split as docker's REPOSITORY and TAG columns: `localhost:5000/app:v1` is
@@ -149,7 +161,18 @@ fn listed(store: &Store, i: StoredImage) -> Result<Listed, ImagesError> {
     let config = store.read_blob(&i.config_digest).unwrap_or_default();
     let created_secs = created_of(&config, i.created);
     let (repository, tag) = repository_and_tag(&i.name);
+    let mut local = Vec::with_capacity(layers.len());
+    for l in &layers {
+        let remote = store.remote_layer(&l.diff_id)?;
+        local.push(LayerLocal {
+            diff_id: l.diff_id.clone(),
+            remote: remote.is_some(),
+            bytes_local: remote.map_or(l.blob_size, |r| r.bytes_local.min(l.blob_size)),
+            blob_size: l.blob_size,
+        });
+    }
     Ok(Listed {
+        local,
         size: layers.iter().map(|l| l.size).sum(),
         layers,
         repository,

@@ -17,7 +17,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::digest::Sha256Digest;
 use crate::image::{self, Compression, ImageError, LayerRef, Platform, Resolved};
@@ -87,6 +87,31 @@ pub struct ImportOptions {
     pub jobs: usize,
     /// Told what the import is doing (for a progress display); `None`: nobody is.
     pub progress: Option<Progress>,
+    /// A lazy pull's: asked first for each layer the store lacks, it may record the layer as
+    /// remote instead of its blob being fetched.
+    pub lazy: Option<LazyLayers>,
+}
+
+/// Records a layer as remote instead of fetching its blob (a lazy pull, `registry::lazy`):
+/// called with the layer's lock and the import's lease held, it returns the layer's row when
+/// it recorded the layer (its TOC stored and verified), `None` for a layer to fetch as usual.
+#[derive(Clone)]
+pub struct LazyLayers(Arc<LazyFn>);
+
+type LazyFn = dyn Fn(&mut Store, &LayerRef) -> Result<Option<ImageLayerRow>> + Send + Sync;
+
+impl LazyLayers {
+    pub fn new(
+        f: impl Fn(&mut Store, &LayerRef) -> Result<Option<ImageLayerRow>> + Send + Sync + 'static,
+    ) -> Self {
+        LazyLayers(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for LazyLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LazyLayers(..)")
+    }
 }
 
 /// At most this many jobs by default: beyond it a local import gains nothing on the machines
@@ -220,7 +245,7 @@ fn import_layers(
             let index = next.fetch_add(1, Ordering::Relaxed);
             let Some(l) = r.layers.get(index) else { break };
             let tap = Tap { progress, index, cancel: Some(&cancel) };
-            match import_layer(store, r, l, staging, tap) {
+            match import_layer(store, r, l, staging, tap, opts.lazy.as_ref()) {
                 Ok(x) => done.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(x),
                 Err(e) => {
                     let mut first = failed.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,6 +293,7 @@ fn import_layer(
     l: &LayerRef,
     staging: &Staging,
     tap: Tap<'_>,
+    lazy: Option<&LazyLayers>,
 ) -> Result<(ImageLayerRow, bool)> {
     let diff_id = &l.diff_id;
     // A docker-archive layer is named by its file, which the archive chose: printable only.
@@ -298,6 +324,12 @@ fn import_layer(
                 },
                 false,
             ));
+        }
+    }
+    if let (false, false, Some(lazy)) = (have_layer, have_blob, lazy) {
+        if let Some(row) = (lazy.0)(store, l)? {
+            tap.emit(ImportEvent::LayerDone { index: tap.index, unpacked: false });
+            return Ok((row, false));
         }
     }
     let job = LayerJob { r, l, staging, tap, label: &label, declared, have_layer };

@@ -48,6 +48,10 @@ pub enum LayerError {
     DiffIdMismatch { layer: String, expected: String, actual: String },
     #[error("unsupported layer media type {0:?}")]
     MediaType(String),
+    /// A lazy pull's layer whose blob is still in the registry (`registry::lazy::complete_layers`
+    /// fetches it).
+    #[error("layer {layer}: remote (pulled with --lazy): its blob {blob} is not in the store yet")]
+    Remote { layer: String, blob: String },
 }
 
 impl LayerError {
@@ -55,6 +59,7 @@ impl LayerError {
     pub fn kind(&self) -> crate::error::ErrorKind {
         match self {
             LayerError::Store(e) => e.kind(),
+            LayerError::Remote { .. } => crate::error::ErrorKind::FailedPrecondition,
             _ => crate::error::ErrorKind::InvalidArgument,
         }
     }
@@ -122,6 +127,11 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
     }
     let digest = layer.blob_digest.clone();
     let blob_path = store.blob_path(&digest);
+    if !blob_path.is_file() {
+        if let Some(r) = store.remote_layer(&diff_id)? {
+            return Err(LayerError::Remote { layer: diff_id.to_string(), blob: r.blob_digest.to_string() });
+        }
+    }
     let file = File::open(&blob_path).at(&blob_path)?;
     let staging = store.staging()?;
     let dir = staging.dir.join("layer");

@@ -100,7 +100,8 @@ impl Db {
             "SELECT manifest_digest FROM images UNION SELECT config_digest FROM images \
              UNION SELECT blob_digest FROM image_layers \
              UNION SELECT manifest_digest FROM containers UNION SELECT config_digest FROM containers \
-             UNION SELECT blob_digest FROM container_layers",
+             UNION SELECT blob_digest FROM container_layers \
+             UNION SELECT toc_digest FROM remote_layers",
         )?;
         for r in st.query_map([], |r| r.get::<_, Sha256Digest>(0))? {
             out.insert(r?);
@@ -127,14 +128,19 @@ impl Db {
         Ok(())
     }
 
+    /// Record layer `diff_id`, its directory in place and verified: a remote layer (lazy pull)
+    /// is remote no more.
     pub fn insert_layer(&mut self, diff_id: &Sha256Digest, size: u64, entries: u64) -> Result<()> {
-        self.conn.execute(
-            // An upsert, not REPLACE: images and snapshots refer to the row.
-            "INSERT INTO layers (diff_id, size, entries, created) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT(diff_id) DO UPDATE SET size = excluded.size, entries = excluded.entries",
-            params![diff_id, size as i64, entries as i64, now()],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                // An upsert, not REPLACE: images and snapshots refer to the row.
+                "INSERT INTO layers (diff_id, size, entries, created) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(diff_id) DO UPDATE SET size = excluded.size, entries = excluded.entries",
+                params![diff_id, size as i64, entries as i64, now()],
+            )?;
+            tx.execute("DELETE FROM remote_layers WHERE diff_id = ?1", [diff_id])?;
+            Ok(())
+        })
     }
     pub fn remove_layer_row(&mut self, diff_id: &Sha256Digest) -> Result<()> {
         self.conn.execute("DELETE FROM layers WHERE diff_id = ?1", [diff_id])?;

@@ -19,6 +19,9 @@
 //!   layers their image had when they were created (a name that later moves to another manifest
 //!   changes no container). `container_layers` rows hold layers and blobs against gc as
 //!   `image_layers` rows do.
+//! - `remote_layers(diff_id, blob_digest, media_type, toc_digest, blob_size, bytes_local, source,
+//!   tls_verify)`: layers of a lazy pull whose blob is still in the registry (see `remote.rs`); the
+//!   TOC blob they name is referenced while they are.
 //! - `snapshots`, `snapshot_labels`: see [`snapshots`].
 //!
 //! Every state change is one transaction; a busy timeout makes concurrent processes wait. The
@@ -34,6 +37,7 @@ pub mod snapshots;
 mod containers;
 mod images;
 mod layers;
+mod remote;
 mod schema;
 
 use std::path::Path;
@@ -48,6 +52,7 @@ pub use containers::{
 };
 pub use images::{delete_unnamed_chain_rows, put_image_rows, ImageRow, NewImage, RemovedImage};
 pub use layers::ImageLayerRow;
+pub use remote::RemoteLayerRow;
 #[cfg(test)]
 pub(crate) use schema::{SCHEMA, SCHEMA_V1, SCHEMA_VERSION};
 pub use snapshots::{chain_ids, Info, Kind, Usage};

@@ -100,7 +100,7 @@ ALTER TABLE containers_v3 RENAME TO containers;
 "#;
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 impl Db {
     /// Create or upgrade the schema. The version is read again inside an immediate transaction, so
@@ -138,6 +138,8 @@ impl Db {
                 tx.execute_batch(SCHEMA_V3)?;
                 canonical_names(tx)?;
             }
+            // Version 4: remote layers (lazy pull).
+            tx.execute_batch(super::remote::SCHEMA_V4)?;
             let broken: Option<String> =
                 tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
             if let Some(table) = broken {

@@ -6,9 +6,13 @@
 
 use std::collections::HashMap;
 
-use super::{Client, RegistryError};
+use super::{Client, ClientOptions, RegistryError};
+use crate::digest::Sha256Digest;
+use crate::image::LayerRef;
+use crate::import::{ImportError, LazyLayers};
 use crate::seekable::footer::{estargz_toc_range, parse_estargz_footer, ESTARGZ_FOOTER_SIZE};
-use crate::seekable::{self, Locator, Toc};
+use crate::seekable::{self, toc, Locator, Toc};
+use crate::store::{ImageLayerRow, RemoteLayerRow, Store};
 
 /// Bytes read from the end of an eStargz blob in the first request: the footer and, for most
 /// layers, the whole TOC.
@@ -21,6 +25,8 @@ pub struct RemoteToc {
     pub toc: Toc,
     /// Bytes of the blob fetched (footer and TOC).
     pub fetched: u64,
+    /// The TOC's JSON, as verified (what the store keeps).
+    pub json: Vec<u8>,
 }
 
 /// The TOC of blob `digest` (`size` bytes, of `media_type`, with the descriptor's
@@ -40,7 +46,7 @@ pub fn fetch_toc(
     let Some(locator) = seekable::locate(media_type, annotations, size).map_err(bad)? else {
         return Ok(None);
     };
-    let (toc, fetched) = match &locator {
+    let (toc, fetched, json) = match &locator {
         Locator::Estargz { toc_digest } => {
             let tail_start = size.saturating_sub(TAIL_GUESS.max(ESTARGZ_FOOTER_SIZE));
             let tail = client.blob_range(digest, tail_start..size)?;
@@ -57,11 +63,14 @@ pub fn fetch_toc(
                 head.extend_from_slice(&tail[..(range.end - tail_start) as usize]);
                 head
             };
-            (Toc::from_estargz(&member, toc_offset, toc_digest).map_err(bad)?, fetched)
+            let toc = Toc::from_estargz(&member, toc_offset, toc_digest).map_err(bad)?;
+            // Verified above: the same member gives the same JSON.
+            (toc, fetched, toc::estargz_toc_json(&member).map_err(bad)?)
         }
-        Locator::ZstdChunked { offset, length, .. } => {
+        Locator::ZstdChunked { offset, length, uncompressed, .. } => {
             let frame = client.blob_range(digest, *offset..offset + length)?;
-            (Toc::from_zstd_chunked(&frame, &locator).map_err(bad)?, frame.len() as u64)
+            let toc = Toc::from_zstd_chunked(&frame, &locator).map_err(bad)?;
+            (toc, frame.len() as u64, toc::zstd_toc_json(&frame, *uncompressed).map_err(bad)?)
         }
     };
     tracing::info!(
@@ -71,5 +80,150 @@ pub fn fetch_toc(
         fetched,
         "TOC verified"
     );
-    Ok(Some(RemoteToc { locator, toc, fetched }))
+    Ok(Some(RemoteToc { locator, toc, fetched, json }))
+}
+
+/// `pull --lazy`: [`super::resolve`], and the import's hook that records each seekable layer as
+/// a *remote layer* (its TOC fetched by ranges, verified and stored as a blob) instead of
+/// fetching its blob. Layers that are not seekable are fetched as usual.
+pub fn resolve_lazy(
+    r: &crate::reference::Normalized,
+    opts: &super::PullOptions,
+) -> Result<(crate::image::Resolved, LazyLayers), RegistryError> {
+    let (resolved, client, manifest) = super::resolve_with(r, opts)?;
+    let mut annotations: HashMap<Sha256Digest, HashMap<String, String>> = HashMap::new();
+    for l in manifest.layers() {
+        if let (Ok(d), Some(a)) = (Sha256Digest::parse(l.digest().as_ref()), l.annotations()) {
+            annotations.insert(d, a.clone());
+        }
+    }
+    let tls_verify = opts.client.tls_verify;
+    let hook = LazyLayers::new(move |store: &mut Store, l: &LayerRef| {
+        let (Some(d), Some(size), Some(mt)) = (&l.digest, l.size, &l.media_type) else {
+            return Ok(None);
+        };
+        let remote_err = |e: RegistryError| ImportError::OpenBlob {
+            layer: d.to_string(),
+            source: crate::image::ImageError::Remote(Box::new(e)),
+        };
+        let row = |size_unpacked: u64| ImageLayerRow {
+            diff_id: l.diff_id.clone(),
+            blob_digest: d.clone(),
+            media_type: mt.clone(),
+            blob_size: size,
+            size: size_unpacked,
+        };
+        if store.remote_layer(&l.diff_id)?.is_some() {
+            // Remote already (an earlier lazy pull): its TOC is stored.
+            return Ok(Some(row(store.layer_size(&l.diff_id)?.unwrap_or(0))));
+        }
+        let empty = HashMap::new();
+        let a = annotations.get(d).unwrap_or(&empty);
+        let Some(got) = fetch_toc(&client, &d.to_string(), size, mt, a).map_err(remote_err)? else {
+            return Ok(None);
+        };
+        let toc_digest = store.put_blob(&got.json)?;
+        let unpacked: u64 = got.toc.entries.iter().map(|e| e.size).sum();
+        let remote = RemoteLayerRow {
+            diff_id: l.diff_id.clone(),
+            blob_digest: d.clone(),
+            media_type: mt.clone(),
+            toc_digest,
+            blob_size: size,
+            bytes_local: got.fetched,
+            source: format!("{}/{}", client.host, client.repo),
+            tls_verify,
+        };
+        if !store.insert_remote_layer(&remote, unpacked, got.toc.entries.len() as u64)? {
+            // The layer has its row (a directory lost with its blob): fetch it whole.
+            return Ok(None);
+        }
+        tracing::info!(layer = %d, toc = %remote.toc_digest, "recorded as a remote layer");
+        Ok(Some(row(unpacked)))
+    });
+    Ok((resolved, hook))
+}
+
+/// Complete the remote layers among `layers` (a lazily pulled image's, before a container is
+/// created over it): each blob is fetched whole from the registry it was pulled from, its digest
+/// and size verified as it is stored, then unpacked by the layer store's verified path
+/// ([`crate::layers::materialize_layer`], which checks the diff_id), and the layer is remote no
+/// more. Returns how many layers it completed.
+pub fn complete_layers(store: &mut Store, layers: &[ImageLayerRow]) -> Result<usize, RegistryError> {
+    let _gc = store.gc_shared()?;
+    let mut done = 0;
+    let mut clients: HashMap<(String, bool), Client> = HashMap::new();
+    for l in layers {
+        let Some(remote) = store.remote_layer(&l.diff_id)? else { continue };
+        if !store.has_blob(&remote.blob_digest) {
+            let key = (remote.source.clone(), remote.tls_verify);
+            if !clients.contains_key(&key) {
+                let (host, repo) = remote.source.split_once('/').ok_or_else(|| RegistryError::Invalid {
+                    what: format!("remote layer {}", remote.diff_id),
+                    reason: format!("source {:?} is not HOST/REPO", remote.source),
+                })?;
+                let opts = ClientOptions { tls_verify: remote.tls_verify, ..Default::default() };
+                clients.insert(key.clone(), Client::connect(host, repo, &opts, "pull")?);
+            }
+            if let Some(client) = clients.get(&key) {
+                fetch_blob(store, client, &remote)?;
+            }
+        }
+        let row = ImageLayerRow {
+            diff_id: remote.diff_id.clone(),
+            blob_digest: remote.blob_digest.clone(),
+            media_type: remote.media_type.clone(),
+            blob_size: remote.blob_size,
+            size: l.size,
+        };
+        crate::layers::materialize_layer(store, &row).map_err(|e| RegistryError::Invalid {
+            what: format!("remote layer {}", remote.diff_id),
+            reason: crate::error::report(&e),
+        })?;
+        store.remove_remote_layer(&remote.diff_id)?;
+        tracing::info!(layer = %remote.diff_id, "remote layer completed");
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Fetch `remote`'s whole blob into the blob store: streamed to staging while hashed and counted,
+/// and stored only when its digest and size are the descriptor's.
+fn fetch_blob(store: &Store, client: &Client, remote: &RemoteLayerRow) -> Result<(), RegistryError> {
+    use sha2::Digest as _;
+    use std::io::{Read, Write};
+    let what = format!("layer {}", remote.blob_digest);
+    let (body, _) = client.blob(&remote.blob_digest.to_string())?;
+    let staging = store.staging()?;
+    let tmp = staging.dir.join("blob");
+    let local = |source| RegistryError::Local { path: tmp.display().to_string(), source };
+    let mut out = std::fs::File::create(&tmp).map_err(local)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut limited = body.take(remote.blob_size + 1);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = limited.read(&mut buf).map_err(|source| RegistryError::ReadBody {
+            host: client.host.clone(),
+            what: what.clone(),
+            source,
+        })?;
+        if k == 0 {
+            break;
+        }
+        hasher.update(&buf[..k]);
+        out.write_all(&buf[..k]).map_err(local)?;
+        n += k as u64;
+    }
+    out.sync_all().map_err(local)?;
+    let actual = Sha256Digest::from_bytes(&hasher.finalize());
+    if n != remote.blob_size || actual != remote.blob_digest {
+        return Err(RegistryError::DigestMismatch {
+            what,
+            expected: format!("{} ({} bytes)", remote.blob_digest, remote.blob_size),
+            actual: format!("{actual} ({n} bytes)"),
+        });
+    }
+    store.commit_blob_file(&tmp, &actual)?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! one-pass verify + store + unpack path ([`crate::layers`]), exactly as a local layout's blob is.
 
 pub mod auth;
+pub mod chunks;
 pub mod client;
 pub mod lazy;
 pub mod push;
@@ -218,6 +219,15 @@ fn fetch_manifest(
 /// Resolve `r` on its registry: the manifest (through an index, by platform), the config,
 /// every digest verified, and a source the layer blobs are streamed from.
 pub fn resolve(r: &Normalized, opts: &PullOptions) -> Result<Resolved, RegistryError> {
+    resolve_with(r, opts).map(|(resolved, _, _)| resolved)
+}
+
+/// [`resolve`], with the client it connected and the verified manifest (for a lazy pull, which
+/// reads the layers' annotations and fetches by ranges).
+pub(crate) fn resolve_with(
+    r: &Normalized,
+    opts: &PullOptions,
+) -> Result<(Resolved, Arc<Client>, ImageManifest), RegistryError> {
     let client = Arc::new(Client::connect(&r.domain, &r.repo, &opts.client, "pull")?);
     let name = r.to_string();
     let (reference, want) = match (&r.digest, &r.tag) {
@@ -295,7 +305,7 @@ pub fn resolve(r: &Normalized, opts: &PullOptions) -> Result<Resolved, RegistryE
     let layers = image::manifest_layers(&manifest, &mwhat, &config, &cwhat)?;
     let resolved = Resolved {
         format: Format::Registry,
-        source: Box::new(RegistrySource { client }),
+        source: Box::new(RegistrySource { client: client.clone() }),
         name: Some(name),
         manifest: Some((body, digest)),
         config,
@@ -305,5 +315,5 @@ pub fn resolve(r: &Normalized, opts: &PullOptions) -> Result<Resolved, RegistryE
     if let (Some(p), false) = (&opts.platform, by_platform) {
         image::check_config_platform(&resolved, p)?;
     }
-    Ok(resolved)
+    Ok((resolved, client, manifest))
 }

@@ -28,7 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::digest::Sha256Digest;
-pub use crate::meta::{ContainerRow, ImageLayerRow, NewImage, RemovedImage};
+pub use crate::meta::{ContainerRow, ImageLayerRow, NewImage, RemoteLayerRow, RemovedImage};
 use crate::meta::{Db, MetaError};
 use locks::lock_file;
 pub use locks::{Lock, LockGuard};
@@ -398,6 +398,22 @@ impl Store {
     /// The unpacked size of layer `diff_id`, if it has its row.
     pub fn layer_size(&self, diff_id: &Sha256Digest) -> Result<Option<u64>> {
         Ok(self.db.layer_size(diff_id)?)
+    }
+
+    /// Record a remote layer (a lazy pull's: its TOC stored and verified, its blob in the
+    /// registry) with its layer row; `false` when the layer has its row already.
+    pub fn insert_remote_layer(&mut self, row: &RemoteLayerRow, size: u64, entries: u64) -> Result<bool> {
+        Ok(self.db.insert_remote_layer(row, size, entries)?)
+    }
+
+    /// Layer `diff_id`'s remote row, if its blob is still in the registry.
+    pub fn remote_layer(&self, diff_id: &Sha256Digest) -> Result<Option<RemoteLayerRow>> {
+        Ok(self.db.remote_layer(diff_id)?)
+    }
+
+    /// Layer `diff_id` is complete, unpacked and verified: remote no more.
+    pub fn remove_remote_layer(&mut self, diff_id: &Sha256Digest) -> Result<()> {
+        Ok(self.db.remove_remote_layer(diff_id)?)
     }
 
     /// Every layer with a row.

@@ -153,6 +153,19 @@ fn estargz_push_is_read_by_go_and_pulled_plainly() {
     fresh.ok(&["container", "rm", "--force", "v"]);
 }
 
+/// 3 MiB that do not compress.
+fn noise() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// An image of one layer: a 3 MiB file that does not compress, and a few small ones.
 fn big_image(root: &Root, name: &str) {
     let mut b = tar::Builder::new(Vec::new());
@@ -165,16 +178,7 @@ fn big_image(root: &Root, name: &str) {
         h.set_mtime(1_700_000_000);
         b.append_data(&mut h, path, data).expect("tar");
     };
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    add("data/noise", &noise);
+    add("data/noise", &noise());
     add("etc/motd", b"lazy\n");
     add("etc/hostname", b"strata\n");
     let tar = root.path().join("big.tar");
@@ -213,8 +217,8 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
     for n in [".no.prefetch.landmark", "data/noise", "etc/motd", "etc/hostname"] {
         assert!(names.contains(&n), "{n} not in {names:?}");
     }
-    let noise = got.toc.entries.iter().find(|e| e.name == "data/noise").expect("noise");
-    assert_eq!((noise.size, noise.chunks.len()), (3 << 20, 1), "4 MiB chunks");
+    let noise_entry = got.toc.entries.iter().find(|e| e.name == "data/noise").expect("noise");
+    assert_eq!((noise_entry.size, noise_entry.chunks.len()), (3 << 20, 1), "4 MiB chunks");
     // One chunk fetched by its range decodes and verifies.
     let motd = got.toc.entries.iter().find(|e| e.name == "etc/motd").expect("motd");
     let c = &motd.chunks[0];
@@ -222,6 +226,17 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
     let content =
         strata::seekable::chunk::decode_chunk_to_vec(got.toc.format, &bytes, "etc/motd", c).expect("chunk");
     assert_eq!(content, b"lazy\n");
+
+    // Files read on demand through the registry: only the chunks asked for, verified, cached.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let source = strata::registry::chunks::RegistryBlob { client: &client, digest: digest.to_string() };
+    let files = strata::registry::chunks::RemoteFiles::new(got.toc.clone(), source, cache.path(), digest)
+        .expect("remote files");
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(files.read_at("data/noise", 1 << 20, &mut buf).expect("read"), 4096);
+    assert_eq!(buf, noise()[1 << 20..(1 << 20) + 4096]);
+    assert_eq!(files.read_at("etc/hostname", 0, &mut buf).expect("read"), 7);
+    assert_eq!(&buf[..7], b"strata\n");
 
     // The registry's log shows no whole-blob GET of the layer.
     assert!(
@@ -233,4 +248,87 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
     let err =
         strata::registry::lazy::fetch_toc(&client, digest, size, mt, &annotations).expect_err("wrong TOC");
     assert!(strata::error::report(&err).contains("TOC digest mismatch"), "{}", strata::error::report(&err));
+}
+
+/// `strata pull --lazy` of an eStargz image fetches each layer's footer and TOC only (no
+/// whole-blob GET in the registry's log), records the layers as remote (`image inspect` says how
+/// much of each is local), and `run` over it completes the layers first: the command sees the
+/// image's files and the merged view is a plain pull's.
+#[test]
+fn lazy_pull_records_remote_layers_and_run_completes_them() {
+    if !privileged("lazy_pull_records_remote_layers_and_run_completes_them") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let src = Root::new();
+    src.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display()), "--name", "bb"]);
+    let dest = format!("{}/lazy/bb:esgz", reg.addr);
+    src.ok(&["push", "-q", "bb", &dest, "--compression", "estargz", "--tls-verify=false"]);
+    let manifest = remote_manifest(&dest);
+    let digests: Vec<String> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect();
+    let whole_gets = |log: &str| {
+        digests
+            .iter()
+            .filter(|d| log.contains(&format!("\"GET /v2/lazy/bb/blobs/{d} HTTP/1.1\" 200")))
+            .count()
+    };
+    assert_eq!(whole_gets(&reg.log()), 0, "nothing pulled yet");
+
+    let lazy = Root::new();
+    lazy.ok(&["pull", "-q", "--lazy", &dest, "--tls-verify=false"]);
+    assert_eq!(whole_gets(&reg.log()), 0, "a lazy pull fetched a whole layer");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lazy.ok(&["image", "inspect", &dest])).expect("json");
+    let local = inspect["local"].as_array().expect("local");
+    assert_eq!(local.len(), digests.len(), "{inspect}");
+    for l in local {
+        assert_eq!(l["remote"], true, "{l}");
+        let (have, size) = (l["bytes_local"].as_u64().expect("n"), l["blob_size"].as_u64().expect("n"));
+        assert!(have > 0 && have <= strata::registry::lazy::TAIL_GUESS && have <= size, "{l}");
+    }
+    let listed = lazy.ok(&["image", "ls", "--json"]);
+    assert!(listed.contains("\"remote\": true"), "{listed}");
+
+    // run completes the layers (whole blobs, verified) and runs over them.
+    let plain = Root::new();
+    plain.ok(&["pull", "-q", &dest, "--tls-verify=false"]);
+    let want = plain.ok(&["run", "--rm", &dest, "--", "cat", "/etc/passwd"]);
+    assert!(!want.is_empty());
+    assert_eq!(lazy.ok(&["run", "--rm", &dest, "--", "cat", "/etc/passwd"]), want);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lazy.ok(&["image", "inspect", &dest])).expect("json");
+    for l in inspect["local"].as_array().expect("local") {
+        assert_eq!(
+            (l["remote"].as_bool(), l["bytes_local"].as_u64()),
+            (Some(false), l["blob_size"].as_u64())
+        );
+    }
+
+    // The merged view equals a plain pull's.
+    let view = |root: &Root| {
+        root.ok(&["container", "create", "--read-only", &dest, "v"]);
+        let at = root.ok(&["container", "mount", "v"]);
+        let tree = capture(Path::new(at.trim()));
+        root.ok(&["container", "rm", "--force", "v"]);
+        tree
+    };
+    strata_test_support::tree::assert_trees_eq(&view(&plain), &view(&lazy), "lazy pull vs plain pull");
+
+    // A plain pull over a lazy one makes its layers local; a lazy pull over a plain one changes
+    // nothing.
+    let again = Root::new();
+    again.ok(&["pull", "-q", "--lazy", &dest, "--tls-verify=false"]);
+    again.ok(&["pull", "-q", &dest, "--tls-verify=false"]);
+    again.ok(&["pull", "-q", "--lazy", &dest, "--tls-verify=false"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&again.ok(&["image", "inspect", &dest])).expect("json");
+    for l in inspect["local"].as_array().expect("local") {
+        assert_eq!(l["remote"], false, "{l}");
+    }
+    strata_test_support::tree::assert_trees_eq(&view(&plain), &view(&again), "plain pull over a lazy one");
 }
