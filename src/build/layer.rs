@@ -134,18 +134,16 @@ impl Builder<'_> {
             container::release(self.store, &w.cname)?;
             let parent = crate::commit::oci_rows(w.parent_layers.clone());
             let cfg = &mut cfg;
-            let done =
-                crate::commit::commit_layer(self.store, &w.upper, &layer_opts, |store, lease, row| {
-                    let mut rows = parent;
-                    rows.push(row.clone());
-                    let diff_ids: Vec<String> = rows.iter().map(|l| l.diff_id.to_string()).collect();
-                    cfg["rootfs"] = json!({ "type": "layers", "diff_ids": diff_ids });
-                    let bytes = serde_json::to_vec(&*cfg).map_err(|e| CommitError::BadImage {
-                        image: name.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                    Ok(ImagePublish::new(name, &bytes, rows).lease(lease).publish(store)?)
-                })?;
+            // The upper dir becomes the layer's directory as it is; its blob is written later.
+            let done = crate::commit::adopt_layer(self.store, &w.upper, &layer_opts, |store, lease, row| {
+                let mut rows = parent;
+                rows.push(row.clone());
+                let diff_ids: Vec<String> = rows.iter().map(|l| l.diff_id.to_string()).collect();
+                cfg["rootfs"] = json!({ "type": "layers", "diff_ids": diff_ids });
+                let bytes = serde_json::to_vec(&*cfg)
+                    .map_err(|e| CommitError::BadImage { image: name.to_string(), reason: e.to_string() })?;
+                Ok(ImagePublish::new(name, &bytes, rows).lease(lease).publish(store)?)
+            })?;
             tracing::debug!(image = %done.published.name, layer = %done.row.diff_id, "step committed");
             Ok(done.published.name)
         })();
@@ -156,14 +154,7 @@ impl Builder<'_> {
     }
 
     fn layer_options(&self) -> crate::commit::LayerOptions {
-        let mut o = crate::commit::LayerOptions {
-            source_date_epoch: crate::commit::source_date_epoch().ok().flatten(),
-            ..Default::default()
-        };
-        if !self.opts.compress {
-            o.compression = crate::compression::Compression::None;
-        }
-        o
+        layer_options()
     }
 
     /// Does `work` in the working container's tree.
@@ -324,6 +315,14 @@ impl Builder<'_> {
             return Err(StepError::Status(code));
         }
         Ok(())
+    }
+}
+
+/// How the build writes its layers' blobs (gzip; mtimes clamped to `SOURCE_DATE_EPOCH`).
+pub(super) fn layer_options() -> crate::commit::LayerOptions {
+    crate::commit::LayerOptions {
+        source_date_epoch: crate::commit::source_date_epoch().ok().flatten(),
+        ..Default::default()
     }
 }
 
