@@ -19,7 +19,7 @@ FROM $BASE AS builder
 ARG GREETING=hello
 ENV APP=/app
 RUN mkdir -p $APP/sub && echo "$GREETING" > $APP/sub/greet && ln $APP/sub/greet $APP/sub/hard \
- && chown -R 33:44 $APP && chmod 0750 $APP/sub
+ && chown -R 33:44 $APP && chmod 0750 $APP/sub && ln -s $APP /abs
 RUN mkdir -p /opq/keep && echo keep > /opq/keep/x && echo gone > /etc/gone && mkdir /etc/gone.d
 
 FROM builder AS second
@@ -31,6 +31,7 @@ LABEL org.test.one=yes org.test.two="a b"
 ENV GREETING=${GREETING:-none} OTHER=$GREETING
 COPY --from=builder /app /app
 COPY --from=second /opq /opq
+COPY --from=builder /abs/sub/greet /via-abs/
 COPY --chown=1000:1000 data/ /data/
 COPY --chown=1234 one.txt /one.txt
 COPY --chmod=0640 xattr.bin links /files/
@@ -183,6 +184,8 @@ fn build_matches_buildah_and_runs_in_podman() {
     assert_eq!(fs::read_to_string(ra.join("opq/new")).unwrap(), "new\n");
     assert!(!ra.join("opq/keep").exists());
     assert_eq!(fs::read_to_string(ra.join("added/t/hard")).unwrap(), "from the tar\n");
+    // Through an absolute symlink of the source image, resolved inside it.
+    assert_eq!(fs::read_to_string(ra.join("via-abs/greet")).unwrap(), "hi there\n");
     let hard = fs::symlink_metadata(ra.join("added/t/in-tar.txt")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((hard.mode() & 0o7777, hard.uid(), hard.gid()), (0o640, 9, 10), "the hardlink entry's attrs");
