@@ -224,6 +224,7 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let format: strata::export::ExportFormat = format.parse()?;
             crate::registry::complete_remote_layers(&mut store, &name)?;
             let opts = strata::export::ExportOptions { force };
+            ensure_layer_blobs(&store, &[name.as_str()])?;
             strata::export::export_with(&store, &name, &dest, format, &opts)
                 .with_context(|| format!("exporting {name} to {dest}"))?;
         }
@@ -317,6 +318,7 @@ pub fn save_cmd(
     let store = open_store(root)?;
     let format: strata::export::ExportFormat = format.parse()?;
     let images: Vec<&str> = names.iter().map(String::as_str).collect();
+    ensure_layer_blobs(&store, &images)?;
     if output.as_os_str() == "-" {
         write_output(output, |mut w| strata::export::save_to(&store, &images, format, &mut w))
     } else {
@@ -349,4 +351,16 @@ pub fn load_cmd(
         outln!("Loaded image: {}", i.name)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tar blobs of the layers a build made without one (`strata build --compress=false`, or a
+/// cached step), written from their directories before `names` are exported, saved or pushed.
+pub fn ensure_layer_blobs(store: &strata::store::Store, names: &[&str]) -> Result<()> {
+    for name in names {
+        if let Some(img) = store.image(name)? {
+            strata::commit::ensure_blobs(store, &img.layers)
+                .with_context(|| format!("writing the layer blobs of {name}"))?;
+        }
+    }
+    Ok(())
 }

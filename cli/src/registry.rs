@@ -97,6 +97,8 @@ pub fn push_cmd(
             .with_context(|| format!("pushing {name}: give the destination HOST[:PORT]/REPO[:TAG]"))?,
     };
     let mut store = open_store(root)?;
+    // A build's layers may have no blob yet; eStargz conversion reads them too.
+    crate::image::ensure_layer_blobs(&store, &[name])?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
     complete_remote_layers(&mut store, name)?;
     let converted;

@@ -210,6 +210,8 @@ fn has_glob(s: &str) -> bool {
 pub struct Context {
     root: PathBuf,
     ignore: Ignore,
+    /// An image's tree: symlinks on a source's way resolve inside it, as in the container.
+    in_root: bool,
 }
 
 impl Context {
@@ -228,13 +230,13 @@ impl Context {
                 Err(e) => return Err(io_err(&p)(e)),
             }
         }
-        Ok(Context { root, ignore })
+        Ok(Context { root, ignore, in_root: false })
     }
 
     /// A tree that is no build context (an image's mounted view, a download): no ignore file.
     pub fn tree(root: &Path) -> Result<Context, ContextError> {
         let root = fs::canonicalize(root).map_err(io_err(root))?;
-        Ok(Context { root, ignore: Ignore::default() })
+        Ok(Context { root, ignore: Ignore::default(), in_root: true })
     }
 
     pub fn root(&self) -> &Path {
@@ -265,6 +267,13 @@ impl Context {
         for seg in clean(src) {
             let mut next = Vec::new();
             for base in &found {
+                let resolved;
+                let base = if self.in_root {
+                    resolved = self.resolve_in_root(base, src)?;
+                    &resolved
+                } else {
+                    base
+                };
                 if has_glob(&seg) {
                     let dir = self.root.join(base);
                     let Ok(rd) = fs::read_dir(&dir) else { continue };
@@ -309,6 +318,52 @@ impl Context {
             return Err(ContextError::NotFound(src.to_string()));
         }
         Ok(out)
+    }
+
+    /// `rel` with every symlink in it resolved inside the tree, as a process chrooted there
+    /// would: an absolute target starts again at the tree's root, `..` stops at it.
+    fn resolve_in_root(&self, rel: &Path, src: &str) -> Result<PathBuf, ContextError> {
+        use std::path::Component;
+        let mut todo: Vec<std::ffi::OsString> = rel
+            .components()
+            .rev()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        let mut cur = PathBuf::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            if c == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&c);
+            let path = self.root.join(&next);
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(ContextError::Outside(src.to_string()));
+                    }
+                    let target = fs::read_link(&path).map_err(io_err(&path))?;
+                    if target.is_absolute() {
+                        cur = PathBuf::new();
+                    }
+                    for t in target.components().rev() {
+                        match t {
+                            Component::Normal(n) => todo.push(n.to_os_string()),
+                            Component::ParentDir => todo.push("..".into()),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => cur = next,
+            }
+        }
+        Ok(cur)
     }
 
     /// Every entry under `rel` (itself first, then its tree in name order) that is not

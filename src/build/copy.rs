@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -32,6 +33,10 @@ pub struct Target {
     root: OwnedFd,
     /// The hardlink groups seen so far: source (dev, ino) to the path written first.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Sources are an unpacked layer (ADD of a tar, as buildah applies one): a whiteout (0:0
+    /// character device) removes its name from the tree, an opaque directory replaces the
+    /// directory of its name (its former entries gone).
+    pub layer_semantics: bool,
 }
 
 fn err(path: &Path) -> impl Fn(rustix::io::Errno) -> io::Error + '_ {
@@ -48,7 +53,7 @@ impl Target {
     pub fn open(root: &Path) -> io::Result<Target> {
         let fd = rustix::fs::open(root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(err(root))?;
-        Ok(Target { root: fd, links: HashMap::new() })
+        Ok(Target { root: fd, links: HashMap::new(), layer_semantics: false })
     }
 
     fn resolve(&self, p: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
@@ -93,6 +98,28 @@ impl Target {
         Ok(fd)
     }
 
+    /// Sets the owner, then the mode and mtime, of the entry at `p` (not followed): a tar's
+    /// hardlink entry applies its own to the inode it shares, as buildah does.
+    pub fn set_attrs(&self, p: &Path, (u, g): (u32, u32), mode: u32, mtime: i64) -> io::Result<()> {
+        let fd = self.resolve(p, OFlags::PATH | OFlags::NOFOLLOW).map_err(err(p))?;
+        let e = err(p);
+        let empty = Path::new("");
+        rustix::fs::chownat(&fd, empty, Some(uid(u)), Some(gid(g)), AtFlags::EMPTY_PATH).map_err(&e)?;
+        let st = rustix::fs::fstat(&fd).map_err(&e)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Ok(()); // only regular files are opened (never a device or FIFO)
+        }
+        let real = rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(&e)?;
+        rustix::fs::fchmod(&real, Mode::from_raw_mode(mode & 0o7777)).map_err(&e)?;
+        let at = Timespec { tv_sec: mtime, tv_nsec: 0 };
+        rustix::fs::futimens(&real, &Timestamps { last_access: at, last_modification: at }).map_err(&e)
+    }
+
     /// Copies the host entry `src` (not followed when a symlink) to `dst` in the tree, a
     /// directory's whole tree with it.
     pub fn copy(&mut self, src: &Path, dst: &Path, attrs: Attrs) -> io::Result<()> {
@@ -116,12 +143,36 @@ impl Target {
         let ft = m.file_type();
         let e = err(dst);
         let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        let existing_dir = existing.as_ref().is_some_and(|st| {
+        let mut existing_dir = existing.as_ref().is_some_and(|st| {
             rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
         });
+        if self.layer_semantics && ft.is_char_device() && m.rdev() == 0 {
+            // A whiteout: what the tree has of that name goes.
+            if existing.is_some() {
+                remove_all_at(dir, name).map_err(&e)?;
+            }
+            return Ok(());
+        }
+        let opaque = self.layer_semantics && ft.is_dir() && {
+            let d = fs::File::open(src)?;
+            crate::overlay_format::is_opaque(d.as_fd())?
+        };
         if existing.is_some() && !(ft.is_dir() && existing_dir) {
-            let flags = if existing_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-            rustix::fs::unlinkat(dir, name, flags).map_err(&e)?;
+            remove_all_at(dir, name).map_err(&e)?;
+            existing_dir = false;
+        }
+        if opaque && existing_dir {
+            // Its entries from below go; the directory stays (its attributes set below).
+            let fd = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(&e)?;
+            for n in dir_names(fd.as_fd()).map_err(&e)? {
+                remove_all_at(fd.as_fd(), Path::new(&n)).map_err(&e)?;
+            }
         }
         let mode = attrs.chmod.unwrap_or(m.mode() & 0o7777);
         let (owner_uid, owner_gid) = attrs.owner.unwrap_or((m.uid(), m.gid()));
@@ -200,6 +251,37 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// Removes `name` in `dir`, a directory with everything in it (nothing followed).
+fn remove_all_at(dir: BorrowedFd<'_>, name: &Path) -> rustix::io::Result<()> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for n in dir_names(fd.as_fd())? {
+        remove_all_at(fd.as_fd(), Path::new(&n))?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// The names in the directory `fd`, `.` and `..` left out.
+fn dir_names(fd: BorrowedFd<'_>) -> rustix::io::Result<Vec<std::ffi::OsString>> {
+    let mut names = Vec::new();
+    for ent in rustix::fs::Dir::read_from(fd)? {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(std::ffi::OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(names)
 }
 
 fn uid(u: u32) -> rustix::fs::Uid {

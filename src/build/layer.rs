@@ -134,18 +134,16 @@ impl Builder<'_> {
             container::release(self.store, &w.cname)?;
             let parent = crate::commit::oci_rows(w.parent_layers.clone());
             let cfg = &mut cfg;
-            let done =
-                crate::commit::commit_layer(self.store, &w.upper, &layer_opts, |store, lease, row| {
-                    let mut rows = parent;
-                    rows.push(row.clone());
-                    let diff_ids: Vec<String> = rows.iter().map(|l| l.diff_id.to_string()).collect();
-                    cfg["rootfs"] = json!({ "type": "layers", "diff_ids": diff_ids });
-                    let bytes = serde_json::to_vec(&*cfg).map_err(|e| CommitError::BadImage {
-                        image: name.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                    Ok(ImagePublish::new(name, &bytes, rows).lease(lease).publish(store)?)
-                })?;
+            // The upper dir becomes the layer's directory as it is; its blob is written later.
+            let done = crate::commit::adopt_layer(self.store, &w.upper, &layer_opts, |store, lease, row| {
+                let mut rows = parent;
+                rows.push(row.clone());
+                let diff_ids: Vec<String> = rows.iter().map(|l| l.diff_id.to_string()).collect();
+                cfg["rootfs"] = json!({ "type": "layers", "diff_ids": diff_ids });
+                let bytes = serde_json::to_vec(&*cfg)
+                    .map_err(|e| CommitError::BadImage { image: name.to_string(), reason: e.to_string() })?;
+                Ok(ImagePublish::new(name, &bytes, rows).lease(lease).publish(store)?)
+            })?;
             tracing::debug!(image = %done.published.name, layer = %done.row.diff_id, "step committed");
             Ok(done.published.name)
         })();
@@ -156,14 +154,7 @@ impl Builder<'_> {
     }
 
     fn layer_options(&self) -> crate::commit::LayerOptions {
-        let mut o = crate::commit::LayerOptions {
-            source_date_epoch: crate::commit::source_date_epoch().ok().flatten(),
-            ..Default::default()
-        };
-        if !self.opts.compress {
-            o.compression = crate::compression::Compression::None;
-        }
-        o
+        layer_options()
     }
 
     /// Does `work` in the working container's tree.
@@ -261,15 +252,21 @@ impl Builder<'_> {
         crate::unpack::unpack_layer(tar, &dir, &Default::default())
             .map_err(|e| StepError::Unpack(archive.display().to_string(), Box::new(e)))?;
         t.mkdir_all(dest, None).map_err(StepError::Copy)?;
+        let links = hardlink_entries(archive).map_err(StepError::Copy)?;
         let keep = Attrs { owner: None, chmod: None };
+        t.layer_semantics = true;
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .map_err(StepError::Copy)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
             .map_err(StepError::Copy)?;
         names.sort();
-        for n in names {
-            t.copy(&dir.join(&n), &dest.join(&n), keep).map_err(StepError::Copy)?;
+        let copied = names.iter().try_for_each(|n| t.copy(&dir.join(n), &dest.join(n), keep));
+        t.layer_semantics = false;
+        copied.map_err(StepError::Copy)?;
+        // A hardlink entry's own owner, mode and mtime go to the inode it shares (buildah).
+        for l in links {
+            t.set_attrs(&dest.join(&l.path), l.owner, l.mode, l.mtime).map_err(StepError::Copy)?;
         }
         Ok(())
     }
@@ -327,11 +324,57 @@ impl Builder<'_> {
     }
 }
 
+/// How the build writes its layers' blobs (gzip; mtimes clamped to `SOURCE_DATE_EPOCH`).
+pub(super) fn layer_options() -> crate::commit::LayerOptions {
+    crate::commit::LayerOptions {
+        source_date_epoch: crate::commit::source_date_epoch().ok().flatten(),
+        ..Default::default()
+    }
+}
+
 /// The uid and gid `USER`/`--chown` names, resolved in the tree; a uid alone (a number) gives
 /// the gid the same number, as buildah does.
 fn owner_of(rootfs: &Path, spec: &str) -> StepResult<(u32, u32)> {
     let (u, g, _) = crate::runtime::spec::resolve_user(rootfs, spec)?;
     Ok(if spec.chars().all(|ch| ch.is_ascii_digit()) { (u, u) } else { (u, g) })
+}
+
+/// A hardlink entry of a tar: its path and its own attributes.
+struct LinkEntry {
+    path: PathBuf,
+    owner: (u32, u32),
+    mode: u32,
+    mtime: i64,
+}
+
+/// The hardlink entries of the tar `archive` (plain or compressed), in order; entries the
+/// unpacker refuses were refused before this reads them.
+fn hardlink_entries(archive: &Path) -> std::io::Result<Vec<LinkEntry>> {
+    let f = std::fs::File::open(archive)?;
+    let r = crate::compression::Compression::sniffing_decoder(std::io::BufReader::new(f))?;
+    let mut out = Vec::new();
+    for e in tar::Archive::new(r).entries()? {
+        let e = e?;
+        let h = e.header();
+        if h.entry_type() != tar::EntryType::Link {
+            continue;
+        }
+        let path: PathBuf =
+            e.path()?.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+        out.push(LinkEntry {
+            path,
+            owner: (id(h.uid()?)?, id(h.gid()?)?),
+            mode: h.mode()?,
+            mtime: h.mtime()? as i64,
+        });
+    }
+    Ok(out)
+}
+
+fn id(n: u64) -> std::io::Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("uid/gid {n} out of range"))
+    })
 }
 
 /// Whether `path` holds a tar archive, plain or compressed (by its content, as docker's ADD

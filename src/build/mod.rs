@@ -71,9 +71,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--layers=false`: each stage's steps in one container, its changes one layer, no cache.
     pub squash: bool,
-    /// `--compress` (default): layers are gzip blobs, as pushed; without it they are stored as
-    /// plain tars (no compression time; the image is a normal image with `tar` layers, and a
-    /// second build gives the same digests either way).
+    /// `--compress` (default): at the end of the build the layers it made get gzip blobs, as
+    /// pushed; without it they stay directories described as plain tars, whose blobs are
+    /// written on first export, push or save (`commit::ensure_blobs`). A second build gives
+    /// the same digests either way.
     pub compress: bool,
     /// Told what the build is doing.
     pub progress: Option<ProgressFn>,
@@ -126,6 +127,8 @@ pub enum BuildError {
     Tag { name: String, source: Box<crate::images::ImagesError> },
     #[error(transparent)]
     Store(#[from] Box<crate::store::StoreError>),
+    #[error("compressing the layers")]
+    Compress(#[source] Box<crate::commit::CommitError>),
 }
 
 impl From<ParseError> for BuildError {
@@ -158,6 +161,7 @@ impl BuildError {
             BuildError::RunFailed { .. } => ErrorKind::FailedPrecondition,
             BuildError::Tag { source, .. } => source.kind(),
             BuildError::Store(e) => e.kind(),
+            BuildError::Compress(e) => e.kind(),
         }
     }
 
@@ -323,10 +327,21 @@ pub fn build(store: &mut Store, ctx_dir: &Path, opts: &BuildOptions) -> Result<B
     let (_, image) = b.done.pop().unwrap_or_default();
     let (steps, cached) = (b.steps, b.cached);
     drop(b);
-    let stored = store.image(&image)?.ok_or_else(|| BuildError::Read {
-        path: PathBuf::from(&image),
-        source: io::ErrorKind::NotFound.into(),
-    })?;
+    let missing = || BuildError::Read { path: PathBuf::from(&image), source: io::ErrorKind::NotFound.into() };
+    let mut stored = store.image(&image)?.ok_or_else(missing)?;
+    if opts.compress {
+        // The layers the build made are directories without blobs: their gzip blobs now, and
+        // the image (the last step's) published again over them, its config the same.
+        let compressed = crate::commit::compress_layers(store, &stored.layers, &layer::layer_options())
+            .map_err(|e| BuildError::Compress(Box::new(e)))?;
+        if let Some(rows) = compressed {
+            let cfg = store.read_blob(&stored.config_digest)?;
+            crate::images::ImagePublish::new(&image, &cfg, rows)
+                .publish(store)
+                .map_err(|e| BuildError::Compress(Box::new(e.into())))?;
+            stored = store.image(&image)?.ok_or_else(missing)?;
+        }
+    }
     let mut name = stored.name.clone();
     for t in &opts.tags {
         let p = crate::images::ImagePublish::of_stored(t, &stored)

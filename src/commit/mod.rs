@@ -20,6 +20,7 @@
 //! - `container`: [`commit_container`], a container's upper dir over its image, paused meanwhile.
 //! - here: the commit steps (blob, layer row, config, manifest, image) and their errors.
 
+mod adopt;
 pub mod changes;
 pub mod compress;
 pub mod config;
@@ -27,6 +28,8 @@ mod container;
 pub mod convert;
 pub mod layer;
 mod sparse;
+
+pub use adopt::{adopt_layer, compress_layers, ensure_blobs};
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter};

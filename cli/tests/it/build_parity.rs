@@ -19,7 +19,7 @@ FROM $BASE AS builder
 ARG GREETING=hello
 ENV APP=/app
 RUN mkdir -p $APP/sub && echo "$GREETING" > $APP/sub/greet && ln $APP/sub/greet $APP/sub/hard \
- && chown -R 33:44 $APP && chmod 0750 $APP/sub
+ && chown -R 33:44 $APP && chmod 0750 $APP/sub && ln -s $APP /abs
 RUN mkdir -p /opq/keep && echo keep > /opq/keep/x && echo gone > /etc/gone && mkdir /etc/gone.d
 
 FROM builder AS second
@@ -31,10 +31,12 @@ LABEL org.test.one=yes org.test.two="a b"
 ENV GREETING=${GREETING:-none} OTHER=$GREETING
 COPY --from=builder /app /app
 COPY --from=second /opq /opq
+COPY --from=builder /abs/sub/greet /via-abs/
 COPY --chown=1000:1000 data/ /data/
 COPY --chown=1234 one.txt /one.txt
 COPY --chmod=0640 xattr.bin links /files/
 ADD layer.tar /added/
+ADD wh.tar /
 RUN echo "$GREETING $OTHER" > /env.txt && rm /bin/vi
 USER 1000
 WORKDIR /home/u/w
@@ -73,9 +75,21 @@ fn make_context(ctx: &Path) {
         tarw::E::dir("t/").mode(0o755).owner(5, 6).mtime(1_600_000_000),
         tarw::E::file("t/in-tar.txt", "from the tar\n").mode(0o600).owner(7, 8).mtime(1_600_000_000),
         tarw::E::symlink("t/link", "in-tar.txt").owner(7, 8).mtime(1_600_000_000),
-        tarw::E::hardlink("t/hard", "t/in-tar.txt").mode(0o600).owner(7, 8).mtime(1_600_000_000),
+        // A hardlink entry's own mode and owner go to the inode it shares (buildah).
+        tarw::E::hardlink("t/hard", "t/in-tar.txt").mode(0o640).owner(9, 10).mtime(1_600_000_000),
+        tarw::E::file("t/.wh.never-there", ""),
     ]);
     fs::write(ctx.join("layer.tar"), t).unwrap();
+    // Whiteouts in an ADDed tar apply to what the tree had (buildah): one file removed, one
+    // directory's former entries hidden (opaque), a new entry beside them.
+    let wh = tarw::tar([
+        tarw::E::dir("data/").mode(0o755).owner(1000, 1000).mtime(1_600_000_000),
+        tarw::E::file("data/.wh.a.txt", ""),
+        tarw::E::dir("data/deep/").mode(0o755).owner(1000, 1000).mtime(1_600_000_000),
+        tarw::E::file("data/deep/.wh..wh..opq", ""),
+        tarw::E::file("data/deep/c.txt", "c\n").mode(0o644).mtime(1_600_000_000),
+    ]);
+    fs::write(ctx.join("wh.tar"), wh).unwrap();
 }
 
 fn buildah(dir: &Path, args: &[&str]) -> String {
@@ -170,6 +184,14 @@ fn build_matches_buildah_and_runs_in_podman() {
     assert_eq!(fs::read_to_string(ra.join("opq/new")).unwrap(), "new\n");
     assert!(!ra.join("opq/keep").exists());
     assert_eq!(fs::read_to_string(ra.join("added/t/hard")).unwrap(), "from the tar\n");
+    // Through an absolute symlink of the source image, resolved inside it.
+    assert_eq!(fs::read_to_string(ra.join("via-abs/greet")).unwrap(), "hi there\n");
+    let hard = fs::symlink_metadata(ra.join("added/t/in-tar.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((hard.mode() & 0o7777, hard.uid(), hard.gid()), (0o640, 9, 10), "the hardlink entry's attrs");
+    assert!(!ra.join("added/t/.wh.never-there").exists() && !ra.join("added/t/never-there").exists());
+    assert!(!ra.join("data/a.txt").exists() && !ra.join("data/deep/b.sh").exists(), "whiteouts of the tar");
+    assert_eq!(fs::read_to_string(ra.join("data/deep/c.txt")).unwrap(), "c\n");
 
     // The configs, field by field (buildah adds its version label).
     let (ca, cb) = (config_of(&ours, "parity"), config_of(&theirs, "parity"));
