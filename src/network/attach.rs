@@ -189,8 +189,10 @@ pub fn attach(
 ) -> Result<Attachment, NetworkError> {
     check_container_name(container)?;
     let cni = Cni::from_env();
+    // Held to the end: a detach deleting an idle bridge must not run between the bridge plugin
+    // making (or finding) the bridge and plugging this container's veth into it.
+    let _g = lock(store)?;
     let mut a = {
-        let _g = lock(store)?;
         if let Some(old) = attachment(store, container)? {
             return Err(NetworkError::AlreadyAttached { container: container.into(), network: old.network });
         }
@@ -240,6 +242,7 @@ pub fn attach(
             if let Err(undo) = release(&cni, store, &a) {
                 tracing::warn!(container, error = %crate::error::report(&undo), "undoing a failed attach");
             }
+            drop_idle_bridge(&a);
             Err(e)
         }
     }
@@ -343,7 +346,24 @@ pub fn detach(store: &Store, container: &str) -> Result<bool, NetworkError> {
     };
     release(&Cni::from_env(), store, &a)?;
     tracing::info!(container, network = %a.network, "detached");
+    let _g = lock(store)?;
+    drop_idle_bridge(&a);
     Ok(true)
+}
+
+/// Delete the attachment's bridge once no container is plugged into it any more, as netavark
+/// does: the bridge plugin never deletes one, so every state root (each has bridges of its own)
+/// would otherwise leave its bridges and their routes behind for good. The next attach makes it
+/// again. Call with the networks' lock held.
+fn drop_idle_bridge(a: &Attachment) {
+    let Some(bridge) = a.conflist.plugins.first().and_then(|p| p.get("bridge")).and_then(|b| b.as_str())
+    else {
+        return;
+    };
+    let ports = std::path::Path::new("/sys/class/net").join(bridge).join("brif");
+    if fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_none()) {
+        config::delete_bridge(bridge);
+    }
 }
 
 /// Detach every container that is gone or stopped, and remove namespace files no record
@@ -371,6 +391,9 @@ pub fn release_leaked<G>(
         match release(&Cni::from_env(), store, &a) {
             Ok(()) => {
                 tracing::info!(container = %a.container, network = %a.network, "released a leaked attachment");
+                if let Ok(_g) = lock(store) {
+                    drop_idle_bridge(&a);
+                }
                 released.push(a.container);
             }
             Err(e) => {

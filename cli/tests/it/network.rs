@@ -136,7 +136,13 @@ fn assert_released(store: &Store, a: &Attachment, bridge: &str, veths: &[String]
     assert_eq!(allocations(&ipam, &a.cni_id), Vec::<PathBuf>::new(), "host-local allocations left");
     assert_eq!(iptables_lines(&a.cni_id), 0, "iptables rules naming {} left", a.cni_id);
     assert!(network::attachment(store, &a.container).unwrap().is_none(), "record left");
-    assert!(Path::new("/sys/class/net").join(bridge).exists(), "the bridge stays for the next container");
+    // The bridge stays while a container of its network is attached, and goes with the last.
+    let in_use = network::attachments(store).unwrap().iter().any(|o| o.network == a.network);
+    assert_eq!(
+        Path::new("/sys/class/net").join(bridge).exists(),
+        in_use,
+        "bridge {bridge} (in use: {in_use})"
+    );
 }
 
 #[test]
@@ -317,7 +323,10 @@ fn network_commands() {
     assert!(err.contains("in use by container(s) member"), "{err}");
     network::detach(&store, "member").unwrap();
     let bridge = v["Bridge"].as_str().unwrap().to_string();
-    assert!(Path::new("/sys/class/net").join(&bridge).exists());
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "idle bridge {bridge} left after the last detach"
+    );
     assert_eq!(root.ok(&["network", "rm", "lab"]), "lab\n");
     assert!(!Path::new("/sys/class/net").join(&bridge).exists(), "bridge {bridge} left after rm");
     assert!(root.fails(&["network", "inspect", "lab"]).contains("no network \"lab\""));

@@ -89,9 +89,10 @@ fn exec_until(root: &Root, args: &[&str]) -> String {
 
 /// Every trace of this root's containers on the host, counted: attachment records, pinned
 /// namespaces, interfaces enslaved to its bridges (veths), iptables lines naming its CNI ids,
-/// host-local allocations naming them.
+/// host-local allocations naming them, and its bridges (deleted once no container uses them).
 #[derive(Debug, Default, PartialEq)]
 struct Traces {
+    bridges: Vec<String>,
     records: Vec<String>,
     netns: Vec<String>,
     veths: Vec<String>,
@@ -116,6 +117,9 @@ fn traces(root: &Root) -> Traces {
         ..Default::default()
     };
     for n in network::config::list(&store).unwrap_or_default() {
+        if Path::new("/sys/class/net").join(&n.bridge).exists() {
+            t.bridges.push(n.bridge.clone());
+        }
         t.veths.extend(names_in(&Path::new("/sys/class/net").join(&n.bridge).join("brif")));
         let ipam = network::config::ipam_dir(&store).join(&n.name);
         for f in names_in(&ipam) {
