@@ -49,8 +49,17 @@ fn cache_and_failures() {
     // Cached steps are intermediate images: out of the default listing, shown with -a.
     let listed = root.ok(&["images"]);
     assert!(!listed.contains("strata-build-cache") && listed.contains("out"), "{listed}");
-    let out =
-        root.ok(&["run", "--rm", "out", "--", "sh", "-c", "cat /x /a /b; test -e /bin/ls || echo gone"]);
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "out",
+        "--",
+        "sh",
+        "-c",
+        "cat /x /a /b; test -e /bin/ls || echo gone",
+    ]);
     assert_eq!(out, "1\nabgone\n");
     // Unchanged: the same image, no new step.
     assert_eq!(build(&root, ctx, &["-t", "out"]), id1);
@@ -66,7 +75,7 @@ fn cache_and_failures() {
     assert_eq!(cache_images(&root), made + 2);
     // A build arg changes the ENV step and all after it.
     let id3 = build(&root, ctx, &["--build-arg", "V=2", "-t", "v2"]);
-    assert_eq!(root.ok(&["run", "--rm", "v2", "--", "cat", "/x"]), "2\n");
+    assert_eq!(root.ok(&["run", "--rm", "--network", "none", "v2", "--", "cat", "/x"]), "2\n");
     assert_ne!(id3, id2);
     // --no-cache: every step again.
     let before = cache_images(&root);
@@ -76,7 +85,7 @@ fn cache_and_failures() {
     // image prune removes the cache (as podman's removes intermediate images), not named images.
     root.ok(&["image", "prune"]);
     assert_eq!(cache_images(&root), 0);
-    assert_eq!(root.ok(&["run", "--rm", "v2", "--", "cat", "/x"]), "2\n");
+    assert_eq!(root.ok(&["run", "--rm", "--network", "none", "v2", "--", "cat", "/x"]), "2\n");
     // A failing RUN: its status, its line.
     fs::write(ctx.join("Containerfile"), "FROM busybox\n\nRUN exit 3\n").unwrap();
     let out = root.cmd(&["build", &ctx.to_string_lossy()]);
@@ -123,7 +132,7 @@ fn killed_build_leaves_only_complete_steps() {
 
     let out = root.ok(&["build", "-q", "-t", "after", &c]);
     assert!(out.trim().starts_with("sha256:"), "{out}");
-    assert_eq!(root.ok(&["run", "--rm", "after", "--", "cat", "/a", "/r"]), "adone\n");
+    assert_eq!(root.ok(&["run", "--rm", "--network", "none", "after", "--", "cat", "/a", "/r"]), "adone\n");
     let ps = root.ok(&["ps", "-a"]);
     assert_eq!(ps.lines().count(), 1, "no container left:\n{ps}");
     assert!(runc_list(root.path()).is_empty(), "no runc container left");
@@ -319,4 +328,36 @@ fn unlayered_build_makes_one_layer() {
         ]),
         "new\n1\ngone\n"
     );
+}
+
+/// A build without `-t` is listed as podman lists it, `<none>   <none>` with its id, and its
+/// cached steps are not; once the same image gets a name, the `<none>` row goes.
+#[test]
+fn untagged_build_is_listed_as_none() {
+    if !privileged("build untagged_build_is_listed_as_none") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    fs::write(ctx.join("Containerfile"), "FROM busybox\nCOPY a.txt /a\nRUN echo r > /r\nENV E=1\n").unwrap();
+    let id = build(&root, ctx, &[]);
+    let short = &id.trim_start_matches("sha256:")[..12];
+    let listed = root.ok(&["images"]);
+    let none: Vec<&str> = listed.lines().filter(|l| l.starts_with("<none>")).collect();
+    assert_eq!(none.len(), 1, "{listed}");
+    let cols: Vec<&str> = none[0].split_whitespace().collect();
+    assert_eq!(&cols[..3], ["<none>", "<none>", short], "{listed}");
+    assert!(!listed.contains("strata-build-cache"), "{listed}");
+    assert_eq!(listed.lines().count(), 3, "header, busybox and the build:\n{listed}");
+    let ids = root.ok(&["images", "-q"]);
+    assert!(ids.lines().any(|l| l == short), "{ids}");
+    // -a still shows the steps by their cache names.
+    assert!(cache_images(&root) >= 3);
+    // Named, it is listed by its name only.
+    assert_eq!(build(&root, ctx, &["-t", "named"]), id);
+    let listed = root.ok(&["images"]);
+    assert!(!listed.contains("<none>") && listed.contains("named"), "{listed}");
 }
