@@ -135,9 +135,10 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::Ls { list: ImageListArgs { json, quiet, digests, no_trunc, format, all } } => {
             let store = open_store(root)?;
-            let mut images = strata::images::list(&store)?;
-            // `strata build`'s cached steps are intermediate images: shown with -a only.
-            images.retain(|i| all || !strata::images::is_build_cache(&i.name));
+            // `strata build`'s cached steps are intermediate images: shown with -a only; an
+            // unnamed build result is `<none>` in the default listing, as podman lists it.
+            let images =
+                if all { strata::images::list(&store)? } else { strata::images::list_default(&store)? };
             let short = |d: &strata::digest::Sha256Digest| {
                 if no_trunc {
                     d.to_string()

@@ -156,6 +156,44 @@ pub fn list(store: &Store) -> Result<Vec<Listed>, ImagesError> {
     store.images()?.into_iter().map(|i| listed(store, i)).collect()
 }
 
+/// The default listing, as podman's: every image with a name of its own, and each image known
+/// only by `strata build`'s cache names that no other image builds on (a build's result made
+/// without `-t`) once, as `<none>:<none>` named by its id. Cached steps stay out (as podman's
+/// intermediate images): their names, and images another one's history extends.
+pub fn list_default(store: &Store) -> Result<Vec<Listed>, ImagesError> {
+    use std::collections::{HashMap, HashSet};
+    let all = list(store)?;
+    let named: HashSet<Sha256Digest> =
+        all.iter().filter(|i| !is_build_cache(&i.name)).map(|i| i.id.clone()).collect();
+    let mut histories: HashMap<Sha256Digest, (Vec<Value>, Vec<Sha256Digest>)> = HashMap::new();
+    for i in &all {
+        if !histories.contains_key(&i.id) {
+            let config: Value =
+                serde_json::from_slice(&store.read_blob(&i.id).unwrap_or_default()).unwrap_or(Value::Null);
+            let history = config["history"].as_array().cloned().unwrap_or_default();
+            let layers = i.layers.iter().map(|l| l.diff_id.clone()).collect();
+            histories.insert(i.id.clone(), (history, layers));
+        }
+    }
+    let extended = |id: &Sha256Digest| {
+        let Some((h, l)) = histories.get(id) else { return false };
+        histories.iter().any(|(other, (oh, ol))| {
+            other != id && oh.len() > h.len() && oh.starts_with(h) && ol.starts_with(l)
+        })
+    };
+    let mut shown = HashSet::new();
+    let mut out = Vec::new();
+    for i in all {
+        if !is_build_cache(&i.name) {
+            out.push(i);
+        } else if !named.contains(&i.id) && !extended(&i.id) && shown.insert(i.id.clone()) {
+            let name = i.id.to_string();
+            out.push(Listed { name, repository: "<none>".to_string(), tag: "<none>".to_string(), ..i });
+        }
+    }
+    Ok(out)
+}
+
 fn listed(store: &Store, i: StoredImage) -> Result<Listed, ImagesError> {
     let layers = i.layers;
     let config = store.read_blob(&i.config_digest).unwrap_or_default();

@@ -49,8 +49,17 @@ fn cache_and_failures() {
     // Cached steps are intermediate images: out of the default listing, shown with -a.
     let listed = root.ok(&["images"]);
     assert!(!listed.contains("strata-build-cache") && listed.contains("out"), "{listed}");
-    let out =
-        root.ok(&["run", "--rm", "out", "--", "sh", "-c", "cat /x /a /b; test -e /bin/ls || echo gone"]);
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "out",
+        "--",
+        "sh",
+        "-c",
+        "cat /x /a /b; test -e /bin/ls || echo gone",
+    ]);
     assert_eq!(out, "1\nabgone\n");
     // Unchanged: the same image, no new step.
     assert_eq!(build(&root, ctx, &["-t", "out"]), id1);
@@ -66,7 +75,7 @@ fn cache_and_failures() {
     assert_eq!(cache_images(&root), made + 2);
     // A build arg changes the ENV step and all after it.
     let id3 = build(&root, ctx, &["--build-arg", "V=2", "-t", "v2"]);
-    assert_eq!(root.ok(&["run", "--rm", "v2", "--", "cat", "/x"]), "2\n");
+    assert_eq!(root.ok(&["run", "--rm", "--network", "none", "v2", "--", "cat", "/x"]), "2\n");
     assert_ne!(id3, id2);
     // --no-cache: every step again.
     let before = cache_images(&root);
@@ -76,7 +85,7 @@ fn cache_and_failures() {
     // image prune removes the cache (as podman's removes intermediate images), not named images.
     root.ok(&["image", "prune"]);
     assert_eq!(cache_images(&root), 0);
-    assert_eq!(root.ok(&["run", "--rm", "v2", "--", "cat", "/x"]), "2\n");
+    assert_eq!(root.ok(&["run", "--rm", "--network", "none", "v2", "--", "cat", "/x"]), "2\n");
     // A failing RUN: its status, its line.
     fs::write(ctx.join("Containerfile"), "FROM busybox\n\nRUN exit 3\n").unwrap();
     let out = root.cmd(&["build", &ctx.to_string_lossy()]);
@@ -123,11 +132,232 @@ fn killed_build_leaves_only_complete_steps() {
 
     let out = root.ok(&["build", "-q", "-t", "after", &c]);
     assert!(out.trim().starts_with("sha256:"), "{out}");
-    assert_eq!(root.ok(&["run", "--rm", "after", "--", "cat", "/a", "/r"]), "adone\n");
+    assert_eq!(root.ok(&["run", "--rm", "--network", "none", "after", "--", "cat", "/a", "/r"]), "adone\n");
     let ps = root.ok(&["ps", "-a"]);
     assert_eq!(ps.lines().count(), 1, "no container left:\n{ps}");
     assert!(runc_list(root.path()).is_empty(), "no runc container left");
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     let r = root.path().to_string_lossy().into_owned();
     assert!(!mounts.contains(&r), "a mount under the root is left: {mounts}");
+}
+
+/// Serves `body` to every GET on 127.0.0.1 (a thread, until the test ends) with a fixed
+/// `Last-Modified`; returns the base URL and the number of requests served so far.
+fn serve(
+    body: &'static [u8],
+    last_modified: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().expect("clone"));
+            let mut first = String::new();
+            if r.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: {last_modified}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            if first.starts_with("GET ") {
+                let _ = conn.write_all(body);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    (url, served)
+}
+
+/// ADD of a URL, by buildah's rules: the file is downloaded as it is (a tar is not extracted),
+/// named after the URL's last segment under a directory destination or as a file destination,
+/// owned by root, mode 0600, its mtime the server's Last-Modified.
+#[test]
+fn add_url() {
+    if !privileged("build add_url") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let (url, served) = serve(b"served over http\n", "Wed, 21 Oct 2015 07:28:00 GMT");
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(
+        ctx.join("Containerfile"),
+        format!("FROM busybox\nADD {url}/files/hello.txt /dl/\nADD {url}/files/hello.txt?x=1 /named\n"),
+    )
+    .unwrap();
+    build(&root, ctx, &["-t", "fetched"]);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2, "one GET per ADD");
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "fetched",
+        "--",
+        "sh",
+        "-c",
+        "cat /dl/hello.txt /named; stat -c '%a %u:%g %Y' /dl/hello.txt /named",
+    ]);
+    // 2015-10-21T07:28:00Z
+    assert_eq!(out, "served over http\nserved over http\n600 0:0 1445412480\n600 0:0 1445412480\n");
+}
+
+/// `--compress=false`: the image's new layers are plain tars (digest = diff_id), and it is a
+/// normal image: saved and loaded into a fresh root it gives the same tree and runs.
+#[test]
+fn uncompressed_build_saves_and_loads() {
+    if !privileged("build uncompressed_build_saves_and_loads") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    fs::write(ctx.join("Containerfile"), "FROM busybox\nCOPY a.txt /a\nRUN echo r > /r && rm /bin/ls\n")
+        .unwrap();
+    build(&root, ctx, &["--compress=false", "-t", "plain"]);
+    let base: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", "busybox"])).unwrap();
+    let img: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", "plain"])).unwrap();
+    let nbase = base["manifest"]["layers"].as_array().map(Vec::len).unwrap();
+    let layers = img["manifest"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), nbase + 2, "{img}");
+    let diff_ids = img["config"]["rootfs"]["diff_ids"].as_array().unwrap();
+    for (l, d) in layers.iter().zip(diff_ids).skip(nbase) {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar", "{l}");
+        assert_eq!(&l["digest"], d, "an uncompressed layer's digest is its diff_id");
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("plain.tar");
+    root.ok(&["save", "plain", "--format", "oci-archive", "-o", &archive.to_string_lossy()]);
+    let fresh = Root::new();
+    fresh.ok(&["load", "-i", &archive.to_string_lossy()]);
+    let loaded: serde_json::Value = serde_json::from_str(&fresh.ok(&["image", "inspect", "plain"])).unwrap();
+    assert_eq!(loaded["digest"], img["digest"], "same manifest digest after save | load");
+    strata_test_support::tree::assert_trees_eq(
+        &tree_of(&root, "plain", "p1"),
+        &tree_of(&fresh, "plain", "p2"),
+        "loaded uncompressed image",
+    );
+    assert_eq!(
+        fresh.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "plain",
+            "--",
+            "sh",
+            "-c",
+            "cat /a /r; test -e /bin/ls || echo gone"
+        ]),
+        "a\nr\ngone\n"
+    );
+}
+
+/// An image's merged view (a container's mount), mtimes left out.
+fn tree_of(root: &Root, image: &str, container: &str) -> strata_test_support::tree::Tree {
+    root.ok(&["container", "create", image, container]);
+    let at = root.ok(&["container", "mount", container]);
+    let mut t = capture(Path::new(at.trim()));
+    root.ok(&["container", "umount", container]);
+    root.ok(&["container", "rm", container]);
+    t.retain(|_, e| {
+        e.mtime = None;
+        true
+    });
+    t
+}
+
+/// `--layers=false`: each stage's steps make one layer over its base, whose merged view equals
+/// the layered build's (whiteouts and opaque directories included).
+#[test]
+fn unlayered_build_makes_one_layer() {
+    if !privileged("build unlayered_build_makes_one_layer") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    fs::write(
+        ctx.join("Containerfile"),
+        "FROM busybox AS first\nRUN mkdir -p /o/old && echo 1 > /o/old/f\n\
+         FROM busybox\nCOPY a.txt /a\nCOPY --from=first /o /o\nENV E=1\n\
+         RUN rm /bin/ls && rm -rf /o && mkdir /o && echo new > /o/new\nRUN echo $E > /e\n",
+    )
+    .unwrap();
+    build(&root, ctx, &["-t", "layered"]);
+    build(&root, ctx, &["--layers=false", "-t", "flat"]);
+    let count = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", name])).unwrap();
+        v["manifest"]["layers"].as_array().map(Vec::len).unwrap()
+    };
+    let base = count("busybox");
+    assert_eq!(count("layered"), base + 4);
+    assert_eq!(count("flat"), base + 1);
+    strata_test_support::tree::assert_trees_eq(
+        &tree_of(&root, "layered", "l"),
+        &tree_of(&root, "flat", "f"),
+        "--layers=false against the layered build",
+    );
+    assert_eq!(
+        root.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "flat",
+            "--",
+            "sh",
+            "-c",
+            "ls /o; cat /e; test -e /bin/ls || echo gone"
+        ]),
+        "new\n1\ngone\n"
+    );
+}
+
+/// A build without `-t` is listed as podman lists it, `<none>   <none>` with its id, and its
+/// cached steps are not; once the same image gets a name, the `<none>` row goes.
+#[test]
+fn untagged_build_is_listed_as_none() {
+    if !privileged("build untagged_build_is_listed_as_none") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root);
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    fs::write(ctx.join("Containerfile"), "FROM busybox\nCOPY a.txt /a\nRUN echo r > /r\nENV E=1\n").unwrap();
+    let id = build(&root, ctx, &[]);
+    let short = &id.trim_start_matches("sha256:")[..12];
+    let listed = root.ok(&["images"]);
+    let none: Vec<&str> = listed.lines().filter(|l| l.starts_with("<none>")).collect();
+    assert_eq!(none.len(), 1, "{listed}");
+    let cols: Vec<&str> = none[0].split_whitespace().collect();
+    assert_eq!(&cols[..3], ["<none>", "<none>", short], "{listed}");
+    assert!(!listed.contains("strata-build-cache"), "{listed}");
+    assert_eq!(listed.lines().count(), 3, "header, busybox and the build:\n{listed}");
+    let ids = root.ok(&["images", "-q"]);
+    assert!(ids.lines().any(|l| l == short), "{ids}");
+    // -a still shows the steps by their cache names.
+    assert!(cache_images(&root) >= 3);
+    // Named, it is listed by its name only.
+    assert_eq!(build(&root, ctx, &["-t", "named"]), id);
+    let listed = root.ok(&["images"]);
+    assert!(!listed.contains("<none>") && listed.contains("named"), "{listed}");
 }
