@@ -32,6 +32,8 @@ mod podman;
 mod races;
 mod registry;
 mod rootless;
+mod rootless_images;
+mod rootless_lifecycle;
 mod run_io;
 mod snapshots;
 mod sparse;
