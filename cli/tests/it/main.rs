@@ -34,6 +34,7 @@ mod registry;
 mod rootless;
 mod rootless_images;
 mod rootless_lifecycle;
+mod rootless_network;
 mod run_io;
 mod snapshots;
 mod sparse;
