@@ -34,6 +34,7 @@ mod registry;
 mod rootless;
 mod rootless_hostile;
 mod rootless_images;
+mod rootless_interop;
 mod rootless_lifecycle;
 mod rootless_network;
 mod run_io;
