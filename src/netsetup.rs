@@ -138,8 +138,9 @@ impl NetOptions {
     /// bridge: the CNI plugins need root) slirp4netns, as podman, or `none` where slirp4netns
     /// cannot work (with a warning that says why).
     pub fn mode(&self) -> Result<Mode> {
-        let default = if crate::userns::is_rootless() { rootless_default() } else { DEFAULT_NETWORK };
-        Mode::parse(self.network.as_deref().unwrap_or(default))
+        // Lazily: the rootless default's probe (and its warning) only when no mode was given.
+        let default = || if crate::userns::is_rootless() { rootless_default() } else { DEFAULT_NETWORK };
+        Mode::parse(self.network.as_deref().unwrap_or_else(default))
     }
 
     /// Reject what cannot work before anything is created: a bad mode, ports or DNS settings

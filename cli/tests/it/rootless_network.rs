@@ -131,6 +131,8 @@ fn without_tun_rootless_networking_says_why() {
         stderr.contains("--network none") && stderr.contains("/dev/net/tun cannot be opened"),
         "{stderr}"
     );
+    let out = user.cmd(&["run", "--rm", "--network", "none", "busybox", "--", "true"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "none asked for: no warning: {out:?}");
     let err = user.fails(&["run", "--rm", "--network", "slirp4netns", "busybox", "--", "true"]);
     assert!(
         err.contains("/dev/net/tun cannot be opened") && err.contains("chmod 0666 /dev/net/tun"),
