@@ -382,8 +382,19 @@ pub fn pause(store: &Store, name: &str) -> Result<()> {
         State::Paused => return Err(LifecycleError::Paused { name: name.to_string() }),
         _ => return Err(LifecycleError::NotRunning { name: name.to_string() }),
     }
+    refuse_rootless(name, "paused")?;
     let (state, id) = container::runc_ids(store, name);
     runc::runc_pause(&state, &id).map_err(berr(name))
+}
+
+/// Rootless mode has no freezer: `pause` and `unpause` say so rather than pass on runc's
+/// "cgroups not configured for container" (rootless podman on cgroup v1 refuses the same way).
+fn refuse_rootless(name: &str, verb: &'static str) -> Result<()> {
+    if crate::userns::is_rootless() {
+        let hint = "; stop it, or `container commit --pause=false` commits it live";
+        return Err(cerr(name)(ContainerError::NoFreezer { name: name.to_string(), verb, hint }));
+    }
+    Ok(())
 }
 
 /// Thaw a paused container (`runc resume`).
@@ -391,6 +402,7 @@ pub fn unpause(store: &Store, name: &str) -> Result<()> {
     if status(store, name)?.state != State::Paused {
         return Err(LifecycleError::NotPaused { name: name.to_string() });
     }
+    refuse_rootless(name, "unpaused")?;
     let (state, id) = container::runc_ids(store, name);
     runc::runc_verb(&state, "resume", &id, &[]).map_err(berr(name))
 }

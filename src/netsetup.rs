@@ -108,6 +108,9 @@ pub enum Mode {
     Host,
     /// Another running container's namespace.
     Container(String),
+    /// Its own namespace served by slirp4netns (rootless mode: `--network slirp4netns`, its
+    /// default where slirp4netns works).
+    Slirp,
 }
 
 impl Mode {
@@ -118,6 +121,8 @@ impl Mode {
             "" => return Err(bad("empty")),
             "none" => Mode::None,
             "host" => Mode::Host,
+            // Rootless mode's user-mode network (podman's name); as root, a network's name.
+            network::slirp::BINARY if crate::userns::is_rootless() => Mode::Slirp,
             v => match v.strip_prefix("container:") {
                 Some("") => return Err(bad("container: needs a container's name")),
                 Some(c) => Mode::Container(c.to_string()),
@@ -129,11 +134,13 @@ impl Mode {
 }
 
 impl NetOptions {
-    /// The mode asked for; by default the default network, or `none` in rootless mode (which
-    /// has no bridge: the CNI plugins need root).
+    /// The mode asked for; by default the default network, or in rootless mode (which has no
+    /// bridge: the CNI plugins need root) slirp4netns, as podman, or `none` where slirp4netns
+    /// cannot work (with a warning that says why).
     pub fn mode(&self) -> Result<Mode> {
-        let default = if crate::userns::is_rootless() { "none" } else { DEFAULT_NETWORK };
-        Mode::parse(self.network.as_deref().unwrap_or(default))
+        // Lazily: the rootless default's probe (and its warning) only when no mode was given.
+        let default = || if crate::userns::is_rootless() { rootless_default() } else { DEFAULT_NETWORK };
+        Mode::parse(self.network.as_deref().unwrap_or_else(default))
     }
 
     /// Reject what cannot work before anything is created: a bad mode, ports or DNS settings
@@ -145,11 +152,26 @@ impl NetOptions {
         match mode {
             Mode::Network(_) if crate::userns::is_rootless() => Err(NetSetupError::BadMode {
                 value,
-                reason: "rootless mode has no bridge or user networks yet (the CNI plugins need root): \
-                         use --network none (its default) or --network host"
+                reason: "rootless mode has no bridge or user networks (the CNI plugins need root): \
+                         use --network slirp4netns (its default), none or host"
                     .into(),
             }),
             Mode::Network(_) => Ok(()),
+            Mode::Slirp => match network::slirp::unavailable() {
+                None => Ok(()),
+                Some(why) => {
+                    Err(NetSetupError::BadMode { value: network::slirp::BINARY.into(), reason: why })
+                }
+            },
+            Mode::None | Mode::Host if publishing && crate::userns::is_rootless() => {
+                let why = network::slirp::unavailable().map(|w| format!(" ({w})")).unwrap_or_default();
+                Err(NetSetupError::BadMode {
+                    value: if value.is_empty() { "none".into() } else { value },
+                    reason: format!(
+                        "publishing ports needs a network (rootless: --network slirp4netns){why}"
+                    ),
+                })
+            }
             Mode::None | Mode::Host if publishing => Err(NetSetupError::BadMode {
                 value,
                 reason: "publishing ports needs a network (--network bridge or a user network)".into(),
@@ -163,6 +185,19 @@ impl NetOptions {
             _ => Ok(()),
         }
     }
+}
+
+/// Rootless mode's default network: slirp4netns when it can work here, else `none` (warned
+/// about once).
+fn rootless_default() -> &'static str {
+    static DEFAULT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| match network::slirp::unavailable() {
+        None => network::slirp::BINARY,
+        Some(why) => {
+            tracing::warn!("no user-mode network, so containers get loopback only (--network none): {why}");
+            "none"
+        }
+    })
 }
 
 fn options_path(store: &Store, name: &str) -> PathBuf {
@@ -255,6 +290,7 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let mode = opts.mode()?;
     // Not running (its run lock is ours): whatever it still holds is from an earlier run.
+    network::slirp::release(store, name)?;
     network::detach(store, name)?;
     let default_hostname: String = name.chars().take(63).collect();
     let etc = container::dir(store, name).join("etc");
@@ -291,16 +327,17 @@ pub fn prepare(
             placeholders(store, name, rootfs)?;
             return Ok(Prepared { netns: Some(Some(path)), files, hostname, attached: false });
         }
-        Mode::Network(net) => {
-            let mut ports = opts.ports.clone();
-            if opts.publish_all {
-                for p in exposed_ports(image_config) {
-                    if !ports.iter().any(|q| q.container_port == p.container_port && q.protocol == p.protocol)
-                    {
-                        ports.push(p);
-                    }
-                }
+        Mode::Slirp => {
+            let (ns, _) = network::slirp::start(store, name, &published(opts, image_config))?;
+            attached = true;
+            f.address = Some(IpAddr::V4(network::slirp::GUEST));
+            if f.dns.is_empty() {
+                f.dns = vec![IpAddr::V4(network::slirp::DNS)];
             }
+            Some(Some(ns))
+        }
+        Mode::Network(net) => {
+            let ports = published(opts, image_config);
             let a = network::attach(store, name, net, &ports)?;
             attached = true;
             f.address = a.address().map(IpAddr::V4);
@@ -330,6 +367,19 @@ pub fn prepare(
             Err(e)
         }
     }
+}
+
+/// The ports to publish: `-p`, and with `-P` every port the image EXPOSEs not given already.
+fn published(opts: &NetOptions, image_config: &serde_json::Value) -> Vec<PortMapping> {
+    let mut ports = opts.ports.clone();
+    if opts.publish_all {
+        for p in exposed_ports(image_config) {
+            if !ports.iter().any(|q| q.container_port == p.container_port && q.protocol == p.protocol) {
+                ports.push(p);
+            }
+        }
+    }
+    ports
 }
 
 /// With the host's network, the host's `/etc/hosts` (and `--add-host` lines) and its
@@ -433,6 +483,9 @@ pub fn apply(spec: &mut Spec, p: &Prepared) {
 /// still mounted, remove the mount points strata made for its files, so that its tree is again
 /// what its image and its own changes make it.
 pub fn teardown(store: &Store, name: &str) {
+    if let Err(e) = network::slirp::release(store, name) {
+        tracing::warn!(container = name, error = %crate::error::report(&e), "slirp4netns not stopped yet");
+    }
     if let Err(e) = network::detach(store, name) {
         tracing::warn!(container = name, error = %crate::error::report(&e), "network not released yet");
     }
@@ -460,6 +513,11 @@ pub fn release_leaked(store: &Store) {
         Ok(r) if r.is_empty() => {}
         Ok(r) => tracing::info!(containers = ?r, "released leaked networks"),
         Err(e) => tracing::warn!(error = %crate::error::report(&e), "releasing leaked networks"),
+    }
+    match network::slirp::release_leaked(store, |n| claim_stopped(store, n)) {
+        Ok(r) if r.is_empty() => {}
+        Ok(r) => tracing::info!(containers = ?r, "released leaked slirp4netns networks"),
+        Err(e) => tracing::warn!(error = %crate::error::report(&e), "releasing leaked slirp4netns networks"),
     }
 }
 

@@ -94,10 +94,11 @@ Each NAME is removed in turn; the exit status is 1 when any failed."
         #[arg(long, short = 'c')]
         change: Vec<String>,
         /// Pause a running container while its changes are read (as `docker commit`);
-        /// `--pause=false` commits it live.
-        #[arg(long, short = 'p', default_value_t = true, action = clap::ArgAction::Set,
-              num_args = 0..=1, default_missing_value = "true")]
-        pause: bool,
+        /// `--pause=false` commits it live. Rootless: live by default (no cgroup freezer, as
+        /// podman), and `--pause` is refused.
+        #[arg(long, short = 'p', action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+              default_missing_value = "true")]
+        pause: Option<bool>,
     },
     /// Print the mount a caller would perform (type, source, options) without mounting.
     #[command(
@@ -188,10 +189,16 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
                 ..Default::default()
             };
             let opts = CommitOptions { layer, author, message, changes: change };
-            let done =
-                commit::commit_container(&mut store, &name, &new_image, &opts, pause).with_context(|| {
-                    format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
-                })?;
+            let done = commit::commit_container(
+                &mut store,
+                &name,
+                &new_image,
+                &opts,
+                pause.unwrap_or(!strata::userns::is_rootless()),
+            )
+            .with_context(|| {
+                format!("committing container {name} as {}", strata::image::printable(&new_image, 100))
+            })?;
             outln!("{}", done.manifest_digest)?;
         }
         ContainerCmd::Inspect { name } => {

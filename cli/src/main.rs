@@ -87,6 +87,17 @@ fn main() -> ExitCode {
     // An ordinary user works in the user namespace of rootless mode. Joined here, before
     // anything can start a thread: the kernel lets only a single-threaded process join one.
     if needs_store(&cli.cmd) && !rustix::process::geteuid().is_root() {
+        // `system migrate` stops the pause process: none running, there is nothing to start.
+        if matches!(cli.cmd, Cmd::System(system::SystemCmd::Migrate { .. })) {
+            match strata::userns::running_pause() {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    eprintln!("no pause process runs: nothing to stop");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => return exit::fail(&anyhow::Error::new(e).context("system migrate"), role),
+            }
+        }
         if let Err(e) = strata::userns::enter() {
             return exit::fail(
                 &anyhow::Error::new(e).context("entering rootless mode's user namespace"),

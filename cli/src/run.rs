@@ -62,10 +62,17 @@ pub fn run_cmd(
 pub fn port_cmd(root: &Path, name: &str, port: Option<&str>) -> Result<ExitCode> {
     let store = open_store(root)?;
     strata::container::get(&store, name).with_context(|| format!("ports of {name}"))?;
-    let Some(a) = strata::network::attachment(&store, name)? else { return Ok(ExitCode::SUCCESS) };
+    let ports = match strata::network::attachment(&store, name)? {
+        Some(a) => a.ports,
+        // Rootless mode's slirp4netns network.
+        None => match strata::network::slirp::record(&store, name)? {
+            Some(r) => r.ports,
+            None => return Ok(ExitCode::SUCCESS),
+        },
+    };
     let want = port.map(|p| if p.contains('/') { p.to_string() } else { format!("{p}/tcp") });
     let mut shown = false;
-    for m in &a.ports {
+    for m in &ports {
         let key = format!("{}/{}", m.container_port, m.protocol);
         match &want {
             None => outln!("{m}")?,

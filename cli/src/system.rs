@@ -21,12 +21,49 @@ pub enum SystemCmd {
         #[arg(short, long)]
         force: bool,
     },
+    /// Rootless mode: stop the pause process that holds this user's namespace (running
+    /// containers stopped and mounted ones unmounted first), as `podman system migrate`: the next
+    /// command starts a new namespace with the ids /etc/subuid and /etc/subgid give then.
+    #[command(after_help = "Example:\n  strata system migrate   # after usermod --add-subuids ...")]
+    Migrate {
+        /// Seconds each running container gets to stop before SIGKILL.
+        #[arg(long, short = 't', default_value_t = 10)]
+        time: u64,
+    },
 }
 
 pub fn command(root: &std::path::Path, c: SystemCmd) -> Result<ExitCode> {
     match c {
         SystemCmd::Prune { force } => prune_cmd(root, force),
+        SystemCmd::Migrate { time } => migrate_cmd(root, time),
     }
+}
+
+/// `system migrate`: every running container stopped, every mounted one unmounted (what runs
+/// or is mounted in the namespace would outlive its pause process), then the pause process
+/// stopped. `main` has checked that one runs (and joined it).
+fn migrate_cmd(root: &std::path::Path, time: u64) -> Result<ExitCode> {
+    if !strata::userns::is_rootless() {
+        eprintln!("root mode has no pause process: nothing to stop");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = open_store(root)?;
+    let timeout = std::time::Duration::from_secs(time);
+    for c in strata::container::rows(&store).context("listing containers")? {
+        if strata::container::is_running(&store, &c.name)?.is_some() {
+            strata::run::stop(&store, &c.name, timeout).with_context(|| format!("stopping {}", c.name))?;
+        }
+        if strata::container::mounted_at(&store, &c.name)?.is_some() {
+            strata::container::umount(&store, &c.name, true)
+                .with_context(|| format!("unmounting {}", c.name))?;
+        }
+    }
+    drop(store);
+    match strata::userns::stop_pause().context("stopping the pause process")? {
+        Some(pid) => eprintln!("stopped pause process {pid}"),
+        None => eprintln!("no pause process ran"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `gc`: the blobs and layers nothing references.

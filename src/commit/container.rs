@@ -10,7 +10,8 @@ use super::{commit, CommitError, CommitOptions, Committed, Parent, Result};
 /// Commit a container's changes as image `new_name`, over the manifest and layers the container
 /// was created from. A running container is paused (runc pause, the cgroup freezer) while its
 /// upper dir is read, as `docker commit` does, unless `pause` is false; it is resumed whatever
-/// the commit's outcome.
+/// the commit's outcome. Rootless mode has no freezer: `pause` on a running container is
+/// refused there (front ends default to a live commit rootless, as podman does).
 pub fn commit_container(
     store: &mut Store,
     name: &str,
@@ -34,6 +35,10 @@ pub fn commit_container(
     let paused = pause
         && container::running(store, name).map_err(cerr)?.is_some()
         && runc::runc_status(&state, &id).as_deref() == Some("running");
+    if paused && crate::userns::is_rootless() {
+        let hint = "; --pause=false commits it live (rootless mode's default, as podman's)";
+        return Err(cerr(ContainerError::NoFreezer { name: name.to_string(), verb: "paused", hint }));
+    }
     if paused {
         runc::runc_pause(&state, &id).map_err(rt)?;
     }

@@ -69,6 +69,13 @@ pub enum ContainerError {
     },
     #[error("container {0:?} is a read-only view: it has no changes to commit")]
     ReadOnly(String),
+    /// Rootless mode cannot freeze a container: nothing is delegated to the user of the cgroup
+    /// hierarchy, so there is no freezer (rootless podman on cgroup v1 refuses the same way).
+    #[error(
+        "container {name:?} cannot be {verb}: rootless mode has no cgroup freezer (no cgroup is \
+         delegated to this user){hint}"
+    )]
+    NoFreezer { name: String, verb: &'static str, hint: &'static str },
     #[error("container {name:?}")]
     Runtime { name: String, source: crate::runtime::RuntimeError },
     #[error("container {name:?}")]
@@ -111,6 +118,7 @@ impl ContainerError {
             | ContainerError::Running { .. }
             | ContainerError::ReadOnly(_)
             | ContainerError::NotMounted(_) => ErrorKind::FailedPrecondition,
+            ContainerError::NoFreezer { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
         }
     }

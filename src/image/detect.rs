@@ -66,6 +66,25 @@ pub fn detect(path: &Path) -> Result<(Format, Files), ImageError> {
     let md = std::fs::metadata(path).map_err(|e| ImageError::Open { path: path.to_path_buf(), source: e })?;
     let not_an_image = |what: String, hint| ImageError::NotAnImage { path: path.to_path_buf(), what, hint };
     if md.is_dir() {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A directory (or one of the files that say what it holds) the user cannot read is
+        // named as such, not called "a directory without ..." (a rootless user's import).
+        if let Err(source) = std::fs::read_dir(path) {
+            return Err(ImageError::Open { path: path.to_path_buf(), source });
+        }
+        for name in ["oci-layout", "index.json", "manifest.json"] {
+            // Never block on a FIFO, never follow a link (Files reads them beneath the root).
+            let open = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path.join(name));
+            match open {
+                Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(ImageError::Open { path: path.join(name), source });
+                }
+                _ => {}
+            }
+        }
         let files = Files::Dir(path.to_path_buf());
         if files.exists("oci-layout") || files.exists("index.json") {
             return Ok((Format::OciLayout, files));

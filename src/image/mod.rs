@@ -38,10 +38,21 @@ pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// What to add to an image source that cannot be opened: in rootless mode a file the user
+/// cannot read (its namespace's root has no rights over the host's other users' files).
+fn denied_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && crate::userns::is_rootless() {
+        ": this user cannot read it (rootless strata reads image sources with the user's own \
+         rights: make it readable by the user, or copy it)"
+    } else {
+        ""
+    }
+}
+
 /// Image format errors. Each names the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}")]
+    #[error("{path}{}", denied_hint(source))]
     Open { path: PathBuf, source: std::io::Error },
     /// (A reason, not a `source`: the tar reader's messages may quote header bytes, so they are
     /// shown made printable and short.)

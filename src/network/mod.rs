@@ -11,6 +11,7 @@
 //!   containers that no longer run still hold (after kill -9 or a reboot).
 //! - [`ports`]: `-p` parsing and the check that a host port is free.
 //! - [`files`]: `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` for a container.
+//! - [`slirp`]: rootless mode's user-mode network (slirp4netns, `-p` through its API socket).
 //!
 //! Everything lives under the state root (networks, IPAM allocations, namespaces, records), and
 //! bridge names carry the root's hash: two roots never share a bridge or an address range.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod files;
 pub mod netns;
 pub mod ports;
+pub mod slirp;
 
 mod attach;
 
@@ -91,6 +93,8 @@ pub enum NetworkError {
     },
     #[error("publishing ports")]
     Port(#[from] ports::PortError),
+    #[error("container {container}: slirp4netns network: {reason}")]
+    Slirp { container: String, reason: String },
     #[error("locking the networks")]
     Store(#[from] StoreError),
 }
@@ -105,7 +109,7 @@ impl NetworkError {
             BadName { .. } | BadSubnet { .. } | SubnetClash { .. } => ErrorKind::InvalidArgument,
             NotFound { .. } => ErrorKind::NotFound,
             Exists { .. } | AlreadyAttached { .. } => ErrorKind::AlreadyExists,
-            NoFreeSubnet | InUse { .. } => ErrorKind::FailedPrecondition,
+            NoFreeSubnet | InUse { .. } | Slirp { .. } => ErrorKind::FailedPrecondition,
             Cni { source, .. } => source.kind(),
             Port(p) => p.kind(),
         }

@@ -21,7 +21,7 @@ mod subid;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use pause::{enter, pause_main, unshare_command, PAUSE_ARG};
+pub use pause::{enter, pause_main, running_pause, stop_pause, unshare_command, PAUSE_ARG};
 pub use subid::{subordinate_ranges, SubIdRange};
 
 /// One line of `/proc/PID/uid_map` (or `gid_map`): `count` ids from `inside` in the namespace
@@ -106,6 +106,8 @@ pub enum UserNsError {
     },
     #[error("strata unshare is for rootless mode: as root there is no user namespace to enter")]
     UnshareAsRoot,
+    #[error("not in rootless mode's user namespace (or its runtime directory is unusable)")]
+    NotInNamespace,
     #[error("cannot run {cmd}")]
     Exec {
         cmd: String,
@@ -122,7 +124,8 @@ impl UserNsError {
             UserNsError::NoRuntimeDir
             | UserNsError::NoDataHome
             | UserNsError::NoUserName { .. }
-            | UserNsError::UnshareAsRoot => ErrorKind::FailedPrecondition,
+            | UserNsError::UnshareAsRoot
+            | UserNsError::NotInNamespace => ErrorKind::FailedPrecondition,
             UserNsError::BadRuntimeDir { .. } => ErrorKind::InvalidArgument,
             UserNsError::NoMapTool { .. } => ErrorKind::NotFound,
             UserNsError::Io { source, .. } | UserNsError::Exec { source, .. } => ErrorKind::of_io(source),

@@ -112,6 +112,65 @@ fn live_pause(pid_file: &Path, uid: u32) -> Option<i32> {
     (theirs != ours).then_some(pid)
 }
 
+/// The pid of this user's pause process when one runs; starts nothing. Called outside the
+/// namespace (before [`enter`]).
+pub fn running_pause() -> Result<Option<i32>, UserNsError> {
+    let uid = rustix::process::geteuid().as_raw();
+    let pid_file = checked_runtime_base(uid)?.join("strata/pause.pid");
+    Ok(live_pause(&pid_file, uid))
+}
+
+/// Stop this user's pause process from inside its namespace, as `podman system migrate`
+/// does: the next command starts a new one, with the mappings `/etc/subuid` and `/etc/subgid`
+/// give then. Under the pause lock, so no command joins it meanwhile; waits (10 s at most)
+/// until it is gone, then removes `pause.pid`. Its pid, or `None` when none ran.
+pub fn stop_pause() -> Result<Option<i32>, UserNsError> {
+    let dir = super::runtime_dir().ok_or(UserNsError::NotInNamespace)?;
+    let lock_path = dir.join("pause.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| UserNsError::Io { path: lock_path.clone(), source })?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| UserNsError::Io { path: lock_path.clone(), source: e.into() })?;
+    let pid_file = dir.join("pause.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()) else {
+        return Ok(None);
+    };
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let ours = ino(Path::new("/proc/self/ns/user"));
+    if !cmdline.split(|b| *b == 0).any(|a| a == PAUSE_ARG.as_bytes()) || ino(&proc.join("ns/user")) != ours {
+        // Gone already, or not the process that holds this namespace.
+        tracing::debug!(pid, "the pause process is gone already");
+        return remove_pid_file(&pid_file).map(|()| None);
+    }
+    let target = rustix::process::Pid::from_raw(pid).ok_or(UserNsError::NotInNamespace)?;
+    rustix::process::kill_process(target, rustix::process::Signal::KILL)
+        .map_err(|e| UserNsError::Sys { step: format!("stopping pause process {pid}"), source: e.into() })?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while proc.exists() {
+        if std::time::Instant::now() >= until {
+            return Err(UserNsError::Pause { reason: format!("process {pid} did not exit within 10 s") });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    remove_pid_file(&pid_file)?;
+    tracing::debug!(pid, "stopped the pause process");
+    Ok(Some(pid))
+}
+
+fn remove_pid_file(pid_file: &Path) -> Result<(), UserNsError> {
+    match std::fs::remove_file(pid_file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(UserNsError::Io { path: pid_file.to_path_buf(), source }),
+    }
+}
+
 /// The name of user `uid` in /etc/passwd, else `$USER`.
 fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -192,8 +251,8 @@ fn write_maps(pid: i32, uid: u32, gid: u32) -> Result<(), UserNsError> {
             "no subordinate ids for user {name} in {SUBUID} and {SUBGID}: only uid {uid} and gid {gid} \
              are mapped (as 0), and layers owned by anyone else cannot be unpacked. As root, add \
              `{}` to {SUBUID} and `{}` to {SUBGID} (`usermod --add-subuids 100000-165535 \
-             --add-subgids 100000-165535 {name}`), then stop the pause process (kill $(cat \
-             $XDG_RUNTIME_DIR/strata/pause.pid))",
+             --add-subgids 100000-165535 {name}`), then stop the pause process (strata system \
+             migrate)",
             suggested_line(&subuid_text, &name),
             suggested_line(&subgid_text, &name),
         );

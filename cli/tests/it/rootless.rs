@@ -407,8 +407,8 @@ fn run_exec_stop_commit_as_root_does() {
         "echo hello from $(id -u); wc -l < /proc/self/uid_map",
     ]);
     assert_eq!(out, "hello from 0\n2\n");
-    // Networks: none (the default: only lo) and host; no bridge yet.
-    let lo = user.ok(&["run", "--rm", "busybox", "--", "cat", "/proc/net/dev"]);
+    // Networks: none (only lo) and host; no bridge (slirp4netns: rootless_network.rs).
+    let lo = user.ok(&["run", "--rm", "--network", "none", "busybox", "--", "cat", "/proc/net/dev"]);
     assert!(lo.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")), "only lo: {lo}");
     user.ok(&["run", "--rm", "--network", "host", "busybox", "--", "true"]);
     let err = user.fails(&["run", "--rm", "--network", "bridge", "busybox", "--", "true"]);

@@ -124,6 +124,44 @@ impl TestUser {
         }
     }
 
+    /// A copy of `src` at `dst` owned by the user (copied, not linked: chown would change the
+    /// original's files too).
+    pub fn own_copy(&self, src: &Path, dst: &Path) {
+        let cp = Command::new("cp").arg("-r").arg(src).arg(dst).status().expect("cp");
+        assert!(cp.success(), "cp -r {} {}", src.display(), dst.display());
+        let chown = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(dst)
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+    }
+
+    /// The busybox fixture imported into the user's store as `busybox`.
+    pub fn import_busybox(&self) {
+        let layout = self.home.join("oci");
+        if !layout.exists() {
+            self.own_copy(&super::fixtures().join("oci"), &layout);
+        }
+        self.ok(&["image", "import", &format!("{}:busybox", layout.display())]);
+    }
+
+    /// Command lines of the user's processes other than `except`, waiting (10 s at most) until
+    /// there are none: a detached run's monitor may take a moment to see its container go.
+    pub fn others_settle(&self, except: &[i32]) -> Vec<String> {
+        let cmdline = |p: i32| fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let others = || -> Vec<String> {
+            let procs = self.processes().into_iter().filter(|p| !except.contains(p));
+            procs.map(|p| String::from_utf8_lossy(&cmdline(p)).replace('\0', " ")).collect()
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !others().is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        others()
+    }
+
     /// The user's own base directory (home and runtime dir are in it).
     pub fn base(&self) -> &Path {
         self.base.path()
