@@ -37,6 +37,10 @@ pub struct BuildArgs {
     /// Compress the new layers (gzip, default); `--compress=false` stores them as plain tars.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     compress: bool,
+    /// The platform of FROM images pulled from a multi-platform index, and of `FROM scratch`,
+    /// OS/ARCH[/VARIANT] (this host's by default; RUN steps still run on this host).
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
     /// Print only the image id.
     #[arg(short, long)]
     quiet: bool,
@@ -79,6 +83,12 @@ pub fn command(root: &Path, a: BuildArgs) -> Result<ExitCode> {
         no_cache: a.no_cache,
         squash: !a.layers,
         compress: a.compress,
+        platform: a
+            .platform
+            .as_deref()
+            .map(strata::image::Platform::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--platform: {e}"))?,
         progress,
     };
     let mut store = crate::open_store(root)?;

@@ -90,7 +90,7 @@ impl OverlaySpec {
 
     /// Check the spec without touching the filesystem.
     pub fn validate(&self) -> Result<()> {
-        if self.lowers.is_empty() {
+        if self.effective_lowers().is_empty() {
             return Err(Error::NoLowers);
         }
         error::check_depth(self.lowers.len())?;
@@ -99,7 +99,9 @@ impl OverlaySpec {
 
     /// [`validate`](Self::validate) without the kernel's stack depth limit.
     fn validate_shape(&self) -> Result<()> {
-        if self.lowers.is_empty() {
+        // No lowers at all (an image of no layers, `FROM scratch`): `empty_lower` is the one lower
+        // of a writable overlay; a read-only one has nothing to show.
+        if self.effective_lowers().is_empty() || (self.lowers.is_empty() && self.is_read_only()) {
             return Err(Error::NoLowers);
         }
         match (&self.upper, &self.work) {
@@ -119,9 +121,15 @@ impl OverlaySpec {
         Ok(())
     }
 
-    /// The lowers as mounted: `lowers`, plus `empty_lower` below a single read-only lower.
+    /// The lowers as mounted: `lowers`, plus `empty_lower` below a single read-only lower, or
+    /// `empty_lower` alone under an upper when there are no lowers.
     pub fn effective_lowers(&self) -> Vec<&Path> {
         let mut v: Vec<&Path> = self.lowers.iter().map(PathBuf::as_path).collect();
+        if self.lowers.is_empty() && !self.is_read_only() {
+            if let Some(e) = &self.empty_lower {
+                v.push(e);
+            }
+        }
         if self.is_read_only() && self.lowers.len() == 1 {
             if let Some(e) = &self.empty_lower {
                 v.push(e);
@@ -253,7 +261,7 @@ pub fn mount_legacy(spec: &OverlaySpec, target: &Path) -> Result<MountMethod> {
 
 fn check_empty_lower(spec: &OverlaySpec) -> Result<()> {
     if let Some(e) = &spec.empty_lower {
-        if spec.is_read_only() && spec.lowers.len() == 1 {
+        if spec.lowers.len() <= 1 {
             let empty = std::fs::read_dir(e).map(|mut d| d.next().is_none()).unwrap_or(false);
             if !empty {
                 return Err(Error::EmptyLowerNotEmpty { path: e.clone() });

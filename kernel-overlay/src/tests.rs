@@ -420,3 +420,17 @@ fn is_mounted_via_mountinfo() {
     assert!(find_mount_with(&sys, Path::new("/nonexistent/m")).unwrap().is_none());
     assert!(find_mount_with(&sys, Path::new("/nonexistent/m\\040x")).unwrap().is_none());
 }
+
+/// An image of no layers (`FROM scratch`): a writable overlay over `empty_lower` alone.
+#[test]
+fn no_lowers_mounts_over_the_empty_lower() {
+    let mut s = rw(1);
+    s.lowers.clear();
+    assert!(matches!(s.validate(), Err(Error::NoLowers)));
+    s.empty_lower = Some("/e".into());
+    s.validate().expect("an upper over the empty lower");
+    assert_eq!(s.effective_lowers(), [Path::new("/e")]);
+    let mut s = OverlaySpec::read_only(Vec::new());
+    s.empty_lower = Some("/e".into());
+    assert!(matches!(s.validate(), Err(Error::NoLowers)), "read-only with nothing to show");
+}

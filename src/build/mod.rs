@@ -76,6 +76,10 @@ pub struct BuildOptions {
     /// written on first export, push or save (`commit::ensure_blobs`). A second build gives
     /// the same digests either way.
     pub compress: bool,
+    /// `--platform OS/ARCH[/VARIANT]`: the platform a FROM image missing from the store is
+    /// pulled for (from a multi-platform index), and the one a `FROM scratch` config names; this
+    /// host's when `None`. RUN steps still execute on this host (no emulation).
+    pub platform: Option<crate::image::Platform>,
     /// Told what the build is doing.
     pub progress: Option<ProgressFn>,
 }
@@ -90,6 +94,7 @@ impl Default for BuildOptions {
             no_cache: false,
             squash: false,
             compress: true,
+            platform: None,
             progress: None,
         }
     }
@@ -372,13 +377,18 @@ fn cache_name(parent: &str, text: &str) -> String {
     format!("{CACHE_REPO}:{}", hex::encode(h.finalize()))
 }
 
-/// An empty config for `FROM scratch`.
-fn scratch_config() -> Value {
-    json!({
-        "architecture": crate::image::Platform::host().arch,
-        "os": "linux",
+/// An empty config for `FROM scratch`, for `platform` (this host's when `None`).
+fn scratch_config(platform: Option<&crate::image::Platform>) -> Value {
+    let p = platform.cloned().unwrap_or_else(crate::image::Platform::host);
+    let mut cfg = json!({
+        "architecture": p.arch,
+        "os": p.os,
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": [] },
         "history": [],
-    })
+    });
+    if let Some(v) = p.variant {
+        cfg["variant"] = json!(v);
+    }
+    cfg
 }

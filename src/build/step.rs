@@ -159,7 +159,7 @@ impl<'a> Builder<'a> {
         } else if image == "scratch" {
             let name = cache_name("scratch", "");
             if self.store.image(&name)?.is_none() {
-                let cfg = serde_json::to_vec(&super::scratch_config())
+                let cfg = serde_json::to_vec(&super::scratch_config(self.opts.platform.as_ref()))
                     .map_err(|e| StepError::Config(e.to_string()))?;
                 ImagePublish::new(&name, &cfg, vec![]).publish(self.store)?;
             }
@@ -203,7 +203,8 @@ impl<'a> Builder<'a> {
         if self.store.image(&r.to_string())?.is_some() {
             return Ok(());
         }
-        let popts = crate::registry::PullOptions { platform: None, client: Default::default() };
+        let popts =
+            crate::registry::PullOptions { platform: self.opts.platform.clone(), client: Default::default() };
         let resolved = crate::registry::resolve(&r, &popts).map_err(|e| pull(Box::new(e)))?;
         let iopts = crate::import::ImportOptions { name: Some(image.to_string()), ..Default::default() };
         crate::import::import_prepared(self.store, &resolved, image, &iopts)

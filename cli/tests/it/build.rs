@@ -361,3 +361,29 @@ fn untagged_build_is_listed_as_none() {
     let listed = root.ok(&["images"]);
     assert!(!listed.contains("<none>") && listed.contains("named"), "{listed}");
 }
+
+/// `--platform` names the platform of `FROM scratch` in the config (and of FROM images pulled
+/// from an index); a bad one is refused before anything is built.
+#[test]
+fn platform_names_the_config() {
+    if !privileged("build platform_names_the_config") {
+        return;
+    }
+    let root = Root::new();
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY a.txt /a\n").unwrap();
+    build(&root, ctx, &["-t", "arm", "--platform", "linux/arm64/v8"]);
+    let cfg: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", "arm"])).unwrap();
+    let one = if cfg.is_array() { &cfg[0] } else { &cfg };
+    let config = &one["config"];
+    assert_eq!(
+        (config["os"].as_str(), config["architecture"].as_str()),
+        (Some("linux"), Some("arm64")),
+        "{cfg}"
+    );
+    assert_eq!(config["variant"].as_str(), Some("v8"), "{cfg}");
+    let err = root.fails(&["build", "--platform", "nonsense", ctx.to_str().unwrap()]);
+    assert!(err.contains("--platform"), "{err}");
+}
