@@ -207,14 +207,7 @@ impl Target {
         } else if ft.is_symlink() {
             let target = fs::read_link(src)?;
             rustix::fs::symlinkat(&target, dir, name).map_err(&e)?;
-            rustix::fs::chownat(
-                dir,
-                name,
-                Some(uid(owner_uid)),
-                Some(gid(owner_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(&e)?;
+            chown_nofollow(dir, name, (owner_uid, owner_gid)).map_err(&e)?;
             let ts = times(&m);
             rustix::fs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(&e)?;
         } else if ft.is_file() {
@@ -240,14 +233,7 @@ impl Target {
                 return Ok(()); // a socket is not copied (docker skips them too)
             };
             rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode), m.rdev()).map_err(&e)?;
-            rustix::fs::chownat(
-                dir,
-                name,
-                Some(uid(owner_uid)),
-                Some(gid(owner_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(&e)?;
+            chown_nofollow(dir, name, (owner_uid, owner_gid)).map_err(&e)?;
         }
         Ok(())
     }
@@ -290,6 +276,11 @@ fn uid(u: u32) -> rustix::fs::Uid {
 
 fn gid(g: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(g)
+}
+
+/// Gives `name` in `dir` (not following a symlink) owner `(uid, gid)`.
+fn chown_nofollow(dir: BorrowedFd<'_>, name: &Path, (u, g): (u32, u32)) -> rustix::io::Result<()> {
+    rustix::fs::chownat(dir, name, Some(uid(u)), Some(gid(g)), AtFlags::SYMLINK_NOFOLLOW)
 }
 
 fn fchown(fd: BorrowedFd<'_>, u: u32, g: u32) -> rustix::io::Result<()> {
