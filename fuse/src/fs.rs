@@ -107,21 +107,23 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
 /// privileges (after a write by a caller that may not keep them) or for chown(-1, -1), which
 /// drops them too. One case comes out differently: root writing a set-user-ID file that has a
 /// security.capability keeps the bit on the kernel and loses it here.
-#[allow(clippy::too_many_arguments)]
-fn kills_suidgid(
-    caller: u32,
-    mode: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    size: Option<u64>,
-    atime: Option<TimeOrNow>,
-    mtime: Option<TimeOrNow>,
-) -> bool {
+fn kills_suidgid(caller: u32, ch: &AttrChange) -> bool {
+    let AttrChange { mode, uid, gid, size, atime, mtime } = ch;
     if mode.is_some() {
         return false;
     }
     let nothing = uid.is_none() && gid.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
     nothing || (size.is_some() && caller != 0)
+}
+
+/// What a SETATTR asks to change, as the kernel sent it.
+pub(crate) struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
 }
 
 /// The owner of an entry created by `req`.
@@ -292,8 +294,9 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         self.stats.add(Op::Setattr);
-        let kill = kills_suidgid(req.uid(), mode, uid, gid, size, atime, mtime);
-        match self.setattr_inner(ino.0, mode, uid, gid, size, atime, mtime, fh, kill) {
+        let ch = AttrChange { mode, uid, gid, size, atime, mtime };
+        let kill = kills_suidgid(req.uid(), &ch);
+        match self.setattr_inner(ino.0, ch, fh, kill) {
             Ok((st, r)) => reply.attr(&self.ttl_of(ino.0, &st), &self.attr_of(ino.0, &st, Some(&r))),
             Err(e) => reply.error(errno_of(&e)),
         }

@@ -14,20 +14,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use strata_test_support::tree::{Options, Tree};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn mkfifo(p: &Path) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: valid C string.
@@ -355,7 +341,7 @@ fn run_seed(base: &Path, seed: u64, n_ops: usize) -> Result<(), String> {
     let result = {
         let mut km = ks.mount_kernel();
         let mut fm = fs_.mount_fuse("");
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let mut res = Ok(());
         let (mut kheld, mut fheld) = (Vec::new(), Vec::new());
         for _ in 0..n_ops {

@@ -163,13 +163,7 @@ impl Target {
         }
         if opaque && existing_dir {
             // Its entries from below go; the directory stays (its attributes set below).
-            let fd = rustix::fs::openat(
-                dir,
-                name,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(&e)?;
+            let fd = open_dir_nofollow(dir, name).map_err(&e)?;
             for n in dir_names(fd.as_fd()).map_err(&e)? {
                 remove_all_at(fd.as_fd(), Path::new(&n)).map_err(&e)?;
             }
@@ -190,13 +184,7 @@ impl Target {
             if !existing_dir {
                 rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(&e)?;
             }
-            let fd = rustix::fs::openat(
-                dir,
-                name,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(&e)?;
+            let fd = open_dir_nofollow(dir, name).map_err(&e)?;
             let mut names: Vec<_> =
                 fs::read_dir(src)?.map(|d| d.map(|d| d.file_name())).collect::<Result<_, _>>()?;
             names.sort();
@@ -207,14 +195,7 @@ impl Target {
         } else if ft.is_symlink() {
             let target = fs::read_link(src)?;
             rustix::fs::symlinkat(&target, dir, name).map_err(&e)?;
-            rustix::fs::chownat(
-                dir,
-                name,
-                Some(uid(owner_uid)),
-                Some(gid(owner_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(&e)?;
+            chown_nofollow(dir, name, (owner_uid, owner_gid)).map_err(&e)?;
             let ts = times(&m);
             rustix::fs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(&e)?;
         } else if ft.is_file() {
@@ -240,14 +221,7 @@ impl Target {
                 return Ok(()); // a socket is not copied (docker skips them too)
             };
             rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode), m.rdev()).map_err(&e)?;
-            rustix::fs::chownat(
-                dir,
-                name,
-                Some(uid(owner_uid)),
-                Some(gid(owner_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(&e)?;
+            chown_nofollow(dir, name, (owner_uid, owner_gid)).map_err(&e)?;
         }
         Ok(())
     }
@@ -290,6 +264,21 @@ fn uid(u: u32) -> rustix::fs::Uid {
 
 fn gid(g: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(g)
+}
+
+/// Opens directory `name` in `dir`, not following a symlink.
+fn open_dir_nofollow(dir: BorrowedFd<'_>, name: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Gives `name` in `dir` (not following a symlink) owner `(uid, gid)`.
+fn chown_nofollow(dir: BorrowedFd<'_>, name: &Path, (u, g): (u32, u32)) -> rustix::io::Result<()> {
+    rustix::fs::chownat(dir, name, Some(uid(u)), Some(gid(g)), AtFlags::SYMLINK_NOFOLLOW)
 }
 
 fn fchown(fd: BorrowedFd<'_>, u: u32, g: u32) -> rustix::io::Result<()> {

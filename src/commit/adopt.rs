@@ -34,46 +34,42 @@ pub fn adopt_layer<T>(
     opts: &LayerOptions,
     publish: impl FnOnce(&mut Store, &str, &ImageLayerRow) -> Result<T>,
 ) -> Result<LayerCommitted<T>> {
-    let _gc = store.gc_shared()?;
-    let staging = store.staging()?;
-    let res = (|| {
-        normalize(upper, opts.source_date_epoch)?;
-        let hash_opts = LayerOptions { compression: Compression::None, ..opts.clone() };
-        let info = layer::write_layer(upper, std::io::sink(), &hash_opts)?;
-        let diff_id = info.diff_id.clone();
-        store.add_lease(&staging.token, &diff_id)?;
-        let layer_created = {
-            let _lock = store.lock(Lock::Layer(&diff_id))?;
-            let dir = store.layer_path(&diff_id);
-            if !dir.is_dir() {
-                let mode = fs::symlink_metadata(upper).at(upper)?.permissions();
-                Store::syncfs(upper)?;
-                fs::rename(upper, &dir).at(&dir)?;
-                fs::create_dir(upper).at(upper)?;
-                fs::set_permissions(upper, mode).at(upper)?;
-            }
-            if store.has_layer(&diff_id)? {
-                false
-            } else {
-                store.insert_layer(&diff_id, info.tar_size, info.entries)?;
-                true
-            }
-        };
-        let row = ImageLayerRow {
-            diff_id: diff_id.clone(),
-            blob_digest: diff_id,
-            media_type: Compression::None.media_type().to_string(),
-            blob_size: info.tar_size,
-            size: info.tar_size,
-        };
-        let published = publish(store, &staging.token, &row)?;
-        Ok(LayerCommitted { row, info, layer_created, published })
-    })();
-    if res.is_err() {
-        store.drop_leases(&staging.token)?;
-        store.remove_unreferenced_layers()?;
-    }
-    res
+    super::produce_layer(
+        store,
+        |store, staging| {
+            normalize(upper, opts.source_date_epoch)?;
+            let hash_opts = LayerOptions { compression: Compression::None, ..opts.clone() };
+            let info = layer::write_layer(upper, std::io::sink(), &hash_opts)?;
+            let diff_id = info.diff_id.clone();
+            store.add_lease(&staging.token, &diff_id)?;
+            let layer_created = {
+                let _lock = store.lock(Lock::Layer(&diff_id))?;
+                let dir = store.layer_path(&diff_id);
+                if !dir.is_dir() {
+                    let mode = fs::symlink_metadata(upper).at(upper)?.permissions();
+                    Store::syncfs(upper)?;
+                    fs::rename(upper, &dir).at(&dir)?;
+                    fs::create_dir(upper).at(upper)?;
+                    fs::set_permissions(upper, mode).at(upper)?;
+                }
+                if store.has_layer(&diff_id)? {
+                    false
+                } else {
+                    store.insert_layer(&diff_id, info.tar_size, info.entries)?;
+                    true
+                }
+            };
+            let row = ImageLayerRow {
+                diff_id: diff_id.clone(),
+                blob_digest: diff_id,
+                media_type: Compression::None.media_type().to_string(),
+                blob_size: info.tar_size,
+                size: info.tar_size,
+            };
+            Ok((row, info, layer_created))
+        },
+        publish,
+    )
 }
 
 /// Removes the overlay's private xattrs but the opaque markers from every entry of `root`, and

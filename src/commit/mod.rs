@@ -321,9 +321,21 @@ pub fn commit_layer<T>(
     opts: &LayerOptions,
     publish: impl FnOnce(&mut Store, &str, &ImageLayerRow) -> Result<T>,
 ) -> Result<LayerCommitted<T>> {
+    produce_layer(store, |store, staging| write_layer_blob(store, staging, upper, opts), publish)
+}
+
+/// What [`commit_layer`] and [`adopt::adopt_layer`] share: under the gc lock (shared) and a
+/// staging lease, `make` records the layer (its row, info, and whether it was created), then
+/// `publish` is called with the store, the lease token and the row. When anything fails, what
+/// was leased is released and a layer only it held is removed.
+pub(crate) fn produce_layer<T>(
+    store: &mut Store,
+    make: impl FnOnce(&mut Store, &crate::store::Staging) -> Result<(ImageLayerRow, LayerInfo, bool)>,
+    publish: impl FnOnce(&mut Store, &str, &ImageLayerRow) -> Result<T>,
+) -> Result<LayerCommitted<T>> {
     let _gc = store.gc_shared()?;
     let staging = store.staging()?;
-    let res = write_layer_blob(store, &staging, upper, opts).and_then(|(row, info, layer_created)| {
+    let res = make(store, &staging).and_then(|(row, info, layer_created)| {
         let published = publish(store, &staging.token, &row)?;
         Ok(LayerCommitted { row, info, layer_created, published })
     });

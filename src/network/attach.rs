@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::cni::{Cni, CniResult, ConfList, Invocation};
 use super::ports::{self, PortMapping};
-use super::{config, lock, netns, NetworkError};
+use super::{config, io_at, lock, netns, read_record, NetworkError};
 use crate::store::Store;
 
 /// The interface the container sees.
@@ -51,6 +51,16 @@ impl Attachment {
         self.cni_result().container_ipv4()
     }
 
+    /// The CNI invocation for this attachment in namespace `netns`, with capability arguments
+    /// `runtime_config` (from [`Self::runtime_config`]).
+    fn invocation<'a>(
+        &'a self,
+        netns: Option<&'a Path>,
+        runtime_config: &'a Map<String, Value>,
+    ) -> Invocation<'a> {
+        Invocation { container_id: &self.cni_id, netns, ifname: &self.ifname, args: "", runtime_config }
+    }
+
     fn runtime_config(&self) -> Map<String, Value> {
         let mut m = Map::new();
         if !self.ports.is_empty() {
@@ -77,10 +87,6 @@ pub fn netns_path(store: &Store, container: &str) -> PathBuf {
     netns_dir(store).join(container)
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> NetworkError + '_ {
-    move |source| NetworkError::Io { path: path.to_path_buf(), source }
-}
-
 fn save(store: &Store, a: &Attachment) -> Result<(), NetworkError> {
     let dir = attach_dir(store);
     fs::create_dir_all(&dir).map_err(io_at(&dir))?;
@@ -101,14 +107,7 @@ fn unrecord(store: &Store, container: &str) -> Result<(), NetworkError> {
 /// Container `name`'s attachment, if it has one.
 pub fn attachment(store: &Store, container: &str) -> Result<Option<Attachment>, NetworkError> {
     check_container_name(container)?;
-    let path = record_path(store, container);
-    match fs::read(&path) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map(Some).map_err(|source| NetworkError::BadRecord { path, source })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_at(&path)(e)),
-    }
+    read_record(record_path(store, container))
 }
 
 /// Every recorded attachment, by container name.
@@ -221,13 +220,7 @@ pub fn attach(
         // The namespace comes with `lo` up (the bridge plugin leaves it down).
         netns::create(&a.netns).map_err(|source| NetworkError::Netns { path: a.netns.clone(), source })?;
         let rc = a.runtime_config();
-        let inv = Invocation {
-            container_id: &a.cni_id,
-            netns: Some(&a.netns),
-            ifname: &a.ifname,
-            args: "",
-            runtime_config: &rc,
-        };
+        let inv = a.invocation(Some(&a.netns), &rc);
         let (raw, _) = cni.add(&a.conflist, &inv).map_err(cni_err(&a))?;
         Ok::<_, NetworkError>(raw)
     })();
@@ -259,13 +252,7 @@ pub fn check(store: &Store, container: &str) -> Result<(), NetworkError> {
         });
     };
     let rc = a.runtime_config();
-    let inv = Invocation {
-        container_id: &a.cni_id,
-        netns: Some(&a.netns),
-        ifname: &a.ifname,
-        args: "",
-        runtime_config: &rc,
-    };
+    let inv = a.invocation(Some(&a.netns), &rc);
     Cni::from_env().check(&a.conflist, &inv, result).map_err(cni_err(&a))
 }
 
@@ -288,8 +275,7 @@ fn release(cni: &Cni, store: &Store, a: &Attachment) -> Result<(), NetworkError>
         }
     };
     let rc = a.runtime_config();
-    let inv =
-        Invocation { container_id: &a.cni_id, netns: ns, ifname: &a.ifname, args: "", runtime_config: &rc };
+    let inv = a.invocation(ns, &rc);
     cni.del(&a.conflist, &inv, a.result.as_ref()).map_err(cni_err(a))?;
     netns::remove(&a.netns).map_err(|source| NetworkError::Netns { path: a.netns.clone(), source })?;
     unrecord(store, &a.container)

@@ -38,6 +38,21 @@ use crate::error::ErrorKind;
 use crate::fsutil::AtomicError;
 use crate::store::{Lock, LockGuard, Store, StoreError};
 
+fn io_at(path: &std::path::Path) -> impl FnOnce(io::Error) -> NetworkError + '_ {
+    move |source| NetworkError::Io { path: path.to_path_buf(), source }
+}
+
+/// The JSON record at `path`, or `None` when there is none.
+fn read_record<T: serde::de::DeserializeOwned>(path: PathBuf) -> Result<Option<T>, NetworkError> {
+    match std::fs::read(&path) {
+        Ok(b) => {
+            serde_json::from_slice(&b).map(Some).map_err(|source| NetworkError::BadRecord { path, source })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_at(&path)(e)),
+    }
+}
+
 /// What networking can fail with; the cause is the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {

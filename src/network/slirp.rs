@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::ports::{self, PortMapping, Proto};
-use super::{netns, netns_path, NetworkError};
+use super::{io_at, netns, netns_path, read_record, NetworkError};
 use crate::store::Store;
 
 /// The program.
@@ -59,10 +59,6 @@ fn socket_name(container: &str) -> String {
     format!("{container}.sock")
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> NetworkError + '_ {
-    move |source| NetworkError::Io { path: path.to_path_buf(), source }
-}
-
 fn failed(container: &str, reason: impl Into<String>) -> NetworkError {
     NetworkError::Slirp { container: container.to_string(), reason: reason.into() }
 }
@@ -88,14 +84,7 @@ pub fn unavailable() -> Option<String> {
 
 /// The record of container `container`'s slirp4netns, if it has one.
 pub fn record(store: &Store, container: &str) -> Result<Option<SlirpRecord>, NetworkError> {
-    let path = record_path(store, container);
-    match fs::read(&path) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map(Some).map_err(|source| NetworkError::BadRecord { path, source })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_at(&path)(e)),
-    }
+    read_record(record_path(store, container))
 }
 
 fn save(store: &Store, r: &SlirpRecord) -> Result<(), NetworkError> {

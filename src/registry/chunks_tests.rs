@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::seekable::footer::{estargz_toc_range, parse_estargz_footer};
 use crate::seekable::write::{write_estargz, EstargzOptions};
+use strata_test_support::noise;
 
 /// A blob in memory; every range asked for is logged.
 struct Fake {
@@ -17,18 +18,6 @@ impl RangeSource for Fake {
         self.asked.lock().unwrap().push(r.clone());
         Ok(self.blob[r.start as usize..r.end as usize].to_vec())
     }
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A layer of a 10 000-byte file (chunks of 1 000), a small file and a hard link to it, as

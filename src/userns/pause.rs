@@ -68,14 +68,9 @@ pub fn pause_main() -> ! {
     }
 }
 
-/// Join this user's namespace, starting its pause process first when there is none. Call it
-/// before any thread starts: the kernel lets only a single-threaded process join a user
-/// namespace.
-pub fn enter() -> Result<(), UserNsError> {
-    let uid = rustix::process::geteuid().as_raw();
-    let gid = rustix::process::getegid().as_raw();
-    let dir = checked_runtime_base(uid)?.join("strata");
-    make_private_dir(&dir)?;
+/// `dir`'s `pause.lock`, held exclusively: whoever holds it alone starts, joins or stops the
+/// pause process.
+fn lock_pause(dir: &Path) -> Result<File, UserNsError> {
     let lock_path = dir.join("pause.lock");
     let lock = File::options()
         .create(true)
@@ -85,6 +80,18 @@ pub fn enter() -> Result<(), UserNsError> {
         .map_err(|source| UserNsError::Io { path: lock_path.clone(), source })?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| UserNsError::Io { path: lock_path.clone(), source: e.into() })?;
+    Ok(lock)
+}
+
+/// Join this user's namespace, starting its pause process first when there is none. Call it
+/// before any thread starts: the kernel lets only a single-threaded process join a user
+/// namespace.
+pub fn enter() -> Result<(), UserNsError> {
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let dir = checked_runtime_base(uid)?.join("strata");
+    make_private_dir(&dir)?;
+    let lock = lock_pause(&dir)?;
     let pid_file = dir.join("pause.pid");
     let pid = match live_pause(&pid_file, uid) {
         Some(pid) => pid,
@@ -126,15 +133,7 @@ pub fn running_pause() -> Result<Option<i32>, UserNsError> {
 /// until it is gone, then removes `pause.pid`. Its pid, or `None` when none ran.
 pub fn stop_pause() -> Result<Option<i32>, UserNsError> {
     let dir = super::runtime_dir().ok_or(UserNsError::NotInNamespace)?;
-    let lock_path = dir.join("pause.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| UserNsError::Io { path: lock_path.clone(), source })?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| UserNsError::Io { path: lock_path.clone(), source: e.into() })?;
+    let _lock = lock_pause(&dir)?;
     let pid_file = dir.join("pause.pid");
     let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok()) else {
         return Ok(None);

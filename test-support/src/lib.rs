@@ -50,3 +50,16 @@ impl Drop for Unmount {
         let _ = kernel_overlay::unmount(&self.0, kernel_overlay::UnmountMode::Detach);
     }
 }
+
+/// `n` bytes that do not compress: xorshift output from `seed` (made odd, never zero).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

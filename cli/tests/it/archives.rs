@@ -96,22 +96,6 @@ fn strata_in(root: &Root, args: &[&str], input: &Path) -> std::process::Output {
         .expect("run strata")
 }
 
-fn podman(store: &Path, run: &Path, args: &[&str]) -> String {
-    let out = Command::new("podman")
-        .arg("--root")
-        .arg(store)
-        .arg("--runroot")
-        .arg(run)
-        .arg("--tmpdir")
-        .arg(run.join("libpod"))
-        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
-        .args(args)
-        .output()
-        .expect("run podman");
-    assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The tree of image `image` in `root`, through a container mounted for the purpose.
 fn image_tree(root: &Root, image: &str, container: &str) -> strata_test_support::tree::Tree {
     root.ok(&["container", "create", image, container]);
@@ -163,9 +147,9 @@ fn import_rootfs_matches_podman_import() {
     // podman import of the same tar, saved and imported here.
     let run = tempfile::Builder::new().prefix("strata-pi-").tempdir_in("/run").expect("runroot");
     let store = work.path().join("podman");
-    podman(&store, run.path(), &["import", tar_s, "localhost/podflat:latest"]);
+    podman_at(&store, run.path(), &["import", tar_s, "localhost/podflat:latest"]);
     let saved = work.path().join("pod.tar");
-    podman(
+    podman_at(
         &store,
         run.path(),
         &["save", "--format", "oci-archive", "-o", saved.to_str().expect("utf8"), "localhost/podflat:latest"],
@@ -493,8 +477,8 @@ fn save_several_images() {
     // podman wants a short runroot.
     let prun = tempfile::Builder::new().prefix("strata-ps-").tempdir_in("/run").expect("runroot");
     let prun = prun.path();
-    podman(&pstore, prun, &["load", "-i", f.to_str().expect("utf8")]);
-    let listed = podman(&pstore, prun, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    podman_at(&pstore, prun, &["load", "-i", f.to_str().expect("utf8")]);
+    let listed = podman_at(&pstore, prun, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     for want in ["localhost/busybox:latest", "localhost/plus:latest", "localhost/again:v2"] {
         assert!(listed.lines().any(|l| l == want), "podman images lacks {want}: {listed}");
     }

@@ -7,6 +7,17 @@ use std::path::Path;
 
 use common::*;
 
+/// When the test `name` may run (privileged): a root with busybox imported and a temporary
+/// build context directory.
+fn busybox_build(name: &str) -> Option<(Root, tempfile::TempDir)> {
+    if !privileged(name) {
+        return None;
+    }
+    let root = Root::new();
+    busybox(&root);
+    Some((root, tempfile::tempdir().unwrap()))
+}
+
 fn busybox(root: &Root) {
     let fx = fixtures();
     root.ok(&["image", "import", &format!("{}:busybox", fx.join("oci").display()), "--name", "busybox"]);
@@ -28,12 +39,9 @@ fn cache_images(root: &Root) -> usize {
 /// --no-cache rebuilds all; a failing RUN exits with its status and names its line.
 #[test]
 fn cache_and_failures() {
-    if !privileged("build cache_and_failures") {
+    let Some((root, t)) = busybox_build("build cache_and_failures") else {
         return;
-    }
-    let root = Root::new();
-    busybox(&root);
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path();
     fs::write(ctx.join("a.txt"), "a").unwrap();
     fs::write(ctx.join("b.txt"), "b").unwrap();
@@ -99,12 +107,9 @@ fn cache_and_failures() {
 /// and snapshot), reuses the steps before the RUN and succeeds.
 #[test]
 fn killed_build_leaves_only_complete_steps() {
-    if !privileged("build killed_build_leaves_only_complete_steps") {
+    let Some((root, t)) = busybox_build("build killed_build_leaves_only_complete_steps") else {
         return;
-    }
-    let root = Root::new();
-    busybox(&root);
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path();
     fs::write(ctx.join("a.txt"), "a").unwrap();
     fs::write(
@@ -217,12 +222,9 @@ fn add_url() {
 /// normal image: saved and loaded into a fresh root it gives the same tree and runs.
 #[test]
 fn uncompressed_build_saves_and_loads() {
-    if !privileged("build uncompressed_build_saves_and_loads") {
+    let Some((root, t)) = busybox_build("build uncompressed_build_saves_and_loads") else {
         return;
-    }
-    let root = Root::new();
-    busybox(&root);
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path();
     fs::write(ctx.join("a.txt"), "a\n").unwrap();
     fs::write(ctx.join("Containerfile"), "FROM busybox\nCOPY a.txt /a\nRUN echo r > /r && rm /bin/ls\n")
@@ -285,12 +287,9 @@ fn tree_of(root: &Root, image: &str, container: &str) -> strata_test_support::tr
 /// the layered build's (whiteouts and opaque directories included).
 #[test]
 fn unlayered_build_makes_one_layer() {
-    if !privileged("build unlayered_build_makes_one_layer") {
+    let Some((root, t)) = busybox_build("build unlayered_build_makes_one_layer") else {
         return;
-    }
-    let root = Root::new();
-    busybox(&root);
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path();
     fs::write(ctx.join("a.txt"), "a\n").unwrap();
     fs::write(
@@ -334,12 +333,9 @@ fn unlayered_build_makes_one_layer() {
 /// cached steps are not; once the same image gets a name, the `<none>` row goes.
 #[test]
 fn untagged_build_is_listed_as_none() {
-    if !privileged("build untagged_build_is_listed_as_none") {
+    let Some((root, t)) = busybox_build("build untagged_build_is_listed_as_none") else {
         return;
-    }
-    let root = Root::new();
-    busybox(&root);
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path();
     fs::write(ctx.join("a.txt"), "a\n").unwrap();
     fs::write(ctx.join("Containerfile"), "FROM busybox\nCOPY a.txt /a\nRUN echo r > /r\nENV E=1\n").unwrap();

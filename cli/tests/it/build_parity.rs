@@ -228,26 +228,7 @@ fn push_and_run_in_podman(root: &Root, tmp: &Path) {
     root.ok(&["push", "parity", &dest]);
     let run = tempfile::Builder::new().prefix("strata-build-").tempdir_in("/run").expect("runroot in /run");
     let proot: PathBuf = tmp.join("podman");
-    let podman = |args: &[&str]| {
-        let out = Command::new("podman")
-            .arg("--root")
-            .arg(&proot)
-            .arg("--runroot")
-            .arg(run.path())
-            .arg("--tmpdir")
-            .arg(run.path().join("libpod"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
-            .args(args)
-            .output()
-            .expect("run podman");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let podman = |args: &[&str]| common::podman_at(&proot, run.path(), args);
     podman(&["pull", "-q", "--tls-verify=false", &dest]);
     let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", "none"];
     let mut args = vec!["run", "--rm"];

@@ -77,6 +77,20 @@ impl Env {
 }
 
 /// Assert an InvalidPath error naming `path`.
+/// Unpacks mutant tar `m` (number `i`) into a directory of its own under `env`: whether it
+/// unpacked; a failure must say why.
+pub(crate) fn unpack_mutant(env: &Env, i: usize, m: &[u8]) -> bool {
+    let dest = env.top.join("root").join(format!("{i}"));
+    fs::create_dir(&dest).unwrap();
+    match unpack_layer(m, &dest, &UnpackOptions::default()) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            false
+        }
+    }
+}
+
 pub(crate) fn invalid_path(r: Result<UnpackStats, UnpackError>, path: &str) {
     match r {
         Err(e @ UnpackError::InvalidPath { .. }) => {
@@ -594,14 +608,10 @@ fn random_mutations_never_panic_or_escape() {
                 }
             }
         }
-        let dest = env.top.join("root").join(format!("{i}"));
-        fs::create_dir(&dest).unwrap();
-        match unpack_layer(&m[..], &dest, &UnpackOptions::default()) {
-            Ok(_) => ok += 1,
-            Err(e) => {
-                assert!(!e.to_string().is_empty());
-                err += 1;
-            }
+        if unpack_mutant(&env, i, &m) {
+            ok += 1;
+        } else {
+            err += 1;
         }
         if i % 50 == 0 {
             env.check_outside();

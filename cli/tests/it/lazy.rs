@@ -155,15 +155,7 @@ fn estargz_push_is_read_by_go_and_pulled_plainly() {
 
 /// 3 MiB that do not compress.
 fn noise() -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    strata_test_support::noise(3 << 20, 0x9e37_79b9_7f4a_7c15)
 }
 
 /// An image of one layer: a 3 MiB file that does not compress, and a few small ones.

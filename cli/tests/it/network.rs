@@ -6,8 +6,7 @@
 use crate::common;
 
 use std::fs;
-use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,20 +84,7 @@ fn connect_from(netns: &Path, ip: Ipv4Addr, port: u16) -> String {
 
 /// What a TCP connection from the host to 127.0.0.1:`port` reads, retried as [`connect_from`].
 fn connect_host(port: u16) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut got = String::new();
-        if let Ok(mut s) =
-            TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(2))
-        {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.read_to_string(&mut got);
-        }
-        if !got.trim().is_empty() || Instant::now() > until {
-            return got.trim().to_string();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::read_localhost(port, b"", |got| !got.trim().is_empty()).trim().to_string()
 }
 
 /// Host-side interfaces of an attachment (the veth; not the bridge, not the container's).

@@ -8,7 +8,6 @@
 use crate::common;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,21 +56,8 @@ fn free_port() -> u16 {
 /// An HTTP GET of `/` from the host to 127.0.0.1:`port`, retried for 10 s while the server
 /// comes up; the response's body.
 fn http_get(port: u16) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut got = String::new();
-        if let Ok(mut s) =
-            TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(2))
-        {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-            let _ = s.read_to_string(&mut got);
-        }
-        if got.contains("\r\n\r\n") || Instant::now() > until {
-            return got.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let got = common::read_localhost(port, b"GET / HTTP/1.0\r\n\r\n", |got| got.contains("\r\n\r\n"));
+    got.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default()
 }
 
 /// `strata exec NAME -- CMD...` retried for 10 s until its stdout is not empty.

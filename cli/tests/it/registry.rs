@@ -546,26 +546,7 @@ fn podman_pulls_and_runs_a_strata_push() {
     let dest = format!("{}/strata/podman:1", reg.addr);
     assert_eq!(ok(&root, &[], &["push", "committed", &dest]), digest);
     let run = tempfile::Builder::new().prefix("strata-push-").tempdir_in("/run").expect("runroot in /run");
-    let podman = |args: &[&str]| {
-        let out = Command::new("podman")
-            .arg("--root")
-            .arg(root.path().join("podman"))
-            .arg("--runroot")
-            .arg(run.path())
-            .arg("--tmpdir")
-            .arg(run.path().join("libpod"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
-            .args(args)
-            .output()
-            .expect("run podman");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let podman = |args: &[&str]| common::podman_at(&root.path().join("podman"), run.path(), args);
     podman(&["pull", "-q", "--tls-verify=false", &dest]);
     let d = podman(&["image", "inspect", "--format", "{{.Digest}}", &dest]);
     assert_eq!(d.trim(), digest);

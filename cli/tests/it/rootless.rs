@@ -132,13 +132,7 @@ fn rootless_store_is_its_own() {
         .output()
         .expect("run");
     assert!(out.status.success(), "{out:?}");
-    let chown = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&root_store)
-        .status()
-        .expect("chown");
-    assert!(chown.success());
+    user.chown_tree(&root_store);
     let err = user.fails(&["--root", &root_store.to_string_lossy(), "images"]);
     assert!(err.contains("is root's store"), "{err}");
 }
@@ -188,13 +182,7 @@ fn unpack_shifts_owners_and_writes_user_markers() {
     layout_with_layers(&layout, "t", &layers);
     let bad = crate::common::tarw::tar([crate::common::tarw::E::file("etc/far", "x").owner(70000, 0)]);
     layout_with_layers(&layout, "far", std::slice::from_ref(&bad));
-    let chown = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&layout)
-        .status()
-        .expect("chown");
-    assert!(chown.success());
+    user.chown_tree(&layout);
     let src = format!("{}:t", layout.display());
     user.ok(&["image", "import", &src]);
     let root = Root::new();
@@ -288,13 +276,7 @@ fn kernel_userxattr_and_fuse_agree() {
     let _fuse = DevFuseOpen::new();
     let layout = user.home.join("img");
     layout_with_layers(&layout, "t", &owner_layers());
-    let chown = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&layout)
-        .status()
-        .expect("chown");
-    assert!(chown.success());
+    user.chown_tree(&layout);
     let src = format!("{}:t", layout.display());
     user.ok(&["image", "import", &src]);
     user.ok(&["container", "create", "t", "c"]);
@@ -388,13 +370,7 @@ fn run_exec_stop_commit_as_root_does() {
         .status()
         .expect("cp");
     assert!(cp.success());
-    let chown = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&layout)
-        .status()
-        .expect("chown");
-    assert!(chown.success());
+    user.chown_tree(&layout);
     let src = format!("{}:busybox", layout.display());
     user.ok(&["image", "import", &src]);
     let out = user.ok(&[

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileHandle, FileType, Generation, INodeNo, ReplyEmpty, ReplyEntry, TimeOrNow};
 use tracing::debug;
 
-use super::{errno_of, Held, Res, StrataFs, WriteGuard};
+use super::{errno_of, AttrChange, Held, Res, StrataFs, WriteGuard};
 use crate::cache::Scoped;
 use crate::listing::{Cookied, DirEntry};
 use crate::mutate::{Mutator, Owner, SetAttr, StagedCopy};
@@ -382,19 +382,14 @@ impl StrataFs {
         let _ = n.inval_inode(INodeNo(old), -1, 0);
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn setattr_inner(
         &self,
         ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
+        ch: AttrChange,
         fh: Option<FileHandle>,
         kill_suidgid: bool,
     ) -> Res<(Stat, Arc<Resolved>)> {
+        let AttrChange { mode, uid, gid, size, atime, mtime } = ch;
         let with_data = size != Some(0);
         let mut staged = StagedCopy(if with_data { self.stage_copy_up(ino) } else { None });
         let _g = self.lock_w()?;

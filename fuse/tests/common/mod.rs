@@ -176,3 +176,21 @@ pub struct Scratch(pub tempfile::TempDir);
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("strata-fuse-test").tempdir().expect("tempdir")
 }
+
+/// A seeded xorshift64* generator: the same seed gives the same sequence of operations.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}

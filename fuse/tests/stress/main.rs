@@ -28,21 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Rng(u64);
 impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
     fn data(&mut self, max: usize) -> Vec<u8> {
         let n = self.below(max) + 1;
         let c = b'a' + self.below(26) as u8;

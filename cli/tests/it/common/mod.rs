@@ -350,3 +350,51 @@ impl Drop for BackgroundRun {
         let _ = self.child.wait();
     }
 }
+
+/// Runs podman with its store at `root` and its run root at `run` (vfs, cgroupfs, no events),
+/// asserting success; its stdout.
+pub fn podman_at(root: &Path, run: &Path, args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(root)
+        .arg("--runroot")
+        .arg(run)
+        .arg("--tmpdir")
+        .arg(run.join("libpod"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+        .args(args)
+        .output()
+        .expect("run podman");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a TCP connection from the host to 127.0.0.1:`port` reads after `request` is sent (when
+/// not empty), retried every 100 ms for 10 s until `done` holds of it; the last read.
+pub fn read_localhost(port: u16, request: &[u8], done: impl Fn(&str) -> bool) -> String {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut got = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::LOCALHOST, port).into(),
+            Duration::from_secs(2),
+        ) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if !request.is_empty() {
+                let _ = s.write_all(request);
+            }
+            let _ = s.read_to_string(&mut got);
+        }
+        if done(&got) || Instant::now() > until {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -129,10 +129,15 @@ impl TestUser {
     pub fn own_copy(&self, src: &Path, dst: &Path) {
         let cp = Command::new("cp").arg("-r").arg(src).arg(dst).status().expect("cp");
         assert!(cp.success(), "cp -r {} {}", src.display(), dst.display());
+        self.chown_tree(dst);
+    }
+
+    /// Gives the user `path` and everything under it (`chown -R`).
+    pub fn chown_tree(&self, path: &Path) {
         let chown = Command::new("chown")
             .arg("-R")
             .arg(format!("{}:{}", self.uid, self.gid))
-            .arg(dst)
+            .arg(path)
             .status()
             .expect("chown");
         assert!(chown.success());
