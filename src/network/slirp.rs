@@ -336,8 +336,10 @@ pub fn release(store: &Store, container: &str) -> Result<bool, NetworkError> {
     Ok(true)
 }
 
-/// Release the slirp4netns networks of containers `is_live` says are gone or stopped (what a
-/// kill -9 of strata left). Returns the containers released; a failure is logged.
+/// Release the slirp4netns networks of containers that are gone or stopped (what a kill -9 of
+/// strata left). `claim(name)`, as for [`super::release_leaked`]: `None` for a live container,
+/// else a guard held across the release so that a start cannot begin in between. Returns the
+/// containers released; a failure is logged.
 pub fn release_leaked<G>(
     store: &Store,
     claim: impl Fn(&str) -> Option<G>,
