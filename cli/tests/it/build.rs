@@ -47,7 +47,9 @@ fn cache_and_failures() {
     fs::write(ctx.join("b.txt"), "b").unwrap();
     fs::write(
         ctx.join("Containerfile"),
-        "FROM busybox\nARG V=1\nENV A=$V\nCOPY a.txt /a\nRUN echo $A > /x && rm /bin/ls\nCOPY b.txt /b\nCMD [\"sh\"]\n",
+        // /run-id differs each time the RUN runs (a cached step does not run); the config's times
+        // are whole seconds, so a fast rebuild's id would not tell.
+        "FROM busybox\nARG V=1\nENV A=$V\nCOPY a.txt /a\nRUN echo $A > /x && rm /bin/ls && cat /proc/sys/kernel/random/uuid > /run-id\nCOPY b.txt /b\nCMD [\"sh\"]\n",
     )
     .unwrap();
     let id1 = build(&root, ctx, &["-t", "out"]);
