@@ -318,21 +318,12 @@ impl FaultRegistry {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
         let (sp, rq, layout) = (stop.clone(), requests.clone(), layout.to_path_buf());
-        std::thread::spawn(move || {
-            let mut faults = std::collections::VecDeque::from(faults);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok((mut c, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = c.set_nonblocking(false);
-                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                let Some(path) = read_request(&mut c) else { continue };
-                rq.fetch_add(1, Ordering::SeqCst);
-                let fault = if path == "/v2/" { None } else { faults.pop_front() };
-                serve(&mut c, &layout, &path, fault);
-            }
+        let mut faults = std::collections::VecDeque::from(faults);
+        accept_each(l, sp, Duration::from_secs(120), Duration::from_secs(5), move |mut c| {
+            let Some(path) = read_request(&mut c) else { return };
+            rq.fetch_add(1, Ordering::SeqCst);
+            let fault = if path == "/v2/" { None } else { faults.pop_front() };
+            serve(&mut c, &layout, &path, fault);
         });
         FaultRegistry { addr, requests, stop }
     }
@@ -342,6 +333,29 @@ impl Drop for FaultRegistry {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Serve each connection to `l` (non-blocking) with `each`, in a thread of its own, until `stop`
+/// or `lifetime` has passed; each connection blocks with `read_timeout`.
+fn accept_each(
+    l: TcpListener,
+    stop: Arc<AtomicBool>,
+    lifetime: Duration,
+    read_timeout: Duration,
+    mut each: impl FnMut(TcpStream) + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + lifetime;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let Ok((c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(read_timeout));
+            each(c);
+        }
+    });
 }
 
 /// The path of a GET; `None` for anything that is not plain HTTP (a TLS hello, say).
@@ -491,33 +505,24 @@ impl TokenServer {
         let stop = Arc::new(AtomicBool::new(false));
         let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (sp, sc, key) = (stop.clone(), scopes.clone(), dir.join("token.key"));
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok((mut c, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = c.set_nonblocking(false);
-                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                let Some(path) = read_request(&mut c) else { continue };
-                let query = path.split_once('?').map_or("", |(_, q)| q);
-                let mut access = Vec::new();
-                for kv in query.split('&') {
-                    let Some(("scope", v)) = kv.split_once('=') else { continue };
-                    let v = percent_decode(v);
-                    sc.lock().expect("scopes").push(v.clone());
-                    for one in v.split(' ') {
-                        let Some((ty, rest)) = one.split_once(':') else { continue };
-                        let Some((name, actions)) = rest.rsplit_once(':') else { continue };
-                        let actions: Vec<&str> = actions.split(',').collect();
-                        access.push(serde_json::json!({"type": ty, "name": name, "actions": actions}));
-                    }
+        accept_each(l, sp, Duration::from_secs(300), Duration::from_secs(5), move |mut c| {
+            let Some(path) = read_request(&mut c) else { return };
+            let query = path.split_once('?').map_or("", |(_, q)| q);
+            let mut access = Vec::new();
+            for kv in query.split('&') {
+                let Some(("scope", v)) = kv.split_once('=') else { continue };
+                let v = percent_decode(v);
+                sc.lock().expect("scopes").push(v.clone());
+                for one in v.split(' ') {
+                    let Some((ty, rest)) = one.split_once(':') else { continue };
+                    let Some((name, actions)) = rest.rsplit_once(':') else { continue };
+                    let actions: Vec<&str> = actions.split(',').collect();
+                    access.push(serde_json::json!({"type": ty, "name": name, "actions": actions}));
                 }
-                let token = jwt(&key, &der, access);
-                let body = serde_json::json!({"token": token, "expires_in": 600}).to_string();
-                respond(&mut c, 200, &[("Content-Type", "application/json".into())], body.as_bytes(), false);
             }
+            let token = jwt(&key, &der, access);
+            let body = serde_json::json!({"token": token, "expires_in": 600}).to_string();
+            respond(&mut c, 200, &[("Content-Type", "application/json".into())], body.as_bytes(), false);
         });
         TokenServer { addr, scopes, stop }
     }
@@ -580,37 +585,26 @@ impl FaultProxy {
         let mut faults: Vec<(String, String, u16, Option<u64>)> =
             faults.into_iter().map(|(m, p, s, r)| (m.to_string(), p.to_string(), s, r)).collect();
         let (sp, sn, up) = (stop.clone(), seen.clone(), upstream.to_string());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !sp.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok((mut c, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = c.set_nonblocking(false);
-                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                let Some(head) = read_head(&mut c) else { continue };
-                let line = head.lines().next().unwrap_or("").to_string();
-                let mut parts = line.split(' ');
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                sn.lock().expect("seen").push(format!("{method} {path}"));
-                if let Some(i) =
-                    faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()))
-                {
-                    let (_, _, status, after) = faults.remove(i);
-                    if status == 0 {
-                        forward_part(c, &up, &head);
-                        continue;
-                    }
-                    let h: Vec<(&str, String)> =
-                        after.map(|a| ("Retry-After", a.to_string())).into_iter().collect();
-                    let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"fault {status}"}}]}}"#);
-                    // The request body is not read: the client sees the answer and a close.
-                    respond(&mut c, status, &h, body.as_bytes(), false);
-                    continue;
+        accept_each(l, sp, Duration::from_secs(120), Duration::from_secs(10), move |mut c| {
+            let Some(head) = read_head(&mut c) else { return };
+            let line = head.lines().next().unwrap_or("").to_string();
+            let mut parts = line.split(' ');
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            sn.lock().expect("seen").push(format!("{method} {path}"));
+            if let Some(i) = faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str())) {
+                let (_, _, status, after) = faults.remove(i);
+                if status == 0 {
+                    forward_part(c, &up, &head);
+                    return;
                 }
-                forward(c, &up, &head);
+                let h: Vec<(&str, String)> =
+                    after.map(|a| ("Retry-After", a.to_string())).into_iter().collect();
+                let body = format!(r#"{{"errors":[{{"code":"UNKNOWN","message":"fault {status}"}}]}}"#);
+                // The request body is not read: the client sees the answer and a close.
+                respond(&mut c, status, &h, body.as_bytes(), false);
+                return;
             }
+            forward(c, &up, &head);
         });
         FaultProxy { addr, seen, stop }
     }
