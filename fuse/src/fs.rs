@@ -404,11 +404,14 @@ impl Filesystem for StrataFs {
             }
             let ppath = self.path_of_parent(newparent.0)?;
             let usrc = self.ops().link(&spath, &sr, &mut staged, &ppath, newname)?;
-            // Both names share the node (and so st_ino), like the kernel's overlay inode.
+            // Both names share the node (and so st_ino), like the kernel's overlay inode: the
+            // node the source resolves as, which is not the kernel's if that one was split
+            // off by a copy-up under a passthrough open (it has no names to share).
+            let node = self.inodes.current(ino.0);
             if let Some(key) = overlay::dev_ino(&usrc) {
-                self.inodes.hardlinks().insert(key, ino.0);
+                self.inodes.hardlinks().insert(key, node);
             }
-            self.inodes.add_alias(ino.0, newparent.0, newname);
+            self.inodes.add_alias(node, newparent.0, newname);
             Ok(g)
         })();
         match r {

@@ -25,8 +25,11 @@ struct Node {
     attached: bool,
     /// Other names of a hardlinked file (same node, same st_ino).
     aliases: Vec<(u64, OsString)>,
-    /// Set when the node's names moved to a fresh node because the file was copied up while
-    /// open in passthrough mode (see [`Inodes::split`]): it resolves as that node.
+    /// Set when the node's names moved to another node that stands for the same file: a
+    /// fresh one because the file was copied up while open in passthrough mode (see
+    /// [`Inodes::split`]), or the shared node of a hardlinked file its last name was merged into
+    /// (see [`Inodes::merge_name`]). It resolves as that node, so the kernel's references to it
+    /// (and requests already under way) keep working.
     split_to: Option<u64>,
     /// The file has (or had, while this node lived) several links: see `StrataFs::ttl_of` and
     /// [`Inodes::uncached`].
@@ -168,16 +171,68 @@ impl Inodes {
         }
     }
 
-    /// Make `parent/name` another name of node `ino` (a hardlink).
+    /// Make `parent/name` another name of node `ino` (a hardlink), replacing whatever node
+    /// had that name (a file that is gone). Nothing to do when it is `ino`'s name already; no
+    /// name is added to a node that has none left.
     pub(crate) fn add_alias(&self, ino: u64, parent: u64, name: &OsStr) {
         let mut t = self.write();
+        if t.children.get(&(parent, name.to_os_string())) == Some(&ino) {
+            return;
+        }
         Self::detach_locked(&mut t, parent, name);
-        if let Some(n) = t.nodes.get_mut(&ino) {
-            if n.attached {
+        Self::alias_locked(&mut t, ino, parent, name);
+    }
+
+    fn alias_locked(t: &mut Table, ino: u64, parent: u64, name: &OsStr) -> bool {
+        match t.nodes.get_mut(&ino) {
+            Some(n) if n.attached => {
                 n.aliases.push((parent, name.to_os_string()));
                 t.children.insert((parent, name.to_os_string()), ino);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `parent/name` and node `x` were found to be the same hardlinked file: make the name
+    /// one of `x`'s and count `lookups` on `x`. The node that had the name, if it is left
+    /// without names, now resolves as `x` (requests on it may be under way). Returns the node
+    /// the name now has, `x` unless `x` lost its names meanwhile. One step under the table
+    /// lock, so concurrent lookups of the names of one file agree.
+    pub(crate) fn merge_name(&self, x: u64, parent: u64, name: &OsStr, lookups: u64) -> Option<u64> {
+        let mut t = self.write();
+        let key = (parent, name.to_os_string());
+        let old = t.children.get(&key).copied();
+        if old != Some(x) {
+            if !t.nodes.get(&x).is_some_and(|n| n.attached) {
+                return None;
+            }
+            Self::detach_locked(&mut t, parent, name);
+            if let Some(o) = old.and_then(|o| t.nodes.get_mut(&o)) {
+                if !o.attached && o.split_to.is_none() {
+                    o.split_to = Some(x);
+                }
+            }
+            Self::alias_locked(&mut t, x, parent, name);
+        }
+        if let Some(n) = t.nodes.get_mut(&x) {
+            n.nlookup += lookups;
+        }
+        Some(x)
+    }
+
+    /// The node `ino` resolves as now: itself, or where [`Inodes::split`] or
+    /// [`Inodes::merge_name`] sent its names.
+    pub(crate) fn current(&self, ino: u64) -> u64 {
+        let t = self.read();
+        let mut cur = ino;
+        for _ in 0..64 {
+            match t.nodes.get(&cur).and_then(|n| n.split_to) {
+                Some(to) => cur = to,
+                None => break,
             }
         }
+        cur
     }
 
     pub(crate) fn move_node(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) {
@@ -333,5 +388,80 @@ impl Inodes {
             None if multi => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(t: &Inodes, ino: u64) -> Vec<OsString> {
+        t.chain(ino).map(|c| c.into_iter().map(|(_, n)| n).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn aliasing_a_name_a_node_has_already_keeps_it() {
+        let t = Inodes::default();
+        let a = t.node_for(ROOT, OsStr::new("a"), 1);
+        t.add_alias(a, ROOT, OsStr::new("a"));
+        assert!(t.is_attached(a), "the node lost its only name");
+        assert_eq!(t.child(ROOT, OsStr::new("a")), Some(a));
+        assert_eq!(names(&t, a), [OsString::from("a")]);
+    }
+
+    #[test]
+    fn a_merged_node_resolves_as_the_shared_one_and_gives_it_its_lookups() {
+        let t = Inodes::default();
+        let x = t.node_for(ROOT, OsStr::new("a"), 1);
+        // Another lookup made a node for the second name before it was known to be a link.
+        let n = t.node_for(ROOT, OsStr::new("b"), 2);
+        assert_eq!(t.merge_name(x, ROOT, OsStr::new("b"), 1), Some(x));
+        assert_eq!(t.child(ROOT, OsStr::new("b")), Some(x));
+        assert!(!t.is_attached(n));
+        // A request already under way on n still finds the file, through x.
+        assert_eq!(t.current(n), x);
+        assert_eq!(names(&t, n), [OsString::from("a")]);
+        // Merging again (a concurrent lookup of the same name) changes nothing but the count.
+        assert_eq!(t.merge_name(x, ROOT, OsStr::new("b"), 1), Some(x));
+        assert_eq!(t.child(ROOT, OsStr::new("b")), Some(x));
+        // x's first name goes: the alias takes over.
+        t.detach(ROOT, OsStr::new("a"));
+        assert_eq!(names(&t, x), [OsString::from("b")]);
+        assert_eq!(names(&t, n), [OsString::from("b")]);
+        // x has 1 + 1 + 1 lookups: three forgets drop it once it has no name.
+        t.detach(ROOT, OsStr::new("b"));
+        t.forget(x, 2);
+        assert!(t.read().nodes.contains_key(&x));
+        t.forget(x, 1);
+        assert!(!t.read().nodes.contains_key(&x));
+        // n has nothing left to resolve as.
+        assert!(t.chain(n).is_err());
+    }
+
+    #[test]
+    fn no_name_is_merged_into_a_node_without_names() {
+        let t = Inodes::default();
+        let x = t.node_for(ROOT, OsStr::new("a"), 1);
+        let n = t.node_for(ROOT, OsStr::new("b"), 1);
+        t.detach(ROOT, OsStr::new("a"));
+        assert_eq!(t.merge_name(x, ROOT, OsStr::new("b"), 1), None);
+        assert_eq!(t.child(ROOT, OsStr::new("b")), Some(n));
+        assert!(t.is_attached(n));
+    }
+
+    #[test]
+    fn a_split_node_is_current_as_its_successor() {
+        let t = Inodes::default();
+        let x = t.node_for(ROOT, OsStr::new("a"), 1);
+        t.add_alias(x, ROOT, OsStr::new("b"));
+        let moved = t.split(x);
+        assert_eq!(moved.len(), 2);
+        let fresh = t.current(x);
+        assert_ne!(fresh, x);
+        assert_eq!(t.child(ROOT, OsStr::new("a")), Some(fresh));
+        assert_eq!(t.child(ROOT, OsStr::new("b")), Some(fresh));
+        // A link made through the old node names the fresh one.
+        t.add_alias(t.current(x), ROOT, OsStr::new("c"));
+        assert_eq!(t.child(ROOT, OsStr::new("c")), Some(fresh));
     }
 }

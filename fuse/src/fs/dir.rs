@@ -53,7 +53,7 @@ impl StrataFs {
                 Ok(v) => v,
                 Err(_) => continue,
             };
-            let child = &self.canonical(ino, name, *child, &st, &r);
+            let child = &self.canonical(ino, name, *child, &st, &r, 0);
             let attr = self.attr_of(*child, &st, Some(&r));
             // Count the lookup before the kernel can see the entry.
             if !self.inodes.count_lookup(*child) {

@@ -80,40 +80,54 @@ impl StrataFs {
     }
 
     /// For a file with several links (see [`StrataFs::shares_links`]): the node shared by all
-    /// its names.
-    pub(super) fn canonical(&self, parent: u64, name: &OsStr, ino: u64, st: &Stat, r: &Resolved) -> u64 {
+    /// its names. `ino` is the node of `parent/name`, with `counted` lookups the caller added
+    /// to it; when the name joins another node, those lookups move there.
+    pub(super) fn canonical(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        ino: u64,
+        st: &Stat,
+        r: &Resolved,
+        counted: u64,
+    ) -> u64 {
         if st.st_nlink <= 1 || sys::is_dir(st) || !self.shares_links(r.top) {
             return ino;
         }
         let key = (st.st_dev, st.st_ino);
         let mut h = self.inodes.hardlinks();
-        match h.get(&key).copied() {
-            Some(x) if x == ino => ino,
-            Some(x) => {
-                // Still a named node, and the same file under x's own name?
-                let named = self.inodes.is_attached(x);
-                let same = named
-                    && self.resolve(x).ok().and_then(|(p, xr)| {
-                        if self.shares_links(xr.top) {
-                            overlay::dev_ino(&self.layers.real(xr.top, &p))
-                        } else {
-                            None
-                        }
-                    }) == Some(key);
-                if same {
-                    drop(h);
-                    self.inodes.add_alias(x, parent, name);
-                    x
-                } else {
-                    h.insert(key, ino);
-                    ino
-                }
-            }
+        let x = match h.get(&key).copied() {
             None => {
                 h.insert(key, ino);
-                ino
+                return ino;
+            }
+            Some(x) => self.inodes.current(x),
+        };
+        if x == ino {
+            h.insert(key, ino);
+            return ino;
+        }
+        // Still a named node, and the same file under x's own name?
+        let same = self.inodes.is_attached(x)
+            && self.resolve(x).ok().and_then(|(p, xr)| {
+                if self.shares_links(xr.top) {
+                    overlay::dev_ino(&self.layers.real(xr.top, &p))
+                } else {
+                    None
+                }
+            }) == Some(key);
+        if same {
+            if let Some(x) = self.inodes.merge_name(x, parent, name, counted) {
+                h.insert(key, x);
+                drop(h);
+                if counted > 0 {
+                    self.inodes.forget(ino, counted);
+                }
+                return x;
             }
         }
+        h.insert(key, ino);
+        ino
     }
 
     pub(super) fn attr_of(&self, ino: u64, st: &Stat, r: Option<&Resolved>) -> FileAttr {
@@ -281,13 +295,7 @@ impl StrataFs {
         let ino = self.inodes.node_for(parent, name, 1);
         match self.stat_node(ino) {
             Ok((st, r, _)) => {
-                let c = self.canonical(parent, name, ino, &st, &r);
-                let ino = if c != ino {
-                    self.inodes.forget(ino, 1);
-                    self.inodes.node_for(parent, name, 1)
-                } else {
-                    ino
-                };
+                let ino = self.canonical(parent, name, ino, &st, &r, 1);
                 let attr = self.attr_of(ino, &st, Some(&r));
                 let ttl = self.ttl_of(ino, &st);
                 reply.entry(&ttl, &attr, Generation(0));
