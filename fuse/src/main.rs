@@ -25,6 +25,8 @@ fn main() -> ExitCode {
              options: lowerdir, upperdir, workdir, fsname=NAME, timeout=SECS, threads=N, passthrough=on|off,\n\
              uring=auto|on|off (FUSE over io_uring; default auto, or $STRATA_FUSE_URING),\n\
              ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning.\n\
+             remote=DIFF_ID@ROOT (repeated): the lowerdir that is ROOT/remote/HEX/tree, a lazily pulled\n\
+             layer's skeleton in the strata store ROOT, reads its files from the registry.\n\
              In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
              --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit"
         );
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
     // Modes of new entries are set explicitly; the process umask must not interfere.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let strata_fuse::Mounted { session, stats, rings } = match mount(&opts) {
+    let strata_fuse::Mounted { session, stats, rings, contents } = match mount(&opts) {
         Ok(s) => s,
         Err(e) => {
             let msg = report(&e);
@@ -146,6 +148,9 @@ fn main() -> ExitCode {
         }
     }
     let code = serve(session);
+    for c in &contents {
+        c.flush();
+    }
     if let Some(file) = &stats_file {
         if let Err(e) = stats.write_to(file) {
             error!("--stats: writing {}: {e}", file.display());
