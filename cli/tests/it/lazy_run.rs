@@ -8,7 +8,7 @@ use crate::common;
 
 use std::path::Path;
 
-use common::registry::{Registry, RegistryOpts};
+use common::registry::{FaultProxy, Registry, RegistryOpts, CORRUPT};
 use common::*;
 
 /// `data/noise`: 3 MiB that do not compress.
@@ -133,4 +133,110 @@ fn run_reads_a_lazy_image_on_demand() {
     let err = lazy.fails(&["container", "mount", "--backend", "kernel", "k"]);
     assert!(err.contains("remote layer") && err.contains("--backend fuse"), "{err}");
     lazy.ok(&["container", "rm", "--force", "k"]);
+}
+
+/// Every file of the chunk cache of remote layer `diff_id` in `root` is a verified chunk named
+/// by its digest; returns how many there are.
+fn verified_chunks(root: &Root, diff_id: &str) -> usize {
+    let dir = root.path().join("remote").join(diff_id.trim_start_matches("sha256:")).join("chunks");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("chunk cache") {
+        let e = e.expect("entry");
+        let data = std::fs::read(e.path()).expect("read chunk");
+        assert_eq!(
+            sha(&data).trim_start_matches("sha256:"),
+            e.file_name().to_string_lossy(),
+            "an unverified chunk"
+        );
+        n += 1;
+    }
+    n
+}
+
+/// A read the container's process gets EIO for: `cat` fails and says so.
+fn assert_eio(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: succeeded");
+    assert!(err.contains("I/O error") || err.contains("Input/output error"), "{what}: {err}");
+}
+
+/// Requests for `digest`'s blob the proxy saw.
+fn seen(proxy: &FaultProxy, digest: &str) -> usize {
+    proxy.seen.lock().expect("seen").iter().filter(|r| r.contains(digest)).count()
+}
+
+/// (d) A chunk whose bytes were changed on the way is never served: the reading process gets
+/// EIO, strata-fuse's log names the layer and the file, nothing unverified is cached, the layer
+/// is marked bad (`image inspect` says why) and nothing more is fetched for it, while what was
+/// cached still reads.
+#[test]
+fn a_corrupted_chunk_is_eio_and_marks_the_layer_bad() {
+    if !privileged("a_corrupted_chunk_is_eio_and_marks_the_layer_bad") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let proxy = FaultProxy::start(&reg.addr, vec![]);
+    let src = Root::new();
+    let manifest = push_image(&src, &format!("{}/lazy/bad:esgz", reg.addr));
+    let noise_blob = layers(&manifest)[1].0.clone();
+    let image = format!("{}/lazy/bad:esgz", proxy.addr);
+    let lazy = Root::new();
+    lazy.ok(&["pull", "-q", "--lazy", &image, "--tls-verify=false"]);
+    let diff_id = local(&lazy, &image)[1]["diff_id"].as_str().expect("diff_id").to_string();
+    assert_eq!(lazy.ok(&["run", "--rm", &image, "--", "cat", "/etc/motd"]), "lazy motd\n");
+
+    proxy.arm("GET", &noise_blob, CORRUPT);
+    let out = lazy.cmd(&["run", "--name", "reader", &image, "--", "cat", "/data/noise"]);
+    assert_eio(&out, "reading a corrupted chunk");
+    let log = std::fs::read_to_string(lazy.path().join("containers/reader/fuse.log")).expect("fuse.log");
+    assert!(log.contains(&diff_id) && log.contains("data/noise") && log.contains("does not match"), "{log}");
+    lazy.ok(&["container", "rm", "--force", "reader"]);
+    assert!(verified_chunks(&lazy, &diff_id) >= 1, "the motd's chunk is cached");
+    let l = &local(&lazy, &image)[1];
+    assert!(l["bad"].as_str().is_some_and(|b| b.contains("data/noise")), "{l}");
+
+    // Bad for good: an uncached file of the layer is EIO without a request, a cached one reads.
+    let before = seen(&proxy, &noise_blob);
+    assert_eio(&lazy.cmd(&["run", "--rm", &image, "--", "cat", "/etc/issue"]), "a bad layer's file");
+    assert_eq!(seen(&proxy, &noise_blob), before, "a bad layer was fetched from");
+    assert_eq!(lazy.ok(&["run", "--rm", &image, "--", "cat", "/etc/motd"]), "lazy motd\n");
+}
+
+/// (e) The registry gone: files whose chunks are cached still read, an uncached read fails
+/// with EIO (the reader gives up within its deadline: a refused connection fails at once).
+#[test]
+fn with_the_registry_gone_cached_files_read_and_others_fail() {
+    if !privileged("with_the_registry_gone_cached_files_read_and_others_fail") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let proxy = FaultProxy::start(&reg.addr, vec![]);
+    let src = Root::new();
+    push_image(&src, &format!("{}/lazy/gone:esgz", reg.addr));
+    let image = format!("{}/lazy/gone:esgz", proxy.addr);
+    let lazy = Root::new();
+    lazy.ok(&["pull", "-q", "--lazy", &image, "--tls-verify=false"]);
+    assert_eq!(lazy.ok(&["run", "--rm", &image, "--", "cat", "/etc/motd"]), "lazy motd\n");
+
+    let addr = proxy.addr.clone();
+    drop(proxy);
+    assert!(wait_for(|| std::net::TcpStream::connect(&addr).is_err()), "the proxy still accepts connections");
+    assert_eq!(lazy.ok(&["run", "--rm", &image, "--", "cat", "/etc/motd"]), "lazy motd\n");
+    assert_eio(&lazy.cmd(&["run", "--rm", &image, "--", "cat", "/etc/issue"]), "an uncached file");
+    // Not marked bad: the registry is only away.
+    for l in local(&lazy, &image) {
+        assert!(l.get("bad").is_none(), "{l}");
+    }
+}
+
+/// Whether `f` becomes true within 10 s.
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
 }
