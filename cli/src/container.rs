@@ -137,8 +137,8 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
     match c {
         ContainerCmd::Create { image, name, net, read_only, volatile } => {
             let net = net.into_options()?;
+            // Remote layers (`pull --lazy`) stay remote: the container mounts through strata-fuse.
             let mut store = open_store(root)?;
-            crate::registry::complete_remote_layers(&mut store, &image)?;
             container::create(&mut store, &image, &name, &CreateOptions { read_only, volatile })
                 .with_context(|| format!("creating container {name}"))?;
             if let Err(e) = strata::netsetup::save(&store, &name, &net) {
@@ -208,6 +208,10 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
         }
         ContainerCmd::Export { name, output } => {
             let mut store = open_store(root)?;
+            // The export reads every file of the layers: their blobs, whole and verified, first.
+            let layers = container::layers(&store, &name)?;
+            strata::registry::lazy::complete_layers(&mut store, &layers)
+                .with_context(|| format!("fetching the remote layers of container {name}"))?;
             write_output(&output, |w| strata::rootfs::export_container(&mut store, &name, w).map(|_| ()))
                 .with_context(|| format!("exporting container {name}"))?;
         }

@@ -35,8 +35,8 @@ pub fn run_cmd(
     cmd: Vec<String>,
 ) -> Result<ExitCode> {
     let network = extra.net.into_options()?;
+    // Remote layers (`pull --lazy`) are not completed: strata-fuse reads them on demand.
     let mut store = open_store(root)?;
-    crate::registry::complete_remote_layers(&mut store, image)?;
     let mut opts = strata::run::RunOptions {
         image: image.to_string(),
         name,

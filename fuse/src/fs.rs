@@ -22,6 +22,7 @@ use fuser::{
 use tracing::debug;
 
 use crate::cache::ResolveCache;
+use crate::contents::{Content, LowerContents};
 use crate::format::{self, is_private_xattr};
 use crate::handles::{Handle, Handles};
 use crate::inode::Inodes;
@@ -48,6 +49,10 @@ pub struct FsConfig {
     pub passthrough: bool,
     /// As kernel overlayfs' `volatile`: copy-ups are not synced, fsync and syncfs do nothing.
     pub volatile: bool,
+    /// The contents of each lower layer's files, by the index of `lowers`: `None` (or missing)
+    /// for a plain directory, served as it is; a remote layer's reader otherwise (see
+    /// [`crate::contents`]).
+    pub contents: Vec<Option<Arc<dyn LowerContents>>>,
 }
 
 type WriteGuard<'a> = std::sync::RwLockWriteGuard<'a, ()>;
@@ -145,6 +150,14 @@ impl StrataFs {
         }
         let mut layers = Layers::new(cfg.lowers.clone(), cfg.upper.clone(), cfg.work.clone())?;
         layers.durable = !cfg.volatile;
+        if cfg.contents.iter().any(Option::is_some) {
+            let mut contents: Vec<Option<Arc<dyn LowerContents>>> = Vec::new();
+            if layers.has_upper {
+                contents.push(None);
+            }
+            contents.extend((0..cfg.lowers.len()).map(|i| cfg.contents.get(i).cloned().flatten()));
+            layers.contents = contents;
+        }
         Ok(StrataFs {
             layers,
             ttl: cfg.ttl,
@@ -423,7 +436,13 @@ impl Filesystem for StrataFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.stats.add(Op::Open);
         match self.do_open(ino.0, flags.0) {
-            Ok((file, lower, held)) => {
+            Ok((Content::Remote { file, reader }, _, held)) => {
+                // Not whole yet: every read through the daemon, nothing kept in the page cache.
+                let fh = self.handles.add(Handle { ino: ino.0, file, _backing: None, reader: Some(reader) });
+                drop(held);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Ok((Content::Local(file), lower, held)) => {
                 let backing = match self.handles.backing_for(ino.0, &file) {
                     Ok(b) => b,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -437,7 +456,8 @@ impl Filesystem for StrataFs {
                     Err(e) => return reply.error(errno_of(&e)),
                 };
                 let fl = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                let fh = self.handles.add(Handle { ino: ino.0, file, _backing: backing.clone() });
+                let fh =
+                    self.handles.add(Handle { ino: ino.0, file, _backing: backing.clone(), reader: None });
                 drop(held);
                 match backing {
                     Some(b) => {
@@ -471,7 +491,12 @@ impl Filesystem for StrataFs {
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
         while got < buf.len() {
-            match f.file.read_at(&mut buf[got..], offset + got as u64) {
+            let at = offset + got as u64;
+            let r = match &f.reader {
+                Some(reader) => reader.read_at(&mut buf[got..], at),
+                None => f.file.read_at(&mut buf[got..], at),
+            };
+            match r {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

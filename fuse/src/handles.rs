@@ -11,16 +11,29 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use fuser::BackingId;
 use tracing::{debug, warn};
 
+use crate::contents::ChunkReader;
 use crate::sys::{self, err};
 
 /// An open file.
-#[derive(Debug)]
 pub(crate) struct Handle {
     /// The node it was opened as.
     pub(crate) ino: u64,
     pub(crate) file: File,
     /// Held while the file is open in passthrough mode.
     pub(crate) _backing: Option<Arc<Backing>>,
+    /// A remote lower file's reader (see [`crate::contents`]): reads go through it, not `file`.
+    pub(crate) reader: Option<Arc<dyn ChunkReader>>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("ino", &self.ino)
+            .field("file", &self.file)
+            .field("passthrough", &self._backing.is_some())
+            .field("remote", &self.reader.is_some())
+            .finish()
+    }
 }
 
 /// A passthrough backing file registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) on the

@@ -3,6 +3,7 @@
 //! `trusted.overlay.opaque=y`; OCI `.wh.NAME` and `user.overlay.opaque` are read too).
 
 mod cache;
+pub mod contents;
 mod format;
 mod fs;
 mod handles;
@@ -10,6 +11,8 @@ mod inode;
 mod listing;
 mod mutate;
 mod overlay;
+#[cfg(feature = "lazy")]
+pub mod remote;
 mod stats;
 mod sys;
 pub mod uring;
@@ -56,6 +59,16 @@ pub struct Options {
     /// The transport: FUSE over io_uring or `/dev/fuse` reads (`uring=`; the default comes
     /// from `STRATA_FUSE_URING` when set, else auto).
     pub uring: uring::Mode,
+    /// Remote lowers (`remote=<diff_id>@<store root>`, repeated): see `remote` (feature `lazy`).
+    pub remotes: Vec<RemoteOpt>,
+}
+
+/// `remote=<diff_id>@<root>`: the lower that is remote layer `diff_id`'s skeleton in the strata
+/// store at `root` reads its files' contents from the registry (feature `lazy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOpt {
+    pub diff_id: String,
+    pub root: PathBuf,
 }
 
 /// Split `s` at each `sep` no backslash escapes, keeping the escapes, as overlayfs splits its
@@ -159,6 +172,7 @@ impl Options {
             Err(_) => uring::Mode::Auto,
         };
         let mut flags = Vec::new();
+        let mut remotes = Vec::new();
         let mut fsname =
             source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
         for o in opts {
@@ -202,6 +216,11 @@ impl Options {
                     uring = uring::Mode::parse(&v).ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?
                 }
                 ("volatile", None) => volatile = true,
+                ("remote", Some(v)) => {
+                    let (diff_id, root) =
+                        v.split_once('@').ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?;
+                    remotes.push(RemoteOpt { diff_id: diff_id.to_string(), root: PathBuf::from(root) });
+                }
                 ("ro", None) => flags.push(M::RO),
                 ("rw", None) => {}
                 ("dev", None) => flags.push(M::Dev),
@@ -233,7 +252,7 @@ impl Options {
             }
         }
         Ok(Options {
-            fs: FsConfig { lowers, upper, work, ttl, passthrough, volatile },
+            fs: FsConfig { lowers, upper, work, ttl, passthrough, volatile, contents: Vec::new() },
             mountpoint: PathBuf::from(mountpoint),
             foreground,
             debug,
@@ -242,6 +261,7 @@ impl Options {
             flags,
             ignored,
             uring,
+            remotes,
         })
     }
 
@@ -290,6 +310,8 @@ pub struct Mounted {
     pub session: fuser::Session<uring::Shared>,
     pub stats: std::sync::Arc<Stats>,
     pub rings: Option<RingStart>,
+    /// The remote lowers' contents, to flush once the session ends.
+    pub contents: Vec<std::sync::Arc<dyn contents::LowerContents>>,
 }
 
 /// The ring queues of a mount that negotiated FUSE over io_uring.
@@ -318,6 +340,7 @@ pub fn mount(opts: &Options) -> Result<Mounted, Error> {
     cfg.lowers = cfg.lowers.iter().map(canon).collect::<Result<_, _>>()?;
     cfg.upper = cfg.upper.as_ref().map(canon).transpose()?;
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
+    let contents = attach_remotes(&mut cfg, &opts.remotes)?;
     let uring_error = |m: String| Error::Uring(std::io::Error::new(std::io::ErrorKind::Unsupported, m));
     let want_uring = match opts.uring {
         uring::Mode::Off => false,
@@ -354,7 +377,29 @@ pub fn mount(opts: &Options) -> Result<Mounted, Error> {
         }
         _ => None,
     };
-    Ok(Mounted { session, stats, rings })
+    Ok(Mounted { session, stats, rings, contents })
+}
+
+#[cfg(feature = "lazy")]
+fn attach_remotes(
+    cfg: &mut FsConfig,
+    remotes: &[RemoteOpt],
+) -> Result<Vec<std::sync::Arc<dyn contents::LowerContents>>, Error> {
+    remote::attach(cfg, remotes)
+}
+
+#[cfg(not(feature = "lazy"))]
+fn attach_remotes(
+    _cfg: &mut FsConfig,
+    remotes: &[RemoteOpt],
+) -> Result<Vec<std::sync::Arc<dyn contents::LowerContents>>, Error> {
+    match remotes.first() {
+        None => Ok(Vec::new()),
+        Some(r) => Err(Error::BadValue(
+            "remote".into(),
+            format!("{}: this strata-fuse was built without the `lazy` feature", r.diff_id),
+        )),
+    }
 }
 
 #[cfg(test)]

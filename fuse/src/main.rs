@@ -1,5 +1,6 @@
 //! `strata-fuse`: command line compatible with fuse-overlayfs.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,13 +12,14 @@ use tracing::{error, warn};
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     // Taken here, before the fuse-overlayfs compatible parser sees the rest.
-    let stats_file = match take_stats_arg(&mut args) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("strata-fuse: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (stats_file, log_file) =
+        match (take_file_arg(&mut args, "--stats"), take_file_arg(&mut args, "--log")) {
+            (Ok(s), Ok(l)) => (s, l),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("strata-fuse: {e}");
+                return ExitCode::from(2);
+            }
+        };
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
             "usage: strata-fuse [-f] [-d] -o lowerdir=L1:L2:...[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
@@ -25,8 +27,11 @@ fn main() -> ExitCode {
              options: lowerdir, upperdir, workdir, fsname=NAME, timeout=SECS, threads=N, passthrough=on|off,\n\
              uring=auto|on|off (FUSE over io_uring; default auto, or $STRATA_FUSE_URING),\n\
              ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning.\n\
+             remote=DIFF_ID@ROOT (repeated): the lowerdir that is ROOT/remote/HEX/tree, a lazily pulled\n\
+             layer's skeleton in the strata store ROOT, reads its files from the registry.\n\
              In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
-             --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit"
+             --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit\n\
+             --log FILE: log to FILE (appended) instead of stderr, which the daemon closes"
         );
         return ExitCode::SUCCESS;
     }
@@ -44,18 +49,34 @@ fn main() -> ExitCode {
     let default = if opts.debug { "debug" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    match &log_file {
+        Some(f) => {
+            let file = match std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(f) {
+                Ok(file) => file,
+                Err(e) => {
+                    eprintln!("strata-fuse: --log {}: {e}", f.display());
+                    return ExitCode::from(2);
+                }
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .init();
+        }
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     for o in &opts.ignored {
         warn!("ignoring unknown option {o:?}");
     }
     // Modes of new entries are set explicitly; the process umask must not interfere.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let strata_fuse::Mounted { session, stats, rings } = match mount(&opts) {
+    let strata_fuse::Mounted { session, stats, rings, contents } = match mount(&opts) {
         Ok(s) => s,
         Err(e) => {
             let msg = report(&e);
@@ -146,6 +167,9 @@ fn main() -> ExitCode {
         }
     }
     let code = serve(session);
+    for c in &contents {
+        c.flush();
+    }
     if let Some(file) = &stats_file {
         if let Err(e) = stats.write_to(file) {
             error!("--stats: writing {}: {e}", file.display());
@@ -154,18 +178,19 @@ fn main() -> ExitCode {
     code
 }
 
-/// Remove `--stats FILE` (or `--stats=FILE`) from `args`.
-fn take_stats_arg(args: &mut Vec<String>) -> Result<Option<PathBuf>, String> {
+/// Remove `FLAG FILE` (or `FLAG=FILE`) from `args`.
+fn take_file_arg(args: &mut Vec<String>, flag: &str) -> Result<Option<PathBuf>, String> {
     let mut out = None;
     let mut i = 0;
+    let with_value = format!("{flag}=");
     while i < args.len() {
-        if args[i] == "--stats" {
+        if args[i] == flag {
             if i + 1 >= args.len() {
-                return Err("--stats needs a file".into());
+                return Err(format!("{flag} needs a file"));
             }
             out = Some(PathBuf::from(args.remove(i + 1)));
             args.remove(i);
-        } else if let Some(f) = args[i].strip_prefix("--stats=") {
+        } else if let Some(f) = args[i].strip_prefix(&with_value) {
             out = Some(PathBuf::from(f));
             args.remove(i);
         } else {
@@ -176,7 +201,7 @@ fn take_stats_arg(args: &mut Vec<String>) -> Result<Option<PathBuf>, String> {
     match out {
         Some(f) if f.is_relative() => match std::env::current_dir() {
             Ok(d) => Ok(Some(d.join(f))),
-            Err(e) => Err(format!("--stats: current directory: {e}")),
+            Err(e) => Err(format!("{flag}: current directory: {e}")),
         },
         other => Ok(other),
     }

@@ -12,7 +12,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use crate::contents::LowerContents;
 use crate::format;
 use crate::sys::{self, err};
 
@@ -43,6 +45,9 @@ pub struct Layers {
     pub work: Option<PathBuf>,
     /// Copy-ups reach the disk before they become visible (off with the `volatile` option).
     pub durable: bool,
+    /// The contents of each layer's regular files, by layer index (see [`crate::contents`]):
+    /// empty, or `None` for a layer, when they are its real files.
+    pub contents: Vec<Option<Arc<dyn LowerContents>>>,
     tmp_seq: AtomicU64,
 }
 
@@ -73,7 +78,12 @@ impl Layers {
             }
             _ => None,
         };
-        Ok(Layers { roots, has_upper, work, durable: true, tmp_seq: AtomicU64::new(0) })
+        Ok(Layers { roots, has_upper, work, durable: true, contents: Vec::new(), tmp_seq: AtomicU64::new(0) })
+    }
+
+    /// The contents of layer `l`'s regular files, when they are not its real files.
+    pub fn contents_of(&self, l: usize) -> Option<&Arc<dyn LowerContents>> {
+        self.contents.get(l).and_then(Option::as_ref)
     }
 
     pub fn is_lower(&self, l: usize) -> bool {

@@ -89,6 +89,12 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    /// Kernel overlay asked for over layers whose data is still in the registry.
+    #[error(
+        "container {name:?} stands on {layers} remote layer(s) (pulled with --lazy): kernel overlay \
+         cannot serve them; mount with --backend fuse (or auto), or pull the image without --lazy"
+    )]
+    RemoteLayers { name: String, layers: usize },
     #[error("container {name:?}: kernel overlay mount failed ({kernel}) and the FUSE fallback failed too ({fuse})")]
     AutoFailed { name: String, kernel: String, fuse: String },
     #[error(transparent)]
@@ -117,7 +123,8 @@ impl ContainerError {
             | ContainerError::AlreadyMounted { .. }
             | ContainerError::Running { .. }
             | ContainerError::ReadOnly(_)
-            | ContainerError::NotMounted(_) => ErrorKind::FailedPrecondition,
+            | ContainerError::NotMounted(_)
+            | ContainerError::RemoteLayers { .. } => ErrorKind::FailedPrecondition,
             ContainerError::NoFreezer { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
         }
@@ -460,12 +467,31 @@ pub fn create(store: &mut Store, image: &str, name: &str, opts: &CreateOptions) 
 }
 
 /// Make sure every layer directory of a container exists (a committed layer is unpacked from its
-/// blob at its first use).
-fn materialize(store: &mut Store, c: &ContainerRow) -> Result<()> {
+/// blob at its first use; a remote layer's skeleton is built from its TOC). Returns the remote
+/// layers (`pull --lazy`), which only strata-fuse can serve.
+fn materialize(store: &mut Store, c: &ContainerRow) -> Result<Vec<crate::store::RemoteLayerRow>> {
+    let mut remote = Vec::new();
     for l in store.container_layers(&c.name)? {
-        crate::layers::materialize_layer(store, &l)?;
+        match store.remote_layer(&l.diff_id)? {
+            Some(r) => {
+                crate::layers::remote::skeleton(store, &r)?;
+                remote.push(r);
+            }
+            None => {
+                crate::layers::materialize_layer(store, &l)?;
+            }
+        }
     }
-    Ok(())
+    Ok(remote)
+}
+
+/// The remote layers of container `c` (see [`materialize`]).
+fn remote_layers(store: &Store, c: &ContainerRow) -> Result<Vec<crate::store::RemoteLayerRow>> {
+    let mut out = Vec::new();
+    for l in store.container_layers(&c.name)? {
+        out.extend(store.remote_layer(&l.diff_id)?);
+    }
+    Ok(out)
 }
 
 /// Container `name`'s row; [`ContainerError::NotFound`] when there is none.

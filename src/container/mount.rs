@@ -9,8 +9,10 @@ use std::process::Command;
 
 use kernel_overlay::{OverlaySpec, UnmountMode};
 
-use super::{dir, get, lock, materialize, paths, running, snapshot_key, Backend, ContainerError, Result};
-use crate::store::{remove_tree, ContainerRow, IoContext, Store};
+use super::{
+    dir, get, lock, materialize, paths, remote_layers, running, snapshot_key, Backend, ContainerError, Result,
+};
+use crate::store::{remove_tree, ContainerRow, IoContext, RemoteLayerRow, Store};
 
 /// The overlay a container mounts: its snapshot's parent chain (top first) named by the short
 /// `snapshots/<id>/fs` paths, so even a legacy mount(2) of 500 layers fits its page; upper and
@@ -25,10 +27,19 @@ pub fn mount_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
 }
 
 /// [`mount_spec`] with each lower the directory itself (a layer's): what reads the trees
-/// themselves (diff, commit, export, strata-fuse) walks, never through a symlink.
+/// themselves (diff, commit, export, strata-fuse) walks, never through a symlink. A remote
+/// layer's lower is its skeleton tree (`remote/<diff_id>/tree`): its metadata is the layer's,
+/// its files hold no data (strata-fuse reads them from the registry; an export completes the
+/// layers first).
 pub fn overlay_spec(store: &Store, c: &ContainerRow) -> Result<OverlaySpec> {
     let mut spec = crate::snapshot::overlay_spec_real(store, &snapshot_key(&c.name))
         .map_err(|e| ContainerError::Snapshot { name: c.name.clone(), source: Box::new(e) })?;
+    for r in remote_layers(store, c)? {
+        let layer = store.layer_path(&r.diff_id);
+        for l in spec.lowers.iter_mut().filter(|l| **l == layer) {
+            *l = store.remote_tree(&r.diff_id);
+        }
+    }
     spec.volatile = c.volatile && !c.read_only;
     spec.empty_lower = Some(paths(store, c).empty);
     Ok(spec)
@@ -61,7 +72,7 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
 pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
     let _g = lock(store, name)?;
     let c = get(store, name)?;
-    materialize(store, &c)?;
+    let remote = materialize(store, &c)?;
     if let Some(at) = mounted_at(store, name)? {
         return Err(ContainerError::AlreadyMounted {
             name: name.to_string(),
@@ -79,19 +90,26 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
         // A work dir left by an earlier mount may hold debris the kernel refuses.
         let _ = remove_tree(&p.work.join("work"));
     }
+    if !remote.is_empty() {
+        // Kernel overlay cannot read the layers' files: strata-fuse serves them.
+        if backend == Backend::Kernel {
+            return Err(ContainerError::RemoteLayers { name: name.to_string(), layers: remote.len() });
+        }
+        return fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &remote).map(|()| target);
+    }
     match backend {
         Backend::Kernel => kernel_overlay::mount(&short, &target)
             .map(|_| ())
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
-        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?,
+        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &[])?,
         Backend::Auto if !kernel_overlay_usable(store) => {
-            fuse_mount(store, name, &overlay_spec(store, &c)?, &target)?
+            fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &[])?
         }
         Backend::Auto => {
             if let Err(k) = kernel_overlay::mount(&short, &target) {
                 tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
                 let spec = overlay_spec(store, &c)?;
-                fuse_mount(store, name, &spec, &target).map_err(|f| ContainerError::AutoFailed {
+                fuse_mount(store, name, &spec, &target, &[]).map_err(|f| ContainerError::AutoFailed {
                     name: name.to_string(),
                     kernel: k.to_string(),
                     fuse: f.to_string(),
@@ -253,7 +271,19 @@ fn fuse_options(spec: &OverlaySpec) -> std::result::Result<String, kernel_overla
     Ok(kept.join(","))
 }
 
-fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> Result<()> {
+/// The file a strata-fuse serving remote layers logs to (its stderr is closed once it serves).
+pub const FUSE_LOG: &str = "fuse.log";
+
+/// Mount `spec` with strata-fuse at `target`; the lowers of `remote` (their skeleton trees)
+/// read their files from the registry (`-o remote=<diff_id>@<root>`), and the daemon then logs
+/// to the container's [`FUSE_LOG`].
+fn fuse_mount(
+    store: &Store,
+    name: &str,
+    spec: &OverlaySpec,
+    target: &Path,
+    remote: &[RemoteLayerRow],
+) -> Result<()> {
     let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
     check_dev_fuse(name)?;
     let mut opts =
@@ -262,11 +292,20 @@ fn fuse_mount(store: &Store, name: &str, spec: &OverlaySpec, target: &Path) -> R
         // Passthrough needs CAP_SYS_ADMIN in the initial user namespace.
         opts.push_str(",passthrough=off");
     }
+    let root = std::path::absolute(store.root()).at(store.root())?;
+    let root = String::from_utf8_lossy(&kernel_overlay::escape_path(&root)).into_owned();
+    for r in remote {
+        opts.push_str(&format!(",remote={}@{root}", r.diff_id));
+    }
     let bin = fuse_binary();
     // The source mountinfo shows (see mounted_at), escaped as the paths are.
     let escaped = String::from_utf8_lossy(&kernel_overlay::escape_path(&dir(store, name))).into_owned();
     let source = format!("strata:{escaped}");
-    let out = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    if !remote.is_empty() {
+        cmd.arg("--log").arg(dir(store, name).join(FUSE_LOG));
+    }
+    let out = cmd
         .arg("-o")
         .arg(&opts)
         .arg("-o")

@@ -72,6 +72,10 @@ pub struct LayerLocal {
     pub remote: bool,
     pub bytes_local: u64,
     pub blob_size: u64,
+    /// Why a remote layer is bad (it sent a chunk that does not match its TOC): nothing more
+    /// is fetched for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bad: Option<String>,
 }
 
 /// `NAME` split as docker's REPOSITORY and TAG columns: `localhost:5000/app:v1` is
@@ -205,8 +209,9 @@ fn listed(store: &Store, i: StoredImage) -> Result<Listed, ImagesError> {
         local.push(LayerLocal {
             diff_id: l.diff_id.clone(),
             remote: remote.is_some(),
-            bytes_local: remote.map_or(l.blob_size, |r| r.bytes_local.min(l.blob_size)),
+            bytes_local: remote.as_ref().map_or(l.blob_size, |r| r.bytes_local.min(l.blob_size)),
             blob_size: l.blob_size,
+            bad: remote.and_then(|r| r.bad),
         });
     }
     Ok(Listed {

@@ -12,7 +12,9 @@
 //! only once every digest matched.
 //!
 //! Here the errors, the progress events and [`materialize_layer`]; `stream.rs` the streaming of
-//! one blob. Below `container` and the pipelines; uses the store and unpack.
+//! one blob; [`remote`] the local side of a remote layer (`pull --lazy`): its stored TOC and the
+//! skeleton tree strata-fuse serves it from. Below `container` and the pipelines; uses the store
+//! and unpack.
 
 use std::fs::{self, File};
 use std::io;
@@ -23,6 +25,7 @@ use crate::store::{ImageLayerRow, IoContext, Lock, Store, StoreError};
 use crate::unpack::UnpackError;
 pub(crate) use stream::{stream_layer, Tap, CHUNK};
 
+pub mod remote;
 mod stream;
 
 /// Errors of streaming, verifying and unpacking a layer. They name the layer (its blob digest,
@@ -46,6 +49,13 @@ pub enum LayerError {
     SizeMismatch { layer: String, expected: u64, actual: u64 },
     #[error("layer {layer}: diff_id mismatch: config says {expected}, uncompressed tar is {actual}")]
     DiffIdMismatch { layer: String, expected: String, actual: String },
+    /// A remote layer's stored TOC does not parse or check.
+    #[error("layer {layer}: its TOC")]
+    Toc {
+        layer: String,
+        #[source]
+        source: crate::seekable::SeekableError,
+    },
     #[error("unsupported layer media type {0:?}")]
     MediaType(String),
     /// A lazy pull's layer whose blob is still in the registry (`registry::lazy::complete_layers`

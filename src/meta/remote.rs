@@ -1,4 +1,4 @@
-//! Remote layers (`remote_layers`, schema version 4): a layer of a lazily pulled image whose TOC
+//! Remote layers (`remote_layers`, schema versions 4 and 5): a layer of a lazily pulled image whose TOC
 //! is stored and verified but whose blob is still in the registry. The row goes with its
 //! `layers` row (`ON DELETE CASCADE`), and is removed once the layer is complete and unpacked.
 
@@ -22,7 +22,19 @@ pub struct RemoteLayerRow {
     pub source: String,
     /// Whether the registry's TLS certificate was verified at the pull (and is again).
     pub tls_verify: bool,
+    /// Where the blob's file data ends (the TOC's start, schema version 5): no chunk reaches
+    /// past it. 0 when unknown (a version 4 row): the blob's size bounds the chunks then.
+    pub data_end: u64,
+    /// Why the layer is bad (a chunk that did not match its digest, schema version 5): nothing
+    /// more is fetched for it.
+    pub bad: Option<String>,
 }
+
+/// Version 5: where a remote layer's data ends, and the mark of a bad one.
+pub(crate) const SCHEMA_V5: &str = r#"
+ALTER TABLE remote_layers ADD COLUMN data_end INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE remote_layers ADD COLUMN bad TEXT;
+"#;
 
 pub(crate) const SCHEMA_V4: &str = r#"
 CREATE TABLE IF NOT EXISTS remote_layers (
@@ -52,7 +64,8 @@ impl Db {
             }
             tx.execute(
                 "INSERT INTO remote_layers (diff_id, blob_digest, media_type, toc_digest, blob_size, \
-                 bytes_local, source, tls_verify) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 bytes_local, source, tls_verify, data_end, bad) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     row.diff_id,
                     row.blob_digest,
@@ -62,6 +75,8 @@ impl Db {
                     row.bytes_local as i64,
                     row.source,
                     row.tls_verify,
+                    row.data_end as i64,
+                    row.bad,
                 ],
             )?;
             Ok(true)
@@ -74,7 +89,7 @@ impl Db {
             .conn
             .query_row(
                 "SELECT diff_id, blob_digest, media_type, toc_digest, blob_size, bytes_local, source, \
-                 tls_verify FROM remote_layers WHERE diff_id = ?1",
+                 tls_verify, data_end, bad FROM remote_layers WHERE diff_id = ?1",
                 [diff_id],
                 |r| {
                     Ok(RemoteLayerRow {
@@ -86,10 +101,32 @@ impl Db {
                         bytes_local: r.get::<_, i64>(5)? as u64,
                         source: r.get(6)?,
                         tls_verify: r.get(7)?,
+                        data_end: r.get::<_, i64>(8)? as u64,
+                        bad: r.get(9)?,
                     })
                 },
             )
             .optional()?)
+    }
+
+    /// `bytes` more of remote layer `diff_id`'s blob are held locally (chunks fetched and
+    /// verified); never counted past the blob's size.
+    pub fn add_remote_bytes(&mut self, diff_id: &Sha256Digest, bytes: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE remote_layers SET bytes_local = MIN(blob_size, bytes_local + ?2) WHERE diff_id = ?1",
+            params![diff_id, bytes.min(i64::MAX as u64) as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Remote layer `diff_id` sent bytes that do not match its TOC: `reason` is kept, and nothing
+    /// more is fetched for it. The first reason stays.
+    pub fn mark_remote_bad(&mut self, diff_id: &Sha256Digest, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE remote_layers SET bad = COALESCE(bad, ?2) WHERE diff_id = ?1",
+            params![diff_id, reason],
+        )?;
+        Ok(())
     }
 
     /// Layer `diff_id` is complete (unpacked and verified): it is remote no more.
@@ -138,9 +175,22 @@ mod tests {
             bytes_local: 100,
             source: "localhost:5000/app".into(),
             tls_verify: false,
+            data_end: 900,
+            bad: None,
         };
         assert!(db.insert_remote_layer(&row, 5000, 3).unwrap());
         assert_eq!(db.remote_layer(&d(2)).unwrap().as_ref(), Some(&row));
+        // Fetched bytes count up to the blob's size; the first reason a layer is bad stays.
+        db.add_remote_bytes(&d(2), 300).unwrap();
+        assert_eq!(db.remote_layer(&d(2)).unwrap().map(|r| r.bytes_local), Some(400));
+        db.add_remote_bytes(&d(2), 5000).unwrap();
+        assert_eq!(db.remote_layer(&d(2)).unwrap().map(|r| r.bytes_local), Some(1000));
+        db.mark_remote_bad(&d(2), "chunk digest mismatch").unwrap();
+        db.mark_remote_bad(&d(2), "later").unwrap();
+        let got = db.remote_layer(&d(2)).unwrap().unwrap();
+        assert_eq!(got.bad.as_deref(), Some("chunk digest mismatch"));
+        db.remove_layer_row(&d(2)).unwrap();
+        assert!(db.insert_remote_layer(&row, 5000, 3).unwrap());
         assert_eq!(db.layer_size(&d(2)).unwrap(), Some(5000));
         assert!(db.referenced_blobs().unwrap().contains(&d(4)), "the TOC is kept");
         // An unpacked layer is never made remote.
@@ -160,5 +210,33 @@ mod tests {
         db.insert_layer(&d(2), 4321, 3).unwrap();
         assert!(db.remote_layer(&d(2)).unwrap().is_none());
         assert_eq!(db.layer_size(&d(2)).unwrap(), Some(4321));
+    }
+
+    /// A version 4 root's remote rows gain `data_end` (0: unknown) and `bad` (none) on open.
+    #[test]
+    fn a_version_4_root_gains_data_end_and_bad() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("strata.db");
+        let d = |n: u8| Sha256Digest::parse(&format!("sha256:{:064x}", n)).unwrap();
+        {
+            let db = Db::open(&path).unwrap();
+            db.conn()
+                .execute_batch(
+                    "ALTER TABLE remote_layers DROP COLUMN bad; \
+                     ALTER TABLE remote_layers DROP COLUMN data_end; PRAGMA user_version = 4;",
+                )
+                .unwrap();
+            db.conn().execute("INSERT INTO layers VALUES (?1, 10, 1, 0)", [d(1)]).unwrap();
+            db.conn()
+                .execute(
+                    "INSERT INTO remote_layers VALUES (?1, ?2, 'application/vnd.oci.image.layer.v1.tar+gzip', \
+                     ?3, 1000, 100, 'localhost:5000/app', 0)",
+                    [d(1), d(2), d(3)],
+                )
+                .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let row = db.remote_layer(&d(1)).unwrap().unwrap();
+        assert_eq!((row.data_end, row.bad, row.bytes_local), (0, None, 100));
     }
 }

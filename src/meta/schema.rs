@@ -100,7 +100,7 @@ ALTER TABLE containers_v3 RENAME TO containers;
 "#;
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 impl Db {
     /// Create or upgrade the schema. The version is read again inside an immediate transaction, so
@@ -140,6 +140,9 @@ impl Db {
             }
             // Version 4: remote layers (lazy pull).
             tx.execute_batch(super::remote::SCHEMA_V4)?;
+            if v < 5 {
+                tx.execute_batch(super::remote::SCHEMA_V5)?;
+            }
             let broken: Option<String> =
                 tx.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
             if let Some(table) = broken {

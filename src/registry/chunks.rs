@@ -1,21 +1,44 @@
-//! Reading a remote layer's files on demand (the next step of `pull --lazy`, see docs/lazy.md):
-//! a file's chunks, as its verified TOC locates them, fetched by byte ranges (adjacent chunks in
-//! one request, up to a bound), each verified against its digest before any byte of it is
-//! returned, and cached content-addressed (`<cache>/<chunk digest hex>`, written under a
-//! temporary name and renamed, so a killed reader leaves no chunk that was not verified).
+//! Reading a remote layer's files on demand (`pull --lazy`, see docs/lazy.md): a file's chunks,
+//! as its verified TOC locates them, fetched by byte ranges, each verified against its digest
+//! before any byte of it is returned, and cached content-addressed.
 //!
-//! The byte source is a trait ([`RangeSource`]: the registry's [`Client::blob_range`] for real,
-//! anything for tests); strata-fuse's remote lowers are to read through [`RemoteFiles::read_at`].
+//! - **Requests.** The missing chunks of a read that are adjacent in the blob go in one Range
+//!   request (up to [`MAX_REQUEST`] bytes). Reads run on their callers' threads (strata-fuse's
+//!   request threads): reads of different files proceed at once, at most
+//!   [`ReadPolicy::max_requests`] requests are in flight, and a chunk another read is fetching
+//!   is waited for, not fetched twice.
+//! - **Failures.** A request that fails for a reason that may pass (connection refused, reset,
+//!   5xx, timeout) is tried again, a few times with backoff, within a deadline per read
+//!   ([`ReadPolicy`]); then the read fails. It never hangs: the source bounds each request (see
+//!   [`RemoteBlob`], whose client has a whole-request timeout).
+//! - **Verification.** A chunk whose bytes do not decode to its digest is never served, never
+//!   cached: the read fails, a log line names the layer and the file, and the layer is marked bad
+//!   ([`LayerState::bad`]): no further fetches for it, cached chunks still read.
+//! - **Cache.** `<cache>/chunks/<chunk digest hex>`: written under `<cache>/tmp/<pid>-...`
+//!   (never read), synced, renamed. A chunk is cached exactly when its file, named by its verified
+//!   digest, exists; a killed reader leaves at most a temporary file (store recovery removes
+//!   those of dead processes).
+//! - **Accounting.** Each verified chunk's compressed size is handed to [`LayerState::fetched`];
+//!   the store's implementation ([`StoreState`]) adds them to the layer's `bytes_local` in batches.
+//!
+//! The byte source is a trait ([`RangeSource`]: [`RemoteBlob`] for the registry a layer was
+//! pulled from, anything for tests). [`open_remote_layer`] puts it together for strata-fuse.
 
-use std::collections::HashMap;
-use std::fs;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::{Client, RegistryError};
+use super::{Client, ClientOptions, RegistryError};
+use crate::digest::Sha256Digest;
 use crate::seekable::chunk::decode_chunk_to_vec;
 use crate::seekable::{Chunk, EntryKind, SeekableError, Toc};
+use crate::store::{RemoteLayerRow, Store};
 
 /// The most bytes one request fetches when it joins adjacent chunks.
 pub const MAX_REQUEST: u64 = 4 << 20;
@@ -26,7 +49,7 @@ pub trait RangeSource: Send + Sync {
     fn range(&self, range: Range<u64>) -> Result<Vec<u8>, RegistryError>;
 }
 
-/// A blob of a registry repository.
+/// A blob of a registry repository, through a client the caller holds.
 pub struct RegistryBlob<'a> {
     pub client: &'a Client,
     pub digest: String,
@@ -38,22 +61,165 @@ impl RangeSource for RegistryBlob<'_> {
     }
 }
 
+/// The longest one request of a lazy read may take, whole.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The blob of a remote layer in the registry it was pulled from (`HOST/REPO` of its row, with
+/// the TLS verification it was pulled with and the credentials `strata login` stored). The
+/// client connects at the first request, and again after a failure to: a registry that is down
+/// when a container starts is used once it is back. Each request is bounded by
+/// [`REQUEST_TIMEOUT`] and tried once (the reader has a retry policy of its own).
+pub struct RemoteBlob {
+    host: String,
+    repo: String,
+    digest: String,
+    opts: ClientOptions,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl RemoteBlob {
+    /// The blob of remote layer `row`.
+    pub fn new(row: &RemoteLayerRow) -> Result<RemoteBlob, RegistryError> {
+        let (host, repo) = row.source.split_once('/').ok_or_else(|| RegistryError::Invalid {
+            what: format!("remote layer {}", row.diff_id),
+            reason: format!("source {:?} is not HOST/REPO", row.source),
+        })?;
+        let opts = ClientOptions {
+            tls_verify: row.tls_verify,
+            request_timeout: Some(REQUEST_TIMEOUT),
+            attempts: 1,
+            ..Default::default()
+        };
+        Ok(RemoteBlob {
+            host: host.to_string(),
+            repo: repo.to_string(),
+            digest: row.blob_digest.to_string(),
+            opts,
+            client: Mutex::new(None),
+        })
+    }
+
+    fn client(&self) -> Result<Arc<Client>, RegistryError> {
+        let mut g = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Client::connect(&self.host, &self.repo, &self.opts, "pull")?);
+        *g = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl RangeSource for RemoteBlob {
+    fn range(&self, range: Range<u64>) -> Result<Vec<u8>, RegistryError> {
+        self.client()?.blob_range(&self.digest, range)
+    }
+}
+
+/// How a read waits for the registry.
+#[derive(Debug, Clone)]
+pub struct ReadPolicy {
+    /// Attempts of one request (a failure that may pass is tried again).
+    pub attempts: u32,
+    /// The wait before the second attempt (doubled for each next one).
+    pub backoff: Duration,
+    /// A read that has not got its chunks by then fails (a request under way finishes first,
+    /// bounded by the source's own timeout).
+    pub deadline: Duration,
+    /// Requests of this layer in flight at once.
+    pub max_requests: usize,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> ReadPolicy {
+        ReadPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(250),
+            deadline: Duration::from_secs(30),
+            max_requests: 4,
+        }
+    }
+}
+
+/// What a remote layer's reader reports: verified bytes fetched, and a layer gone bad.
+pub trait LayerState: Send + Sync {
+    /// `bytes` more of the blob were fetched, verified and cached.
+    fn fetched(&self, bytes: u64);
+    /// The layer sent bytes that do not match its TOC (`reason` says which): nothing more is to
+    /// be fetched for it.
+    fn bad(&self, reason: &str);
+}
+
 /// The regular files of a remote layer, read by name and offset.
 pub struct RemoteFiles<S> {
     toc: Toc,
     /// Regular files (and hard links, resolved to their target) by name: their TOC index.
     files: HashMap<String, usize>,
     source: S,
-    cache: PathBuf,
+    chunks: PathBuf,
+    tmp: PathBuf,
     /// Names the layer in errors and logs.
     label: String,
+    policy: ReadPolicy,
+    state: Option<Arc<dyn LayerState>>,
+    /// Why the layer is bad, once it is.
+    bad: Mutex<Option<String>>,
+    /// Chunks being fetched (by their digest), and the signal that some landed or failed.
+    inflight: Mutex<HashSet<Sha256Digest>>,
+    landed: Condvar,
+    /// Requests in flight, and the signal that one ended.
+    requests: Mutex<usize>,
+    slot: Condvar,
+    seq: AtomicU64,
+}
+
+/// A request slot, given back when dropped.
+struct Permit<'a> {
+    count: &'a Mutex<usize>,
+    slot: &'a Condvar,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(self.count) -= 1;
+        self.slot.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S> RemoteFiles<S> {
+    /// The label given to [`RemoteFiles::new`].
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Why the layer is bad, if it is.
+    pub fn bad(&self) -> Option<String> {
+        lock(&self.bad).clone()
+    }
+
+    /// The source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The size of regular file `name`, if the layer has it.
+    pub fn size(&self, name: &str) -> Option<u64> {
+        self.files.get(name).map(|&i| self.toc.entries[i].size)
+    }
 }
 
 impl<S: RangeSource> RemoteFiles<S> {
     /// Files of the layer `label` whose verified TOC is `toc`, fetched from `source`, verified
-    /// chunks cached in `cache` (made when missing).
+    /// chunks cached under `cache` (`chunks/` and `tmp/` made when missing).
     pub fn new(toc: Toc, source: S, cache: &Path, label: &str) -> Result<Self, RegistryError> {
-        fs::create_dir_all(cache).map_err(|source| local(cache, source))?;
+        let (chunks, tmp) = (cache.join("chunks"), cache.join("tmp"));
+        for d in [&chunks, &tmp] {
+            fs::create_dir_all(d).map_err(|source| local(d, source))?;
+        }
         let mut files = HashMap::new();
         for (i, e) in toc.entries.iter().enumerate() {
             if e.kind == EntryKind::Reg {
@@ -67,12 +233,40 @@ impl<S: RangeSource> RemoteFiles<S> {
                 }
             }
         }
-        Ok(RemoteFiles { toc, files, source, cache: cache.to_path_buf(), label: label.to_string() })
+        Ok(RemoteFiles {
+            toc,
+            files,
+            source,
+            chunks,
+            tmp,
+            label: label.to_string(),
+            policy: ReadPolicy::default(),
+            state: None,
+            bad: Mutex::new(None),
+            inflight: Mutex::new(HashSet::new()),
+            landed: Condvar::new(),
+            requests: Mutex::new(0),
+            slot: Condvar::new(),
+            seq: AtomicU64::new(0),
+        })
     }
 
-    /// The size of regular file `name`, if the layer has it.
-    pub fn size(&self, name: &str) -> Option<u64> {
-        self.files.get(name).map(|&i| self.toc.entries[i].size)
+    /// Read with `policy` instead of [`ReadPolicy::default`].
+    pub fn with_policy(mut self, policy: ReadPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Report to `state`.
+    pub fn with_state(mut self, state: Arc<dyn LayerState>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// A layer marked bad earlier (its row says why): nothing is fetched, cached chunks read.
+    pub fn with_bad(self, reason: Option<String>) -> Self {
+        *lock(&self.bad) = reason;
+        self
     }
 
     /// Read file `name` from `offset` into `buf`: what is missing of the chunks covering it is
@@ -89,40 +283,106 @@ impl<S: RangeSource> RemoteFiles<S> {
         }
         let wanted: Vec<&Chunk> =
             entry.chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > offset).collect();
-        self.fetch_missing(name, &wanted)?;
+        self.ensure(name, &wanted, Instant::now() + self.policy.deadline)?;
         let mut done = 0usize;
         for c in wanted {
-            let data = fs::read(self.chunk_path(c)).map_err(|source| local(&self.chunk_path(c), source))?;
-            if data.len() as u64 != c.size {
+            let path = self.chunk_path(c);
+            let f = File::open(&path).map_err(|source| local(&path, source))?;
+            let len = f.metadata().map_err(|source| local(&path, source))?.len();
+            if len != c.size {
                 return Err(RegistryError::Invalid {
                     what: format!("layer {}: {name}", self.label),
-                    reason: format!("cached chunk {} has {} bytes, not {}", c.digest, data.len(), c.size),
+                    reason: format!("cached chunk {} has {len} bytes, not {}", c.digest, c.size),
                 });
             }
             let from = offset.max(c.file_offset);
             let to = end.min(c.file_offset + c.size);
-            let src = &data[(from - c.file_offset) as usize..(to - c.file_offset) as usize];
             let at = (from - offset) as usize;
-            buf[at..at + src.len()].copy_from_slice(src);
-            done = done.max(at + src.len());
+            let dst = &mut buf[at..at + (to - from) as usize];
+            f.read_exact_at(dst, from - c.file_offset).map_err(|source| local(&path, source))?;
+            done = done.max(at + dst.len());
         }
         Ok(done)
     }
 
     fn chunk_path(&self, c: &Chunk) -> PathBuf {
-        self.cache.join(c.digest.hex())
+        self.chunks.join(c.digest.hex())
     }
 
-    /// Fetch the chunks of `wanted` that are not cached: runs of chunks adjacent in the blob in
+    fn is_cached(&self, c: &Chunk) -> bool {
+        self.chunk_path(c).is_file()
+    }
+
+    fn bad_error(&self, reason: String) -> RegistryError {
+        RegistryError::BadLayer { layer: self.label.clone(), reason }
+    }
+
+    /// Make sure the chunks of `wanted` are cached by `deadline`: those nobody fetches are
+    /// fetched here, those another read fetches are waited for (and fetched here if it failed).
+    fn ensure(&self, name: &str, wanted: &[&Chunk], deadline: Instant) -> Result<(), RegistryError> {
+        loop {
+            let missing: Vec<&Chunk> = wanted.iter().copied().filter(|c| !self.is_cached(c)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if let Some(reason) = self.bad() {
+                return Err(self.bad_error(reason));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.late(name));
+            }
+            let (mine, theirs): (Vec<&Chunk>, Vec<&Chunk>) = {
+                let mut f = lock(&self.inflight);
+                let mut mine = Vec::new();
+                let mut theirs = Vec::new();
+                for c in missing {
+                    if f.insert(c.digest.clone()) {
+                        mine.push(c);
+                    } else {
+                        theirs.push(c);
+                    }
+                }
+                (mine, theirs)
+            };
+            let fetched = if mine.is_empty() { Ok(()) } else { self.fetch(name, &mine, deadline) };
+            {
+                let mut f = lock(&self.inflight);
+                for c in &mine {
+                    f.remove(&c.digest);
+                }
+            }
+            self.landed.notify_all();
+            fetched?;
+            let mut f = lock(&self.inflight);
+            while theirs.iter().any(|c| f.contains(&c.digest)) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.late(name));
+                }
+                f = self.landed.wait_timeout(f, left).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        }
+    }
+
+    fn late(&self, name: &str) -> RegistryError {
+        RegistryError::Deadline {
+            what: format!("layer {}: {name}", self.label),
+            secs: self.policy.deadline.as_secs(),
+        }
+    }
+
+    /// Fetch `chunks` (missing, claimed by this read): runs of chunks adjacent in the blob in
     /// one request each (at most [`MAX_REQUEST`] bytes), each chunk verified, then cached.
-    fn fetch_missing(&self, name: &str, wanted: &[&Chunk]) -> Result<(), RegistryError> {
-        let missing: Vec<&Chunk> = wanted.iter().copied().filter(|c| !self.chunk_path(c).is_file()).collect();
+    fn fetch(&self, name: &str, chunks: &[&Chunk], deadline: Instant) -> Result<(), RegistryError> {
+        let mut sorted = chunks.to_vec();
+        sorted.sort_by_key(|c| c.blob_offset);
+        sorted.dedup_by_key(|c| c.blob_offset);
         let mut k = 0;
-        while k < missing.len() {
-            let mut run = vec![missing[k]];
+        while k < sorted.len() {
+            let mut run = vec![sorted[k]];
             k += 1;
-            while k < missing.len() {
-                let (last, next) = (run[run.len() - 1], missing[k]);
+            while k < sorted.len() {
+                let (last, next) = (run[run.len() - 1], sorted[k]);
                 if next.blob_offset != last.blob_end || next.blob_end - run[0].blob_offset > MAX_REQUEST {
                     break;
                 }
@@ -130,7 +390,7 @@ impl<S: RangeSource> RemoteFiles<S> {
                 k += 1;
             }
             let start = run[0].blob_offset;
-            let bytes = self.source.range(start..run[run.len() - 1].blob_end)?;
+            let bytes = self.request(start..run[run.len() - 1].blob_end, deadline)?;
             for c in run {
                 let part = bytes
                     .get((c.blob_offset - start) as usize..(c.blob_end - start) as usize)
@@ -139,18 +399,78 @@ impl<S: RangeSource> RemoteFiles<S> {
                         reason: "the registry sent a short range".into(),
                     })?;
                 let data =
-                    decode_chunk_to_vec(self.toc.format, part, name, c).map_err(|e| self.bad(name, e))?;
+                    decode_chunk_to_vec(self.toc.format, part, name, c).map_err(|e| self.corrupt(name, e))?;
                 self.cache_chunk(c, &data)?;
+                if let Some(s) = &self.state {
+                    s.fetched(c.blob_end - c.blob_offset);
+                }
             }
         }
         Ok(())
     }
 
-    fn bad(&self, name: &str, e: SeekableError) -> RegistryError {
+    /// One range of the blob, with the policy's attempts within `deadline`.
+    fn request(&self, range: Range<u64>, deadline: Instant) -> Result<Vec<u8>, RegistryError> {
+        let mut wait = self.policy.backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let got = {
+                let _permit = self.permit(deadline)?;
+                if let Some(reason) = self.bad() {
+                    return Err(self.bad_error(reason));
+                }
+                self.source.range(range.clone())
+            };
+            match got {
+                Ok(b) => return Ok(b),
+                Err(e)
+                    if attempt < self.policy.attempts.max(1)
+                        && passing(&e)
+                        && Instant::now() + wait < deadline =>
+                {
+                    tracing::warn!(layer = %self.label, range = ?range, error = %crate::error::report(&e), "retrying");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A slot for one request, waited for until `deadline`.
+    fn permit(&self, deadline: Instant) -> Result<Permit<'_>, RegistryError> {
+        let mut n = lock(&self.requests);
+        while *n >= self.policy.max_requests.max(1) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RegistryError::Deadline {
+                    what: format!("layer {}", self.label),
+                    secs: self.policy.deadline.as_secs(),
+                });
+            }
+            n = self.slot.wait_timeout(n, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        *n += 1;
+        Ok(Permit { count: &self.requests, slot: &self.slot })
+    }
+
+    /// A chunk that does not decode to its digest: logged, the layer marked bad.
+    fn corrupt(&self, name: &str, e: SeekableError) -> RegistryError {
         let what = format!("layer {}: {name}", self.label);
+        let reason = format!("{name}: {}", crate::error::report(&e));
+        tracing::error!(layer = %self.label, file = name, error = %reason, "chunk does not match the TOC: not served, layer marked bad");
+        {
+            let mut b = lock(&self.bad);
+            if b.is_none() {
+                *b = Some(reason.clone());
+            }
+        }
+        if let Some(s) = &self.state {
+            s.bad(&reason);
+        }
         match e {
             SeekableError::ChunkDigest { expected, actual, file_offset, .. } => {
-                tracing::error!(layer = %self.label, file = name, file_offset, "chunk digest mismatch: not served");
                 RegistryError::DigestMismatch {
                     what: format!("{what}: chunk at {file_offset}"),
                     expected: expected.to_string(),
@@ -164,9 +484,10 @@ impl<S: RangeSource> RemoteFiles<S> {
     /// Store a verified chunk under its digest: a temporary file, synced, renamed.
     fn cache_chunk(&self, c: &Chunk, data: &[u8]) -> Result<(), RegistryError> {
         let dst = self.chunk_path(c);
-        let tmp = self.cache.join(format!(".tmp-{}-{}", c.digest.hex(), std::process::id()));
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{}-{}-{n}", std::process::id(), c.digest.hex()));
         let write = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             fs::rename(&tmp, &dst)
@@ -178,8 +499,133 @@ impl<S: RangeSource> RemoteFiles<S> {
     }
 }
 
+/// Whether a failed request may succeed when tried again.
+fn passing(e: &RegistryError) -> bool {
+    matches!(
+        e,
+        RegistryError::Connect { .. }
+            | RegistryError::ConnectIo { .. }
+            | RegistryError::Transport { .. }
+            | RegistryError::ReadBody { .. }
+            | RegistryError::GaveUp { .. }
+    ) || matches!(e, RegistryError::Status { status, .. } if *status >= 500)
+}
+
 fn local(path: &Path, source: io::Error) -> RegistryError {
     RegistryError::Local { path: path.display().to_string(), source }
+}
+
+/// The store's side of a remote layer's reads: fetched bytes added to the layer's
+/// `bytes_local` in batches (at most every [`StoreState::BATCH_BYTES`] or
+/// [`StoreState::BATCH_TIME`], and at [`StoreState::flush`]), the bad mark recorded at once.
+/// The store is opened at the first write, by the process that reads (strata-fuse opens it
+/// after it has forked).
+pub struct StoreState {
+    root: PathBuf,
+    diff_id: Sha256Digest,
+    pending: Mutex<(u64, Instant)>,
+    store: Mutex<Option<Store>>,
+}
+
+impl StoreState {
+    pub const BATCH_BYTES: u64 = 4 << 20;
+    pub const BATCH_TIME: Duration = Duration::from_secs(2);
+
+    pub fn new(root: &Path, diff_id: &Sha256Digest) -> StoreState {
+        StoreState {
+            root: root.to_path_buf(),
+            diff_id: diff_id.clone(),
+            pending: Mutex::new((0, Instant::now())),
+            store: Mutex::new(None),
+        }
+    }
+
+    /// Run `f` on the store, opening it first if needed; a failure is logged (the numbers are
+    /// informational).
+    fn with_store(&self, what: &str, f: impl FnOnce(&mut Store) -> crate::store::Result<()>) {
+        let mut g = lock(&self.store);
+        if g.is_none() {
+            match Store::open(&self.root) {
+                Ok(s) => *g = Some(s),
+                Err(e) => {
+                    tracing::warn!(layer = %self.diff_id, error = %crate::error::report(&e), "{what}: store not opened");
+                    return;
+                }
+            }
+        }
+        if let Some(s) = g.as_mut() {
+            if let Err(e) = f(s) {
+                tracing::warn!(layer = %self.diff_id, error = %crate::error::report(&e), "{what} not recorded");
+            }
+        }
+    }
+
+    /// Record the bytes counted so far.
+    pub fn flush(&self) {
+        let n = {
+            let mut p = lock(&self.pending);
+            let n = p.0;
+            *p = (0, Instant::now());
+            n
+        };
+        if n > 0 {
+            self.with_store("bytes fetched", |s| s.add_remote_bytes(&self.diff_id, n));
+        }
+    }
+}
+
+impl LayerState for StoreState {
+    fn fetched(&self, bytes: u64) {
+        let due = {
+            let mut p = lock(&self.pending);
+            p.0 += bytes;
+            p.0 >= Self::BATCH_BYTES || p.1.elapsed() >= Self::BATCH_TIME
+        };
+        if due {
+            self.flush();
+        }
+    }
+
+    fn bad(&self, reason: &str) {
+        self.with_store("bad layer", |s| s.mark_remote_bad(&self.diff_id, reason));
+    }
+}
+
+/// A remote layer of the store at `root`, opened for strata-fuse: its skeleton tree, its files
+/// read from the registry it was pulled from (cached under its `remote/` directory), and the
+/// store state its reads report to. The store is opened here only to read the layer's row and
+/// TOC, and closed again (strata-fuse forks after mounting).
+pub struct OpenedLayer {
+    pub tree: PathBuf,
+    pub files: RemoteFiles<RemoteBlob>,
+    pub state: Arc<StoreState>,
+}
+
+/// Open remote layer `diff_id` of the store at `root` (see [`OpenedLayer`]). Fails when the
+/// layer is not remote, or its skeleton has not been built ([`crate::layers::remote::skeleton`]).
+pub fn open_remote_layer(root: &Path, diff_id: &Sha256Digest) -> Result<OpenedLayer, RegistryError> {
+    let store = Store::open(root)?;
+    let row = store.remote_layer(diff_id)?.ok_or_else(|| RegistryError::Invalid {
+        what: format!("layer {diff_id}"),
+        reason: "not a remote layer of this store (complete already, or never pulled lazily)".into(),
+    })?;
+    let tree = store.remote_tree(diff_id);
+    if !tree.is_dir() {
+        return Err(RegistryError::Invalid {
+            what: format!("remote layer {diff_id}"),
+            reason: format!("its skeleton {} has not been built", tree.display()),
+        });
+    }
+    let toc = crate::layers::remote::stored_toc(&store, &row).map_err(|e| RegistryError::Invalid {
+        what: format!("remote layer {diff_id}"),
+        reason: crate::error::report(&e),
+    })?;
+    let state = Arc::new(StoreState::new(root, diff_id));
+    let files =
+        RemoteFiles::new(toc, RemoteBlob::new(&row)?, &store.remote_dir(diff_id), &diff_id.to_string())?
+            .with_state(state.clone())
+            .with_bad(row.bad.clone());
+    Ok(OpenedLayer { tree, files, state })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! On-demand reads of a remote layer's files from an eStargz blob strata wrote.
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::seekable::footer::{estargz_toc_range, parse_estargz_footer};
@@ -73,12 +74,8 @@ fn reads_fetch_adjacent_chunks_once_verified_and_cached() {
     assert_eq!(files.read_at("motd2", 0, &mut small).unwrap(), 6);
     assert_eq!(&small[..6], b"hello\n");
     // Only verified chunks, by their digest, are in the cache: no temporary file is left.
-    for e in fs::read_dir(t.path()).unwrap() {
-        let name = e.unwrap().file_name().into_string().unwrap();
-        assert!(!name.starts_with(".tmp"), "{name}");
-        let data = fs::read(t.path().join(&name)).unwrap();
-        assert_eq!(crate::digest::Sha256Digest::of(&data).hex(), name);
-    }
+    assert_only_verified_chunks(t.path());
+    assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
     assert!(files.read_at("nothing", 0, &mut small).is_err());
 }
 
@@ -91,15 +88,193 @@ fn a_corrupted_chunk_is_never_served_nor_cached() {
     let at = ((c.blob_offset + c.blob_end) / 2) as usize;
     blob[at] ^= 0x55;
     let t = tempfile::tempdir().unwrap();
-    let files = RemoteFiles::new(toc, Fake { blob, asked: Mutex::new(vec![]) }, t.path(), "test").unwrap();
+    let state = Arc::new(Recorded::default());
+    let files = RemoteFiles::new(toc, Fake { blob, asked: Mutex::new(vec![]) }, t.path(), "test")
+        .unwrap()
+        .with_state(state.clone());
+    // A chunk read before the corruption stays readable.
     let mut buf = vec![0u8; 500];
+    assert_eq!(files.read_at("big", 0, &mut buf).unwrap(), 500);
+    assert_eq!(buf, big[..500]);
+    buf.fill(0);
     let err = files.read_at("big", 2000, &mut buf).unwrap_err();
     let text = crate::error::report(&err);
     assert!(text.contains("test") && text.contains("big"), "{text}");
     assert_eq!(err.kind(), crate::error::ErrorKind::InvalidArgument);
     assert!(buf.iter().all(|&b| b == 0), "nothing reached the reader");
-    assert!(!t.path().join(c.digest.hex()).exists(), "the bad chunk is not cached");
-    // Other chunks still read.
+    // The layer is bad from now on: nothing more is fetched, cached chunks still read.
+    assert!(state.bad.lock().unwrap().as_ref().is_some_and(|r| r.contains("big")), "the state was told");
+    let asked = files.source().asked.lock().unwrap().len();
+    let err = files.read_at("big", 9000, &mut buf).unwrap_err();
+    assert!(matches!(err, RegistryError::BadLayer { .. }), "{err:?}");
+    assert_eq!(files.source().asked.lock().unwrap().len(), asked, "no request for a bad layer");
     assert_eq!(files.read_at("big", 0, &mut buf).unwrap(), 500);
     assert_eq!(buf, big[..500]);
+    assert!(!t.path().join("chunks").join(c.digest.hex()).exists(), "the bad chunk is not cached");
+    assert_only_verified_chunks(t.path());
+}
+
+/// Every file of `<cache>/chunks` is a verified chunk named by its digest.
+fn assert_only_verified_chunks(cache: &Path) {
+    for e in fs::read_dir(cache.join("chunks")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let data = fs::read(cache.join("chunks").join(&name)).unwrap();
+        assert_eq!(crate::digest::Sha256Digest::of(&data).hex(), name);
+    }
+}
+
+/// What a reader reported.
+#[derive(Default)]
+struct Recorded {
+    fetched: AtomicU64,
+    bad: Mutex<Option<String>>,
+}
+
+impl LayerState for Recorded {
+    fn fetched(&self, bytes: u64) {
+        self.fetched.fetch_add(bytes, Ordering::SeqCst);
+    }
+    fn bad(&self, reason: &str) {
+        *self.bad.lock().unwrap() = Some(reason.to_string());
+    }
+}
+
+/// A source whose first `fail` requests fail as a refused connection would.
+struct Flaky {
+    blob: Vec<u8>,
+    fail: AtomicUsize,
+    asked: AtomicUsize,
+}
+
+impl RangeSource for Flaky {
+    fn range(&self, r: Range<u64>) -> Result<Vec<u8>, RegistryError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Err(RegistryError::Connect { host: "fake".into(), reason: "connection refused".into() });
+        }
+        Ok(self.blob[r.start as usize..r.end as usize].to_vec())
+    }
+}
+
+fn quick(attempts: u32) -> ReadPolicy {
+    ReadPolicy { attempts, backoff: Duration::from_millis(1), ..Default::default() }
+}
+
+#[test]
+fn failures_that_pass_are_tried_again_then_the_read_fails() {
+    let (blob, toc, big) = layer();
+    let t = tempfile::tempdir().unwrap();
+    let state = Arc::new(Recorded::default());
+    let flaky = Flaky { blob, fail: AtomicUsize::new(2), asked: AtomicUsize::new(0) };
+    let files = RemoteFiles::new(toc, flaky, t.path(), "test")
+        .unwrap()
+        .with_policy(quick(3))
+        .with_state(state.clone());
+    // Two refusals, then the bytes: one read.
+    let mut buf = vec![0u8; 100];
+    assert_eq!(files.read_at("big", 5000, &mut buf).unwrap(), 100);
+    assert_eq!(buf, big[5000..5100]);
+    assert_eq!(files.source().asked.load(Ordering::SeqCst), 3);
+    let c = toc_chunk(&files, "big", 5000);
+    assert_eq!(state.fetched.load(Ordering::SeqCst), c.blob_end - c.blob_offset, "the fetched bytes counted");
+    // More refusals than attempts: the read fails with the registry's error, nothing cached,
+    // nothing marked bad; a later read, the registry back, succeeds.
+    files.source().fail.store(5, Ordering::SeqCst);
+    let err = files.read_at("big", 0, &mut buf).unwrap_err();
+    assert!(matches!(err, RegistryError::Connect { .. }), "{err:?}");
+    assert!(files.bad().is_none() && state.bad.lock().unwrap().is_none());
+    files.source().fail.store(0, Ordering::SeqCst);
+    assert_eq!(files.read_at("big", 0, &mut buf).unwrap(), 100);
+    assert_eq!(buf, big[..100]);
+    // A deadline already passed fails the read without a request.
+    let t2 = tempfile::tempdir().unwrap();
+    let (blob, toc, _) = layer();
+    let none = ReadPolicy { deadline: Duration::ZERO, ..quick(3) };
+    let files = RemoteFiles::new(
+        toc,
+        Flaky { blob, fail: AtomicUsize::new(0), asked: AtomicUsize::new(0) },
+        t2.path(),
+        "test",
+    )
+    .unwrap()
+    .with_policy(none);
+    let err = files.read_at("big", 0, &mut buf).unwrap_err();
+    assert!(matches!(err, RegistryError::Deadline { .. }), "{err:?}");
+    assert_eq!(files.source().asked.load(Ordering::SeqCst), 0);
+}
+
+fn toc_chunk<S: RangeSource>(files: &RemoteFiles<S>, name: &str, at: u64) -> Chunk {
+    let i = files.files[name];
+    files.toc.entries[i]
+        .chunks
+        .iter()
+        .find(|c| c.file_offset <= at && at < c.file_offset + c.size)
+        .unwrap()
+        .clone()
+}
+
+/// A source that holds every request until released, counting those in flight.
+struct Gated {
+    blob: Vec<u8>,
+    now: AtomicUsize,
+    most: AtomicUsize,
+    open: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl RangeSource for Gated {
+    fn range(&self, r: Range<u64>) -> Result<Vec<u8>, RegistryError> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(n, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+        drop(open);
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(self.blob[r.start as usize..r.end as usize].to_vec())
+    }
+}
+
+/// Reads of different chunks run at once, at most `max_requests` requests in flight; all of
+/// them get their bytes.
+#[test]
+fn concurrent_reads_share_a_bounded_number_of_requests() {
+    let (blob, toc, big) = layer();
+    let t = tempfile::tempdir().unwrap();
+    let gated = Gated {
+        blob,
+        now: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        open: Mutex::new(false),
+        cv: Default::default(),
+    };
+    let policy = ReadPolicy { max_requests: 2, ..quick(1) };
+    let files = RemoteFiles::new(toc, gated, t.path(), "test").unwrap().with_policy(policy);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..6u64)
+            .map(|i| {
+                let files = &files;
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 10];
+                    let n = files.read_at("big", i * 1500, &mut buf).unwrap();
+                    (i, buf[..n].to_vec())
+                })
+            })
+            .collect();
+        // Two requests are held; the others wait for a slot (given time to show otherwise).
+        while files.source().now.load(Ordering::SeqCst) < 2 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        *files.source().open.lock().unwrap() = true;
+        files.source().cv.notify_all();
+        for r in readers {
+            let (i, got) = r.join().unwrap();
+            let at = (i * 1500) as usize;
+            assert_eq!(got, big[at..at + 10]);
+        }
+    });
+    assert_eq!(files.source().most.load(Ordering::SeqCst), 2);
 }

@@ -32,6 +32,13 @@ pub struct ClientOptions {
     /// More scopes for Bearer tokens (`repository:OTHER:pull` for a push's cross-repository
     /// mount).
     pub extra_scopes: Vec<String>,
+    /// The longest one request may take, connecting and reading its body included (default:
+    /// none, only the per-step timeouts). Reads of a lazily pulled layer set it, so a read
+    /// never waits on a stalled registry for long.
+    pub request_timeout: Option<Duration>,
+    /// Attempts of a request that fails transiently (default 4); a caller with a retry policy
+    /// of its own (a lazy read's deadline) asks for 1.
+    pub attempts: u32,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +53,8 @@ impl Default for ClientOptions {
             cert_dir: None,
             credentials: None,
             extra_scopes: Vec::new(),
+            request_timeout: None,
+            attempts: ATTEMPTS,
         }
     }
 }
@@ -69,6 +78,8 @@ pub struct Client {
     extra_scopes: Vec<String>,
     /// Where a CA for the host is looked for, for TLS errors (see [`ca_dirs`]).
     ca_dirs: String,
+    /// See [`ClientOptions::attempts`].
+    attempts: u32,
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -162,8 +173,9 @@ fn tls_config(host: &str, opts: &ClientOptions) -> Result<TlsConfig, RegistryErr
     Ok(TlsConfig::builder().root_certs(root_certs).build())
 }
 
-fn agent(tls: TlsConfig) -> Agent {
+fn agent(tls: TlsConfig, whole: Option<Duration>) -> Agent {
     Agent::config_builder()
+        .timeout_global(whole)
         .http_status_as_error(false)
         .tls_config(tls)
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
@@ -333,7 +345,7 @@ impl Client {
             host: host.to_string(),
             repo: repo.to_string(),
             base: format!("https://{host}"),
-            agent: agent(tls_config(host, opts)?),
+            agent: agent(tls_config(host, opts)?, opts.request_timeout),
             creds,
             authz: Mutex::new(None),
             actions: actions.to_string(),
@@ -343,6 +355,7 @@ impl Client {
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
                 .join(" or "),
+            attempts: opts.attempts.max(1),
         };
         let https = client.ping();
         match https {
@@ -594,7 +607,7 @@ impl Client {
             let authz = self.authz.lock().ok().and_then(|g| g.clone());
             let resp = match send(authz) {
                 Ok(r) => r,
-                Err((true, e)) if attempt < ATTEMPTS => {
+                Err((true, e)) if attempt < self.attempts => {
                     tracing::warn!(%url, error = %crate::error::report(&e), "retrying");
                     std::thread::sleep(wait);
                     continue;
@@ -613,7 +626,7 @@ impl Client {
                 }
             }
             let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-            if transient && attempt < ATTEMPTS {
+            if transient && attempt < self.attempts {
                 let w = retry_after(&resp).unwrap_or(wait).min(MAX_WAIT);
                 tracing::warn!(%url, status = status.as_u16(), wait_ms = w.as_millis() as u64, "retrying");
                 drop(read_small(resp, 4096));
@@ -738,7 +751,7 @@ pub fn download(url: &str, opts: &ClientOptions) -> Result<Download, RegistryErr
         return Err(invalid("no host"));
     }
     let dirs = ca_dirs(host, opts).iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ");
-    let agent = agent(tls_config(host, opts)?);
+    let agent = agent(tls_config(host, opts)?, opts.request_timeout);
     let resp = agent.get(url).call().map_err(|e| transport_error(host, &dirs, e).1)?;
     let status = resp.status();
     if status != StatusCode::OK {

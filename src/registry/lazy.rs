@@ -133,6 +133,8 @@ pub fn resolve_lazy(
             bytes_local: got.fetched,
             source: format!("{}/{}", client.host, client.repo),
             tls_verify,
+            data_end: got.toc.data_end,
+            bad: None,
         };
         if !store.insert_remote_layer(&remote, unpacked, got.toc.entries.len() as u64)? {
             // The layer has its row (a directory lost with its blob): fetch it whole.

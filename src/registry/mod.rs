@@ -85,6 +85,12 @@ pub enum RegistryError {
     },
     #[error("{what}: digest mismatch: expected {expected}, the registry sent {actual}")]
     DigestMismatch { what: String, expected: String, actual: String },
+    /// A remote layer that sent a chunk not matching its TOC: nothing more is fetched for it.
+    #[error("layer {layer} is bad ({reason}): nothing more is fetched for it")]
+    BadLayer { layer: String, reason: String },
+    /// A lazy read that did not get its bytes within its deadline.
+    #[error("{what}: the registry did not answer within {secs} s")]
+    Deadline { what: String, secs: u64 },
     /// A local file a push or pull reads.
     #[error("{path}")]
     Local {
@@ -113,7 +119,8 @@ impl RegistryError {
             | RegistryError::BadDigest { .. }
             | RegistryError::CertFile { .. }
             | RegistryError::NotPem { .. }
-            | RegistryError::DigestMismatch { .. } => ErrorKind::InvalidArgument,
+            | RegistryError::DigestMismatch { .. }
+            | RegistryError::BadLayer { .. } => ErrorKind::InvalidArgument,
             RegistryError::Connect { .. }
             | RegistryError::ConnectIo { .. }
             | RegistryError::Transport { .. }
@@ -121,6 +128,7 @@ impl RegistryError {
             | RegistryError::Tls { .. }
             | RegistryError::Status { .. }
             | RegistryError::GaveUp { .. }
+            | RegistryError::Deadline { .. }
             | RegistryError::Local { .. } => ErrorKind::Internal,
             RegistryError::Store(e) => e.kind(),
             RegistryError::Auth(e) => e.kind(),

@@ -156,6 +156,7 @@ fn check_ownership(root: &Path) -> Result<()> {
         "locks",
         "containers",
         "runc",
+        "remote",
         "strata.db",
     ] {
         let p = root.join(sub);
@@ -278,7 +279,8 @@ impl Store {
         })?;
         // The root must not let host users reach setuid binaries inside layers.
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).at(root)?;
-        for sub in ["blobs/sha256", "layers/sha256", "snapshots", "staging", "locks", "containers"] {
+        for sub in ["blobs/sha256", "layers/sha256", "snapshots", "staging", "locks", "containers", "remote"]
+        {
             let p = root.join(sub);
             b.create(&p).at(&p)?;
         }
@@ -318,6 +320,18 @@ impl Store {
 
     pub fn layer_path(&self, diff_id: &Sha256Digest) -> PathBuf {
         self.root.join("layers/sha256").join(diff_id.hex())
+    }
+
+    /// `remote/<diff_id hex>/`: what a remote layer (`pull --lazy`) has locally: `tree/`, its
+    /// skeleton (every entry of its TOC, regular files sparse), `chunks/<digest hex>`, the
+    /// verified chunks fetched, and `tmp/`, chunks being written (`<pid>-...`).
+    pub fn remote_dir(&self, diff_id: &Sha256Digest) -> PathBuf {
+        self.root.join("remote").join(diff_id.hex())
+    }
+
+    /// The skeleton tree of remote layer `diff_id` (see [`Store::remote_dir`]).
+    pub fn remote_tree(&self, diff_id: &Sha256Digest) -> PathBuf {
+        self.remote_dir(diff_id).join("tree")
     }
 
     pub fn containers_dir(&self) -> PathBuf {
@@ -409,6 +423,17 @@ impl Store {
     /// Layer `diff_id`'s remote row, if its blob is still in the registry.
     pub fn remote_layer(&self, diff_id: &Sha256Digest) -> Result<Option<RemoteLayerRow>> {
         Ok(self.db.remote_layer(diff_id)?)
+    }
+
+    /// `bytes` more of remote layer `diff_id`'s blob are local (informational; counted in
+    /// batches by the reader).
+    pub fn add_remote_bytes(&mut self, diff_id: &Sha256Digest, bytes: u64) -> Result<()> {
+        Ok(self.db.add_remote_bytes(diff_id, bytes)?)
+    }
+
+    /// Remote layer `diff_id` sent a chunk that does not match its TOC: nothing more is fetched.
+    pub fn mark_remote_bad(&mut self, diff_id: &Sha256Digest, reason: &str) -> Result<()> {
+        Ok(self.db.mark_remote_bad(diff_id, reason)?)
     }
 
     /// Layer `diff_id` is complete, unpacked and verified: remote no more.

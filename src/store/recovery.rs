@@ -90,8 +90,40 @@ impl Store {
                 }
             }
         }
+        self.recover_remote()?;
         self.recover_containers()?;
         self.remove_orphan_snapshot_dirs()?;
+        Ok(())
+    }
+
+    /// `remote/<hex>/`: removed when its layer has no row (gc removed it, or a lazy pull died);
+    /// in the others, chunks a dead reader was writing (`tmp/<pid>-...`), never used, removed.
+    fn recover_remote(&mut self) -> Result<()> {
+        let remote = self.root.join("remote");
+        let Ok(rd) = fs::read_dir(&remote) else { return Ok(()) };
+        for e in rd {
+            let e = e.at(&remote)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(d) = Sha256Digest::from_hex(&name) else {
+                let _ = remove_tree(&e.path());
+                continue;
+            };
+            if !self.db.has_layer(&d)? {
+                if let Some(_g) = self.try_lock(Lock::Layer(&d))? {
+                    if !self.db.has_layer(&d)? {
+                        drop(self.trash(&e.path())?);
+                    }
+                }
+                continue;
+            }
+            let tmp = e.path().join("tmp");
+            let Ok(temps) = fs::read_dir(&tmp) else { continue };
+            for t in temps.flatten() {
+                if !token_pid_alive(&t.file_name().to_string_lossy()) {
+                    let _ = fs::remove_file(t.path());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -173,6 +205,7 @@ impl Store {
             // never a half-deleted directory that an import would take for the layer.
             self.db.remove_layer_row(&diff_id)?;
             drop(self.trash(&self.layer_path(&d))?);
+            drop(self.trash(&self.remote_dir(&d))?);
             removed.push(diff_id);
         }
         Ok(removed)

@@ -32,7 +32,7 @@ fn estargz_check() -> PathBuf {
 }
 
 /// The manifest the registry serves for `reference` (skopeo).
-fn remote_manifest(reference: &str) -> serde_json::Value {
+pub(crate) fn remote_manifest(reference: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{reference}"))
@@ -153,6 +153,12 @@ fn estargz_push_is_read_by_go_and_pulled_plainly() {
     fresh.ok(&["container", "rm", "--force", "v"]);
 }
 
+/// `image inspect`'s `local` entries of `image`.
+fn inspect_local(root: &Root, image: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", image])).expect("json");
+    v["local"].as_array().expect("local").clone()
+}
+
 /// 3 MiB that do not compress.
 fn noise() -> Vec<u8> {
     strata_test_support::noise(3 << 20, 0x9e37_79b9_7f4a_7c15)
@@ -244,11 +250,12 @@ fn estargz_toc_is_fetched_by_ranges_and_verified() {
 
 /// `strata pull --lazy` of an eStargz image fetches each layer's footer and TOC only (no
 /// whole-blob GET in the registry's log), records the layers as remote (`image inspect` says how
-/// much of each is local), and `run` over it completes the layers first: the command sees the
-/// image's files and the merged view is a plain pull's.
+/// much of each is local); `run` over it leaves them remote (lazy_run.rs has what it reads), and
+/// `image export` completes them first (whole blobs, verified): the merged view is then a plain
+/// pull's.
 #[test]
-fn lazy_pull_records_remote_layers_and_run_completes_them() {
-    if !privileged("lazy_pull_records_remote_layers_and_run_completes_them") {
+fn lazy_pull_records_remote_layers_and_export_completes_them() {
+    if !privileged("lazy_pull_records_remote_layers_and_export_completes_them") {
         return;
     }
     let reg = Registry::start(RegistryOpts::default());
@@ -266,8 +273,8 @@ fn lazy_pull_records_remote_layers_and_run_completes_them() {
     let whole_gets = |log: &str| {
         digests
             .iter()
-            .filter(|d| log.contains(&format!("\"GET /v2/lazy/bb/blobs/{d} HTTP/1.1\" 200")))
-            .count()
+            .map(|d| log.matches(&format!("\"GET /v2/lazy/bb/blobs/{d} HTTP/1.1\" 200")).count())
+            .sum::<usize>()
     };
     assert_eq!(whole_gets(&reg.log()), 0, "nothing pulled yet");
 
@@ -286,12 +293,21 @@ fn lazy_pull_records_remote_layers_and_run_completes_them() {
     let listed = lazy.ok(&["image", "ls", "--json"]);
     assert!(listed.contains("\"remote\": true"), "{listed}");
 
-    // run completes the layers (whole blobs, verified) and runs over them.
+    // run reads over them; an export completes the layers (whole blobs, verified).
     let plain = Root::new();
     plain.ok(&["pull", "-q", &dest, "--tls-verify=false"]);
     let want = plain.ok(&["run", "--rm", &dest, "--", "cat", "/etc/passwd"]);
     assert!(!want.is_empty());
+    let by_plain = whole_gets(&reg.log());
+    assert_eq!(by_plain, digests.len(), "the plain pull");
     assert_eq!(lazy.ok(&["run", "--rm", &dest, "--", "cat", "/etc/passwd"]), want);
+    for l in inspect_local(&lazy, &dest) {
+        assert_eq!(l["remote"], true, "{l}");
+    }
+    assert_eq!(whole_gets(&reg.log()), by_plain, "run fetched a whole layer");
+    let out = tempfile::tempdir_in(lazy.path()).expect("tempdir");
+    lazy.ok(&["image", "export", &dest, &format!("{}:x", out.path().join("layout").display())]);
+    assert_eq!(whole_gets(&reg.log()) - by_plain, digests.len(), "export fetched each layer whole");
     let inspect: serde_json::Value =
         serde_json::from_str(&lazy.ok(&["image", "inspect", &dest])).expect("json");
     for l in inspect["local"].as_array().expect("local") {

@@ -70,7 +70,7 @@ impl StrataFs {
                 return reply.error(errno_of(&e));
             }
         };
-        let fh = self.handles.add(Handle { ino, file, _backing: backing.clone() });
+        let fh = self.handles.add(Handle { ino, file, _backing: backing.clone(), reader: None });
         match backing {
             Some(b) => {
                 // SAFETY: as in `open`: `b` keeps the id open, `into_raw` leaves closing it to `b`.

@@ -4,7 +4,6 @@
 //! a passthrough open.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,6 +13,7 @@ use tracing::debug;
 
 use super::{errno_of, AttrChange, Held, Res, StrataFs, WriteGuard};
 use crate::cache::Scoped;
+use crate::contents::Content;
 use crate::listing::{Cookied, DirEntry};
 use crate::mutate::{Mutator, Owner, SetAttr, StagedCopy};
 use crate::overlay::{self, Resolved};
@@ -352,7 +352,7 @@ impl StrataFs {
     /// Open node `ino` (copied up first for writing). Returns the file, whether it is a lower
     /// one, and the lock under which it was resolved and opened (see [`StrataFs::rw`]), for the
     /// caller to register the open under it too.
-    pub(super) fn do_open(&self, ino: u64, flags: i32) -> Res<(File, bool, Held<'_>)> {
+    pub(super) fn do_open(&self, ino: u64, flags: i32) -> Res<(Content, bool, Held<'_>)> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let held = if write {
@@ -372,7 +372,11 @@ impl StrataFs {
         let (path, r) = self.resolve(ino)?;
         let real = self.layers.real(r.top, &path);
         let f = self.layers.open_real(&real, flags)?;
-        Ok((f, self.layers.is_lower(r.top), held))
+        let content = match self.layers.contents_of(r.top) {
+            Some(c) if r.fmt == libc::S_IFREG => c.open(&path, f)?,
+            _ => Content::Local(f),
+        };
+        Ok((content, self.layers.is_lower(r.top), held))
     }
 
     /// After [`Inodes::split`]: make the kernel drop its cached entries for `names` (so

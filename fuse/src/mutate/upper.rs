@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::contents::{self, Content};
 use crate::format;
 use crate::overlay::{remove_tree, Layers, Resolved};
 use crate::sys::{self, err, Stat};
@@ -59,7 +60,7 @@ impl Layers {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let tmp = self.tmp_path()?;
-        match self.new_file_from(&src, &tmp, true) {
+        match self.new_file_from((r.top, rel), &src, &tmp, true) {
             Ok(id) => Ok((tmp, id.unwrap_or_default())),
             Err(e) => {
                 let _ = remove_tree(&tmp);
@@ -69,8 +70,15 @@ impl Layers {
     }
 
     /// Create regular file `tmp` (0600) and, with `with_data`, copy into it the data of regular
-    /// file `src`, whose (dev, ino) it then returns.
-    fn new_file_from(&self, src: &Path, tmp: &Path, with_data: bool) -> io::Result<Option<(u64, u64)>> {
+    /// file `src` (`rel` of layer `l`: a remote layer's is read through its reader), whose
+    /// (dev, ino) it then returns.
+    fn new_file_from(
+        &self,
+        (l, rel): (usize, &Path),
+        src: &Path,
+        tmp: &Path,
+        with_data: bool,
+    ) -> io::Result<Option<(u64, u64)>> {
         let out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -87,8 +95,18 @@ impl Layers {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        sys::copy_data(&inp, &out, st.st_size as u64, self.durable)?;
-        Ok(Some((st.st_dev, st.st_ino)))
+        let id = (st.st_dev, st.st_ino);
+        let inp = match self.contents_of(l) {
+            Some(c) => c.open(rel, inp)?,
+            None => Content::Local(inp),
+        };
+        match inp {
+            Content::Local(inp) => sys::copy_data(&inp, &out, st.st_size as u64, self.durable)?,
+            Content::Remote { reader, .. } => {
+                contents::copy_from_reader(&*reader, &out, st.st_size as u64, self.durable)?
+            }
+        }
+        Ok(Some(id))
     }
 
     /// [`Layers::copy_up_entry`], taking the data of a regular file from `staged` (a file from
@@ -119,7 +137,7 @@ impl Layers {
                 }
                 libc::S_IFREG if staged => {}
                 libc::S_IFREG => {
-                    self.new_file_from(&src, &tmp, with_data && st.st_size > 0)?;
+                    self.new_file_from((r.top, rel), &src, &tmp, with_data && st.st_size > 0)?;
                 }
                 libc::S_IFLNK => {
                     let target = sys::readlink(&src)?;

@@ -565,15 +565,24 @@ impl Drop for TokenServer {
     }
 }
 
+/// A fault of [`FaultProxy`]: `(METHOD, path part, status, Retry-After)`.
+type ProxyFault = (String, String, u16, Option<u64>);
+
 /// A proxy to a real registry, one request per connection (it asks for `Connection: close`):
 /// each fault `(METHOD, path part, status, Retry-After)` answers the first request it matches
 /// instead of the registry, once; status 0 instead forwards the head and half the body, then
-/// cuts both connections (a request the registry saw part of). Counts the requests it saw.
+/// cuts both connections (a request the registry saw part of); [`CORRUPT`] forwards the request
+/// and answers the registry's response with one byte of its body changed. Counts the requests it
+/// saw. Faults can be added while it runs ([`FaultProxy::arm`]).
 pub struct FaultProxy {
     pub addr: String,
     pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    faults: Arc<std::sync::Mutex<Vec<ProxyFault>>>,
     stop: Arc<AtomicBool>,
 }
+
+/// The fault status that corrupts a response's body (see [`FaultProxy`]).
+pub const CORRUPT: u16 = 1;
 
 impl FaultProxy {
     pub fn start(upstream: &str, faults: Vec<(&str, &str, u16, Option<u64>)>) -> FaultProxy {
@@ -582,19 +591,28 @@ impl FaultProxy {
         let addr = l.local_addr().expect("addr").to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut faults: Vec<(String, String, u16, Option<u64>)> =
+        let faults: Vec<ProxyFault> =
             faults.into_iter().map(|(m, p, s, r)| (m.to_string(), p.to_string(), s, r)).collect();
-        let (sp, sn, up) = (stop.clone(), seen.clone(), upstream.to_string());
+        let faults = Arc::new(std::sync::Mutex::new(faults));
+        let (sp, sn, up, fs) = (stop.clone(), seen.clone(), upstream.to_string(), faults.clone());
         accept_each(l, sp, Duration::from_secs(120), Duration::from_secs(10), move |mut c| {
             let Some(head) = read_head(&mut c) else { return };
             let line = head.lines().next().unwrap_or("").to_string();
             let mut parts = line.split(' ');
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             sn.lock().expect("seen").push(format!("{method} {path}"));
-            if let Some(i) = faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str())) {
-                let (_, _, status, after) = faults.remove(i);
+            let fault = {
+                let mut faults = fs.lock().expect("faults");
+                let i = faults.iter().position(|(m, p, _, _)| m == method && path.contains(p.as_str()));
+                i.map(|i| faults.remove(i))
+            };
+            if let Some((_, _, status, after)) = fault {
                 if status == 0 {
                     forward_part(c, &up, &head);
+                    return;
+                }
+                if status == CORRUPT {
+                    forward_corrupted(c, &up, &head);
                     return;
                 }
                 let h: Vec<(&str, String)> =
@@ -606,8 +624,43 @@ impl FaultProxy {
             }
             forward(c, &up, &head);
         });
-        FaultProxy { addr, seen, stop }
+        FaultProxy { addr, seen, faults, stop }
     }
+
+    /// Add a fault (see [`FaultProxy`]).
+    pub fn arm(&self, method: &str, path: &str, status: u16) {
+        self.faults.lock().expect("faults").push((method.to_string(), path.to_string(), status, None));
+    }
+}
+
+/// One request forwarded; its response read whole, a byte in the middle of its body changed,
+/// and sent on.
+fn forward_corrupted(mut c: TcpStream, upstream: &str, head: &str) {
+    let Ok(mut u) = TcpStream::connect(upstream) else { return };
+    let mut out = String::new();
+    for l in head.trim_end().split("\r\n") {
+        if !l.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    if u.write_all(out.as_bytes()).is_err() {
+        return;
+    }
+    let mut resp = Vec::new();
+    if u.read_to_end(&mut resp).is_err() {
+        return;
+    }
+    if let Some(at) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+        let body = at + 4;
+        if resp.len() > body {
+            let mid = body + (resp.len() - body) / 2;
+            resp[mid] ^= 0x5a;
+        }
+    }
+    let _ = c.write_all(&resp);
+    let _ = c.shutdown(std::net::Shutdown::Both);
 }
 
 /// A request's head, through the blank line; `None` for anything that is not plain HTTP.

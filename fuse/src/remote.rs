@@ -1,0 +1,110 @@
+//! Remote lowers (`-o remote=<diff_id>@<store root>`, feature `lazy`): a layer of a lazily pulled
+//! image, stacked as its skeleton tree (`<root>/remote/<diff_id hex>/tree`, one of the
+//! `lowerdir`s), its files' contents read through strata's [`RemoteFiles`]: fetched from the
+//! registry it was pulled from, verified chunk by chunk, cached under the store's `remote/`
+//! directory. A read that cannot get verified bytes answers EIO.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use strata::digest::Sha256Digest;
+use strata::registry::chunks::{open_remote_layer, RangeSource, RemoteFiles, StoreState};
+
+use crate::contents::{ChunkReader, Content, LowerContents};
+use crate::{Error, RemoteOpt};
+
+/// A remote lower's contents.
+pub struct RemoteLower<S> {
+    files: Arc<RemoteFiles<S>>,
+    state: Option<Arc<StoreState>>,
+}
+
+impl<S> std::fmt::Debug for RemoteLower<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteLower").field("layer", &self.files.label()).finish()
+    }
+}
+
+impl<S: RangeSource + 'static> RemoteLower<S> {
+    pub fn new(files: RemoteFiles<S>) -> RemoteLower<S> {
+        RemoteLower { files: Arc::new(files), state: None }
+    }
+}
+
+impl<S: RangeSource + 'static> LowerContents for RemoteLower<S> {
+    fn open(&self, rel: &Path, real: File) -> io::Result<Content> {
+        let name = rel.to_str().unwrap_or_default();
+        match self.files.size(name) {
+            // Nothing to fetch.
+            Some(0) => Ok(Content::Local(real)),
+            Some(_) => {
+                let reader = Arc::new(RemoteFile { files: self.files.clone(), name: name.to_string() });
+                Ok(Content::Remote { file: real, reader })
+            }
+            None => {
+                // The skeleton was built from this TOC: a file it does not list is not served.
+                tracing::error!(layer = self.files.label(), file = %rel.display(), "no such file in the layer's TOC");
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+        }
+    }
+
+    fn flush(&self) {
+        if let Some(s) = &self.state {
+            s.flush();
+        }
+    }
+}
+
+/// One open remote file.
+struct RemoteFile<S> {
+    files: Arc<RemoteFiles<S>>,
+    name: String,
+}
+
+impl<S: RangeSource> ChunkReader for RemoteFile<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.files.read_at(&self.name, offset, buf).map_err(|e| {
+            tracing::warn!(
+                layer = self.files.label(),
+                file = %self.name,
+                offset,
+                error = %strata::error::report(&e),
+                "read failed: EIO"
+            );
+            io::Error::from_raw_os_error(libc::EIO)
+        })
+    }
+}
+
+/// Give each remote lower of `remotes` its contents in `cfg` (whose lowers are canonical):
+/// the lower that is the layer's skeleton tree. Returns the contents, to flush at the end.
+pub fn attach(
+    cfg: &mut crate::FsConfig,
+    remotes: &[RemoteOpt],
+) -> Result<Vec<Arc<dyn LowerContents>>, Error> {
+    let mut out: Vec<Arc<dyn LowerContents>> = Vec::new();
+    for r in remotes {
+        let bad = |why: String| {
+            Error::BadValue("remote".into(), format!("{}@{}: {why}", r.diff_id, r.root.display()))
+        };
+        let d = Sha256Digest::parse(&r.diff_id).map_err(|e| bad(e.to_string()))?;
+        let opened = open_remote_layer(&r.root, &d).map_err(|e| bad(strata::error::report(&e)))?;
+        let tree = std::fs::canonicalize(&opened.tree).map_err(|e| bad(e.to_string()))?;
+        let i = cfg
+            .lowers
+            .iter()
+            .position(|l| *l == tree)
+            .ok_or_else(|| bad(format!("its skeleton {} is not one of the lowerdirs", tree.display())))?;
+        let lower = RemoteLower { files: Arc::new(opened.files), state: Some(opened.state) };
+        let lower: Arc<dyn LowerContents> = Arc::new(lower);
+        if cfg.contents.len() < cfg.lowers.len() {
+            cfg.contents.resize(cfg.lowers.len(), None);
+        }
+        cfg.contents[i] = Some(lower.clone());
+        out.push(lower);
+    }
+    Ok(out)
+}
