@@ -524,6 +524,38 @@ fn ctr_imports_mounts_and_runs_on_rootless_strata() {
     c.stop_and_check_gone();
 }
 
+/// strata-snapshotter as a user refuses to start, saying why, without a runtime directory, and
+/// when the kernel refuses overlay in the user namespace (the overlay probe's kept answer says
+/// so here: this kernel mounts it), rather than leave containerd's first mount to fail.
+#[test]
+fn snapshotter_refusals_say_why() {
+    if !privileged("snapshotter_refusals_say_why") {
+        return;
+    }
+    let user = TestUser::new(true);
+    let bin = snapshotter_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    let out = user.command(bin, &[]).env_remove("XDG_RUNTIME_DIR").output().expect("run strata-snapshotter");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("XDG_RUNTIME_DIR is not set"), "{err}");
+    assert!(user.pause_pid().is_none(), "nothing started");
+
+    let run = user.runtime.join("strata");
+    fs::create_dir(&run).expect("mkdir");
+    fs::write(run.join("overlay-probe"), "fuse: overlay refused for this test\n").expect("probe answer");
+    user.chown_tree(&run);
+    let out = user.command(bin, &[]).output().expect("run strata-snapshotter");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "kernel overlay cannot be mounted in this user namespace (overlay refused for this test)"
+        ) && err.contains("--backend fuse"),
+        "{err}"
+    );
+    assert!(!run.join("snapshotter.sock").exists(), "no socket");
+}
+
 /// strata-snapshotter started by the user as such (no nsenter) joins rootless strata's own
 /// namespace, whose mappings are rootlesskit's: containerd, in rootlesskit's, sees the owners
 /// its layers carry.
