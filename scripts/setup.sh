@@ -24,11 +24,13 @@ pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-sta
       docker-registry apache2-utils openssl
       containerd golang-go golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
       golang-github-containerd-stargz-snapshotter-dev
-      containernetworking-plugins iptables iproute2 util-linux buildah uidmap slirp4netns)
+      containernetworking-plugins iptables iproute2 util-linux buildah uidmap slirp4netns rootlesskit)
 # golang-github-containerd-stargz-snapshotter-dev: Go's estargz reader, built offline in GOPATH
 # mode (tests/estargz/check) to read back the eStargz layers strata writes (cli/tests/it/lazy.rs).
 # buildah: `strata build`'s parity tests build the same Containerfiles with `buildah bud`.
 # uidmap (newuidmap/newgidmap) and slirp4netns: rootless mode (src/userns/, docs/rootless.md).
+# rootlesskit: rootless containerd with strata-snapshotter (docs/rootless.md,
+# cli/tests/it/rootless_containerd.rs); containerd-rootless.sh itself is not packaged in Debian.
 # containernetworking-plugins, iptables, iproute2: container networking (src/network/) runs the
 # CNI plugins bridge, host-local, portmap, loopback and firewall, which call iptables; its tests
 # use ip and nsenter (util-linux).

@@ -32,18 +32,28 @@ use api::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 #[derive(Parser)]
 #[command(version, about = "containerd snapshotter (proxy plugin) over a strata store")]
 struct Args {
-    /// strata state root (the same store the CLI uses).
-    #[arg(long, env = "STRATA_ROOT", default_value = "/var/lib/strata")]
-    root: PathBuf,
-    /// Unix socket to serve on (containerd's `proxy_plugins.NAME.address`).
-    #[arg(long, default_value = "/run/strata/snapshotter.sock")]
-    address: PathBuf,
+    /// strata state root (the same store the CLI uses) [default: /var/lib/strata; rootless:
+    /// $XDG_DATA_HOME/strata, else ~/.local/share/strata].
+    #[arg(long, env = "STRATA_ROOT")]
+    root: Option<PathBuf>,
+    /// Unix socket to serve on (containerd's `proxy_plugins.NAME.address`) [default:
+    /// /run/strata/snapshotter.sock; rootless: $XDG_RUNTIME_DIR/strata/snapshotter.sock].
+    #[arg(long)]
+    address: Option<PathBuf>,
     /// How containerd mounts overlays: kernel OverlayFS or strata-fuse.
     #[arg(long, value_enum, default_value_t = service::Backend::Kernel)]
     backend: service::Backend,
 }
 
+/// Where root mode serves by default (`scripts/setup.sh`'s containerd snippet names it).
+const ROOT_ADDRESS: &str = "/run/strata/snapshotter.sock";
+
 fn main() -> anyhow::Result<()> {
+    // The process that holds a rootless user's namespaces, when this daemon started it (see
+    // below): nothing else.
+    if std::env::args_os().nth(1).is_some_and(|a| a == strata::userns::PAUSE_ARG) {
+        strata::userns::pause_main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,14 +63,55 @@ fn main() -> anyhow::Result<()> {
         // Colour codes only for a terminal: a journal or a log file gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
-    let store = strata::store::Store::open(&args.root)
-        .with_context(|| format!("opening the strata store at {}", args.root.display()))?;
+    let Args { root, address, backend } = Args::parse();
+    // Rootless. Started inside rootless containerd's user and mount namespaces (`nsenter -U
+    // --preserve-credentials -m -t PID`, as the fuse-overlayfs snapshotter is), this daemon is
+    // uid 0 of a user namespace already. Started by the user as such, it joins rootless strata's
+    // own namespace, as the CLI does (while single-threaded: before the async runtime starts),
+    // whose mappings are those rootlesskit gives containerd (the user as 0, the /etc/subuid
+    // range from 1), so containerd sees the owners this daemon's layers carry.
+    if !rustix::process::geteuid().is_root() {
+        strata::userns::enter().context("entering rootless strata's user namespace")?;
+        tracing::info!("not root: joined rootless strata's user namespace (docs/rootless.md)");
+    }
+    let rootless = strata::userns::is_rootless();
+    let root = match root {
+        Some(r) => r,
+        None if rootless => strata::userns::default_data_root().context("rootless store")?,
+        None => PathBuf::from(strata::store::Store::DEFAULT_ROOT),
+    };
+    let address = match address {
+        Some(a) => a,
+        None if rootless => strata::userns::checked_runtime_dir()
+            .context("rootless socket directory")?
+            .join("snapshotter.sock"),
+        None => PathBuf::from(ROOT_ADDRESS),
+    };
+    let store = strata::store::Store::open(&root)
+        .with_context(|| format!("opening the strata store at {}", root.display()))?;
+    if rootless && backend == service::Backend::Kernel {
+        // containerd mounts what this daemon describes: say now, not at containerd's first
+        // mount, when the kernel refuses overlay in this namespace.
+        if let Some(why) = strata::container::kernel_overlay_refused(&store) {
+            anyhow::bail!(
+                "kernel overlay cannot be mounted in this user namespace ({why}): rootless \
+                 strata-snapshotter needs Linux 5.11+ (overlay with userxattr), or --backend fuse"
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(serve(args, store))
+    rt.block_on(serve(Serve { root, address, backend, rootless }, store))
 }
 
-async fn serve(args: Args, store: strata::store::Store) -> anyhow::Result<()> {
+/// What [`serve`] serves, defaults resolved.
+struct Serve {
+    root: PathBuf,
+    address: PathBuf,
+    backend: service::Backend,
+    rootless: bool,
+}
+
+async fn serve(args: Serve, store: strata::store::Store) -> anyhow::Result<()> {
     // Signal handlers before the socket exists: whoever sees the socket may stop the daemon
     // at once, and must get a clean shutdown, not death by the default SIGTERM action.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -87,7 +138,12 @@ async fn serve(args: Args, store: strata::store::Store) -> anyhow::Result<()> {
         tokio::net::UnixListener::bind(&tmp).with_context(|| format!("listening on {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.address)
         .with_context(|| format!("renaming {} to {}", tmp.display(), args.address.display()))?;
-    tracing::info!(address = %args.address.display(), root = %args.root.display(), "serving containerd snapshots API");
+    tracing::info!(
+        address = %args.address.display(),
+        root = %args.root.display(),
+        rootless = args.rootless,
+        "serving containerd snapshots API"
+    );
     let svc = SnapshotsServer::new(service::Service::new(store, args.backend));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =

@@ -30,7 +30,10 @@ use crate::snapshot::{SnapshotError, Snapshots};
 pub use crate::store::ContainerRow;
 use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store, StoreError};
 
-pub use mount::{backend_at, fuse_binary, mount, mount_spec, mounted_at, mounts, overlay_spec, umount};
+pub use mount::{
+    backend_at, fuse_binary, kernel_overlay_refused, mount, mount_spec, mounted_at, mounts, overlay_spec,
+    umount,
+};
 
 /// Container errors.
 #[derive(Debug, thiserror::Error)]

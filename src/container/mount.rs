@@ -205,26 +205,33 @@ const KERNEL_ONLY: [&str; 4] = ["index", "redirect_dir", "metacopy", "userxattr"
 /// user's namespace (`kernel`) or not (`fuse: WHY`).
 const PROBE_FILE: &str = "overlay-probe";
 
-/// Whether `--backend auto` should try the kernel's overlay. Always in root mode. Rootless: a
-/// trial `userxattr` mount in the store's staging directory, once; the answer is kept in the
-/// runtime directory (which a reboot empties, as it does the namespace).
+/// Whether `--backend auto` should try the kernel's overlay.
 fn kernel_overlay_usable(store: &Store) -> bool {
-    let Some(run) = crate::userns::runtime_dir() else { return true };
+    kernel_overlay_refused(store).is_none()
+}
+
+/// Why the kernel's overlay cannot be mounted here, or `None` when it can. Always `None` in
+/// root mode. Rootless: a trial `userxattr` mount in the store's staging directory, once; the
+/// answer is kept in the runtime directory (which a reboot empties, as it does the namespace)
+/// for every later command and daemon of the user.
+pub fn kernel_overlay_refused(store: &Store) -> Option<String> {
+    let run = crate::userns::runtime_dir()?;
     let file = run.join(PROBE_FILE);
     if let Ok(text) = fs::read_to_string(&file) {
-        return text.trim() == "kernel";
+        let text = text.trim();
+        return (text != "kernel").then(|| text.strip_prefix("fuse: ").unwrap_or(text).to_string());
     }
-    let answer = match probe_overlay(store) {
-        Ok(()) => "kernel".to_string(),
+    let (answer, refused) = match probe_overlay(store) {
+        Ok(()) => ("kernel".to_string(), None),
         Err(e) => {
-            tracing::info!(error = %e, "kernel overlay cannot be mounted in the user namespace; using strata-fuse");
-            format!("fuse: {e}")
+            tracing::info!(error = %e, "kernel overlay cannot be mounted in the user namespace");
+            (format!("fuse: {e}"), Some(e))
         }
     };
     if let Err(e) = fs::write(&file, format!("{answer}\n")) {
         tracing::debug!(error = %e, file = %file.display(), "the overlay probe's answer is not kept");
     }
-    answer == "kernel"
+    refused
 }
 
 /// A trial writable `userxattr` overlay mount of empty directories, unmounted at once.

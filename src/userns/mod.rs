@@ -224,16 +224,16 @@ pub fn checked_runtime_base(owner: u32) -> Result<PathBuf, UserNsError> {
 /// pause process's pid, the mount probe's answer). `None` in root mode.
 pub fn runtime_dir() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if !is_rootless() {
-            return None;
-        }
-        let base = checked_runtime_base(rustix::process::geteuid().as_raw()).ok()?;
-        let dir = base.join("strata");
-        make_private_dir(&dir).ok()?;
-        Some(dir)
-    })
-    .clone()
+    DIR.get_or_init(|| if is_rootless() { checked_runtime_dir().ok() } else { None }).clone()
+}
+
+/// `$XDG_RUNTIME_DIR/strata`, checked as [`checked_runtime_base`] checks its parent for this
+/// process's effective uid and created (mode 0700) if missing; the error says what is wrong.
+/// Whatever the mode: a daemon that is about to put its socket there asks before it serves.
+pub fn checked_runtime_dir() -> Result<PathBuf, UserNsError> {
+    let dir = checked_runtime_base(rustix::process::geteuid().as_raw())?.join("strata");
+    make_private_dir(&dir)?;
+    Ok(dir)
 }
 
 /// Create `dir` (mode 0700) if missing.

@@ -33,6 +33,7 @@ mod podman;
 mod races;
 mod registry;
 mod rootless;
+mod rootless_containerd;
 mod rootless_hostile;
 mod rootless_images;
 mod rootless_interop;
