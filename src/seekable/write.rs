@@ -33,6 +33,10 @@ pub enum Landmark {
     NoPrefetch,
     /// No landmark entry.
     None,
+    /// `.prefetch.landmark` after the first N entries of the input tar: those are the files a
+    /// lazy mount fetches first, in one request (the caller orders the tar; Go's
+    /// `estargz.Build` moves prioritised files to the front the same way).
+    PrefetchAfter(usize),
 }
 
 /// How to write eStargz.
@@ -192,6 +196,27 @@ fn added_entry(name: &str, data: &[u8]) -> io::Result<(Vec<u8>, Vec<u8>)> {
     Ok((h.as_bytes().to_vec(), body))
 }
 
+/// A landmark entry (`name`, one byte as Go writes it), its data in a member of its own.
+fn landmark<W: Write>(m: &mut Members<W>, toc: &mut Vec<OutEntry>, name: &str) -> io::Result<()> {
+    let content = [0x0fu8];
+    let (h, body) = added_entry(name, &content)?;
+    m.write(&h)?;
+    let offset = m.close()?;
+    m.write(&body)?;
+    let d = Sha256Digest::of(&content).to_string();
+    toc.push(OutEntry {
+        name: name.into(),
+        kind: "reg",
+        size: 1,
+        mode: 0o644,
+        offset,
+        digest: d.clone(),
+        chunk_digest: d,
+        ..Default::default()
+    });
+    Ok(())
+}
+
 /// Writes the plain layer tar `tar` to `out` as eStargz.
 pub fn write_estargz<R: Read, W: Write>(
     tar: R,
@@ -214,24 +239,16 @@ pub fn write_estargz<R: Read, W: Write>(
     };
     let mut toc: Vec<OutEntry> = Vec::new();
 
-    if opts.landmark == Landmark::NoPrefetch {
-        let content = [0x0fu8];
-        let (h, body) = added_entry(NO_PREFETCH_LANDMARK, &content).map_err(w)?;
-        m.write(&h).map_err(w)?;
-        let offset = m.close().map_err(w)?;
-        m.write(&body).map_err(w)?;
-        let d = Sha256Digest::of(&content).to_string();
-        toc.push(OutEntry {
-            name: NO_PREFETCH_LANDMARK.into(),
-            kind: "reg",
-            size: 1,
-            mode: 0o644,
-            offset,
-            digest: d.clone(),
-            chunk_digest: d,
-            ..Default::default()
-        });
-    }
+    // Where `.prefetch.landmark` goes: after this many of the input's entries.
+    let mut prefetch_after = match opts.landmark {
+        Landmark::NoPrefetch => {
+            landmark(&mut m, &mut toc, NO_PREFETCH_LANDMARK).map_err(w)?;
+            None
+        }
+        Landmark::None => None,
+        Landmark::PrefetchAfter(n) => Some(n),
+    };
+    let mut written = 0usize;
 
     let kept = Rc::new(RefCell::new(Vec::new()));
     // The input offset of kept[0], and where the last entry's data (padded) ends.
@@ -335,6 +352,11 @@ pub fn write_estargz<R: Read, W: Write>(
             drop_padding = true;
             continue;
         }
+        if prefetch_after == Some(written) {
+            landmark(&mut m, &mut toc, PREFETCH_LANDMARK).map_err(w)?;
+            prefetch_after = None;
+        }
+        written += 1;
         m.write(&headers).map_err(w)?;
         if e.kind != "reg" || size == 0 {
             toc.push(e);
@@ -384,6 +406,10 @@ pub fn write_estargz<R: Read, W: Write>(
         }
     }
     drop(ar);
+    if prefetch_after.is_some() {
+        // Fewer entries than asked for: all of them come first.
+        landmark(&mut m, &mut toc, PREFETCH_LANDMARK).map_err(w)?;
+    }
 
     let toc_offset = m.close().map_err(w)?;
     let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": toc}))
