@@ -27,9 +27,28 @@ pub fn rfc3339(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
+/// RFC 3339 (UTC) of a time to the nanosecond (`nsec` in `0..1e9`), as Go's `RFC3339Nano`
+/// writes it: the fraction without trailing zeros, none when it is zero.
+pub fn rfc3339_exact(secs: i64, nsec: u32) -> String {
+    let whole = rfc3339(secs);
+    if nsec == 0 || nsec >= 1_000_000_000 {
+        return whole;
+    }
+    let frac = format!("{nsec:09}");
+    format!("{}.{}Z", whole.trim_end_matches('Z'), frac.trim_end_matches('0'))
+}
+
 /// Unix seconds of an RFC 3339 time (`2024-05-01T12:00:00Z`, `...T12:00:00.123456789+02:00`),
 /// as image configs write `created`; fractions of a second are dropped. `None` when it is not one.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    parse_rfc3339_exact(s).map(|(secs, _)| secs)
+}
+
+/// [`parse_rfc3339`] keeping the fraction: (Unix seconds, nanoseconds `0..1e9`), the seconds
+/// rounded down (`1969-12-31T23:59:59.5Z` is `(-1, 500_000_000)`), as a `timespec` has it. Digits
+/// past the ninth are dropped. A seekable layer's TOC carries file times so (containers/storage
+/// writes Go's `RFC3339Nano`).
+pub fn parse_rfc3339_exact(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
@@ -47,14 +66,21 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let mut i = 19;
+    let mut nanos = 0u32;
     if b.get(i) == Some(&b'.') {
         i += 1;
         let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
+        while let Some(c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            if i - start < 9 {
+                nanos = nanos * 10 + u32::from(c - b'0');
+            }
             i += 1;
         }
         if i == start {
             return None;
+        }
+        for _ in (i - start)..9 {
+            nanos *= 10;
         }
     }
     let offset = match b.get(i)? {
@@ -78,7 +104,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
+    Some((days * 86400 + h * 3600 + mi * 60 + sec - offset, nanos))
 }
 
 /// Unix seconds of an HTTP date in its one current form (RFC 9110's IMF-fixdate,
@@ -140,6 +166,17 @@ mod tests {
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123456789Z"), Some(1_700_000_000));
         assert_eq!(parse_rfc3339("2023-11-15T00:13:20+02:00"), Some(1_700_000_000));
         assert_eq!(parse_rfc3339("2023-11-14T20:13:20.5-02:00"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339_exact("2023-11-14T22:13:20.123456789Z"), Some((1_700_000_000, 123_456_789)));
+        assert_eq!(parse_rfc3339_exact("2023-11-14T22:13:20.5Z"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(parse_rfc3339_exact("2023-11-14T22:13:20.0000000019Z"), Some((1_700_000_000, 1)));
+        assert_eq!(parse_rfc3339_exact("1969-07-20T20:17:40Z"), Some((-14_182_940, 0)));
+        assert_eq!(parse_rfc3339_exact("1969-12-31T23:59:59.25Z"), Some((-1, 250_000_000)));
+        assert_eq!(rfc3339_exact(981_173_106, 123_456_789), "2001-02-03T04:05:06.123456789Z");
+        assert_eq!(rfc3339_exact(-1, 250_000_000), "1969-12-31T23:59:59.25Z");
+        assert_eq!(rfc3339_exact(0, 0), "1970-01-01T00:00:00Z");
+        for (s, n) in [(1_700_000_000, 1), (-14_182_940, 0), (5, 500_000_000)] {
+            assert_eq!(parse_rfc3339_exact(&rfc3339_exact(s, n)), Some((s, n)));
+        }
         for bad in [
             "",
             "2023-11-14",

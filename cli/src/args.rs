@@ -99,7 +99,7 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
     /// from the repository the image's name points into), then the manifest, byte for byte, so
     /// the digest stays the same. Prints the manifest digest.
     #[command(
-        after_help = "Examples:\n  strata push app localhost:5000/app:v1\n  strata push localhost:5000/app:v1   # to the registry its name names\n  strata push app localhost:5000/app:lazy --compression estargz"
+        after_help = "Examples:\n  strata push app localhost:5000/app:v1\n  strata push localhost:5000/app:v1   # to the registry its name names\n  strata push app localhost:5000/app:lazy --compression estargz\n  strata push app localhost:5000/app:zc --compression zstd:chunked"
     )]
     Push {
         /// The stored image.
@@ -114,9 +114,10 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         /// Upload blobs larger than this many bytes in chunks of this size (each retried alone).
         #[arg(long, default_value_t = strata::registry::push::DEFAULT_CHUNK)]
         chunk_size: u64,
-        /// Rewrite the layers first: `estargz` stores NAME's layers as eStargz under the
-        /// destination's name (as `image convert` does) and pushes that image.
-        #[arg(long, value_parser = ["estargz"])]
+        /// Rewrite the layers first: `estargz` or `zstd:chunked` stores NAME's layers in that
+        /// seekable format under the destination's name (as `image convert` does) and pushes
+        /// that image.
+        #[arg(long, value_parser = ["estargz", "zstd:chunked"])]
         compression: Option<String>,
     },
     /// Log in to a registry: the credentials are checked against it, then stored in

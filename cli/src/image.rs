@@ -73,12 +73,16 @@ a leading `table` prints a header."
     #[command(after_help = "Example:\n  strata image tag 127.0.0.1:5000/app:1 localhost:5000/app:v1")]
     Tag { name: String, new_name: String },
     /// A copy of an image with its layers rewritten: `estargz` (gzip members per file and
-    /// chunk, a TOC: what `pull --lazy` reads by ranges; still a valid gzip tar for any runtime).
-    #[command(after_help = "Example:\n  strata image convert app app:estargz --compression estargz")]
+    /// chunk, a TOC: what `pull --lazy` reads by ranges; still a valid gzip tar for any runtime)
+    /// or `zstd:chunked` (the same with zstd frames, the TOC in a skippable frame: a valid zstd
+    /// tar, its diff_ids unchanged).
+    #[command(
+        after_help = "Examples:\n  strata image convert app app:estargz --compression estargz\n  strata image convert app app:zc --compression zstd:chunked"
+    )]
     Convert {
         name: String,
         new_name: String,
-        #[arg(long, value_parser = ["estargz"])]
+        #[arg(long, value_parser = ["estargz", "zstd:chunked"])]
         compression: String,
     },
     /// Write an image as an OCI layout (DEST or DEST:TAG), an oci-archive or a docker-archive.
@@ -248,12 +252,14 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             .with_context(what)?;
             outln!("{}", done.manifest_digest)?;
         }
-        ImageCmd::Convert { name, new_name, compression: _ } => {
+        ImageCmd::Convert { name, new_name, compression } => {
+            use strata::commit::convert::{self, Target};
+            let target = Target::parse(&compression)
+                .with_context(|| format!("--compression {compression}: expected estargz or zstd:chunked"))?;
             let mut store = open_store(root)?;
             crate::registry::complete_remote_layers(&mut store, &name)?;
-            let opts = strata::seekable::write::EstargzOptions::default();
-            let c = strata::commit::convert::convert_to_estargz(&mut store, &name, &new_name, &opts)
-                .with_context(|| format!("converting {name} to eStargz"))?;
+            let c = convert::convert(&mut store, &name, &new_name, &target)
+                .with_context(|| format!("converting {name} to {compression}"))?;
             outln!("{}", c.manifest_digest)?;
         }
         ImageCmd::Tag { name, new_name } => {

@@ -200,7 +200,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             tls,
             quiet,
             chunk_size,
-            compression.is_some(),
+            compression.as_deref(),
         ),
         Cmd::Images { list } => image::command(root, image::ImageCmd::Ls { list }),
         Cmd::Rmi { names, force } => image::rmi(root, names, force),

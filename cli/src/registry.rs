@@ -84,7 +84,7 @@ pub fn push_cmd(
     tls: TlsArgs,
     quiet: bool,
     chunk_size: u64,
-    estargz: bool,
+    seekable: Option<&str>,
 ) -> Result<ExitCode> {
     use strata::registry::{self, PushOptions};
     let dest = match reference {
@@ -97,15 +97,17 @@ pub fn push_cmd(
             .with_context(|| format!("pushing {name}: give the destination HOST[:PORT]/REPO[:TAG]"))?,
     };
     let mut store = open_store(root)?;
-    // A build's layers may have no blob yet; eStargz conversion reads them too.
+    // A build's layers may have no blob yet; a seekable conversion reads them too.
     crate::image::ensure_layer_blobs(&store, &[name])?;
     anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1 byte");
     complete_remote_layers(&mut store, name)?;
     let converted;
-    let name = if estargz {
-        let opts = strata::seekable::write::EstargzOptions::default();
-        converted = strata::commit::convert::convert_to_estargz(&mut store, name, &dest.to_string(), &opts)
-            .with_context(|| format!("converting {name} to eStargz"))?
+    let name = if let Some(format) = seekable {
+        use strata::commit::convert::{self, Target};
+        let target = Target::parse(format)
+            .with_context(|| format!("--compression {format}: expected estargz or zstd:chunked"))?;
+        converted = convert::convert(&mut store, name, &dest.to_string(), &target)
+            .with_context(|| format!("converting {name} to {format}"))?
             .name;
         converted.as_str()
     } else {

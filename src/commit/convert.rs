@@ -1,12 +1,18 @@
-//! `strata image convert NAME NEW --compression estargz` (and `push --compression estargz`):
-//! a stored image's layers rewritten as eStargz, a new image over them.
+//! `strata image convert NAME NEW --compression estargz|zstd:chunked` (and `push
+//! --compression ...`): a stored image's layers rewritten in a seekable format, a new image over
+//! them.
 //!
 //! Each layer's stored blob is decompressed and passed through [`seekable::write`] into
-//! staging (the tar's bytes unchanged, gzip members cut at each file and chunk, the TOC and
-//! footer added), stored as a blob, and recorded as a layer under its new diff_id, leased until
-//! the image holds it, as commit records the layers it writes (the directory is unpacked from
-//! the blob at first use). The config gets the new diff_ids; the manifest carries each layer's
-//! `containerd.io/snapshot/stargz/toc.digest` and `io.containers.estargz.uncompressed-size`.
+//! staging (the tar's bytes unchanged, gzip members or zstd frames cut at each file and chunk,
+//! the TOC and footer added), stored as a blob, and recorded as a layer under its diff_id (new
+//! for eStargz, whose TOC is a tar entry; the same for zstd:chunked, whose TOC is outside the
+//! tar), leased until the image holds it, as commit records the layers it writes (the directory
+//! is unpacked from the blob at first use). The config gets the diff_ids; the manifest carries
+//! each layer's TOC annotations: `containerd.io/snapshot/stargz/toc.digest` and
+//! `io.containers.estargz.uncompressed-size` for eStargz, the zstd:chunked manifest position
+//! and checksum (both spellings) for zstd:chunked.
+//!
+//! [`seekable::write`]: crate::seekable::write
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter};
@@ -18,17 +24,42 @@ use super::{io_at, CommitError, Result, CHUNK};
 use crate::compression::Compression;
 use crate::digest::Sha256Digest;
 use crate::images::{ImagePublish, MT_OCI_CONFIG, MT_OCI_MANIFEST};
-use crate::seekable::write::{write_estargz, EstargzOptions};
+use crate::seekable::write::{write_estargz, write_zstd_chunked, EstargzOptions, ZstdChunkedOptions};
 use crate::seekable::{ANNOTATION_TOC_DIGEST, ANNOTATION_UNCOMPRESSED_SIZE};
 use crate::store::{ImageLayerRow, IoContext, Lock, Store};
 
-/// What [`convert_to_estargz`] made.
+/// The seekable format to convert to, and how to write it.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Estargz(EstargzOptions),
+    ZstdChunked(ZstdChunkedOptions),
+}
+
+impl Target {
+    /// A `--compression` value (`estargz`, `zstd:chunked`) with default options.
+    pub fn parse(s: &str) -> Option<Target> {
+        match crate::seekable::Format::parse(s)? {
+            crate::seekable::Format::Estargz => Some(Target::Estargz(EstargzOptions::default())),
+            crate::seekable::Format::ZstdChunked => Some(Target::ZstdChunked(ZstdChunkedOptions::default())),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Estargz(_) => "eStargz",
+            Target::ZstdChunked(_) => "zstd:chunked",
+        }
+    }
+}
+
+/// What [`convert`] made.
 #[derive(Debug, Clone)]
 pub struct Converted {
     pub name: String,
     pub manifest_digest: Sha256Digest,
     pub config_digest: Sha256Digest,
-    /// Per layer, bottom first: the new blob's digest and its TOC digest.
+    /// Per layer, bottom first: the new blob's digest and its TOC digest (of the JSON for
+    /// eStargz, of the compressed TOC for zstd:chunked: what each format's annotation names).
     pub layers: Vec<(Sha256Digest, Sha256Digest)>,
 }
 
@@ -39,11 +70,16 @@ pub fn convert_to_estargz(
     new_name: &str,
     opts: &EstargzOptions,
 ) -> Result<Converted> {
+    convert(store, name, new_name, &Target::Estargz(opts.clone()))
+}
+
+/// The stored image `name` with every layer in `target`'s format, published as `new_name`.
+pub fn convert(store: &mut Store, name: &str, new_name: &str, target: &Target) -> Result<Converted> {
     crate::reference::validate_image_name(new_name)?;
     let img = store.image(name)?.ok_or_else(|| CommitError::NoImage(name.to_string()))?;
     let _gc = store.gc_shared()?;
     let staging = store.staging()?;
-    let res = convert_staged(store, &staging, &img, new_name, opts);
+    let res = convert_staged(store, &staging, &img, new_name, target);
     if res.is_err() {
         store.drop_leases(&staging.token)?;
         store.remove_unreferenced_layers()?;
@@ -56,7 +92,7 @@ fn convert_staged(
     staging: &crate::store::Staging,
     img: &crate::store::StoredImage,
     new_name: &str,
-    opts: &EstargzOptions,
+    target: &Target,
 ) -> Result<Converted> {
     let bad = |reason: String| CommitError::BadImage { image: img.name.clone(), reason };
     let mut rows = Vec::new();
@@ -71,40 +107,75 @@ fn convert_staged(
         let tar = compression.decoder(src).map_err(io_at(&src_path))?;
         let tmp = staging.dir.join(format!("layer{i}.blob"));
         let out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).at(&tmp)?;
-        let (info, out) = write_estargz(BufReader::new(tar), BufWriter::with_capacity(CHUNK, out), opts)
-            .map_err(|e| CommitError::Seekable { layer: layer.blob_digest.to_string(), source: e })?;
+        let seekable = |e| CommitError::Seekable { layer: layer.blob_digest.to_string(), source: e };
+        let (out, w) = match target {
+            Target::Estargz(opts) => {
+                let (i, out) = write_estargz(BufReader::new(tar), BufWriter::with_capacity(CHUNK, out), opts)
+                    .map_err(seekable)?;
+                let annotations = serde_json::Map::from_iter([
+                    (ANNOTATION_TOC_DIGEST.to_string(), json!(i.toc_digest.to_string())),
+                    (ANNOTATION_UNCOMPRESSED_SIZE.to_string(), json!(i.uncompressed_size.to_string())),
+                ]);
+                let w = Written {
+                    digest: i.digest,
+                    size: i.size,
+                    diff_id: i.diff_id,
+                    uncompressed_size: i.uncompressed_size,
+                    entries: i.entries,
+                    toc: i.toc_digest,
+                    media_type: crate::compression::MT_OCI_LAYER_GZIP,
+                    annotations,
+                };
+                (out, w)
+            }
+            Target::ZstdChunked(opts) => {
+                let (i, out) =
+                    write_zstd_chunked(BufReader::new(tar), BufWriter::with_capacity(CHUNK, out), opts)
+                        .map_err(seekable)?;
+                let annotations =
+                    i.annotations().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect();
+                let w = Written {
+                    digest: i.digest,
+                    size: i.size,
+                    diff_id: i.diff_id,
+                    uncompressed_size: i.uncompressed_size,
+                    entries: i.entries,
+                    toc: i.toc_checksum,
+                    media_type: crate::compression::MT_OCI_LAYER_ZSTD,
+                    annotations,
+                };
+                (out, w)
+            }
+        };
         let out =
             out.into_inner().map_err(|e| CommitError::Io { path: tmp.clone(), source: e.into_error() })?;
         out.sync_all().at(&tmp)?;
         drop(out);
-        tracing::info!(layer = %layer.blob_digest, estargz = %info.digest, toc = %info.toc_digest, "layer converted");
+        tracing::info!(layer = %layer.blob_digest, format = target.name(), blob = %w.digest, toc = %w.toc, "layer converted");
 
-        store.add_lease(&staging.token, &info.diff_id)?;
+        store.add_lease(&staging.token, &w.diff_id)?;
         {
-            let _lock = store.lock(Lock::Layer(&info.diff_id))?;
-            if !store.has_layer(&info.diff_id)? {
+            let _lock = store.lock(Lock::Layer(&w.diff_id))?;
+            if !store.has_layer(&w.diff_id)? {
                 // Until its directory is unpacked, the layer's size is its tar's.
-                store.insert_layer(&info.diff_id, info.uncompressed_size, info.entries as u64)?;
+                store.insert_layer(&w.diff_id, w.uncompressed_size, w.entries as u64)?;
             }
         }
-        if !store.has_blob(&info.digest) {
-            store.commit_blob_file(&tmp, &info.digest)?;
+        if !store.has_blob(&w.digest) {
+            store.commit_blob_file(&tmp, &w.digest)?;
         }
         let row = ImageLayerRow {
-            diff_id: info.diff_id.clone(),
-            blob_digest: info.digest.clone(),
-            media_type: crate::compression::MT_OCI_LAYER_GZIP.to_string(),
-            blob_size: info.size,
-            size: info.uncompressed_size,
+            diff_id: w.diff_id.clone(),
+            blob_digest: w.digest.clone(),
+            media_type: w.media_type.to_string(),
+            blob_size: w.size,
+            size: w.uncompressed_size,
         };
         descriptors.push(json!({
             "mediaType": row.media_type, "digest": row.blob_digest, "size": row.blob_size,
-            "annotations": {
-                ANNOTATION_TOC_DIGEST: info.toc_digest.to_string(),
-                ANNOTATION_UNCOMPRESSED_SIZE: info.uncompressed_size.to_string(),
-            },
+            "annotations": w.annotations,
         }));
-        converted.push((info.digest, info.toc_digest));
+        converted.push((w.digest, w.toc));
         rows.push(row);
     }
 
@@ -143,4 +214,16 @@ fn convert_staged(
         config_digest: published.config_digest,
         layers: converted,
     })
+}
+
+/// One converted layer, whatever its format.
+struct Written {
+    digest: Sha256Digest,
+    size: u64,
+    diff_id: Sha256Digest,
+    uncompressed_size: u64,
+    entries: usize,
+    toc: Sha256Digest,
+    media_type: &'static str,
+    annotations: serde_json::Map<String, Value>,
 }

@@ -107,7 +107,10 @@ pub fn skeleton_tar<W: Write>(toc: &Toc, out: W) -> io::Result<W> {
             continue;
         }
         let name: &[u8] = if e.name.is_empty() { b"." } else { e.name.as_bytes() };
-        let mtime = e.modtime.as_deref().and_then(crate::time::parse_rfc3339).unwrap_or(0).max(0) as u64;
+        // Exact (containers/storage's TOCs have nanoseconds; times before 1970 exist): through
+        // a PAX record when the ustar field cannot hold it.
+        let exact = e.modtime.as_deref().and_then(crate::time::parse_rfc3339_exact).unwrap_or((0, 0));
+        let mtime = exact.0.clamp(0, crate::tar::ustar::MAX_SIZE as i64) as u64;
         let xattrs: Vec<(Vec<u8>, Vec<u8>)> =
             e.xattrs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect();
         let kind = match e.kind {
@@ -141,6 +144,7 @@ pub fn skeleton_tar<W: Write>(toc: &Toc, out: W) -> io::Result<W> {
             uid: u64::from(e.uid),
             gid: u64::from(e.gid),
             mtime,
+            exact_mtime: Some(exact),
             size,
             link,
             dev,

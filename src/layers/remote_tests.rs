@@ -134,6 +134,33 @@ fn unpack_error(r: Result<UnpackStats>) -> UnpackError {
     }
 }
 
+/// The TOC's times reach the skeleton exactly: nanoseconds (containers/storage writes Go's
+/// RFC3339Nano) and times before 1970, which the ustar field cannot hold.
+#[test]
+fn skeleton_times_keep_nanoseconds_and_dates_before_1970() {
+    if !strata_test_support::privileged("skeleton_times_keep_nanoseconds_and_dates_before_1970") {
+        return;
+    }
+    let toc = parsed(
+        r#"{"name":"ns","type":"dir","mode":493,"modtime":"2001-02-03T04:05:06.123456789Z"},
+           {"name":"ns/old","type":"symlink","linkName":"x","modtime":"1969-07-20T20:17:40Z"},
+           {"name":"ns/f","type":"reg","mode":420,"modtime":"1969-12-31T23:59:59.25Z"},
+           {"name":"ns/whole","type":"fifo","mode":420,"modtime":"2023-11-14T22:13:20Z"}"#,
+    )
+    .unwrap();
+    let (t, r) = build(&toc);
+    r.unwrap();
+    let tree = t.path().join("tree");
+    let time = |p: &str| {
+        let m = fs::symlink_metadata(tree.join(p)).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    };
+    assert_eq!(time("ns"), (981_173_106, 123_456_789));
+    assert_eq!(time("ns/old"), (-14_182_940, 0));
+    assert_eq!(time("ns/f"), (-1, 250_000_000));
+    assert_eq!(time("ns/whole"), (1_700_000_000, 0));
+}
+
 #[test]
 fn hostile_tocs_are_refused_or_confined_as_hostile_tars() {
     if !strata_test_support::privileged("hostile_tocs_are_refused_or_confined_as_hostile_tars") {

@@ -368,6 +368,18 @@ fn zstd_chunked_toc_is_located_verified_and_read() {
     let got =
         decode_chunk_to_vec(toc.format, &blob[c.blob_offset as usize..c.blob_end as usize], "f", c).unwrap();
     assert_eq!(got, b"hello, zstd");
+    // A chunk's digest is of its uncompressed bytes: a valid frame of other bytes is refused,
+    // and so is a damaged frame.
+    let other = zstd::encode_all(&b"HELLO, zstd"[..], 1).unwrap();
+    let c2 = Chunk { blob_end: c.blob_offset + other.len() as u64, ..c.clone() };
+    assert!(matches!(
+        decode_chunk_to_vec(toc.format, &other, "f", &c2),
+        Err(SeekableError::ChunkDigest { .. })
+    ));
+    let mut damaged = blob[c.blob_offset as usize..c.blob_end as usize].to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x55;
+    assert!(decode_chunk_to_vec(toc.format, &damaged, "f", c).is_err());
     // A plain zstd reader skips the TOC and footer frames.
     let plain = zstd::decode_all(&blob[..]).unwrap();
     assert_eq!(tar::Archive::new(&plain[..]).entries().unwrap().count(), 1);
@@ -405,4 +417,32 @@ fn locate_reads_only_well_formed_annotations() {
         Some(Locator::ZstdChunked { offset: 10, length: 20, .. })
     ));
     assert_eq!(locate(zstd_mt, &ann(&[(ANNOTATION_ZSTD_POSITION, "10:20:30:1")]), 100).unwrap(), None);
+}
+
+/// containers/storage's TOC: a file of several chunks (rolling-checksum cut, `chunk` entries),
+/// `endOffset` on the file's entry saying where its last frame ends; the frames of the next
+/// entries' tar headers lie between it and the next file's data.
+#[test]
+fn zstd_chunked_chunks_end_where_the_file_says() {
+    let d = |s: &str| crate::digest::Sha256Digest::of(s.as_bytes()).to_string();
+    let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": [
+        {"type": "dir", "name": "./"},
+        {"type": "reg", "name": "a", "size": 30, "offset": 100, "endOffset": 400,
+         "chunkSize": 10, "chunkDigest": d("1"), "digest": d("a")},
+        {"type": "chunk", "name": "a", "offset": 200, "chunkOffset": 10, "chunkSize": 15, "chunkDigest": d("2")},
+        {"type": "chunk", "name": "a", "offset": 300, "chunkOffset": 25, "chunkSize": 5, "chunkDigest": d("3"),
+         "chunkType": "zeros"},
+        {"type": "reg", "name": "b", "size": 3, "offset": 500, "endOffset": 550, "digest": d("b")},
+        {"type": "reg", "name": "c", "size": 3, "offset": 600, "endOffset": 9999, "digest": d("c")},
+    ]}))
+    .unwrap();
+    let toc = Toc::parse(&json, Format::ZstdChunked, 700).unwrap();
+    let spans = |name: &str| -> Vec<(u64, u64, u64, u64)> {
+        let e = toc.entries.iter().find(|e| e.name == name).unwrap();
+        e.chunks.iter().map(|c| (c.file_offset, c.size, c.blob_offset, c.blob_end)).collect()
+    };
+    assert_eq!(spans("a"), vec![(0, 10, 100, 200), (10, 15, 200, 300), (25, 5, 300, 400)]);
+    assert_eq!(spans("b"), vec![(0, 3, 500, 550)]);
+    // An endOffset past the next data (or the TOC) is not believed.
+    assert_eq!(spans("c"), vec![(0, 3, 600, 700)]);
 }

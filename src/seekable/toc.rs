@@ -255,6 +255,8 @@ fn check(raw: RawToc, format: Format, data_end: u64) -> Result<Toc, SeekableErro
         raw.entries.iter().filter(|e| e.offset > 0).map(|e| e.offset as u64).collect();
     let mut entries: Vec<TocEntry> = Vec::with_capacity(raw.entries.len());
     let mut by_name: HashMap<String, usize> = HashMap::new();
+    // zstd:chunked: where the current file's last frame ends (its entry's `endOffset`).
+    let mut file_end = 0i64;
     for (index, r) in raw.entries.into_iter().enumerate() {
         let fail = |reason: String| SeekableError::TocEntry { index, name: r.name.clone(), reason };
         let name = clean_name(&r.name).map_err(fail)?;
@@ -262,7 +264,7 @@ fn check(raw: RawToc, format: Format, data_end: u64) -> Result<Toc, SeekableErro
             let Some(file) = entries.last_mut().filter(|f| f.kind == EntryKind::Reg && f.name == name) else {
                 return Err(fail("a chunk that follows no regular file of its name".into()));
             };
-            let chunk = chunk_of(&r, file, &offsets, data_end).map_err(fail)?;
+            let chunk = chunk_of(&r, file, file_end, &offsets, data_end).map_err(fail)?;
             file.chunks.push(chunk);
             continue;
         }
@@ -351,8 +353,9 @@ fn check(raw: RawToc, format: Format, data_end: u64) -> Result<Toc, SeekableErro
             digest,
             chunks: Vec::new(),
         };
+        file_end = r.end_offset;
         if kind == EntryKind::Reg && size > 0 {
-            let chunk = chunk_of(&r, &entry, &offsets, data_end).map_err(fail)?;
+            let chunk = chunk_of(&r, &entry, file_end, &offsets, data_end).map_err(fail)?;
             entry.chunks.push(chunk);
         }
         by_name.insert(name, entries.len());
@@ -369,7 +372,15 @@ fn check(raw: RawToc, format: Format, data_end: u64) -> Result<Toc, SeekableErro
 }
 
 /// The next chunk of `file` that raw entry `r` (the file's own, or a `chunk` entry) describes.
-fn chunk_of(r: &RawEntry, file: &TocEntry, offsets: &BTreeSet<u64>, data_end: u64) -> Result<Chunk, String> {
+/// `file_end` is the file entry's `endOffset` (zstd:chunked: where its last frame ends; 0 when
+/// not given).
+fn chunk_of(
+    r: &RawEntry,
+    file: &TocEntry,
+    file_end: i64,
+    offsets: &BTreeSet<u64>,
+    data_end: u64,
+) -> Result<Chunk, String> {
     let expected = file.chunks.last().map_or(0, |c| c.file_offset + c.size);
     if r.chunk_offset < 0 || r.chunk_offset as u64 != expected {
         return Err(format!("chunk at {} where {expected} was due", r.chunk_offset));
@@ -389,7 +400,12 @@ fn chunk_of(r: &RawEntry, file: &TocEntry, offsets: &BTreeSet<u64>, data_end: u6
     }
     let blob_offset = r.offset as u64;
     let next = offsets.range(blob_offset + 1..).next().copied().unwrap_or(data_end).min(data_end);
-    let blob_end = match r.end_offset {
+    // A chunk's frame ends at the next data offset at the latest (the tar headers of the
+    // entries between are in frames of their own); containers/storage says where a file's last
+    // frame ends, which spares fetching those headers with its last chunk. A bound that does not
+    // fall between the chunk's start and the next data offset is ignored.
+    let end_hint = if expected + size == file.size { file_end } else { r.end_offset };
+    let blob_end = match end_hint {
         e if e > r.offset && (e as u64) <= next => e as u64,
         _ => next,
     };

@@ -1,13 +1,23 @@
-//! Writing eStargz: a plain layer tar (as commit writes it, or a stored layer decompressed) to
-//! an eStargz blob.
+//! Writing seekable layers: a plain layer tar (as commit writes it, or a stored layer
+//! decompressed) to eStargz or zstd:chunked.
 //!
 //! The tar's bytes pass through unchanged (read with the tar crate through a tee that keeps
-//! what it consumed); only the gzip member boundaries are placed: each entry's headers go into
-//! the open member, each chunk of a regular file's data (at most [`EstargzOptions::chunk_size`])
-//! starts a member of its own. The tar's end-of-archive blocks are replaced by the TOC entry
-//! (`stargz.index.json`, in a member of its own, followed by the end-of-archive blocks) and the
-//! footer. The result is an ordinary gzip tar: its diff_id is that of the tar with the TOC entry
-//! (and the landmark, when written) added.
+//! what it consumed); only the frame boundaries (gzip members, zstd frames) are placed: each
+//! entry's headers go into the open frame, each chunk of a regular file's data (at most
+//! `chunk_size` bytes) starts a frame of its own.
+//! - eStargz ([`write_estargz`]): the tar's end-of-archive blocks are replaced by the TOC entry
+//!   (`stargz.index.json`, in a member of its own, followed by the end-of-archive blocks) and
+//!   the footer. The result is an ordinary gzip tar: its diff_id is that of the tar with the TOC
+//!   entry (and the landmark, when written) added.
+//! - zstd:chunked ([`write_zstd_chunked`], the format docs/lazy.md describes): the tar is kept
+//!   whole, end-of-archive blocks included, so the diff_id is the input's; a file's last chunk
+//!   closes its frame (its entry's `endOffset`). The TOC follows in a skippable frame
+//!   (zstd-compressed JSON), then the 48-byte footer frame (containers/storage 1.43's and
+//!   stargz-snapshotter's form). Every chunk has its `chunkDigest`, as stargz-snapshotter's
+//!   verifier requires; a file of several chunks has `chunkSize` on each, as containers/storage
+//!   writes them.
+//!
+//! Both leave out an earlier conversion's TOC and landmark entries (a new TOC is written).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,7 +28,9 @@ use base64::Engine as _;
 use flate2::write::GzEncoder;
 use sha2::Digest as _;
 
-use super::{footer, SeekableError, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME};
+use super::{
+    footer, Format, SeekableError, MAX_TOC_BYTES, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_NAME,
+};
 use crate::digest::Sha256Digest;
 
 /// eStargz's chunk size by default (stargz-snapshotter's).
@@ -69,6 +81,59 @@ pub struct EstargzInfo {
     pub entries: usize,
 }
 
+/// How to write zstd:chunked.
+#[derive(Debug, Clone)]
+pub struct ZstdChunkedOptions {
+    pub zstd_level: i32,
+    /// Largest chunk of a regular file's data in one zstd frame.
+    pub chunk_size: u64,
+}
+
+impl Default for ZstdChunkedOptions {
+    fn default() -> Self {
+        ZstdChunkedOptions { zstd_level: 3, chunk_size: DEFAULT_CHUNK_SIZE }
+    }
+}
+
+/// What [`write_zstd_chunked`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZstdChunkedInfo {
+    /// The blob's digest and size.
+    pub digest: Sha256Digest,
+    pub size: u64,
+    /// The uncompressed tar's digest and size: the input's, unless it held TOC or landmark
+    /// entries of an earlier conversion (left out).
+    pub diff_id: Sha256Digest,
+    pub uncompressed_size: u64,
+    /// The TOC JSON's digest (what stargz-snapshotter's reader verifies; what strata stores).
+    pub toc_digest: Sha256Digest,
+    /// The compressed TOC's digest (the `manifest-checksum` annotation).
+    pub toc_checksum: Sha256Digest,
+    /// Where the compressed TOC is (past its skippable frame's header), its length and its
+    /// JSON's.
+    pub toc_offset: u64,
+    pub toc_length: u64,
+    pub toc_uncompressed: u64,
+    /// TOC entries written (chunks of a file counted once each).
+    pub entries: usize,
+}
+
+impl ZstdChunkedInfo {
+    /// The layer descriptor's annotations: position and checksum, each in both spellings
+    /// (containers/storage 1.43 and stargz-snapshotter read `io.containers.`, newer
+    /// containers/storage `io.github.containers.`).
+    pub fn annotations(&self) -> Vec<(&'static str, String)> {
+        let position = format!("{}:{}:{}:1", self.toc_offset, self.toc_length, self.toc_uncompressed);
+        let checksum = self.toc_checksum.to_string();
+        vec![
+            (super::ANNOTATION_ZSTD_POSITION, position.clone()),
+            (super::ANNOTATION_ZSTD_CHECKSUM, checksum.clone()),
+            (super::ANNOTATION_ZSTD_POSITION_GH, position),
+            (super::ANNOTATION_ZSTD_CHECKSUM_GH, checksum),
+        ]
+    }
+}
+
 /// The TOC entry as written (Go's field names, zero fields left out).
 #[derive(serde::Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -90,6 +155,8 @@ struct OutEntry {
     gid: u64,
     #[serde(skip_serializing_if = "is_zero")]
     offset: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    end_offset: u64,
     #[serde(skip_serializing_if = "is_zero")]
     dev_major: u64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -130,35 +197,81 @@ impl<W: Write> Write for Blob<W> {
     }
 }
 
-/// The gzip members: plain bytes go into the open member (one is opened when none is).
+/// How frames are compressed.
+enum Codec {
+    Gzip(flate2::Compression),
+    /// One compression context for every frame (a frame's bytes are buffered until it closes:
+    /// a chunk, or the headers between two files).
+    Zstd(Box<zstd::bulk::Compressor<'static>>),
+}
+
+/// The open frame.
+enum Frame<W: Write> {
+    Gzip(Box<GzEncoder<Blob<W>>>),
+    Zstd(Blob<W>, Vec<u8>),
+}
+
+/// The frames: plain bytes go into the open frame (one is opened when none is).
 struct Members<W: Write> {
     idle: Option<Blob<W>>,
-    open: Option<GzEncoder<Blob<W>>>,
-    level: flate2::Compression,
+    open: Option<Frame<W>>,
+    codec: Codec,
     diff: sha2::Sha256,
     plain: u64,
 }
 
+fn broken() -> io::Error {
+    io::Error::other("seekable writer broken")
+}
+
+/// A zstd compression context that writes a checksum in each frame.
+fn zstd_context(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    Ok(c)
+}
+
 impl<W: Write> Members<W> {
+    fn new(out: W, codec: Codec) -> Self {
+        Members {
+            idle: Some(Blob { inner: out, n: 0, hash: sha2::Sha256::new() }),
+            open: None,
+            codec,
+            diff: sha2::Sha256::new(),
+            plain: 0,
+        }
+    }
+
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if self.open.is_none() {
-            let blob = self.idle.take().ok_or_else(|| io::Error::other("eStargz writer broken"))?;
-            self.open = Some(GzEncoder::new(blob, self.level));
+            let blob = self.idle.take().ok_or_else(broken)?;
+            self.open = Some(match &self.codec {
+                Codec::Gzip(level) => Frame::Gzip(Box::new(GzEncoder::new(blob, *level))),
+                Codec::Zstd(_) => Frame::Zstd(blob, Vec::new()),
+            });
         }
-        if let Some(gz) = &mut self.open {
-            gz.write_all(data)?;
+        match &mut self.open {
+            Some(Frame::Gzip(gz)) => gz.write_all(data)?,
+            Some(Frame::Zstd(_, buf)) => buf.extend_from_slice(data),
+            None => return Err(broken()),
         }
         self.diff.update(data);
         self.plain += data.len() as u64;
         Ok(())
     }
 
-    /// Closes the open member; returns the offset where the next one starts.
+    /// Closes the open frame; returns the offset where the next one starts.
     fn close(&mut self) -> io::Result<u64> {
-        if let Some(gz) = self.open.take() {
-            self.idle = Some(gz.finish()?);
+        match (self.open.take(), &mut self.codec) {
+            (Some(Frame::Gzip(gz)), _) => self.idle = Some(gz.finish()?),
+            (Some(Frame::Zstd(mut blob, buf)), Codec::Zstd(ctx)) => {
+                blob.write_all(&ctx.compress(&buf)?)?;
+                self.idle = Some(blob);
+            }
+            (Some(Frame::Zstd(..)), Codec::Gzip(_)) => return Err(broken()),
+            (None, _) => {}
         }
-        self.idle.as_ref().map(|b| b.n).ok_or_else(|| io::Error::other("eStargz writer broken"))
+        self.idle.as_ref().map(|b| b.n).ok_or_else(broken)
     }
 }
 
@@ -223,24 +336,12 @@ pub fn write_estargz<R: Read, W: Write>(
     out: W,
     opts: &EstargzOptions,
 ) -> Result<(EstargzInfo, W), SeekableError> {
-    let w = |e: io::Error| SeekableError::Write(e);
-    let bad = |name: &str, reason: &str| SeekableError::TocEntry {
-        index: 0,
-        name: name.to_string(),
-        reason: reason.to_string(),
-    };
-    let chunk_size = opts.chunk_size.max(1);
-    let mut m = Members {
-        idle: Some(Blob { inner: out, n: 0, hash: sha2::Sha256::new() }),
-        open: None,
-        level: flate2::Compression::new(opts.gzip_level.min(9)),
-        diff: sha2::Sha256::new(),
-        plain: 0,
-    };
+    let w = SeekableError::Write;
+    let mut m = Members::new(out, Codec::Gzip(flate2::Compression::new(opts.gzip_level.min(9))));
     let mut toc: Vec<OutEntry> = Vec::new();
 
     // Where `.prefetch.landmark` goes: after this many of the input's entries.
-    let mut prefetch_after = match opts.landmark {
+    let prefetch_after = match opts.landmark {
         Landmark::NoPrefetch => {
             landmark(&mut m, &mut toc, NO_PREFETCH_LANDMARK).map_err(w)?;
             None
@@ -248,14 +349,105 @@ pub fn write_estargz<R: Read, W: Write>(
         Landmark::None => None,
         Landmark::PrefetchAfter(n) => Some(n),
     };
-    let mut written = 0usize;
+    walk(tar, &mut m, &mut toc, Format::Estargz, opts.chunk_size, prefetch_after)?;
 
+    let toc_offset = m.close().map_err(w)?;
+    let json = toc_json(&toc)?;
+    let (h, body) = added_entry(TOC_NAME, &json).map_err(w)?;
+    m.write(&h).map_err(w)?;
+    m.write(&body).map_err(w)?;
+    m.write(&[0u8; 1024]).map_err(w)?;
+    m.close().map_err(w)?;
+    let mut blob = m.idle.take().ok_or_else(|| w(broken()))?;
+    blob.write_all(&footer::estargz_footer(toc_offset)).map_err(w)?;
+    let info = EstargzInfo {
+        digest: Sha256Digest::from_bytes(&blob.hash.finalize_reset()),
+        size: blob.n,
+        diff_id: Sha256Digest::from_bytes(&m.diff.finalize()),
+        uncompressed_size: m.plain,
+        toc_digest: Sha256Digest::of(&json),
+        entries: toc.len(),
+    };
+    Ok((info, blob.inner))
+}
+
+/// Writes the plain layer tar `tar` to `out` as zstd:chunked.
+pub fn write_zstd_chunked<R: Read, W: Write>(
+    tar: R,
+    out: W,
+    opts: &ZstdChunkedOptions,
+) -> Result<(ZstdChunkedInfo, W), SeekableError> {
+    let w = SeekableError::Write;
+    let ctx = zstd_context(opts.zstd_level).map_err(w)?;
+    let mut m = Members::new(out, Codec::Zstd(Box::new(ctx)));
+    let mut toc: Vec<OutEntry> = Vec::new();
+    walk(tar, &mut m, &mut toc, Format::ZstdChunked, opts.chunk_size, None)?;
+    let data_end = m.close().map_err(w)?;
+    let json = toc_json(&toc)?;
+    let compressed = match &mut m.codec {
+        Codec::Zstd(ctx) => ctx.compress(&json).map_err(w)?,
+        Codec::Gzip(_) => return Err(w(broken())),
+    };
+    let mut blob = m.idle.take().ok_or_else(|| w(broken()))?;
+    blob.write_all(&footer::skippable_frame(&compressed)?).map_err(w)?;
+    // The position names the compressed TOC itself, past its frame's 8-byte header.
+    let f = footer::ZstdFooter {
+        offset: data_end + 8,
+        length: compressed.len() as u64,
+        uncompressed: json.len() as u64,
+    };
+    blob.write_all(&footer::zstd_chunked_footer(f)).map_err(w)?;
+    let info = ZstdChunkedInfo {
+        digest: Sha256Digest::from_bytes(&blob.hash.finalize_reset()),
+        size: blob.n,
+        diff_id: Sha256Digest::from_bytes(&m.diff.finalize()),
+        uncompressed_size: m.plain,
+        toc_digest: Sha256Digest::of(&json),
+        toc_checksum: Sha256Digest::of(&compressed),
+        toc_offset: f.offset,
+        toc_length: f.length,
+        toc_uncompressed: f.uncompressed,
+        entries: toc.len(),
+    };
+    Ok((info, blob.inner))
+}
+
+/// The TOC JSON; refused when larger than a reader takes.
+fn toc_json(toc: &[OutEntry]) -> Result<Vec<u8>, SeekableError> {
+    let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": toc}))
+        .map_err(|e| SeekableError::Write(io::Error::other(e)))?;
+    if json.len() as u64 > MAX_TOC_BYTES {
+        return Err(SeekableError::TooLarge { what: "TOC", limit: MAX_TOC_BYTES });
+    }
+    Ok(json)
+}
+
+/// The tar's entries into `m`'s frames and `toc`: headers into the open frame, each chunk of
+/// a file's data in a frame of its own. eStargz stops after the last entry's padding (its
+/// end-of-archive blocks are replaced); zstd:chunked writes the rest of the input too.
+fn walk<R: Read, W: Write>(
+    tar: R,
+    m: &mut Members<W>,
+    toc: &mut Vec<OutEntry>,
+    format: Format,
+    chunk_size: u64,
+    // `.prefetch.landmark` after this many entries (eStargz).
+    mut prefetch_after: Option<usize>,
+) -> Result<(), SeekableError> {
+    let w = SeekableError::Write;
+    let bad = |name: &str, reason: &str| SeekableError::TocEntry {
+        index: 0,
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let chunk_size = chunk_size.max(1);
     let kept = Rc::new(RefCell::new(Vec::new()));
     // The input offset of kept[0], and where the last entry's data (padded) ends.
     let mut kept_start = 0u64;
     let mut entry_end = 0u64;
     // The last entry was left out: its padding is too.
     let mut drop_padding = false;
+    let mut written = 0usize;
     let mut ar = tar::Archive::new(Tee { inner: tar, kept: kept.clone() });
     let decode = |e: io::Error| SeekableError::Decompress { what: "layer tar", source: e };
     for entry in ar.entries().map_err(decode)? {
@@ -287,19 +479,24 @@ pub fn write_estargz<R: Read, W: Write>(
         };
         e.uid = h.uid().unwrap_or(0);
         e.gid = h.gid().unwrap_or(0);
-        e.modtime = crate::time::rfc3339(h.mtime().unwrap_or(0) as i64);
+        let mut mtime = (h.mtime().unwrap_or(0) as i64, 0u32);
         // PAX records parsed by length (the tar crate's iterator splits binary values).
         let ext = &headers[..headers.len().saturating_sub(512)];
         let records =
             crate::tar::pax::records_before(ext).map_err(|r| bad(&name, &format!("PAX header: {r}")))?;
         for (key, value) in records {
             if key.starts_with(b"GNU.sparse.") {
-                return Err(bad(&name, "sparse files have no eStargz form"));
+                return Err(bad(&name, &format!("sparse files have no {} form", format.as_str())));
             }
             let num = || std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok());
             match key.as_slice() {
                 crate::tar::pax::UID => e.uid = num().unwrap_or(e.uid),
                 crate::tar::pax::GID => e.gid = num().unwrap_or(e.gid),
+                crate::tar::pax::MTIME => {
+                    if let Some(t) = crate::tar::pax::parse_time(&value) {
+                        mtime = (t.tv_sec, t.tv_nsec.clamp(0, 999_999_999) as u32);
+                    }
+                }
                 _ => {
                     if let Some(x) = crate::tar::pax::xattr_name(&key) {
                         let xname =
@@ -309,6 +506,12 @@ pub fn write_estargz<R: Read, W: Write>(
                 }
             }
         }
+        // eStargz's TOC has whole seconds (Go's writer rounds); containers/storage's has
+        // nanoseconds.
+        e.modtime = match format {
+            Format::Estargz => crate::time::rfc3339(mtime.0),
+            Format::ZstdChunked => crate::time::rfc3339_exact(mtime.0, mtime.1),
+        };
         let link = || -> Result<String, SeekableError> {
             let l = entry.link_name_bytes().ok_or_else(|| bad(&name, "a link without a target"))?;
             String::from_utf8(l.into_owned()).map_err(|_| bad(&name, "a link target that is not UTF-8"))
@@ -337,7 +540,7 @@ pub fn write_estargz<R: Read, W: Write>(
             other => {
                 return Err(bad(
                     &name,
-                    &format!("entry type {:?} has no eStargz form", other.as_byte() as char),
+                    &format!("entry type {:?} has no {} form", other.as_byte() as char, format.as_str()),
                 ))
             }
         };
@@ -353,7 +556,7 @@ pub fn write_estargz<R: Read, W: Write>(
             continue;
         }
         if prefetch_after == Some(written) {
-            landmark(&mut m, &mut toc, PREFETCH_LANDMARK).map_err(w)?;
+            landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
             prefetch_after = None;
         }
         written += 1;
@@ -388,7 +591,9 @@ pub fn write_estargz<R: Read, W: Write>(
             });
             c.offset = offset;
             c.chunk_offset = done;
-            if n == chunk_size {
+            // eStargz as Go writes it: the last chunk's size is implied. containers/storage
+            // gives every chunk's size when there are several.
+            if n == chunk_size || (format == Format::ZstdChunked && n < size) {
                 c.chunk_size = n;
             }
             c.chunk_digest = Sha256Digest::of(&data).to_string();
@@ -396,38 +601,28 @@ pub fn write_estargz<R: Read, W: Write>(
             done += n;
         }
         toc[first_index].digest = Sha256Digest::from_bytes(&file_hash.finalize()).to_string();
-    }
-    // The last entry's padding; the end-of-archive blocks after it are replaced.
-    {
-        let k = kept.borrow();
-        let padding = (entry_end.saturating_sub(kept_start) as usize).min(k.len());
-        if !drop_padding {
-            m.write(&k[..padding]).map_err(w)?;
+        if format == Format::ZstdChunked {
+            // The file's last frame ends here: the next headers start a frame of their own.
+            toc[first_index].end_offset = m.close().map_err(w)?;
         }
     }
-    drop(ar);
+    // The last entry's padding; then, for zstd:chunked, the rest of the tar as it is.
+    let mut k = kept.borrow_mut();
+    let padding = (entry_end.saturating_sub(kept_start) as usize).min(k.len());
+    if !drop_padding {
+        m.write(&k[..padding]).map_err(w)?;
+    }
+    if format == Format::ZstdChunked {
+        let mut rest = k.split_off(padding);
+        drop(k);
+        ar.into_inner().inner.read_to_end(&mut rest).map_err(decode)?;
+        m.write(&rest).map_err(w)?;
+    } else {
+        drop(k);
+    }
     if prefetch_after.is_some() {
         // Fewer entries than asked for: all of them come first.
-        landmark(&mut m, &mut toc, PREFETCH_LANDMARK).map_err(w)?;
+        landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
     }
-
-    let toc_offset = m.close().map_err(w)?;
-    let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": toc}))
-        .map_err(|e| SeekableError::Write(io::Error::other(e)))?;
-    let (h, body) = added_entry(TOC_NAME, &json).map_err(w)?;
-    m.write(&h).map_err(w)?;
-    m.write(&body).map_err(w)?;
-    m.write(&[0u8; 1024]).map_err(w)?;
-    m.close().map_err(w)?;
-    let mut blob = m.idle.take().ok_or_else(|| w(io::Error::other("eStargz writer broken")))?;
-    blob.write_all(&footer::estargz_footer(toc_offset)).map_err(w)?;
-    let info = EstargzInfo {
-        digest: Sha256Digest::from_bytes(&blob.hash.finalize_reset()),
-        size: blob.n,
-        diff_id: Sha256Digest::from_bytes(&m.diff.finalize()),
-        uncompressed_size: m.plain,
-        toc_digest: Sha256Digest::of(&json),
-        entries: toc.len(),
-    };
-    Ok((info, blob.inner))
+    Ok(())
 }

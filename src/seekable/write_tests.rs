@@ -1,6 +1,7 @@
 //! The eStargz writer: its output is the input tar, byte for byte, with the landmark and TOC
 //! entries added, compressed in members the TOC locates; read back by this module's reader.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 use super::footer::*;
@@ -168,6 +169,113 @@ fn what_estargz_cannot_hold_is_refused() {
     tar[..512].copy_from_slice(h.as_bytes());
     assert!(write_estargz(&tar[..], Vec::new(), &EstargzOptions::default()).is_err());
     assert!(write_estargz(&b"garbage that is no tar"[..], Vec::new(), &EstargzOptions::default()).is_err());
+}
+
+/// zstd:chunked: the output decompresses (any zstd reader) to the input tar byte for byte, so
+/// the diff_id is kept; its annotations locate a TOC that verifies, whose chunks decode to each
+/// file's content; a file of several chunks gives each its size, and its last frame ends where
+/// its entry's `endOffset` says.
+#[test]
+fn zstd_chunked_output_is_the_tar_itself_and_reads_back() {
+    let tar = layer_tar();
+    let opts = ZstdChunkedOptions { chunk_size: 1000, ..Default::default() };
+    let (info, blob) = write_zstd_chunked(&tar[..], Vec::new(), &opts).unwrap();
+    assert_eq!((info.size, info.digest.clone()), (blob.len() as u64, crate::digest::Sha256Digest::of(&blob)));
+    let plain = zstd::decode_all(&blob[..]).unwrap();
+    assert_eq!(plain, tar, "the tar, unchanged");
+    assert_eq!(
+        (info.diff_id.clone(), info.uncompressed_size),
+        (crate::digest::Sha256Digest::of(&tar), tar.len() as u64)
+    );
+
+    let ann: HashMap<String, String> =
+        info.annotations().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(ann.len(), 4);
+    assert_eq!(ann[ANNOTATION_ZSTD_POSITION], ann[ANNOTATION_ZSTD_POSITION_GH]);
+    let loc = locate(crate::compression::MT_OCI_LAYER_ZSTD, &ann, blob.len() as u64).unwrap().unwrap();
+    let Locator::ZstdChunked { offset, length, .. } = loc.clone() else { panic!("{loc:?}") };
+    let footer = parse_zstd_chunked_footer(&blob[blob.len() - 48..], blob.len() as u64).unwrap();
+    assert_eq!((footer.offset, footer.length), (offset, length));
+    let frame = &blob[offset as usize..(offset + length) as usize];
+    let toc = Toc::from_zstd_chunked(frame, &loc).unwrap();
+    assert_eq!(crate::digest::Sha256Digest::of(&zstd::decode_all(frame).unwrap()), info.toc_digest);
+    assert!(!toc.entries.iter().any(|e| crate::seekable::HIDDEN_NAMES.contains(&e.name.as_str())));
+
+    let mut expected = tar::Archive::new(&tar[..]);
+    let mut files = 0;
+    for e in expected.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut want = Vec::new();
+        e.read_to_end(&mut want).unwrap();
+        let got = toc.entries.iter().find(|t| t.name == name.trim_end_matches('/')).unwrap();
+        assert_eq!(got.mode, e.header().mode().unwrap() & 0o7777, "{name}");
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let mut content = Vec::new();
+        for c in &got.chunks {
+            let part = &blob[c.blob_offset as usize..c.blob_end as usize];
+            // Each chunk is one whole frame of the file's bytes only.
+            assert_eq!(zstd::decode_all(part).unwrap().len() as u64, c.size, "{name}");
+            content.extend(decode_chunk_to_vec(Format::ZstdChunked, part, &name, c).unwrap());
+        }
+        assert_eq!(content, want, "{name}");
+        files += 1;
+    }
+    assert!(files >= 5);
+    let by = |n: &str| toc.entries.iter().find(|t| t.name == n).unwrap();
+    assert_eq!(by("big").chunks.iter().map(|c| c.size).collect::<Vec<_>>(), [1000, 1000, 1000]);
+    assert_eq!(by("x").xattrs.get("user.k").cloned(), Some(b"v\x00w".to_vec()));
+
+    // The raw TOC: chunk sizes on every chunk of a file of several, none on a file of one,
+    // every chunk's digest, and endOffset where the last frame ends.
+    let raw: serde_json::Value = serde_json::from_slice(&zstd::decode_all(frame).unwrap()).unwrap();
+    let raw = raw["entries"].as_array().unwrap();
+    let big: Vec<&serde_json::Value> = raw.iter().filter(|e| e["name"] == "big").collect();
+    assert_eq!(big.len(), 3);
+    assert!(big.iter().all(|e| e["chunkSize"] == 1000 && e["chunkDigest"].is_string()));
+    assert_eq!(big[0]["endOffset"].as_u64(), Some(by("big").chunks[2].blob_end));
+    let hosts = raw.iter().find(|e| e["name"] == "etc/hosts").unwrap();
+    assert!(hosts.get("chunkSize").is_none() && hosts["chunkDigest"] == hosts["digest"], "{hosts}");
+}
+
+/// zstd:chunked TOC times are exact (nanoseconds, before 1970) from the tar's PAX records, and
+/// an eStargz's TOC and landmark entries are left out (the diff_id is then the tar without
+/// them).
+#[test]
+fn zstd_chunked_keeps_exact_times_and_drops_an_old_toc() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(3);
+    h.set_mode(0o644);
+    b.append_pax_extensions([("mtime", &b"981173106.123456789"[..])]).unwrap();
+    b.append_data(&mut h, "ns", &b"ns\n"[..]).unwrap();
+    b.append_pax_extensions([("mtime", &b"-14182940"[..])]).unwrap();
+    b.append_data(&mut h, "old", &b"old"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let (info, blob) = write_zstd_chunked(&tar[..], Vec::new(), &ZstdChunkedOptions::default()).unwrap();
+    assert_eq!(info.diff_id, crate::digest::Sha256Digest::of(&tar));
+    let frame = &blob[info.toc_offset as usize..(info.toc_offset + info.toc_length) as usize];
+    let raw: serde_json::Value = serde_json::from_slice(&zstd::decode_all(frame).unwrap()).unwrap();
+    let times: Vec<&str> =
+        raw["entries"].as_array().unwrap().iter().map(|e| e["modtime"].as_str().unwrap()).collect();
+    assert_eq!(times, ["2001-02-03T04:05:06.123456789Z", "1969-07-20T20:17:40Z"]);
+
+    // From an eStargz's plain tar: its TOC and landmark are not carried over.
+    let (_, gz) = write_estargz(&tar[..], Vec::new(), &EstargzOptions::default()).unwrap();
+    let mut esgz_tar = Vec::new();
+    flate2::read::MultiGzDecoder::new(&gz[..]).read_to_end(&mut esgz_tar).unwrap();
+    let (again, blob) =
+        write_zstd_chunked(&esgz_tar[..], Vec::new(), &ZstdChunkedOptions::default()).unwrap();
+    let names: Vec<String> = tar::Archive::new(&zstd::decode_all(&blob[..]).unwrap()[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["ns", "old"]);
+    assert_eq!(again.entries, 2);
 }
 
 /// `Landmark::PrefetchAfter(n)`: `.prefetch.landmark` follows the input's first n entries (the

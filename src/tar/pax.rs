@@ -135,6 +135,20 @@ pub fn parse_time(v: &[u8]) -> Option<Timespec> {
     }
 }
 
+/// The PAX `mtime` value of (`secs`, `nsec`) (a `timespec`: seconds rounded down, `nsec` in
+/// `0..1e9`): what [`parse_time`] reads back as the same pair. `-1.25` is (-2 s, 0.75e9 ns).
+pub fn format_time(secs: i64, nsec: u32) -> String {
+    let nsec = nsec.min(999_999_999);
+    let frac = |n: u32| format!("{n:09}").trim_end_matches('0').to_string();
+    match (secs < 0, nsec) {
+        (false, 0) => secs.to_string(),
+        (false, n) => format!("{secs}.{}", frac(n)),
+        (true, 0) => secs.to_string(),
+        // -(|secs| - 1) - (1e9 - n) / 1e9
+        (true, n) => format!("-{}.{}", secs.unsigned_abs() - 1, frac(1_000_000_000 - n)),
+    }
+}
+
 /// Append one record to `out`: `"<len> <key>=<value>\n"` where len counts the whole record.
 pub fn push_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let rest = 1 + key.len() + 1 + value.len() + 1;
@@ -251,6 +265,19 @@ mod tests {
         assert_eq!(t(b"1.x"), None);
         assert_eq!(t(b""), None);
         assert_eq!(t(b"\xff"), None);
+        for (secs, nsec) in [
+            (0, 0),
+            (1_700_000_000, 0),
+            (1, 500_000_000),
+            (-3, 0),
+            (-2, 750_000_000),
+            (-1, 1),
+            (5, 999_999_999),
+        ] {
+            assert_eq!(t(format_time(secs, nsec).as_bytes()), Some((secs, nsec as _)), "{secs} {nsec}");
+        }
+        assert_eq!(format_time(-2, 750_000_000), "-1.25");
+        assert_eq!(format_time(1, 500_000_000), "1.5");
     }
 
     fn block(kind: u8, size: usize) -> Vec<u8> {

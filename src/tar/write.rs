@@ -14,6 +14,9 @@ pub(crate) struct EntryMeta<'a> {
     pub(crate) uid: u64,
     pub(crate) gid: u64,
     pub(crate) mtime: u64,
+    /// The exact time (seconds, nanoseconds), when `mtime` does not hold it: written as a PAX
+    /// `mtime` record if it has a fraction or falls outside ustar's field (before 1970).
+    pub(crate) exact_mtime: Option<(i64, u32)>,
     pub(crate) size: u64,
     pub(crate) link: Option<&'a [u8]>,
     pub(crate) dev: Option<(u32, u32)>,
@@ -88,6 +91,12 @@ impl<W: Write> LayerWriter<W> {
         }
         if m.size > ustar::MAX_SIZE {
             pax::push_record(&mut pax, pax::SIZE, m.size.to_string().as_bytes());
+        }
+        if let Some((secs, nsec)) = m.exact_mtime {
+            // The ustar mtime field is as wide as the size field.
+            if nsec != 0 || secs < 0 || secs > ustar::MAX_SIZE as i64 {
+                pax::push_record(&mut pax, pax::MTIME, pax::format_time(secs, nsec).as_bytes());
+            }
         }
         for (k, v) in m.xattrs {
             pax::push_xattr(&mut pax, k, v);

@@ -12,7 +12,7 @@ use common::registry::{Registry, RegistryOpts};
 use common::*;
 
 /// tests/estargz/check, built in GOPATH mode.
-fn estargz_check() -> PathBuf {
+pub(crate) fn estargz_check() -> PathBuf {
     let bin = repo().join("target/go-bin/estargz-check");
     let out = Command::new("go")
         .args(["build", "-o"])

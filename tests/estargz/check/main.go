@@ -1,13 +1,21 @@
-// Command estargz-check reads an eStargz blob with stargz-snapshotter's own reader
-// (estargz.Open), verifies its TOC against the digest the layer descriptor names and every
-// chunk against the TOC, and prints one line per entry: type, mode, uid, gid, size, content
-// sha256 (regular files) or link target, name. Built in GOPATH mode against Debian's
-// golang-github-containerd-stargz-snapshotter-dev, offline (cli/tests/it/lazy.rs builds it).
+// Command estargz-check reads an eStargz or zstd:chunked blob with stargz-snapshotter's own
+// reader (estargz.Open, with its zstdchunked decompressor for the latter), verifies its TOC
+// against the digest the layer descriptor names and every chunk against the TOC, and prints one
+// line per entry: type, mode, uid, gid, size, content sha256 (regular files) or link target,
+// name. Built in GOPATH mode against Debian's golang-github-containerd-stargz-snapshotter-dev,
+// offline (cli/tests/it/lazy.rs builds it).
 //
 // Usage: estargz-check BLOB TOC_DIGEST
+//
+//	estargz-check -zstd BLOB MANIFEST_CHECKSUM MANIFEST_POSITION
+//
+// With -zstd the descriptor's annotations are given: the compressed TOC at MANIFEST_POSITION
+// (offset:length:uncompressed:1) must hash to MANIFEST_CHECKSUM; the digest of its JSON is then
+// the one the TOC estargz.Open found through the footer must have.
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -16,21 +24,64 @@ import (
 	"sort"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: estargz-check BLOB TOC_DIGEST")
+	var err error
+	switch {
+	case len(os.Args) == 3:
+		err = check(os.Args[1], digest.Digest(os.Args[2]), nil)
+	case len(os.Args) == 5 && os.Args[1] == "-zstd":
+		err = checkZstd(os.Args[2], digest.Digest(os.Args[3]), os.Args[4])
+	default:
+		fmt.Fprintln(os.Stderr, "usage: estargz-check BLOB TOC_DIGEST | -zstd BLOB MANIFEST_CHECKSUM MANIFEST_POSITION")
 		os.Exit(2)
 	}
-	if err := check(os.Args[1], digest.Digest(os.Args[2])); err != nil {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "estargz-check:", err)
 		os.Exit(1)
 	}
 }
 
-func check(blob string, tocDigest digest.Digest) error {
+// checkZstd verifies the annotations against the blob, then reads it as check does.
+func checkZstd(blob string, checksum digest.Digest, position string) error {
+	var off, length, raw, kind int64
+	if _, err := fmt.Sscanf(position, "%d:%d:%d:%d", &off, &length, &raw, &kind); err != nil || kind != 1 {
+		return fmt.Errorf("bad manifest position %q", position)
+	}
+	f, err := os.Open(blob)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	compressed := make([]byte, length)
+	if _, err := f.ReadAt(compressed, off); err != nil {
+		return fmt.Errorf("reading the TOC at %s: %w", position, err)
+	}
+	if got := digest.FromBytes(compressed); got != checksum {
+		return fmt.Errorf("manifest checksum: the annotation says %s, the bytes are %s", checksum, got)
+	}
+	dec, err := zstd.NewReader(bytes.NewReader(compressed))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	json, err := io.ReadAll(dec)
+	if err != nil {
+		return fmt.Errorf("decompressing the TOC: %w", err)
+	}
+	if int64(len(json)) != raw {
+		return fmt.Errorf("the TOC is %d bytes, the position says %d", len(json), raw)
+	}
+	return check(blob, digest.FromBytes(json), []estargz.OpenOption{
+		estargz.WithDecompressors(new(zstdchunked.Decompressor)),
+	})
+}
+
+func check(blob string, tocDigest digest.Digest, opts []estargz.OpenOption) error {
 	f, err := os.Open(blob)
 	if err != nil {
 		return err
@@ -40,7 +91,7 @@ func check(blob string, tocDigest digest.Digest) error {
 	if err != nil {
 		return err
 	}
-	r, err := estargz.Open(io.NewSectionReader(f, 0, st.Size()))
+	r, err := estargz.Open(io.NewSectionReader(f, 0, st.Size()), opts...)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}
