@@ -18,6 +18,18 @@ say "running every test binary (--test-threads=${STRATA_TEST_THREADS:-2})"
 set +e
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
+# strata-fuse's own tests (pjdfstest, the kernel differential, load, stress) once more over FUSE
+# over io_uring, where the kernel has it (Linux 6.14+); test-fuse-uring.sh turns the fuse
+# module's enable_uring on for the run and restores it.
+if [ -e /sys/module/fuse/parameters/enable_uring ]; then
+    say "strata-fuse's tests again, over FUSE over io_uring"
+    echo "=== transport: io_uring" >>"$LOG"
+    scripts/test-fuse-uring.sh -p strata-fuse --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}" 2>&1 | tee -a "$LOG"
+    uring_status=${PIPESTATUS[0]}
+    [ "$uring_status" -eq 0 ] || status=$uring_status
+elif [ -n "${CI:-}" ]; then
+    echo "SKIPPED: FUSE over io_uring: this kernel has no /sys/module/fuse/parameters/enable_uring" | tee -a "$LOG"
+fi
 set -e
 
 # cargo names each binary before running it ("Running tests/podman.rs (target/debug/deps/podman-
@@ -35,7 +47,8 @@ function close_binary() {
     if (cur != "" && !seen) { failed++; bad[++nbad] = cur ": no test result (crashed?)" }
     cur = ""
 }
-/^ *(Running|Doc-tests) / { close_binary(); cur = name($0); seen = 0; tests = ""; next }
+/^=== transport: / { close_binary(); transport = " over " $3; next }
+/^ *(Running|Doc-tests) / { close_binary(); cur = name($0) transport; seen = 0; tests = ""; next }
 /^test .* \.\.\. FAILED$/ { t = $0; sub(/^test /, "", t); sub(/ \.\.\. FAILED$/, "", t)
     tests = tests (tests == "" ? "" : ", ") t; next }
 /SKIPPED \(not root\): / { skipped_root += gsub(/SKIPPED \(not root\): /, "&") }

@@ -17,6 +17,10 @@ pub trait LowerContents: Send + Sync + std::fmt::Debug {
     /// real file in the layer's directory is open as `real`.
     fn open(&self, rel: &Path, real: File) -> io::Result<Content>;
 
+    /// Start what runs beside the reads (a remote lower's prefetch and background completion):
+    /// called once the process serves (threads made before the daemon forks would not survive).
+    fn start(&self) {}
+
     /// Record what is pending (the filesystem is done).
     fn flush(&self) {}
 }

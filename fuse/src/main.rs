@@ -159,6 +159,10 @@ fn main() -> ExitCode {
             warn!("{msg}; serving through /dev/fuse");
         }
     }
+    // Remote lowers' prefetch (claimed at mount, so reads that come first wait for it).
+    for c in &contents {
+        c.start();
+    }
     if let Some(fd) = ready_fd {
         // SAFETY: the pipe's write end, owned by this process; tells the parent to return.
         unsafe {

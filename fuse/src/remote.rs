@@ -7,10 +7,10 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use strata::digest::Sha256Digest;
-use strata::registry::chunks::{open_remote_layer, RangeSource, RemoteFiles, StoreState};
+use strata::registry::chunks::{open_remote_layer, Prefetch, RangeSource, RemoteFiles, StoreState};
 
 use crate::contents::{ChunkReader, Content, LowerContents};
 use crate::{Error, RemoteOpt};
@@ -19,6 +19,9 @@ use crate::{Error, RemoteOpt};
 pub struct RemoteLower<S> {
     files: Arc<RemoteFiles<S>>,
     state: Option<Arc<StoreState>>,
+    /// The chunks before the layer's prefetch landmark, claimed at mount, fetched by
+    /// [`LowerContents::start`].
+    prefetch: Mutex<Option<Prefetch>>,
 }
 
 impl<S> std::fmt::Debug for RemoteLower<S> {
@@ -29,7 +32,23 @@ impl<S> std::fmt::Debug for RemoteLower<S> {
 
 impl<S: RangeSource + 'static> RemoteLower<S> {
     pub fn new(files: RemoteFiles<S>) -> RemoteLower<S> {
-        RemoteLower { files: Arc::new(files), state: None }
+        RemoteLower { files: Arc::new(files), state: None, prefetch: Mutex::new(None) }
+    }
+
+    /// Claim the files before the layer's prefetch landmark: from now on a read of one of them
+    /// waits for the prefetch [`LowerContents::start`] begins. Lookups never wait: they read the
+    /// skeleton.
+    pub fn claim_prefetch(&self) {
+        let claim = self.files.claim_prefetch();
+        if let Some(c) = &claim {
+            tracing::info!(
+                layer = self.files.label(),
+                chunks = c.chunks(),
+                bytes = c.range.end,
+                "prefetch claimed"
+            );
+        }
+        *self.prefetch.lock().unwrap_or_else(|e| e.into_inner()) = claim;
     }
 }
 
@@ -48,6 +67,28 @@ impl<S: RangeSource + 'static> LowerContents for RemoteLower<S> {
                 tracing::error!(layer = self.files.label(), file = %rel.display(), "no such file in the layer's TOC");
                 Err(io::Error::from_raw_os_error(libc::EIO))
             }
+        }
+    }
+
+    fn start(&self) {
+        let Some(claim) = self.prefetch.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let files = self.files.clone();
+        let state = self.state.clone();
+        let spawned = std::thread::Builder::new().name("prefetch".into()).spawn(move || {
+            match files.prefetch(claim) {
+                Ok(n) => tracing::info!(layer = files.label(), chunks = n, "prefetched"),
+                Err(e) => tracing::warn!(
+                    layer = files.label(),
+                    error = %strata::error::report(&e),
+                    "prefetch failed: reads fetch what they need"
+                ),
+            }
+            if let Some(s) = &state {
+                s.flush();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(layer = self.files.label(), error = %e, "prefetch not started");
         }
     }
 
@@ -98,7 +139,12 @@ pub fn attach(
             .iter()
             .position(|l| *l == tree)
             .ok_or_else(|| bad(format!("its skeleton {} is not one of the lowerdirs", tree.display())))?;
-        let lower = RemoteLower { files: Arc::new(opened.files), state: Some(opened.state) };
+        let lower = RemoteLower {
+            files: Arc::new(opened.files),
+            state: Some(opened.state),
+            prefetch: Mutex::new(None),
+        };
+        lower.claim_prefetch();
         let lower: Arc<dyn LowerContents> = Arc::new(lower);
         if cfg.contents.len() < cfg.lowers.len() {
             cfg.contents.resize(cfg.lowers.len(), None);

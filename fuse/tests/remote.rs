@@ -118,6 +118,11 @@ fn mount(
         opts.fs.contents[i] = Some(Arc::new(RemoteLower::new(files)));
     }
     let m = strata_fuse::mount(&opts).expect("mount");
+    // Over FUSE over io_uring (scripts/test-fuse-uring.sh) the kernel holds every request until
+    // the queues are registered, as strata-fuse's main does before serving.
+    if let Some(r) = m.rings {
+        r.start().expect("register the io_uring queues");
+    }
     Served(Some(m.session.spawn().expect("serve")))
 }
 

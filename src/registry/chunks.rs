@@ -150,6 +150,26 @@ pub trait LayerState: Send + Sync {
     fn bad(&self, reason: &str);
 }
 
+/// The most bytes a prefetch fetches in one request (the region before the landmark; a bigger
+/// one is fetched in runs of [`MAX_REQUEST`]).
+pub const MAX_PREFETCH: u64 = 64 << 20;
+
+/// Chunks claimed for a prefetch ([`RemoteFiles::claim_prefetch`]): the blob's
+/// `range` (from its start to the landmark), and the chunks in it to cache (entry and chunk
+/// indexes in the TOC).
+#[derive(Debug)]
+pub struct Prefetch {
+    pub range: Range<u64>,
+    chunks: Vec<(usize, usize)>,
+}
+
+impl Prefetch {
+    /// Chunks claimed.
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
 /// The regular files of a remote layer, read by name and offset.
 pub struct RemoteFiles<S> {
     toc: Toc,
@@ -344,7 +364,8 @@ impl<S: RangeSource> RemoteFiles<S> {
                 }
                 (mine, theirs)
             };
-            let fetched = if mine.is_empty() { Ok(()) } else { self.fetch(name, &mine, deadline) };
+            let items: Vec<(&str, &Chunk)> = mine.iter().map(|&c| (name, c)).collect();
+            let fetched = if mine.is_empty() { Ok(()) } else { self.fetch(&items, deadline) };
             {
                 let mut f = lock(&self.inflight);
                 for c in &mine {
@@ -371,42 +392,108 @@ impl<S: RangeSource> RemoteFiles<S> {
         }
     }
 
-    /// Fetch `chunks` (missing, claimed by this read): runs of chunks adjacent in the blob in
-    /// one request each (at most [`MAX_REQUEST`] bytes), each chunk verified, then cached.
-    fn fetch(&self, name: &str, chunks: &[&Chunk], deadline: Instant) -> Result<(), RegistryError> {
-        let mut sorted = chunks.to_vec();
-        sorted.sort_by_key(|c| c.blob_offset);
-        sorted.dedup_by_key(|c| c.blob_offset);
+    /// Fetch `items` (missing chunks, claimed by the caller, with their files' names): runs of
+    /// chunks adjacent in the blob in one request each (at most [`MAX_REQUEST`] bytes), each
+    /// chunk verified, then cached.
+    fn fetch(&self, items: &[(&str, &Chunk)], deadline: Instant) -> Result<(), RegistryError> {
+        let mut sorted = items.to_vec();
+        sorted.sort_by_key(|(_, c)| c.blob_offset);
+        sorted.dedup_by_key(|(_, c)| c.blob_offset);
         let mut k = 0;
         while k < sorted.len() {
             let mut run = vec![sorted[k]];
             k += 1;
             while k < sorted.len() {
-                let (last, next) = (run[run.len() - 1], sorted[k]);
-                if next.blob_offset != last.blob_end || next.blob_end - run[0].blob_offset > MAX_REQUEST {
+                let (last, next) = (run[run.len() - 1].1, sorted[k].1);
+                if next.blob_offset != last.blob_end || next.blob_end - run[0].1.blob_offset > MAX_REQUEST {
                     break;
                 }
-                run.push(next);
+                run.push(sorted[k]);
                 k += 1;
             }
-            let start = run[0].blob_offset;
-            let bytes = self.request(start..run[run.len() - 1].blob_end, deadline)?;
-            for c in run {
-                let part = bytes
-                    .get((c.blob_offset - start) as usize..(c.blob_end - start) as usize)
-                    .ok_or_else(|| RegistryError::Invalid {
-                        what: format!("layer {}: {name}", self.label),
-                        reason: "the registry sent a short range".into(),
-                    })?;
-                let data =
-                    decode_chunk_to_vec(self.toc.format, part, name, c).map_err(|e| self.corrupt(name, e))?;
-                self.cache_chunk(c, &data)?;
-                if let Some(s) = &self.state {
-                    s.fetched(c.blob_end - c.blob_offset);
+            let range = run[0].1.blob_offset..run[run.len() - 1].1.blob_end;
+            self.fetch_span(range, &run, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Fetch `range` of the blob in one request, and verify and cache the chunks of `items`
+    /// (all inside it).
+    fn fetch_span(
+        &self,
+        range: Range<u64>,
+        items: &[(&str, &Chunk)],
+        deadline: Instant,
+    ) -> Result<(), RegistryError> {
+        let start = range.start;
+        let bytes = self.request(range.clone(), deadline)?;
+        for &(name, c) in items {
+            let part = (c.blob_offset.checked_sub(start))
+                .and_then(|from| bytes.get(from as usize..(c.blob_end - start) as usize))
+                .ok_or_else(|| RegistryError::Invalid {
+                    what: format!("layer {}: {name}", self.label),
+                    reason: "the registry sent a short range".into(),
+                })?;
+            let data =
+                decode_chunk_to_vec(self.toc.format, part, name, c).map_err(|e| self.corrupt(name, e))?;
+            self.cache_chunk(c, &data)?;
+        }
+        if let Some(s) = &self.state {
+            s.fetched(range.end - range.start);
+        }
+        Ok(())
+    }
+
+    /// Claim the chunks before the layer's `.prefetch.landmark` (eStargz's files to fetch
+    /// first) that are not cached yet: a read of one of them from now on waits for
+    /// [`RemoteFiles::prefetch`] instead of fetching it. `None` when the layer has no landmark
+    /// (or `.no.prefetch.landmark`), or all of it is cached. Cheap, and no I/O but the cache's
+    /// `stat`s: strata-fuse claims before it serves, and fetches from a thread once it does.
+    pub fn claim_prefetch(&self) -> Option<Prefetch> {
+        let i = self.toc.prefetch_landmark()?;
+        let mark = self.toc.entries[i].chunks.first()?.blob_offset;
+        let mut f = lock(&self.inflight);
+        let mut chunks = Vec::new();
+        for (ei, e) in self.toc.entries.iter().enumerate() {
+            if e.kind != EntryKind::Reg {
+                continue;
+            }
+            for (ci, c) in e.chunks.iter().enumerate() {
+                if c.blob_end <= mark && !self.is_cached(c) && f.insert(c.digest.clone()) {
+                    chunks.push((ei, ci));
                 }
             }
         }
-        Ok(())
+        if chunks.is_empty() {
+            return None;
+        }
+        Some(Prefetch { range: 0..mark, chunks })
+    }
+
+    /// Fetch what `claim` claimed: the prefetch region in one request (when it is at most
+    /// [`MAX_PREFETCH`] bytes; by runs as reads fetch otherwise), every chunk verified and
+    /// cached; the claims are released either way (a read then fetches what failed). Returns the
+    /// chunks cached.
+    pub fn prefetch(&self, claim: Prefetch) -> Result<usize, RegistryError> {
+        let deadline = Instant::now() + self.policy.deadline;
+        let items: Vec<(&str, &Chunk)> = claim
+            .chunks
+            .iter()
+            .map(|&(e, c)| (self.toc.entries[e].name.as_str(), &self.toc.entries[e].chunks[c]))
+            .collect();
+        let res = if claim.range.end - claim.range.start <= MAX_PREFETCH {
+            self.fetch_span(claim.range.clone(), &items, deadline)
+        } else {
+            self.fetch(&items, deadline)
+        };
+        {
+            let mut f = lock(&self.inflight);
+            for (_, c) in &items {
+                f.remove(&c.digest);
+            }
+        }
+        self.landed.notify_all();
+        res.map(|()| items.len())
     }
 
     /// One range of the blob, with the policy's attempts within `deadline`.

@@ -278,3 +278,86 @@ fn concurrent_reads_share_a_bounded_number_of_requests() {
     });
     assert_eq!(files.source().most.load(Ordering::SeqCst), 2);
 }
+
+/// A layer whose first two files (`first`, 3 000 bytes in chunks of 1 000, and `second`) come
+/// before `.prefetch.landmark`, then `after`: as eStargz, with its verified TOC.
+fn prefetch_layer() -> (Vec<u8>, Toc) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [("first", noise(3000, 1)), ("second", b"two\n".to_vec()), ("after", noise(2000, 2))]
+    {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let opts = EstargzOptions {
+        chunk_size: 1000,
+        landmark: crate::seekable::write::Landmark::PrefetchAfter(2),
+        ..Default::default()
+    };
+    let (info, blob) = write_estargz(&tar[..], Vec::new(), &opts).unwrap();
+    let off = parse_estargz_footer(&blob[blob.len() - 51..]).unwrap();
+    let r = estargz_toc_range(blob.len() as u64, off).unwrap();
+    let toc = Toc::from_estargz(&blob[r.start as usize..r.end as usize], off, &info.toc_digest).unwrap();
+    (blob, toc)
+}
+
+/// The files before the landmark are claimed, then fetched in one request from the blob's
+/// start to the landmark, verified and cached; a read of one of them while the prefetch runs
+/// waits for it instead of asking for its chunk; afterwards they read without a request, and a
+/// file after the landmark is fetched as usual. Nothing to prefetch without a landmark.
+#[test]
+fn prefetch_fetches_the_files_before_the_landmark_in_one_request() {
+    let (blob, toc) = prefetch_layer();
+    let mark = toc.entries[toc.prefetch_landmark().unwrap()].chunks[0].blob_offset;
+    let t = tempfile::tempdir().unwrap();
+    let gated = Gated {
+        blob: blob.clone(),
+        now: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        open: Mutex::new(false),
+        cv: Default::default(),
+    };
+    let state = Arc::new(Recorded::default());
+    let files = RemoteFiles::new(toc, gated, t.path(), "test").unwrap().with_state(state.clone());
+    let claim = files.claim_prefetch().expect("a landmark");
+    assert_eq!((claim.range.clone(), claim.chunks()), (0..mark, 4), "3 chunks of `first`, 1 of `second`");
+    assert!(files.claim_prefetch().is_none(), "claimed once");
+    let want = noise(3000, 1);
+    std::thread::scope(|s| {
+        let p = s.spawn(|| files.prefetch(claim).unwrap());
+        let r = s.spawn(|| {
+            let mut buf = vec![0u8; 100];
+            let n = files.read_at("first", 1500, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        });
+        while files.source().now.load(Ordering::SeqCst) < 1 {
+            std::thread::yield_now();
+        }
+        // Held long enough for the read to ask for its chunk, were it going to.
+        std::thread::sleep(Duration::from_millis(50));
+        *files.source().open.lock().unwrap() = true;
+        files.source().cv.notify_all();
+        assert_eq!(p.join().unwrap(), 4);
+        assert_eq!(r.join().unwrap(), want[1500..1600]);
+    });
+    assert_eq!(files.source().most.load(Ordering::SeqCst), 1, "one request in all");
+    assert_eq!(state.fetched.load(Ordering::SeqCst), mark, "the region counted once");
+    // Cached: no request (a held one would block the test).
+    *files.source().open.lock().unwrap() = false;
+    let mut buf = vec![0u8; 3000];
+    assert_eq!(files.read_at("first", 0, &mut buf).unwrap(), 3000);
+    assert_eq!(buf, want);
+    assert_eq!(files.read_at("second", 0, &mut buf).unwrap(), 4);
+    assert_eq!(&buf[..4], b"two\n");
+    assert!(files.claim_prefetch().is_none(), "all cached");
+    assert_only_verified_chunks(t.path());
+
+    // No landmark (the default writes `.no.prefetch.landmark`): nothing to claim.
+    let (blob, toc, _) = layer();
+    let t = tempfile::tempdir().unwrap();
+    let files = RemoteFiles::new(toc, Fake { blob, asked: Mutex::new(vec![]) }, t.path(), "test").unwrap();
+    assert!(files.claim_prefetch().is_none());
+}

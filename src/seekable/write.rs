@@ -45,6 +45,10 @@ pub enum Landmark {
     NoPrefetch,
     /// No landmark entry.
     None,
+    /// `.prefetch.landmark` after the first N entries of the input tar: those are the files a
+    /// lazy mount fetches first, in one request (the caller orders the tar; Go's
+    /// `estargz.Build` moves prioritised files to the front the same way).
+    PrefetchAfter(usize),
 }
 
 /// How to write eStargz.
@@ -305,6 +309,27 @@ fn added_entry(name: &str, data: &[u8]) -> io::Result<(Vec<u8>, Vec<u8>)> {
     Ok((h.as_bytes().to_vec(), body))
 }
 
+/// A landmark entry (`name`, one byte as Go writes it), its data in a member of its own.
+fn landmark<W: Write>(m: &mut Members<W>, toc: &mut Vec<OutEntry>, name: &str) -> io::Result<()> {
+    let content = [0x0fu8];
+    let (h, body) = added_entry(name, &content)?;
+    m.write(&h)?;
+    let offset = m.close()?;
+    m.write(&body)?;
+    let d = Sha256Digest::of(&content).to_string();
+    toc.push(OutEntry {
+        name: name.into(),
+        kind: "reg",
+        size: 1,
+        mode: 0o644,
+        offset,
+        digest: d.clone(),
+        chunk_digest: d,
+        ..Default::default()
+    });
+    Ok(())
+}
+
 /// Writes the plain layer tar `tar` to `out` as eStargz.
 pub fn write_estargz<R: Read, W: Write>(
     tar: R,
@@ -315,25 +340,16 @@ pub fn write_estargz<R: Read, W: Write>(
     let mut m = Members::new(out, Codec::Gzip(flate2::Compression::new(opts.gzip_level.min(9))));
     let mut toc: Vec<OutEntry> = Vec::new();
 
-    if opts.landmark == Landmark::NoPrefetch {
-        let content = [0x0fu8];
-        let (h, body) = added_entry(NO_PREFETCH_LANDMARK, &content).map_err(w)?;
-        m.write(&h).map_err(w)?;
-        let offset = m.close().map_err(w)?;
-        m.write(&body).map_err(w)?;
-        let d = Sha256Digest::of(&content).to_string();
-        toc.push(OutEntry {
-            name: NO_PREFETCH_LANDMARK.into(),
-            kind: "reg",
-            size: 1,
-            mode: 0o644,
-            offset,
-            digest: d.clone(),
-            chunk_digest: d,
-            ..Default::default()
-        });
-    }
-    walk(tar, &mut m, &mut toc, Format::Estargz, opts.chunk_size)?;
+    // Where `.prefetch.landmark` goes: after this many of the input's entries.
+    let prefetch_after = match opts.landmark {
+        Landmark::NoPrefetch => {
+            landmark(&mut m, &mut toc, NO_PREFETCH_LANDMARK).map_err(w)?;
+            None
+        }
+        Landmark::None => None,
+        Landmark::PrefetchAfter(n) => Some(n),
+    };
+    walk(tar, &mut m, &mut toc, Format::Estargz, opts.chunk_size, prefetch_after)?;
 
     let toc_offset = m.close().map_err(w)?;
     let json = toc_json(&toc)?;
@@ -365,7 +381,7 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
     let ctx = zstd_context(opts.zstd_level).map_err(w)?;
     let mut m = Members::new(out, Codec::Zstd(Box::new(ctx)));
     let mut toc: Vec<OutEntry> = Vec::new();
-    walk(tar, &mut m, &mut toc, Format::ZstdChunked, opts.chunk_size)?;
+    walk(tar, &mut m, &mut toc, Format::ZstdChunked, opts.chunk_size, None)?;
     let data_end = m.close().map_err(w)?;
     let json = toc_json(&toc)?;
     let compressed = match &mut m.codec {
@@ -407,14 +423,16 @@ fn toc_json(toc: &[OutEntry]) -> Result<Vec<u8>, SeekableError> {
 }
 
 /// The tar's entries into `m`'s frames and `toc`: headers into the open frame, each chunk of
-/// a file's data in a frame of its own. eStargz stops after the last entry's padding (its
-/// end-of-archive blocks are replaced); zstd:chunked writes the rest of the input too.
+/// a file's data in a frame of its own; `.prefetch.landmark` after `prefetch_after` entries
+/// (eStargz). eStargz stops after the last entry's padding (its end-of-archive blocks are
+/// replaced); zstd:chunked writes the rest of the input too.
 fn walk<R: Read, W: Write>(
     tar: R,
     m: &mut Members<W>,
     toc: &mut Vec<OutEntry>,
     format: Format,
     chunk_size: u64,
+    mut prefetch_after: Option<usize>,
 ) -> Result<(), SeekableError> {
     let w = SeekableError::Write;
     let bad = |name: &str, reason: &str| SeekableError::TocEntry {
@@ -423,6 +441,8 @@ fn walk<R: Read, W: Write>(
         reason: reason.to_string(),
     };
     let chunk_size = chunk_size.max(1);
+    // Entries written so far (for `.prefetch.landmark`'s place).
+    let mut written = 0usize;
     let kept = Rc::new(RefCell::new(Vec::new()));
     // The input offset of kept[0], and where the last entry's data (padded) ends.
     let mut kept_start = 0u64;
@@ -536,6 +556,11 @@ fn walk<R: Read, W: Write>(
             drop_padding = true;
             continue;
         }
+        if prefetch_after == Some(written) {
+            landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
+            prefetch_after = None;
+        }
+        written += 1;
         m.write(&headers).map_err(w)?;
         if e.kind != "reg" || size == 0 {
             toc.push(e);
@@ -587,6 +612,10 @@ fn walk<R: Read, W: Write>(
     let padding = (entry_end.saturating_sub(kept_start) as usize).min(k.len());
     if !drop_padding {
         m.write(&k[..padding]).map_err(w)?;
+    }
+    if prefetch_after.is_some() {
+        // Fewer entries than asked for: all of them come first.
+        landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
     }
     if format == Format::ZstdChunked {
         let mut rest = k.split_off(padding);

@@ -277,3 +277,46 @@ fn zstd_chunked_keeps_exact_times_and_drops_an_old_toc() {
     assert_eq!(names, ["ns", "old"]);
     assert_eq!(again.entries, 2);
 }
+
+/// `Landmark::PrefetchAfter(n)`: `.prefetch.landmark` follows the input's first n entries (the
+/// files a lazy mount fetches first), the rest of the tar unchanged around it; past the input's
+/// end it comes last, before the TOC.
+#[test]
+fn the_prefetch_landmark_follows_the_first_entries() {
+    let tar = layer_tar();
+    let input: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    for n in [0, 3, input.len(), input.len() + 5] {
+        let opts =
+            EstargzOptions { chunk_size: 1000, landmark: Landmark::PrefetchAfter(n), ..Default::default() };
+        let (info, blob) = write_estargz(&tar[..], Vec::new(), &opts).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut plain).unwrap();
+        let names: Vec<String> = tar::Archive::new(&plain[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        let at = n.min(input.len());
+        let mut want = input.clone();
+        want.insert(at, PREFETCH_LANDMARK.to_string());
+        want.push(TOC_NAME.to_string());
+        assert_eq!(names, want, "n = {n}");
+        // The TOC finds it, and every file before it lies before its offset in the blob.
+        let off = parse_estargz_footer(&blob[blob.len() - 51..]).unwrap();
+        let r = estargz_toc_range(blob.len() as u64, off).unwrap();
+        let toc = Toc::from_estargz(&blob[r.start as usize..r.end as usize], off, &info.toc_digest).unwrap();
+        let i = toc.prefetch_landmark().expect("landmark");
+        let mark = toc.entries[i].chunks[0].blob_offset;
+        for e in &toc.entries[..i] {
+            assert!(e.chunks.iter().all(|c| c.blob_end <= mark), "{} after the landmark", e.name);
+        }
+        for e in &toc.entries[i + 1..] {
+            assert!(e.chunks.iter().all(|c| c.blob_offset > mark), "{} before the landmark", e.name);
+        }
+        assert!(!toc.entries.iter().any(|e| e.name == NO_PREFETCH_LANDMARK));
+    }
+}

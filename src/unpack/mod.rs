@@ -97,6 +97,8 @@ pub struct UnpackStats {
     pub entries: u64,
     /// Regular-file content bytes written (apparent size).
     pub bytes: u64,
+    /// Device nodes left out ([`UnpackOptions::skip_devices`]).
+    pub devices_skipped: u64,
 }
 
 /// Unpack errors. Each names the entry path (the caller adds the layer digest).
@@ -251,6 +253,8 @@ struct Unpacker<'o> {
     gnu_sparse: Option<sparse::Map>,
     /// The current entry's path, when it is not the tar crate's (`GNU.sparse.name`).
     real_name: Option<Vec<u8>>,
+    /// The first device node skipped, for the one warning of the layer.
+    first_device: Option<String>,
 }
 
 /// How a regular file's content is laid out in the entry data.
@@ -399,10 +403,12 @@ impl<'o> Unpacker<'o> {
                 self.hardlink(parent, name, &target, path)
             }
             Kind::Char | Kind::Block if self.opts.skip_devices => {
-                tracing::warn!(
-                    path = %lossy(path),
-                    "device node skipped: a user namespace cannot create device nodes (rootless mode)"
-                );
+                // One warning per layer (at its end), naming the first: a base image has dozens.
+                tracing::debug!(path = %lossy(path), "device node skipped");
+                if self.stats.devices_skipped == 0 {
+                    self.first_device = Some(lossy(path));
+                }
+                self.stats.devices_skipped += 1;
                 Ok(())
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
@@ -514,6 +520,7 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
         pax: Vec::new(),
         gnu_sparse: None,
         real_name: None,
+        first_device: None,
     };
     let mut last: Vec<u8> = b"(start of stream)".to_vec();
     let mut norm = Vec::with_capacity(256);
@@ -620,6 +627,13 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path, opts: &UnpackOptions) -> Resul
         }
     }
     u.finish()?;
+    if let Some(first) = &u.first_device {
+        tracing::warn!(
+            count = u.stats.devices_skipped,
+            first = %first,
+            "device nodes skipped: a user namespace cannot create them (rootless mode, as podman)"
+        );
+    }
     Ok(u.stats)
 }
 

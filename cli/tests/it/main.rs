@@ -22,6 +22,7 @@ mod hostile_sparse;
 mod import;
 mod integrity;
 mod lazy;
+mod lazy_complete;
 mod lazy_interop;
 mod lazy_run;
 mod lifecycle;

@@ -435,3 +435,36 @@ fn same_tree_as_gnu_tar() {
     let b = Tree::capture_with(&theirs, &opts).unwrap();
     strata_test_support::tree::assert_trees_eq(&a, &b, src);
 }
+
+/// Rootless unpack (`skip_devices`): device nodes are left out and counted (one warning per
+/// layer names the count and the first), FIFOs and 0:0 whiteouts are still made.
+#[test]
+fn skipped_device_nodes_are_counted_and_the_rest_made() {
+    if !need_root("skipped_device_nodes_are_counted_and_the_rest_made") {
+        return;
+    }
+    let bytes = tar([
+        E::dev(b'3', "dev/null", 1, 3).mode(0o666),
+        E::dev(b'3', "dev/zero", 1, 5).mode(0o666),
+        E::dev(b'4', "dev/loop0", 7, 0).mode(0o660),
+        E::new(b'6', "dev/fifo").mode(0o600),
+        E::file(".wh.gone", ""),
+        E::file("f", "data"),
+    ]);
+    let opts = UnpackOptions { skip_devices: true, ..UnpackOptions::default() };
+    let (dir, r) = unpack_with(&bytes, &opts);
+    let stats = r.unwrap();
+    assert_eq!(stats.devices_skipped, 3);
+    assert_eq!(stats.entries, 6);
+    let t = capture(dir.path());
+    for p in ["dev/null", "dev/zero", "dev/loop0"] {
+        assert!(!t.entries.contains_key(Path::new(p)), "{p} was made:\n{t}");
+    }
+    assert_eq!(get(&t, "dev/fifo").kind, Kind::Fifo, "{t}");
+    let wh = get(&t, "gone");
+    assert_eq!((wh.kind, wh.rdev), (Kind::Char, Some((0, 0))), "{t}");
+    assert_eq!(get(&t, "f").kind, Kind::File, "{t}");
+    // Without the option the devices are made and nothing is counted.
+    let (_d, r) = unpack(&bytes);
+    assert_eq!(r.unwrap().devices_skipped, 0);
+}
