@@ -23,10 +23,13 @@ pkgs=(umoci skopeo runc fuse3 libfuse3-dev pkg-config fuse-overlayfs busybox-sta
       hyperfine attr zstd bc podman python3 ca-certificates libacl1-dev
       docker-registry apache2-utils openssl
       containerd golang-go golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
-      golang-github-containerd-stargz-snapshotter-dev
+      golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter
       containernetworking-plugins iptables iproute2 util-linux buildah uidmap slirp4netns rootlesskit)
-# golang-github-containerd-stargz-snapshotter-dev: Go's estargz reader, built offline in GOPATH
-# mode (tests/estargz/check) to read back the eStargz layers strata writes (cli/tests/it/lazy.rs).
+# golang-github-containerd-stargz-snapshotter-dev: Go's estargz reader and writer, built offline
+# in GOPATH mode: tests/estargz/check reads back the eStargz and zstd:chunked layers strata
+# writes, tests/estargz/build makes eStargz layers strata pulls lazily (cli/tests/it/lazy.rs,
+# lazy_interop.rs). stargz-snapshotter: its ctr-remote converts images to eStargz and
+# zstd:chunked against a private containerd (lazy_interop.rs).
 # buildah: `strata build`'s parity tests build the same Containerfiles with `buildah bud`.
 # uidmap (newuidmap/newgidmap) and slirp4netns: rootless mode (src/userns/, docs/rootless.md).
 # rootlesskit: rootless containerd with strata-snapshotter (docs/rootless.md,

@@ -81,6 +81,9 @@ pub struct EstargzInfo {
     pub entries: usize,
 }
 
+/// zstd:chunked: the most bytes of tar headers buffered for one frame.
+const MAX_HEADER_FRAME: usize = 8 << 20;
+
 /// How to write zstd:chunked.
 #[derive(Debug, Clone)]
 pub struct ZstdChunkedOptions {
@@ -201,8 +204,14 @@ impl<W: Write> Write for Blob<W> {
 enum Codec {
     Gzip(flate2::Compression),
     /// One compression context for every frame (a frame's bytes are buffered until it closes:
-    /// a chunk, or the headers between two files).
-    Zstd(Box<zstd::bulk::Compressor<'static>>),
+    /// a chunk, or the headers between two files). A frame of headers that grows past `max`
+    /// bytes (thousands of entries without data in a row) is cut there, which bounds the
+    /// buffer: only file data's frames are located by the TOC, and a reader decompresses
+    /// whatever frames lie between them.
+    Zstd {
+        ctx: Box<zstd::bulk::Compressor<'static>>,
+        max: usize,
+    },
 }
 
 /// The open frame.
@@ -247,13 +256,19 @@ impl<W: Write> Members<W> {
             let blob = self.idle.take().ok_or_else(broken)?;
             self.open = Some(match &self.codec {
                 Codec::Gzip(level) => Frame::Gzip(Box::new(GzEncoder::new(blob, *level))),
-                Codec::Zstd(_) => Frame::Zstd(blob, Vec::new()),
+                Codec::Zstd { .. } => Frame::Zstd(blob, Vec::new()),
             });
         }
-        match &mut self.open {
-            Some(Frame::Gzip(gz)) => gz.write_all(data)?,
-            Some(Frame::Zstd(_, buf)) => buf.extend_from_slice(data),
-            None => return Err(broken()),
+        match (&mut self.open, &mut self.codec) {
+            (Some(Frame::Gzip(gz)), _) => gz.write_all(data)?,
+            (Some(Frame::Zstd(blob, buf)), Codec::Zstd { ctx, max }) => {
+                if !buf.is_empty() && buf.len() + data.len() > *max {
+                    blob.write_all(&ctx.compress(buf)?)?;
+                    buf.clear();
+                }
+                buf.extend_from_slice(data);
+            }
+            (Some(Frame::Zstd(..)), Codec::Gzip(_)) | (None, _) => return Err(broken()),
         }
         self.diff.update(data);
         self.plain += data.len() as u64;
@@ -264,7 +279,7 @@ impl<W: Write> Members<W> {
     fn close(&mut self) -> io::Result<u64> {
         match (self.open.take(), &mut self.codec) {
             (Some(Frame::Gzip(gz)), _) => self.idle = Some(gz.finish()?),
-            (Some(Frame::Zstd(mut blob, buf)), Codec::Zstd(ctx)) => {
+            (Some(Frame::Zstd(mut blob, buf)), Codec::Zstd { ctx, .. }) => {
                 blob.write_all(&ctx.compress(&buf)?)?;
                 self.idle = Some(blob);
             }
@@ -379,13 +394,14 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
 ) -> Result<(ZstdChunkedInfo, W), SeekableError> {
     let w = SeekableError::Write;
     let ctx = zstd_context(opts.zstd_level).map_err(w)?;
-    let mut m = Members::new(out, Codec::Zstd(Box::new(ctx)));
+    // Only headers are cut: a chunk is written whole, in one write, into an empty frame.
+    let mut m = Members::new(out, Codec::Zstd { ctx: Box::new(ctx), max: MAX_HEADER_FRAME });
     let mut toc: Vec<OutEntry> = Vec::new();
     walk(tar, &mut m, &mut toc, Format::ZstdChunked, opts.chunk_size, None)?;
     let data_end = m.close().map_err(w)?;
     let json = toc_json(&toc)?;
     let compressed = match &mut m.codec {
-        Codec::Zstd(ctx) => ctx.compress(&json).map_err(w)?,
+        Codec::Zstd { ctx, .. } => ctx.compress(&json).map_err(w)?,
         Codec::Gzip(_) => return Err(w(broken())),
     };
     let mut blob = m.idle.take().ok_or_else(|| w(broken()))?;
@@ -423,15 +439,15 @@ fn toc_json(toc: &[OutEntry]) -> Result<Vec<u8>, SeekableError> {
 }
 
 /// The tar's entries into `m`'s frames and `toc`: headers into the open frame, each chunk of
-/// a file's data in a frame of its own. eStargz stops after the last entry's padding (its
-/// end-of-archive blocks are replaced); zstd:chunked writes the rest of the input too.
+/// a file's data in a frame of its own; `.prefetch.landmark` after `prefetch_after` entries
+/// (eStargz). eStargz stops after the last entry's padding (its end-of-archive blocks are
+/// replaced); zstd:chunked writes the rest of the input too.
 fn walk<R: Read, W: Write>(
     tar: R,
     m: &mut Members<W>,
     toc: &mut Vec<OutEntry>,
     format: Format,
     chunk_size: u64,
-    // `.prefetch.landmark` after this many entries (eStargz).
     mut prefetch_after: Option<usize>,
 ) -> Result<(), SeekableError> {
     let w = SeekableError::Write;
@@ -441,13 +457,14 @@ fn walk<R: Read, W: Write>(
         reason: reason.to_string(),
     };
     let chunk_size = chunk_size.max(1);
+    // Entries written so far (for `.prefetch.landmark`'s place).
+    let mut written = 0usize;
     let kept = Rc::new(RefCell::new(Vec::new()));
     // The input offset of kept[0], and where the last entry's data (padded) ends.
     let mut kept_start = 0u64;
     let mut entry_end = 0u64;
     // The last entry was left out: its padding is too.
     let mut drop_padding = false;
-    let mut written = 0usize;
     let mut ar = tar::Archive::new(Tee { inner: tar, kept: kept.clone() });
     let decode = |e: io::Error| SeekableError::Decompress { what: "layer tar", source: e };
     for entry in ar.entries().map_err(decode)? {
@@ -612,17 +629,15 @@ fn walk<R: Read, W: Write>(
     if !drop_padding {
         m.write(&k[..padding]).map_err(w)?;
     }
+    if prefetch_after.is_some() {
+        // Fewer entries than asked for: all of them come first.
+        landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
+    }
     if format == Format::ZstdChunked {
         let mut rest = k.split_off(padding);
         drop(k);
         ar.into_inner().inner.read_to_end(&mut rest).map_err(decode)?;
         m.write(&rest).map_err(w)?;
-    } else {
-        drop(k);
-    }
-    if prefetch_after.is_some() {
-        // Fewer entries than asked for: all of them come first.
-        landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
     }
     Ok(())
 }

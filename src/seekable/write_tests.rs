@@ -240,6 +240,40 @@ fn zstd_chunked_output_is_the_tar_itself_and_reads_back() {
     assert!(hosts.get("chunkSize").is_none() && hosts["chunkDigest"] == hosts["digest"], "{hosts}");
 }
 
+/// Thousands of entries without data in a row (their headers more than one frame buffers):
+/// the output is still the input tar, and the file after them reads back through its chunk.
+#[test]
+fn zstd_chunked_cuts_long_runs_of_headers() {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..20_000 {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, format!("d{i}/"), &b""[..]).unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_size(4);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "last", &b"last"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let (info, blob) = write_zstd_chunked(&tar[..], Vec::new(), &ZstdChunkedOptions::default()).unwrap();
+    assert_eq!(zstd::decode_all(&blob[..]).unwrap(), tar);
+    let frame = &blob[info.toc_offset as usize..(info.toc_offset + info.toc_length) as usize];
+    let json = zstd::decode_all(frame).unwrap();
+    let toc = Toc::parse(&json, Format::ZstdChunked, info.toc_offset - 8).unwrap();
+    assert_eq!(toc.entries.len(), 20_001);
+    let last = toc.entries.last().unwrap();
+    let c = &last.chunks[0];
+    let got = decode_chunk_to_vec(
+        Format::ZstdChunked,
+        &blob[c.blob_offset as usize..c.blob_end as usize],
+        "last",
+        c,
+    );
+    assert_eq!(got.unwrap(), b"last");
+}
+
 /// zstd:chunked TOC times are exact (nanoseconds, before 1970) from the tar's PAX records, and
 /// an eStargz's TOC and landmark entries are left out (the diff_id is then the tar without
 /// them).
