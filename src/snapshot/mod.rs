@@ -482,6 +482,39 @@ pub fn overlay_spec_real(store: &Store, key: &str) -> Result<kernel_overlay::Ove
     Ok(mounts::overlay_spec(store, &row, lowers))
 }
 
+/// The overlay of an active or view snapshot whose ancestors hold remote layers (a lazily pulled
+/// image's chain), and those layers (top first); `None` when none is remote, and the ordinary
+/// [`mounts`] serve. Each lower is the directory itself, a remote layer's its skeleton tree
+/// (`remote/<diff_id>/tree`, which the caller makes): only strata-fuse, told which lowers are
+/// remote, can serve such a stack (the kernel would show empty files). A view of one parent
+/// gets the snapshot's own empty tree as the second lower a read-only overlay needs.
+pub fn remote_overlay(
+    store: &Store,
+    key: &str,
+) -> Result<Option<(kernel_overlay::OverlaySpec, Vec<crate::store::RemoteLayerRow>)>> {
+    let (row, parents) = mountable(store, key)?;
+    let mut remote = Vec::new();
+    let mut lowers = Vec::with_capacity(parents.len());
+    for r in &parents {
+        lowers.push(match &r.diff_id {
+            Some(d) => match store.remote_layer(d)? {
+                Some(rl) => {
+                    remote.push(rl);
+                    store.remote_tree(d)
+                }
+                None => store.layer_path(d),
+            },
+            None => fs_dir(store, r.id),
+        });
+    }
+    if remote.is_empty() {
+        return Ok(None);
+    }
+    let mut spec = mounts::overlay_spec(store, &row, lowers);
+    spec.empty_lower = Some(fs_dir(store, row.id));
+    Ok(Some((spec, remote)))
+}
+
 /// A snapshot's row and the trees of its ancestors (top first), each made reachable first.
 fn resolve(store: &Store, key: &str) -> Result<(Row, Vec<PathBuf>)> {
     let (row, parents) = mountable(store, key)?;
