@@ -193,6 +193,26 @@ fn from_pb_info(i: pb::Info) -> Info {
 /// The label containerd's unpacker puts on a Prepare: the chain ID it will commit.
 const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
 
+/// The labels containerd puts on a remote snapshotter's Prepare (`pkg/snapshotters`, set by
+/// CRI's pull; the layer descriptor's `containerd.io/snapshot/*` annotations come with them).
+const CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+const CRI_MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+const CRI_LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
+/// The eStargz TOC digest annotation, and stargz-snapshotter's remote form of it: a layer
+/// without one is not tried as a remote layer (no manifest and config fetched per layer).
+const TOC_LABELS: [&str; 2] =
+    ["containerd.io/snapshot/stargz/toc.digest", "containerd.io/snapshot/remote/stargz.toc.digest"];
+
+/// The remote layer a Prepare's labels name, when they name one that may be seekable.
+fn remote_request(labels: &BTreeMap<String, String>) -> Option<strata::registry::lazy::RemoteLayerRequest> {
+    TOC_LABELS.iter().find(|k| labels.contains_key(**k))?;
+    Some(strata::registry::lazy::RemoteLayerRequest {
+        image: labels.get(CRI_IMAGE_REF)?.clone(),
+        manifest: labels.get(CRI_MANIFEST)?.clone(),
+        layer: labels.get(CRI_LAYER)?.clone(),
+    })
+}
+
 /// Snapshots per List response message.
 const LIST_BATCH: usize = 100;
 
@@ -217,6 +237,38 @@ impl pb::snapshots_server::Snapshots for Service {
                 return Err(Status::already_exists(format!(
                     "target snapshot {target:?}: strata already holds this layer"
                 )));
+            }
+            if let Some(req) = remote_request(&labels) {
+                // A remote snapshotter's Prepare (CRI's labels) of a seekable layer: record it
+                // as a remote layer (its TOC only) and commit the target; containerd then skips
+                // the download. Any failure falls back to the ordinary path (containerd
+                // downloads and applies the layer).
+                let (key, par, l, t) =
+                    (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
+                let got = self
+                    .with_status(move |s| {
+                        let opts = strata::registry::PullOptions::default();
+                        let Some(diff_id) =
+                            strata::registry::lazy::record_remote_layer(s.store_mut(), &req, &opts)
+                                .map_err(|e| Status::unavailable(report(&e)))?
+                        else {
+                            return Ok(None);
+                        };
+                        s.commit_layer(&key, par.as_deref(), &t, &diff_id, &l).map_err(|e| status(&e))
+                    })
+                    .await;
+                match got {
+                    Ok(Some(_)) => {
+                        tracing::info!(key = %r.key, target = %target, "remote snapshot: layer recorded from its TOC, committed without download");
+                        return Err(Status::already_exists(format!(
+                            "target snapshot {target:?}: strata serves this layer remotely"
+                        )));
+                    }
+                    Ok(None) => tracing::debug!(key = %r.key, "not a remote snapshot: the ordinary path"),
+                    Err(e) => {
+                        tracing::warn!(key = %r.key, error = %e.message(), "remote snapshot failed: the ordinary path")
+                    }
+                }
             }
         }
         let key = r.key.clone();

@@ -73,3 +73,53 @@ fn containerd_runs_over_a_lazily_pulled_chain() {
         assert_eq!(l["remote"], true, "{l}");
     }
 }
+
+/// containerd's pull with the labels CRI sets for remote snapshotters (its Go client with
+/// `pkg/snapshotters.AppendInfoHandlerWrapper`), into a store that has nothing: each eStargz
+/// layer's Prepare is answered by fetching its TOC by ranges and committing the target as a
+/// remote layer (`already exists`), so containerd downloads no layer; `ctr run` then reads a
+/// file through strata-fuse. A plain pull's Prepare (no CRI labels) still unpacks.
+#[test]
+fn containerd_cri_labels_make_remote_snapshots() {
+    if !common::privileged("containerd_cri_labels_make_remote_snapshots") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let src = Root::new();
+    let dest = format!("{}/lazy/cri:esgz", reg.addr);
+    let blobs = layers(&push_image(&src, &dest));
+    assert_eq!(blobs.len(), 2);
+    let c = Containerd::start_with("kernel");
+    let state = c.path().join("strata");
+
+    let out = Command::new(go_pull())
+        .arg(c.path().join("c.sock"))
+        .args(["test", "strata", &dest, "remote"])
+        .output()
+        .expect("run the Go pull helper");
+    assert!(
+        out.status.success(),
+        "pull through containerd's client: {}\n--- snapshotter log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log("snapshotter.log")
+    );
+    let slog = c.log("snapshotter.log");
+    assert_eq!(slog.matches("remote snapshot: layer recorded").count(), 2, "every layer remote:\n{slog}");
+    let log = reg.log();
+    for (d, _) in &blobs {
+        assert_eq!(whole_gets(&log, "lazy/cri", d), 0, "containerd or strata fetched {d} whole");
+    }
+
+    let out = c.ctr(&["run", "--snapshotter", "strata", "--rm", &dest, "cri1", "cat", "/etc/motd"]);
+    assert_eq!(out, "lazy motd\n", "--- snapshotter log:\n{}", c.log("snapshotter.log"));
+    let log = reg.log();
+    let (noise_blob, noise_size) = &blobs[1];
+    assert!(served(&log, "lazy/cri", noise_blob) < noise_size / 4, "the noise layer was read");
+    for (d, _) in &blobs {
+        assert_eq!(whole_gets(&log, "lazy/cri", d), 0, "a whole-blob GET of {d}");
+    }
+    // strata's own view: the layers are remote layers of its store.
+    let db = rusqlite::Connection::open(state.join("strata.db")).expect("open the store's database");
+    let n: i64 = db.query_row("SELECT COUNT(*) FROM remote_layers", [], |r| r.get(0)).expect("count");
+    assert_eq!(n, 2);
+}
