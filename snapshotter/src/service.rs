@@ -38,18 +38,79 @@ impl Service {
         T: Send + 'static,
         F: FnOnce(&mut Snapshots<'_>) -> Result<T, SnapshotError> + Send + 'static,
     {
+        self.with_status(move |s| f(s).map_err(|e| status(&e))).await
+    }
+
+    /// [`Service::with`] for a call whose errors are statuses already.
+    async fn with_status<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Snapshots<'_>) -> Result<T, Status> + Send + 'static,
+    {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
             let mut guard = store.lock().map_err(|_| Status::internal("snapshot store lock poisoned"))?;
-            f(&mut Snapshots::new(&mut guard)).map_err(|e| status(&e))
+            f(&mut Snapshots::new(&mut guard))
         })
         .await
         .map_err(|e| Status::internal(format!("snapshot call failed: {e}")))?
     }
 
-    fn mounts(&self, ms: Vec<Mount>) -> Vec<pbt::Mount> {
-        ms.into_iter().map(|m| to_pb_mount(m, self.backend)).collect()
+    /// Run `f` (which makes or finds snapshot `key`, returning the core's mounts for it), then
+    /// describe `key`'s mounts as containerd performs them ([`containerd_mounts`]), all under
+    /// the store's lock.
+    async fn mounts_with<F>(&self, key: String, f: F) -> Result<Vec<pbt::Mount>, Status>
+    where
+        F: FnOnce(&mut Snapshots<'_>) -> Result<Vec<Mount>, SnapshotError> + Send + 'static,
+    {
+        let backend = self.backend;
+        self.with_status(move |s| {
+            let ms = f(s).map_err(|e| status(&e))?;
+            containerd_mounts(s.store(), &key, ms, backend)
+        })
+        .await
     }
+}
+
+/// containerd's `type` for a strata-fuse mount: containerd 1.6 runs `mount.fuse3 SOURCE TARGET
+/// -o OPT... -t strata-fuse` for it, and mount.fuse3 runs `strata-fuse SOURCE TARGET -o OPTS`.
+const FUSE_TYPE: &str = "fuse3.strata-fuse";
+
+/// The mounts of snapshot `key` as containerd performs them. Over remote layers (a lazily
+/// pulled image's chain, or a remote snapshot this daemon committed) one strata-fuse mount,
+/// whatever the backend: each remote lower is its layer's skeleton (made here, once), whose
+/// files strata-fuse reads from the registry (`remote=<diff_id>@<root>`); the kernel would
+/// show the skeleton's empty files, and the layer directory the core's mounts name does not
+/// exist. Otherwise `ms`, the snapshot core's mounts, for the backend.
+fn containerd_mounts(
+    store: &Store,
+    key: &str,
+    ms: Vec<Mount>,
+    backend: Backend,
+) -> Result<Vec<pbt::Mount>, Status> {
+    let Some((spec, remote)) = strata::snapshot::remote_overlay(store, key).map_err(|e| status(&e))? else {
+        return Ok(ms.into_iter().map(|m| to_pb_mount(m, backend)).collect());
+    };
+    for r in &remote {
+        strata::layers::remote::skeleton(store, r).map_err(|e| {
+            let msg = format!("snapshot {key:?}: skeleton of remote layer {}: {}", r.diff_id, report(&e));
+            match e.kind() {
+                ErrorKind::NotFound => Status::not_found(msg),
+                ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+                _ => Status::internal(msg),
+            }
+        })?;
+    }
+    let root = std::path::absolute(store.root())
+        .map_err(|e| Status::internal(format!("{}: {e}", store.root().display())))?;
+    let options = strata::container::fuse_mount_options(&root, &spec, &remote)
+        .map_err(|e| Status::invalid_argument(format!("snapshot {key:?}: mount: {}", report(&e))))?;
+    tracing::debug!(key, remote = remote.len(), "mounts over remote layers: strata-fuse");
+    Ok(vec![pbt::Mount { r#type: FUSE_TYPE.into(), source: "strata".into(), target: String::new(), options }])
+}
+
+fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    strata::error::report(e)
 }
 
 /// A snapshot error as the gRPC status containerd's errdefs maps back to its own error kinds;
@@ -69,7 +130,7 @@ fn to_pb_mount(m: Mount, backend: Backend) -> pbt::Mount {
     if backend == Backend::Fuse && m.fs_type == "overlay" {
         // mount.fuse3 runs `strata-fuse SOURCE TARGET -o OPTIONS`, which takes overlay options.
         return pbt::Mount {
-            r#type: "fuse3.strata-fuse".into(),
+            r#type: FUSE_TYPE.into(),
             source: "strata".into(),
             target: String::new(),
             options: m.options,
@@ -132,6 +193,26 @@ fn from_pb_info(i: pb::Info) -> Info {
 /// The label containerd's unpacker puts on a Prepare: the chain ID it will commit.
 const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
 
+/// The labels containerd puts on a remote snapshotter's Prepare (`pkg/snapshotters`, set by
+/// CRI's pull; the layer descriptor's `containerd.io/snapshot/*` annotations come with them).
+const CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+const CRI_MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+const CRI_LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
+/// The eStargz TOC digest annotation, and stargz-snapshotter's remote form of it: a layer
+/// without one is not tried as a remote layer (no manifest and config fetched per layer).
+const TOC_LABELS: [&str; 2] =
+    ["containerd.io/snapshot/stargz/toc.digest", "containerd.io/snapshot/remote/stargz.toc.digest"];
+
+/// The remote layer a Prepare's labels name, when they name one that may be seekable.
+fn remote_request(labels: &BTreeMap<String, String>) -> Option<strata::registry::lazy::RemoteLayerRequest> {
+    TOC_LABELS.iter().find(|k| labels.contains_key(**k))?;
+    Some(strata::registry::lazy::RemoteLayerRequest {
+        image: labels.get(CRI_IMAGE_REF)?.clone(),
+        manifest: labels.get(CRI_MANIFEST)?.clone(),
+        layer: labels.get(CRI_LAYER)?.clone(),
+    })
+}
+
 /// Snapshots per List response message.
 const LIST_BATCH: usize = 100;
 
@@ -157,9 +238,43 @@ impl pb::snapshots_server::Snapshots for Service {
                     "target snapshot {target:?}: strata already holds this layer"
                 )));
             }
+            if let Some(req) = remote_request(&labels) {
+                // A remote snapshotter's Prepare (CRI's labels) of a seekable layer: record it
+                // as a remote layer (its TOC only) and commit the target; containerd then skips
+                // the download. Any failure falls back to the ordinary path (containerd
+                // downloads and applies the layer).
+                let (key, par, l, t) =
+                    (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
+                let got = self
+                    .with_status(move |s| {
+                        let opts = strata::registry::PullOptions::default();
+                        let Some(diff_id) =
+                            strata::registry::lazy::record_remote_layer(s.store_mut(), &req, &opts)
+                                .map_err(|e| Status::unavailable(report(&e)))?
+                        else {
+                            return Ok(None);
+                        };
+                        s.commit_layer(&key, par.as_deref(), &t, &diff_id, &l).map_err(|e| status(&e))
+                    })
+                    .await;
+                match got {
+                    Ok(Some(_)) => {
+                        tracing::info!(key = %r.key, target = %target, "remote snapshot: layer recorded from its TOC, committed without download");
+                        return Err(Status::already_exists(format!(
+                            "target snapshot {target:?}: strata serves this layer remotely"
+                        )));
+                    }
+                    Ok(None) => tracing::debug!(key = %r.key, "not a remote snapshot: the ordinary path"),
+                    Err(e) => {
+                        tracing::warn!(key = %r.key, error = %e.message(), "remote snapshot failed: the ordinary path")
+                    }
+                }
+            }
         }
-        let ms = self.with(move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels)).await?;
-        Ok(Response::new(pb::PrepareSnapshotResponse { mounts: self.mounts(ms) }))
+        let key = r.key.clone();
+        let mounts =
+            self.mounts_with(key, move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels)).await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
@@ -168,14 +283,18 @@ impl pb::snapshots_server::Snapshots for Service {
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = req.into_inner();
         tracing::debug!(key = %r.key, parent = %r.parent, "view");
-        let ms = self.with(move |s| s.view(&r.key, parent(r.parent).as_deref(), &labels(r.labels))).await?;
-        Ok(Response::new(pb::ViewSnapshotResponse { mounts: self.mounts(ms) }))
+        let key = r.key.clone();
+        let mounts = self
+            .mounts_with(key, move |s| s.view(&r.key, parent(r.parent).as_deref(), &labels(r.labels)))
+            .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(&self, req: Request<pb::MountsRequest>) -> Result<Response<pb::MountsResponse>, Status> {
         let r = req.into_inner();
-        let ms = self.with(move |s| s.mounts(&r.key)).await?;
-        Ok(Response::new(pb::MountsResponse { mounts: self.mounts(ms) }))
+        let key = r.key.clone();
+        let mounts = self.mounts_with(key, move |s| s.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse { mounts }))
     }
 
     async fn commit(&self, req: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {

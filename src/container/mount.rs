@@ -269,13 +269,33 @@ fn check_dev_fuse(name: &str) -> Result<()> {
 /// strata-fuse's `-o` for `spec`: [`kernel_overlay::mount_spec`]'s options, paths escaped as
 /// overlayfs takes them (`\,` `\:` `\\`), which strata-fuse reads alike; without the kernel's
 /// stack depth limit ([`kernel_overlay::userspace_options`]), which strata-fuse does not have.
-fn fuse_options(spec: &OverlaySpec) -> std::result::Result<String, kernel_overlay::Error> {
+fn fuse_options(spec: &OverlaySpec) -> std::result::Result<Vec<String>, kernel_overlay::Error> {
     let options = kernel_overlay::userspace_options(spec)?;
-    let kept: Vec<String> = options
+    Ok(options
         .into_iter()
         .filter(|o| !KERNEL_ONLY.contains(&o.split_once('=').map_or(o.as_str(), |(k, _)| k)))
-        .collect();
-    Ok(kept.join(","))
+        .collect())
+}
+
+/// strata-fuse's options for `spec` in the store at `root` (absolute), the lowers of `remote`
+/// (their skeleton trees) read from the registry (`remote=<diff_id>@<root>`); rootless, without
+/// passthrough. What strata-fuse is started with, by [`mount`] or by a caller that mounts by
+/// itself (containerd runs `mount.fuse3`, which hands these to strata-fuse).
+pub fn fuse_mount_options(
+    root: &Path,
+    spec: &OverlaySpec,
+    remote: &[RemoteLayerRow],
+) -> std::result::Result<Vec<String>, kernel_overlay::Error> {
+    let mut opts = fuse_options(spec)?;
+    if crate::userns::is_rootless() {
+        // Passthrough needs CAP_SYS_ADMIN in the initial user namespace.
+        opts.push("passthrough=off".into());
+    }
+    let root = String::from_utf8_lossy(&kernel_overlay::escape_path(root)).into_owned();
+    for r in remote {
+        opts.push(format!("remote={}@{root}", r.diff_id));
+    }
+    Ok(opts)
 }
 
 /// The file a strata-fuse serving remote layers logs to (its stderr is closed once it serves).
@@ -293,17 +313,10 @@ fn fuse_mount(
 ) -> Result<()> {
     let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
     check_dev_fuse(name)?;
-    let mut opts =
-        fuse_options(spec).map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
-    if crate::userns::is_rootless() {
-        // Passthrough needs CAP_SYS_ADMIN in the initial user namespace.
-        opts.push_str(",passthrough=off");
-    }
     let root = std::path::absolute(store.root()).at(store.root())?;
-    let root = String::from_utf8_lossy(&kernel_overlay::escape_path(&root)).into_owned();
-    for r in remote {
-        opts.push_str(&format!(",remote={}@{root}", r.diff_id));
-    }
+    let opts = fuse_mount_options(&root, spec, remote)
+        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?
+        .join(",");
     let bin = fuse_binary();
     // The source mountinfo shows (see mounted_at), escaped as the paths are.
     let escaped = String::from_utf8_lossy(&kernel_overlay::escape_path(&dir(store, name))).into_owned();

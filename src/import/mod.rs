@@ -106,6 +106,11 @@ impl LazyLayers {
     ) -> Self {
         LazyLayers(Arc::new(f))
     }
+
+    /// Ask the hook about layer `l` (the caller holds the layer's lock and a gc lease).
+    pub fn record(&self, store: &mut Store, l: &LayerRef) -> Result<Option<ImageLayerRow>> {
+        (self.0)(store, l)
+    }
 }
 
 impl std::fmt::Debug for LazyLayers {

@@ -146,6 +146,73 @@ pub fn resolve_lazy(
     Ok((resolved, hook))
 }
 
+/// A remote snapshotter's layer (containerd's Prepare carrying the labels of
+/// `pkg/snapshotters.AppendInfoHandlerWrapper`, which CRI sets): what names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteLayerRequest {
+    /// The image reference (`cri.image-ref`).
+    pub image: String,
+    /// Its manifest's digest (`cri.manifest-digest`).
+    pub manifest: String,
+    /// The layer blob's digest (`cri.layer-digest`).
+    pub layer: String,
+}
+
+/// Why a remote snapshotter's layer could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteLayerError {
+    #[error("image reference {0:?}")]
+    Reference(String, #[source] crate::reference::ReferenceError),
+    #[error("manifest digest {0:?}")]
+    Digest(String, #[source] crate::digest::DigestError),
+    #[error("layer {layer} is not in manifest {manifest}")]
+    NotInManifest { layer: String, manifest: String },
+    #[error("resolving {0}")]
+    Registry(String, #[source] Box<RegistryError>),
+    #[error("layer {0}")]
+    Record(String, #[source] Box<ImportError>),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Record the layer `req` names as a remote layer of `store`, as `pull --lazy` does for each
+/// layer: the manifest (by its digest) and config are fetched and verified, which give the
+/// layer's diff_id and its descriptor (the verified annotations, not the caller's labels, say
+/// where its TOC is); a seekable layer's TOC is fetched by ranges, verified and stored. Returns
+/// the diff_id when the layer is remote or local now, `None` when it is not seekable (it is to
+/// be fetched and unpacked as usual). Credentials are the pull's (docker's and podman's files).
+pub fn record_remote_layer(
+    store: &mut Store,
+    req: &RemoteLayerRequest,
+    opts: &super::PullOptions,
+) -> Result<Option<Sha256Digest>, RemoteLayerError> {
+    let manifest =
+        Sha256Digest::parse(&req.manifest).map_err(|e| RemoteLayerError::Digest(req.manifest.clone(), e))?;
+    let mut r = crate::reference::normalize(&req.image)
+        .map_err(|e| RemoteLayerError::Reference(req.image.clone(), e))?;
+    r.tag = None;
+    r.digest = Some(manifest.to_string());
+    let (resolved, hook) =
+        resolve_lazy(&r, opts).map_err(|e| RemoteLayerError::Registry(r.to_string(), Box::new(e)))?;
+    let Some(l) =
+        resolved.layers.iter().find(|l| l.digest.as_ref().is_some_and(|d| d.to_string() == req.layer))
+    else {
+        return Err(RemoteLayerError::NotInManifest {
+            layer: req.layer.clone(),
+            manifest: req.manifest.clone(),
+        });
+    };
+    let _gc = store.gc_shared()?;
+    let _lock = store.lock(crate::store::Lock::Layer(&l.diff_id))?;
+    if store.layer_size(&l.diff_id)?.is_some() {
+        // Held already (remote or unpacked): nothing to fetch.
+        return Ok(Some(l.diff_id.clone()));
+    }
+    let recorded =
+        hook.record(store, l).map_err(|e| RemoteLayerError::Record(req.layer.clone(), Box::new(e)))?;
+    Ok(recorded.map(|_| l.diff_id.clone()))
+}
+
 /// Complete the remote layers among `layers` (a lazily pulled image's, before a container is
 /// created over it): each blob is fetched whole from the registry it was pulled from, its digest
 /// and size verified as it is stored, then unpacked by the layer store's verified path

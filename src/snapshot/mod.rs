@@ -173,6 +173,12 @@ impl<'s> Snapshots<'s> {
         self.store
     }
 
+    /// The store, for a caller that records layers before it commits snapshots on them (a
+    /// remote snapshotter's Prepare).
+    pub fn store_mut(&mut self) -> &mut Store {
+        self.store
+    }
+
     /// A new active snapshot over `parent` (committed); returns its mounts.
     pub fn prepare(
         &mut self,
@@ -253,24 +259,23 @@ impl<'s> Snapshots<'s> {
             let (Kind::Committed, Some(diff_id)) = (target.kind, target.diff_id.clone()) else {
                 return Ok(None);
             };
-            let mut diff_ids = Vec::new();
-            if let Some(p) = parent.filter(|p| !p.is_empty()) {
-                let pr = rows::by_key(tx, p)?.ok_or_else(|| SnapshotError::ParentNotFound(p.to_string()))?;
-                for r in rows::chain(tx, pr.id)?.into_iter().rev() {
-                    match r.diff_id {
-                        Some(d) => diff_ids.push(d),
-                        // Content containerd applied itself: its chain is not known here.
-                        None => return Ok(None),
-                    }
-                }
-            }
-            diff_ids.push(diff_id.clone());
-            if chain_ids(&diff_ids).last().map(|c| c.to_string()).as_deref() != Some(chain_id) {
-                return Ok(None);
-            }
-            let row = rows::insert(tx, name, parent, Kind::Committed, Some(&diff_id), labels)?;
-            Ok(Some(rows::info(tx, &row)?))
+            commit_layer_in(tx, name, parent, chain_id, &diff_id, labels)
         })
+    }
+
+    /// Commit `name` over `parent` backed by layer `diff_id`, which the store holds (unpacked,
+    /// or remote: a remote snapshotter's layer just recorded), when `parent`'s chain with that
+    /// layer is chain `chain_id`; `None` otherwise (a parent whose content containerd applied
+    /// itself has no known chain).
+    pub fn commit_layer(
+        &mut self,
+        name: &str,
+        parent: Option<&str>,
+        chain_id: &str,
+        diff_id: &Sha256Digest,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<Info>> {
+        self.store.meta_mut().write(|tx| commit_layer_in(tx, name, parent, chain_id, diff_id, labels))
     }
 
     /// Remove a snapshot (not one with children, nor one a container stands on). The row goes
@@ -448,6 +453,34 @@ impl<'s> Snapshots<'s> {
     }
 }
 
+/// See [`Snapshots::commit_layer`]; in the caller's transaction.
+fn commit_layer_in(
+    tx: &crate::meta::Tx,
+    name: &str,
+    parent: Option<&str>,
+    chain_id: &str,
+    diff_id: &Sha256Digest,
+    labels: &BTreeMap<String, String>,
+) -> Result<Option<Info>> {
+    let mut diff_ids = Vec::new();
+    if let Some(p) = parent.filter(|p| !p.is_empty()) {
+        let pr = rows::by_key(tx, p)?.ok_or_else(|| SnapshotError::ParentNotFound(p.to_string()))?;
+        for r in rows::chain(tx, pr.id)?.into_iter().rev() {
+            match r.diff_id {
+                Some(d) => diff_ids.push(d),
+                // Content containerd applied itself: its chain is not known here.
+                None => return Ok(None),
+            }
+        }
+    }
+    diff_ids.push(diff_id.clone());
+    if chain_ids(&diff_ids).last().map(|c| c.to_string()).as_deref() != Some(chain_id) {
+        return Ok(None);
+    }
+    let row = rows::insert(tx, name, parent, Kind::Committed, Some(diff_id), labels)?;
+    Ok(Some(rows::info(tx, &row)?))
+}
+
 /// The key of a layer chain's top committed snapshot: its chain ID.
 fn chain_key(diff_ids: &[Sha256Digest]) -> String {
     chain_ids(diff_ids).pop().map(|c| rows::chain_key(&c)).unwrap_or_default()
@@ -480,6 +513,39 @@ pub fn overlay_spec_real(store: &Store, key: &str) -> Result<kernel_overlay::Ove
         })
         .collect();
     Ok(mounts::overlay_spec(store, &row, lowers))
+}
+
+/// The overlay of an active or view snapshot whose ancestors hold remote layers (a lazily pulled
+/// image's chain), and those layers (top first); `None` when none is remote, and the ordinary
+/// [`mounts`] serve. Each lower is the directory itself, a remote layer's its skeleton tree
+/// (`remote/<diff_id>/tree`, which the caller makes): only strata-fuse, told which lowers are
+/// remote, can serve such a stack (the kernel would show empty files). A view of one parent
+/// gets the snapshot's own empty tree as the second lower a read-only overlay needs.
+pub fn remote_overlay(
+    store: &Store,
+    key: &str,
+) -> Result<Option<(kernel_overlay::OverlaySpec, Vec<crate::store::RemoteLayerRow>)>> {
+    let (row, parents) = mountable(store, key)?;
+    let mut remote = Vec::new();
+    let mut lowers = Vec::with_capacity(parents.len());
+    for r in &parents {
+        lowers.push(match &r.diff_id {
+            Some(d) => match store.remote_layer(d)? {
+                Some(rl) => {
+                    remote.push(rl);
+                    store.remote_tree(d)
+                }
+                None => store.layer_path(d),
+            },
+            None => fs_dir(store, r.id),
+        });
+    }
+    if remote.is_empty() {
+        return Ok(None);
+    }
+    let mut spec = mounts::overlay_spec(store, &row, lowers);
+    spec.empty_lower = Some(fs_dir(store, row.id));
+    Ok(Some((spec, remote)))
 }
 
 /// A snapshot's row and the trees of its ancestors (top first), each made reachable first.

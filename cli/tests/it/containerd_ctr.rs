@@ -20,7 +20,7 @@ fn snapshotter_bin() -> PathBuf {
 }
 
 /// tests/containerd/pull, containerd's Go client pulling with unpack, built in GOPATH mode.
-fn go_pull() -> PathBuf {
+pub(crate) fn go_pull() -> PathBuf {
     let bin = common::repo().join("target/go-bin/containerd-pull");
     let out = Command::new("go")
         .arg("build")
@@ -39,7 +39,7 @@ fn go_pull() -> PathBuf {
 }
 
 /// A private containerd with strata-snapshotter as its proxy plugin `strata`.
-struct Containerd {
+pub(crate) struct Containerd {
     dir: tempfile::TempDir,
     backend: &'static str,
     containerd: Option<Child>,
@@ -60,7 +60,7 @@ impl Containerd {
         p
     }
 
-    fn start_with(backend: &'static str) -> Containerd {
+    pub(crate) fn start_with(backend: &'static str) -> Containerd {
         // Short paths: unix socket names are limited to 108 bytes.
         let dir = tempfile::Builder::new().prefix("strata-ctrd-").tempdir_in("/tmp").expect("tempdir");
         let d = dir.path();
@@ -96,11 +96,11 @@ impl Containerd {
         c
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         fs::read_to_string(self.path().join(name)).unwrap_or_default()
     }
 
@@ -155,7 +155,7 @@ impl Containerd {
     }
 
     /// `ctr ARGS` that must succeed; its stdout.
-    fn ctr(&self, args: &[&str]) -> String {
+    pub(crate) fn ctr(&self, args: &[&str]) -> String {
         let out = self.ctr_raw(args);
         assert!(
             out.status.success(),

@@ -18,7 +18,7 @@ fn noise() -> Vec<u8> {
 
 /// An eStargz image at `dest` on `reg` pushed from `src`: busybox, and over it a layer with
 /// 3 MiB of noise, a small `etc/motd` and `etc/issue`. Returns the manifest.
-fn push_image(src: &Root, dest: &str) -> serde_json::Value {
+pub(crate) fn push_image(src: &Root, dest: &str) -> serde_json::Value {
     src.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display()), "--name", "bb"]);
     src.ok(&["container", "create", "bb", "c"]);
     let at = src.ok(&["container", "mount", "c"]);
@@ -35,7 +35,7 @@ fn push_image(src: &Root, dest: &str) -> serde_json::Value {
 
 /// Bytes the registry served of blob `digest` of `repo` (its access log: each GET's status and
 /// size).
-fn served(log: &str, repo: &str, digest: &str) -> u64 {
+pub(crate) fn served(log: &str, repo: &str, digest: &str) -> u64 {
     let request = format!("\"GET /v2/{repo}/blobs/{digest} HTTP/1.1\" ");
     log.lines()
         .filter_map(|l| {
@@ -47,12 +47,12 @@ fn served(log: &str, repo: &str, digest: &str) -> u64 {
 }
 
 /// Whole-blob GETs (status 200) of `digest` in the registry's log.
-fn whole_gets(log: &str, repo: &str, digest: &str) -> usize {
+pub(crate) fn whole_gets(log: &str, repo: &str, digest: &str) -> usize {
     log.matches(&format!("\"GET /v2/{repo}/blobs/{digest} HTTP/1.1\" 200")).count()
 }
 
 /// The layers of `manifest`: (digest, size), bottom first.
-fn layers(manifest: &serde_json::Value) -> Vec<(String, u64)> {
+pub(crate) fn layers(manifest: &serde_json::Value) -> Vec<(String, u64)> {
     manifest["layers"]
         .as_array()
         .expect("layers")

@@ -34,6 +34,7 @@ mod network_run;
 mod podman;
 mod races;
 mod registry;
+mod remote_snapshotter;
 mod rootless;
 mod rootless_containerd;
 mod rootless_hostile;
