@@ -139,7 +139,9 @@ fn require_root(root: &std::path::Path) -> Result<()> {
 /// `~/.local/share/strata`) in rootless mode.
 fn state_root(given: Option<PathBuf>) -> Result<PathBuf> {
     match given {
-        Some(r) => Ok(r),
+        // Absolute, as every path strata records and mounts must be (`--root r` from the
+        // state's parent directory is common in scripts).
+        Some(r) => std::path::absolute(&r).with_context(|| format!("state root {}", r.display())),
         None if strata::userns::is_rootless() => Ok(strata::userns::default_data_root()?),
         None => Ok(PathBuf::from(Store::DEFAULT_ROOT)),
     }

@@ -471,3 +471,35 @@ fn strata_failures_exit_125_where_the_container_status_is_the_answer() {
     }
     assert!(mounts_under(root.path()).is_empty());
 }
+
+/// `--root` relative to the working directory, as scripts write it: every command, `run` (which
+/// mounts and records paths) included, works as with the absolute path.
+#[test]
+fn a_relative_root_is_taken_from_the_working_directory() {
+    if !privileged("a_relative_root_is_taken_from_the_working_directory") {
+        return;
+    }
+    // The working directory is a throw-away root's (under target/, as every test root).
+    let dir = Root::new();
+    let strata = |args: &[&str]| {
+        let out = Command::new(STRATA)
+            .current_dir(dir.path())
+            .args(["--root", "state"])
+            .args(args)
+            .output()
+            .expect("strata");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    strata(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display()), "--name", "bb"]);
+    assert_eq!(strata(&["run", "--rm", "bb", "echo", "relative"]), "relative\n");
+    // The same store, through its absolute path.
+    let out = Command::new(STRATA)
+        .arg("--root")
+        .arg(dir.path().join("state"))
+        .args(["image", "ls"])
+        .output()
+        .expect("strata");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.lines().any(|l| l.split_whitespace().take(2).eq(["bb", "latest"])), "{listed}");
+}
