@@ -3,8 +3,8 @@
 #   strata pull                          (fetch + verify + store + unpack every layer)
 #   skopeo copy docker:// oci: + umoci unpack
 #   podman pull                          (overlay storage, fresh root)
-#   ctr images pull                      (containerd with its overlayfs snapshotter; only where
-#                                         containerd and ctr are installed)
+#   ctr images pull                      (containerd with its overlayfs snapshotter, a fresh root
+#                                         each round; only where containerd and ctr are installed)
 # The image is the benchmark rootfs (make-rootfs.sh) split into four layers, pushed to Debian's
 # docker-registry on 127.0.0.1 (plain HTTP). Every run starts from an empty destination.
 #
@@ -71,10 +71,18 @@ t_podman=$(timeit podman_reset podman_pull)
 podman_reset
 t_ctr=
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
-    private_containerd "$W/containerd/root" /run/strata-bench-containerd
-    CTR_PID=$CTRD_PID
-    ctr_pull() { ctr -a /run/strata-bench-containerd/c.sock -n "b$RANDOM$RANDOM" images pull --plain-http "$REF"; }
-    t_ctr=$(timeit "" ctr_pull)
+    # A fresh containerd root for every round, as every other line starts from an empty
+    # destination: on one root, containerd finds the blobs of earlier rounds in its content
+    # store and neither downloads nor writes them.
+    ctr_reset() {
+        if [ -n "$CTR_PID" ]; then kill "$CTR_PID" 2>/dev/null || true; wait "$CTR_PID" 2>/dev/null || true; fi
+        for m in $(grep -o " $W/containerd[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
+        rm -rf "$W/containerd" /run/strata-bench-containerd
+        private_containerd "$W/containerd/root" /run/strata-bench-containerd
+        CTR_PID=$CTRD_PID
+    }
+    ctr_pull() { ctr -a /run/strata-bench-containerd/c.sock -n bench images pull --plain-http "$REF"; }
+    t_ctr=$(timeit ctr_reset ctr_pull)
 fi
 
 printf '\n%-50s %10s %12s\n' "pull of $mb MB in 4 layers (median of $RUNS)" "seconds" "x/strata"
