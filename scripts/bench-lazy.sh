@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Lazy pull benchmark (issue 27): time to the first output of `python3 -c 'print(1)'` from an
+# empty store, with the image in a loopback registry behind a 100 Mbit/s link, for
+#   strata pull --lazy + strata run      (only the TOCs, then the files python reads, on demand)
+#   strata pull + strata run             (every layer fetched, verified and unpacked first)
+#   podman pull + podman run             (overlay storage, fresh root)
+# and the bytes that had come through the link when the output appeared. The image is the
+# benchmark rootfs with python3 (make-rootfs.sh, INCLUDE below: over 500 MB unpacked) in four
+# layers, pushed as eStargz by `strata push --compression estargz` (a valid gzip image: podman
+# and the full pull read it as any other). The link is scripts/throttle-proxy.py, a TCP proxy
+# with a token bucket. Every round starts from an empty store; the three are interleaved.
+#
+# Usage: sudo scripts/bench-lazy.sh [BENCHDIR] [RUNS]   (default /var/tmp/strata-bench-lazy, 3)
+# Env: RATE (bytes/s, default 12500000 = 100 Mbit/s), INCLUDE (make-rootfs.sh packages).
+export INCLUDE=${INCLUDE-perl,python3,python3-numpy,python3-scipy,gcc,g++}
+set -- "${1:-/var/tmp/strata-bench-lazy}" "${2:-3}"
+source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh" lazy 3 "$@"
+command -v docker-registry >/dev/null || { echo "bench-lazy: docker-registry not installed" >&2; exit 1; }
+RATE=${RATE:-12500000}
+cargo build --release -p strata-fuse --quiet   # lazy layers are served by strata-fuse, found next to strata
+
+four_layers   # $L: the rootfs split into four layers (bench-common.sh)
+mb=$(du -sm "$BENCH/rootfs" | cut -f1)
+[ "$mb" -ge 500 ] || echo "bench-lazy: warning: the rootfs is only $mb MB (INCLUDE=$INCLUDE)" >&2
+
+# The registry on a free port, and the throttled link in front of it.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$W/registry"
+cat > "$W/registry/config.yml" <<CFG
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $W/registry/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$PORT}
+CFG
+docker-registry serve "$W/registry/config.yml" >"$W/registry/log" 2>&1 &
+REG_PID=$!
+python3 scripts/throttle-proxy.py "$W/proxy.port" "127.0.0.1:$PORT" "$RATE" "$W/proxy.count" &
+PROXY_PID=$!
+PODMAN_RUN=/run/strata-bench-lazy-podman
+podman_() { podman --root "$W/podman" --runroot "$PODMAN_RUN" --storage-driver overlay --events-backend none "$@"; }
+podman_reset() {
+    podman_ rm -af >/dev/null 2>&1 || true
+    for m in $(grep -o " $W/podman[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$W/podman" "$PODMAN_RUN"
+}
+strata_reset() {
+    for m in $(grep -o " $W/root[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$W/root"
+}
+cleanup() {
+    strata_reset
+    podman_reset
+    kill "$REG_PID" "$PROXY_PID" 2>/dev/null || true
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+    [ -s "$W/proxy.port" ] && python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/v2/')" 2>/dev/null && break
+    sleep 0.1
+done
+PPORT=$(cat "$W/proxy.port")
+
+# The eStargz image, pushed straight to the registry (not through the link).
+"$S" --root "$W/src" image import "$L:layers" --name bench >/dev/null
+"$S" --root "$W/src" push -q --tls-verify=false --compression estargz bench "127.0.0.1:$PORT/bench:esgz" >/dev/null
+rm -rf "$W/src"
+REF=127.0.0.1:$PPORT/bench:esgz
+echo "image: $REF, 4 eStargz layers, $mb MB unpacked; link $((RATE * 8 / 1000000)) Mbit/s"
+
+ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+bytes() { cat "$W/proxy.count"; }
+# first_output NAME CMD...: runs CMD, prints "SECONDS BYTES" at its first line of output (time
+# from the start, bytes through the link since the start); fails unless that line is "1".
+first_output() {
+    local b0 s line
+    b0=$(bytes); s=$(date +%s.%N)
+    line=$("$@" 2>"$W/err" | head -1) || true
+    local e b1
+    e=$(date +%s.%N); b1=$(bytes)
+    [ "$line" = 1 ] || { echo "bench-lazy: $1...: no output 1 (got '$line'): $(tail -3 "$W/err")" >&2; exit 1; }
+    echo "$(echo "$e - $s" | bc) $((b1 - b0))"
+}
+lazy_run() { "$S" --root "$W/root" pull -q --lazy --tls-verify=false "$REF" >/dev/null && "$S" --root "$W/root" run --rm "$REF" python3 -c 'print(1)'; }
+full_run() { "$S" --root "$W/root" pull -q --tls-verify=false "$REF" >/dev/null && "$S" --root "$W/root" run --rm "$REF" python3 -c 'print(1)'; }
+podman_run() { podman_ pull -q --tls-verify=false "$REF" >/dev/null && podman_ run --rm "${ULIMITS[@]}" --network none "$REF" python3 -c 'print(1)'; }
+
+: >"$W/lazy"; : >"$W/full"; : >"$W/podman.t"
+for _ in $(seq "$RUNS"); do
+    strata_reset; sync; first_output lazy_run >>"$W/lazy"
+    strata_reset; sync; first_output full_run >>"$W/full"
+    podman_reset; sync; first_output podman_run >>"$W/podman.t"
+done
+strata_reset
+med() { cut -d' ' -f"$2" "$1" | median; }
+t_lazy=$(med "$W/lazy" 1) b_lazy=$(med "$W/lazy" 2)
+t_full=$(med "$W/full" 1) b_full=$(med "$W/full" 2)
+t_pod=$(med "$W/podman.t" 1) b_pod=$(med "$W/podman.t" 2)
+printf "\n%-44s %9s %9s %10s %9s\n" "to python3's first output (median of $RUNS)" seconds "x full" "MB fetched" "x full"
+row() { printf "%-44s %9.2f %9.2f %10.1f %9.2f\n" "$1" "$2" "$(echo "$2 / $t_full" | bc -l)" "$(echo "$3 / 1000000" | bc -l)" "$(echo "$3 / $b_full" | bc -l)"; }
+row "strata pull --lazy + run" "$t_lazy" "$b_lazy"
+row "strata pull + run" "$t_full" "$b_full"
+row "podman pull + run" "$t_pod" "$b_pod"
