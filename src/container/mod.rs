@@ -32,7 +32,7 @@ use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store
 
 pub use mount::{
     backend_at, fuse_binary, kernel_overlay_refused, mount, mount_spec, mounted_at, mounts, overlay_spec,
-    umount,
+    umount, LAZY_BACKGROUND_ENV,
 };
 
 /// Container errors.
