@@ -174,7 +174,8 @@ impl Prefetch {
 /// How long background completion waits after the last read that fetched.
 pub const SETTLE: Duration = Duration::from_millis(300);
 
-/// Bytes background completion asks for in one request (extended to the next chunk boundary).
+/// Bytes background completion asks for in one request (a read that needs a chunk partly
+/// fetched asks only for the rest).
 pub const BACKGROUND_STEP: u64 = 1 << 20;
 
 /// What background completion fetched.
@@ -647,7 +648,7 @@ impl<S: RangeSource> RemoteFiles<S> {
     }
 
     /// Background completion: fetch every range of the blob the partial blob lacks, in blob
-    /// order, [`BACKGROUND_STEP`] bytes (to a chunk boundary) per request, never while a read is
+    /// order, [`BACKGROUND_STEP`] bytes per request, never while a read is
     /// fetching: each request waits until no read has fetched for `settle`, and after each the
     /// task rests so that it takes at most `share` percent of the time (100: no rest). A failed
     /// request is tried again after a pause that grows (the registry may be away). Returns once
@@ -661,14 +662,6 @@ impl<S: RangeSource> RemoteFiles<S> {
             });
         };
         let share = u32::from(share.clamp(1, 100));
-        let mut bounds = std::collections::BTreeSet::new();
-        for e in &self.toc.entries {
-            for c in &e.chunks {
-                bounds.insert(c.blob_offset);
-                bounds.insert(c.blob_end);
-            }
-        }
-        bounds.insert(self.toc.data_end);
         let mut stats = FillStats::default();
         let mut pause = Duration::from_secs(1);
         loop {
@@ -679,12 +672,7 @@ impl<S: RangeSource> RemoteFiles<S> {
             let Some(gap) = p.first_gap() else {
                 return Ok(stats);
             };
-            let want = gap.start.saturating_add(BACKGROUND_STEP);
-            let end = if want >= gap.end {
-                gap.end
-            } else {
-                bounds.range(want..).next().copied().unwrap_or(gap.end).min(gap.end)
-            };
+            let end = gap.end.min(gap.start.saturating_add(BACKGROUND_STEP));
             self.wait_quiet(settle);
             let t0 = Instant::now();
             match self.source.range(gap.start..end) {

@@ -12,13 +12,13 @@ use common::registry::{FaultProxy, Registry, RegistryOpts, CORRUPT};
 use common::*;
 
 /// `data/noise`: 3 MiB that do not compress.
-fn noise() -> Vec<u8> {
+pub(crate) fn noise() -> Vec<u8> {
     strata_test_support::noise(3 << 20, 0x5eed)
 }
 
 /// An eStargz image at `dest` on `reg` pushed from `src`: busybox, and over it a layer with
 /// 3 MiB of noise, a small `etc/motd` and `etc/issue`. Returns the manifest.
-fn push_image(src: &Root, dest: &str) -> serde_json::Value {
+pub(crate) fn push_image(src: &Root, dest: &str) -> serde_json::Value {
     src.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display()), "--name", "bb"]);
     src.ok(&["container", "create", "bb", "c"]);
     let at = src.ok(&["container", "mount", "c"]);
@@ -35,7 +35,7 @@ fn push_image(src: &Root, dest: &str) -> serde_json::Value {
 
 /// Bytes the registry served of blob `digest` of `repo` (its access log: each GET's status and
 /// size).
-fn served(log: &str, repo: &str, digest: &str) -> u64 {
+pub(crate) fn served(log: &str, repo: &str, digest: &str) -> u64 {
     let request = format!("\"GET /v2/{repo}/blobs/{digest} HTTP/1.1\" ");
     log.lines()
         .filter_map(|l| {
@@ -47,12 +47,12 @@ fn served(log: &str, repo: &str, digest: &str) -> u64 {
 }
 
 /// Whole-blob GETs (status 200) of `digest` in the registry's log.
-fn whole_gets(log: &str, repo: &str, digest: &str) -> usize {
+pub(crate) fn whole_gets(log: &str, repo: &str, digest: &str) -> usize {
     log.matches(&format!("\"GET /v2/{repo}/blobs/{digest} HTTP/1.1\" 200")).count()
 }
 
 /// The layers of `manifest`: (digest, size), bottom first.
-fn layers(manifest: &serde_json::Value) -> Vec<(String, u64)> {
+pub(crate) fn layers(manifest: &serde_json::Value) -> Vec<(String, u64)> {
     manifest["layers"]
         .as_array()
         .expect("layers")
@@ -62,14 +62,14 @@ fn layers(manifest: &serde_json::Value) -> Vec<(String, u64)> {
 }
 
 /// `image inspect`'s `local` entries of `image`.
-fn local(root: &Root, image: &str) -> Vec<serde_json::Value> {
+pub(crate) fn local(root: &Root, image: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&root.ok(&["image", "inspect", image])).expect("json");
     v["local"].as_array().expect("local").clone()
 }
 
 /// A read-only view of `image` in `root`, mounted as `container mount` does (strata-fuse over
 /// remote layers, the kernel otherwise), captured entry by entry.
-fn view(root: &Root, image: &str) -> strata_test_support::tree::Tree {
+pub(crate) fn view(root: &Root, image: &str) -> strata_test_support::tree::Tree {
     root.ok(&["container", "create", "--read-only", image, "v"]);
     let at = root.ok(&["--lazy-background=off", "container", "mount", "v"]);
     let tree = capture(Path::new(at.trim()));
