@@ -302,3 +302,46 @@ fn a_killed_background_completion_is_resumed() {
         "resumed vs plain pull",
     );
 }
+
+/// `STRATA_LAZY_PULL=true` makes `pull` lazy, `--lazy=false` then pulls whole; `build` FROM a
+/// lazily pulled image completes its base's remote layers first (its steps mount with kernel
+/// overlay) and builds over the whole, verified layers.
+#[test]
+fn lazy_by_default_and_build_from_a_lazy_image() {
+    if !privileged("lazy_by_default_and_build_from_a_lazy_image") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let src = Root::new();
+    let image = format!("{}/lazy/build:esgz", reg.addr);
+    lazy_run::push_image(&src, &image);
+    let pull = |root: &Root, extra: &[&str]| {
+        let out = std::process::Command::new(STRATA)
+            .arg("--root")
+            .arg(root.path())
+            .args(["pull", "-q", &image, "--tls-verify=false"])
+            .args(extra)
+            .env("STRATA_LAZY_PULL", "true")
+            .output()
+            .expect("strata pull");
+        assert!(out.status.success(), "pull: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let whole = Root::new();
+    pull(&whole, &["--lazy=false"]);
+    assert_eq!(remote(&whole, &image), vec![false, false]);
+    let lazy = Root::new();
+    pull(&lazy, &[]);
+    assert_eq!(remote(&lazy, &image), vec![true, true]);
+
+    let ctx = tempfile::tempdir_in(lazy.path()).expect("context");
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        format!("FROM {image}\nRUN sha256sum /data/noise > /sum && cat /etc/motd >> /sum\n"),
+    )
+    .expect("Containerfile");
+    lazy.ok(&["build", "-q", "-t", "out", ctx.path().to_str().expect("utf8")]);
+    assert_eq!(remote(&lazy, &image), vec![false, false], "the base's layers completed");
+    let noise = sha(&lazy_run::noise());
+    let want = format!("{}  /data/noise\nlazy motd\n", noise.trim_start_matches("sha256:"));
+    assert_eq!(lazy.ok(&["run", "--rm", "out", "--", "cat", "/sum"]), want);
+}
