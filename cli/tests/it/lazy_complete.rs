@@ -345,3 +345,45 @@ fn lazy_by_default_and_build_from_a_lazy_image() {
     let want = format!("{}  /data/noise\nlazy motd\n", noise.trim_start_matches("sha256:"));
     assert_eq!(lazy.ok(&["run", "--rm", "out", "--", "cat", "/sum"]), want);
 }
+
+/// `image ls` adds LOCAL (bytes of the layer blobs here, of their total) while an image is
+/// partial, and shows the background's progress: whole once the layers are complete, when the
+/// column goes away again.
+#[test]
+fn image_ls_shows_how_much_of_a_lazy_image_is_local() {
+    if !privileged("image_ls_shows_how_much_of_a_lazy_image_is_local") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let src = Root::new();
+    let image = format!("{}/lazy/ls:esgz", reg.addr);
+    lazy_run::push_image(&src, &image);
+    let lazy = Root::new();
+    lazy.ok(&["image", "import", &format!("{}:busybox", fixtures().join("oci").display()), "--name", "bb"]);
+    let header =
+        |out: &str| out.lines().next().unwrap_or_default().split_whitespace().last().map(str::to_string);
+    assert_eq!(header(&lazy.ok(&["image", "ls"])).as_deref(), Some("SIZE"), "no LOCAL for whole images");
+    lazy.ok(&["pull", "-q", "--lazy", &image, "--tls-verify=false"]);
+    let ls = lazy.ok(&["image", "ls"]);
+    assert_eq!(header(&ls).as_deref(), Some("LOCAL"), "{ls}");
+    let repo = image.split(':').take(2).collect::<Vec<_>>().join(":");
+    // LOCAL of each image: (here, total).
+    let local = |name: &str| -> (String, String) {
+        let f = lazy.ok(&["image", "ls", "--format", "{{.Repository}}|{{.Local}}"]);
+        let line =
+            f.lines().find(|l| l.starts_with(&format!("{name}|"))).unwrap_or_else(|| panic!("{name} in {f}"));
+        let (have, all) = line.split('|').nth(1).and_then(|c| c.split_once('/')).expect("LOCAL a/b");
+        (have.to_string(), all.to_string())
+    };
+    let (have, all) = local(&repo);
+    assert_ne!(have, all, "{ls}");
+    let (bb_have, bb_all) = local("bb");
+    assert_eq!(bb_have, bb_all, "{ls}");
+
+    lazy.ok(&["run", "-d", "--name", "c", &image, "--", "sleep", "600"]);
+    assert!(wait_for(120, || remote(&lazy, &image).iter().all(|r| !r)), "still remote");
+    let ls = lazy.ok(&["image", "ls"]);
+    assert_eq!(header(&ls).as_deref(), Some("SIZE"), "{ls}");
+    assert_eq!(local(&repo), (all.clone(), all), "whole");
+    lazy.ok(&["container", "rm", "--force", "c"]);
+}
