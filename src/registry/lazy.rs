@@ -312,7 +312,13 @@ fn store_verified(
     let staging = store.staging()?;
     let tmp = staging.dir.join("blob");
     let local = |source| RegistryError::Local { path: tmp.display().to_string(), source };
-    let mut out = std::fs::File::create(&tmp).map_err(local)?;
+    // An explicit mode: strata-fuse (umask 0) completes layers too.
+    let mut out = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&tmp)
+    .map_err(local)?;
     let mut hasher = sha2::Sha256::new();
     let mut limited = body.take(remote.blob_size + 1);
     let mut buf = vec![0u8; 1 << 20];

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 /// The partial blob's data file in a remote layer's directory.
-pub const DATA: &str = "blob.partial";
+pub const DATA: &str = crate::store::PARTIAL_BLOB_FILES[0];
 /// The partial blob's record of ranges.
-pub const RANGES: &str = "blob.ranges";
+pub const RANGES: &str = crate::store::PARTIAL_BLOB_FILES[1];
 /// Taken (flock, exclusive) by the process completing the layer in the background: one at a
 /// time; released when it ends, killed or not.
 pub const BACKGROUND_LOCK: &str = "background.lock";

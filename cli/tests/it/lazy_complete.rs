@@ -332,6 +332,19 @@ fn lazy_by_default_and_build_from_a_lazy_image() {
     let lazy = Root::new();
     pull(&lazy, &[]);
     assert_eq!(remote(&lazy, &image), vec![true, true]);
+    // A plain pull over a lazy one completes the layers; the kept bytes of their blobs go at
+    // the store's next open.
+    let over = Root::new();
+    pull(&over, &[]);
+    let partials = |root: &Root| -> usize {
+        let dir = root.path().join("remote");
+        std::fs::read_dir(&dir)
+            .map_or(0, |rd| rd.flatten().filter(|e| e.path().join("blob.partial").exists()).count())
+    };
+    assert_eq!(partials(&over), 2, "each remote layer keeps the bytes the pull fetched");
+    pull(&over, &["--lazy=false"]);
+    assert_eq!(remote(&over, &image), vec![false, false]);
+    assert_eq!(partials(&over), 0);
 
     let ctx = tempfile::tempdir_in(lazy.path()).expect("context");
     std::fs::write(
