@@ -90,9 +90,13 @@ replaces those directories). Plain HTTP is tried only for localhost/127.0.0.1 or
         #[arg(short, long)]
         quiet: bool,
         /// Fetch only the TOC of each seekable layer (eStargz, zstd:chunked), verified, and
-        /// record the layer as remote; other layers are pulled whole. A container over a remote
-        /// layer fetches the rest of it first.
-        #[arg(long)]
+        /// record the layer as remote; other layers are pulled whole. Containers over it read
+        /// its files on demand (strata-fuse) while the rest arrives in the background (see
+        /// --lazy-background). STRATA_LAZY_PULL=true makes it the default; --lazy=false then
+        /// pulls whole.
+        #[arg(long, env = "STRATA_LAZY_PULL", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set,
+            value_parser = clap::builder::BoolishValueParser::new(), hide_env_values = true)]
         lazy: bool,
     },
     /// Push a stored image to a registry: blobs the registry lacks are uploaded (or mounted

@@ -30,11 +30,13 @@ pub enum ImageCmd {
         #[command(flatten)]
         jobs: JobsArg,
     },
-    /// List images, as docker images: REPOSITORY, TAG, IMAGE ID (the config digest), CREATED, SIZE.
+    /// List images, as docker images: REPOSITORY, TAG, IMAGE ID (the config digest), CREATED, SIZE;
+    /// and LOCAL (bytes of the layer blobs here, of their total) while a lazily pulled image is
+    /// not whole.
     #[command(
         after_help = "Examples:\n  strata image ls\n  strata image ls -q\n  strata image ls --digests\n  \
 strata image ls --json\n  strata image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}'\n\n\
---format fields: .ID .Repository .Tag .Digest .CreatedSince .CreatedAt .Size, or {{json .}};\n\
+--format fields: .ID .Repository .Tag .Digest .CreatedSince .CreatedAt .Size .Local, or {{json .}};\n\
 a leading `table` prints a header."
     )]
     Ls {
@@ -172,6 +174,7 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                             ("CreatedSince", strata::time::ago(i.created_secs, now)),
                             ("CreatedAt", i.created.clone()),
                             ("Size", human(i.size)),
+                            ("Local", local_of(i)),
                         ];
                         Ok((row, serde_json::to_string(i)?))
                     })
@@ -181,8 +184,13 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                 } else {
                     "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
                 };
-                let known = ["ID", "Repository", "Tag", "Digest", "CreatedSince", "CreatedAt", "Size"];
-                let t = table::Template::parse(format.as_deref().unwrap_or(default), &known)?
+                // A lazily pulled image not whole yet: how much of its layers' blobs is here.
+                let partial = images.iter().any(|i| i.local.iter().any(|l| l.remote));
+                let default =
+                    if partial { format!("{default}\t{{{{.Local}}}}") } else { default.to_string() };
+                let known =
+                    ["ID", "Repository", "Tag", "Digest", "CreatedSince", "CreatedAt", "Size", "Local"];
+                let t = table::Template::parse(format.as_deref().unwrap_or(&default), &known)?
                     .title("ID", "IMAGE ID")
                     .title("CreatedSince", "CREATED");
                 out(&t.render(&rows))?;
@@ -370,4 +378,12 @@ pub fn ensure_layer_blobs(store: &strata::store::Store, names: &[&str]) -> Resul
         }
     }
     Ok(())
+}
+
+/// `image ls`'s LOCAL: the bytes of the image's layer blobs in the store of their total
+/// (`1.2MB/3.4MB`; a lazy pull's remote layers have what was fetched so far).
+fn local_of(i: &strata::images::Listed) -> String {
+    let have: u64 = i.local.iter().map(|l| l.bytes_local).sum();
+    let all: u64 = i.local.iter().map(|l| l.blob_size).sum();
+    format!("{}/{}", human(have), human(all))
 }

@@ -51,8 +51,21 @@ struct Cli {
     /// after it, `-v` is `run`'s volume, as in podman.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Background completion of lazily pulled layers (`pull --lazy`) by the strata-fuse that
+    /// mounts them: `off`, `on` (at most 50% of the time, never while a read waits) or a share
+    /// in percent [default: on].
+    #[arg(long, global = true, env = strata::container::LAZY_BACKGROUND_ENV, value_name = "off|on|PERCENT",
+        value_parser = lazy_background)]
+    lazy_background: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `--lazy-background`'s value, checked.
+fn lazy_background(v: &str) -> Result<String, String> {
+    strata::registry::chunks::Background::parse(v)
+        .map(|b| b.to_string())
+        .ok_or_else(|| format!("{v:?}: off, on or a share in percent (1-100)"))
 }
 
 fn main() -> ExitCode {
@@ -64,6 +77,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return exit::usage(&e),
     };
+    if let Some(b) = &cli.lazy_background {
+        // Read where mounts start strata-fuse (and by the strata processes this one starts).
+        // Single-threaded still.
+        std::env::set_var(strata::container::LAZY_BACKGROUND_ENV, b);
+    }
     let default = match cli.verbose {
         0 => "warn",
         1 => "info",

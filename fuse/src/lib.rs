@@ -61,6 +61,8 @@ pub struct Options {
     pub uring: uring::Mode,
     /// Remote lowers (`remote=<diff_id>@<store root>`, repeated): see `remote` (feature `lazy`).
     pub remotes: Vec<RemoteOpt>,
+    /// Background completion of the remote lowers (`lazy_background=off|on|PERCENT`; default on).
+    pub lazy_background: Option<String>,
 }
 
 /// `remote=<diff_id>@<root>`: the lower that is remote layer `diff_id`'s skeleton in the strata
@@ -173,6 +175,7 @@ impl Options {
         };
         let mut flags = Vec::new();
         let mut remotes = Vec::new();
+        let mut lazy_background = None;
         let mut fsname =
             source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
         for o in opts {
@@ -221,6 +224,7 @@ impl Options {
                         v.split_once('@').ok_or_else(|| Error::BadValue(k.clone(), v.clone()))?;
                     remotes.push(RemoteOpt { diff_id: diff_id.to_string(), root: PathBuf::from(root) });
                 }
+                ("lazy_background", Some(v)) => lazy_background = Some(v),
                 ("ro", None) => flags.push(M::RO),
                 ("rw", None) => {}
                 ("dev", None) => flags.push(M::Dev),
@@ -262,6 +266,7 @@ impl Options {
             ignored,
             uring,
             remotes,
+            lazy_background,
         })
     }
 
@@ -340,7 +345,7 @@ pub fn mount(opts: &Options) -> Result<Mounted, Error> {
     cfg.lowers = cfg.lowers.iter().map(canon).collect::<Result<_, _>>()?;
     cfg.upper = cfg.upper.as_ref().map(canon).transpose()?;
     cfg.work = cfg.work.as_ref().map(canon).transpose()?;
-    let contents = attach_remotes(&mut cfg, &opts.remotes)?;
+    let contents = attach_remotes(&mut cfg, &opts.remotes, opts.lazy_background.as_deref())?;
     let uring_error = |m: String| Error::Uring(std::io::Error::new(std::io::ErrorKind::Unsupported, m));
     let want_uring = match opts.uring {
         uring::Mode::Off => false,
@@ -384,14 +389,16 @@ pub fn mount(opts: &Options) -> Result<Mounted, Error> {
 fn attach_remotes(
     cfg: &mut FsConfig,
     remotes: &[RemoteOpt],
+    background: Option<&str>,
 ) -> Result<Vec<std::sync::Arc<dyn contents::LowerContents>>, Error> {
-    remote::attach(cfg, remotes)
+    remote::attach(cfg, remotes, background)
 }
 
 #[cfg(not(feature = "lazy"))]
 fn attach_remotes(
     _cfg: &mut FsConfig,
     remotes: &[RemoteOpt],
+    _background: Option<&str>,
 ) -> Result<Vec<std::sync::Arc<dyn contents::LowerContents>>, Error> {
     match remotes.first() {
         None => Ok(Vec::new()),

@@ -28,7 +28,9 @@ fn main() -> ExitCode {
              uring=auto|on|off (FUSE over io_uring; default auto, or $STRATA_FUSE_URING),\n\
              ro, nodev, nosuid, noexec, noatime, ...; unknown options are ignored with a warning.\n\
              remote=DIFF_ID@ROOT (repeated): the lowerdir that is ROOT/remote/HEX/tree, a lazily pulled\n\
-             layer's skeleton in the strata store ROOT, reads its files from the registry.\n\
+             layer's skeleton in the strata store ROOT, reads its files from the registry, the files\n\
+             before its prefetch landmark first; lazy_background=off|on|PERCENT: then fetch the rest\n\
+             in the background (default on, taking at most 50% of the time) and make the layer whole.\n\
              In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
              --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit\n\
              --log FILE: log to FILE (appended) instead of stderr, which the daemon closes"
@@ -159,7 +161,8 @@ fn main() -> ExitCode {
             warn!("{msg}; serving through /dev/fuse");
         }
     }
-    // Remote lowers' prefetch (claimed at mount, so reads that come first wait for it).
+    // Remote lowers' prefetch (claimed at mount, so reads that come first wait for it) and
+    // background completion.
     for c in &contents {
         c.start();
     }

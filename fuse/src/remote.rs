@@ -6,11 +6,13 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use strata::digest::Sha256Digest;
-use strata::registry::chunks::{open_remote_layer, Prefetch, RangeSource, RemoteFiles, StoreState};
+use strata::registry::chunks::{
+    open_remote_layer, Background, Prefetch, RangeSource, RemoteFiles, StoreState, SETTLE,
+};
 
 use crate::contents::{ChunkReader, Content, LowerContents};
 use crate::{Error, RemoteOpt};
@@ -22,6 +24,17 @@ pub struct RemoteLower<S> {
     /// The chunks before the layer's prefetch landmark, claimed at mount, fetched by
     /// [`LowerContents::start`].
     prefetch: Mutex<Option<Prefetch>>,
+    /// Background completion, for a layer of a store.
+    complete: Option<Completion>,
+}
+
+/// What background completion of a store's remote layer needs.
+struct Completion {
+    background: Background,
+    /// The layer's directory under the store's `remote/`.
+    dir: PathBuf,
+    root: PathBuf,
+    diff_id: Sha256Digest,
 }
 
 impl<S> std::fmt::Debug for RemoteLower<S> {
@@ -32,7 +45,7 @@ impl<S> std::fmt::Debug for RemoteLower<S> {
 
 impl<S: RangeSource + 'static> RemoteLower<S> {
     pub fn new(files: RemoteFiles<S>) -> RemoteLower<S> {
-        RemoteLower { files: Arc::new(files), state: None, prefetch: Mutex::new(None) }
+        RemoteLower { files: Arc::new(files), state: None, prefetch: Mutex::new(None), complete: None }
     }
 
     /// Claim the files before the layer's prefetch landmark: from now on a read of one of them
@@ -71,30 +84,101 @@ impl<S: RangeSource + 'static> LowerContents for RemoteLower<S> {
     }
 
     fn start(&self) {
-        let Some(claim) = self.prefetch.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let claim = self.prefetch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let complete = self.complete.as_ref().and_then(|c| match c.background {
+            Background::Off => {
+                tracing::info!(layer = self.files.label(), "background completion off");
+                None
+            }
+            Background::On { share } => Some((share, c.dir.clone(), c.root.clone(), c.diff_id.clone())),
+        });
+        if claim.is_none() && complete.is_none() {
+            return;
+        }
         let files = self.files.clone();
         let state = self.state.clone();
-        let spawned = std::thread::Builder::new().name("prefetch".into()).spawn(move || {
-            match files.prefetch(claim) {
-                Ok(n) => tracing::info!(layer = files.label(), chunks = n, "prefetched"),
-                Err(e) => tracing::warn!(
-                    layer = files.label(),
-                    error = %strata::error::report(&e),
-                    "prefetch failed: reads fetch what they need"
-                ),
+        let spawned = std::thread::Builder::new().name("lazy".into()).spawn(move || {
+            if let Some(claim) = claim {
+                match files.prefetch(claim) {
+                    Ok(n) => tracing::info!(layer = files.label(), chunks = n, "prefetched"),
+                    Err(e) => tracing::warn!(
+                        layer = files.label(),
+                        error = %strata::error::report(&e),
+                        "prefetch failed: reads fetch what they need"
+                    ),
+                }
+                if let Some(s) = &state {
+                    s.flush();
+                }
             }
-            if let Some(s) = &state {
-                s.flush();
+            if let Some((share, dir, root, diff_id)) = complete {
+                complete_in_background(&files, state.as_deref(), share, &dir, &root, &diff_id);
             }
         });
         if let Err(e) = spawned {
-            tracing::warn!(layer = self.files.label(), error = %e, "prefetch not started");
+            tracing::warn!(layer = self.files.label(), error = %e, "prefetch and background completion not started");
         }
     }
 
     fn flush(&self) {
         if let Some(s) = &self.state {
             s.flush();
+        }
+    }
+}
+
+/// Fetch the rest of remote layer `diff_id`'s blob (one process at a time: the layer's
+/// background lock, which a killed holder lets go of), then verify it and make it an ordinary
+/// layer of the store at `root` through strata's one path ([`complete_remote`]).
+fn complete_in_background<S: RangeSource>(
+    files: &RemoteFiles<S>,
+    state: Option<&StoreState>,
+    share: u8,
+    dir: &Path,
+    root: &Path,
+    diff_id: &Sha256Digest,
+) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let label = files.label();
+    let lock_path = dir.join(strata::registry::partial::BACKGROUND_LOCK);
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path);
+    let lock = match lock {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(layer = label, error = %e, "background completion: no lock file");
+            return;
+        }
+    };
+    // Another process completing the layer: wait for it to end (or be killed), then go on.
+    if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive) {
+        tracing::warn!(layer = label, error = %e, "background completion: lock");
+        return;
+    }
+    match files.fill(share, SETTLE) {
+        Ok(stats) => {
+            tracing::info!(
+                layer = label,
+                requests = stats.requests,
+                bytes = stats.bytes,
+                "background completion: the blob is here"
+            )
+        }
+        Err(e) => {
+            tracing::warn!(layer = label, error = %strata::error::report(&e), "background completion stopped");
+            return;
+        }
+    }
+    if let Some(s) = state {
+        s.flush();
+    }
+    match strata::registry::lazy::complete_remote(root, diff_id) {
+        Ok(true) => {
+            tracing::info!(layer = label, "layer complete and verified: new mounts use its directory")
+        }
+        Ok(false) => tracing::info!(layer = label, "layer completed already"),
+        Err(e) => {
+            tracing::warn!(layer = label, error = %strata::error::report(&e), "completing the layer failed")
         }
     }
 }
@@ -125,7 +209,17 @@ impl<S: RangeSource> ChunkReader for RemoteFile<S> {
 pub fn attach(
     cfg: &mut crate::FsConfig,
     remotes: &[RemoteOpt],
+    background: Option<&str>,
 ) -> Result<Vec<Arc<dyn LowerContents>>, Error> {
+    let background = match background {
+        None => Background::On { share: Background::DEFAULT_SHARE },
+        Some(v) => Background::parse(v).ok_or_else(|| {
+            Error::BadValue(
+                "lazy_background".into(),
+                format!("{v}: not off, on or a share in percent (1-100)"),
+            )
+        })?,
+    };
     let mut out: Vec<Arc<dyn LowerContents>> = Vec::new();
     for r in remotes {
         let bad = |why: String| {
@@ -139,10 +233,12 @@ pub fn attach(
             .iter()
             .position(|l| *l == tree)
             .ok_or_else(|| bad(format!("its skeleton {} is not one of the lowerdirs", tree.display())))?;
+        let complete = Completion { background, dir: opened.dir, root: r.root.clone(), diff_id: d };
         let lower = RemoteLower {
             files: Arc::new(opened.files),
             state: Some(opened.state),
             prefetch: Mutex::new(None),
+            complete: Some(complete),
         };
         lower.claim_prefetch();
         let lower: Arc<dyn LowerContents> = Arc::new(lower);

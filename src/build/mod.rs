@@ -192,6 +192,9 @@ pub enum StepError {
     Unsupported(String),
     #[error("image {0:?}")]
     Pull(String, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A base image pulled with `--lazy` whose remote layers could not be completed.
+    #[error("image {0:?}: completing its remote layers (pulled with --lazy)")]
+    RemoteLayers(String, #[source] Box<crate::registry::RegistryError>),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
@@ -227,6 +230,7 @@ impl StepError {
             | StepError::Config(_) => ErrorKind::InvalidArgument,
             StepError::Context(e) => e.kind(),
             StepError::Pull(..) => ErrorKind::NotFound,
+            StepError::RemoteLayers(_, e) => e.kind(),
             StepError::Container(e) => e.kind(),
             StepError::Runtime(e) => e.kind(),
             StepError::Commit(e) => e.kind(),

@@ -170,6 +170,10 @@ impl<'a> Builder<'a> {
         };
         let stored =
             self.store.image(&name)?.ok_or_else(|| StepError::Config(format!("image {name} vanished")))?;
+        // A base pulled with --lazy: the steps mount with kernel overlay, which reads whole layers
+        // only. Its remote layers are completed first, through the one verified path.
+        crate::registry::lazy::complete_layers(self.store, &stored.layers)
+            .map_err(|e| StepError::RemoteLayers(name.clone(), Box::new(e)))?;
         let mut config: Value = serde_json::from_slice(&self.store.read_blob(&stored.config_digest)?)
             .map_err(|e| StepError::Config(e.to_string()))?;
         let c = config_mut(&mut config);

@@ -32,7 +32,7 @@ use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store
 
 pub use mount::{
     backend_at, fuse_binary, fuse_mount_options, kernel_overlay_refused, mount, mount_spec, mounted_at,
-    mounts, overlay_spec, umount,
+    mounts, overlay_spec, umount, LAZY_BACKGROUND_ENV,
 };
 
 /// Container errors.

@@ -295,8 +295,20 @@ pub fn fuse_mount_options(
     for r in remote {
         opts.push(format!("remote={}@{root}", r.diff_id));
     }
+    if !remote.is_empty() {
+        // Background completion: on unless `STRATA_LAZY_BACKGROUND` (`strata --lazy-background`)
+        // says otherwise; strata-fuse checks the value.
+        if let Some(v) = std::env::var(LAZY_BACKGROUND_ENV).ok().filter(|v| !v.trim().is_empty()) {
+            let v = String::from_utf8_lossy(&kernel_overlay::escape_path(Path::new(v.trim()))).into_owned();
+            opts.push(format!("lazy_background={v}"));
+        }
+    }
     Ok(opts)
 }
+
+/// Background completion of remote layers in the strata-fuse a mount starts: `off`, `on` or a
+/// share in percent (`registry::chunks::Background`).
+pub const LAZY_BACKGROUND_ENV: &str = "STRATA_LAZY_BACKGROUND";
 
 /// The file a strata-fuse serving remote layers logs to (its stderr is closed once it serves).
 pub const FUSE_LOG: &str = "fuse.log";

@@ -145,7 +145,8 @@ pub fn materialize_layer(store: &mut Store, layer: &ImageLayerRow) -> Result<boo
     let file = File::open(&blob_path).at(&blob_path)?;
     let staging = store.staging()?;
     let dir = staging.dir.join("layer");
-    fs::create_dir(&dir).at(&dir)?;
+    // 0755 whatever the umask: strata-fuse (umask 0) completes layers too.
+    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o755).create(&dir).at(&dir)?;
     let declared = Some(
         Compression::of_media_type(&layer.media_type)
             .ok_or_else(|| LayerError::MediaType(layer.media_type.clone()))?,

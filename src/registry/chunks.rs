@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::partial::PartialBlob;
 use super::{Client, ClientOptions, RegistryError};
 use crate::digest::Sha256Digest;
 use crate::seekable::chunk::decode_chunk_to_vec;
@@ -170,6 +171,71 @@ impl Prefetch {
     }
 }
 
+/// How long background completion waits after the last read that fetched.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Bytes background completion asks for in one request (a read that needs a chunk partly
+/// fetched asks only for the rest).
+pub const BACKGROUND_STEP: u64 = 1 << 20;
+
+/// What background completion fetched.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FillStats {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+/// Background completion of remote layers, as strata-fuse runs it: `Off`, or `On` taking at
+/// most `share` percent of the time (see [`RemoteFiles::fill`]). Set by
+/// `STRATA_LAZY_BACKGROUND` (or `strata --lazy-background`): `off`, `on`, or a share `1`..`100`
+/// (`%` allowed); strata-fuse takes it as `-o lazy_background=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Background {
+    Off,
+    On { share: u8 },
+}
+
+impl Background {
+    /// The environment variable that sets it.
+    pub const ENV: &'static str = "STRATA_LAZY_BACKGROUND";
+    /// The share `on` means.
+    pub const DEFAULT_SHARE: u8 = 50;
+
+    /// `off`, `on`, or a share in percent (`1`..`100`, `%` allowed).
+    pub fn parse(s: &str) -> Option<Background> {
+        match s.trim() {
+            "off" | "false" | "0" => Some(Background::Off),
+            "on" | "true" => Some(Background::On { share: Self::DEFAULT_SHARE }),
+            n => n
+                .trim_end_matches('%')
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .map(|share| Background::On { share }),
+        }
+    }
+
+    /// From [`Background::ENV`]; on, with the default share, when it is unset or empty.
+    pub fn from_env() -> Result<Background, RegistryError> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::parse(&v).ok_or_else(|| RegistryError::Invalid {
+                what: Self::ENV.into(),
+                reason: format!("{v:?} is not off, on or a share in percent (1-100)"),
+            }),
+            _ => Ok(Background::On { share: Self::DEFAULT_SHARE }),
+        }
+    }
+}
+
+impl std::fmt::Display for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Background::Off => f.write_str("off"),
+            Background::On { share } => write!(f, "{share}"),
+        }
+    }
+}
+
 /// The regular files of a remote layer, read by name and offset.
 pub struct RemoteFiles<S> {
     toc: Toc,
@@ -191,6 +257,45 @@ pub struct RemoteFiles<S> {
     requests: Mutex<usize>,
     slot: Condvar,
     seq: AtomicU64,
+    /// The blob's bytes fetched so far, by anyone ([`PartialBlob`]): ranges it holds are read
+    /// from it (and verified) instead of fetched, and fetched ranges are added to it.
+    partial: Option<Arc<PartialBlob>>,
+    /// Reads fetching (or waiting for) chunks now, when the last one ended, and the signal that
+    /// one did: background completion runs only while there are none.
+    activity: Mutex<(usize, Instant)>,
+    quiet: Condvar,
+}
+
+/// Marks a read as fetching while it lives.
+struct Busy<'a> {
+    activity: &'a Mutex<(usize, Instant)>,
+    quiet: &'a Condvar,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut a = lock(self.activity);
+        a.0 -= 1;
+        a.1 = Instant::now();
+        self.quiet.notify_all();
+    }
+}
+
+/// Why a range could not be served from the partial blob.
+enum Kept {
+    /// Fetching (or verifying what was fetched, or caching it) failed.
+    Fetch(RegistryError),
+    /// What it holds does not verify (or cannot be read): the range is fetched whole.
+    Unusable(String),
+}
+
+impl Kept {
+    fn into_error(self) -> RegistryError {
+        match self {
+            Kept::Fetch(e) => e,
+            Kept::Unusable(reason) => RegistryError::Invalid { what: "kept bytes".into(), reason },
+        }
+    }
 }
 
 /// A request slot, given back when dropped.
@@ -268,7 +373,16 @@ impl<S: RangeSource> RemoteFiles<S> {
             requests: Mutex::new(0),
             slot: Condvar::new(),
             seq: AtomicU64::new(0),
+            partial: None,
+            activity: Mutex::new((0, Instant::now())),
+            quiet: Condvar::new(),
         })
+    }
+
+    /// Keep fetched ranges in `partial`, and read what it holds from it.
+    pub fn with_partial(mut self, partial: Arc<PartialBlob>) -> Self {
+        self.partial = Some(partial);
+        self
     }
 
     /// Read with `policy` instead of [`ReadPolicy::default`].
@@ -340,10 +454,15 @@ impl<S: RangeSource> RemoteFiles<S> {
     /// Make sure the chunks of `wanted` are cached by `deadline`: those nobody fetches are
     /// fetched here, those another read fetches are waited for (and fetched here if it failed).
     fn ensure(&self, name: &str, wanted: &[&Chunk], deadline: Instant) -> Result<(), RegistryError> {
+        let mut busy = None;
         loop {
             let missing: Vec<&Chunk> = wanted.iter().copied().filter(|c| !self.is_cached(c)).collect();
             if missing.is_empty() {
                 return Ok(());
+            }
+            if busy.is_none() {
+                lock(&self.activity).0 += 1;
+                busy = Some(Busy { activity: &self.activity, quiet: &self.quiet });
             }
             if let Some(reason) = self.bad() {
                 return Err(self.bad_error(reason));
@@ -425,23 +544,174 @@ impl<S: RangeSource> RemoteFiles<S> {
         items: &[(&str, &Chunk)],
         deadline: Instant,
     ) -> Result<(), RegistryError> {
-        let start = range.start;
+        if let Some(p) = &self.partial {
+            match self.with_kept(p, &range, items, deadline) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(Kept::Fetch(e)) => return Err(e),
+                Err(Kept::Unusable(why)) => tracing::warn!(
+                    layer = %self.label,
+                    range = ?range,
+                    error = %why,
+                    "kept bytes do not verify: fetching the range again"
+                ),
+            }
+        }
         let bytes = self.request(range.clone(), deadline)?;
+        self.decode_all(&bytes, range.start, items, &|_| true).map_err(Kept::into_error)?;
+        self.keep(range.start, &bytes);
+        Ok(())
+    }
+
+    /// Serve `range` with what the partial blob holds of it, fetching only the rest: `false`
+    /// when it holds none of it; the chunks of `items` verified and cached when `true`.
+    fn with_kept(
+        &self,
+        p: &PartialBlob,
+        range: &Range<u64>,
+        items: &[(&str, &Chunk)],
+        deadline: Instant,
+    ) -> Result<bool, Kept> {
+        let unusable = |e: io::Error| Kept::Unusable(e.to_string());
+        let gaps = p.gaps_in(range.clone()).map_err(unusable)?;
+        if gaps.first() == Some(range) {
+            return Ok(false);
+        }
+        let mut bytes = p.read_raw(range.clone()).map_err(unusable)?;
+        let mut fetched = Vec::new();
+        for g in gaps {
+            let got = self.request(g.clone(), deadline).map_err(Kept::Fetch)?;
+            let at = (g.start - range.start) as usize;
+            let dst = bytes.get_mut(at..at + got.len()).filter(|_| got.len() as u64 == g.end - g.start);
+            let Some(dst) = dst else {
+                return Err(Kept::Fetch(RegistryError::Invalid {
+                    what: format!("layer {}", self.label),
+                    reason: "the registry sent a short range".into(),
+                }));
+            };
+            dst.copy_from_slice(&got);
+            fetched.push((g.start, got));
+        }
+        // A chunk with bytes just fetched that does not verify is the registry's doing (the
+        // layer is bad); one made only of kept bytes is fetched again.
+        let fresh = |c: &Chunk| {
+            fetched.iter().any(|(at, got)| c.blob_offset < at + got.len() as u64 && *at < c.blob_end)
+        };
+        self.decode_all(&bytes, range.start, items, &fresh)?;
+        for (at, got) in fetched {
+            self.keep(at, &got);
+        }
+        Ok(true)
+    }
+
+    /// Fetched `bytes` from `offset`: added to the partial blob and counted.
+    fn keep(&self, offset: u64, bytes: &[u8]) {
+        if let Some(p) = &self.partial {
+            if let Err(e) = p.write(offset, bytes) {
+                tracing::warn!(layer = %self.label, error = %e, "keeping fetched bytes in the partial blob");
+            }
+        }
+        if let Some(s) = &self.state {
+            s.fetched(bytes.len() as u64);
+        }
+    }
+
+    /// Verify and cache the chunks of `items` from `bytes` (the blob's from `start`). A chunk
+    /// that does not verify marks the layer bad when bytes of it were just fetched (`fresh`);
+    /// one of kept bytes only is [`Kept::Unusable`] (it is fetched again).
+    fn decode_all(
+        &self,
+        bytes: &[u8],
+        start: u64,
+        items: &[(&str, &Chunk)],
+        fresh: &dyn Fn(&Chunk) -> bool,
+    ) -> Result<(), Kept> {
         for &(name, c) in items {
             let part = (c.blob_offset.checked_sub(start))
                 .and_then(|from| bytes.get(from as usize..(c.blob_end - start) as usize))
-                .ok_or_else(|| RegistryError::Invalid {
-                    what: format!("layer {}: {name}", self.label),
-                    reason: "the registry sent a short range".into(),
+                .ok_or_else(|| {
+                    Kept::Fetch(RegistryError::Invalid {
+                        what: format!("layer {}: {name}", self.label),
+                        reason: "the registry sent a short range".into(),
+                    })
                 })?;
-            let data =
-                decode_chunk_to_vec(self.toc.format, part, name, c).map_err(|e| self.corrupt(name, e))?;
-            self.cache_chunk(c, &data)?;
-        }
-        if let Some(s) = &self.state {
-            s.fetched(range.end - range.start);
+            let data = decode_chunk_to_vec(self.toc.format, part, name, c).map_err(|e| {
+                if fresh(c) {
+                    Kept::Fetch(self.corrupt(name, e))
+                } else {
+                    Kept::Unusable(crate::error::report(&e))
+                }
+            })?;
+            self.cache_chunk(c, &data).map_err(Kept::Fetch)?;
         }
         Ok(())
+    }
+
+    /// Background completion: fetch every range of the blob the partial blob lacks, in blob
+    /// order, [`BACKGROUND_STEP`] bytes per request, never while a read is
+    /// fetching: each request waits until no read has fetched for `settle`, and after each the
+    /// task rests so that it takes at most `share` percent of the time (100: no rest). A failed
+    /// request is tried again after a pause that grows (the registry may be away). Returns once
+    /// the partial blob is complete (then [`super::lazy::complete_layers`] verifies it and makes
+    /// the layer ordinary); fails when the layer is bad or has no partial blob.
+    pub fn fill(&self, share: u8, settle: Duration) -> Result<FillStats, RegistryError> {
+        let Some(p) = &self.partial else {
+            return Err(RegistryError::Invalid {
+                what: format!("layer {}", self.label),
+                reason: "no partial blob to complete".into(),
+            });
+        };
+        let share = u32::from(share.clamp(1, 100));
+        let mut stats = FillStats::default();
+        let mut pause = Duration::from_secs(1);
+        loop {
+            if let Some(reason) = self.bad() {
+                return Err(self.bad_error(reason));
+            }
+            p.refresh().map_err(|source| local(p.path(), source))?;
+            let Some(gap) = p.first_gap() else {
+                return Ok(stats);
+            };
+            let end = gap.end.min(gap.start.saturating_add(BACKGROUND_STEP));
+            self.wait_quiet(settle);
+            let t0 = Instant::now();
+            match self.source.range(gap.start..end) {
+                Ok(bytes) if bytes.len() as u64 == end - gap.start => {
+                    self.keep(gap.start, &bytes);
+                    stats.requests += 1;
+                    stats.bytes += bytes.len() as u64;
+                    pause = Duration::from_secs(1);
+                    if share < 100 {
+                        std::thread::sleep(t0.elapsed() * (100 - share) / share);
+                    }
+                }
+                got => {
+                    let why = match got {
+                        Ok(b) => format!("{} bytes where {} were asked for", b.len(), end - gap.start),
+                        Err(e) => crate::error::report(&e),
+                    };
+                    tracing::warn!(layer = %self.label, range = ?(gap.start..end), error = %why, "background fetch failed; trying again later");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Wait until no read has fetched for `settle`.
+    fn wait_quiet(&self, settle: Duration) {
+        let mut a = lock(&self.activity);
+        loop {
+            if a.0 == 0 {
+                let since = a.1.elapsed();
+                if since >= settle {
+                    return;
+                }
+                a = self.quiet.wait_timeout(a, settle - since).unwrap_or_else(|e| e.into_inner()).0;
+            } else {
+                a = self.quiet.wait(a).unwrap_or_else(|e| e.into_inner());
+            }
+        }
     }
 
     /// Claim the chunks before the layer's `.prefetch.landmark` (eStargz's files to fetch
@@ -686,6 +956,8 @@ pub struct OpenedLayer {
     pub tree: PathBuf,
     pub files: RemoteFiles<RemoteBlob>,
     pub state: Arc<StoreState>,
+    /// The layer's directory under `remote/` (its partial blob, its background lock).
+    pub dir: PathBuf,
 }
 
 /// Open remote layer `diff_id` of the store at `root` (see [`OpenedLayer`]). Fails when the
@@ -708,11 +980,13 @@ pub fn open_remote_layer(root: &Path, diff_id: &Sha256Digest) -> Result<OpenedLa
         reason: crate::error::report(&e),
     })?;
     let state = Arc::new(StoreState::new(root, diff_id));
-    let files =
-        RemoteFiles::new(toc, RemoteBlob::new(&row)?, &store.remote_dir(diff_id), &diff_id.to_string())?
-            .with_state(state.clone())
-            .with_bad(row.bad.clone());
-    Ok(OpenedLayer { tree, files, state })
+    let dir = store.remote_dir(diff_id);
+    let partial = PartialBlob::open(&dir, row.blob_size).map_err(|source| local(&dir, source))?;
+    let files = RemoteFiles::new(toc, RemoteBlob::new(&row)?, &dir, &diff_id.to_string())?
+        .with_state(state.clone())
+        .with_bad(row.bad.clone())
+        .with_partial(Arc::new(partial));
+    Ok(OpenedLayer { tree, files, state, dir })
 }
 
 #[cfg(test)]

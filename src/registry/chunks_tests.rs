@@ -361,3 +361,52 @@ fn prefetch_fetches_the_files_before_the_landmark_in_one_request() {
     let files = RemoteFiles::new(toc, Fake { blob, asked: Mutex::new(vec![]) }, t.path(), "test").unwrap();
     assert!(files.claim_prefetch().is_none());
 }
+
+/// Kept bytes (the partial blob) serve reads: only the missing part of a range is asked for,
+/// and what is fetched is kept; kept bytes that do not verify are fetched again without marking
+/// the layer bad. Background completion then fetches the gaps in blob order, a step at a time,
+/// until the partial blob is the blob.
+#[test]
+fn kept_bytes_serve_reads_and_background_completion_fills_the_gaps() {
+    let (blob, toc, big) = layer();
+    let t = tempfile::tempdir().unwrap();
+    let partial = Arc::new(
+        crate::registry::partial::PartialBlob::open(&t.path().join("p"), blob.len() as u64).unwrap(),
+    );
+    let c = toc_chunk_of(&toc, "big", 2500);
+    // The chunk's first half is kept.
+    let half = (c.blob_offset + c.blob_end) / 2;
+    partial.write(c.blob_offset, &blob[c.blob_offset as usize..half as usize]).unwrap();
+    let fake = Fake { blob: blob.clone(), asked: Mutex::new(vec![]) };
+    let files = RemoteFiles::new(toc.clone(), fake, t.path(), "test").unwrap().with_partial(partial.clone());
+    let mut buf = vec![0u8; 100];
+    assert_eq!(files.read_at("big", 2500, &mut buf).unwrap(), 100);
+    assert_eq!(buf, big[2500..2600]);
+    assert_eq!(*files.source().asked.lock().unwrap(), vec![half..c.blob_end], "only the missing half");
+    assert_eq!(partial.gaps_in(c.blob_offset..c.blob_end).unwrap(), vec![], "the fetched half kept");
+
+    // Kept bytes of another chunk, wrong: the read fetches the chunk and is served; not bad.
+    let d = toc_chunk_of(&toc, "big", 5500);
+    partial.write(d.blob_offset, &vec![0x55; (d.blob_end - d.blob_offset) as usize]).unwrap();
+    assert_eq!(files.read_at("big", 5500, &mut buf).unwrap(), 100);
+    assert_eq!(buf, big[5500..5600]);
+    assert!(files.bad().is_none());
+    assert_eq!(files.source().asked.lock().unwrap().last(), Some(&(d.blob_offset..d.blob_end)));
+
+    // Background completion: the gaps, in order, none asked twice, each at most a step.
+    files.source().asked.lock().unwrap().clear();
+    let stats = files.fill(100, Duration::ZERO).unwrap();
+    assert!(partial.is_complete());
+    let asked = files.source().asked.lock().unwrap().clone();
+    assert_eq!(stats.requests, asked.len() as u64);
+    assert!(asked.windows(2).all(|w| w[0].end <= w[1].start), "{asked:?}");
+    assert!(asked.iter().all(|r| r.end - r.start <= BACKGROUND_STEP));
+    // The wrong bytes kept earlier were overwritten by the read's fetch.
+    assert_eq!(fs::read(partial.path()).unwrap(), blob);
+    assert_eq!(files.fill(100, Duration::ZERO).unwrap(), FillStats::default(), "nothing left");
+}
+
+fn toc_chunk_of(toc: &Toc, name: &str, at: u64) -> Chunk {
+    let e = toc.entries.iter().find(|e| e.name == name).unwrap();
+    e.chunks.iter().find(|c| c.file_offset <= at && at < c.file_offset + c.size).unwrap().clone()
+}

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use super::chunks::{RangeSource, RegistryBlob};
+use super::partial::PartialBlob;
 use super::{Client, ClientOptions, RegistryError};
 use crate::digest::Sha256Digest;
 use crate::image::LayerRef;
@@ -27,6 +29,8 @@ pub struct RemoteToc {
     pub fetched: u64,
     /// The TOC's JSON, as verified (what the store keeps).
     pub json: Vec<u8>,
+    /// The blob's bytes fetched, by offset (kept in the layer's partial blob).
+    pub ranges: Vec<(u64, Vec<u8>)>,
 }
 
 /// The TOC of blob `digest` (`size` bytes, of `media_type`, with the descriptor's
@@ -46,6 +50,7 @@ pub fn fetch_toc(
     let Some(locator) = seekable::locate(media_type, annotations, size).map_err(bad)? else {
         return Ok(None);
     };
+    let mut ranges = Vec::new();
     let (toc, fetched, json) = match &locator {
         Locator::Estargz { toc_digest } => {
             let tail_start = size.saturating_sub(TAIL_GUESS.max(ESTARGZ_FOOTER_SIZE));
@@ -65,12 +70,20 @@ pub fn fetch_toc(
             };
             let toc = Toc::from_estargz(&member, toc_offset, toc_digest).map_err(bad)?;
             // Verified above: the same member gives the same JSON.
-            (toc, fetched, toc::estargz_toc_json(&member).map_err(bad)?)
+            let json = toc::estargz_toc_json(&member).map_err(bad)?;
+            if range.start < tail_start {
+                ranges.push((range.start, member[..(tail_start - range.start) as usize].to_vec()));
+            }
+            ranges.push((tail_start, tail));
+            (toc, fetched, json)
         }
         Locator::ZstdChunked { offset, length, uncompressed, .. } => {
             let frame = client.blob_range(digest, *offset..offset + length)?;
             let toc = Toc::from_zstd_chunked(&frame, &locator).map_err(bad)?;
-            (toc, frame.len() as u64, toc::zstd_toc_json(&frame, *uncompressed).map_err(bad)?)
+            let json = toc::zstd_toc_json(&frame, *uncompressed).map_err(bad)?;
+            let n = frame.len() as u64;
+            ranges.push((*offset, frame));
+            (toc, n, json)
         }
     };
     tracing::info!(
@@ -80,7 +93,7 @@ pub fn fetch_toc(
         fetched,
         "TOC verified"
     );
-    Ok(Some(RemoteToc { locator, toc, fetched, json }))
+    Ok(Some(RemoteToc { locator, toc, fetched, json, ranges }))
 }
 
 /// `pull --lazy`: [`super::resolve`], and the import's hook that records each seekable layer as
@@ -139,6 +152,17 @@ pub fn resolve_lazy(
         if !store.insert_remote_layer(&remote, unpacked, got.toc.entries.len() as u64)? {
             // The layer has its row (a directory lost with its blob): fetch it whole.
             return Ok(None);
+        }
+        // The bytes fetched are the partial blob's first (completion does not fetch them again).
+        let dir = store.remote_dir(&l.diff_id);
+        let kept = PartialBlob::open(&dir, size).and_then(|p| {
+            for (at, bytes) in &got.ranges {
+                p.write(*at, bytes)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = kept {
+            tracing::warn!(layer = %d, error = %e, "the TOC's bytes not kept in the partial blob");
         }
         tracing::info!(layer = %d, toc = %remote.toc_digest, "recorded as a remote layer");
         Ok(Some(row(unpacked)))
@@ -214,29 +238,21 @@ pub fn record_remote_layer(
 }
 
 /// Complete the remote layers among `layers` (a lazily pulled image's, before a container is
-/// created over it): each blob is fetched whole from the registry it was pulled from, its digest
-/// and size verified as it is stored, then unpacked by the layer store's verified path
+/// created over it): each blob is assembled whole, its digest and size verified as it is
+/// stored, then unpacked by the layer store's verified path
 /// ([`crate::layers::materialize_layer`], which checks the diff_id), and the layer is remote no
-/// more. Returns how many layers it completed.
+/// more. The blob comes from the layer's partial blob when that holds at least half of it (what
+/// strata-fuse's reads, prefetch and background completion fetched; the rest fetched by
+/// ranges), else whole from the registry it was pulled from. Returns how many layers it
+/// completed.
 pub fn complete_layers(store: &mut Store, layers: &[ImageLayerRow]) -> Result<usize, RegistryError> {
     let _gc = store.gc_shared()?;
     let mut done = 0;
-    let mut clients: HashMap<(String, bool), Client> = HashMap::new();
+    let mut clients = Clients::default();
     for l in layers {
         let Some(remote) = store.remote_layer(&l.diff_id)? else { continue };
         if !store.has_blob(&remote.blob_digest) {
-            let key = (remote.source.clone(), remote.tls_verify);
-            if !clients.contains_key(&key) {
-                let (host, repo) = remote.source.split_once('/').ok_or_else(|| RegistryError::Invalid {
-                    what: format!("remote layer {}", remote.diff_id),
-                    reason: format!("source {:?} is not HOST/REPO", remote.source),
-                })?;
-                let opts = ClientOptions { tls_verify: remote.tls_verify, ..Default::default() };
-                clients.insert(key.clone(), Client::connect(host, repo, &opts, "pull")?);
-            }
-            if let Some(client) = clients.get(&key) {
-                fetch_blob(store, client, &remote)?;
-            }
+            assemble_blob(store, &mut clients, &remote)?;
         }
         let row = ImageLayerRow {
             diff_id: remote.diff_id.clone(),
@@ -256,25 +272,128 @@ pub fn complete_layers(store: &mut Store, layers: &[ImageLayerRow]) -> Result<us
     Ok(done)
 }
 
-/// Fetch `remote`'s whole blob into the blob store: streamed to staging while hashed and counted,
-/// and stored only when its digest and size are the descriptor's.
+/// Complete remote layer `diff_id` of the store at `root` ([`complete_layers`]), as strata-fuse
+/// does once its background completion has the whole blob. `false` when the layer is not
+/// remote (complete already).
+pub fn complete_remote(root: &std::path::Path, diff_id: &Sha256Digest) -> Result<bool, RegistryError> {
+    let mut store = Store::open(root)?;
+    if store.remote_layer(diff_id)?.is_none() {
+        return Ok(false);
+    }
+    let size = store.layer_size(diff_id)?.unwrap_or(0);
+    let row = ImageLayerRow {
+        diff_id: diff_id.clone(),
+        blob_digest: diff_id.clone(),
+        media_type: String::new(),
+        blob_size: 0,
+        size,
+    };
+    // Only diff_id and size are read of the row: the rest comes from the remote row.
+    Ok(complete_layers(&mut store, &[row])? > 0)
+}
+
+/// Registry clients by source and TLS verification, connected at first use.
+#[derive(Default)]
+struct Clients(HashMap<(String, bool), Client>);
+
+impl Clients {
+    fn get(&mut self, remote: &RemoteLayerRow) -> Result<&Client, RegistryError> {
+        let key = (remote.source.clone(), remote.tls_verify);
+        if !self.0.contains_key(&key) {
+            let (host, repo) = remote.source.split_once('/').ok_or_else(|| RegistryError::Invalid {
+                what: format!("remote layer {}", remote.diff_id),
+                reason: format!("source {:?} is not HOST/REPO", remote.source),
+            })?;
+            let opts = ClientOptions { tls_verify: remote.tls_verify, ..Default::default() };
+            let c = Client::connect(host, repo, &opts, "pull")?;
+            self.0.insert(key.clone(), c);
+        }
+        self.0.get(&key).ok_or_else(|| RegistryError::Invalid {
+            what: format!("remote layer {}", remote.diff_id),
+            reason: "no client".into(),
+        })
+    }
+}
+
+/// The most bytes one request of [`assemble_blob`] asks for when it fills a partial blob.
+const FILL_REQUEST: u64 = 8 << 20;
+
+/// `remote`'s whole blob into the blob store, verified: from its partial blob when that holds
+/// at least half of it (the gaps fetched by ranges); if not, or if the assembled bytes do not
+/// verify (the partial blob is then removed), fetched whole.
+fn assemble_blob(store: &Store, clients: &mut Clients, remote: &RemoteLayerRow) -> Result<(), RegistryError> {
+    let dir = store.remote_dir(&remote.diff_id);
+    let partial = if PartialBlob::exists(&dir) {
+        PartialBlob::open(&dir, remote.blob_size).map_err(|source| local(&dir, source))?
+    } else {
+        return fetch_blob(store, clients.get(remote)?, remote);
+    };
+    if partial.have() * 2 < remote.blob_size {
+        return fetch_blob(store, clients.get(remote)?, remote);
+    }
+    while let Some(gap) = partial.first_gap() {
+        let range = gap.start..gap.end.min(gap.start + FILL_REQUEST);
+        let source = RegistryBlob { client: clients.get(remote)?, digest: remote.blob_digest.to_string() };
+        let bytes = source.range(range.clone())?;
+        partial.write(range.start, &bytes).map_err(|source| local(partial.path(), source))?;
+    }
+    let file = std::fs::File::open(partial.path()).map_err(|source| local(partial.path(), source))?;
+    let what = format!("layer {} (assembled from its partial blob)", remote.blob_digest);
+    match store_verified(store, file, remote, &what, "local") {
+        Ok(()) => {
+            PartialBlob::remove(&dir).map_err(|source| local(&dir, source))?;
+            tracing::info!(layer = %remote.diff_id, "blob assembled from its partial blob and verified");
+            Ok(())
+        }
+        Err(RegistryError::DigestMismatch { expected, actual, .. }) => {
+            tracing::warn!(layer = %remote.diff_id, %expected, %actual, "the partial blob does not verify: removed, fetching the blob whole");
+            PartialBlob::remove(&dir).map_err(|source| local(&dir, source))?;
+            fetch_blob(store, clients.get(remote)?, remote)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn local(path: &std::path::Path, source: std::io::Error) -> RegistryError {
+    RegistryError::Local { path: path.display().to_string(), source }
+}
+
+/// Fetch `remote`'s whole blob into the blob store ([`store_verified`]).
 fn fetch_blob(store: &Store, client: &Client, remote: &RemoteLayerRow) -> Result<(), RegistryError> {
-    use sha2::Digest as _;
-    use std::io::{Read, Write};
     let what = format!("layer {}", remote.blob_digest);
     let (body, _) = client.blob(&remote.blob_digest.to_string())?;
+    store_verified(store, body, remote, &what, &client.host)
+}
+
+/// Stream `body` to staging while it is hashed and counted; stored only when its digest and size
+/// are the descriptor's. `host` names where a read failed.
+fn store_verified(
+    store: &Store,
+    body: impl std::io::Read,
+    remote: &RemoteLayerRow,
+    what: &str,
+    host: &str,
+) -> Result<(), RegistryError> {
+    use sha2::Digest as _;
+    use std::io::{Read, Write};
     let staging = store.staging()?;
     let tmp = staging.dir.join("blob");
     let local = |source| RegistryError::Local { path: tmp.display().to_string(), source };
-    let mut out = std::fs::File::create(&tmp).map_err(local)?;
+    // An explicit mode: strata-fuse (umask 0) completes layers too.
+    let mut out = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&tmp)
+    .map_err(local)?;
     let mut hasher = sha2::Sha256::new();
     let mut limited = body.take(remote.blob_size + 1);
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
         let k = limited.read(&mut buf).map_err(|source| RegistryError::ReadBody {
-            host: client.host.clone(),
-            what: what.clone(),
+            host: host.to_string(),
+            what: what.to_string(),
             source,
         })?;
         if k == 0 {
@@ -288,7 +407,7 @@ fn fetch_blob(store: &Store, client: &Client, remote: &RemoteLayerRow) -> Result
     let actual = Sha256Digest::from_bytes(&hasher.finalize());
     if n != remote.blob_size || actual != remote.blob_digest {
         return Err(RegistryError::DigestMismatch {
-            what,
+            what: what.to_string(),
             expected: format!("{} ({} bytes)", remote.blob_digest, remote.blob_size),
             actual: format!("{actual} ({n} bytes)"),
         });

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod chunks;
 pub mod client;
 pub mod lazy;
+pub mod partial;
 pub mod push;
 
 use std::io::Read;

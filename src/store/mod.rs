@@ -483,6 +483,10 @@ impl Store {
 #[cfg(test)]
 mod migration_tests;
 
+/// The files of a remote layer's partial blob in its `remote/<hex>/` directory (its data, then
+/// its record of ranges; see `registry::partial`).
+pub const PARTIAL_BLOB_FILES: [&str; 2] = ["blob.partial", "blob.ranges"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

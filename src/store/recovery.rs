@@ -97,7 +97,8 @@ impl Store {
     }
 
     /// `remote/<hex>/`: removed when its layer has no row (gc removed it, or a lazy pull died);
-    /// in the others, chunks a dead reader was writing (`tmp/<pid>-...`), never used, removed.
+    /// in the others, chunks a dead reader was writing (`tmp/<pid>-...`), never used, removed,
+    /// and the partial blob of a layer that is complete.
     fn recover_remote(&mut self) -> Result<()> {
         let remote = self.root.join("remote");
         let Ok(rd) = fs::read_dir(&remote) else { return Ok(()) };
@@ -115,6 +116,13 @@ impl Store {
                     }
                 }
                 continue;
+            }
+            if self.db.remote_layer(&d)?.is_none() && self.layer_path(&d).is_dir() {
+                // Complete by another path (a plain pull): the kept bytes of its blob are not
+                // needed any more (a strata-fuse still reading them holds them open).
+                for f in super::PARTIAL_BLOB_FILES {
+                    let _ = fs::remove_file(e.path().join(f));
+                }
             }
             let tmp = e.path().join("tmp");
             let Ok(temps) = fs::read_dir(&tmp) else { continue };

@@ -23,7 +23,9 @@ fn local(root: &Root, image: &str) -> Vec<serde_json::Value> {
 /// A read-only view of `image` in `root` as `container mount` shows it, captured.
 fn view(root: &Root, image: &str) -> strata_test_support::tree::Tree {
     root.ok(&["container", "create", "--read-only", image, "v"]);
-    let at = root.ok(&["container", "mount", "v"]);
+    // Background completion off: these tests are about serving a layer lazily, and a small
+    // layer would otherwise be completed (and stop being remote) before the checks.
+    let at = root.ok(&["--lazy-background=off", "container", "mount", "v"]);
     let tree = capture(Path::new(at.trim()));
     root.ok(&["container", "rm", "--force", "v"]);
     tree
@@ -84,7 +86,7 @@ fn zstd_chunked_by_skopeo_is_served_lazily() {
     // The 5 MiB file: several chunks (containers/storage cuts by a rolling checksum), each a
     // zstd frame fetched by range and verified.
     let big = std::fs::read(reference.join("data/big.bin")).expect("big.bin");
-    let sum = lazy.ok(&["run", "--rm", &dest, "--", "sha256sum", "/data/big.bin"]);
+    let sum = lazy.ok(&["run", "--lazy-background=off", "--rm", &dest, "--", "sha256sum", "/data/big.bin"]);
     assert_eq!(sum.split_whitespace().next(), Some(sha(&big).trim_start_matches("sha256:")), "{sum}");
     assert_eq!(whole_gets(&reg.log(), "interop/zc", &digests), 0, "a whole-blob GET");
 
@@ -392,7 +394,7 @@ fn assert_served_lazily(
     lazy.ok(&["pull", "-q", "--lazy", dest, "--tls-verify=false"]);
     let local = local(&lazy, dest);
     assert!(!local.is_empty() && local.iter().all(|l| l["remote"] == true), "{local:?}");
-    let sum = lazy.ok(&["run", "--rm", dest, "--", "sha256sum", "/data/big.bin"]);
+    let sum = lazy.ok(&["run", "--lazy-background=off", "--rm", dest, "--", "sha256sum", "/data/big.bin"]);
     assert_eq!(sum.split_whitespace().next(), Some(sha(big).trim_start_matches("sha256:")), "{sum}");
     strata_test_support::tree::assert_trees_eq(want, &view(&lazy, dest), &format!("{dest} served lazily"));
     assert_eq!(whole_gets(&reg.log(), repo, &digests), before, "a whole-blob GET of {dest}");
