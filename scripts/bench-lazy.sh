@@ -69,16 +69,23 @@ echo "image: $REF, 4 eStargz layers, $mb MB unpacked; link $((RATE * 8 / 1000000
 
 ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 bytes() { cat "$W/proxy.count"; }
-# first_output NAME CMD...: runs CMD, prints "SECONDS BYTES" at its first line of output (time
-# from the start, bytes through the link since the start); fails unless that line is "1".
+b0=0
+# first_output CMD...: runs CMD; prints "SECONDS BYTES EXIT" where SECONDS is the time from the
+# start to its first line of output, BYTES what had come through the link by then, and EXIT the
+# time to the command's end; fails unless that line is "1".
 first_output() {
-    local b0 s line
-    b0=$(bytes); s=$(date +%s.%N)
-    line=$("$@" 2>"$W/err" | head -1) || true
-    local e b1
-    e=$(date +%s.%N); b1=$(bytes)
-    [ "$line" = 1 ] || { echo "bench-lazy: $1...: no output 1 (got '$line'): $(tail -3 "$W/err")" >&2; exit 1; }
-    echo "$(echo "$e - $s" | bc) $((b1 - b0))"
+    local s e
+    s=$(date +%s.%N)
+    "$@" 2>"$W/err" | {
+        IFS= read -r line
+        echo "$line" >"$W/line"
+        date +%s.%N >"$W/t1"
+        bytes >"$W/b1"
+        cat >/dev/null
+    } || true
+    e=$(date +%s.%N)
+    [ "$(cat "$W/line")" = 1 ] || { echo "bench-lazy: $1: no output 1 (got '$(cat "$W/line")'): $(tail -3 "$W/err")" >&2; exit 1; }
+    echo "$(echo "$(cat "$W/t1") - $s" | bc) $(($(cat "$W/b1") - b0)) $(echo "$e - $s" | bc)"
 }
 lazy_run() { "$S" --root "$W/root" pull -q --lazy --tls-verify=false "$REF" >/dev/null && "$S" --root "$W/root" run --rm "$REF" python3 -c 'print(1)'; }
 full_run() { "$S" --root "$W/root" pull -q --tls-verify=false "$REF" >/dev/null && "$S" --root "$W/root" run --rm "$REF" python3 -c 'print(1)'; }
@@ -86,17 +93,17 @@ podman_run() { podman_ pull -q --tls-verify=false "$REF" >/dev/null && podman_ r
 
 : >"$W/lazy"; : >"$W/full"; : >"$W/podman.t"
 for _ in $(seq "$RUNS"); do
-    strata_reset; sync; first_output lazy_run >>"$W/lazy"
-    strata_reset; sync; first_output full_run >>"$W/full"
-    podman_reset; sync; first_output podman_run >>"$W/podman.t"
+    strata_reset; sync; b0=$(bytes); first_output lazy_run >>"$W/lazy"
+    strata_reset; sync; b0=$(bytes); first_output full_run >>"$W/full"
+    podman_reset; sync; b0=$(bytes); first_output podman_run >>"$W/podman.t"
 done
 strata_reset
 med() { cut -d' ' -f"$2" "$1" | median; }
-t_lazy=$(med "$W/lazy" 1) b_lazy=$(med "$W/lazy" 2)
-t_full=$(med "$W/full" 1) b_full=$(med "$W/full" 2)
-t_pod=$(med "$W/podman.t" 1) b_pod=$(med "$W/podman.t" 2)
-printf "\n%-44s %9s %9s %10s %9s\n" "to python3's first output (median of $RUNS)" seconds "x full" "MB fetched" "x full"
-row() { printf "%-44s %9.2f %9.2f %10.1f %9.2f\n" "$1" "$2" "$(echo "$2 / $t_full" | bc -l)" "$(echo "$3 / 1000000" | bc -l)" "$(echo "$3 / $b_full" | bc -l)"; }
-row "strata pull --lazy + run" "$t_lazy" "$b_lazy"
-row "strata pull + run" "$t_full" "$b_full"
-row "podman pull + run" "$t_pod" "$b_pod"
+t_lazy=$(med "$W/lazy" 1) b_lazy=$(med "$W/lazy" 2) x_lazy=$(med "$W/lazy" 3)
+t_full=$(med "$W/full" 1) b_full=$(med "$W/full" 2) x_full=$(med "$W/full" 3)
+t_pod=$(med "$W/podman.t" 1) b_pod=$(med "$W/podman.t" 2) x_pod=$(med "$W/podman.t" 3)
+printf "\n%-30s %12s %8s %10s %8s %12s\n" "median of $RUNS" "first output" "x full" "MB by then" "x full" "command end"
+row() { printf "%-30s %12.2f %8.2f %10.1f %8.2f %12.2f\n" "$1" "$2" "$(echo "$2 / $t_full" | bc -l)" "$(echo "$3 / 1000000" | bc -l)" "$(echo "$3 / $b_full" | bc -l)" "$4"; }
+row "strata pull --lazy + run" "$t_lazy" "$b_lazy" "$x_lazy"
+row "strata pull + run" "$t_full" "$b_full" "$x_full"
+row "podman pull + run" "$t_pod" "$b_pod" "$x_pod"
