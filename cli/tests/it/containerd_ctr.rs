@@ -20,7 +20,7 @@ fn snapshotter_bin() -> PathBuf {
 }
 
 /// tests/containerd/pull, containerd's Go client pulling with unpack, built in GOPATH mode.
-pub(crate) fn go_pull() -> PathBuf {
+fn go_pull() -> PathBuf {
     let bin = common::repo().join("target/go-bin/containerd-pull");
     let out = Command::new("go")
         .arg("build")
@@ -47,6 +47,24 @@ pub(crate) struct Containerd {
 }
 
 impl Containerd {
+    /// Pull `image` with unpack into namespace `test` through containerd's Go client
+    /// ([`go_pull`]) onto the `strata` snapshotter; `extra` is the helper's optional argument
+    /// (`remote`: the CRI labels). Fails the test, with the snapshotter's log, if it fails.
+    pub(crate) fn pull_with_go(&self, image: &str, extra: &[&str]) {
+        let out = Command::new(go_pull())
+            .arg(self.path().join("c.sock"))
+            .args(["test", "strata", image])
+            .args(extra)
+            .output()
+            .expect("run the Go pull helper");
+        assert!(
+            out.status.success(),
+            "pull through containerd's client: {}\n--- snapshotter log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log("snapshotter.log")
+        );
+    }
+
     fn start() -> Containerd {
         Containerd::start_with("kernel")
     }
@@ -431,17 +449,7 @@ fn containerd_pull_reuses_layers_strata_already_holds() {
     // containerd's pull with unpack through its Go client (the unpacker CRI uses, which names
     // each target chain; `ctr images pull` unpacks without those labels).
     let image = format!("{}/many:2", registry.addr);
-    let out = Command::new(go_pull())
-        .arg(c.path().join("c.sock"))
-        .args(["test", "strata", &image])
-        .output()
-        .expect("run the Go pull helper");
-    assert!(
-        out.status.success(),
-        "pull through containerd's client: {}\n--- snapshotter log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.log("snapshotter.log")
-    );
+    c.pull_with_go(&image, &[]);
     let log = c.log("snapshotter.log");
     assert_eq!(log.matches("layer already held").count(), 3, "every layer reused:\n{log}");
     let (linked, own) = snapshot_trees(&state);

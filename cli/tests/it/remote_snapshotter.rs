@@ -4,7 +4,7 @@
 //! harness's registry and a private containerd (containerd_ctr.rs's).
 
 use crate::common;
-use crate::containerd_ctr::{go_pull, Containerd};
+use crate::containerd_ctr::Containerd;
 use crate::lazy_run::{layers, push_image, served, whole_gets};
 
 use std::path::Path;
@@ -41,17 +41,7 @@ fn containerd_runs_over_a_lazily_pulled_chain() {
     let log = reg.log();
     let pulled: u64 = blobs.iter().map(|(d, _)| served(&log, "lazy/ctrd", d)).sum();
 
-    let out = Command::new(go_pull())
-        .arg(c.path().join("c.sock"))
-        .args(["test", "strata", &dest])
-        .output()
-        .expect("run the Go pull helper");
-    assert!(
-        out.status.success(),
-        "pull through containerd's client: {}\n--- snapshotter log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.log("snapshotter.log")
-    );
+    c.pull_with_go(&dest, &[]);
     let slog = c.log("snapshotter.log");
     assert_eq!(slog.matches("layer already held").count(), 2, "every layer reused:\n{slog}");
 
@@ -92,17 +82,7 @@ fn containerd_cri_labels_make_remote_snapshots() {
     let c = Containerd::start_with("kernel");
     let state = c.path().join("strata");
 
-    let out = Command::new(go_pull())
-        .arg(c.path().join("c.sock"))
-        .args(["test", "strata", &dest, "remote"])
-        .output()
-        .expect("run the Go pull helper");
-    assert!(
-        out.status.success(),
-        "pull through containerd's client: {}\n--- snapshotter log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.log("snapshotter.log")
-    );
+    c.pull_with_go(&dest, &["remote"]);
     let slog = c.log("snapshotter.log");
     assert_eq!(slog.matches("remote snapshot: layer recorded").count(), 2, "every layer remote:\n{slog}");
     let log = reg.log();
