@@ -43,6 +43,11 @@ struct Args {
     /// How containerd mounts overlays: kernel OverlayFS or strata-fuse.
     #[arg(long, value_enum, default_value_t = service::Backend::Kernel)]
     backend: service::Backend,
+    /// A registry (`HOST[:PORT]`) whose remote layers may be fetched over plain HTTP or with
+    /// unverified TLS, as dockerd's option of the same name; repeatable. Loopback registries
+    /// always may be.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
 }
 
 /// Where root mode serves by default (`scripts/setup.sh`'s containerd snippet names it).
@@ -63,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         // Colour codes only for a terminal: a journal or a log file gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Args { root, address, backend } = Args::parse();
+    let Args { root, address, backend, insecure_registry } = Args::parse();
     // Rootless. Started inside rootless containerd's user and mount namespaces (`nsenter -U
     // --preserve-credentials -m -t PID`, as the fuse-overlayfs snapshotter is), this daemon is
     // uid 0 of a user namespace already. Started by the user as such, it joins rootless strata's
@@ -100,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(serve(Serve { root, address, backend, rootless }, store))
+    rt.block_on(serve(Serve { root, address, backend, rootless, insecure_registry }, store))
 }
 
 /// What [`serve`] serves, defaults resolved.
@@ -109,6 +114,7 @@ struct Serve {
     address: PathBuf,
     backend: service::Backend,
     rootless: bool,
+    insecure_registry: Vec<String>,
 }
 
 async fn serve(args: Serve, store: strata::store::Store) -> anyhow::Result<()> {
@@ -144,7 +150,7 @@ async fn serve(args: Serve, store: strata::store::Store) -> anyhow::Result<()> {
         rootless = args.rootless,
         "serving containerd snapshots API"
     );
-    let svc = SnapshotsServer::new(service::Service::new(store, args.backend));
+    let svc = SnapshotsServer::new(service::Service::new(store, args.backend, args.insecure_registry));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
         tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(

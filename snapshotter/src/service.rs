@@ -25,11 +25,22 @@ pub enum Backend {
 pub struct Service {
     store: Arc<Mutex<Store>>,
     backend: Backend,
+    /// Registries (`HOST[:PORT]`) whose remote layers are fetched without TLS verification, or
+    /// over plain HTTP (dockerd's `--insecure-registry`). Loopback registries always may be.
+    insecure: Vec<String>,
 }
 
 impl Service {
-    pub fn new(store: Store, backend: Backend) -> Service {
-        Service { store: Arc::new(Mutex::new(store)), backend }
+    pub fn new(store: Store, backend: Backend, insecure: Vec<String>) -> Service {
+        Service { store: Arc::new(Mutex::new(store)), backend, insecure }
+    }
+
+    /// The pull options for a remote layer of `image`: TLS verified unless its registry is one
+    /// of the insecure ones.
+    fn pull_options(&self, image: &str) -> strata::registry::PullOptions {
+        let mut opts = strata::registry::PullOptions::default();
+        opts.client.tls_verify = !insecure_registry(&self.insecure, image);
+        opts
     }
 
     /// Run `f` on the snapshots of the store, off the async threads.
@@ -213,6 +224,13 @@ fn remote_request(labels: &BTreeMap<String, String>) -> Option<strata::registry:
     })
 }
 
+/// Whether `image`'s registry is one of `insecure` (`HOST[:PORT]`, compared as written after
+/// normalising the reference, so `docker.io` names Docker Hub).
+fn insecure_registry(insecure: &[String], image: &str) -> bool {
+    strata::reference::normalize(image)
+        .is_ok_and(|r| insecure.iter().any(|h| h.eq_ignore_ascii_case(&r.domain)))
+}
+
 /// Snapshots per List response message.
 const LIST_BATCH: usize = 100;
 
@@ -245,9 +263,9 @@ impl pb::snapshots_server::Snapshots for Service {
                 // downloads and applies the layer).
                 let (key, par, l, t) =
                     (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
+                let opts = self.pull_options(&req.image);
                 let got = self
                     .with_status(move |s| {
-                        let opts = strata::registry::PullOptions::default();
                         let Some(diff_id) =
                             strata::registry::lazy::record_remote_layer(s.store_mut(), &req, &opts)
                                 .map_err(|e| Status::unavailable(report(&e)))?
@@ -356,5 +374,26 @@ impl pb::snapshots_server::Snapshots for Service {
         let removed = self.with(|s| s.cleanup()).await?;
         tracing::debug!(removed = removed.len(), "cleanup");
         Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insecure_registry;
+
+    #[test]
+    fn insecure_registries_match_the_normalised_domain() {
+        let insecure = vec!["registry.lan:5000".to_string(), "docker.io".to_string()];
+        assert!(insecure_registry(&insecure, "registry.lan:5000/app/web:1"));
+        assert!(insecure_registry(
+            &insecure,
+            "REGISTRY.lan:5000/app@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        ));
+        // A short name is Docker Hub's.
+        assert!(insecure_registry(&insecure, "busybox"));
+        assert!(!insecure_registry(&insecure, "registry.lan/app/web:1"), "another port is another registry");
+        assert!(!insecure_registry(&insecure, "quay.io/app/web:1"));
+        assert!(!insecure_registry(&[], "registry.lan:5000/app/web:1"));
+        assert!(!insecure_registry(&insecure, "not a reference"));
     }
 }
