@@ -18,13 +18,18 @@ say "running every test binary (--test-threads=${STRATA_TEST_THREADS:-2})"
 set +e
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
-# strata-fuse's own tests (pjdfstest, the kernel differential, load, stress) once more over FUSE
+# strata-fuse's own tests (pjdfstest, the kernel differential, load, stress) and podman's
+# mount_program test once more over FUSE
 # over io_uring, where the kernel has it (Linux 6.14+); test-fuse-uring.sh turns the fuse
 # module's enable_uring on for the run and restores it.
 if [ -e /sys/module/fuse/parameters/enable_uring ]; then
     say "strata-fuse's tests again, over FUSE over io_uring"
     echo "=== transport: io_uring" >>"$LOG"
     scripts/test-fuse-uring.sh -p strata-fuse --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}" 2>&1 | tee -a "$LOG"
+    uring_status=${PIPESTATUS[0]}
+    [ "$uring_status" -eq 0 ] || status=$uring_status
+    # podman with strata-fuse as its mount_program, over the ring too.
+    scripts/test-fuse-uring.sh -p strata-cli --test it -- --test-threads="${STRATA_TEST_THREADS:-2}" podman:: 2>&1 | tee -a "$LOG"
     uring_status=${PIPESTATUS[0]}
     [ "$uring_status" -eq 0 ] || status=$uring_status
 elif [ -n "${CI:-}" ]; then
