@@ -224,7 +224,7 @@ strata --root /a save app | strata --root /b load --name app")]
     /// Running and paused containers (as docker ps); with -a every container and its state:
     /// created, running, paused, exited (CODE).
     #[command(
-        after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
+        after_help = "Examples:\n  strata ps\n  strata ps -a\n  strata ps -aq          # names only\n  strata ps --json\n  strata ps -a --format '{{.Names}} {{.Status}}'\n\n\
 --format fields: .Names .Image .ImageID .Status .CreatedAt .RunningFor .Ports .Mounts, or {{json .}}."
     )]
     Ps {
@@ -484,6 +484,10 @@ pub struct ImageListArgs {
 pub struct ListArgs {
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Only the names, one per line (docker's `ps -q`: what every other verb takes, as in
+    /// `strata rm -f $(strata ps -aq)`).
+    #[arg(short, long, conflicts_with_all = ["json", "format"])]
+    pub quiet: bool,
     /// A Go-template-like line per container (fields below).
     #[arg(long)]
     pub format: Option<String>,

@@ -352,6 +352,12 @@ fn print_containers(list: &[container::Inspected], args: &ListArgs) -> Result<()
     if args.json {
         return Ok(outln!("{}", serde_json::to_string_pretty(list)?)?);
     }
+    if args.quiet {
+        for c in list {
+            outln!("{}", c.name)?;
+        }
+        return Ok(());
+    }
     let now = strata::time::now();
     let rows: Vec<(table::Row, String)> = list
         .iter()

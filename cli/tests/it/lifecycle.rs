@@ -224,6 +224,16 @@ fn ps_all_shows_each_state() {
     assert!(line("c3").contains("exited (3)"), "{text}");
     let running = root.ok(&["ps"]);
     assert!(running.contains("c2 ") && !running.contains("c1 ") && !running.contains("c3 "), "{running}");
+    // -q: names only, one per line, what `rm -f $(strata ps -aq)` takes.
+    let mut names: Vec<String> = root.ok(&["ps", "-aq"]).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, ["c1", "c2", "c3"]);
+    assert_eq!(root.ok(&["ps", "-q"]), "c2\n");
+    assert_eq!(
+        root.ok(&["container", "ls", "-q"]),
+        root.ok(&["ps", "-aq"]),
+        "container ls lists every container"
+    );
     root.ok(&["pause", "c2"]);
     assert_eq!(status_of(&root, "c2"), "paused");
     assert!(root.ok(&["ps"]).contains("paused"));

@@ -40,6 +40,7 @@ mod rootless_containerd;
 mod rootless_hostile;
 mod rootless_images;
 mod rootless_interop;
+mod rootless_lazy;
 mod rootless_lifecycle;
 mod rootless_network;
 mod run_io;

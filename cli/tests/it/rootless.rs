@@ -228,27 +228,6 @@ fn unpack_shifts_owners_and_writes_user_markers() {
     assert!(!far.exists(), "a failed layer leaves nothing");
 }
 
-/// Opens `/dev/fuse` to everyone (no udev here: it is 0600) while held, as udev's default;
-/// puts the mode back when dropped.
-struct DevFuseOpen(u32);
-
-impl DevFuseOpen {
-    fn new() -> DevFuseOpen {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/fuse").expect("/dev/fuse").permissions().mode() & 0o7777;
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
-            .expect("chmod /dev/fuse");
-        DevFuseOpen(mode)
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
-    }
-}
-
 /// Every entry under `dir` as `find` shows it (path, type, mode, owners, size, link target)
 /// and every file's content hash, sorted. `run` runs a shell script (as root, or as the user in
 /// its namespace).
@@ -273,7 +252,7 @@ fn kernel_userxattr_and_fuse_agree() {
     }
     use crate::common::{layout::layout_with_layers, Root};
     let user = TestUser::new(true);
-    let _fuse = DevFuseOpen::new();
+    let _fuse = crate::common::user::DevFuseOpen::new();
     let layout = user.home.join("img");
     layout_with_layers(&layout, "t", &owner_layers());
     user.chown_tree(&layout);

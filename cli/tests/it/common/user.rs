@@ -194,3 +194,34 @@ impl Drop for TestUser {
         let _ = Command::new("chmod").arg("-R").arg("u+rwX").arg(self.base.path()).output();
     }
 }
+
+/// Opens `/dev/fuse` to everyone (no udev here: it is 0600) while any test holds one, as udev's
+/// default; the last one dropped puts the mode back. Counted, so that tests running at once do
+/// not close it under each other.
+pub struct DevFuseOpen(());
+
+static DEV_FUSE: std::sync::Mutex<(usize, u32)> = std::sync::Mutex::new((0, 0));
+
+impl DevFuseOpen {
+    pub fn new() -> DevFuseOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mut held = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+        if held.0 == 0 {
+            held.1 = fs::metadata("/dev/fuse").expect("/dev/fuse").permissions().mode() & 0o7777;
+            fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).expect("chmod /dev/fuse");
+        }
+        held.0 += 1;
+        DevFuseOpen(())
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut held = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        if held.0 == 0 {
+            let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(held.1));
+        }
+    }
+}
