@@ -65,6 +65,25 @@ fn toc_of(root: &Root, d: &serde_json::Value) -> Toc {
     }
 }
 
+/// stargz-snapshotter's own reader (`lazy::estargz_check`) reads layer descriptor `d`'s blob in
+/// `root`: the TOC found through the footer is the one the annotations name, every chunk
+/// verifies.
+fn go_reads(root: &Root, d: &serde_json::Value) {
+    let digest = d["digest"].as_str().expect("digest");
+    let blob = root.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let a = &d["annotations"];
+    let mut cmd = std::process::Command::new(crate::lazy::estargz_check());
+    match a["containerd.io/snapshot/stargz/toc.digest"].as_str() {
+        Some(toc) => cmd.arg(&blob).arg(toc),
+        None => cmd.arg("-zstd").arg(&blob).args([
+            a["io.containers.zstd-chunked.manifest-checksum"].as_str().expect("checksum"),
+            a["io.containers.zstd-chunked.manifest-position"].as_str().expect("position"),
+        ]),
+    };
+    let out = cmd.output().expect("estargz-check");
+    assert!(out.status.success(), "Go's reader refused {d}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A layer path as a TOC names it: no `./`, no trailing slash; the root is `""`.
 fn clean(name: &str) -> String {
     let n = name.trim_start_matches("./").trim_end_matches('/');
@@ -144,6 +163,9 @@ fn optimize_puts_the_files_read_first_and_a_lazy_run_prefetches_them() {
     // reads comes too (`etc/passwd`, `etc/group`), a few files of the layer's hundreds.
     assert!(!before.iter().any(|n| n == "bin/cat"), "{before:?}");
     assert!(before.len() < 10 && bottom.entries.len() > 200, "{before:?}");
+    for l in &layers {
+        go_reads(&src, l);
+    }
     // The config names the new layers.
     let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
     let (_, orig_config) = inspect(&src, "app");
@@ -225,6 +247,9 @@ fn optimize_stops_the_command_at_its_period_and_keeps_unread_zstd_layers() {
     let before = names(&bottom)[..mark].to_vec();
     for read in ["etc/passwd", "bin/busybox"] {
         assert!(before.iter().any(|n| n == read), "{read} not before the landmark: {before:?}");
+    }
+    for l in layers {
+        go_reads(&root, l);
     }
     let top = toc_of(&root, &layers[1]);
     assert!(top.prefetch_landmark().is_none(), "{:?}", names(&top));
