@@ -101,6 +101,7 @@ a leading `table` prints a header."
     Optimize {
         name: String,
         new_name: String,
+        /// The layers' format (eStargz by default, as ctr-remote's).
         #[arg(long, default_value = "estargz", value_parser = ["estargz", "zstd:chunked"])]
         compression: String,
         /// Seconds CMD may run before it is stopped (SIGTERM, then SIGKILL 2 s later).
