@@ -13,7 +13,7 @@
 //!   others, `store` only `meta`, `snapshot` only those two, `images` only those three);
 //! - nothing below the pipelines ([`BELOW_PIPELINES`]: the centre, the layer store, unpack, the
 //!   containers) uses one of them ([`PIPELINES`]: import, commit, export, registry, rootfs, diff,
-//!   run, the lifecycle verbs);
+//!   run, the lifecycle verbs, optimize);
 //! - only the store and the snapshot core use meta ([`META_USERS`]), by name or through the
 //!   store's `meta()`, and no other module runs SQL.
 
@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 /// lifecycle verbs), and the helpers they use.
 const STACK: &[&str] = &[
     "build",
+    "optimize",
     "run",
     "lifecycle",
     "monitor",
@@ -68,7 +69,8 @@ const LAYERS: &[&str] = &["meta", "store", "snapshot", "images"];
 
 /// The pipelines, and the verbs that run containers: what makes images and containers into
 /// other things, above everything in [`BELOW_PIPELINES`].
-const PIPELINES: &[&str] = &["import", "commit", "export", "registry", "rootfs", "diff", "run", "lifecycle"];
+const PIPELINES: &[&str] =
+    &["import", "commit", "export", "registry", "rootfs", "diff", "run", "lifecycle", "optimize"];
 
 /// The modules below every pipeline: the centre, the layer store (with unpack and the tar
 /// format it reads) and the containers. None of them uses a module of [`PIPELINES`].

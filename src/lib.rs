@@ -29,7 +29,8 @@
 //!   run does with SIGINT, SIGTERM, SIGHUP (forwarded to the container); [`cgroup`]: the
 //!   containers' cgroup directories.
 //! - [`seekable`]: eStargz and zstd:chunked, the layers a lazy pull reads by ranges (footers,
-//!   TOCs, chunks verified by digest).
+//!   TOCs, chunks verified by digest); [`optimize`]: `image optimize`, a command's reads (from
+//!   strata-fuse's read log) moved to the front of each layer, before the prefetch landmark.
 //! - [`registry`]: a registry client (OCI distribution) as one more image source, for `pull`.
 //! - [`network`]: container networking through the CNI plugins (bridge, host-local, portmap),
 //!   network namespaces, published ports, and the `/etc/hosts`-like files a container gets;
@@ -62,6 +63,7 @@ pub(crate) mod meta;
 pub mod monitor;
 pub mod netsetup;
 pub mod network;
+pub mod optimize;
 pub mod overlay_format;
 pub mod reference;
 pub mod registry;

@@ -80,6 +80,21 @@ pub struct RunOptions {
     /// `--network`, `-p`, `-P`, `--hostname`, `--dns*`, `--add-host` (kept with the container for
     /// `start`).
     pub network: crate::netsetup::NetOptions,
+    /// Stop a foreground container (SIGTERM, then SIGKILL after the stop timeout) once it has
+    /// run this long (`image optimize --period`); [`run_timed`] says whether it was.
+    pub timeout: Option<std::time::Duration>,
+    /// Log the layers' files the container opens for reading to this file (strata-fuse's read
+    /// log, see [`container::mount_with`]); the container is then mounted by strata-fuse.
+    pub read_log: Option<std::path::PathBuf>,
+}
+
+/// How a foreground run ended ([`run_timed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    /// The container process's exit code (128+signal when killed).
+    pub code: i32,
+    /// It was stopped because [`RunOptions::timeout`] was up.
+    pub timed_out: bool,
 }
 
 pub use crate::container::log_path;
@@ -97,6 +112,13 @@ pub fn generated_name() -> String {
 /// runs: a foreground container gets them and is waited for (see [`crate::signals`]); one
 /// taken before the container started cancels the run, cleans up and returns 128+signal.
 pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
+    run_timed(store, opts).map(|r| r.code)
+}
+
+/// [`run`], telling also whether the container was stopped because its
+/// [`RunOptions::timeout`] was up.
+pub fn run_timed(store: &mut Store, opts: &RunOptions) -> Result<Ran, RunError> {
+    let done = |code| Ran { code, timed_out: false };
     if opts.detach && opts.rm {
         return Err(RunError::DetachRm);
     }
@@ -124,11 +146,12 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         return Err(nerr(e));
     }
     let mut started = false;
-    let result = (|| -> Result<i32, RunError> {
+    let result = (|| -> Result<Ran, RunError> {
         // Mounted first, then marked running (umount, rm and another run refuse from then on;
         // released before the clean-up below). Nothing the run does while marked needs the
         // container lock, so an `rm --force` holding it while it stops the run cannot wait on it.
-        let rootfs = container::mount(store, &name, None, opts.backend).map_err(cerr)?;
+        let rootfs = container::mount_with(store, &name, None, opts.backend, opts.read_log.as_deref())
+            .map_err(cerr)?;
         let _running = container::start_run(store, &name).map_err(cerr)?;
         let berr = |source| RunError::Runtime { name: name.clone(), source };
         let bad_config = |reason: String| RunError::Config { name: name.clone(), reason };
@@ -160,14 +183,17 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
         runc::delete_stale(&state, &id);
         if let Some(sig) = trap.pending() {
             tracing::warn!(container = %name, "{} before the container started: not starting it", signals::name(sig));
-            return Ok(128 + sig);
+            return Ok(done(128 + sig));
         }
         started = true;
         if opts.detach {
             // Through a monitor, which records its exit code and cleans up when it ends.
             crate::monitor::spawn(store, &name, opts.monitor.as_deref())
                 .map_err(|e| RunError::Detach { name: name.clone(), source: Box::new(e) })?;
-            return Ok(0);
+            return Ok(done(0));
+        }
+        if let Some(t) = opts.timeout {
+            trap.stop_after(t).map_err(|source| RunError::Signals { name: name.clone(), source })?;
         }
         let fg = crate::foreground::Foreground {
             stdin: process.interactive,
@@ -176,12 +202,13 @@ pub fn run(store: &mut Store, opts: &RunOptions) -> Result<i32, RunError> {
             stop_timeout: opts.stop_timeout.unwrap_or(signals::DEFAULT_STOP_TIMEOUT),
         };
         let code = crate::foreground::run(&state, &bundle_dir, &id, fg);
+        let timed_out = trap.timed_out();
         // Its process has ended (or never started): its network goes, before the run lock.
         crate::netsetup::teardown(store, &name);
         let code = code.map_err(berr)?;
         // Before the run lock goes: `wait` and `ps -a` see it exited with this code at once.
         container::record_exit(store, &name, code);
-        Ok(code)
+        Ok(Ran { code, timed_out })
     })();
     if opts.detach && started && result.is_ok() {
         // Running on its own now: it keeps its mount and network until it ends.

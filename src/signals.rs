@@ -15,7 +15,8 @@
 use std::io;
 use std::path::Path;
 use std::process::{Child, ExitStatus};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -45,6 +46,8 @@ pub struct Trap {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Taken by [`Trap::pending`] before a container process existed, not handled yet.
     early: Vec<i32>,
+    /// [`Trap::stop_after`]'s timer: dropping the sender ends it; the flag says it went off.
+    timer: Option<(mpsc::Sender<()>, Arc<AtomicBool>)>,
 }
 
 impl Trap {
@@ -68,7 +71,7 @@ impl Trap {
                 return Err(e);
             }
         };
-        Ok(Trap { tx, rx, handle, thread: Some(thread), early: Vec::new() })
+        Ok(Trap { tx, rx, handle, thread: Some(thread), early: Vec::new(), timer: None })
     }
 
     /// The first signal taken so far, if any, without waiting; it stays queued for
@@ -81,10 +84,34 @@ impl Trap {
         }
         self.early.first().copied()
     }
+
+    /// After `after`, act as if SIGTERM had been taken: [`supervise`] forwards it to the
+    /// container and kills it when it has not exited within the stop timeout (`run`'s
+    /// timeout, `image optimize --period`). The timer ends with the trap.
+    pub fn stop_after(&mut self, after: Duration) -> io::Result<()> {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let (tx, flag) = (self.tx.clone(), fired.clone());
+        std::thread::Builder::new().name("run-timeout".into()).spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(after) {
+                tracing::info!("the run's time is up ({} s): stopping the container", after.as_secs_f32());
+                flag.store(true, Ordering::SeqCst);
+                let _ = tx.send(Event::Signal(SIGTERM));
+            }
+        })?;
+        self.timer = Some((cancel, fired));
+        Ok(())
+    }
+
+    /// Whether [`Trap::stop_after`]'s time was up.
+    pub fn timed_out(&self) -> bool {
+        self.timer.as_ref().is_some_and(|(_, fired)| fired.load(Ordering::SeqCst))
+    }
 }
 
 impl Drop for Trap {
     fn drop(&mut self) {
+        self.timer = None;
         self.handle.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

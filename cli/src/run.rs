@@ -47,6 +47,8 @@ pub fn run_cmd(
         stop_timeout: Some(std::time::Duration::from_secs(extra.stop_timeout)),
         monitor: None,
         network,
+        timeout: None,
+        read_log: None,
     };
     if opts.detach && opts.name.is_none() {
         opts.name = Some(strata::run::generated_name());

@@ -53,6 +53,9 @@ pub struct FsConfig {
     /// for a plain directory, served as it is; a remote layer's reader otherwise (see
     /// [`crate::contents`]).
     pub contents: Vec<Option<Arc<dyn LowerContents>>>,
+    /// `readlog=FILE`: the lower files opened for reading are logged there (see
+    /// [`crate::readlog`]).
+    pub read_log: Option<PathBuf>,
 }
 
 type WriteGuard<'a> = std::sync::RwLockWriteGuard<'a, ()>;
@@ -85,6 +88,8 @@ pub struct StrataFs {
     notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Requests by kind.
     stats: Arc<Stats>,
+    /// The read log, when asked for.
+    read_log: Option<crate::readlog::ReadLog>,
 }
 
 type Res<T> = Result<T, io::Error>;
@@ -169,6 +174,7 @@ impl StrataFs {
             listings: Listings::default(),
             notifier: Arc::new(OnceLock::new()),
             stats: Arc::default(),
+            read_log: cfg.read_log.as_deref().map(crate::readlog::ReadLog::open).transpose()?,
         })
     }
 

@@ -11,6 +11,7 @@ mod inode;
 mod listing;
 mod mutate;
 mod overlay;
+mod readlog;
 #[cfg(feature = "lazy")]
 pub mod remote;
 mod stats;
@@ -176,6 +177,7 @@ impl Options {
         let mut flags = Vec::new();
         let mut remotes = Vec::new();
         let mut lazy_background = None;
+        let mut read_log = None;
         let mut fsname =
             source.filter(|s| !s.is_empty() && s != "none").unwrap_or_else(|| "strata-fuse".into());
         for o in opts {
@@ -225,6 +227,7 @@ impl Options {
                     remotes.push(RemoteOpt { diff_id: diff_id.to_string(), root: PathBuf::from(root) });
                 }
                 ("lazy_background", Some(v)) => lazy_background = Some(v),
+                ("readlog", Some(v)) => read_log = Some(PathBuf::from(v)),
                 ("ro", None) => flags.push(M::RO),
                 ("rw", None) => {}
                 ("dev", None) => flags.push(M::Dev),
@@ -256,7 +259,7 @@ impl Options {
             }
         }
         Ok(Options {
-            fs: FsConfig { lowers, upper, work, ttl, passthrough, volatile, contents: Vec::new() },
+            fs: FsConfig { lowers, upper, work, ttl, passthrough, volatile, contents: Vec::new(), read_log },
             mountpoint: PathBuf::from(mountpoint),
             foreground,
             debug,

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
              layer's skeleton in the strata store ROOT, reads its files from the registry, the files\n\
              before its prefetch landmark first; lazy_background=off|on|PERCENT: then fetch the rest\n\
              in the background (default on, taking at most 50% of the time) and make the layer whole.\n\
+             readlog=FILE: append each lower file opened for reading, once, to FILE (LOWER<tab>PATH).\n\
              In paths, \\, \\: and \\\\ stand for , : and \\ (as the kernel's overlayfs takes them)\n\
              --stats FILE: write request counts by opcode to FILE on SIGUSR1 and at exit\n\
              --log FILE: log to FILE (appended) instead of stderr, which the daemon closes"

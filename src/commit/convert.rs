@@ -12,10 +12,17 @@
 //! `io.containers.estargz.uncompressed-size` for eStargz, the zstd:chunked manifest position
 //! and checksum (both spellings) for zstd:chunked.
 //!
+//! [`convert_with`] also moves files to the front of each layer, before `.prefetch.landmark`
+//! (`image optimize`, which says which): the layer's tar is decompressed into staging once,
+//! reordered by [`seekable::order`] and written from there; its diff_id is then a new one in
+//! both formats (the tar's order changed). A layer with nothing to move is converted as
+//! `convert` does it.
+//!
 //! [`seekable::write`]: crate::seekable::write
+//! [`seekable::order`]: crate::seekable::order
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Read};
 use std::os::unix::fs::OpenOptionsExt;
 
 use serde_json::{json, Value};
@@ -24,7 +31,10 @@ use super::{io_at, CommitError, Result, CHUNK};
 use crate::compression::Compression;
 use crate::digest::Sha256Digest;
 use crate::images::{ImagePublish, MT_OCI_CONFIG, MT_OCI_MANIFEST};
-use crate::seekable::write::{write_estargz, write_zstd_chunked, EstargzOptions, ZstdChunkedOptions};
+use crate::seekable::order::{self, Reordered};
+use crate::seekable::write::{
+    write_estargz, write_zstd_chunked, EstargzOptions, Landmark, ZstdChunkedOptions,
+};
 use crate::seekable::{ANNOTATION_TOC_DIGEST, ANNOTATION_UNCOMPRESSED_SIZE};
 use crate::store::{ImageLayerRow, IoContext, Lock, Store};
 
@@ -61,6 +71,9 @@ pub struct Converted {
     /// Per layer, bottom first: the new blob's digest and its TOC digest (of the JSON for
     /// eStargz, of the compressed TOC for zstd:chunked: what each format's annotation names).
     pub layers: Vec<(Sha256Digest, Sha256Digest)>,
+    /// Per layer, bottom first: how many entries precede `.prefetch.landmark` (0: none does,
+    /// the layer has no such landmark; see [`convert_with`]).
+    pub prefetch: Vec<usize>,
 }
 
 /// The stored image `name` with every layer as eStargz, published as `new_name`.
@@ -75,11 +88,25 @@ pub fn convert_to_estargz(
 
 /// The stored image `name` with every layer in `target`'s format, published as `new_name`.
 pub fn convert(store: &mut Store, name: &str, new_name: &str, target: &Target) -> Result<Converted> {
+    convert_with(store, name, new_name, target, &[])
+}
+
+/// [`convert`], and in each layer `first[i]` names (layer `i`, bottom first; paths in the
+/// layer, in the order wanted) move to the front, followed by `.prefetch.landmark`: the files
+/// a lazy mount fetches first, in one request. A layer with none of them (or beyond `first`)
+/// is converted as [`convert`] does it.
+pub fn convert_with(
+    store: &mut Store,
+    name: &str,
+    new_name: &str,
+    target: &Target,
+    first: &[Vec<String>],
+) -> Result<Converted> {
     crate::reference::validate_image_name(new_name)?;
     let img = store.image(name)?.ok_or_else(|| CommitError::NoImage(name.to_string()))?;
     let _gc = store.gc_shared()?;
     let staging = store.staging()?;
-    let res = convert_staged(store, &staging, &img, new_name, target);
+    let res = convert_staged(store, &staging, &img, new_name, target, first);
     if res.is_err() {
         store.drop_leases(&staging.token)?;
         store.remove_unreferenced_layers()?;
@@ -93,25 +120,56 @@ fn convert_staged(
     img: &crate::store::StoredImage,
     new_name: &str,
     target: &Target,
+    first: &[Vec<String>],
 ) -> Result<Converted> {
     let bad = |reason: String| CommitError::BadImage { image: img.name.clone(), reason };
     let mut rows = Vec::new();
     let mut descriptors = Vec::new();
     let mut converted = Vec::new();
+    let mut prefetch = Vec::new();
     for (i, layer) in img.layers.iter().enumerate() {
         let compression = Compression::of_media_type(&layer.media_type).ok_or_else(|| {
             bad(format!("layer {} has media type {:?}", layer.blob_digest, layer.media_type))
         })?;
         let src_path = store.blob_path(&layer.blob_digest);
         let src = File::open(&src_path).map_err(io_at(&src_path))?;
-        let tar = compression.decoder(src).map_err(io_at(&src_path))?;
+        let mut tar = compression.decoder(src).map_err(io_at(&src_path))?;
+        let seekable = |e| CommitError::Seekable { layer: layer.blob_digest.to_string(), source: e };
+        // The files to move first: the tar then comes from a plain copy in staging, reordered.
+        let (tar, front): (Box<dyn Read>, usize) = match first.get(i).filter(|f| !f.is_empty()) {
+            None => (Box::new(BufReader::new(tar)), 0),
+            Some(names) => {
+                let plain = staging.dir.join(format!("layer{i}.tar"));
+                let mut f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&plain)
+                    .at(&plain)?;
+                std::io::copy(&mut tar, &mut f).map_err(io_at(&src_path))?;
+                let mut f = BufReader::with_capacity(CHUNK, f);
+                let plan = order::plan(&mut f, names).map_err(seekable)?;
+                if !plan.missing.is_empty() {
+                    tracing::warn!(layer = %layer.blob_digest, missing = ?plan.missing, "files to move first that the layer does not hold");
+                }
+                // The copy goes with the staging directory; its name can go now.
+                std::fs::remove_file(&plain).at(&plain)?;
+                let front = plan.front;
+                (Box::new(Reordered::new(f, &plan)), front)
+            }
+        };
+        prefetch.push(front);
         let tmp = staging.dir.join(format!("layer{i}.blob"));
         let out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).at(&tmp)?;
-        let seekable = |e| CommitError::Seekable { layer: layer.blob_digest.to_string(), source: e };
         let (out, w) = match target {
             Target::Estargz(opts) => {
-                let (i, out) = write_estargz(BufReader::new(tar), BufWriter::with_capacity(CHUNK, out), opts)
-                    .map_err(seekable)?;
+                let mut opts = opts.clone();
+                if front > 0 {
+                    opts.landmark = Landmark::PrefetchAfter(front);
+                }
+                let (i, out) =
+                    write_estargz(tar, BufWriter::with_capacity(CHUNK, out), &opts).map_err(seekable)?;
                 let annotations = serde_json::Map::from_iter([
                     (ANNOTATION_TOC_DIGEST.to_string(), json!(i.toc_digest.to_string())),
                     (ANNOTATION_UNCOMPRESSED_SIZE.to_string(), json!(i.uncompressed_size.to_string())),
@@ -129,9 +187,12 @@ fn convert_staged(
                 (out, w)
             }
             Target::ZstdChunked(opts) => {
+                let mut opts = opts.clone();
+                if front > 0 {
+                    opts.landmark = Landmark::PrefetchAfter(front);
+                }
                 let (i, out) =
-                    write_zstd_chunked(BufReader::new(tar), BufWriter::with_capacity(CHUNK, out), opts)
-                        .map_err(seekable)?;
+                    write_zstd_chunked(tar, BufWriter::with_capacity(CHUNK, out), &opts).map_err(seekable)?;
                 let annotations =
                     i.annotations().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect();
                 let w = Written {
@@ -213,6 +274,7 @@ fn convert_staged(
         manifest_digest: published.manifest_digest,
         config_digest: published.config_digest,
         layers: converted,
+        prefetch,
     })
 }
 

@@ -31,8 +31,8 @@ pub use crate::store::ContainerRow;
 use crate::store::{remove_tree, ImageLayerRow, IoContext, Lock, LockGuard, Store, StoreError};
 
 pub use mount::{
-    backend_at, fuse_binary, fuse_mount_options, kernel_overlay_refused, mount, mount_spec, mounted_at,
-    mounts, overlay_spec, umount, LAZY_BACKGROUND_ENV,
+    backend_at, fuse_binary, fuse_mount_options, kernel_overlay_refused, mount, mount_spec, mount_with,
+    mounted_at, mounts, overlay_spec, umount, LAZY_BACKGROUND_ENV,
 };
 
 /// Container errors.

@@ -70,6 +70,21 @@ pub fn mounted_at(store: &Store, name: &str) -> Result<Option<PathBuf>> {
 /// Mount a container; returns the mount point. Under the container's lock: of two concurrent
 /// mounts one mounts and the other finds it mounted.
 pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Backend) -> Result<PathBuf> {
+    mount_with(store, name, target, backend, None)
+}
+
+/// [`mount`], and with `read_log` the regular files of the layers that the container opens for
+/// reading are logged to that file (strata-fuse's `-o readlog=`: per lower, top first, each file
+/// once in the order of its first open; `optimize::readlog` reads it). A read log mounts through
+/// strata-fuse whatever `backend` says: the kernel's overlay cannot tell.
+pub fn mount_with(
+    store: &mut Store,
+    name: &str,
+    target: Option<&Path>,
+    backend: Backend,
+    read_log: Option<&Path>,
+) -> Result<PathBuf> {
+    let backend = if read_log.is_some() { Backend::Fuse } else { backend };
     let _g = lock(store, name)?;
     let c = get(store, name)?;
     let remote = materialize(store, &c)?;
@@ -95,24 +110,27 @@ pub fn mount(store: &mut Store, name: &str, target: Option<&Path>, backend: Back
         if backend == Backend::Kernel {
             return Err(ContainerError::RemoteLayers { name: name.to_string(), layers: remote.len() });
         }
-        return fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &remote).map(|()| target);
+        return fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &remote, read_log)
+            .map(|()| target);
     }
     match backend {
         Backend::Kernel => kernel_overlay::mount(&short, &target)
             .map(|_| ())
             .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?,
-        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &[])?,
+        Backend::Fuse => fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &[], read_log)?,
         Backend::Auto if !kernel_overlay_usable(store) => {
-            fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &[])?
+            fuse_mount(store, name, &overlay_spec(store, &c)?, &target, &[], None)?
         }
         Backend::Auto => {
             if let Err(k) = kernel_overlay::mount(&short, &target) {
                 tracing::warn!(container = name, error = %k, "kernel overlay mount failed; trying strata-fuse");
                 let spec = overlay_spec(store, &c)?;
-                fuse_mount(store, name, &spec, &target, &[]).map_err(|f| ContainerError::AutoFailed {
-                    name: name.to_string(),
-                    kernel: k.to_string(),
-                    fuse: f.to_string(),
+                fuse_mount(store, name, &spec, &target, &[], None).map_err(|f| {
+                    ContainerError::AutoFailed {
+                        name: name.to_string(),
+                        kernel: k.to_string(),
+                        fuse: f.to_string(),
+                    }
                 })?;
             }
         }
@@ -315,20 +333,26 @@ pub const FUSE_LOG: &str = "fuse.log";
 
 /// Mount `spec` with strata-fuse at `target`; the lowers of `remote` (their skeleton trees)
 /// read their files from the registry (`-o remote=<diff_id>@<root>`), and the daemon then logs
-/// to the container's [`FUSE_LOG`].
+/// to the container's [`FUSE_LOG`]; with `read_log`, the lower files opened for reading are
+/// logged there (`-o readlog=`, see [`mount_with`]).
 fn fuse_mount(
     store: &Store,
     name: &str,
     spec: &OverlaySpec,
     target: &Path,
     remote: &[RemoteLayerRow],
+    read_log: Option<&Path>,
 ) -> Result<()> {
     let err = |reason: String| ContainerError::Fuse { name: name.to_string(), reason };
     check_dev_fuse(name)?;
     let root = std::path::absolute(store.root()).at(store.root())?;
-    let opts = fuse_mount_options(&root, spec, remote)
-        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?
-        .join(",");
+    let mut opts = fuse_mount_options(&root, spec, remote)
+        .map_err(|e| ContainerError::Overlay { name: name.to_string(), source: e })?;
+    if let Some(log) = read_log {
+        let log = std::path::absolute(log).at(log)?;
+        opts.push(format!("readlog={}", String::from_utf8_lossy(&kernel_overlay::escape_path(&log))));
+    }
+    let opts = opts.join(",");
     let bin = fuse_binary();
     // The source mountinfo shows (see mounted_at), escaped as the paths are.
     let escaped = String::from_utf8_lossy(&kernel_overlay::escape_path(&dir(store, name))).into_owned();

@@ -14,10 +14,12 @@
 //! - [`footer`]: the eStargz footer and the zstd:chunked footer frame, read and written;
 //! - [`toc`]: the TOC, decoded, verified and checked ([`Toc`], [`TocEntry`], [`Chunk`]);
 //! - [`chunk`]: one chunk's compressed bytes to its verified content;
-//! - [`write`]: a plain layer tar to eStargz.
+//! - [`write`]: a plain layer tar to eStargz or zstd:chunked;
+//! - [`order`]: a layer tar with the files a command read moved to its front (`image optimize`).
 
 pub mod chunk;
 pub mod footer;
+pub mod order;
 pub mod toc;
 pub mod write;
 

@@ -10,7 +10,8 @@
 //!   the footer. The result is an ordinary gzip tar: its diff_id is that of the tar with the TOC
 //!   entry (and the landmark, when written) added.
 //! - zstd:chunked ([`write_zstd_chunked`], the format docs/lazy.md describes): the tar is kept
-//!   whole, end-of-archive blocks included, so the diff_id is the input's; a file's last chunk
+//!   whole, end-of-archive blocks included, so the diff_id is the input's (unless a landmark
+//!   entry is asked for, which `image optimize` does); a file's last chunk
 //!   closes its frame (its entry's `endOffset`). The TOC follows in a skippable frame
 //!   (zstd-compressed JSON), then the 48-byte footer frame (containers/storage 1.43's and
 //!   stargz-snapshotter's form). Every chunk has its `chunkDigest`, as stargz-snapshotter's
@@ -18,6 +19,9 @@
 //!   writes them.
 //!
 //! Both leave out an earlier conversion's TOC and landmark entries (a new TOC is written).
+//! Neither reorders: the caller gives the entries in the order wanted (`super::order` moves
+//! the files a command read to the front, then [`Landmark::PrefetchAfter`] places the landmark
+//! after them).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -90,11 +94,15 @@ pub struct ZstdChunkedOptions {
     pub zstd_level: i32,
     /// Largest chunk of a regular file's data in one zstd frame.
     pub chunk_size: u64,
+    /// None by default: a landmark is a tar entry, so writing one changes the diff_id, which
+    /// zstd:chunked otherwise keeps (`image optimize` writes `.prefetch.landmark` into the
+    /// layers it reorders, whose diff_id changes anyway; stargz-snapshotter reads it too).
+    pub landmark: Landmark,
 }
 
 impl Default for ZstdChunkedOptions {
     fn default() -> Self {
-        ZstdChunkedOptions { zstd_level: 3, chunk_size: DEFAULT_CHUNK_SIZE }
+        ZstdChunkedOptions { zstd_level: 3, chunk_size: DEFAULT_CHUNK_SIZE, landmark: Landmark::None }
     }
 }
 
@@ -324,13 +332,20 @@ fn added_entry(name: &str, data: &[u8]) -> io::Result<(Vec<u8>, Vec<u8>)> {
     Ok((h.as_bytes().to_vec(), body))
 }
 
-/// A landmark entry (`name`, one byte as Go writes it), its data in a member of its own.
-fn landmark<W: Write>(m: &mut Members<W>, toc: &mut Vec<OutEntry>, name: &str) -> io::Result<()> {
+/// A landmark entry (`name`, one byte as Go writes it), its data in a member of its own (for
+/// zstd:chunked a frame of its own, closed: its `endOffset`, as every file's).
+fn landmark<W: Write>(
+    m: &mut Members<W>,
+    toc: &mut Vec<OutEntry>,
+    name: &str,
+    format: Format,
+) -> io::Result<()> {
     let content = [0x0fu8];
     let (h, body) = added_entry(name, &content)?;
     m.write(&h)?;
     let offset = m.close()?;
     m.write(&body)?;
+    let end_offset = if format == Format::ZstdChunked { m.close()? } else { 0 };
     let d = Sha256Digest::of(&content).to_string();
     toc.push(OutEntry {
         name: name.into(),
@@ -338,11 +353,30 @@ fn landmark<W: Write>(m: &mut Members<W>, toc: &mut Vec<OutEntry>, name: &str) -
         size: 1,
         mode: 0o644,
         offset,
+        end_offset,
         digest: d.clone(),
         chunk_digest: d,
         ..Default::default()
     });
     Ok(())
+}
+
+/// Where `.prefetch.landmark` goes (after this many of the input's entries), having written
+/// `.no.prefetch.landmark` first when that is asked for.
+fn first_landmark<W: Write>(
+    m: &mut Members<W>,
+    toc: &mut Vec<OutEntry>,
+    which: Landmark,
+    format: Format,
+) -> io::Result<Option<usize>> {
+    Ok(match which {
+        Landmark::NoPrefetch => {
+            landmark(m, toc, NO_PREFETCH_LANDMARK, format)?;
+            None
+        }
+        Landmark::None => None,
+        Landmark::PrefetchAfter(n) => Some(n),
+    })
 }
 
 /// Writes the plain layer tar `tar` to `out` as eStargz.
@@ -355,15 +389,7 @@ pub fn write_estargz<R: Read, W: Write>(
     let mut m = Members::new(out, Codec::Gzip(flate2::Compression::new(opts.gzip_level.min(9))));
     let mut toc: Vec<OutEntry> = Vec::new();
 
-    // Where `.prefetch.landmark` goes: after this many of the input's entries.
-    let prefetch_after = match opts.landmark {
-        Landmark::NoPrefetch => {
-            landmark(&mut m, &mut toc, NO_PREFETCH_LANDMARK).map_err(w)?;
-            None
-        }
-        Landmark::None => None,
-        Landmark::PrefetchAfter(n) => Some(n),
-    };
+    let prefetch_after = first_landmark(&mut m, &mut toc, opts.landmark, Format::Estargz).map_err(w)?;
     walk(tar, &mut m, &mut toc, Format::Estargz, opts.chunk_size, prefetch_after)?;
 
     let toc_offset = m.close().map_err(w)?;
@@ -397,7 +423,8 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
     // Only headers are cut: a chunk is written whole, in one write, into an empty frame.
     let mut m = Members::new(out, Codec::Zstd { ctx: Box::new(ctx), max: MAX_HEADER_FRAME });
     let mut toc: Vec<OutEntry> = Vec::new();
-    walk(tar, &mut m, &mut toc, Format::ZstdChunked, opts.chunk_size, None)?;
+    let prefetch_after = first_landmark(&mut m, &mut toc, opts.landmark, Format::ZstdChunked).map_err(w)?;
+    walk(tar, &mut m, &mut toc, Format::ZstdChunked, opts.chunk_size, prefetch_after)?;
     let data_end = m.close().map_err(w)?;
     let json = toc_json(&toc)?;
     let compressed = match &mut m.codec {
@@ -439,8 +466,7 @@ fn toc_json(toc: &[OutEntry]) -> Result<Vec<u8>, SeekableError> {
 }
 
 /// The tar's entries into `m`'s frames and `toc`: headers into the open frame, each chunk of
-/// a file's data in a frame of its own; `.prefetch.landmark` after `prefetch_after` entries
-/// (eStargz). eStargz stops after the last entry's padding (its end-of-archive blocks are
+/// a file's data in a frame of its own; `.prefetch.landmark` after `prefetch_after` entries. eStargz stops after the last entry's padding (its end-of-archive blocks are
 /// replaced); zstd:chunked writes the rest of the input too.
 fn walk<R: Read, W: Write>(
     tar: R,
@@ -573,7 +599,7 @@ fn walk<R: Read, W: Write>(
             continue;
         }
         if prefetch_after == Some(written) {
-            landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
+            landmark(m, toc, PREFETCH_LANDMARK, format).map_err(w)?;
             prefetch_after = None;
         }
         written += 1;
@@ -631,7 +657,7 @@ fn walk<R: Read, W: Write>(
     }
     if prefetch_after.is_some() {
         // Fewer entries than asked for: all of them come first.
-        landmark(m, toc, PREFETCH_LANDMARK).map_err(w)?;
+        landmark(m, toc, PREFETCH_LANDMARK, format).map_err(w)?;
     }
     if format == Format::ZstdChunked {
         let mut rest = k.split_off(padding);

@@ -11,7 +11,7 @@ use common::registry::{Registry, RegistryOpts};
 use common::*;
 
 /// GETs of blob `digest` of `repo` in the registry's access log: (status, bytes).
-fn gets(log: &str, repo: &str, digest: &str) -> Vec<(u16, u64)> {
+pub(crate) fn gets(log: &str, repo: &str, digest: &str) -> Vec<(u16, u64)> {
     let request = format!("\"GET /v2/{repo}/blobs/{digest} HTTP/1.1\" ");
     log.lines()
         .filter_map(|l| {

@@ -24,6 +24,7 @@ mod integrity;
 mod lazy;
 mod lazy_complete;
 mod lazy_interop;
+mod lazy_optimize;
 mod lazy_run;
 mod lifecycle;
 mod lifecycle_signals;

@@ -376,6 +376,11 @@ impl StrataFs {
             Some(c) if r.fmt == libc::S_IFREG => c.open(&path, f)?,
             _ => Content::Local(f),
         };
+        if let Some(log) = &self.read_log {
+            if !write && r.fmt == libc::S_IFREG && self.layers.is_lower(r.top) {
+                log.record(r.top - usize::from(self.layers.has_upper), &path);
+            }
+        }
         Ok((content, self.layers.is_lower(r.top), held))
     }
 
