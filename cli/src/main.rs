@@ -63,7 +63,7 @@ struct Cli {
 
 /// `--lazy-background`'s value, checked.
 fn lazy_background(v: &str) -> Result<String, String> {
-    strata::registry::chunks::Background::parse(v)
+    strata::registry::remote_layer::Background::parse(v)
         .map(|b| b.to_string())
         .ok_or_else(|| format!("{v:?}: off, on or a share in percent (1-100)"))
 }

@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use strata::digest::Sha256Digest;
-use strata::registry::chunks::{
-    open_remote_layer, Background, Prefetch, RangeSource, RemoteFiles, StoreState, SETTLE,
-};
+use strata::registry::chunks::{Prefetch, RangeSource, RemoteFiles, SETTLE};
+use strata::registry::remote_layer::{open_remote_layer, Background, LazyTimeouts, StoreState};
 
 use crate::contents::{ChunkReader, Content, LowerContents};
 use crate::{Error, RemoteOpt};
@@ -220,13 +219,20 @@ pub fn attach(
             )
         })?,
     };
+    // How long reads wait for the registry: strata's environment settings (inherited from the
+    // `strata` that mounts).
+    let timeouts = if remotes.is_empty() {
+        LazyTimeouts::default()
+    } else {
+        LazyTimeouts::from_env().map_err(|e| Error::BadValue("remote".into(), strata::error::report(&e)))?
+    };
     let mut out: Vec<Arc<dyn LowerContents>> = Vec::new();
     for r in remotes {
         let bad = |why: String| {
             Error::BadValue("remote".into(), format!("{}@{}: {why}", r.diff_id, r.root.display()))
         };
         let d = Sha256Digest::parse(&r.diff_id).map_err(|e| bad(e.to_string()))?;
-        let opened = open_remote_layer(&r.root, &d).map_err(|e| bad(strata::error::report(&e)))?;
+        let opened = open_remote_layer(&r.root, &d, &timeouts).map_err(|e| bad(strata::error::report(&e)))?;
         let tree = std::fs::canonicalize(&opened.tree).map_err(|e| bad(e.to_string()))?;
         let i = cfg
             .lowers

@@ -325,7 +325,7 @@ pub fn fuse_mount_options(
 }
 
 /// Background completion of remote layers in the strata-fuse a mount starts: `off`, `on` or a
-/// share in percent (`registry::chunks::Background`).
+/// share in percent (`registry::remote_layer::Background`).
 pub const LAZY_BACKGROUND_ENV: &str = "STRATA_LAZY_BACKGROUND";
 
 /// The file a strata-fuse serving remote layers logs to (its stderr is closed once it serves).

@@ -19,10 +19,12 @@
 //!   digest, exists; a killed reader leaves at most a temporary file (store recovery removes
 //!   those of dead processes).
 //! - **Accounting.** Each verified chunk's compressed size is handed to [`LayerState::fetched`];
-//!   the store's implementation ([`StoreState`]) adds them to the layer's `bytes_local` in batches.
+//!   the store's implementation ([`super::remote_layer::StoreState`]) adds them to the layer's
+//!   `bytes_local` in batches.
 //!
-//! The byte source is a trait ([`RangeSource`]: [`RemoteBlob`] for the registry a layer was
-//! pulled from, anything for tests). [`open_remote_layer`] puts it together for strata-fuse.
+//! The byte source is a trait ([`RangeSource`]: [`super::remote_layer::RemoteBlob`] for the
+//! registry a layer was pulled from, anything for tests).
+//! [`super::remote_layer::open_remote_layer`] puts it together for strata-fuse.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -35,11 +37,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::partial::PartialBlob;
-use super::{Client, ClientOptions, RegistryError};
+use super::{Client, RegistryError};
 use crate::digest::Sha256Digest;
 use crate::seekable::chunk::decode_chunk_to_vec;
 use crate::seekable::{Chunk, EntryKind, SeekableError, Toc};
-use crate::store::{RemoteLayerRow, Store};
 
 /// The most bytes one request fetches when it joins adjacent chunks.
 pub const MAX_REQUEST: u64 = 4 << 20;
@@ -59,61 +60,6 @@ pub struct RegistryBlob<'a> {
 impl RangeSource for RegistryBlob<'_> {
     fn range(&self, range: Range<u64>) -> Result<Vec<u8>, RegistryError> {
         self.client.blob_range(&self.digest, range)
-    }
-}
-
-/// The longest one request of a lazy read may take, whole.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The blob of a remote layer in the registry it was pulled from (`HOST/REPO` of its row, with
-/// the TLS verification it was pulled with and the credentials `strata login` stored). The
-/// client connects at the first request, and again after a failure to: a registry that is down
-/// when a container starts is used once it is back. Each request is bounded by
-/// [`REQUEST_TIMEOUT`] and tried once (the reader has a retry policy of its own).
-pub struct RemoteBlob {
-    host: String,
-    repo: String,
-    digest: String,
-    opts: ClientOptions,
-    client: Mutex<Option<Arc<Client>>>,
-}
-
-impl RemoteBlob {
-    /// The blob of remote layer `row`.
-    pub fn new(row: &RemoteLayerRow) -> Result<RemoteBlob, RegistryError> {
-        let (host, repo) = row.source.split_once('/').ok_or_else(|| RegistryError::Invalid {
-            what: format!("remote layer {}", row.diff_id),
-            reason: format!("source {:?} is not HOST/REPO", row.source),
-        })?;
-        let opts = ClientOptions {
-            tls_verify: row.tls_verify,
-            request_timeout: Some(REQUEST_TIMEOUT),
-            attempts: 1,
-            ..Default::default()
-        };
-        Ok(RemoteBlob {
-            host: host.to_string(),
-            repo: repo.to_string(),
-            digest: row.blob_digest.to_string(),
-            opts,
-            client: Mutex::new(None),
-        })
-    }
-
-    fn client(&self) -> Result<Arc<Client>, RegistryError> {
-        let mut g = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = &*g {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(Client::connect(&self.host, &self.repo, &self.opts, "pull")?);
-        *g = Some(c.clone());
-        Ok(c)
-    }
-}
-
-impl RangeSource for RemoteBlob {
-    fn range(&self, range: Range<u64>) -> Result<Vec<u8>, RegistryError> {
-        self.client()?.blob_range(&self.digest, range)
     }
 }
 
@@ -183,57 +129,6 @@ pub const BACKGROUND_STEP: u64 = 1 << 20;
 pub struct FillStats {
     pub requests: u64,
     pub bytes: u64,
-}
-
-/// Background completion of remote layers, as strata-fuse runs it: `Off`, or `On` taking at
-/// most `share` percent of the time (see [`RemoteFiles::fill`]). Set by
-/// `STRATA_LAZY_BACKGROUND` (or `strata --lazy-background`): `off`, `on`, or a share `1`..`100`
-/// (`%` allowed); strata-fuse takes it as `-o lazy_background=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Background {
-    Off,
-    On { share: u8 },
-}
-
-impl Background {
-    /// The environment variable that sets it.
-    pub const ENV: &'static str = "STRATA_LAZY_BACKGROUND";
-    /// The share `on` means.
-    pub const DEFAULT_SHARE: u8 = 50;
-
-    /// `off`, `on`, or a share in percent (`1`..`100`, `%` allowed).
-    pub fn parse(s: &str) -> Option<Background> {
-        match s.trim() {
-            "off" | "false" | "0" => Some(Background::Off),
-            "on" | "true" => Some(Background::On { share: Self::DEFAULT_SHARE }),
-            n => n
-                .trim_end_matches('%')
-                .parse::<u8>()
-                .ok()
-                .filter(|n| (1..=100).contains(n))
-                .map(|share| Background::On { share }),
-        }
-    }
-
-    /// From [`Background::ENV`]; on, with the default share, when it is unset or empty.
-    pub fn from_env() -> Result<Background, RegistryError> {
-        match std::env::var(Self::ENV) {
-            Ok(v) if !v.trim().is_empty() => Self::parse(&v).ok_or_else(|| RegistryError::Invalid {
-                what: Self::ENV.into(),
-                reason: format!("{v:?} is not off, on or a share in percent (1-100)"),
-            }),
-            _ => Ok(Background::On { share: Self::DEFAULT_SHARE }),
-        }
-    }
-}
-
-impl std::fmt::Display for Background {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Background::Off => f.write_str("off"),
-            Background::On { share } => write!(f, "{share}"),
-        }
-    }
 }
 
 /// The regular files of a remote layer, read by name and offset.
@@ -311,7 +206,7 @@ impl Drop for Permit<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -868,125 +763,8 @@ fn passing(e: &RegistryError) -> bool {
     ) || matches!(e, RegistryError::Status { status, .. } if *status >= 500)
 }
 
-fn local(path: &Path, source: io::Error) -> RegistryError {
+pub(super) fn local(path: &Path, source: io::Error) -> RegistryError {
     RegistryError::Local { path: path.display().to_string(), source }
-}
-
-/// The store's side of a remote layer's reads: fetched bytes added to the layer's
-/// `bytes_local` in batches (at most every [`StoreState::BATCH_BYTES`] or
-/// [`StoreState::BATCH_TIME`], and at [`StoreState::flush`]), the bad mark recorded at once.
-/// The store is opened at the first write, by the process that reads (strata-fuse opens it
-/// after it has forked).
-pub struct StoreState {
-    root: PathBuf,
-    diff_id: Sha256Digest,
-    pending: Mutex<(u64, Instant)>,
-    store: Mutex<Option<Store>>,
-}
-
-impl StoreState {
-    pub const BATCH_BYTES: u64 = 4 << 20;
-    pub const BATCH_TIME: Duration = Duration::from_secs(2);
-
-    pub fn new(root: &Path, diff_id: &Sha256Digest) -> StoreState {
-        StoreState {
-            root: root.to_path_buf(),
-            diff_id: diff_id.clone(),
-            pending: Mutex::new((0, Instant::now())),
-            store: Mutex::new(None),
-        }
-    }
-
-    /// Run `f` on the store, opening it first if needed; a failure is logged (the numbers are
-    /// informational).
-    fn with_store(&self, what: &str, f: impl FnOnce(&mut Store) -> crate::store::Result<()>) {
-        let mut g = lock(&self.store);
-        if g.is_none() {
-            match Store::open(&self.root) {
-                Ok(s) => *g = Some(s),
-                Err(e) => {
-                    tracing::warn!(layer = %self.diff_id, error = %crate::error::report(&e), "{what}: store not opened");
-                    return;
-                }
-            }
-        }
-        if let Some(s) = g.as_mut() {
-            if let Err(e) = f(s) {
-                tracing::warn!(layer = %self.diff_id, error = %crate::error::report(&e), "{what} not recorded");
-            }
-        }
-    }
-
-    /// Record the bytes counted so far.
-    pub fn flush(&self) {
-        let n = {
-            let mut p = lock(&self.pending);
-            let n = p.0;
-            *p = (0, Instant::now());
-            n
-        };
-        if n > 0 {
-            self.with_store("bytes fetched", |s| s.add_remote_bytes(&self.diff_id, n));
-        }
-    }
-}
-
-impl LayerState for StoreState {
-    fn fetched(&self, bytes: u64) {
-        let due = {
-            let mut p = lock(&self.pending);
-            p.0 += bytes;
-            p.0 >= Self::BATCH_BYTES || p.1.elapsed() >= Self::BATCH_TIME
-        };
-        if due {
-            self.flush();
-        }
-    }
-
-    fn bad(&self, reason: &str) {
-        self.with_store("bad layer", |s| s.mark_remote_bad(&self.diff_id, reason));
-    }
-}
-
-/// A remote layer of the store at `root`, opened for strata-fuse: its skeleton tree, its files
-/// read from the registry it was pulled from (cached under its `remote/` directory), and the
-/// store state its reads report to. The store is opened here only to read the layer's row and
-/// TOC, and closed again (strata-fuse forks after mounting).
-pub struct OpenedLayer {
-    pub tree: PathBuf,
-    pub files: RemoteFiles<RemoteBlob>,
-    pub state: Arc<StoreState>,
-    /// The layer's directory under `remote/` (its partial blob, its background lock).
-    pub dir: PathBuf,
-}
-
-/// Open remote layer `diff_id` of the store at `root` (see [`OpenedLayer`]). Fails when the
-/// layer is not remote, or its skeleton has not been built ([`crate::layers::remote::skeleton`]).
-pub fn open_remote_layer(root: &Path, diff_id: &Sha256Digest) -> Result<OpenedLayer, RegistryError> {
-    let store = Store::open(root)?;
-    let row = store.remote_layer(diff_id)?.ok_or_else(|| RegistryError::Invalid {
-        what: format!("layer {diff_id}"),
-        reason: "not a remote layer of this store (complete already, or never pulled lazily)".into(),
-    })?;
-    let tree = store.remote_tree(diff_id);
-    if !tree.is_dir() {
-        return Err(RegistryError::Invalid {
-            what: format!("remote layer {diff_id}"),
-            reason: format!("its skeleton {} has not been built", tree.display()),
-        });
-    }
-    let toc = crate::layers::remote::stored_toc(&store, &row).map_err(|e| RegistryError::Invalid {
-        what: format!("remote layer {diff_id}"),
-        reason: crate::error::report(&e),
-    })?;
-    let state = Arc::new(StoreState::new(root, diff_id));
-    let dir = store.remote_dir(diff_id);
-    let partial = PartialBlob::open(&dir, row.blob_size).map_err(|source| local(&dir, source))?;
-    let files = RemoteFiles::new(toc, RemoteBlob::new(&row)?, &dir, &diff_id.to_string())?
-        .with_state(state.clone())
-        .with_bad(row.bad.clone())
-        .with_partial(Arc::new(partial));
-    Ok(OpenedLayer { tree, files, state, dir })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod client;
 pub mod lazy;
 pub mod partial;
 pub mod push;
+pub mod remote_layer;
 
 use std::io::Read;
 use std::sync::Arc;

@@ -22,7 +22,7 @@ pub(crate) fn gets(log: &str, repo: &str, digest: &str) -> Vec<(u16, u64)> {
 }
 
 /// Whether `f` becomes true within `secs` seconds (a deadline, never an assertion on time).
-fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while std::time::Instant::now() < until {
         if f() {
@@ -210,7 +210,7 @@ fn background_completion_makes_the_layers_ordinary() {
 }
 
 /// The union of the ranges in a remote layer's `blob.ranges`, in bytes.
-fn kept(root: &Root, diff_id: &str) -> u64 {
+pub(crate) fn kept(root: &Root, diff_id: &str) -> u64 {
     let p = root.path().join("remote").join(diff_id.trim_start_matches("sha256:")).join("blob.ranges");
     let text = std::fs::read_to_string(p).unwrap_or_default();
     let mut ranges: Vec<(u64, u64)> = text
@@ -233,7 +233,7 @@ fn kept(root: &Root, diff_id: &str) -> u64 {
 }
 
 /// The strata-fuse serving container `name` of `root`, by its command line.
-fn fuse_pid(root: &Root, name: &str) -> Option<i32> {
+pub(crate) fn fuse_pid(root: &Root, name: &str) -> Option<i32> {
     let marker = format!("{}/containers/{name}", root.path().display());
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;

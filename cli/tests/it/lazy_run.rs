@@ -152,7 +152,7 @@ fn run_reads_a_lazy_image_on_demand() {
 
 /// Every file of the chunk cache of remote layer `diff_id` in `root` is a verified chunk named
 /// by its digest; returns how many there are.
-fn verified_chunks(root: &Root, diff_id: &str) -> usize {
+pub(crate) fn verified_chunks(root: &Root, diff_id: &str) -> usize {
     let dir = root.path().join("remote").join(diff_id.trim_start_matches("sha256:")).join("chunks");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).expect("chunk cache") {
@@ -228,7 +228,8 @@ fn a_corrupted_chunk_is_eio_and_marks_the_layer_bad() {
 }
 
 /// (e) The registry gone: files whose chunks are cached still read, an uncached read fails
-/// with EIO (the reader gives up within its deadline: a refused connection fails at once).
+/// with EIO (the reader gives up within its deadline: a refused connection fails at once);
+/// once it is back, the file reads.
 #[test]
 fn with_the_registry_gone_cached_files_read_and_others_fail() {
     if !privileged("with_the_registry_gone_cached_files_read_and_others_fail") {
@@ -262,6 +263,10 @@ fn with_the_registry_gone_cached_files_read_and_others_fail() {
     for l in local(&lazy, &image) {
         assert!(l.get("bad").is_none(), "{l}");
     }
+    // Back at its address: work resumes, the file reads whole.
+    let _back = FaultProxy::start_at(&addr, &reg.addr, vec![]);
+    let sum = lazy.ok(&["run", "--lazy-background=off", "--rm", &image, "--", "sha256sum", "/data/noise"]);
+    assert_eq!(sum.split_whitespace().next(), Some(sha(&noise()).trim_start_matches("sha256:")), "{sum}");
 }
 
 /// Whether `f` becomes true within 10 s.

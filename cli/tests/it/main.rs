@@ -23,6 +23,7 @@ mod import;
 mod integrity;
 mod lazy;
 mod lazy_complete;
+mod lazy_faults;
 mod lazy_interop;
 mod lazy_optimize;
 mod lazy_run;

@@ -528,6 +528,10 @@ impl TokenServer {
     }
 }
 
+/// Tokens issued, so that each has its own `jti` (two asked for in the same second differ, as a
+/// refreshed token differs from the one it replaces).
+static TOKENS: AtomicU64 = AtomicU64::new(0);
+
 /// A JWT for the registry, RS256 over `header.claims`.
 fn jwt(key: &Path, der: &[u8], access: Vec<serde_json::Value>) -> String {
     use base64::Engine as _;
@@ -536,9 +540,10 @@ fn jwt(key: &Path, der: &[u8], access: Vec<serde_json::Value>) -> String {
         "alg": "RS256", "typ": "JWT",
         "x5c": [base64::engine::general_purpose::STANDARD.encode(der)],
     });
+    let jti = format!("{now}-{}", TOKENS.fetch_add(1, Ordering::SeqCst));
     let claims = serde_json::json!({
         "iss": TOKEN_ISSUER, "sub": "tester", "aud": TOKEN_SERVICE,
-        "exp": now + 600, "nbf": now - 10, "iat": now - 10, "jti": format!("{now}-{}", access.len()),
+        "exp": now + 600, "nbf": now - 10, "iat": now - 10, "jti": jti,
         "access": access,
     });
     let input = format!("{}.{}", b64url(claims_bytes(&header).as_slice()), b64url(&claims_bytes(&claims)));
@@ -586,7 +591,22 @@ pub const CORRUPT: u16 = 1;
 
 impl FaultProxy {
     pub fn start(upstream: &str, faults: Vec<(&str, &str, u16, Option<u64>)>) -> FaultProxy {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        Self::start_at("127.0.0.1:0", upstream, faults)
+    }
+
+    /// [`FaultProxy::start`] listening on `addr` (a proxy that was dropped, back at its
+    /// address: a registry that returns), tried for up to 10 s while the address is taken.
+    pub fn start_at(addr: &str, upstream: &str, faults: Vec<(&str, &str, u16, Option<u64>)>) -> FaultProxy {
+        let until = Instant::now() + Duration::from_secs(10);
+        let l = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(Instant::now() < until, "bind proxy at {addr}: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
         l.set_nonblocking(true).expect("nonblocking");
         let addr = l.local_addr().expect("addr").to_string();
         let stop = Arc::new(AtomicBool::new(false));
@@ -664,7 +684,7 @@ fn forward_corrupted(mut c: TcpStream, upstream: &str, head: &str) {
 }
 
 /// A request's head, through the blank line; `None` for anything that is not plain HTTP.
-fn read_head(c: &mut TcpStream) -> Option<String> {
+pub(super) fn read_head(c: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut b = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
