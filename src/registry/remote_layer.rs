@@ -54,14 +54,16 @@ impl RemoteBlob {
         })
     }
 
+    /// The registry client, connected at the first fetch. The connection is made outside the
+    /// lock: with a registry that stalls before strata-fuse ever reached it, each read waits for
+    /// its own attempt (bounded by the request timeout), not in line behind every other read's.
+    /// The first client that connects is kept.
     fn client(&self) -> Result<Arc<Client>, RegistryError> {
-        let mut g = lock(&self.client);
-        if let Some(c) = &*g {
+        if let Some(c) = &*lock(&self.client) {
             return Ok(c.clone());
         }
         let c = Arc::new(Client::connect(&self.host, &self.repo, &self.opts, "pull")?);
-        *g = Some(c.clone());
-        Ok(c)
+        Ok(lock(&self.client).get_or_insert(c).clone())
     }
 }
 
