@@ -425,7 +425,7 @@ fn run_rm_returns_before_background_completion_and_the_next_mount_resumes() {
     let manifest = lazy_run::push_image(&src, &format!("{}/lazy/rm:esgz", reg.addr));
     let (noise_blob, noise_size) = lazy_run::layers(&manifest)[1].clone();
     // 256 KiB/s: the 3 MiB noise layer takes over ten seconds to arrive whole.
-    let proxy = common::registry::ThrottleProxy::start(&reg.addr, 256 << 10);
+    let proxy = common::throttle::ThrottleProxy::start(&reg.addr, 256 << 10);
     let image = format!("{}/lazy/rm:esgz", proxy.addr);
     let lazy = Root::new();
     lazy.ok(&["pull", "-q", "--lazy", &image, "--tls-verify=false"]);
