@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use strata::digest::Sha256Digest;
+use strata::registry::activity::Activity;
 use strata::registry::chunks::{Prefetch, RangeSource, RemoteFiles, SETTLE};
 use strata::registry::remote_layer::{open_remote_layer, Background, LazyTimeouts, StoreState};
 
@@ -227,6 +228,9 @@ pub fn attach(
         LazyTimeouts::from_env().map_err(|e| Error::BadValue("remote".into(), strata::error::report(&e)))?
     };
     let mut out: Vec<Arc<dyn LowerContents>> = Vec::new();
+    // One for the mount: a read of any layer holds off the background of every layer, and the
+    // layers' background fetches take turns.
+    let activity = Arc::new(Activity::for_mount());
     for r in remotes {
         let bad = |why: String| {
             Error::BadValue("remote".into(), format!("{}@{}: {why}", r.diff_id, r.root.display()))
@@ -241,7 +245,7 @@ pub fn attach(
             .ok_or_else(|| bad(format!("its skeleton {} is not one of the lowerdirs", tree.display())))?;
         let complete = Completion { background, dir: opened.dir, root: r.root.clone(), diff_id: d };
         let lower = RemoteLower {
-            files: Arc::new(opened.files),
+            files: Arc::new(opened.files.with_activity(activity.clone())),
             state: Some(opened.state),
             prefetch: Mutex::new(None),
             complete: Some(complete),

@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::activity::Activity;
 use super::partial::PartialBlob;
 use super::{Client, RegistryError};
 use crate::digest::Sha256Digest;
@@ -155,25 +156,9 @@ pub struct RemoteFiles<S> {
     /// The blob's bytes fetched so far, by anyone ([`PartialBlob`]): ranges it holds are read
     /// from it (and verified) instead of fetched, and fetched ranges are added to it.
     partial: Option<Arc<PartialBlob>>,
-    /// Reads fetching (or waiting for) chunks now, when the last one ended, and the signal that
-    /// one did: background completion runs only while there are none.
-    activity: Mutex<(usize, Instant)>,
-    quiet: Condvar,
-}
-
-/// Marks a read as fetching while it lives.
-struct Busy<'a> {
-    activity: &'a Mutex<(usize, Instant)>,
-    quiet: &'a Condvar,
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        let mut a = lock(self.activity);
-        a.0 -= 1;
-        a.1 = Instant::now();
-        self.quiet.notify_all();
-    }
+    /// Reads fetching (or waiting for) chunks: background completion runs only while there
+    /// are none. Shared by the layers of one process ([`RemoteFiles::with_activity`]).
+    activity: Arc<Activity>,
 }
 
 /// Why a range could not be served from the partial blob.
@@ -269,14 +254,20 @@ impl<S: RangeSource> RemoteFiles<S> {
             slot: Condvar::new(),
             seq: AtomicU64::new(0),
             partial: None,
-            activity: Mutex::new((0, Instant::now())),
-            quiet: Condvar::new(),
+            activity: Arc::new(Activity::new(Duration::ZERO)),
         })
     }
 
     /// Keep fetched ranges in `partial`, and read what it holds from it.
     pub fn with_partial(mut self, partial: Arc<PartialBlob>) -> Self {
         self.partial = Some(partial);
+        self
+    }
+
+    /// Count reads in, and run background completion, with `activity` (shared by the layers of
+    /// one process) instead of an activity of this layer's own, whose background starts at once.
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = activity;
         self
     }
 
@@ -312,7 +303,12 @@ impl<S: RangeSource> RemoteFiles<S> {
         }
         let wanted: Vec<&Chunk> =
             entry.chunks.iter().filter(|c| c.file_offset < end && c.file_offset + c.size > offset).collect();
-        self.ensure(name, &wanted, Instant::now() + self.policy.deadline)?;
+        let t0 = Instant::now();
+        self.ensure(name, &wanted, t0 + self.policy.deadline)?;
+        let waited = t0.elapsed();
+        if waited > Duration::from_millis(1) {
+            tracing::debug!(layer = %self.label, file = name, offset, len = buf.len(), ms = waited.as_millis() as u64, "read waited for its chunks");
+        }
         let mut done = 0usize;
         for c in wanted {
             let path = self.chunk_path(c);
@@ -356,8 +352,7 @@ impl<S: RangeSource> RemoteFiles<S> {
                 return Ok(());
             }
             if busy.is_none() {
-                lock(&self.activity).0 += 1;
-                busy = Some(Busy { activity: &self.activity, quiet: &self.quiet });
+                busy = Some(self.activity.enter());
             }
             if let Some(reason) = self.bad() {
                 return Err(self.bad_error(reason));
@@ -544,8 +539,11 @@ impl<S: RangeSource> RemoteFiles<S> {
 
     /// Background completion: fetch every range of the blob the partial blob lacks, in blob
     /// order, [`BACKGROUND_STEP`] bytes per request, never while a read is
-    /// fetching: each request waits until no read has fetched for `settle`, and after each the
-    /// task rests so that it takes at most `share` percent of the time (100: no rest). A failed
+    /// fetching: each request waits until no read (of any layer sharing the activity) has
+    /// fetched for `settle` (and, on a mount, for its first reads: [`Activity::for_mount`]),
+    /// and after each the task rests so that it takes at most `share` percent of the time (100:
+    /// no rest). Request and rest hold the activity's one background slot: the layers of a
+    /// mount complete by turns, their share together `share`. A failed
     /// request is tried again after a pause that grows (the registry may be away). Returns once
     /// the partial blob is complete (then [`super::lazy::complete_layers`] verifies it and makes
     /// the layer ordinary); fails when the layer is bad or has no partial blob.
@@ -568,9 +566,12 @@ impl<S: RangeSource> RemoteFiles<S> {
                 return Ok(stats);
             };
             let end = gap.end.min(gap.start.saturating_add(BACKGROUND_STEP));
-            self.wait_quiet(settle);
+            let _slot = self.activity.background_slot();
+            self.activity.wait_quiet(settle);
             let t0 = Instant::now();
-            match self.source.range(gap.start..end) {
+            let got = self.source.range(gap.start..end);
+            tracing::debug!(layer = %self.label, range = ?(gap.start..end), ms = t0.elapsed().as_millis() as u64, ok = got.is_ok(), "fetched in the background");
+            match got {
                 Ok(bytes) if bytes.len() as u64 == end - gap.start => {
                     self.keep(gap.start, &bytes);
                     stats.requests += 1;
@@ -589,22 +590,6 @@ impl<S: RangeSource> RemoteFiles<S> {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(30));
                 }
-            }
-        }
-    }
-
-    /// Wait until no read has fetched for `settle`.
-    fn wait_quiet(&self, settle: Duration) {
-        let mut a = lock(&self.activity);
-        loop {
-            if a.0 == 0 {
-                let since = a.1.elapsed();
-                if since >= settle {
-                    return;
-                }
-                a = self.quiet.wait_timeout(a, settle - since).unwrap_or_else(|e| e.into_inner()).0;
-            } else {
-                a = self.quiet.wait(a).unwrap_or_else(|e| e.into_inner());
             }
         }
     }
@@ -640,6 +625,8 @@ impl<S: RangeSource> RemoteFiles<S> {
     /// cached; the claims are released either way (a read then fetches what failed). Returns the
     /// chunks cached.
     pub fn prefetch(&self, claim: Prefetch) -> Result<usize, RegistryError> {
+        // Reads wait for it: background completion too.
+        let _busy = self.activity.enter();
         let deadline = Instant::now() + self.policy.deadline;
         let items: Vec<(&str, &Chunk)> = claim
             .chunks
@@ -672,7 +659,10 @@ impl<S: RangeSource> RemoteFiles<S> {
                 if let Some(reason) = self.bad() {
                     return Err(self.bad_error(reason));
                 }
-                self.source.range(range.clone())
+                let t0 = Instant::now();
+                let got = self.source.range(range.clone());
+                tracing::debug!(layer = %self.label, range = ?range, ms = t0.elapsed().as_millis() as u64, ok = got.is_ok(), "fetched on demand");
+                got
             };
             match got {
                 Ok(b) => return Ok(b),

@@ -2,6 +2,7 @@
 //! config are fetched and verified here; each layer blob is then streamed by the layer store's
 //! one-pass verify + store + unpack path ([`crate::layers`]), exactly as a local layout's blob is.
 
+pub mod activity;
 pub mod auth;
 pub mod chunks;
 pub mod client;

@@ -400,3 +400,96 @@ fn image_ls_shows_how_much_of_a_lazy_image_is_local() {
     assert_eq!(local(&repo), (all.clone(), all), "whole");
     lazy.ok(&["container", "rm", "--force", "c"]);
 }
+
+/// Mounts under `root` in the kernel's mount table.
+fn mounts_under(root: &Root) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let root = root.path().display().to_string();
+    text.lines().filter(|l| l.contains(&root)).map(str::to_string).collect()
+}
+
+/// `run --rm` over a lazily pulled image returns once its process has exited, as docker's and
+/// podman's do, not once background completion has made the layers whole: behind a slow link
+/// (a throttling proxy), with the background fetching when the process exits, the command
+/// returns with the noise layer still remote and partly kept, its strata-fuse gone and nothing
+/// mounted. The next container's mount resumes from the kept bytes (fetching no byte twice, no
+/// whole-blob GET) and completes the layer, verified: a new container mounts it with kernel
+/// overlay and sees a plain pull's tree.
+#[test]
+fn run_rm_returns_before_background_completion_and_the_next_mount_resumes() {
+    if !privileged("run_rm_returns_before_background_completion_and_the_next_mount_resumes") {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let src = Root::new();
+    let manifest = lazy_run::push_image(&src, &format!("{}/lazy/rm:esgz", reg.addr));
+    let (noise_blob, noise_size) = lazy_run::layers(&manifest)[1].clone();
+    // 256 KiB/s: the 3 MiB noise layer takes over ten seconds to arrive whole.
+    let proxy = common::throttle::ThrottleProxy::start(&reg.addr, 256 << 10);
+    let image = format!("{}/lazy/rm:esgz", proxy.addr);
+    let lazy = Root::new();
+    lazy.ok(&["pull", "-q", "--lazy", &image, "--tls-verify=false"]);
+    let diff_id = lazy_run::local(&lazy, &image)[1]["diff_id"].as_str().expect("diff_id").to_string();
+    let pulled = gets(&reg.log(), "lazy/rm", &noise_blob).len();
+
+    // The process reads its files (`etc/motd` came with the TOC's tail), then lives on while
+    // the background fetches (all of the link's time: a share of 100).
+    let out = lazy.ok(&[
+        "--lazy-background=100",
+        "run",
+        "--rm",
+        "--name",
+        "r",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/motd; sleep 4",
+    ]);
+    assert_eq!(out, "lazy motd\n");
+    // Returned: the layer is still remote and partial, though the background had started on
+    // it (a range of it asked for since the pull); no strata-fuse of the container lives on,
+    // nothing is mounted.
+    let layer = &lazy_run::local(&lazy, &image)[1];
+    assert_eq!(layer["remote"], true, "{layer}");
+    assert!(
+        gets(&reg.log(), "lazy/rm", &noise_blob).len() > pulled,
+        "the background had not started on the noise layer"
+    );
+    let at_return = kept(&lazy, &diff_id);
+    assert!(
+        at_return < noise_size,
+        "the layer was whole when run --rm returned: {at_return} of {noise_size}"
+    );
+    assert!(layer["bytes_local"].as_u64().expect("bytes_local") < noise_size, "bytes_local: {layer}");
+    assert!(wait_for(10, || fuse_pid(&lazy, "r").is_none()), "strata-fuse of r lives on");
+    assert_eq!(mounts_under(&lazy), Vec::<String>::new(), "mounts left");
+    assert!(lazy.ok(&["ps", "-a", "-q"]).trim().is_empty(), "container r left");
+
+    // The next mount goes on from the kept bytes and completes the layer.
+    let before = lazy_run::served(&reg.log(), "lazy/rm", &noise_blob);
+    lazy.ok(&["run", "-d", "--name", "d", &image, "--", "sleep", "600"]);
+    assert!(wait_for(120, || remote(&lazy, &image).iter().all(|r| !r)), "still remote");
+    let log = reg.log();
+    let after = lazy_run::served(&log, "lazy/rm", &noise_blob) - before;
+    assert!(
+        after <= noise_size - at_return,
+        "fetched {after} bytes after run --rm returned; {at_return} of {noise_size} were kept"
+    );
+    assert_eq!(lazy_run::whole_gets(&log, "lazy/rm", &noise_blob), 0);
+    let layer = &lazy_run::local(&lazy, &image)[1];
+    assert_eq!(layer["bytes_local"].as_u64(), Some(noise_size), "{layer}");
+    lazy.ok(&["container", "create", "--read-only", &image, "k"]);
+    let at = lazy.ok(&["container", "mount", "k"]);
+    assert!(kernel_mounted(&at), "not kernel overlay at {at}");
+    let got = capture(Path::new(at.trim()));
+    lazy.ok(&["container", "rm", "--force", "k"]);
+    lazy.ok(&["container", "rm", "--force", "d"]);
+    let plain = Root::new();
+    plain.ok(&["pull", "-q", &format!("{}/lazy/rm:esgz", reg.addr), "--tls-verify=false"]);
+    strata_test_support::tree::assert_trees_eq(
+        &lazy_run::view(&plain, &format!("{}/lazy/rm:esgz", reg.addr)),
+        &got,
+        "resumed vs plain pull",
+    );
+}

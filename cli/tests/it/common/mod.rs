@@ -7,6 +7,7 @@ pub mod flaky;
 pub mod layout;
 pub mod registry;
 pub mod tarw;
+pub mod throttle;
 pub mod user;
 
 use std::fs;
