@@ -246,15 +246,35 @@ impl pb::snapshots_server::Snapshots for Service {
         tracing::debug!(key = %r.key, parent = %r.parent, "prepare");
         let labels = labels(r.labels);
         if let Some(target) = labels.get(SNAPSHOT_REF).cloned() {
-            // containerd's unpacker names the chain it is about to unpack: when the store holds
-            // it already, commit it under the prepare's key and say so; containerd then finds
-            // it by that label and parent (List) and skips the unpack.
+            // containerd's unpacker names the chain it is about to unpack. When a snapshot of
+            // that chain over this parent is committed already (another namespace unpacked it:
+            // namespaces share the backend's snapshots, the parent named here included), say
+            // so; when the store holds the chain's layer (imported, pulled or committed through
+            // the CLI), commit it under the prepare's key and say so. Either way containerd
+            // finds the snapshot by that label and parent (List) and skips the unpack.
             let (key, par, l, t) = (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
-            if self.with(move |s| s.commit_known_layer(&key, par.as_deref(), &t, &l)).await?.is_some() {
-                tracing::info!(key = %r.key, target = %target, "layer already held: committed without unpack");
-                return Err(Status::already_exists(format!(
-                    "target snapshot {target:?}: strata already holds this layer"
-                )));
+            let held = self
+                .with(move |s| {
+                    if let Some(i) = s.committed_labelled(par.as_deref(), SNAPSHOT_REF, &t)? {
+                        return Ok(Some((i.name, false)));
+                    }
+                    Ok(s.commit_known_layer(&key, par.as_deref(), &t, &l)?.map(|i| (i.name, true)))
+                })
+                .await?;
+            match held {
+                Some((_, true)) => {
+                    tracing::info!(key = %r.key, target = %target, "layer already held: committed without unpack");
+                    return Err(Status::already_exists(format!(
+                        "target snapshot {target:?}: strata already holds this layer"
+                    )));
+                }
+                Some((name, false)) => {
+                    tracing::info!(key = %r.key, target = %target, snapshot = %name, "layer already held: committed by another namespace, reused without unpack");
+                    return Err(Status::already_exists(format!(
+                        "target snapshot {target:?}: committed already as {name:?}"
+                    )));
+                }
+                None => {}
             }
             if let Some(req) = remote_request(&labels) {
                 // A remote snapshotter's Prepare (CRI's labels) of a seekable layer: record it
