@@ -16,10 +16,11 @@ four_layers   # $L: the rootfs split into four layers (bench-common.sh)
 
 REG_PID=
 PODMAN_RUN=/run/strata-bench-podman
-CTR_PID=
 cleanup() {
     [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null
-    [ -n "$CTR_PID" ] && kill "$CTR_PID" 2>/dev/null
+    # The last round's containerd (its rounds run in timeit's command substitution, a subshell:
+    # the pid comes back in a file).
+    [ -f "$W/containerd.pid" ] && kill "$(cat "$W/containerd.pid")" 2>/dev/null
     rm -rf "$PODMAN_RUN"
     [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
@@ -62,11 +63,12 @@ if command -v containerd >/dev/null && command -v ctr >/dev/null; then
     # destination: on one root, containerd finds the blobs of earlier rounds in its content
     # store and neither downloads nor writes them.
     ctr_reset() {
-        if [ -n "$CTR_PID" ]; then kill "$CTR_PID" 2>/dev/null || true; wait "$CTR_PID" 2>/dev/null || true; fi
+        if [ -n "${CTR_PID:-}" ]; then kill "$CTR_PID" 2>/dev/null || true; wait "$CTR_PID" 2>/dev/null || true; fi
         for m in $(grep -o " $W/containerd[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
         rm -rf "$W/containerd" /run/strata-bench-containerd
         private_containerd "$W/containerd/root" /run/strata-bench-containerd
         CTR_PID=$CTRD_PID
+        echo "$CTR_PID" > "$W/containerd.pid"
     }
     ctr_pull() { ctr -a /run/strata-bench-containerd/c.sock -n bench images pull --plain-http "$REF"; }
     t_ctr=$(timeit ctr_reset ctr_pull)
