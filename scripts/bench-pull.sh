@@ -14,31 +14,19 @@ command -v docker-registry >/dev/null || { echo "bench-pull: docker-registry not
 
 four_layers   # $L: the rootfs split into four layers (bench-common.sh)
 
-# A private registry on a free port.
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$W/registry"
-cat > "$W/registry/config.yml" <<EOF
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $W/registry/data}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$PORT}
-EOF
-docker-registry serve "$W/registry/config.yml" >"$W/registry/log" 2>&1 &
-REG_PID=$!
+REG_PID=
 PODMAN_RUN=/run/strata-bench-podman
-CTR_PID=
 cleanup() {
-    kill "$REG_PID" 2>/dev/null || true
-    [ -n "$CTR_PID" ] && kill "$CTR_PID" 2>/dev/null
+    [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null
+    # The last round's containerd (its rounds run in timeit's command substitution, a subshell:
+    # the pid comes back in a file).
+    [ -f "$W/containerd.pid" ] && kill "$(cat "$W/containerd.pid")" 2>/dev/null
     rm -rf "$PODMAN_RUN"
     [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/v2/')" 2>/dev/null && break
-    sleep 0.1
-done
-REF=127.0.0.1:$PORT/bench:1
+local_registry "$W/registry"   # REG_ADDR, REG_PID (lib.sh)
+REF=$REG_ADDR/bench:1
 skopeo copy -q --dest-tls-verify=false "oci:$L:layers" "docker://$REF"
 mb=$(du -sm "$BENCH/rootfs" | cut -f1)
 echo "image: $REF, 4 layers, $mb MB unpacked"
@@ -75,11 +63,12 @@ if command -v containerd >/dev/null && command -v ctr >/dev/null; then
     # destination: on one root, containerd finds the blobs of earlier rounds in its content
     # store and neither downloads nor writes them.
     ctr_reset() {
-        if [ -n "$CTR_PID" ]; then kill "$CTR_PID" 2>/dev/null || true; wait "$CTR_PID" 2>/dev/null || true; fi
+        if [ -n "${CTR_PID:-}" ]; then kill "$CTR_PID" 2>/dev/null || true; wait "$CTR_PID" 2>/dev/null || true; fi
         for m in $(grep -o " $W/containerd[^ ]*" /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
         rm -rf "$W/containerd" /run/strata-bench-containerd
         private_containerd "$W/containerd/root" /run/strata-bench-containerd
         CTR_PID=$CTRD_PID
+        echo "$CTR_PID" > "$W/containerd.pid"
     }
     ctr_pull() { ctr -a /run/strata-bench-containerd/c.sock -n bench images pull --plain-http "$REF"; }
     t_ctr=$(timeit ctr_reset ctr_pull)

@@ -3,6 +3,7 @@
 #   CALLER_PWD   the directory it was started from (for relative arguments)
 #   find_cargo   puts cargo on PATH, or says how to get it and exits 1
 #   need_root    exits 1 with how to run the script as root
+#   private_containerd, local_registry   a containerd, a registry of the caller's own (below)
 # usage: source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" NAME   (NAME prefixes messages)
 LIB_NAME=${1:-strata}
 CALLER_PWD=$PWD
@@ -77,5 +78,30 @@ private_containerd() {
     CTRD_PID=$!
     for _ in $(seq 200); do ctr -a "$state/c.sock" version >/dev/null 2>&1 && return 0; sleep 0.05; done
     say "containerd did not start: $state/containerd.log"
+    return 1
+}
+
+# local_registry DIR: Debian's docker-registry on a free port of 127.0.0.1 (plain HTTP), storing
+# under DIR (its config and log there too). Returns once it answers; sets REG_ADDR
+# (127.0.0.1:PORT) and REG_PID (set before the wait, so a caller's exit trap can stop it).
+local_registry() {
+    local dir=$1 port
+    command -v docker-registry >/dev/null || { say "docker-registry not installed (scripts/setup.sh)"; return 1; }
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    mkdir -p "$dir"
+    cat > "$dir/config.yml" <<EOC
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $dir/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$port}
+EOC
+    docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+    REG_PID=$!
+    REG_ADDR=127.0.0.1:$port
+    for _ in $(seq 100); do
+        python3 -c "import urllib.request; urllib.request.urlopen('http://$REG_ADDR/v2/')" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "docker-registry did not answer on $REG_ADDR: $dir/log"
     return 1
 }

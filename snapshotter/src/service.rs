@@ -67,19 +67,51 @@ impl Service {
         .map_err(|e| Status::internal(format!("snapshot call failed: {e}")))?
     }
 
+    /// [`Service::with`] for a quick call (metadata and a few directory entries, no tree walked
+    /// and nothing fetched): run at once on this task's thread when the store is free, else
+    /// as [`Service::with`]. The hop to the blocking pool and back is most of the daemon's
+    /// own latency for such a call (Stat through containerd: 0.22-0.23 ms inline, 0.24-0.27
+    /// ms with the hop, 0.07 with containerd's overlayfs).
+    async fn quick<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Snapshots<'_>) -> Result<T, SnapshotError> + Send + 'static,
+    {
+        self.quick_status(move |s| f(s).map_err(|e| status(&e))).await
+    }
+
+    /// [`Service::quick`] for a call whose errors are statuses already.
+    async fn quick_status<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Snapshots<'_>) -> Result<T, Status> + Send + 'static,
+    {
+        if let Ok(mut guard) = self.store.try_lock() {
+            return f(&mut Snapshots::new(&mut guard));
+        }
+        // Busy (or poisoned: the blocking path says so).
+        self.with_status(f).await
+    }
+
     /// Run `f` (which makes or finds snapshot `key`, returning the core's mounts for it), then
     /// describe `key`'s mounts as containerd performs them ([`containerd_mounts`]), all under
     /// the store's lock.
-    async fn mounts_with<F>(&self, key: String, f: F) -> Result<Vec<pbt::Mount>, Status>
+    /// `quick`: see [`Service::quick`]; not for a call that may make a remote layer's skeleton
+    /// (Prepare and View make it for the snapshots over a remote layer; Mounts finds it made).
+    async fn mounts_with<F>(&self, key: String, quick: bool, f: F) -> Result<Vec<pbt::Mount>, Status>
     where
         F: FnOnce(&mut Snapshots<'_>) -> Result<Vec<Mount>, SnapshotError> + Send + 'static,
     {
         let backend = self.backend;
-        self.with_status(move |s| {
+        let f = move |s: &mut Snapshots<'_>| {
             let ms = f(s).map_err(|e| status(&e))?;
             containerd_mounts(s.store(), &key, ms, backend)
-        })
-        .await
+        };
+        if quick {
+            self.quick_status(f).await
+        } else {
+            self.with_status(f).await
+        }
     }
 }
 
@@ -246,15 +278,35 @@ impl pb::snapshots_server::Snapshots for Service {
         tracing::debug!(key = %r.key, parent = %r.parent, "prepare");
         let labels = labels(r.labels);
         if let Some(target) = labels.get(SNAPSHOT_REF).cloned() {
-            // containerd's unpacker names the chain it is about to unpack: when the store holds
-            // it already, commit it under the prepare's key and say so; containerd then finds
-            // it by that label and parent (List) and skips the unpack.
+            // containerd's unpacker names the chain it is about to unpack. When a snapshot of
+            // that chain over this parent is committed already (another namespace unpacked it:
+            // namespaces share the backend's snapshots, the parent named here included), say
+            // so; when the store holds the chain's layer (imported, pulled or committed through
+            // the CLI), commit it under the prepare's key and say so. Either way containerd
+            // finds the snapshot by that label and parent (List) and skips the unpack.
             let (key, par, l, t) = (r.key.clone(), parent(r.parent.clone()), labels.clone(), target.clone());
-            if self.with(move |s| s.commit_known_layer(&key, par.as_deref(), &t, &l)).await?.is_some() {
-                tracing::info!(key = %r.key, target = %target, "layer already held: committed without unpack");
-                return Err(Status::already_exists(format!(
-                    "target snapshot {target:?}: strata already holds this layer"
-                )));
+            let held = self
+                .with(move |s| {
+                    if let Some(i) = s.committed_labelled(par.as_deref(), SNAPSHOT_REF, &t)? {
+                        return Ok(Some((i.name, false)));
+                    }
+                    Ok(s.commit_known_layer(&key, par.as_deref(), &t, &l)?.map(|i| (i.name, true)))
+                })
+                .await?;
+            match held {
+                Some((_, true)) => {
+                    tracing::info!(key = %r.key, target = %target, "layer already held: committed without unpack");
+                    return Err(Status::already_exists(format!(
+                        "target snapshot {target:?}: strata already holds this layer"
+                    )));
+                }
+                Some((name, false)) => {
+                    tracing::info!(key = %r.key, target = %target, snapshot = %name, "layer already held: committed by another namespace, reused without unpack");
+                    return Err(Status::already_exists(format!(
+                        "target snapshot {target:?}: committed already as {name:?}"
+                    )));
+                }
+                None => {}
             }
             if let Some(req) = remote_request(&labels) {
                 // A remote snapshotter's Prepare (CRI's labels) of a seekable layer: record it
@@ -290,8 +342,9 @@ impl pb::snapshots_server::Snapshots for Service {
             }
         }
         let key = r.key.clone();
-        let mounts =
-            self.mounts_with(key, move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels)).await?;
+        let mounts = self
+            .mounts_with(key, false, move |s| s.prepare(&r.key, parent(r.parent).as_deref(), &labels))
+            .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse { mounts }))
     }
 
@@ -303,7 +356,7 @@ impl pb::snapshots_server::Snapshots for Service {
         tracing::debug!(key = %r.key, parent = %r.parent, "view");
         let key = r.key.clone();
         let mounts = self
-            .mounts_with(key, move |s| s.view(&r.key, parent(r.parent).as_deref(), &labels(r.labels)))
+            .mounts_with(key, false, move |s| s.view(&r.key, parent(r.parent).as_deref(), &labels(r.labels)))
             .await?;
         Ok(Response::new(pb::ViewSnapshotResponse { mounts }))
     }
@@ -311,7 +364,7 @@ impl pb::snapshots_server::Snapshots for Service {
     async fn mounts(&self, req: Request<pb::MountsRequest>) -> Result<Response<pb::MountsResponse>, Status> {
         let r = req.into_inner();
         let key = r.key.clone();
-        let mounts = self.mounts_with(key, move |s| s.mounts(&r.key)).await?;
+        let mounts = self.mounts_with(key, true, move |s| s.mounts(&r.key)).await?;
         Ok(Response::new(pb::MountsResponse { mounts }))
     }
 
@@ -325,7 +378,7 @@ impl pb::snapshots_server::Snapshots for Service {
     async fn remove(&self, req: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         tracing::debug!(key = %r.key, "remove");
-        self.with(move |s| s.remove(&r.key)).await?;
+        self.quick(move |s| s.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
 
@@ -334,7 +387,7 @@ impl pb::snapshots_server::Snapshots for Service {
         req: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = req.into_inner();
-        let info = self.with(move |s| s.stat(&r.key)).await?;
+        let info = self.quick(move |s| s.stat(&r.key)).await?;
         Ok(Response::new(pb::StatSnapshotResponse { info: Some(to_pb_info(info)) }))
     }
 

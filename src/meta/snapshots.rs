@@ -225,6 +225,22 @@ pub fn container_of(c: &Connection, id: i64) -> Result<Option<String>, MetaError
     Ok(c.query_row("SELECT name FROM containers WHERE snapshot = ?1", [id], |r| r.get(0)).optional()?)
 }
 
+/// A committed snapshot over `parent` (`None`: a bottom one) labelled `label` = `value`; the
+/// oldest when there are several.
+pub fn committed_labelled(
+    c: &Connection,
+    parent: Option<i64>,
+    label: &str,
+    value: &str,
+) -> Result<Option<Row>, MetaError> {
+    let cols = COLUMNS.split(", ").map(|col| format!("s.{col}")).collect::<Vec<_>>().join(", ");
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {cols} FROM snapshots s JOIN snapshot_labels l ON l.id = s.id \
+         WHERE s.kind = ?1 AND s.parent IS ?2 AND l.key = ?3 AND l.value = ?4 ORDER BY s.id LIMIT 1"
+    ))?;
+    Ok(st.query_row(params![Kind::Committed.code(), parent, label, value], row).optional()?)
+}
+
 /// Insert a new snapshot. The key must be free and the parent committed.
 pub fn insert(
     c: &Connection,

@@ -263,6 +263,26 @@ impl<'s> Snapshots<'s> {
         })
     }
 
+    /// The committed snapshot over `parent` (none: a bottom one) labelled `label` = `value`,
+    /// if there is one; `None` too when `parent` does not exist. This is how a containerd
+    /// snapshotter finds a layer chain another containerd namespace unpacked: containerd's
+    /// unpacker labels each layer's snapshot with its chain ID (`containerd.io/snapshot.ref`),
+    /// once it has checked the applied layer's diff ID.
+    pub fn committed_labelled(&self, parent: Option<&str>, label: &str, value: &str) -> Result<Option<Info>> {
+        let c = self.store.meta().conn();
+        let parent_id = match parent.filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) => match rows::by_key(c, p)? {
+                Some(r) => Some(r.id),
+                None => return Ok(None),
+            },
+        };
+        match rows::committed_labelled(c, parent_id, label, value)? {
+            Some(r) => Ok(Some(rows::info(c, &r)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Commit `name` over `parent` backed by layer `diff_id`, which the store holds (unpacked,
     /// or remote: a remote snapshotter's layer just recorded), when `parent`'s chain with that
     /// layer is chain `chain_id`; `None` otherwise (a parent whose content containerd applied

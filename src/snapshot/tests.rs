@@ -400,3 +400,35 @@ fn known_layers_are_committed_over_a_matching_parent_without_unpacking() {
     let v = Snapshots::new(&mut store).overlay_spec("ns/1/v").unwrap();
     assert_eq!(fs::read_to_string(v.lowers[0].join("file-1")).unwrap(), "1");
 }
+
+#[test]
+fn committed_snapshots_are_found_by_label_and_parent() {
+    let (_t, mut store) = store();
+    let mut s = Snapshots::new(&mut store);
+    let refl = |c: &str| BTreeMap::from([("containerd.io/snapshot.ref".to_string(), c.to_string())]);
+    let find = |s: &Snapshots<'_>, parent: Option<&str>, v: &str| {
+        s.committed_labelled(parent, "containerd.io/snapshot.ref", v).unwrap().map(|i| i.name)
+    };
+    // Two layers containerd applied in namespace a, each labelled with its chain at commit.
+    s.prepare("a/1/x", None, &refl("c1")).unwrap();
+    assert_eq!(find(&s, None, "c1"), None, "an active snapshot is no target");
+    s.commit("a/2/c1", "a/1/x", &refl("c1")).unwrap();
+    s.prepare("a/3/y", Some("a/2/c1"), &refl("c2")).unwrap();
+    s.commit("a/4/c2", "a/3/y", &refl("c2")).unwrap();
+    assert_eq!(find(&s, None, "c1").as_deref(), Some("a/2/c1"));
+    assert_eq!(find(&s, Some(""), "c1").as_deref(), Some("a/2/c1"), "an empty parent is none");
+    assert_eq!(find(&s, Some("a/2/c1"), "c2").as_deref(), Some("a/4/c2"));
+    // Over another parent, with another value or another label, or over a missing parent: none.
+    assert_eq!(find(&s, None, "c2"), None);
+    assert_eq!(find(&s, Some("a/2/c1"), "c1"), None);
+    assert_eq!(find(&s, Some("a/2/c1"), "c3"), None);
+    assert_eq!(find(&s, Some("nope"), "c2"), None);
+    assert_eq!(s.committed_labelled(None, "other", "c1").unwrap(), None);
+    // The oldest of two matches.
+    s.prepare("b/5/z", None, &no_labels()).unwrap();
+    s.commit("b/6/c1", "b/5/z", &refl("c1")).unwrap();
+    assert_eq!(find(&s, None, "c1").as_deref(), Some("a/2/c1"));
+    s.remove("a/4/c2").unwrap();
+    s.remove("a/2/c1").unwrap();
+    assert_eq!(find(&s, None, "c1").as_deref(), Some("b/6/c1"));
+}

@@ -51,9 +51,14 @@ impl Containerd {
     /// ([`go_pull`]) onto the `strata` snapshotter; `extra` is the helper's optional argument
     /// (`remote`: the CRI labels). Fails the test, with the snapshotter's log, if it fails.
     pub(crate) fn pull_with_go(&self, image: &str, extra: &[&str]) {
+        self.pull_with_go_in("test", image, extra)
+    }
+
+    /// [`Containerd::pull_with_go`] into containerd namespace `ns`.
+    pub(crate) fn pull_with_go_in(&self, ns: &str, image: &str, extra: &[&str]) {
         let out = Command::new(go_pull())
             .arg(self.path().join("c.sock"))
-            .args(["test", "strata", image])
+            .args([ns, "strata", image])
             .args(extra)
             .output()
             .expect("run the Go pull helper");
@@ -164,11 +169,16 @@ impl Containerd {
     }
 
     fn ctr_raw(&self, args: &[&str]) -> Output {
+        self.ctr_raw_in("test", args)
+    }
+
+    /// `ctr -n NS ARGS`.
+    fn ctr_raw_in(&self, ns: &str, args: &[&str]) -> Output {
         Command::new("ctr")
             .env("PATH", Containerd::path_env())
             .arg("-a")
             .arg(self.path().join("c.sock"))
-            .args(["-n", "test"])
+            .args(["-n", ns])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -177,10 +187,15 @@ impl Containerd {
 
     /// `ctr ARGS` that must succeed; its stdout.
     pub(crate) fn ctr(&self, args: &[&str]) -> String {
-        let out = self.ctr_raw(args);
+        self.ctr_in("test", args)
+    }
+
+    /// `ctr -n NS ARGS` that must succeed; its stdout.
+    fn ctr_in(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ctr_raw_in(ns, args);
         assert!(
             out.status.success(),
-            "ctr {args:?} failed: {}\n{}\n--- snapshotter log:\n{}",
+            "ctr -n {ns} {args:?} failed: {}\n{}\n--- snapshotter log:\n{}",
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout),
             self.log("snapshotter.log")
@@ -464,6 +479,79 @@ fn containerd_pull_reuses_layers_strata_already_holds() {
     let out =
         c.ctr(&["run", "--snapshotter", "strata", "--rm", &image, "reuse", "/bin/sh", "-c", "echo reused"]);
     assert_eq!(out.trim(), "reused");
+}
+
+/// The entries under `snapshots/`: one directory per snapshot strata made.
+fn snapshot_dirs(state: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    fs::read_dir(state.join("snapshots")).expect("snapshots dir").flatten().map(|e| e.file_name()).collect()
+}
+
+/// `ctr content ls` of a namespace: (digest, labels) of each blob.
+fn content(c: &Containerd, ns: &str) -> Vec<(String, String)> {
+    c.ctr_in(ns, &["content", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((w.first()?.to_string(), w.last()?.to_string()))
+        })
+        .collect()
+}
+
+/// A layer containerd applied itself in one namespace serves another namespace's pull of the
+/// same image: strata answers each of the second namespace's Prepares `already exists` (the
+/// namespaces share the backend's snapshots), so no layer is fetched, unpacked or stored again,
+/// and the first namespace's removal of the image leaves the second's working.
+#[test]
+fn containerd_reuses_layers_another_namespace_applied() {
+    if !common::privileged("containerd_reuses_layers_another_namespace_applied") {
+        return;
+    }
+    let registry = common::registry::Registry::start(common::registry::RegistryOpts::default());
+    registry.push(&format!("oci:{}:many-2", common::fixtures().join("oci").display()), "many:2", false);
+    let image = format!("{}/many:2", registry.addr);
+    let c = Containerd::start();
+    let state = c.path().join("strata");
+    c.pull_with_go_in("ns-a", &image, &[]);
+    assert_eq!(c.log("snapshotter.log").matches("layer already held").count(), 0, "nothing held before");
+    // containerd applied the three layers into snapshots of their own.
+    assert_eq!(snapshot_trees(&state), (0, 3));
+    let dirs = snapshot_dirs(&state);
+    let unpacked = |ns: &str| {
+        content(&c, ns).into_iter().filter(|(_, l)| l.contains("containerd.io/uncompressed=")).count()
+    };
+    assert_eq!(unpacked("ns-a"), 3, "ns-a's layer blobs:\n{:?}", content(&c, "ns-a"));
+
+    c.pull_with_go_in("ns-b", &image, &[]);
+    let log = c.log("snapshotter.log");
+    assert_eq!(log.matches("committed by another namespace").count(), 3, "every layer reused:\n{log}");
+    assert_eq!(snapshot_dirs(&state), dirs, "a snapshot was made for ns-b's pull");
+    // No layer fetched for ns-b: only its manifest and config are in its content.
+    let b = content(&c, "ns-b");
+    assert_eq!(b.len(), 2, "ns-b's blobs: {b:?}");
+    assert_eq!(unpacked("ns-b"), 0, "a layer was fetched for ns-b: {b:?}");
+    let snaps = c.ctr_in("ns-b", &["snapshots", "--snapshotter", "strata", "ls"]);
+    assert_eq!(snaps.lines().filter(|l| l.trim_end().ends_with("Committed")).count(), 3, "{snaps}");
+
+    // ns-a's image and its gc go; ns-b's snapshots are the same ones, and stay.
+    c.ctr_in("ns-a", &["images", "rm", "--sync", &image]);
+    assert!(c.ctr_in("ns-a", &["snapshots", "--snapshotter", "strata", "ls"]).lines().count() <= 1);
+    assert_eq!(snapshot_trees(&state), (0, 3));
+    let out = c.ctr_in(
+        "ns-b",
+        &[
+            "run",
+            "--snapshotter",
+            "strata",
+            "--rm",
+            &image,
+            "b1",
+            "/bin/sh",
+            "-c",
+            "test -d /usr && echo in-b",
+        ],
+    );
+    assert_eq!(out.trim(), "in-b");
 }
 
 #[test]
