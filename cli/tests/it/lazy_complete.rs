@@ -38,52 +38,21 @@ pub(crate) fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 /// `data/noise` (3 MiB) and `etc/motd`. Returns the layer's blob digest and where the landmark
 /// starts in it (the prefetch region is the blob up to there).
 fn push_prefetch_image(reg: &Registry, repo: &str) -> (String, u64) {
-    use strata::seekable::footer::{estargz_toc_range, parse_estargz_footer};
-    use strata::seekable::write::{write_estargz, EstargzOptions, Landmark};
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_ustar();
-        let dir = path.ends_with('/');
-        h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
-        h.set_size(data.len() as u64);
-        h.set_mode(if dir { 0o755 } else { 0o644 });
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, path, data).expect("tar");
-    };
-    add("pf/", b"");
-    add("pf/a", &strata_test_support::noise(200 << 10, 11));
-    add("pf/b", b"prefetched\n");
-    add("data/", b"");
-    add("data/noise", &strata_test_support::noise(3 << 20, 12));
-    add("etc/", b"");
-    add("etc/motd", b"after the landmark\n");
-    let tar = b.into_inner().expect("tar");
+    use strata::seekable::write::{EstargzOptions, Landmark};
+    let (a, noise) = (strata_test_support::noise(200 << 10, 11), strata_test_support::noise(3 << 20, 12));
+    let entries: [(&str, &[u8]); 7] = [
+        ("pf/", b""),
+        ("pf/a", &a),
+        ("pf/b", b"prefetched\n"),
+        ("data/", b""),
+        ("data/noise", &noise),
+        ("etc/", b""),
+        ("etc/motd", b"after the landmark\n"),
+    ];
     let opts = EstargzOptions { landmark: Landmark::PrefetchAfter(3), ..Default::default() };
-    let (info, blob) = write_estargz(&tar[..], Vec::new(), &opts).expect("estargz");
-    let off = parse_estargz_footer(&blob[blob.len() - 51..]).expect("footer");
-    let r = estargz_toc_range(blob.len() as u64, off).expect("toc range");
-    let toc =
-        strata::seekable::Toc::from_estargz(&blob[r.start as usize..r.end as usize], off, &info.toc_digest)
-            .expect("toc");
-    let mark = toc.entries[toc.prefetch_landmark().expect("landmark")].chunks[0].blob_offset;
-
-    let layout = tempfile::tempdir_in(reg.dir.path()).expect("tempdir");
-    let dir = layout.path();
-    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-    std::fs::write(dir.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#).expect("index");
-    let (ld, ls) = put_blob(dir, &blob);
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": [info.diff_id.to_string()]}});
-    let (cd, cs) = put_blob(dir, &serde_json::to_vec(&config).expect("json"));
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls,
-            "annotations": {"containerd.io/snapshot/stargz/toc.digest": info.toc_digest.to_string(),
-                "io.containers.estargz.uncompressed-size": info.uncompressed_size.to_string()}}]});
-    set_tag(dir, "esgz", &serde_json::to_vec(&manifest).expect("json"));
-    reg.push(&format!("oci:{}:esgz", dir.display()), &format!("{repo}:esgz"), false);
-    (ld, mark)
+    let l = common::estargz::push_one_layer(reg, repo, &entries, &opts);
+    let mark = l.toc.entries[l.toc.prefetch_landmark().expect("landmark")].chunks[0].blob_offset;
+    (l.blob, mark)
 }
 
 /// Files before the landmark arrive first: once strata-fuse has mounted the layer, the

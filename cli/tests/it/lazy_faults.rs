@@ -45,53 +45,20 @@ impl Image {
 /// The layer: `data/small` and `data/other` (100 KiB of noise each, one chunk), `data/big`
 /// (2 MiB, 8 chunks), `etc/motd` (in the blob's tail, which the pull keeps with the TOC).
 fn push_image(reg: &Registry, repo: &str) -> Image {
-    use strata::seekable::footer::{estargz_toc_range, parse_estargz_footer};
-    use strata::seekable::write::{write_estargz, EstargzOptions};
+    use strata::seekable::write::EstargzOptions;
     let files: Vec<(&'static str, Vec<u8>)> = vec![
         ("data/small", strata_test_support::noise(100 << 10, 21)),
         ("data/other", strata_test_support::noise(100 << 10, 22)),
         ("data/big", strata_test_support::noise(2 << 20, 23)),
         ("etc/motd", b"faults\n".to_vec()),
     ];
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [("data/", &[][..]), ("etc/", &[][..])]
+    let entries: Vec<(&str, &[u8])> = [("data/", &[][..]), ("etc/", &[][..])]
         .into_iter()
         .chain(files.iter().map(|(p, d)| (*p, d.as_slice())))
-    {
-        let mut h = tar::Header::new_ustar();
-        let dir = path.ends_with('/');
-        h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
-        h.set_size(data.len() as u64);
-        h.set_mode(if dir { 0o755 } else { 0o644 });
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, path, data).expect("tar");
-    }
-    let tar = b.into_inner().expect("tar");
+        .collect();
     let opts = EstargzOptions { chunk_size: CHUNK, ..Default::default() };
-    let (info, blob) = write_estargz(&tar[..], Vec::new(), &opts).expect("estargz");
-    let off = parse_estargz_footer(&blob[blob.len() - 51..]).expect("footer");
-    let r = estargz_toc_range(blob.len() as u64, off).expect("toc range");
-    let toc =
-        strata::seekable::Toc::from_estargz(&blob[r.start as usize..r.end as usize], off, &info.toc_digest)
-            .expect("toc");
-
-    let layout = tempfile::tempdir_in(reg.dir.path()).expect("tempdir");
-    let dir = layout.path();
-    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-    std::fs::write(dir.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#).expect("index");
-    let (ld, ls) = put_blob(dir, &blob);
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": [info.diff_id.to_string()]}});
-    let (cd, cs) = put_blob(dir, &serde_json::to_vec(&config).expect("json"));
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls,
-            "annotations": {"containerd.io/snapshot/stargz/toc.digest": info.toc_digest.to_string(),
-                "io.containers.estargz.uncompressed-size": info.uncompressed_size.to_string()}}]});
-    set_tag(dir, "esgz", &serde_json::to_vec(&manifest).expect("json"));
-    reg.push(&format!("oci:{}:esgz", dir.display()), &format!("{repo}:esgz"), false);
-    Image { blob: ld, bytes: blob, diff_id: info.diff_id.to_string(), toc, files }
+    let l = common::estargz::push_one_layer(reg, repo, &entries, &opts);
+    Image { blob: l.blob, bytes: l.bytes, diff_id: l.diff_id, toc: l.toc, files }
 }
 
 /// Timeouts that make a stalled registry cost a read seconds, not half a minute.

@@ -3,6 +3,7 @@
 //! `umoci unpack` for reference trees.
 #![allow(dead_code)]
 
+pub mod estargz;
 pub mod flaky;
 pub mod layout;
 pub mod registry;
