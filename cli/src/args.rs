@@ -324,6 +324,23 @@ As in docker, a container's PID 1 ignores signals it has no handler for (KILL ex
         #[command(flatten)]
         list: ImageListArgs,
     },
+    /// Give an image a second name (short for `image tag`, as `docker tag`).
+    #[command(after_help = "Example:\n  strata tag busybox localhost:5000/busybox:1")]
+    Tag(TagArgs),
+    /// The image's history, newest first, with the size each step added (short for `image
+    /// history`, as `docker history`).
+    #[command(after_help = "Examples:\n  strata history busybox\n  strata history busybox --json")]
+    History(HistoryArgs),
+    /// Commit a container's changes as a new image: the parent's layers plus one new layer
+    /// (short for `container commit`, as `docker commit`).
+    #[command(
+        after_help = "Examples:\n  strata commit web web:v2\n  strata commit -m 'add config' -c 'ENV MODE=prod' web web:v3"
+    )]
+    Commit(CommitArgs),
+    /// A container's changes, A added, C changed, D deleted (short for `container diff`, as
+    /// `docker diff`).
+    #[command(after_help = "Examples:\n  strata diff web\n  strata diff web --json")]
+    Diff(DiffArgs),
     /// A container or an image as JSON: NAME is looked up as a container first, then as an
     /// image, as `docker inspect` does (`container inspect` / `image inspect` say which).
     #[command(
@@ -550,4 +567,50 @@ impl From<Backend> for container::Backend {
             Backend::Auto => container::Backend::Auto,
         }
     }
+}
+
+/// `image history` and its short form `history`.
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `image tag` and its short form `tag`.
+#[derive(clap::Args)]
+pub struct TagArgs {
+    pub name: String,
+    pub new_name: String,
+}
+
+/// `container diff` and its short form `diff`.
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `container commit` and its short form `commit`.
+#[derive(clap::Args)]
+pub struct CommitArgs {
+    pub name: String,
+    pub new_image: String,
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+    pub compression: String,
+    #[arg(long, short = 'm')]
+    pub message: Option<String>,
+    #[arg(long, short = 'a')]
+    pub author: Option<String>,
+    /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER,
+    /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+    #[arg(long, short = 'c')]
+    pub change: Vec<String>,
+    /// Pause a running container while its changes are read (as `docker commit`);
+    /// `--pause=false` commits it live. Rootless: live by default (no cgroup freezer, as
+    /// podman), and `--pause` is refused.
+    #[arg(long, short = 'p', action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub pause: Option<bool>,
 }

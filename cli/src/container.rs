@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use strata::container::{self, CreateOptions};
 
-use crate::args::{Backend, ListArgs};
+use crate::args::{Backend, CommitArgs, DiffArgs, ListArgs};
 use crate::output::{each_name, out, report_failure, write_output};
 use crate::{image, open_store, table};
 
@@ -71,35 +71,12 @@ Each NAME is removed in turn; the exit status is 1 when any failed."
     },
     /// The container's changes, as `docker diff` prints them (A added, C changed, D deleted).
     #[command(after_help = "Examples:\n  strata container diff web\n  strata container diff web --json")]
-    Diff {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Diff(DiffArgs),
     /// Commit the container's changes as a new image: the parent's layers plus one new layer.
     #[command(
         after_help = "Examples:\n  strata container commit web web:v2\n  strata container commit web web:v3 -m 'add config' -c 'ENV MODE=prod' --compression zstd"
     )]
-    Commit {
-        name: String,
-        new_image: String,
-        #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
-        compression: String,
-        #[arg(long, short = 'm')]
-        message: Option<String>,
-        #[arg(long, short = 'a')]
-        author: Option<String>,
-        /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT, ENV, WORKDIR, USER,
-        /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
-        #[arg(long, short = 'c')]
-        change: Vec<String>,
-        /// Pause a running container while its changes are read (as `docker commit`);
-        /// `--pause=false` commits it live. Rootless: live by default (no cgroup freezer, as
-        /// podman), and `--pause` is refused.
-        #[arg(long, short = 'p', action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
-              default_missing_value = "true")]
-        pause: Option<bool>,
-    },
+    Commit(CommitArgs),
     /// Print the mount a caller would perform (type, source, options) without mounting.
     #[command(
         after_help = "Example:\n  strata container mounts web --json   # containerd-style: type, source, options"
@@ -168,7 +145,7 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
             container::umount(&store, &name, force)
                 .with_context(|| format!("unmounting container {name}"))?;
         }
-        ContainerCmd::Diff { name, json } => {
+        ContainerCmd::Diff(DiffArgs { name, json }) => {
             let store = open_store(root)?;
             let changes = strata::diff::container_diff(&store, &name)
                 .with_context(|| format!("diff of container {name}"))?;
@@ -180,7 +157,7 @@ pub fn command(root: &std::path::Path, c: ContainerCmd) -> Result<ExitCode> {
                 }
             }
         }
-        ContainerCmd::Commit { name, new_image, compression, message, author, change, pause } => {
+        ContainerCmd::Commit(CommitArgs { name, new_image, compression, message, author, change, pause }) => {
             use strata::commit::{self, CommitOptions, LayerOptions};
             let mut store = open_store(root)?;
             let layer = LayerOptions {

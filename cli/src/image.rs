@@ -9,7 +9,7 @@ use clap::Subcommand;
 use strata::image::Platform;
 use strata::import::{self, ImportOptions};
 
-use crate::args::{ImageListArgs, JobsArg, ProcessArgs};
+use crate::args::{HistoryArgs, ImageListArgs, JobsArg, ProcessArgs, TagArgs};
 use crate::output::{human, out, report_failure, write_output};
 use crate::{open_store, progress, table};
 
@@ -65,15 +65,11 @@ a leading `table` prints a header."
     #[command(
         after_help = "Example:\n  strata image history busybox\n  strata image history busybox --json"
     )]
-    History {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    History(HistoryArgs),
     /// Give an image a second name (the same manifest: nothing is copied). An existing NEW_NAME
     /// is moved to this image, as `docker tag` does.
     #[command(after_help = "Example:\n  strata image tag 127.0.0.1:5000/app:1 localhost:5000/app:v1")]
-    Tag { name: String, new_name: String },
+    Tag(TagArgs),
     /// A copy of an image with its layers rewritten: `estargz` (gzip members per file and
     /// chunk, a TOC: what `pull --lazy` reads by ranges; still a valid gzip tar for any runtime)
     /// or `zstd:chunked` (the same with zstd frames, the TOC in a skippable frame: a valid zstd
@@ -239,7 +235,7 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
                 layers.len()
             )?;
         }
-        ImageCmd::History { name, json } => {
+        ImageCmd::History(HistoryArgs { name, json }) => {
             let store = open_store(root)?;
             let steps = strata::images::history(&store, &name)?;
             if json {
@@ -319,7 +315,7 @@ pub fn command(root: &std::path::Path, c: ImageCmd) -> Result<ExitCode> {
             let o = optimize(&mut store, &opts).with_context(|| format!("optimizing {name}"))?;
             outln!("{}", o.converted.manifest_digest)?;
         }
-        ImageCmd::Tag { name, new_name } => {
+        ImageCmd::Tag(TagArgs { name, new_name }) => {
             strata::reference::validate_image_name(&new_name)?;
             let mut store = open_store(root)?;
             // Shared with imports, exclusive of gc: the blobs and layers stay while named.

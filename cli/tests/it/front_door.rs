@@ -503,3 +503,50 @@ fn a_relative_root_is_taken_from_the_working_directory() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.lines().any(|l| l.split_whitespace().take(2).eq(["bb", "latest"])), "{listed}");
 }
+
+/// docker's short forms of image and container verbs: `tag`, `history`, `commit` and `diff` do
+/// what `image tag`, `image history`, `container commit` and `container diff` do, with the same
+/// flags (`commit -m -c`, `--json`).
+#[test]
+fn docker_short_forms_tag_history_commit_diff() {
+    if !privileged("docker_short_forms_tag_history_commit_diff") {
+        return;
+    }
+    let root = Root::new();
+    busybox(&root, "bb");
+    root.ok(&["tag", "bb", "localhost:5000/bb:1"]);
+    let ls = root.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
+    let id = |name: &str| {
+        ls.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("{name} not listed: {ls}"))
+            .to_string()
+    };
+    assert_eq!(id("localhost:5000/bb:1"), id("bb:latest"), "{ls}");
+    assert_eq!(root.ok(&["history", "bb"]), root.ok(&["image", "history", "bb"]));
+    assert_eq!(root.ok(&["history", "--json", "bb"]), root.ok(&["image", "history", "bb", "--json"]));
+
+    root.ok(&["container", "create", "bb", "web"]);
+    let at = root.ok(&["container", "mount", "web"]);
+    let at = std::path::Path::new(at.trim());
+    std::fs::write(at.join("added"), b"x\n").expect("write");
+    std::fs::remove_file(at.join("bin/vi")).expect("rm");
+    root.ok(&["container", "umount", "web"]);
+    assert_eq!(root.ok(&["diff", "web"]), root.ok(&["container", "diff", "web"]));
+    let diff = root.ok(&["diff", "web"]);
+    assert!(diff.lines().any(|l| l == "A /added") && diff.lines().any(|l| l == "D /bin/vi"), "{diff}");
+    assert_eq!(root.ok(&["diff", "--json", "web"]), root.ok(&["container", "diff", "web", "--json"]));
+
+    root.ok(&["commit", "-m", "short form", "-c", "ENV MODE=prod", "web", "web:v2"]);
+    let v = json(&root.ok(&["image", "inspect", "web:v2"]));
+    let env = v["config"]["config"]["Env"].as_array().expect("Env");
+    assert!(env.iter().any(|e| e == "MODE=prod"), "{v}");
+    let history = root.ok(&["history", "web:v2"]);
+    assert!(history.contains("short form"), "{history}");
+    assert_eq!(
+        root.ok(&["run", "--rm", "--network", "none", "web:v2", "--", "cat", "/added"]),
+        "x\n",
+        "the committed layer"
+    );
+}
