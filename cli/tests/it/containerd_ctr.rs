@@ -289,16 +289,7 @@ impl Drop for Containerd {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
         for mut c in [self.containerd.take(), self.snapshotter.take()].into_iter().flatten() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(&c),
-                rustix::process::Signal::TERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            common::stop_child(&mut c);
         }
         for m in common::mounts_under(self.dir.path()).iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(m).status();

@@ -21,18 +21,6 @@ pub(crate) fn gets(log: &str, repo: &str, digest: &str) -> Vec<(u16, u64)> {
         .collect()
 }
 
-/// Whether `f` becomes true within `secs` seconds (a deadline, never an assertion on time).
-pub(crate) fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while std::time::Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
-}
-
 /// A one-layer eStargz image with a prefetch landmark, pushed to `reg` as `repo:esgz`: the layer
 /// holds `pf/` with `pf/a` (200 KiB of noise) and `pf/b` before `.prefetch.landmark`, then
 /// `data/noise` (3 MiB) and `etc/motd`. Returns the layer's blob digest and where the landmark

@@ -9,7 +9,7 @@
 //! completion in `lazy_complete.rs`.)
 
 use crate::common;
-use crate::lazy_complete::{fuse_pid, kept, wait_for};
+use crate::lazy_complete::{fuse_pid, kept};
 use crate::lazy_run::verified_chunks;
 
 use std::path::{Path, PathBuf};

@@ -527,16 +527,7 @@ impl Ctrd {
 
 impl Drop for Ctrd {
     fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
         for m in mounts_under(self.dir.path()).iter().rev() {
             let _ = kernel_overlay::unmount(m, kernel_overlay::UnmountMode::Detach);
         }

@@ -129,7 +129,7 @@ fn run_reads_a_lazy_image_on_demand() {
         assert_eq!(l["remote"], true, "{l}");
     }
     let by_run: u64 = by_run.iter().sum();
-    assert!(wait_for(|| local_bytes(&lazy) > toc_only), "bytes_local stayed {toc_only}");
+    assert!(wait_for(10, || local_bytes(&lazy) > toc_only), "bytes_local stayed {toc_only}");
     assert!(local_bytes(&lazy) - toc_only <= by_run, "more local than fetched");
 
     // (c) The merged view equals a plain pull's, entry by entry (read through strata-fuse,
@@ -249,7 +249,10 @@ fn with_the_registry_gone_cached_files_read_and_others_fail() {
 
     let addr = proxy.addr.clone();
     drop(proxy);
-    assert!(wait_for(|| std::net::TcpStream::connect(&addr).is_err()), "the proxy still accepts connections");
+    assert!(
+        wait_for(10, || std::net::TcpStream::connect(&addr).is_err()),
+        "the proxy still accepts connections"
+    );
     assert_eq!(
         lazy.ok(&["run", "--lazy-background=off", "--rm", &image, "--", "cat", "/etc/motd"]),
         "lazy motd\n"
@@ -267,16 +270,4 @@ fn with_the_registry_gone_cached_files_read_and_others_fail() {
     let _back = FaultProxy::start_at(&addr, &reg.addr, vec![]);
     let sum = lazy.ok(&["run", "--lazy-background=off", "--rm", &image, "--", "sha256sum", "/data/noise"]);
     assert_eq!(sum.split_whitespace().next(), Some(sha(&noise()).trim_start_matches("sha256:")), "{sum}");
-}
-
-/// Whether `f` becomes true within 10 s.
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::time::Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
 }

@@ -214,16 +214,7 @@ impl RootlessContainerd {
         pids.extend(children(self.child));
         for mut c in [self.snapshotter.take(), self.rootlesskit.take()].into_iter().flatten() {
             pids.push(c.id() as i32);
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(&c),
-                rustix::process::Signal::TERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            common::stop_child(&mut c);
         }
         pids
     }

@@ -401,3 +401,26 @@ pub fn read_localhost(port: u16, request: &[u8], done: impl Fn(&str) -> bool) ->
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Whether `f` holds within `secs` seconds, asked every 50 ms.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Stop a daemon the test started: SIGTERM, SIGKILL after 10 s, then reap it.
+pub fn stop_child(c: &mut std::process::Child) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(c), rustix::process::Signal::TERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
