@@ -378,7 +378,9 @@ impl pb::snapshots_server::Snapshots for Service {
     async fn remove(&self, req: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = req.into_inner();
         tracing::debug!(key = %r.key, "remove");
-        self.quick(move |s| s.remove(&r.key)).await?;
+        // Not quick: the snapshot's tree (a container's whole upper dir) is deleted before the
+        // call returns, which must not happen on an async worker thread.
+        self.with(move |s| s.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
 
