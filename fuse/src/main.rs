@@ -79,21 +79,22 @@ fn main() -> ExitCode {
     // Modes of new entries are set explicitly; the process umask must not interfere.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
+    // The handler is installed before the mount: whoever sees the mount may send SIGUSR1 at
+    // once (with -f nothing else tells it the daemon is ready), and the default action would
+    // end the daemon.
+    let usr1 = match stats_file.as_ref().map(|_| Signals::new([signal_hook::consts::SIGUSR1])).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("--stats: SIGUSR1 handler: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let strata_fuse::Mounted { session, stats, rings, contents } = match mount(&opts) {
         Ok(s) => s,
         Err(e) => {
             let msg = report(&e);
             error!("{msg}");
             eprintln!("strata-fuse: {msg}");
-            return ExitCode::from(1);
-        }
-    };
-    // The handler is installed before the fork, so that a SIGUSR1 sent as soon as this command
-    // returns finds it (the default action would end the daemon).
-    let usr1 = match stats_file.as_ref().map(|_| Signals::new([signal_hook::consts::SIGUSR1])).transpose() {
-        Ok(s) => s,
-        Err(e) => {
-            error!("--stats: SIGUSR1 handler: {e}");
             return ExitCode::from(1);
         }
     };
