@@ -235,29 +235,7 @@ fn a_killed_background_completion_is_resumed() {
     assert!(remote(&lazy, &image)[1], "a layer made ordinary before it was whole");
     lazy.ok(&["container", "rm", "--force", "c"]);
 
-    let before = lazy_run::served(&reg.log(), "lazy/kill", &noise_blob);
-    lazy.ok(&["run", "-d", "--name", "d", &image, "--", "sleep", "600"]);
-    assert!(wait_for(120, || remote(&lazy, &image).iter().all(|r| !r)), "still remote");
-    let log = reg.log();
-    let after = lazy_run::served(&log, "lazy/kill", &noise_blob) - before;
-    assert!(
-        after <= noise_size - at_kill,
-        "fetched {after} bytes after the kill; {at_kill} of {noise_size} were kept"
-    );
-    assert_eq!(lazy_run::whole_gets(&log, "lazy/kill", &noise_blob), 0);
-    lazy.ok(&["container", "create", "--read-only", &image, "k"]);
-    let at = lazy.ok(&["container", "mount", "k"]);
-    assert!(kernel_mounted(&at), "not kernel overlay at {at}");
-    let got = capture(Path::new(at.trim()));
-    lazy.ok(&["container", "rm", "--force", "k"]);
-    lazy.ok(&["container", "rm", "--force", "d"]);
-    let plain = Root::new();
-    plain.ok(&["pull", "-q", &image, "--tls-verify=false"]);
-    strata_test_support::tree::assert_trees_eq(
-        &lazy_run::view(&plain, &image),
-        &got,
-        "resumed vs plain pull",
-    );
+    resumes_and_completes(&lazy, &reg, "lazy/kill", &image, &noise_blob, noise_size, at_kill);
 }
 
 /// `STRATA_LAZY_PULL=true` makes `pull` lazy, `--lazy=false` then pulls whole; `build` FROM a
@@ -424,28 +402,46 @@ fn run_rm_returns_before_background_completion_and_the_next_mount_resumes() {
     assert!(lazy.ok(&["ps", "-a", "-q"]).trim().is_empty(), "container r left");
 
     // The next mount goes on from the kept bytes and completes the layer.
-    let before = lazy_run::served(&reg.log(), "lazy/rm", &noise_blob);
-    lazy.ok(&["run", "-d", "--name", "d", &image, "--", "sleep", "600"]);
-    assert!(wait_for(120, || remote(&lazy, &image).iter().all(|r| !r)), "still remote");
+    resumes_and_completes(&lazy, &reg, "lazy/rm", &image, &noise_blob, noise_size, at_return);
+}
+
+/// After an interrupted completion (`kept` of the noise layer's `noise_size` bytes kept): the
+/// next mount (a detached run, container `d`) goes on from the kept bytes, fetching no more than
+/// the rest and no blob whole, and completes the layers; the noise layer is then all local, a new
+/// container mounts with kernel overlay, and its tree equals a plain pull's of `repo:esgz`.
+fn resumes_and_completes(
+    lazy: &Root,
+    reg: &Registry,
+    repo: &str,
+    image: &str,
+    noise_blob: &str,
+    noise_size: u64,
+    kept: u64,
+) {
+    let before = lazy_run::served(&reg.log(), repo, noise_blob);
+    lazy.ok(&["run", "-d", "--name", "d", image, "--", "sleep", "600"]);
+    assert!(wait_for(120, || remote(lazy, image).iter().all(|r| !r)), "still remote");
     let log = reg.log();
-    let after = lazy_run::served(&log, "lazy/rm", &noise_blob) - before;
+    let after = lazy_run::served(&log, repo, noise_blob) - before;
     assert!(
-        after <= noise_size - at_return,
-        "fetched {after} bytes after run --rm returned; {at_return} of {noise_size} were kept"
+        after <= noise_size - kept,
+        "fetched {after} bytes after the interruption; {kept} of {noise_size} were kept"
     );
-    assert_eq!(lazy_run::whole_gets(&log, "lazy/rm", &noise_blob), 0);
-    let layer = &lazy_run::local(&lazy, &image)[1];
+    assert_eq!(lazy_run::whole_gets(&log, repo, noise_blob), 0);
+    let layer = &lazy_run::local(lazy, image)[1];
     assert_eq!(layer["bytes_local"].as_u64(), Some(noise_size), "{layer}");
-    lazy.ok(&["container", "create", "--read-only", &image, "k"]);
+    lazy.ok(&["container", "create", "--read-only", image, "k"]);
     let at = lazy.ok(&["container", "mount", "k"]);
     assert!(kernel_mounted(&at), "not kernel overlay at {at}");
     let got = capture(Path::new(at.trim()));
     lazy.ok(&["container", "rm", "--force", "k"]);
     lazy.ok(&["container", "rm", "--force", "d"]);
+    // The plain pull straight from the registry (`image` may name a slow proxy in front of it).
+    let direct = format!("{}/{repo}:esgz", reg.addr);
     let plain = Root::new();
-    plain.ok(&["pull", "-q", &format!("{}/lazy/rm:esgz", reg.addr), "--tls-verify=false"]);
+    plain.ok(&["pull", "-q", &direct, "--tls-verify=false"]);
     strata_test_support::tree::assert_trees_eq(
-        &lazy_run::view(&plain, &format!("{}/lazy/rm:esgz", reg.addr)),
+        &lazy_run::view(&plain, &direct),
         &got,
         "resumed vs plain pull",
     );

@@ -166,20 +166,8 @@ fn serve(mut c: TcpStream, upstream: &str, sh: &Shared) {
         (if applies { f.0 } else { Flaw::Pass }, f.2)
     };
     let Ok(mut u) = TcpStream::connect(upstream) else { return };
-    let mut out = String::new();
-    let mut len = 0u64;
-    for l in head.trim_end().split("\r\n") {
-        let lower = l.to_ascii_lowercase();
-        if lower.starts_with("connection:") || (expired && lower.starts_with("authorization:")) {
-            continue;
-        }
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        out.push_str(l);
-        out.push_str("\r\n");
-    }
-    out.push_str("Connection: close\r\n\r\n");
+    let out = super::registry::close_head(&head, expired);
+    let len = super::registry::content_length(&head);
     if u.write_all(out.as_bytes()).is_err() || std::io::copy(&mut (&mut c).take(len), &mut u).is_err() {
         return;
     }

@@ -657,15 +657,7 @@ impl FaultProxy {
 /// and sent on.
 fn forward_corrupted(mut c: TcpStream, upstream: &str, head: &str) {
     let Ok(mut u) = TcpStream::connect(upstream) else { return };
-    let mut out = String::new();
-    for l in head.trim_end().split("\r\n") {
-        if !l.to_ascii_lowercase().starts_with("connection:") {
-            out.push_str(l);
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    if u.write_all(out.as_bytes()).is_err() {
+    if u.write_all(close_head(head, false).as_bytes()).is_err() {
         return;
     }
     let mut resp = Vec::new();
@@ -713,7 +705,25 @@ fn forward_part(mut c: TcpStream, upstream: &str, head: &str) {
     let _ = c.shutdown(std::net::Shutdown::Both);
 }
 
-fn content_length(head: &str) -> u64 {
+/// A request's head as sent on to the registry: its `Connection` header (and with
+/// `drop_auth` its `Authorization`) left out, `Connection: close` added, so the registry ends
+/// the response by closing.
+pub(super) fn close_head(head: &str, drop_auth: bool) -> String {
+    let mut out = String::new();
+    for l in head.trim_end().split("\r\n") {
+        let lower = l.to_ascii_lowercase();
+        if lower.starts_with("connection:") || (drop_auth && lower.starts_with("authorization:")) {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out
+}
+
+/// The Content-Length a request's head gives (0 without one).
+pub(super) fn content_length(head: &str) -> u64 {
     head.lines()
         .find_map(|l| {
             l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
@@ -725,24 +735,10 @@ fn content_length(head: &str) -> u64 {
 /// after the head; the response copied back until the registry closes.
 fn forward(mut c: TcpStream, upstream: &str, head: &str) {
     let Ok(mut u) = TcpStream::connect(upstream) else { return };
-    let mut len = 0u64;
-    let mut out = String::new();
-    for l in head.trim_end().split("\r\n") {
-        let lower = l.to_ascii_lowercase();
-        if lower.starts_with("connection:") {
-            continue;
-        }
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        out.push_str(l);
-        out.push_str("\r\n");
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    if u.write_all(out.as_bytes()).is_err() {
+    if u.write_all(close_head(head, false).as_bytes()).is_err() {
         return;
     }
-    let mut body = (&mut c).take(len);
+    let mut body = (&mut c).take(content_length(head));
     if std::io::copy(&mut body, &mut u).is_err() {
         return;
     }
